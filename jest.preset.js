@@ -1,0 +1,14 @@
+// Shared Jest settings: every project's jest.config.js spreads this.
+const path = require('path');
+module.exports = (projectDir) => ({
+  rootDir: projectDir,
+  testEnvironment: 'node',
+  transform: {
+    '^.+\\.ts$': ['ts-jest', { tsconfig: path.join(projectDir, 'tsconfig.json') }],
+  },
+  moduleNameMapper: {
+    '^@tsvmm/(kvm-native|virtio-core|pci)$': path.join(__dirname, 'libs/$1/src/index.ts'),
+  },
+  testMatch: ['<rootDir>/src/**/*.test.ts', '<rootDir>/test/**/*.test.ts'],
+  testTimeout: 60000,
+});

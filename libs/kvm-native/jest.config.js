@@ -1,0 +1,1 @@
+module.exports = { displayName: 'kvm-native', ...require('../../jest.preset.js')(__dirname) };

@@ -1,0 +1,424 @@
+// N-API glue: converts JS values to the plain C++ layer (sys.h, vcpu.h) and back.
+// The only file that includes napi.h.
+#include <napi.h>
+#include <uv.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <linux/kvm.h>
+#include <memory>
+#include <mutex>
+#include <sys/eventfd.h>
+
+#include "sys.h"
+#include "vcpu.h"
+
+using namespace kvmnative;
+
+namespace {
+
+Napi::Error errnoError(Napi::Env env, int negErrno, const char* syscall, const std::string& detail = "") {
+  int e = -negErrno;
+  std::string msg = std::string(syscall) + " failed: " + uv_err_name(-e) + " (" + strerror(e) + ")";
+  if (!detail.empty()) msg += ": " + detail;
+  Napi::Error err = Napi::Error::New(env, msg);
+  err.Set("code", Napi::String::New(env, uv_err_name(-e)));
+  err.Set("errno", Napi::Number::New(env, e));
+  err.Set("syscall", Napi::String::New(env, syscall));
+  return err;
+}
+
+int argFd(const Napi::CallbackInfo& info, size_t i) {
+  if (!info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), "fd must be a number");
+  int fd = info[i].As<Napi::Number>().Int32Value();
+  if (fd < 0) throw Napi::RangeError::New(info.Env(), "fd must be >= 0");
+  return fd;
+}
+
+uint64_t argU64(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info[i].IsBigInt()) {
+    bool lossless = true;
+    uint64_t v = info[i].As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throw Napi::RangeError::New(info.Env(), std::string(name) + " does not fit in 64 bits");
+    return v;
+  }
+  if (info[i].IsNumber()) {
+    double d = info[i].As<Napi::Number>().DoubleValue();
+    if (d < 0 || d > 9007199254740991.0 || d != static_cast<double>(static_cast<uint64_t>(d)))
+      throw Napi::RangeError::New(info.Env(), std::string(name) + " must be a non-negative integer");
+    return static_cast<uint64_t>(d);
+  }
+  throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a number or bigint");
+}
+
+Napi::Value Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "path must be a string");
+  std::string path = info[0].As<Napi::String>();
+  int flags = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 2 /* O_RDWR */;
+  int fd = sysOpen(path.c_str(), flags);
+  if (fd < 0) throw errnoError(env, fd, "open", path);
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  int r = sysClose(argFd(info, 0));
+  if (r < 0) throw errnoError(info.Env(), r, "close");
+  return info.Env().Undefined();
+}
+
+// ioctl(fd, request, arg): arg is an integer (passed by value) or an
+// ArrayBufferView (passed by pointer; its length is checked against the request).
+Napi::Value Ioctl(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = argFd(info, 0);
+  if (!info[1].IsNumber()) throw Napi::TypeError::New(env, "request must be a number");
+  unsigned long req = static_cast<unsigned long>(info[1].As<Napi::Number>().Int64Value()) & 0xffffffffUL;
+  long r;
+  if (info.Length() < 3 || info[2].IsUndefined()) {
+    r = sysIoctlInt(fd, req, 0);
+  } else if (info[2].IsTypedArray() || info[2].IsDataView()) {
+    void* p;
+    size_t len;
+    if (info[2].IsTypedArray()) {
+      auto ta = info[2].As<Napi::TypedArray>();
+      p = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+      len = ta.ByteLength();
+    } else {
+      auto dv = info[2].As<Napi::DataView>();
+      p = static_cast<uint8_t*>(dv.ArrayBuffer().Data()) + dv.ByteOffset();
+      len = dv.ByteLength();
+    }
+    // SAFETY: p/len describe a live JS buffer for the duration of this synchronous call.
+    r = sysIoctlPtr(fd, req, p, len);
+  } else {
+    r = sysIoctlInt(fd, req, static_cast<unsigned long>(argU64(info, 2, "arg")));
+  }
+  if (r < 0) {
+    char name[32];
+    snprintf(name, sizeof name, "ioctl(0x%lx)", req);
+    throw errnoError(env, static_cast<int>(r), "ioctl", name);
+  }
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+Napi::Value AddressOf(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray()) throw Napi::TypeError::New(env, "view must be a TypedArray");
+  auto ta = info[0].As<Napi::TypedArray>();
+  auto p = reinterpret_cast<uint64_t>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+  return Napi::BigInt::New(env, p);
+}
+
+struct Mapping {
+  void* addr;
+  size_t size;
+};
+
+void unmapFinalizer(Napi::Env, void*, Mapping* m) {
+  // SAFETY: the mapping is released only when V8 has dropped the last ArrayBuffer over it.
+  sysMunmap(m->addr, m->size);
+  delete m;
+}
+
+Napi::Object mappingResult(Napi::Env env, void* addr, size_t size) {
+  auto* m = new Mapping{addr, size};
+  auto buf = Napi::ArrayBuffer::New(env, addr, size, unmapFinalizer, m);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("address", Napi::BigInt::New(env, reinterpret_cast<uint64_t>(addr)));
+  o.Set("buffer", buf);
+  return o;
+}
+
+Napi::Value MemfdMap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "name must be a string");
+  std::string name = info[0].As<Napi::String>();
+  uint64_t size = argU64(info, 1, "size");
+  if (size == 0) throw Napi::RangeError::New(env, "size must be > 0");
+  int fd;
+  void* addr;
+  int r = sysMemfdMap(name.c_str(), size, &fd, &addr);
+  if (r < 0) throw errnoError(env, r, "memfd_create/mmap", name);
+  Napi::Object o = mappingResult(env, addr, size);
+  o.Set("fd", Napi::Number::New(env, fd));
+  return o;
+}
+
+Napi::Value MmapFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = argFd(info, 0);
+  uint64_t size = argU64(info, 1, "size");
+  uint64_t offset = info.Length() > 2 ? argU64(info, 2, "offset") : 0;
+  if (size == 0) throw Napi::RangeError::New(env, "size must be > 0");
+  void* addr;
+  int r = sysMmapFd(fd, size, static_cast<long>(offset), &addr);
+  if (r < 0) throw errnoError(env, r, "mmap");
+  return mappingResult(env, addr, size);
+}
+
+Napi::Value Eventfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  unsigned init = info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 0;
+  int flags = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : (EFD_NONBLOCK | EFD_CLOEXEC);
+  int fd = sysEventfd(init, flags);
+  if (fd < 0) throw errnoError(env, fd, "eventfd");
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t v = 0;
+  int r = sysEventfdRead(argFd(info, 0), &v);
+  if (r < 0) throw errnoError(env, r, "read(eventfd)");
+  if (r == 0) return Napi::BigInt::New(env, static_cast<uint64_t>(0));
+  return Napi::BigInt::New(env, v);
+}
+
+Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = argFd(info, 0);
+  uint64_t v = info.Length() > 1 ? argU64(info, 1, "value") : 1;
+  int r = sysEventfdWrite(fd, v);
+  if (r < 0) throw errnoError(env, r, "write(eventfd)");
+  return env.Undefined();
+}
+
+// FdWatcher: calls back on the JS thread whenever the fd is readable (uv_poll).
+class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "FdWatcher",
+                       {InstanceMethod("start", &FdWatcher::Start), InstanceMethod("stop", &FdWatcher::Stop),
+                        InstanceMethod("close", &FdWatcher::Close)});
+  }
+
+  FdWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatcher>(info) {
+    Napi::Env env = info.Env();
+    fd_ = argFd(info, 0);
+    if (!info[1].IsFunction()) throw Napi::TypeError::New(env, "callback must be a function");
+    cb_ = Napi::Persistent(info[1].As<Napi::Function>());
+    uv_loop_t* loop;
+    napi_get_uv_event_loop(env, &loop);
+    handle_ = new uv_poll_t;
+    int r = uv_poll_init(loop, handle_, fd_);
+    if (r != 0) {
+      delete handle_;
+      handle_ = nullptr;
+      throw errnoError(env, r, "uv_poll_init");
+    }
+    handle_->data = this;
+  }
+
+  ~FdWatcher() override { closeHandle(); }
+
+ private:
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    if (!handle_) throw Napi::Error::New(info.Env(), "watcher is closed");
+    if (!active_) {
+      int r = uv_poll_start(handle_, UV_READABLE, OnPoll);
+      if (r != 0) throw errnoError(info.Env(), r, "uv_poll_start");
+      active_ = true;
+      Ref();  // alive while watching
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    stopPolling();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    closeHandle();
+    return info.Env().Undefined();
+  }
+
+  void stopPolling() {
+    if (handle_ && active_) {
+      uv_poll_stop(handle_);
+      active_ = false;
+      Unref();
+    }
+  }
+
+  void closeHandle() {
+    stopPolling();
+    if (handle_) {
+      handle_->data = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(handle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      handle_ = nullptr;
+    }
+  }
+
+  static void OnPoll(uv_poll_t* h, int status, int) {
+    auto* self = static_cast<FdWatcher*>(h->data);
+    if (!self || !self->active_) return;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    Napi::Value err = status < 0 ? errnoError(env, status, "uv_poll").Value() : env.Null();
+    // MakeCallback runs microtasks and reports exceptions as uncaught, like any libuv callback.
+    self->cb_.MakeCallback(env.Global(), {err});
+  }
+
+  int fd_;
+  uv_poll_t* handle_ = nullptr;
+  bool active_ = false;
+  Napi::FunctionReference cb_;
+};
+
+// VcpuThread: a VcpuLoop whose exits are completed by a JS function.
+// new VcpuThread(vcpuFd, runBuffer, onExit(reason) => action, onState(state, errno))
+class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "VcpuThread",
+                       {InstanceMethod("start", &VcpuThread::Start), InstanceMethod("pause", &VcpuThread::Pause),
+                        InstanceMethod("resume", &VcpuThread::Resume), InstanceMethod("stop", &VcpuThread::Stop)});
+  }
+
+  VcpuThread(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VcpuThread>(info) {
+    Napi::Env env = info.Env();
+    fd_ = argFd(info, 0);
+    if (!info[1].IsArrayBuffer()) throw Napi::TypeError::New(env, "run must be the vCPU's kvm_run ArrayBuffer");
+    auto run = info[1].As<Napi::ArrayBuffer>();
+    if (run.ByteLength() < sizeof(kvm_run)) throw Napi::RangeError::New(env, "run buffer is smaller than kvm_run");
+    if (!info[2].IsFunction() || !info[3].IsFunction())
+      throw Napi::TypeError::New(env, "onExit and onState must be functions");
+    runRef_ = Napi::Persistent(run.As<Napi::Object>());
+    run_ = static_cast<kvm_run*>(run.Data());
+    onExit_ = Napi::Persistent(info[2].As<Napi::Function>());
+    onState_ = Napi::Persistent(info[3].As<Napi::Function>());
+  }
+
+  ~VcpuThread() override {
+    if (loop_) {
+      loop_->stop();
+      loop_->join();
+    }
+  }
+
+ private:
+  struct Message {
+    bool isExit;
+    uint32_t reason;
+    const char* state;
+    int err;
+    // exit handshake
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    int action = VcpuLoop::kStop;
+  };
+
+  static void CallJs(Napi::Env env, Napi::Function, VcpuThread* self, Message* msg) {
+    if (env == nullptr || self == nullptr) {  // environment going away
+      if (msg->isExit) {
+        std::lock_guard<std::mutex> g(msg->mu);
+        msg->done = true;
+        msg->cv.notify_all();
+      } else {
+        delete msg;
+      }
+      return;
+    }
+    if (msg->isExit) {
+      int action = VcpuLoop::kStop;
+      try {
+        Napi::Value r = self->onExit_.Call({Napi::Number::New(env, msg->reason)});
+        if (r.IsNumber()) action = r.As<Napi::Number>().Int32Value();
+      } catch (const Napi::Error& e) {
+        // A JS exit handler must not throw; if it does the vCPU stops and the error is reported.
+        action = VcpuLoop::kStop;
+        self->onState_.Call({Napi::String::New(env, "error"), Napi::Number::New(env, 0), e.Value()});
+      }
+      std::lock_guard<std::mutex> g(msg->mu);
+      msg->action = action;
+      msg->done = true;
+      msg->cv.notify_all();
+    } else {
+      std::string state = msg->state;
+      int err = msg->err;
+      delete msg;
+      try {
+        self->onState_.Call({Napi::String::New(env, state), Napi::Number::New(env, err)});
+      } catch (const Napi::Error& e) {
+        e.ThrowAsJavaScriptException();
+      }
+    }
+  }
+
+  using Tsfn = Napi::TypedThreadSafeFunction<VcpuThread, Message, CallJs>;
+
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (loop_) throw Napi::Error::New(env, "vCPU thread already started");
+    tsfn_ = Tsfn::New(env, "vcpu", 0, 1, this, [](Napi::Env, void*, VcpuThread* self) {
+      if (self->loop_) self->loop_->join();
+      self->Unref();
+    });
+    Ref();
+    loop_ = std::make_unique<VcpuLoop>(
+        fd_, run_,
+        [this](uint32_t reason) {
+          Message msg;
+          msg.isExit = true;
+          msg.reason = reason;
+          if (tsfn_.BlockingCall(&msg) != napi_ok) return static_cast<int>(VcpuLoop::kStop);
+          std::unique_lock<std::mutex> lk(msg.mu);
+          msg.cv.wait(lk, [&] { return msg.done; });
+          return msg.action;
+        },
+        [this](const char* state, int err) {
+          auto* msg = new Message();
+          msg->isExit = false;
+          msg->state = state;
+          msg->err = err;
+          if (tsfn_.BlockingCall(msg) != napi_ok) delete msg;
+          if (strcmp(state, "stopped") == 0) tsfn_.Release();
+        });
+    loop_->start();
+    return env.Undefined();
+  }
+
+  Napi::Value Pause(const Napi::CallbackInfo& info) {
+    if (loop_) loop_->pause();
+    return info.Env().Undefined();
+  }
+  Napi::Value Resume(const Napi::CallbackInfo& info) {
+    if (loop_) loop_->resume();
+    return info.Env().Undefined();
+  }
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    if (loop_) loop_->stop();
+    return info.Env().Undefined();
+  }
+
+  int fd_;
+  kvm_run* run_;
+  Napi::ObjectReference runRef_;
+  Napi::FunctionReference onExit_;
+  Napi::FunctionReference onState_;
+  Tsfn tsfn_;
+  std::unique_ptr<VcpuLoop> loop_;
+};
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("open", Napi::Function::New(env, Open));
+  exports.Set("close", Napi::Function::New(env, Close));
+  exports.Set("ioctl", Napi::Function::New(env, Ioctl));
+  exports.Set("addressOf", Napi::Function::New(env, AddressOf));
+  exports.Set("memfdMap", Napi::Function::New(env, MemfdMap));
+  exports.Set("mmapFd", Napi::Function::New(env, MmapFd));
+  exports.Set("eventfd", Napi::Function::New(env, Eventfd));
+  exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead));
+  exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite));
+  exports.Set("FdWatcher", FdWatcher::Init(env));
+  exports.Set("VcpuThread", VcpuThread::Init(env));
+  exports.Set("kvmRunSize", Napi::Number::New(env, sizeof(kvm_run)));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(kvm_native, Init)

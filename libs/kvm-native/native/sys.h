@@ -1,0 +1,32 @@
+// Plain C++ system layer: fds, ioctls, mappings, eventfds. No N-API here.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace kvmnative {
+
+// Every function returns >= 0 on success or -errno on failure.
+int sysOpen(const char* path, int flags);
+int sysClose(int fd);
+// ioctl with an integer argument.
+long sysIoctlInt(int fd, unsigned long request, unsigned long arg);
+// ioctl with a pointer argument. SAFETY: the caller guarantees `ptr` points at
+// `len` writable bytes; `len` is checked against the size the request encodes.
+long sysIoctlPtr(int fd, unsigned long request, void* ptr, size_t len);
+
+// memfd_create + ftruncate + mmap(MAP_SHARED). On success *outFd and *outAddr are set.
+int sysMemfdMap(const char* name, size_t size, int* outFd, void** outAddr);
+// mmap(MAP_SHARED) of an existing fd (used for the kvm_run page of a vCPU).
+int sysMmapFd(int fd, size_t size, long offset, void** outAddr);
+int sysMunmap(void* addr, size_t size);
+
+int sysEventfd(unsigned initval, int flags);
+// Returns 1 and sets *value when a count was read, 0 when the counter was zero (EAGAIN).
+int sysEventfdRead(int fd, uint64_t* value);
+int sysEventfdWrite(int fd, uint64_t value);
+
+// The signal used to kick a vCPU thread out of KVM_RUN (handler is a no-op).
+int kickSignal();
+void installKickSignalHandler();
+
+}  // namespace kvmnative

@@ -1,0 +1,112 @@
+#include "vcpu.h"
+
+#include <cerrno>
+#include <csignal>
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+
+#include "sys.h"
+
+namespace kvmnative {
+
+VcpuLoop::VcpuLoop(int vcpuFd, kvm_run* run, ExitHook onExit, StateHook onState)
+    : fd_(vcpuFd), run_(run), onExit_(std::move(onExit)), onState_(std::move(onState)) {}
+
+VcpuLoop::~VcpuLoop() {
+  stop();
+  join();
+}
+
+void VcpuLoop::start() {
+  installKickSignalHandler();
+  thread_ = std::thread([this] { loop(); });
+  tid_ = thread_.native_handle();
+}
+
+void VcpuLoop::kick() {
+  // SAFETY: run_ is the vCPU's kvm_run mapping, alive as long as this loop.
+  // immediate_exit makes a KVM_RUN that has not started yet return EINTR; the
+  // signal interrupts one already running.
+  __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
+  if (thread_.joinable()) pthread_kill(tid_, kickSignal());
+}
+
+void VcpuLoop::pause() {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    paused_ = true;
+  }
+  kick();
+}
+
+void VcpuLoop::resume() {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    paused_ = false;
+  }
+  cv_.notify_all();
+}
+
+void VcpuLoop::stop() {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  kick();
+}
+
+void VcpuLoop::join() {
+  if (thread_.joinable() && std::this_thread::get_id() != thread_.get_id()) thread_.join();
+}
+
+void VcpuLoop::loop() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, kickSignal());
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+
+  bool reportedPause = false;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      if (paused_ && !stopping_) {
+        onState_("paused", 0);
+        reportedPause = true;
+        cv_.wait(lk, [this] { return !paused_ || stopping_; });
+      }
+      if (stopping_) break;
+      if (reportedPause) {
+        reportedPause = false;
+        onState_("running", 0);
+      }
+    }
+    long r = ioctl(fd_, KVM_RUN, 0);
+    if (r < 0) {
+      int e = errno;
+      if (e == EINTR || e == EAGAIN) {
+        __atomic_store_n(&run_->immediate_exit, 0, __ATOMIC_SEQ_CST);
+        continue;  // re-check pause/stop
+      }
+      onState_("error", e);
+      std::lock_guard<std::mutex> g(mu_);
+      stopping_ = true;
+      break;
+    }
+    if (run_->exit_reason == KVM_EXIT_INTR) continue;
+    int action = onExit_(run_->exit_reason);
+    if (action == kStop) {
+      std::lock_guard<std::mutex> g(mu_);
+      stopping_ = true;
+      break;
+    }
+    if (action == kPause) {
+      std::lock_guard<std::mutex> g(mu_);
+      paused_ = true;
+    }
+  }
+  onState_("stopped", 0);
+}
+
+}  // namespace kvmnative

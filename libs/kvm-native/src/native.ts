@@ -1,0 +1,72 @@
+/**
+ * Loads the N-API addon. The addon is raw: fds, ioctls, mappings, eventfds,
+ * fd watchers and vCPU threads. Everything typed lives in the TS facade.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+
+export interface NativeMapping {
+  /** Host virtual address of the mapping (for structs that carry a pointer). */
+  address: bigint;
+  buffer: ArrayBuffer;
+}
+
+export interface NativeFdWatcher {
+  start(): void;
+  stop(): void;
+  close(): void;
+}
+
+export interface NativeVcpuThread {
+  start(): void;
+  pause(): void;
+  resume(): void;
+  stop(): void;
+}
+
+export interface NativeAddon {
+  open(path: string, flags?: number): number;
+  close(fd: number): void;
+  ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView): number;
+  addressOf(view: ArrayBufferView): bigint;
+  memfdMap(name: string, size: number | bigint): NativeMapping & { fd: number };
+  mmapFd(fd: number, size: number, offset?: number): NativeMapping;
+  eventfd(initval?: number, flags?: number): number;
+  /** Reads and clears the counter; 0n when it was already zero. */
+  eventfdRead(fd: number): bigint;
+  eventfdWrite(fd: number, value?: number | bigint): void;
+  FdWatcher: new (fd: number, onReadable: (err: Error | null) => void) => NativeFdWatcher;
+  VcpuThread: new (
+    vcpuFd: number,
+    run: ArrayBuffer,
+    onExit: (exitReason: number) => number,
+    onState: (state: 'paused' | 'running' | 'stopped' | 'error', errno: number, error?: unknown) => void,
+  ) => NativeVcpuThread;
+  kvmRunSize: number;
+}
+
+/** Where the addon may live: an explicit override, the package's build, or next to a bundle. */
+export function addonCandidates(): string[] {
+  const out: string[] = [];
+  if (process.env.VMM_KVM_NATIVE) out.push(process.env.VMM_KVM_NATIVE);
+  out.push(path.resolve(__dirname, '../build/Release/kvm_native.node'));
+  out.push(path.resolve(__dirname, 'kvm_native.node'));
+  return out;
+}
+
+let cached: NativeAddon | undefined;
+
+export function loadNative(): NativeAddon {
+  if (cached) return cached;
+  const candidates = addonCandidates();
+  const found = candidates.find((p) => fs.existsSync(p));
+  if (!found) {
+    throw new Error(
+      `kvm-native addon not built (looked in ${candidates.join(', ')}); run \`npm run setup\` ` +
+        'or `node libs/kvm-native/scripts/build-native.js`',
+    );
+  }
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  cached = require(found) as NativeAddon;
+  return cached;
+}
