@@ -1,0 +1,1 @@
+module.exports = { displayName: 'vmm', ...require('../../jest.preset.js')(__dirname) };

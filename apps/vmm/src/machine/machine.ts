@@ -1,0 +1,271 @@
+/**
+ * The machine: KVM VM, guest RAM, in-kernel irqchip and PIT, the port and
+ * MMIO buses with the platform devices, PCI bus 0, the loaded kernel, and the
+ * vCPU threads. `run()` resolves with how the guest ended.
+ */
+import * as fs from 'fs';
+import { Kvm, KvmRun, uapi as U, Vcpu, VcpuAction, VcpuFaultError, Vm } from '@tsvmm/kvm-native';
+import { Device, DeviceContext, IoBus, PCI_CONF1_ADDRESS_PORT, PciBus, PciHostBridge } from '@tsvmm/pci';
+import { GuestMemory } from '@tsvmm/virtio-core';
+import { VmConfig } from '../config';
+import { ExitPort, I8042Command, Sink } from '../devices/platform';
+import { Uart16550 } from '../devices/uart16550';
+import { cpuidFor, setupBootVcpu } from './cpu-setup';
+import { ramLayout, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR } from './layout';
+import { BootEntry, KernelImageError, loadKernel } from './loader';
+import { writeMpTable } from './mptable';
+
+export const COM1_PORT = 0x3f8;
+export const COM1_IRQ = 4;
+export const EXIT_PORT = 0xf4;
+
+export type MachineExitReason = 'exit-port' | 'power-off' | 'reset' | 'fault' | 'stopped';
+
+export interface MachineExit {
+  reason: MachineExitReason;
+  /** Process exit status the CLI uses. */
+  code: number;
+  message: string;
+  fault?: VcpuFaultError;
+}
+
+export const EXIT_CODE_TRIPLE_FAULT = 112;
+export const EXIT_CODE_INTERNAL_ERROR = 113;
+export const EXIT_CODE_ENTRY_FAILURE = 114;
+export const EXIT_CODE_VMM_ERROR = 1;
+
+export interface MachineOptions {
+  config: VmConfig;
+  /** Where COM1's output goes (the CLI wires stdio or a file). */
+  serialOut?: (bytes: Uint8Array) => void;
+  /** Creates the configured --device instances once the buses exist. */
+  createDevices?: (ctx: DeviceContext) => Device[];
+  log?: (message: string) => void;
+  kvm?: Kvm;
+}
+
+export interface ExitStats {
+  pio: number;
+  mmio: number;
+  /** Exits per port, for the ports that were hit. */
+  perPort: Map<number, number>;
+}
+
+export class Machine {
+  readonly kvm: Kvm;
+  readonly vm: Vm;
+  readonly memory: GuestMemory;
+  readonly pio = new IoBus('pio');
+  readonly mmio = new IoBus('mmio');
+  readonly pci = new PciBus();
+  readonly vcpus: Vcpu[] = [];
+  readonly serial: Uart16550;
+  readonly devices: Device[] = [];
+  readonly boot: BootEntry;
+  readonly stats: ExitStats = { pio: 0, mmio: 0, perPort: new Map() };
+  /** ms since process start when the guest wrote its first serial byte. */
+  firstSerialByteAt: number | undefined;
+
+  private exit: MachineExit | undefined;
+  private resolveRun: ((e: MachineExit) => void) | undefined;
+  private readonly runPromise: Promise<MachineExit>;
+  private readonly serialOut: (bytes: Uint8Array) => void;
+  private readonly log: (m: string) => void;
+  private readonly loggedErrors = new Set<string>();
+  private started = false;
+  private ownsKvm: boolean;
+
+  constructor(private readonly opts: MachineOptions) {
+    const c = opts.config;
+    this.log = opts.log ?? ((m) => process.stderr.write(`vmm: ${m}\n`));
+    this.serialOut = opts.serialOut ?? (() => undefined);
+    this.runPromise = new Promise((resolve) => (this.resolveRun = resolve));
+
+    const kernel = readFileOrThrow('--kernel', c.kernel);
+    const initrd = c.initrd ? readFileOrThrow('--initrd', c.initrd) : undefined;
+
+    this.ownsKvm = !opts.kvm;
+    this.kvm = opts.kvm ?? Kvm.open();
+    this.vm = this.kvm.createVm();
+    try {
+      // TSS and identity-map pages are needed by VMX hosts for real mode; harmless elsewhere.
+      this.vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDR);
+      this.vm.setTssAddr(KVM_TSS_ADDR);
+      this.vm.createIrqchip();
+      this.vm.createPit2(U.KVM_PIT_SPEAKER_DUMMY);
+
+      const layout = ramLayout(c.memoryBytes);
+      const regions = layout.regions.map((r) =>
+        this.vm.addMemoryRegion({ slot: r.slot, guestPhysAddr: r.guestPhysAddr, size: r.size, name: `guest-ram-${r.slot}` }),
+      );
+      this.memory = new GuestMemory(regions.map((r) => ({ guestPhysAddr: Number(r.guestPhysAddr), bytes: r.bytes })));
+
+      // Platform devices.
+      this.serial = new Uart16550(
+        (b) => this.onSerialByte(b),
+        (level) => this.vm.irqLine(COM1_IRQ, level),
+      );
+      this.pio.register(COM1_PORT, 8, 'serial0 (16550A)', this.serial);
+      this.pio.register(0x60, 1, 'i8042-data', new Sink());
+      this.pio.register(0x64, 1, 'i8042', new I8042Command(() =>
+        this.requestExit({ reason: 'reset', code: 0, message: 'guest requested a reset (i8042); this VMM does not reboot' }),
+      ));
+      this.pio.register(EXIT_PORT, 4, 'exit-port', new ExitPort((code) =>
+        this.requestExit({ reason: 'exit-port', code, message: `guest wrote ${code} to the exit port` }),
+      ));
+      this.pio.register(0x80, 1, 'post-code', new Sink());
+      this.pio.register(PCI_CONF1_ADDRESS_PORT, 8, 'pci-conf1', this.pci.conf1);
+      this.pci.attach(new PciHostBridge(), 0);
+
+      // Guest-visible boot data.
+      writeMpTable(this.memory, c.cpus);
+      this.boot = loadKernel({
+        kernel, kernelPath: c.kernel, initrd, cmdline: c.cmdline, memory: this.memory, lowRamEnd: layout.lowRamEnd, e820: layout.e820,
+      });
+
+      const ctx: DeviceContext = { vm: this.vm, memory: this.memory, pio: this.pio, mmio: this.mmio, pci: this.pci, log: this.log };
+      if (opts.createDevices) this.devices.push(...opts.createDevices(ctx));
+
+      const cpuid = this.kvm.supportedCpuid();
+      for (let i = 0; i < c.cpus; i++) {
+        const v = this.vm.createVcpu(i);
+        v.setCpuid(cpuidFor(cpuid, i, c.cpus));
+        if (i === 0) setupBootVcpu(v, this.memory, this.boot);
+        // Application processors wait for INIT/SIPI in the in-kernel LAPIC.
+        this.vcpus.push(v);
+      }
+    } catch (e) {
+      this.vm.close();
+      if (this.ownsKvm) this.kvm.close();
+      throw e;
+    }
+  }
+
+  /** Starts every vCPU; resolves when the guest ends (exit port, power-off, reset, fault) or stop() is called. */
+  run(): Promise<MachineExit> {
+    if (!this.started) {
+      this.started = true;
+      for (const v of this.vcpus) {
+        v.start({
+          onExit: (run) => this.onExit(run),
+          onFault: (f) => this.onFault(f),
+        });
+      }
+    }
+    return this.runPromise;
+  }
+
+  /** Ends the VM from the host side. */
+  stop(message = 'stopped by the VMM'): Promise<MachineExit> {
+    this.requestExit({ reason: 'stopped', code: 0, message });
+    return this.runPromise;
+  }
+
+  /** Ends the run: stops all vCPUs, releases devices and the VM, then resolves run(). */
+  requestExit(exit: MachineExit): void {
+    if (this.exit) return;
+    this.exit = exit;
+    void (async () => {
+      await Promise.all(this.vcpus.map((v) => v.stop()));
+      for (const d of this.devices) {
+        try {
+          await d.destroy?.();
+        } catch (e) {
+          this.log(`device ${d.id}: destroy failed: ${(e as Error).message}`);
+        }
+      }
+      this.vm.close();
+      if (this.ownsKvm) this.kvm.close();
+      this.resolveRun!(exit);
+    })();
+  }
+
+  get exited(): MachineExit | undefined {
+    return this.exit;
+  }
+
+  private onSerialByte(b: number): void {
+    if (this.firstSerialByteAt === undefined) this.firstSerialByteAt = performance.now();
+    this.serialOut(Uint8Array.of(b));
+  }
+
+  private onFault(f: VcpuFaultError): void {
+    const code =
+      f.fault.kind === 'shutdown' ? EXIT_CODE_TRIPLE_FAULT
+        : f.fault.kind === 'fail-entry' ? EXIT_CODE_ENTRY_FAILURE
+          : f.fault.kind === 'internal-error' ? EXIT_CODE_INTERNAL_ERROR
+            : EXIT_CODE_VMM_ERROR;
+    this.requestExit({ reason: 'fault', code, message: f.message, fault: f });
+  }
+
+  private onExit(run: KvmRun): VcpuAction {
+    try {
+      switch (run.exitReason) {
+        case U.KVM_EXIT_IO:
+          this.onPio(run);
+          break;
+        case U.KVM_EXIT_MMIO:
+          this.onMmio(run);
+          break;
+        case U.KVM_EXIT_SYSTEM_EVENT: {
+          const t = run.systemEventType;
+          if (t === U.KVM_SYSTEM_EVENT_RESET) this.requestExit({ reason: 'reset', code: 0, message: 'guest requested a reset' });
+          else if (t === U.KVM_SYSTEM_EVENT_SHUTDOWN) this.requestExit({ reason: 'power-off', code: 0, message: 'guest powered off' });
+          else this.requestExit({ reason: 'fault', code: EXIT_CODE_VMM_ERROR, message: `guest crashed (system event ${t})` });
+          return VcpuAction.Stop;
+        }
+        case U.KVM_EXIT_HLT:
+          this.requestExit({ reason: 'power-off', code: 0, message: 'guest halted' });
+          return VcpuAction.Stop;
+        default:
+          this.logOnce(`exit-${run.exitReason}`, `ignoring unexpected exit ${run.exitReason}`);
+      }
+    } catch (e) {
+      // A device must never take the VMM down because of what a guest did.
+      this.logOnce(`exc-${(e as Error).message}`, `device error during exit handling: ${(e as Error).stack ?? e}`);
+    }
+    return this.exit ? VcpuAction.Stop : VcpuAction.Continue;
+  }
+
+  private onPio(run: KvmRun): void {
+    const port = run.ioPort;
+    const size = run.ioSize;
+    const count = run.ioCount;
+    this.stats.pio++;
+    this.stats.perPort.set(port, (this.stats.perPort.get(port) ?? 0) + 1);
+    if (run.ioIsOut) {
+      for (let i = 0; i < count; i++) this.pio.write(port, size, run.ioRead(i));
+    } else {
+      for (let i = 0; i < count; i++) run.ioWrite(Number(this.pio.read(port, size)), i);
+    }
+  }
+
+  private onMmio(run: KvmRun): void {
+    const addr = Number(run.mmioAddress);
+    const len = run.mmioLength;
+    this.stats.mmio++;
+    if (run.mmioIsWrite) {
+      if (!this.mmio.write(addr, len, len === 8 ? run.mmioRead() : Number(run.mmioRead())))
+        this.logOnce(`mmio-w-${addr}`, `unclaimed MMIO write at 0x${addr.toString(16)}`);
+    } else {
+      const v = this.mmio.read(addr, len);
+      run.mmioWrite(typeof v === 'bigint' ? v : BigInt(v >>> 0));
+    }
+  }
+
+  private logOnce(key: string, message: string): void {
+    if (this.loggedErrors.has(key)) return;
+    this.loggedErrors.add(key);
+    this.log(message);
+  }
+}
+
+function readFileOrThrow(flag: string, path: string): Uint8Array {
+  try {
+    return fs.readFileSync(path);
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'is a directory' : (e as Error).message;
+    throw new KernelImageError(`${flag} ${path}: ${why}`);
+  }
+}

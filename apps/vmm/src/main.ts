@@ -1,0 +1,138 @@
+/** `vmm` command-line entry point. */
+import * as fs from 'fs';
+import { KvmUnavailableError } from '@tsvmm/kvm-native';
+import { parseArgs, USAGE } from './cli';
+import { ConfigError, VmConfig } from './config';
+import { buildContainer, DeviceRegistry, TYPES } from './container';
+import { EXIT_CODE_VMM_ERROR, Machine, MachineExit } from './machine/machine';
+import { KernelImageError } from './machine/loader';
+import { loadPlugins } from './plugins';
+
+const EXIT_USAGE = 2;
+
+function serialSink(config: VmConfig): { write: (b: Uint8Array) => void; flush: () => void } {
+  if (config.serial.kind === 'none') return { write: () => undefined, flush: () => undefined };
+  const fd = config.serial.kind === 'file' ? fs.openSync(config.serial.path, 'w') : 1;
+  // Bytes are batched and written between exits, so a slow terminal never stalls a vCPU.
+  let pending: number[] = [];
+  let scheduled = false;
+  const flush = () => {
+    scheduled = false;
+    if (!pending.length) return;
+    const buf = Buffer.from(pending);
+    pending = [];
+    let off = 0;
+    while (off < buf.length) {
+      try {
+        off += fs.writeSync(fd, buf, off);
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'EAGAIN') throw e;
+      }
+    }
+  };
+  return {
+    write: (b) => {
+      for (const x of b) pending.push(x);
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(flush);
+      }
+    },
+    flush,
+  };
+}
+
+/** With --serial stdio, stdin feeds COM1; on a terminal, Ctrl-A x quits. */
+function attachStdin(machine: Machine): () => void {
+  const stdin = process.stdin;
+  if (!stdin.readable) return () => undefined;
+  const tty = stdin.isTTY;
+  if (tty) stdin.setRawMode(true);
+  let ctrlA = false;
+  const onData = (d: Buffer) => {
+    const out: number[] = [];
+    for (const b of d) {
+      if (tty && ctrlA) {
+        ctrlA = false;
+        if (b === 0x78 /* x */) {
+          void machine.stop('quit from the console (Ctrl-A x)');
+          return;
+        }
+        if (b !== 0x01) out.push(0x01);
+      } else if (tty && b === 0x01) {
+        ctrlA = true;
+        continue;
+      }
+      out.push(b);
+    }
+    machine.serial.receive(Uint8Array.from(out));
+  };
+  stdin.on('data', onData);
+  stdin.on('error', () => undefined);
+  return () => {
+    stdin.off('data', onData);
+    if (tty) stdin.setRawMode(false);
+    stdin.pause();
+  };
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  let cmd;
+  try {
+    cmd = parseArgs(argv);
+  } catch (e) {
+    process.stderr.write(`vmm: ${(e as Error).message}\n`);
+    return EXIT_USAGE;
+  }
+  if (cmd.kind === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const config = cmd.config;
+  let machine: Machine;
+  let serial: ReturnType<typeof serialSink>;
+  try {
+    const container = buildContainer(config, loadPlugins());
+    const registry = container.get<DeviceRegistry>(TYPES.DeviceRegistry);
+    registry.validate(config.devices);
+    serial = serialSink(config);
+    machine = new Machine({
+      config,
+      serialOut: serial.write,
+      createDevices: (ctx) => config.devices.map((d) => registry.create(ctx, d)),
+    });
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`vmm: ${e.message}\n`);
+      return EXIT_USAGE;
+    }
+    if (e instanceof KernelImageError || e instanceof KvmUnavailableError) {
+      process.stderr.write(`vmm: ${e.message}\n`);
+      return EXIT_CODE_VMM_ERROR;
+    }
+    throw e;
+  }
+  const detach = config.serial.kind === 'stdio' ? attachStdin(machine) : () => undefined;
+  const onSignal = () => void machine.stop('terminated by signal');
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const exit: MachineExit = await machine.run();
+  detach();
+  serial.flush();
+  if (exit.reason === 'fault' || exit.code !== 0 || exit.reason !== 'exit-port') process.stderr.write(`vmm: ${exit.message}\n`);
+  if (config.traceBoot) {
+    const t = machine.firstSerialByteAt;
+    process.stderr.write(`vmm: first serial byte ${t === undefined ? 'never arrived' : `after ${t.toFixed(1)} ms`} (from process start)\n`);
+  }
+  return exit.code;
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (e) => {
+      process.stderr.write(`vmm: internal error: ${(e as Error).stack ?? e}\n`);
+      process.exit(EXIT_CODE_VMM_ERROR);
+    },
+  );
+}

@@ -1,0 +1,1 @@
+module.exports = { displayName: 'pci', ...require('../../jest.preset.js')(__dirname) };
