@@ -11,6 +11,7 @@ import { VmConfig } from '../config';
 import { ExitPort, I8042Command, Sink } from '../devices/platform';
 import { Uart16550 } from '../devices/uart16550';
 import { cpuidFor, setupBootVcpu } from './cpu-setup';
+import { GsiRoutes } from './gsi-routes';
 import { ramLayout, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR } from './layout';
 import { BootEntry, KernelImageError, loadKernel } from './loader';
 import { writeMpTable } from './mptable';
@@ -62,6 +63,7 @@ export class Machine {
   readonly serial: Uart16550;
   readonly devices: Device[] = [];
   readonly boot: BootEntry;
+  readonly gsiRoutes: GsiRoutes;
   readonly stats: ExitStats = { pio: 0, mmio: 0, perPort: new Map() };
   /** ms since process start when the guest wrote its first serial byte. */
   firstSerialByteAt: number | undefined;
@@ -93,6 +95,7 @@ export class Machine {
       this.vm.setTssAddr(KVM_TSS_ADDR);
       this.vm.createIrqchip();
       this.vm.createPit2(U.KVM_PIT_SPEAKER_DUMMY);
+      this.gsiRoutes = new GsiRoutes(this.vm);
 
       const layout = ramLayout(c.memoryBytes);
       const regions = layout.regions.map((r) =>
