@@ -7,6 +7,7 @@ module.exports = (projectDir) => ({
     '^.+\\.ts$': ['ts-jest', { tsconfig: path.join(projectDir, 'tsconfig.json') }],
   },
   moduleNameMapper: {
+    '^@tsvmm/virtio-core/testing$': path.join(__dirname, 'libs/virtio-core/src/testing.ts'),
     '^@tsvmm/kvm-native/testing$': path.join(__dirname, 'libs/kvm-native/src/testing.ts'),
     '^@tsvmm/(kvm-native|virtio-core|pci)$': path.join(__dirname, 'libs/$1/src/index.ts'),
   },

@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Regenerates the KVM UAPI constants from /usr/include/linux/kvm.h.
-# Usage: tools/uapi-gen/generate.sh [OUT]   (default: libs/kvm-native/src/generated/kvm-uapi.ts)
+# Regenerates TypeScript constants from the Linux UAPI headers in /usr/include/linux.
+# Usage: tools/uapi-gen/generate.sh            (writes every generated file in the repo)
+#        tools/uapi-gen/generate.sh NAME OUT   (one generator: kvm, virtio, virtio-blk)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-out=${1:-$root/libs/kvm-native/src/generated/kvm-uapi.ts}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-gcc -O0 -o "$tmp/gen" "$here/gen-kvm-uapi.c"
-mkdir -p "$(dirname "$out")"
-"$tmp/gen" > "$out"
+gen() {
+  local name=$1 out=$2
+  gcc -O0 -o "$tmp/gen-$name" "$here/gen-$name-uapi.c"
+  mkdir -p "$(dirname "$out")"
+  "$tmp/gen-$name" > "$out"
+}
+if [ $# -eq 2 ]; then
+  gen "$1" "$2"
+elif [ $# -eq 1 ]; then
+  gen kvm "$1"   # backwards compatible: one argument is the kvm output
+else
+  gen kvm "$root/libs/kvm-native/src/generated/kvm-uapi.ts"
+  gen virtio "$root/libs/virtio-core/src/generated/virtio-uapi.ts"
+  gen virtio-blk "$root/plugins/virtio-blk/src/generated/virtio-blk-uapi.ts"
+fi

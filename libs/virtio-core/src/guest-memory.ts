@@ -115,3 +115,10 @@ export class GuestMemory {
     v.setBigUint64(o, BigInt.asUintN(64, x), true);
   }
 }
+
+/** An aligned Uint16Array over guest RAM (for ring indices read and written with Atomics). */
+export function u16View(mem: GuestMemory, addr: GuestAddress, count: number): Uint16Array {
+  if (addr % 2) throw new GuestMemoryError(addr, count * 2);
+  const s = mem.slice(addr, count * 2);
+  return new Uint16Array(s.buffer, s.byteOffset, count);
+}

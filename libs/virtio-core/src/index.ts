@@ -1,1 +1,4 @@
+export * from './device';
 export * from './guest-memory';
+export * from './virtqueue';
+export * as virtioUapi from './generated/virtio-uapi';

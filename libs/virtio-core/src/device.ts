@@ -1,0 +1,280 @@
+/**
+ * The transport-neutral virtio device: feature negotiation, the device-status
+ * state machine, queues, and the two flags every queue operation checks:
+ *
+ * - `broken`: the guest corrupted a ring or chain; the device sets
+ *   VIRTIO_CONFIG_S_NEEDS_RESET, raises a config interrupt and stops until the
+ *   driver resets it.
+ * - `disabled`: the guest cleared PCI bus mastering (or the transport's
+ *   equivalent); the device touches no guest memory until it is set again.
+ */
+import * as V from './generated/virtio-uapi';
+import { GuestMemory } from './guest-memory';
+import { describeQueueError, QueueError, QueueState, SplitVirtqueue } from './virtqueue';
+
+/** What the transport gives the device: how to interrupt the driver. */
+export interface VirtioInterrupt {
+  /** The queue's used-buffer notification (MSI-X vector, or ISR bit 0 + INTx). */
+  signalQueue(queue: number): void;
+  /** A configuration-change notification (ISR bit 1). */
+  signalConfig(): void;
+}
+
+export const VIRTIO_F_VERSION_1 = 1n << BigInt(V.VIRTIO_F_VERSION_1);
+export const VIRTIO_RING_F_EVENT_IDX = 1n << BigInt(V.VIRTIO_RING_F_EVENT_IDX);
+export const VIRTIO_RING_F_INDIRECT_DESC = 1n << BigInt(V.VIRTIO_RING_F_INDIRECT_DESC);
+
+export interface VirtioDeviceState {
+  deviceFeatures: string;
+  driverFeatures: string;
+  status: number;
+  configGeneration: number;
+  broken: boolean;
+  /** Present only when set, so streams from devices without it still load. */
+  disabled?: true;
+  queues: QueueState[];
+  device?: unknown;
+}
+
+export interface VirtioDeviceOptions {
+  id: string;
+  deviceId: number;
+  numQueues: number;
+  queueMaxSize: number;
+  /** Device-specific feature bits; VERSION_1, EVENT_IDX and INDIRECT_DESC are added unless disabled. */
+  features: bigint;
+  eventIdx?: boolean;
+  log?: (message: string) => void;
+}
+
+export interface QueueCounters {
+  /** Notifications (kicks) seen, through ioeventfd or the exit path. */
+  kicks: number;
+  /** Chains taken from the available ring. */
+  chains: number;
+  /** Used-buffer interrupts sent to the driver. */
+  interrupts: number;
+  /** Interrupts suppressed by the driver (EVENT_IDX or NO_INTERRUPT). */
+  suppressed: number;
+}
+
+export abstract class VirtioDevice {
+  readonly id: string;
+  readonly deviceId: number;
+  readonly queues: SplitVirtqueue[];
+  readonly counters: QueueCounters[];
+  deviceFeatures: bigint;
+  driverFeatures = 0n;
+  status = 0;
+  configGeneration = 0;
+  broken = false;
+  disabled = false;
+  brokenReason: string | undefined;
+  interrupt: VirtioInterrupt | undefined;
+
+  protected readonly log: (message: string) => void;
+  private readonly deferred: { queue: number; head: number; len: number }[] = [];
+  private readonly kickedWhileDisabled = new Set<number>();
+
+  constructor(
+    protected readonly memory: GuestMemory,
+    opts: VirtioDeviceOptions,
+  ) {
+    this.id = opts.id;
+    this.deviceId = opts.deviceId;
+    this.queues = Array.from({ length: opts.numQueues }, (_, i) => new SplitVirtqueue(i, opts.queueMaxSize));
+    this.counters = this.queues.map(() => ({ kicks: 0, chains: 0, interrupts: 0, suppressed: 0 }));
+    this.deviceFeatures = opts.features | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | (opts.eventIdx === false ? 0n : VIRTIO_RING_F_EVENT_IDX);
+    this.log = opts.log ?? (() => undefined);
+  }
+
+  // --- the device's own part -------------------------------------------------
+
+  /** Device configuration space (little-endian), `size` bytes at `offset`. */
+  abstract readConfig(offset: number, size: number): number;
+  writeConfig(_offset: number, _size: number, _value: number): void {}
+  /** Takes and handles the available chains of a queue. Only called when the device may touch memory. */
+  protected abstract processQueue(queue: SplitVirtqueue): void;
+  /** DRIVER_OK: the queues are live. */
+  protected onActivate(): void {}
+  /** The driver reset the device: drop in-flight state. */
+  protected onReset(): void {}
+
+  // --- negotiation and status ------------------------------------------------
+
+  hasFeature(bit: number | bigint): boolean {
+    return (this.driverFeatures & (1n << BigInt(bit))) !== 0n;
+  }
+
+  get driverOk(): boolean {
+    return (this.status & V.VIRTIO_CONFIG_S_DRIVER_OK) !== 0;
+  }
+
+  /** The driver wrote the device status register. */
+  writeStatus(value: number): void {
+    value &= 0xff;
+    if (value === 0) {
+      this.reset();
+      return;
+    }
+    const old = this.status;
+    if (value & V.VIRTIO_CONFIG_S_FEATURES_OK && !(old & V.VIRTIO_CONFIG_S_FEATURES_OK)) {
+      // FEATURES_OK sticks only for an acceptable subset: VERSION_1 required, nothing unoffered.
+      const extra = this.driverFeatures & ~this.deviceFeatures;
+      if (!(this.driverFeatures & VIRTIO_F_VERSION_1) || extra !== 0n) value &= ~V.VIRTIO_CONFIG_S_FEATURES_OK;
+    }
+    this.status = value | (old & V.VIRTIO_CONFIG_S_NEEDS_RESET);
+    if (value & V.VIRTIO_CONFIG_S_DRIVER_OK && !(old & V.VIRTIO_CONFIG_S_DRIVER_OK)) this.activate();
+  }
+
+  /** The driver wrote 32 bits of its feature word (select 0 or 1). Ignored after FEATURES_OK. */
+  writeDriverFeatures(select: number, value: number): void {
+    if (this.status & V.VIRTIO_CONFIG_S_FEATURES_OK || select > 1) return;
+    const shift = BigInt(select * 32);
+    this.driverFeatures = (this.driverFeatures & ~(0xffffffffn << shift)) | (BigInt(value >>> 0) << shift);
+  }
+
+  readDeviceFeatures(select: number): number {
+    if (select > 1) return 0;
+    return Number((this.deviceFeatures >> BigInt(select * 32)) & 0xffffffffn);
+  }
+
+  private activate(): void {
+    const features = { eventIdx: this.hasFeature(V.VIRTIO_RING_F_EVENT_IDX), indirect: this.hasFeature(V.VIRTIO_RING_F_INDIRECT_DESC) };
+    for (const q of this.queues) {
+      if (!q.ready) continue;
+      const err = q.activate(this.memory, features);
+      if (err) {
+        this.markBroken(err);
+        return;
+      }
+    }
+    this.onActivate();
+  }
+
+  reset(): void {
+    this.onReset();
+    for (const q of this.queues) q.reset();
+    this.status = 0;
+    this.driverFeatures = 0n;
+    this.broken = false;
+    this.brokenReason = undefined;
+    this.deferred.length = 0;
+    this.kickedWhileDisabled.clear();
+  }
+
+  // --- queues ----------------------------------------------------------------
+
+  /** May the device process queues and touch guest memory now? */
+  get canProcess(): boolean {
+    return this.driverOk && !this.broken && !this.disabled;
+  }
+
+  /** A kick for `queue` (from its ioeventfd or the notify exit path). */
+  notify(queue: number): void {
+    const q = this.queues[queue];
+    if (!q) return;
+    this.counters[queue].kicks++;
+    if (this.disabled) {
+      this.kickedWhileDisabled.add(queue);
+      return;
+    }
+    if (!this.canProcess || !q.active) return;
+    this.processQueue(q);
+  }
+
+  /**
+   * Takes the next chain, marking the device broken on a ring error. Returns
+   * null when the queue is empty or the device stopped.
+   */
+  protected popChain(q: SplitVirtqueue) {
+    if (!this.canProcess) return null;
+    const r = q.pop();
+    if (r === null) return null;
+    if ('error' in r) {
+      this.markBroken(r.error);
+      return null;
+    }
+    this.counters[q.index].chains++;
+    return r.chain;
+  }
+
+  /** Puts a chain on the used ring (deferred while bus mastering is off). Call signalUsed after a batch. */
+  protected pushUsed(q: SplitVirtqueue, head: number, len: number): void {
+    if (this.disabled) {
+      this.deferred.push({ queue: q.index, head, len });
+      return;
+    }
+    if (!this.driverOk || this.broken || !q.active) return;
+    q.pushUsed(head, len);
+  }
+
+  /** Interrupts the driver for a queue if it asked for it. */
+  protected signalUsed(q: SplitVirtqueue): void {
+    if (!this.canProcess || !q.active) return;
+    if (q.needsInterrupt()) {
+      this.counters[q.index].interrupts++;
+      this.interrupt?.signalQueue(q.index);
+    } else this.counters[q.index].suppressed++;
+  }
+
+  /** The guest broke the queue protocol: needs-reset, config interrupt, stop. */
+  markBroken(reason: QueueError | string): void {
+    if (this.broken) return;
+    const text = typeof reason === 'string' ? reason : describeQueueError(reason);
+    this.broken = true;
+    this.brokenReason = text;
+    this.status |= V.VIRTIO_CONFIG_S_NEEDS_RESET;
+    this.configGeneration = (this.configGeneration + 1) & 0xff;
+    this.log(`${this.id}: guest error, device needs reset: ${text}`);
+    this.interrupt?.signalConfig();
+  }
+
+  /** Bus mastering changed: `disabled` stops all memory access; re-enabling resumes. */
+  setDisabled(disabled: boolean): void {
+    if (this.disabled === disabled) return;
+    this.disabled = disabled;
+    if (disabled) return;
+    const done = this.deferred.splice(0);
+    const touched = new Set<number>();
+    for (const d of done) {
+      const q = this.queues[d.queue];
+      if (this.driverOk && !this.broken && q.active) {
+        q.pushUsed(d.head, d.len);
+        touched.add(d.queue);
+      }
+    }
+    for (const i of touched) this.signalUsed(this.queues[i]);
+    const kicked = [...this.kickedWhileDisabled];
+    this.kickedWhileDisabled.clear();
+    for (const i of kicked) if (this.canProcess && this.queues[i].active) this.processQueue(this.queues[i]);
+  }
+
+  // --- state -----------------------------------------------------------------
+
+  saveState(): VirtioDeviceState {
+    const s: VirtioDeviceState = {
+      deviceFeatures: this.deviceFeatures.toString(16),
+      driverFeatures: this.driverFeatures.toString(16),
+      status: this.status,
+      configGeneration: this.configGeneration,
+      broken: this.broken,
+      queues: this.queues.map((q) => q.save()),
+    };
+    if (this.disabled) s.disabled = true;
+    return s;
+  }
+
+  loadState(s: VirtioDeviceState): void {
+    this.driverFeatures = BigInt(`0x${s.driverFeatures}`);
+    this.status = s.status;
+    this.configGeneration = s.configGeneration;
+    this.broken = s.broken;
+    this.disabled = s.disabled === true;
+    s.queues.forEach((qs, i) => this.queues[i]?.load(qs));
+    if (this.driverOk && !this.broken) {
+      const features = { eventIdx: this.hasFeature(V.VIRTIO_RING_F_EVENT_IDX), indirect: this.hasFeature(V.VIRTIO_RING_F_INDIRECT_DESC) };
+      for (const q of this.queues) if (q.ready) q.activate(this.memory, features);
+    }
+  }
+}

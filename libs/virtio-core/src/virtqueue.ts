@@ -1,0 +1,313 @@
+/**
+ * The split virtqueue (virtio 1.2 section 2.7), device side.
+ *
+ * Every index and address read from the guest is checked: a malformed ring or
+ * chain is reported as a QueueError (a guest mistake), never thrown as a host
+ * error, so the device can mark itself needs-reset and the VMM keeps running.
+ */
+import * as V from './generated/virtio-uapi';
+import { GuestAddress, GuestMemory, GuestMemoryError, u16View } from './guest-memory';
+
+export const DESC_SIZE = 16;
+export const MAX_QUEUE_SIZE = 32768;
+
+/** One guest buffer of a chain, already range-checked. */
+export interface Descriptor {
+  addr: GuestAddress;
+  len: number;
+  writable: boolean;
+}
+
+export interface DescriptorChain {
+  /** Head index, returned to the driver in the used ring. */
+  head: number;
+  /** Device-readable buffers, in order. */
+  readable: Descriptor[];
+  /** Device-writable buffers, in order (they all follow the readable ones). */
+  writable: Descriptor[];
+  readableLength: number;
+  writableLength: number;
+}
+
+/** A guest mistake in the rings or a chain: one member per rule. */
+export type QueueError =
+  | { kind: 'bad-queue-layout'; detail: string }
+  | { kind: 'avail-index-jump'; availIdx: number; lastAvailIdx: number }
+  | { kind: 'head-out-of-range'; head: number }
+  | { kind: 'next-out-of-range'; next: number; size: number }
+  | { kind: 'descriptor-loop'; index: number }
+  | { kind: 'chain-too-long'; limit: number }
+  | { kind: 'address-out-of-range'; addr: number; len: number }
+  | { kind: 'indirect-not-negotiated' }
+  | { kind: 'nested-indirect' }
+  | { kind: 'indirect-with-next' }
+  | { kind: 'bad-indirect-table'; len: number }
+  | { kind: 'readable-after-writable'; index: number }
+  | { kind: 'chain-length-overflow' };
+
+export function describeQueueError(e: QueueError): string {
+  switch (e.kind) {
+    case 'bad-queue-layout': return `bad queue layout: ${e.detail}`;
+    case 'avail-index-jump': return `available index ${e.availIdx} is more than a queue ahead of ${e.lastAvailIdx}`;
+    case 'head-out-of-range': return `chain head ${e.head} is outside the descriptor table`;
+    case 'next-out-of-range': return `descriptor next ${e.next} is outside the table of ${e.size}`;
+    case 'descriptor-loop': return `descriptor chain loops (descriptor ${e.index} seen twice)`;
+    case 'chain-too-long': return `descriptor chain longer than ${e.limit}`;
+    case 'address-out-of-range': return `buffer [0x${e.addr.toString(16)}, +0x${e.len.toString(16)}) is not guest RAM`;
+    case 'indirect-not-negotiated': return 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC';
+    case 'nested-indirect': return 'indirect descriptor inside an indirect table';
+    case 'indirect-with-next': return 'descriptor has both INDIRECT and NEXT';
+    case 'bad-indirect-table': return `indirect table length ${e.len} is not a non-zero multiple of 16`;
+    case 'readable-after-writable': return `device-readable descriptor ${e.index} after a device-writable one`;
+    case 'chain-length-overflow': return 'total chain length is 4 GiB or more';
+  }
+}
+
+export type PopResult = { chain: DescriptorChain } | { error: QueueError } | null;
+
+export interface QueueConfig {
+  size: number;
+  descTable: number;
+  availRing: number;
+  usedRing: number;
+}
+
+/** What a queue remembers across save/restore. */
+export interface QueueState extends QueueConfig {
+  ready: boolean;
+  lastAvailIdx: number;
+  usedIdx: number;
+}
+
+export class SplitVirtqueue {
+  /** Driver-programmed layout (valid once `ready`). */
+  size: number;
+  descTable = 0;
+  availRing = 0;
+  usedRing = 0;
+  ready = false;
+
+  eventIdx = false;
+  indirect = false;
+
+  lastAvailIdx = 0;
+  usedIdx = 0;
+  private signalledUsed = 0;
+  private signalledUsedValid = false;
+
+  private mem: GuestMemory | undefined;
+  private availIdxView: Uint16Array | undefined;
+  private availFlagsView: Uint16Array | undefined;
+  private usedEventView: Uint16Array | undefined;
+  private usedIdxView: Uint16Array | undefined;
+  private usedFlagsView: Uint16Array | undefined;
+  private availEventView: Uint16Array | undefined;
+  private ringView: Uint16Array | undefined;
+  private usedRingBytes: DataView | undefined;
+  private descBytes: DataView | undefined;
+
+  constructor(
+    readonly index: number,
+    readonly maxSize: number,
+  ) {
+    this.size = maxSize;
+  }
+
+  /**
+   * Checks the layout (power-of-two size, alignments 16/2/4, every ring in
+   * RAM) and maps the rings. Called when the driver sets DRIVER_OK.
+   */
+  activate(mem: GuestMemory, features: { eventIdx: boolean; indirect: boolean }): QueueError | undefined {
+    const n = this.size;
+    const bad = (detail: string): QueueError => ({ kind: 'bad-queue-layout', detail: `queue ${this.index}: ${detail}` });
+    if (n === 0 || n > this.maxSize || (n & (n - 1)) !== 0) return bad(`size ${n} is not a power of two up to ${this.maxSize}`);
+    if (this.descTable % 16) return bad(`descriptor table 0x${this.descTable.toString(16)} is not 16-byte aligned`);
+    if (this.availRing % 2) return bad(`driver area 0x${this.availRing.toString(16)} is not 2-byte aligned`);
+    if (this.usedRing % 4) return bad(`device area 0x${this.usedRing.toString(16)} is not 4-byte aligned`);
+    try {
+      const desc = mem.slice(this.descTable, DESC_SIZE * n);
+      this.descBytes = new DataView(desc.buffer, desc.byteOffset, desc.byteLength);
+      const avail = u16View(mem, this.availRing, 3 + n);
+      this.availFlagsView = avail.subarray(0, 1);
+      this.availIdxView = avail.subarray(1, 2);
+      this.ringView = avail.subarray(2, 2 + n);
+      this.usedEventView = avail.subarray(2 + n, 3 + n);
+      const usedBytes = mem.slice(this.usedRing, 6 + 8 * n);
+      const used = u16View(mem, this.usedRing, 2);
+      this.usedFlagsView = used.subarray(0, 1);
+      this.usedIdxView = used.subarray(1, 2);
+      this.usedRingBytes = new DataView(usedBytes.buffer, usedBytes.byteOffset + 4, 8 * n);
+      this.availEventView = u16View(mem, this.usedRing + 4 + 8 * n, 1);
+    } catch (e) {
+      if (e instanceof GuestMemoryError) return bad(e.message);
+      throw e;
+    }
+    this.mem = mem;
+    this.eventIdx = features.eventIdx;
+    this.indirect = features.indirect;
+    this.signalledUsedValid = false;
+    return undefined;
+  }
+
+  get active(): boolean {
+    return this.mem !== undefined;
+  }
+
+  /** Forgets the layout and indices (device reset). */
+  reset(): void {
+    this.size = this.maxSize;
+    this.descTable = this.availRing = this.usedRing = 0;
+    this.ready = false;
+    this.lastAvailIdx = this.usedIdx = 0;
+    this.signalledUsedValid = false;
+    this.mem = undefined;
+    this.availIdxView = this.availFlagsView = this.usedEventView = this.usedIdxView = undefined;
+    this.usedFlagsView = this.availEventView = this.ringView = undefined;
+    this.usedRingBytes = this.descBytes = undefined;
+  }
+
+  /** The driver's available index (acquire: the ring entries before it are visible). */
+  private availIdx(): number {
+    return Atomics.load(this.availIdxView!, 0);
+  }
+
+  /** Number of chains the driver has made available that we have not taken. */
+  pending(): number {
+    if (!this.mem) return 0;
+    return (this.availIdx() - this.lastAvailIdx) & 0xffff;
+  }
+
+  /** Takes the next available chain, or null when there is none. */
+  pop(): PopResult {
+    if (!this.mem) return null;
+    const availIdx = this.availIdx();
+    const pending = (availIdx - this.lastAvailIdx) & 0xffff;
+    if (pending === 0) return null;
+    if (pending > this.size) return { error: { kind: 'avail-index-jump', availIdx, lastAvailIdx: this.lastAvailIdx } };
+    const head = Atomics.load(this.ringView!, this.lastAvailIdx % this.size);
+    const r = this.readChain(head);
+    if ('error' in r) return r;
+    this.lastAvailIdx = (this.lastAvailIdx + 1) & 0xffff;
+    return r;
+  }
+
+  /** Walks a chain from `head` with vm-virtio's rules (see QueueError). */
+  readChain(head: number): { chain: DescriptorChain } | { error: QueueError } {
+    const n = this.size;
+    if (head >= n) return { error: { kind: 'head-out-of-range', head } };
+    const chain: DescriptorChain = { head, readable: [], writable: [], readableLength: 0, writableLength: 0 };
+    const mem = this.mem!;
+    let table = this.descBytes!;
+    let tableSize = n;
+    let inIndirect = false;
+    let seen = new Uint8Array(n);
+    let index = head;
+    let total = 0;
+    let count = 0;
+    for (;;) {
+      if (seen[index]) return { error: { kind: 'descriptor-loop', index } };
+      seen[index] = 1;
+      if (++count > n) return { error: { kind: 'chain-too-long', limit: n } };
+      const o = index * DESC_SIZE;
+      const addr = Number(table.getBigUint64(o, true));
+      const len = table.getUint32(o + 8, true);
+      const flags = table.getUint16(o + 12, true);
+      const next = table.getUint16(o + 14, true);
+      if (flags & V.VRING_DESC_F_INDIRECT) {
+        if (!this.indirect) return { error: { kind: 'indirect-not-negotiated' } };
+        if (inIndirect) return { error: { kind: 'nested-indirect' } };
+        if (flags & V.VRING_DESC_F_NEXT) return { error: { kind: 'indirect-with-next' } };
+        if (len === 0 || len % DESC_SIZE) return { error: { kind: 'bad-indirect-table', len } };
+        let t: Uint8Array;
+        try {
+          t = mem.slice(addr, len);
+        } catch {
+          return { error: { kind: 'address-out-of-range', addr, len } };
+        }
+        table = new DataView(t.buffer, t.byteOffset, t.byteLength);
+        tableSize = len / DESC_SIZE;
+        inIndirect = true;
+        seen = new Uint8Array(tableSize);
+        index = 0;
+        continue;
+      }
+      if (len > 0 && !mem.checkRange(addr, len)) return { error: { kind: 'address-out-of-range', addr, len } };
+      total += len;
+      if (total >= 2 ** 32) return { error: { kind: 'chain-length-overflow' } };
+      const writable = (flags & V.VRING_DESC_F_WRITE) !== 0;
+      if (writable) {
+        chain.writable.push({ addr, len, writable });
+        chain.writableLength += len;
+      } else {
+        if (chain.writable.length) return { error: { kind: 'readable-after-writable', index } };
+        chain.readable.push({ addr, len, writable });
+        chain.readableLength += len;
+      }
+      if (!(flags & V.VRING_DESC_F_NEXT)) break;
+      if (next >= tableSize) return { error: { kind: 'next-out-of-range', next, size: tableSize } };
+      index = next;
+    }
+    return { chain };
+  }
+
+  /** Returns a chain to the driver with `len` bytes written (release: the element before the index). */
+  pushUsed(head: number, len: number): void {
+    if (!this.mem) return;
+    const slot = this.usedIdx % this.size;
+    this.usedRingBytes!.setUint32(slot * 8, head, true);
+    this.usedRingBytes!.setUint32(slot * 8 + 4, len >>> 0, true);
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    Atomics.store(this.usedIdxView!, 0, this.usedIdx);
+  }
+
+  /**
+   * Whether the driver wants an interrupt for the used entries added since the
+   * last call (VIRTIO_F_EVENT_IDX's used_event, or VRING_AVAIL_F_NO_INTERRUPT).
+   */
+  needsInterrupt(): boolean {
+    if (!this.mem) return false;
+    if (!this.eventIdx) return (Atomics.load(this.availFlagsView!, 0) & V.VRING_AVAIL_F_NO_INTERRUPT) === 0;
+    const newIdx = this.usedIdx;
+    const old = this.signalledUsed;
+    const valid = this.signalledUsedValid;
+    this.signalledUsed = newIdx;
+    this.signalledUsedValid = true;
+    if (!valid) return true;
+    const usedEvent = Atomics.load(this.usedEventView!, 0);
+    return ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - old) & 0xffff);
+  }
+
+  /** Asks the driver not to kick (while the device is already processing). */
+  disableNotification(): void {
+    if (!this.mem || this.eventIdx) return;
+    Atomics.store(this.usedFlagsView!, 0, V.VRING_USED_F_NO_NOTIFY);
+  }
+
+  /**
+   * Asks the driver to kick for the next buffer, then re-checks the ring:
+   * returns true when buffers arrived meanwhile (the caller must process them).
+   */
+  enableNotification(): boolean {
+    if (!this.mem) return false;
+    if (this.eventIdx) Atomics.store(this.availEventView!, 0, this.lastAvailIdx);
+    else Atomics.store(this.usedFlagsView!, 0, 0);
+    return this.pending() > 0;
+  }
+
+  save(): QueueState {
+    return {
+      size: this.size, descTable: this.descTable, availRing: this.availRing, usedRing: this.usedRing,
+      ready: this.ready, lastAvailIdx: this.lastAvailIdx, usedIdx: this.usedIdx,
+    };
+  }
+
+  load(s: QueueState): void {
+    this.size = s.size;
+    this.descTable = s.descTable;
+    this.availRing = s.availRing;
+    this.usedRing = s.usedRing;
+    this.ready = s.ready;
+    this.lastAvailIdx = s.lastAvailIdx;
+    this.usedIdx = s.usedIdx;
+  }
+}
