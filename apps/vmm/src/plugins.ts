@@ -1,16 +1,13 @@
 /**
- * The device plugin packages this VMM build knows. Each exports `plugin`
- * (a DevicePlugin). Until package discovery lands, the list is explicit.
+ * The device plugin packages built into this VMM. Imported statically so the
+ * esbuild bundle contains them. (Discovery by package.json `vmmPlugin` is the
+ * plugin-packaging issue's work.)
  */
 import { DevicePlugin } from '@tsvmm/pci';
+import { plugin as virtioBlk } from '@tsvmm/virtio-blk';
 
-export const PLUGIN_PACKAGES: readonly string[] = [];
+export const BUILTIN_PLUGINS: readonly DevicePlugin[] = [virtioBlk];
 
-export function loadPlugins(packages: readonly string[] = PLUGIN_PACKAGES): DevicePlugin[] {
-  return packages.map((name) => {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const mod = require(name) as { plugin?: DevicePlugin };
-    if (!mod.plugin) throw new Error(`package ${name} does not export a device plugin`);
-    return mod.plugin;
-  });
+export function loadPlugins(): DevicePlugin[] {
+  return [...BUILTIN_PLUGINS];
 }

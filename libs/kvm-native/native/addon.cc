@@ -184,6 +184,17 @@ Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = argFd(info, 0);
+  int mode = info[1].As<Napi::Number>().Int32Value();
+  uint64_t off = argU64(info, 2, "offset");
+  uint64_t len = argU64(info, 3, "len");
+  int r = sysFallocate(fd, mode, static_cast<int64_t>(off), static_cast<int64_t>(len));
+  if (r < 0) throw errnoError(env, r, "fallocate");
+  return env.Undefined();
+}
+
 // FdWatcher: calls back on the JS thread whenever the fd is readable (uv_poll).
 class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
  public:
@@ -413,6 +424,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfd", Napi::Function::New(env, Eventfd));
   exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite));
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate));
   exports.Set("FdWatcher", FdWatcher::Init(env));
   exports.Set("VcpuThread", VcpuThread::Init(env));
   exports.Set("kvmRunSize", Napi::Number::New(env, sizeof(kvm_run)));

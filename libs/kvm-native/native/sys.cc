@@ -91,6 +91,14 @@ int sysEventfdWrite(int fd, uint64_t value) {
   return n == sizeof(value) ? 0 : -EIO;
 }
 
+int sysFallocate(int fd, int mode, int64_t offset, int64_t len) {
+  int r;
+  do {
+    r = fallocate(fd, mode, offset, len);
+  } while (r < 0 && errno == EINTR);
+  return r < 0 ? err() : 0;
+}
+
 int kickSignal() { return SIGRTMIN + 2; }
 
 static void onKick(int) {}

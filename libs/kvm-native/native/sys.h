@@ -25,6 +25,9 @@ int sysEventfd(unsigned initval, int flags);
 int sysEventfdRead(int fd, uint64_t* value);
 int sysEventfdWrite(int fd, uint64_t value);
 
+// fallocate(2) (hole punching and zeroing for block backends).
+int sysFallocate(int fd, int mode, int64_t offset, int64_t len);
+
 // The signal used to kick a vCPU thread out of KVM_RUN (handler is a no-op).
 int kickSignal();
 void installKickSignalHandler();

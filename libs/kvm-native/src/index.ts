@@ -6,3 +6,4 @@ export * from './structs';
 export { loadNative, addonCandidates } from './native';
 export type { NativeAddon } from './native';
 export * as uapi from './generated/kvm-uapi';
+export * from './host-file';

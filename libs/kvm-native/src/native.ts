@@ -35,6 +35,7 @@ export interface NativeAddon {
   /** Reads and clears the counter; 0n when it was already zero. */
   eventfdRead(fd: number): bigint;
   eventfdWrite(fd: number, value?: number | bigint): void;
+  fallocate(fd: number, mode: number, offset: number, len: number): void;
   FdWatcher: new (fd: number, onReadable: (err: Error | null) => void) => NativeFdWatcher;
   VcpuThread: new (
     vcpuFd: number,

@@ -6,7 +6,9 @@
  */
 import type { Vm } from '@tsvmm/kvm-native';
 import type { GuestMemory } from '@tsvmm/virtio-core';
+import type { GsiRoutes } from './gsi-routes';
 import type { IoBus } from './io-bus';
+import type { MmioAllocator } from './mmio-allocator';
 import type { PciBus } from './pci-bus';
 import type { PropertySchema, PropertyValue } from './properties';
 
@@ -22,6 +24,10 @@ export interface DeviceContext {
   pio: IoBus;
   mmio: IoBus;
   pci: PciBus;
+  /** KVM GSI routing (MSI routes for MSI-X vectors). */
+  gsiRoutes: GsiRoutes;
+  /** Allocator for BARs in the 32-bit PCI MMIO window. */
+  mmio32: MmioAllocator;
   log(message: string): void;
 }
 
@@ -29,6 +35,8 @@ export interface DeviceContext {
 export interface Device {
   readonly id: string;
   readonly type: string;
+  /** The VM stopped (false) or resumes (true): e.g. queue notifiers go off while stopped. */
+  setRunning?(running: boolean): void;
   /** Called when the VM stops for good (close files, release fds). */
   destroy?(): void | Promise<void>;
 }

@@ -5,14 +5,13 @@
  */
 import * as fs from 'fs';
 import { Kvm, KvmRun, uapi as U, Vcpu, VcpuAction, VcpuFaultError, Vm } from '@tsvmm/kvm-native';
-import { Device, DeviceContext, IoBus, PCI_CONF1_ADDRESS_PORT, PciBus, PciHostBridge } from '@tsvmm/pci';
+import { Device, DeviceContext, GsiRoutes, IoBus, MmioAllocator, PCI_CONF1_ADDRESS_PORT, PciBus, PciHostBridge } from '@tsvmm/pci';
 import { GuestMemory } from '@tsvmm/virtio-core';
 import { VmConfig } from '../config';
 import { ExitPort, I8042Command, Sink } from '../devices/platform';
 import { Uart16550 } from '../devices/uart16550';
 import { cpuidFor, setupBootVcpu } from './cpu-setup';
-import { GsiRoutes } from './gsi-routes';
-import { ramLayout, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR } from './layout';
+import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, PCI_MMIO32_BASE, PCI_MMIO32_SIZE, ramLayout } from './layout';
 import { BootEntry, KernelImageError, loadKernel } from './loader';
 import { writeMpTable } from './mptable';
 
@@ -59,6 +58,7 @@ export class Machine {
   readonly pio = new IoBus('pio');
   readonly mmio = new IoBus('mmio');
   readonly pci = new PciBus();
+  readonly mmio32 = new MmioAllocator(PCI_MMIO32_BASE, PCI_MMIO32_SIZE);
   readonly vcpus: Vcpu[] = [];
   readonly serial: Uart16550;
   readonly devices: Device[] = [];
@@ -126,7 +126,9 @@ export class Machine {
         kernel, kernelPath: c.kernel, initrd, cmdline: c.cmdline, memory: this.memory, lowRamEnd: layout.lowRamEnd, e820: layout.e820,
       });
 
-      const ctx: DeviceContext = { vm: this.vm, memory: this.memory, pio: this.pio, mmio: this.mmio, pci: this.pci, log: this.log };
+      const ctx: DeviceContext = {
+        vm: this.vm, memory: this.memory, pio: this.pio, mmio: this.mmio, pci: this.pci, gsiRoutes: this.gsiRoutes, mmio32: this.mmio32, log: this.log,
+      };
       if (opts.createDevices) this.devices.push(...opts.createDevices(ctx));
 
       const cpuid = this.kvm.supportedCpuid();

@@ -1,0 +1,372 @@
+/**
+ * The virtio-pci modern transport (virtio 1.2 section 4.1): wraps any
+ * VirtioDevice in a PCI function with the common, notify, ISR, device and
+ * PCI-config-access capabilities and MSI-X.
+ *
+ * BAR0 (32-bit): MSI-X table at 0x000, PBA at 0x800.
+ * BAR4 (64-bit, placed below 4 GiB): common cfg 0x0000, ISR 0x1000, device cfg
+ * 0x2000, notify 0x3000 (queue i at 0x3000 + 4*i).
+ *
+ * Queue notifications use one KVM ioeventfd per queue on its notify address
+ * (16-bit writes, as drivers issue them), registered while the driver is at
+ * DRIVER_OK, the VM runs and no backend owns the notifiers. A notify write the
+ * ioeventfd does not catch (other widths, or ioeventfd=off) arrives through
+ * the exit path and does the same thing.
+ */
+import { EventFd, Vm } from '@tsvmm/kvm-native';
+import { VirtioDevice, VirtioInterrupt, virtioUapi as V } from '@tsvmm/virtio-core';
+import { GsiRoutes } from './gsi-routes';
+import { BusDevice, IoBus } from './io-bus';
+import { MmioAllocator } from './mmio-allocator';
+import { MsixController } from './msix';
+import { PciBarFunction } from './pci-device';
+import { PciBus } from './pci-bus';
+
+export const VIRTIO_PCI_VENDOR_ID = 0x1af4;
+export const VIRTIO_PCI_DEVICE_ID_BASE = 0x1040;
+const PCI_CAP_ID_VNDR = 0x09;
+
+const MSIX_BAR = 0;
+const VIRTIO_BAR = 4;
+const VIRTIO_BAR_SIZE = 0x4000;
+const COMMON_OFFSET = 0x0000;
+const ISR_OFFSET = 0x1000;
+const DEVICE_OFFSET = 0x2000;
+const NOTIFY_OFFSET = 0x3000;
+const NOTIFY_MULTIPLIER = 4;
+const NO_VECTOR = V.VIRTIO_MSI_NO_VECTOR;
+
+export interface VirtioPciContext {
+  vm: Vm;
+  pci: PciBus;
+  mmio: IoBus;
+  gsiRoutes: GsiRoutes;
+  mmio32: MmioAllocator;
+  log(message: string): void;
+}
+
+export interface VirtioPciOptions {
+  /** PCI class code for the device type (e.g. 0x018000 for block). */
+  classCode: number;
+  /** Use KVM ioeventfd for queue notifications (default true). */
+  ioeventfd?: boolean;
+  /** PCI slot; the first free one when omitted. */
+  slot?: number;
+}
+
+interface HostNotifier {
+  efd: EventFd;
+  addr: number;
+}
+
+export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
+  readonly msix: MsixController;
+  readonly slot: number;
+  readonly ioeventfd: boolean;
+  /** Set by the VMM while the VM is stopped (notifiers off) and by vhost backends. */
+  private vmRunning = true;
+  private notifiersOwnedByBackend = false;
+  private notifiers: (HostNotifier | undefined)[] = [];
+
+  private deviceFeatureSelect = 0;
+  private driverFeatureSelect = 0;
+  private queueSelect = 0;
+  private msixConfig = NO_VECTOR;
+  private readonly queueVectors: number[];
+  private isr = 0;
+  private readonly pciCfgCapOffset: number;
+
+  constructor(
+    readonly device: VirtioDevice,
+    private readonly ctx: VirtioPciContext,
+    opts: VirtioPciOptions,
+  ) {
+    super(device.id, {
+      vendorId: VIRTIO_PCI_VENDOR_ID,
+      deviceId: VIRTIO_PCI_DEVICE_ID_BASE + device.deviceId,
+      classCode: opts.classCode,
+      revision: 1,
+      subsystemVendorId: VIRTIO_PCI_VENDOR_ID,
+      subsystemId: 0x1100,
+    }, ctx.mmio);
+    this.ioeventfd = opts.ioeventfd ?? true;
+    this.queueVectors = device.queues.map(() => NO_VECTOR);
+    const vectors = device.queues.length + 1;
+
+    this.msix = new MsixController(this.config, vectors, { tableBar: MSIX_BAR, tableOffset: 0, pbaBar: MSIX_BAR, pbaOffset: 0x800 }, ctx);
+    const msixBar: BusDevice = {
+      read: (o, s) => (o < 0x800 ? this.msix.tableDevice.read(o, s) : this.msix.pbaDevice.read(o - 0x800, s)),
+      write: (o, s, v) => (o < 0x800 ? this.msix.tableDevice.write(o, s, v) : undefined),
+    };
+    this.addBar({ index: MSIX_BAR, size: 0x1000, kind: 'mem32', device: msixBar }, ctx.mmio32.allocate(0x1000));
+    this.addBar({ index: VIRTIO_BAR, size: VIRTIO_BAR_SIZE, kind: 'mem64', prefetchable: false, device: this.virtioBar }, ctx.mmio32.allocate(VIRTIO_BAR_SIZE));
+
+    this.addVirtioCap(V.VIRTIO_PCI_CAP_COMMON_CFG, COMMON_OFFSET, 0x40);
+    this.addVirtioCap(V.VIRTIO_PCI_CAP_ISR_CFG, ISR_OFFSET, 1);
+    this.addVirtioCap(V.VIRTIO_PCI_CAP_DEVICE_CFG, DEVICE_OFFSET, 0x1000);
+    this.addVirtioCap(V.VIRTIO_PCI_CAP_NOTIFY_CFG, NOTIFY_OFFSET, Math.max(device.queues.length * NOTIFY_MULTIPLIER, 4), NOTIFY_MULTIPLIER);
+    // VIRTIO_PCI_CAP_PCI_CFG: bar, offset and length are driver-writable; pci_cfg_data is the window.
+    this.pciCfgCapOffset = this.addVirtioCap(V.VIRTIO_PCI_CAP_PCI_CFG, 0, 0, undefined, true);
+
+    this.device.interrupt = this;
+    // Bus mastering is off until the driver sets it: the device must not touch memory.
+    this.device.setDisabled(true);
+    this.slot = ctx.pci.attach(this, opts.slot);
+  }
+
+  /** Appends a virtio vendor capability; returns its config offset. */
+  private addVirtioCap(cfgType: number, offset: number, length: number, multiplier?: number, pciCfg = false): number {
+    const len = pciCfg ? V.SIZEOF_virtio_pci_cfg_cap : multiplier !== undefined ? V.SIZEOF_virtio_pci_notify_cap : V.SIZEOF_virtio_pci_cap;
+    const body = new Uint8Array(len - 2);
+    const dv = new DataView(body.buffer);
+    const b = (off: number) => off - 2; // body offsets exclude cap_vndr and cap_next
+    body[b(V.OFF_virtio_pci_cap_cap_len)] = len;
+    body[b(V.OFF_virtio_pci_cap_cfg_type)] = cfgType;
+    body[b(V.OFF_virtio_pci_cap_bar)] = pciCfg ? 0 : VIRTIO_BAR;
+    dv.setUint32(b(V.OFF_virtio_pci_cap_offset), offset, true);
+    dv.setUint32(b(V.OFF_virtio_pci_cap_length), length, true);
+    if (multiplier !== undefined) dv.setUint32(b(V.OFF_virtio_pci_notify_cap_notify_off_multiplier), multiplier, true);
+    let mask: Uint8Array | undefined;
+    if (pciCfg) {
+      mask = new Uint8Array(len - 2);
+      mask[b(V.OFF_virtio_pci_cap_bar)] = 0xff;
+      mask.fill(0xff, b(V.OFF_virtio_pci_cap_offset), b(V.OFF_virtio_pci_cap_length) + 4);
+    }
+    return this.config.addCapability(PCI_CAP_ID_VNDR, body, mask);
+  }
+
+  // --- config space ------------------------------------------------------------
+
+  override configRead(offset: number, size: number): number {
+    const data = this.pciCfgCapOffset + V.OFF_virtio_pci_cfg_cap_pci_cfg_data;
+    if (offset >= data && offset < data + 4) {
+      const w = this.pciCfgWindow();
+      return w ? Number(this.virtioBar.read(w.offset, w.length)) : 0;
+    }
+    return super.configRead(offset, size);
+  }
+
+  override configWrite(offset: number, size: number, value: number): void {
+    const data = this.pciCfgCapOffset + V.OFF_virtio_pci_cfg_cap_pci_cfg_data;
+    if (offset >= data && offset < data + 4) {
+      const w = this.pciCfgWindow();
+      if (w) this.virtioBar.write(w.offset, w.length, value);
+      return;
+    }
+    super.configWrite(offset, size, value);
+    if (offset < this.msix.capOffset + 12 && offset + size > this.msix.capOffset) this.msix.configWritten();
+  }
+
+  /** The BAR4 access the VIRTIO_PCI_CAP_PCI_CFG window currently selects, if valid. */
+  private pciCfgWindow(): { offset: number; length: number } | undefined {
+    const c = this.pciCfgCapOffset;
+    const bar = this.config.getU8(c + V.OFF_virtio_pci_cap_bar);
+    const offset = this.config.getU32(c + V.OFF_virtio_pci_cap_offset);
+    const length = this.config.getU32(c + V.OFF_virtio_pci_cap_length);
+    if (bar !== VIRTIO_BAR || ![1, 2, 4].includes(length) || offset % length || offset + length > VIRTIO_BAR_SIZE) return undefined;
+    return { offset, length };
+  }
+
+  protected override onBusMaster(enabled: boolean): void {
+    this.device.setDisabled(!enabled);
+  }
+
+  protected override onBarMapped(index: number): void {
+    if (index === VIRTIO_BAR) this.syncHostNotifiers(true);
+  }
+
+  // --- BAR4: common, ISR, device, notify ---------------------------------------
+
+  readonly virtioBar: BusDevice = {
+    read: (off, size) => {
+      if (off < ISR_OFFSET) return this.commonRead(off, size);
+      if (off < DEVICE_OFFSET) {
+        // Reading ISR clears it (and would deassert INTx).
+        const v = this.isr;
+        this.isr = 0;
+        return off === ISR_OFFSET ? v : 0;
+      }
+      if (off < NOTIFY_OFFSET) return this.device.readConfig(off - DEVICE_OFFSET, size);
+      return 0;
+    },
+    write: (off, size, value) => {
+      const v = Number(value);
+      if (off < ISR_OFFSET) this.commonWrite(off, size, v);
+      else if (off < DEVICE_OFFSET) return;
+      else if (off < NOTIFY_OFFSET) this.device.writeConfig(off - DEVICE_OFFSET, size, v);
+      else {
+        // A doorbell that came through the exit path (ioeventfd off, or an unusual width).
+        const q = Math.floor((off - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER);
+        if (q < this.device.queues.length) this.device.notify(q);
+      }
+    },
+  };
+
+  private get selectedQueue() {
+    return this.device.queues[this.queueSelect];
+  }
+
+  private commonRead(off: number, size: number): number {
+    const d = this.device;
+    const q = this.selectedQueue;
+    switch (off) {
+      case V.OFF_virtio_pci_common_cfg_device_feature_select: return this.deviceFeatureSelect;
+      case V.OFF_virtio_pci_common_cfg_device_feature: return d.readDeviceFeatures(this.deviceFeatureSelect);
+      case V.OFF_virtio_pci_common_cfg_driver_feature_select: return this.driverFeatureSelect;
+      case V.OFF_virtio_pci_common_cfg_driver_feature:
+        return this.driverFeatureSelect > 1 ? 0 : Number((d.driverFeatures >> BigInt(32 * this.driverFeatureSelect)) & 0xffffffffn);
+      case V.OFF_virtio_pci_common_cfg_msix_config: return this.msixConfig;
+      case V.OFF_virtio_pci_common_cfg_num_queues: return d.queues.length;
+      case V.OFF_virtio_pci_common_cfg_device_status: return d.status;
+      case V.OFF_virtio_pci_common_cfg_config_generation: return d.configGeneration;
+      case V.OFF_virtio_pci_common_cfg_queue_select: return this.queueSelect;
+      case V.OFF_virtio_pci_common_cfg_queue_size: return q ? q.size : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_msix_vector: return q ? this.queueVectors[this.queueSelect] : NO_VECTOR;
+      case V.OFF_virtio_pci_common_cfg_queue_enable: return q?.ready ? 1 : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_notify_off: return q ? this.queueSelect : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_desc: return q ? q.descTable >>> 0 : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_desc + 4: return q ? Math.floor(q.descTable / 2 ** 32) : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_driver: return q ? q.availRing >>> 0 : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_driver + 4: return q ? Math.floor(q.availRing / 2 ** 32) : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_device: return q ? q.usedRing >>> 0 : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_device + 4: return q ? Math.floor(q.usedRing / 2 ** 32) : 0;
+      default: return 0;
+    }
+  }
+
+  private commonWrite(off: number, size: number, v: number): void {
+    const d = this.device;
+    const q = this.selectedQueue;
+    const queueWritable = q !== undefined && !q.ready && !d.driverOk;
+    const setLo = (cur: number) => Math.floor(cur / 2 ** 32) * 2 ** 32 + (v >>> 0);
+    const setHi = (cur: number) => (v >>> 0) * 2 ** 32 + (cur % 2 ** 32);
+    switch (off) {
+      case V.OFF_virtio_pci_common_cfg_device_feature_select: this.deviceFeatureSelect = v >>> 0; return;
+      case V.OFF_virtio_pci_common_cfg_driver_feature_select: this.driverFeatureSelect = v >>> 0; return;
+      case V.OFF_virtio_pci_common_cfg_driver_feature: d.writeDriverFeatures(this.driverFeatureSelect, v); return;
+      case V.OFF_virtio_pci_common_cfg_msix_config:
+        this.msixConfig = this.assignVector(this.msixConfig, v & 0xffff);
+        return;
+      case V.OFF_virtio_pci_common_cfg_device_status: this.writeStatus(v & 0xff); return;
+      case V.OFF_virtio_pci_common_cfg_queue_select: this.queueSelect = v & 0xffff; return;
+      case V.OFF_virtio_pci_common_cfg_queue_size:
+        if (queueWritable) q.size = v & 0xffff;
+        return;
+      case V.OFF_virtio_pci_common_cfg_queue_msix_vector:
+        if (q) this.queueVectors[this.queueSelect] = this.assignVector(this.queueVectors[this.queueSelect], v & 0xffff);
+        return;
+      case V.OFF_virtio_pci_common_cfg_queue_enable:
+        if (queueWritable && (v & 0xffff) === 1) q.ready = true;
+        return;
+      case V.OFF_virtio_pci_common_cfg_queue_desc: if (queueWritable) q.descTable = setLo(q.descTable); return;
+      case V.OFF_virtio_pci_common_cfg_queue_desc + 4: if (queueWritable) q.descTable = setHi(q.descTable); return;
+      case V.OFF_virtio_pci_common_cfg_queue_driver: if (queueWritable) q.availRing = setLo(q.availRing); return;
+      case V.OFF_virtio_pci_common_cfg_queue_driver + 4: if (queueWritable) q.availRing = setHi(q.availRing); return;
+      case V.OFF_virtio_pci_common_cfg_queue_device: if (queueWritable) q.usedRing = setLo(q.usedRing); return;
+      case V.OFF_virtio_pci_common_cfg_queue_device + 4: if (queueWritable) q.usedRing = setHi(q.usedRing); return;
+      default:
+        if (size === 8) {
+          this.commonWrite(off, 4, v % 2 ** 32);
+          this.commonWrite(off + 4, 4, Math.floor(v / 2 ** 32));
+        }
+    }
+  }
+
+  /** Maps a vector number written by the driver: out-of-range reads back as NO_VECTOR (spec 4.1.5.1.2). */
+  private assignVector(old: number, v: number): number {
+    const nv = v !== NO_VECTOR && v >= this.msix.vectors ? NO_VECTOR : v;
+    if (old !== NO_VECTOR && old !== nv && !this.vectorUsedElsewhere(old, 1)) this.msix.releaseVector(old);
+    if (nv !== NO_VECTOR) this.msix.useVector(nv);
+    return nv;
+  }
+
+  private vectorUsedElsewhere(v: number, allowed: number): boolean {
+    const uses = this.queueVectors.filter((x) => x === v).length + (this.msixConfig === v ? 1 : 0);
+    return uses > allowed;
+  }
+
+  private writeStatus(v: number): void {
+    const wasOk = this.device.driverOk;
+    this.device.writeStatus(v);
+    if (v === 0) {
+      // Reset: vectors unassigned, ISR clear, notifiers off.
+      this.syncHostNotifiers();
+      this.queueVectors.fill(NO_VECTOR);
+      this.msixConfig = NO_VECTOR;
+      this.msix.releaseAll();
+      this.isr = 0;
+      this.queueSelect = 0;
+    } else if (this.device.driverOk !== wasOk) this.syncHostNotifiers();
+  }
+
+  // --- VirtioInterrupt -----------------------------------------------------------
+
+  signalQueue(queue: number): void {
+    this.isr |= 1;
+    const v = this.queueVectors[queue];
+    if (this.msix.enabled && v !== undefined && v !== NO_VECTOR) this.msix.notify(v);
+  }
+
+  signalConfig(): void {
+    this.isr |= V.VIRTIO_PCI_ISR_CONFIG;
+    if (this.msix.enabled && this.msixConfig !== NO_VECTOR) this.msix.notify(this.msixConfig);
+  }
+
+  // --- host notifiers (ioeventfd) ----------------------------------------------------
+
+  /** The VMM stops/starts the VM: notifiers are off while it is stopped. */
+  setVmRunning(running: boolean): void {
+    this.vmRunning = running;
+    this.syncHostNotifiers();
+  }
+
+  /** A vhost backend takes (or gives back) the queue notifiers. */
+  setNotifiersOwnedByBackend(owned: boolean): void {
+    this.notifiersOwnedByBackend = owned;
+    this.syncHostNotifiers();
+  }
+
+  get hostNotifiersActive(): boolean {
+    return this.notifiers.some((n) => n !== undefined);
+  }
+
+  /** Registers or removes the per-queue ioeventfds to match the device state. */
+  private syncHostNotifiers(rebind = false): void {
+    const base = this.barAddress(VIRTIO_BAR);
+    const want = this.ioeventfd && this.vmRunning && !this.notifiersOwnedByBackend && this.device.driverOk && base !== undefined;
+    this.device.queues.forEach((q, i) => {
+      const cur = this.notifiers[i];
+      const addr = base === undefined ? undefined : base + NOTIFY_OFFSET + i * NOTIFY_MULTIPLIER;
+      const wantThis = want && q.ready && addr !== undefined;
+      if (cur && (!wantThis || rebind || cur.addr !== addr)) {
+        this.ctx.vm.ioeventfd({ addr: cur.addr, len: 2, fd: cur.efd.fd, space: 'mmio' }, true);
+        cur.efd.unwatch();
+        // Test-and-clear: a kick that raced the removal is processed, not lost.
+        const raced = cur.efd.read();
+        cur.efd.close();
+        this.notifiers[i] = undefined;
+        if (raced > 0n) this.device.notify(i);
+      }
+      if (wantThis && !this.notifiers[i]) {
+        const efd = EventFd.create();
+        this.ctx.vm.ioeventfd({ addr: addr!, len: 2, fd: efd.fd, space: 'mmio' });
+        efd.watch(() => this.device.notify(i));
+        this.notifiers[i] = { efd, addr: addr! };
+      }
+    });
+  }
+
+  /** DeviceEvent kick: signal the queue's host notifier as if the guest wrote the doorbell. */
+  kick(queue: number): void {
+    const n = this.notifiers[queue];
+    if (n) n.efd.write(1);
+    else this.device.notify(queue);
+  }
+
+  destroy(): void {
+    this.vmRunning = false;
+    this.syncHostNotifiers();
+    this.msix.releaseAll();
+    this.unmapAll();
+  }
+}

@@ -1,0 +1,1 @@
+module.exports = { displayName: 'virtio-blk', ...require('../../jest.preset.js')(__dirname) };

@@ -1,0 +1,234 @@
+/**
+ * The virtio-blk device (virtio 1.2 section 5.2) over a BlockBackend.
+ */
+import { GuestMemory, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
+import * as B from './generated/virtio-blk-uapi';
+import { BlockBackend } from './backend/raw-file';
+import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
+
+export const VIRTIO_ID_BLOCK = 2;
+export const QUEUE_SIZE = 256;
+/** Largest discard / write-zeroes request, in sectors (and one segment per request). */
+const MAX_DISCARD_SECTORS = 0x3fffff;
+
+export interface VirtioBlkOptions {
+  id: string;
+  backend: BlockBackend;
+  numQueues: number;
+  serial: string;
+  eventIdx?: boolean;
+  log?: (m: string) => void;
+}
+
+const bit = (n: number) => 1n << BigInt(n);
+
+export interface BlkCounters {
+  reads: number;
+  writes: number;
+  flushes: number;
+  discards: number;
+  writeZeroes: number;
+  getId: number;
+  unsupported: number;
+  ioErrors: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+export class VirtioBlkDevice extends VirtioDevice {
+  readonly backend: BlockBackend;
+  readonly capacity: number; // in 512-byte sectors
+  readonly serial: string;
+  readonly blk: BlkCounters = {
+    reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, getId: 0, unsupported: 0, ioErrors: 0, bytesRead: 0, bytesWritten: 0,
+  };
+  private readonly config = new Uint8Array(B.SIZEOF_virtio_blk_config);
+  /** Requests handed to the backend and not yet completed. */
+  inFlight = 0;
+  /** Bumped on reset: completions of requests from before a reset are dropped. */
+  private epoch = 0;
+  private readonly signalScheduled = new Set<number>();
+
+  constructor(memory: GuestMemory, opts: VirtioBlkOptions) {
+    let features = bit(B.VIRTIO_BLK_F_SEG_MAX) | bit(B.VIRTIO_BLK_F_BLK_SIZE) | bit(B.VIRTIO_BLK_F_FLUSH) | bit(B.VIRTIO_BLK_F_TOPOLOGY);
+    if (opts.backend.readonly) features |= bit(B.VIRTIO_BLK_F_RO);
+    else features |= bit(B.VIRTIO_BLK_F_DISCARD) | bit(B.VIRTIO_BLK_F_WRITE_ZEROES);
+    if (opts.numQueues > 1) features |= bit(B.VIRTIO_BLK_F_MQ);
+    super(memory, { id: opts.id, deviceId: VIRTIO_ID_BLOCK, numQueues: opts.numQueues, queueMaxSize: QUEUE_SIZE, features, eventIdx: opts.eventIdx, log: opts.log });
+    this.backend = opts.backend;
+    this.serial = opts.serial;
+    this.capacity = Math.floor(opts.backend.size / SECTOR_SIZE);
+    const dv = new DataView(this.config.buffer);
+    dv.setBigUint64(B.OFF_virtio_blk_config_capacity, BigInt(this.capacity), true);
+    dv.setUint32(B.OFF_virtio_blk_config_seg_max, QUEUE_SIZE - 2, true);
+    dv.setUint32(B.OFF_virtio_blk_config_blk_size, SECTOR_SIZE, true);
+    this.config[B.OFF_virtio_blk_config_physical_block_exp] = 3; // 4 KiB physical blocks
+    dv.setUint16(B.OFF_virtio_blk_config_min_io_size, 1, true);
+    dv.setUint32(B.OFF_virtio_blk_config_opt_io_size, 0, true);
+    dv.setUint16(B.OFF_virtio_blk_config_num_queues, opts.numQueues, true);
+    dv.setUint32(B.OFF_virtio_blk_config_max_discard_sectors, MAX_DISCARD_SECTORS, true);
+    dv.setUint32(B.OFF_virtio_blk_config_max_discard_seg, 1, true);
+    dv.setUint32(B.OFF_virtio_blk_config_discard_sector_alignment, 8, true);
+    dv.setUint32(B.OFF_virtio_blk_config_max_write_zeroes_sectors, MAX_DISCARD_SECTORS, true);
+    dv.setUint32(B.OFF_virtio_blk_config_max_write_zeroes_seg, 1, true);
+    this.config[B.OFF_virtio_blk_config_write_zeroes_may_unmap] = 1;
+  }
+
+  readConfig(offset: number, size: number): number {
+    if (offset + size > this.config.length) return 0;
+    const dv = new DataView(this.config.buffer);
+    return size === 1 ? dv.getUint8(offset) : size === 2 ? dv.getUint16(offset, true) : dv.getUint32(offset, true);
+  }
+
+  protected override onReset(): void {
+    this.epoch++;
+    this.signalScheduled.clear();
+    this.pendingStatus.length = 0;
+  }
+
+  protected processQueue(q: SplitVirtqueue): void {
+    do {
+      q.disableNotification();
+      for (let chain = this.popChain(q); chain; chain = this.popChain(q)) {
+        const parsed = parseRequest(this.memory, chain);
+        if ('error' in parsed) {
+          this.markBroken(describeBlkChainError(parsed.error));
+          return;
+        }
+        this.submit(q, parsed.request);
+      }
+    } while (this.canProcess && q.enableNotification());
+  }
+
+  private submit(q: SplitVirtqueue, r: BlkRequest): void {
+    const epoch = this.epoch;
+    const done = (status: number, written: number) => {
+      if (epoch !== this.epoch) return; // the driver reset the device meanwhile
+      this.complete(q, r, status, written);
+    };
+    const fail = (e: unknown) => {
+      this.blk.ioErrors++;
+      this.log(`${this.id}: host I/O error on ${typeName(r.type)} at sector ${r.sector}: ${(e as Error).message}`);
+      done(B.VIRTIO_BLK_S_IOERR, 0);
+    };
+    const async = (p: Promise<number>) => {
+      this.inFlight++;
+      p.then(
+        (written) => {
+          this.inFlight--;
+          done(B.VIRTIO_BLK_S_OK, written);
+        },
+        (e) => {
+          this.inFlight--;
+          fail(e);
+        },
+      );
+    };
+    switch (r.type) {
+      case B.VIRTIO_BLK_T_IN:
+      case B.VIRTIO_BLK_T_OUT: {
+        const isRead = r.type === B.VIRTIO_BLK_T_IN;
+        if (!isRead && this.backend.readonly) return done(B.VIRTIO_BLK_S_IOERR, 0);
+        if (r.dataLength % SECTOR_SIZE || !this.inRange(r.sector, r.dataLength / SECTOR_SIZE)) return done(B.VIRTIO_BLK_S_IOERR, 0);
+        const views = r.data.map((d) => this.memory.slice(d.addr, d.len));
+        const offset = r.sector * SECTOR_SIZE;
+        if (isRead) {
+          this.blk.reads++;
+          async(this.backend.readv(views, offset).then((n) => {
+            // A file whose size is not a sector multiple reads short at its end: zero the rest.
+            for (let i = 0, pos = 0; i < views.length; pos += views[i].length, i++) if (pos + views[i].length > n) views[i].fill(0, Math.max(0, n - pos));
+            this.blk.bytesRead += r.dataLength;
+            return r.dataLength;
+          }));
+        } else {
+          this.blk.writes++;
+          async(this.backend.writev(views, offset).then(() => {
+            this.blk.bytesWritten += r.dataLength;
+            return 0;
+          }));
+        }
+        return;
+      }
+      case B.VIRTIO_BLK_T_FLUSH:
+        this.blk.flushes++;
+        return async(this.backend.flush().then(() => 0));
+      case B.VIRTIO_BLK_T_GET_ID: {
+        this.blk.getId++;
+        const id = Buffer.from(this.serial, 'latin1').subarray(0, B.VIRTIO_BLK_ID_BYTES);
+        let left = Math.min(id.length + 1 <= B.VIRTIO_BLK_ID_BYTES ? id.length + 1 : id.length, r.dataLength);
+        const bytes = Buffer.alloc(left);
+        id.copy(bytes, 0, 0, Math.min(id.length, left));
+        let pos = 0;
+        for (const d of r.data) {
+          if (left <= 0) break;
+          const n = Math.min(d.len, left);
+          this.memory.write(d.addr, bytes.subarray(pos, pos + n));
+          pos += n;
+          left -= n;
+        }
+        return done(B.VIRTIO_BLK_S_OK, pos);
+      }
+      case B.VIRTIO_BLK_T_DISCARD:
+      case B.VIRTIO_BLK_T_WRITE_ZEROES: {
+        const discard = r.type === B.VIRTIO_BLK_T_DISCARD;
+        const feature = discard ? B.VIRTIO_BLK_F_DISCARD : B.VIRTIO_BLK_F_WRITE_ZEROES;
+        if (!this.hasFeature(feature)) return this.unsupported(done);
+        if (this.backend.readonly) return done(B.VIRTIO_BLK_S_IOERR, 0);
+        const segs = parseSegments(this.memory, r);
+        if (!segs || segs.length !== 1) return done(B.VIRTIO_BLK_S_UNSUPP, 0);
+        const s = segs[0];
+        const unmap = (s.flags & B.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0;
+        if ((discard && s.flags !== 0) || (!discard && s.flags & ~B.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP)) return done(B.VIRTIO_BLK_S_UNSUPP, 0);
+        if (s.sectors > MAX_DISCARD_SECTORS || !this.inRange(s.sector, s.sectors)) return done(B.VIRTIO_BLK_S_IOERR, 0);
+        if (discard) this.blk.discards++;
+        else this.blk.writeZeroes++;
+        const off = s.sector * SECTOR_SIZE;
+        const len = s.sectors * SECTOR_SIZE;
+        return async((discard ? this.backend.discard(off, len) : this.backend.writeZeroes(off, len, unmap)).then(() => 0));
+      }
+      default:
+        return this.unsupported(done);
+    }
+  }
+
+  private unsupported(done: (status: number, written: number) => void): void {
+    this.blk.unsupported++;
+    done(B.VIRTIO_BLK_S_UNSUPP, 0);
+  }
+
+  private inRange(sector: number, sectors: number): boolean {
+    return Number.isSafeInteger(sector) && sector >= 0 && sector + sectors <= this.capacity;
+  }
+
+  /** Writes the status byte, returns the chain, and interrupts once per batch of completions. */
+  private complete(q: SplitVirtqueue, r: BlkRequest, status: number, written: number): void {
+    if (this.disabled || this.canProcess) {
+      // With bus mastering off the status write waits with the used entry (see setDisabled).
+      if (!this.disabled) this.memory.writeU8(r.statusAddr, status);
+      else this.pendingStatus.push({ addr: r.statusAddr, status });
+      this.pushUsed(q, r.head, written + 1);
+      if (!this.signalScheduled.has(q.index)) {
+        this.signalScheduled.add(q.index);
+        setImmediate(() => {
+          this.signalScheduled.delete(q.index);
+          this.signalUsed(q);
+        });
+      }
+    }
+  }
+
+  private readonly pendingStatus: { addr: number; status: number }[] = [];
+
+  override setDisabled(disabled: boolean): void {
+    if (!disabled) for (const p of this.pendingStatus.splice(0)) this.memory.writeU8(p.addr, p.status);
+    super.setDisabled(disabled);
+  }
+
+  async destroy(): Promise<void> {
+    this.backend.close();
+  }
+}
+
+function typeName(t: number): string {
+  return ({ [B.VIRTIO_BLK_T_IN]: 'read', [B.VIRTIO_BLK_T_OUT]: 'write', [B.VIRTIO_BLK_T_FLUSH]: 'flush' } as Record<number, string>)[t] ?? `type ${t}`;
+}

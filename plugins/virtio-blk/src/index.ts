@@ -1,0 +1,76 @@
+/**
+ * The virtio-blk plugin: `--device virtio-blk,id=ID,file=PATH[,readonly=on][,num-queues=N]
+ * [,serial=STR][,ioeventfd=on|off][,cache=writeback|none][,event-idx=on|off]`.
+ */
+import { Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VirtioPciDevice } from '@tsvmm/pci';
+import { BackendOpenError, RawFileBackend } from './backend/raw-file';
+import { VirtioBlkDevice } from './device';
+
+export { VirtioBlkDevice, VIRTIO_ID_BLOCK, QUEUE_SIZE } from './device';
+export type { BlkCounters, VirtioBlkOptions } from './device';
+export { RawFileBackend, BackendOpenError } from './backend/raw-file';
+export type { BlockBackend } from './backend/raw-file';
+export * as virtioBlkUapi from './generated/virtio-blk-uapi';
+
+/** PCI class: mass storage controller, other. */
+export const VIRTIO_BLK_CLASS_CODE = 0x018000;
+
+export class VirtioBlkPci implements Device {
+  readonly type = 'virtio-blk';
+  constructor(
+    readonly id: string,
+    readonly blk: VirtioBlkDevice,
+    readonly transport: VirtioPciDevice,
+  ) {}
+
+  setRunning(running: boolean): void {
+    this.transport.setVmRunning(running);
+  }
+
+  async destroy(): Promise<void> {
+    this.transport.destroy();
+    await this.blk.destroy();
+  }
+}
+
+export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>): VirtioBlkPci {
+  let backend: RawFileBackend;
+  try {
+    backend = new RawFileBackend(props.file as string, props.readonly as boolean, props.cache === 'none');
+  } catch (e) {
+    if (e instanceof BackendOpenError) throw new Error(`--device virtio-blk,id=${id}: file=${e.message}`);
+    throw e;
+  }
+  if (backend.size < 512) {
+    backend.close();
+    throw new Error(`--device virtio-blk,id=${id}: file=${props.file as string} is smaller than one 512-byte sector`);
+  }
+  const blk = new VirtioBlkDevice(ctx.memory, {
+    id, backend, numQueues: props['num-queues'] as number, serial: (props.serial as string | undefined) ?? id,
+    eventIdx: props['event-idx'] as boolean, log: ctx.log,
+  });
+  const transport = new VirtioPciDevice(blk, ctx, { classCode: VIRTIO_BLK_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
+  return new VirtioBlkPci(id, blk, transport);
+}
+
+export const plugin: DevicePlugin = {
+  apiVersion: PLUGIN_API_VERSION,
+  name: '@tsvmm/virtio-blk',
+  version: '0.1.0',
+  deviceTypes: [
+    {
+      type: 'virtio-blk',
+      description: 'virtio block device (virtio-pci, modern) backed by a raw image file',
+      properties: {
+        file: { type: 'path', description: 'raw image file or block device', required: true },
+        readonly: { type: 'bool', description: 'offer VIRTIO_BLK_F_RO and refuse writes', default: false },
+        'num-queues': { type: 'int', description: 'request queues (VIRTIO_BLK_F_MQ when > 1)', default: 1, min: 1, max: 16 },
+        serial: { type: 'string', description: 'GET_ID string (up to 20 bytes; default: the device id)', pattern: /^[\x20-\x7e]{1,20}$/, patternHint: '1 to 20 printable ASCII characters' },
+        ioeventfd: { type: 'bool', description: 'queue notifications through KVM ioeventfd (off: through the exit path)', default: true },
+        cache: { type: 'enum', description: 'writeback (page cache) or none (O_DIRECT)', values: ['writeback', 'none'], default: 'writeback' },
+        'event-idx': { type: 'bool', description: 'offer VIRTIO_RING_F_EVENT_IDX', default: true },
+      },
+      create: createVirtioBlk,
+    },
+  ],
+};

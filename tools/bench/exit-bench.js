@@ -1,0 +1,365 @@
+#!/usr/bin/env node
+/*
+ * Exit-path benchmark: what one userspace I/O exit costs in our VMM (KVM_RUN on
+ * a native vCPU thread, hop to JS, device dispatch, hop back) compared with a
+ * minimal single-threaded C KVM_RUN loop (tools/bench/c/exit-loop.c) booting
+ * the same guest the same way.
+ *
+ * The guest (tools/guest-kit, test=exit-bench count=N) does N `outl` to port
+ * 0x4030 and then exits through port 0xf4. Each runner is timed end to end for
+ * two counts; per-exit cost = (median t(N2) - median t(N1)) / (N2 - N1), which
+ * cancels process start, KVM set-up and guest boot.
+ *
+ *   node tools/bench/exit-bench.js [--n1 20000] [--n2 220000] [--reps 3]
+ *                                  [--first-reps 5] [--pin CPULIST] [--out FILE.json]
+ *
+ * Results: a markdown table on stdout, JSON in tools/bench/results/exit-bench.json.
+ */
+'use strict';
+
+const { spawn, execFileSync } = require('child_process');
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+
+const ROOT = path.resolve(__dirname, '../..');
+const BENCH_DIR = __dirname;
+const C_SRC = path.join(BENCH_DIR, 'c/exit-loop.c');
+const C_BIN = path.join(BENCH_DIR, 'build/exit-loop');
+const GUEST_ELF_REL = 'tools/guest-kit/build/guest.elf';
+const VMM_BIN_REL = 'apps/vmm/bin/vmm.js';
+const VMM_BUNDLE = path.join(ROOT, 'apps/vmm/dist/main.js');
+const DEFAULT_OUT = path.join(BENCH_DIR, 'results/exit-bench.json');
+const BUILD_HINT =
+  'node libs/kvm-native/scripts/build-native.js && make -C tools/guest-kit && node apps/vmm/scripts/bundle.js';
+
+const USAGE = `usage: node tools/bench/exit-bench.js [options]
+  --n1 N          smaller exit count (default 20000)
+  --n2 N          larger exit count (default 220000)
+  --reps N        timed runs per runner and count (default 3)
+  --first-reps N  runs for the time-to-first-serial-byte figure (default 5)
+  --pin CPULIST   run every child under \`taskset -c CPULIST\` (e.g. 0): all threads
+                  of the VMM share that CPU; JSON goes to exit-bench-pin<CPULIST>.json
+  --out FILE      JSON results path (default tools/bench/results/exit-bench.json)
+  --help`;
+
+function parseArgs(argv) {
+  const opts = { n1: 20000, n2: 220000, reps: 3, firstReps: 5, out: undefined, pin: undefined };
+  const intFlags = { '--n1': 'n1', '--n2': 'n2', '--reps': 'reps', '--first-reps': 'firstReps' };
+  for (let i = 0; i < argv.length; i++) {
+    let flag = argv[i];
+    let value;
+    const eq = flag.indexOf('=');
+    if (flag.startsWith('--') && eq > 0) {
+      value = flag.slice(eq + 1);
+      flag = flag.slice(0, eq);
+    }
+    if (flag === '--help' || flag === '-h') {
+      process.stdout.write(`${USAGE}\n`);
+      process.exit(0);
+    }
+    if (!(flag in intFlags) && flag !== '--out' && flag !== '--pin') usageError(`unknown option ${flag}`);
+    if (value === undefined) {
+      if (i + 1 >= argv.length) usageError(`${flag} needs a value`);
+      value = argv[++i];
+    }
+    if (flag === '--out') {
+      opts.out = path.resolve(value);
+      continue;
+    }
+    if (flag === '--pin') {
+      if (!/^[0-9,-]+$/.test(value)) usageError(`--pin: not a CPU list: ${value}`);
+      opts.pin = value;
+      continue;
+    }
+    if (!/^\d+$/.test(value)) usageError(`${flag}: not a non-negative integer: ${value}`);
+    opts[intFlags[flag]] = Number(value);
+  }
+  if (opts.n2 <= opts.n1) usageError('--n2 must be larger than --n1');
+  if (opts.n2 > 0xffffffff) usageError('--n2 must fit in 32 bits (the guest counter is u32)');
+  if (opts.reps < 1 || opts.firstReps < 1) usageError('--reps and --first-reps must be at least 1');
+  if (opts.out === undefined) {
+    opts.out = opts.pin === undefined ? DEFAULT_OUT : path.join(path.dirname(DEFAULT_OUT), `exit-bench-pin${opts.pin.replace(/,/g, '_')}.json`);
+  }
+  return opts;
+}
+
+function usageError(msg) {
+  process.stderr.write(`exit-bench: ${msg}\n${USAGE}\n`);
+  process.exit(2);
+}
+
+function fail(msg) {
+  process.stderr.write(`exit-bench: ${msg}\n`);
+  process.exit(1);
+}
+
+/* ---------------- preparation ---------------- */
+
+function mtimeOf(p) {
+  try {
+    return fs.statSync(p).mtimeMs;
+  } catch {
+    return -1;
+  }
+}
+
+function buildCLoop() {
+  if (mtimeOf(C_BIN) >= mtimeOf(C_SRC)) return false;
+  fs.mkdirSync(path.dirname(C_BIN), { recursive: true });
+  process.stderr.write(`exit-bench: building ${path.relative(ROOT, C_BIN)}\n`);
+  execFileSync('gcc', ['-O2', '-Wall', '-Wextra', '-o', C_BIN, C_SRC], { stdio: 'inherit' });
+  return true;
+}
+
+function checkPrerequisites() {
+  if (!fs.existsSync(path.join(ROOT, GUEST_ELF_REL))) fail(`${GUEST_ELF_REL} is missing; build it first: ${BUILD_HINT}`);
+  if (!fs.existsSync(VMM_BUNDLE)) fail(`the VMM is not built (${path.relative(ROOT, VMM_BUNDLE)} missing); build it first: ${BUILD_HINT}`);
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+  } catch (e) {
+    fail(`/dev/kvm is not usable: ${e.message}`);
+  }
+}
+
+/* ---------------- runners ---------------- */
+
+function guestCmdline(count) {
+  return `test=exit-bench count=${count}`;
+}
+
+const RUNNERS = [
+  {
+    id: 'vmm',
+    label: 'our VMM (TS, vCPU thread -> JS)',
+    timed: (n) => [process.execPath, [VMM_BIN_REL, 'run', '--kernel', GUEST_ELF_REL, '--cmdline', guestCmdline(n), '--serial', 'none']],
+    firstByte: () => [process.execPath, [VMM_BIN_REL, 'run', '--kernel', GUEST_ELF_REL, '--cmdline', guestCmdline(0), '--serial', 'stdio']],
+    check: () => undefined, // --serial none: the exit code (0 = guest PASS) is all we can see
+  },
+  {
+    id: 'c',
+    label: 'C KVM_RUN loop (exit-loop.c)',
+    timed: (n) => [C_BIN, [GUEST_ELF_REL, guestCmdline(n)]],
+    firstByte: () => [C_BIN, ['-v', GUEST_ELF_REL, guestCmdline(0)]],
+    check: (n, stderr) => {
+      const m = /exits=(\d+) port4030=(\d+) exitcode=(\d+)/.exec(stderr);
+      if (!m) return 'no "exits=... port4030=..." line on stderr';
+      if (Number(m[2]) !== n) return `guest wrote port 0x4030 ${m[2]} times, expected ${n}`;
+      return undefined;
+    },
+  },
+];
+
+/* With --pin, every child runs under taskset so all its threads share the given CPUs. */
+let pinList;
+function pinned([cmd, args]) {
+  return pinList === undefined ? [cmd, args] : ['taskset', ['-c', pinList, cmd, ...args]];
+}
+
+/*
+ * Spawns one process and times it from just before spawn() to its exit.
+ * With firstByte, also records when the first stdout byte arrives.
+ */
+function runProcess(cmd, args, { firstByte = false } = {}) {
+  return new Promise((resolve, reject) => {
+    let firstAt;
+    let exitAt;
+    let stderr = '';
+    let stdoutBytes = 0;
+    const t0 = process.hrtime.bigint();
+    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.on('data', (b) => {
+      if (firstAt === undefined) firstAt = process.hrtime.bigint();
+      stdoutBytes += b.length;
+    });
+    child.stderr.on('data', (b) => {
+      if (stderr.length < 64 * 1024) stderr += b.toString();
+    });
+    child.on('error', reject);
+    child.on('exit', () => {
+      exitAt = process.hrtime.bigint();
+    });
+    child.on('close', (code, signal) => {
+      const ms = (t) => (t === undefined ? undefined : Number(t - t0) / 1e6);
+      resolve({
+        code,
+        signal,
+        stderr,
+        stdoutBytes,
+        wallMs: ms(exitAt ?? process.hrtime.bigint()),
+        firstByteMs: firstByte ? ms(firstAt) : undefined,
+      });
+    });
+  });
+}
+
+function describe(cmd, args) {
+  const show = (s) => (/[\s"]/.test(s) ? JSON.stringify(s) : s);
+  const exe = (c) => (c === process.execPath ? 'node' : path.isAbsolute(c) ? path.relative(ROOT, c) : c);
+  return [exe(cmd), ...args.map((a, i) => (cmd === 'taskset' && i === 2 ? exe(a) : a))].map(show).join(' ');
+}
+
+async function runChecked(runner, cmd, args, n, opts) {
+  const r = await runProcess(cmd, args, opts);
+  if (r.code !== 0) {
+    fail(
+      `${runner.id}: \`${describe(cmd, args)}\` exited with ${r.signal ? `signal ${r.signal}` : `code ${r.code}`}\n` +
+        `--- stderr ---\n${r.stderr.trimEnd()}\n--------------`,
+    );
+  }
+  const problem = n === undefined ? undefined : runner.check(n, r.stderr);
+  if (problem) fail(`${runner.id}: \`${describe(cmd, args)}\`: ${problem}\n--- stderr ---\n${r.stderr.trimEnd()}`);
+  if (opts && opts.firstByte && r.firstByteMs === undefined) fail(`${runner.id}: \`${describe(cmd, args)}\` wrote nothing to stdout`);
+  return r;
+}
+
+/* ---------------- statistics ---------------- */
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+function round(x, digits) {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+function fmt(x, digits) {
+  return x.toFixed(digits);
+}
+
+function fmtInt(x) {
+  return Math.round(x).toLocaleString('en-US');
+}
+
+/* ---------------- main ---------------- */
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  checkPrerequisites();
+  buildCLoop();
+  pinList = opts.pin;
+  if (pinList !== undefined) {
+    try {
+      execFileSync('taskset', ['-c', pinList, 'true'], { stdio: 'pipe' });
+    } catch (e) {
+      fail(`--pin ${pinList}: taskset failed: ${(e.stderr || e.message).toString().trim()}`);
+    }
+  }
+
+  const { n1, n2, reps, firstReps } = opts;
+  const load0 = os.loadavg();
+  process.stderr.write(
+    `exit-bench: N1=${n1} N2=${n2}, ${reps} runs each; first-byte runs ${firstReps}${opts.pin === undefined ? '' : `; taskset -c ${opts.pin}`}\n`,
+  );
+
+  // Warm-up (page cache, lazy binding): one short unmeasured run of each.
+  for (const r of RUNNERS) {
+    const [cmd, args] = pinned(r.timed(0));
+    await runChecked(r, cmd, args, 0);
+  }
+
+  // Timed runs, interleaved so that slow drift in host load hits every cell alike.
+  const samples = {};
+  for (const r of RUNNERS) samples[r.id] = { [n1]: [], [n2]: [] };
+  for (let rep = 0; rep < reps; rep++) {
+    for (const n of [n1, n2]) {
+      for (const r of RUNNERS) {
+        const [cmd, args] = pinned(r.timed(n));
+        const res = await runChecked(r, cmd, args, n);
+        samples[r.id][n].push(res.wallMs);
+        process.stderr.write(`  ${r.id.padEnd(3)} count=${String(n).padEnd(7)} run ${rep + 1}/${reps}: ${fmt(res.wallMs, 1)} ms\n`);
+      }
+    }
+  }
+
+  // Spawn to first serial byte on stdout (guest count=0).
+  const firstByte = {};
+  for (const r of RUNNERS) firstByte[r.id] = [];
+  for (let rep = 0; rep < firstReps; rep++) {
+    for (const r of RUNNERS) {
+      const [cmd, args] = pinned(r.firstByte());
+      const res = await runChecked(r, cmd, args, undefined, { firstByte: true });
+      firstByte[r.id].push(res.firstByteMs);
+    }
+  }
+  const load1 = os.loadavg();
+
+  const results = {};
+  for (const r of RUNNERS) {
+    const s = samples[r.id];
+    const m1 = median(s[n1]);
+    const m2 = median(s[n2]);
+    const perExitUs = ((m2 - m1) * 1000) / (n2 - n1);
+    // Per-exit cost of each (run i at N1, run i at N2) pair: a feel for the spread.
+    const paired = s[n1].map((t1, i) => ((s[n2][i] - t1) * 1000) / (n2 - n1));
+    results[r.id] = {
+      label: r.label,
+      command: describe(...pinned(r.timed(n2))),
+      firstByteCommand: describe(...pinned(r.firstByte())),
+      wallMs: { [n1]: s[n1].map((x) => round(x, 3)), [n2]: s[n2].map((x) => round(x, 3)) },
+      medianMs: { [n1]: round(m1, 3), [n2]: round(m2, 3) },
+      perExitUs: round(perExitUs, 4),
+      perExitUsPairedMin: round(Math.min(...paired), 4),
+      perExitUsPairedMax: round(Math.max(...paired), 4),
+      exitsPerSec: Math.round(1e6 / perExitUs),
+      fixedCostMs: round(m1 - (n1 * perExitUs) / 1000, 3),
+      firstSerialByteMs: firstByte[r.id].map((x) => round(x, 3)),
+      firstSerialByteMedianMs: round(median(firstByte[r.id]), 3),
+    };
+  }
+  const ratio = results.vmm.perExitUs / results.c.perExitUs;
+
+  // ---- report ----
+  const lines = [];
+  const pinNote = opts.pin === undefined ? 'not pinned' : `pinned: taskset -c ${opts.pin}`;
+  lines.push(`### Exit-path benchmark (guest-kit exit-bench, N1=${n1}, N2=${n2}, ${reps} runs, medians; ${pinNote})`);
+  lines.push('');
+  lines.push(`| runner | t(N1) ms | t(N2) ms | µs/exit | exits/s | µs/exit range (paired runs) | fixed cost ms | first serial byte ms |`);
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of RUNNERS) {
+    const x = results[r.id];
+    lines.push(
+      `| ${x.label} | ${fmt(x.medianMs[n1], 1)} | ${fmt(x.medianMs[n2], 1)} | ${fmt(x.perExitUs, 2)} | ${fmtInt(x.exitsPerSec)} | ` +
+        `${fmt(x.perExitUsPairedMin, 2)}–${fmt(x.perExitUsPairedMax, 2)} | ${fmt(x.fixedCostMs, 1)} | ${fmt(x.firstSerialByteMedianMs, 1)} |`,
+    );
+  }
+  lines.push('');
+  lines.push(
+    `**VMM / C per-exit ratio: ${fmt(ratio, 2)}x** (the JS exit path costs ${fmt(results.vmm.perExitUs - results.c.perExitUs, 2)} µs ` +
+      `more per exit than the C loop).`,
+  );
+  lines.push(
+    `First serial byte (spawn -> first stdout byte, count=0, median of ${firstReps}): VMM ${fmt(results.vmm.firstSerialByteMedianMs, 1)} ms, ` +
+      `C ${fmt(results.c.firstSerialByteMedianMs, 1)} ms.`,
+  );
+  lines.push(`Host load average (1 min) ${fmt(load0[0], 2)} at start, ${fmt(load1[0], 2)} at end; ${os.cpus().length} CPUs.`);
+  process.stdout.write(`${lines.join('\n')}\n`);
+
+  const json = {
+    benchmark: 'exit-bench',
+    date: new Date().toISOString(),
+    host: {
+      hostname: os.hostname(),
+      kernel: os.release(),
+      cpu: (os.cpus()[0] || {}).model,
+      cpus: os.cpus().length,
+      node: process.version,
+      loadavgStart: load0.map((x) => round(x, 2)),
+      loadavgEnd: load1.map((x) => round(x, 2)),
+    },
+    params: { n1, n2, reps, firstReps, pin: opts.pin ?? null, guest: GUEST_ELF_REL, guestCmdline: guestCmdline('N') },
+    method:
+      'wall clock (process.hrtime) from spawn to child exit; perExitUs = (median t(N2) - median t(N1)) / (N2 - N1); ' +
+      'fixedCostMs = median t(N1) - N1 * perExitUs; first serial byte = spawn to first stdout byte with count=0',
+    results,
+    ratioVmmOverC: round(ratio, 3),
+  };
+  fs.mkdirSync(path.dirname(opts.out), { recursive: true });
+  fs.writeFileSync(opts.out, `${JSON.stringify(json, null, 2)}\n`);
+  process.stderr.write(`exit-bench: wrote ${path.relative(process.cwd(), opts.out) || opts.out}\n`);
+}
+
+main().catch((e) => fail((e && e.stack) || String(e)));
