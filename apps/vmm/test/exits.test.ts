@@ -159,3 +159,23 @@ describeKvm('interrupt injection', () => {
     efd.close();
   });
 });
+
+describeKvm('pause and resume', () => {
+  it('a paused VM makes no progress and finishes after resume', async () => {
+    const g = guestKit('test=exit-bench count=30000');
+    let exits = 0;
+    g.machine.pio.register(0x4030, 4, 'bench', { read: () => 0, write: () => void exits++ });
+    const done = g.run();
+    while (exits < 100) await new Promise((r) => setTimeout(r, 5));
+    await g.machine.pause();
+    expect(g.machine.vcpus[0].state).toBe('paused');
+    const frozen = exits;
+    await new Promise((r) => setTimeout(r, 200));
+    expect(exits).toBe(frozen);
+    g.machine.resume();
+    const { exit, serial } = await done;
+    expect(exit.code).toBe(0);
+    expect(exits).toBe(30000);
+    expect(serial).toContain('exit-bench done count=30000');
+  });
+});

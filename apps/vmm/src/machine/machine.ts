@@ -49,6 +49,8 @@ export interface ExitStats {
   mmio: number;
   /** Exits per port, for the ports that were hit. */
   perPort: Map<number, number>;
+  /** Exits per MMIO address, for the addresses that were hit. */
+  perMmio: Map<number, number>;
 }
 
 export class Machine {
@@ -64,7 +66,7 @@ export class Machine {
   readonly devices: Device[] = [];
   readonly boot: BootEntry;
   readonly gsiRoutes: GsiRoutes;
-  readonly stats: ExitStats = { pio: 0, mmio: 0, perPort: new Map() };
+  readonly stats: ExitStats = { pio: 0, mmio: 0, perPort: new Map(), perMmio: new Map() };
   /** ms since process start when the guest wrote its first serial byte. */
   firstSerialByteAt: number | undefined;
 
@@ -75,6 +77,7 @@ export class Machine {
   private readonly log: (m: string) => void;
   private readonly loggedErrors = new Set<string>();
   private started = false;
+  private paused = false;
   private ownsKvm: boolean;
 
   constructor(private readonly opts: MachineOptions) {
@@ -158,6 +161,26 @@ export class Machine {
       }
     }
     return this.runPromise;
+  }
+
+  /** Stops the vCPUs (QMP `stop`): devices drop their host notifiers while the VM is stopped. */
+  async pause(): Promise<void> {
+    if (this.exit || this.paused) return;
+    this.paused = true;
+    await Promise.all(this.vcpus.map((v) => v.pause()));
+    for (const d of this.devices) d.setRunning?.(false);
+  }
+
+  /** Resumes a paused VM (QMP `cont`): notifiers first, then the vCPUs. */
+  resume(): void {
+    if (this.exit || !this.paused) return;
+    this.paused = false;
+    for (const d of this.devices) d.setRunning?.(true);
+    for (const v of this.vcpus) v.resume();
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
   }
 
   /** Ends the VM from the host side. */
@@ -249,6 +272,7 @@ export class Machine {
     const addr = Number(run.mmioAddress);
     const len = run.mmioLength;
     this.stats.mmio++;
+    this.stats.perMmio.set(addr, (this.stats.perMmio.get(addr) ?? 0) + 1);
     if (run.mmioIsWrite) {
       if (!this.mmio.write(addr, len, len === 8 ? run.mmioRead() : Number(run.mmioRead())))
         this.logOnce(`mmio-w-${addr}`, `unclaimed MMIO write at 0x${addr.toString(16)}`);
