@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <sys/eventfd.h>
+#include <atomic>
 
 #include "sys.h"
 #include "vcpu.h"
@@ -16,6 +17,9 @@
 using namespace kvmnative;
 
 namespace {
+
+constexpr int kSpinIterations = 20000;
+inline void cpuRelax() { __builtin_ia32_pause(); }
 
 Napi::Error errnoError(Napi::Env env, int negErrno, const char* syscall, const std::string& detail = "") {
   int e = -negErrno;
@@ -318,7 +322,7 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
     // exit handshake
     std::mutex mu;
     std::condition_variable cv;
-    bool done = false;
+    std::atomic<bool> done{false};
     int action = VcpuLoop::kStop;
   };
 
@@ -376,8 +380,14 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
           msg.isExit = true;
           msg.reason = reason;
           if (tsfn_.BlockingCall(&msg) != napi_ok) return static_cast<int>(VcpuLoop::kStop);
-          std::unique_lock<std::mutex> lk(msg.mu);
-          msg.cv.wait(lk, [&] { return msg.done; });
+          // The JS thread usually answers within microseconds: spin briefly before
+          // sleeping, because a futex wake-up costs more than most exit handlers.
+          for (int i = 0; i < kSpinIterations && !msg.done.load(std::memory_order_acquire); i++) cpuRelax();
+          if (!msg.done.load(std::memory_order_acquire)) {
+            std::unique_lock<std::mutex> lk(msg.mu);
+            msg.cv.wait(lk, [&] { return msg.done.load(std::memory_order_acquire); });
+          }
+          std::lock_guard<std::mutex> g(msg.mu);  // the JS side may still hold it while notifying
           return msg.action;
         },
         [this](const char* state, int err) {
