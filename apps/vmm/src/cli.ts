@@ -2,7 +2,7 @@
 import * as fs from 'fs';
 import {
   checkConfig, ConfigError, configFromJson, defaultConfig, DeviceConfig, parseCpus, parseDeviceSpec, parseMemory,
-  parseSerial, VmConfig,
+  parseQmp, parseSerial, VmConfig,
 } from './config';
 
 export const USAGE = `Usage: vmm run [options]
@@ -21,6 +21,8 @@ Options:
   --config FILE.json     settings as JSON: {"kernel", "initrd", "cmdline", "memory",
                          "cpus", "serial", "devices": [{"type", "id", ...props}]};
                          flags given after --config override it
+  --qmp unix:PATH        serve QMP on a unix socket (repeatable); see docs/qmp.md
+  --monitor stdio        the human monitor (HMP) on stdin/stdout (needs --serial file:PATH or none)
   --trace-boot           report the time from start to the first serial byte
   -h, --help             show this help
 
@@ -34,7 +36,7 @@ the host cannot emulate), 114 on a VM entry failure, 1 on a VMM error,
 
 export type Command = { kind: 'help' } | { kind: 'run'; config: VmConfig };
 
-const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config'];
+const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor'];
 
 export function parseArgs(argv: readonly string[]): Command {
   const args = [...argv];
@@ -80,6 +82,13 @@ export function parseArgs(argv: readonly string[]): Command {
         break;
       case '--serial':
         config.serial = parseSerial(flag, value);
+        break;
+      case '--qmp':
+        config.qmp.push(parseQmp(flag, value));
+        break;
+      case '--monitor':
+        if (value !== 'stdio' && value !== 'none') throw new ConfigError(`--monitor: '${value}' must be stdio or none`);
+        config.monitorStdio = value === 'stdio';
         break;
       case '--device':
         devices.push(parseDeviceSpec(flag, value, devices.length + fromFileDevices.length));

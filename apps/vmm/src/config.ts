@@ -22,6 +22,10 @@ export interface VmConfig {
   serial: SerialConfig;
   /** Print boot timing (VMM start to first serial byte) on exit. */
   traceBoot: boolean;
+  /** QMP unix socket paths (--qmp unix:PATH, repeatable). */
+  qmp: string[];
+  /** --monitor stdio: the HMP monitor on stdin/stdout. */
+  monitorStdio: boolean;
 }
 
 export class ConfigError extends Error {
@@ -48,6 +52,11 @@ export function parseCpus(flag: string, text: unknown): number {
   const v = typeof text === 'number' ? text : typeof text === 'string' && /^\d+$/.test(text) ? Number(text) : NaN;
   if (!Number.isInteger(v) || v < 1 || v > MAX_CPUS) throw new ConfigError(`${flag}: '${String(text)}' must be an integer from 1 to ${MAX_CPUS}`);
   return v;
+}
+
+export function parseQmp(flag: string, text: unknown): string {
+  if (typeof text === 'string' && text.startsWith('unix:') && text.length > 5) return text.slice(5);
+  throw new ConfigError(`${flag}: '${String(text)}' must be unix:PATH`);
 }
 
 export function parseSerial(flag: string, text: unknown): SerialConfig {
@@ -92,6 +101,7 @@ export function parseDeviceSpec(flag: string, spec: string, index: number): Devi
 /** Validates the settings shared by both sources. */
 export function checkConfig(c: VmConfig): VmConfig {
   if (!c.kernel) throw new ConfigError('--kernel: a kernel (bzImage or PVH ELF) is required');
+  if (c.monitorStdio && c.serial.kind === 'stdio') throw new ConfigError('--monitor stdio: stdio is taken by the serial console; add --serial file:PATH or --serial none');
   const ids = new Set<string>();
   for (const d of c.devices) {
     if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(d.id)) throw new ConfigError(`--device ${d.type}: id '${d.id}' must start with a letter and use only letters, digits, _ . -`);
@@ -102,14 +112,14 @@ export function checkConfig(c: VmConfig): VmConfig {
 }
 
 export function defaultConfig(): VmConfig {
-  return { kernel: '', cmdline: '', memoryBytes: 256 * 2 ** 20, cpus: 1, devices: [], serial: { kind: 'stdio' }, traceBoot: false };
+  return { kernel: '', cmdline: '', memoryBytes: 256 * 2 ** 20, cpus: 1, devices: [], serial: { kind: 'stdio' }, traceBoot: false, qmp: [], monitorStdio: false };
 }
 
 /** Reads a --config JSON file: the same settings as the flags, by the same names. */
 export function configFromJson(flag: string, json: unknown): Partial<VmConfig> {
   if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new ConfigError(`${flag}: the file must hold a JSON object`);
   const o = json as Record<string, unknown>;
-  const known = ['kernel', 'initrd', 'cmdline', 'memory', 'cpus', 'devices', 'serial'];
+  const known = ['kernel', 'initrd', 'cmdline', 'memory', 'cpus', 'devices', 'serial', 'qmp'];
   for (const k of Object.keys(o)) if (!known.includes(k)) throw new ConfigError(`${flag}: unknown setting '${k}' (known: ${known.join(', ')})`);
   const out: Partial<VmConfig> = {};
   const str = (k: string) => {
@@ -122,6 +132,7 @@ export function configFromJson(flag: string, json: unknown): Partial<VmConfig> {
   if ('memory' in o) out.memoryBytes = parseMemory(`${flag}: memory`, o.memory);
   if ('cpus' in o) out.cpus = parseCpus(`${flag}: cpus`, o.cpus);
   if ('serial' in o) out.serial = parseSerial(`${flag}: serial`, o.serial);
+  if ('qmp' in o) out.qmp = [parseQmp(`${flag}: qmp`, o.qmp)];
   if ('devices' in o) {
     if (!Array.isArray(o.devices)) throw new ConfigError(`${flag}: 'devices' must be an array`);
     out.devices = o.devices.map((d, i) => {

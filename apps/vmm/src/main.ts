@@ -6,7 +6,10 @@ import { ConfigError, VmConfig } from './config';
 import { buildContainer, DeviceRegistry, TYPES } from './container';
 import { EXIT_CODE_VMM_ERROR, Machine, MachineExit } from './machine/machine';
 import { KernelImageError } from './machine/loader';
+import { Monitor } from './monitor/monitor';
+import { runHmp } from './monitor/hmp';
 import { loadPlugins } from './plugins';
+import * as readline from 'readline';
 
 const EXIT_USAGE = 2;
 
@@ -76,6 +79,20 @@ function attachStdin(machine: Machine): () => void {
   };
 }
 
+/** --monitor stdio: HMP lines in, text out. */
+function attachHmp(monitor: Monitor): () => void {
+  const rl = readline.createInterface({ input: process.stdin, output: process.stdout, prompt: '(vmm) ', terminal: process.stdin.isTTY });
+  monitor.listeners.push((name, data) => process.stdout.write(`event ${name}${data ? ' ' + JSON.stringify(data) : ''}\n`));
+  rl.on('line', (line) => {
+    void runHmp(monitor, line).then((out) => {
+      process.stdout.write(out);
+      rl.prompt();
+    });
+  });
+  rl.prompt();
+  return () => rl.close();
+}
+
 export async function main(argv: readonly string[]): Promise<number> {
   let cmd;
   try {
@@ -112,11 +129,23 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     throw e;
   }
-  const detach = config.serial.kind === 'stdio' ? attachStdin(machine) : () => undefined;
+  const log = (m: string) => process.stderr.write(`vmm: ${m}\n`);
+  const monitor = new Monitor(machine, log);
+  try {
+    for (const p of config.qmp) await monitor.listenQmp(p);
+  } catch (e) {
+    process.stderr.write(`vmm: ${(e as Error).message}\n`);
+    await machine.stop();
+    return EXIT_CODE_VMM_ERROR;
+  }
+  monitor.startStallDetector();
+  const detach = config.serial.kind === 'stdio' ? attachStdin(machine) : config.monitorStdio ? attachHmp(monitor) : () => undefined;
   const onSignal = () => void machine.stop('terminated by signal');
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   const exit: MachineExit = await machine.run();
+  if (exit.reason !== 'stopped') monitor.event('SHUTDOWN', { guest: true, reason: exit.reason === 'reset' ? 'guest-reset' : exit.reason === 'fault' ? 'guest-panic' : 'guest-shutdown' });
+  monitor.close();
   detach();
   serial.flush();
   if (exit.reason === 'fault' || exit.code !== 0 || exit.reason !== 'exit-port') process.stderr.write(`vmm: ${exit.message}\n`);

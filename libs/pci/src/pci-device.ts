@@ -45,6 +45,10 @@ export abstract class PciBarFunction implements PciFunction {
     this.writeBarRegisters(spec.index);
   }
 
+  barSize(index: number): number | undefined {
+    return this.bars[index]?.size;
+  }
+
   barAddress(index: number): number | undefined {
     return this.bars[index]?.mappedAt;
   }

@@ -11,6 +11,7 @@ import type { IoBus } from './io-bus';
 import type { MmioAllocator } from './mmio-allocator';
 import type { PciBus } from './pci-bus';
 import type { PropertySchema, PropertyValue } from './properties';
+import type { VirtioPciDevice } from './virtio-pci';
 
 export const PLUGIN_API_VERSION = 1;
 
@@ -37,6 +38,14 @@ export interface Device {
   readonly type: string;
   /** The VM stopped (false) or resumes (true): e.g. queue notifiers go off while stopped. */
   setRunning?(running: boolean): void;
+  /** System reset (QMP system_reset): back to the power-on state. */
+  reset?(): void;
+  /**
+   * The virtio-pci function of a virtio device: the monitor's introspection
+   * (x-query-virtio*) and DeviceEvent (x-debug-device-event kick/call) reach
+   * the device through it.
+   */
+  readonly virtio?: VirtioPciDevice;
   /** Called when the VM stops for good (close files, release fds). */
   destroy?(): void | Promise<void>;
 }

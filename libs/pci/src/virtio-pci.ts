@@ -22,6 +22,14 @@ import { MsixController } from './msix';
 import { PciBarFunction } from './pci-device';
 import { PciBus } from './pci-bus';
 
+import type { PropertySchema } from './properties';
+
+/** Properties every virtio-pci plugin offers for the stall detector. */
+export const VIRTIO_PCI_DEBUG_PROPERTIES: PropertySchema = {
+  'stall-ms': { type: 'int', description: 'emit VIRTQUEUE_STALL when a kick or interrupt is missing this long (0: off)', default: 0, min: 0, max: 3600000 },
+  'stall-policy': { type: 'enum', description: 'what to do on a kick-side stall: none, or kick the queue', values: ['none', 'kick'], default: 'none' },
+};
+
 export const VIRTIO_PCI_VENDOR_ID = 0x1af4;
 export const VIRTIO_PCI_DEVICE_ID_BASE = 0x1040;
 const PCI_CAP_ID_VNDR = 0x09;
@@ -197,7 +205,7 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
       else {
         // A doorbell that came through the exit path (ioeventfd off, or an unusual width).
         const q = Math.floor((off - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER);
-        if (q < this.device.queues.length) this.device.notify(q);
+        if (q < this.device.queues.length) this.device.notify(q, 'exit');
       }
     },
   };
@@ -345,23 +353,60 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
         const raced = cur.efd.read();
         cur.efd.close();
         this.notifiers[i] = undefined;
-        if (raced > 0n) this.device.notify(i);
+        if (raced > 0n) this.device.notify(i, 'ioeventfd');
       }
       if (wantThis && !this.notifiers[i]) {
         const efd = EventFd.create();
         this.ctx.vm.ioeventfd({ addr: addr!, len: 2, fd: efd.fd, space: 'mmio' });
-        efd.watch(() => this.device.notify(i));
+        efd.watch(() => this.device.notify(i, 'ioeventfd'));
         this.notifiers[i] = { efd, addr: addr! };
       }
     });
   }
 
-  /** DeviceEvent kick: signal the queue's host notifier as if the guest wrote the doorbell. */
+  /**
+   * DeviceEvent kick: signal the queue's host notifier exactly as a guest
+   * doorbell write would (the ioeventfd when registered, else the exit-path handler).
+   */
   kick(queue: number): void {
+    this.device.counters[queue].debugEvents++;
     const n = this.notifiers[queue];
     if (n) n.efd.write(1);
-    else this.device.notify(queue);
+    else this.device.notify(queue, 'exit');
   }
+
+  /** DeviceEvent call: the queue's interrupt as the device sends it; a masked vector gets its PBA bit. */
+  call(queue: number): void {
+    this.device.debugCall(queue);
+  }
+
+  /** The MSI-X vector the driver assigned to a queue (0xffff: none). */
+  queueVector(queue: number): number {
+    return this.queueVectors[queue] ?? NO_VECTOR;
+  }
+
+  get configVector(): number {
+    return this.msixConfig;
+  }
+
+  get isrStatus(): number {
+    return this.isr;
+  }
+
+  /** Whether the queue's notifications currently go through a KVM ioeventfd. */
+  queueHasIoeventfd(queue: number): boolean {
+    return this.notifiers[queue] !== undefined;
+  }
+
+  /** System reset: the device, its vectors and the PCI command register go back to power-on state. */
+  reset(): void {
+    this.writeStatus(0);
+    this.configWrite(0x04, 2, 0); // command: no decode, no bus mastering (device disabled)
+    this.configWrite(this.msix.capOffset + 2, 2, 0);
+  }
+
+  /** Stall detection settings (stall-ms, stall-policy) for the monitor. */
+  stall: { ms: number; policy: 'none' | 'kick' } = { ms: 0, policy: 'none' };
 
   destroy(): void {
     this.vmRunning = false;

@@ -47,15 +47,32 @@ export interface VirtioDeviceOptions {
   log?: (message: string) => void;
 }
 
+/** Where a queue notification came from. */
+export type KickSource = 'ioeventfd' | 'exit' | 'debug';
+
 export interface QueueCounters {
-  /** Notifications (kicks) seen, through ioeventfd or the exit path. */
-  kicks: number;
+  /** Kicks that arrived through the queue's ioeventfd. */
+  kicksEventfd: number;
+  /** Kicks that arrived through the notify exit path (ioeventfd off, or an odd access width). */
+  kicksExit: number;
+  /** Kicks thrown away by fault injection (x-debug-virtqueue-drop). */
+  kicksDropped: number;
   /** Chains taken from the available ring. */
   chains: number;
   /** Used-buffer interrupts sent to the driver. */
   interrupts: number;
-  /** Interrupts suppressed by the driver (EVENT_IDX or NO_INTERRUPT). */
+  /** Interrupts the driver suppressed (EVENT_IDX or NO_INTERRUPT). */
   suppressed: number;
+  /** Interrupts thrown away by fault injection. */
+  interruptsDropped: number;
+  /** x-debug-device-event kicks and calls on this queue. */
+  debugEvents: number;
+}
+
+/** Deliberate faults for diagnosing lost kicks and interrupts. */
+export interface QueueFaults {
+  dropKicks: number;
+  dropInterrupts: number;
 }
 
 export abstract class VirtioDevice {
@@ -63,6 +80,11 @@ export abstract class VirtioDevice {
   readonly deviceId: number;
   readonly queues: SplitVirtqueue[];
   readonly counters: QueueCounters[];
+  readonly faults: QueueFaults[];
+  /** Per queue: when used entries were first left without an interrupt (dropped), for the stall detector. */
+  readonly unsignalledSince: (number | undefined)[];
+  /** Per queue: time of the last kick, for the stall detector. */
+  readonly lastKickAt: number[] = [];
   deviceFeatures: bigint;
   driverFeatures = 0n;
   status = 0;
@@ -77,13 +99,17 @@ export abstract class VirtioDevice {
   private readonly kickedWhileDisabled = new Set<number>();
 
   constructor(
-    protected readonly memory: GuestMemory,
+    readonly memory: GuestMemory,
     opts: VirtioDeviceOptions,
   ) {
     this.id = opts.id;
     this.deviceId = opts.deviceId;
     this.queues = Array.from({ length: opts.numQueues }, (_, i) => new SplitVirtqueue(i, opts.queueMaxSize));
-    this.counters = this.queues.map(() => ({ kicks: 0, chains: 0, interrupts: 0, suppressed: 0 }));
+    this.counters = this.queues.map(() => ({
+      kicksEventfd: 0, kicksExit: 0, kicksDropped: 0, chains: 0, interrupts: 0, suppressed: 0, interruptsDropped: 0, debugEvents: 0,
+    }));
+    this.faults = this.queues.map(() => ({ dropKicks: 0, dropInterrupts: 0 }));
+    this.unsignalledSince = this.queues.map(() => undefined);
     this.deviceFeatures = opts.features | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | (opts.eventIdx === false ? 0n : VIRTIO_RING_F_EVENT_IDX);
     this.log = opts.log ?? (() => undefined);
   }
@@ -161,6 +187,7 @@ export abstract class VirtioDevice {
     this.brokenReason = undefined;
     this.deferred.length = 0;
     this.kickedWhileDisabled.clear();
+    this.unsignalledSince.fill(undefined);
   }
 
   // --- queues ----------------------------------------------------------------
@@ -170,11 +197,19 @@ export abstract class VirtioDevice {
     return this.driverOk && !this.broken && !this.disabled;
   }
 
-  /** A kick for `queue` (from its ioeventfd or the notify exit path). */
-  notify(queue: number): void {
+  /** A kick for `queue` (from its ioeventfd, the notify exit path, or the debug monitor). */
+  notify(queue: number, source: KickSource = 'exit'): void {
     const q = this.queues[queue];
     if (!q) return;
-    this.counters[queue].kicks++;
+    const f = this.faults[queue];
+    if (f.dropKicks > 0 && source !== 'debug') {
+      f.dropKicks--;
+      this.counters[queue].kicksDropped++;
+      return;
+    }
+    if (source === 'ioeventfd') this.counters[queue].kicksEventfd++;
+    else if (source === 'exit') this.counters[queue].kicksExit++;
+    this.lastKickAt[queue] = Date.now();
     if (this.disabled) {
       this.kickedWhileDisabled.add(queue);
       return;
@@ -212,10 +247,26 @@ export abstract class VirtioDevice {
   /** Interrupts the driver for a queue if it asked for it. */
   protected signalUsed(q: SplitVirtqueue): void {
     if (!this.canProcess || !q.active) return;
+    const i = q.index;
     if (q.needsInterrupt()) {
-      this.counters[q.index].interrupts++;
-      this.interrupt?.signalQueue(q.index);
-    } else this.counters[q.index].suppressed++;
+      if (this.faults[i].dropInterrupts > 0) {
+        this.faults[i].dropInterrupts--;
+        this.counters[i].interruptsDropped++;
+        this.unsignalledSince[i] ??= Date.now();
+        return;
+      }
+      this.counters[i].interrupts++;
+      this.unsignalledSince[i] = undefined;
+      this.interrupt?.signalQueue(i);
+    } else this.counters[i].suppressed++;
+  }
+
+  /** DeviceEvent call: the queue's interrupt, exactly as the device would send it (masking honoured by the transport). */
+  debugCall(queue: number): void {
+    this.counters[queue].debugEvents++;
+    this.counters[queue].interrupts++;
+    this.unsignalledSince[queue] = undefined;
+    this.interrupt?.signalQueue(queue);
   }
 
   /** The guest broke the queue protocol: needs-reset, config interrupt, stop. */

@@ -2,7 +2,7 @@
  * The virtio-blk plugin: `--device virtio-blk,id=ID,file=PATH[,readonly=on][,num-queues=N]
  * [,serial=STR][,ioeventfd=on|off][,cache=writeback|none][,event-idx=on|off]`.
  */
-import { Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VirtioPciDevice } from '@tsvmm/pci';
+import { Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice } from '@tsvmm/pci';
 import { BackendOpenError, RawFileBackend } from './backend/raw-file';
 import { VirtioBlkDevice } from './device';
 
@@ -23,8 +23,16 @@ export class VirtioBlkPci implements Device {
     readonly transport: VirtioPciDevice,
   ) {}
 
+  get virtio(): VirtioPciDevice {
+    return this.transport;
+  }
+
   setRunning(running: boolean): void {
     this.transport.setVmRunning(running);
+  }
+
+  reset(): void {
+    this.transport.reset();
   }
 
   async destroy(): Promise<void> {
@@ -50,6 +58,7 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
     eventIdx: props['event-idx'] as boolean, log: ctx.log,
   });
   const transport = new VirtioPciDevice(blk, ctx, { classCode: VIRTIO_BLK_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
+  transport.stall = { ms: props['stall-ms'] as number, policy: props['stall-policy'] as 'none' | 'kick' };
   return new VirtioBlkPci(id, blk, transport);
 }
 
@@ -69,6 +78,7 @@ export const plugin: DevicePlugin = {
         ioeventfd: { type: 'bool', description: 'queue notifications through KVM ioeventfd (off: through the exit path)', default: true },
         cache: { type: 'enum', description: 'writeback (page cache) or none (O_DIRECT)', values: ['writeback', 'none'], default: 'writeback' },
         'event-idx': { type: 'bool', description: 'offer VIRTIO_RING_F_EVENT_IDX', default: true },
+        ...VIRTIO_PCI_DEBUG_PROPERTIES,
       },
       create: createVirtioBlk,
     },

@@ -12,7 +12,7 @@ import { ExitPort, I8042Command, Sink } from '../devices/platform';
 import { Uart16550 } from '../devices/uart16550';
 import { cpuidFor, setupBootVcpu } from './cpu-setup';
 import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, PCI_MMIO32_BASE, PCI_MMIO32_SIZE, ramLayout } from './layout';
-import { BootEntry, KernelImageError, loadKernel } from './loader';
+import { BootEntry, KernelImageError, loadKernel, LoadRequest } from './loader';
 import { writeMpTable } from './mptable';
 
 export const COM1_PORT = 0x3f8;
@@ -64,7 +64,8 @@ export class Machine {
   readonly vcpus: Vcpu[] = [];
   readonly serial: Uart16550;
   readonly devices: Device[] = [];
-  readonly boot: BootEntry;
+  boot: BootEntry;
+  private readonly loadRequest: Omit<LoadRequest, 'memory'>;
   readonly gsiRoutes: GsiRoutes;
   readonly stats: ExitStats = { pio: 0, mmio: 0, perPort: new Map(), perMmio: new Map() };
   /** ms since process start when the guest wrote its first serial byte. */
@@ -125,9 +126,8 @@ export class Machine {
 
       // Guest-visible boot data.
       writeMpTable(this.memory, c.cpus);
-      this.boot = loadKernel({
-        kernel, kernelPath: c.kernel, initrd, cmdline: c.cmdline, memory: this.memory, lowRamEnd: layout.lowRamEnd, e820: layout.e820,
-      });
+      this.loadRequest = { kernel, kernelPath: c.kernel, initrd, cmdline: c.cmdline, lowRamEnd: layout.lowRamEnd, e820: layout.e820 };
+      this.boot = loadKernel({ ...this.loadRequest, memory: this.memory });
 
       const ctx: DeviceContext = {
         vm: this.vm, memory: this.memory, pio: this.pio, mmio: this.mmio, pci: this.pci, gsiRoutes: this.gsiRoutes, mmio32: this.mmio32, log: this.log,
@@ -177,6 +177,27 @@ export class Machine {
     this.paused = false;
     for (const d of this.devices) d.setRunning?.(true);
     for (const v of this.vcpus) v.resume();
+  }
+
+  /**
+   * System reset (QMP system_reset): devices back to power-on state, the
+   * kernel and boot data reloaded, the boot vCPU at its entry point, the APs
+   * waiting for INIT/SIPI. The in-kernel irqchip keeps its state.
+   */
+  async reset(): Promise<void> {
+    if (this.exit) return;
+    const wasPaused = this.paused;
+    await this.pause();
+    for (const d of this.devices) d.reset?.();
+    writeMpTable(this.memory, this.vcpus.length);
+    this.boot = loadKernel({ ...this.loadRequest, memory: this.memory });
+    this.vcpus.forEach((v, i) => {
+      if (i === 0) {
+        v.setMpState(U.KVM_MP_STATE_RUNNABLE);
+        setupBootVcpu(v, this.memory, this.boot);
+      } else v.setMpState(U.KVM_MP_STATE_UNINITIALIZED);
+    });
+    if (!wasPaused) this.resume();
   }
 
   get isPaused(): boolean {

@@ -1,0 +1,65 @@
+/** Monitor commands: argument schemas (checked the way QEMU's QAPI does) and handlers. */
+
+export type ArgType = 'str' | 'int' | 'bool' | 'array' | 'enum';
+
+export interface ArgField {
+  type: ArgType;
+  optional?: boolean;
+  values?: readonly string[];
+}
+
+export type ArgSpec = Record<string, ArgField>;
+
+export class CommandError extends Error {
+  constructor(
+    message: string,
+    readonly errorClass: 'GenericError' | 'CommandNotFound' | 'DeviceNotFound' | 'DeviceNotActive' | 'KVMMissingCap' = 'GenericError',
+  ) {
+    super(message);
+  }
+}
+
+export interface Command {
+  name: string;
+  args: ArgSpec;
+  /** One-line help for query-commands documentation and HMP help. */
+  help: string;
+  run(args: Record<string, unknown>): unknown | Promise<unknown>;
+}
+
+export class CommandRegistry {
+  private readonly map = new Map<string, Command>();
+
+  add(c: Command): void {
+    this.map.set(c.name, c);
+  }
+
+  get(name: string): Command | undefined {
+    return this.map.get(name);
+  }
+
+  names(): string[] {
+    return ['qmp_capabilities', ...this.map.keys()].sort();
+  }
+}
+
+const TYPE_NAMES: Record<ArgType, string> = { str: 'string', int: 'integer', bool: 'boolean', array: 'array', enum: 'string' };
+
+/** Throws CommandError with QEMU's wording for a missing, mistyped or unexpected argument. */
+export function checkArguments(spec: ArgSpec, args: Record<string, unknown>): void {
+  for (const k of Object.keys(args)) if (!(k in spec)) throw new CommandError(`Parameter '${k}' is unexpected`);
+  for (const [k, f] of Object.entries(spec)) {
+    const v = args[k];
+    if (v === undefined) {
+      if (!f.optional) throw new CommandError(`Parameter '${k}' is missing`);
+      continue;
+    }
+    const ok =
+      f.type === 'str' || f.type === 'enum' ? typeof v === 'string'
+        : f.type === 'int' ? typeof v === 'number' && Number.isInteger(v)
+          : f.type === 'bool' ? typeof v === 'boolean'
+            : Array.isArray(v);
+    if (!ok) throw new CommandError(`Invalid parameter type for '${k}', expected: ${TYPE_NAMES[f.type]}`);
+    if (f.type === 'enum' && !f.values!.includes(v as string)) throw new CommandError(`Parameter '${k}' does not accept value '${String(v)}'`);
+  }
+}

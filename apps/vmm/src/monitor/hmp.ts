@@ -1,0 +1,116 @@
+/** HMP: the human monitor's commands, as text, over the same operations as QMP. */
+import { CommandError } from './commands';
+import type { Monitor } from './monitor';
+import { findVirtio, queueStatus, virtioDevices, virtioStatus } from './virtio-info';
+
+export const HMP_HELP = `commands:
+  info status                          run state
+  info pci                             PCI devices, BARs, MSI-X
+  info virtio                          virtio devices and their paths
+  info virtio-status DEV               features, status, broken, disabled, ISR
+  info virtio-queue-status DEV QUEUE   indices, vector, kick and interrupt counters
+  stop | cont | system_reset | quit
+  device_event DEV kick|call QUEUE     kick a queue's doorbell / inject its interrupt
+  virtqueue_drop DEV QUEUE KICKS INTERRUPTS   drop the next N kicks / interrupts (fault injection)
+  help`;
+
+function kv(o: Record<string, unknown>): string {
+  return Object.entries(o)
+    .map(([k, v]) => `  ${k}: ${Array.isArray(v) ? v.join(' ') : v === null ? '-' : String(v)}`)
+    .join('\n');
+}
+
+function int(s: string | undefined, what: string): number {
+  if (s === undefined || !/^(0x[0-9a-f]+|\d+)$/i.test(s)) throw new CommandError(`${what}: expected a number, got '${s ?? ''}'`);
+  return Number(s);
+}
+
+/** Runs one HMP command line and returns its output (errors are text too, as in QEMU). */
+export async function runHmp(m: Monitor, line: string): Promise<string> {
+  const words = line.trim().split(/\s+/).filter(Boolean);
+  try {
+    return await run(m, words);
+  } catch (e) {
+    if (e instanceof CommandError) return `Error: ${e.message}\n`;
+    throw e;
+  }
+}
+
+async function run(m: Monitor, w: string[]): Promise<string> {
+  const [cmd, ...args] = w;
+  switch (cmd) {
+    case undefined:
+      return '';
+    case 'help':
+    case '?':
+      return `${HMP_HELP}\n`;
+    case 'stop':
+      await m.stop();
+      return '';
+    case 'cont':
+    case 'c':
+      m.cont();
+      return '';
+    case 'system_reset':
+      await m.reset();
+      return '';
+    case 'quit':
+    case 'q':
+      setImmediate(() => void m.quit());
+      return '';
+    case 'device_event': {
+      const [dev, event, q] = args;
+      if (!dev || !event) throw new CommandError('usage: device_event DEV kick|call QUEUE');
+      m.deviceEvent(dev, event, int(q, 'QUEUE'));
+      return `${event} delivered to ${dev} queue ${q}\n`;
+    }
+    case 'virtqueue_drop': {
+      const [dev, q, kicks, irqs] = args;
+      const r = await m.commands.get('x-debug-virtqueue-drop')!.run({ dev, queue: int(q, 'QUEUE'), kicks: int(kicks ?? '0', 'KICKS'), interrupts: int(irqs ?? '0', 'INTERRUPTS') });
+      return `${kv(r as Record<string, unknown>)}\n`;
+    }
+    case 'info':
+      return info(m, args);
+    default:
+      throw new CommandError(`unknown command: '${cmd}' (try 'help')`);
+  }
+}
+
+function info(m: Monitor, args: string[]): string {
+  const [what, ...rest] = args;
+  switch (what) {
+    case 'status':
+      return `VM status: ${m.runState()}\n`;
+    case 'pci': {
+      const buses = m.queryPci() as { devices: Record<string, unknown>[] }[];
+      const out: string[] = [];
+      for (const d of buses[0].devices) {
+        const id = d.id as Record<string, number>;
+        const cls = (d.class_info as Record<string, number>).class;
+        out.push(`  Bus 0, device ${String(d.slot).padStart(2)}, function ${d.function}:`);
+        out.push(`    class 0x${cls.toString(16).padStart(4, '0')}: PCI device ${hex4(id.vendor)}:${hex4(id.device)}  id "${d.qdev_id}"`);
+        for (const r of d.regions as Record<string, unknown>[])
+          out.push(`    BAR${r.bar}: ${r.mem_type_64 ? '64' : '32'} bit memory at 0x${(r.address as number).toString(16)} [0x${((r.address as number) + (r.size as number) - 1).toString(16)}]${r.mapped ? '' : ' (not mapped)'}`);
+        if (d.msix) {
+          const x = d.msix as Record<string, unknown>;
+          out.push(`    MSI-X: ${x.vectors} vectors, ${x.enabled ? 'enabled' : 'disabled'}${x['function-masked'] ? ', function-masked' : ''}`);
+        }
+      }
+      return `${out.join('\n')}\n`;
+    }
+    case 'virtio':
+      return virtioDevices(m.devices).map((v) => `${v.path} [${v.type}]\n`).join('') || 'no virtio devices\n';
+    case 'virtio-status': {
+      if (!rest[0]) throw new CommandError('usage: info virtio-status DEV');
+      return `${rest[0]}:\n${kv(virtioStatus(findVirtio(m.devices, rest[0])))}\n`;
+    }
+    case 'virtio-queue-status': {
+      if (!rest[0]) throw new CommandError('usage: info virtio-queue-status DEV QUEUE');
+      return `${rest[0]} queue ${rest[1]}:\n${kv(queueStatus(findVirtio(m.devices, rest[0]), int(rest[1], 'QUEUE')))}\n`;
+    }
+    default:
+      throw new CommandError(`info: unknown item '${what ?? ''}' (status, pci, virtio, virtio-status, virtio-queue-status)`);
+  }
+}
+
+const hex4 = (n: number) => n.toString(16).padStart(4, '0');

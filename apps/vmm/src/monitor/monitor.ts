@@ -1,0 +1,247 @@
+/**
+ * The monitor: QMP commands and their HMP twins over one machine, the
+ * x-debug-device-event DeviceEvent path, fault injection, and the virtqueue
+ * stall detector.
+ */
+import { PciBarFunction } from '@tsvmm/pci';
+import { Machine, MachineExit } from '../machine/machine';
+import { CommandError, CommandRegistry } from './commands';
+import { runHmp } from './hmp';
+import { QMP_VERSION, QmpServer } from './qmp-server';
+import { findDevice, findVirtio, queueStatus, virtioDevices, virtioStatus } from './virtio-info';
+
+export type RunState = 'running' | 'paused' | 'shutdown';
+
+export class Monitor {
+  readonly commands = new CommandRegistry();
+  private readonly servers: QmpServer[] = [];
+  private readonly usedEvents = new Set<string>();
+  private stallTimer: NodeJS.Timeout | undefined;
+  private readonly stallReported = new Set<string>();
+  /** Event listeners besides QMP clients (the stdio HMP monitor, tests). */
+  readonly listeners: ((name: string, data?: Record<string, unknown>) => void)[] = [];
+
+  constructor(
+    readonly machine: Machine,
+    private readonly log: (m: string) => void,
+  ) {
+    this.register();
+  }
+
+  get devices() {
+    return this.machine.devices;
+  }
+
+  async listenQmp(path: string): Promise<void> {
+    const s = new QmpServer(path, this.commands, this.log);
+    await s.listen();
+    this.servers.push(s);
+  }
+
+  event(name: string, data?: Record<string, unknown>): void {
+    for (const s of this.servers) s.event(name, data);
+    for (const l of this.listeners) l(name, data);
+  }
+
+  /** Starts the stall detector when any device asked for it. */
+  startStallDetector(): void {
+    const watched = virtioDevices(this.devices).filter((v) => v.pci.stall.ms > 0);
+    if (!watched.length) return;
+    const period = Math.max(10, Math.min(...watched.map((v) => v.pci.stall.ms)) / 4);
+    const lastPending = new Map<string, { avail: number; since: number }>();
+    this.stallTimer = setInterval(() => {
+      if (this.machine.isPaused || this.machine.exited) return;
+      const now = Date.now();
+      for (const v of watched) {
+        const d = v.pci.device;
+        d.queues.forEach((q, i) => {
+          if (!q.active || !d.canProcess) return;
+          const key = `${v.id}/${i}`;
+          // Kick side: the guest made buffers available and no kick came since.
+          const pending = q.pending();
+          if (pending > 0) {
+            const prev = lastPending.get(key);
+            const shadow = (q.lastAvailIdx + pending) & 0xffff;
+            if (!prev || prev.avail !== shadow) lastPending.set(key, { avail: shadow, since: now });
+            const since = Math.max(lastPending.get(key)!.since, d.lastKickAt[i] ?? 0);
+            if (now - since >= v.pci.stall.ms) this.reportStall(v.id, v.path, i, 'kick', now - since, v.pci.stall.policy === 'kick');
+          } else {
+            lastPending.delete(key);
+            this.stallReported.delete(`${key}/kick`);
+          }
+          // Interrupt side: used entries published and the interrupt never went out.
+          const unsignalled = d.unsignalledSince[i];
+          if (unsignalled !== undefined && now - unsignalled >= v.pci.stall.ms) this.reportStall(v.id, v.path, i, 'interrupt', now - unsignalled, false);
+          else if (unsignalled === undefined) this.stallReported.delete(`${key}/interrupt`);
+        });
+      }
+    }, period);
+    this.stallTimer.unref();
+  }
+
+  private reportStall(id: string, path: string, queue: number, side: 'kick' | 'interrupt', ms: number, recover: boolean): void {
+    const key = `${id}/${queue}/${side}`;
+    if (this.stallReported.has(key)) return;
+    this.stallReported.add(key);
+    const pci = findVirtio(this.devices, id);
+    const q = pci.device.queues[queue];
+    this.event('VIRTQUEUE_STALL', {
+      device: id, path, queue, side, 'stalled-ms': ms, 'last-avail-idx': q.lastAvailIdx, 'avail-idx': (q.lastAvailIdx + q.pending()) & 0xffff, 'used-idx': q.usedIdx,
+    });
+    this.log(`${id}: queue ${queue} stalled on the ${side} side for ${ms} ms`);
+    if (recover) {
+      this.log(`${id}: stall-policy=kick: kicking queue ${queue}`);
+      pci.kick(queue);
+      this.stallReported.delete(key);
+    }
+  }
+
+  close(): void {
+    if (this.stallTimer) clearInterval(this.stallTimer);
+    for (const s of this.servers) s.close();
+  }
+
+  runState(): RunState {
+    if (this.machine.exited) return 'shutdown';
+    return this.machine.isPaused ? 'paused' : 'running';
+  }
+
+  async stop(): Promise<void> {
+    if (this.runState() !== 'running') return;
+    await this.machine.pause();
+    this.event('STOP');
+  }
+
+  cont(): void {
+    if (this.runState() !== 'paused') return;
+    this.machine.resume();
+    this.event('RESUME');
+  }
+
+  async reset(): Promise<void> {
+    await this.machine.reset();
+    this.event('RESET', { guest: false, reason: 'host-qmp-system-reset' });
+  }
+
+  quit(): Promise<MachineExit> {
+    this.event('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
+    return this.machine.stop('quit from the monitor');
+  }
+
+  /** x-debug-device-event: kick a queue's doorbell or inject its interrupt, on purpose. */
+  deviceEvent(dev: string, event: string, queue: number): void {
+    const pci = findVirtio(this.devices, dev);
+    const d = pci.device;
+    if (event !== 'kick' && event !== 'call') throw new CommandError(`Parameter 'event' does not accept value '${event}'`);
+    if (!Number.isInteger(queue) || queue < 0 || queue >= d.queues.length)
+      throw new CommandError(`Invalid queue ${queue}: device '${d.id}' has queues 0-${d.queues.length - 1}`);
+    if (!d.driverOk) throw new CommandError(`Device '${d.id}' is not ready (driver status is not DRIVER_OK)`, 'DeviceNotActive');
+    if (!d.queues[queue].ready) throw new CommandError(`Queue ${queue} of device '${d.id}' is not enabled by the driver`);
+    const key = `${d.id}/${event}/${queue}`;
+    if (!this.usedEvents.has(key)) {
+      this.usedEvents.add(key);
+      this.log(`x-debug-device-event: ${event} on device ${d.id} queue ${queue}`);
+    }
+    if (event === 'kick') pci.kick(queue);
+    else pci.call(queue);
+  }
+
+  private register(): void {
+    const c = this.commands;
+    c.add({ name: 'query-version', args: {}, help: 'the VMM version (QEMU-compatible shape)', run: () => QMP_VERSION });
+    c.add({ name: 'query-commands', args: {}, help: 'the commands this monitor accepts', run: () => c.names().map((name) => ({ name })) });
+    c.add({
+      name: 'query-status', args: {}, help: 'run state',
+      run: () => ({ running: this.runState() === 'running', singlestep: false, status: this.runState() }),
+    });
+    c.add({ name: 'stop', args: {}, help: 'pause the vCPUs', run: () => this.stop().then(() => ({})) });
+    c.add({ name: 'cont', args: {}, help: 'resume the vCPUs', run: () => this.cont() });
+    c.add({ name: 'system_reset', args: {}, help: 'reset the machine', run: () => this.reset().then(() => ({})) });
+    c.add({
+      name: 'quit', args: {}, help: 'end the VMM',
+      run: () => {
+        setImmediate(() => void this.quit());
+        return {};
+      },
+    });
+    c.add({ name: 'query-pci', args: {}, help: 'PCI buses, devices, BARs, MSI-X', run: () => this.queryPci() });
+    c.add({
+      name: 'human-monitor-command', args: { 'command-line': { type: 'str' }, 'cpu-index': { type: 'int', optional: true } },
+      help: 'run an HMP command and return its text',
+      run: async (a) => runHmp(this, a['command-line'] as string),
+    });
+    c.add({
+      name: 'x-query-virtio', args: {}, help: 'virtio devices and their QOM paths',
+      run: () => virtioDevices(this.devices).map((v) => ({ path: v.path, name: v.type })),
+    });
+    c.add({
+      name: 'x-query-virtio-status', args: { path: { type: 'str' } }, help: 'a virtio device: features, status, broken, disabled, ISR',
+      run: (a) => virtioStatus(findVirtio(this.devices, a.path as string)),
+    });
+    c.add({
+      name: 'x-query-virtio-queue-status', args: { path: { type: 'str' }, queue: { type: 'int' } }, help: 'a virtqueue: indices, vector, counters',
+      run: (a) => queueStatus(findVirtio(this.devices, a.path as string), a.queue as number),
+    });
+    c.add({
+      name: 'x-debug-device-event',
+      args: { dev: { type: 'str' }, event: { type: 'enum', values: ['kick', 'call'] }, queue: { type: 'int' } },
+      help: "kick a queue's doorbell or inject its interrupt",
+      run: (a) => this.deviceEvent(a.dev as string, a.event as string, a.queue as number),
+    });
+    c.add({
+      name: 'x-debug-virtqueue-drop',
+      args: { dev: { type: 'str' }, queue: { type: 'int' }, kicks: { type: 'int', optional: true }, interrupts: { type: 'int', optional: true } },
+      help: 'drop the next N kicks and/or interrupts of a queue (fault injection)',
+      run: (a) => {
+        const pci = findVirtio(this.devices, a.dev as string);
+        const q = a.queue as number;
+        if (q < 0 || q >= pci.device.queues.length) throw new CommandError(`Invalid queue ${q}: device '${pci.device.id}' has queues 0-${pci.device.queues.length - 1}`);
+        const f = pci.device.faults[q];
+        for (const k of ['kicks', 'interrupts'] as const) {
+          const n = a[k] as number | undefined;
+          if (n !== undefined && (n < 0 || n > 1_000_000)) throw new CommandError(`Parameter '${k}' must be between 0 and 1000000`);
+        }
+        if (a.kicks !== undefined) f.dropKicks = a.kicks as number;
+        if (a.interrupts !== undefined) f.dropInterrupts = a.interrupts as number;
+        this.log(`x-debug-virtqueue-drop: device ${pci.device.id} queue ${q}: dropping the next ${f.dropKicks} kick(s) and ${f.dropInterrupts} interrupt(s)`);
+        return { 'drop-kicks': f.dropKicks, 'drop-interrupts': f.dropInterrupts };
+      },
+    });
+  }
+
+  queryPci(): unknown {
+    const devices = this.machine.pci.functions().map((f) => {
+      const cfg = f.fn.config;
+      const dev = this.devices.find((d) => d.virtio === f.fn);
+      const regions: unknown[] = [];
+      if (f.fn instanceof PciBarFunction) {
+        for (let bar = 0; bar < 6; bar++) {
+          const lo = cfg.getU32(0x10 + bar * 4);
+          if (!lo) continue;
+          const is64 = (lo & 0x6) === 0x4;
+          const address = f.fn.barAddress(bar);
+          regions.push({ bar, type: 'memory', address: address ?? 0, size: f.fn.barSize(bar) ?? 0, prefetch: (lo & 8) !== 0, mem_type_64: is64, mapped: address !== undefined });
+          if (is64) bar++;
+        }
+      }
+      const info: Record<string, unknown> = {
+        bus: 0, slot: f.device, function: f.function,
+        class_info: { class: cfg.getU16(0x0a) },
+        id: { vendor: cfg.getU16(0), device: cfg.getU16(2), 'subsystem-vendor': cfg.getU16(0x2c), subsystem: cfg.getU16(0x2e) },
+        regions,
+        command: cfg.command,
+        qdev_id: dev?.id ?? f.fn.name,
+      };
+      if (dev?.virtio) {
+        const m = dev.virtio.msix;
+        info.msix = { vectors: m.vectors, enabled: m.enabled, 'function-masked': m.functionMasked };
+      }
+      return info;
+    });
+    return [{ bus: 0, devices }];
+  }
+
+  findDevice(ref: string) {
+    return findDevice(this.devices, ref);
+  }
+}
