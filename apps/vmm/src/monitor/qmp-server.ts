@@ -153,6 +153,8 @@ export function jsonValueEnd(s: string): number | undefined {
   for (; i < s.length; i++) {
     const ch = s[i];
     if (inString) {
+      // A raw line break cannot be inside a JSON string: the value is malformed, report it now.
+      if (ch === '\n') return i + 1;
       if (ch === '\\') i++;
       else if (ch === '"') inString = false;
       continue;
