@@ -7,7 +7,7 @@ describe('parseArgs', () => {
     expect(c).toEqual({
       kind: 'run',
       config: {
-        kernel: 'k', initrd: 'i', cmdline: 'a b', memoryBytes: 2 ** 30, cpus: 2, serial: { kind: 'file', path: '/tmp/s' }, traceBoot: true, qmp: [], monitorStdio: false,
+        kernel: 'k', initrd: 'i', cmdline: 'a b', memoryBytes: 2 ** 30, cpus: 2, serial: { kind: 'file', path: '/tmp/s' }, traceBoot: true, qmp: [], monitorStdio: false, startPaused: false,
         devices: [{ type: 'virtio-blk', id: 'd0', props: { file: '/x,y', readonly: 'on' } }],
       },
     });

@@ -23,6 +23,7 @@ Options:
                          flags given after --config override it
   --qmp unix:PATH        serve QMP on a unix socket (repeatable); see docs/qmp.md
   --monitor stdio        the human monitor (HMP) on stdin/stdout (needs --serial file:PATH or none)
+  -S, --paused           create the VM but start the vCPUs only on QMP/HMP 'cont'
   --trace-boot           report the time from start to the first serial byte
   -h, --help             show this help
 
@@ -54,6 +55,10 @@ export function parseArgs(argv: readonly string[]): Command {
     if (flag.startsWith('--') && eq > 0) {
       value = flag.slice(eq + 1);
       flag = flag.slice(0, eq);
+    }
+    if (flag === '-S' || flag === '--paused') {
+      config.startPaused = true;
+      continue;
     }
     if (flag === '--trace-boot') {
       config.traceBoot = true;

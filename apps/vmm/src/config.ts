@@ -26,6 +26,8 @@ export interface VmConfig {
   qmp: string[];
   /** --monitor stdio: the HMP monitor on stdin/stdout. */
   monitorStdio: boolean;
+  /** -S / --paused: do not start the vCPUs until `cont`. */
+  startPaused: boolean;
 }
 
 export class ConfigError extends Error {
@@ -112,7 +114,7 @@ export function checkConfig(c: VmConfig): VmConfig {
 }
 
 export function defaultConfig(): VmConfig {
-  return { kernel: '', cmdline: '', memoryBytes: 256 * 2 ** 20, cpus: 1, devices: [], serial: { kind: 'stdio' }, traceBoot: false, qmp: [], monitorStdio: false };
+  return { kernel: '', cmdline: '', memoryBytes: 256 * 2 ** 20, cpus: 1, devices: [], serial: { kind: 'stdio' }, traceBoot: false, qmp: [], monitorStdio: false, startPaused: false };
 }
 
 /** Reads a --config JSON file: the same settings as the flags, by the same names. */

@@ -143,7 +143,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   const onSignal = () => void machine.stop('terminated by signal');
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const exit: MachineExit = await machine.run();
+  const exit: MachineExit = await machine.run({ startPaused: config.startPaused });
   if (exit.reason !== 'stopped') monitor.event('SHUTDOWN', { guest: true, reason: exit.reason === 'reset' ? 'guest-reset' : exit.reason === 'fault' ? 'guest-panic' : 'guest-shutdown' });
   monitor.close();
   detach();

@@ -149,8 +149,21 @@ export class Machine {
     }
   }
 
-  /** Starts every vCPU; resolves when the guest ends (exit port, power-off, reset, fault) or stop() is called. */
-  run(): Promise<MachineExit> {
+  /**
+   * Starts every vCPU (unless `startPaused`: then the first resume() does);
+   * resolves when the guest ends (exit port, power-off, reset, fault) or stop() is called.
+   */
+  run(opts: { startPaused?: boolean } = {}): Promise<MachineExit> {
+    if (opts.startPaused && !this.started) {
+      this.paused = true;
+      for (const d of this.devices) d.setRunning?.(false);
+      return this.runPromise;
+    }
+    this.startVcpus();
+    return this.runPromise;
+  }
+
+  private startVcpus(): void {
     if (!this.started) {
       this.started = true;
       for (const v of this.vcpus) {
@@ -160,7 +173,6 @@ export class Machine {
         });
       }
     }
-    return this.runPromise;
   }
 
   /** Stops the vCPUs (QMP `stop`): devices drop their host notifiers while the VM is stopped. */
@@ -176,7 +188,8 @@ export class Machine {
     if (this.exit || !this.paused) return;
     this.paused = false;
     for (const d of this.devices) d.setRunning?.(true);
-    for (const v of this.vcpus) v.resume();
+    if (!this.started) this.startVcpus();
+    else for (const v of this.vcpus) v.resume();
   }
 
   /**

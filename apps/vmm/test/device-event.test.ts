@@ -1,0 +1,149 @@
+// Diagnosing a lost kick and a lost interrupt from the monitor alone (the guest kit's
+// virtio-blk driver does one GET_ID request and waits for its completion interrupt).
+import { ChildProcess, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { describeKvm } from '@tsvmm/kvm-native/testing';
+import { GUEST_ELF, requireGuestKit, VMM_BIN } from './guest-kit';
+import { QmpClient } from './qmp-client';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-devev-'));
+
+interface Vm {
+  proc: ChildProcess;
+  qmp: QmpClient;
+  out: () => string;
+  err: () => string;
+  exited: Promise<number | null>;
+}
+
+async function boot(deviceExtra = '', ioeventfd = 'on'): Promise<Vm> {
+  requireGuestKit();
+  const img = path.join(tmp, `d-${Math.random().toString(36).slice(2)}.img`);
+  fs.writeFileSync(img, Buffer.alloc(64 * 512));
+  const sock = path.join(tmp, `q-${Math.random().toString(36).slice(2)}.sock`);
+  const proc = spawn(process.execPath, [
+    VMM_BIN, 'run', '-S', '--kernel', GUEST_ELF, '--cmdline', 'test=blk-get-id', '--qmp', `unix:${sock}`,
+    '--device', `virtio-blk,id=d0,file=${img},serial=DEVEV,ioeventfd=${ioeventfd}${deviceExtra}`,
+  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  proc.stdout!.on('data', (d) => (out += d));
+  proc.stderr!.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((r) => proc.on('close', r));
+  const qmp = await QmpClient.connect(sock);
+  await qmp.run('qmp_capabilities');
+  return { proc, qmp, out: () => out, err: () => err, exited };
+}
+
+type QueueStatus = Record<string, number | boolean | string | null>;
+
+async function queueStatus(vm: Vm): Promise<QueueStatus> {
+  return (await vm.qmp.run('x-query-virtio-queue-status', { path: '/machine/peripheral/d0', queue: 0 })) as QueueStatus;
+}
+
+async function until(vm: Vm, pred: (s: QueueStatus) => boolean, ms = 30_000): Promise<QueueStatus> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const s = await queueStatus(vm);
+    if (pred(s)) return s;
+    if (Date.now() > deadline) throw new Error(`queue never reached the state; last: ${JSON.stringify(s)}\n${vm.out()}\n${vm.err()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describeKvm('x-debug-device-event: lost kicks and lost interrupts', () => {
+  let vm: Vm;
+  afterEach(async () => {
+    vm.proc.kill('SIGKILL');
+    await vm.exited;
+  });
+
+  it.each(['on', 'off'])('a lost kick (ioeventfd=%s) shows as avail ahead of last_avail; kick completes it', async (ioeventfd) => {
+    vm = await boot('', ioeventfd);
+    await vm.qmp.run('x-debug-virtqueue-drop', { dev: 'd0', queue: 0, kicks: 1 });
+    await vm.qmp.run('cont');
+    const hung = await until(vm, (s) => s['kicks-dropped'] === 1 && s['avail-idx'] !== s['last-avail-idx']);
+    expect(hung['kicks-eventfd']).toBe(0);
+    expect(hung['kicks-exit']).toBe(0);
+    expect(hung.chains).toBe(0);
+    expect(hung['avail-idx']).toBe(1);
+    expect(hung['last-avail-idx']).toBe(0);
+    await vm.qmp.run('stop');
+    await vm.qmp.run('x-debug-device-event', { dev: '/machine/peripheral/d0', event: 'kick', queue: 0 });
+    const after = await until(vm, (s) => s.chains === 1);
+    expect(after['kicks-eventfd'] as number + (after['kicks-exit'] as number)).toBe(1);
+    expect(after['debug-events']).toBe(1);
+    expect(after['last-avail-idx']).toBe(1);
+    expect(after['used-idx']).toBe(1);
+    await vm.qmp.run('cont');
+    expect(await vm.exited).toBe(0);
+    expect(vm.out()).toContain('blk-id serial="DEVEV"');
+    expect(vm.err()).toContain('x-debug-device-event: kick on device d0 queue 0');
+  });
+
+  it('a lost interrupt shows as a used entry with no interrupt; call delivers it', async () => {
+    vm = await boot();
+    await vm.qmp.run('x-debug-virtqueue-drop', { dev: 'd0', queue: 0, interrupts: 1 });
+    await vm.qmp.run('cont');
+    const hung = await until(vm, (s) => s['interrupts-dropped'] === 1);
+    expect(hung['used-idx']).toBe(1);
+    expect(hung['interrupts-injected']).toBe(0);
+    expect(hung['vector-pending']).toBe(false);
+    const r = await vm.qmp.execute('x-debug-device-event', { dev: 'd0', event: 'call', queue: 0 });
+    expect(r).toHaveProperty('return');
+    expect(await vm.exited).toBe(0);
+    expect(vm.out()).toContain('guest-kit: PASS test=blk-get-id');
+  });
+
+  it('rejects events for bad devices, queues and states with clear errors', async () => {
+    vm = await boot();
+    const err = async (args: Record<string, unknown>) => ((await vm.qmp.execute('x-debug-device-event', args)).error as { class: string; desc: string });
+    expect(await err({ dev: 'nope', event: 'kick', queue: 0 })).toEqual({ class: 'DeviceNotFound', desc: "Device 'nope' not found" });
+    expect((await err({ dev: 'd0', event: 'kick', queue: 0 })).desc).toMatch(/not ready \(driver status is not DRIVER_OK\)/);
+    await vm.qmp.run('cont');
+    await until(vm, (s) => s.ready === true && s.active === true);
+    expect((await err({ dev: 'd0', event: 'kick', queue: 7 })).desc).toMatch(/Invalid queue 7: device 'd0' has queues 0-0/);
+    expect((await err({ dev: 'd0', event: 'prod', queue: 0 })).desc).toMatch(/does not accept value 'prod'/);
+  });
+
+  it('VIRTQUEUE_STALL fires for a lost kick and for a lost interrupt', async () => {
+    vm = await boot(',stall-ms=300');
+    await vm.qmp.run('x-debug-virtqueue-drop', { dev: 'd0', queue: 0, kicks: 1 });
+    await vm.qmp.run('cont');
+    const ev = (await vm.qmp.event('VIRTQUEUE_STALL')).data as Record<string, unknown>;
+    expect(ev).toMatchObject({ device: 'd0', path: '/machine/peripheral/d0', queue: 0, side: 'kick', 'avail-idx': 1, 'last-avail-idx': 0 });
+    expect(ev['stalled-ms']).toBeGreaterThanOrEqual(300);
+    await vm.qmp.run('x-debug-virtqueue-drop', { dev: 'd0', queue: 0, interrupts: 1 });
+    await vm.qmp.run('x-debug-device-event', { dev: 'd0', event: 'kick', queue: 0 });
+    const ev2 = (await vm.qmp.waitFor((m) => m.event === 'VIRTQUEUE_STALL' && (m.data as { side: string }).side === 'interrupt')).data;
+    expect(ev2).toMatchObject({ device: 'd0', queue: 0, side: 'interrupt', 'used-idx': 1 });
+    await vm.qmp.run('x-debug-device-event', { dev: 'd0', event: 'call', queue: 0 });
+    expect(await vm.exited).toBe(0);
+  });
+
+  it('stall-policy=kick recovers a lost kick with no operator action', async () => {
+    vm = await boot(',stall-ms=300,stall-policy=kick');
+    await vm.qmp.run('x-debug-virtqueue-drop', { dev: 'd0', queue: 0, kicks: 1 });
+    await vm.qmp.run('cont');
+    expect(await vm.exited).toBe(0);
+    expect(vm.out()).toContain('guest-kit: PASS test=blk-get-id');
+    expect(vm.err()).toContain('stall-policy=kick: kicking queue 0');
+  });
+
+  it('HMP shows the queue and delivers device_event', async () => {
+    vm = await boot();
+    await vm.qmp.run('x-debug-virtqueue-drop', { dev: 'd0', queue: 0, interrupts: 1 });
+    await vm.qmp.run('cont');
+    await until(vm, (s) => s['interrupts-dropped'] === 1);
+    const hmp = async (line: string) => (await vm.qmp.run('human-monitor-command', { 'command-line': line })) as string;
+    expect(await hmp('info virtio')).toBe('/machine/peripheral/d0 [virtio-blk]\n');
+    const q = await hmp('info virtio-queue-status d0 0');
+    expect(q).toMatch(/used-idx: 1\n/);
+    expect(q).toMatch(/interrupts-dropped: 1\n/);
+    expect(await hmp('info virtio-status d0')).toMatch(/status-bits: ACKNOWLEDGE DRIVER FEATURES_OK DRIVER_OK/);
+    expect(await hmp('device_event d0 call 0')).toBe('call delivered to d0 queue 0\n');
+    expect(await vm.exited).toBe(0);
+  });
+});
