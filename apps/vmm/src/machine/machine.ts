@@ -8,6 +8,7 @@ import { Kvm, KvmRun, uapi as U, Vcpu, VcpuAction, VcpuFaultError, Vm } from '@t
 import { Device, DeviceContext, GsiRoutes, IoBus, MmioAllocator, PCI_CONF1_ADDRESS_PORT, PciBus, PciHostBridge } from '@tsvmm/pci';
 import { GuestMemory } from '@tsvmm/virtio-core';
 import { VmConfig } from '../config';
+import { CmosRtc } from '../devices/cmos-rtc';
 import { ExitPort, I8042Command, Sink } from '../devices/platform';
 import { Uart16550 } from '../devices/uart16550';
 import { cpuidFor, setupBootVcpu } from './cpu-setup';
@@ -121,6 +122,7 @@ export class Machine {
         this.requestExit({ reason: 'exit-port', code, message: `guest wrote ${code} to the exit port` }),
       ));
       this.pio.register(0x80, 1, 'post-code', new Sink());
+      this.pio.register(0x70, 2, 'cmos-rtc', new CmosRtc(c.memoryBytes));
       this.pio.register(PCI_CONF1_ADDRESS_PORT, 8, 'pci-conf1', this.pci.conf1);
       this.pci.attach(new PciHostBridge(), 0);
 
