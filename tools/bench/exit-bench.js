@@ -204,7 +204,8 @@ async function runChecked(runner, cmd, args, n, opts) {
   if (r.code !== 0) {
     fail(
       `${runner.id}: \`${describe(cmd, args)}\` exited with ${r.signal ? `signal ${r.signal}` : `code ${r.code}`}\n` +
-        `--- stderr ---\n${r.stderr.trimEnd()}\n--------------`,
+        `--- stderr ---\n${r.stderr.trimEnd()}\n--------------` +
+        (r.signal === 'SIGBUS' ? '\n(SIGBUS: was apps/vmm/dist/kvm_native.node rewritten while it ran? Rebuilds during a run do that.)' : ''),
     );
   }
   const problem = n === undefined ? undefined : runner.check(n, r.stderr);
@@ -234,6 +235,29 @@ function fmtInt(x) {
   return Math.round(x).toLocaleString('en-US');
 }
 
+/* What exactly was measured: the tree's HEAD and hashes of the binaries run. */
+function buildStamps() {
+  const sha = (p) => {
+    try {
+      return require('crypto').createHash('sha256').update(fs.readFileSync(p)).digest('hex').slice(0, 16);
+    } catch {
+      return null;
+    }
+  };
+  let head = null;
+  try {
+    head = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+  } catch {
+    /* not a git checkout */
+  }
+  return {
+    gitHead: head,
+    vmmBundleSha256: sha(VMM_BUNDLE),
+    guestElfSha256: sha(path.join(ROOT, GUEST_ELF_REL)),
+    exitLoopSha256: sha(C_BIN),
+  };
+}
+
 /* ---------------- main ---------------- */
 
 async function main() {
@@ -251,6 +275,7 @@ async function main() {
 
   const { n1, n2, reps, firstReps } = opts;
   const load0 = os.loadavg();
+  const stamps0 = buildStamps();
   process.stderr.write(
     `exit-bench: N1=${n1} N2=${n2}, ${reps} runs each; first-byte runs ${firstReps}${opts.pin === undefined ? '' : `; taskset -c ${opts.pin}`}\n`,
   );
@@ -286,6 +311,12 @@ async function main() {
     }
   }
   const load1 = os.loadavg();
+  const stamps1 = buildStamps();
+  const binaries = ({ gitHead, ...rest }) => JSON.stringify(rest); // a new commit alone is not a rebuild
+  const rebuilt = binaries(stamps0) !== binaries(stamps1);
+  if (rebuilt) {
+    process.stderr.write('exit-bench: warning: the VMM, guest or C loop was rebuilt during the run; the runs mix builds\n');
+  }
 
   const results = {};
   for (const r of RUNNERS) {
@@ -335,6 +366,7 @@ async function main() {
     `First serial byte (spawn -> first stdout byte, count=0, median of ${firstReps}): VMM ${fmt(results.vmm.firstSerialByteMedianMs, 1)} ms, ` +
       `C ${fmt(results.c.firstSerialByteMedianMs, 1)} ms.`,
   );
+  if (rebuilt) lines.push('**Warning: a binary under test was rebuilt during the run; the figures mix builds.**');
   lines.push(`Host load average (1 min) ${fmt(load0[0], 2)} at start, ${fmt(load1[0], 2)} at end; ${os.cpus().length} CPUs.`);
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -350,10 +382,12 @@ async function main() {
       loadavgStart: load0.map((x) => round(x, 2)),
       loadavgEnd: load1.map((x) => round(x, 2)),
     },
+    versions: stamps0,
+    versionsAtEnd: rebuilt ? stamps1 : undefined,
     params: { n1, n2, reps, firstReps, pin: opts.pin ?? null, guest: GUEST_ELF_REL, guestCmdline: guestCmdline('N') },
     method:
       'wall clock (process.hrtime) from spawn to child exit; perExitUs = (median t(N2) - median t(N1)) / (N2 - N1); ' +
-      'fixedCostMs = median t(N1) - N1 * perExitUs; first serial byte = spawn to first stdout byte with count=0',
+      'fixedCostMs = median t(N1) - N1 * perExitUs (noisy: the two medians may come from different runs); first serial byte = spawn to first stdout byte with count=0',
     results,
     ratioVmmOverC: round(ratio, 3),
   };

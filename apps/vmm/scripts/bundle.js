@@ -25,4 +25,7 @@ if (!fs.existsSync(addon)) {
   console.error(`bundle: ${addon} is missing; build it first (node libs/kvm-native/scripts/build-native.js)`);
   process.exit(1);
 }
-fs.copyFileSync(addon, path.join(outdir, 'kvm_native.node'));
+// Copy then rename: a running VMM keeps its mapping of the old file (overwriting in place would SIGBUS it).
+const tmpAddon = path.join(outdir, `.kvm_native.node.${process.pid}`);
+fs.copyFileSync(addon, tmpAddon);
+fs.renameSync(tmpAddon, path.join(outdir, 'kvm_native.node'));
