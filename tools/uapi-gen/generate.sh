@@ -21,4 +21,5 @@ else
   gen kvm "$root/libs/kvm-native/src/generated/kvm-uapi.ts"
   gen virtio "$root/libs/virtio-core/src/generated/virtio-uapi.ts"
   gen virtio-blk "$root/plugins/virtio-blk/src/generated/virtio-blk-uapi.ts"
+  gen virtio-net "$root/plugins/virtio-net/src/generated/virtio-net-uapi.ts"
 fi

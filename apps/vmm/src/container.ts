@@ -15,6 +15,14 @@ export const TYPES = {
   DeviceRegistry: Symbol.for('tsvmm.DeviceRegistry'),
 };
 
+/** A device could not be created from valid properties (its file, TAP or similar failed). */
+export class DeviceSetupError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DeviceSetupError';
+  }
+}
+
 export class DeviceRegistry {
   private readonly byType = new Map<string, { plugin: DevicePlugin; type: DeviceType }>();
 
@@ -54,7 +62,13 @@ export class DeviceRegistry {
 
   create(ctx: DeviceContext, d: DeviceConfig): Device {
     const { type, props } = this.parse(d);
-    return type.create(ctx, d.id, props);
+    try {
+      return type.create(ctx, d.id, props);
+    } catch (e) {
+      // A plugin reports bad resources (missing file, busy TAP, bad MAC) by throwing: say which device.
+      const msg = (e as Error).message;
+      throw new DeviceSetupError(msg.startsWith('--device') ? msg : `--device ${d.type},id=${d.id}: ${msg}`);
+    }
   }
 
   private parse(d: DeviceConfig) {

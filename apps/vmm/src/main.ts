@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import { KvmUnavailableError } from '@tsvmm/kvm-native';
 import { parseArgs, USAGE } from './cli';
 import { ConfigError, VmConfig } from './config';
-import { buildContainer, DeviceRegistry, TYPES } from './container';
+import { buildContainer, DeviceRegistry, DeviceSetupError, TYPES } from './container';
 import { EXIT_CODE_VMM_ERROR, Machine, MachineExit } from './machine/machine';
 import { KernelImageError } from './machine/loader';
 import { Monitor } from './monitor/monitor';
@@ -123,7 +123,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stderr.write(`vmm: ${e.message}\n`);
       return EXIT_USAGE;
     }
-    if (e instanceof KernelImageError || e instanceof KvmUnavailableError) {
+    if (e instanceof KernelImageError || e instanceof KvmUnavailableError || e instanceof DeviceSetupError) {
       process.stderr.write(`vmm: ${e.message}\n`);
       return EXIT_CODE_VMM_ERROR;
     }

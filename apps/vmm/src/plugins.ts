@@ -5,8 +5,9 @@
  */
 import { DevicePlugin } from '@tsvmm/pci';
 import { plugin as virtioBlk } from '@tsvmm/virtio-blk';
+import { plugin as virtioNet } from '@tsvmm/virtio-net';
 
-export const BUILTIN_PLUGINS: readonly DevicePlugin[] = [virtioBlk];
+export const BUILTIN_PLUGINS: readonly DevicePlugin[] = [virtioBlk, virtioNet];
 
 export function loadPlugins(): DevicePlugin[] {
   return [...BUILTIN_PLUGINS];

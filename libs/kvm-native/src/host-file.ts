@@ -14,3 +14,52 @@ export function fallocate(fd: number, mode: number, offset: number, len: number)
   checkU64('len', len);
   loadNative().fallocate(fd, mode, offset, len);
 }
+
+/** An ioctl on a host fd that is not KVM's (TAP, vhost): `arg` is an integer or a struct buffer. */
+export function hostIoctl(fd: number, request: number, arg?: number | Uint8Array): number {
+  checkFd('fd', fd);
+  return loadNative().ioctl(fd, request, arg);
+}
+
+/** Calls `onReadable` on the JS thread whenever `fd` is readable (libuv poll), until stop(). */
+export class FdWatch {
+  private w: ReturnType<typeof makeWatcher> | undefined;
+  private active = false;
+
+  constructor(
+    readonly fd: number,
+    private readonly onReadable: () => void,
+  ) {
+    checkFd('fd', fd);
+  }
+
+  start(): void {
+    if (this.active) return;
+    this.w ??= makeWatcher(this.fd, this.onReadable);
+    this.w.start();
+    this.active = true;
+  }
+
+  stop(): void {
+    if (!this.active) return;
+    this.w!.stop();
+    this.active = false;
+  }
+
+  get watching(): boolean {
+    return this.active;
+  }
+
+  close(): void {
+    this.w?.close();
+    this.w = undefined;
+    this.active = false;
+  }
+}
+
+function makeWatcher(fd: number, cb: () => void) {
+  return new (loadNative().FdWatcher)(fd, (err) => {
+    if (err) throw err;
+    cb();
+  });
+}

@@ -234,6 +234,12 @@ export abstract class VirtioDevice {
     return r.chain;
   }
 
+  /** Returns popped-but-unused chains to the ring (their counting is undone too). */
+  protected unpopChains(q: SplitVirtqueue, count: number): void {
+    q.unpop(count);
+    this.counters[q.index].chains -= count;
+  }
+
   /** Puts a chain on the used ring (deferred while bus mastering is off). Call signalUsed after a batch. */
   protected pushUsed(q: SplitVirtqueue, head: number, len: number): void {
     if (this.disabled) {

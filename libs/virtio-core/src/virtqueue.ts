@@ -191,6 +191,11 @@ export class SplitVirtqueue {
     return r;
   }
 
+  /** Gives back the last `count` popped chains (not yet used), e.g. when a received frame did not fit. */
+  unpop(count: number): void {
+    this.lastAvailIdx = (this.lastAvailIdx - count) & 0xffff;
+  }
+
   /** Walks a chain from `head` with vm-virtio's rules (see QueueError). */
   readChain(head: number): { chain: DescriptorChain } | { error: QueueError } {
     const n = this.size;

@@ -1,0 +1,1 @@
+module.exports = { displayName: 'virtio-net', ...require('../../jest.preset.js')(__dirname) };

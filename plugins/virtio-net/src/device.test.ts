@@ -1,0 +1,193 @@
+// VirtioNetDevice with a fake guest memory and a real TAP whose far side is a
+// network namespace's kernel stack: ARP and ICMP replies come from Linux itself.
+import { execFileSync } from 'child_process';
+import { virtioUapi as V } from '@tsvmm/virtio-core';
+import { fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
+import { Tap } from './backend/tap';
+import { VirtioNetDevice } from './device';
+import * as N from './generated/virtio-net-uapi';
+
+const canNetns = (() => {
+  try {
+    execFileSync('ip', ['netns', 'list'], { stdio: 'ignore' });
+    return process.getuid?.() === 0;
+  } catch {
+    return false;
+  }
+})();
+
+const HOST_IP = [10, 99, 0, 1];
+const GUEST_IP = [10, 99, 0, 2];
+const GUEST_MAC = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+function csum(b: Uint8Array): number {
+  let s = 0;
+  for (let i = 0; i < b.length; i += 2) s += (b[i] << 8) | (b[i + 1] ?? 0);
+  while (s >> 16) s = (s & 0xffff) + (s >> 16);
+  return ~s & 0xffff;
+}
+
+function arpRequest(): Uint8Array {
+  const f = new Uint8Array(12 + 42); // vnet header + Ethernet + ARP
+  const e = f.subarray(12);
+  e.fill(0xff, 0, 6);
+  e.set(GUEST_MAC, 6);
+  e.set([0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1], 12);
+  e.set(GUEST_MAC, 22);
+  e.set(GUEST_IP, 28);
+  e.set(HOST_IP, 38);
+  return f;
+}
+
+function icmpEcho(hostMac: Uint8Array, seq: number): Uint8Array {
+  const payload = Buffer.from('tsvmm-ping-payload');
+  const f = new Uint8Array(12 + 14 + 20 + 8 + payload.length);
+  const e = f.subarray(12);
+  e.set(hostMac, 0);
+  e.set(GUEST_MAC, 6);
+  e.set([0x08, 0x00], 12);
+  const ip = e.subarray(14, 34);
+  ip.set([0x45, 0, 0, 20 + 8 + payload.length, 0, 1, 0x40, 0, 64, 1, 0, 0, ...GUEST_IP, ...HOST_IP]);
+  const c = csum(ip);
+  ip[10] = c >> 8;
+  ip[11] = c & 0xff;
+  const icmp = e.subarray(34);
+  icmp.set([8, 0, 0, 0, 0x12, 0x34, seq >> 8, seq & 0xff]);
+  icmp.set(payload, 8);
+  const ic = csum(icmp);
+  icmp[2] = ic >> 8;
+  icmp[3] = ic & 0xff;
+  return f;
+}
+
+(canNetns || process.env.VMM_REQUIRE_KVM === '1' ? describe : describe.skip)('VirtioNetDevice on a real TAP', () => {
+  const ns = `vmmnet${process.pid}`;
+  const ifname = `vmmt${process.pid % 100000}`;
+  let tap: Tap;
+  const ipns = (...args: string[]) => execFileSync('ip', ['netns', 'exec', ns, 'ip', ...args]);
+
+  beforeAll(() => {
+    execFileSync('ip', ['netns', 'add', ns]);
+    tap = new Tap({ name: ifname, queues: 1 }); // created in this namespace, attached to our fd
+    execFileSync('ip', ['link', 'set', ifname, 'netns', ns]); // the fd stays attached
+    ipns('addr', 'add', `${HOST_IP.join('.')}/24`, 'dev', ifname);
+    ipns('link', 'set', ifname, 'up');
+  });
+
+  afterAll(() => {
+    tap?.close();
+    execFileSync('ip', ['netns', 'del', ns]);
+  });
+
+  it('sends the guest ARP request and ICMP echo to the host kernel and receives its replies', async () => {
+    const mem = fakeMemory(1 << 20);
+    const dev = new VirtioNetDevice(mem, { id: 'n0', tap, mac: Uint8Array.from(GUEST_MAC), pairs: 1, mtu: 1500 });
+    const irqs: number[] = [];
+    dev.interrupt = { signalQueue: (q) => irqs.push(q), signalConfig: () => undefined };
+    const rx = new MockDriverQueue(mem, 16, 0x1000);
+    const tx = new MockDriverQueue(mem, 16, 0x8000);
+    const ctrl = new MockDriverQueue(mem, 16, 0xf000);
+    dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER);
+    dev.writeDriverFeatures(0, dev.readDeviceFeatures(0));
+    dev.writeDriverFeatures(1, dev.readDeviceFeatures(1));
+    dev.writeStatus(0x0b);
+    rx.program(dev.queues[0]);
+    tx.program(dev.queues[1]);
+    ctrl.program(dev.queues[2]);
+    dev.writeStatus(0x0f);
+    expect(dev.readConfig(N.OFF_virtio_net_config_status, 2)).toBe(N.VIRTIO_NET_S_LINK_UP);
+
+    for (let i = 0; i < 8; i++) rx.addChain([{ addr: 0x40000 + i * 0x1000, len: 2048, write: true }]);
+    dev.notify(0);
+
+    const waitRx = async (pred: (frame: Uint8Array) => boolean): Promise<Uint8Array> => {
+      const deadline = Date.now() + 5000;
+      for (;;) {
+        for (const u of rx.takeUsed()) {
+          const f = mem.read(0x40000 + u.id * 0x1000, u.len);
+          if (pred(f.subarray(12))) return f;
+        }
+        if (Date.now() > deadline) throw new Error('no matching frame from the host');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+
+    mem.write(0x80000, arpRequest());
+    tx.addChain([{ addr: 0x80000, len: 12 + 42 }]);
+    dev.notify(1);
+    expect(tx.takeUsed()).toEqual([{ id: 0, len: 0 }]);
+    const arp = await waitRx((e) => e[12] === 0x08 && e[13] === 0x06 && e[21] === 2);
+    expect(new DataView(arp.buffer).getUint16(10, true)).toBe(1); // num_buffers
+    const e = arp.subarray(12);
+    expect([...e.subarray(28, 32)]).toEqual(HOST_IP); // sender: the host side
+    expect([...e.subarray(0, 6)]).toEqual(GUEST_MAC);
+    const hostMac = e.slice(22, 28);
+
+    mem.write(0x81000, icmpEcho(hostMac, 7));
+    tx.addChain([{ addr: 0x81000, len: 12 + 14 + 20 + 8 + 18 }]);
+    dev.notify(1);
+    const reply = await waitRx((f) => f[12] === 0x08 && f[13] === 0x00 && f[23] === 1 && f[34] === 0);
+    const r = reply.subarray(12);
+    expect([...r.subarray(26, 30)]).toEqual(HOST_IP);
+    expect((r[40] << 8) | r[41]).toBe(7); // our sequence number came back
+    expect(Buffer.from(r.subarray(42, 60)).toString()).toBe('tsvmm-ping-payload');
+    expect(dev.net.txPackets).toBe(2);
+    expect(dev.net.rxPackets).toBeGreaterThanOrEqual(2);
+    expect(irqs).toContain(0);
+    expect(irqs).toContain(1);
+
+    // Control queue: MQ pairs beyond the device's count is refused; RX mode is accepted.
+    mem.write(0x90000, [N.VIRTIO_NET_CTRL_RX, N.VIRTIO_NET_CTRL_RX_PROMISC, 0]);
+    ctrl.addChain([{ addr: 0x90000, len: 3 }, { addr: 0x90100, len: 1, write: true }]);
+    dev.notify(2);
+    expect(mem.readU8(0x90100)).toBe(N.VIRTIO_NET_OK);
+    expect(dev.rxMode.promisc).toBe(false);
+    dev.reset();
+  });
+
+  it('stops reading the TAP while the guest has no receive buffers and resumes on its kick', async () => {
+    const mem = fakeMemory(1 << 20);
+    const dev = new VirtioNetDevice(mem, { id: 'n1', tap, mac: Uint8Array.from(GUEST_MAC), pairs: 1, mtu: 1500 });
+    dev.interrupt = { signalQueue: () => undefined, signalConfig: () => undefined };
+    const rx = new MockDriverQueue(mem, 16, 0x1000);
+    const tx = new MockDriverQueue(mem, 16, 0x8000);
+    dev.writeStatus(3);
+    dev.writeDriverFeatures(0, dev.readDeviceFeatures(0));
+    dev.writeDriverFeatures(1, dev.readDeviceFeatures(1));
+    dev.writeStatus(0x0b);
+    rx.program(dev.queues[0]);
+    tx.program(dev.queues[1]);
+    dev.writeStatus(0x0f);
+    dev.notify(0); // no buffers yet
+    expect(dev.net.rxNoBuffers).toBeGreaterThanOrEqual(1);
+    // The host answers while the guest has no buffers: the frames wait in the TAP.
+    mem.write(0x80000, arpRequest());
+    tx.addChain([{ addr: 0x80000, len: 54 }]);
+    dev.notify(1);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(rx.takeUsed()).toEqual([]);
+    rx.addChain([{ addr: 0x40000, len: 2048, write: true }]);
+    dev.notify(0);
+    const used = rx.takeUsed();
+    expect(used.length).toBe(1);
+    expect(mem.readU8(0x40000 + 12 + 21)).toBe(2); // an ARP reply
+    dev.reset();
+  });
+
+  it('marks the device needs-reset for a transmit chain with device-writable buffers', () => {
+    const mem = fakeMemory(1 << 20);
+    const dev = new VirtioNetDevice(mem, { id: 'n2', tap, mac: Uint8Array.from(GUEST_MAC), pairs: 1, mtu: 1500 });
+    dev.interrupt = { signalQueue: () => undefined, signalConfig: () => undefined };
+    const tx = new MockDriverQueue(mem, 16, 0x8000);
+    dev.writeStatus(3);
+    dev.writeDriverFeatures(1, dev.readDeviceFeatures(1));
+    dev.writeStatus(0x0b);
+    tx.program(dev.queues[1]);
+    dev.writeStatus(0x0f);
+    tx.addChain([{ addr: 0x80000, len: 54, write: true }]);
+    dev.notify(1);
+    expect(dev.broken).toBe(true);
+    expect(dev.status & V.VIRTIO_CONFIG_S_NEEDS_RESET).toBeTruthy();
+    dev.reset();
+  });
+});
