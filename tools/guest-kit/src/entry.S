@@ -27,6 +27,7 @@
 #define CR0_PE      (1 << 0)
 #define CR0_PG      (1 << 31)
 #define CR4_PAE     (1 << 5)
+#define CR4_SMEP_SMAP ((1 << 20) | (1 << 21))
 
 	.section .head.text, "ax"
 
@@ -102,6 +103,14 @@ common64:
 	movl	%eax, %gs
 	leaq	pml4(%rip), %rax	/* same identity map, so the switch is */
 	movq	%rax, %cr3		/* harmless under the loader's tables  */
+	/* Ring-3 code (run_user) uses the same pages: SMEP/SMAP, if a loader
+	 * left them on, would fault on that. */
+	movq	%cr4, %rax
+	testl	$CR4_SMEP_SMAP, %eax
+	jz	3f
+	andq	$~CR4_SMEP_SMAP, %rax
+	movq	%rax, %cr4
+3:
 	leaq	stack_top(%rip), %rsp
 	pushq	$SEL_CODE64		/* reload CS with our selector */
 	leaq	1f(%rip), %rax
@@ -173,14 +182,91 @@ isr_common:
 	addq	$16, %rsp		/* vec, err */
 	iretq
 
+/* ---------------- ring 3 ------------------------------------------------ */
+/*
+ * uint64_t run_user(uint64_t (*fn)(void *), void *arg, void *ustack_top)
+ *
+ * Runs fn(arg) at CPL3 (CS 0x1b, SS 0x23, RFLAGS IF=1 IOPL=3 so port I/O
+ * works) on the given stack and returns its result. Interrupts taken in
+ * ring 3 run on the TSS RSP0 stack (hw.c), not on ours. fn ends by
+ * returning into user_trampoline, which executes the ud2 at user_exit_insn
+ * (a software "int n" from ring 3 raises #UD on this host, an exception is
+ * always delivered); isr_dispatch recognises that #UD from CPL3 at that
+ * address and calls user_return, which abandons the exception frame and
+ * resumes here with the saved registers and RFLAGS.
+ */
+#define USER_CS     0x1b
+#define USER_DS     0x23
+#define USER_RFLAGS 0x3202		/* IOPL=3, IF=1, reserved bit 1 */
+
+	.text
+	.globl	run_user
+run_user:
+	pushq	%rbp
+	pushq	%rbx
+	pushq	%r12
+	pushq	%r13
+	pushq	%r14
+	pushq	%r15
+	pushfq
+	movq	%rsp, user_saved_rsp(%rip)
+	pushq	$USER_DS		/* iretq frame: SS, RSP, RFLAGS, CS, RIP */
+	pushq	%rdx
+	pushq	$USER_RFLAGS
+	pushq	$USER_CS
+	leaq	user_trampoline(%rip), %rax
+	pushq	%rax
+	movq	%rdi, %rax		/* fn */
+	movq	%rsi, %rdi		/* arg */
+	iretq
+
+user_trampoline:			/* CPL3 from here */
+	call	*%rax
+	movq	%rax, %rdi
+	.globl	user_exit_insn
+user_exit_insn:
+	ud2
+
+/* void user_return(uint64_t value): called from isr_dispatch at CPL0. */
+	.globl	user_return
+user_return:
+	movq	user_saved_rsp(%rip), %rsp
+	movl	$SEL_DATA, %eax		/* iretq to CPL3 nulled DS/ES */
+	movl	%eax, %ds
+	movl	%eax, %es
+	movq	%rdi, %rax
+	popfq
+	popq	%r15
+	popq	%r14
+	popq	%r13
+	popq	%r12
+	popq	%rbx
+	popq	%rbp
+	ret
+
+	.bss
+	.balign	8
+user_saved_rsp:
+	.skip	8
+
 /* ---------------- GDT and page tables ------------------------------------ */
-	.section .rodata
+/*
+ * The GDT is in .data: user_init() (hw.c) fills the TSS descriptor at 0x28
+ * and ltr marks it busy. 0x18/0x20 are the ring-3 segments used by
+ * run_user (selectors 0x1b and 0x23 with RPL 3).
+ */
+	.data
 	.balign	16
+	.globl	gdt
 gdt:
 	.quad	0				/* null */
 	.quad	0x00af9a000000ffff		/* 0x08: 64-bit code, DPL0 */
 	.quad	0x00cf92000000ffff		/* 0x10: flat data, DPL0 */
+	.quad	0x00affa000000ffff		/* 0x18: 64-bit code, DPL3 */
+	.quad	0x00cff2000000ffff		/* 0x20: flat data, DPL3 */
+	.quad	0, 0				/* 0x28: 64-bit TSS (16 bytes) */
 gdt_end:
+	.section .rodata
 	.balign	8
 gdt_ptr:					/* 10 bytes; 32-bit lgdt uses 6 */
 	.word	gdt_end - gdt - 1
@@ -189,10 +275,12 @@ gdt_ptr:					/* 10 bytes; 32-bit lgdt uses 6 */
 /*
  * Identity map of the first 4 GiB with 2 MiB pages, built at assembly time so
  * that no code runs before paging. The top GiB (PCI hole: MMIO, IOAPIC,
- * LAPIC) is mapped uncached (PCD|PWT).
+ * LAPIC) is mapped uncached (PCD|PWT). Every level has the U/S bit, so code
+ * run with run_user (ring 3) can use the same addresses, MMIO included.
  */
 #define PTE_P    0x001
 #define PTE_RW   0x002
+#define PTE_US   0x004
 #define PTE_PWT  0x008
 #define PTE_PCD  0x010
 #define PTE_PS   0x080
@@ -200,21 +288,21 @@ gdt_ptr:					/* 10 bytes; 32-bit lgdt uses 6 */
 	.data
 	.balign	4096
 pml4:
-	.quad	pdpt + (PTE_P | PTE_RW)
+	.quad	pdpt + (PTE_P | PTE_RW | PTE_US)
 	.fill	511, 8, 0
 pdpt:
-	.quad	pd + 0x0000 + (PTE_P | PTE_RW)
-	.quad	pd + 0x1000 + (PTE_P | PTE_RW)
-	.quad	pd + 0x2000 + (PTE_P | PTE_RW)
-	.quad	pd + 0x3000 + (PTE_P | PTE_RW)
+	.quad	pd + 0x0000 + (PTE_P | PTE_RW | PTE_US)
+	.quad	pd + 0x1000 + (PTE_P | PTE_RW | PTE_US)
+	.quad	pd + 0x2000 + (PTE_P | PTE_RW | PTE_US)
+	.quad	pd + 0x3000 + (PTE_P | PTE_RW | PTE_US)
 	.fill	508, 8, 0
 pd:
 	.set	i, 0
 	.rept	2048
 	.if i < 1536
-	.quad	(i << 21) | (PTE_P | PTE_RW | PTE_PS)
+	.quad	(i << 21) | (PTE_P | PTE_RW | PTE_US | PTE_PS)
 	.else
-	.quad	(i << 21) | (PTE_P | PTE_RW | PTE_PS | PTE_PCD | PTE_PWT)
+	.quad	(i << 21) | (PTE_P | PTE_RW | PTE_US | PTE_PS | PTE_PCD | PTE_PWT)
 	.endif
 	.set	i, i + 1
 	.endr

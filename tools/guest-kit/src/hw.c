@@ -48,10 +48,16 @@ unsigned irq_count(uint8_t vector)
 }
 
 void isr_dispatch(struct isr_frame *f);
+__attribute__((noreturn)) void user_return(uint64_t value);	/* entry.S */
+extern char user_exit_insn[];					/* entry.S */
 
 void isr_dispatch(struct isr_frame *f)
 {
 	static int in_exception;
+
+	/* run_user's way back from ring 3 (entry.S): ud2 at user_exit_insn. */
+	if (f->vec == 6 && (f->cs & 3) == 3 && f->rip == (uintptr_t)user_exit_insn)
+		user_return(f->rdi);	/* does not return */
 
 	if (f->vec < 32) {
 		if (in_exception++) {	/* faulted while reporting: just leave */
@@ -72,11 +78,17 @@ void isr_dispatch(struct isr_frame *f)
 	}
 
 	irq_counts[f->vec]++;
+	if (f->vec >= VEC_VIRTIO_Q0 && f->vec < VEC_VIRTIO_Q0 + VEC_VIRTIO_QMAX) {
+		lapic_eoi();
+		return;
+	}
 	switch (f->vec) {
 	case VEC_SPURIOUS:	/* LAPIC spurious: no EOI */
 		break;
 	case VEC_MSI:
 	case VEC_IOAPIC:
+	case VEC_TIMER:
+	case VEC_VIRTIO_CFG:
 		lapic_eoi();
 		break;
 	default:
@@ -85,6 +97,39 @@ void isr_dispatch(struct isr_frame *f)
 		lapic_eoi();
 		break;
 	}
+}
+
+/* ---- TSS: the stack for interrupts taken in ring 3 (run_user) ---- */
+struct tss64 {
+	uint32_t reserved0;
+	uint64_t rsp[3];
+	uint64_t reserved1;
+	uint64_t ist[7];
+	uint64_t reserved2;
+	uint16_t reserved3;
+	uint16_t iomap_base;
+} __attribute__((packed));
+
+extern uint64_t gdt[];		/* entry.S; 0x28 is the TSS slot */
+#define SEL_TSS 0x28
+static struct tss64 tss __attribute__((aligned(16)));
+static uint8_t trap_stack[16384] __attribute__((aligned(16)));
+
+void user_init(void)
+{
+	static int done;
+	if (done)
+		return;
+	done = 1;
+	tss.rsp[0] = (uintptr_t)trap_stack + sizeof(trap_stack);
+	tss.iomap_base = sizeof(tss);	/* no I/O bitmap: IOPL=3 decides */
+	uint64_t base = (uintptr_t)&tss, limit = sizeof(tss) - 1;
+	gdt[SEL_TSS / 8] = (limit & 0xffff) | (base & 0xffffff) << 16 |
+			   0x89ull << 40 |	/* present, 64-bit TSS available */
+			   ((limit >> 16) & 0xf) << 48 |
+			   ((base >> 24) & 0xff) << 56;
+	gdt[SEL_TSS / 8 + 1] = base >> 32;
+	__asm__ volatile("ltr %w0" : : "r"(SEL_TSS) : "memory");
 }
 
 /* ---- 8259 PIC: mask everything so legacy IRQs (e.g. the PIT, which a BIOS
@@ -103,7 +148,10 @@ void pic_disable(void)
 #define LAPIC_LVT_TIMER 0x320
 #define LAPIC_LVT_LINT0 0x350
 #define LAPIC_LVT_ERROR 0x370
+#define LAPIC_TIMER_INIT 0x380
+#define LAPIC_TIMER_DIV  0x3e0
 #define LVT_MASKED   (1u << 16)
+#define LVT_PERIODIC (1u << 17)
 #define SVR_ENABLE   (1u << 8)
 
 static inline uint32_t lapic_read(unsigned reg)
@@ -123,6 +171,21 @@ void lapic_enable(void)
 	lapic_write(LAPIC_LVT_ERROR, LVT_MASKED);
 	lapic_write(LAPIC_TPR, 0);
 	lapic_write(LAPIC_SVR, SVR_ENABLE | VEC_SPURIOUS);
+}
+
+/*
+ * Periodic LAPIC timer on VEC_TIMER, used as a watchdog tick by waits that
+ * halt. Assumes KVM's in-kernel LAPIC timer rate (1 GHz bus clock, divided
+ * by 16 here); elsewhere only the tick length changes.
+ */
+unsigned tick_ms = 10;
+
+void lapic_timer_start(unsigned period_ms)
+{
+	tick_ms = period_ms;
+	lapic_write(LAPIC_TIMER_DIV, 0x3);		/* divide by 16 */
+	lapic_write(LAPIC_LVT_TIMER, LVT_PERIODIC | VEC_TIMER);
+	lapic_write(LAPIC_TIMER_INIT, period_ms * 62500u);
 }
 
 void lapic_eoi(void)

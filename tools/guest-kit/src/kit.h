@@ -20,6 +20,10 @@
 
 #define VEC_MSI         0x40
 #define VEC_IOAPIC      0x41
+#define VEC_TIMER       0x4e	/* LAPIC timer: the watchdog tick */
+#define VEC_VIRTIO_CFG  0x4f	/* virtio config change (MSI-X entry 0) */
+#define VEC_VIRTIO_Q0   0x50	/* virtio queue i: 0x50 + i (MSI-X entry 1 + i) */
+#define VEC_VIRTIO_QMAX 16
 #define VEC_SPURIOUS    0xff
 
 #define EXIT_PASS       0
@@ -64,6 +68,14 @@ static inline uint32_t inl(uint16_t port)
 static inline void cli(void) { __asm__ volatile("cli" ::: "memory"); }
 static inline void sti(void) { __asm__ volatile("sti" ::: "memory"); }
 
+/* Compiler barrier, and a full fence that this host's CPL0 emulator can run
+ * (a locked read-modify-write on the stack instead of mfence). */
+static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
+static inline void mb(void)
+{
+	__asm__ volatile("lock; orl $0, (%%rsp)" ::: "memory", "cc");
+}
+
 /* ---- boot information, normalised from PVH or boot_params ---- */
 #define CMDLINE_MAX  4096
 #define MAX_MEM      128
@@ -105,15 +117,23 @@ int memcmp(const void *a, const void *b, size_t n);
 /* ---- main.c ---- */
 __attribute__((noreturn)) void guest_exit(uint32_t code);
 uint64_t param(const char *key, uint64_t dflt);
+const char *param_str(const char *key, const char *dflt);
 
 /* ---- hw.c ---- */
 void idt_init(void);
+unsigned irq_count(uint8_t vector);
 void pic_disable(void);
 void lapic_enable(void);
 void lapic_eoi(void);
 uint32_t lapic_id(void);
+void lapic_timer_start(unsigned period_ms);
+extern unsigned tick_ms;		/* watchdog tick period (lapic_timer_start) */
+static inline unsigned ticks(void) { return irq_count(VEC_TIMER); }
+static inline unsigned ms_to_ticks(uint64_t ms) { return (ms + tick_ms - 1) / tick_ms; }
+void user_init(void);
+/* entry.S: run fn(arg) at CPL3 on ustack_top; returns fn's result. */
+uint64_t run_user(uint64_t (*fn)(void *), void *arg, void *ustack_top);
 void ioapic_route(unsigned gsi, uint8_t vector, uint8_t dest_apic);
-unsigned irq_count(uint8_t vector);
 
 uint32_t pci_read32(unsigned bus, unsigned dev, unsigned fn, unsigned off);
 uint16_t pci_read16(unsigned bus, unsigned dev, unsigned fn, unsigned off);
@@ -126,5 +146,8 @@ void pci_write8(unsigned bus, unsigned dev, unsigned fn, unsigned off, uint8_t v
 /* Returns NULL on PASS, else a short reason (no spaces) for the FAIL line. */
 typedef const char *(*test_fn)(void);
 test_fn find_test(const char *name);
+
+/* ---- blktests.c ---- */
+test_fn find_blk_test(const char *name);
 
 #endif

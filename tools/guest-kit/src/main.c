@@ -183,6 +183,12 @@ static const char *arg(const char *key)
 	return v;
 }
 
+const char *param_str(const char *key, const char *dflt)
+{
+	const char *v = arg(key);
+	return v ? v : dflt;
+}
+
 uint64_t param(const char *key, uint64_t dflt)
 {
 	const char *v = arg(key);

@@ -300,5 +300,5 @@ test_fn find_test(const char *name)
 	for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
 		if (!kstrcmp(tests[i].name, name))
 			return tests[i].fn;
-	return NULL;
+	return find_blk_test(name);
 }
