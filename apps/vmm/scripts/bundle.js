@@ -20,6 +20,22 @@ esbuild.buildSync({
   external: ['*.node'],
   logLevel: 'warning',
 });
+// Worker-thread entry points of plugins (e.g. virtio-blk's iothread), bundled next to main.js.
+const workers = { 'virtio-blk-iothread': 'plugins/virtio-blk/src/iothread-worker.ts' };
+for (const [name, entry] of Object.entries(workers)) {
+  esbuild.buildSync({
+    entryPoints: [path.join(root, entry)],
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'cjs',
+    outfile: path.join(outdir, `${name}.js`),
+    sourcemap: true,
+    tsconfig: path.join(root, 'tsconfig.base.json'),
+    external: ['*.node'],
+    logLevel: 'warning',
+  });
+}
 const addon = path.join(root, 'libs/kvm-native/build/Release/kvm_native.node');
 if (!fs.existsSync(addon)) {
   console.error(`bundle: ${addon} is missing; build it first (node libs/kvm-native/scripts/build-native.js)`);

@@ -219,8 +219,22 @@ export class MsixController {
     },
   };
 
+  /**
+   * Collects signals that reached masked vectors' eventfds but whose watcher
+   * has not run yet (another thread wrote them), so a PBA read is never stale.
+   */
+  private drainMaskedSignals(): void {
+    for (const [v, r] of this.routes) {
+      if (!r.assigned && r.efd.read() > 0n) {
+        this.setPending(v, true);
+        this.counters.pended++;
+      }
+    }
+  }
+
   readonly pbaDevice: BusDevice = {
     read: (offset, size) => {
+      this.drainMaskedSignals();
       let v = 0n;
       for (let i = size - 1; i >= 0; i--) v = (v << 8n) | BigInt(this.pba[offset + i] ?? 0);
       return size === 8 ? v : Number(v);

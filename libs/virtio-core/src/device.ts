@@ -121,6 +121,10 @@ export abstract class VirtioDevice {
   writeConfig(_offset: number, _size: number, _value: number): void {}
   /** Takes and handles the available chains of a queue. Only called when the device may touch memory. */
   protected abstract processQueue(queue: SplitVirtqueue): void;
+  /** Device-specific facts for the monitor (x-query-virtio-status "device-info"). */
+  deviceInfo(): Record<string, unknown> {
+    return {};
+  }
   /** DRIVER_OK: the queues are live. */
   protected onActivate(): void {}
   /** The driver reset the device: drop in-flight state. */

@@ -5,6 +5,14 @@ import { GuestMemory, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
 import * as B from './generated/virtio-blk-uapi';
 import { BlockBackend } from './backend/raw-file';
 import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
+import type { BlkIoThread, FromWorker } from './iothread';
+
+/** How the main-thread device reaches its data plane when it runs in an iothread. */
+export interface BlkDataPlane {
+  thread: BlkIoThread;
+  /** The eventfd of the MSI-X vector assigned to a queue (-1: none, route through the main thread). */
+  vectorFd(queue: number): number;
+}
 
 export const VIRTIO_ID_BLOCK = 2;
 export const QUEUE_SIZE = 256;
@@ -74,19 +82,61 @@ export class VirtioBlkDevice extends VirtioDevice {
     this.config[B.OFF_virtio_blk_config_write_zeroes_may_unmap] = 1;
   }
 
+  override deviceInfo(): Record<string, unknown> {
+    return {
+      capacity: this.capacity, readonly: this.backend.readonly, serial: this.serial, iothread: this.iothread ?? null,
+      'in-flight': this.inFlight, ...this.blk,
+    };
+  }
+
   readConfig(offset: number, size: number): number {
     if (offset + size > this.config.length) return 0;
     const dv = new DataView(this.config.buffer);
     return size === 1 ? dv.getUint8(offset) : size === 2 ? dv.getUint16(offset, true) : dv.getUint32(offset, true);
   }
 
+  private dataPlane: BlkDataPlane | undefined;
+
+  /** Hands queue processing to an iothread; this object keeps config, status and negotiation. */
+  attachDataPlane(dp: BlkDataPlane): void {
+    this.dataPlane = dp;
+  }
+
+  get iothread(): string | undefined {
+    return this.dataPlane?.thread.name;
+  }
+
+  /** Messages from the iothread. */
+  onDataPlaneMessage(m: FromWorker): void {
+    if (m.type === 'interrupt') this.interrupt?.signalQueue(m.queue);
+    else if (m.type === 'broken') this.markBroken(m.reason);
+    else if (m.type === 'log') this.log(m.message);
+  }
+
+  protected override onActivate(): void {
+    const dp = this.dataPlane;
+    if (!dp) return;
+    dp.thread.send({
+      type: 'activate',
+      driverFeatures: this.driverFeatures.toString(16),
+      queues: this.queues.map((q) => ({ ready: q.ready, size: q.size, descTable: q.descTable, availRing: q.availRing, usedRing: q.usedRing })),
+      vectorFds: this.queues.map((_, i) => dp.vectorFd(i)),
+      disabled: this.disabled,
+    });
+  }
+
   protected override onReset(): void {
+    this.dataPlane?.thread.send({ type: 'reset' });
     this.epoch++;
     this.signalScheduled.clear();
     this.pendingStatus.length = 0;
   }
 
   protected processQueue(q: SplitVirtqueue): void {
+    if (this.dataPlane) {
+      this.dataPlane.thread.send({ type: 'kick', queue: q.index });
+      return;
+    }
     do {
       q.disableNotification();
       for (let chain = this.popChain(q); chain; chain = this.popChain(q)) {
@@ -221,11 +271,13 @@ export class VirtioBlkDevice extends VirtioDevice {
 
   override setDisabled(disabled: boolean): void {
     if (!disabled) for (const p of this.pendingStatus.splice(0)) this.memory.writeU8(p.addr, p.status);
+    this.dataPlane?.thread.send({ type: 'disabled', disabled });
     super.setDisabled(disabled);
   }
 
   async destroy(): Promise<void> {
     this.backend.close();
+    await this.dataPlane?.thread.close();
   }
 }
 

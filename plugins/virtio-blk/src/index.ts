@@ -4,6 +4,7 @@
  */
 import { Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice } from '@tsvmm/pci';
 import { BackendOpenError, RawFileBackend } from './backend/raw-file';
+import { BlkIoThread } from './iothread';
 import { VirtioBlkDevice } from './device';
 
 export { VirtioBlkDevice, VIRTIO_ID_BLOCK, QUEUE_SIZE } from './device';
@@ -58,6 +59,21 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
     eventIdx: props['event-idx'] as boolean, log: ctx.log,
   });
   const transport = new VirtioPciDevice(blk, ctx, { classCode: VIRTIO_BLK_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
+  if (props.iothread !== undefined) {
+    const thread = new BlkIoThread(props.iothread as string, (m) => blk.onDataPlaneMessage(m));
+    thread.send({
+      type: 'init', id, regions: ctx.vm.memoryRegions.map((r) => ({ fd: r.fd, gpa: Number(r.guestPhysAddr), size: r.size })),
+      file: props.file as string, readonly: props.readonly as boolean, direct: props.cache === 'none', numQueues: props['num-queues'] as number,
+      serial: (props.serial as string | undefined) ?? id, eventIdx: props['event-idx'] as boolean,
+    });
+    blk.attachDataPlane({
+      thread,
+      vectorFd: (q) => {
+        const v = transport.queueVector(q);
+        return v === 0xffff ? -1 : transport.msix.eventFd(v)?.fd ?? -1;
+      },
+    });
+  }
   transport.stall = { ms: props['stall-ms'] as number, policy: props['stall-policy'] as 'none' | 'kick' };
   return new VirtioBlkPci(id, blk, transport);
 }
@@ -78,6 +94,7 @@ export const plugin: DevicePlugin = {
         ioeventfd: { type: 'bool', description: 'queue notifications through KVM ioeventfd (off: through the exit path)', default: true },
         cache: { type: 'enum', description: 'writeback (page cache) or none (O_DIRECT)', values: ['writeback', 'none'], default: 'writeback' },
         'event-idx': { type: 'bool', description: 'offer VIRTIO_RING_F_EVENT_IDX', default: true },
+        iothread: { type: 'string', description: 'run the data plane (queues and I/O) in a worker thread with this name', pattern: /^[A-Za-z][A-Za-z0-9_.-]*$/, patternHint: 'a name starting with a letter' },
         ...VIRTIO_PCI_DEBUG_PROPERTIES,
       },
       create: createVirtioBlk,

@@ -49,9 +49,11 @@ describeKvm('virtio-blk driven by the guest kit', () => {
   describe.each([
     ['ioeventfd=on', 'ioeventfd=on'],
     ['ioeventfd=off', 'ioeventfd=off'],
+    ['iothread=io0', 'iothread=io0'],
+    ['iothread=io0 and ioeventfd=off', 'iothread=io0,ioeventfd=off'],
   ])('read/write/flush round trip with %s', (_name, opt) => {
     it.each([['event-idx', 'event-idx=1'], ['no event-idx', 'event-idx=0']])('%s: the image holds exactly what the guest wrote', async (_n, eventIdx) => {
-      const img = image(`rw-${opt}-${eventIdx}.img`, 2048);
+      const img = image(`rw-${opt.replace(/[^a-z0-9]/gi, "_")}-${eventIdx}.img`, 2048);
       const r = await vmm(`test=blk-rw lba=100 sectors=64 seed=5 ${eventIdx}`, `virtio-blk,id=d0,file=${img},${opt}`);
       expectPass(r, 'blk-rw');
       expect(r.out).toContain('blk-rw verify ok sectors=64');
@@ -119,10 +121,17 @@ describeKvm('virtio-blk driven by the guest kit', () => {
     expect(data[200 * 512 + 5]).toBe(patternByte(200, 5, 77));
   });
 
+  it('iothread: MSI-X masking, bus mastering and multiqueue work from the worker', async () => {
+    const img = image('io-misc.img', 512);
+    for (const t of ['blk-msix-mask', 'blk-busmaster', 'blk-mq']) expectPass(await vmm(`test=${t}`, `virtio-blk,id=d0,file=${img},iothread=io0,num-queues=2`), t);
+  });
+
   describe('hostile guest', () => {
-    it.each(['loop', 'oob', 'long', 'wrongdir'])('%s: needs-reset, the VMM stays up, a reset makes the device work again', async (kind) => {
-      const img = image(`hostile-${kind}.img`, 512);
-      const r = await vmm(`test=blk-hostile kind=${kind}`, `virtio-blk,id=d0,file=${img}`);
+    it.each([
+      ['loop', ''], ['oob', ''], ['long', ''], ['wrongdir', ''], ['loop', ',iothread=io0'], ['wrongdir', ',iothread=io0'],
+    ])('%s%s: needs-reset, the VMM stays up, a reset makes the device work again', async (kind, extra) => {
+      const img = image(`hostile-${kind}${extra ? '-io' : ''}.img`, 512);
+      const r = await vmm(`test=blk-hostile kind=${kind}`, `virtio-blk,id=d0,file=${img}${extra}`);
       expectPass(r, 'blk-hostile');
       expect(r.out).toContain(`blk-hostile kind=${kind} needs_reset=1`);
       expect(r.out).toContain('blk-hostile recovered=1');

@@ -76,6 +76,11 @@ export class VirtioNetDevice extends VirtioDevice {
     this.stashed = Array.from({ length: opts.pairs }, () => undefined);
   }
 
+  override deviceInfo(): Record<string, unknown> {
+    const mac = [...this.config.subarray(0, 6)].map((b) => b.toString(16).padStart(2, '0')).join(':');
+    return { tap: this.tap.name, mac, pairs: this.pairs, 'active-pairs': this.activePairs, 'rx-mode': { ...this.rxMode }, ...this.net };
+  }
+
   readConfig(offset: number, size: number): number {
     if (offset + size > this.config.length) return 0;
     const dv = new DataView(this.config.buffer);

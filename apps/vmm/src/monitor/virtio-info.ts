@@ -54,6 +54,7 @@ export function virtioStatus(pci: VirtioPciDevice): Record<string, unknown> {
     'msix-enabled': pci.msix.enabled,
     'msix-function-masked': pci.msix.functionMasked,
     'config-vector': pci.configVector,
+    'device-info': d.deviceInfo(),
   };
 }
 
