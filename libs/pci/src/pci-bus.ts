@@ -27,6 +27,11 @@ export interface PciSlotInfo {
 export class PciBus {
   private readonly slots = new Map<number, PciFunction>(); // key: devfn
   private conf1Address = 0;
+  /**
+   * Port 0xCF9 (a byte inside the conf1 address dword) is the chipset's reset
+   * control register: a write with bit 2 set resets the machine.
+   */
+  onResetControl: (() => void) | undefined;
 
   /** Places `fn` at 00:device.function; throws when the slot is taken. */
   attach(fn: PciFunction, device?: number, func = 0): number {
@@ -74,6 +79,7 @@ export class PciBus {
       if (offset < 4) {
         // Only dword writes to 0xCF8 change the address (byte writes there are other chipset registers).
         if (offset === 0 && size === 4) this.conf1Address = Number(value) & 0x80fffffc;
+        else if (offset === 1 && size === 1 && Number(value) & 0x04) this.onResetControl?.();
         return;
       }
       this.conf1Data(offset - 4, size, Number(value));

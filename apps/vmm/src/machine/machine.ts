@@ -122,9 +122,12 @@ export class Machine {
         this.requestExit({ reason: 'exit-port', code, message: `guest wrote ${code} to the exit port` }),
       ));
       this.pio.register(0x80, 1, 'post-code', new Sink());
+
       this.pio.register(0x70, 2, 'cmos-rtc', new CmosRtc(c.memoryBytes));
       this.pio.register(PCI_CONF1_ADDRESS_PORT, 8, 'pci-conf1', this.pci.conf1);
       this.pci.attach(new PciHostBridge(), 0);
+      this.pci.onResetControl = () =>
+        this.requestExit({ reason: 'reset', code: 0, message: 'guest requested a reset (port 0xcf9); this VMM does not reboot' });
 
       // Guest-visible boot data.
       writeMpTable(this.memory, c.cpus);
