@@ -1,3 +1,4 @@
+export * from './chain-io';
 export * from './device';
 export * from './guest-memory';
 export * from './virtqueue';

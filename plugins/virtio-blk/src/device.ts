@@ -1,7 +1,7 @@
 /**
  * The virtio-blk device (virtio 1.2 section 5.2) over a BlockBackend.
  */
-import { GuestMemory, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
+import { GuestMemory, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
 import * as B from './generated/virtio-blk-uapi';
 import { BlockBackend } from './backend/raw-file';
 import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
@@ -205,18 +205,10 @@ export class VirtioBlkDevice extends VirtioDevice {
       case B.VIRTIO_BLK_T_GET_ID: {
         this.blk.getId++;
         const id = Buffer.from(this.serial, 'latin1').subarray(0, B.VIRTIO_BLK_ID_BYTES);
-        let left = Math.min(id.length + 1 <= B.VIRTIO_BLK_ID_BYTES ? id.length + 1 : id.length, r.dataLength);
+        const left = Math.min(id.length + 1 <= B.VIRTIO_BLK_ID_BYTES ? id.length + 1 : id.length, r.dataLength);
         const bytes = Buffer.alloc(left);
         id.copy(bytes, 0, 0, Math.min(id.length, left));
-        let pos = 0;
-        for (const d of r.data) {
-          if (left <= 0) break;
-          const n = Math.min(d.len, left);
-          this.memory.write(d.addr, bytes.subarray(pos, pos + n));
-          pos += n;
-          left -= n;
-        }
-        return done(B.VIRTIO_BLK_S_OK, pos);
+        return done(B.VIRTIO_BLK_S_OK, scatter(this.memory, r.data, bytes));
       }
       case B.VIRTIO_BLK_T_DISCARD:
       case B.VIRTIO_BLK_T_WRITE_ZEROES: {

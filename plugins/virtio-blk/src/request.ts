@@ -4,7 +4,7 @@
  * error that breaks the device; a well-formed request the device cannot do
  * (unknown type, beyond capacity) is answered with a status byte.
  */
-import { Descriptor, DescriptorChain, GuestMemory } from '@tsvmm/virtio-core';
+import { Descriptor, DescriptorChain, gather, GuestMemory, subrange } from '@tsvmm/virtio-core';
 import * as B from './generated/virtio-blk-uapi';
 
 export const SECTOR_SIZE = 512;
@@ -28,41 +28,6 @@ export function describeBlkChainError(e: BlkChainError): string {
   return e.kind === 'short-header'
     ? `request header needs 16 device-readable bytes, chain has ${e.readable}`
     : 'request has no device-writable status byte (a write into a device-readable buffer)';
-}
-
-/** Copies `len` bytes starting `offset` bytes into a list of buffers. */
-export function gather(mem: GuestMemory, bufs: readonly Descriptor[], offset: number, len: number): Uint8Array {
-  const out = new Uint8Array(len);
-  let pos = 0;
-  for (const b of bufs) {
-    if (pos >= len) break;
-    if (offset >= b.len) {
-      offset -= b.len;
-      continue;
-    }
-    const n = Math.min(b.len - offset, len - pos);
-    out.set(mem.slice(b.addr + offset, n), pos);
-    pos += n;
-    offset = 0;
-  }
-  return out;
-}
-
-/** The buffers covering `len` bytes after skipping `skip` bytes. */
-export function subrange(bufs: readonly Descriptor[], skip: number, len: number): Descriptor[] {
-  const out: Descriptor[] = [];
-  for (const b of bufs) {
-    if (len <= 0) break;
-    if (skip >= b.len) {
-      skip -= b.len;
-      continue;
-    }
-    const n = Math.min(b.len - skip, len);
-    out.push({ addr: b.addr + skip, len: n, writable: b.writable });
-    len -= n;
-    skip = 0;
-  }
-  return out;
 }
 
 export function parseRequest(mem: GuestMemory, chain: DescriptorChain): { request: BlkRequest } | { error: BlkChainError } {

@@ -3,7 +3,7 @@
  * (2i), transmit queues (2i+1) for each queue pair, and the control queue last.
  */
 import { FdWatch } from '@tsvmm/kvm-native';
-import { Descriptor, DescriptorChain, GuestMemory, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
+import { DescriptorChain, gather, GuestMemory, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
 import * as N from './generated/virtio-net-uapi';
 import { Tap, VNET_HDR_LEN } from './backend/tap';
 
@@ -245,7 +245,7 @@ export class VirtioNetDevice extends VirtioDevice {
         this.markBroken('control request needs a 2-byte header and a writable ack byte');
         return;
       }
-      const req = gather(this.memory, chain.readable, chain.readableLength);
+      const req = gather(this.memory, chain.readable, 0, chain.readableLength);
       const ack = this.controlCommand(req[0], req[1], req.subarray(2)) ? N.VIRTIO_NET_OK : N.VIRTIO_NET_ERR;
       const last = chain.writable[chain.writable.length - 1];
       this.memory.writeU8(last.addr + last.len - 1, ack);
@@ -308,27 +308,6 @@ export class VirtioNetDevice extends VirtioDevice {
   destroy(): void {
     for (const w of this.watches) w.close();
     this.tap.close();
-  }
-}
-
-function gather(mem: GuestMemory, bufs: readonly Descriptor[], len: number): Uint8Array {
-  const out = new Uint8Array(len);
-  let pos = 0;
-  for (const b of bufs) {
-    out.set(mem.slice(b.addr, Math.min(b.len, len - pos)), pos);
-    pos += b.len;
-    if (pos >= len) break;
-  }
-  return out;
-}
-
-function scatter(mem: GuestMemory, bufs: readonly Descriptor[], data: Uint8Array): void {
-  let pos = 0;
-  for (const b of bufs) {
-    if (pos >= data.length) break;
-    const n = Math.min(b.len, data.length - pos);
-    mem.slice(b.addr, n).set(data.subarray(pos, pos + n));
-    pos += n;
   }
 }
 

@@ -1,0 +1,50 @@
+/** Copying between a chain's buffers and flat bytes (for headers, control commands and bounce copies). */
+import { GuestMemory } from './guest-memory';
+import { Descriptor } from './virtqueue';
+
+/** Copies `len` bytes that start `offset` bytes into a list of buffers. */
+export function gather(mem: GuestMemory, bufs: readonly Descriptor[], offset: number, len: number): Uint8Array {
+  const out = new Uint8Array(len);
+  let pos = 0;
+  for (const b of bufs) {
+    if (pos >= len) break;
+    if (offset >= b.len) {
+      offset -= b.len;
+      continue;
+    }
+    const n = Math.min(b.len - offset, len - pos);
+    out.set(mem.slice(b.addr + offset, n), pos);
+    pos += n;
+    offset = 0;
+  }
+  return out;
+}
+
+/** Writes `data` across a list of buffers from their start; returns the bytes written. */
+export function scatter(mem: GuestMemory, bufs: readonly Descriptor[], data: Uint8Array): number {
+  let pos = 0;
+  for (const b of bufs) {
+    if (pos >= data.length) break;
+    const n = Math.min(b.len, data.length - pos);
+    mem.slice(b.addr, n).set(data.subarray(pos, pos + n));
+    pos += n;
+  }
+  return pos;
+}
+
+/** The buffers covering `len` bytes after skipping `skip` bytes (no copy). */
+export function subrange(bufs: readonly Descriptor[], skip: number, len: number): Descriptor[] {
+  const out: Descriptor[] = [];
+  for (const b of bufs) {
+    if (len <= 0) break;
+    if (skip >= b.len) {
+      skip -= b.len;
+      continue;
+    }
+    const n = Math.min(b.len - skip, len);
+    out.push({ addr: b.addr + skip, len: n, writable: b.writable });
+    len -= n;
+    skip = 0;
+  }
+  return out;
+}
