@@ -180,11 +180,21 @@ export class VirtioNetDevice extends VirtioDevice {
         }
         frame = this.rxBuf.subarray(0, n);
       }
+      const pendingBefore = q.pending();
       const r = this.deliver(q, frame);
       if (r === 'broken') return;
       if (r === 'no-room') {
+        if (pendingBefore >= q.size) {
+          // Even a full ring of the guest's buffers cannot hold this frame: drop it, or RX would stall for good.
+          this.net.rxDropped++;
+          continue;
+        }
+        // Keep the frame and wait for the guest to post more buffers (its kick resumes RX).
         this.stashed[pair] = Uint8Array.from(frame);
-        continue; // re-checks pending(): waits for more buffers
+        this.net.rxNoBuffers++;
+        watch.stop();
+        if (q.enableNotification() && q.pending() > pendingBefore) continue; // buffers arrived meanwhile
+        break;
       }
       delivered++;
     }

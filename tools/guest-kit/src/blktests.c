@@ -110,7 +110,7 @@ static const char *test_blk_rw(void)
 	const char *r = vblk_open(1);
 	if (r)
 		return r;
-	struct vq *q = &vblk.q[0];
+	struct vq *q = &vblk.vd.q[0];
 	uint64_t lba = param("lba", 0), n = param("sectors", 64);
 	unsigned seed = param("seed", 1);
 	if ((r = check_range(lba, n)))
@@ -132,7 +132,7 @@ static const char *test_blk_read_check(void)
 	const char *r = vblk_open(1);
 	if (r)
 		return r;
-	struct vq *q = &vblk.q[0];
+	struct vq *q = &vblk.vd.q[0];
 	uint64_t lba = param("lba", 0), n = param("sectors", 64);
 	unsigned seed = param("seed", 1);
 	if ((r = check_range(lba, n)))
@@ -153,7 +153,7 @@ static const char *test_blk_get_id(void)
 	if (r)
 		return r;
 	char id[VIRTIO_BLK_ID_BYTES], out[VIRTIO_BLK_ID_BYTES + 1];
-	if ((r = blk_get_id(&vblk.q[0], id)))
+	if ((r = blk_get_id(&vblk.vd.q[0], id)))
 		return r;
 	unsigned n;
 	for (n = 0; n < VIRTIO_BLK_ID_BYTES && id[n]; n++)
@@ -190,7 +190,7 @@ static const char *test_blk_discard(void)
 	const char *r = vblk_open(1);
 	if (r)
 		return r;
-	struct vq *q = &vblk.q[0];
+	struct vq *q = &vblk.vd.q[0];
 	uint64_t lba = param("lba", 64), n = param("sectors", 16);
 	unsigned seed = param("seed", 1);
 	if ((r = check_range(lba, n)))
@@ -243,7 +243,7 @@ static const char *test_blk_unsupp(void)
 	const char *r = vblk_open(1);
 	if (r)
 		return r;
-	struct vq *q = &vblk.q[0];
+	struct vq *q = &vblk.vd.q[0];
 	uint8_t st1, st2;
 
 	if ((r = blk_sync(q, param("type", 0x1234), 0, NULL, 0, 0, &st1)))
@@ -268,10 +268,10 @@ static const char *test_blk_mq(void)
 	if (!vblk_has(&vblk, VIRTIO_BLK_F_MQ))
 		return "no-mq";
 	unsigned seed = param("seed", 1);
-	if (128 + 8 * vblk.nq > vblk.capacity)
+	if (128 + 8 * vblk.vd.nq > vblk.capacity)
 		return "beyond-capacity";
-	for (unsigned i = 0; i < vblk.nq; i++) {
-		struct vq *q = &vblk.q[i];
+	for (unsigned i = 0; i < vblk.vd.nq; i++) {
+		struct vq *q = &vblk.vd.q[i];
 		unsigned irq0 = vq_irqs(q);
 		if ((r = write_verify("blk-mq", q, 128 + 8 * i, 8, seed, 8)))
 			return r;
@@ -286,8 +286,8 @@ static const char *test_blk_msix_mask(void)
 	const char *r = vblk_open(1);
 	if (r)
 		return r;
-	struct vq *q = &vblk.q[0];
-	uintptr_t ctrl = msix_entry(&vblk, 1) + MSIX_ENTRY_CTRL;	/* queue 0 */
+	struct vq *q = &vblk.vd.q[0];
+	uintptr_t ctrl = msix_entry(&vblk.vd, 1) + MSIX_ENTRY_CTRL;	/* queue 0 */
 	unsigned limit = ms_to_ticks(param("timeout-ms", 10000));
 
 	MMIO(uint32_t, ctrl) = MSIX_ENTRY_CTRL_MASK;
@@ -301,7 +301,7 @@ static const char *test_blk_msix_mask(void)
 	while (vq_used_idx(q) == q->last_used)
 		if (ticks() - t0 > limit)
 			return vq_timeout_reason(q);
-	unsigned pba = msix_pending(&vblk, 1);
+	unsigned pba = msix_pending(&vblk.vd, 1);
 	unsigned masked = vq_irqs(q) - irq0;
 	kprintf("blk-msix-mask pba=%u interrupts_while_masked=%u\n", pba, masked);
 
@@ -334,7 +334,7 @@ static const char *test_blk_busmaster(void)
 	const char *r = vblk_open(1);
 	if (r)
 		return r;
-	struct vq *q = &vblk.q[0];
+	struct vq *q = &vblk.vd.q[0];
 	const uint64_t lba = 200;
 	const unsigned n = 8, seed = 77;
 
@@ -343,7 +343,7 @@ static const char *test_blk_busmaster(void)
 	if (vblk.read_only)
 		return "read-only";
 	fill_pattern(wbuf, lba, n, seed);
-	vblk_set_bus_master(&vblk, 0);
+	vdev_set_bus_master(&vblk.vd, 0);
 	vq_arm(q);
 	if (blk_submit(q, 0, VIRTIO_BLK_T_OUT, lba, wbuf, n * SECTOR_SIZE, 0) < 0)
 		return "submit-failed";
@@ -354,9 +354,9 @@ static const char *test_blk_busmaster(void)
 		;
 	unsigned used = (uint16_t)(vq_used_idx(q) - q->last_used);
 	kprintf("blk-busmaster used_while_disabled=%u\n", used);
-	kprintf("blk-busmaster device_status=0x%x\n", vblk_status(&vblk));
+	kprintf("blk-busmaster device_status=0x%x\n", vdev_status(&vblk.vd));
 
-	vblk_set_bus_master(&vblk, 1);
+	vdev_set_bus_master(&vblk.vd, 1);
 	outl(PORT_SYNC, 0xB1);
 	if (param("rekick", 1))
 		vq_kick(q, 1);
@@ -392,7 +392,7 @@ static const char *test_blk_hostile(void)
 	const char *r = vblk_open(1);
 	if (r)
 		return r;
-	struct vq *q = &vblk.q[0];
+	struct vq *q = &vblk.vd.q[0];
 	struct blk_slot *s = &q->slots[0];
 	const char *kind = param_str("kind", "loop");
 	const uint16_t N = VRING_DESC_F_NEXT, W = VRING_DESC_F_WRITE;
@@ -447,7 +447,7 @@ static const char *test_blk_hostile(void)
 	unsigned limit = ms_to_ticks(param("hostile-ms", 2000));
 	unsigned t0 = ticks(), needs_reset = 0;
 	while (ticks() - t0 <= limit) {
-		if (vblk_status(&vblk) & VSTAT_NEEDS_RESET) {
+		if (vdev_status(&vblk.vd) & VSTAT_NEEDS_RESET) {
 			needs_reset = 1;
 			break;
 		}
@@ -464,14 +464,14 @@ static const char *test_blk_hostile(void)
 		needs_reset, config_irq);
 	kprintf("blk-hostile detail used=%u req_status=0x%x device_status=0x%x\n",
 		(unsigned)(uint16_t)(vq_used_idx(q) - q->last_used), s->status,
-		vblk_status(&vblk));
+		vdev_status(&vblk.vd));
 
 	/* Reset and start again from scratch (vblk_init resets first). */
 	unsigned recovered = 0;
 	r = vblk_init(&vblk, 1);
 	if (r)
 		kprintf("blk-hostile reinit failed reason=%s\n", r);
-	else if ((r = write_verify("blk-hostile", &vblk.q[0], param("lba", 256), 8,
+	else if ((r = write_verify("blk-hostile", &vblk.vd.q[0], param("lba", 256), 8,
 				   param("seed", 1), 8)))
 		kprintf("blk-hostile verify failed reason=%s\n", r);
 	else
@@ -567,7 +567,7 @@ static const char *test_blk_bench(void)
 	const char *r = vblk_open(1);
 	if (r)
 		return r;
-	struct vq *q = &vblk.q[0];
+	struct vq *q = &vblk.vd.q[0];
 	const char *mode = param_str("mode", "randread");
 	struct bench k = { .q = q, .rng = param("seed", 1) };
 	unsigned ring = param("ring", 3), irq = param("irq", 1);

@@ -109,6 +109,8 @@ size_t kstrlen(const char *s);
 int kstrcmp(const char *a, const char *b);
 int parse_u64(const char *s, uint64_t *out);
 uint32_t crc32(const void *buf, uint64_t len);
+/* zlib.crc32(buf, crc): continues a CRC-32; crc32_update(0, b, n) == crc32(b, n) */
+uint32_t crc32_update(uint32_t crc, const void *buf, uint64_t len);
 void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
 void *memmove(void *d, const void *s, size_t n);
@@ -147,7 +149,8 @@ void pci_write8(unsigned bus, unsigned dev, unsigned fn, unsigned off, uint8_t v
 typedef const char *(*test_fn)(void);
 test_fn find_test(const char *name);
 
-/* ---- blktests.c ---- */
+/* ---- blktests.c, nettests.c ---- */
 test_fn find_blk_test(const char *name);
+test_fn find_net_test(const char *name);
 
 #endif

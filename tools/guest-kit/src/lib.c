@@ -288,8 +288,13 @@ static void crc_init(void)
 
 uint32_t crc32(const void *buf, uint64_t len)
 {
+	return crc32_update(0, buf, len);
+}
+
+uint32_t crc32_update(uint32_t crc, const void *buf, uint64_t len)
+{
 	const uint8_t *p = buf;
-	uint32_t c = ~0u;
+	uint32_t c = ~crc;
 
 	if (!crc_ready)
 		crc_init();

@@ -269,6 +269,37 @@ static const char *test_emul_fail(void)
 	return "instruction-ran";
 }
 
+/* ---- triple-fault ---- */
+/*
+ * An IDT with limit 0: the #UD from ud2 cannot be delivered (#GP), nor can
+ * that (#DF), nor the double fault: the CPU shuts down. A VMM sees
+ * KVM_EXIT_SHUTDOWN.
+ */
+static const char *test_triple_fault(void)
+{
+	static const struct __attribute__((packed)) {
+		uint16_t limit;
+		uint64_t base;
+	} empty_idt = { 0, 0 };
+
+	kprintf("triple-fault: now\n");
+	cli();
+	__asm__ volatile("lidt %0; ud2" : : "m"(empty_idt) : "memory");
+	return "still-running";		/* not reached */
+}
+
+/* ---- reset: i8042 "pulse reset line" command ---- */
+static const char *test_reset(void)
+{
+	kprintf("reset: now\n");
+	cli();
+	outb(0x64, 0xfe);
+	/* A reset takes effect at once; give a slow one a little time. */
+	for (volatile unsigned i = 0; i < 100000; i++)
+		;
+	return "still-running";
+}
+
 /* ---- exit ---- */
 static const char *test_exit(void)
 {
@@ -293,6 +324,8 @@ static const struct {
 	{ "exit-bench", test_exit_bench },
 	{ "emul-fail", test_emul_fail },
 	{ "exit", test_exit },
+	{ "triple-fault", test_triple_fault },
+	{ "reset", test_reset },
 };
 
 test_fn find_test(const char *name)
@@ -300,5 +333,6 @@ test_fn find_test(const char *name)
 	for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
 		if (!kstrcmp(tests[i].name, name))
 			return tests[i].fn;
-	return find_blk_test(name);
+	test_fn fn = find_blk_test(name);
+	return fn ? fn : find_net_test(name);
 }

@@ -1,10 +1,13 @@
 /*
  * guest-kit: virtio-pci modern transport, split virtqueues and virtio-blk
  * requests (virtio 1.2: 4.1 PCI transport, 2.7 split virtqueues, 5.2 block).
+ * The transport part (vdev_*, vq_*) serves any device type; virtio-net's
+ * driver (vnet.c) uses it too.
  *
  * Everything the device reads or writes lives in .bss (identity mapped, so
- * virtual = physical). Queue i uses MSI-X table entry 1 + i with IDT vector
- * 0x50 + i; the config vector is entry 0 with IDT vector 0x4f.
+ * virtual = physical). Queue slot k (the driver's numbering; see struct vq)
+ * uses MSI-X table entry 1 + k with IDT vector 0x50 + k; the config vector
+ * is entry 0 with IDT vector 0x4f.
  */
 #include "virtio.h"
 
@@ -24,15 +27,15 @@ static inline void w8(uintptr_t a, uint8_t v) { MMIO(uint8_t, a) = v; }
 static inline void w16(uintptr_t a, uint16_t v) { MMIO(uint16_t, a) = v; }
 static inline void w32(uintptr_t a, uint32_t v) { MMIO(uint32_t, a) = v; }
 
-static uint8_t cfg8(const struct vblk *b, unsigned off)
+static uint8_t cfg8(const struct vdev *b, unsigned off)
 {
 	return pci_read8(b->bus, b->dev, b->fn, off);
 }
-static uint16_t cfg16(const struct vblk *b, unsigned off)
+static uint16_t cfg16(const struct vdev *b, unsigned off)
 {
 	return pci_read16(b->bus, b->dev, b->fn, off);
 }
-static uint32_t cfg32(const struct vblk *b, unsigned off)
+static uint32_t cfg32(const struct vdev *b, unsigned off)
 {
 	return pci_read32(b->bus, b->dev, b->fn, off);
 }
@@ -41,7 +44,7 @@ static uint32_t cfg32(const struct vblk *b, unsigned off)
 #define LIMIT_4G 0x100000000ull
 
 /* The address firmware/VMM programmed into a memory BAR (never changed). */
-static const char *bar_address(const struct vblk *b, unsigned bar, uint64_t *out)
+static const char *bar_address(const struct vdev *b, unsigned bar, uint64_t *out)
 {
 	if (bar > 5)
 		return "bad-bar-index";
@@ -62,7 +65,7 @@ static const char *bar_address(const struct vblk *b, unsigned bar, uint64_t *out
 	return NULL;
 }
 
-static const char *region(const struct vblk *b, unsigned bar, uint32_t off,
+static const char *region(const struct vdev *b, unsigned bar, uint32_t off,
 			  uint32_t len, uintptr_t *out)
 {
 	uint64_t base;
@@ -77,7 +80,7 @@ static const char *region(const struct vblk *b, unsigned bar, uint32_t off,
 
 /* Walks the capability list: the first virtio structure of each type with a
  * valid BAR wins (spec 4.1.4), plus the MSI-X capability. */
-static const char *parse_caps(struct vblk *b)
+static const char *parse_caps(struct vdev *b)
 {
 	int have_common = 0, have_notify = 0, have_isr = 0, have_dev = 0;
 	const char *r;
@@ -156,8 +159,10 @@ next:
 	return NULL;
 }
 
-/* dev=N picks the Nth virtio-blk function (bus 0) that has modern caps. */
-const char *vblk_find(struct vblk *b)
+/* dev=N picks the Nth function (bus 0) with one of the two device ids that
+ * has the modern capabilities. */
+const char *vdev_find(struct vdev *b, uint16_t modern_id, uint16_t trans_id,
+		      const char *none)
 {
 	unsigned want = param("dev", 0), seen = 0;
 
@@ -169,14 +174,14 @@ const char *vblk_find(struct vblk *b)
 			if (pci_read16(0, d, f, 0x00) != VIRTIO_PCI_VENDOR)
 				continue;
 			uint16_t id = pci_read16(0, d, f, 0x02);
-			if (id != VIRTIO_PCI_BLK_MODERN && id != VIRTIO_PCI_BLK_TRANS)
+			if (id != modern_id && id != trans_id)
 				continue;
 			b->bus = 0;
 			b->dev = d;
 			b->fn = f;
 			b->device_id = id;
 			const char *r = parse_caps(b);
-			if (r && id == VIRTIO_PCI_BLK_TRANS)
+			if (r && id == trans_id)
 				continue;	/* legacy-only transitional device */
 			if (seen++ != want)
 				continue;
@@ -188,10 +193,10 @@ const char *vblk_find(struct vblk *b)
 			return NULL;
 		}
 	}
-	return "no-virtio-blk";
+	return none;
 }
 
-void vblk_set_bus_master(const struct vblk *b, int on)
+void vdev_set_bus_master(const struct vdev *b, int on)
 {
 	uint16_t cmd = cfg16(b, PCI_COMMAND);
 	cmd = on ? cmd | PCI_COMMAND_MASTER : cmd & ~PCI_COMMAND_MASTER;
@@ -199,12 +204,12 @@ void vblk_set_bus_master(const struct vblk *b, int on)
 }
 
 /* ---- MSI-X ---- */
-uintptr_t msix_entry(const struct vblk *b, unsigned entry)
+uintptr_t msix_entry(const struct vdev *b, unsigned entry)
 {
 	return b->msix_table + entry * MSIX_ENTRY_SIZE;
 }
 
-int msix_pending(const struct vblk *b, unsigned entry)
+int msix_pending(const struct vdev *b, unsigned entry)
 {
 	return (r32(b->msix_pba + entry / 32 * 4) >> (entry % 32)) & 1;
 }
@@ -215,7 +220,7 @@ static uint8_t entry_vector(unsigned entry)
 }
 
 /* Entries 0..nvec-1 -> LAPIC of this CPU, fixed delivery, edge; unmasked. */
-static const char *msix_setup(struct vblk *b, unsigned nvec)
+static const char *msix_setup(struct vdev *b, unsigned nvec)
 {
 	unsigned c = b->msix_cap + MSIX_CTRL;
 	uint16_t ctrl = cfg16(b, c);
@@ -237,14 +242,19 @@ static const char *msix_setup(struct vblk *b, unsigned nvec)
 }
 
 /* ---- device status / reset ---- */
-uint8_t vblk_status(const struct vblk *b)
+uint8_t vdev_status(const struct vdev *d)
 {
-	return r8(b->common + VCOMMON_STATUS);
+	return r8(d->common + VCOMMON_STATUS);
 }
 
-static void set_status(const struct vblk *b, uint8_t bits)
+uint8_t vdev_cfg_generation(const struct vdev *d)
 {
-	w8(b->common + VCOMMON_STATUS, vblk_status(b) | bits);
+	return r8(d->common + VCOMMON_CFGGEN);
+}
+
+static void set_status(const struct vdev *d, uint8_t bits)
+{
+	w8(d->common + VCOMMON_STATUS, vdev_status(d) | bits);
 }
 
 /* Bounded by the watchdog tick and, should no tick arrive, a read count. */
@@ -253,58 +263,68 @@ static unsigned timeout_ticks(void)
 	return ms_to_ticks(param("timeout-ms", 10000));
 }
 
-const char *vblk_reset(struct vblk *b)
+const char *vdev_reset(struct vdev *d)
 {
-	w8(b->common + VCOMMON_STATUS, 0);
+	w8(d->common + VCOMMON_STATUS, 0);
 	unsigned t0 = ticks();
-	for (unsigned n = 0; vblk_status(b) != 0; n++)
+	for (unsigned n = 0; vdev_status(d) != 0; n++)
 		if (ticks() - t0 > timeout_ticks() || n > 10000000)
 			return "reset-timeout";
 	return NULL;
 }
 
-/* ---- device config ---- */
-static void read_config(struct vblk *b)
+const char *vdev_fail(struct vdev *d, const char *why)
 {
-	uint8_t gen;
-	do {
-		gen = r8(b->common + VCOMMON_CFGGEN);
-		b->capacity = r32(b->devcfg + VBLK_CFG_CAPACITY) |
-			      (uint64_t)r32(b->devcfg + VBLK_CFG_CAPACITY + 4) << 32;
-		b->blk_size = vblk_has(b, VIRTIO_BLK_F_BLK_SIZE) ?
-			      r32(b->devcfg + VBLK_CFG_BLK_SIZE) : SECTOR_SIZE;
-		b->seg_max = vblk_has(b, VIRTIO_BLK_F_SEG_MAX) ?
-			     r32(b->devcfg + VBLK_CFG_SEG_MAX) : 0;
-		b->max_queues = vblk_has(b, VIRTIO_BLK_F_MQ) ?
-				r16(b->devcfg + VBLK_CFG_NUM_QUEUES) : 1;
-		if (vblk_has(b, VIRTIO_BLK_F_DISCARD)) {
-			b->max_discard_sectors = r32(b->devcfg + VBLK_CFG_MAX_DISCARD_SECTORS);
-			b->max_discard_seg = r32(b->devcfg + VBLK_CFG_MAX_DISCARD_SEG);
-			b->discard_align = r32(b->devcfg + VBLK_CFG_DISCARD_ALIGN);
-		}
-		if (vblk_has(b, VIRTIO_BLK_F_WRITE_ZEROES)) {
-			b->max_wz_sectors = r32(b->devcfg + VBLK_CFG_MAX_WZ_SECTORS);
-			b->max_wz_seg = r32(b->devcfg + VBLK_CFG_MAX_WZ_SEG);
-			b->wz_may_unmap = r8(b->devcfg + VBLK_CFG_WZ_MAY_UNMAP);
-		}
-	} while (gen != r8(b->common + VCOMMON_CFGGEN));
+	set_status(d, VSTAT_FAILED);
+	return why;
+}
+
+/* Spec 3.1.1 steps 1-6: reset, ACKNOWLEDGE, DRIVER, feature negotiation
+ * (VERSION_1 is required), FEATURES_OK and its read-back. */
+const char *vdev_negotiate(struct vdev *d, uint64_t want)
+{
+	uintptr_t c = d->common;
+	const char *r = vdev_reset(d);
+	if (r)
+		return r;
+	set_status(d, VSTAT_ACKNOWLEDGE);
+	set_status(d, VSTAT_DRIVER);
+
+	w32(c + VCOMMON_DFSELECT, 0);
+	uint64_t lo = r32(c + VCOMMON_DF);
+	w32(c + VCOMMON_DFSELECT, 1);
+	uint64_t hi = r32(c + VCOMMON_DF);
+	d->dev_features = lo | hi << 32;
+	if (!(d->dev_features & FEAT(VIRTIO_F_VERSION_1)))
+		return vdev_fail(d, "no-version-1");
+
+	d->drv_features = d->dev_features & (want | FEAT(VIRTIO_F_VERSION_1));
+	w32(c + VCOMMON_GFSELECT, 0);
+	w32(c + VCOMMON_GF, (uint32_t)d->drv_features);
+	w32(c + VCOMMON_GFSELECT, 1);
+	w32(c + VCOMMON_GF, (uint32_t)(d->drv_features >> 32));
+	set_status(d, VSTAT_FEATURES_OK);
+	if (!(vdev_status(d) & VSTAT_FEATURES_OK))
+		return vdev_fail(d, "features-not-ok");
+	d->event_idx = vdev_has(d, VIRTIO_F_EVENT_IDX);
+	return NULL;
 }
 
 /* ---- queue setup ---- */
-static const char *setup_queue(struct vblk *b, unsigned i)
+static const char *setup_queue(struct vdev *d, unsigned k, unsigned index)
 {
-	struct vq *q = &b->q[i];
-	uintptr_t c = b->common;
+	struct vq *q = &d->q[k];
+	uintptr_t c = d->common;
 
-	w16(c + VCOMMON_Q_SELECT, i);
+	w16(c + VCOMMON_Q_SELECT, index);
 	unsigned max = r16(c + VCOMMON_Q_SIZE);
 	if (!max)
 		return "queue-unavailable";
 	if (r16(c + VCOMMON_Q_ENABLE))
 		return "queue-enabled-after-reset";
 	unsigned size = max;
-	if (size > b->qsize_param)
-		size = b->qsize_param;
+	if (size > d->qsize_param)
+		size = d->qsize_param;
 	if (size > VQ_MAX_SIZE)
 		size = VQ_MAX_SIZE;
 	while (size & (size - 1))	/* split queues: a power of 2 */
@@ -313,66 +333,112 @@ static const char *setup_queue(struct vblk *b, unsigned i)
 		return "queue-size-too-small";
 
 	memset(q, 0, sizeof(*q));
-	q->index = i;
+	q->index = index;
+	q->slot = k;
 	q->size = size;
 	q->nslots = size / 3;
-	q->desc = ring_desc[i];
-	q->avail = ring_avail[i];
-	q->used = ring_used[i];
-	q->slots = slot_mem[i];
-	q->vector = VEC_VIRTIO_Q0 + i;
-	memset(ring_desc[i], 0, sizeof(ring_desc[i]));
-	memset(ring_avail[i], 0, sizeof(ring_avail[i]));
-	memset(ring_used[i], 0, sizeof(ring_used[i]));
+	q->tag = d->tag;
+	q->event_idx = d->event_idx;
+	q->desc = ring_desc[k];
+	q->avail = ring_avail[k];
+	q->used = ring_used[k];
+	q->slots = slot_mem[k];
+	q->vector = VEC_VIRTIO_Q0 + k;
+	memset(ring_desc[k], 0, sizeof(ring_desc[k]));
+	memset(ring_avail[k], 0, sizeof(ring_avail[k]));
+	memset(ring_used[k], 0, sizeof(ring_used[k]));
 
-	uint64_t d = (uintptr_t)q->desc, a = (uintptr_t)q->avail, u = (uintptr_t)q->used;
+	uint64_t dsc = (uintptr_t)q->desc, a = (uintptr_t)q->avail, u = (uintptr_t)q->used;
 	w16(c + VCOMMON_Q_SIZE, size);
-	w32(c + VCOMMON_Q_DESC, (uint32_t)d);
-	w32(c + VCOMMON_Q_DESC + 4, (uint32_t)(d >> 32));
+	w32(c + VCOMMON_Q_DESC, (uint32_t)dsc);
+	w32(c + VCOMMON_Q_DESC + 4, (uint32_t)(dsc >> 32));
 	w32(c + VCOMMON_Q_DRIVER, (uint32_t)a);
 	w32(c + VCOMMON_Q_DRIVER + 4, (uint32_t)(a >> 32));
 	w32(c + VCOMMON_Q_DEVICE, (uint32_t)u);
 	w32(c + VCOMMON_Q_DEVICE + 4, (uint32_t)(u >> 32));
-	w16(c + VCOMMON_Q_MSIX, 1 + i);
-	if (r16(c + VCOMMON_Q_MSIX) != 1 + i)
+	w16(c + VCOMMON_Q_MSIX, 1 + k);
+	if (r16(c + VCOMMON_Q_MSIX) != 1 + k)
 		return "queue-msix-vector-rejected";
 	uint32_t noff = r16(c + VCOMMON_Q_NOFF);
-	uint64_t off = (uint64_t)noff * b->notify_mult;
-	if (off + 2 > b->notify_len)
+	uint64_t off = (uint64_t)noff * d->notify_mult;
+	if (off + 2 > d->notify_len)
 		return "notify-off-out-of-range";
-	q->notify = b->notify_base + off;
+	q->notify = d->notify_base + off;
 	w16(c + VCOMMON_Q_ENABLE, 1);
 	return NULL;
 }
 
-static const char *fail_init(struct vblk *b, const char *why)
+/* Spec 3.1.1 step 7 (the transport part): MSI-X with n + 1 entries, the
+ * config vector, then slot k = device queue index[k]. On failure the device
+ * is marked FAILED. */
+const char *vdev_setup_queues(struct vdev *d, const unsigned *index, unsigned n)
 {
-	set_status(b, VSTAT_FAILED);
-	return why;
+	const char *r;
+
+	if (n > VQ_MAX)
+		return vdev_fail(d, "too-many-queues");
+	if ((r = msix_setup(d, n + 1)))
+		return vdev_fail(d, r);
+	w16(d->common + VCOMMON_MSIX, 0);
+	if (r16(d->common + VCOMMON_MSIX) != 0)
+		return vdev_fail(d, "config-msix-vector-rejected");
+	for (unsigned k = 0; k < n; k++)
+		if ((r = setup_queue(d, k, index[k])))
+			return vdev_fail(d, r);
+	d->nq = n;
+	return NULL;
+}
+
+void vdev_driver_ok(struct vdev *d)
+{
+	set_status(d, VSTAT_DRIVER_OK);
+}
+
+/* ---- virtio-blk: device config and initialisation ---- */
+static void read_config(struct vblk *b)
+{
+	uintptr_t cfg = b->vd.devcfg;
+	uint8_t gen;
+	do {
+		gen = vdev_cfg_generation(&b->vd);
+		b->capacity = r32(cfg + VBLK_CFG_CAPACITY) |
+			      (uint64_t)r32(cfg + VBLK_CFG_CAPACITY + 4) << 32;
+		b->blk_size = vblk_has(b, VIRTIO_BLK_F_BLK_SIZE) ?
+			      r32(cfg + VBLK_CFG_BLK_SIZE) : SECTOR_SIZE;
+		b->seg_max = vblk_has(b, VIRTIO_BLK_F_SEG_MAX) ?
+			     r32(cfg + VBLK_CFG_SEG_MAX) : 0;
+		b->max_queues = vblk_has(b, VIRTIO_BLK_F_MQ) ?
+				r16(cfg + VBLK_CFG_NUM_QUEUES) : 1;
+		if (vblk_has(b, VIRTIO_BLK_F_DISCARD)) {
+			b->max_discard_sectors = r32(cfg + VBLK_CFG_MAX_DISCARD_SECTORS);
+			b->max_discard_seg = r32(cfg + VBLK_CFG_MAX_DISCARD_SEG);
+			b->discard_align = r32(cfg + VBLK_CFG_DISCARD_ALIGN);
+		}
+		if (vblk_has(b, VIRTIO_BLK_F_WRITE_ZEROES)) {
+			b->max_wz_sectors = r32(cfg + VBLK_CFG_MAX_WZ_SECTORS);
+			b->max_wz_seg = r32(cfg + VBLK_CFG_MAX_WZ_SEG);
+			b->wz_may_unmap = r8(cfg + VBLK_CFG_WZ_MAY_UNMAP);
+		}
+	} while (gen != vdev_cfg_generation(&b->vd));
+}
+
+const char *vblk_find(struct vblk *b)
+{
+	b->vd.tag = "blk";
+	return vdev_find(&b->vd, VIRTIO_PCI_BLK_MODERN, VIRTIO_PCI_BLK_TRANS,
+			 "no-virtio-blk");
 }
 
 /* Spec 3.1.1 initialisation; want_queues 0 means all the device offers. */
 const char *vblk_init(struct vblk *b, unsigned want_queues)
 {
-	uintptr_t c = b->common;
-	const char *r = vblk_reset(b);
-	if (r)
-		return r;
-	set_status(b, VSTAT_ACKNOWLEDGE);
-	set_status(b, VSTAT_DRIVER);
-
-	w32(c + VCOMMON_DFSELECT, 0);
-	uint64_t lo = r32(c + VCOMMON_DF);
-	w32(c + VCOMMON_DFSELECT, 1);
-	uint64_t hi = r32(c + VCOMMON_DF);
-	b->dev_features = lo | hi << 32;
-	if (!(b->dev_features & FEAT(VIRTIO_F_VERSION_1)))
-		return fail_init(b, "no-version-1");
+	struct vdev *d = &b->vd;
+	const char *r;
 
 	/* param indirect: absent = negotiate, use direct chains; 1 = negotiate
 	 * and use indirect tables; 0 = do not negotiate. */
 	uint64_t ind = param("indirect", 2);
-	uint64_t want = FEAT(VIRTIO_F_VERSION_1) | FEAT(VIRTIO_BLK_F_FLUSH) |
+	uint64_t want = FEAT(VIRTIO_BLK_F_FLUSH) |
 			FEAT(VIRTIO_BLK_F_BLK_SIZE) | FEAT(VIRTIO_BLK_F_SEG_MAX) |
 			FEAT(VIRTIO_BLK_F_DISCARD) | FEAT(VIRTIO_BLK_F_WRITE_ZEROES) |
 			FEAT(VIRTIO_BLK_F_MQ) | FEAT(VIRTIO_BLK_F_RO);
@@ -380,63 +446,60 @@ const char *vblk_init(struct vblk *b, unsigned want_queues)
 		want |= FEAT(VIRTIO_F_EVENT_IDX);
 	if (ind != 0)
 		want |= FEAT(VIRTIO_F_INDIRECT_DESC);
-	b->drv_features = b->dev_features & want;
-	w32(c + VCOMMON_GFSELECT, 0);
-	w32(c + VCOMMON_GF, (uint32_t)b->drv_features);
-	w32(c + VCOMMON_GFSELECT, 1);
-	w32(c + VCOMMON_GF, (uint32_t)(b->drv_features >> 32));
-	set_status(b, VSTAT_FEATURES_OK);
-	if (!(vblk_status(b) & VSTAT_FEATURES_OK))
-		return fail_init(b, "features-not-ok");
+	if ((r = vdev_negotiate(d, want)))
+		return r;
 
-	b->event_idx = vblk_has(b, VIRTIO_F_EVENT_IDX);
 	b->indirect_ok = vblk_has(b, VIRTIO_F_INDIRECT_DESC);
 	b->use_indirect = b->indirect_ok && ind == 1;
 	b->read_only = vblk_has(b, VIRTIO_BLK_F_RO);
 	read_config(b);
 
-	unsigned devq = r16(c + VCOMMON_NUMQ);
+	unsigned devq = r16(d->common + VCOMMON_NUMQ);
 	if (b->max_queues > devq)
 		b->max_queues = devq;
 	if (b->max_queues > VQ_MAX)
 		b->max_queues = VQ_MAX;
 	if (!b->max_queues)
-		return fail_init(b, "no-queues");
-	b->nq = want_queues && want_queues < b->max_queues ? want_queues : b->max_queues;
-	b->qsize_param = param("qsize", 64);
+		return vdev_fail(d, "no-queues");
+	unsigned nq = want_queues && want_queues < b->max_queues ? want_queues : b->max_queues;
+	d->qsize_param = param("qsize", 64);
 
-	if ((r = msix_setup(b, b->nq + 1)))
-		return fail_init(b, r);
-	w16(c + VCOMMON_MSIX, 0);
-	if (r16(c + VCOMMON_MSIX) != 0)
-		return fail_init(b, "config-msix-vector-rejected");
-	for (unsigned i = 0; i < b->nq; i++)
-		if ((r = setup_queue(b, i)))
-			return fail_init(b, r);
-	set_status(b, VSTAT_DRIVER_OK);
+	unsigned index[VQ_MAX];
+	for (unsigned i = 0; i < nq; i++)
+		index[i] = i;
+	if ((r = vdev_setup_queues(d, index, nq)))
+		return r;
+	vdev_driver_ok(d);
 	return NULL;
+}
+
+/* Starts the LAPIC watchdog tick and enables interrupts (virtio waits halt). */
+void virtio_irq_setup(void)
+{
+	lapic_enable();
+	uint64_t tick = param("tick-ms", 10);
+	lapic_timer_start(tick && tick <= 1000 ? tick : 10);
+	sti();
 }
 
 const char *vblk_open(unsigned want_queues)
 {
 	struct vblk *b = &vblk;
+	struct vdev *d = &b->vd;
 	const char *r;
 
-	lapic_enable();
-	uint64_t tick = param("tick-ms", 10);
-	lapic_timer_start(tick && tick <= 1000 ? tick : 10);
-	sti();
+	virtio_irq_setup();
 	if ((r = vblk_find(b)))
 		return r;
 	if ((r = vblk_init(b, want_queues)))
 		return r;
 	kprintf("blk: pci=00:%02x.%x device=0x%04x msix_vectors=%u queue_size=%u chains=%s dev_features=0x%llx\n",
-		b->dev, b->fn, b->device_id, b->msix_size, b->q[0].size,
+		d->dev, d->fn, d->device_id, d->msix_size, d->q[0].size,
 		b->use_indirect ? "indirect" : "direct",
-		(unsigned long long)b->dev_features);
+		(unsigned long long)d->dev_features);
 	kprintf("blk: capacity=%llu blk_size=%u features=0x%llx queues=%u\n",
 		(unsigned long long)b->capacity, b->blk_size,
-		(unsigned long long)b->drv_features, b->nq);
+		(unsigned long long)d->drv_features, d->nq);
 	return NULL;
 }
 
@@ -488,7 +551,7 @@ void vq_kick(struct vq *q, int force)
 	q->kicked_idx = new;
 	if (force)
 		need = 1;
-	else if (vblk.event_idx)
+	else if (q->event_idx)
 		need = (uint16_t)(new - *avail_event_p(q) - 1) < (uint16_t)(new - old);
 	else
 		need = !(q->used[0] & VRING_USED_F_NO_NOTIFY);
@@ -502,7 +565,7 @@ void vq_kick(struct vq *q, int force)
  * behind the consumer is never crossed; without it, the avail flag. */
 void vq_set_interrupts(struct vq *q, int on)
 {
-	if (vblk.event_idx)
+	if (q->event_idx)
 		*used_event_p(q) = on ? q->last_used : (uint16_t)(q->last_used - 1);
 	else
 		q->avail[0] = on ? 0 : VRING_AVAIL_F_NO_INTERRUPT;
@@ -522,21 +585,53 @@ void vq_arm(struct vq *q)
 	q->armed = 1;
 }
 
-int vq_reap(struct vq *q, uint32_t *len)
+int vq_pop(struct vq *q, uint32_t *id, uint32_t *len)
 {
 	if (*used_idx_p(q) == q->last_used)
-		return -1;
+		return 0;
 	barrier();			/* x86 keeps loads in order */
 	volatile struct vring_used_elem *e = &used_ring(q)[q->last_used & (q->size - 1)];
-	uint32_t id = e->id;
+	*id = e->id;
 	if (len)
 		*len = e->len;
 	q->last_used++;
+	return 1;
+}
+
+/* Used entries of this queue that the driver has not consumed yet. */
+unsigned vq_pending(const struct vq *q)
+{
+	return (uint16_t)(*used_idx_p(q) - q->last_used);
+}
+
+/* The peeked used entry `ahead` places after the next one (not consumed). */
+void vq_peek(const struct vq *q, unsigned ahead, uint32_t *id, uint32_t *len)
+{
+	barrier();
+	volatile struct vring_used_elem *e =
+		&used_ring(q)[(uint16_t)(q->last_used + ahead) & (q->size - 1)];
+	*id = e->id;
+	*len = e->len;
+}
+
+int vq_reap(struct vq *q, uint32_t *len)
+{
+	uint32_t id;
+	if (!vq_pop(q, &id, len))
+		return -1;
 	unsigned slot = id / 3;
 	if (id % 3 || slot >= q->nslots || !q->busy[slot])
 		return -2;
 	q->busy[slot] = 0;
 	return slot;
+}
+
+/* A used entry is there and, if vq_arm found the ring empty, the interrupt
+ * the device owes for it has arrived. */
+int vq_ready(const struct vq *q)
+{
+	return *used_idx_p(q) != q->last_used &&
+	       (!q->need_irq || irq_count(q->vector) != q->irq_snap);
 }
 
 static char timeout_reason[VQ_MAX][20];
@@ -566,13 +661,13 @@ const char *vq_wait(struct vq *q)
 	q->armed = 0;
 	cli();
 	for (;;) {
-		int have = *used_idx_p(q) != q->last_used;
-		if (have && (!q->need_irq || irq_count(q->vector) != q->irq_snap))
+		if (vq_ready(q))
 			break;
 		if (ticks() - t0 > limit) {
+			int have = *used_idx_p(q) != q->last_used;
 			sti();
-			kprintf("blk: timeout queue=%u used_advanced=%u interrupts=%u\n",
-				q->index, have, irq_count(q->vector) - q->irq_snap);
+			kprintf("%s: timeout queue=%u used_advanced=%u interrupts=%u\n",
+				q->tag, q->index, have, irq_count(q->vector) - q->irq_snap);
 			return vq_timeout_reason(q);
 		}
 		__asm__ volatile("sti; hlt; cli" ::: "memory");

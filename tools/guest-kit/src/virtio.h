@@ -1,6 +1,7 @@
 /*
  * guest-kit: virtio-pci (modern, virtio 1.x) transport, split virtqueues and
- * a virtio-blk driver. Layouts follow the virtio 1.2 specification.
+ * a virtio-blk driver (virtio.c); the virtio-net driver is in net.h / vnet.c.
+ * Layouts follow the virtio 1.2 specification.
  */
 #ifndef GUEST_KIT_VIRTIO_H
 #define GUEST_KIT_VIRTIO_H
@@ -151,17 +152,25 @@ struct blk_slot {
 	struct vring_desc ind[SLOT_IND_MAX];
 } __attribute__((aligned(64)));
 
+/*
+ * One split virtqueue. `index` is the device's queue number (queue_select,
+ * the doorbell value); `slot` is the driver's: it picks the ring memory,
+ * MSI-X table entry 1 + slot and IDT vector 0x50 + slot. The blk driver
+ * uses slot == index; virtio-net's control queue does not.
+ */
 struct vq {
-	unsigned index, size, nslots;
+	unsigned index, slot, size, nslots;
+	const char *tag;		/* prefix of the timeout line ("blk", "net") */
+	int event_idx;			/* VIRTIO_F_EVENT_IDX negotiated */
 	volatile struct vring_desc *desc;
 	volatile uint16_t *avail;	/* [0] flags, [1] idx, [2..] ring, then used_event */
 	volatile uint8_t *used;		/* flags u16, idx u16, ring, avail_event u16 */
 	uintptr_t notify;		/* 16-bit doorbell address */
-	uint8_t vector;			/* IDT vector (0x50 + index) */
+	uint8_t vector;			/* IDT vector (0x50 + slot) */
 	uint16_t avail_idx;		/* next avail->idx value to publish */
 	uint16_t kicked_idx;		/* avail_idx at the last notify decision */
 	uint16_t last_used;		/* next used entry to consume */
-	struct blk_slot *slots;
+	struct blk_slot *slots;		/* virtio-blk requests (see blk_submit) */
 	uint8_t busy[VQ_MAX_SLOTS];
 	uint32_t notifies;		/* doorbell writes */
 	unsigned irq_snap;		/* vq_arm: interrupt count when armed */
@@ -174,7 +183,9 @@ struct vbuf {
 	int write;			/* device writes (VRING_DESC_F_WRITE) */
 };
 
-struct vblk {
+/* A virtio-pci (modern) function: the transport, independent of the device type. */
+struct vdev {
+	const char *tag;		/* "blk" / "net": diagnostic line prefix */
 	unsigned bus, dev, fn;
 	uint16_t device_id;
 	uintptr_t common, isr, devcfg, notify_base;
@@ -182,34 +193,58 @@ struct vblk {
 	unsigned msix_cap, msix_size;
 	uintptr_t msix_table, msix_pba;
 	uint64_t dev_features, drv_features;
+	int event_idx;
+	unsigned nq;			/* queues set up: q[0..nq-1] */
+	unsigned qsize_param;		/* upper bound for queue sizes */
+	struct vq q[VQ_MAX];
+};
+
+static inline int vdev_has(const struct vdev *d, unsigned bit)
+{
+	return (d->drv_features >> bit) & 1;
+}
+
+struct vblk {
+	struct vdev vd;
 	uint64_t capacity;
 	uint32_t blk_size, seg_max;
 	uint32_t max_discard_sectors, max_discard_seg, discard_align;
 	uint32_t max_wz_sectors, max_wz_seg;
 	uint8_t wz_may_unmap;
 	unsigned max_queues;		/* what the device offers (MQ aware) */
-	unsigned nq;			/* queues set up */
-	unsigned qsize_param;
-	int event_idx, indirect_ok, use_indirect, read_only;
-	struct vq q[VQ_MAX];
+	int indirect_ok, use_indirect, read_only;
 };
 
 extern struct vblk vblk;
 
 static inline int vblk_has(const struct vblk *b, unsigned bit)
 {
-	return (b->drv_features >> bit) & 1;
+	return vdev_has(&b->vd, bit);
 }
 
-/* transport / setup */
+/* transport (any virtio-pci modern device) */
+const char *vdev_find(struct vdev *d, uint16_t modern_id, uint16_t trans_id,
+		      const char *none);
+const char *vdev_reset(struct vdev *d);
+/* reset, ACKNOWLEDGE, DRIVER, features (VERSION_1 required), FEATURES_OK */
+const char *vdev_negotiate(struct vdev *d, uint64_t want);
+/* MSI-X (n + 1 entries), msix_config, then queue slot k = device queue index[k] */
+const char *vdev_setup_queues(struct vdev *d, const unsigned *index, unsigned n);
+void vdev_driver_ok(struct vdev *d);
+const char *vdev_fail(struct vdev *d, const char *why);	/* sets FAILED */
+uint8_t vdev_status(const struct vdev *d);
+uint8_t vdev_cfg_generation(const struct vdev *d);
+void vdev_set_bus_master(const struct vdev *d, int on);
+uintptr_t msix_entry(const struct vdev *d, unsigned entry);
+int msix_pending(const struct vdev *d, unsigned entry);
+
+/* LAPIC + watchdog tick (tick-ms), sti: what the virtio waits need */
+void virtio_irq_setup(void);
+
+/* virtio-blk setup */
 const char *vblk_find(struct vblk *b);
-const char *vblk_reset(struct vblk *b);
 const char *vblk_init(struct vblk *b, unsigned want_queues);	/* 0: all */
 const char *vblk_open(unsigned want_queues);	/* find + init + info lines */
-uint8_t vblk_status(const struct vblk *b);
-void vblk_set_bus_master(const struct vblk *b, int on);
-uintptr_t msix_entry(const struct vblk *b, unsigned entry);
-int msix_pending(const struct vblk *b, unsigned entry);
 
 /* virtqueue */
 void vq_publish(struct vq *q, uint16_t head);
@@ -217,7 +252,11 @@ void vq_kick(struct vq *q, int force);
 void vq_arm(struct vq *q);
 void vq_set_interrupts(struct vq *q, int on);
 uint16_t vq_used_idx(const struct vq *q);
-int vq_reap(struct vq *q, uint32_t *len);	/* slot, or -1 if none */
+int vq_pop(struct vq *q, uint32_t *id, uint32_t *len);	/* 1 if an entry was there */
+int vq_reap(struct vq *q, uint32_t *len);	/* blk slot, or -1 if none */
+unsigned vq_pending(const struct vq *q);	/* used entries not consumed */
+void vq_peek(const struct vq *q, unsigned ahead, uint32_t *id, uint32_t *len);
+int vq_ready(const struct vq *q);	/* used entry there, and its owed interrupt */
 const char *vq_wait(struct vq *q);
 const char *vq_timeout_reason(const struct vq *q);
 unsigned vq_irqs(const struct vq *q);
