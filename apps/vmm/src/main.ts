@@ -149,6 +149,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   detach();
   serial.flush();
   if (exit.reason === 'fault' || exit.code !== 0 || exit.reason !== 'exit-port') process.stderr.write(`vmm: ${exit.message}\n`);
+  if (process.env.VMM_EXIT_STATS) {
+    const top = (m: Map<number, number>) => [...m.entries()].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([a, n]) => `0x${a.toString(16)}:${n}`).join(' ');
+    process.stderr.write(`vmm: exits pio=${machine.stats.pio} mmio=${machine.stats.mmio}\nvmm: top ports ${top(machine.stats.perPort)}\nvmm: top mmio ${top(machine.stats.perMmio)}\n`);
+  }
   if (config.traceBoot) {
     const t = machine.firstSerialByteAt;
     process.stderr.write(`vmm: first serial byte ${t === undefined ? 'never arrived' : `after ${t.toFixed(1)} ms`} (from process start)\n`);

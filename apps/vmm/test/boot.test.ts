@@ -115,3 +115,20 @@ describe('vmm run: bad input is a clear error naming what is wrong', () => {
     expect(r.stdout).toContain('--kernel PATH');
   });
 });
+
+describeKvm('vmm run: how a guest ends', () => {
+  it('a triple fault ends the VMM with status 112 and says so', async () => {
+    const r = await runCli(['run', '--kernel', GUEST_ELF, '--cmdline', 'test=triple-fault']);
+    expect(r.stdout).toContain('triple-fault: now');
+    expect(r.code).toBe(112);
+    expect(r.stderr).toMatch(/vCPU 0: triple fault \(KVM_EXIT_SHUTDOWN\) at RIP 0x[0-9a-f]+/);
+  });
+
+  it('an i8042 reset ends the VMM with status 0 (no reboot)', async () => {
+    const r = await runCli(['run', '--kernel', GUEST_ELF, '--cmdline', 'test=reset']);
+    expect(r.stdout).toContain('reset: now');
+    expect(r.stdout).not.toContain('FAIL');
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain('guest requested a reset (i8042)');
+  });
+});
