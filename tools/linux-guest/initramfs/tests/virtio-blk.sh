@@ -1,0 +1,28 @@
+# virtio-blk: driver bound, interrupts, O_DIRECT pattern round trip, discard.
+# Disk: at least 64 KiB (128 KiB to also exercise discard); its first 64 KiB
+# are overwritten with /pattern and left there for the host to check.
+dev=${tsvmm_blk:-vda}
+[ -e "/sys/block/$dev" ] || fail "no /sys/block/$dev"
+drv=$(driver_of "/sys/block/$dev/device")
+[ "$drv" = virtio_blk ] || fail "$dev driver is $drv, not virtio_blk"
+note "$dev driver=$drv"
+sed -n '/virtio/s/^ */linux-guest: irq /p' /proc/interrupts
+
+pattern_roundtrip "$dev"
+
+if command -v blkdiscard >/dev/null; then
+	read -r dmax <"/sys/block/$dev/queue/discard_max_bytes"
+	if [ "$dmax" = 0 ]; then
+		note "blkdiscard-unsupported $dev discard_max_bytes=0"
+	elif [ "$_sectors" -lt 256 ]; then
+		note "blkdiscard-skipped $dev too small"
+	elif blkdiscard -o 65536 -l 65536 "/dev/$dev"; then
+		note "blkdiscard ok offset=65536 length=65536"
+	else
+		fail "blkdiscard -o 65536 -l 65536 /dev/$dev failed"
+	fi
+else
+	note "blkdiscard-missing"
+fi
+sync
+pass "dev=$dev"
