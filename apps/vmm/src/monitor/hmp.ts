@@ -16,7 +16,7 @@ export const HMP_HELP = `commands:
 
 function kv(o: Record<string, unknown>): string {
   return Object.entries(o)
-    .map(([k, v]) => `  ${k}: ${Array.isArray(v) ? v.join(' ') : v === null ? '-' : String(v)}`)
+    .map(([k, v]) => `  ${k}: ${Array.isArray(v) ? v.join(' ') : v === null ? '-' : typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
     .join('\n');
 }
 
