@@ -15,14 +15,15 @@ note() {
 	echo "linux-guest: note $*"
 }
 
-# Name of the driver bound to a sysfs device dir, without forking readlink.
+# Sets $drv to the name of the driver bound to sysfs device dir $1 ("none"
+# if unbound).  No fork: `cd -P` resolves the link instead of readlink, and
+# the result comes back in a variable rather than through $(...).
 driver_of() {
 	drv=none
-	if [ -d "$1/driver" ]; then
-		cd -P "$1/driver" && drv=${PWD##*/}
-		cd /
+	if [ -d "$1/driver" ] && cd -P "$1/driver" 2>/dev/null; then
+		drv=${PWD##*/}
 	fi
-	echo "$drv"
+	cd /
 }
 
 # Write /pattern (64 KiB, byte i = (i + (i >> 8) * 37 + 0x5a) & 0xff) to the

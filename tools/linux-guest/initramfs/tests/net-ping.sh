@@ -4,7 +4,7 @@ ifc=${tsvmm_if:-eth0}
 [ -n "$tsvmm_ip" ] || fail "missing tsvmm.ip=ADDR/PREFIX on the command line"
 [ -n "$tsvmm_peer" ] || fail "missing tsvmm.peer=ADDR on the command line"
 [ -e "/sys/class/net/$ifc" ] || fail "no network interface $ifc"
-drv=$(driver_of "/sys/class/net/$ifc/device")
+driver_of "/sys/class/net/$ifc/device"
 read -r mac <"/sys/class/net/$ifc/address"
 note "$ifc driver=$drv mac=$mac"
 ip link set "$ifc" up || fail "ip link set $ifc up failed"

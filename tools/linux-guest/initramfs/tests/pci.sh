@@ -5,7 +5,7 @@ for d in /sys/bus/pci/devices/*; do
 	read -r v <"$d/vendor"
 	read -r dv <"$d/device"
 	read -r cls <"$d/class"
-	drv=$(driver_of "$d")
+	driver_of "$d"
 	echo "linux-guest: pci ${d##*/} vendor=$v device=$dv class=$cls driver=$drv"
 	n=$((n + 1))
 done

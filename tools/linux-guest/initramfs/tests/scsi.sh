@@ -1,7 +1,7 @@
 # virtio-scsi + sd: disk present, O_DIRECT pattern round trip.
 dev=${tsvmm_scsi:-sda}
 [ -e "/sys/block/$dev" ] || fail "no /sys/block/$dev"
-drv=$(driver_of "/sys/block/$dev/device")
+driver_of "/sys/block/$dev/device"
 [ "$drv" = sd ] || fail "$dev driver is $drv, not sd"
 note "$dev driver=$drv"
 sed -n '/virtio/s/^ */linux-guest: irq /p' /proc/interrupts

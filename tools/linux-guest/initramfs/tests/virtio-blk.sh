@@ -3,7 +3,7 @@
 # are overwritten with /pattern and left there for the host to check.
 dev=${tsvmm_blk:-vda}
 [ -e "/sys/block/$dev" ] || fail "no /sys/block/$dev"
-drv=$(driver_of "/sys/block/$dev/device")
+driver_of "/sys/block/$dev/device"
 [ "$drv" = virtio_blk ] || fail "$dev driver is $drv, not virtio_blk"
 note "$dev driver=$drv"
 sed -n '/virtio/s/^ */linux-guest: irq /p' /proc/interrupts
