@@ -59,3 +59,25 @@ describe('PciBus conf1', () => {
     expect(cs.getU16(0x06) & 0x10).toBe(0x10);
   });
 });
+
+describe('BAR sizing and reprogramming', () => {
+  it('maps a 64-bit BAR above 2 GiB again after the guest sizes and restores it', () => {
+    const { PciBarFunction } = require('./pci-device') as typeof import('./pci-device');
+    class Fn extends PciBarFunction {}
+    const mmio = new IoBus('mmio');
+    const fn = new Fn('t', { vendorId: 1, deviceId: 2, classCode: 0 }, mmio);
+    fn.addBar({ index: 4, size: 0x4000, kind: 'mem64', device: { read: () => 0x11, write: () => undefined } }, 0xc0004000);
+    fn.configWrite(0x04, 2, 0x0002); // memory decode on
+    expect(fn.barAddress(4)).toBe(0xc0004000);
+    // Linux's sizing: decode off, all ones to both halves, read back, restore, decode on.
+    fn.configWrite(0x04, 2, 0);
+    fn.configWrite(0x20, 4, 0xffffffff);
+    fn.configWrite(0x24, 4, 0xffffffff);
+    expect(fn.configRead(0x20, 4) >>> 0).toBe(0xffffc004);
+    fn.configWrite(0x20, 4, 0xc0004004);
+    fn.configWrite(0x24, 4, 0);
+    fn.configWrite(0x04, 2, 0x0002);
+    expect(fn.barAddress(4)).toBe(0xc0004000);
+    expect(mmio.read(0xc0004014, 4)).toBe(0x11);
+  });
+});

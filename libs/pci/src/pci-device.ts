@@ -94,7 +94,7 @@ export abstract class PciBarFunction implements PciFunction {
       const hit = this.barAt(offset & ~3);
       if (hit) {
         const base = PCI_BASE_ADDRESS_0 + hit.bar.index * 4;
-        const lo = this.config.getU32(base) & 0xfffffff0;
+        const lo = (this.config.getU32(base) & 0xfffffff0) >>> 0; // unsigned: BARs live above 2 GiB
         const hi = hit.bar.kind === 'mem64' ? this.config.getU32(base + 4) : 0;
         hit.bar.address = hi * 2 ** 32 + lo;
         this.updateMappings();
@@ -113,7 +113,7 @@ export abstract class PciBarFunction implements PciFunction {
     for (const b of this.bars) {
       if (!b) continue;
       // A BAR being sized reads back as all ones in its address bits: not a real address.
-      const sizing = (b.address & ~(b.size - 1)) === (0xfffffff0 & ~(b.size - 1)) && b.kind === 'mem32';
+      const sizing = b.kind === 'mem32' && (b.address & ~(b.size - 1)) >>> 0 === (0xfffffff0 & ~(b.size - 1)) >>> 0;
       const want = decode && b.address !== 0 && !sizing && b.address + b.size <= 2 ** 52 ? b.address : undefined;
       if (want === b.mappedAt) continue;
       if (b.mappedAt !== undefined) this.mmio.unregister(b.mappedAt, b.device);
