@@ -1,0 +1,788 @@
+#!/usr/bin/env node
+/*
+ * Block-I/O benchmark: what one virtio-blk read request costs in our VMM (with
+ * and without KVM ioeventfd on the notify register) compared with QEMU on the
+ * same guest, and with plain pread() on the same image file from Node.
+ *
+ * The guest (tools/guest-kit, test=blk-bench) does `count` reads from its
+ * virtio-blk disk (random or sequential, bs bytes, `depth` in flight) from a
+ * ring-3 loop (native on this host) and exits through port 0xf4. Each runner
+ * is timed end to end for two counts; per-request cost =
+ * (median t(N2) - median t(N1)) / (N2 - N1), which cancels process start,
+ * boot (SeaBIOS under QEMU) and device set-up.
+ *
+ *   node tools/bench/blk-bench.js [--reps 3] [--workloads LIST] [--counts WL[@RUNNER]=N1:N2,...]
+ *                                 [--scale F] [--runners LIST] [--pin CPULIST] [--out FILE.json]
+ *
+ * Results: a markdown table on stdout, JSON in tools/bench/results/blk-bench.json.
+ */
+'use strict';
+
+const { spawn, execFileSync } = require('child_process');
+const crypto = require('crypto');
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+
+const ROOT = path.resolve(__dirname, '../..');
+const BENCH_DIR = __dirname;
+const GUEST_ELF = path.join(ROOT, 'tools/guest-kit/build/guest.elf');
+const VMM_BIN = path.join(ROOT, 'apps/vmm/bin/vmm.js');
+const VMM_DIST = path.join(ROOT, 'apps/vmm/dist');
+const VMM_BUNDLE = path.join(VMM_DIST, 'main.js');
+const QEMU = 'qemu-system-x86_64';
+const DEFAULT_OUT = path.join(BENCH_DIR, 'results/blk-bench.json');
+const MIB = 1024 * 1024;
+const BUILD_HINT =
+  'node libs/kvm-native/scripts/build-native.js && make -C tools/guest-kit && node apps/vmm/scripts/bundle.js';
+
+/*
+ * Workloads. The guest's blk-bench caps bs at 256 KiB (its I/O buffer) and
+ * depth at queue size / 3 (21 with the default qsize=64); with bs = 256 KiB
+ * every in-flight request shares the one buffer, so the sequential workload
+ * uses 256 KiB at depth 1 rather than 1 MiB. irq=0: the ring-3 loop polls the
+ * used ring and the device sends no interrupts (guest CPU cost per request is
+ * native); irq=1 (the guest's default): the loop re-arms interrupts, and each
+ * one is taken by the CPL0 handler, which this host emulates.
+ */
+const WORKLOADS = [
+  { id: 'rand4k-d1', label: '4 KiB random read, depth 1', mode: 'randread', bs: 4096, depth: 1, irq: 0, counts: { 'vmm-on': [2000, 27000], 'vmm-off': [2000, 32000], qemu: [2000, 52000] } },
+  { id: 'rand4k-d8', label: '4 KiB random read, depth 8', mode: 'randread', bs: 4096, depth: 8, irq: 0, counts: { 'vmm-on': [4000, 84000], 'vmm-off': [4000, 84000], qemu: [4000, 124000] } },
+  { id: 'seq256k-d1', label: '256 KiB sequential read, depth 1', mode: 'seqread', bs: 262144, depth: 1, irq: 0, counts: { 'vmm-on': [1000, 17000], 'vmm-off': [1000, 13000], qemu: [1000, 25000] } },
+  { id: 'rand4k-d1-irq', label: '4 KiB random read, depth 1, interrupts on', mode: 'randread', bs: 4096, depth: 1, irq: 1, counts: { 'vmm-on': [2000, 32000], 'vmm-off': [2000, 22000], qemu: [2000, 27000] } },
+];
+
+const RUNNER_IDS = ['vmm-on', 'vmm-off', 'qemu'];
+
+const USAGE = `usage: node tools/bench/blk-bench.js [options]
+  --reps N          timed runs per runner, workload and count (default 3)
+  --workloads LIST  comma-separated subset of: ${WORKLOADS.map((w) => w.id).join(', ')} (default: all)
+  --counts LIST     request counts N1:N2 for a workload (all runners) or one runner of it,
+                    e.g. rand4k-d1=2000:22000,seq256k-d1@qemu=1000:30000
+  --scale F         multiply every default count by F (e.g. 0.25 for a quick run)
+  --runners LIST    comma-separated subset of: vmm-on, vmm-off, qemu (default: all)
+  --host-ms N       duration of each host pread measurement in ms (default 1000)
+  --image PATH      use this existing raw image (at least 1 MiB) instead of creating
+                    a ${256} MiB random one in /tmp (which is deleted at the end)
+  --image-mib N     size of the created image in MiB (default 256)
+  --keep-image      do not delete the created image
+  --vmm-props STR   extra --device properties for both VMM runners (e.g. ",cache=none")
+  --no-snapshot     run apps/vmm in place instead of a private copy of bin/vmm.js + dist/
+  --timeout S       kill a run after S seconds (default 600)
+  --pin CPULIST     run every child (and this process) under \`taskset -c CPULIST\`;
+                    JSON goes to blk-bench-pin<CPULIST>.json
+  --out FILE        JSON results path (default tools/bench/results/blk-bench.json)
+  --help`;
+
+function parseArgs(argv) {
+  const opts = {
+    reps: 3, workloads: WORKLOADS.map((w) => w.id), counts: {}, scale: 1, runners: [...RUNNER_IDS],
+    hostMs: 1000, image: undefined, imageMib: 256, keepImage: false, timeoutS: 600, pin: undefined, out: undefined,
+    vmmProps: '', snapshot: true,
+  };
+  const valued = ['--reps', '--workloads', '--counts', '--scale', '--runners', '--host-ms', '--image', '--image-mib', '--timeout', '--pin', '--out', '--vmm-props'];
+  for (let i = 0; i < argv.length; i++) {
+    let flag = argv[i];
+    let value;
+    const eq = flag.indexOf('=');
+    if (flag.startsWith('--') && eq > 0) {
+      value = flag.slice(eq + 1);
+      flag = flag.slice(0, eq);
+    }
+    if (flag === '--help' || flag === '-h') {
+      process.stdout.write(`${USAGE}\n`);
+      process.exit(0);
+    }
+    if (flag === '--keep-image' || flag === '--no-snapshot') {
+      if (flag === '--keep-image') opts.keepImage = true;
+      else opts.snapshot = false;
+      continue;
+    }
+    if (!valued.includes(flag)) usageError(`unknown option ${flag}`);
+    if (value === undefined) {
+      if (i + 1 >= argv.length) usageError(`${flag} needs a value`);
+      value = argv[++i];
+    }
+    const int = (v) => {
+      if (!/^\d+$/.test(v)) usageError(`${flag}: not a non-negative integer: ${v}`);
+      return Number(v);
+    };
+    switch (flag) {
+      case '--reps': opts.reps = int(value); break;
+      case '--host-ms': opts.hostMs = int(value); break;
+      case '--image-mib': opts.imageMib = int(value); break;
+      case '--timeout': opts.timeoutS = int(value); break;
+      case '--image': opts.image = path.resolve(value); break;
+      case '--out': opts.out = path.resolve(value); break;
+      case '--vmm-props':
+        if (value && !value.startsWith(',')) value = `,${value}`;
+        opts.vmmProps = value;
+        break;
+      case '--scale':
+        opts.scale = Number(value);
+        if (!(opts.scale > 0)) usageError(`--scale: not a positive number: ${value}`);
+        break;
+      case '--pin':
+        if (!/^[0-9,-]+$/.test(value)) usageError(`--pin: not a CPU list: ${value}`);
+        opts.pin = value;
+        break;
+      case '--workloads':
+        opts.workloads = value.split(',').filter(Boolean);
+        for (const w of opts.workloads) if (!WORKLOADS.some((x) => x.id === w)) usageError(`--workloads: unknown workload ${w}`);
+        break;
+      case '--runners':
+        opts.runners = value.split(',').filter(Boolean);
+        for (const r of opts.runners) if (!RUNNER_IDS.includes(r)) usageError(`--runners: unknown runner ${r}`);
+        break;
+      case '--counts':
+        for (const item of value.split(',').filter(Boolean)) {
+          const m = /^([\w-]+)(?:@([\w-]+))?=(\d+):(\d+)$/.exec(item);
+          if (!m) usageError(`--counts: expected WORKLOAD[@RUNNER]=N1:N2, got ${item}`);
+          if (!WORKLOADS.some((x) => x.id === m[1])) usageError(`--counts: unknown workload ${m[1]}`);
+          if (m[2] !== undefined && !RUNNER_IDS.includes(m[2])) usageError(`--counts: unknown runner ${m[2]}`);
+          for (const r of m[2] === undefined ? RUNNER_IDS : [m[2]]) opts.counts[`${m[1]}@${r}`] = [Number(m[3]), Number(m[4])];
+        }
+        break;
+    }
+  }
+  if (opts.reps < 1) usageError('--reps must be at least 1');
+  if (!opts.workloads.length || !opts.runners.length) usageError('nothing to run');
+  if (opts.imageMib < 1) usageError('--image-mib must be at least 1');
+  if (opts.out === undefined) {
+    opts.out = opts.pin === undefined ? DEFAULT_OUT : path.join(path.dirname(DEFAULT_OUT), `blk-bench-pin${opts.pin.replace(/,/g, '_')}.json`);
+  }
+  return opts;
+}
+
+function usageError(msg) {
+  process.stderr.write(`blk-bench: ${msg}\n${USAGE}\n`);
+  process.exit(2);
+}
+
+/* Temporary files and live children, cleaned up on every exit path. */
+const tempFiles = [];
+const children = new Set();
+function cleanup() {
+  for (const c of children) {
+    try {
+      c.kill('SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+  for (const f of tempFiles) fs.rmSync(f, { force: true, recursive: true });
+}
+
+function fail(msg) {
+  process.stderr.write(`blk-bench: ${msg}\n`);
+  cleanup();
+  process.exit(1);
+}
+
+/* ---------------- preparation ---------------- */
+
+function sha256(p) {
+  try {
+    return crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex');
+  } catch {
+    return null;
+  }
+}
+
+function checkPrerequisites(opts) {
+  if (!fs.existsSync(GUEST_ELF)) fail(`${path.relative(ROOT, GUEST_ELF)} is missing; build it first: ${BUILD_HINT}`);
+  if (opts.runners.some((r) => r.startsWith('vmm')) && !fs.existsSync(VMM_BUNDLE)) {
+    fail(`the VMM is not built (${path.relative(ROOT, VMM_BUNDLE)} missing); build it first: ${BUILD_HINT}`);
+  }
+  if (opts.runners.includes('qemu')) {
+    try {
+      execFileSync(QEMU, ['--version'], { stdio: 'pipe' });
+    } catch {
+      fail(`${QEMU} not found (apt-get install -y qemu-system-x86), or leave it out with --runners vmm-on,vmm-off`);
+    }
+  }
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+  } catch (e) {
+    fail(`/dev/kvm is not usable: ${e.message}`);
+  }
+}
+
+/* A private copy of the guest: guest-kit may be rebuilt while we run. */
+function copyGuest() {
+  const dst = path.join(os.tmpdir(), `blk-bench-${process.pid}-guest.elf`);
+  tempFiles.push(dst);
+  fs.copyFileSync(GUEST_ELF, dst);
+  return dst;
+}
+
+/*
+ * A private copy of the bundled VMM (bin/vmm.js and dist/: main.js, worker
+ * bundles, kvm_native.node), for the same reason: bundle.js may rewrite dist/
+ * mid-run. The copy is retried until it matches the tree file for file, so it
+ * never mixes two builds. Returns { bin, files: { name: sha256 } }.
+ */
+function snapshotVmm() {
+  const dir = path.join(os.tmpdir(), `blk-bench-${process.pid}-vmm`);
+  tempFiles.push(dir);
+  for (let attempt = 0; attempt < 10; attempt++) {
+    fs.rmSync(dir, { force: true, recursive: true });
+    fs.mkdirSync(path.join(dir, 'bin'), { recursive: true });
+    fs.mkdirSync(path.join(dir, 'dist'));
+    const pairs = [[VMM_BIN, path.join(dir, 'bin/vmm.js'), 'bin/vmm.js']];
+    for (const f of fs.readdirSync(VMM_DIST)) {
+      if (f.startsWith('.') || f.endsWith('.map') || !fs.statSync(path.join(VMM_DIST, f)).isFile()) continue;
+      pairs.push([path.join(VMM_DIST, f), path.join(dir, 'dist', f), `dist/${f}`]);
+    }
+    for (const [src, dst] of pairs) fs.copyFileSync(src, dst);
+    const files = {};
+    let same = true;
+    for (const [src, dst, name] of pairs) {
+      files[name] = sha256(dst);
+      if (files[name] !== sha256(src)) same = false;
+    }
+    if (same) return { bin: path.join(dir, 'bin/vmm.js'), dir, files };
+    execFileSync('sleep', ['1']); // a rebuild is under way: let it finish
+  }
+  fail('apps/vmm/dist kept changing while it was being copied (a rebuild loop?); try again, or use --no-snapshot');
+}
+
+/* Hashes of what apps/vmm holds now (to tell whether the tree was rebuilt during the run). */
+function treeVmmHashes() {
+  const files = { 'bin/vmm.js': sha256(VMM_BIN) };
+  try {
+    for (const f of fs.readdirSync(VMM_DIST)) {
+      if (!f.startsWith('.') && !f.endsWith('.map')) files[`dist/${f}`] = sha256(path.join(VMM_DIST, f));
+    }
+  } catch {
+    /* no dist */
+  }
+  return files;
+}
+
+/* Creates the random image (written once) or checks the given one. */
+function prepareImage(opts) {
+  if (opts.image !== undefined) {
+    const st = fs.statSync(opts.image);
+    if (st.size < MIB) fail(`--image ${opts.image}: smaller than 1 MiB`);
+    return { path: opts.image, size: st.size, created: false, createMs: null };
+  }
+  const p = path.join(os.tmpdir(), `blk-bench-${process.pid}.img`);
+  if (!opts.keepImage) tempFiles.push(p);
+  const t0 = process.hrtime.bigint();
+  const fd = fs.openSync(p, 'w');
+  const chunk = Buffer.allocUnsafe(MIB);
+  for (let i = 0; i < opts.imageMib; i++) {
+    crypto.randomFillSync(chunk);
+    fs.writeSync(fd, chunk, 0, MIB, i * MIB);
+  }
+  fs.closeSync(fd);
+  return { path: p, size: opts.imageMib * MIB, created: true, createMs: Number(process.hrtime.bigint() - t0) / 1e6 };
+}
+
+/* Reads the whole image once so that every runner reads from the page cache. */
+function warmImage(img) {
+  const t0 = process.hrtime.bigint();
+  const fd = fs.openSync(img.path, 'r');
+  const buf = Buffer.allocUnsafe(MIB);
+  for (let pos = 0; pos < img.size; pos += MIB) fs.readSync(fd, buf, 0, MIB, pos);
+  fs.closeSync(fd);
+  return Number(process.hrtime.bigint() - t0) / 1e6;
+}
+
+/* Bytes of the image in the page cache (util-linux fincore), or null. */
+function residentBytes(p) {
+  try {
+    const out = execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', p], { stdio: ['ignore', 'pipe', 'ignore'] });
+    return Number(out.toString().trim());
+  } catch {
+    return null;
+  }
+}
+
+/* ---------------- runners ---------------- */
+
+function guestCmdline(w, count) {
+  return `test=blk-bench mode=${w.mode} bs=${w.bs} count=${count} depth=${w.depth} irq=${w.irq}`;
+}
+
+function makeRunners(vmmBin, guest, image, vmmProps) {
+  const vmm = (ioeventfd) => (w, n) => [
+    process.execPath,
+    [vmmBin, 'run', '--memory', '256M', '--kernel', guest, '--cmdline', guestCmdline(w, n), '--serial', 'stdio',
+      '--device', `virtio-blk,id=d0,file=${image}${ioeventfd ? '' : ',ioeventfd=off'}${vmmProps}`],
+  ];
+  return [
+    { id: 'vmm-on', label: 'our VMM, ioeventfd=on', cmd: vmm(true), passCode: 0 },
+    { id: 'vmm-off', label: 'our VMM, ioeventfd=off', cmd: vmm(false), passCode: 0 },
+    {
+      id: 'qemu',
+      label: 'QEMU (KVM, virtio-blk-pci)',
+      cmd: (w, n) => [
+        QEMU,
+        ['-enable-kvm', '-nographic', '-no-reboot', '-m', '256', '-kernel', guest, '-append', guestCmdline(w, n),
+          '-drive', `file=${image},if=none,id=d0,format=raw,cache=writeback,aio=threads`,
+          '-device', 'virtio-blk-pci,drive=d0,disable-legacy=on', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4'],
+      ],
+      passCode: 1, // isa-debug-exit: (0 << 1) | 1
+    },
+  ];
+}
+
+let pinList;
+function pinned([cmd, args]) {
+  return pinList === undefined ? [cmd, args] : ['taskset', ['-c', pinList, cmd, ...args]];
+}
+
+/* Spawns one process and times it from just before spawn() to its exit. */
+function runProcess(cmd, args, timeoutS) {
+  return new Promise((resolve, reject) => {
+    let exitAt;
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    const t0 = process.hrtime.bigint();
+    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(child);
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutS * 1000);
+    child.stdout.on('data', (b) => {
+      if (stdout.length < 256 * 1024) stdout += b.toString('latin1');
+    });
+    child.stderr.on('data', (b) => {
+      if (stderr.length < 64 * 1024) stderr += b.toString();
+    });
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      children.delete(child);
+      reject(e);
+    });
+    child.on('exit', () => {
+      exitAt = process.hrtime.bigint();
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      children.delete(child);
+      resolve({ code, signal, stdout, stderr, timedOut, wallMs: Number((exitAt ?? process.hrtime.bigint()) - t0) / 1e6 });
+    });
+  });
+}
+
+function describe(cmd, args) {
+  const show = (s) => (/[\s"]/.test(s) ? JSON.stringify(s) : s);
+  const exe = (c) => (c === process.execPath ? 'node' : c.startsWith(`${ROOT}/`) ? path.relative(ROOT, c) : c);
+  return [exe(cmd), ...args.map((a, i) => (cmd === 'taskset' && i === 2 ? exe(a) : a))].map(show).join(' ');
+}
+
+/* The guest's two result lines, checked against what was asked for. */
+function parseGuest(w, n, stdout) {
+  const a = new RegExp(`^blk-bench mode=(\\S+) bs=(\\d+) count=(\\d+) bytes=(\\d+)\\r?$`, 'm').exec(stdout);
+  const b = /^blk-bench ring=(\d+) depth=(\d+) irq=(\d) interrupts=(\d+) notifies=(\d+) errors=(\d+)\r?$/m.exec(stdout);
+  if (!/^guest-kit: PASS test=blk-bench\r?$/m.test(stdout)) {
+    const f = /^guest-kit: FAIL .*$/m.exec(stdout);
+    return { problem: f ? f[0].trim() : 'no "guest-kit: PASS test=blk-bench" line' };
+  }
+  if (!a || !b) return { problem: 'no blk-bench result lines' };
+  if (a[1] !== w.mode || Number(a[2]) !== w.bs || Number(a[3]) !== n) return { problem: `guest reported "${a[0].trim()}", expected mode=${w.mode} bs=${w.bs} count=${n}` };
+  if (Number(b[2]) !== w.depth || Number(b[3]) !== w.irq) return { problem: `guest reported "${b[0].trim()}", expected depth=${w.depth} irq=${w.irq}` };
+  return { ring: Number(b[1]), interrupts: Number(b[4]), notifies: Number(b[5]), errors: Number(b[6]) };
+}
+
+async function runChecked(runner, w, n, timeoutS) {
+  const [cmd, args] = pinned(runner.cmd(w, n));
+  const r = await runProcess(cmd, args, timeoutS);
+  const tail = (s) => s.trimEnd().split('\n').slice(-15).join('\n');
+  const g = parseGuest(w, n, r.stdout);
+  if (r.timedOut || r.code !== runner.passCode || g.problem) {
+    fail(
+      `${runner.id}: \`${describe(cmd, args)}\` ` +
+        (r.timedOut ? `timed out after ${timeoutS} s` : `exited with ${r.signal ? `signal ${r.signal}` : `code ${r.code}`} (PASS is ${runner.passCode})`) +
+        (g.problem ? `; ${g.problem}` : '') +
+        `\n--- stdout (tail) ---\n${tail(r.stdout)}\n--- stderr (tail) ---\n${tail(r.stderr)}\n--------------` +
+        (r.signal === 'SIGBUS' ? '\n(SIGBUS: was apps/vmm/dist/kvm_native.node rewritten while it ran? Rebuilds during a run do that.)' : ''),
+    );
+  }
+  return { wallMs: r.wallMs, ...g };
+}
+
+/* ---------------- host ceiling: pread from Node ---------------- */
+
+/* The guest's LCG, so the host reads the same kind of offsets. */
+function randomBlocks(count, blocks, seed) {
+  const out = new Float64Array(count);
+  let x = BigInt(seed);
+  const mask = (1n << 64n) - 1n;
+  const nb = BigInt(blocks);
+  for (let i = 0; i < count; i++) {
+    x = (x * 6364136223846793005n + 1442695040888963407n) & mask;
+    out[i] = Number((x >> 33n) % nb);
+  }
+  return out;
+}
+
+/*
+ * Synchronous preads (fs.readSync into one preallocated buffer) with the
+ * workload's pattern for about `ms` milliseconds: the host's own ceiling for
+ * one thread that waits for each read (depth 1 whatever the workload's depth).
+ */
+function hostPread(img, w, ms, rep) {
+  const blocks = Math.floor(img.size / w.bs);
+  const buf = Buffer.allocUnsafe(w.bs);
+  const offs = w.mode === 'randread' ? randomBlocks(1 << 16, blocks, 1 + rep) : null;
+  const fd = fs.openSync(img.path, 'r');
+  try {
+    const limit = BigInt(Math.round(ms * 1e6));
+    const t0 = process.hrtime.bigint();
+    let ops = 0;
+    let elapsed = 0n;
+    for (;;) {
+      for (let k = 0; k < 64; k++, ops++) {
+        const blk = offs ? offs[ops & 0xffff] : ops % blocks;
+        const got = fs.readSync(fd, buf, 0, w.bs, blk * w.bs);
+        if (got !== w.bs) throw new Error(`short read at block ${blk}: ${got}`);
+      }
+      elapsed = process.hrtime.bigint() - t0;
+      if (elapsed >= limit) break;
+    }
+    const usPerReq = Number(elapsed) / 1e3 / ops;
+    return { ops, ms: Number(elapsed) / 1e6, usPerReq };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/* ---------------- statistics ---------------- */
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+function round(x, digits) {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+function fmt(x, digits) {
+  return x.toFixed(digits);
+}
+
+function fmtInt(x) {
+  return Math.round(x).toLocaleString('en-US');
+}
+
+function buildStamps() {
+  let head = null;
+  try {
+    head = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+  } catch {
+    /* not a git checkout */
+  }
+  let qemuVersion = null;
+  try {
+    qemuVersion = execFileSync(QEMU, ['--version'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().split('\n')[0].trim();
+  } catch {
+    /* no QEMU */
+  }
+  return {
+    gitHead: head,
+    qemuVersion,
+    qemuSha256: (() => {
+      try {
+        return sha256(execFileSync('sh', ['-c', `command -v ${QEMU}`]).toString().trim());
+      } catch {
+        return null;
+      }
+    })(),
+  };
+}
+
+/* ---------------- main ---------------- */
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  checkPrerequisites(opts);
+  pinList = opts.pin;
+  if (pinList !== undefined) {
+    try {
+      execFileSync('taskset', ['-a', '-p', '-c', pinList, String(process.pid)], { stdio: 'pipe' });
+    } catch (e) {
+      fail(`--pin ${pinList}: taskset failed: ${(e.stderr || e.message).toString().trim()}`);
+    }
+  }
+  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => fail(`interrupted (${sig})`));
+
+  const guest = copyGuest();
+  const guestSha = sha256(guest);
+  const usesVmm = opts.runners.some((r) => r.startsWith('vmm'));
+  const vmmTree0 = usesVmm ? treeVmmHashes() : null;
+  const snap = usesVmm && opts.snapshot ? snapshotVmm() : null;
+  const vmmBin = snap ? snap.bin : VMM_BIN;
+  const img = prepareImage(opts);
+  const warmMs = warmImage(img);
+  const resident0 = residentBytes(img.path);
+  const runners = makeRunners(vmmBin, guest, img.path, opts.vmmProps).filter((r) => opts.runners.includes(r.id));
+  // Counts per (workload, runner): the defaults (times --scale) unless --counts names them.
+  const workloads = WORKLOADS.filter((w) => opts.workloads.includes(w.id)).map((w) => {
+    const counts = {};
+    for (const r of runners) {
+      const [n1, n2] = opts.counts[`${w.id}@${r.id}`] ?? w.counts[r.id].map((n) => Math.max(1, Math.round(n * opts.scale)));
+      if (n2 <= n1 || n1 < 1) usageError(`${w.id}@${r.id}: need 1 <= N1 < N2, got ${n1}:${n2}`);
+      counts[r.id] = { n1, n2 };
+    }
+    if (w.bs > img.size) usageError(`${w.id}: bs ${w.bs} is larger than the image`);
+    return { ...w, counts };
+  });
+  const { reps } = opts;
+  const load0 = os.loadavg();
+  const stamps0 = buildStamps();
+  process.stderr.write(
+    `blk-bench: image ${img.path} (${img.size / MIB} MiB${img.created ? `, random, written in ${fmt(img.createMs / 1000, 1)} s` : ''}; ` +
+      `read once in ${fmt(warmMs / 1000, 2)} s${resident0 === null ? '' : `, ${fmt((100 * resident0) / img.size, 1)}% in page cache`}); ` +
+      `guest copy ${guest} (sha256 ${guestSha.slice(0, 16)})` +
+      `${snap ? `; VMM copy ${snap.dir} (main.js sha256 ${(snap.files['dist/main.js'] || '').slice(0, 16)})` : ''}; ${reps} runs each` +
+      `${opts.pin === undefined ? '' : `; taskset -c ${opts.pin}`}\n`,
+  );
+  for (const w of workloads) {
+    const cs = runners.map((r) => `${r.id} ${w.counts[r.id].n1}:${w.counts[r.id].n2}`).join(', ');
+    process.stderr.write(`  ${w.id}: ${guestCmdline(w, 'N')}; N1:N2 ${cs}\n`);
+  }
+
+  // Warm-up: one short unmeasured run of each runner (page cache for the binaries, lazy binding).
+  for (const r of runners) await runChecked(r, workloads[0], 1, opts.timeoutS);
+
+  // Timed runs, interleaved (rep, workload, count, runner) so slow drift in host load hits every cell alike;
+  // the host pread ceiling is measured once per rep and access pattern in the same sequence.
+  const samples = {};
+  const host = {};
+  for (const w of workloads) {
+    samples[w.id] = {};
+    host[w.id] = [];
+    for (const r of runners) samples[w.id][r.id] = { n1: [], n2: [] };
+  }
+  const t0 = Date.now();
+  for (let rep = 0; rep < reps; rep++) {
+    for (const w of workloads) {
+      for (const which of ['n1', 'n2']) {
+        for (const r of runners) {
+          const n = w.counts[r.id][which];
+          const res = await runChecked(r, w, n, opts.timeoutS);
+          samples[w.id][r.id][which].push(res);
+          process.stderr.write(
+            `  ${w.id.padEnd(13)} ${r.id.padEnd(7)} count=${String(n).padEnd(6)} run ${rep + 1}/${reps}: ${fmt(res.wallMs, 0).padStart(6)} ms` +
+              `  interrupts=${res.interrupts} notifies=${res.notifies}  [${fmt((Date.now() - t0) / 1000, 0)} s]\n`,
+          );
+        }
+      }
+      const same = workloads.find((x) => x.mode === w.mode && x.bs === w.bs);
+      if (same === w) {
+        const h = hostPread(img, w, opts.hostMs, rep);
+        host[w.id].push(h);
+        process.stderr.write(`  ${w.id.padEnd(13)} host    pread ${w.bs} B x ${h.ops}: ${fmt(h.usPerReq, 2)} µs/read\n`);
+      }
+    }
+  }
+  const load1 = os.loadavg();
+  const resident1 = residentBytes(img.path);
+  const stamps1 = buildStamps();
+  // With the snapshot a rebuild of apps/vmm does not touch the runs; without it (or if QEMU was upgraded) the runs mix builds.
+  const vmmTree1 = usesVmm ? treeVmmHashes() : null;
+  const treeRebuilt = usesVmm && JSON.stringify(vmmTree0) !== JSON.stringify(vmmTree1);
+  const mixed = stamps0.qemuSha256 !== stamps1.qemuSha256 || (treeRebuilt && !snap);
+  if (mixed) process.stderr.write('blk-bench: warning: the VMM or QEMU changed during the run; the runs mix builds\n');
+  else if (treeRebuilt) process.stderr.write('blk-bench: note: apps/vmm was rebuilt during the run; every run used the copy taken at start\n');
+
+  // ---- derived figures ----
+  const results = {};
+  for (const w of workloads) {
+    const hostOf = host[w.id].length ? host[w.id] : host[workloads.find((x) => x.mode === w.mode && x.bs === w.bs).id];
+    const hostUs = median(hostOf.map((h) => h.usPerReq));
+    const entry = {
+      label: w.label,
+      guestCmdline: guestCmdline(w, 'N'),
+      runners: {},
+      hostPread: {
+        usPerReq: hostOf.map((h) => round(h.usPerReq, 4)),
+        reads: hostOf.map((h) => h.ops),
+        medianUsPerReq: round(hostUs, 4),
+        iops: Math.round(1e6 / hostUs),
+        mbPerSec: round((w.bs * 1e6) / hostUs / 1e6, 2),
+        note: w.depth > 1 ? 'synchronous pread, one at a time (depth 1)' : 'synchronous pread',
+      },
+    };
+    for (const r of runners) {
+      const s = samples[w.id][r.id];
+      const { n1, n2 } = w.counts[r.id];
+      const ms1 = s.n1.map((x) => x.wallMs);
+      const ms2 = s.n2.map((x) => x.wallMs);
+      const m1 = median(ms1);
+      const m2 = median(ms2);
+      const us = ((m2 - m1) * 1000) / (n2 - n1);
+      const paired = ms1.map((t1, i) => ((ms2[i] - t1) * 1000) / (n2 - n1));
+      const perReq = (k) => median(s.n2.map((x) => x[k] / n2));
+      // Other load only ever slows a run down, so the fastest run at each count is the least disturbed one.
+      const usMin = ((Math.min(...ms2) - Math.min(...ms1)) * 1000) / (n2 - n1);
+      entry.runners[r.id] = {
+        label: r.label,
+        n1,
+        n2,
+        command: describe(...pinned(r.cmd(w, n2))),
+        wallMs: { [n1]: ms1.map((x) => round(x, 3)), [n2]: ms2.map((x) => round(x, 3)) },
+        medianMs: { [n1]: round(m1, 3), [n2]: round(m2, 3) },
+        usPerReq: round(us, 4),
+        usPerReqPairedMin: round(Math.min(...paired), 4),
+        usPerReqPairedMax: round(Math.max(...paired), 4),
+        usPerReqFromMinima: round(usMin, 4),
+        iops: us > 0 ? Math.round(1e6 / us) : null,
+        mbPerSec: us > 0 ? round((w.bs * 1e6) / us / 1e6, 2) : null,
+        fixedCostMs: round(m1 - (n1 * us) / 1000, 1),
+        interruptsPerReq: round(perReq('interrupts'), 4),
+        notifiesPerReq: round(perReq('notifies'), 4),
+        guestCounters: { [n1]: s.n1.map(({ interrupts, notifies }) => ({ interrupts, notifies })), [n2]: s.n2.map(({ interrupts, notifies }) => ({ interrupts, notifies })) },
+      };
+    }
+    const iops = (id) => (entry.runners[id] ? entry.runners[id].iops : null);
+    const ratio = (a, b) => (a && b ? round(a / b, 3) : null);
+    entry.ratios = {
+      vmmOnOverQemu: ratio(iops('vmm-on'), iops('qemu')),
+      vmmOffOverQemu: ratio(iops('vmm-off'), iops('qemu')),
+      vmmOnOverHostPread: ratio(iops('vmm-on'), entry.hostPread.iops),
+      qemuOverHostPread: ratio(iops('qemu'), entry.hostPread.iops),
+    };
+    // The same from (min t(N2) - min t(N1)) / (N2 - N1): each runner's least disturbed runs.
+    const best = (id) => (entry.runners[id] && entry.runners[id].usPerReqFromMinima > 0 ? 1e6 / entry.runners[id].usPerReqFromMinima : null);
+    entry.ratiosFromMinima = {
+      vmmOnOverQemu: ratio(best('vmm-on'), best('qemu')),
+      vmmOffOverQemu: ratio(best('vmm-off'), best('qemu')),
+    };
+    results[w.id] = entry;
+  }
+
+  // What one interrupt adds: the same workload with and without irq, per interrupt taken.
+  let irqCost = null;
+  if (results['rand4k-d1'] && results['rand4k-d1-irq']) {
+    irqCost = {};
+    for (const r of runners) {
+      const a = results['rand4k-d1'].runners[r.id];
+      const b = results['rand4k-d1-irq'].runners[r.id];
+      irqCost[r.id] =
+        b.interruptsPerReq > 0.05
+          ? { median: round((b.usPerReq - a.usPerReq) / b.interruptsPerReq, 2), minima: round((b.usPerReqFromMinima - a.usPerReqFromMinima) / b.interruptsPerReq, 2) }
+          : null;
+    }
+  }
+
+  // ---- report ----
+  const lines = [];
+  const pinNote = opts.pin === undefined ? 'not pinned' : `pinned: taskset -c ${opts.pin}`;
+  const pct = (b) => (b === null ? 'n/a' : `${fmt((100 * b) / img.size, 1)}%`);
+  lines.push(`### Block-I/O benchmark (guest-kit blk-bench, ring-3 loop; ${reps} runs, medians; ${pinNote})`);
+  lines.push('');
+  lines.push(
+    `Image: ${img.size / MIB} MiB${img.created ? ' of random data' : ''}, read once before measuring so every runner reads from the page cache ` +
+      `(resident: ${pct(resident0)} at start, ${pct(resident1)} at end). Per-request cost = (median t(N2) - median t(N1)) / (N2 - N1) ` +
+      `over whole-process wall clock, so boot and set-up cancel. MB/s = 10^6 bytes/s.`,
+  );
+  lines.push('');
+  lines.push('| workload | runner | N1 / N2 | t(N1) s | t(N2) s | µs/req | range (paired) | µs/req from minima | IOPS | MB/s | irq/req | notify/req |');
+  lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const w of workloads) {
+    const e = results[w.id];
+    for (const r of runners) {
+      const x = e.runners[r.id];
+      lines.push(
+        `| ${w.id} | ${x.label} | ${x.n1} / ${x.n2} | ${fmt(x.medianMs[x.n1] / 1000, 2)} | ${fmt(x.medianMs[x.n2] / 1000, 2)} | ${fmt(x.usPerReq, 1)} | ` +
+          `${fmt(x.usPerReqPairedMin, 1)}–${fmt(x.usPerReqPairedMax, 1)} | ${fmt(x.usPerReqFromMinima, 1)} | ${x.iops === null ? 'n/a' : fmtInt(x.iops)} | ${x.mbPerSec === null ? 'n/a' : fmt(x.mbPerSec, 1)} | ` +
+          `${fmt(x.interruptsPerReq, 2)} | ${fmt(x.notifiesPerReq, 2)} |`,
+      );
+    }
+    const h = e.hostPread;
+    lines.push(`| ${w.id} | host pread (Node fs.readSync${w.depth > 1 ? ', depth 1' : ''}) | | | | ${fmt(h.medianUsPerReq, 2)} | | ${fmt(Math.min(...h.usPerReq), 2)} | ${fmtInt(h.iops)} | ${fmt(h.mbPerSec, 1)} | | |`);
+  }
+  lines.push('');
+  lines.push('| workload | vmm-on / qemu | vmm-off / qemu | vmm-on / host pread | qemu / host pread | vmm-on / qemu, minima | vmm-off / qemu, minima |');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|');
+  const fr = (x) => (x === null ? 'n/a' : `${fmt(x, 2)}x`);
+  for (const w of workloads) {
+    const q = results[w.id].ratios;
+    const b = results[w.id].ratiosFromMinima;
+    lines.push(
+      `| ${w.id} | ${fr(q.vmmOnOverQemu)} | ${fr(q.vmmOffOverQemu)} | ${fr(q.vmmOnOverHostPread)} | ${fr(q.qemuOverHostPread)} | ` +
+        `${fr(b.vmmOnOverQemu)} | ${fr(b.vmmOffOverQemu)} |`,
+    );
+  }
+  lines.push('');
+  lines.push(
+    'Ratios are of IOPS (higher is better for the first runner). "minima": from (min t(N2) - min t(N1)) / (N2 - N1), each runner\'s ' +
+      'least disturbed runs (other load only slows a run down); on a busy host they say more than the medians. ' +
+      'Range (paired): the per-request figure of run i at N1 with run i at N2, lowest and highest; a wide range means a noisy host.',
+  );
+  if (irqCost) {
+    lines.push(
+      `Interrupt path (rand4k-d1-irq against rand4k-d1: extra µs per request / interrupts per request; guest handler at CPL0, emulated here): ` +
+        runners
+          .map((r) => `${r.id} ${irqCost[r.id] === null ? 'n/a' : `${fmt(irqCost[r.id].median, 0)} µs/interrupt (minima: ${fmt(irqCost[r.id].minima, 0)})`}`)
+          .join(', ') + '.',
+    );
+  }
+  for (const w of workloads) lines.push(`- ${w.id}: \`${guestCmdline(w, 'N')}\` (${w.label})`);
+  if (mixed) lines.push('**Warning: a binary under test changed during the run; the figures mix builds.**');
+  lines.push(
+    `Binaries: guest.elf sha256 ${guestSha.slice(0, 16)} (private copy)` +
+      (usesVmm ? `, VMM dist/main.js sha256 ${((snap ? snap.files : vmmTree0)['dist/main.js'] || 'none').slice(0, 16)}${snap ? ' (private copy)' : ''}` : '') +
+      `${stamps0.gitHead ? `, tree HEAD ${stamps0.gitHead.slice(0, 12)}` : ''}${stamps0.qemuVersion ? `, ${stamps0.qemuVersion}` : ''}.` +
+      (treeRebuilt && snap ? ' apps/vmm was rebuilt during the run; the runs all used the copy taken at start.' : ''),
+  );
+  lines.push(`Host load average (1 min) ${fmt(load0[0], 2)} at start, ${fmt(load1[0], 2)} at end; ${os.cpus().length} CPUs.`);
+  process.stdout.write(`${lines.join('\n')}\n`);
+
+  const json = {
+    benchmark: 'blk-bench',
+    date: new Date().toISOString(),
+    host: {
+      hostname: os.hostname(),
+      kernel: os.release(),
+      cpu: (os.cpus()[0] || {}).model,
+      cpus: os.cpus().length,
+      node: process.version,
+      loadavgStart: load0.map((x) => round(x, 2)),
+      loadavgEnd: load1.map((x) => round(x, 2)),
+    },
+    versions: {
+      ...stamps0,
+      guestElfSha256: guestSha, // the private copy every run used
+      guestElfCopiedFrom: path.relative(ROOT, GUEST_ELF),
+      vmm: usesVmm
+        ? { ran: snap ? 'private copy of apps/vmm/bin/vmm.js + apps/vmm/dist taken at start' : 'apps/vmm in place', files: snap ? snap.files : vmmTree0 }
+        : null,
+      vmmTreeRebuiltDuringRun: treeRebuilt,
+      vmmTreeAtEnd: treeRebuilt ? vmmTree1 : undefined,
+      vmmProps: opts.vmmProps || undefined,
+    },
+    versionsAtEnd: mixed ? stamps1 : undefined,
+    image: {
+      path: img.path, bytes: img.size, content: img.created ? 'random (crypto.randomFillSync), written once' : 'given with --image',
+      createMs: img.createMs === null ? null : round(img.createMs, 1), warmReadMs: round(warmMs, 1),
+      residentBytesStart: resident0, residentBytesEnd: resident1, deleted: img.created && !opts.keepImage,
+    },
+    params: { reps, scale: opts.scale, pin: opts.pin ?? null, hostMs: opts.hostMs, runners: opts.runners, workloads: workloads.map(({ label, ...w }) => w) },
+    method:
+      'wall clock (process.hrtime) from spawn to child exit; usPerReq = (median t(N2) - median t(N1)) / (N2 - N1); iops = 1e6 / usPerReq; ' +
+      'mbPerSec = bs * iops / 1e6; fixedCostMs = median t(N1) - N1 * usPerReq; interrupts/notifies per request from the guest\'s own counters in the N2 runs (median); ' +
+      'usPerReqFromMinima = (min t(N2) - min t(N1)) / (N2 - N1); ratiosFromMinima = the IOPS ratios from that; ' +
+      'usPerInterrupt.median = (usPerReq(rand4k-d1-irq) - usPerReq(rand4k-d1)) / interruptsPerReq(rand4k-d1-irq), .minima the same from usPerReqFromMinima; ' +
+      'host pread = fs.readSync into a preallocated buffer for hostMs per rep, same offsets pattern (guest LCG for random), median over reps; ' +
+      'runs interleaved by (rep, workload, count, runner)',
+    results,
+    usPerInterrupt: irqCost ?? undefined,
+  };
+  fs.mkdirSync(path.dirname(opts.out), { recursive: true });
+  fs.writeFileSync(opts.out, `${JSON.stringify(json, null, 2)}\n`);
+  process.stderr.write(`blk-bench: wrote ${path.relative(process.cwd(), opts.out) || opts.out}\n`);
+  cleanup();
+}
+
+main().catch((e) => fail((e && e.stack) || String(e)));
