@@ -415,3 +415,33 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     this.unmapAll();
   }
 }
+
+/**
+ * What a virtio plugin hands back from `create`: its virtio-pci function,
+ * wired to the machine's run state and reset. Plugins subclass it to add their
+ * device model and close their backend in `destroy`.
+ */
+export abstract class VirtioPciPluginDevice {
+  abstract readonly type: string;
+
+  constructor(
+    readonly id: string,
+    readonly transport: VirtioPciDevice,
+  ) {}
+
+  get virtio(): VirtioPciDevice {
+    return this.transport;
+  }
+
+  setRunning(running: boolean): void {
+    this.transport.setVmRunning(running);
+  }
+
+  reset(): void {
+    this.transport.reset();
+  }
+
+  destroy(): void | Promise<void> {
+    this.transport.destroy();
+  }
+}

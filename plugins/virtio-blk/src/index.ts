@@ -2,7 +2,7 @@
  * The virtio-blk plugin: `--device virtio-blk,id=ID,file=PATH[,readonly=on][,num-queues=N]
  * [,serial=STR][,ioeventfd=on|off][,cache=writeback|none][,event-idx=on|off]`.
  */
-import { Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice } from '@tsvmm/pci';
+import { DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice } from '@tsvmm/pci';
 import { BackendOpenError, RawFileBackend } from './backend/raw-file';
 import { BlkIoThread } from './iothread';
 import { VirtioBlkDevice } from './device';
@@ -16,28 +16,18 @@ export * as virtioBlkUapi from './generated/virtio-blk-uapi';
 /** PCI class: mass storage controller, other. */
 export const VIRTIO_BLK_CLASS_CODE = 0x018000;
 
-export class VirtioBlkPci implements Device {
+export class VirtioBlkPci extends VirtioPciPluginDevice {
   readonly type = 'virtio-blk';
   constructor(
-    readonly id: string,
+    id: string,
     readonly blk: VirtioBlkDevice,
-    readonly transport: VirtioPciDevice,
-  ) {}
-
-  get virtio(): VirtioPciDevice {
-    return this.transport;
+    transport: VirtioPciDevice,
+  ) {
+    super(id, transport);
   }
 
-  setRunning(running: boolean): void {
-    this.transport.setVmRunning(running);
-  }
-
-  reset(): void {
-    this.transport.reset();
-  }
-
-  async destroy(): Promise<void> {
-    this.transport.destroy();
+  override async destroy(): Promise<void> {
+    await super.destroy();
     await this.blk.destroy();
   }
 }

@@ -4,7 +4,7 @@
  */
 import * as crypto from 'crypto';
 import {
-  Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice,
+  DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { Tap, TapError } from './backend/tap';
 import { VirtioNetDevice } from './device';
@@ -16,28 +16,18 @@ export { Tap, TapError } from './backend/tap';
 /** PCI class: network controller, Ethernet. */
 export const VIRTIO_NET_CLASS_CODE = 0x020000;
 
-export class VirtioNetPci implements Device {
+export class VirtioNetPci extends VirtioPciPluginDevice {
   readonly type = 'virtio-net';
   constructor(
-    readonly id: string,
+    id: string,
     readonly net: VirtioNetDevice,
-    readonly transport: VirtioPciDevice,
-  ) {}
-
-  get virtio(): VirtioPciDevice {
-    return this.transport;
+    transport: VirtioPciDevice,
+  ) {
+    super(id, transport);
   }
 
-  setRunning(running: boolean): void {
-    this.transport.setVmRunning(running);
-  }
-
-  reset(): void {
-    this.transport.reset();
-  }
-
-  destroy(): void {
-    this.transport.destroy();
+  override destroy(): void {
+    super.destroy();
     this.net.destroy();
   }
 }
