@@ -4,7 +4,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { virtioUapi as V } from '@tsvmm/virtio-core';
 import { fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
-import { RawFileBackend } from './backend/raw-file';
+import { RawFileBackend } from '@tsvmm/block';
 import { VirtioBlkDevice } from './device';
 import * as B from './generated/virtio-blk-uapi';
 

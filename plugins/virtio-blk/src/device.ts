@@ -3,7 +3,7 @@
  */
 import { GuestMemory, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
 import * as B from './generated/virtio-blk-uapi';
-import { BlockBackend } from './backend/raw-file';
+import { BlockBackend } from '@tsvmm/block';
 import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
 import type { BlkIoThread, FromWorker } from './iothread';
 

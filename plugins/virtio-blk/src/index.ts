@@ -3,14 +3,12 @@
  * [,serial=STR][,ioeventfd=on|off][,cache=writeback|none][,event-idx=on|off]`.
  */
 import { DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice } from '@tsvmm/pci';
-import { BackendOpenError, RawFileBackend } from './backend/raw-file';
+import { BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import { BlkIoThread } from './iothread';
 import { VirtioBlkDevice } from './device';
 
 export { VirtioBlkDevice, VIRTIO_ID_BLOCK, QUEUE_SIZE } from './device';
 export type { BlkCounters, VirtioBlkOptions } from './device';
-export { RawFileBackend, BackendOpenError } from './backend/raw-file';
-export type { BlockBackend } from './backend/raw-file';
 export * as virtioBlkUapi from './generated/virtio-blk-uapi';
 
 /** PCI class: mass storage controller, other. */

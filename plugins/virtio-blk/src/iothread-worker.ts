@@ -8,7 +8,7 @@
 import { parentPort } from 'worker_threads';
 import { loadNative } from '@tsvmm/kvm-native';
 import { GuestMemory, virtioUapi as V } from '@tsvmm/virtio-core';
-import { RawFileBackend } from './backend/raw-file';
+import { RawFileBackend } from '@tsvmm/block';
 import { VirtioBlkDevice } from './device';
 import type { ToWorker } from './iothread';
 

@@ -1,0 +1,1 @@
+module.exports = { displayName: 'block', ...require('../../jest.preset.js')(__dirname) };

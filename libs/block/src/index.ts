@@ -1,0 +1,2 @@
+export { RawFileBackend, BackendOpenError } from './raw-file';
+export type { BlockBackend } from './raw-file';
