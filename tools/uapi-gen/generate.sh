@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates TypeScript constants from the Linux UAPI headers in /usr/include/linux.
 # Usage: tools/uapi-gen/generate.sh            (writes every generated file in the repo)
-#        tools/uapi-gen/generate.sh NAME OUT   (one generator: kvm, virtio, virtio-blk)
+#        tools/uapi-gen/generate.sh NAME OUT   (one generator: kvm, virtio, virtio-blk, virtio-net, virtio-scsi)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -22,4 +22,5 @@ else
   gen virtio "$root/libs/virtio-core/src/generated/virtio-uapi.ts"
   gen virtio-blk "$root/plugins/virtio-blk/src/generated/virtio-blk-uapi.ts"
   gen virtio-net "$root/plugins/virtio-net/src/generated/virtio-net-uapi.ts"
+  gen virtio-scsi "$root/plugins/virtio-scsi/src/generated/virtio-scsi-uapi.ts"
 fi

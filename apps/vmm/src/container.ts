@@ -71,6 +71,11 @@ export class DeviceRegistry {
     }
   }
 
+  /** Creates devices in configuration order, lazily: each exists before the next is created. */
+  *createAll(ctx: DeviceContext, devices: readonly DeviceConfig[]): Generator<Device> {
+    for (const d of devices) yield this.create(ctx, d);
+  }
+
   private parse(d: DeviceConfig) {
     const type = this.lookup(d.type);
     try {

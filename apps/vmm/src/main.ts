@@ -116,7 +116,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     machine = new Machine({
       config,
       serialOut: serial.write,
-      createDevices: (ctx) => config.devices.map((d) => registry.create(ctx, d)),
+      createDevices: (ctx) => registry.createAll(ctx, config.devices),
     });
   } catch (e) {
     if (e instanceof ConfigError) {

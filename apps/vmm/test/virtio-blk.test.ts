@@ -28,7 +28,7 @@ function bootBlk(cmdline: string, deviceProps: Record<string, string>) {
   const machine = new Machine({
     config,
     serialOut: (b) => (out += Buffer.from(b).toString('latin1')),
-    createDevices: (ctx) => config.devices.map((d) => registry.create(ctx, d)),
+    createDevices: (ctx) => registry.createAll(ctx, config.devices),
     log: (m) => logs.push(m),
   });
   const dev = machine.devices[0] as VirtioBlkPci;

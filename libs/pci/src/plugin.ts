@@ -30,6 +30,11 @@ export interface DeviceContext {
   /** Allocator for BARs in the 32-bit PCI MMIO window. */
   mmio32: MmioAllocator;
   log(message: string): void;
+  /**
+   * A device created earlier in the configuration, by id: how a device that sits
+   * on another device's bus (scsi-hd on a virtio-scsi adapter) finds its parent.
+   */
+  device(id: string): Device | undefined;
 }
 
 /** A created device. */

@@ -75,6 +75,16 @@ export interface QueueFaults {
   dropInterrupts: number;
 }
 
+/**
+ * A read of `size` (1, 2 or 4) bytes at `offset` of a device configuration
+ * image (little-endian, as virtio 1.x defines it); 0 beyond its end.
+ */
+export function readConfigImage(image: Uint8Array, offset: number, size: number): number {
+  if (offset < 0 || offset + size > image.length) return 0;
+  const dv = new DataView(image.buffer, image.byteOffset, image.byteLength);
+  return size === 1 ? dv.getUint8(offset) : size === 2 ? dv.getUint16(offset, true) : dv.getUint32(offset, true);
+}
+
 export abstract class VirtioDevice {
   readonly id: string;
   readonly deviceId: number;

@@ -1,7 +1,7 @@
 /**
  * The virtio-blk device (virtio 1.2 section 5.2) over a BlockBackend.
  */
-import { GuestMemory, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
+import { GuestMemory, readConfigImage, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
 import * as B from './generated/virtio-blk-uapi';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
@@ -90,9 +90,7 @@ export class VirtioBlkDevice extends VirtioDevice {
   }
 
   readConfig(offset: number, size: number): number {
-    if (offset + size > this.config.length) return 0;
-    const dv = new DataView(this.config.buffer);
-    return size === 1 ? dv.getUint8(offset) : size === 2 ? dv.getUint16(offset, true) : dv.getUint32(offset, true);
+    return readConfigImage(this.config, offset, size);
   }
 
   private dataPlane: BlkDataPlane | undefined;

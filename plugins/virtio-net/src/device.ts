@@ -3,7 +3,7 @@
  * (2i), transmit queues (2i+1) for each queue pair, and the control queue last.
  */
 import { FdWatch } from '@tsvmm/kvm-native';
-import { DescriptorChain, gather, GuestMemory, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
+import { DescriptorChain, gather, GuestMemory, readConfigImage, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
 import * as N from './generated/virtio-net-uapi';
 import { Tap, VNET_HDR_LEN } from './backend/tap';
 
@@ -82,9 +82,7 @@ export class VirtioNetDevice extends VirtioDevice {
   }
 
   readConfig(offset: number, size: number): number {
-    if (offset + size > this.config.length) return 0;
-    const dv = new DataView(this.config.buffer);
-    return size === 1 ? dv.getUint8(offset) : size === 2 ? dv.getUint16(offset, true) : dv.getUint32(offset, true);
+    return readConfigImage(this.config, offset, size);
   }
 
   private get ctrlIndex(): number {

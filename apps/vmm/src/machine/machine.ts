@@ -40,7 +40,8 @@ export interface MachineOptions {
   /** Where COM1's output goes (the CLI wires stdio or a file). */
   serialOut?: (bytes: Uint8Array) => void;
   /** Creates the configured --device instances once the buses exist. */
-  createDevices?: (ctx: DeviceContext) => Device[];
+  /** Creates the configured devices; yielded one by one so later ones can find earlier ones (ctx.device). */
+  createDevices?: (ctx: DeviceContext) => Iterable<Device>;
   log?: (message: string) => void;
   kvm?: Kvm;
 }
@@ -136,8 +137,10 @@ export class Machine {
 
       const ctx: DeviceContext = {
         vm: this.vm, memory: this.memory, pio: this.pio, mmio: this.mmio, pci: this.pci, gsiRoutes: this.gsiRoutes, mmio32: this.mmio32, log: this.log,
+        device: (id) => this.devices.find((d) => d.id === id),
       };
-      if (opts.createDevices) this.devices.push(...opts.createDevices(ctx));
+      // One at a time, so a device can find the ones configured before it (its bus).
+      if (opts.createDevices) for (const d of opts.createDevices(ctx)) this.devices.push(d);
 
       const cpuid = this.kvm.supportedCpuid();
       for (let i = 0; i < c.cpus; i++) {
