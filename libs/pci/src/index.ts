@@ -6,5 +6,6 @@ export * from './msix';
 export * from './pci-bus';
 export * from './pci-device';
 export * from './plugin';
+export * from './plugin-check';
 export * from './properties';
 export * from './virtio-pci';

@@ -1,8 +1,19 @@
 /**
- * The device plugin API (version 1). A plugin package exports a DevicePlugin;
- * the VMM binds it under DEVICE_PLUGIN in its inversify container and looks
- * device types up by name. Plugins may import @tsvmm/virtio-core, @tsvmm/pci
- * and @tsvmm/kvm-native; never another plugin or the VMM app.
+ * The device plugin API, version 1 (docs/plugin-authoring.md is the guide).
+ *
+ * A plugin is a package whose package.json carries a `vmmPlugin` field
+ * ({@link VmmPluginManifest}) and whose entry module exports
+ * `plugin: DevicePlugin`. The VMM finds plugin packages by that field (at
+ * bundle time for the packages it bundles, at run time for compiled packages
+ * installed next to the bundle or on VMM_PLUGIN_PATH), checks the API version
+ * and the plugin's schemas ({@link checkDevicePlugin}), binds every plugin under
+ * {@link DEVICE_PLUGIN} in its inversify container and resolves `--device TYPE`
+ * through the device types they declare.
+ *
+ * What a plugin may import: `@tsvmm/virtio-core`, `@tsvmm/pci`, the
+ * `@tsvmm/kvm-native` facade, shared libraries under libs/ (`@tsvmm/block`,
+ * `@tsvmm/scsi`), Node built-ins and its own npm dependencies. Never another
+ * plugin and never the VMM app (apps/vmm): tools/plugin-tools checks this.
  */
 import type { Vm } from '@tsvmm/kvm-native';
 import type { GuestMemory } from '@tsvmm/virtio-core';
@@ -13,22 +24,62 @@ import type { PciBus } from './pci-bus';
 import type { PropertySchema, PropertyValue } from './properties';
 import type { VirtioPciDevice } from './virtio-pci';
 
+/**
+ * The plugin API this VMM speaks. A plugin (its `apiVersion`) and a plugin
+ * package (its package.json `vmmPlugin.apiVersion`) must name exactly this
+ * version, or the VMM refuses it with a message naming both versions. The
+ * number changes when a change to these types would break existing plugins
+ * (a removed or retyped member, a new required member); optional additions
+ * keep it.
+ */
 export const PLUGIN_API_VERSION = 1;
 
 /** inversify multi-inject token under which every plugin is bound. */
 export const DEVICE_PLUGIN = Symbol.for('tsvmm.DevicePlugin');
 
+/**
+ * The `vmmPlugin` field of a plugin package's package.json. The VMM reads it
+ * before it loads any code of the package, so an incompatible package is
+ * refused without running it.
+ *
+ * ```json
+ * "vmmPlugin": {
+ *   "apiVersion": 1,
+ *   "deviceTypes": ["virtio-blk"],
+ *   "workers": { "virtio-blk-iothread": "src/iothread-worker.ts" }
+ * }
+ * ```
+ */
+export interface VmmPluginManifest {
+  /** PLUGIN_API_VERSION the package was built against. */
+  apiVersion: number;
+  /** The device TYPE names the package provides (listed without loading its code). */
+  deviceTypes: string[];
+  /**
+   * Worker-thread entry points, by output name: a bundling VMM builds each
+   * into `<name>.js` next to its own main.js, where the plugin finds it with
+   * `path.join(__dirname, '<name>.js')`. Paths are relative to the package.
+   */
+  workers?: Record<string, string>;
+}
+
 /** What a device gets from the machine when it is created. */
 export interface DeviceContext {
+  /** The KVM VM facade: memory regions, ioeventfd/irqfd, MSI routes. */
   vm: Vm;
+  /** Guest RAM (bounds-checked, zero-copy slices). */
   memory: GuestMemory;
+  /** The port I/O bus. */
   pio: IoBus;
+  /** The MMIO bus. */
   mmio: IoBus;
+  /** PCI bus 0: a PCI device attaches itself here (VirtioPciDevice does it in its constructor). */
   pci: PciBus;
   /** KVM GSI routing (MSI routes for MSI-X vectors). */
   gsiRoutes: GsiRoutes;
   /** Allocator for BARs in the 32-bit PCI MMIO window. */
   mmio32: MmioAllocator;
+  /** A line for the VMM's log (stderr), without a trailing newline. */
   log(message: string): void;
   /**
    * A device created earlier in the configuration, by id: how a device that sits
@@ -37,9 +88,16 @@ export interface DeviceContext {
   device(id: string): Device | undefined;
 }
 
-/** A created device. */
+/**
+ * A created device. Only `id` and `type` are required; the VMM calls each
+ * optional hook when it exists. Virtio plugins usually extend
+ * `VirtioPciPluginDevice`, which implements the hooks for the virtio-pci
+ * transport.
+ */
 export interface Device {
+  /** The id from `--device TYPE,id=ID` (or the generated `TYPEn`). */
   readonly id: string;
+  /** The device TYPE it was created as. */
   readonly type: string;
   /** The VM stopped (false) or resumes (true): e.g. queue notifiers go off while stopped. */
   setRunning?(running: boolean): void;
@@ -47,26 +105,61 @@ export interface Device {
   reset?(): void;
   /**
    * The virtio-pci function of a virtio device: the monitor's introspection
-   * (x-query-virtio*) and DeviceEvent (x-debug-device-event kick/call) reach
-   * the device through it.
+   * (x-query-virtio*) and DeviceEvent (x-debug-device-event kick/call,
+   * HMP `device_event`) reach the device through it. A device without it is
+   * not listed by the virtio commands.
    */
   readonly virtio?: VirtioPciDevice;
+  /**
+   * Migration: the device's state as plain JSON-serialisable data, taken
+   * while the VM is stopped. A virtio device returns at least
+   * `VirtioDevice.saveState()` (features, status, queue indices) plus its own
+   * fields. Devices without it cannot be migrated.
+   */
+  saveState?(): unknown;
+  /**
+   * Migration: restores what `saveState` returned, on a freshly created device
+   * with the same properties, before the VM runs. Throws on a state it
+   * cannot accept (the migration fails, naming the device).
+   */
+  loadState?(state: unknown): void;
   /** Called when the VM stops for good (close files, release fds). */
   destroy?(): void | Promise<void>;
 }
 
+/**
+ * The factory of a device type. `props` holds every property of the schema,
+ * parsed and validated (defaults filled in; an absent optional property without
+ * a default is undefined). It throws an Error for a resource problem (missing
+ * file, busy TAP); the VMM prefixes the message with `--device TYPE,id=ID:`
+ * unless it starts with `--device` already.
+ */
+export type DeviceFactory = (ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>) => Device;
+
+/** One `--device TYPE` a plugin provides. */
 export interface DeviceType {
-  /** The TYPE in --device TYPE,... */
+  /** The TYPE in --device TYPE,...: lower case, digits and '-', starting with a letter. */
   type: string;
+  /** One line for `vmm plugins` and the errors that list device types. */
   description: string;
+  /**
+   * The properties `--device TYPE,id=ID,key=value,...` (or the JSON config's
+   * device object) may set. Parsing, defaults and the errors users see come
+   * from here (parseProperties); `id` is reserved for the device id.
+   */
   properties: PropertySchema;
-  create(ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>): Device;
+  /** Builds the device; see DeviceFactory. */
+  create: DeviceFactory;
 }
 
+/** What a plugin package's entry module exports as `plugin`. */
 export interface DevicePlugin {
   /** PLUGIN_API_VERSION the plugin was built against. */
   apiVersion: number;
+  /** The package name (as in its package.json). */
   name: string;
+  /** The package version. */
   version: string;
+  /** The device types it provides: at least one, each TYPE once across all plugins. */
   deviceTypes: readonly DeviceType[];
 }
