@@ -1,0 +1,1 @@
+module.exports = { displayName: 'scsi', ...require('../../jest.preset.js')(__dirname) };
