@@ -21,7 +21,13 @@ describe('parseArgs', () => {
     [['run', '--kernel', 'k', '--device', 'x,novalue'], "--device 'x,novalue': 'novalue' is not key=value"],
     [['run', '--kernel', 'k', '--device', 'x,id=1bad'], "id '1bad' must start with a letter"],
     [['boot'], "unknown command 'boot'"],
+    [['plugins', '--all'], "plugins: unknown option '--all' (it takes --json)"],
   ])('%j -> %s', (argv, msg) => {
     expect(() => parseArgs(argv)).toThrow(msg);
+  });
+
+  it('parses the plugins subcommand', () => {
+    expect(parseArgs(['plugins'])).toEqual({ kind: 'plugins', json: false });
+    expect(parseArgs(['plugins', '--json'])).toEqual({ kind: 'plugins', json: true });
   });
 });

@@ -1,4 +1,4 @@
-/** Command-line parsing for `vmm run`. */
+/** Command-line parsing for `vmm run` and `vmm plugins`. */
 import * as fs from 'fs';
 import {
   checkConfig, ConfigError, configFromJson, defaultConfig, DeviceConfig, parseCpus, parseDeviceSpec, parseMemory,
@@ -6,9 +6,12 @@ import {
 } from './config';
 
 export const USAGE = `Usage: vmm run [options]
+       vmm plugins [--json]
        vmm --help
 
-Boot a guest on /dev/kvm.
+vmm run boots a guest on /dev/kvm. vmm plugins lists the device plugins this
+VMM has (built in, or loaded at run time from node_modules next to the bundle
+and VMM_PLUGIN_PATH): package, version, plugin API, device types.
 
 Options:
   --kernel PATH          Linux bzImage (64-bit boot protocol) or PVH ELF kernel (required)
@@ -35,15 +38,20 @@ the host cannot emulate), 114 on a VM entry failure, 1 on a VMM error,
 2 on a usage error.
 `;
 
-export type Command = { kind: 'help' } | { kind: 'run'; config: VmConfig };
+export type Command = { kind: 'help' } | { kind: 'run'; config: VmConfig } | { kind: 'plugins'; json: boolean };
 
 const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor'];
 
 export function parseArgs(argv: readonly string[]): Command {
   const args = [...argv];
   if (args.length === 0 || args.includes('--help') || args.includes('-h')) return { kind: 'help' };
+  if (args[0] === 'plugins') {
+    const bad = args.slice(1).find((a) => a !== '--json');
+    if (bad !== undefined) throw new ConfigError(`plugins: unknown option '${bad}' (it takes --json)`);
+    return { kind: 'plugins', json: args.includes('--json') };
+  }
   if (args[0] === 'run') args.shift();
-  else if (!args[0].startsWith('-')) throw new ConfigError(`unknown command '${args[0]}' (try: vmm run --help)`);
+  else if (!args[0].startsWith('-')) throw new ConfigError(`unknown command '${args[0]}' (commands: run, plugins; see --help)`);
 
   let config = defaultConfig();
   const devices: DeviceConfig[] = [];

@@ -1,5 +1,5 @@
-import { DevicePlugin, PLUGIN_API_VERSION } from '@tsvmm/pci';
-import { buildContainer, DeviceRegistry, TYPES } from './container';
+import { DevicePlugin, PLUGIN_API_VERSION, PluginError } from '@tsvmm/pci';
+import { buildContainer, DeviceRegistry, MissingDeviceTypes, TYPES } from './container';
 import { defaultConfig } from './config';
 
 const fixture: DevicePlugin = {
@@ -16,8 +16,8 @@ const fixture: DevicePlugin = {
   ],
 };
 
-function registry(plugins: DevicePlugin[]) {
-  return buildContainer(defaultConfig(), plugins).get<DeviceRegistry>(TYPES.DeviceRegistry);
+function registry(plugins: DevicePlugin[], missing?: MissingDeviceTypes) {
+  return buildContainer(defaultConfig(), plugins, missing).get<DeviceRegistry>(TYPES.DeviceRegistry);
 }
 
 describe('DeviceRegistry (from the inversify container)', () => {
@@ -43,5 +43,28 @@ describe('DeviceRegistry (from the inversify container)', () => {
 
   it('refuses two plugins claiming one device type', () => {
     expect(() => registry([fixture, { ...fixture, name: 'other' }])).toThrow(/provided by both fixture-plugin and other/);
+  });
+
+  it('refuses a plugin with a broken schema at registration, naming plugin, device type and property', () => {
+    const broken = {
+      ...fixture,
+      deviceTypes: [{ ...fixture.deviceTypes[0], properties: { ...fixture.deviceTypes[0].properties, size: { type: 'size', description: 'a size', default: 1, min: 512 } } }],
+    } as DevicePlugin;
+    expect(() => registry([broken])).toThrow(PluginError);
+    expect(() => registry([broken])).toThrow("plugin fixture-plugin@0.0.1: device type 'fixture-dev': property 'size': default 1 is below min 512");
+  });
+
+  it('refuses a plugin declaring one device type twice', () => {
+    expect(() => registry([{ ...fixture, deviceTypes: [fixture.deviceTypes[0], fixture.deviceTypes[0]] }])).toThrow(
+      "plugin fixture-plugin@0.0.1: device type 'fixture-dev' is declared twice",
+    );
+  });
+
+  it('says a device type of a plugin left out of a slim build is not available in this build', () => {
+    const r = registry([fixture], { builtWith: ['fixture'], leftOut: [{ name: '@tsvmm/virtio-net', deviceTypes: ['virtio-net'] }] });
+    expect(() => r.validate([{ type: 'virtio-net', id: 'n0', props: {} }])).toThrow(
+      "--device virtio-net: device type 'virtio-net' is not available in this build (built with: fixture); it comes from plugin @tsvmm/virtio-net",
+    );
+    expect(() => r.validate([{ type: 'virtio-nothing', id: 'n0', props: {} }])).toThrow("unknown device type 'virtio-nothing' (available: fixture-dev)");
   });
 });

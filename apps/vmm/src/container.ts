@@ -6,14 +6,23 @@
 import 'reflect-metadata';
 import { Container } from 'inversify';
 import {
-  Device, DeviceContext, DevicePlugin, DeviceType, DEVICE_PLUGIN, parseProperties, PLUGIN_API_VERSION,
+  checkDevicePlugin, Device, DeviceContext, DevicePlugin, DeviceType, DEVICE_PLUGIN, parseProperties, PluginError,
 } from '@tsvmm/pci';
 import { ConfigError, DeviceConfig, VmConfig } from './config';
 
 export const TYPES = {
   Config: Symbol.for('tsvmm.Config'),
   DeviceRegistry: Symbol.for('tsvmm.DeviceRegistry'),
+  MissingDeviceTypes: Symbol.for('tsvmm.MissingDeviceTypes'),
 };
+
+/** Device types this VMM knows of but was built without (a slim bundle). */
+export interface MissingDeviceTypes {
+  /** Short names of the plugins the bundle was built with. */
+  builtWith: readonly string[];
+  /** The plugin packages left out, with the device types they declare. */
+  leftOut: readonly { name: string; deviceTypes: readonly string[] }[];
+}
 
 /** A device could not be created from valid properties (its file, TAP or similar failed). */
 export class DeviceSetupError extends Error {
@@ -26,15 +35,19 @@ export class DeviceSetupError extends Error {
 export class DeviceRegistry {
   private readonly byType = new Map<string, { plugin: DevicePlugin; type: DeviceType }>();
 
-  constructor(readonly plugins: readonly DevicePlugin[]) {
+  /**
+   * Checks each plugin (API version, device types, property schemas: a
+   * PluginError names the plugin, type and property) and indexes its types.
+   */
+  constructor(
+    readonly plugins: readonly DevicePlugin[],
+    private readonly missing?: MissingDeviceTypes,
+  ) {
     for (const plugin of plugins) {
-      if (plugin.apiVersion !== PLUGIN_API_VERSION)
-        throw new ConfigError(
-          `plugin ${plugin.name}@${plugin.version} was built for plugin API ${plugin.apiVersion}; this VMM speaks API ${PLUGIN_API_VERSION}`,
-        );
+      checkDevicePlugin(plugin);
       for (const type of plugin.deviceTypes) {
         const prev = this.byType.get(type.type);
-        if (prev) throw new ConfigError(`device type '${type.type}' is provided by both ${prev.plugin.name} and ${plugin.name}`);
+        if (prev) throw new PluginError(`device type '${type.type}' is provided by both ${prev.plugin.name} and ${plugin.name}`);
         this.byType.set(type.type, { plugin, type });
       }
     }
@@ -46,13 +59,16 @@ export class DeviceRegistry {
 
   lookup(type: string): DeviceType {
     const t = this.byType.get(type);
-    if (!t) {
-      const known = this.types;
-      throw new ConfigError(
-        `--device ${type}: unknown device type '${type}'` + (known.length ? ` (available: ${known.join(', ')})` : ' (no device plugins are loaded)'),
-      );
+    if (t) return t.type;
+    const leftOut = this.missing?.leftOut.find((p) => p.deviceTypes.includes(type));
+    if (leftOut && this.missing) {
+      const built = this.missing.builtWith.length ? `built with: ${this.missing.builtWith.join(', ')}` : 'built without device plugins';
+      throw new ConfigError(`--device ${type}: device type '${type}' is not available in this build (${built}); it comes from plugin ${leftOut.name}`);
     }
-    return t.type;
+    const known = this.types;
+    throw new ConfigError(
+      `--device ${type}: unknown device type '${type}'` + (known.length ? ` (available: ${known.join(', ')})` : ' (no device plugins are loaded)'),
+    );
   }
 
   /** Checks every configured device's type and properties before anything is created. */
@@ -86,13 +102,23 @@ export class DeviceRegistry {
   }
 }
 
-/** Builds the container for one VM from its configuration and the available plugins. */
-export function buildContainer(config: VmConfig, plugins: readonly DevicePlugin[]): Container {
+/**
+ * Builds the container for one VM from its configuration and the available
+ * plugins (and, for a slim bundle, the device types it was built without).
+ */
+export function buildContainer(config: VmConfig, plugins: readonly DevicePlugin[], missing?: MissingDeviceTypes): Container {
   const c = new Container();
   c.bind<VmConfig>(TYPES.Config).toConstantValue(config);
   for (const p of plugins) c.bind<DevicePlugin>(DEVICE_PLUGIN).toConstantValue(p);
+  if (missing) c.bind<MissingDeviceTypes>(TYPES.MissingDeviceTypes).toConstantValue(missing);
   c.bind<DeviceRegistry>(TYPES.DeviceRegistry)
-    .toDynamicValue((ctx) => new DeviceRegistry(ctx.container.isBound(DEVICE_PLUGIN) ? ctx.container.getAll<DevicePlugin>(DEVICE_PLUGIN) : []))
+    .toDynamicValue(
+      (ctx) =>
+        new DeviceRegistry(
+          ctx.container.isBound(DEVICE_PLUGIN) ? ctx.container.getAll<DevicePlugin>(DEVICE_PLUGIN) : [],
+          ctx.container.isBound(TYPES.MissingDeviceTypes) ? ctx.container.get<MissingDeviceTypes>(TYPES.MissingDeviceTypes) : undefined,
+        ),
+    )
     .inSingletonScope();
   return c;
 }

@@ -8,7 +8,9 @@ import { EXIT_CODE_VMM_ERROR, Machine, MachineExit } from './machine/machine';
 import { KernelImageError } from './machine/loader';
 import { Monitor } from './monitor/monitor';
 import { runHmp } from './monitor/hmp';
-import { loadPlugins } from './plugins';
+import { PluginError } from '@tsvmm/pci';
+import { loadPluginCatalog } from './plugins';
+import { formatPluginReport, pluginReport } from './plugins-report';
 import * as readline from 'readline';
 
 const EXIT_USAGE = 2;
@@ -105,11 +107,23 @@ export async function main(argv: readonly string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
+  const catalog = loadPluginCatalog();
+  if (cmd.kind === 'plugins') {
+    const report = pluginReport(catalog);
+    process.stdout.write(cmd.json ? JSON.stringify(report, null, 2) + '\n' : formatPluginReport(report));
+    return report.problems.length ? EXIT_CODE_VMM_ERROR : 0;
+  }
+  if (catalog.problems.length) {
+    // A plugin the VMM cannot use is an installation problem: refuse to start rather than run without it.
+    for (const p of catalog.problems) process.stderr.write(`vmm: ${p.message}\n`);
+    return EXIT_CODE_VMM_ERROR;
+  }
   const config = cmd.config;
   let machine: Machine;
   let serial: ReturnType<typeof serialSink>;
   try {
-    const container = buildContainer(config, loadPlugins());
+    const missing = catalog.builtWith ? { builtWith: catalog.builtWith, leftOut: catalog.leftOut } : undefined;
+    const container = buildContainer(config, catalog.plugins.map((p) => p.plugin), missing);
     const registry = container.get<DeviceRegistry>(TYPES.DeviceRegistry);
     registry.validate(config.devices);
     serial = serialSink(config);
@@ -123,7 +137,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stderr.write(`vmm: ${e.message}\n`);
       return EXIT_USAGE;
     }
-    if (e instanceof KernelImageError || e instanceof KvmUnavailableError || e instanceof DeviceSetupError) {
+    if (e instanceof KernelImageError || e instanceof KvmUnavailableError || e instanceof DeviceSetupError || e instanceof PluginError) {
       process.stderr.write(`vmm: ${e.message}\n`);
       return EXIT_CODE_VMM_ERROR;
     }
@@ -160,8 +174,13 @@ export async function main(argv: readonly string[]): Promise<number> {
   return exit.code;
 }
 
-if (require.main === module) {
-  main(process.argv.slice(2)).then(
+/**
+ * Runs `vmm ARGS...` and exits with its status. The bundle's generated entry
+ * calls it when main.js is run directly (`node dist/main.js run ...`), after
+ * it has registered its plugins; bin/vmm.js does the same through main().
+ */
+export function runAndExit(argv: readonly string[]): void {
+  main(argv).then(
     (code) => process.exit(code),
     (e) => {
       process.stderr.write(`vmm: internal error: ${(e as Error).stack ?? e}\n`);
