@@ -1,0 +1,1 @@
+module.exports = { displayName: 'plugin-tools', ...require('../../jest.preset.js')(__dirname), testTimeout: 120000 };
