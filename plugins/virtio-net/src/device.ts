@@ -248,18 +248,22 @@ export class VirtioNetDevice extends VirtioDevice {
 
   private control(q: SplitVirtqueue): void {
     let n = 0;
-    for (let chain = this.popChain(q); chain; chain = this.popChain(q)) {
-      if (chain.readableLength < 2 || chain.writableLength < 1) {
-        this.markBroken('control request needs a 2-byte header and a writable ack byte');
-        return;
+    // enableNotification moves avail_event (EVENT_IDX) past what we took: without it the driver
+    // would kick for its first command only and then wait forever for the second (Linux does).
+    do {
+      for (let chain = this.popChain(q); chain; chain = this.popChain(q)) {
+        if (chain.readableLength < 2 || chain.writableLength < 1) {
+          this.markBroken('control request needs a 2-byte header and a writable ack byte');
+          return;
+        }
+        const req = gather(this.memory, chain.readable, 0, chain.readableLength);
+        const ack = this.controlCommand(req[0], req[1], req.subarray(2)) ? N.VIRTIO_NET_OK : N.VIRTIO_NET_ERR;
+        const last = chain.writable[chain.writable.length - 1];
+        this.memory.writeU8(last.addr + last.len - 1, ack);
+        this.pushUsed(q, chain.head, 1);
+        n++;
       }
-      const req = gather(this.memory, chain.readable, 0, chain.readableLength);
-      const ack = this.controlCommand(req[0], req[1], req.subarray(2)) ? N.VIRTIO_NET_OK : N.VIRTIO_NET_ERR;
-      const last = chain.writable[chain.writable.length - 1];
-      this.memory.writeU8(last.addr + last.len - 1, ack);
-      this.pushUsed(q, chain.head, 1);
-      n++;
-    }
+    } while (this.canProcess && q.enableNotification());
     if (n) this.signalUsed(q);
   }
 
