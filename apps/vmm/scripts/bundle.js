@@ -75,6 +75,19 @@ function loadDiscovery() {
   return m.exports;
 }
 
+/**
+ * Writes esbuild's output files through a temporary name and a rename, so a
+ * VMM starting while the bundle is rebuilt reads the old or the new file,
+ * never half of one.
+ */
+function writeAtomically(result) {
+  for (const f of result.outputFiles) {
+    const tmp = `${f.path}.${process.pid}.tmp`;
+    fs.writeFileSync(tmp, f.contents);
+    fs.renameSync(tmp, f.path);
+  }
+}
+
 const buildOptions = (tsconfig) => ({
   bundle: true,
   platform: 'node',
@@ -84,6 +97,7 @@ const buildOptions = (tsconfig) => ({
   tsconfig,
   external: ['*.node'],
   logLevel: 'warning',
+  write: false,
 });
 
 function main() {
@@ -127,15 +141,17 @@ function main() {
     'if (require.main === module) runAndExit(process.argv.slice(2));',
   ].join('\n');
   const tsconfig = path.join(root, 'tsconfig.base.json');
-  esbuild.buildSync({
-    ...buildOptions(tsconfig),
-    stdin: { contents: entry, resolveDir: root, sourcefile: 'vmm-bundle-entry.ts', loader: 'ts' },
-    outfile: path.join(outdir, 'main.js'),
-  });
+  writeAtomically(
+    esbuild.buildSync({
+      ...buildOptions(tsconfig),
+      stdin: { contents: entry, resolveDir: root, sourcefile: 'vmm-bundle-entry.ts', loader: 'ts' },
+      outfile: path.join(outdir, 'main.js'),
+    }),
+  );
   // Worker-thread entry points the chosen plugins declare (vmmPlugin.workers), built next to main.js.
   for (const p of chosen) {
     for (const [name, file] of Object.entries(p.manifest.workers || {})) {
-      esbuild.buildSync({ ...buildOptions(tsconfig), entryPoints: [path.resolve(p.dir, file)], outfile: path.join(outdir, `${name}.js`) });
+      writeAtomically(esbuild.buildSync({ ...buildOptions(tsconfig), entryPoints: [path.resolve(p.dir, file)], outfile: path.join(outdir, `${name}.js`) }));
     }
   }
   const addon = path.join(root, 'libs/kvm-native/build/Release/kvm_native.node');
