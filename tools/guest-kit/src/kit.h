@@ -149,8 +149,9 @@ void pci_write8(unsigned bus, unsigned dev, unsigned fn, unsigned off, uint8_t v
 typedef const char *(*test_fn)(void);
 test_fn find_test(const char *name);
 
-/* ---- blktests.c, nettests.c ---- */
+/* ---- blktests.c, nettests.c, scsitests.c ---- */
 test_fn find_blk_test(const char *name);
 test_fn find_net_test(const char *name);
+test_fn find_scsi_test(const char *name);
 
 #endif

@@ -246,6 +246,8 @@ void kmain(uint64_t info, unsigned via)
 	if (!name)
 		name = "pci-scan";
 	test_fn fn = find_test(name);
+	if (!fn)
+		fn = find_scsi_test(name);
 	if (!fn) {
 		kprintf("guest-kit: FAIL test=%s reason=unknown-test\n", name);
 		guest_exit(EXIT_FAIL);
