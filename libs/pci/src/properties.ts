@@ -4,6 +4,16 @@
  * property) for free, whether the values come from --device or a JSON config.
  */
 
+/**
+ * One property of a device type's schema. Every spec has a `description`
+ * (shown in errors and docs). `default` fills in an absent property (it must
+ * have the spec's type, lie within `min`/`max` and be one of an enum's
+ * `values`); `required` makes an absent property an error (not together with a
+ * default). `string` values may be constrained by `pattern`, with
+ * `patternHint` saying what is expected; `int` takes decimal or 0x hex, `size`
+ * also K/M/G/T suffixes; `bool` takes on/off, true/false, yes/no, 1/0.
+ * checkDevicePlugin validates specs when a plugin is registered.
+ */
 export type PropertySpec =
   | { type: 'string'; description: string; default?: string; required?: boolean; pattern?: RegExp; patternHint?: string }
   | { type: 'path'; description: string; default?: string; required?: boolean }
@@ -12,6 +22,7 @@ export type PropertySpec =
   | { type: 'size'; description: string; default?: number; required?: boolean; min?: number; max?: number }
   | { type: 'enum'; description: string; values: readonly string[]; default?: string; required?: boolean };
 
+/** Property name (lower case, digits, '-'; not `id`) to spec. */
 export type PropertySchema = Record<string, PropertySpec>;
 
 export type PropertyValue = string | number | boolean;

@@ -13,6 +13,10 @@ import devicePluginGenerator = require('./generator');
 
 const ROOT = path.resolve(__dirname, '../../../..');
 const NAME = 'echo-gen';
+/** Child processes without colours (Nx sets FORCE_COLOR for its tasks), and any left stripped. */
+const PLAIN_ENV = { ...process.env, FORCE_COLOR: '0', NX_DAEMON: 'false', NX_NO_CLOUD: 'true' };
+// eslint-disable-next-line no-control-regex
+const plain = (s: string) => s.replace(/\x1b\[[0-9;]*m/g, '');
 
 /** A Tree over the real workspace that only records writes (for the generator's refusals). */
 function recordingTree(root: string) {
@@ -79,9 +83,9 @@ describe('device-plugin generator options', () => {
 describeKvm('device-plugin generator in a workspace copy', () => {
   const ws = fs.mkdtempSync(path.join(os.tmpdir(), 'gen-ws-'));
   const run = (cmd: string, args: string[], env: Record<string, string> = {}) => {
-    const r = spawnSync(cmd, args, { cwd: ws, encoding: 'utf8', timeout: 110_000, env: { ...process.env, NX_DAEMON: 'false', NX_NO_CLOUD: 'true', ...env } });
+    const r = spawnSync(cmd, args, { cwd: ws, encoding: 'utf8', timeout: 110_000, env: { ...PLAIN_ENV, ...env } });
     if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}:\n${r.stdout}\n${r.stderr}`);
-    return r.stdout;
+    return plain(r.stdout);
   };
   const bin = (name: string) => path.join(ROOT, 'node_modules/.bin', name);
 
@@ -107,10 +111,10 @@ describeKvm('device-plugin generator in a workspace copy', () => {
     const out = run(process.execPath, ['apps/vmm/dist/main.js', 'plugins']);
     expect(out).toMatch(new RegExp(`@tsvmm/${NAME} 0\\.1\\.0 {2}plugin API 1 {2}built in\\n {2}${NAME} +${NAME}: a virtio device`));
     const jest = spawnSync(process.execPath, [path.join(ROOT, 'node_modules/jest/bin/jest.js'), '--config', `plugins/${NAME}/jest.config.js`, '--ci'], {
-      cwd: ws, encoding: 'utf8', timeout: 110_000,
+      cwd: ws, encoding: 'utf8', timeout: 110_000, env: PLAIN_ENV,
     });
     if (jest.status !== 0) throw new Error(`the generated suite failed:\n${jest.stdout}\n${jest.stderr}`);
-    expect(jest.stderr).toMatch(/Tests: +5 passed, 5 total/);
+    expect(plain(jest.stderr)).toMatch(/Tests: +5 passed, 5 total/);
   });
 
   it('vmm run boots the guest kit with the new device (test=pci-scan sees virtio 0x107a, class other)', () => {
