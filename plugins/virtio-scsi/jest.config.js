@@ -1,0 +1,1 @@
+module.exports = { displayName: 'virtio-scsi', ...require('../../jest.preset.js')(__dirname) };

@@ -1,0 +1,298 @@
+/**
+ * The virtio-scsi host adapter (virtio 1.2 section 5.6): queue 0 is the
+ * control queue (task management, asynchronous notification), queue 1 the
+ * event queue, queues 2.. the request queues. Commands go to an ScsiTarget
+ * (@tsvmm/scsi), which knows nothing of virtqueues; data moves straight between
+ * the image and guest memory.
+ */
+import { ScsiResponse, ScsiTarget } from '@tsvmm/scsi';
+import { Descriptor, GuestMemory, readConfigImage, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
+import * as S from './generated/virtio-scsi-uapi';
+import { describeScsiChainError, parseCmdRequest, parseControlRequest, ScsiCmdRequest, ScsiControlRequest } from './request';
+
+export const VIRTIO_ID_SCSI = 8;
+export const QUEUE_SIZE = 256;
+const CONTROL_QUEUE = 0;
+const EVENT_QUEUE = 1;
+/** The first request queue. */
+export const REQUEST_QUEUE_BASE = 2;
+/** Largest transfer per command, in 512-byte sectors (what the driver may ask in one request). */
+const MAX_SECTORS = 0xffff;
+const CMD_PER_LUN = 128;
+/** virtio-scsi can address LUNs 0..16383 with flat addressing. */
+export const MAX_LUN = 16383;
+/** FUNCTION COMPLETE shares its value with VIRTIO_SCSI_S_OK. */
+const VIRTIO_SCSI_S_FUNCTION_COMPLETE = S.VIRTIO_SCSI_S_OK;
+
+export interface VirtioScsiOptions {
+  id: string;
+  /** Request queues. */
+  numQueues: number;
+  eventIdx?: boolean;
+  log?: (m: string) => void;
+}
+
+export interface ScsiAdapterCounters {
+  commands: number;
+  overruns: number;
+  badTarget: number;
+  aborted: number;
+  tmf: number;
+  anQueries: number;
+}
+
+/** A command handed to the target and not yet answered. */
+interface InFlight {
+  queue: SplitVirtqueue;
+  req: ScsiCmdRequest;
+  lun: number;
+  abort: AbortController;
+  /** Why the transport ended it early (ABORTED for ABORT TASK[ SET], RESET for resets). */
+  endedBy?: number;
+  done: Promise<void>;
+}
+
+export class VirtioScsiDevice extends VirtioDevice {
+  readonly target = new ScsiTarget();
+  readonly scsi: ScsiAdapterCounters = { commands: 0, overruns: 0, badTarget: 0, aborted: 0, tmf: 0, anQueries: 0 };
+  private readonly config = new Uint8Array(S.SIZEOF_virtio_scsi_config);
+  private readonly inFlight = new Set<InFlight>();
+  /** Bumped on reset: completions of requests from before a reset are dropped. */
+  private epoch = 0;
+  private readonly signalScheduled = new Set<number>();
+  /** Response bytes held back while bus mastering is off. */
+  private readonly pendingWrites: { bufs: Descriptor[]; bytes: Uint8Array }[] = [];
+
+  constructor(memory: GuestMemory, opts: VirtioScsiOptions) {
+    super(memory, {
+      id: opts.id, deviceId: VIRTIO_ID_SCSI, numQueues: REQUEST_QUEUE_BASE + opts.numQueues, queueMaxSize: QUEUE_SIZE,
+      features: 0n, eventIdx: opts.eventIdx, log: opts.log,
+    });
+    const dv = new DataView(this.config.buffer);
+    dv.setUint32(S.OFF_virtio_scsi_config_num_queues, opts.numQueues, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_seg_max, QUEUE_SIZE - 2, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_max_sectors, MAX_SECTORS, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_cmd_per_lun, CMD_PER_LUN, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_event_info_size, S.SIZEOF_virtio_scsi_event, true);
+    dv.setUint16(S.OFF_virtio_scsi_config_max_channel, 0, true);
+    dv.setUint16(S.OFF_virtio_scsi_config_max_target, 0, true); // one target: 0
+    dv.setUint32(S.OFF_virtio_scsi_config_max_lun, MAX_LUN, true);
+    this.resetConfig();
+  }
+
+  /** sense_size and cdb_size are the driver's to choose; a reset restores the defaults. */
+  private resetConfig(): void {
+    const dv = new DataView(this.config.buffer);
+    dv.setUint32(S.OFF_virtio_scsi_config_sense_size, S.VIRTIO_SCSI_SENSE_DEFAULT_SIZE, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_cdb_size, S.VIRTIO_SCSI_CDB_DEFAULT_SIZE, true);
+  }
+
+  private get senseSize(): number {
+    return new DataView(this.config.buffer).getUint32(S.OFF_virtio_scsi_config_sense_size, true);
+  }
+
+  private get cdbSize(): number {
+    return new DataView(this.config.buffer).getUint32(S.OFF_virtio_scsi_config_cdb_size, true);
+  }
+
+  readConfig(offset: number, size: number): number {
+    return readConfigImage(this.config, offset, size);
+  }
+
+  override writeConfig(offset: number, size: number, value: number): void {
+    // Only sense_size and cdb_size are driver-writable. Bounded so a header stays a sane size.
+    if (size !== 4) return;
+    if (offset === S.OFF_virtio_scsi_config_sense_size && value >>> 0 <= 252) {
+      new DataView(this.config.buffer).setUint32(offset, value >>> 0, true);
+    } else if (offset === S.OFF_virtio_scsi_config_cdb_size && value >>> 0 >= 6 && value >>> 0 <= 256) {
+      new DataView(this.config.buffer).setUint32(offset, value >>> 0, true);
+    }
+  }
+
+  override deviceInfo(): Record<string, unknown> {
+    const luns: Record<string, unknown> = {};
+    for (const l of this.target.luns) luns[String(l)] = this.target.lun(l)!.info();
+    return { 'request-queues': this.queues.length - REQUEST_QUEUE_BASE, 'in-flight': this.inFlight.size, ...this.scsi, luns };
+  }
+
+  protected override onReset(): void {
+    this.epoch++;
+    for (const f of this.inFlight) f.abort.abort();
+    this.inFlight.clear();
+    this.signalScheduled.clear();
+    this.pendingWrites.length = 0;
+    this.resetConfig();
+  }
+
+  protected processQueue(q: SplitVirtqueue): void {
+    if (q.index === EVENT_QUEUE) return; // buffers wait there for events; this adapter sends none (no hotplug)
+    do {
+      q.disableNotification();
+      for (let chain = this.popChain(q); chain; chain = this.popChain(q)) {
+        if (q.index === CONTROL_QUEUE) {
+          const parsed = parseControlRequest(this.memory, chain);
+          if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
+          void this.control(q, parsed.request);
+        } else {
+          const parsed = parseCmdRequest(this.memory, chain, this.cdbSize, this.senseSize);
+          if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
+          this.command(q, parsed.request);
+        }
+      }
+    } while (this.canProcess && q.enableNotification());
+  }
+
+  // --- request queues -------------------------------------------------------
+
+  private command(q: SplitVirtqueue, req: ScsiCmdRequest): void {
+    this.scsi.commands++;
+    const { address } = req;
+    if (!address.valid || address.target !== 0) {
+      this.scsi.badTarget++;
+      this.respond(q, req, { response: S.VIRTIO_SCSI_S_BAD_TARGET });
+      return;
+    }
+    const views = (bufs: Descriptor[]) => bufs.map((d) => this.memory.slice(d.addr, d.len));
+    const abort = new AbortController();
+    const epoch = this.epoch;
+    const f: InFlight = { queue: q, req, lun: address.lun, abort, done: Promise.resolve() };
+    f.done = this.target
+      .execute(address.lun, { cdb: req.cdb, dataOut: views(req.dataOut), dataIn: views(req.dataIn), signal: abort.signal })
+      .then(
+        (r) => ({ r, failed: undefined as unknown }),
+        (e: unknown) => ({ r: undefined, failed: e }),
+      )
+      .then(({ r, failed }) => {
+        this.inFlight.delete(f);
+        if (epoch !== this.epoch) return; // the driver reset the device meanwhile
+        if (f.endedBy !== undefined) {
+          this.scsi.aborted++;
+          this.respond(q, req, { response: f.endedBy });
+        } else if (failed !== undefined || !r) {
+          this.log(`${this.id}: lun ${address.lun}: ${(failed as Error)?.message ?? 'no response'}`);
+          this.respond(q, req, { response: S.VIRTIO_SCSI_S_FAILURE });
+        } else if (r.overrun) {
+          this.scsi.overruns++;
+          this.respond(q, req, { response: S.VIRTIO_SCSI_S_OVERRUN });
+        } else this.respond(q, req, { response: S.VIRTIO_SCSI_S_OK, result: r });
+      });
+    this.inFlight.add(f);
+  }
+
+  /** Writes the response header (and sense) and puts the chain on the used ring. */
+  private respond(q: SplitVirtqueue, req: ScsiCmdRequest, a: { response: number; result?: ScsiResponse }): void {
+    const resp = new Uint8Array(req.responseLength);
+    const dv = new DataView(resp.buffer);
+    const dataBytes = (a.result?.dataInLength ?? 0);
+    const offered = [...req.dataIn, ...req.dataOut].reduce((n, d) => n + d.len, 0);
+    if (a.result) {
+      const sense = a.result.sense.subarray(0, this.senseSize);
+      resp.set(sense, S.OFF_virtio_scsi_cmd_resp_sense);
+      dv.setUint32(S.OFF_virtio_scsi_cmd_resp_sense_len, sense.length, true);
+      dv.setUint32(S.OFF_virtio_scsi_cmd_resp_resid, a.result.residual, true);
+      resp[S.OFF_virtio_scsi_cmd_resp_status] = a.result.status;
+    } else dv.setUint32(S.OFF_virtio_scsi_cmd_resp_resid, offered, true); // nothing transferred
+    resp[S.OFF_virtio_scsi_cmd_resp_response] = a.response;
+    this.writeResponse(req.response, resp);
+    this.pushUsed(q, req.head, req.responseLength + dataBytes);
+    this.scheduleSignal(q);
+  }
+
+  private writeResponse(bufs: Descriptor[], bytes: Uint8Array): void {
+    if (this.disabled) this.pendingWrites.push({ bufs, bytes });
+    else if (this.driverOk && !this.broken) scatter(this.memory, bufs, bytes);
+  }
+
+  private scheduleSignal(q: SplitVirtqueue): void {
+    if (this.signalScheduled.has(q.index)) return;
+    this.signalScheduled.add(q.index);
+    // Completions that land in the same turn of the loop share one interrupt.
+    setImmediate(() => {
+      this.signalScheduled.delete(q.index);
+      this.signalUsed(q);
+    });
+  }
+
+  override setDisabled(disabled: boolean): void {
+    if (!disabled && this.disabled) for (const p of this.pendingWrites.splice(0)) scatter(this.memory, p.bufs, p.bytes);
+    super.setDisabled(disabled);
+  }
+
+  // --- control queue --------------------------------------------------------
+
+  private async control(q: SplitVirtqueue, req: ScsiControlRequest): Promise<void> {
+    const epoch = this.epoch;
+    let bytes: Uint8Array;
+    if (req.type === 'tmf') {
+      this.scsi.tmf++;
+      bytes = Uint8Array.of(await this.taskManagement(req));
+    } else if (req.type === 'an') {
+      this.scsi.anQueries++;
+      // No asynchronous notifications are supported: event_actual 0.
+      bytes = new Uint8Array(S.SIZEOF_virtio_scsi_ctrl_an_resp);
+      bytes[S.OFF_virtio_scsi_ctrl_an_resp_response] =
+        req.address.valid && req.address.target === 0 ? S.VIRTIO_SCSI_S_OK : S.VIRTIO_SCSI_S_BAD_TARGET;
+    } else {
+      bytes = Uint8Array.of(S.VIRTIO_SCSI_S_FAILURE);
+    }
+    if (epoch !== this.epoch) return;
+    this.writeResponse(req.response, bytes);
+    this.pushUsed(q, req.head, bytes.length);
+    this.scheduleSignal(q);
+  }
+
+  /**
+   * SAM task management. Commands cannot be pulled back from the image's I/O
+   * once submitted, so an aborted command is answered ABORTED (or RESET) when
+   * its I/O ends, and the function completes only after that: the guest never
+   * gets a buffer back while the device may still write into it.
+   */
+  private async taskManagement(req: Extract<ScsiControlRequest, { type: 'tmf' }>): Promise<number> {
+    const { address, subtype } = req;
+    if (!address.valid || address.target !== 0) return S.VIRTIO_SCSI_S_BAD_TARGET;
+    const onLun = [...this.inFlight].filter((f) => f.lun === address.lun);
+    const end = async (list: InFlight[], why: number) => {
+      for (const f of list) {
+        f.endedBy ??= why;
+        f.abort.abort();
+      }
+      await Promise.all(list.map((f) => f.done));
+    };
+    const lunExists = this.target.lun(address.lun) !== undefined;
+    switch (subtype) {
+      case S.VIRTIO_SCSI_T_TMF_ABORT_TASK:
+        await end(onLun.filter((f) => f.req.tag === req.tag), S.VIRTIO_SCSI_S_ABORTED);
+        return VIRTIO_SCSI_S_FUNCTION_COMPLETE;
+      case S.VIRTIO_SCSI_T_TMF_ABORT_TASK_SET:
+      case S.VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET:
+        await end(onLun, S.VIRTIO_SCSI_S_ABORTED);
+        return VIRTIO_SCSI_S_FUNCTION_COMPLETE;
+      case S.VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET:
+        if (!lunExists) return S.VIRTIO_SCSI_S_INCORRECT_LUN;
+        await end(onLun, S.VIRTIO_SCSI_S_RESET);
+        this.target.lun(address.lun)?.reset('lun-reset');
+        return VIRTIO_SCSI_S_FUNCTION_COMPLETE;
+      case S.VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET:
+        await end([...this.inFlight], S.VIRTIO_SCSI_S_RESET);
+        this.target.reset('nexus-reset');
+        return VIRTIO_SCSI_S_FUNCTION_COMPLETE;
+      case S.VIRTIO_SCSI_T_TMF_QUERY_TASK:
+        return onLun.some((f) => f.req.tag === req.tag) ? S.VIRTIO_SCSI_S_FUNCTION_SUCCEEDED : VIRTIO_SCSI_S_FUNCTION_COMPLETE;
+      case S.VIRTIO_SCSI_T_TMF_QUERY_TASK_SET:
+        return onLun.length ? S.VIRTIO_SCSI_S_FUNCTION_SUCCEEDED : VIRTIO_SCSI_S_FUNCTION_COMPLETE;
+      default:
+        // CLEAR ACA (no ACA support) and anything unknown.
+        return S.VIRTIO_SCSI_S_FUNCTION_REJECTED;
+    }
+  }
+
+  /** Waits for every command in flight (for an orderly stop). */
+  async drain(): Promise<void> {
+    await Promise.all([...this.inFlight].map((f) => f.done));
+  }
+
+  async destroy(): Promise<void> {
+    await this.drain();
+    this.target.close();
+  }
+}

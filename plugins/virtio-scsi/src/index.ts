@@ -1,0 +1,120 @@
+/**
+ * The virtio-scsi plugin, QEMU-shaped:
+ *   --device virtio-scsi,id=scsi0[,num-queues=N][,ioeventfd=on|off][,event-idx=on|off]
+ *   --device scsi-hd,bus=scsi0,lun=N,file=PATH[,readonly=on][,serial=S][,cache=writeback|none][,logical-block-size=512|4096]
+ * The adapter exposes one target (0); each scsi-hd is a LUN on it, emulated by
+ * @tsvmm/scsi over a raw image file.
+ */
+import { BackendOpenError, RawFileBackend } from '@tsvmm/block';
+import {
+  Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
+} from '@tsvmm/pci';
+import { ScsiDisk } from '@tsvmm/scsi';
+import { MAX_LUN, VirtioScsiDevice } from './device';
+
+export { VirtioScsiDevice, VIRTIO_ID_SCSI, REQUEST_QUEUE_BASE, MAX_LUN } from './device';
+export type { ScsiAdapterCounters } from './device';
+export * as virtioScsiUapi from './generated/virtio-scsi-uapi';
+
+/** PCI class: mass storage controller, SCSI. */
+export const VIRTIO_SCSI_CLASS_CODE = 0x010000;
+
+export class VirtioScsiPci extends VirtioPciPluginDevice {
+  readonly type = 'virtio-scsi';
+  constructor(
+    id: string,
+    readonly scsi: VirtioScsiDevice,
+    transport: VirtioPciDevice,
+  ) {
+    super(id, transport);
+  }
+
+  override reset(): void {
+    super.reset();
+    this.scsi.target.reset('power-on');
+  }
+
+  override async destroy(): Promise<void> {
+    await super.destroy();
+    await this.scsi.destroy();
+  }
+}
+
+/** A LUN on an adapter; the adapter owns (and closes) its disk. */
+export class ScsiHd implements Device {
+  readonly type = 'scsi-hd';
+  constructor(
+    readonly id: string,
+    readonly bus: VirtioScsiPci,
+    readonly lun: number,
+    readonly disk: ScsiDisk,
+  ) {}
+}
+
+export function createVirtioScsi(ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>): VirtioScsiPci {
+  const scsi = new VirtioScsiDevice(ctx.memory, { id, numQueues: props['num-queues'] as number, eventIdx: props['event-idx'] as boolean, log: ctx.log });
+  const transport = new VirtioPciDevice(scsi, ctx, { classCode: VIRTIO_SCSI_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
+  transport.stall = { ms: props['stall-ms'] as number, policy: props['stall-policy'] as 'none' | 'kick' };
+  return new VirtioScsiPci(id, scsi, transport);
+}
+
+export function createScsiHd(ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>): ScsiHd {
+  // QEMU names the bus "scsi0.0"; the adapter's id alone is accepted too.
+  const busId = (props.bus as string).replace(/\.0$/, '');
+  const bus = ctx.device(busId);
+  if (!(bus instanceof VirtioScsiPci))
+    throw new Error(`bus=${props.bus as string}: no virtio-scsi adapter with that id (define --device virtio-scsi,id=${busId} before its disks)`);
+  const lun = props.lun as number;
+  if (bus.scsi.target.lun(lun)) throw new Error(`lun=${lun}: bus ${busId} already has a device on that LUN`);
+  let backend: RawFileBackend;
+  try {
+    backend = new RawFileBackend(props.file as string, props.readonly as boolean, props.cache === 'none');
+  } catch (e) {
+    if (e instanceof BackendOpenError) throw new Error(`file=${e.message}`);
+    throw e;
+  }
+  const blockSize = props['logical-block-size'] as number;
+  if (blockSize !== 512 && blockSize !== 4096) throw new Error(`logical-block-size=${blockSize}: must be 512 or 4096`);
+  if (backend.size < blockSize) {
+    backend.close();
+    throw new Error(`file=${props.file as string} is smaller than one ${blockSize}-byte block`);
+  }
+  const disk = new ScsiDisk({
+    backend, readonly: props.readonly as boolean, serial: (props.serial as string | undefined) ?? id, logicalBlockSize: blockSize,
+  });
+  bus.scsi.target.attach(lun, disk);
+  return new ScsiHd(id, bus, lun, disk);
+}
+
+export const plugin: DevicePlugin = {
+  apiVersion: PLUGIN_API_VERSION,
+  name: '@tsvmm/virtio-scsi',
+  version: '0.1.0',
+  deviceTypes: [
+    {
+      type: 'virtio-scsi',
+      description: 'virtio SCSI host adapter (virtio-pci, modern); its disks are scsi-hd devices on bus=ID',
+      properties: {
+        'num-queues': { type: 'int', description: 'request queues', default: 1, min: 1, max: 16 },
+        ioeventfd: { type: 'bool', description: 'queue notifications through KVM ioeventfd (off: through the exit path)', default: true },
+        'event-idx': { type: 'bool', description: 'offer VIRTIO_RING_F_EVENT_IDX', default: true },
+        ...VIRTIO_PCI_DEBUG_PROPERTIES,
+      },
+      create: createVirtioScsi,
+    },
+    {
+      type: 'scsi-hd',
+      description: 'SCSI disk (SBC) on a virtio-scsi adapter, backed by a raw image file',
+      properties: {
+        bus: { type: 'string', description: 'id of the virtio-scsi adapter (QEMU\'s ID.0 accepted)', required: true },
+        lun: { type: 'int', description: 'logical unit number on target 0', default: 0, min: 0, max: MAX_LUN },
+        file: { type: 'path', description: 'raw image file or block device', required: true },
+        readonly: { type: 'bool', description: 'write-protect the LUN (DATA PROTECT on writes)', default: false },
+        serial: { type: 'string', description: 'unit serial number, VPD page 0x80 (default: the device id)', pattern: /^[\x21-\x7e]{1,36}$/, patternHint: '1 to 36 printable ASCII characters without spaces' },
+        cache: { type: 'enum', description: 'writeback (page cache) or none (O_DIRECT)', values: ['writeback', 'none'], default: 'writeback' },
+        'logical-block-size': { type: 'int', description: 'logical block size in bytes: 512 or 4096', default: 512, min: 512, max: 4096 },
+      },
+      create: createScsiHd,
+    },
+  ],
+};
