@@ -153,6 +153,8 @@ export function loadPluginCatalog(env: NodeJS.ProcessEnv = process.env): PluginC
     catalog.leftOut = bundled.leftOut;
     catalog.builtWith = bundled.plugins.map((b) => shortName(b.package.name));
     scanAndLoad([path.join(bundled.dir, 'node_modules'), ...pluginPathFromEnv(env)], 'run-time');
+    // A left-out plugin installed as a run-time package is not missing any more.
+    catalog.leftOut = catalog.leftOut.filter((p) => !names.has(p.name));
   } else {
     scanAndLoad([path.join(WORKSPACE_ROOT, 'plugins')], 'workspace');
     scanAndLoad(pluginPathFromEnv(env), 'run-time');

@@ -4,6 +4,7 @@
 // plugin package at run time (VMM_PLUGIN_PATH) while refusing one built for
 // another plugin API before running any of its code.
 import { execFileSync, spawn } from 'child_process';
+import * as esbuild from 'esbuild';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -106,6 +107,22 @@ describeKvm('a slim VMM bundle (one plugin)', () => {
     const r = await vmm(['run', '--kernel', GUEST_ELF, '--memory', '64M', '--cmdline', 'test=pci-scan', '--device', 'rt-null,id=x'], env);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/pci: 00:\d\d\.0 vendor=0x1af4 device=0x107a class=0xff0000/);
+  });
+
+  it('takes a left-out workspace plugin compiled into a run-time package (esbuild, host libraries external)', async () => {
+    const dir = path.join(tmp, 'rt-net', 'virtio-net');
+    esbuild.buildSync({
+      entryPoints: [path.join(ROOT, 'plugins/virtio-net/src/index.ts')], bundle: true, platform: 'node', target: 'node20', format: 'cjs',
+      external: ['@tsvmm/pci', '@tsvmm/virtio-core', '@tsvmm/kvm-native'], tsconfig: path.join(ROOT, 'tsconfig.base.json'),
+      outfile: path.join(dir, 'index.js'), logLevel: 'warning',
+    });
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'plugins/virtio-net/package.json'), 'utf8'));
+    fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ ...pkg, main: 'index.js' }));
+    const r = await vmm(['plugins', '--json'], { VMM_PLUGIN_PATH: path.dirname(dir) });
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout);
+    expect(report.plugins.map((p: { name: string; origin: string }) => `${p.name} ${p.origin}`)).toEqual(['@tsvmm/virtio-blk built-in', '@tsvmm/virtio-net run-time']);
+    expect(report.leftOut.map((p: { name: string }) => p.name)).not.toContain('@tsvmm/virtio-net');
   });
 
   it('refuses a run-time package built for another plugin API before loading it', async () => {
