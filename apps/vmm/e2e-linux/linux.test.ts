@@ -35,6 +35,25 @@ describeKvm('Linux guest', () => {
     expect(data[131072]).toBe(0xee);
   });
 
+  it('virtio-scsi: virtio_scsi + sd find both LUNs with their sizes, vendor, model and serials; O_DIRECT pattern round trip', async () => {
+    const a = path.join(tmp, 'scsi-a.img');
+    const b = path.join(tmp, 'scsi-b.img');
+    fs.writeFileSync(a, Buffer.alloc(8 * 2 ** 20, 0xee));
+    fs.writeFileSync(b, Buffer.alloc(2 * 2 ** 20, 0x11));
+    const r = await runLinux('scsi', {
+      args: ['--device', 'virtio-scsi,id=scsi0', '--device', `scsi-hd,bus=scsi0,lun=0,file=${a},serial=LINUX-A`,
+        '--device', `scsi-hd,bus=scsi0,lun=3,file=${b},readonly=on,serial=LINUX-B`],
+    });
+    expectGuestPass(r, 'scsi');
+    expect(r.out).toContain("linux-guest: scsi-disk dev=sda hctl=0:0:0:0 sectors=16384 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-A'");
+    expect(r.out).toContain("linux-guest: scsi-disk dev=sdb hctl=0:0:0:3 sectors=4096 ro=1 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-B'");
+    expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-request/);
+    const data = fs.readFileSync(a);
+    expect(data.subarray(0, 65536).equals(guestPattern())).toBe(true);
+    expect(data[65536]).toBe(0xee);
+    expect(fs.readFileSync(b).every((x) => x === 0x11)).toBe(true);
+  });
+
   describe('virtio-net over a TAP in a network namespace', () => {
     const MAC = '52:54:00:00:09:02';
     let ns: TapNetns | undefined;
