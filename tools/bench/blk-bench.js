@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /*
- * Block-I/O benchmark: what one virtio-blk read request costs in our VMM (with
- * and without KVM ioeventfd on the notify register) compared with QEMU on the
- * same guest, and with plain pread() on the same image file from Node.
+ * Block-I/O benchmark: what one virtio-blk (or, with --device scsi, one
+ * virtio-scsi READ) request costs in our VMM (with and without KVM ioeventfd on
+ * the notify register) compared with QEMU on the same guest, and with plain
+ * pread() on the same image file from Node.
  *
  * The guest (tools/guest-kit, test=blk-bench) does `count` reads from its
  * virtio-blk disk (random or sequential, bs bytes, `depth` in flight) from a
@@ -11,10 +12,11 @@
  * (median t(N2) - median t(N1)) / (N2 - N1), which cancels process start,
  * boot (SeaBIOS under QEMU) and device set-up.
  *
- *   node tools/bench/blk-bench.js [--reps 3] [--workloads LIST] [--counts WL[@RUNNER]=N1:N2,...]
+ *   node tools/bench/blk-bench.js [--device blk|scsi] [--reps 3] [--workloads LIST] [--counts WL[@RUNNER]=N1:N2,...]
  *                                 [--scale F] [--runners LIST] [--pin CPULIST] [--out FILE.json]
  *
- * Results: a markdown table on stdout, JSON in tools/bench/results/blk-bench.json.
+ * Results: a markdown table on stdout, JSON in tools/bench/results/blk-bench.json
+ * (scsi-bench.json with --device scsi).
  */
 'use strict';
 
@@ -31,7 +33,36 @@ const VMM_BIN = path.join(ROOT, 'apps/vmm/bin/vmm.js');
 const VMM_DIST = path.join(ROOT, 'apps/vmm/dist');
 const VMM_BUNDLE = path.join(VMM_DIST, 'main.js');
 const QEMU = 'qemu-system-x86_64';
-const DEFAULT_OUT = path.join(BENCH_DIR, 'results/blk-bench.json');
+/*
+ * The device under test. The guest kit's blk-bench and scsi-bench tests take the
+ * same arguments and print the same lines (with their own prefix).
+ */
+const DEVICES = {
+  blk: {
+    test: 'blk-bench',
+    vmm: (image, ioeventfd, props) => ['--device', `virtio-blk,id=d0,file=${image}${ioeventfd ? '' : ',ioeventfd=off'}${props}`],
+    qemuLabel: 'QEMU (KVM, virtio-blk-pci)',
+    qemu: (image) => ['-drive', `file=${image},if=none,id=d0,format=raw,cache=writeback,aio=threads`, '-device', 'virtio-blk-pci,drive=d0,disable-legacy=on'],
+  },
+  scsi: {
+    test: 'scsi-bench',
+    vmm: (image, ioeventfd, props) => ['--device', `virtio-scsi,id=scsi0${ioeventfd ? '' : ',ioeventfd=off'}`, '--device', `scsi-hd,bus=scsi0,lun=0,file=${image}${props}`],
+    qemuLabel: 'QEMU (KVM, virtio-scsi-pci + scsi-hd)',
+    qemu: (image) => ['-drive', `file=${image},if=none,id=d0,format=raw,cache=writeback,aio=threads`, '-device', 'virtio-scsi-pci,id=scsi0,disable-legacy=on',
+      '-device', 'scsi-hd,bus=scsi0.0,lun=0,drive=d0'],
+  },
+};
+const DEVICE = (() => {
+  const i = process.argv.findIndex((a) => a === '--device' || a.startsWith('--device='));
+  if (i < 0) return 'blk';
+  return process.argv[i].includes('=') ? process.argv[i].split('=')[1] : process.argv[i + 1];
+})();
+const DEV = DEVICES[DEVICE];
+if (!DEV) {
+  process.stderr.write(`blk-bench: --device: expected blk or scsi, got ${DEVICE}\n`);
+  process.exit(2);
+}
+const DEFAULT_OUT = path.join(BENCH_DIR, `results/${DEV.test}.json`);
 const MIB = 1024 * 1024;
 const BUILD_HINT =
   'node libs/kvm-native/scripts/build-native.js && make -C tools/guest-kit && node apps/vmm/scripts/bundle.js';
@@ -45,17 +76,24 @@ const BUILD_HINT =
  * native); irq=1 (the guest's default): the loop re-arms interrupts, and each
  * one is taken by the CPL0 handler, which this host emulates.
  */
-const WORKLOADS = [
+const BLK_WORKLOADS = [
   { id: 'rand4k-d1', label: '4 KiB random read, depth 1', mode: 'randread', bs: 4096, depth: 1, irq: 0, counts: { 'vmm-on': [2000, 27000], 'vmm-off': [2000, 32000], qemu: [2000, 52000] } },
   { id: 'rand4k-d8', label: '4 KiB random read, depth 8', mode: 'randread', bs: 4096, depth: 8, irq: 0, counts: { 'vmm-on': [4000, 84000], 'vmm-off': [4000, 84000], qemu: [4000, 124000] } },
   { id: 'seq256k-d1', label: '256 KiB sequential read, depth 1', mode: 'seqread', bs: 262144, depth: 1, irq: 0, counts: { 'vmm-on': [1000, 17000], 'vmm-off': [1000, 13000], qemu: [1000, 25000] } },
   { id: 'rand4k-d1-irq', label: '4 KiB random read, depth 1, interrupts on', mode: 'randread', bs: 4096, depth: 1, irq: 1, counts: { 'vmm-on': [2000, 32000], 'vmm-off': [2000, 22000], qemu: [2000, 27000] } },
 ];
+/* scsi-bench's buffer holds 1 MiB, so the sequential workload is the 1 MiB one virtio-scsi users quote. */
+const SCSI_WORKLOADS = [
+  ...BLK_WORKLOADS.filter((w) => w.id.startsWith('rand4k')),
+  { id: 'seq1m-d1', label: '1 MiB sequential read, depth 1', mode: 'seqread', bs: 1048576, depth: 1, irq: 0, counts: { 'vmm-on': [200, 2200], 'vmm-off': [200, 2200], qemu: [200, 3200] } },
+];
+const WORKLOADS = DEVICE === 'scsi' ? SCSI_WORKLOADS : BLK_WORKLOADS;
 
 const RUNNER_IDS = ['vmm-on', 'vmm-off', 'qemu'];
 
 const USAGE = `usage: node tools/bench/blk-bench.js [options]
   --reps N          timed runs per runner, workload and count (default 3)
+  --device blk|scsi virtio-blk (default) or virtio-scsi + scsi-hd (guest test scsi-bench)
   --workloads LIST  comma-separated subset of: ${WORKLOADS.map((w) => w.id).join(', ')} (default: all)
   --counts LIST     request counts N1:N2 for a workload (all runners) or one runner of it,
                     e.g. rand4k-d1=2000:22000,seq256k-d1@qemu=1000:30000
@@ -80,7 +118,7 @@ function parseArgs(argv) {
     hostMs: 1000, image: undefined, imageMib: 256, keepImage: false, timeoutS: 600, pin: undefined, out: undefined,
     vmmProps: '', snapshot: true,
   };
-  const valued = ['--reps', '--workloads', '--counts', '--scale', '--runners', '--host-ms', '--image', '--image-mib', '--timeout', '--pin', '--out', '--vmm-props'];
+  const valued = ['--device', '--reps', '--workloads', '--counts', '--scale', '--runners', '--host-ms', '--image', '--image-mib', '--timeout', '--pin', '--out', '--vmm-props'];
   for (let i = 0; i < argv.length; i++) {
     let flag = argv[i];
     let value;
@@ -108,6 +146,7 @@ function parseArgs(argv) {
       return Number(v);
     };
     switch (flag) {
+      case '--device': break; // read before parsing (DEVICE)
       case '--reps': opts.reps = int(value); break;
       case '--host-ms': opts.hostMs = int(value); break;
       case '--image-mib': opts.imageMib = int(value); break;
@@ -149,7 +188,7 @@ function parseArgs(argv) {
   if (!opts.workloads.length || !opts.runners.length) usageError('nothing to run');
   if (opts.imageMib < 1) usageError('--image-mib must be at least 1');
   if (opts.out === undefined) {
-    opts.out = opts.pin === undefined ? DEFAULT_OUT : path.join(path.dirname(DEFAULT_OUT), `blk-bench-pin${opts.pin.replace(/,/g, '_')}.json`);
+    opts.out = opts.pin === undefined ? DEFAULT_OUT : path.join(path.dirname(DEFAULT_OUT), `${DEV.test}-pin${opts.pin.replace(/,/g, '_')}.json`);
   }
   return opts;
 }
@@ -303,26 +342,25 @@ function residentBytes(p) {
 /* ---------------- runners ---------------- */
 
 function guestCmdline(w, count) {
-  return `test=blk-bench mode=${w.mode} bs=${w.bs} count=${count} depth=${w.depth} irq=${w.irq}`;
+  return `test=${DEV.test} mode=${w.mode} bs=${w.bs} count=${count} depth=${w.depth} irq=${w.irq}`;
 }
 
 function makeRunners(vmmBin, guest, image, vmmProps) {
   const vmm = (ioeventfd) => (w, n) => [
     process.execPath,
     [vmmBin, 'run', '--memory', '256M', '--kernel', guest, '--cmdline', guestCmdline(w, n), '--serial', 'stdio',
-      '--device', `virtio-blk,id=d0,file=${image}${ioeventfd ? '' : ',ioeventfd=off'}${vmmProps}`],
+      ...DEV.vmm(image, ioeventfd, vmmProps)],
   ];
   return [
     { id: 'vmm-on', label: 'our VMM, ioeventfd=on', cmd: vmm(true), passCode: 0 },
     { id: 'vmm-off', label: 'our VMM, ioeventfd=off', cmd: vmm(false), passCode: 0 },
     {
       id: 'qemu',
-      label: 'QEMU (KVM, virtio-blk-pci)',
+      label: DEV.qemuLabel,
       cmd: (w, n) => [
         QEMU,
         ['-enable-kvm', '-nographic', '-no-reboot', '-m', '256', '-kernel', guest, '-append', guestCmdline(w, n),
-          '-drive', `file=${image},if=none,id=d0,format=raw,cache=writeback,aio=threads`,
-          '-device', 'virtio-blk-pci,drive=d0,disable-legacy=on', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4'],
+          ...DEV.qemu(image), '-device', 'isa-debug-exit,iobase=0xf4,iosize=4'],
       ],
       passCode: 1, // isa-debug-exit: (0 << 1) | 1
     },
@@ -378,13 +416,14 @@ function describe(cmd, args) {
 
 /* The guest's two result lines, checked against what was asked for. */
 function parseGuest(w, n, stdout) {
-  const a = new RegExp(`^blk-bench mode=(\\S+) bs=(\\d+) count=(\\d+) bytes=(\\d+)\\r?$`, 'm').exec(stdout);
-  const b = /^blk-bench ring=(\d+) depth=(\d+) irq=(\d) interrupts=(\d+) notifies=(\d+) errors=(\d+)\r?$/m.exec(stdout);
-  if (!/^guest-kit: PASS test=blk-bench\r?$/m.test(stdout)) {
+  const t = DEV.test;
+  const a = new RegExp(`^${t} mode=(\\S+) bs=(\\d+) count=(\\d+) bytes=(\\d+)\\r?$`, 'm').exec(stdout);
+  const b = new RegExp(`^${t} ring=(\\d+) depth=(\\d+) irq=(\\d) interrupts=(\\d+) notifies=(\\d+) errors=(\\d+)\\r?$`, 'm').exec(stdout);
+  if (!new RegExp(`^guest-kit: PASS test=${t}\\r?$`, 'm').test(stdout)) {
     const f = /^guest-kit: FAIL .*$/m.exec(stdout);
-    return { problem: f ? f[0].trim() : 'no "guest-kit: PASS test=blk-bench" line' };
+    return { problem: f ? f[0].trim() : `no "guest-kit: PASS test=${t}" line` };
   }
-  if (!a || !b) return { problem: 'no blk-bench result lines' };
+  if (!a || !b) return { problem: `no ${t} result lines` };
   if (a[1] !== w.mode || Number(a[2]) !== w.bs || Number(a[3]) !== n) return { problem: `guest reported "${a[0].trim()}", expected mode=${w.mode} bs=${w.bs} count=${n}` };
   if (Number(b[2]) !== w.depth || Number(b[3]) !== w.irq) return { problem: `guest reported "${b[0].trim()}", expected depth=${w.depth} irq=${w.irq}` };
   return { ring: Number(b[1]), interrupts: Number(b[4]), notifies: Number(b[5]), errors: Number(b[6]) };
@@ -679,7 +718,7 @@ async function main() {
   const lines = [];
   const pinNote = opts.pin === undefined ? 'not pinned' : `pinned: taskset -c ${opts.pin}`;
   const pct = (b) => (b === null ? 'n/a' : `${fmt((100 * b) / img.size, 1)}%`);
-  lines.push(`### Block-I/O benchmark (guest-kit blk-bench, ring-3 loop; ${reps} runs, medians; ${pinNote})`);
+  lines.push(`### Block-I/O benchmark (guest-kit ${DEV.test}, ring-3 loop; ${reps} runs, medians; ${pinNote})`);
   lines.push('');
   lines.push(
     `Image: ${img.size / MIB} MiB${img.created ? ' of random data' : ''}, read once before measuring so every runner reads from the page cache ` +
@@ -740,7 +779,7 @@ async function main() {
   process.stdout.write(`${lines.join('\n')}\n`);
 
   const json = {
-    benchmark: 'blk-bench',
+    benchmark: DEV.test,
     date: new Date().toISOString(),
     host: {
       hostname: os.hostname(),
