@@ -1,4 +1,4 @@
-// Emits plugins/virtio-scsi/src/generated/virtio-scsi-uapi.ts from <linux/virtio_scsi.h>.
+// Emits libs/virtio-scsi-core/src/generated/virtio-scsi-uapi.ts from <linux/virtio_scsi.h>.
 #include <linux/virtio_scsi.h>
 #include <stddef.h>
 #include <stdio.h>

@@ -22,5 +22,5 @@ else
   gen virtio "$root/libs/virtio-core/src/generated/virtio-uapi.ts"
   gen virtio-blk "$root/plugins/virtio-blk/src/generated/virtio-blk-uapi.ts"
   gen virtio-net "$root/plugins/virtio-net/src/generated/virtio-net-uapi.ts"
-  gen virtio-scsi "$root/plugins/virtio-scsi/src/generated/virtio-scsi-uapi.ts"
+  gen virtio-scsi "$root/libs/virtio-scsi-core/src/generated/virtio-scsi-uapi.ts"
 fi

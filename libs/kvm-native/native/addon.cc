@@ -199,6 +199,96 @@ Napi::Value Fallocate(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value UnixListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "path must be a string");
+  std::string path = info[0].As<Napi::String>();
+  int fd = sysUnixListen(path.c_str(), 8);
+  if (fd < 0) throw errnoError(env, fd, "listen", path);
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "path must be a string");
+  std::string path = info[0].As<Napi::String>();
+  int fd = sysUnixConnect(path.c_str());
+  if (fd < 0) throw errnoError(env, fd, "connect", path);
+  return Napi::Number::New(env, fd);
+}
+
+// Returns the new fd, or -1 when no connection is waiting.
+Napi::Value UnixAccept(const Napi::CallbackInfo& info) {
+  int fd = sysUnixAccept(argFd(info, 0));
+  if (fd == -EAGAIN || fd == -EWOULDBLOCK) return Napi::Number::New(info.Env(), -1);
+  if (fd < 0) throw errnoError(info.Env(), fd, "accept");
+  return Napi::Number::New(info.Env(), fd);
+}
+
+uint8_t* viewData(const Napi::Value& v, size_t* len) {
+  auto ta = v.As<Napi::TypedArray>();
+  *len = ta.ByteLength();
+  return static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+}
+
+// sendFds(fd, bytes: Uint8Array, fds: number[]): bytes sent.
+Napi::Value SendFds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = argFd(info, 0);
+  if (!info[1].IsTypedArray()) throw Napi::TypeError::New(env, "data must be a Uint8Array");
+  if (!info[2].IsArray()) throw Napi::TypeError::New(env, "fds must be an array");
+  auto arr = info[2].As<Napi::Array>();
+  if (arr.Length() > 64) throw Napi::RangeError::New(env, "at most 64 fds per message");
+  int fds[64];
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Value e = arr.Get(i);
+    if (!e.IsNumber() || e.As<Napi::Number>().Int32Value() < 0) throw Napi::TypeError::New(env, "fds must be non-negative numbers");
+    fds[i] = e.As<Napi::Number>().Int32Value();
+  }
+  size_t len;
+  uint8_t* p = viewData(info[1], &len);
+  // SAFETY: p/len describe a live JS buffer for the duration of this synchronous call.
+  long r = sysSendFds(fd, p, len, fds, static_cast<int>(arr.Length()));
+  if (r < 0) throw errnoError(env, static_cast<int>(r), "sendmsg");
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+// recvFds(fd, buf: Uint8Array, maxFds): { bytes, fds }.
+Napi::Value RecvFds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = argFd(info, 0);
+  if (!info[1].IsTypedArray()) throw Napi::TypeError::New(env, "buf must be a Uint8Array");
+  int maxFds = info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 0;
+  if (maxFds < 0 || maxFds > 64) throw Napi::RangeError::New(env, "maxFds must be in [0, 64]");
+  size_t len;
+  uint8_t* p = viewData(info[1], &len);
+  int fds[64];
+  int n = 0;
+  // SAFETY: p/len describe a live JS buffer for the duration of this synchronous call.
+  long r = sysRecvFds(fd, p, len, fds, maxFds, &n);
+  if (r < 0) throw errnoError(env, static_cast<int>(r), "recvmsg");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("bytes", Napi::Number::New(env, static_cast<double>(r)));
+  Napi::Array a = Napi::Array::New(env, n);
+  for (int i = 0; i < n; i++) a.Set(i, Napi::Number::New(env, fds[i]));
+  o.Set("fds", a);
+  return o;
+}
+
+Napi::Value PollIn(const Napi::CallbackInfo& info) {
+  int fd = argFd(info, 0);
+  int ms = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : -1;
+  int r = sysPollIn(fd, ms);
+  if (r < 0) throw errnoError(info.Env(), r, "poll");
+  return Napi::Boolean::New(info.Env(), r == 1);
+}
+
+Napi::Value Dup(const Napi::CallbackInfo& info) {
+  int r = sysDup(argFd(info, 0));
+  if (r < 0) throw errnoError(info.Env(), r, "dup");
+  return Napi::Number::New(info.Env(), r);
+}
+
 // FdWatcher: calls back on the JS thread whenever the fd is readable (uv_poll).
 class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
  public:
@@ -435,6 +525,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));
+  exports.Set("unixListen", Napi::Function::New(env, UnixListen));
+  exports.Set("unixConnect", Napi::Function::New(env, UnixConnect));
+  exports.Set("unixAccept", Napi::Function::New(env, UnixAccept));
+  exports.Set("sendFds", Napi::Function::New(env, SendFds));
+  exports.Set("recvFds", Napi::Function::New(env, RecvFds));
+  exports.Set("pollIn", Napi::Function::New(env, PollIn));
+  exports.Set("dup", Napi::Function::New(env, Dup));
   exports.Set("FdWatcher", FdWatcher::Init(env));
   exports.Set("VcpuThread", VcpuThread::Init(env));
   exports.Set("kvmRunSize", Napi::Number::New(env, sizeof(kvm_run)));

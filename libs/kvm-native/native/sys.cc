@@ -5,6 +5,10 @@
 #include <csignal>
 #include <fcntl.h>
 #include <mutex>
+#include <poll.h>
+#include <cstring>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -64,6 +68,126 @@ int sysMmapFd(int fd, size_t size, long offset, void** outAddr) {
   if (p == MAP_FAILED) return err();
   *outAddr = p;
   return 0;
+}
+
+static int fillAddr(const char* path, sockaddr_un* sa) {
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof sa->sun_path) return -ENAMETOOLONG;
+  strcpy(sa->sun_path, path);
+  return 0;
+}
+
+int sysUnixListen(const char* path, int backlog) {
+  sockaddr_un sa;
+  int r = fillAddr(path, &sa);
+  if (r < 0) return r;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return err();
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0 || listen(fd, backlog) < 0) {
+    int e = err();
+    close(fd);
+    return e;
+  }
+  return fd;
+}
+
+int sysUnixConnect(const char* path) {
+  sockaddr_un sa;
+  int r = fillAddr(path, &sa);
+  if (r < 0) return r;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return err();
+  do {
+    r = connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    int e = err();
+    close(fd);
+    return e;
+  }
+  return fd;
+}
+
+int sysUnixAccept(int listenFd) {
+  int fd;
+  do {
+    fd = accept4(listenFd, nullptr, nullptr, SOCK_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  return fd < 0 ? err() : fd;
+}
+
+long sysSendFds(int fd, const void* data, size_t len, const int* fds, int nfds) {
+  if (nfds < 0 || nfds > 64) return -EINVAL;
+  size_t sent = 0;
+  while (sent < len || (len == 0 && nfds > 0 && sent == 0)) {
+    iovec iov{const_cast<char*>(static_cast<const char*>(data)) + sent, len - sent};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 64)];
+    if (sent == 0 && nfds > 0) {
+      m.msg_control = ctl;
+      m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+      cmsghdr* c = CMSG_FIRSTHDR(&m);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+      // SAFETY: ctl has room for 64 ints and nfds <= 64 was checked above.
+      memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    ssize_t r = sendmsg(fd, &m, MSG_NOSIGNAL);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return err();
+    }
+    sent += static_cast<size_t>(r);
+    if (len == 0) break;
+  }
+  return static_cast<long>(sent);
+}
+
+long sysRecvFds(int fd, void* buf, size_t len, int* fds, int maxFds, int* nfds) {
+  *nfds = 0;
+  iovec iov{buf, len};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 64)];
+  m.msg_control = ctl;
+  m.msg_controllen = sizeof ctl;
+  ssize_t r;
+  do {
+    r = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return err();
+  for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    int n = static_cast<int>((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    int got[64];
+    // SAFETY: the kernel wrote n ints after the header; ctl holds at most 64.
+    memcpy(got, CMSG_DATA(c), sizeof(int) * (n > 64 ? 64 : n));
+    for (int i = 0; i < n && i < 64; i++) {
+      if (*nfds < maxFds) fds[(*nfds)++] = got[i];
+      else close(got[i]);
+    }
+  }
+  return static_cast<long>(r);
+}
+
+int sysPollIn(int fd, int timeoutMs) {
+  pollfd p{fd, POLLIN, 0};
+  int r;
+  do {
+    r = poll(&p, 1, timeoutMs);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return err();
+  return r > 0 ? 1 : 0;
+}
+
+int sysDup(int fd) {
+  int r = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  return r < 0 ? err() : r;
 }
 
 int sysMunmap(void* addr, size_t size) { return munmap(addr, size) < 0 ? err() : 0; }

@@ -28,6 +28,23 @@ int sysEventfdWrite(int fd, uint64_t value);
 // fallocate(2) (hole punching and zeroing for block backends).
 int sysFallocate(int fd, int mode, int64_t offset, int64_t len);
 
+// Unix stream sockets with descriptor passing (SCM_RIGHTS), for vhost-user.
+// Listening sockets are non-blocking (accept when polled readable); connected
+// sockets are blocking (callers poll first when they must not wait).
+int sysUnixListen(const char* path, int backlog);
+int sysUnixConnect(const char* path);
+// accept4; returns -EAGAIN when no connection is waiting.
+int sysUnixAccept(int listenFd);
+// sendmsg of all `len` bytes with `nfds` descriptors attached to the first byte.
+long sysSendFds(int fd, const void* data, size_t len, const int* fds, int nfds);
+// One recvmsg into `buf`: returns the byte count (0 at end of stream); up to
+// `maxFds` received descriptors are stored in `fds` and counted in *nfds
+// (extra ones are closed). Descriptors arrive close-on-exec.
+long sysRecvFds(int fd, void* buf, size_t len, int* fds, int maxFds, int* nfds);
+// poll(POLLIN) with a timeout: 1 readable (or hung up), 0 timeout.
+int sysPollIn(int fd, int timeoutMs);
+int sysDup(int fd);
+
 // The signal used to kick a vCPU thread out of KVM_RUN (handler is a no-op).
 int kickSignal();
 void installKickSignalHandler();

@@ -9,6 +9,12 @@ export class EventFd {
 
   private constructor(readonly fd: number) {}
 
+  /** Adopts an eventfd received from elsewhere (e.g. over a unix socket); closing the EventFd closes it. */
+  static adopt(fd: number): EventFd {
+    if (!Number.isInteger(fd) || fd < 0) throw new KvmArgumentError(`eventfd fd must be a non-negative integer, got ${fd}`);
+    return new EventFd(fd);
+  }
+
   /** A non-blocking, close-on-exec eventfd with the given initial count. */
   static create(initial = 0): EventFd {
     if (!Number.isInteger(initial) || initial < 0 || initial > 0xffffffff)

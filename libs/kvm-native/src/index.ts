@@ -7,3 +7,4 @@ export { loadNative, addonCandidates } from './native';
 export type { NativeAddon } from './native';
 export * as uapi from './generated/kvm-uapi';
 export * from './host-file';
+export * from './unix-socket';

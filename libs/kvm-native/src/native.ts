@@ -36,6 +36,14 @@ export interface NativeAddon {
   eventfdRead(fd: number): bigint;
   eventfdWrite(fd: number, value?: number | bigint): void;
   fallocate(fd: number, mode: number, offset: number, len: number): void;
+  unixListen(path: string): number;
+  unixConnect(path: string): number;
+  /** The accepted fd, or -1 when no connection is waiting. */
+  unixAccept(listenFd: number): number;
+  sendFds(fd: number, data: Uint8Array, fds: number[]): number;
+  recvFds(fd: number, buf: Uint8Array, maxFds: number): { bytes: number; fds: number[] };
+  pollIn(fd: number, timeoutMs: number): boolean;
+  dup(fd: number): number;
   FdWatcher: new (fd: number, onReadable: (err: Error | null) => void) => NativeFdWatcher;
   VcpuThread: new (
     vcpuFd: number,

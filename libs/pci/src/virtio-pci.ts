@@ -65,6 +65,12 @@ export interface VirtioPciOptions {
 interface HostNotifier {
   efd: EventFd;
   addr: number;
+  /**
+   * own: the VMM's eventfd, watched; backend: a vhost backend's kick eventfd
+   * (the VMM never reads it); interposed: the VMM's eventfd standing in for a
+   * backend's while kicks are being dropped (fault injection).
+   */
+  kind: 'own' | 'backend' | 'interposed';
 }
 
 export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
@@ -75,6 +81,12 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
   private vmRunning = true;
   private notifiersOwnedByBackend = false;
   private notifiers: (HostNotifier | undefined)[] = [];
+  /** Per queue: the kick eventfd of a vhost backend that owns the queue's notifier. */
+  private backendKicks: (EventFd | undefined)[] = [];
+  /** Per queue: a VMM-watched call eventfd for a backend whose queue has no MSI-X vector. */
+  private fallbackCalls: (EventFd | undefined)[] = [];
+  /** Told when the eventfd a backend should signal for a queue changes (its vector was reassigned). */
+  onCallEventFdChanged: ((queue: number) => void) | undefined;
 
   private deviceFeatureSelect = 0;
   private driverFeatureSelect = 0;
@@ -117,6 +129,8 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     this.pciCfgCapOffset = this.addVirtioCap(V.VIRTIO_PCI_CAP_PCI_CFG, 0, 0, undefined, true);
 
     this.device.interrupt = this;
+    // Fault injection on a backend-owned queue interposes the VMM (see syncHostNotifiers).
+    this.device.faultsChanged = () => setImmediate(() => this.syncHostNotifiers());
     // Bus mastering is off until the driver sets it: the device must not touch memory.
     this.device.setDisabled(true);
     this.slot = ctx.pci.attach(this, opts.slot);
@@ -261,7 +275,11 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
         if (queueWritable) q.size = v & 0xffff;
         return;
       case V.OFF_virtio_pci_common_cfg_queue_msix_vector:
-        if (q) this.queueVectors[this.queueSelect] = this.assignVector(this.queueVectors[this.queueSelect], v & 0xffff);
+        if (q) {
+          const old = this.queueVectors[this.queueSelect];
+          this.queueVectors[this.queueSelect] = this.assignVector(old, v & 0xffff);
+          if (this.queueVectors[this.queueSelect] !== old) this.onCallEventFdChanged?.(this.queueSelect);
+        }
         return;
       case V.OFF_virtio_pci_common_cfg_queue_enable:
         if (queueWritable && (v & 0xffff) === 1) q.ready = true;
@@ -328,38 +346,88 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     this.syncHostNotifiers();
   }
 
-  /** A vhost backend takes (or gives back) the queue notifiers. */
+  /** Turns off the VMM's own queue notifiers (kicks then come through the exit path). */
   setNotifiersOwnedByBackend(owned: boolean): void {
     this.notifiersOwnedByBackend = owned;
     this.syncHostNotifiers();
+  }
+
+  /**
+   * Handover to a vhost backend. For each queue with a kick eventfd, the VMM's
+   * own ioeventfd goes off and the backend's kick eventfd is registered with
+   * KVM for the queue's notify address, so guest kicks reach the backend
+   * without a VMM exit. `undefined` (or no eventfd for a queue) gives the
+   * notifier back to the VMM. The eventfds stay the caller's.
+   *
+   * While x-debug-virtqueue-drop drops kicks of such a queue, the VMM's
+   * eventfd stands in (its kicks go through VirtioDevice.notify, which drops
+   * or forwards them) until the count runs out.
+   */
+  setBackendKicks(kicks: readonly (EventFd | undefined)[] | undefined): void {
+    this.backendKicks = kicks ? [...kicks] : [];
+    this.syncHostNotifiers();
+  }
+
+  /** The vhost backend's kick eventfd of a queue, if one owns it. */
+  backendKick(queue: number): EventFd | undefined {
+    return this.backendKicks[queue];
+  }
+
+  /**
+   * The eventfd a vhost backend signals for a queue's used buffers: the irqfd
+   * of the queue's MSI-X vector (KVM injects it; while the vector or the
+   * function is masked the VMM watches it and sets the PBA bit, and
+   * unmasking delivers it), or, without a vector, a VMM-watched eventfd that
+   * raises the queue's interrupt the ordinary way.
+   */
+  queueCallEventFd(queue: number): EventFd {
+    const v = this.queueVectors[queue];
+    const efd = v !== undefined && v !== NO_VECTOR ? this.msix.eventFd(v) : undefined;
+    if (efd) return efd;
+    let f = this.fallbackCalls[queue];
+    if (!f) {
+      f = EventFd.create();
+      f.watch(() => this.signalQueue(queue));
+      this.fallbackCalls[queue] = f;
+    }
+    return f;
   }
 
   get hostNotifiersActive(): boolean {
     return this.notifiers.some((n) => n !== undefined);
   }
 
-  /** Registers or removes the per-queue ioeventfds to match the device state. */
+  /** Registers or removes the per-queue ioeventfds to match the device state and backend ownership. */
   private syncHostNotifiers(rebind = false): void {
     const base = this.barAddress(VIRTIO_BAR);
-    const want = this.ioeventfd && this.vmRunning && !this.notifiersOwnedByBackend && this.device.driverOk && base !== undefined;
+    const on = this.ioeventfd && this.vmRunning && this.device.driverOk && base !== undefined;
     this.device.queues.forEach((q, i) => {
       const cur = this.notifiers[i];
       const addr = base === undefined ? undefined : base + NOTIFY_OFFSET + i * NOTIFY_MULTIPLIER;
-      const wantThis = want && q.ready && addr !== undefined;
-      if (cur && (!wantThis || rebind || cur.addr !== addr)) {
-        this.ctx.vm.ioeventfd({ addr: cur.addr, len: 2, fd: cur.efd.fd, space: 'mmio' }, true);
-        cur.efd.unwatch();
-        // Test-and-clear: a kick that raced the removal is processed, not lost.
-        const raced = cur.efd.read();
-        cur.efd.close();
-        this.notifiers[i] = undefined;
-        if (raced > 0n) this.device.notify(i, 'ioeventfd');
+      const backend = this.backendKicks[i];
+      let kind: HostNotifier['kind'] | undefined;
+      if (on && q.ready && addr !== undefined) {
+        if (backend) kind = this.device.faults[i].dropKicks > 0 ? 'interposed' : 'backend';
+        else if (!this.notifiersOwnedByBackend) kind = 'own';
       }
-      if (wantThis && !this.notifiers[i]) {
-        const efd = EventFd.create();
+      const same = cur && kind === cur.kind && !rebind && cur.addr === addr && (kind !== 'backend' || cur.efd === backend);
+      if (cur && !same) {
+        this.ctx.vm.ioeventfd({ addr: cur.addr, len: 2, fd: cur.efd.fd, space: 'mmio' }, true);
+        this.notifiers[i] = undefined;
+        // A backend's kick eventfd keeps its count: the backend reads it.
+        if (cur.kind !== 'backend') {
+          cur.efd.unwatch();
+          // Test-and-clear: a kick that raced the removal is processed, not lost.
+          const raced = cur.efd.read();
+          cur.efd.close();
+          if (raced > 0n) this.device.notify(i, 'ioeventfd');
+        }
+      }
+      if (kind && !this.notifiers[i]) {
+        const efd = kind === 'backend' ? backend! : EventFd.create();
         this.ctx.vm.ioeventfd({ addr: addr!, len: 2, fd: efd.fd, space: 'mmio' });
-        efd.watch(() => this.device.notify(i, 'ioeventfd'));
-        this.notifiers[i] = { efd, addr: addr! };
+        if (kind !== 'backend') efd.watch(() => this.device.notify(i, 'ioeventfd'));
+        this.notifiers[i] = { efd, addr: addr!, kind };
       }
     });
   }
@@ -398,6 +466,11 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     return this.notifiers[queue] !== undefined;
   }
 
+  /** Who takes the queue's guest kicks: the VMM's ioeventfd, a vhost backend's kick eventfd, the VMM standing in for a backend, or the exit path. */
+  queueNotifierKind(queue: number): 'own' | 'backend' | 'interposed' | 'exit' {
+    return this.notifiers[queue]?.kind ?? 'exit';
+  }
+
   /** System reset: the device, its vectors and the PCI command register go back to power-on state. */
   reset(): void {
     this.writeStatus(0);
@@ -411,6 +484,8 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
   destroy(): void {
     this.vmRunning = false;
     this.syncHostNotifiers();
+    for (const f of this.fallbackCalls) f?.close();
+    this.fallbackCalls = [];
     this.msix.releaseAll();
     this.unmapAll();
   }

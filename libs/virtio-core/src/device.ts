@@ -118,10 +118,43 @@ export abstract class VirtioDevice {
     this.counters = this.queues.map(() => ({
       kicksEventfd: 0, kicksExit: 0, kicksDropped: 0, chains: 0, interrupts: 0, suppressed: 0, interruptsDropped: 0, debugEvents: 0,
     }));
-    this.faults = this.queues.map(() => ({ dropKicks: 0, dropInterrupts: 0 }));
+    this.faults = this.queues.map((_, i) => this.makeFaults(i));
     this.unsignalledSince = this.queues.map(() => undefined);
     this.deviceFeatures = opts.features | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | (opts.eventIdx === false ? 0n : VIRTIO_RING_F_EVENT_IDX);
     this.log = opts.log ?? (() => undefined);
+  }
+
+  /**
+   * Set by the transport: called when a queue's kick fault injection starts
+   * or ends (dropKicks becomes non-zero or zero), e.g. so kicks that a vhost
+   * backend takes directly are routed through the VMM while they are dropped.
+   */
+  faultsChanged: ((queue: number) => void) | undefined;
+
+  private makeFaults(queue: number): QueueFaults {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const self = this;
+    let dropKicks = 0;
+    let dropInterrupts = 0;
+    return {
+      get dropKicks() {
+        return dropKicks;
+      },
+      set dropKicks(v: number) {
+        const was = dropKicks;
+        dropKicks = v;
+        if ((was > 0) !== (v > 0)) changed();
+      },
+      get dropInterrupts() {
+        return dropInterrupts;
+      },
+      set dropInterrupts(v: number) {
+        dropInterrupts = v;
+      },
+    };
+    function changed() {
+      self.faultsChanged?.(queue);
+    }
   }
 
   // --- the device's own part -------------------------------------------------
@@ -133,6 +166,10 @@ export abstract class VirtioDevice {
   protected abstract processQueue(queue: SplitVirtqueue): void;
   /** Device-specific facts for the monitor (x-query-virtio-status "device-info"). */
   deviceInfo(): Record<string, unknown> {
+    return {};
+  }
+  /** Device-specific facts about one queue for the monitor (merged into x-query-virtio-queue-status). */
+  queueInfo(_queue: number): Record<string, unknown> {
     return {};
   }
   /** DRIVER_OK: the queues are live. */

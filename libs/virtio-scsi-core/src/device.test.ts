@@ -22,6 +22,7 @@ function setup(opts: { backend?: BlockBackend } = {}) {
   fs.writeFileSync(file, Buffer.alloc(64 * 512));
   const mem = fakeMemory(1 << 20);
   const dev = new VirtioScsiDevice(mem, { id: 'scsi0', numQueues: 1 });
+  current = dev;
   dev.target.attach(0, new ScsiDisk({ backend: opts.backend ?? new RawFileBackend(file, false, false), readonly: false, serial: 'SER0' }));
   const irqs: string[] = [];
   dev.interrupt = { signalQueue: (q) => irqs.push(`q${q}`), signalConfig: () => irqs.push('config') };
@@ -64,9 +65,16 @@ function tmfReq(mem: Mem, at: number, subtype: number, tag: number, lun = 0): vo
   mem.writeU64(at + S.OFF_virtio_scsi_ctrl_tmf_req_tag, BigInt(tag));
 }
 
+/** The device of the running test: settle() waits for its commands in flight (file I/O on a busy host can be slow). */
+let current: VirtioScsiDevice | undefined;
+
 async function settle(): Promise<void> {
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  // Bounded: some tests hold a command in flight on purpose.
+  const drained = () => Promise.race([current?.drain(), new Promise((r) => setTimeout(r, 500))]);
+  await drained();
   await new Promise((r) => setTimeout(r, 20));
+  await drained();
   for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
 }
 

@@ -30,6 +30,8 @@ export interface VirtioScsiOptions {
   numQueues: number;
   eventIdx?: boolean;
   log?: (m: string) => void;
+  /** The LUNs to serve (default: a new, empty target). A vhost-user backend keeps one across connections. */
+  target?: ScsiTarget;
 }
 
 export interface ScsiAdapterCounters {
@@ -53,7 +55,7 @@ interface InFlight {
 }
 
 export class VirtioScsiDevice extends VirtioDevice {
-  readonly target = new ScsiTarget();
+  readonly target: ScsiTarget;
   readonly scsi: ScsiAdapterCounters = { commands: 0, overruns: 0, badTarget: 0, aborted: 0, tmf: 0, anQueries: 0 };
   private readonly config = new Uint8Array(S.SIZEOF_virtio_scsi_config);
   private readonly inFlight = new Set<InFlight>();
@@ -68,6 +70,7 @@ export class VirtioScsiDevice extends VirtioDevice {
       id: opts.id, deviceId: VIRTIO_ID_SCSI, numQueues: REQUEST_QUEUE_BASE + opts.numQueues, queueMaxSize: QUEUE_SIZE,
       features: 0n, eventIdx: opts.eventIdx, log: opts.log,
     });
+    this.target = opts.target ?? new ScsiTarget();
     const dv = new DataView(this.config.buffer);
     dv.setUint32(S.OFF_virtio_scsi_config_num_queues, opts.numQueues, true);
     dv.setUint32(S.OFF_virtio_scsi_config_seg_max, QUEUE_SIZE - 2, true);

@@ -10,11 +10,10 @@ import {
   Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { ScsiDisk } from '@tsvmm/scsi';
-import { MAX_LUN, VirtioScsiDevice } from './device';
+import { MAX_LUN, VirtioScsiDevice } from '@tsvmm/virtio-scsi-core';
 
-export { VirtioScsiDevice, VIRTIO_ID_SCSI, REQUEST_QUEUE_BASE, MAX_LUN } from './device';
-export type { ScsiAdapterCounters } from './device';
-export * as virtioScsiUapi from './generated/virtio-scsi-uapi';
+export { VirtioScsiDevice, VIRTIO_ID_SCSI, REQUEST_QUEUE_BASE, MAX_LUN, virtioScsiUapi } from '@tsvmm/virtio-scsi-core';
+export type { ScsiAdapterCounters } from '@tsvmm/virtio-scsi-core';
 
 /** PCI class: mass storage controller, SCSI. */
 export const VIRTIO_SCSI_CLASS_CODE = 0x010000;

@@ -109,5 +109,6 @@ export function queueStatus(pci: VirtioPciDevice, queue: number): Record<string,
     'debug-events': c.debugEvents,
     'pending-drop-kicks': d.faults[queue].dropKicks,
     'pending-drop-interrupts': d.faults[queue].dropInterrupts,
+    ...d.queueInfo(queue),
   };
 }

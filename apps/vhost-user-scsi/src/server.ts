@@ -1,0 +1,407 @@
+/**
+ * The vhost-user-scsi back-end: accepts one front-end connection at a time on
+ * a unix socket, maps the guest RAM it is handed (SET_MEM_TABLE fds), and runs
+ * the virtio-scsi device model of @tsvmm/virtio-scsi-core on the rings the
+ * front-end describes. Kicks arrive on the front-end's kick eventfds;
+ * completions are signalled on its call eventfds; a guest error in a ring
+ * (the device model's needs-reset) is signalled on the error eventfds.
+ *
+ * When a connection ends the rings stop and the next connection starts from
+ * scratch (the LUNs stay open): a VMM may reconnect.
+ */
+import {
+  closeFds, EventFd, FdWatch, mapSharedFd, SocketClosedError, UnixListener, UnixSocket,
+} from '@tsvmm/kvm-native';
+import { ScsiTarget } from '@tsvmm/scsi';
+import { GuestMemory, SplitVirtqueue, virtioUapi as V } from '@tsvmm/virtio-core';
+import {
+  decodeHeader, decodeMemTable, decodeVringAddr, decodeVringState, encodeMessage, encodeVringState, FLAG_NEED_REPLY, FLAG_REPLY,
+  HEADER_SIZE, MAX_MEM_REGIONS, MAX_PAYLOAD, MemRegion, readU64, requestName, u64Payload, VhostUserProtocolFeature as PF,
+  VhostUserRequest as R, VHOST_USER_F_PROTOCOL_FEATURES, VRING_IDX_MASK, VRING_NOFD_MASK,
+} from '@tsvmm/vhost-user';
+import { REQUEST_QUEUE_BASE, VirtioScsiDevice } from '@tsvmm/virtio-scsi-core';
+
+const bit = (n: number) => 1n << BigInt(n);
+/** What this back-end offers: VERSION_1, INDIRECT_DESC, EVENT_IDX, and the vhost-user protocol features. */
+export const BACKEND_FEATURES = bit(V.VIRTIO_F_VERSION_1) | bit(V.VIRTIO_RING_F_INDIRECT_DESC) | bit(V.VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+export const BACKEND_PROTOCOL_FEATURES = bit(PF.MQ) | bit(PF.REPLY_ACK);
+const ALL_STATUS = V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK;
+
+/** The device model with a way to look at a ring without a kick (ring start). */
+class BackendScsiDevice extends VirtioScsiDevice {
+  poll(i: number): void {
+    const q = this.queues[i];
+    if (this.canProcess && q.active) this.processQueue(q);
+  }
+}
+
+export interface RingCounters {
+  /** Kicks read from the ring's kick eventfd. */
+  kicks: number;
+  /** Signals written to the ring's call eventfd. */
+  calls: number;
+}
+
+interface Ring {
+  num?: number;
+  base: number;
+  addr?: { desc: bigint; used: bigint; avail: bigint };
+  kick?: EventFd;
+  call?: EventFd;
+  err?: EventFd;
+  enabled: boolean;
+  started: boolean;
+}
+
+interface MappedRegion extends MemRegion {
+  bytes: Uint8Array;
+}
+
+export interface ServerOptions {
+  socketPath: string;
+  target: ScsiTarget;
+  /** Request queues offered (the device has 2 + this many rings). */
+  numQueues: number;
+  log(message: string): void;
+}
+
+class RequestFailed extends Error {}
+
+export class VhostUserScsiServer {
+  readonly counters: RingCounters[];
+  connections = 0;
+  private listener: UnixListener | undefined;
+  private listenWatch: FdWatch | undefined;
+  private conn: Connection | undefined;
+
+  constructor(readonly opts: ServerOptions) {
+    this.counters = Array.from({ length: REQUEST_QUEUE_BASE + opts.numQueues }, () => ({ kicks: 0, calls: 0 }));
+  }
+
+  listen(): void {
+    this.listener = UnixListener.listen(this.opts.socketPath);
+    this.listenWatch = new FdWatch(this.listener.fd, () => this.acceptOne());
+    this.listenWatch.start();
+    this.opts.log(`listening on ${this.opts.socketPath}`);
+  }
+
+  private acceptOne(): void {
+    const s = this.listener?.accept();
+    if (!s) return;
+    if (this.conn) {
+      this.opts.log('refusing a second front-end while one is connected');
+      s.close();
+      return;
+    }
+    this.connections++;
+    this.opts.log(`front-end connected (connection ${this.connections})`);
+    this.conn = new Connection(this, s, () => {
+      this.conn = undefined;
+      this.opts.log('front-end disconnected; waiting for the next one');
+    });
+  }
+
+  get connected(): boolean {
+    return this.conn !== undefined;
+  }
+
+  /** For the control socket. */
+  stats(): Record<string, unknown> {
+    return {
+      connected: this.connected,
+      connections: this.connections,
+      rings: this.counters.map((c, i) => ({ index: i, ...c, ...(this.conn?.ringInfo(i) ?? { started: false }) })),
+      device: this.conn?.deviceInfo() ?? null,
+    };
+  }
+
+  close(): void {
+    this.conn?.end('server closing');
+    this.listenWatch?.close();
+    this.listener?.close();
+  }
+}
+
+/** One front-end connection: its negotiated state, memory and rings. */
+class Connection {
+  private readonly watch: FdWatch;
+  private features = 0n;
+  private protocolFeatures = 0n;
+  private memory: MappedRegion[] = [];
+  private dev: BackendScsiDevice | undefined;
+  private readonly rings: Ring[];
+  private busy = false;
+  private ended = false;
+
+  constructor(
+    private readonly server: VhostUserScsiServer,
+    private readonly socket: UnixSocket,
+    private readonly onEnd: () => void,
+  ) {
+    this.rings = server.counters.map(() => ({ base: 0, enabled: false, started: false }));
+    this.watch = new FdWatch(socket.fd, () => void this.readMessage());
+    this.watch.start();
+  }
+
+  private get log() {
+    return this.server.opts.log;
+  }
+
+  private get protocolFeaturesOn(): boolean {
+    return (this.features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n;
+  }
+
+  ringInfo(i: number): Record<string, unknown> {
+    const r = this.rings[i];
+    const q = this.dev?.queues[i];
+    return {
+      started: r.started, enabled: r.enabled, size: r.num ?? null,
+      'last-avail-idx': r.started && q ? q.lastAvailIdx : r.base, 'used-idx': r.started && q ? q.usedIdx : null,
+    };
+  }
+
+  deviceInfo(): Record<string, unknown> | null {
+    return this.dev ? { broken: this.dev.broken, 'broken-reason': this.dev.brokenReason ?? null, ...this.dev.deviceInfo() } : null;
+  }
+
+  private async readMessage(): Promise<void> {
+    if (this.busy || this.ended) return;
+    this.busy = true;
+    this.watch.stop();
+    let fds: number[] = [];
+    try {
+      const h = this.socket.recvExact(HEADER_SIZE, 1000, MAX_MEM_REGIONS);
+      fds = h.fds;
+      const hdr = decodeHeader(h.data);
+      if (hdr.size > MAX_PAYLOAD) throw new Error(`${requestName(hdr.request)} with a ${hdr.size}-byte payload`);
+      const payload = hdr.size ? this.socket.recvExact(hdr.size, 1000).data : new Uint8Array(0);
+      let reply: Uint8Array | undefined;
+      let ok = true;
+      try {
+        reply = await this.handle(hdr.request, payload, fds);
+        fds = [];
+      } catch (e) {
+        if (!(e instanceof RequestFailed)) throw e;
+        this.log(`${requestName(hdr.request)} refused: ${e.message}`);
+        ok = false;
+        closeFds(fds);
+        fds = [];
+      }
+      if (this.ended) return;
+      if (reply) this.socket.send(encodeMessage(hdr.request, FLAG_REPLY, reply));
+      else if (hdr.flags & FLAG_NEED_REPLY && this.protocolFeatures & bit(PF.REPLY_ACK))
+        this.socket.send(encodeMessage(hdr.request, FLAG_REPLY, u64Payload(ok ? 0n : 1n)));
+    } catch (e) {
+      closeFds(fds);
+      this.end(e instanceof SocketClosedError ? 'connection closed' : (e as Error).message);
+      return;
+    } finally {
+      this.busy = false;
+    }
+    if (!this.ended) this.watch.start();
+  }
+
+  /** Handles one request; returns the reply payload for requests that have one. */
+  private async handle(req: number, p: Uint8Array, fds: number[]): Promise<Uint8Array | undefined> {
+    const ring = (i: number): Ring => {
+      const r = this.rings[i];
+      if (!r) throw new RequestFailed(`ring ${i} does not exist (this back-end has ${this.rings.length})`);
+      return r;
+    };
+    switch (req) {
+      case R.GET_FEATURES: return u64Payload(BACKEND_FEATURES);
+      case R.SET_FEATURES: {
+        const f = readU64(p);
+        if (f & ~BACKEND_FEATURES) throw new RequestFailed(`features 0x${f.toString(16)} include ones never offered`);
+        this.features = f;
+        if (this.dev) this.dev.driverFeatures = f & ~bit(VHOST_USER_F_PROTOCOL_FEATURES);
+        return undefined;
+      }
+      case R.GET_PROTOCOL_FEATURES: return u64Payload(BACKEND_PROTOCOL_FEATURES);
+      case R.SET_PROTOCOL_FEATURES: this.protocolFeatures = readU64(p) & BACKEND_PROTOCOL_FEATURES; return undefined;
+      case R.GET_QUEUE_NUM: return u64Payload(BigInt(this.rings.length));
+      case R.SET_OWNER: return undefined;
+      case R.RESET_OWNER: await this.stopAll(); return undefined;
+      case R.SET_MEM_TABLE: this.setMemTable(decodeMemTable(p), fds); return undefined;
+      case R.SET_VRING_NUM: {
+        const s = decodeVringState(p);
+        const r = ring(s.index);
+        if (s.num === 0 || s.num > 32768 || s.num & (s.num - 1)) throw new RequestFailed(`ring ${s.index} size ${s.num} is not a power of two up to 32768`);
+        r.num = s.num;
+        return undefined;
+      }
+      case R.SET_VRING_BASE: {
+        const s = decodeVringState(p);
+        ring(s.index).base = s.num & 0xffff;
+        return undefined;
+      }
+      case R.SET_VRING_ADDR: {
+        const a = decodeVringAddr(p);
+        ring(a.index).addr = { desc: a.desc, used: a.used, avail: a.avail };
+        return undefined;
+      }
+      case R.SET_VRING_KICK:
+      case R.SET_VRING_CALL:
+      case R.SET_VRING_ERR: {
+        const v = Number(readU64(p));
+        const r = ring(v & VRING_IDX_MASK);
+        const noFd = (v & VRING_NOFD_MASK) !== 0;
+        if (!noFd && fds.length !== 1) throw new RequestFailed(`${requestName(req)} came with ${fds.length} fds (need 1)`);
+        const efd = noFd ? undefined : EventFd.adopt(fds[0]);
+        const i = v & VRING_IDX_MASK;
+        if (req === R.SET_VRING_KICK) {
+          if (!efd) throw new RequestFailed(`ring ${i}: polling mode (no kick fd) is not supported`);
+          if (r.started) this.stopRing(i);
+          r.kick?.close();
+          r.kick = efd;
+          if (!this.protocolFeaturesOn) r.enabled = true;
+          this.maybeStart(i);
+        } else if (req === R.SET_VRING_CALL) {
+          r.call?.close();
+          r.call = efd;
+        } else {
+          r.err?.close();
+          r.err = efd;
+        }
+        return undefined;
+      }
+      case R.SET_VRING_ENABLE: {
+        const s = decodeVringState(p);
+        const r = ring(s.index);
+        r.enabled = s.num === 1;
+        if (r.enabled) this.maybeStart(s.index);
+        return undefined;
+      }
+      case R.GET_VRING_BASE: {
+        const s = decodeVringState(p);
+        ring(s.index);
+        const base = await this.stopRingDrained(s.index);
+        return encodeVringState({ index: s.index, num: base });
+      }
+      default:
+        throw new RequestFailed(`${requestName(req)} is not supported`);
+    }
+  }
+
+  private setMemTable(regions: MemRegion[], fds: number[]): void {
+    if (fds.length !== regions.length) {
+      closeFds(fds);
+      throw new RequestFailed(`${regions.length} regions but ${fds.length} fds`);
+    }
+    if (this.rings.some((r) => r.started)) {
+      closeFds(fds);
+      throw new RequestFailed('the memory table changed while rings run');
+    }
+    const mapped: MappedRegion[] = [];
+    try {
+      regions.forEach((r, i) => {
+        const m = mapSharedFd(fds[i], Number(r.size), Number(r.mmapOffset));
+        mapped.push({ ...r, bytes: new Uint8Array(m.buffer) });
+      });
+    } catch (e) {
+      throw new RequestFailed(`mapping guest memory failed: ${(e as Error).message}`);
+    } finally {
+      closeFds(fds); // the mappings keep the memory
+    }
+    this.memory = mapped;
+    const mem = new GuestMemory(mapped.map((m) => ({ guestPhysAddr: Number(m.guestPhysAddr), bytes: m.bytes })));
+    const dev = new BackendScsiDevice(mem, {
+      id: 'vhost-user-scsi', numQueues: this.rings.length - REQUEST_QUEUE_BASE, target: this.server.opts.target, log: this.log,
+    });
+    dev.driverFeatures = this.features & ~bit(VHOST_USER_F_PROTOCOL_FEATURES);
+    dev.status = ALL_STATUS;
+    dev.interrupt = {
+      signalQueue: (q) => {
+        const r = this.rings[q];
+        if (!r?.call) return;
+        this.server.counters[q].calls++;
+        r.call.write(1);
+      },
+      // The device model found a guest error: every ring's error eventfd tells the front-end.
+      signalConfig: () => {
+        for (const r of this.rings) if (r.started) r.err?.write(1);
+      },
+    };
+    this.dev = dev;
+    this.log(`memory table: ${mapped.map((m) => `[0x${m.guestPhysAddr.toString(16)}, +0x${m.size.toString(16)})`).join(' ')}`);
+  }
+
+  /** Front-end virtual address to guest-physical, through the memory table. */
+  private toGuest(ua: bigint, len: number): number {
+    for (const m of this.memory) {
+      if (ua >= m.userAddr && ua + BigInt(len) <= m.userAddr + m.size) return Number(m.guestPhysAddr + (ua - m.userAddr));
+    }
+    throw new RequestFailed(`ring address 0x${ua.toString(16)} (+${len}) is in no memory region`);
+  }
+
+  /** A ring runs once it has a size, addresses, a kick fd and memory, and is enabled. */
+  private maybeStart(i: number): void {
+    const r = this.rings[i];
+    const dev = this.dev;
+    if (r.started || !r.enabled || !r.kick || !r.addr || !r.num || !dev) return;
+    const q: SplitVirtqueue = dev.queues[i];
+    q.reset();
+    q.size = r.num;
+    q.descTable = this.toGuest(r.addr.desc, 16 * r.num);
+    q.availRing = this.toGuest(r.addr.avail, 6 + 2 * r.num);
+    q.usedRing = this.toGuest(r.addr.used, 6 + 8 * r.num);
+    q.ready = true;
+    const err = q.activate(dev.memory, { eventIdx: dev.hasFeature(V.VIRTIO_RING_F_EVENT_IDX), indirect: dev.hasFeature(V.VIRTIO_RING_F_INDIRECT_DESC) });
+    if (err) {
+      dev.markBroken(err);
+      return;
+    }
+    q.lastAvailIdx = r.base;
+    q.usedIdx = dev.memory.readU16(q.usedRing + 2); // the used index the driver has seen
+    r.started = true;
+    r.kick.watch((n) => {
+      this.server.counters[i].kicks += Number(n);
+      dev.notify(i, 'ioeventfd');
+    });
+    this.log(`ring ${i} started: size ${r.num}, base ${r.base}`);
+    dev.poll(i); // buffers made available before the ring (re)started
+  }
+
+  private stopRing(i: number): number {
+    const r = this.rings[i];
+    const q = this.dev?.queues[i];
+    r.kick?.unwatch();
+    if (r.started && q) r.base = q.lastAvailIdx;
+    if (r.started) this.log(`ring ${i} stopped at ${r.base}`);
+    r.started = false;
+    q?.reset();
+    return r.base;
+  }
+
+  /** GET_VRING_BASE: in-flight commands finish (and their used entries are signalled) before the ring stops. */
+  private async stopRingDrained(i: number): Promise<number> {
+    if (this.rings[i].started && this.dev) {
+      await this.dev.drain();
+      await new Promise((res) => setImmediate(res)); // completions batched for one interrupt go out first
+    }
+    return this.stopRing(i);
+  }
+
+  private async stopAll(): Promise<void> {
+    for (let i = 0; i < this.rings.length; i++) await this.stopRingDrained(i);
+  }
+
+  end(why: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.log(`connection ended: ${why}`);
+    this.watch.close();
+    for (let i = 0; i < this.rings.length; i++) {
+      this.stopRing(i);
+      const r = this.rings[i];
+      r.kick?.close();
+      r.call?.close();
+      r.err?.close();
+      r.kick = r.call = r.err = undefined;
+    }
+    this.dev = undefined;
+    this.memory = [];
+    this.socket.close();
+    this.onEnd();
+  }
+}

@@ -1,0 +1,1 @@
+module.exports = { displayName: 'vhost-user', ...require('../../jest.preset.js')(__dirname) };

@@ -1,0 +1,1 @@
+module.exports = { displayName: 'virtio-scsi-core', ...require('../../jest.preset.js')(__dirname) };

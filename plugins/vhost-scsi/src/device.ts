@@ -1,0 +1,264 @@
+/**
+ * A virtio-scsi adapter whose queues are served by a vhost backend (kernel
+ * vhost-scsi or a vhost-user-scsi process). The VMM keeps the virtio-pci
+ * transport, feature negotiation, the status machine and the config space;
+ * at DRIVER_OK it hands guest RAM, the rings, a kick eventfd and a call
+ * eventfd per queue to the backend and gets out of the way:
+ *
+ * - kicks: the backend's kick eventfd is the queue's KVM ioeventfd (the
+ *   transport's setBackendKicks); a kick that reaches the VMM anyway (exit
+ *   path, fault injection standing in) is forwarded to that eventfd;
+ * - calls: the backend signals the irqfd of the queue's MSI-X vector
+ *   (the transport's queueCallEventFd), masking handled by MsixController;
+ * - stop (reset, VM stop, destroy): GET_VRING_BASE per ring, the indices come
+ *   back into the VMM's queues and the notifiers go back to the VMM;
+ * - the backend's error eventfds, or a vhost-user back-end that goes away,
+ *   mark the device needs-reset; the next DRIVER_OK reconnects.
+ */
+import { EventFd, MemoryRegion } from '@tsvmm/kvm-native';
+import type { VirtioPciDevice } from '@tsvmm/pci';
+import { GuestMemory, readConfigImage, SplitVirtqueue, VirtioDevice, virtioUapi as V } from '@tsvmm/virtio-core';
+import { REQUEST_QUEUE_BASE, VIRTIO_ID_SCSI, virtioScsiUapi as S } from '@tsvmm/virtio-scsi-core';
+import { VhostBackend, VhostMemRegion } from './backend/backend';
+
+export const VHOST_QUEUE_SIZE = 128;
+const MAX_SECTORS = 0xffff;
+const CMD_PER_LUN = 128;
+const MAX_LUN = 16383;
+const bit = (n: number) => 1n << BigInt(n);
+/** Features a vhost backend may provide and this front-end passes on to the driver. */
+export const VHOST_SCSI_FEATURES = bit(V.VIRTIO_F_VERSION_1) | bit(V.VIRTIO_RING_F_EVENT_IDX) | bit(V.VIRTIO_RING_F_INDIRECT_DESC);
+
+export interface VhostScsiOptions {
+  id: string;
+  numQueues: number;
+  eventIdx?: boolean;
+  log: (m: string) => void;
+  /** The VMM's guest RAM regions (memfds and host addresses) for SET_MEM_TABLE. */
+  regions: () => readonly MemoryRegion[];
+}
+
+/** What the monitor shows of the handover, per queue. */
+export interface VhostQueueState {
+  'kick-fd': number;
+  'call-fd': number | null;
+  'err-fd': number;
+  /** The last index the backend returned with GET_VRING_BASE (or was given with SET_VRING_BASE). */
+  'vring-base': number;
+  started: boolean;
+  notifier: string;
+}
+
+export class VhostScsiDevice extends VirtioDevice {
+  transport: VirtioPciDevice | undefined;
+  /** Backend started (rings handed over). */
+  started = false;
+  /** The VM is running (vhost rings stop while it is stopped). */
+  private running = true;
+  readonly kicks: EventFd[];
+  readonly errs: EventFd[];
+  private readonly callFds: (number | undefined)[] = [];
+  private readonly vringBase: number[];
+  private readonly config = new Uint8Array(S.SIZEOF_virtio_scsi_config);
+  readonly stats = { starts: 0, stops: 0, disconnects: 0, forwardedKicks: 0, errors: 0 };
+  lastError: string | undefined;
+
+  constructor(
+    memory: GuestMemory,
+    readonly backend: VhostBackend,
+    backendFeatures: bigint,
+    private readonly opts: VhostScsiOptions,
+  ) {
+    super(memory, {
+      id: opts.id, deviceId: VIRTIO_ID_SCSI, numQueues: REQUEST_QUEUE_BASE + opts.numQueues, queueMaxSize: VHOST_QUEUE_SIZE,
+      features: 0n, eventIdx: opts.eventIdx, log: opts.log,
+    });
+    // Offer only what the backend can do.
+    this.deviceFeatures &= backendFeatures & VHOST_SCSI_FEATURES;
+    const dv = new DataView(this.config.buffer);
+    dv.setUint32(S.OFF_virtio_scsi_config_num_queues, opts.numQueues, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_seg_max, VHOST_QUEUE_SIZE - 2, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_max_sectors, MAX_SECTORS, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_cmd_per_lun, CMD_PER_LUN, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_event_info_size, S.SIZEOF_virtio_scsi_event, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_sense_size, S.VIRTIO_SCSI_SENSE_DEFAULT_SIZE, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_cdb_size, S.VIRTIO_SCSI_CDB_DEFAULT_SIZE, true);
+    dv.setUint16(S.OFF_virtio_scsi_config_max_target, 0, true);
+    dv.setUint32(S.OFF_virtio_scsi_config_max_lun, MAX_LUN, true);
+    this.kicks = this.queues.map(() => EventFd.create());
+    this.errs = this.queues.map((_, i) => {
+      const e = EventFd.create();
+      e.watch(() => this.backendFailed(`the ${backend.kind === 'user' ? 'vhost-user back-end' : 'vhost backend'} reported an error on queue ${i}`));
+      return e;
+    });
+    this.vringBase = this.queues.map(() => 0);
+    backend.onDisconnect = (reason) => this.disconnected(reason);
+  }
+
+  readConfig(offset: number, size: number): number {
+    return readConfigImage(this.config, offset, size);
+  }
+
+  /** The backend parses requests with the default sizes: the driver may write them, nothing else. */
+  override writeConfig(offset: number, size: number, value: number): void {
+    if (size !== 4) return;
+    if (offset === S.OFF_virtio_scsi_config_sense_size && value === S.VIRTIO_SCSI_SENSE_DEFAULT_SIZE) return;
+    if (offset === S.OFF_virtio_scsi_config_cdb_size && value === S.VIRTIO_SCSI_CDB_DEFAULT_SIZE) return;
+  }
+
+  override deviceInfo(): Record<string, unknown> {
+    return {
+      backend: this.backend.kind, 'backend-description': this.backend.description, 'backend-connected': this.backend.connected,
+      started: this.started, 'request-queues': this.queues.length - REQUEST_QUEUE_BASE, ...this.stats, 'last-error': this.lastError ?? null,
+    };
+  }
+
+  /** The vhost part of x-query-virtio-queue-status. */
+  vhostQueueState(i: number): VhostQueueState {
+    return {
+      'kick-fd': this.kicks[i].fd, 'call-fd': this.started ? (this.callFds[i] ?? null) : null, 'err-fd': this.errs[i].fd,
+      'vring-base': this.vringBase[i], started: this.started && this.queues[i].ready,
+      notifier: this.transport?.queueNotifierKind(i) ?? 'exit',
+    };
+  }
+
+  override queueInfo(i: number): Record<string, unknown> {
+    return { vhost: { backend: this.backend.kind, ...this.vhostQueueState(i) } };
+  }
+
+  /** A kick reached the VMM (exit path, or the VMM standing in during fault injection): pass it on. */
+  protected processQueue(q: SplitVirtqueue): void {
+    if (!this.started) return;
+    this.stats.forwardedKicks++;
+    this.kicks[q.index].write(1);
+  }
+
+  protected override onActivate(): void {
+    if (this.running) this.start();
+  }
+
+  protected override onReset(): void {
+    this.stop();
+    // Stale kicks must not reach the next backend session.
+    for (const k of this.kicks) k.read();
+    this.vringBase.fill(0);
+  }
+
+  setRunning(running: boolean): void {
+    if (running === this.running) return;
+    this.running = running;
+    if (!running) this.stop();
+    else if (this.driverOk && !this.broken) this.start();
+  }
+
+  private regions(): VhostMemRegion[] {
+    return this.opts.regions().map((r) => ({ guestPhysAddr: r.guestPhysAddr, size: r.size, hostAddress: r.hostAddress, fd: r.fd }));
+  }
+
+  /** Guest-physical to the VMM's virtual address (ring addresses are given that way). */
+  private hva(gpa: number): bigint {
+    for (const r of this.opts.regions()) {
+      const base = Number(r.guestPhysAddr);
+      if (gpa >= base && gpa < base + r.size) return r.hostAddress + BigInt(gpa - base);
+    }
+    throw new Error(`guest address 0x${gpa.toString(16)} is not RAM`);
+  }
+
+  /** Hands the rings to the backend (DRIVER_OK, or the VM resumed). */
+  private start(): void {
+    if (this.started || !this.transport) return;
+    const b = this.backend;
+    try {
+      if (!b.connected) {
+        b.connect();
+        this.opts.log(`${this.id}: reconnected to the ${b.description}`);
+      }
+      if (b.maxQueues !== undefined && b.maxQueues < this.queues.length)
+        throw new Error(`the ${b.description} serves ${b.maxQueues} rings; this adapter has ${this.queues.length}`);
+      b.setFeatures(this.driverFeatures);
+      b.setMemTable(this.regions());
+      const kicks: (EventFd | undefined)[] = [];
+      for (const q of this.queues) {
+        const i = q.index;
+        if (!q.ready) continue;
+        b.setVringNum(i, q.size);
+        b.setVringBase(i, q.lastAvailIdx);
+        this.vringBase[i] = q.lastAvailIdx;
+        b.setVringAddr(i, { desc: this.hva(q.descTable), used: this.hva(q.usedRing), avail: this.hva(q.availRing) });
+        b.setVringKick(i, this.kicks[i].fd);
+        const call = this.transport.queueCallEventFd(i);
+        this.callFds[i] = call.fd;
+        b.setVringCall(i, call.fd);
+        b.setVringErr(i, this.errs[i].fd);
+        if (b.needsEnable) b.setVringEnable(i, true);
+        kicks[i] = this.kicks[i];
+      }
+      b.startDevice();
+      this.started = true;
+      this.stats.starts++;
+      this.transport.setBackendKicks(kicks);
+      this.transport.onCallEventFdChanged = (i) => this.callChanged(i);
+    } catch (e) {
+      this.backendFailed((e as Error).message);
+    }
+  }
+
+  /** The driver moved a queue to another vector while the backend runs: tell the backend the new eventfd. */
+  private callChanged(i: number): void {
+    if (!this.started || !this.queues[i].ready || !this.transport) return;
+    try {
+      const call = this.transport.queueCallEventFd(i);
+      this.callFds[i] = call.fd;
+      this.backend.setVringCall(i, call.fd);
+    } catch (e) {
+      this.backendFailed((e as Error).message);
+    }
+  }
+
+  /** Takes the rings back: GET_VRING_BASE per ring, notifiers back to the VMM. */
+  private stop(): void {
+    if (!this.started) return;
+    this.started = false;
+    this.stats.stops++;
+    this.transport?.setBackendKicks(undefined);
+    try {
+      this.backend.stopDevice();
+      for (const q of this.queues) {
+        if (!q.ready) continue;
+        const base = this.backend.getVringBase(q.index);
+        this.vringBase[q.index] = base;
+        if (q.active) {
+          q.lastAvailIdx = base;
+          q.usedIdx = this.memory.readU16(q.usedRing + 2);
+        }
+      }
+    } catch (e) {
+      this.backendFailed((e as Error).message);
+    }
+  }
+
+  private disconnected(reason: string): void {
+    this.stats.disconnects++;
+    this.backendFailed(`the ${this.backend.description} went away (${reason})`);
+  }
+
+  /** The backend is gone or failed: the device needs a reset (which reconnects at the next DRIVER_OK). */
+  private backendFailed(reason: string): void {
+    this.stats.errors++;
+    this.lastError = reason;
+    this.opts.log(`${this.id}: ${reason}; the device needs reset`);
+    if (this.started) {
+      this.started = false;
+      this.transport?.setBackendKicks(undefined);
+    }
+    if (this.backend.kind === 'user') this.backend.close();
+    if (this.driverOk) this.markBroken(reason);
+  }
+
+  destroy(): void {
+    this.stop();
+    this.backend.onDisconnect = undefined;
+    this.backend.close();
+    for (const e of [...this.kicks, ...this.errs]) e.close();
+  }
+}
