@@ -1374,6 +1374,72 @@ static const char *test_scsi_bench(void)
 	return NULL;
 }
 
+/* ---- scsi-msix-mask ---- */
+/* Masks the MSI-X entry of request queue 0 (entry 3), has the device complete
+ * a READ(10) of `blocks` blocks at `lba` while it is masked (polling the used
+ * index, interrupts on), reads the PBA bit, unmasks and halts for the
+ * interrupt the unmask must deliver. */
+static const char *test_scsi_msix_mask(void)
+{
+	struct lu u;
+	const char *r = open_lun(&u, 0);
+	if (r)
+		return r;
+	struct vscsi *s = &vscsi;
+	struct vq *q = vscsi_reqq(s, 0);
+	const unsigned entry = 3;		/* slot 2 = request queue 0 */
+	uintptr_t ctrl = msix_entry(&s->vd, entry) + MSIX_ENTRY_CTRL;
+	unsigned limit = ms_to_ticks(param("timeout-ms", 10000));
+	uint64_t lba = param("lba", 0);
+	unsigned blocks = param("blocks", 1);
+	if (blocks * u.bs > IOBUF_SIZE)
+		return "too-many-blocks";
+
+	MMIO(uint32_t, ctrl) = MSIX_ENTRY_CTRL_MASK;
+	unsigned irq0 = vq_irqs(q);
+	uint8_t cdb[16];
+	struct vbuf v[1] = { { (uintptr_t)iobuf, blocks * u.bs, 1 } };
+	struct scsi_cmd c = { .lun = u.lun, .cdb = cdb, .cdb_len = 10, .bufs = v, .nbufs = 1 };
+	rw_cdb(cdb, 10, 0, lba, blocks);
+	vq_arm(q);
+	int ctx = scsi_submit(s, 0, &c);
+	if (ctx < 0)
+		return "submit-failed";
+	vq_kick(q, 0);
+	/* Poll (interrupts on, no hlt): anything delivered now is counted. */
+	unsigned t0 = ticks();
+	while (vq_used_idx(q) == q->last_used)
+		if (ticks() - t0 > limit)
+			return vq_timeout_reason(q);
+	unsigned pba = msix_pending(&s->vd, entry);
+	unsigned masked = vq_irqs(q) - irq0;
+	kprintf("scsi-msix-mask pba=%u interrupts_while_masked=%u\n", pba, masked);
+
+	MMIO(uint32_t, ctrl) = 0;
+	unsigned wait = ms_to_ticks(param("irq-wait-ms", 2000));
+	t0 = ticks();
+	cli();
+	while (vq_irqs(q) - irq0 == masked && ticks() - t0 <= wait)
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+	sti();
+	unsigned delivered = vq_irqs(q) - irq0 > masked;
+	kprintf("scsi-msix-mask delivered_after_unmask=%u\n", delivered);
+
+	if (scsi_reap(s, 2) < 0)
+		return "bad-used-id";
+	struct scsi_res res;
+	scsi_result(ctx, &res);
+	if ((r = expect_good("read10", u.lun, &res)))
+		return r;
+	if (pba != 1)
+		return "pba-not-set";
+	if (masked)
+		return "interrupt-while-masked";
+	if (!delivered)
+		return "not-delivered-after-unmask";
+	return NULL;
+}
+
 static const struct {
 	const char *name;
 	test_fn fn;
@@ -1385,6 +1451,7 @@ static const struct {
 	{ "scsi-tmf", test_scsi_tmf },
 	{ "scsi-hostile", test_scsi_hostile },
 	{ "scsi-bench", test_scsi_bench },
+	{ "scsi-msix-mask", test_scsi_msix_mask },
 };
 
 test_fn find_scsi_test(const char *name)
