@@ -86,18 +86,20 @@ export class VhostUserScsiServer {
   }
 
   private acceptOne(): void {
+    if (this.conn) return;
     const s = this.listener?.accept();
     if (!s) return;
-    if (this.conn) {
-      this.opts.log('refusing a second front-end while one is connected');
-      s.close();
-      return;
-    }
     this.connections++;
     this.opts.log(`front-end connected (connection ${this.connections})`);
+    // One front-end at a time: the next waits in the listen backlog until this one ends.
+    this.listenWatch?.stop();
     this.conn = new Connection(this, s, () => {
       this.conn = undefined;
       this.opts.log('front-end disconnected; waiting for the next one');
+      if (this.listener) {
+        this.listenWatch?.start();
+        setImmediate(() => this.acceptOne());
+      }
     });
   }
 
@@ -116,9 +118,11 @@ export class VhostUserScsiServer {
   }
 
   close(): void {
+    const l = this.listener;
+    this.listener = undefined;
     this.conn?.end('server closing');
     this.listenWatch?.close();
-    this.listener?.close();
+    l?.close();
   }
 }
 

@@ -126,4 +126,23 @@ describeKvm('vhost-scsi,backend=user driven by the guest kit through the vhost-u
     expectPass(r, 'scsi-rw');
     expect(r.out).toContain('scsi-capacity lun=0 blocks=2048 block_size=4096');
   });
+
+  it.each([
+    ['backend=user,socket=/nonexistent/vu.sock', /--device vhost-scsi,id=vs0: cannot connect to the vhost-user back-end at \/nonexistent\/vu.sock: no such socket \(ENOENT\); is the back-end running\?/],
+    ['backend=kernel,wwpn=naa.5001405abcdef012', /--device vhost-scsi,id=vs0: backend=kernel needs \/dev\/vhost-scsi, which this host does not have/],
+    ['backend=kernel', /--device vhost-scsi,id=vs0: backend=kernel needs wwpn=naa.XXXX/],
+    ['backend=user', /--device vhost-scsi,id=vs0: backend=user needs socket=PATH/],
+  ])('start-up errors say what is missing: %s', async (props, message) => {
+    if (props.includes('kernel,wwpn') && fs.existsSync('/dev/vhost-scsi')) return; // a host with vhost-scsi gets further
+    const r = await vmm('test=pci-scan', [`vhost-scsi,id=vs0,${props}`]);
+    expect(r.code).not.toBe(0);
+    expect(r.err).toMatch(message);
+  });
+
+  it('num-queues beyond what the back-end serves is refused at start-up', async () => {
+    const { be } = await withLuns();
+    const r = await vmm('test=pci-scan', [`vhost-scsi,id=vs0,socket=${be.socket},num-queues=4`]);
+    expect(r.code).not.toBe(0);
+    expect(r.err).toMatch(/--device vhost-scsi,id=vs0: num-queues=4: the vhost-user back-end at .* serves 1 request queue\(s\)/);
+  });
 });
