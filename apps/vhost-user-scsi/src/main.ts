@@ -18,11 +18,12 @@ import { MAX_LUN } from '@tsvmm/virtio-scsi-core';
 import { VhostUserScsiServer } from './server';
 
 export const USAGE = `usage: vhost-user-scsi --socket PATH --lun N:file=IMG[,readonly=on][,serial=S][,logical-block-size=512|4096] ...
-                       [--num-queues N] [--control PATH]
+                       [--num-queues N] [--control PATH] [--verbose]
   --socket      unix socket to listen on for the front-end (the VMM connects to it)
   --lun         a SCSI disk on target 0, LUN N (repeatable)
   --num-queues  request queues offered (default 1, at most 16)
   --control     unix socket answering "stats" and "quit" with one JSON line each
+  --verbose     log every vhost-user request
 `;
 
 export interface LunArg {
@@ -38,6 +39,7 @@ export interface Args {
   control?: string;
   numQueues: number;
   luns: LunArg[];
+  verbose: boolean;
 }
 
 export class UsageError extends Error {}
@@ -46,6 +48,7 @@ export function parseArgs(argv: string[]): Args {
   let socket: string | undefined;
   let control: string | undefined;
   let numQueues = 1;
+  let verbose = false;
   const luns: LunArg[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -60,6 +63,7 @@ export function parseArgs(argv: string[]): Args {
       numQueues = Number(val());
       if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > 16) throw new UsageError('--num-queues must be 1..16');
     } else if (a === '--lun') luns.push(parseLun(val()));
+    else if (a === '--verbose') verbose = true;
     else if (a === '--help' || a === '-h') throw new UsageError('');
     else throw new UsageError(`unknown argument '${a}'`);
   }
@@ -70,7 +74,7 @@ export function parseArgs(argv: string[]): Args {
     if (seen.has(l.lun)) throw new UsageError(`--lun ${l.lun} given twice`);
     seen.add(l.lun);
   }
-  return { socket, control, numQueues, luns };
+  return { socket, control, numQueues, luns, verbose };
 }
 
 function parseLun(s: string): LunArg {
@@ -132,7 +136,7 @@ export async function main(argv: string[]): Promise<number> {
     return e.message ? 2 : 0;
   }
   for (const p of [args.socket, args.control]) if (p && fs.existsSync(p)) fs.unlinkSync(p);
-  const server = new VhostUserScsiServer({ socketPath: args.socket, target, numQueues: args.numQueues, log });
+  const server = new VhostUserScsiServer({ socketPath: args.socket, target, numQueues: args.numQueues, log, verbose: args.verbose });
   server.listen();
   let control: net.Server | undefined;
   let finish: (code: number) => void = () => undefined;

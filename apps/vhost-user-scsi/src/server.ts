@@ -63,6 +63,8 @@ export interface ServerOptions {
   /** Request queues offered (the device has 2 + this many rings). */
   numQueues: number;
   log(message: string): void;
+  /** Log every request (--verbose). */
+  verbose?: boolean;
 }
 
 class RequestFailed extends Error {}
@@ -179,6 +181,7 @@ class Connection {
       const hdr = decodeHeader(h.data);
       if (hdr.size > MAX_PAYLOAD) throw new Error(`${requestName(hdr.request)} with a ${hdr.size}-byte payload`);
       const payload = hdr.size ? this.socket.recvExact(hdr.size, 1000).data : new Uint8Array(0);
+      if (this.server.opts.verbose) this.log(`<- ${requestName(hdr.request)} flags=0x${hdr.flags.toString(16)} size=${hdr.size} fds=${fds.length} ${Buffer.from(payload.subarray(0, 16)).toString('hex')}`);
       let reply: Uint8Array | undefined;
       let ok = true;
       try {
@@ -292,10 +295,6 @@ class Connection {
       closeFds(fds);
       throw new RequestFailed(`${regions.length} regions but ${fds.length} fds`);
     }
-    if (this.rings.some((r) => r.started)) {
-      closeFds(fds);
-      throw new RequestFailed('the memory table changed while rings run');
-    }
     const mapped: MappedRegion[] = [];
     try {
       regions.forEach((r, i) => {
@@ -309,6 +308,13 @@ class Connection {
     }
     this.memory = mapped;
     const mem = new GuestMemory(mapped.map((m) => ({ guestPhysAddr: Number(m.guestPhysAddr), bytes: m.bytes })));
+    this.log(`memory table: ${mapped.map((m) => `[0x${m.guestPhysAddr.toString(16)}, +0x${m.size.toString(16)})`).join(' ')}`);
+    if (this.dev && this.rings.some((r) => r.started)) {
+      // The front-end's memory map changed under running rings (QEMU re-sends it as its address space
+      // changes): the rings move onto the new mappings, in-flight commands keep the old ones (same memfds).
+      this.dev.replaceMemory(mem);
+      return;
+    }
     const dev = new BackendScsiDevice(mem, {
       id: 'vhost-user-scsi', numQueues: this.rings.length - REQUEST_QUEUE_BASE, target: this.server.opts.target, log: this.log,
     });
@@ -327,7 +333,6 @@ class Connection {
       },
     };
     this.dev = dev;
-    this.log(`memory table: ${mapped.map((m) => `[0x${m.guestPhysAddr.toString(16)}, +0x${m.size.toString(16)})`).join(' ')}`);
   }
 
   /** Front-end virtual address to guest-physical, through the memory table. */

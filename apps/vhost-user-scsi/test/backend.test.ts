@@ -92,7 +92,7 @@ describe('vhost-user-scsi back-end process', () => {
 
   it('command line: LUN specs are parsed and wrong ones are named', () => {
     expect(parseArgs(['--socket', 's', '--lun', '3:file=a.img,readonly=on,serial=X1,logical-block-size=4096'])).toEqual({
-      socket: 's', control: undefined, numQueues: 1, luns: [{ lun: 3, file: 'a.img', readonly: true, serial: 'X1', blockSize: 4096 }],
+      socket: 's', control: undefined, numQueues: 1, verbose: false, luns: [{ lun: 3, file: 'a.img', readonly: true, serial: 'X1', blockSize: 4096 }],
     });
     expect(() => parseArgs(['--lun', '0:file=a'])).toThrow('--socket PATH is required');
     expect(() => parseArgs(['--socket', 's', '--lun', '0:readonly=on'])).toThrow('--lun 0:readonly=on: file=PATH is required');

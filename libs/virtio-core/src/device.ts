@@ -108,10 +108,13 @@ export abstract class VirtioDevice {
   private readonly deferred: { queue: number; head: number; len: number }[] = [];
   private readonly kickedWhileDisabled = new Set<number>();
 
+  private mem: GuestMemory;
+
   constructor(
-    readonly memory: GuestMemory,
+    memory: GuestMemory,
     opts: VirtioDeviceOptions,
   ) {
+    this.mem = memory;
     this.id = opts.id;
     this.deviceId = opts.deviceId;
     this.queues = Array.from({ length: opts.numQueues }, (_, i) => new SplitVirtqueue(i, opts.queueMaxSize));
@@ -176,6 +179,29 @@ export abstract class VirtioDevice {
   protected onActivate(): void {}
   /** The driver reset the device: drop in-flight state. */
   protected onReset(): void {}
+
+  /** Guest RAM as the device sees it. */
+  get memory(): GuestMemory {
+    return this.mem;
+  }
+
+  /**
+   * The guest memory map was replaced (a vhost-user front-end sent a new
+   * memory table): active queues are mapped onto the new regions, keeping
+   * their indices. A queue whose rings are no longer RAM breaks the device.
+   */
+  replaceMemory(memory: GuestMemory): void {
+    this.mem = memory;
+    const features = { eventIdx: this.hasFeature(V.VIRTIO_RING_F_EVENT_IDX), indirect: this.hasFeature(V.VIRTIO_RING_F_INDIRECT_DESC) };
+    for (const q of this.queues) {
+      if (!q.active) continue;
+      const err = q.activate(memory, features);
+      if (err) {
+        this.markBroken(err);
+        return;
+      }
+    }
+  }
 
   // --- negotiation and status ------------------------------------------------
 
