@@ -7,7 +7,7 @@
  * kernel's LIO configuration), not in the VMM.
  */
 import {
-  DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
+  DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VirtioPciDevice, VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { VhostBackend } from './backend/backend';
 import { VhostKernelBackend } from './backend/kernel';
@@ -69,7 +69,6 @@ export function createVhostScsi(ctx: DeviceContext, id: string, props: Record<st
     if (backend.maxQueues !== undefined && backend.maxQueues < dev.queues.length)
       throw new Error(`num-queues=${numQueues}: the ${backend.description} serves ${backend.maxQueues - 2} request queue(s)`);
     const transport = new VirtioPciDevice(dev, ctx, { classCode: VHOST_SCSI_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
-    transport.stall = { ms: props['stall-ms'] as number, policy: props['stall-policy'] as 'none' | 'kick' };
     dev.transport = transport;
     ctx.log(`${id}: vhost-scsi on the ${backend.description}`);
     return new VhostScsiPci(id, dev, transport);
@@ -95,7 +94,8 @@ export const plugin: DevicePlugin = {
         'num-queues': { type: 'int', description: 'request queues', default: 1, min: 1, max: 16 },
         ioeventfd: { type: 'bool', description: 'guest kicks through KVM ioeventfd straight to the backend (off: through the exit path and the VMM)', default: true },
         'event-idx': { type: 'bool', description: 'offer VIRTIO_RING_F_EVENT_IDX (when the backend has it)', default: true },
-        ...VIRTIO_PCI_DEBUG_PROPERTIES,
+        // No stall-ms/stall-policy: the backend advances the rings, so the VMM's view of
+        // last_avail_idx is only current after a stop (docs/vhost.md).
       },
       create: (ctx, id, props) => createVhostScsi(ctx, id, props),
     },
