@@ -30,7 +30,7 @@ describeKvm('vhost-scsi,backend=user driven by the guest kit through the vhost-u
   afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
   it('scan: REPORT LUNS, INQUIRY, VPD pages and capacities come from the back-end; guest kicks reach it without the VMM', async () => {
-    const { be } = await withLuns();
+    const { be } = await withLuns(['--verbose']);
     const r = await vmm('test=scsi-scan strict=1', [`vhost-scsi,id=vs0,backend=user,socket=${be.socket}`]);
     expectPass(r, 'scsi-scan');
     expect(r.out).toContain("scsi-inquiry lun=0 type=0 vendor='TSVMM' product='VIRTUAL DISK'");
@@ -43,7 +43,13 @@ describeKvm('vhost-scsi,backend=user driven by the guest kit through the vhost-u
     expect(s.connections).toBe(1);
     expect(s.rings[2].kicks).toBeGreaterThan(5);
     expect(s.rings[2].calls).toBeGreaterThan(5);
-    expect(be.err()).toMatch(/ring 2 stopped at \d+/); // the VMM fetched the ring back (GET_VRING_BASE) when it ended
+    // The handover as the back-end saw it, and the rings fetched back (GET_VRING_BASE) when the VMM ended.
+    const requests = [...be.err().matchAll(/<- (\w+)/g)].map((m) => m[1]);
+    expect(requests.slice(0, 5)).toEqual(['GET_FEATURES', 'GET_PROTOCOL_FEATURES', 'SET_PROTOCOL_FEATURES', 'GET_QUEUE_NUM', 'SET_OWNER']);
+    expect(requests).toContain('SET_MEM_TABLE');
+    expect(requests.filter((x) => x === 'SET_VRING_KICK')).toHaveLength(3);
+    expect(requests.slice(-3)).toEqual(['GET_VRING_BASE', 'GET_VRING_BASE', 'GET_VRING_BASE']);
+    expect(be.err()).toMatch(/ring 2 stopped at \d+/);
   });
 
   describe.each([
