@@ -154,4 +154,30 @@ describeKvm('virtio-net driven by the guest kit over a TAP in a network namespac
     expect(r.code).toBe(1);
     expect(r.err).toMatch(/--device virtio-net,id=n0: tap=tap0: queues=2 needs a multi-queue TAP/);
   });
+
+  it.each([
+    ['a malformed MAC', 'virtio-net,id=n0,tap=tap0,mac=zz:54:00:12:34:56', /--device virtio-net,id=n0: mac=zz:54:00:12:34:56 is not a unicast MAC address/],
+    ['a multicast MAC', 'virtio-net,id=n0,tap=tap0,mac=01:00:5e:00:00:01', /--device virtio-net,id=n0: mac=01:00:5e:00:00:01 is not a unicast MAC address/],
+    ['an fd that is not an open TAP', 'virtio-net,id=n0,fd=77', /--device virtio-net,id=n0: fd77: .*the fd must be a TAP opened with IFF_VNET_HDR/],
+    ['both tap= and fd=', 'virtio-net,id=n0,tap=tap0,fd=3', /--device virtio-net,id=n0: give exactly one of tap=IFNAME or fd=N/],
+  ])('refuses %s with a message naming the device and the property', async (_what, device, message) => {
+    const r = await vmm('test=pci-scan', device);
+    expect(r.code).not.toBe(0);
+    expect(r.err).toMatch(message);
+  });
+
+  it('refuses a TAP it has no permission to attach (another owner, no CAP_NET_ADMIN), naming the TAP', async () => {
+    ns('ip', 'tuntap', 'add', 'tapperm', 'mode', 'tap', 'vnet_hdr', 'user', '65534');
+    const r = await new Promise<Run>((resolve) => {
+      const p = spawn('ip', ['netns', 'exec', NS, 'setpriv', '--bounding-set=-net_admin', '--inh-caps=-net_admin', process.execPath, VMM, 'run',
+        '--kernel', GUEST, '--cmdline', 'test=pci-scan', '--device', 'virtio-net,id=n0,tap=tapperm'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      p.stdout.on('data', (d) => (out += d));
+      p.stderr.on('data', (d) => (err += d));
+      p.on('close', (code) => resolve({ code, out, err }));
+    });
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/--device virtio-net,id=n0: tap=tapperm: no permission to attach \(needs CAP_NET_ADMIN or a TAP owned by this user\)/);
+  });
 });
