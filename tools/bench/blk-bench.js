@@ -20,19 +20,16 @@
  */
 'use strict';
 
-const { spawn, execFileSync } = require('child_process');
+const { execFileSync } = require('child_process');
 const crypto = require('crypto');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
+const {
+  ROOT, BENCH_DIR, GUEST_ELF, QEMU, createBench, pinned: pinnedOn, describe, tail, SIGBUS_NOTE,
+  median, round, fmt, fmtInt, gitHead, qemuStamps, jsonHeader, loadLine, pinnedOut, binariesLine, vmmVersion,
+} = require('./lib/common');
 
-const ROOT = path.resolve(__dirname, '../..');
-const BENCH_DIR = __dirname;
-const GUEST_ELF = path.join(ROOT, 'tools/guest-kit/build/guest.elf');
-const VMM_BIN = path.join(ROOT, 'apps/vmm/bin/vmm.js');
-const VMM_DIST = path.join(ROOT, 'apps/vmm/dist');
-const VMM_BUNDLE = path.join(VMM_DIST, 'main.js');
-const QEMU = 'qemu-system-x86_64';
 /*
  * The device under test. The guest kit's blk-bench and scsi-bench tests take the
  * same arguments and print the same lines (with their own prefix).
@@ -64,8 +61,6 @@ if (!DEV) {
 }
 const DEFAULT_OUT = path.join(BENCH_DIR, `results/${DEV.test}.json`);
 const MIB = 1024 * 1024;
-const BUILD_HINT =
-  'node libs/kvm-native/scripts/build-native.js && make -C tools/guest-kit && node apps/vmm/scripts/bundle.js';
 
 /*
  * Workloads. The guest's blk-bench caps bs at 256 KiB (its I/O buffer) and
@@ -112,6 +107,9 @@ const USAGE = `usage: node tools/bench/blk-bench.js [options]
   --out FILE        JSON results path (default tools/bench/results/blk-bench.json)
   --help`;
 
+const { tempFiles, cleanup, fail, usageError, parseFlags, arg, checkPrerequisites, checkTaskset, prepareBinaries, runProcess, writeJson } =
+  createBench('blk-bench', USAGE);
+
 function parseArgs(argv) {
   const opts = {
     reps: 3, workloads: WORKLOADS.map((w) => w.id), counts: {}, scale: 1, runners: [...RUNNER_IDS],
@@ -119,184 +117,54 @@ function parseArgs(argv) {
     vmmProps: '', snapshot: true,
   };
   const valued = ['--device', '--reps', '--workloads', '--counts', '--scale', '--runners', '--host-ms', '--image', '--image-mib', '--timeout', '--pin', '--out', '--vmm-props'];
-  for (let i = 0; i < argv.length; i++) {
-    let flag = argv[i];
-    let value;
-    const eq = flag.indexOf('=');
-    if (flag.startsWith('--') && eq > 0) {
-      value = flag.slice(eq + 1);
-      flag = flag.slice(0, eq);
-    }
-    if (flag === '--help' || flag === '-h') {
-      process.stdout.write(`${USAGE}\n`);
-      process.exit(0);
-    }
-    if (flag === '--keep-image' || flag === '--no-snapshot') {
-      if (flag === '--keep-image') opts.keepImage = true;
-      else opts.snapshot = false;
-      continue;
-    }
-    if (!valued.includes(flag)) usageError(`unknown option ${flag}`);
-    if (value === undefined) {
-      if (i + 1 >= argv.length) usageError(`${flag} needs a value`);
-      value = argv[++i];
-    }
-    const int = (v) => {
-      if (!/^\d+$/.test(v)) usageError(`${flag}: not a non-negative integer: ${v}`);
-      return Number(v);
-    };
-    switch (flag) {
-      case '--device': break; // read before parsing (DEVICE)
-      case '--reps': opts.reps = int(value); break;
-      case '--host-ms': opts.hostMs = int(value); break;
-      case '--image-mib': opts.imageMib = int(value); break;
-      case '--timeout': opts.timeoutS = int(value); break;
-      case '--image': opts.image = path.resolve(value); break;
-      case '--out': opts.out = path.resolve(value); break;
-      case '--vmm-props':
-        if (value && !value.startsWith(',')) value = `,${value}`;
-        opts.vmmProps = value;
-        break;
-      case '--scale':
-        opts.scale = Number(value);
-        if (!(opts.scale > 0)) usageError(`--scale: not a positive number: ${value}`);
-        break;
-      case '--pin':
-        if (!/^[0-9,-]+$/.test(value)) usageError(`--pin: not a CPU list: ${value}`);
-        opts.pin = value;
-        break;
-      case '--workloads':
-        opts.workloads = value.split(',').filter(Boolean);
-        for (const w of opts.workloads) if (!WORKLOADS.some((x) => x.id === w)) usageError(`--workloads: unknown workload ${w}`);
-        break;
-      case '--runners':
-        opts.runners = value.split(',').filter(Boolean);
-        for (const r of opts.runners) if (!RUNNER_IDS.includes(r)) usageError(`--runners: unknown runner ${r}`);
-        break;
-      case '--counts':
-        for (const item of value.split(',').filter(Boolean)) {
-          const m = /^([\w-]+)(?:@([\w-]+))?=(\d+):(\d+)$/.exec(item);
-          if (!m) usageError(`--counts: expected WORKLOAD[@RUNNER]=N1:N2, got ${item}`);
-          if (!WORKLOADS.some((x) => x.id === m[1])) usageError(`--counts: unknown workload ${m[1]}`);
-          if (m[2] !== undefined && !RUNNER_IDS.includes(m[2])) usageError(`--counts: unknown runner ${m[2]}`);
-          for (const r of m[2] === undefined ? RUNNER_IDS : [m[2]]) opts.counts[`${m[1]}@${r}`] = [Number(m[3]), Number(m[4])];
-        }
-        break;
-    }
-  }
+  const workloadIds = WORKLOADS.map((w) => w.id);
+  parseFlags(argv, {
+    valued,
+    booleans: ['--keep-image', '--no-snapshot'],
+    onFlag: (flag, value) => {
+      const int = (v) => arg.int(flag, v);
+      switch (flag) {
+        case '--keep-image': opts.keepImage = true; break;
+        case '--no-snapshot': opts.snapshot = false; break;
+        case '--device': break; // read before parsing (DEVICE)
+        case '--reps': opts.reps = int(value); break;
+        case '--host-ms': opts.hostMs = int(value); break;
+        case '--image-mib': opts.imageMib = int(value); break;
+        case '--timeout': opts.timeoutS = int(value); break;
+        case '--image': opts.image = path.resolve(value); break;
+        case '--out': opts.out = path.resolve(value); break;
+        case '--vmm-props': opts.vmmProps = arg.vmmProps(value); break;
+        case '--scale': opts.scale = arg.scale(value); break;
+        case '--pin': opts.pin = arg.pin(value); break;
+        case '--workloads': opts.workloads = arg.list(flag, value, workloadIds, 'workload'); break;
+        case '--runners': opts.runners = arg.list(flag, value, RUNNER_IDS, 'runner'); break;
+        case '--counts':
+          for (const item of value.split(',').filter(Boolean)) {
+            const m = /^([\w-]+)(?:@([\w-]+))?=(\d+):(\d+)$/.exec(item);
+            if (!m) usageError(`--counts: expected WORKLOAD[@RUNNER]=N1:N2, got ${item}`);
+            if (!workloadIds.includes(m[1])) usageError(`--counts: unknown workload ${m[1]}`);
+            if (m[2] !== undefined && !RUNNER_IDS.includes(m[2])) usageError(`--counts: unknown runner ${m[2]}`);
+            for (const r of m[2] === undefined ? RUNNER_IDS : [m[2]]) opts.counts[`${m[1]}@${r}`] = [Number(m[3]), Number(m[4])];
+          }
+          break;
+      }
+    },
+  });
   if (opts.reps < 1) usageError('--reps must be at least 1');
   if (!opts.workloads.length || !opts.runners.length) usageError('nothing to run');
   if (opts.imageMib < 1) usageError('--image-mib must be at least 1');
-  if (opts.out === undefined) {
-    opts.out = opts.pin === undefined ? DEFAULT_OUT : path.join(path.dirname(DEFAULT_OUT), `${DEV.test}-pin${opts.pin.replace(/,/g, '_')}.json`);
-  }
+  if (opts.out === undefined) opts.out = opts.pin === undefined ? DEFAULT_OUT : pinnedOut(DEFAULT_OUT, DEV.test, opts.pin);
   return opts;
-}
-
-function usageError(msg) {
-  process.stderr.write(`blk-bench: ${msg}\n${USAGE}\n`);
-  process.exit(2);
-}
-
-/* Temporary files and live children, cleaned up on every exit path. */
-const tempFiles = [];
-const children = new Set();
-function cleanup() {
-  for (const c of children) {
-    try {
-      c.kill('SIGKILL');
-    } catch {
-      /* already gone */
-    }
-  }
-  for (const f of tempFiles) fs.rmSync(f, { force: true, recursive: true });
-}
-
-function fail(msg) {
-  process.stderr.write(`blk-bench: ${msg}\n`);
-  cleanup();
-  process.exit(1);
 }
 
 /* ---------------- preparation ---------------- */
 
-function sha256(p) {
-  try {
-    return crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex');
-  } catch {
-    return null;
-  }
-}
-
-function checkPrerequisites(opts) {
-  if (!fs.existsSync(GUEST_ELF)) fail(`${path.relative(ROOT, GUEST_ELF)} is missing; build it first: ${BUILD_HINT}`);
-  if (opts.runners.some((r) => r.startsWith('vmm')) && !fs.existsSync(VMM_BUNDLE)) {
-    fail(`the VMM is not built (${path.relative(ROOT, VMM_BUNDLE)} missing); build it first: ${BUILD_HINT}`);
-  }
-  if (opts.runners.includes('qemu')) {
-    try {
-      execFileSync(QEMU, ['--version'], { stdio: 'pipe' });
-    } catch {
-      fail(`${QEMU} not found (apt-get install -y qemu-system-x86), or leave it out with --runners vmm-on,vmm-off`);
-    }
-  }
-  try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-  } catch (e) {
-    fail(`/dev/kvm is not usable: ${e.message}`);
-  }
-}
-
-/* A private copy of the guest: guest-kit may be rebuilt while we run. */
-function copyGuest() {
-  const dst = path.join(os.tmpdir(), `blk-bench-${process.pid}-guest.elf`);
-  tempFiles.push(dst);
-  fs.copyFileSync(GUEST_ELF, dst);
-  return dst;
-}
-
-/*
- * A private copy of the bundled VMM (bin/vmm.js and dist/: main.js, worker
- * bundles, kvm_native.node), for the same reason: bundle.js may rewrite dist/
- * mid-run. The copy is retried until it matches the tree file for file, so it
- * never mixes two builds. Returns { bin, files: { name: sha256 } }.
- */
-function snapshotVmm() {
-  const dir = path.join(os.tmpdir(), `blk-bench-${process.pid}-vmm`);
-  tempFiles.push(dir);
-  for (let attempt = 0; attempt < 10; attempt++) {
-    fs.rmSync(dir, { force: true, recursive: true });
-    fs.mkdirSync(path.join(dir, 'bin'), { recursive: true });
-    fs.mkdirSync(path.join(dir, 'dist'));
-    const pairs = [[VMM_BIN, path.join(dir, 'bin/vmm.js'), 'bin/vmm.js']];
-    for (const f of fs.readdirSync(VMM_DIST)) {
-      if (f.startsWith('.') || f.endsWith('.map') || !fs.statSync(path.join(VMM_DIST, f)).isFile()) continue;
-      pairs.push([path.join(VMM_DIST, f), path.join(dir, 'dist', f), `dist/${f}`]);
-    }
-    for (const [src, dst] of pairs) fs.copyFileSync(src, dst);
-    const files = {};
-    let same = true;
-    for (const [src, dst, name] of pairs) {
-      files[name] = sha256(dst);
-      if (files[name] !== sha256(src)) same = false;
-    }
-    if (same) return { bin: path.join(dir, 'bin/vmm.js'), dir, files };
-    execFileSync('sleep', ['1']); // a rebuild is under way: let it finish
-  }
-  fail('apps/vmm/dist kept changing while it was being copied (a rebuild loop?); try again, or use --no-snapshot');
-}
-
-/* Hashes of what apps/vmm holds now (to tell whether the tree was rebuilt during the run). */
-function treeVmmHashes() {
-  const files = { 'bin/vmm.js': sha256(VMM_BIN) };
-  try {
-    for (const f of fs.readdirSync(VMM_DIST)) {
-      if (!f.startsWith('.') && !f.endsWith('.map')) files[`dist/${f}`] = sha256(path.join(VMM_DIST, f));
-    }
-  } catch {
-    /* no dist */
-  }
-  return files;
+function checkBlkPrerequisites(opts) {
+  checkPrerequisites({
+    needVmm: opts.runners.some((r) => r.startsWith('vmm')),
+    commands: opts.runners.includes('qemu') ? [[QEMU, ['--version']]] : [],
+    withoutQemu: 'vmm-on,vmm-off',
+  });
 }
 
 /* Creates the random image (written once) or checks the given one. */
@@ -368,51 +236,7 @@ function makeRunners(vmmBin, guest, image, vmmProps) {
 }
 
 let pinList;
-function pinned([cmd, args]) {
-  return pinList === undefined ? [cmd, args] : ['taskset', ['-c', pinList, cmd, ...args]];
-}
-
-/* Spawns one process and times it from just before spawn() to its exit. */
-function runProcess(cmd, args, timeoutS) {
-  return new Promise((resolve, reject) => {
-    let exitAt;
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    const t0 = process.hrtime.bigint();
-    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(child);
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, timeoutS * 1000);
-    child.stdout.on('data', (b) => {
-      if (stdout.length < 256 * 1024) stdout += b.toString('latin1');
-    });
-    child.stderr.on('data', (b) => {
-      if (stderr.length < 64 * 1024) stderr += b.toString();
-    });
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      children.delete(child);
-      reject(e);
-    });
-    child.on('exit', () => {
-      exitAt = process.hrtime.bigint();
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      children.delete(child);
-      resolve({ code, signal, stdout, stderr, timedOut, wallMs: Number((exitAt ?? process.hrtime.bigint()) - t0) / 1e6 });
-    });
-  });
-}
-
-function describe(cmd, args) {
-  const show = (s) => (/[\s"]/.test(s) ? JSON.stringify(s) : s);
-  const exe = (c) => (c === process.execPath ? 'node' : c.startsWith(`${ROOT}/`) ? path.relative(ROOT, c) : c);
-  return [exe(cmd), ...args.map((a, i) => (cmd === 'taskset' && i === 2 ? exe(a) : a))].map(show).join(' ');
-}
+const pinned = (cmdArgs) => pinnedOn(cmdArgs, pinList);
 
 /* The guest's two result lines, checked against what was asked for. */
 function parseGuest(w, n, stdout) {
@@ -431,8 +255,7 @@ function parseGuest(w, n, stdout) {
 
 async function runChecked(runner, w, n, timeoutS) {
   const [cmd, args] = pinned(runner.cmd(w, n));
-  const r = await runProcess(cmd, args, timeoutS);
-  const tail = (s) => s.trimEnd().split('\n').slice(-15).join('\n');
+  const r = await runProcess(cmd, args, { timeoutS });
   const g = parseGuest(w, n, r.stdout);
   if (r.timedOut || r.code !== runner.passCode || g.problem) {
     fail(
@@ -440,7 +263,7 @@ async function runChecked(runner, w, n, timeoutS) {
         (r.timedOut ? `timed out after ${timeoutS} s` : `exited with ${r.signal ? `signal ${r.signal}` : `code ${r.code}`} (PASS is ${runner.passCode})`) +
         (g.problem ? `; ${g.problem}` : '') +
         `\n--- stdout (tail) ---\n${tail(r.stdout)}\n--- stderr (tail) ---\n${tail(r.stderr)}\n--------------` +
-        (r.signal === 'SIGBUS' ? '\n(SIGBUS: was apps/vmm/dist/kvm_native.node rewritten while it ran? Rebuilds during a run do that.)' : ''),
+        (r.signal === 'SIGBUS' ? SIGBUS_NOTE : ''),
     );
   }
   return { wallMs: r.wallMs, ...g };
@@ -492,74 +315,23 @@ function hostPread(img, w, ms, rep) {
   }
 }
 
-/* ---------------- statistics ---------------- */
-
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-function round(x, digits) {
-  const f = 10 ** digits;
-  return Math.round(x * f) / f;
-}
-
-function fmt(x, digits) {
-  return x.toFixed(digits);
-}
-
-function fmtInt(x) {
-  return Math.round(x).toLocaleString('en-US');
-}
+/* ---------------- build stamps ---------------- */
 
 function buildStamps() {
-  let head = null;
-  try {
-    head = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
-  } catch {
-    /* not a git checkout */
-  }
-  let qemuVersion = null;
-  try {
-    qemuVersion = execFileSync(QEMU, ['--version'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().split('\n')[0].trim();
-  } catch {
-    /* no QEMU */
-  }
-  return {
-    gitHead: head,
-    qemuVersion,
-    qemuSha256: (() => {
-      try {
-        return sha256(execFileSync('sh', ['-c', `command -v ${QEMU}`]).toString().trim());
-      } catch {
-        return null;
-      }
-    })(),
-  };
+  return { gitHead: gitHead(), ...qemuStamps() };
 }
 
 /* ---------------- main ---------------- */
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
-  checkPrerequisites(opts);
+  checkBlkPrerequisites(opts);
   pinList = opts.pin;
-  if (pinList !== undefined) {
-    try {
-      execFileSync('taskset', ['-a', '-p', '-c', pinList, String(process.pid)], { stdio: 'pipe' });
-    } catch (e) {
-      fail(`--pin ${pinList}: taskset failed: ${(e.stderr || e.message).toString().trim()}`);
-    }
-  }
+  if (pinList !== undefined) checkTaskset(pinList, ['-a', '-p', '-c', pinList, String(process.pid)]);
   for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => fail(`interrupted (${sig})`));
 
-  const guest = copyGuest();
-  const guestSha = sha256(guest);
-  const usesVmm = opts.runners.some((r) => r.startsWith('vmm'));
-  const vmmTree0 = usesVmm ? treeVmmHashes() : null;
-  const snap = usesVmm && opts.snapshot ? snapshotVmm() : null;
-  const vmmBin = snap ? snap.bin : VMM_BIN;
+  const bins = prepareBinaries({ usesVmm: opts.runners.some((r) => r.startsWith('vmm')), snapshot: opts.snapshot });
+  const { guest, guestSha, snap, vmmBin } = bins;
   const img = prepareImage(opts);
   const warmMs = warmImage(img);
   const resident0 = residentBytes(img.path);
@@ -628,9 +400,7 @@ async function main() {
   const resident1 = residentBytes(img.path);
   const stamps1 = buildStamps();
   // With the snapshot a rebuild of apps/vmm does not touch the runs; without it (or if QEMU was upgraded) the runs mix builds.
-  const vmmTree1 = usesVmm ? treeVmmHashes() : null;
-  const treeRebuilt = usesVmm && JSON.stringify(vmmTree0) !== JSON.stringify(vmmTree1);
-  const mixed = stamps0.qemuSha256 !== stamps1.qemuSha256 || (treeRebuilt && !snap);
+  const { vmmTree1, treeRebuilt, mixed } = bins.end(stamps0, stamps1);
   if (mixed) process.stderr.write('blk-bench: warning: the VMM or QEMU changed during the run; the runs mix builds\n');
   else if (treeRebuilt) process.stderr.write('blk-bench: note: apps/vmm was rebuilt during the run; every run used the copy taken at start\n');
 
@@ -769,34 +539,17 @@ async function main() {
   }
   for (const w of workloads) lines.push(`- ${w.id}: \`${guestCmdline(w, 'N')}\` (${w.label})`);
   if (mixed) lines.push('**Warning: a binary under test changed during the run; the figures mix builds.**');
-  lines.push(
-    `Binaries: guest.elf sha256 ${guestSha.slice(0, 16)} (private copy)` +
-      (usesVmm ? `, VMM dist/main.js sha256 ${((snap ? snap.files : vmmTree0)['dist/main.js'] || 'none').slice(0, 16)}${snap ? ' (private copy)' : ''}` : '') +
-      `${stamps0.gitHead ? `, tree HEAD ${stamps0.gitHead.slice(0, 12)}` : ''}${stamps0.qemuVersion ? `, ${stamps0.qemuVersion}` : ''}.` +
-      (treeRebuilt && snap ? ' apps/vmm was rebuilt during the run; the runs all used the copy taken at start.' : ''),
-  );
-  lines.push(`Host load average (1 min) ${fmt(load0[0], 2)} at start, ${fmt(load1[0], 2)} at end; ${os.cpus().length} CPUs.`);
+  lines.push(binariesLine(bins, stamps0) + (treeRebuilt && snap ? ' apps/vmm was rebuilt during the run; the runs all used the copy taken at start.' : ''));
+  lines.push(loadLine(load0, load1));
   process.stdout.write(`${lines.join('\n')}\n`);
 
   const json = {
-    benchmark: DEV.test,
-    date: new Date().toISOString(),
-    host: {
-      hostname: os.hostname(),
-      kernel: os.release(),
-      cpu: (os.cpus()[0] || {}).model,
-      cpus: os.cpus().length,
-      node: process.version,
-      loadavgStart: load0.map((x) => round(x, 2)),
-      loadavgEnd: load1.map((x) => round(x, 2)),
-    },
+    ...jsonHeader(DEV.test, load0, load1),
     versions: {
       ...stamps0,
       guestElfSha256: guestSha, // the private copy every run used
       guestElfCopiedFrom: path.relative(ROOT, GUEST_ELF),
-      vmm: usesVmm
-        ? { ran: snap ? 'private copy of apps/vmm/bin/vmm.js + apps/vmm/dist taken at start' : 'apps/vmm in place', files: snap ? snap.files : vmmTree0 }
-        : null,
+      vmm: vmmVersion(bins),
       vmmTreeRebuiltDuringRun: treeRebuilt,
       vmmTreeAtEnd: treeRebuilt ? vmmTree1 : undefined,
       vmmProps: opts.vmmProps || undefined,
@@ -818,9 +571,7 @@ async function main() {
     results,
     usPerInterrupt: irqCost ?? undefined,
   };
-  fs.mkdirSync(path.dirname(opts.out), { recursive: true });
-  fs.writeFileSync(opts.out, `${JSON.stringify(json, null, 2)}\n`);
-  process.stderr.write(`blk-bench: wrote ${path.relative(process.cwd(), opts.out) || opts.out}\n`);
+  writeJson(opts.out, json);
   cleanup();
 }
 

@@ -17,21 +17,16 @@
  */
 'use strict';
 
-const { spawn, execFileSync } = require('child_process');
-const fs = require('fs');
 const os = require('os');
 const path = require('path');
+const {
+  ROOT, BENCH_DIR, GUEST_ELF, GUEST_ELF_REL, VMM_BIN_REL, VMM_BUNDLE, createBench, sha256, isStale, compileC, pinned: pinnedOn,
+  describe, SIGBUS_NOTE, median, round, fmt, fmtInt, gitHead, jsonHeader, loadLine, pinnedOut,
+} = require('./lib/common');
 
-const ROOT = path.resolve(__dirname, '../..');
-const BENCH_DIR = __dirname;
 const C_SRC = path.join(BENCH_DIR, 'c/exit-loop.c');
 const C_BIN = path.join(BENCH_DIR, 'build/exit-loop');
-const GUEST_ELF_REL = 'tools/guest-kit/build/guest.elf';
-const VMM_BIN_REL = 'apps/vmm/bin/vmm.js';
-const VMM_BUNDLE = path.join(ROOT, 'apps/vmm/dist/main.js');
 const DEFAULT_OUT = path.join(BENCH_DIR, 'results/exit-bench.json');
-const BUILD_HINT =
-  'node libs/kvm-native/scripts/build-native.js && make -C tools/guest-kit && node apps/vmm/scripts/bundle.js';
 
 const USAGE = `usage: node tools/bench/exit-bench.js [options]
   --n1 N          smaller exit count (default 20000)
@@ -43,83 +38,33 @@ const USAGE = `usage: node tools/bench/exit-bench.js [options]
   --out FILE      JSON results path (default tools/bench/results/exit-bench.json)
   --help`;
 
+const { fail, usageError, parseFlags, arg, checkPrerequisites, checkTaskset, runProcess, writeJson } = createBench('exit-bench', USAGE);
+
 function parseArgs(argv) {
   const opts = { n1: 20000, n2: 220000, reps: 3, firstReps: 5, out: undefined, pin: undefined };
   const intFlags = { '--n1': 'n1', '--n2': 'n2', '--reps': 'reps', '--first-reps': 'firstReps' };
-  for (let i = 0; i < argv.length; i++) {
-    let flag = argv[i];
-    let value;
-    const eq = flag.indexOf('=');
-    if (flag.startsWith('--') && eq > 0) {
-      value = flag.slice(eq + 1);
-      flag = flag.slice(0, eq);
-    }
-    if (flag === '--help' || flag === '-h') {
-      process.stdout.write(`${USAGE}\n`);
-      process.exit(0);
-    }
-    if (!(flag in intFlags) && flag !== '--out' && flag !== '--pin') usageError(`unknown option ${flag}`);
-    if (value === undefined) {
-      if (i + 1 >= argv.length) usageError(`${flag} needs a value`);
-      value = argv[++i];
-    }
-    if (flag === '--out') {
-      opts.out = path.resolve(value);
-      continue;
-    }
-    if (flag === '--pin') {
-      if (!/^[0-9,-]+$/.test(value)) usageError(`--pin: not a CPU list: ${value}`);
-      opts.pin = value;
-      continue;
-    }
-    if (!/^\d+$/.test(value)) usageError(`${flag}: not a non-negative integer: ${value}`);
-    opts[intFlags[flag]] = Number(value);
-  }
+  parseFlags(argv, {
+    valued: [...Object.keys(intFlags), '--out', '--pin'],
+    onFlag: (flag, value) => {
+      if (flag === '--out') opts.out = path.resolve(value);
+      else if (flag === '--pin') opts.pin = arg.pin(value);
+      else opts[intFlags[flag]] = arg.int(flag, value);
+    },
+  });
   if (opts.n2 <= opts.n1) usageError('--n2 must be larger than --n1');
   if (opts.n2 > 0xffffffff) usageError('--n2 must fit in 32 bits (the guest counter is u32)');
   if (opts.reps < 1 || opts.firstReps < 1) usageError('--reps and --first-reps must be at least 1');
-  if (opts.out === undefined) {
-    opts.out = opts.pin === undefined ? DEFAULT_OUT : path.join(path.dirname(DEFAULT_OUT), `exit-bench-pin${opts.pin.replace(/,/g, '_')}.json`);
-  }
+  if (opts.out === undefined) opts.out = opts.pin === undefined ? DEFAULT_OUT : pinnedOut(DEFAULT_OUT, 'exit-bench', opts.pin);
   return opts;
-}
-
-function usageError(msg) {
-  process.stderr.write(`exit-bench: ${msg}\n${USAGE}\n`);
-  process.exit(2);
-}
-
-function fail(msg) {
-  process.stderr.write(`exit-bench: ${msg}\n`);
-  process.exit(1);
 }
 
 /* ---------------- preparation ---------------- */
 
-function mtimeOf(p) {
-  try {
-    return fs.statSync(p).mtimeMs;
-  } catch {
-    return -1;
-  }
-}
-
 function buildCLoop() {
-  if (mtimeOf(C_BIN) >= mtimeOf(C_SRC)) return false;
-  fs.mkdirSync(path.dirname(C_BIN), { recursive: true });
+  if (!isStale(C_BIN, C_SRC)) return false;
   process.stderr.write(`exit-bench: building ${path.relative(ROOT, C_BIN)}\n`);
-  execFileSync('gcc', ['-O2', '-Wall', '-Wextra', '-o', C_BIN, C_SRC], { stdio: 'inherit' });
+  compileC(C_SRC, C_BIN);
   return true;
-}
-
-function checkPrerequisites() {
-  if (!fs.existsSync(path.join(ROOT, GUEST_ELF_REL))) fail(`${GUEST_ELF_REL} is missing; build it first: ${BUILD_HINT}`);
-  if (!fs.existsSync(VMM_BUNDLE)) fail(`the VMM is not built (${path.relative(ROOT, VMM_BUNDLE)} missing); build it first: ${BUILD_HINT}`);
-  try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-  } catch (e) {
-    fail(`/dev/kvm is not usable: ${e.message}`);
-  }
 }
 
 /* ---------------- runners ---------------- */
@@ -152,60 +97,15 @@ const RUNNERS = [
 
 /* With --pin, every child runs under taskset so all its threads share the given CPUs. */
 let pinList;
-function pinned([cmd, args]) {
-  return pinList === undefined ? [cmd, args] : ['taskset', ['-c', pinList, cmd, ...args]];
-}
-
-/*
- * Spawns one process and times it from just before spawn() to its exit.
- * With firstByte, also records when the first stdout byte arrives.
- */
-function runProcess(cmd, args, { firstByte = false } = {}) {
-  return new Promise((resolve, reject) => {
-    let firstAt;
-    let exitAt;
-    let stderr = '';
-    let stdoutBytes = 0;
-    const t0 = process.hrtime.bigint();
-    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    child.stdout.on('data', (b) => {
-      if (firstAt === undefined) firstAt = process.hrtime.bigint();
-      stdoutBytes += b.length;
-    });
-    child.stderr.on('data', (b) => {
-      if (stderr.length < 64 * 1024) stderr += b.toString();
-    });
-    child.on('error', reject);
-    child.on('exit', () => {
-      exitAt = process.hrtime.bigint();
-    });
-    child.on('close', (code, signal) => {
-      const ms = (t) => (t === undefined ? undefined : Number(t - t0) / 1e6);
-      resolve({
-        code,
-        signal,
-        stderr,
-        stdoutBytes,
-        wallMs: ms(exitAt ?? process.hrtime.bigint()),
-        firstByteMs: firstByte ? ms(firstAt) : undefined,
-      });
-    });
-  });
-}
-
-function describe(cmd, args) {
-  const show = (s) => (/[\s"]/.test(s) ? JSON.stringify(s) : s);
-  const exe = (c) => (c === process.execPath ? 'node' : path.isAbsolute(c) ? path.relative(ROOT, c) : c);
-  return [exe(cmd), ...args.map((a, i) => (cmd === 'taskset' && i === 2 ? exe(a) : a))].map(show).join(' ');
-}
+const pinned = (cmdArgs) => pinnedOn(cmdArgs, pinList);
 
 async function runChecked(runner, cmd, args, n, opts) {
-  const r = await runProcess(cmd, args, opts);
+  const r = await runProcess(cmd, args, { ...opts, stdoutLimit: 0 });
   if (r.code !== 0) {
     fail(
       `${runner.id}: \`${describe(cmd, args)}\` exited with ${r.signal ? `signal ${r.signal}` : `code ${r.code}`}\n` +
         `--- stderr ---\n${r.stderr.trimEnd()}\n--------------` +
-        (r.signal === 'SIGBUS' ? '\n(SIGBUS: was apps/vmm/dist/kvm_native.node rewritten while it ran? Rebuilds during a run do that.)' : ''),
+        (r.signal === 'SIGBUS' ? SIGBUS_NOTE : ''),
     );
   }
   const problem = n === undefined ? undefined : runner.check(n, r.stderr);
@@ -214,46 +114,18 @@ async function runChecked(runner, cmd, args, n, opts) {
   return r;
 }
 
-/* ---------------- statistics ---------------- */
-
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-function round(x, digits) {
-  const f = 10 ** digits;
-  return Math.round(x * f) / f;
-}
-
-function fmt(x, digits) {
-  return x.toFixed(digits);
-}
-
-function fmtInt(x) {
-  return Math.round(x).toLocaleString('en-US');
-}
+/* ---------------- build stamps ---------------- */
 
 /* What exactly was measured: the tree's HEAD and hashes of the binaries run. */
 function buildStamps() {
   const sha = (p) => {
-    try {
-      return require('crypto').createHash('sha256').update(fs.readFileSync(p)).digest('hex').slice(0, 16);
-    } catch {
-      return null;
-    }
+    const h = sha256(p);
+    return h && h.slice(0, 16);
   };
-  let head = null;
-  try {
-    head = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
-  } catch {
-    /* not a git checkout */
-  }
   return {
-    gitHead: head,
+    gitHead: gitHead(),
     vmmBundleSha256: sha(VMM_BUNDLE),
-    guestElfSha256: sha(path.join(ROOT, GUEST_ELF_REL)),
+    guestElfSha256: sha(GUEST_ELF),
     exitLoopSha256: sha(C_BIN),
   };
 }
@@ -262,16 +134,10 @@ function buildStamps() {
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
-  checkPrerequisites();
+  checkPrerequisites({});
   buildCLoop();
   pinList = opts.pin;
-  if (pinList !== undefined) {
-    try {
-      execFileSync('taskset', ['-c', pinList, 'true'], { stdio: 'pipe' });
-    } catch (e) {
-      fail(`--pin ${pinList}: taskset failed: ${(e.stderr || e.message).toString().trim()}`);
-    }
-  }
+  if (pinList !== undefined) checkTaskset(pinList, ['-c', pinList, 'true']);
 
   const { n1, n2, reps, firstReps } = opts;
   const load0 = os.loadavg();
@@ -367,21 +233,11 @@ async function main() {
       `C ${fmt(results.c.firstSerialByteMedianMs, 1)} ms.`,
   );
   if (rebuilt) lines.push('**Warning: a binary under test was rebuilt during the run; the figures mix builds.**');
-  lines.push(`Host load average (1 min) ${fmt(load0[0], 2)} at start, ${fmt(load1[0], 2)} at end; ${os.cpus().length} CPUs.`);
+  lines.push(loadLine(load0, load1));
   process.stdout.write(`${lines.join('\n')}\n`);
 
   const json = {
-    benchmark: 'exit-bench',
-    date: new Date().toISOString(),
-    host: {
-      hostname: os.hostname(),
-      kernel: os.release(),
-      cpu: (os.cpus()[0] || {}).model,
-      cpus: os.cpus().length,
-      node: process.version,
-      loadavgStart: load0.map((x) => round(x, 2)),
-      loadavgEnd: load1.map((x) => round(x, 2)),
-    },
+    ...jsonHeader('exit-bench', load0, load1),
     versions: stamps0,
     versionsAtEnd: rebuilt ? stamps1 : undefined,
     params: { n1, n2, reps, firstReps, pin: opts.pin ?? null, guest: GUEST_ELF_REL, guestCmdline: guestCmdline('N') },
@@ -391,9 +247,7 @@ async function main() {
     results,
     ratioVmmOverC: round(ratio, 3),
   };
-  fs.mkdirSync(path.dirname(opts.out), { recursive: true });
-  fs.writeFileSync(opts.out, `${JSON.stringify(json, null, 2)}\n`);
-  process.stderr.write(`exit-bench: wrote ${path.relative(process.cwd(), opts.out) || opts.out}\n`);
+  writeJson(opts.out, json);
 }
 
 main().catch((e) => fail((e && e.stack) || String(e)));

@@ -25,21 +25,17 @@
  */
 'use strict';
 
-const { spawn, execFileSync } = require('child_process');
-const crypto = require('crypto');
+const { execFileSync } = require('child_process');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
+const {
+  ROOT, BENCH_DIR, GUEST_ELF, QEMU, createBench, isStale, compileC, describe, tail, median, round, fmt, fmtInt,
+  gitHead, qemuStamps, jsonHeader, loadLine, binariesLine, vmmVersion,
+} = require('./lib/common');
 
-const ROOT = path.resolve(__dirname, '../..');
-const BENCH_DIR = __dirname;
-const GUEST_ELF = path.join(ROOT, 'tools/guest-kit/build/guest.elf');
-const VMM_BIN = path.join(ROOT, 'apps/vmm/bin/vmm.js');
-const VMM_DIST = path.join(ROOT, 'apps/vmm/dist');
-const VMM_BUNDLE = path.join(VMM_DIST, 'main.js');
 const HOST_SRC = path.join(BENCH_DIR, 'c/net-host.c');
 const HOST_BIN = path.join(BENCH_DIR, 'build/net-host');
-const QEMU = 'qemu-system-x86_64';
 const DEFAULT_OUT = path.join(BENCH_DIR, 'results/net-bench.json');
 const BUILD_HINT = 'npx nx run-many -t build   (or: node libs/kvm-native/scripts/build-native.js && make -C tools/guest-kit && node apps/vmm/scripts/bundle.js)';
 
@@ -98,98 +94,57 @@ const USAGE = `usage: node tools/bench/net-bench.js [options]
   --out FILE        JSON results path (default tools/bench/results/net-bench.json)
   --help`;
 
+const { onCleanup, cleanup, fail, usageError, parseFlags, arg, checkPrerequisites, prepareBinaries, startProcess, writeJson } =
+  createBench('net-bench', USAGE);
+
 function parseArgs(argv) {
   const opts = {
     reps: 7, workloads: WORKLOADS.map((w) => w.id), runners: [...DEFAULT_RUNNERS], counts: {}, scale: 1,
     window: 256, vmmProps: '', snapshot: true, timeoutS: 180, out: DEFAULT_OUT, quietWaitS: 0, quietBusy: 0.15,
   };
   const valued = ['--reps', '--workloads', '--runners', '--counts', '--scale', '--window', '--vmm-props', '--timeout', '--out', '--quiet-wait', '--quiet-busy'];
-  for (let i = 0; i < argv.length; i++) {
-    let flag = argv[i];
-    let value;
-    const eq = flag.indexOf('=');
-    if (flag.startsWith('--') && eq > 0) {
-      value = flag.slice(eq + 1);
-      flag = flag.slice(0, eq);
-    }
-    if (flag === '--help' || flag === '-h') {
-      process.stdout.write(`${USAGE}\n`);
-      process.exit(0);
-    }
-    if (flag === '--no-snapshot') {
-      opts.snapshot = false;
-      continue;
-    }
-    if (!valued.includes(flag)) usageError(`unknown option ${flag}`);
-    if (value === undefined) {
-      if (i + 1 >= argv.length) usageError(`${flag} needs a value`);
-      value = argv[++i];
-    }
-    const int = (v) => {
-      if (!/^\d+$/.test(v)) usageError(`${flag}: not a non-negative integer: ${v}`);
-      return Number(v);
-    };
-    switch (flag) {
-      case '--reps': opts.reps = int(value); break;
-      case '--window': opts.window = int(value); break;
-      case '--timeout': opts.timeoutS = int(value); break;
-      case '--quiet-wait': opts.quietWaitS = int(value); break;
-      case '--quiet-busy':
-        opts.quietBusy = Number(value);
-        if (!(opts.quietBusy > 0 && opts.quietBusy <= 1)) usageError(`--quiet-busy: not a fraction in (0, 1]: ${value}`);
-        break;
-      case '--out': opts.out = path.resolve(value); break;
-      case '--vmm-props':
-        if (value && !value.startsWith(',')) value = `,${value}`;
-        opts.vmmProps = value;
-        break;
-      case '--scale':
-        opts.scale = Number(value);
-        if (!(opts.scale > 0)) usageError(`--scale: not a positive number: ${value}`);
-        break;
-      case '--workloads':
-        opts.workloads = value.split(',').filter(Boolean);
-        for (const w of opts.workloads) if (!WORKLOADS.some((x) => x.id === w)) usageError(`--workloads: unknown workload ${w}`);
-        break;
-      case '--runners':
-        opts.runners = value.split(',').filter(Boolean);
-        for (const r of opts.runners) if (!RUNNER_IDS.includes(r)) usageError(`--runners: unknown runner ${r}`);
-        break;
-      case '--counts':
-        for (const item of value.split(',').filter(Boolean)) {
-          const m = /^([\w-]+)(?:@([\w-]+))?=(\d+)$/.exec(item);
-          if (!m) usageError(`--counts: expected WORKLOAD[@RUNNER]=N, got ${item}`);
-          if (!WORKLOADS.some((x) => x.id === m[1])) usageError(`--counts: unknown workload ${m[1]}`);
-          if (m[2] !== undefined && !RUNNER_IDS.includes(m[2])) usageError(`--counts: unknown runner ${m[2]}`);
-          for (const r of m[2] === undefined ? RUNNER_IDS : [m[2]]) opts.counts[`${m[1]}@${r}`] = Number(m[3]);
-        }
-        break;
-    }
-  }
+  const workloadIds = WORKLOADS.map((w) => w.id);
+  parseFlags(argv, {
+    valued,
+    booleans: ['--no-snapshot'],
+    onFlag: (flag, value) => {
+      const int = (v) => arg.int(flag, v);
+      switch (flag) {
+        case '--no-snapshot': opts.snapshot = false; break;
+        case '--reps': opts.reps = int(value); break;
+        case '--window': opts.window = int(value); break;
+        case '--timeout': opts.timeoutS = int(value); break;
+        case '--quiet-wait': opts.quietWaitS = int(value); break;
+        case '--quiet-busy':
+          opts.quietBusy = Number(value);
+          if (!(opts.quietBusy > 0 && opts.quietBusy <= 1)) usageError(`--quiet-busy: not a fraction in (0, 1]: ${value}`);
+          break;
+        case '--out': opts.out = path.resolve(value); break;
+        case '--vmm-props': opts.vmmProps = arg.vmmProps(value); break;
+        case '--scale': opts.scale = arg.scale(value); break;
+        case '--workloads': opts.workloads = arg.list(flag, value, workloadIds, 'workload'); break;
+        case '--runners': opts.runners = arg.list(flag, value, RUNNER_IDS, 'runner'); break;
+        case '--counts':
+          for (const item of value.split(',').filter(Boolean)) {
+            const m = /^([\w-]+)(?:@([\w-]+))?=(\d+)$/.exec(item);
+            if (!m) usageError(`--counts: expected WORKLOAD[@RUNNER]=N, got ${item}`);
+            if (!workloadIds.includes(m[1])) usageError(`--counts: unknown workload ${m[1]}`);
+            if (m[2] !== undefined && !RUNNER_IDS.includes(m[2])) usageError(`--counts: unknown runner ${m[2]}`);
+            for (const r of m[2] === undefined ? RUNNER_IDS : [m[2]]) opts.counts[`${m[1]}@${r}`] = Number(m[3]);
+          }
+          break;
+      }
+    },
+  });
   if (opts.reps < 1) usageError('--reps must be at least 1');
   if (opts.window < 1 || opts.window > 900) usageError('--window must be 1..900 (the TAP queue holds 1000 frames)');
   if (!opts.workloads.length || !opts.runners.length) usageError('nothing to run');
   return opts;
 }
 
-function usageError(msg) {
-  process.stderr.write(`net-bench: ${msg}\n${USAGE}\n`);
-  process.exit(2);
-}
-
-/* Temporary files, live children and the namespace, cleaned up on every exit path. */
-const tempFiles = [];
-const children = new Set();
+/* The namespace is deleted on every exit path too. */
 let netnsCreated = false;
-function cleanup() {
-  for (const c of children) {
-    try {
-      c.kill('SIGKILL');
-    } catch {
-      /* already gone */
-    }
-  }
-  children.clear();
+onCleanup(() => {
   if (netnsCreated) {
     try {
       execFileSync('ip', ['netns', 'del', NETNS], { stdio: 'ignore' });
@@ -198,114 +153,32 @@ function cleanup() {
     }
     netnsCreated = false;
   }
-  for (const f of tempFiles.splice(0)) fs.rmSync(f, { force: true, recursive: true });
-}
-
-function fail(msg) {
-  process.stderr.write(`net-bench: ${msg}\n`);
-  cleanup();
-  process.exit(1);
-}
+});
 
 /* ---------------- preparation ---------------- */
 
-function sha256(p) {
-  try {
-    return crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex');
-  } catch {
-    return null;
-  }
-}
-
-function checkPrerequisites(opts) {
+function checkNetPrerequisites(opts) {
   if (process.getuid && process.getuid() !== 0) fail('needs root (it creates a network namespace and a TAP)');
-  if (!fs.existsSync(GUEST_ELF)) fail(`${path.relative(ROOT, GUEST_ELF)} is missing; build it first: ${BUILD_HINT}`);
-  if (opts.runners.some((r) => r.startsWith('vmm')) && !fs.existsSync(VMM_BUNDLE)) {
-    fail(`the VMM is not built (${path.relative(ROOT, VMM_BUNDLE)} missing); build it first: ${BUILD_HINT}`);
-  }
-  const need = [['ip', ['-V']], ['gcc', ['--version']]];
-  if (opts.runners.includes('qemu')) need.push([QEMU, ['--version']]);
-  for (const [cmd, args] of need) {
-    try {
-      execFileSync(cmd, args, { stdio: 'pipe' });
-    } catch {
-      fail(`${cmd} not found${cmd === QEMU ? ' (apt-get install -y qemu-system-x86), or leave it out with --runners vmm' : ''}`);
-    }
-  }
-  try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-    fs.accessSync('/dev/net/tun', fs.constants.R_OK | fs.constants.W_OK);
-  } catch (e) {
-    fail(`${e.path} is not usable: ${e.message}`);
-  }
-}
-
-function mtimeOf(p) {
-  try {
-    return fs.statSync(p).mtimeMs;
-  } catch {
-    return -1;
-  }
+  const commands = [['ip', ['-V']], ['gcc', ['--version']]];
+  if (opts.runners.includes('qemu')) commands.push([QEMU, ['--version']]);
+  checkPrerequisites({
+    buildHint: BUILD_HINT,
+    needVmm: opts.runners.some((r) => r.startsWith('vmm')),
+    commands,
+    withoutQemu: 'vmm',
+    devices: ['/dev/kvm', '/dev/net/tun'],
+  });
 }
 
 /* Compiles the host-side helper when it is missing or older than its source. */
 function buildHostHelper() {
-  if (mtimeOf(HOST_BIN) >= mtimeOf(HOST_SRC)) return;
-  fs.mkdirSync(path.dirname(HOST_BIN), { recursive: true });
+  if (!isStale(HOST_BIN, HOST_SRC)) return;
   process.stderr.write(`net-bench: compiling ${path.relative(ROOT, HOST_SRC)}\n`);
   try {
-    execFileSync('gcc', ['-O2', '-Wall', '-Wextra', '-o', HOST_BIN, HOST_SRC], { stdio: ['ignore', 'inherit', 'inherit'] });
+    compileC(HOST_SRC, HOST_BIN);
   } catch {
     fail(`gcc failed on ${path.relative(ROOT, HOST_SRC)}`);
   }
-}
-
-/* A private copy of the guest: guest-kit may be rebuilt while we run. */
-function copyGuest() {
-  const dst = path.join(os.tmpdir(), `net-bench-${process.pid}-guest.elf`);
-  tempFiles.push(dst);
-  fs.copyFileSync(GUEST_ELF, dst);
-  return dst;
-}
-
-/*
- * A private copy of the bundled VMM (bin/vmm.js and the files of dist/ but the
- * source maps), retried until it matches the tree file for file so that it
- * never mixes two builds (other work rebuilds apps/vmm in place).
- */
-function snapshotVmm() {
-  const dir = path.join(os.tmpdir(), `net-bench-${process.pid}-vmm`);
-  tempFiles.push(dir);
-  for (let attempt = 0; attempt < 10; attempt++) {
-    fs.rmSync(dir, { force: true, recursive: true });
-    fs.mkdirSync(path.join(dir, 'bin'), { recursive: true });
-    fs.mkdirSync(path.join(dir, 'dist'));
-    const pairs = [[VMM_BIN, path.join(dir, 'bin/vmm.js'), 'bin/vmm.js']];
-    for (const f of fs.readdirSync(VMM_DIST)) {
-      if (f.startsWith('.') || f.endsWith('.map') || !fs.statSync(path.join(VMM_DIST, f)).isFile()) continue;
-      pairs.push([path.join(VMM_DIST, f), path.join(dir, 'dist', f), `dist/${f}`]);
-    }
-    for (const [src, dst] of pairs) fs.copyFileSync(src, dst);
-    const files = {};
-    let same = true;
-    for (const [src, dst, name] of pairs) {
-      files[name] = sha256(dst);
-      if (files[name] !== sha256(src)) same = false;
-    }
-    if (same) return { bin: path.join(dir, 'bin/vmm.js'), dir, files };
-    execFileSync('sleep', ['1']); // a rebuild is under way: let it finish
-  }
-  fail('apps/vmm/dist kept changing while it was being copied (a rebuild loop?); try again, or use --no-snapshot');
-}
-
-function treeVmmHashes() {
-  const files = { 'bin/vmm.js': sha256(VMM_BIN) };
-  try {
-    for (const f of fs.readdirSync(VMM_DIST)) if (!f.startsWith('.') && !f.endsWith('.map')) files[`dist/${f}`] = sha256(path.join(VMM_DIST, f));
-  } catch {
-    /* no dist */
-  }
-  return files;
 }
 
 /*
@@ -366,60 +239,6 @@ function makeRunners(vmmBin, guest, vmmProps) {
 
 const inNetns = ([cmd, args]) => ['ip', ['netns', 'exec', NETNS, cmd, ...args]];
 
-function describe(cmd, args) {
-  const show = (s) => (/[\s"]/.test(s) ? JSON.stringify(s) : s);
-  const exe = (c) => (c === process.execPath ? 'node' : c.startsWith(`${ROOT}/`) ? path.relative(ROOT, c) : c);
-  return [exe(cmd), ...args.map(exe)].map(show).join(' ');
-}
-
-/*
- * Spawns a child, collects its output, calls onLine for each stdout line,
- * and resolves when it has exited and its pipes are closed.
- */
-function startProcess(cmd, args, { timeoutS, onLine, stdin = 'ignore' }) {
-  let stdout = '';
-  let stderr = '';
-  let partial = '';
-  let timedOut = false;
-  let exitAt;
-  const t0 = process.hrtime.bigint();
-  const child = spawn(cmd, args, { cwd: ROOT, stdio: [stdin, 'pipe', 'pipe'] });
-  children.add(child);
-  const timer = setTimeout(() => {
-    timedOut = true;
-    child.kill('SIGKILL');
-  }, timeoutS * 1000);
-  child.stdout.on('data', (b) => {
-    const s = b.toString('latin1');
-    if (stdout.length < 512 * 1024) stdout += s;
-    if (onLine) {
-      partial += s;
-      const lines = partial.split('\n');
-      partial = lines.pop();
-      for (const l of lines) onLine(l.replace(/\r$/, ''));
-    }
-  });
-  child.stderr.on('data', (b) => {
-    if (stderr.length < 64 * 1024) stderr += b.toString();
-  });
-  child.on('exit', () => {
-    exitAt = process.hrtime.bigint();
-  });
-  const done = new Promise((resolve, reject) => {
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      children.delete(child);
-      reject(e);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      children.delete(child);
-      resolve({ code, signal, stdout, stderr, timedOut, wallMs: Number((exitAt ?? process.hrtime.bigint()) - t0) / 1e6 });
-    });
-  });
-  return { child, done };
-}
-
 /* net-host in the namespace: resolves `ready` on its "ready" line, `done` with its JSON report. */
 function startHost(args, timeoutS) {
   let readyResolve;
@@ -427,6 +246,7 @@ function startHost(args, timeoutS) {
   const p = startProcess(...inNetns([HOST_BIN, args.map(String)]), {
     timeoutS,
     stdin: 'pipe',
+    stdoutLimit: 512 * 1024,
     onLine: (l) => l === 'ready' && readyResolve(),
   });
   p.child.stdin.on('error', () => {}); // it may be gone when we write
@@ -474,6 +294,7 @@ async function runOnce(runner, w, n, opts) {
   const [cmd, args] = inNetns(runner.cmd(w, n));
   const vm = startProcess(cmd, args, {
     timeoutS: opts.timeoutS,
+    stdoutLimit: 512 * 1024,
     onLine: (l) => {
       // net-udp-rx has posted its buffers and resolved the host's address: start sending.
       if (w.dir === 'rx' && !went && l.startsWith('net-udp-rx ready')) {
@@ -488,7 +309,6 @@ async function runOnce(runner, w, n, opts) {
   const h = await host.done;
   clearTimeout(killer);
 
-  const tail = (s) => s.trimEnd().split('\n').slice(-15).join('\n');
   const g = parseGuest(w, n, r.stdout);
   const rep = h.report;
   const problems = [];
@@ -501,7 +321,7 @@ async function runOnce(runner, w, n, opts) {
   else if (w.dir === 'rx' && rep.timedOut) problems.push(`the VMM read only ${rep.delivered} of ${n} frames from the TAP`);
   if (problems.length) {
     fail(
-      `${runner.id} ${w.id}: \`${describe(cmd, args)}\`: ${problems.join('; ')}` +
+      `${runner.id} ${w.id}: \`${describe(cmd, args, { allArgs: true })}\`: ${problems.join('; ')}` +
         `\n--- stdout (tail) ---\n${tail(r.stdout)}\n--- stderr (tail) ---\n${tail(r.stderr)}\n--- net-host ---\n${tail(h.stdout)}\n${tail(h.stderr)}\n--------------`,
     );
   }
@@ -533,53 +353,25 @@ async function waitQuiet(opts) {
   }
 }
 
-/* ---------------- statistics ---------------- */
+/* ---------------- figures and build stamps ---------------- */
 
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-function round(x, digits) {
-  const f = 10 ** digits;
-  return Math.round(x * f) / f;
-}
-
-const fmt = (x, digits) => x.toFixed(digits);
-const fmtInt = (x) => Math.round(x).toLocaleString('en-US');
 const mbit = (pps, bytes) => (pps * bytes * 8) / 1e6;
 
 function buildStamps() {
-  const tryRun = (f) => {
-    try {
-      return f();
-    } catch {
-      return null;
-    }
-  };
-  return {
-    gitHead: tryRun(() => execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim()),
-    qemuVersion: tryRun(() => execFileSync(QEMU, ['--version'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().split('\n')[0].trim()),
-    qemuSha256: tryRun(() => sha256(execFileSync('sh', ['-c', `command -v ${QEMU}`]).toString().trim())),
-  };
+  return { gitHead: gitHead(), ...qemuStamps() };
 }
 
 /* ---------------- main ---------------- */
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
-  checkPrerequisites(opts);
+  checkNetPrerequisites(opts);
   buildHostHelper();
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => fail(`interrupted (${sig})`));
   process.on('exit', cleanup);
 
-  const guest = copyGuest();
-  const guestSha = sha256(guest);
-  const usesVmm = opts.runners.some((r) => r.startsWith('vmm'));
-  const vmmTree0 = usesVmm ? treeVmmHashes() : null;
-  const snap = usesVmm && opts.snapshot ? snapshotVmm() : null;
-  const vmmBin = snap ? snap.bin : VMM_BIN;
+  const bins = prepareBinaries({ usesVmm: opts.runners.some((r) => r.startsWith('vmm')), snapshot: opts.snapshot });
+  const { guest, guestSha, snap, vmmBin } = bins;
   const runners = makeRunners(vmmBin, guest, opts.vmmProps).filter((r) => opts.runners.includes(r.id));
   const workloads = WORKLOADS.filter((w) => opts.workloads.includes(w.id)).map((w) => {
     const counts = {};
@@ -634,9 +426,7 @@ async function main() {
   }
   const load1 = os.loadavg();
   const stamps1 = buildStamps();
-  const vmmTree1 = usesVmm ? treeVmmHashes() : null;
-  const treeRebuilt = usesVmm && JSON.stringify(vmmTree0) !== JSON.stringify(vmmTree1);
-  const mixed = stamps0.qemuSha256 !== stamps1.qemuSha256 || (treeRebuilt && !snap);
+  const { treeRebuilt, mixed } = bins.end(stamps0, stamps1);
   if (mixed) process.stderr.write('net-bench: warning: the VMM or QEMU changed during the run; the runs mix builds\n');
 
   // ---- derived figures ----
@@ -650,7 +440,7 @@ async function main() {
       entry.runners[r.id] = {
         label: r.label,
         frames: w.counts[r.id],
-        command: describe(...inNetns(r.cmd(w, w.counts[r.id]))),
+        command: describe(...inNetns(r.cmd(w, w.counts[r.id])), { allArgs: true }),
         pps: pps.map((x) => Math.round(x)),
         medianPps: Math.round(med),
         minPps: Math.round(Math.min(...pps)),
@@ -723,35 +513,21 @@ async function main() {
   }
   for (const w of workloads) lines.push(`- ${w.id}: \`${guestCmdline(w, 'N')}\` (${w.label}: ${w.frameBytes} bytes on the TAP)`);
   if (mixed) lines.push('**Warning: a binary under test changed during the run; the figures mix builds.**');
+  lines.push(binariesLine(bins, stamps0));
   lines.push(
-    `Binaries: guest.elf sha256 ${guestSha.slice(0, 16)} (private copy)` +
-      (usesVmm ? `, VMM dist/main.js sha256 ${((snap ? snap.files : vmmTree0)['dist/main.js'] || 'none').slice(0, 16)}${snap ? ' (private copy)' : ''}` : '') +
-      `${stamps0.gitHead ? `, tree HEAD ${stamps0.gitHead.slice(0, 12)}` : ''}${stamps0.qemuVersion ? `, ${stamps0.qemuVersion}` : ''}.`,
-  );
-  lines.push(
-    `Host load average (1 min) ${fmt(load0[0], 2)} at start, ${fmt(load1[0], 2)} at end; ${os.cpus().length} CPUs. ` +
+    `${loadLine(load0, load1)} ` +
       `"quiet runs": runs that started with the host at most ${fmt(100 * opts.quietBusy, 0)}% busy over the second before ` +
       `(--quiet-wait ${opts.quietWaitS} s${opts.quietWaitS ? ' to wait for that' : ': no waiting'}).`,
   );
   process.stdout.write(`${lines.join('\n')}\n`);
 
   const json = {
-    benchmark: 'net-bench',
-    date: new Date().toISOString(),
-    host: {
-      hostname: os.hostname(),
-      kernel: os.release(),
-      cpu: (os.cpus()[0] || {}).model,
-      cpus: os.cpus().length,
-      node: process.version,
-      loadavgStart: load0.map((x) => round(x, 2)),
-      loadavgEnd: load1.map((x) => round(x, 2)),
-    },
+    ...jsonHeader('net-bench', load0, load1),
     versions: {
       ...stamps0,
       guestElfSha256: guestSha,
       guestElfCopiedFrom: path.relative(ROOT, GUEST_ELF),
-      vmm: usesVmm ? { ran: snap ? 'private copy of apps/vmm/bin/vmm.js + apps/vmm/dist taken at start' : 'apps/vmm in place', files: snap ? snap.files : vmmTree0 } : null,
+      vmm: vmmVersion(bins),
       vmmTreeRebuiltDuringRun: treeRebuilt,
       vmmProps: opts.vmmProps || undefined,
     },
@@ -765,9 +541,7 @@ async function main() {
       'Mbit/s = pps * frameBytes * 8 / 1e6 (frame on the TAP, no FCS); medians over reps; runs interleaved by (rep, workload, runner)',
     results,
   };
-  fs.mkdirSync(path.dirname(opts.out), { recursive: true });
-  fs.writeFileSync(opts.out, `${JSON.stringify(json, null, 2)}\n`);
-  process.stderr.write(`net-bench: wrote ${path.relative(process.cwd(), opts.out) || opts.out}\n`);
+  writeJson(opts.out, json);
   cleanup();
 }
 
