@@ -4,7 +4,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { QmpClient } from '../test/qmp-client';
+import { QmpClient } from '@tsvmm/testing';
 import { canUseTap, expectGuestPass, ROOT, runLinux, TapNetns } from './linux';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-linux-'));

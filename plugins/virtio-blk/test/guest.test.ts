@@ -1,13 +1,10 @@
 // The guest kit's virtio-blk driver against this plugin, through the real `vmm` binary.
-import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
+import { expectGuestPass as expectPass, requireBuilt, Run, runGuestKit } from '@tsvmm/testing';
 
-const ROOT = path.resolve(__dirname, '../../..');
-const VMM = path.join(ROOT, 'apps/vmm/bin/vmm.js');
-const GUEST = path.join(ROOT, 'tools/guest-kit/build/guest.elf');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'virtio-blk-guest-'));
 
 /** Byte i of sector s as the guest kit writes it. */
@@ -21,30 +18,12 @@ function image(name: string, sectors: number, fill?: (s: number, buf: Buffer) =>
   return p;
 }
 
-function vmm(cmdline: string, device: string, timeoutMs = 60_000): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [VMM, 'run', '--kernel', GUEST, '--memory', '64M', '--cmdline', cmdline, '--device', device], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d) => (out += d));
-    p.stderr.on('data', (d) => (err += d));
-    const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('error', reject);
-    p.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code, out, err });
-    });
-  });
-}
-
-function expectPass(r: { code: number | null; out: string; err: string }, test: string): void {
-  if (r.code !== 0 || !r.out.includes(`guest-kit: PASS test=${test}`)) throw new Error(`guest failed (exit ${r.code}):\n${r.out}\n${r.err}`);
+function vmm(cmdline: string, device: string, timeoutMs = 60_000): Promise<Run> {
+  return runGuestKit(cmdline, [device], { timeoutMs });
 }
 
 describeKvm('virtio-blk driven by the guest kit', () => {
-  beforeAll(() => {
-    if (!fs.existsSync(GUEST) || !fs.existsSync(VMM)) throw new Error('build the guest kit and the vmm first (npx nx run-many -t build)');
-  });
+  beforeAll(() => requireBuilt());
 
   describe.each([
     ['ioeventfd=on', 'ioeventfd=on'],

@@ -1,13 +1,9 @@
 // The guest kit's virtio-net driver against this plugin: a real TAP in a network
 // namespace whose kernel stack answers ARP and ping, and real UDP sockets there.
 import { execFileSync, spawn } from 'child_process';
-import * as fs from 'fs';
-import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
+import { expectGuestPass as expectPass, GUEST_ELF, requireBuilt, Run, runGuestKit, startNode, VMM_BIN } from '@tsvmm/testing';
 
-const ROOT = path.resolve(__dirname, '../../..');
-const VMM = path.join(ROOT, 'apps/vmm/bin/vmm.js');
-const GUEST = path.join(ROOT, 'tools/guest-kit/build/guest.elf');
 const NS = `vmmnt${process.pid}`;
 
 /** A UDP receiver (net-udp-tx) or sender (net-udp-rx) inside the namespace, in Python. */
@@ -42,33 +38,8 @@ function ns(...args: string[]): void {
   execFileSync('ip', ['netns', 'exec', NS, ...args]);
 }
 
-interface Run {
-  code: number | null;
-  out: string;
-  err: string;
-}
-
 function vmm(cmdline: string, device: string, onLine?: (l: string) => void): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const p = spawn('ip', ['netns', 'exec', NS, process.execPath, VMM, 'run', '--memory', '64M', '--kernel', GUEST, '--cmdline', cmdline, '--device', device], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    let partial = '';
-    p.stdout.on('data', (d: Buffer) => {
-      out += d;
-      partial += d;
-      const lines = partial.split(/\r?\n/);
-      partial = lines.pop()!;
-      lines.forEach((l) => onLine?.(l));
-    });
-    p.stderr.on('data', (d) => (err += d));
-    const t = setTimeout(() => p.kill('SIGKILL'), 90_000);
-    p.on('error', reject);
-    p.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code, out, err });
-    });
-  });
+  return runGuestKit(cmdline, [device], { wrap: ['ip', 'netns', 'exec', NS], onLine, timeoutMs: 90_000 });
 }
 
 function python(code: string, args: string[]): { done: Promise<string>; ready: Promise<void> } {
@@ -83,13 +54,10 @@ function python(code: string, args: string[]): { done: Promise<string>; ready: P
   return { ready, done: new Promise((resolve) => p.on('close', () => resolve(out))) };
 }
 
-function expectPass(r: Run, test: string): void {
-  if (r.code !== 0 || !r.out.includes(`guest-kit: PASS test=${test}`)) throw new Error(`guest failed (exit ${r.code}):\n${r.out}\n${r.err}`);
-}
 
 describeKvm('virtio-net driven by the guest kit over a TAP in a network namespace', () => {
   beforeAll(() => {
-    if (!fs.existsSync(GUEST) || !fs.existsSync(VMM)) throw new Error('build the guest kit and the vmm first (npx nx run-many -t build)');
+    requireBuilt();
     execFileSync('ip', ['netns', 'add', NS]);
     ns('ip', 'link', 'set', 'lo', 'up');
     ns('ip', 'tuntap', 'add', 'tap0', 'mode', 'tap', 'vnet_hdr');
@@ -168,15 +136,9 @@ describeKvm('virtio-net driven by the guest kit over a TAP in a network namespac
 
   it('refuses a TAP it has no permission to attach (another owner, no CAP_NET_ADMIN), naming the TAP', async () => {
     ns('ip', 'tuntap', 'add', 'tapperm', 'mode', 'tap', 'vnet_hdr', 'user', '65534');
-    const r = await new Promise<Run>((resolve) => {
-      const p = spawn('ip', ['netns', 'exec', NS, 'setpriv', '--bounding-set=-net_admin', '--inh-caps=-net_admin', process.execPath, VMM, 'run',
-        '--kernel', GUEST, '--cmdline', 'test=pci-scan', '--device', 'virtio-net,id=n0,tap=tapperm'], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      let err = '';
-      p.stdout.on('data', (d) => (out += d));
-      p.stderr.on('data', (d) => (err += d));
-      p.on('close', (code) => resolve({ code, out, err }));
-    });
+    const p = startNode([VMM_BIN, 'run', '--kernel', GUEST_ELF, '--cmdline', 'test=pci-scan', '--device', 'virtio-net,id=n0,tap=tapperm'],
+      { wrap: ['ip', 'netns', 'exec', NS, 'setpriv', '--bounding-set=-net_admin', '--inh-caps=-net_admin'] });
+    const r = { code: await p.exited, err: p.err() };
     expect(r.code).toBe(1);
     expect(r.err).toMatch(/--device virtio-net,id=n0: tap=tapperm: no permission to attach \(needs CAP_NET_ADMIN or a TAP owned by this user\)/);
   });

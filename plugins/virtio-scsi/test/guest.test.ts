@@ -1,15 +1,12 @@
 // The guest kit's virtio-scsi driver against this plugin and libs/scsi, through the real `vmm` binary.
 // The guest tests run with strict=1: only the answer SPC/SBC/SAM prescribe passes (QEMU's deviations
 // are accepted only without it; see tools/guest-kit/README.md).
-import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
+import { expectGuestPass as expectPass, requireBuilt, Run, runGuestKit } from '@tsvmm/testing';
 
-const ROOT = path.resolve(__dirname, '../../..');
-const VMM = path.join(ROOT, 'apps/vmm/bin/vmm.js');
-const GUEST = path.join(ROOT, 'tools/guest-kit/build/guest.elf');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'virtio-scsi-guest-'));
 
 /** Byte at image offset o as the guest kit writes it. */
@@ -21,31 +18,8 @@ function image(name: string, bytes: number, fill = 0): string {
   return p;
 }
 
-interface Run {
-  code: number | null;
-  out: string;
-  err: string;
-}
-
-function vmm(cmdline: string, devices: string[], timeoutMs = 60_000): Promise<Run> {
-  const args = [VMM, 'run', '--kernel', GUEST, '--memory', '64M', '--cmdline', cmdline, ...devices.flatMap((d) => ['--device', d])];
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d) => (out += d));
-    p.stderr.on('data', (d) => (err += d));
-    const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('error', reject);
-    p.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code, out, err });
-    });
-  });
-}
-
-function expectPass(r: Run, test: string): void {
-  if (r.code !== 0 || !r.out.includes(`guest-kit: PASS test=${test}`)) throw new Error(`guest failed (exit ${r.code}):\n${r.out}\n${r.err}`);
+function vmm(cmdline: string, devices: string[]): Promise<Run> {
+  return runGuestKit(cmdline, devices);
 }
 
 /** An adapter with a writable 16 MiB LUN 0 and a read-only 4 MiB LUN 1. */
@@ -59,9 +33,7 @@ function twoLuns(adapter = 'virtio-scsi,id=scsi0'): { a: string; b: string; devi
 }
 
 describeKvm('virtio-scsi driven by the guest kit', () => {
-  beforeAll(() => {
-    if (!fs.existsSync(GUEST) || !fs.existsSync(VMM)) throw new Error('build the guest kit and the vmm first (npx nx run-many -t build)');
-  });
+  beforeAll(() => requireBuilt());
   afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
   it('scan: REPORT LUNS finds both LUNs; INQUIRY, VPD pages and capacities are right; an absent LUN has qualifier 3', async () => {

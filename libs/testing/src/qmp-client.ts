@@ -9,6 +9,7 @@ export class QmpClient {
 
   private constructor(readonly socket: net.Socket) {
     socket.setEncoding('utf8');
+    socket.on('error', () => undefined); // the VMM went away: waiters time out with what arrived
     socket.on('data', (d: string) => {
       this.buf += d;
       let nl: number;

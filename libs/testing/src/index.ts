@@ -1,0 +1,2 @@
+export * from './run';
+export { QmpClient } from './qmp-client';

@@ -1,0 +1,82 @@
+/**
+ * Running the real `vmm` binary (the bundle) on the guest kit from a test:
+ * every package's guest suite needs the same spawn, timeout and PASS check.
+ */
+import { ChildProcess, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+
+export const ROOT = path.resolve(__dirname, '../../..');
+export const VMM_BIN = path.join(ROOT, 'apps/vmm/bin/vmm.js');
+export const GUEST_ELF = path.join(ROOT, 'tools/guest-kit/build/guest.elf');
+
+/** Throws a message that says what to build when the guest kit, the vmm bundle or `more` files are missing. */
+export function requireBuilt(more: string[] = []): void {
+  for (const f of [GUEST_ELF, VMM_BIN, path.join(ROOT, 'apps/vmm/dist/main.js'), ...more])
+    if (!fs.existsSync(f)) throw new Error(`${f} is missing: build first (npx nx run-many -t build)`);
+}
+
+export interface Run {
+  code: number | null;
+  out: string;
+  err: string;
+}
+
+/** A child process whose output is collected. */
+export interface Proc {
+  proc: ChildProcess;
+  out: () => string;
+  err: () => string;
+  exited: Promise<number | null>;
+}
+
+export interface StartOptions {
+  /** A command prefix, e.g. ['ip', 'netns', 'exec', NS]. */
+  wrap?: string[];
+  /** Called with each complete stdout line. */
+  onLine?: (line: string) => void;
+}
+
+/** Starts `node ARGS...` (under `wrap` when given). */
+export function startNode(args: string[], opts: StartOptions = {}): Proc {
+  const [cmd, ...rest] = [...(opts.wrap ?? []), process.execPath, ...args];
+  const proc = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  let partial = '';
+  proc.stdout!.on('data', (d: Buffer) => {
+    out += d.toString('latin1');
+    if (!opts.onLine) return;
+    partial += d.toString('latin1');
+    const lines = partial.split(/\r?\n/);
+    partial = lines.pop()!;
+    lines.forEach(opts.onLine);
+  });
+  proc.stderr!.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((r) => proc.on('close', r));
+  return { proc, out: () => out, err: () => err, exited };
+}
+
+export interface GuestKitOptions extends StartOptions {
+  memory?: string;
+  timeoutMs?: number;
+  /** More vmm arguments (e.g. --qmp). */
+  extra?: string[];
+}
+
+/** One run of the guest kit's `cmdline` test with `devices` (each a --device spec), to its end. */
+export async function runGuestKit(cmdline: string, devices: string[], opts: GuestKitOptions = {}): Promise<Run> {
+  const p = startNode(
+    [VMM_BIN, 'run', '--kernel', GUEST_ELF, '--memory', opts.memory ?? '64M', '--cmdline', cmdline, ...(opts.extra ?? []), ...devices.flatMap((d) => ['--device', d])],
+    opts,
+  );
+  const t = setTimeout(() => p.proc.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+  const code = await p.exited;
+  clearTimeout(t);
+  return { code, out: p.out(), err: p.err() };
+}
+
+/** Fails with the whole guest output unless the VMM exited 0 after `guest-kit: PASS test=TEST`. */
+export function expectGuestPass(r: Run, test: string): void {
+  if (r.code !== 0 || !r.out.includes(`guest-kit: PASS test=${test}`)) throw new Error(`guest failed (exit ${r.code}):\n${r.out}\n${r.err}`);
+}
