@@ -20,10 +20,12 @@ int main(void) {
   C(KVM_SET_IDENTITY_MAP_ADDR); C(KVM_CREATE_IRQCHIP); C(KVM_IRQ_LINE); C(KVM_SET_GSI_ROUTING);
   C(KVM_IRQFD); C(KVM_CREATE_PIT2); C(KVM_IOEVENTFD); C(KVM_SIGNAL_MSI); C(KVM_ENABLE_CAP);
   C(KVM_GET_CLOCK); C(KVM_SET_CLOCK);
+  C(KVM_GET_IRQCHIP); C(KVM_SET_IRQCHIP); C(KVM_GET_PIT2); C(KVM_SET_PIT2);
   // vcpu ioctls
   C(KVM_RUN); C(KVM_GET_REGS); C(KVM_SET_REGS); C(KVM_GET_SREGS); C(KVM_SET_SREGS); C(KVM_TRANSLATE);
   C(KVM_GET_MSRS); C(KVM_SET_MSRS); C(KVM_GET_FPU); C(KVM_SET_FPU); C(KVM_GET_LAPIC); C(KVM_SET_LAPIC);
   C(KVM_SET_CPUID2); C(KVM_GET_MP_STATE); C(KVM_SET_MP_STATE); C(KVM_GET_VCPU_EVENTS); C(KVM_SET_VCPU_EVENTS);
+  C(KVM_GET_XSAVE); C(KVM_SET_XSAVE); C(KVM_GET_XCRS); C(KVM_SET_XCRS); C(KVM_GET_TSC_KHZ); C(KVM_SET_TSC_KHZ);
   // capabilities
   C(KVM_CAP_IRQCHIP); C(KVM_CAP_USER_MEMORY); C(KVM_CAP_SET_TSS_ADDR); C(KVM_CAP_EXT_CPUID);
   C(KVM_CAP_PIT2); C(KVM_CAP_IOEVENTFD); C(KVM_CAP_IRQFD); C(KVM_CAP_IRQ_ROUTING); C(KVM_CAP_SIGNAL_MSI);
@@ -31,6 +33,7 @@ int main(void) {
   C(KVM_CAP_IOEVENTFD_ANY_LENGTH); C(KVM_CAP_SET_IDENTITY_MAP_ADDR); C(KVM_CAP_MP_STATE);
   C(KVM_CAP_ADJUST_CLOCK); C(KVM_CAP_VCPU_EVENTS); C(KVM_CAP_EXIT_ON_EMULATION_FAILURE);
   C(KVM_CAP_X86_DISABLE_EXITS);
+  C(KVM_CAP_XSAVE); C(KVM_CAP_XCRS); C(KVM_CAP_GET_TSC_KHZ); C(KVM_CAP_TSC_CONTROL); C(KVM_CAP_KVMCLOCK_CTRL);
   // exit reasons
   C(KVM_EXIT_UNKNOWN); C(KVM_EXIT_EXCEPTION); C(KVM_EXIT_IO); C(KVM_EXIT_HYPERCALL); C(KVM_EXIT_DEBUG);
   C(KVM_EXIT_HLT); C(KVM_EXIT_MMIO); C(KVM_EXIT_IRQ_WINDOW_OPEN); C(KVM_EXIT_SHUTDOWN); C(KVM_EXIT_FAIL_ENTRY);
@@ -48,6 +51,8 @@ int main(void) {
   C(KVM_IRQ_ROUTING_IRQCHIP); C(KVM_IRQ_ROUTING_MSI);
   C(KVM_IRQCHIP_PIC_MASTER); C(KVM_IRQCHIP_PIC_SLAVE); C(KVM_IRQCHIP_IOAPIC);
   C(KVM_PIT_SPEAKER_DUMMY);
+  C(KVM_CLOCK_TSC_STABLE); C(KVM_VCPUEVENT_VALID_NMI_PENDING); C(KVM_VCPUEVENT_VALID_SIPI_VECTOR);
+  C(KVM_VCPUEVENT_VALID_SHADOW); C(KVM_VCPUEVENT_VALID_SMM);
   C(KVM_MP_STATE_RUNNABLE); C(KVM_MP_STATE_UNINITIALIZED); C(KVM_MP_STATE_INIT_RECEIVED);
   C(KVM_MP_STATE_HALTED); C(KVM_MP_STATE_SIPI_RECEIVED);
   // struct sizes
@@ -56,6 +61,7 @@ int main(void) {
   SZ(kvm_irq_level); SZ(kvm_irqfd); SZ(kvm_ioeventfd); SZ(kvm_msi); SZ(kvm_irq_routing);
   SZ(kvm_irq_routing_entry); SZ(kvm_pit_config); SZ(kvm_dirty_log); SZ(kvm_translation); SZ(kvm_mp_state);
   SZ(kvm_enable_cap); SZ(kvm_vcpu_events); SZ(kvm_clock_data);
+  SZ(kvm_irqchip); SZ(kvm_pit_state2); SZ(kvm_xsave); SZ(kvm_xcrs); SZ(kvm_msr_list);
   // kvm_run
   OFF(kvm_run, immediate_exit, "immediate_exit"); OFF(kvm_run, exit_reason, "exit_reason");
   OFF(kvm_run, if_flag, "if_flag"); OFF(kvm_run, cr8, "cr8"); OFF(kvm_run, apic_base, "apic_base");
@@ -113,5 +119,9 @@ int main(void) {
   OFF(kvm_userspace_memory_region, userspace_addr, "userspace_addr");
   OFF(kvm_dirty_log, slot, "slot"); OFF(kvm_dirty_log, dirty_bitmap, "dirty_bitmap");
   OFF(kvm_enable_cap, cap, "cap"); OFF(kvm_enable_cap, args, "args");
+  OFF(kvm_irqchip, chip_id, "chip_id"); OFF(kvm_irqchip, chip, "chip");
+  OFF(kvm_clock_data, clock, "clock"); OFF(kvm_clock_data, flags, "flags");
+  OFF(kvm_msr_list, nmsrs, "nmsrs"); OFF(kvm_msr_list, indices, "indices");
+  OFF(kvm_vcpu_events, flags, "flags");
   return 0;
 }

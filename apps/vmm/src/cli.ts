@@ -27,6 +27,10 @@ Options:
   --qmp unix:PATH        serve QMP on a unix socket (repeatable); see docs/qmp.md
   --monitor stdio        the human monitor (HMP) on stdin/stdout (needs --serial file:PATH or none)
   -S, --paused           create the VM but start the vCPUs only on QMP/HMP 'cont'
+  --incoming unix:PATH   wait on PATH for a live migration (QMP 'migrate' on the
+                         source), then run the migrated guest; same devices needed
+  --restore FILE         continue the guest from an x-snapshot-save file (same
+                         --kernel, --memory, --cpus and devices as when it was saved)
   --trace-boot           report the time from start to the first serial byte
   -h, --help             show this help
 
@@ -40,7 +44,7 @@ the host cannot emulate), 114 on a VM entry failure, 1 on a VMM error,
 
 export type Command = { kind: 'help' } | { kind: 'run'; config: VmConfig } | { kind: 'plugins'; json: boolean };
 
-const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor'];
+const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore'];
 
 export function parseArgs(argv: readonly string[]): Command {
   const args = [...argv];
@@ -102,6 +106,12 @@ export function parseArgs(argv: readonly string[]): Command {
       case '--monitor':
         if (value !== 'stdio' && value !== 'none') throw new ConfigError(`--monitor: '${value}' must be stdio or none`);
         config.monitorStdio = value === 'stdio';
+        break;
+      case '--incoming':
+        config.incoming = value;
+        break;
+      case '--restore':
+        config.restore = value;
         break;
       case '--device':
         devices.push(parseDeviceSpec(flag, value, devices.length + fromFileDevices.length));

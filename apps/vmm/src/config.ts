@@ -28,6 +28,10 @@ export interface VmConfig {
   monitorStdio: boolean;
   /** -S / --paused: do not start the vCPUs until `cont`. */
   startPaused: boolean;
+  /** --incoming unix:PATH: wait for a live migration instead of booting. */
+  incoming?: string;
+  /** --restore FILE: continue from an x-snapshot-save file instead of booting. */
+  restore?: string;
 }
 
 export class ConfigError extends Error {
@@ -103,6 +107,8 @@ export function parseDeviceSpec(flag: string, spec: string, index: number): Devi
 /** Validates the settings shared by both sources. */
 export function checkConfig(c: VmConfig): VmConfig {
   if (!c.kernel) throw new ConfigError('--kernel: a kernel (bzImage or PVH ELF) is required');
+  if (c.incoming && c.restore) throw new ConfigError('--incoming and --restore cannot be combined');
+  if (c.incoming !== undefined && !/^unix:./.test(c.incoming)) throw new ConfigError(`--incoming: '${c.incoming}' must be unix:PATH`);
   if (c.monitorStdio && c.serial.kind === 'stdio') throw new ConfigError('--monitor stdio: stdio is taken by the serial console; add --serial file:PATH or --serial none');
   const ids = new Set<string>();
   for (const d of c.devices) {

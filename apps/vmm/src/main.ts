@@ -8,6 +8,7 @@ import { EXIT_CODE_VMM_ERROR, Machine, MachineExit } from './machine/machine';
 import { KernelImageError } from './machine/loader';
 import { Monitor } from './monitor/monitor';
 import { runHmp } from './monitor/hmp';
+import { receiveIncoming, restoreFromFile } from './migration/migration';
 import { PluginError } from '@tsvmm/pci';
 import { loadPluginCatalog } from './plugins';
 import { formatPluginReport, pluginReport } from './plugins-report';
@@ -153,11 +154,29 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_CODE_VMM_ERROR;
   }
   monitor.startStallDetector();
+  let exitPromise: Promise<MachineExit>;
+  if (config.incoming || config.restore) {
+    // The machine was built (devices, RAM) as for a boot; the stream replaces its state before any vCPU runs.
+    exitPromise = machine.run({ startPaused: true });
+    try {
+      if (config.restore) await restoreFromFile(machine, config.restore, log);
+      else await receiveIncoming(machine, config.incoming!, log, () => log(`waiting for an incoming migration on ${config.incoming!.slice(5)}`));
+    } catch (e) {
+      process.stderr.write(`vmm: ${config.restore ? 'restore' : 'incoming migration'} failed: ${(e as Error).message}\n`);
+      await machine.stop();
+      monitor.close();
+      return EXIT_CODE_VMM_ERROR;
+    }
+    if (!config.startPaused) {
+      machine.resume();
+      monitor.event('RESUME');
+    }
+  } else exitPromise = machine.run({ startPaused: config.startPaused });
   const detach = config.serial.kind === 'stdio' ? attachStdin(machine) : config.monitorStdio ? attachHmp(monitor) : () => undefined;
   const onSignal = () => void machine.stop('terminated by signal');
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const exit: MachineExit = await machine.run({ startPaused: config.startPaused });
+  const exit: MachineExit = await exitPromise;
   if (exit.reason !== 'stopped') monitor.event('SHUTDOWN', { guest: true, reason: exit.reason === 'reset' ? 'guest-reset' : exit.reason === 'fault' ? 'guest-panic' : 'guest-shutdown' });
   monitor.close();
   detach();

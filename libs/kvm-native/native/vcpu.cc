@@ -68,9 +68,23 @@ void VcpuLoop::loop() {
   pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
 
   bool reportedPause = false;
+  bool exitPending = false;  // an exit was handled and KVM_RUN not re-entered since
   for (;;) {
     {
       std::unique_lock<std::mutex> lk(mu_);
+      if (paused_ && !stopping_ && exitPending) {
+        // The last exit's I/O is complete (IN data in RAX, RIP past the
+        // instruction) only once KVM_RUN is re-entered: do that with
+        // immediate_exit set, so the state userspace saves while paused is
+        // consistent (KVM API: "the kernel side will first finish incomplete
+        // operations and then check for pending signals").
+        lk.unlock();
+        __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
+        ioctl(fd_, KVM_RUN, 0);
+        __atomic_store_n(&run_->immediate_exit, 0, __ATOMIC_SEQ_CST);
+        exitPending = false;
+        lk.lock();
+      }
       if (paused_ && !stopping_) {
         onState_("paused", 0);
         reportedPause = true;
@@ -83,6 +97,7 @@ void VcpuLoop::loop() {
       }
     }
     long r = ioctl(fd_, KVM_RUN, 0);
+    exitPending = false;
     if (r < 0) {
       int e = errno;
       if (e == EINTR || e == EAGAIN) {
@@ -95,6 +110,7 @@ void VcpuLoop::loop() {
       break;
     }
     if (run_->exit_reason == KVM_EXIT_INTR) continue;
+    exitPending = true;
     int action = onExit_(run_->exit_reason);
     if (action == kStop) {
       std::lock_guard<std::mutex> g(mu_);

@@ -107,6 +107,24 @@ export class Kvm {
     throw new Error('KVM_GET_SUPPORTED_CPUID: more than 4096 entries');
   }
 
+  /** KVM_GET_MSR_INDEX_LIST: the MSRs KVM can save and restore for a vCPU (migration). */
+  msrIndexList(): number[] {
+    for (let n = 256; n <= 16384; n *= 2) {
+      const b = new Uint8Array(U.OFF_kvm_msr_list_indices + n * 4);
+      const dv = view(b);
+      dv.setUint32(U.OFF_kvm_msr_list_nmsrs, n, true);
+      try {
+        this.native.ioctl(this.fd, U.KVM_GET_MSR_INDEX_LIST, b);
+      } catch (e) {
+        if ((e as Errno).code === 'E2BIG') continue;
+        throw e;
+      }
+      const count = dv.getUint32(U.OFF_kvm_msr_list_nmsrs, true);
+      return Array.from({ length: count }, (_, i) => dv.getUint32(U.OFF_kvm_msr_list_indices + i * 4, true));
+    }
+    throw new Error('KVM_GET_MSR_INDEX_LIST: more than 16384 MSRs');
+  }
+
   createVm(): Vm {
     const vmFd = this.native.ioctl(this.fd, U.KVM_CREATE_VM, 0);
     return new Vm(this, vmFd, this.native);
@@ -257,6 +275,51 @@ export class Vm {
     const b = new Uint8Array(U.SIZEOF_kvm_pit_config);
     view(b).setUint32(0, checkU32('pit flags', flags), true);
     this.native.ioctl(this.fd, U.KVM_CREATE_PIT2, b);
+  }
+
+  /**
+   * KVM_GET_IRQCHIP: the raw kvm_irqchip of one in-kernel chip
+   * (KVM_IRQCHIP_PIC_MASTER, _PIC_SLAVE or _IOAPIC), for save/restore.
+   */
+  getIrqchip(chipId: number): Uint8Array {
+    const b = new Uint8Array(U.SIZEOF_kvm_irqchip);
+    view(b).setUint32(U.OFF_kvm_irqchip_chip_id, checkInt('irqchip id', chipId, 0, 2), true);
+    this.native.ioctl(this.fd, U.KVM_GET_IRQCHIP, b);
+    return b;
+  }
+
+  /** KVM_SET_IRQCHIP with a buffer from getIrqchip (its chip_id says which chip). */
+  setIrqchip(b: Uint8Array): void {
+    if (b.byteLength !== U.SIZEOF_kvm_irqchip) throw new KvmArgumentError(`kvm_irqchip must be ${U.SIZEOF_kvm_irqchip} bytes`);
+    checkInt('irqchip id', view(b).getUint32(U.OFF_kvm_irqchip_chip_id, true), 0, 2);
+    this.native.ioctl(this.fd, U.KVM_SET_IRQCHIP, b);
+  }
+
+  /** KVM_GET_PIT2: the in-kernel PIT's channels and flags (raw kvm_pit_state2). */
+  getPit2(): Uint8Array {
+    const b = new Uint8Array(U.SIZEOF_kvm_pit_state2);
+    this.native.ioctl(this.fd, U.KVM_GET_PIT2, b);
+    return b;
+  }
+
+  setPit2(b: Uint8Array): void {
+    if (b.byteLength !== U.SIZEOF_kvm_pit_state2) throw new KvmArgumentError(`kvm_pit_state2 must be ${U.SIZEOF_kvm_pit_state2} bytes`);
+    this.native.ioctl(this.fd, U.KVM_SET_PIT2, b);
+  }
+
+  /** KVM_GET_CLOCK: the kvmclock value in ns and its flags (KVM_CLOCK_TSC_STABLE...). */
+  getClock(): { clock: bigint; flags: number } {
+    const b = new Uint8Array(U.SIZEOF_kvm_clock_data);
+    this.native.ioctl(this.fd, U.KVM_GET_CLOCK, b);
+    const dv = view(b);
+    return { clock: dv.getBigUint64(U.OFF_kvm_clock_data_clock, true), flags: dv.getUint32(U.OFF_kvm_clock_data_flags, true) };
+  }
+
+  /** KVM_SET_CLOCK: sets the kvmclock value (flags 0: the value alone, no realtime adjustment). */
+  setClock(clock: bigint): void {
+    const b = new Uint8Array(U.SIZEOF_kvm_clock_data);
+    view(b).setBigUint64(U.OFF_kvm_clock_data_clock, checkU64('clock', clock), true);
+    this.native.ioctl(this.fd, U.KVM_SET_CLOCK, b);
   }
 
   /** KVM_IRQ_LINE: drive a GSI of the in-kernel irqchip high or low. */
@@ -450,6 +513,50 @@ export class Vcpu {
     if (b.byteLength !== U.SIZEOF_kvm_lapic_state)
       throw new KvmArgumentError(`kvm_lapic_state must be ${U.SIZEOF_kvm_lapic_state} bytes`);
     this.native.ioctl(this.fd, U.KVM_SET_LAPIC, b);
+  }
+
+  /** KVM_GET_XSAVE: the legacy 4 KiB XSAVE area (needs KVM_CAP_XSAVE). */
+  getXsave(): Uint8Array {
+    const b = new Uint8Array(U.SIZEOF_kvm_xsave);
+    this.native.ioctl(this.fd, U.KVM_GET_XSAVE, b);
+    return b;
+  }
+
+  setXsave(b: Uint8Array): void {
+    if (b.byteLength !== U.SIZEOF_kvm_xsave) throw new KvmArgumentError(`kvm_xsave must be ${U.SIZEOF_kvm_xsave} bytes`);
+    this.native.ioctl(this.fd, U.KVM_SET_XSAVE, b);
+  }
+
+  /** KVM_GET_XCRS: extended control registers (XCR0), raw kvm_xcrs (needs KVM_CAP_XCRS). */
+  getXcrs(): Uint8Array {
+    const b = new Uint8Array(U.SIZEOF_kvm_xcrs);
+    this.native.ioctl(this.fd, U.KVM_GET_XCRS, b);
+    return b;
+  }
+
+  setXcrs(b: Uint8Array): void {
+    if (b.byteLength !== U.SIZEOF_kvm_xcrs) throw new KvmArgumentError(`kvm_xcrs must be ${U.SIZEOF_kvm_xcrs} bytes`);
+    this.native.ioctl(this.fd, U.KVM_SET_XCRS, b);
+  }
+
+  /** KVM_GET_VCPU_EVENTS: pending exception, interrupt, NMI, SIPI vector, interrupt shadow (raw kvm_vcpu_events). */
+  getVcpuEvents(): Uint8Array {
+    const b = new Uint8Array(U.SIZEOF_kvm_vcpu_events);
+    this.native.ioctl(this.fd, U.KVM_GET_VCPU_EVENTS, b);
+    return b;
+  }
+
+  /** KVM_SET_VCPU_EVENTS; `flags` says which optional fields are valid (NMI pending, SIPI vector, shadow). */
+  setVcpuEvents(b: Uint8Array, flags: number): void {
+    if (b.byteLength !== U.SIZEOF_kvm_vcpu_events) throw new KvmArgumentError(`kvm_vcpu_events must be ${U.SIZEOF_kvm_vcpu_events} bytes`);
+    const c = b.slice();
+    view(c).setUint32(U.OFF_kvm_vcpu_events_flags, checkU32('events flags', flags), true);
+    this.native.ioctl(this.fd, U.KVM_SET_VCPU_EVENTS, c);
+  }
+
+  /** KVM_GET_TSC_KHZ: the guest TSC frequency. */
+  getTscKhz(): number {
+    return this.native.ioctl(this.fd, U.KVM_GET_TSC_KHZ);
   }
 
   getMsrs(indices: readonly number[]): MsrEntry[] {

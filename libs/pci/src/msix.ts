@@ -191,6 +191,20 @@ export class MsixController {
     }
   }
 
+  /**
+   * Migration: takes the table and PBA of the source. The caller then
+   * re-assigns the vectors in use (useVector), which creates their GSI
+   * routes and irqfds here and delivers what is pending and unmasked.
+   */
+  restore(table: Uint8Array, pba: Uint8Array): void {
+    if (table.length !== this.table.length || pba.length !== this.pba.length)
+      throw new Error(`MSI-X: the stream has ${table.length / MSIX_ENTRY_SIZE} vectors, this function has ${this.vectors}`);
+    this.releaseAll();
+    this.table.set(table);
+    this.pba.set(pba);
+    this.lastControl = this.control;
+  }
+
   /** Call after any config-space write: reacts to enable / function-mask changes. */
   configWritten(): void {
     const c = this.control;

@@ -130,6 +130,24 @@ export abstract class PciBarFunction implements PciFunction {
     }
   }
 
+  /**
+   * Migration: takes the source's 256-byte config space as is (BAR registers,
+   * command, capabilities) and maps the BARs where they were. Bus mastering
+   * is not reported: the device's own state carries `disabled`.
+   */
+  restoreConfig(bytes: Uint8Array): void {
+    if (bytes.length !== this.config.bytes.length) throw new Error(`${this.name}: config space of ${bytes.length} bytes`);
+    this.config.bytes.set(bytes);
+    for (const b of this.bars) {
+      if (!b) continue;
+      const base = PCI_BASE_ADDRESS_0 + b.index * 4;
+      const lo = (this.config.getU32(base) & 0xfffffff0) >>> 0;
+      const hi = b.kind === 'mem64' ? this.config.getU32(base + 4) : 0;
+      b.address = hi * 2 ** 32 + lo;
+    }
+    this.updateMappings();
+  }
+
   /** Unmaps every BAR (device removal / VM teardown). */
   unmapAll(): void {
     for (const b of this.bars) {

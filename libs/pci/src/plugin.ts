@@ -123,6 +123,12 @@ export interface Device {
    * cannot accept (the migration fails, naming the device).
    */
   loadState?(state: unknown): void;
+  /**
+   * Migration: resolves once the device has no request in flight (the VM is
+   * stopped; completions already landed in guest memory), so that the state
+   * saveState returns next is complete. Devices without in-flight work omit it.
+   */
+  drain?(): Promise<void>;
   /** Called when the VM stops for good (close files, release fds). */
   destroy?(): void | Promise<void>;
 }

@@ -14,7 +14,7 @@
  * the exit path and does the same thing.
  */
 import { EventFd, Vm } from '@tsvmm/kvm-native';
-import { VirtioDevice, VirtioInterrupt, virtioUapi as V } from '@tsvmm/virtio-core';
+import { VirtioDevice, VirtioDeviceState, VirtioInterrupt, virtioUapi as V } from '@tsvmm/virtio-core';
 import { GsiRoutes } from './gsi-routes';
 import { BusDevice, IoBus } from './io-bus';
 import { MmioAllocator } from './mmio-allocator';
@@ -60,6 +60,28 @@ export interface VirtioPciOptions {
   ioeventfd?: boolean;
   /** PCI slot; the first free one when omitted. */
   slot?: number;
+}
+
+/** The transport's part of a virtio-pci function's migration state. */
+export interface VirtioPciState {
+  /** The 256-byte config space, base64. */
+  config: string;
+  msixTable: string;
+  msixPba: string;
+  queueVectors: number[];
+  msixConfig: number;
+  deviceFeatureSelect: number;
+  driverFeatureSelect: number;
+  queueSelect: number;
+  isr: number;
+}
+
+/** What VirtioPciPluginDevice saves: the transport and the device model. */
+export interface VirtioPciDeviceState {
+  transport: VirtioPciState;
+  virtio: VirtioDeviceState;
+  /** The plugin's own fields (VirtioPciPluginDevice.saveExtra). */
+  extra?: unknown;
 }
 
 interface HostNotifier {
@@ -344,6 +366,78 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
   setVmRunning(running: boolean): void {
     this.vmRunning = running;
     this.syncHostNotifiers();
+    if (running && this.kickOnResume) {
+      this.kickOnResume = false;
+      this.kickActiveQueues();
+    }
+  }
+
+  /** Set by loadState: the first resume kicks every active queue once (docs/migration.md). */
+  private kickOnResume = false;
+
+  /**
+   * After a restore: one kick per active queue, through the queue's host
+   * notifier when it has one, as a guest doorbell would arrive. The stream
+   * carries ring indices, not doorbells: a kick the source had not processed
+   * when it stopped, or a guest that saw VRING_USED_F_NO_NOTIFY (or an
+   * avail_event) the source device had set while it was busy, would
+   * otherwise leave buffers in the ring that nobody looks at.
+   */
+  private kickActiveQueues(): void {
+    if (!this.device.driverOk || this.device.broken) return;
+    this.device.queues.forEach((q, i) => {
+      if (!q.ready) return;
+      const n = this.notifiers[i];
+      if (n) n.efd.write(1);
+      else this.device.notify(i, 'restore');
+    });
+  }
+
+  /** Migration: the transport's state (the device model saves its own). Taken while the VM is stopped. */
+  saveState(): VirtioPciState {
+    if (this.backendKicks.some((k) => k !== undefined))
+      throw new Error(`${this.device.id}: queues owned by a vhost backend cannot be migrated yet (GET_VRING_BASE handover is not implemented)`);
+    return {
+      config: Buffer.from(this.config.bytes).toString('base64'),
+      msixTable: Buffer.from(this.msix.table).toString('base64'),
+      msixPba: Buffer.from(this.msix.pba).toString('base64'),
+      queueVectors: [...this.queueVectors],
+      msixConfig: this.msixConfig,
+      deviceFeatureSelect: this.deviceFeatureSelect,
+      driverFeatureSelect: this.driverFeatureSelect,
+      queueSelect: this.queueSelect,
+      isr: this.isr,
+    };
+  }
+
+  /**
+   * Migration: restores the transport on a freshly created function with the
+   * same device type and properties, while the VM is stopped: config space
+   * (BARs mapped where the guest put them), MSI-X table and PBA, vector
+   * assignments (new GSI routes and irqfds), then the device model. Host
+   * notifiers are registered when the VM resumes, and each active queue is
+   * kicked once then.
+   */
+  loadState(t: VirtioPciState, d: VirtioDeviceState): void {
+    if (!t || typeof t.config !== 'string' || !Array.isArray(t.queueVectors)) throw new Error(`${this.device.id}: malformed virtio-pci state`);
+    if (t.queueVectors.length !== this.device.queues.length)
+      throw new Error(`${this.device.id}: the stream has ${t.queueVectors.length} queues, this device has ${this.device.queues.length}`);
+    const config = Buffer.from(t.config, 'base64');
+    const id = (b: Uint8Array) => b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24);
+    if (id(config) !== id(this.config.bytes))
+      throw new Error(`${this.device.id}: PCI vendor/device id differs (stream 0x${(id(config) >>> 0).toString(16)}, here 0x${(id(this.config.bytes) >>> 0).toString(16)})`);
+    this.msix.restore(Buffer.from(t.msixTable, 'base64'), Buffer.from(t.msixPba, 'base64'));
+    this.restoreConfig(config);
+    this.deviceFeatureSelect = t.deviceFeatureSelect;
+    this.driverFeatureSelect = t.driverFeatureSelect;
+    this.queueSelect = t.queueSelect;
+    this.isr = t.isr;
+    this.msixConfig = t.msixConfig;
+    t.queueVectors.forEach((v, i) => (this.queueVectors[i] = v));
+    for (const v of new Set([this.msixConfig, ...this.queueVectors])) if (v !== NO_VECTOR) this.msix.useVector(v);
+    this.device.loadState(d);
+    this.kickOnResume = true;
+    this.syncHostNotifiers(true);
   }
 
   /** Turns off the VMM's own queue notifiers (kicks then come through the exit path). */
@@ -511,6 +605,28 @@ export abstract class VirtioPciPluginDevice {
   setRunning(running: boolean): void {
     this.transport.setVmRunning(running);
   }
+
+  /** Migration: transport + virtio state, plus saveExtra(). Subclasses refuse what they cannot migrate. */
+  saveState(): VirtioPciDeviceState {
+    const s: VirtioPciDeviceState = { transport: this.transport.saveState(), virtio: this.transport.device.saveState() };
+    const extra = this.saveExtra();
+    if (extra !== undefined) s.extra = extra;
+    return s;
+  }
+
+  loadState(state: unknown): void {
+    const s = state as VirtioPciDeviceState;
+    if (!s || typeof s !== 'object' || !s.transport || !s.virtio) throw new Error(`${this.id}: malformed device state`);
+    this.loadExtra(s.extra);
+    this.transport.loadState(s.transport, s.virtio);
+  }
+
+  /** A plugin's own migration fields (JSON). */
+  protected saveExtra(): unknown {
+    return undefined;
+  }
+
+  protected loadExtra(_extra: unknown): void {}
 
   reset(): void {
     this.transport.reset();

@@ -33,6 +33,10 @@ export interface VirtioDeviceState {
   /** Present only when set, so streams from devices without it still load. */
   disabled?: true;
   queues: QueueState[];
+  /** Completions held back while bus mastering was off (present only when there are any). */
+  deferred?: { queue: number; head: number; len: number }[];
+  /** Queues kicked while bus mastering was off (present only when there are any). */
+  kickedWhileDisabled?: number[];
   device?: unknown;
 }
 
@@ -48,7 +52,7 @@ export interface VirtioDeviceOptions {
 }
 
 /** Where a queue notification came from. */
-export type KickSource = 'ioeventfd' | 'exit' | 'debug';
+export type KickSource = 'ioeventfd' | 'exit' | 'debug' | 'restore';
 
 export interface QueueCounters {
   /** Kicks that arrived through the queue's ioeventfd. */
@@ -284,6 +288,7 @@ export abstract class VirtioDevice {
       this.counters[queue].kicksDropped++;
       return;
     }
+    if (f.dropKicks > 0 && source === 'restore') return;
     if (source === 'ioeventfd') this.counters[queue].kicksEventfd++;
     else if (source === 'exit') this.counters[queue].kicksExit++;
     this.lastKickAt[queue] = Date.now();
@@ -396,10 +401,28 @@ export abstract class VirtioDevice {
       queues: this.queues.map((q) => q.save()),
     };
     if (this.disabled) s.disabled = true;
+    if (this.deferred.length) s.deferred = this.deferred.map((d) => ({ ...d }));
+    if (this.kickedWhileDisabled.size) s.kickedWhileDisabled = [...this.kickedWhileDisabled];
     return s;
   }
 
+  /**
+   * Restores what saveState returned, on a device created with the same
+   * properties. Fields added after the first stream version are optional:
+   * an absent `disabled` means bus mastering was on. Throws on a state this
+   * device cannot take (other queue count, features it does not offer).
+   */
   loadState(s: VirtioDeviceState): void {
+    if (!s || typeof s !== 'object' || !Array.isArray(s.queues)) throw new Error(`${this.id}: malformed virtio state`);
+    if (s.queues.length !== this.queues.length)
+      throw new Error(`${this.id}: the stream has ${s.queues.length} queues, this device has ${this.queues.length}`);
+    const offered = BigInt(`0x${s.deviceFeatures}`);
+    if (offered !== this.deviceFeatures)
+      throw new Error(`${this.id}: device features differ (stream 0x${s.deviceFeatures}, here 0x${this.deviceFeatures.toString(16)})`);
+    this.deferred.length = 0;
+    this.deferred.push(...(s.deferred ?? []));
+    this.kickedWhileDisabled.clear();
+    for (const q of s.kickedWhileDisabled ?? []) this.kickedWhileDisabled.add(q);
     this.driverFeatures = BigInt(`0x${s.driverFeatures}`);
     this.status = s.status;
     this.configGeneration = s.configGeneration;

@@ -265,6 +265,24 @@ export class VirtioBlkDevice extends VirtioDevice {
     super.setDisabled(disabled);
   }
 
+  /** Migration: resolves when no request is in flight and every batched interrupt went out. */
+  async drain(): Promise<void> {
+    while (this.inFlight > 0 || this.signalScheduled.size > 0) await new Promise((r) => setImmediate(r));
+  }
+
+  /** Migration: the fields VirtioDevice.saveState does not hold (status bytes held back while bus mastering is off). */
+  saveBlkState(): { pendingStatus?: { addr: number; status: number }[] } | undefined {
+    if (this.dataPlane) throw new Error(`${this.id}: a device with iothread=${this.iothread} cannot be migrated yet`);
+    if (this.inFlight > 0) throw new Error(`${this.id}: ${this.inFlight} requests still in flight (not drained)`);
+    return this.pendingStatus.length ? { pendingStatus: this.pendingStatus.map((p) => ({ ...p })) } : undefined;
+  }
+
+  loadBlkState(s: { pendingStatus?: { addr: number; status: number }[] } | undefined): void {
+    if (this.dataPlane) throw new Error(`${this.id}: a device with iothread=${this.iothread} cannot be migrated yet`);
+    this.pendingStatus.length = 0;
+    if (s?.pendingStatus) this.pendingStatus.push(...s.pendingStatus);
+  }
+
   async destroy(): Promise<void> {
     this.backend.close();
     await this.dataPlane?.thread.close();

@@ -24,6 +24,18 @@ export class VirtioBlkPci extends VirtioPciPluginDevice {
     super(id, transport);
   }
 
+  drain(): Promise<void> {
+    return this.blk.drain();
+  }
+
+  protected override saveExtra(): unknown {
+    return this.blk.saveBlkState();
+  }
+
+  protected override loadExtra(extra: unknown): void {
+    this.blk.loadBlkState(extra as Parameters<VirtioBlkDevice['loadBlkState']>[0]);
+  }
+
   override async destroy(): Promise<void> {
     await super.destroy();
     await this.blk.destroy();

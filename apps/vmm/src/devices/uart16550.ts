@@ -50,6 +50,30 @@ export class Uart16550 implements BusDevice {
     private readonly setIrq: (level: boolean) => void,
   ) {}
 
+  /** Migration: the registers and the receive FIFO. */
+  saveState(): Record<string, unknown> {
+    return { ier: this.ier, lcr: this.lcr, mcr: this.mcr, scr: this.scr, dll: this.dll, dlm: this.dlm, fcr: this.fcr, rx: [...this.rx], thriPending: this.thriPending };
+  }
+
+  loadState(s: Record<string, unknown>): void {
+    const n = (k: string) => {
+      const v = s[k];
+      if (typeof v !== 'number') throw new Error(`serial state: '${k}' is missing`);
+      return v & 0xff;
+    };
+    this.ier = n('ier');
+    this.lcr = n('lcr');
+    this.mcr = n('mcr');
+    this.scr = n('scr');
+    this.dll = n('dll');
+    this.dlm = n('dlm');
+    this.fcr = n('fcr');
+    this.rx = Array.isArray(s.rx) ? (s.rx as number[]).slice(0, RX_FIFO_MAX) : [];
+    this.thriPending = s.thriPending === true;
+    this.irqLevel = false;
+    this.updateIrq();
+  }
+
   /** Bytes arriving from the host side (stdin). Excess beyond the FIFO is dropped. */
   receive(bytes: Uint8Array): void {
     for (const b of bytes) if (this.rx.length < RX_FIFO_MAX) this.rx.push(b);

@@ -221,6 +221,10 @@ export class Machine {
     if (!wasPaused) this.resume();
   }
 
+  get config(): VmConfig {
+    return this.opts.config;
+  }
+
   get isPaused(): boolean {
     return this.paused;
   }

@@ -5,6 +5,7 @@
  */
 import { PciBarFunction } from '@tsvmm/pci';
 import { Machine, MachineExit } from '../machine/machine';
+import { MigrationManager } from '../migration/migration';
 import { CommandError, CommandRegistry } from './commands';
 import { runHmp } from './hmp';
 import { QMP_VERSION, QmpServer } from './qmp-server';
@@ -20,11 +21,13 @@ export class Monitor {
   private readonly stallReported = new Set<string>();
   /** Event listeners besides QMP clients (the stdio HMP monitor, tests). */
   readonly listeners: ((name: string, data?: Record<string, unknown>) => void)[] = [];
+  readonly migration: MigrationManager;
 
   constructor(
     readonly machine: Machine,
     private readonly log: (m: string) => void,
   ) {
+    this.migration = new MigrationManager(machine, log, (name, data) => this.event(name, data));
     this.register();
   }
 
@@ -114,6 +117,7 @@ export class Monitor {
 
   cont(): void {
     if (this.runState() !== 'paused') return;
+    if (this.migration.active) throw new CommandError('a migration is in progress');
     this.machine.resume();
     this.event('RESUME');
   }
@@ -164,6 +168,7 @@ export class Monitor {
         return {};
       },
     });
+    this.registerMigration();
     c.add({ name: 'query-pci', args: {}, help: 'PCI buses, devices, BARs, MSI-X', run: () => this.queryPci() });
     c.add({
       name: 'human-monitor-command', args: { 'command-line': { type: 'str' }, 'cpu-index': { type: 'int', optional: true } },
@@ -206,6 +211,76 @@ export class Monitor {
         this.log(`x-debug-virtqueue-drop: device ${pci.device.id} queue ${q}: dropping the next ${f.dropKicks} kick(s) and ${f.dropInterrupts} interrupt(s)`);
         return { 'drop-kicks': f.dropKicks, 'drop-interrupts': f.dropInterrupts };
       },
+    });
+  }
+
+  /** Snapshot and migration commands (docs/migration.md). */
+  private registerMigration(): void {
+    const c = this.commands;
+    const mig = this.migration;
+    c.add({
+      name: 'x-snapshot-save', args: { file: { type: 'str' } },
+      help: 'stop the VM (it stays stopped) and write its memory and state to a file for --restore',
+      run: async (a) => {
+        const wasRunning = this.runState() === 'running';
+        try {
+          await mig.snapshot(a.file as string);
+        } catch (e) {
+          throw new CommandError(`snapshot failed: ${(e as Error).message}`);
+        } finally {
+          if (wasRunning && this.machine.isPaused) this.event('STOP');
+        }
+        return {};
+      },
+    });
+    c.add({
+      name: 'migrate', args: { uri: { type: 'str' }, detach: { type: 'bool', optional: true }, resume: { type: 'bool', optional: true } },
+      help: 'live-migrate to a VMM started with --incoming URI (unix:PATH)',
+      run: (a) => {
+        if (this.machine.exited) throw new CommandError('the VM has ended');
+        try {
+          mig.start(a.uri as string);
+        } catch (e) {
+          throw new CommandError((e as Error).message);
+        }
+        return {};
+      },
+    });
+    c.add({ name: 'migrate_cancel', args: {}, help: 'cancel an outgoing migration', run: () => (mig.cancel(), {}) });
+    c.add({
+      name: 'query-migrate', args: {}, help: 'migration status and figures',
+      run: () => {
+        const i = mig.info;
+        if (i.status === 'none') return {};
+        const r: Record<string, unknown> = { status: i.status };
+        const now = Date.now();
+        r['total-time'] = i.totalTime ?? (i.startedAt ? now - i.startedAt : 0);
+        if (i.downtime !== undefined) r.downtime = i.downtime;
+        if (i.setupTime !== undefined) r['setup-time'] = i.setupTime;
+        r.ram = {
+          transferred: i.ram.transferred, remaining: i.ram.remaining, total: i.ram.total, duplicate: i.ram.duplicate, normal: i.ram.normal,
+          'normal-bytes': i.ram.normal * 4096, 'dirty-sync-count': i.ram.dirtySyncCount, mbps: i.ram.mbps, 'dirty-pages-rate': i.ram.dirtyPagesRate,
+        };
+        if (i.error) r['error-desc'] = i.error;
+        return r;
+      },
+    });
+    c.add({
+      name: 'migrate-set-parameters', args: { 'downtime-limit': { type: 'int', optional: true }, 'x-max-passes': { type: 'int', optional: true } },
+      help: 'migration parameters: downtime-limit (ms), x-max-passes',
+      run: (a) => {
+        const d = a['downtime-limit'] as number | undefined;
+        const p = a['x-max-passes'] as number | undefined;
+        if (d !== undefined && (d < 0 || d > 2000000)) throw new CommandError("Parameter 'downtime-limit' expects an integer in the range of 0 to 2000000 milliseconds");
+        if (p !== undefined && (p < 1 || p > 1000)) throw new CommandError("Parameter 'x-max-passes' expects 1 to 1000");
+        if (d !== undefined) mig.params.downtimeLimit = d;
+        if (p !== undefined) mig.params.maxPasses = p;
+        return {};
+      },
+    });
+    c.add({
+      name: 'query-migrate-parameters', args: {}, help: 'the migration parameters',
+      run: () => ({ 'downtime-limit': mig.params.downtimeLimit, 'x-max-passes': mig.params.maxPasses }),
     });
   }
 

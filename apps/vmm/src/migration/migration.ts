@@ -1,0 +1,373 @@
+/**
+ * Snapshot/restore and live migration (docs/migration.md).
+ *
+ * Source: `migrate {"uri": "unix:PATH"}` connects to a destination started
+ * with `--incoming unix:PATH`, sends the machine description, then RAM with
+ * KVM dirty-page logging on: a full pass, then passes over the pages dirtied
+ * meanwhile until what is left would go in `downtime-limit` at the measured
+ * bandwidth (or after MAX_PASSES). It then stops the vCPUs, drains the
+ * devices, sends the last dirty pages and the device state, and waits for
+ * the destination's answer. The source stays paused when the destination
+ * took over; on failure it resumes if it was running before.
+ *
+ * Snapshot: the same stream written to a file while the VM is stopped
+ * (`x-snapshot-save`), read back by `--restore FILE`.
+ */
+import * as fs from 'fs';
+import * as net from 'net';
+import { MemoryRegion } from '@tsvmm/kvm-native';
+import { Machine } from '../machine/machine';
+import { checkMachine, checkMigratable, describeMachine, loadMachineSections, MachineDescription, saveableMsrs, saveMachineSections } from './machine-state';
+import { addRegionPages, applyRamSection, countBits, PAGE, RamCounters, RamSectionBuilder } from './ram';
+import {
+  ByteSource, checkSectionKnown, encodeHeader, encodeSection, FileSource, jsonPayload, MigrationStreamError, parseJson, readHeader,
+  readSection, Section, SocketSource,
+} from './stream';
+
+export type MigrationStatus = 'none' | 'setup' | 'active' | 'device' | 'completed' | 'failed' | 'cancelled';
+
+export interface MigrationParameters {
+  /** ms the final stop-and-copy may take (QEMU's downtime-limit; default 300). */
+  downtimeLimit: number;
+  /** Passes over dirty pages before the VMM stops the VM anyway. */
+  maxPasses: number;
+}
+
+export interface MigrationInfo {
+  status: MigrationStatus;
+  startedAt?: number;
+  totalTime?: number;
+  downtime?: number;
+  setupTime?: number;
+  ram: RamCounters & { total: number; remaining: number; dirtySyncCount: number; mbps: number; dirtyPagesRate: number };
+  error?: string;
+}
+
+const MAX_PASSES = 30;
+
+/** Where the stream goes: a socket (with back-pressure) or a file. */
+interface Sink {
+  write(parts: Buffer[]): Promise<void>;
+}
+
+function socketSink(s: net.Socket): Sink {
+  return {
+    async write(parts) {
+      let ok = true;
+      for (const p of parts) ok = s.write(p) && ok;
+      if (!ok) await new Promise<void>((resolve, reject) => {
+        const onErr = (e: Error) => reject(e);
+        s.once('error', onErr);
+        s.once('drain', () => {
+          s.off('error', onErr);
+          resolve();
+        });
+      });
+    },
+  };
+}
+
+function fileSink(fd: number): Sink {
+  return {
+    async write(parts) {
+      for (const p of parts) {
+        let off = 0;
+        while (off < p.length) off += fs.writeSync(fd, p, off);
+      }
+    },
+  };
+}
+
+export class MigrationManager {
+  readonly params: MigrationParameters = { downtimeLimit: 300, maxPasses: MAX_PASSES };
+  info: MigrationInfo = MigrationManager.emptyInfo('none');
+  private abortReason: string | undefined;
+  private socket: net.Socket | undefined;
+
+  constructor(
+    private readonly machine: Machine,
+    private readonly log: (m: string) => void,
+    private readonly event: (name: string, data?: Record<string, unknown>) => void,
+  ) {}
+
+  static emptyInfo(status: MigrationStatus): MigrationInfo {
+    return { status, ram: { transferred: 0, normal: 0, duplicate: 0, total: 0, remaining: 0, dirtySyncCount: 0, mbps: 0, dirtyPagesRate: 0 } };
+  }
+
+  get active(): boolean {
+    return ['setup', 'active', 'device'].includes(this.info.status);
+  }
+
+  private setStatus(s: MigrationStatus): void {
+    this.info.status = s;
+    this.event('MIGRATION', { status: s });
+  }
+
+  // --- snapshot ----------------------------------------------------------------
+
+  /** Writes memory and state to `file` (the VM is stopped first, and stays stopped). */
+  async snapshot(file: string): Promise<void> {
+    if (this.active) throw new Error('a migration is in progress');
+    checkMigratable(this.machine);
+    await this.machine.pause();
+    await this.drainDevices();
+    const tmp = `${file}.tmp-${process.pid}`;
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      const sink = fileSink(fd);
+      const counters: RamCounters = { transferred: 0, normal: 0, duplicate: 0 };
+      await sink.write([encodeHeader(), ...encodeSection('machine', 1, jsonPayload(describeMachine(this.machine)))]);
+      await this.sendRam(sink, undefined, counters, true);
+      await sink.write([...saveMachineSections(this.machine, saveableMsrs(this.machine)), ...encodeSection('end', 1, Buffer.alloc(0))]);
+      fs.fsyncSync(fd);
+      fs.closeSync(fd);
+      fs.renameSync(tmp, file);
+    } catch (e) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // already closed
+      }
+      fs.rmSync(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  // --- live migration, source side ---------------------------------------------------
+
+  /** Starts an outgoing migration; returns once it is under way (query-migrate follows it). */
+  start(uri: string): void {
+    if (this.active) throw new Error('a migration is already in progress');
+    const m = /^unix:(.+)$/.exec(uri);
+    if (!m) throw new Error(`unsupported migration URI '${uri}' (only unix:PATH)`);
+    checkMigratable(this.machine);
+    this.info = MigrationManager.emptyInfo('setup');
+    this.info.startedAt = Date.now();
+    this.abortReason = undefined;
+    this.event('MIGRATION', { status: 'setup' });
+    void this.run(m[1]).catch(() => undefined);
+  }
+
+  cancel(): void {
+    if (!this.active) return;
+    this.abortReason = 'cancelled';
+    this.socket?.destroy(new Error('migration cancelled'));
+  }
+
+  private async run(path: string): Promise<void> {
+    const machine = this.machine;
+    const wasRunning = !machine.isPaused;
+    let paused = false;
+    let logging = false;
+    const regions = machine.vm.memoryRegions;
+    const ram = this.info.ram;
+    ram.total = regions.reduce((n, r) => n + r.size, 0);
+    let reply: { error?: string; done: Promise<string> } | undefined;
+    try {
+      const sock = await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.createConnection(path);
+        s.once('connect', () => resolve(s));
+        s.once('error', (e) => reject(new Error(`cannot connect to ${path}: ${e.message}`)));
+      });
+      this.socket = sock;
+      reply = this.watchReplies(sock);
+      const r = reply;
+      const sink = socketSink(sock);
+      const check = () => {
+        if (r.error) throw new Error(`the destination refused the migration: ${r.error}`);
+        if (this.abortReason) throw new Error(`migration ${this.abortReason}`);
+      };
+      this.info.setupTime = Date.now() - this.info.startedAt!;
+      this.setStatus('active');
+      const msrs = saveableMsrs(machine);
+      await sink.write([encodeHeader(), ...encodeSection('machine', 1, jsonPayload(describeMachine(machine)))]);
+
+      for (const r of regions) machine.vm.setDirtyLogging(r.slot, true);
+      logging = true;
+      // Pass 1: everything (zero pages left out: the destination's RAM starts zeroed).
+      let passStart = Date.now();
+      let passBytes = ram.transferred;
+      await this.sendRam(sink, undefined, ram, true, check);
+      let dirty = new Map<number, Uint8Array>();
+      for (let pass = 1; ; pass++) {
+        const elapsed = Math.max(1, Date.now() - passStart);
+        const bytesPerMs = Math.max(1, (ram.transferred - passBytes) / elapsed);
+        ram.mbps = Math.round(((bytesPerMs * 1000 * 8) / 1e6) * 10) / 10;
+        dirty = this.syncDirty(regions);
+        const pages = [...dirty.values()].reduce((n, b) => n + countBits(b), 0);
+        ram.dirtyPagesRate = Math.round((pages * 1000) / elapsed);
+        ram.remaining = pages * PAGE;
+        check();
+        const expected = (pages * PAGE) / bytesPerMs;
+        if (expected <= this.params.downtimeLimit || pass >= this.params.maxPasses || machine.isPaused) break;
+        passStart = Date.now();
+        passBytes = ram.transferred;
+        await this.sendRam(sink, dirty, ram, false, check);
+      }
+
+      // Stop and copy.
+      this.setStatus('device');
+      const downtimeStart = Date.now();
+      if (wasRunning) {
+        await machine.pause();
+        paused = true;
+      }
+      await this.drainDevices();
+      const last = this.syncDirty(regions);
+      for (const [slot, b] of last) {
+        const prev = dirty.get(slot);
+        if (prev) for (let i = 0; i < b.length; i++) b[i] |= prev[i];
+      }
+      await this.sendRam(sink, last, ram, false, check);
+      ram.remaining = 0;
+      await sink.write([...saveMachineSections(machine, msrs), ...encodeSection('end', 1, Buffer.alloc(0))]);
+      const answer = await reply.done;
+      if (answer !== 'OK') throw new Error(`the destination refused the migration: ${answer}`);
+      this.info.downtime = Date.now() - downtimeStart;
+      this.info.totalTime = Date.now() - this.info.startedAt!;
+      for (const r of regions) machine.vm.setDirtyLogging(r.slot, false);
+      logging = false;
+      sock.end();
+      this.setStatus('completed');
+      this.log(`migration completed: ${(ram.transferred / 1048576).toFixed(1)} MiB in ${this.info.totalTime} ms, downtime ${this.info.downtime} ms, ${ram.dirtySyncCount} dirty syncs`);
+    } catch (e) {
+      // A write that failed because the destination gave up: its reason is the better message.
+      if (reply && !reply.error) await Promise.race([reply.done, new Promise((r) => setTimeout(r, 300))]);
+      this.info.error = reply?.error ? `the destination refused the migration: ${reply.error}` : (e as Error).message;
+      this.info.totalTime = Date.now() - this.info.startedAt!;
+      this.socket?.destroy();
+      if (logging && !machine.exited) for (const r of regions) machine.vm.setDirtyLogging(r.slot, false);
+      this.setStatus(this.abortReason === 'cancelled' ? 'cancelled' : 'failed');
+      this.log(`migration failed: ${this.info.error}`);
+      // As QEMU: a VM that ran before the migration runs again on the source.
+      if (paused && wasRunning) {
+        machine.resume();
+        this.event('RESUME');
+      }
+    } finally {
+      this.socket = undefined;
+    }
+  }
+
+  /** Reads the destination's one-line answer ("OK" or "ERR reason") whenever it comes. */
+  private watchReplies(sock: net.Socket): { error?: string; done: Promise<string> } {
+    const r: { error?: string; done: Promise<string> } = { done: Promise.resolve('') };
+    let text = '';
+    r.done = new Promise((resolve) => {
+      sock.on('data', (d) => {
+        text += d.toString('utf8');
+        const nl = text.indexOf('\n');
+        if (nl < 0) return;
+        const line = text.slice(0, nl);
+        if (line.startsWith('ERR ')) r.error = line.slice(4);
+        resolve(line.startsWith('ERR ') ? line.slice(4) : line);
+      });
+      sock.on('close', () => resolve(r.error ?? 'the connection closed before the destination answered'));
+      sock.on('error', () => undefined);
+    });
+    return r;
+  }
+
+  private syncDirty(regions: readonly MemoryRegion[]): Map<number, Uint8Array> {
+    const out = new Map<number, Uint8Array>();
+    for (const r of regions) out.set(r.slot, this.machine.vm.getDirtyLog(r.slot));
+    this.info.ram.dirtySyncCount++;
+    return out;
+  }
+
+  private async sendRam(sink: Sink, bitmaps: Map<number, Uint8Array> | undefined, counters: RamCounters, skipZero: boolean, check?: () => void): Promise<void> {
+    const out = new RamSectionBuilder(counters);
+    for (const r of this.machine.vm.memoryRegions) {
+      const bm = bitmaps ? bitmaps.get(r.slot) : undefined;
+      if (bitmaps && !bm) continue;
+      await addRegionPages(r, bm, skipZero, out, async () => {
+        check?.();
+        const parts = out.take();
+        if (parts.length) await sink.write(parts);
+      });
+    }
+    out.flush();
+    await sink.write(out.take());
+  }
+
+  private async drainDevices(): Promise<void> {
+    for (const d of this.machine.devices) await d.drain?.();
+  }
+}
+
+// --- destination side ---------------------------------------------------------------
+
+/**
+ * Reads a whole stream into a paused machine: the machine description is
+ * checked first, RAM is applied as it arrives, the device state when the
+ * "end" section has been read. Throws MigrationStreamError (or a device's
+ * error) on anything wrong; the caller must not start the VM then.
+ */
+export async function receiveStream(machine: Machine, src: ByteSource, log: (m: string) => void): Promise<void> {
+  await readHeader(src);
+  const first = await readSection(src);
+  checkSectionKnown(first);
+  if (first.name !== 'machine') throw new MigrationStreamError(`the stream starts with '${first.name}', not 'machine'`);
+  checkMachine(parseJson<MachineDescription>(first), describeMachine(machine));
+  const regions = machine.vm.memoryRegions;
+  for (const r of regions) r.bytes.fill(0);
+  const state: Section[] = [];
+  for (;;) {
+    const s = await readSection(src);
+    const kind = checkSectionKnown(s);
+    if (kind === 'ram') applyRamSection(s.payload, regions);
+    else if (kind === 'end') break;
+    else if (kind === 'machine') throw new MigrationStreamError(`a second 'machine' section`);
+    else state.push(s);
+  }
+  loadMachineSections(machine, state, log);
+}
+
+/** --restore FILE. */
+export async function restoreFromFile(machine: Machine, file: string, log: (m: string) => void): Promise<void> {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (e) {
+    throw new MigrationStreamError(`--restore ${file}: ${(e as Error).message}`);
+  }
+  try {
+    await receiveStream(machine, new FileSource(fd), log);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * --incoming unix:PATH: listens, takes one connection, loads the stream and
+ * answers "OK" (the caller then resumes the VM) or "ERR reason" (and throws).
+ */
+export async function receiveIncoming(machine: Machine, uri: string, log: (m: string) => void, onListening?: () => void): Promise<void> {
+  const m = /^unix:(.+)$/.exec(uri);
+  if (!m) throw new MigrationStreamError(`unsupported --incoming URI '${uri}' (only unix:PATH)`);
+  const path = m[1];
+  fs.rmSync(path, { force: true });
+  const server = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve());
+  });
+  onListening?.();
+  const sock = await new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  server.close();
+  fs.rmSync(path, { force: true });
+  try {
+    await receiveStream(machine, new SocketSource(sock), log);
+    await new Promise<void>((resolve) => sock.write('OK\n', () => resolve()));
+    sock.end();
+  } catch (e) {
+    const msg = (e as Error).message.replace(/\n/g, ' ');
+    await new Promise<void>((resolve) => {
+      if (sock.destroyed) return resolve();
+      sock.write(`ERR ${msg}\n`, () => resolve());
+      setTimeout(resolve, 1000).unref();
+    });
+    sock.destroy();
+    throw e;
+  }
+}

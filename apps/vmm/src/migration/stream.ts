@@ -1,0 +1,177 @@
+/**
+ * The migration stream (docs/migration.md): a header, then sections.
+ *
+ *   header  : magic "TSVMMIG\n" (8 bytes), u32 format version, u32 reserved
+ *   section : u8 0x53 ('S'), u8 name length, name (ASCII), u32 section version,
+ *             u32 payload length, u32 CRC-32 of the payload, payload
+ *
+ * All integers little-endian. The last section is named "end". A reader
+ * rejects an unknown format version, an unknown section name or a section
+ * version newer than it knows, a bad checksum or a truncated stream with a
+ * MigrationStreamError that says which; nothing of the stream is applied
+ * to a running VM before the whole device state has been read and checked.
+ */
+import * as fs from 'fs';
+import * as net from 'net';
+import { crc32 } from 'zlib';
+
+export const STREAM_MAGIC = Buffer.from('TSVMMIG\n', 'latin1');
+/** Current format version written. */
+export const STREAM_VERSION = 1;
+/** Oldest format version this VMM reads. */
+export const STREAM_MIN_VERSION = 1;
+const SECTION_MARK = 0x53;
+const HEADER_SIZE = 16;
+/** A section's payload is at most this long (RAM travels in many sections). */
+export const MAX_SECTION = 64 * 1024 * 1024;
+
+export class MigrationStreamError extends Error {}
+
+export interface Section {
+  name: string;
+  version: number;
+  payload: Buffer;
+}
+
+export function encodeHeader(version = STREAM_VERSION): Buffer {
+  const b = Buffer.alloc(HEADER_SIZE);
+  STREAM_MAGIC.copy(b, 0);
+  b.writeUInt32LE(version, 8);
+  return b;
+}
+
+export function encodeSection(name: string, version: number, payload: Buffer): Buffer[] {
+  if (name.length === 0 || name.length > 255 || !/^[\x21-\x7e]+$/.test(name)) throw new Error(`bad section name '${name}'`);
+  if (payload.length > MAX_SECTION) throw new Error(`section ${name} is ${payload.length} bytes (limit ${MAX_SECTION})`);
+  const h = Buffer.alloc(2 + name.length + 12);
+  h[0] = SECTION_MARK;
+  h[1] = name.length;
+  h.write(name, 2, 'latin1');
+  const o = 2 + name.length;
+  h.writeUInt32LE(version >>> 0, o);
+  h.writeUInt32LE(payload.length, o + 4);
+  h.writeUInt32LE(crc32(payload) >>> 0, o + 8);
+  return [h, payload];
+}
+
+export const jsonPayload = (v: unknown): Buffer => Buffer.from(JSON.stringify(v), 'utf8');
+
+/** Where a stream is read from: exact reads, resolving null at a clean end. */
+export interface ByteSource {
+  read(n: number): Promise<Buffer>;
+}
+
+/** A ByteSource over a file (restore). */
+export class FileSource implements ByteSource {
+  private pos = 0;
+  constructor(private readonly fd: number) {}
+  async read(n: number): Promise<Buffer> {
+    const b = Buffer.alloc(n);
+    let got = 0;
+    while (got < n) {
+      const r = fs.readSync(this.fd, b, got, n - got, this.pos);
+      if (r === 0) throw new MigrationStreamError(`stream truncated (wanted ${n} bytes at offset ${this.pos})`);
+      got += r;
+      this.pos += r;
+    }
+    return b;
+  }
+}
+
+/** A ByteSource over a socket (incoming migration). */
+export class SocketSource implements ByteSource {
+  private chunks: Buffer[] = [];
+  private have = 0;
+  private ended = false;
+  private error: Error | undefined;
+  private wake: (() => void) | undefined;
+
+  constructor(readonly socket: net.Socket) {
+    socket.on('data', (d: Buffer) => {
+      this.chunks.push(d);
+      this.have += d.length;
+      // Back-pressure: stop reading while far ahead of the consumer.
+      if (this.have > 64 * 1024 * 1024) socket.pause();
+      this.wake?.();
+    });
+    socket.on('end', () => {
+      this.ended = true;
+      this.wake?.();
+    });
+    socket.on('error', (e) => {
+      this.error = e;
+      this.wake?.();
+    });
+  }
+
+  async read(n: number): Promise<Buffer> {
+    while (this.have < n) {
+      if (this.error) throw new MigrationStreamError(`migration socket: ${this.error.message}`);
+      if (this.ended) throw new MigrationStreamError(`stream truncated (the source closed the connection)`);
+      this.socket.resume();
+      await new Promise<void>((r) => (this.wake = r));
+      this.wake = undefined;
+    }
+    const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
+    const out = all.subarray(0, n);
+    const rest = all.subarray(n);
+    this.chunks = rest.length ? [rest] : [];
+    this.have = rest.length;
+    if (this.have < 16 * 1024 * 1024) this.socket.resume();
+    return out;
+  }
+}
+
+/** Reads and checks the header; returns the format version. */
+export async function readHeader(src: ByteSource): Promise<number> {
+  const h = await src.read(HEADER_SIZE);
+  if (!h.subarray(0, 8).equals(STREAM_MAGIC)) throw new MigrationStreamError('not a tsvmm migration stream (bad magic)');
+  const v = h.readUInt32LE(8);
+  if (v < STREAM_MIN_VERSION || v > STREAM_VERSION)
+    throw new MigrationStreamError(`unsupported stream format version ${v} (this VMM reads ${STREAM_MIN_VERSION}..${STREAM_VERSION})`);
+  return v;
+}
+
+/** Reads one section, checking its framing and checksum. */
+export async function readSection(src: ByteSource): Promise<Section> {
+  const m = await src.read(2);
+  if (m[0] !== SECTION_MARK) throw new MigrationStreamError(`corrupt stream: expected a section marker, got 0x${m[0].toString(16)}`);
+  const nameAndHdr = await src.read(m[1] + 12);
+  const name = nameAndHdr.subarray(0, m[1]).toString('latin1');
+  const version = nameAndHdr.readUInt32LE(m[1]);
+  const len = nameAndHdr.readUInt32LE(m[1] + 4);
+  const sum = nameAndHdr.readUInt32LE(m[1] + 8);
+  if (len > MAX_SECTION) throw new MigrationStreamError(`corrupt stream: section '${name}' claims ${len} bytes`);
+  const payload = len ? await src.read(len) : Buffer.alloc(0);
+  if ((crc32(payload) >>> 0) !== sum) throw new MigrationStreamError(`corrupt stream: section '${name}' fails its checksum`);
+  return { name, version, payload };
+}
+
+export function parseJson<T>(s: Section): T {
+  try {
+    return JSON.parse(s.payload.toString('utf8')) as T;
+  } catch (e) {
+    throw new MigrationStreamError(`section '${s.name}': bad JSON (${(e as Error).message})`);
+  }
+}
+
+/** The highest version of each section kind this VMM reads; the key is the name up to the first '/'. */
+export const SECTION_VERSIONS: Record<string, number> = {
+  machine: 1,
+  ram: 1,
+  cpu: 1,
+  irqchip: 1,
+  pit: 1,
+  clock: 1,
+  serial: 1,
+  device: 1,
+  end: 1,
+};
+
+export function checkSectionKnown(s: Section): string {
+  const kind = s.name.split('/')[0];
+  const max = SECTION_VERSIONS[kind];
+  if (max === undefined) throw new MigrationStreamError(`unknown section '${s.name}' (version ${s.version})`);
+  if (s.version < 1 || s.version > max) throw new MigrationStreamError(`section '${s.name}' has version ${s.version}; this VMM reads 1..${max}`);
+  return kind;
+}
