@@ -33,6 +33,31 @@ export class GuestMemory {
   }
 
   /** Total RAM bytes. */
+  /**
+   * Pages (guest-physical address / 4096) the VMM touched through this object
+   * while tracking is on (migration: KVM's dirty log sees only the guest's own
+   * writes, not a device model's). Every slice counts, read or write: a view
+   * may be written later (asynchronous I/O), so the caller treats the set as
+   * "may have changed until the device is drained".
+   */
+  private tracked: Set<number> | undefined;
+
+  startTracking(): void {
+    this.tracked = new Set();
+  }
+
+  /** Stops tracking and returns the pages touched since startTracking. */
+  stopTracking(): Set<number> {
+    const t = this.tracked ?? new Set<number>();
+    this.tracked = undefined;
+    return t;
+  }
+
+  private mark(addr: number, len: number): void {
+    const t = this.tracked!;
+    for (let p = Math.floor(addr / 4096), end = Math.floor((addr + Math.max(len, 1) - 1) / 4096); p <= end; p++) t.add(p);
+  }
+
   get size(): number {
     return this.regions.reduce((n, r) => n + r.bytes.byteLength, 0);
   }
@@ -59,6 +84,7 @@ export class GuestMemory {
   slice(addr: GuestAddress, len: number): Uint8Array {
     const i = this.find(addr, len);
     if (i < 0) throw new GuestMemoryError(addr, len);
+    if (this.tracked) this.mark(addr, len);
     const r = this.regions[i];
     const off = addr - r.guestPhysAddr;
     return r.bytes.subarray(off, off + len);
@@ -79,6 +105,7 @@ export class GuestMemory {
   private at(addr: number, len: number): [DataView, number] {
     const i = this.find(addr, len);
     if (i < 0) throw new GuestMemoryError(addr, len);
+    if (this.tracked) this.mark(addr, len);
     return [this.views[i], addr - this.regions[i].guestPhysAddr];
   }
 

@@ -153,5 +153,6 @@ test_fn find_test(const char *name);
 test_fn find_blk_test(const char *name);
 test_fn find_net_test(const char *name);
 test_fn find_scsi_test(const char *name);
+test_fn find_mig_test(const char *name);
 
 #endif

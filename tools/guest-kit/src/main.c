@@ -248,6 +248,8 @@ void kmain(uint64_t info, unsigned via)
 	test_fn fn = find_test(name);
 	if (!fn)
 		fn = find_scsi_test(name);
+	if (!fn)
+		fn = find_mig_test(name);
 	if (!fn) {
 		kprintf("guest-kit: FAIL test=%s reason=unknown-test\n", name);
 		guest_exit(EXIT_FAIL);

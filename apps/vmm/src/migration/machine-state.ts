@@ -53,16 +53,26 @@ export function checkMigratable(m: Machine): void {
 
 // --- vCPUs -----------------------------------------------------------------------
 
-/** MSRs KVM lists as saveable and this vCPU actually reads (some listed ones are absent on a given host). */
+const msrCache = new WeakMap<Machine, number[]>();
+
+/**
+ * MSRs KVM lists as saveable and this vCPU actually reads (some listed ones
+ * are absent on a given host). Only while the vCPUs are paused: a vCPU ioctl
+ * waits for a running vCPU to leave KVM_RUN. Cached per machine.
+ */
 export function saveableMsrs(m: Machine): number[] {
+  const cached = msrCache.get(m);
+  if (cached) return cached;
   const v = m.vcpus[0];
-  return m.kvm.msrIndexList().filter((i) => {
+  const list = m.kvm.msrIndexList().filter((i) => {
     try {
       return v.getMsrs([i]).length === 1;
     } catch {
       return false;
     }
   });
+  msrCache.set(m, list);
+  return list;
 }
 
 interface CpuState {

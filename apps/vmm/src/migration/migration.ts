@@ -179,10 +179,13 @@ export class MigrationManager {
       };
       this.info.setupTime = Date.now() - this.info.startedAt!;
       this.setStatus('active');
-      const msrs = saveableMsrs(machine);
       await sink.write([encodeHeader(), ...encodeSection('machine', 1, jsonPayload(describeMachine(machine)))]);
 
+      const dbg = process.env.VMM_MIGRATION_DEBUG ? (m: string) => this.log(`migration +${Date.now() - this.info.startedAt!} ms: ${m}`) : () => undefined;
+      dbg('dirty logging on');
       for (const r of regions) machine.vm.setDirtyLogging(r.slot, true);
+      machine.memory.startTracking();
+      dbg('dirty logging is on');
       logging = true;
       // Pass 1: everything (zero pages left out: the destination's RAM starts zeroed).
       let passStart = Date.now();
@@ -199,6 +202,7 @@ export class MigrationManager {
         ram.remaining = pages * PAGE;
         check();
         const expected = (pages * PAGE) / bytesPerMs;
+        dbg(`pass ${pass}: ${pages} dirty pages, ${bytesPerMs.toFixed(0)} bytes/ms, ${expected.toFixed(0)} ms expected`);
         if (expected <= this.params.downtimeLimit || pass >= this.params.maxPasses || machine.isPaused) break;
         passStart = Date.now();
         passBytes = ram.transferred;
@@ -207,6 +211,7 @@ export class MigrationManager {
 
       // Stop and copy.
       this.setStatus('device');
+      dbg('stop and copy');
       const downtimeStart = Date.now();
       if (wasRunning) {
         await machine.pause();
@@ -218,9 +223,27 @@ export class MigrationManager {
         const prev = dirty.get(slot);
         if (prev) for (let i = 0; i < b.length; i++) b[i] |= prev[i];
       }
+      // What the device models wrote (KVM logs only the guest's writes): every
+      // page they touched since the start, and the rings of every queue.
+      const touched = machine.memory.stopTracking();
+      for (const d of machine.devices) {
+        for (const q of d.virtio?.device.queues ?? []) {
+          if (!q.ready) continue;
+          for (const [a, len] of [[q.descTable, q.size * 16], [q.availRing, 6 + q.size * 2], [q.usedRing, 6 + q.size * 8]])
+            for (let p = Math.floor(a / PAGE); p <= Math.floor((a + len - 1) / PAGE); p++) touched.add(p);
+        }
+      }
+      for (const r of regions) {
+        const b = last.get(r.slot)!;
+        const first = Number(r.guestPhysAddr) / PAGE;
+        for (const p of touched) {
+          const i = p - first;
+          if (i >= 0 && i < r.size / PAGE) b[i >> 3] |= 1 << (i & 7);
+        }
+      }
       await this.sendRam(sink, last, ram, false, check);
       ram.remaining = 0;
-      await sink.write([...saveMachineSections(machine, msrs), ...encodeSection('end', 1, Buffer.alloc(0))]);
+      await sink.write([...saveMachineSections(machine, saveableMsrs(machine)), ...encodeSection('end', 1, Buffer.alloc(0))]);
       const answer = await reply.done;
       if (answer !== 'OK') throw new Error(`the destination refused the migration: ${answer}`);
       this.info.downtime = Date.now() - downtimeStart;
@@ -237,6 +260,7 @@ export class MigrationManager {
       this.info.totalTime = Date.now() - this.info.startedAt!;
       this.socket?.destroy();
       if (logging && !machine.exited) for (const r of regions) machine.vm.setDirtyLogging(r.slot, false);
+      machine.memory.stopTracking();
       this.setStatus(this.abortReason === 'cancelled' ? 'cancelled' : 'failed');
       this.log(`migration failed: ${this.info.error}`);
       // As QEMU: a VM that ran before the migration runs again on the source.
@@ -284,6 +308,8 @@ export class MigrationManager {
         check?.();
         const parts = out.take();
         if (parts.length) await sink.write(parts);
+        // Let the event loop run: vCPU exits and device I/O are served on this thread.
+        await new Promise((res) => setImmediate(res));
       });
     }
     out.flush();
