@@ -388,11 +388,19 @@ export async function receiveIncoming(machine: Machine, uri: string, log: (m: st
     sock.end();
   } catch (e) {
     const msg = (e as Error).message.replace(/\n/g, ' ');
-    await new Promise<void>((resolve) => {
-      if (sock.destroyed) return resolve();
-      sock.write(`ERR ${msg}\n`, () => resolve());
-      setTimeout(resolve, 1000).unref();
-    });
+    if (!sock.destroyed) {
+      // Answer, then keep reading (and dropping) until the source hangs up, so
+      // it is not cut off mid-write (EPIPE) before it has read the reason.
+      sock.removeAllListeners('data');
+      sock.on('data', () => undefined);
+      sock.on('error', () => undefined);
+      sock.resume();
+      sock.write(`ERR ${msg}\n`);
+      await new Promise<void>((resolve) => {
+        sock.once('close', () => resolve());
+        setTimeout(resolve, 5000).unref();
+      });
+    }
     sock.destroy();
     throw e;
   }

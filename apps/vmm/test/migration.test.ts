@@ -1,0 +1,245 @@
+// Snapshot/restore and live migration between real `vmm` processes running the guest kit.
+import { ChildProcess, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { describeKvm } from '@tsvmm/kvm-native/testing';
+import { GUEST_ELF, requireGuestKit, VMM_BIN } from './guest-kit';
+import { QmpClient } from './qmp-client';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-mig-'));
+const uniq = () => Math.random().toString(36).slice(2, 8);
+
+interface Proc {
+  proc: ChildProcess;
+  qmp: string;
+  out: () => string;
+  err: () => string;
+  exited: Promise<number | null>;
+}
+
+const running: Proc[] = [];
+
+function vmm(args: string[]): Proc {
+  requireGuestKit();
+  const qmp = path.join(tmp, `q-${uniq()}.sock`);
+  const proc = spawn(process.execPath, [VMM_BIN, 'run', '--kernel', GUEST_ELF, '--qmp', `unix:${qmp}`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  proc.stdout!.on('data', (d) => (out += d));
+  proc.stderr!.on('data', (d) => (err += d));
+  const p: Proc = { proc, qmp, out: () => out, err: () => err, exited: new Promise((r) => proc.on('close', r)) };
+  running.push(p);
+  return p;
+}
+
+async function until(what: string, pred: () => boolean, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function client(p: Proc): Promise<QmpClient> {
+  const c = await QmpClient.connect(p.qmp);
+  await c.run('qmp_capabilities');
+  return c;
+}
+
+function image(): string {
+  const f = path.join(tmp, `disk-${uniq()}.img`);
+  fs.writeFileSync(f, Buffer.alloc(1 << 20));
+  return f;
+}
+
+/** mig-blk-loop with sectors=1: sector i holds blktests' pattern with seed 1 + i. */
+function checkImage(file: string, iters: number): void {
+  const img = fs.readFileSync(file);
+  for (let i = 0; i < iters; i++) {
+    let v = (i * 31 + 1 + i) & 0xff;
+    for (let j = 0; j < 512; j++, v = (v + 7) & 0xff) {
+      if (img[i * 512 + j] !== v) throw new Error(`sector ${i} byte ${j}: 0x${img[i * 512 + j].toString(16)}, want 0x${v.toString(16)}`);
+    }
+  }
+  expect(img.subarray(iters * 512).every((b) => b === 0)).toBe(true);
+}
+
+async function migrateAndWait(src: QmpClient, uri: string): Promise<Record<string, unknown>> {
+  await src.run('migrate', { uri });
+  for (;;) {
+    const r = (await src.run('query-migrate')) as Record<string, unknown>;
+    if (r.status === 'completed' || r.status === 'failed') return r;
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}
+
+async function blkWrites(c: QmpClient): Promise<number> {
+  const s = (await c.run('x-query-virtio-status', { path: 'd0' })) as { 'device-info': { writes: number } };
+  return s['device-info'].writes;
+}
+
+afterEach(async () => {
+  for (const p of running.splice(0)) {
+    p.proc.kill('SIGKILL');
+    await p.exited;
+  }
+});
+
+const LOOP = 'test=mig-blk-loop iters=60 sectors=1 every=10 delay=20000 hold=1';
+
+describeKvm('live migration', () => {
+  for (const ioeventfd of ['on', 'off']) {
+    it(`moves a guest writing virtio-blk in a loop (ioeventfd=${ioeventfd}): every write lands exactly once`, async () => {
+      const disk = image();
+      const dev = ['--device', `virtio-blk,id=d0,file=${disk},ioeventfd=${ioeventfd}`, '--cmdline', LOOP];
+      const incoming = path.join(tmp, `in-${uniq()}.sock`);
+      const dst = vmm([...dev, '--incoming', `unix:${incoming}`]);
+      const src = vmm(dev);
+      await until('source progress', () => /progress i=20\b/.test(src.out()));
+      await until('destination listening', () => fs.existsSync(incoming));
+      const s = await client(src);
+      const r = await migrateAndWait(s, `unix:${incoming}`);
+      expect(r.status).toBe('completed');
+      expect(r.downtime).toEqual(expect.any(Number));
+      expect((r.ram as Record<string, number>)['dirty-sync-count']).toBeGreaterThanOrEqual(2);
+      expect(await s.run('query-status')).toMatchObject({ status: 'paused' });
+      await until('destination PASS', () => dst.out().includes('guest-kit: holding'));
+      expect(dst.out()).toContain('mig-blk-loop done writes=60');
+      const d = await client(dst);
+      // Exactly once: the source's and the destination's device counted 60 writes between them.
+      expect((await blkWrites(s)) + (await blkWrites(d))).toBe(60);
+      expect(src.out()).not.toContain('guest-kit: PASS');
+      checkImage(disk, 60);
+      s.close();
+      d.close();
+    }, 60_000);
+  }
+
+  it('moves a device with bus mastering off (disabled) and its held-back kick; the destination finishes it', async () => {
+    const disk = image();
+    const dev = ['--device', `virtio-blk,id=d0,file=${disk}`, '--cmdline', 'test=blk-busmaster spins=1500000 rekick=0'];
+    const incoming = path.join(tmp, `in-${uniq()}.sock`);
+    const dst = vmm([...dev, '--incoming', `unix:${incoming}`]);
+    const src = vmm(dev);
+    const s = await client(src);
+    await until('destination listening', () => fs.existsSync(incoming));
+    for (;;) {
+      const st = (await s.run('x-query-virtio-status', { path: 'd0' })) as { disabled: boolean; 'bus-master': boolean };
+      const q = (await s.run('x-query-virtio-queue-status', { path: 'd0', queue: 0 })) as Record<string, number>;
+      if (st.disabled && q['avail-idx'] !== q['last-avail-idx']) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const r = await migrateAndWait(s, `unix:${incoming}`);
+    expect(r.status).toBe('completed');
+    expect(await dst.exited).toBe(0);
+    expect(dst.out()).toContain('blk-busmaster used_while_disabled=0');
+    expect(dst.out()).toContain('guest-kit: PASS test=blk-busmaster');
+  }, 60_000);
+
+  it('256 MiB guest dirtying memory: converges under downtime-limit, memory intact on the destination (figures)', async () => {
+    const args = ['--memory', '256M', '--cmdline', 'test=mig-mem mb=64 passes=3 delay=10'];
+    const incoming = path.join(tmp, `in-${uniq()}.sock`);
+    const dst = vmm([...args, '--incoming', `unix:${incoming}`]);
+    const src = vmm(args);
+    await until('first pass', () => /mig-mem pass=1 /.test(src.out()));
+    await until('destination listening', () => fs.existsSync(incoming));
+    const s = await client(src);
+    await s.run('migrate-set-parameters', { 'downtime-limit': 300 });
+    const r = (await migrateAndWait(s, `unix:${incoming}`)) as { status: string; downtime: number; 'total-time': number; ram: Record<string, number> };
+    expect(r.status).toBe('completed');
+    expect(await dst.exited).toBe(0);
+    expect(dst.out()).toMatch(/mig-mem verified pages=16384 sum=/);
+    process.stdout.write(
+      `migration figures: 256 MiB guest, 64 MiB region dirtied at ${r.ram['dirty-pages-rate']} pages/s: total ${r['total-time']} ms, downtime ${r.downtime} ms, ` +
+        `${(r.ram.transferred / 2 ** 20).toFixed(1)} MiB sent, ${r.ram['dirty-sync-count']} dirty syncs, ${r.ram.mbps} Mbit/s\n`,
+    );
+  }, 60_000);
+
+  it('refuses a destination without the device: clear error, the source keeps running and finishes', async () => {
+    const disk = image();
+    const incoming = path.join(tmp, `in-${uniq()}.sock`);
+    const dst = vmm(['--cmdline', LOOP, '--incoming', `unix:${incoming}`]);
+    const src = vmm(['--device', `virtio-blk,id=d0,file=${disk}`, '--cmdline', LOOP.replace(' hold=1', '')]);
+    await until('source progress', () => /progress i=10\b/.test(src.out()));
+    await until('destination listening', () => fs.existsSync(incoming));
+    const s = await client(src);
+    const r = await migrateAndWait(s, `unix:${incoming}`);
+    expect(r.status).toBe('failed');
+    expect(r['error-desc']).toMatch(/device 'd0' \(virtio-blk\) is not configured on the destination/);
+    expect(await dst.exited).toBe(1);
+    expect(dst.err()).toMatch(/incoming migration failed: configuration mismatch/);
+    expect(dst.out()).not.toContain('mig-blk-loop');
+    expect(await s.run('query-status')).toMatchObject({ status: 'running' });
+    expect(await src.exited).toBe(0);
+    expect(src.out()).toContain('guest-kit: PASS test=mig-blk-loop');
+    checkImage(disk, 60);
+  }, 60_000);
+});
+
+describeKvm('snapshot and restore', () => {
+  let snap: string;
+  let disk: string;
+  const cmd = ['--cmdline', 'test=mig-blk-loop iters=80 sectors=1 every=10'];
+
+  it('x-snapshot-save mid-loop, kill, --restore in a new process: the guest finishes every write once', async () => {
+    disk = image();
+    snap = path.join(tmp, 'snap.bin');
+    const src = vmm(['--device', `virtio-blk,id=d0,file=${disk}`, ...cmd]);
+    await until('progress', () => /progress i=30\b/.test(src.out()));
+    const s = await client(src);
+    await s.run('x-snapshot-save', { file: snap });
+    expect(await s.run('query-status')).toMatchObject({ status: 'paused' });
+    const before = await blkWrites(s);
+    src.proc.kill('SIGKILL');
+    await src.exited;
+    const t0 = Date.now();
+    const dst = vmm(['--device', `virtio-blk,id=d0,file=${disk}`, ...cmd, '--restore', snap]);
+    expect(await dst.exited).toBe(0);
+    expect(dst.out()).toContain('guest-kit: PASS test=mig-blk-loop');
+    // The restored guest continues: no boot banner, the loop goes on from where it was.
+    expect(dst.out()).not.toContain('guest-kit: hello');
+    expect(dst.out()).not.toMatch(/progress i=10\b/);
+    expect(before).toBeGreaterThanOrEqual(30);
+    checkImage(disk, 80);
+    process.stdout.write(`restore + rest of the guest run: ${Date.now() - t0} ms\n`);
+    // The device was bus-master enabled: its state carries no `disabled` field (the rule that keeps old streams loadable).
+    const raw = fs.readFileSync(snap).toString('latin1');
+    const at = raw.indexOf('device/d0');
+    expect(at).toBeGreaterThan(0);
+    expect(raw.slice(at, at + 4000)).not.toContain('"disabled"');
+  }, 60_000);
+
+  const restoreFails = async (file: string, pattern: RegExp) => {
+    const p = vmm(['--device', `virtio-blk,id=d0,file=${disk}`, ...cmd, '--restore', file, '--serial', 'stdio']);
+    expect(await p.exited).toBe(1);
+    expect(p.err()).toMatch(pattern);
+    expect(p.out()).toBe('');
+  };
+
+  it('refuses a corrupt section, a wrong format version and an unknown section; the guest never runs', async () => {
+    const good = fs.readFileSync(snap);
+    const corrupt = Buffer.from(good);
+    const at = corrupt.indexOf(Buffer.from('\x53\x05cpu/0', 'latin1'));
+    corrupt[at + 40] ^= 0x55;
+    fs.writeFileSync(path.join(tmp, 'corrupt.bin'), corrupt);
+    await restoreFails(path.join(tmp, 'corrupt.bin'), /restore failed: corrupt stream: section 'cpu\/0' fails its checksum/);
+
+    const version = Buffer.from(good);
+    version.writeUInt32LE(99, 8);
+    fs.writeFileSync(path.join(tmp, 'version.bin'), version);
+    await restoreFails(path.join(tmp, 'version.bin'), /unsupported stream format version 99/);
+
+    const unknown = Buffer.from(good);
+    unknown.write('xerial', unknown.indexOf(Buffer.from('\x53\x06serial', 'latin1')) + 2, 'latin1');
+    fs.writeFileSync(path.join(tmp, 'unknown.bin'), unknown);
+    await restoreFails(path.join(tmp, 'unknown.bin'), /unknown section 'xerial'/);
+
+    fs.writeFileSync(path.join(tmp, 'short.bin'), good.subarray(0, good.length - 100));
+    await restoreFails(path.join(tmp, 'short.bin'), /stream truncated/);
+
+    const p = vmm([...cmd, '--restore', snap]);
+    expect(await p.exited).toBe(1);
+    expect(p.err()).toMatch(/configuration mismatch: device 'd0' \(virtio-blk\) is not configured on the destination/);
+  }, 60_000);
+});
