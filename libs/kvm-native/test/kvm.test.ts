@@ -105,3 +105,58 @@ describeKvm('kvm facade on /dev/kvm', () => {
     efd.close();
   });
 });
+
+describeKvm('state save/restore ioctls (migration)', () => {
+  it('a pause during an IN exit completes the IN before the registers are read', async () => {
+    // mov dx, 0x10; in al, dx; hlt
+    const { kvm, vm, vcpu } = realModeVm([0xba, 0x10, 0x00, 0xec, 0xf4]);
+    let paused: Promise<void> | undefined;
+    const done = runUntilStop(vcpu, (run) => {
+      if (run.exitReason === U.KVM_EXIT_IO && !run.ioIsOut) {
+        run.ioWrite(0x5a);
+        paused = vcpu.pause();
+        return VcpuAction.Continue;
+      }
+      return VcpuAction.Stop;
+    });
+    while (!paused) await new Promise((r) => setTimeout(r, 5));
+    await paused;
+    const r = vcpu.getRegs();
+    expect(Number(r.rax & 0xffn)).toBe(0x5a);
+    expect(Number(r.rip)).toBe(CODE + 4);
+    await vcpu.stop();
+    await done;
+    vm.close();
+    kvm.close();
+  });
+
+  it('reads and writes back irqchip, PIT, clock, XSAVE/XCRS, vCPU events and the saveable MSRs', () => {
+    const kvm = Kvm.open();
+    const vm = kvm.createVm();
+    vm.addMemoryRegion({ slot: 0, guestPhysAddr: 0, size: 1 << 20 });
+    vm.createIrqchip();
+    vm.createPit2();
+    const v = vm.createVcpu(0);
+    for (const chip of [U.KVM_IRQCHIP_PIC_MASTER, U.KVM_IRQCHIP_PIC_SLAVE, U.KVM_IRQCHIP_IOAPIC]) {
+      const b = vm.getIrqchip(chip);
+      expect(new DataView(b.buffer).getUint32(U.OFF_kvm_irqchip_chip_id, true)).toBe(chip);
+      vm.setIrqchip(b);
+    }
+    vm.setPit2(vm.getPit2());
+    const c = vm.getClock();
+    vm.setClock(c.clock + 1_000_000n);
+    expect(vm.getClock().clock).toBeGreaterThanOrEqual(c.clock + 1_000_000n);
+    if (vm.checkExtension(U.KVM_CAP_XSAVE)) v.setXsave(v.getXsave());
+    if (vm.checkExtension(U.KVM_CAP_XCRS)) v.setXcrs(v.getXcrs());
+    const ev = v.getVcpuEvents();
+    v.setVcpuEvents(ev, U.KVM_VCPUEVENT_VALID_NMI_PENDING | U.KVM_VCPUEVENT_VALID_SHADOW);
+    const list = kvm.msrIndexList();
+    expect(list).toContain(0x10); // IA32_TSC
+    const msrs = v.getMsrs([0x10]);
+    expect(msrs).toHaveLength(1);
+    v.setMsrs([{ index: 0x10, data: 12345678n }]);
+    expect(v.getMsrs([0x10])[0].data).toBeGreaterThanOrEqual(12345678n);
+    vm.close();
+    kvm.close();
+  });
+});
