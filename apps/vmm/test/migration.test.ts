@@ -86,7 +86,7 @@ afterEach(async () => {
   }
 });
 
-const LOOP = 'test=mig-blk-loop iters=60 sectors=1 every=10 delay=20000 hold=1';
+const LOOP = 'test=mig-blk-loop iters=60 sectors=1 every=10 delay=4000 hold=1';
 
 describeKvm('live migration', () => {
   for (const ioeventfd of ['on', 'off']) {
@@ -108,7 +108,10 @@ describeKvm('live migration', () => {
       expect(dst.out()).toContain('mig-blk-loop done writes=60');
       const d = await client(dst);
       // Exactly once: the source's and the destination's device counted 60 writes between them.
-      expect((await blkWrites(s)) + (await blkWrites(d))).toBe(60);
+      const [sw, dw] = [await blkWrites(s), await blkWrites(d)];
+      expect(sw).toBeGreaterThanOrEqual(20);
+      expect(dw).toBeGreaterThan(0);
+      expect(sw + dw).toBe(60);
       expect(src.out()).not.toContain('guest-kit: PASS');
       checkImage(disk, 60);
       s.close();
@@ -118,7 +121,7 @@ describeKvm('live migration', () => {
 
   it('moves a device with bus mastering off (disabled) and its held-back kick; the destination finishes it', async () => {
     const disk = image();
-    const dev = ['--device', `virtio-blk,id=d0,file=${disk}`, '--cmdline', 'test=blk-busmaster spins=1500000 rekick=0'];
+    const dev = ['--device', `virtio-blk,id=d0,file=${disk}`, '--cmdline', 'test=blk-busmaster spins=400000 rekick=0'];
     const incoming = path.join(tmp, `in-${uniq()}.sock`);
     const dst = vmm([...dev, '--incoming', `unix:${incoming}`]);
     const src = vmm(dev);
