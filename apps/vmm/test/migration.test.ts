@@ -108,6 +108,9 @@ describeKvm('live migration', () => {
       expect(dst.out()).toContain('mig-blk-loop done writes=60');
       const d = await client(dst);
       // Exactly once: the source's and the destination's device counted 60 writes between them.
+      // ioeventfd re-registered on the destination (or, with ioeventfd=off, still off).
+      const st = (await d.run('x-query-virtio-status', { path: 'd0' })) as Record<string, unknown>;
+      expect(st['host-notifiers-active']).toBe(ioeventfd === 'on');
       const [sw, dw] = [await blkWrites(s), await blkWrites(d)];
       expect(sw).toBeGreaterThanOrEqual(20);
       expect(dw).toBeGreaterThan(0);
