@@ -5,7 +5,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
 import { GUEST_ELF, requireGuestKit, VMM_BIN } from './guest-kit';
-import { QmpClient } from './qmp-client';
+import { QmpClient } from '@tsvmm/testing';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-mig-'));
 const uniq = () => Math.random().toString(36).slice(2, 8);
