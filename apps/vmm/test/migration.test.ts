@@ -1,34 +1,23 @@
 // Snapshot/restore and live migration between real `vmm` processes running the guest kit.
-import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { GUEST_ELF, requireGuestKit, VMM_BIN } from './guest-kit';
-import { QmpClient } from '@tsvmm/testing';
+import { GUEST_ELF, Proc as Child, QmpClient, requireBuilt, startNode, VMM_BIN } from '@tsvmm/testing';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-mig-'));
 const uniq = () => Math.random().toString(36).slice(2, 8);
 
-interface Proc {
-  proc: ChildProcess;
+interface Proc extends Child {
   qmp: string;
-  out: () => string;
-  err: () => string;
-  exited: Promise<number | null>;
 }
 
 const running: Proc[] = [];
 
 function vmm(args: string[]): Proc {
-  requireGuestKit();
+  requireBuilt();
   const qmp = path.join(tmp, `q-${uniq()}.sock`);
-  const proc = spawn(process.execPath, [VMM_BIN, 'run', '--kernel', GUEST_ELF, '--qmp', `unix:${qmp}`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  proc.stdout!.on('data', (d) => (out += d));
-  proc.stderr!.on('data', (d) => (err += d));
-  const p: Proc = { proc, qmp, out: () => out, err: () => err, exited: new Promise((r) => proc.on('close', r)) };
+  const p: Proc = { ...startNode([VMM_BIN, 'run', '--kernel', GUEST_ELF, '--qmp', `unix:${qmp}`, ...args]), qmp };
   running.push(p);
   return p;
 }
