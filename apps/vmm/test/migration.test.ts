@@ -172,6 +172,25 @@ describeKvm('live migration', () => {
   }, 60_000);
 });
 
+describeKvm('migration refused up front', () => {
+  it('a device it cannot migrate (iothread): QMP error naming it, nothing sent, the guest keeps running; HMP info migrate', async () => {
+    const disk = image();
+    const src = vmm(['--device', `virtio-blk,id=d0,file=${disk},iothread=io0`, '--cmdline', LOOP]);
+    const s = await client(src);
+    const r = await s.execute('migrate', { uri: `unix:${path.join(tmp, 'nobody.sock')}` });
+    expect(r.error).toMatchObject({ class: 'GenericError', desc: expect.stringMatching(/device 'd0' \(virtio-blk\) cannot be migrated: d0: a device with iothread=io0/) });
+    const snap = await s.execute('x-snapshot-save', { file: path.join(tmp, 'never.snap') });
+    expect(snap.error).toMatchObject({ desc: expect.stringMatching(/snapshot failed: .*iothread=io0/) });
+    expect(fs.existsSync(path.join(tmp, 'never.snap'))).toBe(false);
+    expect(await s.run('query-status')).toMatchObject({ status: 'running' });
+    expect(await s.run('query-migrate')).toEqual({});
+    await s.run('human-monitor-command', { 'command-line': 'migrate_set_downtime 0.05' });
+    expect(await s.run('query-migrate-parameters')).toMatchObject({ 'downtime-limit': 50 });
+    await until('guest PASS', () => src.out().includes('guest-kit: holding'));
+    s.close();
+  }, 60_000);
+});
+
 describeKvm('snapshot and restore', () => {
   let snap: string;
   let disk: string;

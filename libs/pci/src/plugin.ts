@@ -124,6 +124,12 @@ export interface Device {
    */
   loadState?(state: unknown): void;
   /**
+   * Migration: why this device cannot be migrated in its current
+   * configuration (e.g. a data plane in a worker), or undefined. Asked before
+   * a snapshot or migration starts, so the refusal comes before any transfer.
+   */
+  migrationBlocker?(): string | undefined;
+  /**
    * Migration: resolves once the device has no request in flight (the VM is
    * stopped; completions already landed in guest memory), so that the state
    * saveState returns next is complete. Devices without in-flight work omit it.

@@ -393,10 +393,17 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     });
   }
 
+  /** Why the transport cannot be migrated now, if it cannot. */
+  migrationBlocker(): string | undefined {
+    if (this.backendKicks.some((k) => k !== undefined) || this.notifiersOwnedByBackend)
+      return `${this.device.id}: queues owned by a vhost backend cannot be migrated yet (the GET_VRING_BASE handover is not implemented)`;
+    return undefined;
+  }
+
   /** Migration: the transport's state (the device model saves its own). Taken while the VM is stopped. */
   saveState(): VirtioPciState {
-    if (this.backendKicks.some((k) => k !== undefined))
-      throw new Error(`${this.device.id}: queues owned by a vhost backend cannot be migrated yet (GET_VRING_BASE handover is not implemented)`);
+    const blocker = this.migrationBlocker();
+    if (blocker) throw new Error(blocker);
     return {
       config: Buffer.from(this.config.bytes).toString('base64'),
       msixTable: Buffer.from(this.msix.table).toString('base64'),
@@ -604,6 +611,11 @@ export abstract class VirtioPciPluginDevice {
 
   setRunning(running: boolean): void {
     this.transport.setVmRunning(running);
+  }
+
+  /** Migration: why not (a vhost backend owns the queues, or what the subclass says). */
+  migrationBlocker(): string | undefined {
+    return this.transport.migrationBlocker();
   }
 
   /** Migration: transport + virtio state, plus saveExtra(). Subclasses refuse what they cannot migrate. */

@@ -28,6 +28,11 @@ export class VirtioBlkPci extends VirtioPciPluginDevice {
     return this.blk.drain();
   }
 
+  override migrationBlocker(): string | undefined {
+    if (this.blk.iothread !== undefined) return `${this.id}: a device with iothread=${this.blk.iothread} cannot be migrated yet`;
+    return super.migrationBlocker();
+  }
+
   protected override saveExtra(): unknown {
     return this.blk.saveBlkState();
   }

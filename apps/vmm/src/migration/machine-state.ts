@@ -48,7 +48,11 @@ export function checkMachine(src: MachineDescription, here: MachineDescription):
 
 /** Refuses, before anything is sent, a machine with devices that cannot be migrated. */
 export function checkMigratable(m: Machine): void {
-  for (const d of m.devices) if (!d.saveState) throw new Error(`device '${d.id}' (${d.type}) does not support migration`);
+  for (const d of m.devices) {
+    if (!d.saveState) throw new Error(`device '${d.id}' (${d.type}) does not support migration`);
+    const why = d.migrationBlocker?.();
+    if (why) throw new Error(`device '${d.id}' (${d.type}) cannot be migrated: ${why}`);
+  }
 }
 
 // --- vCPUs -----------------------------------------------------------------------

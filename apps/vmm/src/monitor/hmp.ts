@@ -9,7 +9,11 @@ export const HMP_HELP = `commands:
   info virtio                          virtio devices and their paths
   info virtio-status DEV               features, status, broken, disabled, ISR
   info virtio-queue-status DEV QUEUE   indices, vector, kick and interrupt counters
+  info migrate                         migration status and figures
   stop | cont | system_reset | quit
+  migrate URI                          live migration to a --incoming unix:PATH VMM
+  savevm-file FILE                     x-snapshot-save (the VM stays stopped)
+  migrate_set_downtime SECONDS         the downtime limit
   device_event DEV kick|call QUEUE     kick a queue's doorbell / inject its interrupt
   virtqueue_drop DEV QUEUE KICKS INTERRUPTS   drop the next N kicks / interrupts (fault injection)
   help`;
@@ -69,7 +73,23 @@ async function run(m: Monitor, w: string[]): Promise<string> {
       const r = await m.commands.get('x-debug-virtqueue-drop')!.run({ dev, queue: int(q, 'QUEUE'), kicks: int(kicks ?? '0', 'KICKS'), interrupts: int(irqs ?? '0', 'INTERRUPTS') });
       return `${kv(r as Record<string, unknown>)}\n`;
     }
+    case 'migrate':
+    case 'savevm-file':
+    case 'migrate_set_downtime': {
+      if (!args[0]) throw new CommandError(`usage: ${cmd} ${cmd === 'migrate' ? 'URI' : cmd === 'savevm-file' ? 'FILE' : 'SECONDS'}`);
+      const run = (name: string, a: Record<string, unknown>) => m.commands.get(name)!.run(a);
+      if (cmd === 'migrate') await run('migrate', { uri: args[args.length - 1] });
+      else if (cmd === 'savevm-file') await run('x-snapshot-save', { file: args[0] });
+      else {
+        const sec = Number(args[0]);
+        if (!Number.isFinite(sec) || sec < 0) throw new CommandError(`SECONDS: expected a number, got '${args[0]}'`);
+        await run('migrate-set-parameters', { 'downtime-limit': Math.round(sec * 1000) });
+      }
+      return '';
+    }
     case 'info':
+      if (args[0] === 'migrate') return `${kv((await m.commands.get('query-migrate')!.run({})) as Record<string, unknown>)}
+`;
       return info(m, args);
     default:
       throw new CommandError(`unknown command: '${cmd}' (try 'help')`);
