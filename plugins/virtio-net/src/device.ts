@@ -112,8 +112,22 @@ export class VirtioNetDevice extends VirtioDevice {
     if (!disabled) this.startRx();
   }
 
+  /**
+   * The VM stopped (false) or runs again (true). While stopped nothing is
+   * taken from the TAP (frames wait in its queue): a device that kept
+   * filling receive buffers would change guest memory and its ring indices
+   * after a migration or snapshot took them.
+   */
+  setVmRunning(running: boolean): void {
+    this.vmStopped = !running;
+    if (!running) for (const w of this.watches) w.stop();
+    else this.startRx();
+  }
+
+  private vmStopped = false;
+
   private startRx(): void {
-    if (!this.canProcess) return;
+    if (!this.canProcess || this.vmStopped) return;
     for (let i = 0; i < this.activePairs; i++) if (this.queues[2 * i].active) this.receive(i);
   }
 
@@ -154,7 +168,7 @@ export class VirtioNetDevice extends VirtioDevice {
   private receive(pair: number): void {
     const q = this.queues[2 * pair];
     const watch = this.watches[pair];
-    if (!this.canProcess || !q.active || pair >= this.activePairs) {
+    if (!this.canProcess || !q.active || pair >= this.activePairs || this.vmStopped) {
       watch.stop();
       return;
     }

@@ -26,6 +26,16 @@ export class VirtioNetPci extends VirtioPciPluginDevice {
     super(id, transport);
   }
 
+  override setRunning(running: boolean): void {
+    if (!running) {
+      super.setRunning(false);
+      this.net.setVmRunning(false);
+    } else {
+      super.setRunning(true);
+      this.net.setVmRunning(true);
+    }
+  }
+
   override destroy(): void {
     super.destroy();
     this.net.destroy();
