@@ -32,7 +32,6 @@ export class GuestMemory {
     this.views = this.regions.map((r) => new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength));
   }
 
-  /** Total RAM bytes. */
   /**
    * Pages (guest-physical address / 4096) the VMM touched through this object
    * while tracking is on (migration: KVM's dirty log sees only the guest's own
@@ -58,6 +57,7 @@ export class GuestMemory {
     for (let p = Math.floor(addr / 4096), end = Math.floor((addr + Math.max(len, 1) - 1) / 4096); p <= end; p++) t.add(p);
   }
 
+  /** Total RAM bytes. */
   get size(): number {
     return this.regions.reduce((n, r) => n + r.bytes.byteLength, 0);
   }
