@@ -135,6 +135,22 @@ export interface Device {
    * saveState returns next is complete. Devices without in-flight work omit it.
    */
   drain?(): Promise<void>;
+  /**
+   * Migration: start logging the guest pages this device writes outside the
+   * VMM's `GuestMemory` (KVM's dirty log sees only the guest's own writes, and
+   * `GuestMemory` tracking only writes made through it on the main thread):
+   * a vhost back-end, a worker thread. Called once RAM transfer begins.
+   */
+  startDirtyLog?(): Promise<void>;
+  /**
+   * Migration: guest page frame numbers (guest-physical address / 4096)
+   * written since `startDirtyLog` or the previous call; the log is cleared.
+   * Called after each pre-copy pass, and once more after `drain` with the
+   * VM stopped.
+   */
+  syncDirtyLog?(): Promise<Iterable<number>>;
+  /** Migration: stop logging (the migration completed, failed or was cancelled). */
+  stopDirtyLog?(): Promise<void>;
   /** Called when the VM stops for good (close files, release fds). */
   destroy?(): void | Promise<void>;
 }

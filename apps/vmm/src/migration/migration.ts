@@ -185,8 +185,9 @@ export class MigrationManager {
       dbg('dirty logging on');
       for (const r of regions) machine.vm.setDirtyLogging(r.slot, true);
       machine.memory.startTracking();
-      dbg('dirty logging is on');
       logging = true;
+      for (const d of machine.devices) await d.startDirtyLog?.();
+      dbg('dirty logging is on');
       // Pass 1: everything (zero pages left out: the destination's RAM starts zeroed).
       let passStart = Date.now();
       let passBytes = ram.transferred;
@@ -196,7 +197,7 @@ export class MigrationManager {
         const elapsed = Math.max(1, Date.now() - passStart);
         const bytesPerMs = Math.max(1, (ram.transferred - passBytes) / elapsed);
         ram.mbps = Math.round(((bytesPerMs * 1000 * 8) / 1e6) * 10) / 10;
-        dirty = this.syncDirty(regions);
+        dirty = await this.syncDirty(regions);
         const pages = [...dirty.values()].reduce((n, b) => n + countBits(b), 0);
         ram.dirtyPagesRate = Math.round((pages * 1000) / elapsed);
         ram.remaining = pages * PAGE;
@@ -218,13 +219,14 @@ export class MigrationManager {
         paused = true;
       }
       await this.drainDevices();
-      const last = this.syncDirty(regions);
+      const last = await this.syncDirty(regions);
       for (const [slot, b] of last) {
         const prev = dirty.get(slot);
         if (prev) for (let i = 0; i < b.length; i++) b[i] |= prev[i];
       }
-      // What the device models wrote (KVM logs only the guest's writes): every
-      // page they touched since the start, and the rings of every queue.
+      // What the device models wrote through GuestMemory (KVM logs only the
+      // guest's writes): every page they touched since the start, and the
+      // rings of every queue. (Pages devices log themselves came with syncDirty.)
       const touched = machine.memory.stopTracking();
       for (const d of machine.devices) {
         for (const q of d.virtio?.device.queues ?? []) {
@@ -233,14 +235,7 @@ export class MigrationManager {
             for (let p = Math.floor(a / PAGE); p <= Math.floor((a + len - 1) / PAGE); p++) touched.add(p);
         }
       }
-      for (const r of regions) {
-        const b = last.get(r.slot)!;
-        const first = Number(r.guestPhysAddr) / PAGE;
-        for (const p of touched) {
-          const i = p - first;
-          if (i >= 0 && i < r.size / PAGE) b[i >> 3] |= 1 << (i & 7);
-        }
-      }
+      markPages(last, regions, touched);
       await this.sendRam(sink, last, ram, false, check);
       ram.remaining = 0;
       await sink.write([...saveMachineSections(machine, saveableMsrs(machine)), ...encodeSection('end', 1, Buffer.alloc(0))]);
@@ -248,7 +243,7 @@ export class MigrationManager {
       if (answer !== 'OK') throw new Error(`the destination refused the migration: ${answer}`);
       this.info.downtime = Date.now() - downtimeStart;
       this.info.totalTime = Date.now() - this.info.startedAt!;
-      for (const r of regions) machine.vm.setDirtyLogging(r.slot, false);
+      await this.stopLogging(regions);
       logging = false;
       sock.end();
       this.setStatus('completed');
@@ -259,7 +254,7 @@ export class MigrationManager {
       this.info.error = reply?.error ? `the destination refused the migration: ${reply.error}` : (e as Error).message;
       this.info.totalTime = Date.now() - this.info.startedAt!;
       this.socket?.destroy();
-      if (logging && !machine.exited) for (const r of regions) machine.vm.setDirtyLogging(r.slot, false);
+      if (logging && !machine.exited) await this.stopLogging(regions);
       machine.memory.stopTracking();
       this.setStatus(this.abortReason === 'cancelled' ? 'cancelled' : 'failed');
       this.log(`migration failed: ${this.info.error}`);
@@ -292,11 +287,24 @@ export class MigrationManager {
     return r;
   }
 
-  private syncDirty(regions: readonly MemoryRegion[]): Map<number, Uint8Array> {
+  /** KVM's dirty log per slot, with the pages devices logged themselves (Device.syncDirtyLog) merged in. */
+  private async syncDirty(regions: readonly MemoryRegion[]): Promise<Map<number, Uint8Array>> {
     const out = new Map<number, Uint8Array>();
     for (const r of regions) out.set(r.slot, this.machine.vm.getDirtyLog(r.slot));
+    for (const d of this.machine.devices) markPages(out, regions, (await d.syncDirtyLog?.()) ?? []);
     this.info.ram.dirtySyncCount++;
     return out;
+  }
+
+  private async stopLogging(regions: readonly MemoryRegion[]): Promise<void> {
+    for (const r of regions) this.machine.vm.setDirtyLogging(r.slot, false);
+    for (const d of this.machine.devices) {
+      try {
+        await d.stopDirtyLog?.();
+      } catch (e) {
+        this.log(`migration: ${d.id}: stopping its dirty log: ${(e as Error).message}`);
+      }
+    }
   }
 
   private async sendRam(sink: Sink, bitmaps: Map<number, Uint8Array> | undefined, counters: RamCounters, skipZero: boolean, check?: () => void): Promise<void> {
@@ -318,6 +326,19 @@ export class MigrationManager {
 
   private async drainDevices(): Promise<void> {
     for (const d of this.machine.devices) await d.drain?.();
+  }
+}
+
+/** Sets the bits of guest page frame numbers `pages` in per-slot bitmaps. */
+export function markPages(bitmaps: Map<number, Uint8Array>, regions: readonly MemoryRegion[], pages: Iterable<number>): void {
+  for (const p of pages) {
+    for (const r of regions) {
+      const i = p - Number(r.guestPhysAddr) / PAGE;
+      if (i < 0 || i >= r.size / PAGE) continue;
+      const b = bitmaps.get(r.slot);
+      if (b) b[i >> 3] |= 1 << (i & 7);
+      break;
+    }
   }
 }
 
