@@ -21,8 +21,9 @@ import { checkMachine, checkMigratable, describeMachine, loadMachineSections, Ma
 import { addRegionPages, applyRamSection, countBits, PAGE, RamCounters, RamSectionBuilder } from './ram';
 import {
   ByteSource, checkSectionKnown, encodeHeader, encodeSection, FileSource, jsonPayload, MigrationStreamError, parseJson, readHeader,
-  readSection, Section, SocketSource,
+  readSection, Section, SECTION_OPTIONAL, SocketSource, STREAM_VERSION, StreamSource,
 } from './stream';
+import { QMP_VERSION } from '../monitor/qmp-server';
 
 export type MigrationStatus = 'none' | 'setup' | 'active' | 'device' | 'completed' | 'failed' | 'cancelled';
 
@@ -116,7 +117,7 @@ export class MigrationManager {
     try {
       const sink = fileSink(fd);
       const counters: RamCounters = { transferred: 0, normal: 0, duplicate: 0 };
-      await sink.write([encodeHeader(), ...encodeSection('machine', 1, jsonPayload(describeMachine(this.machine)))]);
+      await sink.write(streamStart(this.machine, 'snapshot'));
       await this.sendRam(sink, undefined, counters, true);
       await sink.write([...saveMachineSections(this.machine, saveableMsrs(this.machine)), ...encodeSection('end', 1, Buffer.alloc(0))]);
       fs.fsyncSync(fd);
@@ -179,7 +180,7 @@ export class MigrationManager {
       };
       this.info.setupTime = Date.now() - this.info.startedAt!;
       this.setStatus('active');
-      await sink.write([encodeHeader(), ...encodeSection('machine', 1, jsonPayload(describeMachine(machine)))]);
+      await sink.write(streamStart(machine, 'migration'));
 
       const dbg = process.env.VMM_MIGRATION_DEBUG ? (m: string) => this.log(`migration +${Date.now() - this.info.startedAt!} ms: ${m}`) : () => undefined;
       dbg('dirty logging on');
@@ -329,6 +330,16 @@ export class MigrationManager {
   }
 }
 
+/** Header, `machine` and the optional `source` section. */
+function streamStart(m: Machine, kind: StreamSource['kind']): Buffer[] {
+  const source: StreamSource = { vmm: 'tsvmm', version: QMP_VERSION.package.replace(/^tsvmm /, ''), kind, created: new Date().toISOString() };
+  return [
+    encodeHeader(),
+    ...encodeSection('machine', 1, jsonPayload(describeMachine(m))),
+    ...encodeSection('source', 1, jsonPayload(source), SECTION_OPTIONAL),
+  ];
+}
+
 /** Sets the bits of guest page frame numbers `pages` in per-slot bitmaps. */
 export function markPages(bitmaps: Map<number, Uint8Array>, regions: readonly MemoryRegion[], pages: Iterable<number>): void {
   for (const p of pages) {
@@ -351,8 +362,9 @@ export function markPages(bitmaps: Map<number, Uint8Array>, regions: readonly Me
  * error) on anything wrong; the caller must not start the VM then.
  */
 export async function receiveStream(machine: Machine, src: ByteSource, log: (m: string) => void): Promise<void> {
-  await readHeader(src);
-  const first = await readSection(src);
+  const format = await readHeader(src);
+  if (format < STREAM_VERSION) log(`migration: reading a format-${format} stream (written by an older VMM; this one writes format ${STREAM_VERSION})`);
+  const first = await readSection(src, format);
   checkSectionKnown(first);
   if (first.name !== 'machine') throw new MigrationStreamError(`the stream starts with '${first.name}', not 'machine'`);
   checkMachine(parseJson<MachineDescription>(first), describeMachine(machine));
@@ -360,10 +372,15 @@ export async function receiveStream(machine: Machine, src: ByteSource, log: (m: 
   for (const r of regions) r.bytes.fill(0);
   const state: Section[] = [];
   for (;;) {
-    const s = await readSection(src);
+    const s = await readSection(src, format);
     const kind = checkSectionKnown(s);
-    if (kind === 'ram') applyRamSection(s.payload, regions);
+    if (kind === undefined) log(`migration: skipping optional section '${s.name}' (version ${s.version}), unknown to this VMM`);
+    else if (kind === 'ram') applyRamSection(s.payload, regions);
     else if (kind === 'end') break;
+    else if (kind === 'source') {
+      const w = parseJson<Partial<StreamSource>>(s);
+      log(`migration: ${w.kind ?? 'stream'} written by ${w.vmm ?? '?'} ${w.version ?? '?'} at ${w.created ?? '?'} (stream format ${format})`);
+    }
     else if (kind === 'machine') throw new MigrationStreamError(`a second 'machine' section`);
     else state.push(s);
   }

@@ -1,4 +1,5 @@
-import { checkSectionKnown, encodeHeader, encodeSection, MigrationStreamError, readHeader, readSection, STREAM_VERSION } from './stream';
+import { crc32 } from 'zlib';
+import { checkSectionKnown, encodeHeader, encodeSection, MigrationStreamError, readHeader, readSection, SECTION_OPTIONAL, STREAM_VERSION } from './stream';
 import { applyRamSection, RamSectionBuilder } from './ram';
 
 /** A ByteSource over a buffer. */
@@ -20,11 +21,43 @@ describe('migration stream', () => {
   it('round-trips header and sections', async () => {
     const src = source(stream());
     expect(await readHeader(src)).toBe(STREAM_VERSION);
-    const s = await readSection(src);
-    expect(s).toMatchObject({ name: 'serial', version: 1 });
+    const s = await readSection(src, STREAM_VERSION);
+    expect(s).toMatchObject({ name: 'serial', version: 1, flags: 0 });
     expect(s.payload.toString()).toBe('{"ier":0}');
     expect(checkSectionKnown(s)).toBe('serial');
-    expect((await readSection(src)).name).toBe('end');
+    expect((await readSection(src, STREAM_VERSION)).name).toBe('end');
+  });
+
+  it('reads format 1 framing (no flags byte), as the first release wrote it', async () => {
+    // Format 1 by hand, from docs/migration.md: 'S', name length, name, version, length, CRC.
+    const v1Section = (name: string, payload: Buffer) => {
+      const h = Buffer.alloc(2 + name.length + 12);
+      h[0] = 0x53;
+      h[1] = name.length;
+      h.write(name, 2, 'latin1');
+      h.writeUInt32LE(1, 2 + name.length);
+      h.writeUInt32LE(payload.length, 6 + name.length);
+      h.writeUInt32LE(crc32(payload) >>> 0, 10 + name.length);
+      return Buffer.concat([h, payload]);
+    };
+    const header = encodeHeader(1);
+    const src = source(Buffer.concat([header, v1Section('serial', Buffer.from('{"ier":1}')), v1Section('end', Buffer.alloc(0))]));
+    expect(await readHeader(src)).toBe(1);
+    const s = await readSection(src, 1);
+    expect(s).toMatchObject({ name: 'serial', version: 1, flags: 0 });
+    expect(s.payload.toString()).toBe('{"ier":1}');
+    expect((await readSection(src, 1)).name).toBe('end');
+  });
+
+  it('skips an optional section it does not know (or knows only older versions of); refuses a mandatory one', async () => {
+    const src = source(Buffer.concat([...encodeSection('gpu/0', 3, Buffer.from('{}'), SECTION_OPTIONAL), ...encodeSection('serial', 9, Buffer.from('{}'), SECTION_OPTIONAL)]));
+    const gpu = await readSection(src, STREAM_VERSION);
+    expect(gpu.flags).toBe(SECTION_OPTIONAL);
+    expect(checkSectionKnown(gpu)).toBeUndefined();
+    expect(checkSectionKnown(await readSection(src, STREAM_VERSION))).toBeUndefined();
+    expect(() => checkSectionKnown({ name: 'gpu/0', version: 3, payload: Buffer.alloc(0), flags: 0 })).toThrow(/unknown section 'gpu\/0'/);
+    const badFlags = Buffer.concat(encodeSection('serial', 1, Buffer.from('{}'), 0x80));
+    await expect(readSection(source(badFlags), STREAM_VERSION)).rejects.toThrow(/unknown section flags 0x80/);
   });
 
   it('rejects bad magic, a newer format version, a bad checksum, unknown sections and newer section versions', async () => {
@@ -38,9 +71,10 @@ describe('migration stream', () => {
     c[c.indexOf('{"ier"')] ^= 1;
     const src = source(c);
     await readHeader(src);
-    await expect(readSection(src)).rejects.toThrow(/section 'serial' fails its checksum/);
+    await expect(readSection(src, STREAM_VERSION)).rejects.toThrow(/section 'serial' fails its checksum/);
     expect(() => checkSectionKnown({ name: 'gpu/0', version: 1, payload: Buffer.alloc(0) })).toThrow(/unknown section 'gpu\/0'/);
     expect(() => checkSectionKnown({ name: 'cpu/0', version: 2, payload: Buffer.alloc(0) })).toThrow(/version 2; this VMM reads 1..1/);
+    await expect(readHeader(source(encodeHeader(0)))).rejects.toThrow(/unsupported stream format version 0 \(this VMM reads 1..2\)/);
   });
 
   it('ram runs: data and zero pages land where they belong; runs outside RAM are refused', () => {

@@ -2,14 +2,17 @@
  * The migration stream (docs/migration.md): a header, then sections.
  *
  *   header  : magic "TSVMMIG\n" (8 bytes), u32 format version, u32 reserved
- *   section : u8 0x53 ('S'), u8 name length, name (ASCII), u32 section version,
- *             u32 payload length, u32 CRC-32 of the payload, payload
+ *   section : u8 0x53 ('S'), u8 flags (format 2 on), u8 name length, name (ASCII),
+ *             u32 section version, u32 payload length, u32 CRC-32 of the payload, payload
  *
  * All integers little-endian. The last section is named "end". A reader
  * rejects an unknown format version, an unknown section name or a section
- * version newer than it knows, a bad checksum or a truncated stream with a
+ * version newer than it knows (unless the section is flagged optional: then
+ * it is skipped), a bad checksum or a truncated stream with a
  * MigrationStreamError that says which; nothing of the stream is applied
  * to a running VM before the whole device state has been read and checked.
+ *
+ * Format 1 (the first release) had no flags byte; it is still read.
  */
 import * as fs from 'fs';
 import * as net from 'net';
@@ -17,10 +20,17 @@ import { crc32 } from 'zlib';
 
 export const STREAM_MAGIC = Buffer.from('TSVMMIG\n', 'latin1');
 /** Current format version written. */
-export const STREAM_VERSION = 1;
+export const STREAM_VERSION = 2;
 /** Oldest format version this VMM reads. */
 export const STREAM_MIN_VERSION = 1;
 const SECTION_MARK = 0x53;
+/**
+ * Section flag (format 2): a reader that does not know the section's kind, or
+ * knows only older versions of it, skips it instead of refusing the stream.
+ * For information a destination can do without, so newer writers stay
+ * loadable by older readers.
+ */
+export const SECTION_OPTIONAL = 0x01;
 const HEADER_SIZE = 16;
 /** A section's payload is at most this long (RAM travels in many sections). */
 export const MAX_SECTION = 64 * 1024 * 1024;
@@ -31,6 +41,8 @@ export interface Section {
   name: string;
   version: number;
   payload: Buffer;
+  /** SECTION_OPTIONAL etc.; always 0 in a format-1 stream. */
+  flags?: number;
 }
 
 export function encodeHeader(version = STREAM_VERSION): Buffer {
@@ -40,14 +52,16 @@ export function encodeHeader(version = STREAM_VERSION): Buffer {
   return b;
 }
 
-export function encodeSection(name: string, version: number, payload: Buffer): Buffer[] {
+/** One section in the current format's framing. */
+export function encodeSection(name: string, version: number, payload: Buffer, flags = 0): Buffer[] {
   if (name.length === 0 || name.length > 255 || !/^[\x21-\x7e]+$/.test(name)) throw new Error(`bad section name '${name}'`);
   if (payload.length > MAX_SECTION) throw new Error(`section ${name} is ${payload.length} bytes (limit ${MAX_SECTION})`);
-  const h = Buffer.alloc(2 + name.length + 12);
+  const h = Buffer.alloc(3 + name.length + 12);
   h[0] = SECTION_MARK;
-  h[1] = name.length;
-  h.write(name, 2, 'latin1');
-  const o = 2 + name.length;
+  h[1] = flags;
+  h[2] = name.length;
+  h.write(name, 3, 'latin1');
+  const o = 3 + name.length;
   h.writeUInt32LE(version >>> 0, o);
   h.writeUInt32LE(payload.length, o + 4);
   h.writeUInt32LE(crc32(payload) >>> 0, o + 8);
@@ -132,19 +146,22 @@ export async function readHeader(src: ByteSource): Promise<number> {
   return v;
 }
 
-/** Reads one section, checking its framing and checksum. */
-export async function readSection(src: ByteSource): Promise<Section> {
-  const m = await src.read(2);
+/** Reads one section of a stream in format `format` (readHeader's answer), checking its framing and checksum. */
+export async function readSection(src: ByteSource, format: number): Promise<Section> {
+  const m = await src.read(format >= 2 ? 3 : 2);
   if (m[0] !== SECTION_MARK) throw new MigrationStreamError(`corrupt stream: expected a section marker, got 0x${m[0].toString(16)}`);
-  const nameAndHdr = await src.read(m[1] + 12);
-  const name = nameAndHdr.subarray(0, m[1]).toString('latin1');
-  const version = nameAndHdr.readUInt32LE(m[1]);
-  const len = nameAndHdr.readUInt32LE(m[1] + 4);
-  const sum = nameAndHdr.readUInt32LE(m[1] + 8);
+  const flags = format >= 2 ? m[1] : 0;
+  const nameLen = m[m.length - 1];
+  if (flags & ~SECTION_OPTIONAL) throw new MigrationStreamError(`corrupt stream: unknown section flags 0x${flags.toString(16)}`);
+  const nameAndHdr = await src.read(nameLen + 12);
+  const name = nameAndHdr.subarray(0, nameLen).toString('latin1');
+  const version = nameAndHdr.readUInt32LE(nameLen);
+  const len = nameAndHdr.readUInt32LE(nameLen + 4);
+  const sum = nameAndHdr.readUInt32LE(nameLen + 8);
   if (len > MAX_SECTION) throw new MigrationStreamError(`corrupt stream: section '${name}' claims ${len} bytes`);
   const payload = len ? await src.read(len) : Buffer.alloc(0);
   if ((crc32(payload) >>> 0) !== sum) throw new MigrationStreamError(`corrupt stream: section '${name}' fails its checksum`);
-  return { name, version, payload };
+  return { name, version, payload, flags };
 }
 
 export function parseJson<T>(s: Section): T {
@@ -165,13 +182,35 @@ export const SECTION_VERSIONS: Record<string, number> = {
   clock: 1,
   serial: 1,
   device: 1,
+  source: 1,
   end: 1,
 };
 
-export function checkSectionKnown(s: Section): string {
+/**
+ * The section's kind if this VMM reads it; undefined for an optional section
+ * it does not know (or only in older versions), which the caller skips.
+ * Anything else unknown is an error.
+ */
+export function checkSectionKnown(s: Section): string | undefined {
   const kind = s.name.split('/')[0];
   const max = SECTION_VERSIONS[kind];
-  if (max === undefined) throw new MigrationStreamError(`unknown section '${s.name}' (version ${s.version})`);
-  if (s.version < 1 || s.version > max) throw new MigrationStreamError(`section '${s.name}' has version ${s.version}; this VMM reads 1..${max}`);
+  const optional = ((s.flags ?? 0) & SECTION_OPTIONAL) !== 0;
+  if (max === undefined) {
+    if (optional) return undefined;
+    throw new MigrationStreamError(`unknown section '${s.name}' (version ${s.version})`);
+  }
+  if (s.version < 1 || s.version > max) {
+    if (optional && s.version > max) return undefined;
+    throw new MigrationStreamError(`section '${s.name}' has version ${s.version}; this VMM reads 1..${max}`);
+  }
   return kind;
+}
+
+/** The optional `source` section: who wrote the stream, for the operator. */
+export interface StreamSource {
+  vmm: string;
+  version: string;
+  kind: 'snapshot' | 'migration';
+  /** ISO 8601, when the writer started. */
+  created: string;
 }
