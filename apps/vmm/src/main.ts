@@ -158,6 +158,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   if (config.incoming || config.restore) {
     // The machine was built (devices, RAM) as for a boot; the stream replaces its state before any vCPU runs.
     exitPromise = machine.run({ startPaused: true });
+    monitor.incoming = true;
     try {
       if (config.restore) await restoreFromFile(machine, config.restore, log);
       else await receiveIncoming(machine, config.incoming!, log, () => log(`waiting for an incoming migration on ${config.incoming!.slice(5)}`));
@@ -167,6 +168,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       monitor.close();
       return EXIT_CODE_VMM_ERROR;
     }
+    monitor.incoming = false;
     if (!config.startPaused) {
       machine.resume();
       monitor.event('RESUME');

@@ -89,15 +89,19 @@ describeKvm('live migration', () => {
       const src = vmm(dev);
       await until('source progress', () => /progress i=20\b/.test(src.out()));
       await until('destination listening', () => fs.existsSync(incoming));
+      // QEMU's run states: the destination is 'inmigrate' and refuses cont until its stream is loaded.
+      const d = await client(dst);
+      expect(await d.run('query-status')).toMatchObject({ status: 'inmigrate', running: false });
+      await expect(d.run('cont')).rejects.toThrow(/waiting for its incoming migration stream/);
       const s = await client(src);
       const r = await migrateAndWait(s, `unix:${incoming}`);
       expect(r.status).toBe('completed');
       expect(r.downtime).toEqual(expect.any(Number));
       expect((r.ram as Record<string, number>)['dirty-sync-count']).toBeGreaterThanOrEqual(2);
-      expect(await s.run('query-status')).toMatchObject({ status: 'paused' });
+      expect(await s.run('query-status')).toMatchObject({ status: 'postmigrate', running: false });
       await until('destination PASS', () => dst.out().includes('guest-kit: holding'));
       expect(dst.out()).toContain('mig-blk-loop done writes=60');
-      const d = await client(dst);
+      expect(await d.run('query-status')).toMatchObject({ status: 'running', running: true });
       // Exactly once: the source's and the destination's device counted 60 writes between them.
       // ioeventfd re-registered on the destination (or, with ioeventfd=off, still off).
       const st = (await d.run('x-query-virtio-status', { path: 'd0' })) as Record<string, unknown>;

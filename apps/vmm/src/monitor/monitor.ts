@@ -11,7 +11,12 @@ import { runHmp } from './hmp';
 import { QMP_VERSION, QmpServer } from './qmp-server';
 import { findDevice, findVirtio, queueStatus, virtioDevices, virtioStatus } from './virtio-info';
 
-export type RunState = 'running' | 'paused' | 'shutdown';
+/**
+ * QEMU's run states, as far as this VMM has them: `inmigrate` while a
+ * destination (or a restore) waits for its stream, `postmigrate` on a source
+ * whose migration completed (paused; the guest runs on the destination).
+ */
+export type RunState = 'running' | 'paused' | 'shutdown' | 'inmigrate' | 'postmigrate';
 
 export class Monitor {
   readonly commands = new CommandRegistry();
@@ -104,9 +109,14 @@ export class Monitor {
     for (const s of this.servers) s.close();
   }
 
+  /** Set by main while --incoming / --restore loads the stream. */
+  incoming = false;
+
   runState(): RunState {
     if (this.machine.exited) return 'shutdown';
-    return this.machine.isPaused ? 'paused' : 'running';
+    if (!this.machine.isPaused) return 'running';
+    if (this.incoming) return 'inmigrate';
+    return this.migration.info.status === 'completed' ? 'postmigrate' : 'paused';
   }
 
   async stop(): Promise<void> {
@@ -116,8 +126,14 @@ export class Monitor {
   }
 
   cont(): void {
-    if (this.runState() !== 'paused') return;
+    const state = this.runState();
+    if (state === 'inmigrate') throw new CommandError('the VM is waiting for its incoming migration stream; it resumes by itself once loaded');
+    if (state !== 'paused' && state !== 'postmigrate') return;
     if (this.migration.active) throw new CommandError('a migration is in progress');
+    // As QEMU, cont after a completed migration is allowed (e.g. the
+    // destination died before it ran); the operator must make sure the
+    // destination is not running the same guest on the same disks.
+    if (state === 'postmigrate') this.log('cont after a completed migration: the guest runs here again (the destination must not be running it)');
     this.machine.resume();
     this.event('RESUME');
   }
