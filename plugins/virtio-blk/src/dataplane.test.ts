@@ -101,6 +101,8 @@ describe('virtio-blk iothread: migration state exchange', () => {
     // The drain goes out right behind the kick: the writes are still in flight in the worker.
     await src.main.drain();
     expect(src.plane.dev.inFlight).toBe(0);
+    // The monitor's counters are the worker's, final once drained.
+    expect(src.main.deviceInfo()).toMatchObject({ writes: 3, 'in-flight': 0, iothread: 'io0' });
     expect([0, 1, 2].map((n) => mem.readU8(STATUS + n))).toEqual([0, 0, 0]);
     expect(drv.takeUsed().map((u) => u.id).sort((a, b) => a - b)).toEqual([0, 3, 6]); // completion order is the host's
 

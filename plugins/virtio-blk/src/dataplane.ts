@@ -55,6 +55,19 @@ export class BlkWorkerPlane {
       signalConfig: () => post({ type: 'broken', reason: dev.brokenReason ?? 'device error' }),
     };
     dev.setDisabled(true);
+    // The counters for the monitor (x-query-virtio-status device-info): sent when they changed, at most every 100 ms.
+    this.statsTimer = setInterval(() => this.postStatsIfChanged(), 100);
+    this.statsTimer.unref?.();
+  }
+
+  private readonly statsTimer: ReturnType<typeof setInterval>;
+  private lastStats = '';
+
+  private postStatsIfChanged(): void {
+    const s = JSON.stringify([this.dev.blk, this.dev.inFlight]);
+    if (s === this.lastStats) return;
+    this.lastStats = s;
+    this.post({ type: 'stats', blk: { ...this.dev.blk }, inFlight: this.dev.inFlight });
   }
 
   handle(m: ToWorker): void {
@@ -98,9 +111,10 @@ export class BlkWorkerPlane {
         return;
       case 'drain':
         this.stopped = true;
-        d.drain().then(
-          () => this.post({ type: 'drained', seq: m.seq, virtio: d.saveState(), blk: d.saveBlkState() }),
-        ).catch((e: Error) => this.post({ type: 'failed', seq: m.seq, error: e.message }));
+        d.drain().then(() => {
+          this.postStatsIfChanged(); // ahead of the answer: the main thread's counters are final too
+          this.post({ type: 'drained', seq: m.seq, virtio: d.saveState(), blk: d.saveBlkState() });
+        }).catch((e: Error) => this.post({ type: 'failed', seq: m.seq, error: e.message }));
         return;
       case 'resume': {
         this.stopped = false;
@@ -120,6 +134,7 @@ export class BlkWorkerPlane {
         this.post({ type: 'stats', blk: d.blk, inFlight: d.inFlight });
         return;
       case 'close':
+        clearInterval(this.statsTimer);
         d.backend.close();
         return;
     }

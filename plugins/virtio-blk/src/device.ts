@@ -88,7 +88,8 @@ export class VirtioBlkDevice extends VirtioDevice {
   override deviceInfo(): Record<string, unknown> {
     return {
       capacity: this.capacity, readonly: this.backend.readonly, serial: this.serial, iothread: this.iothread ?? null,
-      'in-flight': this.inFlight, ...this.blk,
+      // With an iothread: the worker's counters as it last reported them (within 100 ms; exact after a drain).
+      'in-flight': this.workerStats?.inFlight ?? this.inFlight, ...(this.workerStats?.blk ?? this.blk),
     };
   }
 
@@ -112,7 +113,10 @@ export class VirtioBlkDevice extends VirtioDevice {
     if (m.type === 'interrupt') this.interrupt?.signalQueue(m.queue);
     else if (m.type === 'broken') this.markBroken(m.reason);
     else if (m.type === 'log') this.log(m.message);
+    else if (m.type === 'stats' && m.blk) this.workerStats = { blk: m.blk, inFlight: m.inFlight };
   }
+
+  private workerStats: { blk: BlkCounters; inFlight: number } | undefined;
 
   protected override onActivate(): void {
     const dp = this.dataPlane;
