@@ -5,6 +5,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as zlib from 'zlib';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
+import { PLUGIN_API_VERSION } from '@tsvmm/pci';
 import { GUEST_ELF, Proc as Child, QmpClient, requireBuilt, startNode, VMM_BIN } from '@tsvmm/testing';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-mig-'));
@@ -223,15 +224,34 @@ const canNetns = process.getuid?.() === 0 && fs.existsSync('/dev/net/tun');
   }, 60_000);
 });
 
+/**
+ * A compiled run-time plugin (VMM_PLUGIN_PATH) whose device has no saveState:
+ * a third-party device this VMM cannot migrate.
+ */
+function noMigrationPlugin(): string {
+  const dir = path.join(tmp, 'rt', 'vmm-rt-nomig');
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({
+    name: 'vmm-rt-nomig', version: '1.0.0', main: 'index.js', vmmPlugin: { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-nomig'] },
+  }));
+  fs.writeFileSync(path.join(dir, 'index.js'), `
+exports.plugin = {
+  apiVersion: ${PLUGIN_API_VERSION}, name: 'vmm-rt-nomig', version: '1.0.0',
+  deviceTypes: [{ type: 'rt-nomig', description: 'a device without migration support', properties: {}, create: (ctx, id) => ({ id, type: 'rt-nomig' }) }],
+};
+`);
+  return path.dirname(dir);
+}
+
 describeKvm('migration refused up front', () => {
-  it('a device it cannot migrate (iothread): QMP error naming it, nothing sent, the guest keeps running; HMP info migrate', async () => {
+  it('a device it cannot migrate (a run-time plugin without saveState): QMP error naming it, nothing sent, the guest keeps running; HMP info migrate', async () => {
     const disk = image();
-    const src = vmm(['--device', `virtio-blk,id=d0,file=${disk},iothread=io0`, '--cmdline', LOOP]);
+    const src = vmm(['--device', `virtio-blk,id=d0,file=${disk}`, '--device', 'rt-nomig,id=nm0', '--cmdline', LOOP], ['env', `VMM_PLUGIN_PATH=${noMigrationPlugin()}`]);
     const s = await client(src);
     const r = await s.execute('migrate', { uri: `unix:${path.join(tmp, 'nobody.sock')}` });
-    expect(r.error).toMatchObject({ class: 'GenericError', desc: expect.stringMatching(/device 'd0' \(virtio-blk\) cannot be migrated: d0: a device with iothread=io0/) });
+    expect(r.error).toMatchObject({ class: 'GenericError', desc: expect.stringMatching(/device 'nm0' \(rt-nomig\) does not support migration/) });
     const snap = await s.execute('x-snapshot-save', { file: path.join(tmp, 'never.snap') });
-    expect(snap.error).toMatchObject({ desc: expect.stringMatching(/snapshot failed: .*iothread=io0/) });
+    expect(snap.error).toMatchObject({ desc: expect.stringMatching(/snapshot failed: .*'nm0' \(rt-nomig\)/) });
     expect(fs.existsSync(path.join(tmp, 'never.snap'))).toBe(false);
     expect(await s.run('query-status')).toMatchObject({ status: 'running' });
     expect(await s.run('query-migrate')).toEqual({});

@@ -125,7 +125,7 @@ export interface Device {
   loadState?(state: unknown): void;
   /**
    * Migration: why this device cannot be migrated in its current
-   * configuration (e.g. a data plane in a worker), or undefined. Asked before
+   * configuration (e.g. queues a vhost backend owns), or undefined. Asked before
    * a snapshot or migration starts, so the refusal comes before any transfer.
    */
   migrationBlocker?(): string | undefined;

@@ -1,7 +1,7 @@
 /**
  * The virtio-blk device (virtio 1.2 section 5.2) over a BlockBackend.
  */
-import { GuestMemory, readConfigImage, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
+import { GuestMemory, readConfigImage, scatter, SplitVirtqueue, VirtioDevice, VirtioDeviceState } from '@tsvmm/virtio-core';
 import * as B from './generated/virtio-blk-uapi';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
@@ -18,6 +18,9 @@ export const VIRTIO_ID_BLOCK = 2;
 export const QUEUE_SIZE = 256;
 /** Largest discard / write-zeroes request, in sectors (and one segment per request). */
 const MAX_DISCARD_SECTORS = 0x3fffff;
+
+/** virtio-blk's migration fields beyond VirtioDeviceState: status bytes held back while bus mastering is off. */
+export type BlkExtraState = { pendingStatus?: { addr: number; status: number }[] } | undefined;
 
 export interface VirtioBlkOptions {
   id: string;
@@ -85,7 +88,8 @@ export class VirtioBlkDevice extends VirtioDevice {
   override deviceInfo(): Record<string, unknown> {
     return {
       capacity: this.capacity, readonly: this.backend.readonly, serial: this.serial, iothread: this.iothread ?? null,
-      'in-flight': this.inFlight, ...this.blk,
+      // With an iothread: the worker's counters as it last reported them (within 100 ms; exact after a drain).
+      'in-flight': this.workerStats?.inFlight ?? this.inFlight, ...(this.workerStats?.blk ?? this.blk),
     };
   }
 
@@ -109,7 +113,10 @@ export class VirtioBlkDevice extends VirtioDevice {
     if (m.type === 'interrupt') this.interrupt?.signalQueue(m.queue);
     else if (m.type === 'broken') this.markBroken(m.reason);
     else if (m.type === 'log') this.log(m.message);
+    else if (m.type === 'stats' && m.blk) this.workerStats = { blk: m.blk, inFlight: m.inFlight };
   }
+
+  private workerStats: { blk: BlkCounters; inFlight: number } | undefined;
 
   protected override onActivate(): void {
     const dp = this.dataPlane;
@@ -185,6 +192,9 @@ export class VirtioBlkDevice extends VirtioDevice {
           async(this.backend.readv(views, offset).then((n) => {
             // A file whose size is not a sector multiple reads short at its end: zero the rest.
             for (let i = 0, pos = 0; i < views.length; pos += views[i].length, i++) if (pos + views[i].length > n) views[i].fill(0, Math.max(0, n - pos));
+            // The data landed now: while migration tracks this memory, its pages count again (a
+            // dirty log cleared since the views were handed out must see them).
+            for (const d of r.data) this.memory.slice(d.addr, d.len);
             this.blk.bytesRead += r.dataLength;
             return r.dataLength;
           }));
@@ -265,22 +275,102 @@ export class VirtioBlkDevice extends VirtioDevice {
     super.setDisabled(disabled);
   }
 
-  /** Migration: resolves when no request is in flight and every batched interrupt went out. */
+  /**
+   * Migration: resolves when no request is in flight and every batched
+   * interrupt went out. With an iothread the worker stops taking requests
+   * (until resumeDataPlane), finishes its own, and hands over its state.
+   */
   async drain(): Promise<void> {
+    const dp = this.dataPlane;
+    if (dp) {
+      const r = await dp.thread.request<'drained'>({ type: 'drain' });
+      this.drained = { virtio: r.virtio, blk: r.blk };
+      return;
+    }
     while (this.inFlight > 0 || this.signalScheduled.size > 0) await new Promise((r) => setImmediate(r));
   }
 
+  /** The worker's state from the last drain, valid until the VM resumes. */
+  private drained: { virtio: VirtioDeviceState; blk: BlkExtraState } | undefined;
+
+  /** The VM runs again (after a drain): the worker takes requests again. */
+  resumeDataPlane(): void {
+    this.drained = undefined;
+    this.dataPlane?.thread.send({ type: 'resume' });
+  }
+
+  /**
+   * Migration: features, status and queues as VirtioDevice saves them; with an
+   * iothread the ring indices and held-back completions are the worker's (this
+   * object never pops or completes a request then), taken by the last drain.
+   */
+  override saveState(): VirtioDeviceState {
+    const s = super.saveState();
+    if (!this.dataPlane) return s;
+    const w = this.drainedState();
+    s.queues = s.queues.map((q, i) => {
+      const wq = w.virtio.queues[i];
+      return wq && wq.ready ? { ...q, lastAvailIdx: wq.lastAvailIdx, usedIdx: wq.usedIdx } : q;
+    });
+    delete s.deferred;
+    if (w.virtio.deferred?.length) s.deferred = w.virtio.deferred.map((d) => ({ ...d }));
+    const kicked = new Set([...(s.kickedWhileDisabled ?? []), ...(w.virtio.kickedWhileDisabled ?? [])]);
+    delete s.kickedWhileDisabled;
+    if (kicked.size) s.kickedWhileDisabled = [...kicked].sort((a, b) => a - b);
+    return s;
+  }
+
+  private drainedState(): { virtio: VirtioDeviceState; blk: BlkExtraState } {
+    if (!this.drained) throw new Error(`${this.id}: the iothread ${this.iothread} was not drained (its state is not final)`);
+    return this.drained;
+  }
+
+  /** Restored state for the worker, sent once the transport has restored the vectors. */
+  private restoredExtra: BlkExtraState;
+
+  /**
+   * Migration: with an iothread, this object takes features, status and queue
+   * layout (it keeps negotiation, and kicks go through it), and the worker
+   * takes the whole state: it resumes from the stream's indices and owns the
+   * held-back completions (so they are not pushed twice).
+   */
+  override loadState(s: VirtioDeviceState): void {
+    if (!this.dataPlane) {
+      super.loadState(s);
+      return;
+    }
+    const mine: VirtioDeviceState = { ...s };
+    delete mine.deferred;
+    super.loadState(mine);
+    const dp = this.dataPlane;
+    dp.thread.send({ type: 'restore', virtio: s, blk: this.restoredExtra, vectorFds: this.queues.map((_, i) => dp.vectorFd(i)) });
+    this.restoredExtra = undefined;
+  }
+
   /** Migration: the fields VirtioDevice.saveState does not hold (status bytes held back while bus mastering is off). */
-  saveBlkState(): { pendingStatus?: { addr: number; status: number }[] } | undefined {
-    if (this.dataPlane) throw new Error(`${this.id}: a device with iothread=${this.iothread} cannot be migrated yet`);
+  saveBlkState(): BlkExtraState {
+    if (this.dataPlane) {
+      const b = this.drainedState().blk;
+      return b?.pendingStatus?.length ? { pendingStatus: b.pendingStatus.map((p) => ({ ...p })) } : undefined;
+    }
     if (this.inFlight > 0) throw new Error(`${this.id}: ${this.inFlight} requests still in flight (not drained)`);
     return this.pendingStatus.length ? { pendingStatus: this.pendingStatus.map((p) => ({ ...p })) } : undefined;
   }
 
-  loadBlkState(s: { pendingStatus?: { addr: number; status: number }[] } | undefined): void {
-    if (this.dataPlane) throw new Error(`${this.id}: a device with iothread=${this.iothread} cannot be migrated yet`);
+  /** Called before loadState (VirtioPciPluginDevice.loadState restores the extra first). */
+  loadBlkState(s: BlkExtraState): void {
     this.pendingStatus.length = 0;
+    if (this.dataPlane) {
+      this.restoredExtra = s?.pendingStatus ? { pendingStatus: s.pendingStatus.map((p) => ({ ...p })) } : undefined;
+      return;
+    }
     if (s?.pendingStatus) this.pendingStatus.push(...s.pendingStatus);
+  }
+
+  /** Migration dirty log of the pages the iothread writes (the main thread's writes go through its own GuestMemory). */
+  async dataPlaneDirtyLog(op: 'start' | 'sync' | 'stop'): Promise<number[]> {
+    if (!this.dataPlane) return [];
+    return (await this.dataPlane.thread.request<'dirty'>({ type: 'dirty', op })).pages;
   }
 
   async destroy(): Promise<void> {

@@ -5,10 +5,10 @@
 import { DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice } from '@tsvmm/pci';
 import { BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import { BlkIoThread } from './iothread';
-import { VirtioBlkDevice } from './device';
+import { BlkExtraState, VirtioBlkDevice } from './device';
 
 export { VirtioBlkDevice, VIRTIO_ID_BLOCK, QUEUE_SIZE } from './device';
-export type { BlkCounters, VirtioBlkOptions } from './device';
+export type { BlkCounters, BlkExtraState, VirtioBlkOptions } from './device';
 export * as virtioBlkUapi from './generated/virtio-blk-uapi';
 
 /** PCI class: mass storage controller, other. */
@@ -28,9 +28,22 @@ export class VirtioBlkPci extends VirtioPciPluginDevice {
     return this.blk.drain();
   }
 
-  override migrationBlocker(): string | undefined {
-    if (this.blk.iothread !== undefined) return `${this.id}: a device with iothread=${this.blk.iothread} cannot be migrated yet`;
-    return super.migrationBlocker();
+  override setRunning(running: boolean): void {
+    // The worker first takes requests again, then the transport's notifiers (and a restore's kicks) reach it.
+    if (running) this.blk.resumeDataPlane();
+    super.setRunning(running);
+  }
+
+  async startDirtyLog(): Promise<void> {
+    await this.blk.dataPlaneDirtyLog('start');
+  }
+
+  syncDirtyLog(): Promise<Iterable<number>> {
+    return this.blk.dataPlaneDirtyLog('sync');
+  }
+
+  async stopDirtyLog(): Promise<void> {
+    await this.blk.dataPlaneDirtyLog('stop');
   }
 
   protected override saveExtra(): unknown {
@@ -38,7 +51,7 @@ export class VirtioBlkPci extends VirtioPciPluginDevice {
   }
 
   protected override loadExtra(extra: unknown): void {
-    this.blk.loadBlkState(extra as Parameters<VirtioBlkDevice['loadBlkState']>[0]);
+    this.blk.loadBlkState(extra as BlkExtraState);
   }
 
   override async destroy(): Promise<void> {

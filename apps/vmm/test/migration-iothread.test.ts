@@ -1,0 +1,196 @@
+// Live migration and snapshot/restore of virtio-blk with its data plane in an iothread
+// (iothread=io0), between real `vmm` processes running the guest kit's mig-blk-loop.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { describeKvm } from '@tsvmm/kvm-native/testing';
+import { GUEST_ELF, Proc as Child, QmpClient, requireBuilt, startNode, VMM_BIN } from '@tsvmm/testing';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-mig-io-'));
+const uniq = () => Math.random().toString(36).slice(2, 8);
+
+interface Proc extends Child {
+  qmp: string;
+}
+
+const running: Proc[] = [];
+
+function vmm(args: string[]): Proc {
+  requireBuilt();
+  const qmp = path.join(tmp, `q-${uniq()}.sock`);
+  const p: Proc = { ...startNode([VMM_BIN, 'run', '--kernel', GUEST_ELF, '--qmp', `unix:${qmp}`, ...args]), qmp };
+  running.push(p);
+  return p;
+}
+
+async function until(what: string, pred: () => boolean, ms = 40_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function client(p: Proc): Promise<QmpClient> {
+  const c = await QmpClient.connect(p.qmp);
+  await c.run('qmp_capabilities');
+  return c;
+}
+
+function image(): string {
+  const f = path.join(tmp, `disk-${uniq()}.img`);
+  fs.writeFileSync(f, Buffer.alloc(1 << 20));
+  return f;
+}
+
+/** mig-blk-loop with sectors=1: sector i holds blktests' pattern with seed 1 + i; nothing after the last. */
+function checkImage(file: string, iters: number): void {
+  const img = fs.readFileSync(file);
+  for (let i = 0; i < iters; i++) {
+    let v = (i * 31 + 1 + i) & 0xff;
+    for (let j = 0; j < 512; j++, v = (v + 7) & 0xff) {
+      if (img[i * 512 + j] !== v) throw new Error(`sector ${i} byte ${j}: 0x${img[i * 512 + j].toString(16)}, want 0x${v.toString(16)}`);
+    }
+  }
+  expect(img.subarray(iters * 512).every((b) => b === 0)).toBe(true);
+}
+
+async function migrateAndWait(src: QmpClient, uri: string): Promise<Record<string, unknown>> {
+  await src.run('migrate', { uri });
+  for (;;) {
+    const r = (await src.run('query-migrate')) as Record<string, unknown>;
+    if (r.status === 'completed' || r.status === 'failed') return r;
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}
+
+/** The device's counters (with an iothread: the worker's, as it last reported them). */
+async function blkInfo(c: QmpClient): Promise<{ writes: number; reads: number; iothread: string | null; 'in-flight': number }> {
+  const s = (await c.run('x-query-virtio-status', { path: 'd0' })) as { 'device-info': { writes: number; reads: number; iothread: string | null; 'in-flight': number } };
+  return s['device-info'];
+}
+
+afterEach(async () => {
+  for (const p of running.splice(0)) {
+    p.proc.kill('SIGKILL');
+    await p.exited;
+  }
+});
+
+const LOOP = 'test=mig-blk-loop iters=60 sectors=1 every=10 delay=4000 hold=1';
+
+describeKvm('live migration with iothread=io0', () => {
+  for (const ioeventfd of ['on', 'off']) {
+    it(`moves a guest writing virtio-blk (iothread=io0, ioeventfd=${ioeventfd}) mid-loop: every write lands exactly once`, async () => {
+      const disk = image();
+      const dev = ['--device', `virtio-blk,id=d0,file=${disk},iothread=io0,ioeventfd=${ioeventfd}`, '--cmdline', LOOP];
+      const incoming = path.join(tmp, `in-${uniq()}.sock`);
+      const dst = vmm([...dev, '--incoming', `unix:${incoming}`]);
+      const src = vmm(dev);
+      await until('source progress', () => /progress i=20\b/.test(src.out()));
+      await until('destination listening', () => fs.existsSync(incoming));
+      const s = await client(src);
+      const r = await migrateAndWait(s, `unix:${incoming}`);
+      expect(r.error ?? '').toBe('');
+      expect(r.status).toBe('completed');
+      expect((r.ram as Record<string, number>)['dirty-sync-count']).toBeGreaterThanOrEqual(2);
+      expect(await s.run('query-status')).toMatchObject({ status: 'paused' });
+      await until('destination PASS', () => dst.out().includes('guest-kit: holding'));
+      expect(dst.out()).toContain('mig-blk-loop done writes=60');
+      expect(dst.out()).toContain('guest-kit: PASS test=mig-blk-loop');
+      expect(src.out()).not.toContain('guest-kit: PASS');
+      const d = await client(dst);
+      // Exactly once: the source's worker (final: it was drained) and the destination's worker
+      // counted 60 writes between them, and the destination's worker did the 60 read-backs.
+      const si = await blkInfo(s);
+      expect(si).toMatchObject({ iothread: 'io0', 'in-flight': 0 });
+      let di = await blkInfo(d);
+      for (let i = 0; i < 50 && di.reads < 60; i++) {
+        await new Promise((res) => setTimeout(res, 100)); // the worker reports its counters every 100 ms
+        di = await blkInfo(d);
+      }
+      expect(di.iothread).toBe('io0');
+      expect(si.writes).toBeGreaterThanOrEqual(20);
+      expect(di.writes).toBeGreaterThan(0);
+      expect(si.writes + di.writes).toBe(60);
+      expect(di.reads).toBe(60);
+      const st = (await d.run('x-query-virtio-status', { path: 'd0' })) as Record<string, unknown>;
+      expect(st['host-notifiers-active']).toBe(ioeventfd === 'on');
+      checkImage(disk, 60);
+      s.close();
+      d.close();
+    }, 90_000);
+  }
+});
+
+describeKvm('live migration with iothread=io0: bus mastering off', () => {
+  it('moves a device with bus mastering off and its held-back kick; the destination worker finishes the request once', async () => {
+    const disk = image();
+    const dev = ['--device', `virtio-blk,id=d0,file=${disk},iothread=io0`, '--cmdline', 'test=blk-busmaster spins=400000 rekick=0'];
+    const incoming = path.join(tmp, `in-${uniq()}.sock`);
+    const dst = vmm([...dev, '--incoming', `unix:${incoming}`]);
+    const src = vmm(dev);
+    const s = await client(src);
+    await until('destination listening', () => fs.existsSync(incoming));
+    // The guest's first kick is the one made while bus mastering is off (held back, not processed).
+    for (;;) {
+      const st = (await s.run('x-query-virtio-status', { path: 'd0' })) as { disabled: boolean };
+      const q = (await s.run('x-query-virtio-queue-status', { path: 'd0', queue: 0 })) as Record<string, number>;
+      if (st.disabled && q['kicks-eventfd'] + q['kicks-exit'] > 0) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const r = await migrateAndWait(s, `unix:${incoming}`);
+    expect(r.status).toBe('completed');
+    expect(await dst.exited).toBe(0);
+    expect(dst.out()).toContain('blk-busmaster used_while_disabled=0');
+    expect(dst.out()).toContain('blk-busmaster verify ok');
+    expect(dst.out()).toContain('guest-kit: PASS test=blk-busmaster');
+    expect((await blkInfo(s)).writes).toBe(0);
+  }, 90_000);
+});
+
+describeKvm('snapshot and restore with iothread=io0', () => {
+  it('x-snapshot-save mid-loop, kill, --restore in a new process: the guest finishes every write once', async () => {
+    const disk = image();
+    const snap = path.join(tmp, 'snap-io.bin');
+    const dev = ['--device', `virtio-blk,id=d0,file=${disk},iothread=io0`, '--cmdline', LOOP];
+    const src = vmm(dev);
+    await until('progress', () => /progress i=30\b/.test(src.out()));
+    const s = await client(src);
+    await s.run('x-snapshot-save', { file: snap });
+    expect(await s.run('query-status')).toMatchObject({ status: 'paused' });
+    const before = await blkInfo(s);
+    expect(before['in-flight']).toBe(0);
+    expect(before.writes).toBeGreaterThanOrEqual(30);
+    src.proc.kill('SIGKILL');
+    await src.exited;
+    const dst = vmm([...dev, '--restore', snap]);
+    await until('restored guest PASS', () => dst.out().includes('guest-kit: holding'));
+    expect(dst.out()).toContain('mig-blk-loop done writes=60');
+    expect(dst.out()).not.toContain('guest-kit: hello');
+    const d = await client(dst);
+    let di = await blkInfo(d);
+    for (let i = 0; i < 50 && di.reads < 60; i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      di = await blkInfo(d);
+    }
+    expect(before.writes + di.writes).toBe(60);
+    expect(di.reads).toBe(60);
+    checkImage(disk, 60);
+    s.close();
+    d.close();
+  }, 90_000);
+
+  it('a snapshot taken while paused, then cont: the source worker takes requests again and the guest finishes', async () => {
+    const disk = image();
+    const src = vmm(['--device', `virtio-blk,id=d0,file=${disk},iothread=io0`, '--cmdline', LOOP]);
+    await until('progress', () => /progress i=20\b/.test(src.out()));
+    const s = await client(src);
+    await s.run('x-snapshot-save', { file: path.join(tmp, `snap-${uniq()}.bin`) });
+    await s.run('cont');
+    await until('guest PASS after cont', () => src.out().includes('guest-kit: holding'));
+    expect(src.out()).toContain('mig-blk-loop done writes=60');
+    checkImage(disk, 60);
+    s.close();
+  }, 90_000);
+});

@@ -1,0 +1,212 @@
+// The iothread's migration exchange (drain / state / restore / resume / dirty log), with the
+// main-thread device and the worker's plane in one process: messages go through a structured
+// clone on a later turn, as between threads. Fake guest memory, a real temp image file.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { GuestMemory, virtioUapi as V, VirtioDeviceState } from '@tsvmm/virtio-core';
+import { fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
+import { RawFileBackend } from '@tsvmm/block';
+import { BlkExtraState, VirtioBlkDevice } from './device';
+import { BlkWorkerPlane } from './dataplane';
+import { BlkIoThread, FromWorker, ToWorker } from './iothread';
+import * as B from './generated/virtio-blk-uapi';
+
+const HDR = 0x40000;
+const DATA = 0x50000;
+const STATUS = 0x60000;
+const SIZE = 16;
+
+const later = (f: () => void) => setImmediate(f);
+
+/** A main-thread device with its data plane "in a worker" over the same memory. */
+function side(file: string, mem: GuestMemory) {
+  let plane: BlkWorkerPlane | undefined;
+  const irqs: string[] = [];
+  const sent: ToWorker['type'][] = [];
+  const main = new VirtioBlkDevice(mem, { id: 'd0', backend: new RawFileBackend(file, false, false), numQueues: 1, serial: 'S' });
+  main.interrupt = { signalQueue: (q) => irqs.push(`main-q${q}`), signalConfig: () => irqs.push('config') };
+  const thread = new BlkIoThread('io0', (m) => main.onDataPlaneMessage(m), (deliver) => {
+    const init: Extract<ToWorker, { type: 'init' }> = {
+      type: 'init', id: 'd0', regions: [], file, readonly: false, direct: false, numQueues: 1, serial: 'S', eventIdx: true,
+    };
+    plane = new BlkWorkerPlane(mem, new RawFileBackend(file, false, false), init, (m: FromWorker) => later(() => deliver(structuredClone(m))), () => {
+      irqs.push('worker-q0');
+    });
+    return {
+      postMessage: (m) => {
+        sent.push(m.type);
+        later(() => plane!.handle(structuredClone(m)));
+      },
+      close: async () => undefined,
+    };
+  });
+  main.attachDataPlane({ thread, vectorFd: () => 7 });
+  return { main, plane: plane!, irqs, sent };
+}
+
+function image(): string {
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'blk-dp-')), 'disk.img');
+  fs.writeFileSync(file, Buffer.alloc(64 * 512));
+  return file;
+}
+
+function driverInit(dev: VirtioBlkDevice, drv: MockDriverQueue): void {
+  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER);
+  dev.writeDriverFeatures(0, dev.readDeviceFeatures(0));
+  dev.writeDriverFeatures(1, dev.readDeviceFeatures(1));
+  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK);
+  drv.program(dev.queues[0]);
+  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK);
+  dev.setDisabled(false);
+}
+
+/** Request n: write sector n with bytes n+1 (or read it back with read=true), its own header and status byte. */
+function request(mem: GuestMemory, drv: MockDriverQueue, n: number, read = false): void {
+  const hdr = HDR + n * 0x20;
+  mem.writeU32(hdr, read ? B.VIRTIO_BLK_T_IN : B.VIRTIO_BLK_T_OUT);
+  mem.writeU32(hdr + 4, 0);
+  mem.writeU64(hdr + 8, BigInt(n));
+  mem.writeU8(STATUS + n, 0xee);
+  if (!read) mem.fill(DATA + n * 0x1000, 512, n + 1);
+  drv.addChain([{ addr: hdr, len: 16 }, { addr: DATA + n * 0x1000, len: 512, write: read }, { addr: STATUS + n, len: 1, write: true }]);
+}
+
+async function settle(): Promise<void> {
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+}
+
+/** What the migration stream carries for the device: the plugin's saveState without the transport. */
+function migrate(src: VirtioBlkDevice): { virtio: VirtioDeviceState; extra: BlkExtraState } {
+  return structuredClone({ virtio: src.saveState(), extra: src.saveBlkState() });
+}
+
+function copyMemory(from: GuestMemory): GuestMemory {
+  const m = fakeMemory(1 << 20);
+  m.write(0, from.read(0, 1 << 20));
+  return m;
+}
+
+describe('virtio-blk iothread: migration state exchange', () => {
+  it('drain finishes the requests in flight, stops taking new ones and reports the exact indices; the destination resumes from them', async () => {
+    const file = image();
+    const mem = fakeMemory(1 << 20);
+    const src = side(file, mem);
+    const drv = new MockDriverQueue(mem, SIZE);
+    driverInit(src.main, drv);
+    for (let n = 0; n < 3; n++) request(mem, drv, n);
+    src.main.notify(0, 'ioeventfd');
+    // The drain goes out right behind the kick: the writes are still in flight in the worker.
+    await src.main.drain();
+    expect(src.plane.dev.inFlight).toBe(0);
+    // The monitor's counters are the worker's, final once drained.
+    expect(src.main.deviceInfo()).toMatchObject({ writes: 3, 'in-flight': 0, iothread: 'io0' });
+    expect([0, 1, 2].map((n) => mem.readU8(STATUS + n))).toEqual([0, 0, 0]);
+    expect(drv.takeUsed().map((u) => u.id).sort((a, b) => a - b)).toEqual([0, 3, 6]); // completion order is the host's
+
+    // A request the guest published after the drain is not taken (kick remembered, nothing popped).
+    request(mem, drv, 3);
+    src.main.notify(0, 'ioeventfd');
+    await settle();
+    expect(mem.readU8(STATUS + 3)).toBe(0xee);
+    const state = migrate(src.main);
+    expect(state.virtio.queues[0]).toMatchObject({ lastAvailIdx: 3, usedIdx: 3, ready: true });
+    // The main thread's own copy of the queue never moved: the state is the worker's.
+    expect(src.main.queues[0].save()).toMatchObject({ lastAvailIdx: 0, usedIdx: 0 });
+
+    // Destination: RAM copied, state loaded; the restore reaches its worker, one kick resumes it.
+    const dmem = copyMemory(mem);
+    const dst = side(file, dmem);
+    dst.main.loadBlkState(state.extra);
+    dst.main.loadState(state.virtio);
+    expect(dst.sent).toEqual(['restore']);
+    dst.main.resumeDataPlane();
+    dst.main.notify(0, 'restore');
+    await settle();
+    expect(dmem.readU8(STATUS + 3)).toBe(0);
+    expect(dst.plane.dev.queues[0].save()).toMatchObject({ lastAvailIdx: 4, usedIdx: 4 });
+    const ddrv = new MockDriverQueue(dmem, SIZE);
+    ddrv.lastUsedIdx = 3;
+    expect(ddrv.takeUsed()).toEqual([{ id: 9, len: 1 }]);
+    expect(dst.irqs).toContain('worker-q0');
+    expect(dst.plane.dev.blk.writes).toBe(1); // only request 3: nothing done twice
+    const img = fs.readFileSync(file);
+    for (let n = 0; n < 4; n++) expect(img.subarray(n * 512, n * 512 + 512).every((b) => b === n + 1)).toBe(true);
+  });
+
+  it('a source that resumes (migration failed) processes the requests kicked while it was drained', async () => {
+    const mem = fakeMemory(1 << 20);
+    const src = side(image(), mem);
+    const drv = new MockDriverQueue(mem, SIZE);
+    driverInit(src.main, drv);
+    await src.main.drain();
+    request(mem, drv, 0);
+    src.main.notify(0, 'ioeventfd');
+    await settle();
+    expect(mem.readU8(STATUS)).toBe(0xee);
+    src.main.resumeDataPlane();
+    await settle();
+    expect(mem.readU8(STATUS)).toBe(0);
+    expect(drv.takeUsed()).toEqual([{ id: 0, len: 1 }]);
+    // The state of the drain is no longer final once the VM runs again.
+    expect(() => src.main.saveState()).toThrow(/d0: the iothread io0 was not drained/);
+  });
+
+  it('completions held back while bus mastering is off travel with the worker state and are pushed once on the destination', async () => {
+    const file = image();
+    const mem = fakeMemory(1 << 20);
+    const src = side(file, mem);
+    const drv = new MockDriverQueue(mem, SIZE);
+    driverInit(src.main, drv);
+    request(mem, drv, 0);
+    src.main.notify(0, 'ioeventfd');
+    src.main.setDisabled(true); // right behind the kick: the write completes while disabled
+    await src.main.drain();
+    const state = migrate(src.main);
+    expect(state.virtio.disabled).toBe(true);
+    expect(state.virtio.deferred).toEqual([{ queue: 0, head: 0, len: 1 }]);
+    expect(state.extra).toEqual({ pendingStatus: [{ addr: STATUS, status: 0 }] });
+    expect(mem.readU8(STATUS)).toBe(0xee);
+
+    const dmem = copyMemory(mem);
+    const dst = side(file, dmem);
+    dst.main.loadBlkState(state.extra);
+    dst.main.loadState(state.virtio);
+    dst.main.resumeDataPlane();
+    await settle();
+    dst.main.setDisabled(false);
+    await settle();
+    expect(dmem.readU8(STATUS)).toBe(0);
+    const ddrv = new MockDriverQueue(dmem, SIZE);
+    expect(ddrv.takeUsed()).toEqual([{ id: 0, len: 1 }]);
+    // The main thread's copy held nothing back: it pushed nothing (the worker did, once).
+    expect(dst.main.queues[0].save().usedIdx).toBe(0);
+    expect(dst.plane.dev.queues[0].save().usedIdx).toBe(1);
+    await dst.main.drain();
+    expect(dst.main.saveState().deferred).toBeUndefined();
+    expect(dst.main.saveState().queues[0].usedIdx).toBe(1);
+  });
+
+  it('the dirty log has the pages the worker wrote: read data, status bytes and the used ring', async () => {
+    const file = image();
+    fs.writeFileSync(file, Buffer.alloc(64 * 512, 0x5a));
+    const mem = fakeMemory(1 << 20);
+    const src = side(file, mem);
+    const drv = new MockDriverQueue(mem, SIZE);
+    driverInit(src.main, drv);
+    expect(await src.main.dataPlaneDirtyLog('start')).toEqual([]);
+    request(mem, drv, 2, true);
+    src.main.notify(0, 'ioeventfd');
+    await settle();
+    expect(mem.readU8(DATA + 0x2000)).toBe(0x5a);
+    const pages = new Set(await src.main.dataPlaneDirtyLog('sync'));
+    const usedPage = drv.used / 4096;
+    for (const p of [(DATA + 0x2000) / 4096, STATUS / 4096, usedPage]) expect(pages).toContain(p);
+    // Cleared by the sync: only the (always included) used ring remains.
+    expect(await src.main.dataPlaneDirtyLog('sync')).toEqual([usedPage]);
+    await src.main.dataPlaneDirtyLog('stop');
+    expect(await src.main.dataPlaneDirtyLog('sync')).toEqual([]);
+  });
+});

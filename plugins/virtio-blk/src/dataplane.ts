@@ -1,0 +1,172 @@
+/**
+ * The iothread's side of the data plane, apart from the worker plumbing (so
+ * unit tests can drive it in-process): a VirtioBlkDevice over the worker's own
+ * mapping of guest RAM, and the messages the main thread sends it.
+ *
+ * Migration (docs/migration.md): `drain` stops the plane taking new requests
+ * (kicks are remembered), waits for what is in flight and its interrupts, and
+ * answers with the device's exact state (ring indices, held-back used entries
+ * and status bytes). `resume` takes requests again and processes the queues
+ * kicked meanwhile. `restore` loads a state from the stream on the
+ * destination. `dirty` start/sync/stop logs the guest pages the worker writes.
+ */
+import { GuestMemory, virtioUapi as V, VirtioDeviceState } from '@tsvmm/virtio-core';
+import { BlockBackend } from '@tsvmm/block';
+import { BlkExtraState, VirtioBlkDevice } from './device';
+import type { FromWorker, ToWorker } from './iothread';
+
+const PAGE = 4096;
+
+export class BlkWorkerPlane {
+  readonly dev: VirtioBlkDevice;
+  private vectorFds: number[] = [];
+  /** Set by `drain`, cleared by `resume`: no new request is taken meanwhile. */
+  private stopped = false;
+  private readonly kickedWhileStopped = new Set<number>();
+  private logging = false;
+
+  constructor(
+    memory: GuestMemory,
+    backend: BlockBackend,
+    init: Extract<ToWorker, { type: 'init' }>,
+    private readonly post: (m: FromWorker) => void,
+    /** Writes an MSI-X eventfd; throws when it is gone. */
+    eventfdWrite: (fd: number) => void,
+  ) {
+    const dev: VirtioBlkDevice = new VirtioBlkDevice(memory, {
+      id: init.id, backend, numQueues: init.numQueues, serial: init.serial, eventIdx: init.eventIdx,
+      // The main thread logs the needs-reset itself when it hears 'broken'.
+      log: (message) => (dev.broken && message.includes('needs reset') ? undefined : post({ type: 'log', message })),
+    });
+    this.dev = dev;
+    dev.interrupt = {
+      signalQueue: (q) => {
+        const fd = this.vectorFds[q];
+        if (fd !== undefined && fd >= 0) {
+          try {
+            eventfdWrite(fd);
+            return;
+          } catch {
+            // the vector went away: let the main thread route it
+          }
+        }
+        post({ type: 'interrupt', queue: q });
+      },
+      signalConfig: () => post({ type: 'broken', reason: dev.brokenReason ?? 'device error' }),
+    };
+    dev.setDisabled(true);
+    // The counters for the monitor (x-query-virtio-status device-info): sent when they changed, at most every 100 ms.
+    this.statsTimer = setInterval(() => this.postStatsIfChanged(), 100);
+    this.statsTimer.unref?.();
+  }
+
+  private readonly statsTimer: ReturnType<typeof setInterval>;
+  private lastStats = '';
+
+  private postStatsIfChanged(): void {
+    const s = JSON.stringify([this.dev.blk, this.dev.inFlight]);
+    if (s === this.lastStats) return;
+    this.lastStats = s;
+    this.post({ type: 'stats', blk: { ...this.dev.blk }, inFlight: this.dev.inFlight });
+  }
+
+  handle(m: ToWorker): void {
+    const d = this.dev;
+    switch (m.type) {
+      case 'init':
+        return;
+      case 'activate': {
+        d.reset();
+        this.vectorFds = m.vectorFds;
+        const features = BigInt(`0x${m.driverFeatures}`);
+        d.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER);
+        d.writeDriverFeatures(0, Number(features & 0xffffffffn));
+        d.writeDriverFeatures(1, Number(features >> 32n));
+        d.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK);
+        m.queues.forEach((q, i) => d.queues[i].load({ ...q, lastAvailIdx: 0, usedIdx: 0 }));
+        d.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK);
+        d.setDisabled(m.disabled);
+        return;
+      }
+      case 'restore': {
+        // The destination: the source's exact state (the main thread loaded the same into its own copy).
+        d.reset();
+        this.vectorFds = m.vectorFds;
+        d.loadState(m.virtio);
+        d.loadBlkState(m.blk);
+        if (m.virtio.broken) d.brokenReason = 'broken on the migration source';
+        return;
+      }
+      case 'kick':
+        if (this.stopped) this.kickedWhileStopped.add(m.queue);
+        else d.notify(m.queue, 'debug'); // already counted on the main thread
+        return;
+      case 'disabled':
+        d.setDisabled(m.disabled);
+        return;
+      case 'reset':
+        d.reset();
+        this.kickedWhileStopped.clear();
+        this.post({ type: 'reset-done' });
+        return;
+      case 'drain':
+        this.stopped = true;
+        d.drain().then(() => {
+          this.postStatsIfChanged(); // ahead of the answer: the main thread's counters are final too
+          this.post({ type: 'drained', seq: m.seq, virtio: d.saveState(), blk: d.saveBlkState() });
+        }).catch((e: Error) => this.post({ type: 'failed', seq: m.seq, error: e.message }));
+        return;
+      case 'resume': {
+        this.stopped = false;
+        const kicked = [...this.kickedWhileStopped];
+        this.kickedWhileStopped.clear();
+        for (const q of kicked) d.notify(q, 'debug');
+        return;
+      }
+      case 'dirty':
+        try {
+          this.post({ type: 'dirty', seq: m.seq, pages: this.dirty(m.op) });
+        } catch (e) {
+          this.post({ type: 'failed', seq: m.seq, error: (e as Error).message });
+        }
+        return;
+      case 'stats':
+        this.post({ type: 'stats', blk: d.blk, inFlight: d.inFlight });
+        return;
+      case 'close':
+        clearInterval(this.statsTimer);
+        d.backend.close();
+        return;
+    }
+  }
+
+  /**
+   * The dirty log: GuestMemory tracking of this thread's memory (every view
+   * handed out, every status byte; a read's buffers again when its data
+   * landed), plus the used rings of the active queues (written through views
+   * made at activation, which tracking does not see).
+   */
+  private dirty(op: 'start' | 'sync' | 'stop'): number[] {
+    const mem = this.dev.memory;
+    if (op === 'start') {
+      mem.startTracking();
+      this.logging = true;
+      return [];
+    }
+    if (!this.logging) return [];
+    const pages = mem.stopTracking();
+    if (op === 'stop') {
+      this.logging = false;
+      return [];
+    }
+    mem.startTracking();
+    for (const q of this.dev.queues) {
+      if (!q.active) continue;
+      const len = 6 + 8 * q.size;
+      for (let p = Math.floor(q.usedRing / PAGE); p <= Math.floor((q.usedRing + len - 1) / PAGE); p++) pages.add(p);
+    }
+    return [...pages];
+  }
+}
+
+export type { BlkExtraState, VirtioDeviceState };
