@@ -112,10 +112,19 @@ function saveCpu(v: Vcpu, msrs: number[], caps: { xsave: boolean; xcrs: boolean 
   return s;
 }
 
+/** IA32_TSC_DEADLINE (SDM vol. 4): the LAPIC timer's deadline in TSC-deadline mode. */
+const MSR_IA32_TSC_DEADLINE = 0x6e0;
+
 /**
  * Restores a vCPU in the order KVM needs: special registers (APIC base, CRs,
  * EFER) before the MSRs and the LAPIC, the TSC before the other MSRs (the
  * TSC-deadline MSR is relative to it), events and MP state last.
+ *
+ * KVM_SET_LAPIC cancels the LAPIC timer and forgets a TSC deadline set
+ * before it, so IA32_TSC_DEADLINE is written again after the LAPIC. Without
+ * that a Linux guest (which arms its tick through TSC-deadline mode) never
+ * gets its next timer interrupt on the destination and stalls as soon as
+ * it waits for one; the guest kit, which polls, does not notice.
  */
 function loadCpu(v: Vcpu, s: CpuState, log: (m: string) => void): void {
   v.setSregs(decodeSregs(unb64(s.sregs, `cpu ${v.id} sregs`)));
@@ -141,6 +150,14 @@ function loadCpu(v: Vcpu, s: CpuState, log: (m: string) => void): void {
     if (refused.length) log(`cpu ${v.id}: KVM refused MSRs ${refused.join(' ')} (left at their reset values)`);
   }
   v.setLapic(unb64(s.lapic, `cpu ${v.id} lapic`));
+  const deadline = msrs.find((e) => e.index === MSR_IA32_TSC_DEADLINE);
+  if (deadline) {
+    try {
+      v.setMsrs([deadline]);
+    } catch {
+      log(`cpu ${v.id}: KVM refused IA32_TSC_DEADLINE after the LAPIC (the guest's next TSC-deadline timer may not fire)`);
+    }
+  }
   const ev = unb64(s.events, `cpu ${v.id} events`);
   const flags = new DataView(ev.buffer, ev.byteOffset).getUint32(U.OFF_kvm_vcpu_events_flags, true);
   v.setVcpuEvents(ev, flags & (U.KVM_VCPUEVENT_VALID_NMI_PENDING | U.KVM_VCPUEVENT_VALID_SIPI_VECTOR | U.KVM_VCPUEVENT_VALID_SHADOW));
