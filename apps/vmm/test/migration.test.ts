@@ -1,82 +1,25 @@
 // Snapshot/restore and live migration between real `vmm` processes running the guest kit.
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import * as zlib from 'zlib';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
 import { PLUGIN_API_VERSION } from '@tsvmm/pci';
-import { GUEST_ELF, Proc as Child, QmpClient, requireBuilt, startNode, VMM_BIN } from '@tsvmm/testing';
+import { checkMigLoopImage, migLoopImage, migrateAndWait, qmpSession, QmpClient, uniq, until, VmmFleet } from '@tsvmm/testing';
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-mig-'));
-const uniq = () => Math.random().toString(36).slice(2, 8);
-
-interface Proc extends Child {
-  qmp: string;
-}
-
-const running: Proc[] = [];
-
-function vmm(args: string[], wrap?: string[]): Proc {
-  requireBuilt();
-  const qmp = path.join(tmp, `q-${uniq()}.sock`);
-  const p: Proc = { ...startNode([VMM_BIN, 'run', '--kernel', GUEST_ELF, '--qmp', `unix:${qmp}`, ...args], { wrap }), qmp };
-  running.push(p);
-  return p;
-}
-
-async function until(what: string, pred: () => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-async function client(p: Proc): Promise<QmpClient> {
-  const c = await QmpClient.connect(p.qmp);
-  await c.run('qmp_capabilities');
-  return c;
-}
-
-function image(): string {
-  const f = path.join(tmp, `disk-${uniq()}.img`);
-  fs.writeFileSync(f, Buffer.alloc(1 << 20));
-  return f;
-}
-
-/** mig-blk-loop with sectors=1: sector i holds blktests' pattern with seed 1 + i. */
-function checkImage(file: string, iters: number, restZero = true): void {
-  const img = fs.readFileSync(file);
-  for (let i = 0; i < iters; i++) {
-    let v = (i * 31 + 1 + i) & 0xff;
-    for (let j = 0; j < 512; j++, v = (v + 7) & 0xff) {
-      if (img[i * 512 + j] !== v) throw new Error(`sector ${i} byte ${j}: 0x${img[i * 512 + j].toString(16)}, want 0x${v.toString(16)}`);
-    }
-  }
-  if (restZero) expect(img.subarray(iters * 512).every((b) => b === 0)).toBe(true);
-}
-
-async function migrateAndWait(src: QmpClient, uri: string): Promise<Record<string, unknown>> {
-  await src.run('migrate', { uri });
-  for (;;) {
-    const r = (await src.run('query-migrate')) as Record<string, unknown>;
-    if (r.status === 'completed' || r.status === 'failed') return r;
-    await new Promise((res) => setTimeout(res, 20));
-  }
-}
+const fleet = new VmmFleet('vmm-mig-');
+const tmp = fleet.tmp;
+const vmm = (args: string[], wrap?: string[]) => fleet.start(args, wrap);
+const client = qmpSession;
+const image = () => migLoopImage(fleet);
+const checkImage = checkMigLoopImage;
 
 async function blkWrites(c: QmpClient): Promise<number> {
   const s = (await c.run('x-query-virtio-status', { path: 'd0' })) as { 'device-info': { writes: number } };
   return s['device-info'].writes;
 }
 
-afterEach(async () => {
-  for (const p of running.splice(0)) {
-    p.proc.kill('SIGKILL');
-    await p.exited;
-  }
-});
+afterEach(() => fleet.killAll());
 
 const LOOP = 'test=mig-blk-loop iters=60 sectors=1 every=10 delay=4000 hold=1';
 
