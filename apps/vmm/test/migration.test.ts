@@ -208,7 +208,8 @@ describeKvm('migration refused up front', () => {
 describeKvm('snapshot and restore', () => {
   let snap: string;
   let disk: string;
-  const cmd = ['--cmdline', 'test=mig-blk-loop iters=80 sectors=1 every=10'];
+  // Two vCPUs: the second one's state (waiting for SIPI) travels too.
+  const cmd = ['--cpus', '2', '--cmdline', 'test=mig-blk-loop iters=80 sectors=1 every=10'];
 
   it('x-snapshot-save mid-loop, kill, --restore in a new process: the guest finishes every write once', async () => {
     disk = image();
@@ -237,6 +238,7 @@ describeKvm('snapshot and restore', () => {
     const at = raw.indexOf('device/d0');
     expect(at).toBeGreaterThan(0);
     expect(raw.slice(at, at + 4000)).not.toContain('"disabled"');
+    expect(raw).toContain('cpu/1');
   }, 60_000);
 
   const restoreFails = async (file: string, pattern: RegExp) => {
@@ -266,6 +268,10 @@ describeKvm('snapshot and restore', () => {
 
     fs.writeFileSync(path.join(tmp, 'short.bin'), good.subarray(0, good.length - 100));
     await restoreFails(path.join(tmp, 'short.bin'), /stream truncated/);
+
+    const one = vmm(['--device', `virtio-blk,id=d0,file=${disk}`, ...cmd.slice(2), '--restore', snap]);
+    expect(await one.exited).toBe(1);
+    expect(one.err()).toMatch(/configuration mismatch: the source has 2 vCPUs, this VM 1/);
 
     const p = vmm([...cmd, '--restore', snap]);
     expect(await p.exited).toBe(1);
