@@ -1,2 +1,3 @@
 export * from './run';
 export { QmpClient } from './qmp-client';
+export * from './migration';
