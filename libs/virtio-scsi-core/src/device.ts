@@ -211,6 +211,8 @@ export class VirtioScsiDevice extends VirtioDevice {
       resp[S.OFF_virtio_scsi_cmd_resp_status] = a.result.status;
     } else dv.setUint32(S.OFF_virtio_scsi_cmd_resp_resid, offered, true); // nothing transferred
     resp[S.OFF_virtio_scsi_cmd_resp_response] = a.response;
+    // Data-in landed in views handed out when the command started: record the pages again now (dirty logging).
+    for (const d of req.dataIn) this.memory.noteWritten(d.addr, d.len);
     this.writeResponse(req.response, resp);
     this.pushUsed(q, req.head, req.responseLength + dataBytes);
     this.scheduleSignal(q);

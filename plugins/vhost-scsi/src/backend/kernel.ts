@@ -52,6 +52,11 @@ export class VhostKernelBackend implements VhostBackend {
   readonly kind = 'kernel';
   readonly needsEnable = false;
   readonly maxQueues = undefined;
+  readonly dirtyLogUnsupported = 'backend=kernel does not log dirty pages yet (VHOST_SET_LOG_BASE and VHOST_F_LOG_ALL are not implemented)';
+
+  setLogBase(): void {
+    throw new Error(this.dirtyLogUnsupported);
+  }
   onDisconnect: ((reason: string) => void) | undefined;
   private fd: number | undefined;
   abiVersion: number | undefined;
