@@ -28,6 +28,17 @@ export async function waitUntil(what: string, pred: () => boolean, ms = 30_000):
   }
 }
 
+/**
+ * Waits for `guest-kit: holding` (a hold=1 test passed) on a VMM's serial
+ * output; fails at once, with the guest's output, when the guest prints a
+ * FAIL line or the VMM exits first.
+ */
+export async function waitGuestHolding(p: Proc, what: string, ms = 60_000): Promise<void> {
+  await waitUntil(what, () => p.out().includes('guest-kit: holding') || p.out().includes('guest-kit: FAIL') || p.proc.exitCode !== null, ms);
+  if (!p.out().includes('guest-kit: holding'))
+    throw new Error(`${what}: the guest did not pass (exit ${p.proc.exitCode}):\n${p.out().split('\n').slice(-15).join('\n')}\n${p.err()}`);
+}
+
 /** Connects to a VMM's QMP socket (waiting for it to appear) and negotiates capabilities. */
 export async function qmpConnect(p: VmmProc, ms = 30_000): Promise<QmpClient> {
   await waitUntil(`QMP socket ${p.qmp}`, () => fs.existsSync(p.qmp), ms);

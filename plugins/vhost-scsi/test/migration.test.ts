@@ -5,7 +5,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { checkScsiLoopImage, migrateAndWait, QmpClient, qmpConnect, startVmm, VmmProc, waitUntil } from '@tsvmm/testing';
+import { checkScsiLoopImage, migrateAndWait, QmpClient, qmpConnect, startVmm, VmmProc, waitGuestHolding, waitUntil } from '@tsvmm/testing';
 import { Backend, image, requireBuilt, startBackend, tmp, uniq } from './harness';
 
 // No delay between rounds: the back-end writes guest memory all through the migration.
@@ -74,7 +74,7 @@ describeKvm('vhost-scsi,backend=user live migration', () => {
     expect(st['device-info'].dirtyPages).toBeGreaterThan(0);
     expect(sa.rings.every((x) => !x.started)).toBe(true);
 
-    await waitUntil('destination PASS', () => dst.out().includes('guest-kit: holding'), 60_000);
+    await waitGuestHolding(dst, 'destination PASS');
     expect(dst.out()).toContain(`mig-scsi-loop done rounds=${ROUNDS}`);
     expect(src.out()).not.toContain('mig-scsi-loop done');
     const sb = await b.stats();
@@ -102,7 +102,7 @@ describeKvm('vhost-scsi,backend=user live migration', () => {
     const r = await s.execute('migrate', { uri: `unix:${path.join(tmp, `nobody-${uniq()}.sock`)}` });
     expect('error' in r && (r.error as { desc: string }).desc).toMatch(/vs0.*VHOST_USER_PROTOCOL_F_LOG_SHMFD/);
     expect(await s.run('query-status')).toMatchObject({ status: 'running' });
-    await waitUntil('guest PASS', () => src.out().includes('guest-kit: holding'), 60_000);
+    await waitGuestHolding(src, 'guest PASS');
     expect(src.out()).toContain(`mig-scsi-loop done rounds=${ROUNDS}`);
     checkScsiLoopImage(disk, { rounds: ROUNDS, blocks: 4 });
   }, 120_000);

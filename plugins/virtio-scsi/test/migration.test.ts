@@ -4,7 +4,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { checkScsiLoopImage, migrateAndWait, QmpClient, qmpConnect, startVmm, VmmProc, waitUntil } from '@tsvmm/testing';
+import { checkScsiLoopImage, migrateAndWait, QmpClient, qmpConnect, startVmm, VmmProc, waitGuestHolding, waitUntil } from '@tsvmm/testing';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'virtio-scsi-mig-'));
 const uniq = () => Math.random().toString(36).slice(2, 8);
@@ -65,7 +65,7 @@ describeKvm('virtio-scsi migration', () => {
     expect(r).toMatchObject({ status: 'completed' });
     console.log(`virtio-scsi live migration: total ${Date.now() - t0} ms, downtime ${String(r.downtime)} ms`);
     expect(await s.run('query-status')).toMatchObject({ status: 'paused' });
-    await waitUntil('destination PASS', () => dst.out().includes('guest-kit: holding'), 60_000);
+    await waitGuestHolding(dst, 'destination PASS');
     expect(dst.out()).toContain(`mig-scsi-loop done rounds=${ROUNDS}`);
     expect(src.out()).not.toContain('mig-scsi-loop done');
     const d = await client(dst);
@@ -90,7 +90,7 @@ describeKvm('virtio-scsi migration', () => {
     src.proc.kill('SIGKILL');
     await src.exited;
     const dst = vmm([...devices(disk), '--cmdline', LOOP, '--restore', snap]);
-    await waitUntil('restored PASS', () => dst.out().includes('guest-kit: holding'), 60_000);
+    await waitGuestHolding(dst, 'restored PASS');
     expect(dst.out()).toContain(`mig-scsi-loop done rounds=${ROUNDS}`);
     const d = await client(dst);
     expect(sw + (await lunWrites(d))).toBe(ROUNDS);
