@@ -63,7 +63,7 @@ export class VhostScsiDevice extends VirtioDevice {
   private readonly config = new Uint8Array(S.SIZEOF_virtio_scsi_config);
   readonly stats = { starts: 0, stops: 0, disconnects: 0, forwardedKicks: 0, errors: 0, dirtyPages: 0 };
   /** Migration: the dirty log shared with the backend (startDirtyLog .. stopDirtyLog). */
-  private dirtyLog: { fd: number; size: number; reader: DirtyLogReader } | undefined;
+  private dirtyLog: { fd: number; size: number; hostAddress: bigint; reader: DirtyLogReader } | undefined;
   lastError: string | undefined;
 
   constructor(
@@ -180,7 +180,7 @@ export class VhostScsiDevice extends VirtioDevice {
         throw new Error(`the ${b.description} serves ${b.maxQueues} rings; this adapter has ${this.queues.length}`);
       b.setFeatures(this.backendFeatures);
       b.setMemTable(this.regions());
-      if (this.dirtyLog) b.setLogBase(this.dirtyLog.fd, this.dirtyLog.size);
+      if (this.dirtyLog) b.setLogBase(this.dirtyLog);
       const kicks: (EventFd | undefined)[] = [];
       for (const q of this.queues) {
         const i = q.index;
@@ -238,16 +238,21 @@ export class VhostScsiDevice extends VirtioDevice {
     const end = Math.max(...this.opts.regions().map((r) => Number(r.guestPhysAddr) + r.size));
     const size = logSizeFor(end);
     const m = createSharedMemory(`${this.id}-dirty-log`, size);
-    this.dirtyLog = { fd: m.fd, size, reader: new DirtyLogReader(new Uint8Array(m.buffer)) };
+    this.dirtyLog = { fd: m.fd, size, hostAddress: m.address, reader: new DirtyLogReader(new Uint8Array(m.buffer)) };
     if (!this.started) return;
     try {
-      this.backend.setLogBase(m.fd, size);
+      this.backend.setLogBase(this.dirtyLog);
       this.backend.setFeatures(this.backendFeatures);
       for (const q of this.queues) if (q.ready) this.backend.setVringAddr(q.index, this.vringAddresses(q));
     } catch (e) {
       this.dropDirtyLog();
       throw new Error(`${this.id}: starting the dirty log failed: ${(e as Error).message}`);
     }
+  }
+
+  /** The VMM's view of the dirty log while one is set up (introspection and tests: what the backend marks). */
+  get dirtyLogBitmap(): Uint8Array | undefined {
+    return this.dirtyLog?.reader.bitmap;
   }
 
   /** Guest page numbers the backend wrote since the last call (fetched and cleared atomically). */

@@ -33,8 +33,12 @@ export interface VhostBackend {
    * VHOST_USER_PROTOCOL_F_LOG_SHMFD agreed).
    */
   readonly dirtyLogUnsupported: string | undefined;
-  /** Hands the backend the dirty log: a memfd of `size` bytes (one bit per 4 KiB guest page from address 0). */
-  setLogBase(fd: number, size: number): void;
+  /**
+   * Hands the backend the dirty log: `size` bytes (one bit per 4 KiB guest
+   * page from address 0) in a memfd (`fd`, for a vhost-user back-end), mapped
+   * in the VMM at `hostAddress` (what the kernel writes through).
+   */
+  setLogBase(log: { fd: number; size: number; hostAddress: bigint }): void;
   /** Whether rings need SET_VRING_ENABLE (vhost-user with protocol features). */
   readonly needsEnable: boolean;
   setFeatures(features: bigint): void;

@@ -37,8 +37,8 @@ export class VhostUserBackend implements VhostBackend {
     return undefined;
   }
 
-  setLogBase(fd: number, size: number): void {
-    this.f.setLogBase(fd, size, 0);
+  setLogBase(log: { fd: number; size: number }): void {
+    this.f.setLogBase(log.fd, log.size, 0);
   }
 
   connect(): bigint {
