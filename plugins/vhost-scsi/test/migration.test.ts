@@ -93,6 +93,27 @@ describeKvm('vhost-scsi,backend=user live migration', () => {
     expect(q.vhost).toMatchObject({ started: true, notifier: 'backend' });
   }, 150_000);
 
+  it('snapshot mid-loop with back-end A, restore in a new VMM on back-end B: the restored guest finishes, every round once', async () => {
+    const disk = image(4 << 20);
+    const a = await backend(disk);
+    const b = await backend(disk);
+    const snap = path.join(tmp, `vm-${uniq()}.snap`);
+    const dev = (sock: string) => ['--device', `vhost-scsi,id=vs0,backend=user,socket=${sock}`, '--cmdline', LOOP];
+    const src = vmm(dev(a.socket));
+    await waitUntil('source progress', () => /mig-scsi-loop progress i=30\b/.test(src.out()), 60_000);
+    const s = await client(src);
+    await s.run('x-snapshot-save', { file: snap });
+    const wa = await lunWrites(a);
+    src.proc.kill('SIGKILL');
+    await src.exited;
+    const dst = vmm([...dev(b.socket), '--restore', snap]);
+    await waitGuestHolding(dst, 'restored PASS');
+    expect(dst.out()).toContain(`mig-scsi-loop done rounds=${ROUNDS}`);
+    expect((await b.stats()).rings[2].kicks).toBeGreaterThan(0);
+    expect(wa + (await lunWrites(b))).toBe(ROUNDS);
+    checkScsiLoopImage(disk, { rounds: ROUNDS, blocks: 4 });
+  }, 120_000);
+
   it('a back-end without LOG_SHMFD: migrate is refused naming the device and the feature; the guest keeps running', async () => {
     const disk = image(4 << 20);
     const a = await backend(disk, ['--no-log-shmfd']);
