@@ -131,10 +131,18 @@ export class VhostScsiDevice extends VirtioDevice {
 
   /** A kick reached the VMM (exit path, or the VMM standing in during fault injection): pass it on. */
   protected processQueue(q: SplitVirtqueue): void {
-    if (!this.started) return;
+    if (!this.started) {
+      // No backend owns the ring yet (e.g. the one kick per queue after a restore, which the
+      // transport sends as the VM resumes, just before the rings are handed over): it goes to
+      // the backend at the next start, so nothing published before the handover waits unseen.
+      this.kickedBeforeStart.add(q.index);
+      return;
+    }
     this.stats.forwardedKicks++;
     this.kicks[q.index].write(1);
   }
+
+  private readonly kickedBeforeStart = new Set<number>();
 
   protected override onActivate(): void {
     if (this.running) this.start();
@@ -142,6 +150,7 @@ export class VhostScsiDevice extends VirtioDevice {
 
   protected override onReset(): void {
     this.stop();
+    this.kickedBeforeStart.clear();
     // Stale kicks must not reach the next backend session.
     for (const k of this.kicks) k.read();
     this.vringBase.fill(0);
@@ -201,6 +210,8 @@ export class VhostScsiDevice extends VirtioDevice {
       this.started = true;
       this.stats.starts++;
       this.transport.setBackendKicks(kicks);
+      for (const i of this.kickedBeforeStart) if (kicks[i]) kicks[i]!.write(1);
+      this.kickedBeforeStart.clear();
       this.transport.onCallEventFdChanged = (i) => this.callChanged(i);
     } catch (e) {
       this.backendFailed((e as Error).message);

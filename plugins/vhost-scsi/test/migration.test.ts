@@ -47,12 +47,12 @@ describeKvm('vhost-scsi,backend=user live migration', () => {
     for (const b of backends.splice(0)) await b.stop();
   });
 
-  it('moves a guest writing a LUN in a loop from back-end A to back-end B: every round lands exactly once, B serves kicks after the switch', async () => {
+  it.each(['on', 'off'])('moves a guest writing a LUN in a loop from back-end A to back-end B (ioeventfd=%s): every round lands exactly once, B serves kicks after the switch', async (ioeventfd) => {
     const disk = image(4 << 20);
     const a = await backend(disk);
     const b = await backend(disk);
     const incoming = path.join(tmp, `in-${uniq()}.sock`);
-    const dev = (sock: string) => ['--device', `vhost-scsi,id=vs0,backend=user,socket=${sock}`, '--cmdline', LOOP];
+    const dev = (sock: string) => ['--device', `vhost-scsi,id=vs0,backend=user,socket=${sock},ioeventfd=${ioeventfd}`, '--cmdline', LOOP];
     const dst = vmm([...dev(b.socket), '--incoming', `unix:${incoming}`]);
     const src = vmm(dev(a.socket));
     await waitUntil('source progress', () => /mig-scsi-loop progress i=20\b/.test(src.out()), 60_000);
@@ -81,6 +81,9 @@ describeKvm('vhost-scsi,backend=user live migration', () => {
     expect(sb.connections).toBe(1);
     expect(sb.rings[2].started).toBe(true);
     expect(sb.rings[2].kicks).toBeGreaterThan(0); // the destination's guest kicks reach B's kick eventfd
+    // The control queue is never kicked by this guest after its set-up on the source: B's kick there
+    // is the one kick per queue sent on resume after the restore.
+    expect(sb.rings[0].kicks).toBeGreaterThanOrEqual(1);
     expect(sb.rings[2].calls).toBeGreaterThan(0);
     // Exactly once: one WRITE per round, done by A or by B.
     const [wa, wb] = [await lunWrites(a), await lunWrites(b)];
@@ -90,7 +93,7 @@ describeKvm('vhost-scsi,backend=user live migration', () => {
     checkScsiLoopImage(disk, { rounds: ROUNDS, blocks: 4 });
     const d = await client(dst);
     const q = (await d.run('x-query-virtio-queue-status', { path: 'vs0', queue: 2 })) as { vhost: { notifier: string; started: boolean } };
-    expect(q.vhost).toMatchObject({ started: true, notifier: 'backend' });
+    expect(q.vhost).toMatchObject({ started: true, notifier: ioeventfd === 'on' ? 'backend' : 'exit' });
   }, 150_000);
 
   it('snapshot mid-loop with back-end A, restore in a new VMM on back-end B: the restored guest finishes, every round once', async () => {
