@@ -18,11 +18,12 @@ import { MAX_LUN } from '@tsvmm/virtio-scsi-core';
 import { VhostUserScsiServer } from './server';
 
 export const USAGE = `usage: vhost-user-scsi --socket PATH --lun N:file=IMG[,readonly=on][,serial=S][,logical-block-size=512|4096] ...
-                       [--num-queues N] [--control PATH] [--verbose]
+                       [--num-queues N] [--control PATH] [--no-log-shmfd] [--verbose]
   --socket      unix socket to listen on for the front-end (the VMM connects to it)
   --lun         a SCSI disk on target 0, LUN N (repeatable)
   --num-queues  request queues offered (default 1, at most 16)
   --control     unix socket answering "stats" and "quit" with one JSON line each
+  --no-log-shmfd  do not offer VHOST_USER_PROTOCOL_F_LOG_SHMFD (no dirty logging: the VMM refuses to migrate)
   --verbose     log every vhost-user request
 `;
 
@@ -40,6 +41,8 @@ export interface Args {
   numQueues: number;
   luns: LunArg[];
   verbose: boolean;
+  /** Offer VHOST_USER_PROTOCOL_F_LOG_SHMFD and VHOST_F_LOG_ALL (default; --no-log-shmfd turns it off). */
+  logShmfd: boolean;
 }
 
 export class UsageError extends Error {}
@@ -49,6 +52,7 @@ export function parseArgs(argv: string[]): Args {
   let control: string | undefined;
   let numQueues = 1;
   let verbose = false;
+  let logShmfd = true;
   const luns: LunArg[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -64,6 +68,7 @@ export function parseArgs(argv: string[]): Args {
       if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > 16) throw new UsageError('--num-queues must be 1..16');
     } else if (a === '--lun') luns.push(parseLun(val()));
     else if (a === '--verbose') verbose = true;
+    else if (a === '--no-log-shmfd') logShmfd = false;
     else if (a === '--help' || a === '-h') throw new UsageError('');
     else throw new UsageError(`unknown argument '${a}'`);
   }
@@ -74,7 +79,7 @@ export function parseArgs(argv: string[]): Args {
     if (seen.has(l.lun)) throw new UsageError(`--lun ${l.lun} given twice`);
     seen.add(l.lun);
   }
-  return { socket, control, numQueues, luns, verbose };
+  return { socket, control, numQueues, luns, verbose, logShmfd };
 }
 
 function parseLun(s: string): LunArg {
@@ -136,7 +141,7 @@ export async function main(argv: string[]): Promise<number> {
     return e.message ? 2 : 0;
   }
   for (const p of [args.socket, args.control]) if (p && fs.existsSync(p)) fs.unlinkSync(p);
-  const server = new VhostUserScsiServer({ socketPath: args.socket, target, numQueues: args.numQueues, log, verbose: args.verbose });
+  const server = new VhostUserScsiServer({ socketPath: args.socket, target, numQueues: args.numQueues, log, verbose: args.verbose, logShmfd: args.logShmfd });
   server.listen();
   let control: net.Server | undefined;
   let finish: (code: number) => void = () => undefined;

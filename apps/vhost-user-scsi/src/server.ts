@@ -15,7 +15,7 @@ import {
 import { ScsiTarget } from '@tsvmm/scsi';
 import { GuestMemory, SplitVirtqueue, virtioUapi as V } from '@tsvmm/virtio-core';
 import {
-  decodeHeader, decodeMemTable, decodeVringAddr, decodeVringState, encodeMessage, encodeVringState, FLAG_NEED_REPLY, FLAG_REPLY,
+  decodeHeader, decodeLogDescription, decodeMemTable, decodeVringAddr, DirtyLogWriter, VHOST_F_LOG_ALL, VHOST_VRING_F_LOG, decodeVringState, encodeMessage, encodeVringState, FLAG_NEED_REPLY, FLAG_REPLY,
   HEADER_SIZE, MAX_MEM_REGIONS, MAX_PAYLOAD, MemRegion, readU64, requestName, u64Payload, VhostUserProtocolFeature as PF,
   VhostUserRequest as R, VHOST_USER_F_PROTOCOL_FEATURES, VRING_IDX_MASK, VRING_NOFD_MASK,
 } from '@tsvmm/vhost-user';
@@ -25,13 +25,31 @@ const bit = (n: number) => 1n << BigInt(n);
 /** What this back-end offers: VERSION_1, INDIRECT_DESC, EVENT_IDX, and the vhost-user protocol features. */
 export const BACKEND_FEATURES = bit(V.VIRTIO_F_VERSION_1) | bit(V.VIRTIO_RING_F_INDIRECT_DESC) | bit(V.VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
 export const BACKEND_PROTOCOL_FEATURES = bit(PF.MQ) | bit(PF.REPLY_ACK);
+/** With dirty logging (the default): VHOST_F_LOG_ALL and VHOST_USER_PROTOCOL_F_LOG_SHMFD on top. */
+export const LOGGING_FEATURES = bit(VHOST_F_LOG_ALL);
+export const LOGGING_PROTOCOL_FEATURES = bit(PF.LOG_SHMFD);
+/** Largest dirty log accepted: 1 GiB of bitmap covers 32 TiB of guest-physical space. */
+const MAX_LOG_BYTES = 1 << 30;
 const ALL_STATUS = V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK;
 
-/** The device model with a way to look at a ring without a kick (ring start). */
+/** The device model with a way to look at a ring without a kick (ring start), and used-ring logging. */
 class BackendScsiDevice extends VirtioScsiDevice {
+  /** Set while the front-end logs a ring's used-ring writes (VHOST_VRING_F_LOG): called after each write to it. */
+  usedWritten: ((q: SplitVirtqueue) => void) | undefined;
+
   poll(i: number): void {
     const q = this.queues[i];
     if (this.canProcess && q.active) this.processQueue(q);
+  }
+
+  protected override processQueue(q: SplitVirtqueue): void {
+    super.processQueue(q);
+    this.usedWritten?.(q); // notification suppression (flags, avail_event) lives in the used ring
+  }
+
+  protected override pushUsed(q: SplitVirtqueue, head: number, len: number): void {
+    super.pushUsed(q, head, len);
+    this.usedWritten?.(q);
   }
 }
 
@@ -43,6 +61,8 @@ export interface RingCounters {
 }
 
 interface Ring {
+  /** VHOST_VRING_F_LOG: log used-ring writes with this guest address as the ring's start. */
+  logUsedAt?: bigint;
   num?: number;
   base: number;
   addr?: { desc: bigint; used: bigint; avail: bigint };
@@ -65,6 +85,8 @@ export interface ServerOptions {
   log(message: string): void;
   /** Log every request (--verbose). */
   verbose?: boolean;
+  /** Offer dirty logging (VHOST_USER_PROTOCOL_F_LOG_SHMFD, VHOST_F_LOG_ALL); default true. */
+  logShmfd?: boolean;
 }
 
 class RequestFailed extends Error {}
@@ -72,12 +94,19 @@ class RequestFailed extends Error {}
 export class VhostUserScsiServer {
   readonly counters: RingCounters[];
   connections = 0;
+  readonly features: bigint;
+  readonly protocolFeatures: bigint;
+  /** Dirty logging, for the control socket: ranges marked, logs mapped. */
+  readonly logStats = { marks: 0, logBases: 0 };
   private listener: UnixListener | undefined;
   private listenWatch: FdWatch | undefined;
   private conn: Connection | undefined;
 
   constructor(readonly opts: ServerOptions) {
     this.counters = Array.from({ length: REQUEST_QUEUE_BASE + opts.numQueues }, () => ({ kicks: 0, calls: 0 }));
+    const log = opts.logShmfd !== false;
+    this.features = BACKEND_FEATURES | (log ? LOGGING_FEATURES : 0n);
+    this.protocolFeatures = BACKEND_PROTOCOL_FEATURES | (log ? LOGGING_PROTOCOL_FEATURES : 0n);
   }
 
   listen(): void {
@@ -116,6 +145,7 @@ export class VhostUserScsiServer {
       connections: this.connections,
       rings: this.counters.map((c, i) => ({ index: i, ...c, ...(this.conn?.ringInfo(i) ?? { started: false }) })),
       device: this.conn?.deviceInfo() ?? null,
+      'dirty-log': { offered: (this.protocolFeatures & LOGGING_PROTOCOL_FEATURES) !== 0n, active: this.conn?.logging ?? false, ...this.logStats },
     };
   }
 
@@ -138,6 +168,8 @@ class Connection {
   private readonly rings: Ring[];
   private busy = false;
   private ended = false;
+  /** The front-end's dirty log (SET_LOG_BASE), written while VHOST_F_LOG_ALL is negotiated. */
+  private log: DirtyLogWriter | undefined;
 
   constructor(
     private readonly server: VhostUserScsiServer,
@@ -149,8 +181,30 @@ class Connection {
     this.watch.start();
   }
 
-  private get log() {
+  private get say() {
     return this.server.opts.log;
+  }
+
+  /** VHOST_F_LOG_ALL negotiated and a log given: every guest write is logged. */
+  get logging(): boolean {
+    return this.log !== undefined && (this.features & bit(VHOST_F_LOG_ALL)) !== 0n;
+  }
+
+  /** Points the device model's memory and used rings at the log, or takes them off it. */
+  private applyLogging(): void {
+    const dev = this.dev;
+    if (!dev) return;
+    const log = this.logging ? this.log : undefined;
+    const stats = this.server.logStats;
+    dev.memory.setTouchObserver(log ? (a, l) => (stats.marks++, log.mark(a, l)) : undefined);
+    dev.usedWritten = log
+      ? (q) => {
+          const at = this.rings[q.index]?.logUsedAt;
+          if (at === undefined) return;
+          stats.marks++;
+          log.mark(Number(at), 6 + 8 * q.size); // flags, idx, ring[size], avail_event
+        }
+      : undefined;
   }
 
   private get protocolFeaturesOn(): boolean {
@@ -181,7 +235,7 @@ class Connection {
       const hdr = decodeHeader(h.data);
       if (hdr.size > MAX_PAYLOAD) throw new Error(`${requestName(hdr.request)} with a ${hdr.size}-byte payload`);
       const payload = hdr.size ? this.socket.recvExact(hdr.size, 1000).data : new Uint8Array(0);
-      if (this.server.opts.verbose) this.log(`<- ${requestName(hdr.request)} flags=0x${hdr.flags.toString(16)} size=${hdr.size} fds=${fds.length} ${Buffer.from(payload.subarray(0, 16)).toString('hex')}`);
+      if (this.server.opts.verbose) this.say(`<- ${requestName(hdr.request)} flags=0x${hdr.flags.toString(16)} size=${hdr.size} fds=${fds.length} ${Buffer.from(payload.subarray(0, 16)).toString('hex')}`);
       let reply: Uint8Array | undefined;
       let ok = true;
       try {
@@ -189,7 +243,7 @@ class Connection {
         fds = [];
       } catch (e) {
         if (!(e instanceof RequestFailed)) throw e;
-        this.log(`${requestName(hdr.request)} refused: ${e.message}`);
+        this.say(`${requestName(hdr.request)} refused: ${e.message}`);
         ok = false;
         closeFds(fds);
         fds = [];
@@ -216,16 +270,18 @@ class Connection {
       return r;
     };
     switch (req) {
-      case R.GET_FEATURES: return u64Payload(BACKEND_FEATURES);
+      case R.GET_FEATURES: return u64Payload(this.server.features);
       case R.SET_FEATURES: {
         const f = readU64(p);
-        if (f & ~BACKEND_FEATURES) throw new RequestFailed(`features 0x${f.toString(16)} include ones never offered`);
+        if (f & ~this.server.features) throw new RequestFailed(`features 0x${f.toString(16)} include ones never offered`);
         this.features = f;
-        if (this.dev) this.dev.driverFeatures = f & ~bit(VHOST_USER_F_PROTOCOL_FEATURES);
+        if (this.dev) this.dev.driverFeatures = f & ~bit(VHOST_USER_F_PROTOCOL_FEATURES) & ~bit(VHOST_F_LOG_ALL);
+        this.applyLogging();
         return undefined;
       }
-      case R.GET_PROTOCOL_FEATURES: return u64Payload(BACKEND_PROTOCOL_FEATURES);
-      case R.SET_PROTOCOL_FEATURES: this.protocolFeatures = readU64(p) & BACKEND_PROTOCOL_FEATURES; return undefined;
+      case R.GET_PROTOCOL_FEATURES: return u64Payload(this.server.protocolFeatures);
+      case R.SET_PROTOCOL_FEATURES: this.protocolFeatures = readU64(p) & this.server.protocolFeatures; return undefined;
+      case R.SET_LOG_BASE: return this.setLogBase(p, fds);
       case R.GET_QUEUE_NUM: return u64Payload(BigInt(this.rings.length));
       case R.SET_OWNER: return undefined;
       case R.RESET_OWNER: await this.stopAll(); return undefined;
@@ -244,7 +300,10 @@ class Connection {
       }
       case R.SET_VRING_ADDR: {
         const a = decodeVringAddr(p);
-        ring(a.index).addr = { desc: a.desc, used: a.used, avail: a.avail };
+        const r = ring(a.index);
+        r.addr = { desc: a.desc, used: a.used, avail: a.avail };
+        // May come while the ring runs (the front-end turns used-ring logging on or off): takes effect at once.
+        r.logUsedAt = a.flags & (1 << VHOST_VRING_F_LOG) ? a.log : undefined;
         return undefined;
       }
       case R.SET_VRING_KICK:
@@ -290,6 +349,41 @@ class Connection {
     }
   }
 
+  /**
+   * SET_LOG_BASE (LOG_SHMFD): maps the front-end's log (its fd, mmap_size
+   * and mmap_offset) and answers with a u64: 0, or 1 when it cannot be used
+   * (the request is then refused without breaking the connection).
+   */
+  private setLogBase(p: Uint8Array, fds: number[]): Uint8Array {
+    const fail = (why: string) => {
+      closeFds(fds);
+      this.say(`SET_LOG_BASE refused: ${why}`);
+      return u64Payload(1n);
+    };
+    if (!(this.protocolFeatures & bit(PF.LOG_SHMFD))) return fail('VHOST_USER_PROTOCOL_F_LOG_SHMFD was not negotiated');
+    if (fds.length !== 1) return fail(`it came with ${fds.length} fds (need 1)`);
+    let d;
+    try {
+      d = decodeLogDescription(p);
+    } catch (e) {
+      return fail((e as Error).message);
+    }
+    if (d.mmapSize === 0n || d.mmapSize > BigInt(MAX_LOG_BYTES) || d.mmapSize % 8n !== 0n) return fail(`log size ${d.mmapSize} is not a multiple of 8 in 8..${MAX_LOG_BYTES}`);
+    if (d.mmapOffset % 4096n !== 0n) return fail(`log offset ${d.mmapOffset} is not page-aligned`);
+    let bytes: Uint8Array;
+    try {
+      bytes = new Uint8Array(mapSharedFd(fds[0], Number(d.mmapSize), Number(d.mmapOffset)).buffer);
+    } catch (e) {
+      return fail(`mapping the log failed: ${(e as Error).message}`);
+    }
+    closeFds(fds); // the mapping keeps the log
+    this.log = new DirtyLogWriter(bytes);
+    this.server.logStats.logBases++;
+    this.say(`dirty log: ${d.mmapSize} bytes (${this.log.pages} pages)`);
+    this.applyLogging();
+    return u64Payload(0n);
+  }
+
   private setMemTable(regions: MemRegion[], fds: number[]): void {
     if (fds.length !== regions.length) {
       closeFds(fds);
@@ -308,17 +402,18 @@ class Connection {
     }
     this.memory = mapped;
     const mem = new GuestMemory(mapped.map((m) => ({ guestPhysAddr: Number(m.guestPhysAddr), bytes: m.bytes })));
-    this.log(`memory table: ${mapped.map((m) => `[0x${m.guestPhysAddr.toString(16)}, +0x${m.size.toString(16)})`).join(' ')}`);
+    this.say(`memory table: ${mapped.map((m) => `[0x${m.guestPhysAddr.toString(16)}, +0x${m.size.toString(16)})`).join(' ')}`);
     if (this.dev && this.rings.some((r) => r.started)) {
       // The front-end's memory map changed under running rings (QEMU re-sends it as its address space
       // changes): the rings move onto the new mappings, in-flight commands keep the old ones (same memfds).
       this.dev.replaceMemory(mem);
+      this.applyLogging();
       return;
     }
     const dev = new BackendScsiDevice(mem, {
-      id: 'vhost-user-scsi', numQueues: this.rings.length - REQUEST_QUEUE_BASE, target: this.server.opts.target, log: this.log,
+      id: 'vhost-user-scsi', numQueues: this.rings.length - REQUEST_QUEUE_BASE, target: this.server.opts.target, log: this.say,
     });
-    dev.driverFeatures = this.features & ~bit(VHOST_USER_F_PROTOCOL_FEATURES);
+    dev.driverFeatures = this.features & ~bit(VHOST_USER_F_PROTOCOL_FEATURES) & ~bit(VHOST_F_LOG_ALL);
     dev.status = ALL_STATUS;
     dev.interrupt = {
       signalQueue: (q) => {
@@ -333,6 +428,7 @@ class Connection {
       },
     };
     this.dev = dev;
+    this.applyLogging();
   }
 
   /** Front-end virtual address to guest-physical, through the memory table. */
@@ -367,7 +463,7 @@ class Connection {
       this.server.counters[i].kicks += Number(n);
       dev.notify(i, 'ioeventfd');
     });
-    this.log(`ring ${i} started: size ${r.num}, base ${r.base}`);
+    this.say(`ring ${i} started: size ${r.num}, base ${r.base}`);
     dev.poll(i); // buffers made available before the ring (re)started
   }
 
@@ -376,17 +472,23 @@ class Connection {
     const q = this.dev?.queues[i];
     r.kick?.unwatch();
     if (r.started && q) r.base = q.lastAvailIdx;
-    if (r.started) this.log(`ring ${i} stopped at ${r.base}`);
+    if (r.started) this.say(`ring ${i} stopped at ${r.base}`);
     r.started = false;
     q?.reset();
     return r.base;
   }
 
-  /** GET_VRING_BASE: in-flight commands finish (and their used entries are signalled) before the ring stops. */
+  /**
+   * GET_VRING_BASE: the ring takes no more kicks (buffers made available
+   * after this are left for whoever starts the ring next), the commands in
+   * flight finish and their used entries are signalled, then the ring stops
+   * at an index that counts exactly the requests answered.
+   */
   private async stopRingDrained(i: number): Promise<number> {
-    if (this.rings[i].started && this.dev) {
+    const r = this.rings[i];
+    if (r.started && this.dev) {
+      r.kick?.unwatch();
       await this.dev.drain();
-      await new Promise((res) => setImmediate(res)); // completions batched for one interrupt go out first
     }
     return this.stopRing(i);
   }
@@ -398,7 +500,7 @@ class Connection {
   end(why: string): void {
     if (this.ended) return;
     this.ended = true;
-    this.log(`connection ended: ${why}`);
+    this.say(`connection ended: ${why}`);
     this.watch.close();
     for (let i = 0; i < this.rings.length; i++) {
       this.stopRing(i);
@@ -409,6 +511,7 @@ class Connection {
       r.kick = r.call = r.err = undefined;
     }
     this.dev = undefined;
+    this.log = undefined;
     this.memory = [];
     this.socket.close();
     this.onEnd();

@@ -5,12 +5,13 @@ import * as path from 'path';
 import * as zlib from 'zlib';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
 import { PLUGIN_API_VERSION } from '@tsvmm/pci';
-import { checkMigLoopImage, migLoopImage, migrateAndWait, qmpSession, QmpClient, uniq, until, VmmFleet } from '@tsvmm/testing';
+import { checkMigLoopImage, migLoopImage, migrateAndWait, qmpConnect, QmpClient, uniq, VmmFleet, waitUntil } from '@tsvmm/testing';
 
 const fleet = new VmmFleet('vmm-mig-');
 const tmp = fleet.tmp;
 const vmm = (args: string[], wrap?: string[]) => fleet.start(args, wrap);
-const client = qmpSession;
+const client = qmpConnect;
+const until = waitUntil;
 const image = () => migLoopImage(fleet);
 const checkImage = checkMigLoopImage;
 

@@ -114,6 +114,54 @@ Napi::Value AddressOf(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(env, p);
 }
 
+// u64 words of a TypedArray (8-byte aligned), for bitmaps shared with another
+// process through a MAP_SHARED mapping (the vhost dirty log). JS Atomics are
+// only defined on SharedArrayBuffers; these use the compiler's atomic builtins.
+uint64_t* wordsOf(Napi::Env env, const Napi::Value& v, size_t* count) {
+  if (!v.IsTypedArray()) throw Napi::TypeError::New(env, "bitmap must be a TypedArray");
+  auto ta = v.As<Napi::TypedArray>();
+  auto* p = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  if (reinterpret_cast<uintptr_t>(p) % 8 != 0 || ta.ByteLength() % 8 != 0)
+    throw Napi::RangeError::New(env, "bitmap must be 8-byte aligned and a multiple of 8 bytes long");
+  *count = ta.ByteLength() / 8;
+  return reinterpret_cast<uint64_t*>(p);
+}
+
+// atomicOr64(bitmap, wordIndex, mask: bigint): atomic OR of one u64 word.
+Napi::Value AtomicOr64(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  size_t n;
+  uint64_t* w = wordsOf(env, info[0], &n);
+  uint64_t i = argU64(info, 1, "wordIndex");
+  if (i >= n) throw Napi::RangeError::New(env, "wordIndex beyond the bitmap");
+  if (!info[2].IsBigInt()) throw Napi::TypeError::New(env, "mask must be a bigint");
+  bool lossless;
+  uint64_t mask = info[2].As<Napi::BigInt>().Uint64Value(&lossless);
+  __atomic_fetch_or(&w[i], mask, __ATOMIC_SEQ_CST);
+  return env.Undefined();
+}
+
+// atomicFetchClear64(bitmap, out): for every u64 word, out[i] = exchange(bitmap[i], 0).
+// Words that read zero are skipped without a locked operation. Returns the
+// number of non-zero words taken.
+Napi::Value AtomicFetchClear64(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  size_t n, m;
+  uint64_t* w = wordsOf(env, info[0], &n);
+  uint64_t* out = wordsOf(env, info[1], &m);
+  if (m < n) throw Napi::RangeError::New(env, "out is shorter than the bitmap");
+  uint32_t taken = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (__atomic_load_n(&w[i], __ATOMIC_RELAXED) == 0) {
+      out[i] = 0;
+      continue;
+    }
+    out[i] = __atomic_exchange_n(&w[i], 0, __ATOMIC_SEQ_CST);
+    if (out[i]) taken++;
+  }
+  return Napi::Number::New(env, taken);
+}
+
 struct Mapping {
   void* addr;
   size_t size;
@@ -532,6 +580,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("recvFds", Napi::Function::New(env, RecvFds));
   exports.Set("pollIn", Napi::Function::New(env, PollIn));
   exports.Set("dup", Napi::Function::New(env, Dup));
+  exports.Set("atomicOr64", Napi::Function::New(env, AtomicOr64));
+  exports.Set("atomicFetchClear64", Napi::Function::New(env, AtomicFetchClear64));
   exports.Set("FdWatcher", FdWatcher::Init(env));
   exports.Set("VcpuThread", VcpuThread::Init(env));
   exports.Set("kvmRunSize", Napi::Number::New(env, sizeof(kvm_run)));

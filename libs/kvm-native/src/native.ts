@@ -31,6 +31,10 @@ export interface NativeAddon {
   addressOf(view: ArrayBufferView): bigint;
   memfdMap(name: string, size: number | bigint): NativeMapping & { fd: number };
   mmapFd(fd: number, size: number, offset?: number): NativeMapping;
+  /** Atomic OR of u64 word `wordIndex` of an 8-byte-aligned bitmap (e.g. a MAP_SHARED mapping). */
+  atomicOr64(bitmap: ArrayBufferView, wordIndex: number, mask: bigint): void;
+  /** out[i] = atomic exchange(bitmap[i], 0) for every u64 word; returns how many were non-zero. */
+  atomicFetchClear64(bitmap: ArrayBufferView, out: ArrayBufferView): number;
   eventfd(initval?: number, flags?: number): number;
   /** Reads and clears the counter; 0n when it was already zero. */
   eventfdRead(fd: number): bigint;

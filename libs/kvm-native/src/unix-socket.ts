@@ -141,3 +141,19 @@ export function closeFds(fds: readonly number[]): void {
     }
   }
 }
+
+/** A new memfd of `size` bytes, mapped MAP_SHARED read/write (to share with another process by fd). */
+export function createSharedMemory(name: string, size: number): { fd: number; buffer: ArrayBuffer; address: bigint } {
+  checkU64('size', size);
+  return loadNative().memfdMap(name, size);
+}
+
+/** Atomic OR of the u64 word `wordIndex` of an 8-byte-aligned bitmap (safe against another process sharing it). */
+export function atomicOr64(bitmap: Uint8Array | BigUint64Array, wordIndex: number, mask: bigint): void {
+  loadNative().atomicOr64(bitmap, wordIndex, mask);
+}
+
+/** Atomically takes every u64 word of `bitmap` into `out` and clears it; returns how many words were non-zero. */
+export function atomicFetchClear64(bitmap: Uint8Array | BigUint64Array, out: Uint8Array | BigUint64Array): number {
+  return loadNative().atomicFetchClear64(bitmap, out);
+}

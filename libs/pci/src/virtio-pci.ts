@@ -393,10 +393,16 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     });
   }
 
-  /** Why the transport cannot be migrated now, if it cannot. */
+  /**
+   * Why the transport cannot be migrated now, if it cannot: a backend owns
+   * queues (the VMM cannot see what it writes). A device that hands queues to
+   * a backend and logs its writes (vhost-scsi: dirty logging, rings fetched
+   * back with GET_VRING_BASE on stop) answers for itself instead; by the time
+   * saveState runs the VM is stopped and the rings are back.
+   */
   migrationBlocker(): string | undefined {
     if (this.backendKicks.some((k) => k !== undefined) || this.notifiersOwnedByBackend)
-      return `${this.device.id}: queues owned by a vhost backend cannot be migrated yet (the GET_VRING_BASE handover is not implemented)`;
+      return `${this.device.id}: queues owned by a backend cannot be migrated (the device does not log the backend's writes to guest memory)`;
     return undefined;
   }
 

@@ -13,7 +13,7 @@ import { DEFAULT_MODE_STATE, type ModeContext, type ModeState, modeSelect, modeS
 import { abortedResponse, checkConditionResponse, goodResponse, isOverrun, type Offered, offered, overrunResponse, putDataIn } from './respond';
 import { CheckCondition, encodeSense, invalidFieldInCdb, readError, senseName, writeError, writeProtected } from './sense';
 import { firstDifference, gather, sliceViews, totalLength } from './sg';
-import type { ScsiCommand, ScsiLun, ScsiResetReason, ScsiResponse } from './types';
+import type { ScsiCommand, ScsiLun, ScsiLunState, ScsiResetReason, ScsiResponse } from './types';
 
 export interface ScsiDiskOptions {
   backend: BlockBackend;
@@ -157,6 +157,25 @@ export class ScsiDisk implements ScsiLun {
     if (this.pendingUa !== Asc.POWER_ON_RESET) this.pendingUa = UA_FOR_RESET[reason];
     // Mode parameters go back to their defaults (nothing is saved); an I_T nexus loss leaves them.
     if (reason !== 'nexus-reset') this.mode = { ...DEFAULT_MODE_STATE };
+  }
+
+  /** Migration: the pending unit attention and the mode parameters (only what differs from power-on). */
+  saveState(): ScsiLunState {
+    const s: ScsiLunState = { kind: this.kind };
+    if (this.pendingUa !== undefined) s.pendingUnitAttention = this.pendingUa;
+    if (this.mode.dSense !== DEFAULT_MODE_STATE.dSense) s.dSense = this.mode.dSense;
+    return s;
+  }
+
+  /** Migration: absent fields mean the power-on value (no unit attention, default mode pages). */
+  loadState(s: ScsiLunState): void {
+    if (!s || typeof s !== 'object') throw new Error('malformed logical unit state');
+    if (s.kind !== undefined && s.kind !== this.kind) throw new Error(`logical unit state is of kind '${String(s.kind)}', this unit is a ${this.kind}`);
+    const ua = s.pendingUnitAttention;
+    if (ua !== undefined && !(Number.isInteger(ua) && ua > 0 && ua <= 0xffff)) throw new Error(`pendingUnitAttention ${JSON.stringify(ua)} is not an ASC/ASCQ pair`);
+    if (s.dSense !== undefined && typeof s.dSense !== 'boolean') throw new Error(`dSense ${JSON.stringify(s.dSense)} is not a boolean`);
+    this.pendingUa = ua as Asc | undefined;
+    this.mode = { ...DEFAULT_MODE_STATE, ...(s.dSense !== undefined ? { dSense: s.dSense } : {}) };
   }
 
   info(): Record<string, unknown> {

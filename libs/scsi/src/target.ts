@@ -9,7 +9,7 @@ import { standardInquiry } from './inquiry';
 import { reportLuns } from './luns';
 import { abortedResponse, checkConditionResponse, goodResponse, isOverrun, type Offered, offered, overrunResponse, putDataIn } from './respond';
 import { CheckCondition, encodeSense, invalidFieldInCdb, lunNotSupported } from './sense';
-import type { ScsiCommand, ScsiLun, ScsiResponse } from './types';
+import type { ScsiCommand, ScsiLun, ScsiLunState, ScsiResponse } from './types';
 
 export class ScsiTarget {
   private readonly units = new Map<number, ScsiLun>();
@@ -46,6 +46,37 @@ export class ScsiTarget {
   /** Resets every logical unit (each queues its unit attention). */
   reset(reason: 'nexus-reset' | 'power-on'): void {
     for (const unit of this.units.values()) unit.reset(reason);
+  }
+
+  /** Migration: each LUN's state, keyed by LUN number (units without saveState are left out). */
+  saveState(): Record<string, ScsiLunState> {
+    const out: Record<string, ScsiLunState> = {};
+    for (const [lun, unit] of this.units) if (unit.saveState) out[String(lun)] = unit.saveState();
+    return out;
+  }
+
+  /**
+   * Migration: applies saved LUN states. A LUN in the state that is not
+   * attached here is a configuration mismatch; an attached LUN absent from
+   * the state gets the empty state (no unit attention, default mode
+   * parameters: what saveState leaves out). Everything is checked first;
+   * on a refusal nothing changes.
+   */
+  loadState(state: Record<string, ScsiLunState>): void {
+    if (!state || typeof state !== 'object' || Array.isArray(state)) throw new Error('malformed SCSI target state');
+    for (const key of Object.keys(state)) {
+      const unit = /^\d+$/.test(key) ? this.units.get(Number(key)) : undefined;
+      if (!unit) throw new Error(`the migrated state has LUN ${key}, which is not attached here`);
+      if (!unit.loadState) throw new Error(`LUN ${key} (${unit.kind}) cannot load a migrated state`);
+    }
+    const todo = [...this.units].filter(([, u]) => u.loadState).map(([lun, u]) => [u, state[String(lun)] ?? {}] as const);
+    const before = todo.map(([u]) => u.saveState?.());
+    try {
+      for (const [unit, s] of todo) unit.loadState!(s);
+    } catch (e) {
+      todo.forEach(([u], i) => before[i] && u.loadState!(before[i]!));
+      throw e;
+    }
   }
 
   /** Closes and forgets every logical unit. */

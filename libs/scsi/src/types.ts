@@ -47,4 +47,20 @@ export interface ScsiLun {
    * commands it handles for this LUN (REPORT LUNS) in the LUN's sense format.
    */
   readonly descriptorSense?: boolean;
+  /**
+   * Optional, for migration: what the unit holds that an initiator would
+   * notice (pending unit attention, mode parameters MODE SELECT changed), as
+   * JSON. Every field is optional on load: absent means the power-on value.
+   */
+  saveState?(): ScsiLunState;
+  loadState?(state: ScsiLunState): void;
+}
+
+/** A logical unit's migrated state (fields optional: absent = default). */
+export interface ScsiLunState {
+  kind?: string;
+  /** The pending UNIT ATTENTION as ASC << 8 | ASCQ. */
+  pendingUnitAttention?: number;
+  /** Control mode page D_SENSE. */
+  dSense?: boolean;
 }

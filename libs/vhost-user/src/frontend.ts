@@ -7,7 +7,7 @@
  */
 import { SocketClosedError, SocketTimeoutError, UnixSocket } from '@tsvmm/kvm-native';
 import {
-  decodeHeader, decodeVringState, encodeMemTable, encodeMessage, encodeVringAddr, encodeVringState, FLAG_NEED_REPLY, FLAG_REPLY,
+  decodeHeader, decodeVringState, encodeLogDescription, encodeMemTable, encodeMessage, encodeVringAddr, encodeVringState, FLAG_NEED_REPLY, FLAG_REPLY,
   HEADER_SIZE, MAX_PAYLOAD, MemRegion, readU64, requestName, u64Payload, VhostUserProtocolFeature, VhostUserRequest as R,
   VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VRING_NOFD_MASK,
 } from './protocol';
@@ -75,12 +75,29 @@ export class VhostUserFrontend {
     this.backendFeatures = this.getU64(R.GET_FEATURES);
     if (this.protocolFeaturesNegotiated) {
       const offered = this.getU64(R.GET_PROTOCOL_FEATURES);
-      const wanted = (1n << BigInt(VhostUserProtocolFeature.MQ)) | (1n << BigInt(VhostUserProtocolFeature.REPLY_ACK));
+      const wanted = (1n << BigInt(VhostUserProtocolFeature.MQ)) | (1n << BigInt(VhostUserProtocolFeature.REPLY_ACK)) |
+        (1n << BigInt(VhostUserProtocolFeature.LOG_SHMFD));
       this.protocolFeatures = offered & wanted;
       this.send(R.SET_PROTOCOL_FEATURES, u64Payload(this.protocolFeatures));
       if (this.hasProtocol(VhostUserProtocolFeature.MQ)) this.queueNum = Number(this.getU64(R.GET_QUEUE_NUM));
     }
     this.send(R.SET_OWNER);
+  }
+
+  /** The back-end logs its writes into a shared-memory log (VHOST_USER_PROTOCOL_F_LOG_SHMFD agreed): live migration works. */
+  get logShmfd(): boolean {
+    return this.hasProtocol(VhostUserProtocolFeature.LOG_SHMFD);
+  }
+
+  /**
+   * SET_LOG_BASE with LOG_SHMFD: the log's fd travels with the message, its
+   * size and offset in the payload. The back-end answers it (a u64, 0 when
+   * it mapped the log) whether or not REPLY_ACK was agreed.
+   */
+  setLogBase(fd: number, size: number, offset = 0): void {
+    if (!this.logShmfd) throw new VhostUserError('refused', `the vhost-user back-end at ${this.path} does not offer VHOST_USER_PROTOCOL_F_LOG_SHMFD`);
+    const r = this.request(R.SET_LOG_BASE, encodeLogDescription({ mmapSize: BigInt(size), mmapOffset: BigInt(offset) }), [fd], true);
+    if (r.length >= 8 && readU64(r) !== 0n) throw new VhostUserError('refused', `the vhost-user back-end at ${this.path} refused SET_LOG_BASE (could not map the dirty log)`);
   }
 
   setFeatures(features: bigint): void {

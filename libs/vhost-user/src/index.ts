@@ -1,2 +1,3 @@
 export * from './protocol';
 export * from './frontend';
+export * from './dirty-log';

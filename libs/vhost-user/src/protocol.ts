@@ -190,6 +190,28 @@ export function decodeMemTable(p: Uint8Array): MemRegion[] {
   });
 }
 
+/** SET_LOG_BASE payload with LOG_SHMFD: the log's size and its offset in the fd sent with the message. */
+export interface LogDescription {
+  mmapSize: bigint;
+  mmapOffset: bigint;
+}
+
+export const LOG_DESCRIPTION_SIZE = 16;
+
+export function encodeLogDescription(l: LogDescription): Uint8Array {
+  const b = new Uint8Array(LOG_DESCRIPTION_SIZE);
+  const dv = new DataView(b.buffer);
+  dv.setBigUint64(0, l.mmapSize, true);
+  dv.setBigUint64(8, l.mmapOffset, true);
+  return b;
+}
+
+export function decodeLogDescription(p: Uint8Array): LogDescription {
+  if (p.length < LOG_DESCRIPTION_SIZE) throw new VhostUserProtocolError(`log description payload of ${p.length} bytes (need ${LOG_DESCRIPTION_SIZE})`);
+  const dv = new DataView(p.buffer, p.byteOffset, LOG_DESCRIPTION_SIZE);
+  return { mmapSize: dv.getBigUint64(0, true), mmapOffset: dv.getBigUint64(8, true) };
+}
+
 /** A peer broke the protocol (bad sizes, unexpected replies). */
 export class VhostUserProtocolError extends Error {
   constructor(message: string) {

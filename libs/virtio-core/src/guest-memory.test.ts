@@ -35,4 +35,22 @@ describe('GuestMemory', () => {
     expect(() => mem.slice(addr, len)).toThrow(GuestMemoryError);
     expect(mem.checkRange(addr, len)).toBe(false);
   });
+
+  it('touch observer: sees every range handed out or written, and noteWritten ranges (completed asynchronous writes); off when cleared', () => {
+    const m = new GuestMemory([{ guestPhysAddr: 0, bytes: new Uint8Array(0x10000) }]);
+    const seen: [number, number][] = [];
+    m.noteWritten(0x100, 4); // nobody listening: nothing happens
+    m.setTouchObserver((a, l) => seen.push([a, l]));
+    m.slice(0x2000, 16);
+    m.writeU32(0x3004, 7);
+    m.noteWritten(0x5000, 0x2000);
+    m.noteWritten(0x6000, 0); // empty: nothing
+    m.startTracking();
+    m.readU8(0x9000);
+    expect(seen).toEqual([[0x2000, 16], [0x3004, 4], [0x5000, 0x2000], [0x9000, 1]]);
+    expect([...m.stopTracking()]).toEqual([9]);
+    m.setTouchObserver(undefined);
+    m.slice(0x4000, 1);
+    expect(seen).toHaveLength(4);
+  });
 });

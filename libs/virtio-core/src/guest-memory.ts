@@ -52,8 +52,30 @@ export class GuestMemory {
     return t;
   }
 
+  /**
+   * Called with every range handed out or written while set, like the
+   * tracking set (a vhost-user back-end's dirty log: VHOST_F_LOG_ALL). Set
+   * and cleared by its owner; only one.
+   */
+  private observer: ((addr: number, len: number) => void) | undefined;
+
+  setTouchObserver(fn: ((addr: number, len: number) => void) | undefined): void {
+    this.observer = fn;
+  }
+
+  /**
+   * Records that [addr, addr+len) was written through a view handed out
+   * earlier (asynchronous I/O that completed): the tracking set and the
+   * observer see the range again, after the data landed.
+   */
+  noteWritten(addr: number, len: number): void {
+    if ((this.tracked || this.observer) && len > 0) this.mark(addr, len);
+  }
+
   private mark(addr: number, len: number): void {
-    const t = this.tracked!;
+    this.observer?.(addr, len);
+    const t = this.tracked;
+    if (!t) return;
     for (let p = Math.floor(addr / 4096), end = Math.floor((addr + Math.max(len, 1) - 1) / 4096); p <= end; p++) t.add(p);
   }
 
@@ -84,7 +106,7 @@ export class GuestMemory {
   slice(addr: GuestAddress, len: number): Uint8Array {
     const i = this.find(addr, len);
     if (i < 0) throw new GuestMemoryError(addr, len);
-    if (this.tracked) this.mark(addr, len);
+    if (this.tracked || this.observer) this.mark(addr, len);
     const r = this.regions[i];
     const off = addr - r.guestPhysAddr;
     return r.bytes.subarray(off, off + len);
@@ -105,7 +127,7 @@ export class GuestMemory {
   private at(addr: number, len: number): [DataView, number] {
     const i = this.find(addr, len);
     if (i < 0) throw new GuestMemoryError(addr, len);
-    if (this.tracked) this.mark(addr, len);
+    if (this.tracked || this.observer) this.mark(addr, len);
     return [this.views[i], addr - this.regions[i].guestPhysAddr];
   }
 

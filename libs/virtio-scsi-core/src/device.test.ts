@@ -265,4 +265,39 @@ describe('VirtioScsiDevice', () => {
     expect(reqq.takeUsed()).toHaveLength(1);
     expect(irqs).toContain('q2');
   });
+
+  it('migration: drain waits for the command in flight; held-back responses and a unit attention move to a fresh adapter', async () => {
+    const { mem, dev, reqq } = setup();
+    cmdReq(mem, REQ, WRITE10(0, 1));
+    reqq.addChain([{ addr: REQ, len: REQ_LEN }, { addr: DATA, len: 512 }, { addr: RESP, len: RESP_LEN, write: true }]);
+    dev.notify(2);
+    expect(dev.deviceInfo()['in-flight']).toBe(1);
+    expect(() => dev.saveScsiState()).toThrow(/1 requests still in flight \(not drained\)/);
+    await dev.drain();
+    expect(dev.deviceInfo()['in-flight']).toBe(0);
+    expect(dev.saveScsiState()).toBeUndefined(); // nothing beyond the virtio state: the field stays absent
+
+    dev.target.lun(0)!.reset('lun-reset');
+    cmdReq(mem, REQ + 0x100, INQUIRY(36), { tag: 2 });
+    mem.writeU8(RESP + 0x100 + S.OFF_virtio_scsi_cmd_resp_response, 0xee);
+    reqq.addChain([{ addr: REQ + 0x100, len: REQ_LEN }, { addr: RESP + 0x100, len: RESP_LEN, write: true }, { addr: DATA + 0x100, len: 36, write: true }]);
+    dev.notify(2);
+    dev.setDisabled(true);
+    await dev.drain();
+    const saved = JSON.parse(JSON.stringify(dev.saveScsiState()));
+    expect(saved.luns).toEqual({ 0: { kind: 'disk', pendingUnitAttention: 0x2903 } });
+    expect(saved.pendingWrites).toHaveLength(1);
+
+    const other = setup();
+    other.mem.writeU8(RESP + 0x100 + S.OFF_virtio_scsi_cmd_resp_response, 0xee);
+    other.dev.setDisabled(true);
+    other.dev.loadScsiState(saved);
+    expect(other.mem.readU8(RESP + 0x100 + S.OFF_virtio_scsi_cmd_resp_response)).toBe(0xee);
+    other.dev.setDisabled(false); // the held-back response lands on the destination
+    expect(other.mem.readU8(RESP + 0x100 + S.OFF_virtio_scsi_cmd_resp_response)).toBe(S.VIRTIO_SCSI_S_OK);
+    expect(other.dev.target.lun(0)!.info().pendingUnitAttention).toMatch(/29\/03|RESET/);
+    expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: 1 << 30, len: 8 }], bytes: '' }] })).toThrow(/scsi0: held-back response buffer .* is not in guest RAM/);
+    expect(() => other.dev.loadScsiState({ luns: { 3: {} } })).toThrow(/scsi0: the migrated state has LUN 3, which is not attached here/);
+    await settle();
+  });
 });

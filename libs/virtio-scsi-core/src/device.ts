@@ -5,7 +5,7 @@
  * (@tsvmm/scsi), which knows nothing of virtqueues; data moves straight between
  * the image and guest memory.
  */
-import { ScsiResponse, ScsiTarget } from '@tsvmm/scsi';
+import { ScsiLunState, ScsiResponse, ScsiTarget } from '@tsvmm/scsi';
 import { Descriptor, GuestMemory, readConfigImage, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
 import * as S from './generated/virtio-scsi-uapi';
 import { describeScsiChainError, parseCmdRequest, parseControlRequest, ScsiCmdRequest, ScsiControlRequest } from './request';
@@ -43,6 +43,18 @@ export interface ScsiAdapterCounters {
   anQueries: number;
 }
 
+/**
+ * Migration: what the adapter holds beyond VirtioDevice.saveState(). Every
+ * field is optional; absent means what a VMM without it did (no held-back
+ * responses, every LUN in its power-on state).
+ */
+export interface VirtioScsiExtraState {
+  /** Per LUN: pending unit attention, mode parameters (ScsiTarget.saveState). */
+  luns?: Record<string, ScsiLunState>;
+  /** Response bytes held back while bus mastering was off. */
+  pendingWrites?: { bufs: { addr: number; len: number }[]; bytes: string }[];
+}
+
 /** A command handed to the target and not yet answered. */
 interface InFlight {
   queue: SplitVirtqueue;
@@ -59,6 +71,8 @@ export class VirtioScsiDevice extends VirtioDevice {
   readonly scsi: ScsiAdapterCounters = { commands: 0, overruns: 0, badTarget: 0, aborted: 0, tmf: 0, anQueries: 0 };
   private readonly config = new Uint8Array(S.SIZEOF_virtio_scsi_config);
   private readonly inFlight = new Set<InFlight>();
+  /** Control-queue requests (task management waits for the commands it ends) not yet answered. */
+  private controlInFlight = 0;
   /** Bumped on reset: completions of requests from before a reset are dropped. */
   private epoch = 0;
   private readonly signalScheduled = new Set<number>();
@@ -135,7 +149,8 @@ export class VirtioScsiDevice extends VirtioDevice {
         if (q.index === CONTROL_QUEUE) {
           const parsed = parseControlRequest(this.memory, chain);
           if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
-          void this.control(q, parsed.request);
+          this.controlInFlight++;
+          void this.control(q, parsed.request).finally(() => this.controlInFlight--);
         } else {
           const parsed = parseCmdRequest(this.memory, chain, this.cdbSize, this.senseSize);
           if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
@@ -196,6 +211,8 @@ export class VirtioScsiDevice extends VirtioDevice {
       resp[S.OFF_virtio_scsi_cmd_resp_status] = a.result.status;
     } else dv.setUint32(S.OFF_virtio_scsi_cmd_resp_resid, offered, true); // nothing transferred
     resp[S.OFF_virtio_scsi_cmd_resp_response] = a.response;
+    // Data-in landed in views handed out when the command started: record the pages again now (dirty logging).
+    for (const d of req.dataIn) this.memory.noteWritten(d.addr, d.len);
     this.writeResponse(req.response, resp);
     this.pushUsed(q, req.head, req.responseLength + dataBytes);
     this.scheduleSignal(q);
@@ -289,9 +306,52 @@ export class VirtioScsiDevice extends VirtioDevice {
     }
   }
 
-  /** Waits for every command in flight (for an orderly stop). */
+  /**
+   * Waits for every command and control request in flight and for the
+   * batched interrupts of their completions (an orderly stop; migration:
+   * nothing lands in guest memory after this resolves).
+   */
   async drain(): Promise<void> {
-    await Promise.all([...this.inFlight].map((f) => f.done));
+    while (this.inFlight.size > 0 || this.controlInFlight > 0 || this.signalScheduled.size > 0) {
+      if (this.inFlight.size > 0) await Promise.all([...this.inFlight].map((f) => f.done));
+      else await new Promise((r) => setImmediate(r));
+    }
+  }
+
+  /** Migration: the adapter's own fields (taken after drain, with the VM stopped). */
+  saveScsiState(): VirtioScsiExtraState | undefined {
+    if (this.inFlight.size > 0 || this.controlInFlight > 0)
+      throw new Error(`${this.id}: ${this.inFlight.size + this.controlInFlight} requests still in flight (not drained)`);
+    const s: VirtioScsiExtraState = {};
+    const luns = Object.fromEntries(Object.entries(this.target.saveState()).filter(([, v]) => Object.keys(v).some((k) => k !== 'kind')));
+    if (Object.keys(luns).length) s.luns = luns;
+    if (this.pendingWrites.length)
+      s.pendingWrites = this.pendingWrites.map((p) => ({
+        bufs: p.bufs.map((d) => ({ addr: d.addr as number, len: d.len })), bytes: Buffer.from(p.bytes).toString('base64'),
+      }));
+    return Object.keys(s).length ? s : undefined;
+  }
+
+  /** Migration: the counterpart of saveScsiState; checks everything before applying. */
+  loadScsiState(s: VirtioScsiExtraState | undefined): void {
+    if (s !== undefined && (s === null || typeof s !== 'object')) throw new Error(`${this.id}: malformed virtio-scsi state`);
+    const writes: { bufs: Descriptor[]; bytes: Uint8Array }[] = [];
+    for (const p of s?.pendingWrites ?? []) {
+      if (!p || !Array.isArray(p.bufs) || typeof p.bytes !== 'string') throw new Error(`${this.id}: malformed held-back response`);
+      const bufs = p.bufs.map((d) => {
+        if (!Number.isSafeInteger(d?.addr) || !Number.isInteger(d?.len) || d.len < 0 || !this.memory.checkRange(d.addr, d.len))
+          throw new Error(`${this.id}: held-back response buffer ${JSON.stringify(d)} is not in guest RAM`);
+        return { addr: d.addr, len: d.len, writable: true } as Descriptor;
+      });
+      writes.push({ bufs, bytes: new Uint8Array(Buffer.from(p.bytes, 'base64')) });
+    }
+    try {
+      this.target.loadState(s?.luns ?? {});
+    } catch (e) {
+      throw new Error(`${this.id}: ${(e as Error).message}`);
+    }
+    this.pendingWrites.length = 0;
+    this.pendingWrites.push(...writes);
   }
 
   async destroy(): Promise<void> {

@@ -15,7 +15,8 @@
  * - the backend's error eventfds, or a vhost-user back-end that goes away,
  *   mark the device needs-reset; the next DRIVER_OK reconnects.
  */
-import { EventFd, MemoryRegion } from '@tsvmm/kvm-native';
+import { closeFd, createSharedMemory, EventFd, MemoryRegion } from '@tsvmm/kvm-native';
+import { DirtyLogReader, logSizeFor, VHOST_F_LOG_ALL } from '@tsvmm/vhost-user';
 import type { VirtioPciDevice } from '@tsvmm/pci';
 import { GuestMemory, readConfigImage, SplitVirtqueue, VirtioDevice, virtioUapi as V } from '@tsvmm/virtio-core';
 import { REQUEST_QUEUE_BASE, VIRTIO_ID_SCSI, virtioScsiUapi as S } from '@tsvmm/virtio-scsi-core';
@@ -60,7 +61,9 @@ export class VhostScsiDevice extends VirtioDevice {
   private readonly callFds: (number | undefined)[] = [];
   private readonly vringBase: number[];
   private readonly config = new Uint8Array(S.SIZEOF_virtio_scsi_config);
-  readonly stats = { starts: 0, stops: 0, disconnects: 0, forwardedKicks: 0, errors: 0 };
+  readonly stats = { starts: 0, stops: 0, disconnects: 0, forwardedKicks: 0, errors: 0, dirtyPages: 0 };
+  /** Migration: the dirty log shared with the backend (startDirtyLog .. stopDirtyLog). */
+  private dirtyLog: { fd: number; size: number; hostAddress: bigint; reader: DirtyLogReader } | undefined;
   lastError: string | undefined;
 
   constructor(
@@ -128,10 +131,18 @@ export class VhostScsiDevice extends VirtioDevice {
 
   /** A kick reached the VMM (exit path, or the VMM standing in during fault injection): pass it on. */
   protected processQueue(q: SplitVirtqueue): void {
-    if (!this.started) return;
+    if (!this.started) {
+      // No backend owns the ring yet (e.g. the one kick per queue after a restore, which the
+      // transport sends as the VM resumes, just before the rings are handed over): it goes to
+      // the backend at the next start, so nothing published before the handover waits unseen.
+      this.kickedBeforeStart.add(q.index);
+      return;
+    }
     this.stats.forwardedKicks++;
     this.kicks[q.index].write(1);
   }
+
+  private readonly kickedBeforeStart = new Set<number>();
 
   protected override onActivate(): void {
     if (this.running) this.start();
@@ -139,6 +150,7 @@ export class VhostScsiDevice extends VirtioDevice {
 
   protected override onReset(): void {
     this.stop();
+    this.kickedBeforeStart.clear();
     // Stale kicks must not reach the next backend session.
     for (const k of this.kicks) k.read();
     this.vringBase.fill(0);
@@ -175,8 +187,9 @@ export class VhostScsiDevice extends VirtioDevice {
       }
       if (b.maxQueues !== undefined && b.maxQueues < this.queues.length)
         throw new Error(`the ${b.description} serves ${b.maxQueues} rings; this adapter has ${this.queues.length}`);
-      b.setFeatures(this.driverFeatures);
+      b.setFeatures(this.backendFeatures);
       b.setMemTable(this.regions());
+      if (this.dirtyLog) b.setLogBase(this.dirtyLog);
       const kicks: (EventFd | undefined)[] = [];
       for (const q of this.queues) {
         const i = q.index;
@@ -184,7 +197,7 @@ export class VhostScsiDevice extends VirtioDevice {
         b.setVringNum(i, q.size);
         b.setVringBase(i, q.lastAvailIdx);
         this.vringBase[i] = q.lastAvailIdx;
-        b.setVringAddr(i, { desc: this.hva(q.descTable), used: this.hva(q.usedRing), avail: this.hva(q.availRing) });
+        b.setVringAddr(i, this.vringAddresses(q));
         b.setVringKick(i, this.kicks[i].fd);
         const call = this.transport.queueCallEventFd(i);
         this.callFds[i] = call.fd;
@@ -197,10 +210,86 @@ export class VhostScsiDevice extends VirtioDevice {
       this.started = true;
       this.stats.starts++;
       this.transport.setBackendKicks(kicks);
+      for (const i of this.kickedBeforeStart) if (kicks[i]) kicks[i]!.write(1);
+      this.kickedBeforeStart.clear();
       this.transport.onCallEventFdChanged = (i) => this.callChanged(i);
     } catch (e) {
       this.backendFailed((e as Error).message);
     }
+  }
+
+  /** Features for the backend: the driver's, plus VHOST_F_LOG_ALL while migration logs dirty pages. */
+  private get backendFeatures(): bigint {
+    return this.driverFeatures | (this.dirtyLog ? bit(VHOST_F_LOG_ALL) : 0n);
+  }
+
+  private vringAddresses(q: SplitVirtqueue) {
+    return {
+      desc: this.hva(q.descTable), used: this.hva(q.usedRing), avail: this.hva(q.availRing),
+      ...(this.dirtyLog ? { logGuestAddr: BigInt(q.usedRing) } : {}),
+    };
+  }
+
+  /** Why this device cannot be migrated (the backend cannot log its writes), or undefined. */
+  migrationBlocker(): string | undefined {
+    const why = this.backend.dirtyLogUnsupported;
+    return why ? `${this.id}: cannot be migrated: ${why}` : undefined;
+  }
+
+  /**
+   * Migration: a shared log (memfd, one bit per 4 KiB guest page) goes to the
+   * backend with SET_LOG_BASE; while the rings run, VHOST_F_LOG_ALL and
+   * VHOST_VRING_F_LOG (used ring at its guest address) are turned on at once,
+   * otherwise at the next start.
+   */
+  startDirtyLog(): void {
+    if (this.dirtyLog) return;
+    const why = this.backend.dirtyLogUnsupported;
+    if (why) throw new Error(`${this.id}: ${why}`);
+    const end = Math.max(...this.opts.regions().map((r) => Number(r.guestPhysAddr) + r.size));
+    const size = logSizeFor(end);
+    const m = createSharedMemory(`${this.id}-dirty-log`, size);
+    this.dirtyLog = { fd: m.fd, size, hostAddress: m.address, reader: new DirtyLogReader(new Uint8Array(m.buffer)) };
+    if (!this.started) return;
+    try {
+      this.backend.setLogBase(this.dirtyLog);
+      this.backend.setFeatures(this.backendFeatures);
+      for (const q of this.queues) if (q.ready) this.backend.setVringAddr(q.index, this.vringAddresses(q));
+    } catch (e) {
+      this.dropDirtyLog();
+      throw new Error(`${this.id}: starting the dirty log failed: ${(e as Error).message}`);
+    }
+  }
+
+  /** The VMM's view of the dirty log while one is set up (introspection and tests: what the backend marks). */
+  get dirtyLogBitmap(): Uint8Array | undefined {
+    return this.dirtyLog?.reader.bitmap;
+  }
+
+  /** Guest page numbers the backend wrote since the last call (fetched and cleared atomically). */
+  syncDirtyLog(): number[] {
+    const pages = this.dirtyLog?.reader.take() ?? [];
+    this.stats.dirtyPages += pages.length;
+    return pages;
+  }
+
+  /** Logging off: VHOST_F_LOG_ALL and the rings' log flag cleared (while running); the log is released. */
+  stopDirtyLog(): void {
+    if (!this.dirtyLog) return;
+    this.dropDirtyLog();
+    if (!this.started) return;
+    try {
+      this.backend.setFeatures(this.backendFeatures);
+      for (const q of this.queues) if (q.ready) this.backend.setVringAddr(q.index, this.vringAddresses(q));
+    } catch (e) {
+      this.backendFailed((e as Error).message);
+    }
+  }
+
+  private dropDirtyLog(): void {
+    const l = this.dirtyLog;
+    this.dirtyLog = undefined;
+    if (l) closeFd(l.fd); // the mapping (and the backend's) outlive the fd
   }
 
   /** The driver moved a queue to another vector while the backend runs: tell the backend the new eventfd. */
@@ -257,6 +346,7 @@ export class VhostScsiDevice extends VirtioDevice {
 
   destroy(): void {
     this.stop();
+    this.dropDirtyLog();
     this.backend.onDisconnect = undefined;
     this.backend.close();
     for (const e of [...this.kicks, ...this.errs]) e.close();

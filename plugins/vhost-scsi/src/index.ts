@@ -40,6 +40,28 @@ export class VhostScsiPci extends VirtioPciPluginDevice {
     if (running) this.scsi.setRunning(true);
   }
 
+  /**
+   * Migration: allowed when the backend logs the guest pages it writes
+   * (vhost-user with VHOST_USER_PROTOCOL_F_LOG_SHMFD); otherwise a reason
+   * naming the missing feature. The rings come back with GET_VRING_BASE
+   * when the VM stops, so the state saved then is final.
+   */
+  override migrationBlocker(): string | undefined {
+    return this.scsi.migrationBlocker();
+  }
+
+  async startDirtyLog(): Promise<void> {
+    this.scsi.startDirtyLog();
+  }
+
+  async syncDirtyLog(): Promise<Iterable<number>> {
+    return this.scsi.syncDirtyLog();
+  }
+
+  async stopDirtyLog(): Promise<void> {
+    this.scsi.stopDirtyLog();
+  }
+
   override destroy(): void {
     this.scsi.destroy();
     super.destroy();

@@ -10,7 +10,7 @@ import {
   Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { ScsiDisk } from '@tsvmm/scsi';
-import { MAX_LUN, VirtioScsiDevice } from '@tsvmm/virtio-scsi-core';
+import { MAX_LUN, VirtioScsiDevice, VirtioScsiExtraState } from '@tsvmm/virtio-scsi-core';
 
 export { VirtioScsiDevice, VIRTIO_ID_SCSI, REQUEST_QUEUE_BASE, MAX_LUN, virtioScsiUapi } from '@tsvmm/virtio-scsi-core';
 export type { ScsiAdapterCounters } from '@tsvmm/virtio-scsi-core';
@@ -33,6 +33,20 @@ export class VirtioScsiPci extends VirtioPciPluginDevice {
     this.scsi.target.reset('power-on');
   }
 
+  /** Migration: resolves when no SCSI command or control request is in flight and their interrupts went out. */
+  drain(): Promise<void> {
+    return this.scsi.drain();
+  }
+
+  /** Per-LUN unit attentions and mode parameters, responses held back while bus mastering is off. */
+  protected override saveExtra(): unknown {
+    return this.scsi.saveScsiState();
+  }
+
+  protected override loadExtra(extra: unknown): void {
+    this.scsi.loadScsiState(extra as VirtioScsiExtraState | undefined);
+  }
+
   override async destroy(): Promise<void> {
     await super.destroy();
     await this.scsi.destroy();
@@ -48,6 +62,17 @@ export class ScsiHd implements Device {
     readonly lun: number,
     readonly disk: ScsiDisk,
   ) {}
+
+  /** Migration: the LUN's own state (unit attention, mode parameters) travels with its adapter's; this names the LUN. */
+  saveState(): { lun: number } {
+    return { lun: this.lun };
+  }
+
+  loadState(state: unknown): void {
+    const s = state as { lun?: unknown } | null;
+    if (!s || typeof s !== 'object') throw new Error(`${this.id}: malformed scsi-hd state`);
+    if (s.lun !== undefined && s.lun !== this.lun) throw new Error(`${this.id}: migrated as lun=${String(s.lun)}, configured here as lun=${this.lun}`);
+  }
 }
 
 export function createVirtioScsi(ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>): VirtioScsiPci {

@@ -1449,6 +1449,100 @@ static const char *test_scsi_msix_mask(void)
 	return NULL;
 }
 
+/* ---- mig-scsi-loop ----
+ * A workload to migrate in the middle of: `rounds` rounds; round i (tag
+ * i + 1) writes blocks+1 logical blocks at lba + i * blocks (WRITE(10)), so
+ * its last block is the first block of round i + 1, and reads them back.
+ * Every 512-byte sector written holds
+ *     u32 0x4c53534d ('MSSL'), u32 tag, u64 sector (absolute), then byte k
+ *     (16..511) = (sector * 31 + k * 7 + tag) & 0xff
+ * so the host can check each sector's round: in the end the blocks of round i
+ * hold tag i + 1 except the overlap, which round i + 1 overwrote (a write
+ * done twice, late, would leave an older tag there), and the last block
+ * holds tag `rounds`. Prints "mig-scsi-loop progress i=N" every `every`
+ * rounds, then reads everything back once more. hold=1 parks after PASS. */
+#define MSSL_MAGIC 0x4c53534du
+
+static void mssl_fill(uint8_t *buf, uint64_t sector, unsigned nsec, uint32_t tag)
+{
+	for (unsigned s = 0; s < nsec; s++, sector++) {
+		uint8_t *p = buf + s * 512;
+		*(uint32_t *)p = MSSL_MAGIC;
+		*(uint32_t *)(p + 4) = tag;
+		*(uint64_t *)(p + 8) = sector;
+		uint8_t v = (uint8_t)(sector * 31 + 16 * 7 + tag);
+		for (unsigned k = 16; k < 512; k++, v += 7)
+			p[k] = v;
+	}
+}
+
+static const char *mssl_check(const uint8_t *buf, uint64_t sector, unsigned nsec, uint32_t tag)
+{
+	for (unsigned s = 0; s < nsec; s++, sector++) {
+		const uint8_t *p = buf + s * 512;
+		uint8_t v = (uint8_t)(sector * 31 + 16 * 7 + tag);
+		int bad = *(const uint32_t *)p != MSSL_MAGIC || *(const uint32_t *)(p + 4) != tag ||
+			  *(const uint64_t *)(p + 8) != sector;
+		for (unsigned k = 16; k < 512 && !bad; k++, v += 7)
+			bad = p[k] != v;
+		if (bad) {
+			kprintf("mig-scsi-loop mismatch sector=%llu tag=%u want_tag=%u\n",
+				(unsigned long long)sector, *(const uint32_t *)(p + 4), tag);
+			return "verify-mismatch";
+		}
+	}
+	return NULL;
+}
+
+static const char *test_mig_scsi_loop(void)
+{
+	struct lu u;
+	const char *r = open_lun(&u, 0);
+	if (r)
+		return r;
+	unsigned rounds = param("rounds", 100), n = param("blocks", 4), every = param("every", 10);
+	uint64_t lba = param("lba", 0), delay = param("delay", 0);
+	unsigned spb = u.bs / 512;
+	if (!n || (n + 1) * u.bs > HALF_SIZE)
+		return "bad-blocks";
+	if (lba + (uint64_t)rounds * n + 1 > u.blocks || lba + (uint64_t)rounds * n + 1 > 0xffffffffull)
+		return "beyond-capacity";
+	kprintf("mig-scsi-loop start rounds=%u blocks=%u block_size=%u\n", rounds, n, u.bs);
+	for (unsigned i = 0; i < rounds; i++) {
+		uint64_t l = lba + (uint64_t)i * n;
+		mssl_fill(wbuf, l * spb, (n + 1) * spb, i + 1);
+		if ((r = rw(&u, 10, 1, l, n + 1, wbuf, 0, "mig-write")))
+			return r;
+		/* rbuf is not cleared: only the device writes it (a migration must carry those
+		 * pages: the guest checks them after the read, maybe on the destination); a read
+		 * that moved nothing leaves another round's sectors there, which the check sees. */
+		if ((r = rw(&u, 10, 0, l, n + 1, rbuf, 0, "mig-read")))
+			return r;
+		if ((r = mssl_check(rbuf, l * spb, (n + 1) * spb, i + 1)))
+			return r;
+		if (every && (i + 1) % every == 0)
+			kprintf("mig-scsi-loop progress i=%u\n", i + 1);
+		for (volatile uint64_t d = 0; d < delay; d++)
+			;
+	}
+	for (unsigned i = 0; i < rounds; i++) {
+		uint64_t l = lba + (uint64_t)i * n;
+		unsigned cnt = i + 1 == rounds ? n + 1 : n;
+		if ((r = rw(&u, 10, 0, l, cnt, rbuf, 0, "mig-read")))
+			return r;
+		if ((r = mssl_check(rbuf, l * spb, cnt * spb, i + 1)))
+			return r;
+	}
+	kprintf("mig-scsi-loop done rounds=%u\n", rounds);
+	if (param("hold", 0)) {
+		kprintf("guest-kit: PASS test=mig-scsi-loop\n");
+		kprintf("guest-kit: holding\n");
+		for (;;)
+			__asm__ volatile("cli; hlt");
+	}
+	return NULL;
+}
+
 static const struct {
 	const char *name;
 	test_fn fn;
@@ -1461,6 +1555,7 @@ static const struct {
 	{ "scsi-hostile", test_scsi_hostile },
 	{ "scsi-bench", test_scsi_bench },
 	{ "scsi-msix-mask", test_scsi_msix_mask },
+	{ "mig-scsi-loop", test_mig_scsi_loop },
 };
 
 test_fn find_scsi_test(const char *name)

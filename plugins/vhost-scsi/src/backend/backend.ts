@@ -14,6 +14,8 @@ export interface VringAddresses {
   desc: bigint;
   used: bigint;
   avail: bigint;
+  /** Dirty logging: the used ring's guest-physical address (VHOST_VRING_F_LOG set, log_guest_addr); absent: no logging. */
+  logGuestAddr?: bigint;
 }
 
 export interface VhostBackend {
@@ -25,6 +27,18 @@ export interface VhostBackend {
   connect(): bigint;
   /** Rings the backend serves, when it says. */
   readonly maxQueues: number | undefined;
+  /**
+   * Why this backend cannot log the guest pages it writes (so the device
+   * cannot be live-migrated), or undefined when it can (vhost-user:
+   * VHOST_USER_PROTOCOL_F_LOG_SHMFD agreed).
+   */
+  readonly dirtyLogUnsupported: string | undefined;
+  /**
+   * Hands the backend the dirty log: `size` bytes (one bit per 4 KiB guest
+   * page from address 0) in a memfd (`fd`, for a vhost-user back-end), mapped
+   * in the VMM at `hostAddress` (what the kernel writes through).
+   */
+  setLogBase(log: { fd: number; size: number; hostAddress: bigint }): void;
   /** Whether rings need SET_VRING_ENABLE (vhost-user with protocol features). */
   readonly needsEnable: boolean;
   setFeatures(features: bigint): void;

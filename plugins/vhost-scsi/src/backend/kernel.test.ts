@@ -1,7 +1,7 @@
 // The kernel backend's ioctl sequence through an injected ioctl layer (this host has no
 // /dev/vhost-scsi), driven by the vhost-scsi device as a guest driver would drive it.
 import * as fs from 'fs';
-import { EventFd, MemoryRegion } from '@tsvmm/kvm-native';
+import { EventFd, loadNative, MemoryRegion } from '@tsvmm/kvm-native';
 import type { VirtioPciDevice } from '@tsvmm/pci';
 import { virtioUapi as V } from '@tsvmm/virtio-core';
 import { fakeMemory } from '@tsvmm/virtio-core/testing';
@@ -120,6 +120,46 @@ describe('vhost-scsi backend=kernel', () => {
     expect(Buffer.from(target.subarray(4, 4 + 20)).toString()).toBe('naa.5001405abcdef012');
     expect(new DataView(target.buffer).getUint16(4 + 224, true)).toBe(1);
     expect(t.kicks).toEqual(dev.kicks);
+    dev.destroy();
+    t.close();
+  });
+
+  it('migration: without VHOST_F_LOG_ALL offered the device names why it cannot be migrated', () => {
+    const { dev, t } = setup();
+    expect(dev.migrationBlocker()).toBe('vs0: cannot be migrated: /dev/vhost-scsi wwpn=naa.5001405abcdef012 does not offer VHOST_F_LOG_ALL (no dirty logging)');
+    expect(() => dev.startDirtyLog()).toThrow(/does not offer VHOST_F_LOG_ALL/);
+    dev.destroy();
+    t.close();
+  });
+
+  it('migration: dirty logging with VHOST_SET_LOG_BASE (the log\'s address), VHOST_F_LOG_ALL and VHOST_VRING_F_LOG per ring; pages the kernel marks are taken once', () => {
+    const LOG_ALL = 1n << 26n;
+    const { dev, calls, t } = setup(fakeIoctls({ features: 0x1_3000_0000n | LOG_ALL }));
+    expect(dev.migrationBlocker()).toBeUndefined();
+    expect(dev.deviceFeatures & LOG_ALL).toBe(0n); // never offered to the guest
+    driverOk(dev);
+    calls.length = 0;
+    dev.startDirtyLog();
+    const names = calls.map((c) => c.name);
+    expect(names).toEqual(['VHOST_SET_LOG_BASE', 'VHOST_SET_FEATURES', 'VHOST_SET_VRING_ADDR', 'VHOST_SET_VRING_ADDR', 'VHOST_SET_VRING_ADDR']);
+    const arg = (i: number) => calls[i].arg as Uint8Array;
+    const log = dev.dirtyLogBitmap!;
+    expect(log.byteLength).toBe(32); // 1 MiB of guest RAM: 256 pages, 4 u64 words
+    expect(u64(arg(0), 0)).toBe(loadNative().addressOf(log)); // the kernel writes the VMM's mapping
+    expect(u64(arg(1), 0)).toBe(0x1_3000_0000n | LOG_ALL);
+    // Ring 2: flags VHOST_VRING_F_LOG, log_guest_addr = the used ring's guest-physical address.
+    expect([u32(arg(4), 0), u32(arg(4), 4), u64(arg(4), 32)]).toEqual([2, 1, BigInt(0x10000 + 2 * 0x4000 + 0x2000)]);
+    // What the kernel would do: set_bit for pages 3 and 70 (little-endian words).
+    log[0] |= 1 << 3;
+    log[8] |= 1 << 6;
+    expect(dev.syncDirtyLog()).toEqual([3, 70]);
+    expect(dev.syncDirtyLog()).toEqual([]);
+    calls.length = 0;
+    dev.stopDirtyLog();
+    expect(calls.map((c) => c.name)).toEqual(['VHOST_SET_FEATURES', 'VHOST_SET_VRING_ADDR', 'VHOST_SET_VRING_ADDR', 'VHOST_SET_VRING_ADDR']);
+    expect(u64(arg(0), 0)).toBe(0x1_3000_0000n);
+    expect(u32(arg(1), 4)).toBe(0);
+    expect(dev.dirtyLogBitmap).toBeUndefined();
     dev.destroy();
     t.close();
   });

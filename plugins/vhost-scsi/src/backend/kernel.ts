@@ -52,6 +52,22 @@ export class VhostKernelBackend implements VhostBackend {
   readonly kind = 'kernel';
   readonly needsEnable = false;
   readonly maxQueues = undefined;
+  /** What VHOST_GET_FEATURES offered (connect). */
+  private offered = 0n;
+
+  /** The kernel logs when it offers VHOST_F_LOG_ALL (vhost_types.h). */
+  get dirtyLogUnsupported(): string | undefined {
+    if (this.fd === undefined) return `${this.description} is not open`;
+    if (!(this.offered & (1n << BigInt(D.VHOST_F_LOG_ALL)))) return `${this.description} does not offer VHOST_F_LOG_ALL (no dirty logging)`;
+    return undefined;
+  }
+
+  /** VHOST_SET_LOG_BASE: a u64 holding the log's address in this process (the kernel writes it through our mapping). */
+  setLogBase(log: { hostAddress: bigint }): void {
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setBigUint64(0, log.hostAddress, true);
+    this.call(D.VHOST_SET_LOG_BASE, b);
+  }
   onDisconnect: ((reason: string) => void) | undefined;
   private fd: number | undefined;
   abiVersion: number | undefined;
@@ -99,7 +115,8 @@ export class VhostKernelBackend implements VhostBackend {
     }
     const f = new Uint8Array(8);
     this.call(D.VHOST_GET_FEATURES, f);
-    return new DataView(f.buffer).getBigUint64(0, true);
+    this.offered = new DataView(f.buffer).getBigUint64(0, true);
+    return this.offered;
   }
 
   setFeatures(features: bigint): void {
@@ -133,9 +150,12 @@ export class VhostKernelBackend implements VhostBackend {
     const b = new Uint8Array(D.SIZEOF_vhost_vring_addr);
     const dv = new DataView(b.buffer);
     dv.setUint32(0, index, true);
+    // VHOST_VRING_F_LOG: the kernel logs used-ring writes at log_guest_addr.
+    if (a.logGuestAddr !== undefined) dv.setUint32(4, 1 << D.VHOST_VRING_F_LOG, true);
     dv.setBigUint64(8, a.desc, true);
     dv.setBigUint64(16, a.used, true);
     dv.setBigUint64(24, a.avail, true);
+    dv.setBigUint64(32, a.logGuestAddr ?? 0n, true);
     this.call(D.VHOST_SET_VRING_ADDR, b);
   }
 

@@ -1,6 +1,6 @@
 /** backend=user: a vhost-user back-end process over a unix socket. */
 import { FdWatch } from '@tsvmm/kvm-native';
-import { VhostUserFrontend } from '@tsvmm/vhost-user';
+import { VhostUserFrontend, VHOST_VRING_F_LOG } from '@tsvmm/vhost-user';
 import { VhostBackend, VhostMemRegion, VringAddresses } from './backend';
 
 export class VhostUserBackend implements VhostBackend {
@@ -28,6 +28,17 @@ export class VhostUserBackend implements VhostBackend {
 
   get needsEnable(): boolean {
     return this.fe?.protocolFeaturesNegotiated ?? false;
+  }
+
+  get dirtyLogUnsupported(): string | undefined {
+    if (!this.fe) return `the ${this.description} is not connected`;
+    if (!this.fe.protocolFeaturesNegotiated) return `the ${this.description} does not speak vhost-user protocol features (no VHOST_USER_PROTOCOL_F_LOG_SHMFD: no dirty logging)`;
+    if (!this.fe.logShmfd) return `the ${this.description} does not offer VHOST_USER_PROTOCOL_F_LOG_SHMFD (no dirty logging)`;
+    return undefined;
+  }
+
+  setLogBase(log: { fd: number; size: number }): void {
+    this.f.setLogBase(log.fd, log.size, 0);
   }
 
   connect(): bigint {
@@ -76,7 +87,8 @@ export class VhostUserBackend implements VhostBackend {
   }
 
   setVringAddr(index: number, a: VringAddresses): void {
-    this.f.setVringAddr({ index, flags: 0, desc: a.desc, used: a.used, avail: a.avail, log: 0n });
+    const log = a.logGuestAddr !== undefined;
+    this.f.setVringAddr({ index, flags: log ? 1 << VHOST_VRING_F_LOG : 0, desc: a.desc, used: a.used, avail: a.avail, log: a.logGuestAddr ?? 0n });
   }
 
   setVringKick(index: number, fd: number): void {
