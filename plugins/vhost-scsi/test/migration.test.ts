@@ -63,7 +63,7 @@ describeKvm('vhost-scsi,backend=user live migration', () => {
     if (r.status !== 'completed') throw new Error(`migration ${String(r.status)}: ${String(r['error-desc'])}\n${src.err()}\n${dst.err()}`);
     console.log(`vhost-scsi (backend=user) live migration: total ${Date.now() - t0} ms, downtime ${String(r.downtime)} ms, ` +
       `dirty syncs ${String((r.ram as Record<string, number>)['dirty-sync-count'])}`);
-    expect(await s.run('query-status')).toMatchObject({ status: 'paused' });
+    expect(await s.run('query-status')).toMatchObject({ status: 'postmigrate', running: false });
 
     // The source's back-end logged its writes into the log the VMM gave it, and its rings are stopped.
     const sa = await a.stats();

@@ -194,7 +194,7 @@ export class VirtioBlkDevice extends VirtioDevice {
             for (let i = 0, pos = 0; i < views.length; pos += views[i].length, i++) if (pos + views[i].length > n) views[i].fill(0, Math.max(0, n - pos));
             // The data landed now: while migration tracks this memory, its pages count again (a
             // dirty log cleared since the views were handed out must see them).
-            for (const d of r.data) this.memory.slice(d.addr, d.len);
+            for (const d of r.data) this.memory.noteWritten(d.addr, d.len);
             this.blk.bytesRead += r.dataLength;
             return r.dataLength;
           }));

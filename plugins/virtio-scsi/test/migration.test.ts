@@ -64,7 +64,7 @@ describeKvm('virtio-scsi migration', () => {
     const r = await migrateAndWait(s, `unix:${incoming}`);
     expect(r).toMatchObject({ status: 'completed' });
     console.log(`virtio-scsi live migration: total ${Date.now() - t0} ms, downtime ${String(r.downtime)} ms`);
-    expect(await s.run('query-status')).toMatchObject({ status: 'paused' });
+    expect(await s.run('query-status')).toMatchObject({ status: 'postmigrate', running: false });
     await waitGuestHolding(dst, 'destination PASS');
     expect(dst.out()).toContain(`mig-scsi-loop done rounds=${ROUNDS}`);
     expect(src.out()).not.toContain('mig-scsi-loop done');
