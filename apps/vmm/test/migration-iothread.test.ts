@@ -58,6 +58,12 @@ describeKvm('live migration with iothread=io0', () => {
       expect(di.writes).toBeGreaterThan(0);
       expect(si.writes + di.writes).toBe(60);
       expect(di.reads).toBe(60);
+      // The queue as the worker has it: the ring caught up with the guest, and the chains it took here.
+      const q = (await d.run('x-query-virtio-queue-status', { path: 'd0', queue: 0 })) as Record<string, unknown>;
+      expect(q['data-plane']).toBe('iothread io0');
+      expect(q['used-idx']).toBe(q['avail-idx']);
+      expect(q['last-avail-idx']).toBe(q['avail-idx']);
+      expect(q.chains as number).toBeGreaterThanOrEqual(di.writes + di.reads);
       const st = (await d.run('x-query-virtio-status', { path: 'd0' })) as Record<string, unknown>;
       expect(st['host-notifiers-active']).toBe(ioeventfd === 'on');
       checkImage(disk, 60);

@@ -13,7 +13,7 @@
 import { GuestMemory, virtioUapi as V, VirtioDeviceState } from '@tsvmm/virtio-core';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkExtraState, VirtioBlkDevice } from './device';
-import type { FromWorker, ToWorker } from './iothread';
+import type { FromWorker, ToWorker, WorkerQueueStats } from './iothread';
 
 const PAGE = 4096;
 
@@ -64,10 +64,20 @@ export class BlkWorkerPlane {
   private lastStats = '';
 
   private postStatsIfChanged(): void {
-    const s = JSON.stringify([this.dev.blk, this.dev.inFlight]);
+    const m = this.stats();
+    const s = JSON.stringify(m);
     if (s === this.lastStats) return;
     this.lastStats = s;
-    this.post({ type: 'stats', blk: { ...this.dev.blk }, inFlight: this.dev.inFlight });
+    this.post(m);
+  }
+
+  /** The device's counters and each queue's indices, as the worker has them. */
+  private stats(): Extract<FromWorker, { type: 'stats' }> {
+    const d = this.dev;
+    const queues: WorkerQueueStats[] = d.queues.map((q, i) => ({
+      lastAvailIdx: q.lastAvailIdx, usedIdx: q.usedIdx, chains: d.counters[i].chains, interrupts: d.counters[i].interrupts, suppressed: d.counters[i].suppressed,
+    }));
+    return { type: 'stats', blk: { ...d.blk }, inFlight: d.inFlight, queues };
   }
 
   handle(m: ToWorker): void {
@@ -131,7 +141,7 @@ export class BlkWorkerPlane {
         }
         return;
       case 'stats':
-        this.post({ type: 'stats', blk: d.blk, inFlight: d.inFlight });
+        this.post(this.stats());
         return;
       case 'close':
         clearInterval(this.statsTimer);

@@ -5,7 +5,7 @@ import { GuestMemory, readConfigImage, scatter, SplitVirtqueue, VirtioDevice, Vi
 import * as B from './generated/virtio-blk-uapi';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
-import type { BlkIoThread, FromWorker } from './iothread';
+import type { BlkIoThread, FromWorker, WorkerQueueStats } from './iothread';
 
 /** How the main-thread device reaches its data plane when it runs in an iothread. */
 export interface BlkDataPlane {
@@ -113,10 +113,26 @@ export class VirtioBlkDevice extends VirtioDevice {
     if (m.type === 'interrupt') this.interrupt?.signalQueue(m.queue);
     else if (m.type === 'broken') this.markBroken(m.reason);
     else if (m.type === 'log') this.log(m.message);
-    else if (m.type === 'stats' && m.blk) this.workerStats = { blk: m.blk, inFlight: m.inFlight };
+    else if (m.type === 'stats' && m.blk) this.workerStats = { blk: m.blk, inFlight: m.inFlight, queues: m.queues ?? [] };
   }
 
-  private workerStats: { blk: BlkCounters; inFlight: number } | undefined;
+  private workerStats: { blk: BlkCounters; inFlight: number; queues: WorkerQueueStats[] } | undefined;
+
+  /**
+   * x-query-virtio-queue-status: with an iothread the worker pops and
+   * completes requests, so this object's ring indices and chain/interrupt
+   * counters stand still; show the worker's, as it last reported them
+   * (within 100 ms). Kicks still pass through the main thread.
+   */
+  override queueInfo(queue: number): Record<string, unknown> {
+    const w = this.dataPlane ? this.workerStats?.queues[queue] : undefined;
+    if (!this.dataPlane) return {};
+    if (!w) return { 'data-plane': `iothread ${this.iothread} (no report yet)` };
+    return {
+      'last-avail-idx': w.lastAvailIdx, 'shadow-avail-idx': null, 'used-idx': w.usedIdx, chains: w.chains,
+      'interrupts-injected': w.interrupts, 'interrupts-suppressed': w.suppressed, 'data-plane': `iothread ${this.iothread}`,
+    };
+  }
 
   protected override onActivate(): void {
     const dp = this.dataPlane;

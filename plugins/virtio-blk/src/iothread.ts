@@ -33,7 +33,16 @@ export type FromWorker =
   | { type: 'dirty'; seq: number; pages: number[]; error?: undefined }
   /** A request the worker could not answer. */
   | { type: 'failed'; seq: number; error: string }
-  | { type: 'stats'; blk?: BlkCounters; inFlight: number };
+  | { type: 'stats'; blk?: BlkCounters; inFlight: number; queues?: WorkerQueueStats[] };
+
+/** A queue as the worker sees it (x-query-virtio-queue-status with an iothread). */
+export interface WorkerQueueStats {
+  lastAvailIdx: number;
+  usedIdx: number;
+  chains: number;
+  interrupts: number;
+  suppressed: number;
+}
 
 export type WorkerReply = Exclude<Extract<FromWorker, { seq: number }>, { type: 'failed' }>;
 type Request = Extract<ToWorker, { seq: number }>;
