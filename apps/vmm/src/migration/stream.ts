@@ -126,11 +126,28 @@ export class SocketSource implements ByteSource {
       await new Promise<void>((r) => (this.wake = r));
       this.wake = undefined;
     }
-    const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
-    const out = all.subarray(0, n);
-    const rest = all.subarray(n);
-    this.chunks = rest.length ? [rest] : [];
-    this.have = rest.length;
+    // Take exactly n bytes off the front, copying only the chunks they span
+    // (concatenating the whole backlog for a 3-byte header would copy tens
+    // of MiB per section).
+    let out: Buffer;
+    const first = this.chunks[0];
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let got = 0;
+      while (got < n) {
+        const c = this.chunks[0];
+        const take = Math.min(c.length, n - got);
+        c.copy(out, got, 0, take);
+        got += take;
+        if (take === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(take);
+      }
+    }
+    this.have -= n;
     if (this.have < 16 * 1024 * 1024) this.socket.resume();
     return out;
   }

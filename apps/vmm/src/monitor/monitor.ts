@@ -272,6 +272,7 @@ export class Monitor {
         const now = Date.now();
         r['total-time'] = i.totalTime ?? (i.startedAt ? now - i.startedAt : 0);
         if (i.downtime !== undefined) r.downtime = i.downtime;
+        if (i.status === 'completed' && i.sentAt !== undefined) r['x-downtime-sent'] = i.sentAt;
         if (i.setupTime !== undefined) r['setup-time'] = i.setupTime;
         r.ram = {
           transferred: i.ram.transferred, remaining: i.ram.remaining, total: i.ram.total, duplicate: i.ram.duplicate, normal: i.ram.normal,
