@@ -60,7 +60,8 @@ run() {
   node -e '
     const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).return;
     if (r.status !== "completed") { console.error(`${process.argv[2]}: ${r.status} ${r["error-desc"] ?? ""}`); process.exit(1); }
-    console.log([process.argv[2], process.argv[3], r["total-time"], r.downtime, r.ram.transferred, r.ram["dirty-pages-rate"], r.ram["dirty-sync-count"]].join(" "));
+    // Field 7: downtime up to the last byte sent (QEMU reports that as its downtime; ours also has x-downtime-sent).
+    console.log([process.argv[2], process.argv[3], r["total-time"], r.downtime, r.ram.transferred, r.ram["dirty-pages-rate"], r.ram["dirty-sync-count"], r["x-downtime-sent"] ?? r.downtime].join(" "));
   ' $T/q.json "$who" "$d" >> $T/rows
 }
 
@@ -78,14 +79,14 @@ node -e '
   const pick = (who, d, i) => rows.filter((r) => r[0] === who && r[1] === d).map((r) => Number(r[i]));
   const qemu = process.argv[2] === "1";
   console.log(`medians of ${process.argv[3]} runs each, 256 MiB guest, 128 MiB dirtied at a set rate, downtime-limit 300 ms, unix socket` + (qemu ? "; QEMU in the same run" : ""));
-  console.log("| delay | dirty rate (last pass) | total ms | downtime ms | MiB sent | syncs |" + (qemu ? " QEMU total | QEMU downtime | QEMU MiB | total ratio | downtime ratio |" : ""));
+  console.log("| delay | dirty rate (last pass) | total ms | downtime ms (to answer / to last byte) | MiB sent | syncs |" + (qemu ? " QEMU total | QEMU downtime (to last byte) | QEMU MiB | total ratio | downtime ratio (to last byte) |" : ""));
   console.log("|---|---|---|---|---|---|" + (qemu ? "---|---|---|---|---|" : ""));
   for (const d of [...new Set(rows.map((r) => r[1]))]) {
     const v = (i) => med(pick("vmm", d, i));
     const q = (i) => med(pick("qemu", d, i));
     const rate = `${(v(5) * 4096 / 1048576).toFixed(1)} MiB/s`;
-    let line = `| ${d} | ${rate} | ${v(2)} | ${v(3)} | ${(v(4) / 1048576).toFixed(0)} | ${v(6)} |`;
-    if (qemu) line += ` ${q(2)} | ${q(3)} | ${(q(4) / 1048576).toFixed(0)} | ${(v(2) / q(2)).toFixed(2)}x | ${(v(3) / q(3)).toFixed(2)}x |`;
+    let line = `| ${d} | ${rate} | ${v(2)} | ${v(3)} / ${v(7)} | ${(v(4) / 1048576).toFixed(0)} | ${v(6)} |`;
+    if (qemu) line += ` ${q(2)} | ${q(7)} | ${(q(4) / 1048576).toFixed(0)} | ${(v(2) / q(2)).toFixed(2)}x | ${(v(7) / q(7)).toFixed(2)}x |`;
     console.log(line);
   }
 ' $T/rows "$([ -n "$QEMU" ] && echo 1 || echo 0)" "$REPS"
