@@ -120,11 +120,13 @@ const MSR_IA32_TSC_DEADLINE = 0x6e0;
  * EFER) before the MSRs and the LAPIC, the TSC before the other MSRs (the
  * TSC-deadline MSR is relative to it), events and MP state last.
  *
- * KVM_SET_LAPIC cancels the LAPIC timer and forgets a TSC deadline set
- * before it, so IA32_TSC_DEADLINE is written again after the LAPIC. Without
- * that a Linux guest (which arms its tick through TSC-deadline mode) never
- * gets its next timer interrupt on the destination and stalls as soon as
- * it waits for one; the guest kit, which polls, does not notice.
+ * IA32_TSC_DEADLINE is written again after the LAPIC: on a fresh vCPU the
+ * LAPIC timer is not yet in TSC-deadline mode when the MSRs go in, so KVM
+ * ignores the deadline then, and KVM_SET_LAPIC switching LVTT to
+ * TSC-deadline mode cancels the timer and clears any deadline. A guest that
+ * arms its tick in TSC-deadline mode (Linux) would otherwise wait for a
+ * timer interrupt that never comes; the guest kit, which polls, would not
+ * notice.
  */
 function loadCpu(v: Vcpu, s: CpuState, log: (m: string) => void): void {
   v.setSregs(decodeSregs(unb64(s.sregs, `cpu ${v.id} sregs`)));
