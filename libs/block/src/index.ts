@@ -1,2 +1,2 @@
-export { RawFileBackend, BackendOpenError } from './raw-file';
-export type { BlockBackend } from './raw-file';
+export { RawFileBackend, BackendOpenError, skipBytes } from './raw-file';
+export type { BlockBackend, FileIo } from './raw-file';

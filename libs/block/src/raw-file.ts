@@ -2,6 +2,19 @@
  * A raw image file. Reads and writes go straight between the file and guest
  * memory views (fs.readv/writev on libuv's thread pool: asynchronous, zero-copy,
  * never on a vCPU thread). cache=none opens the file with O_DIRECT.
+ *
+ * Data safety (docs/block-data-safety.md):
+ * - A short read or write is continued from where it stopped. A write that
+ *   makes no progress (libuv hands back the bytes written before an ENOSPC,
+ *   EDQUOT or EFBIG and drops the error) rejects: the caller never hears "done"
+ *   for data that is not in the file. Bytes past the end of the file (it
+ *   shrank under us) read as zeros, as a hole does.
+ * - A failed fdatasync is sticky: the kernel reports a writeback error once
+ *   and may already have dropped the dirty pages, so every later flush fails
+ *   too, until clearErrors() (a device reset) or a new open.
+ * - A failed write (or write-zeroes) is also reported by the next flush, once:
+ *   a flush succeeds only if everything completed before it is in the file.
+ * - writev(..., dsync) is a write-through write: fdatasync before it resolves.
  */
 import * as fs from 'fs';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate } from '@tsvmm/kvm-native';
@@ -9,14 +22,50 @@ import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, falloc
 export interface BlockBackend {
   readonly size: number;
   readonly readonly: boolean;
+  /** Fills the buffers (resolves with their total length) or rejects. */
   readv(bufs: Uint8Array[], offset: number): Promise<number>;
-  writev(bufs: Uint8Array[], offset: number): Promise<number>;
+  /** Writes all of the buffers (resolves with their total length) or rejects; `dsync`: on stable storage first (write-through). */
+  writev(bufs: Uint8Array[], offset: number, dsync?: boolean): Promise<number>;
+  /** Everything completed before the call is on stable storage, or rejects. */
   flush(): Promise<void>;
   /** Deallocates the range (reads back as zeros). */
   discard(offset: number, len: number): Promise<void>;
-  /** Zeroes the range, deallocating it when `unmap` is set and the file system can. */
-  writeZeroes(offset: number, len: number, unmap: boolean): Promise<void>;
+  /** Zeroes the range, deallocating it when `unmap` is set and the file system can; `dsync` as for writev. */
+  writeZeroes(offset: number, len: number, unmap: boolean, dsync?: boolean): Promise<void>;
+  /** A device reset: forgets a failed flush and write errors not yet reported by a flush. */
+  clearErrors?(): void;
   close(): void;
+}
+
+/** The file operations a RawFileBackend uses (unit tests replace them to inject short transfers and failures). */
+export interface FileIo {
+  readv(fd: number, bufs: Uint8Array[], position: number, cb: (err: NodeJS.ErrnoException | null, n: number) => void): void;
+  writev(fd: number, bufs: Uint8Array[], position: number, cb: (err: NodeJS.ErrnoException | null, n: number) => void): void;
+  fdatasync(fd: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
+}
+
+const NODE_IO: FileIo = {
+  readv: (fd, bufs, pos, cb) => fs.readv(fd, bufs, pos, cb),
+  writev: (fd, bufs, pos, cb) => fs.writev(fd, bufs, pos, cb),
+  fdatasync: (fd, cb) => fs.fdatasync(fd, cb),
+};
+
+/** The views after the first `skip` bytes. */
+export function skipBytes(bufs: Uint8Array[], skip: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const b of bufs) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
+}
+
+function ioError(message: string, code: string, cause?: unknown): NodeJS.ErrnoException {
+  return Object.assign(new Error(message), { code, cause });
 }
 
 export class BackendOpenError extends Error {}
@@ -29,11 +78,19 @@ export class RawFileBackend implements BlockBackend {
   private readonly fd: number;
   /** A buffered fd for O_DIRECT-incompatible (unaligned) requests under cache=none. */
   private bufferedFd: number | undefined;
+  /** The fdatasync that failed: every later flush fails until clearErrors(). */
+  private syncError: Error | undefined;
+  /** A write that failed and no flush has reported yet: the next flush fails once. */
+  private writeError: Error | undefined;
+  /** The fdatasync running, and the one queued behind it (shared by all who asked meanwhile). */
+  private syncRunning: Promise<void> | undefined;
+  private syncQueued: Promise<void> | undefined;
 
   constructor(
     readonly path: string,
     readonly readonly: boolean,
     readonly direct: boolean,
+    private readonly io: FileIo = NODE_IO,
   ) {
     const flags = (readonly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | (direct ? O_DIRECT : 0);
     try {
@@ -77,46 +134,113 @@ export class RawFileBackend implements BlockBackend {
     return this.bufferedFd;
   }
 
-  readv(bufs: Uint8Array[], offset: number): Promise<number> {
+  private once(op: 'readv' | 'writev', bufs: Uint8Array[], offset: number): Promise<number> {
     return new Promise((resolve, reject) => {
-      fs.readv(this.fdFor(bufs, offset), bufs, offset, (err, n) => (err ? reject(err) : resolve(n)));
+      this.io[op](this.fdFor(bufs, offset), bufs, offset, (err, n) => (err ? reject(err) : resolve(n)));
     });
   }
 
-  writev(bufs: Uint8Array[], offset: number): Promise<number> {
-    return new Promise((resolve, reject) => {
-      fs.writev(this.fdFor(bufs, offset), bufs, offset, (err, n) => (err ? reject(err) : resolve(n)));
-    });
+  async readv(bufs: Uint8Array[], offset: number): Promise<number> {
+    const total = bufs.reduce((n, b) => n + b.length, 0);
+    for (let done = 0; done < total; ) {
+      const rest = done ? skipBytes(bufs, done) : bufs;
+      const n = await this.once('readv', rest, offset + done);
+      if (n <= 0) {
+        // End of file inside the disk (the file shrank): zeros, as a hole reads.
+        for (const b of rest) b.fill(0);
+        break;
+      }
+      done += n;
+    }
+    return total;
   }
 
-  flush(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      fs.fdatasync(this.fd, (err) => {
-        if (err) return reject(err);
-        if (this.bufferedFd === undefined) return resolve();
-        fs.fdatasync(this.bufferedFd, (e2) => (e2 ? reject(e2) : resolve()));
-      });
+  async writev(bufs: Uint8Array[], offset: number, dsync = false): Promise<number> {
+    const total = bufs.reduce((n, b) => n + b.length, 0);
+    try {
+      for (let done = 0; done < total; ) {
+        // libuv returns the bytes written before an error (ENOSPC, EDQUOT, EFBIG) and drops
+        // the error: go on with the rest, which then fails with the error itself.
+        const n = await this.once('writev', done ? skipBytes(bufs, done) : bufs, offset + done);
+        if (n <= 0) throw ioError(`short write at ${offset + done}: ${total - done} of ${total} bytes not written`, 'EIO');
+        done += n;
+      }
+    } catch (e) {
+      this.writeError ??= e as Error;
+      throw e;
+    }
+    if (dsync) await this.datasync();
+    return total;
+  }
+
+  async flush(): Promise<void> {
+    // Taken now: a write failing after this point is the next flush's to report.
+    const failedWrite = this.writeError;
+    this.writeError = undefined;
+    await this.datasync();
+    if (failedWrite) throw ioError(`a write since the last flush failed (${failedWrite.message})`, 'EIO', failedWrite);
+  }
+
+  clearErrors(): void {
+    this.syncError = undefined;
+    this.writeError = undefined;
+  }
+
+  /**
+   * fdatasync of every fd, one at a time: a caller waits for a sync that
+   * started after its call (queued behind the running one and shared with
+   * everyone else who asked meanwhile), so no writeback error reaches a
+   * concurrent sync that then reports success.
+   */
+  private datasync(): Promise<void> {
+    if (!this.syncRunning) {
+      const p = this.syncAll();
+      this.syncRunning = p;
+      const clear = () => {
+        if (this.syncRunning === p) this.syncRunning = undefined;
+      };
+      p.then(clear, clear);
+      return p;
+    }
+    this.syncQueued ??= this.syncRunning.then(noop, noop).then(() => {
+      this.syncQueued = undefined;
+      return this.datasync();
     });
+    return this.syncQueued;
+  }
+
+  private async syncAll(): Promise<void> {
+    if (this.syncError) throw ioError(`an earlier flush failed (${this.syncError.message}); flushes fail until the device is reset`, 'EIO', this.syncError);
+    const fds = this.bufferedFd === undefined ? [this.fd] : [this.fd, this.bufferedFd];
+    try {
+      for (const fd of fds) await new Promise<void>((resolve, reject) => this.io.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+    } catch (e) {
+      this.syncError ??= e as Error;
+      throw e;
+    }
   }
 
   async discard(offset: number, len: number): Promise<void> {
     fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
   }
 
-  async writeZeroes(offset: number, len: number, unmap: boolean): Promise<void> {
+  async writeZeroes(offset: number, len: number, unmap: boolean, dsync = false): Promise<void> {
     try {
       fallocate(this.fd, (unmap ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE, offset, len);
-      return;
     } catch (e) {
-      if ((e as { code?: string }).code !== 'EOPNOTSUPP') throw e;
+      if ((e as { code?: string }).code !== 'EOPNOTSUPP') {
+        this.writeError ??= e as Error;
+        throw e;
+      }
+      // The file system cannot: write zeros (writev records its own failure).
+      const chunk = Buffer.alloc(Math.min(len, 1 << 20));
+      for (let done = 0; done < len; ) {
+        const n = Math.min(chunk.length, len - done);
+        await this.writev([chunk.subarray(0, n)], offset + done);
+        done += n;
+      }
     }
-    // The file system cannot: write zeros.
-    const chunk = Buffer.alloc(Math.min(len, 1 << 20));
-    for (let done = 0; done < len; ) {
-      const n = Math.min(chunk.length, len - done);
-      await this.writev([chunk.subarray(0, n)], offset + done);
-      done += n;
-    }
+    if (dsync) await this.datasync();
   }
 
   close(): void {
@@ -124,3 +248,5 @@ export class RawFileBackend implements BlockBackend {
     if (this.bufferedFd !== undefined) fs.closeSync(this.bufferedFd);
   }
 }
+
+function noop(): void {}
