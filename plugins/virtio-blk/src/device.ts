@@ -88,6 +88,7 @@ export class VirtioBlkDevice extends VirtioDevice {
   override deviceInfo(): Record<string, unknown> {
     return {
       capacity: this.capacity, readonly: this.backend.readonly, serial: this.serial, iothread: this.iothread ?? null,
+      'write-cache': this.driverOk ? (this.writeCache ? 'writeback' : 'writethrough') : null,
       // With an iothread: the worker's counters as it last reported them (within 100 ms; exact after a drain).
       'in-flight': this.workerStats?.inFlight ?? this.inFlight, ...(this.workerStats?.blk ?? this.blk),
     };
@@ -148,6 +149,8 @@ export class VirtioBlkDevice extends VirtioDevice {
 
   protected override onReset(): void {
     this.dataPlane?.thread.send({ type: 'reset' });
+    // A failed flush stays failed until a reset (the new driver starts from what is in the file).
+    this.backend.clearErrors?.();
     this.epoch++;
     this.signalScheduled.clear();
     this.pendingStatus.length = 0;
@@ -205,9 +208,8 @@ export class VirtioBlkDevice extends VirtioDevice {
         const offset = r.sector * SECTOR_SIZE;
         if (isRead) {
           this.blk.reads++;
-          async(this.backend.readv(views, offset).then((n) => {
-            // A file whose size is not a sector multiple reads short at its end: zero the rest.
-            for (let i = 0, pos = 0; i < views.length; pos += views[i].length, i++) if (pos + views[i].length > n) views[i].fill(0, Math.max(0, n - pos));
+          // The backend fills every view or rejects (bytes past the end of the file read as zeros).
+          async(this.backend.readv(views, offset).then(() => {
             // The data landed now: while migration tracks this memory, its pages count again (a
             // dirty log cleared since the views were handed out must see them).
             for (const d of r.data) this.memory.noteWritten(d.addr, d.len);
@@ -216,7 +218,8 @@ export class VirtioBlkDevice extends VirtioDevice {
           }));
         } else {
           this.blk.writes++;
-          async(this.backend.writev(views, offset).then(() => {
+          // All of it written (write-through: and synced), or IOERR; never OK for a short write.
+          async(this.backend.writev(views, offset, !this.writeCache).then(() => {
             this.blk.bytesWritten += r.dataLength;
             return 0;
           }));
@@ -250,11 +253,20 @@ export class VirtioBlkDevice extends VirtioDevice {
         else this.blk.writeZeroes++;
         const off = s.sector * SECTOR_SIZE;
         const len = s.sectors * SECTOR_SIZE;
-        return async((discard ? this.backend.discard(off, len) : this.backend.writeZeroes(off, len, unmap)).then(() => 0));
+        return async((discard ? this.backend.discard(off, len) : this.backend.writeZeroes(off, len, unmap, !this.writeCache)).then(() => 0));
       }
       default:
         return this.unsupported(done);
     }
+  }
+
+  /**
+   * Write-back caching only for a driver that can flush (virtio 1.2 5.2.6.2;
+   * VIRTIO_BLK_F_CONFIG_WCE is not offered): without VIRTIO_BLK_F_FLUSH every
+   * write is synced before it completes.
+   */
+  get writeCache(): boolean {
+    return this.hasFeature(B.VIRTIO_BLK_F_FLUSH);
   }
 
   private unsupported(done: (status: number, written: number) => void): void {
