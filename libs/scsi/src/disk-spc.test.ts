@@ -201,9 +201,9 @@ describe('MODE SENSE', () => {
     expect([short.data[4], u16(short.data, 6), short.data.length]).toEqual([0, 8, 8 + 8 + 12]);
   });
 
-  it('changeable values: only D_SENSE; default values: D_SENSE off', async () => {
+  it('changeable values: only WCE and D_SENSE; default values: WCE on, D_SENSE off', async () => {
     const ch = await run(t.disk, sense6(0x08, 0x40 | 0x3f), { in: 255 });
-    expect(Array.from(ch.data.subarray(4, 24))).toEqual([0x08, 0x12, ...new Array(18).fill(0)]);
+    expect(Array.from(ch.data.subarray(4, 24))).toEqual([0x08, 0x12, 0x04, ...new Array(17).fill(0)]);
     expect(Array.from(ch.data.subarray(24))).toEqual([0x0a, 0x0a, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     await setDescriptorSense(t.disk, true);
     const cur = await run(t.disk, sense6(0x08, 0x0a), { in: 255 });
@@ -265,7 +265,7 @@ describe('MODE SELECT', () => {
 
   it('rejects other changes with INVALID FIELD IN PARAMETER LIST, changing nothing', async () => {
     const bad: number[][] = [
-      [0, 0, 0, 0, ...caching(0x00)], // WCE off
+      [0, 0, 0, 0, ...caching(0x05)], // RCD
       [0, 0, 0, 0, ...control(0x04, 0x00)], // QAM
       [0, 0, 0, 0, ...control(0x24)], // TST with D_SENSE
       [0, 0, 0, 0, 0x1c, 0x0a, ...new Array(10).fill(0)], // unsupported page

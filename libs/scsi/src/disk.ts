@@ -157,6 +157,8 @@ export class ScsiDisk implements ScsiLun {
     if (this.pendingUa !== Asc.POWER_ON_RESET) this.pendingUa = UA_FOR_RESET[reason];
     // Mode parameters go back to their defaults (nothing is saved); an I_T nexus loss leaves them.
     if (reason !== 'nexus-reset') this.mode = { ...DEFAULT_MODE_STATE };
+    // A failed SYNCHRONIZE CACHE keeps failing until the adapter is reset (docs/block-data-safety.md).
+    if (reason === 'power-on') this.backend.clearErrors?.();
   }
 
   /** Migration: the pending unit attention and the mode parameters (only what differs from power-on). */
@@ -164,6 +166,7 @@ export class ScsiDisk implements ScsiLun {
     const s: ScsiLunState = { kind: this.kind };
     if (this.pendingUa !== undefined) s.pendingUnitAttention = this.pendingUa;
     if (this.mode.dSense !== DEFAULT_MODE_STATE.dSense) s.dSense = this.mode.dSense;
+    if (this.mode.wce !== DEFAULT_MODE_STATE.wce) s.wce = this.mode.wce;
     return s;
   }
 
@@ -174,8 +177,9 @@ export class ScsiDisk implements ScsiLun {
     const ua = s.pendingUnitAttention;
     if (ua !== undefined && !(Number.isInteger(ua) && ua > 0 && ua <= 0xffff)) throw new Error(`pendingUnitAttention ${JSON.stringify(ua)} is not an ASC/ASCQ pair`);
     if (s.dSense !== undefined && typeof s.dSense !== 'boolean') throw new Error(`dSense ${JSON.stringify(s.dSense)} is not a boolean`);
+    if (s.wce !== undefined && typeof s.wce !== 'boolean') throw new Error(`wce ${JSON.stringify(s.wce)} is not a boolean`);
     this.pendingUa = ua as Asc | undefined;
-    this.mode = { ...DEFAULT_MODE_STATE, ...(s.dSense !== undefined ? { dSense: s.dSense } : {}) };
+    this.mode = { ...DEFAULT_MODE_STATE, ...(s.dSense !== undefined ? { dSense: s.dSense } : {}), ...(s.wce !== undefined ? { wce: s.wce } : {}) };
   }
 
   info(): Record<string, unknown> {
@@ -187,6 +191,7 @@ export class ScsiDisk implements ScsiLun {
       blocks: this.blocks,
       serial: this.id.serial,
       dSense: this.mode.dSense,
+      writeCache: this.mode.wce,
       pendingUnitAttention: ua === undefined ? null : senseName({ key: SenseKeyCode.UNIT_ATTENTION, asc: ua >> 8, ascq: ua & 0xff }),
       ...this.counters,
       lastSense: this.lastSense,
@@ -269,8 +274,9 @@ export class ScsiDisk implements ScsiLun {
       case 'write': {
         if (this.readonly) throw writeProtected();
         const n = req.blocks * bs;
-        if (n > 0) await this.writeFully(sliceViews(cmd.dataOut, 0, n), req.lba * bs);
-        if (req.fua) await this.flush();
+        // FUA, or no write cache (WCE=0): this write is on stable storage before GOOD.
+        if (n > 0) await this.writeFully(sliceViews(cmd.dataOut, 0, n), req.lba * bs, req.fua || !this.mode.wce);
+        else if (req.fua) await this.flush();
         this.counters.writes++;
         this.counters.bytesWritten += n;
         return { dataOut: n };
@@ -324,13 +330,14 @@ export class ScsiDisk implements ScsiLun {
     }
   }
 
-  /** Writes all of the views; failures are MEDIUM ERROR 0C/00. */
-  private async writeFully(bufs: Uint8Array[], offset: number): Promise<void> {
+  /** Writes all of the views (`dsync`: and syncs them); failures are MEDIUM ERROR 0C/00. */
+  private async writeFully(bufs: Uint8Array[], offset: number, dsync = !this.mode.wce): Promise<void> {
     const total = totalLength(bufs);
+    if (dsync) this.counters.flushes++;
     for (let done = 0; done < total; ) {
       let n: number;
       try {
-        n = await this.backend.writev(done === 0 ? bufs : sliceViews(bufs, done, total - done), offset + done);
+        n = await this.backend.writev(done === 0 ? bufs : sliceViews(bufs, done, total - done), offset + done, dsync);
       } catch (e) {
         this.ioFailed(e, `write at ${offset + done}`);
         throw writeError();
@@ -369,7 +376,7 @@ export class ScsiDisk implements ScsiLun {
 
   private async writeZeroes(offset: number, len: number, unmap: boolean): Promise<void> {
     try {
-      await this.backend.writeZeroes(offset, len, unmap);
+      await this.backend.writeZeroes(offset, len, unmap, !this.mode.wce);
     } catch (e) {
       this.ioFailed(e, `write zeroes at ${offset}`);
       throw writeError();

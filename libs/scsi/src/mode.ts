@@ -1,7 +1,7 @@
 /**
  * Mode parameters (SPC-4 7.5, SBC-3 6.4): MODE SENSE data and MODE SELECT
- * parameter lists. Two pages: caching (08h, WCE=1, nothing changeable) and
- * control (0Ah, only D_SENSE changeable). Pure: no I/O, no state of its own.
+ * parameter lists. Two pages: caching (08h, only WCE changeable) and control
+ * (0Ah, only D_SENSE changeable). Pure: no I/O, no state of its own.
  */
 import { MODE_PAGE_ALL, MODE_PAGE_CACHING, MODE_PAGE_CONTROL, PageControl } from './defs';
 import { invalidFieldInParameterList, parameterListLengthError } from './sense';
@@ -9,9 +9,11 @@ import { invalidFieldInParameterList, parameterListLengthError } from './sense';
 /** The mode parameters a MODE SELECT may change. */
 export interface ModeState {
   dSense: boolean;
+  /** Caching page WCE: a write-back cache (the host page cache); off, every write is synced before it completes. */
+  wce: boolean;
 }
 
-export const DEFAULT_MODE_STATE: Readonly<ModeState> = { dSense: false };
+export const DEFAULT_MODE_STATE: Readonly<ModeState> = { dSense: false, wce: true };
 
 export interface ModeContext {
   blockSize: number;
@@ -32,11 +34,13 @@ const CACHING_LENGTH = 0x12;
 const CONTROL_LENGTH = 0x0a;
 
 /** Caching mode page (SBC-3 6.4.5). */
-function cachingPage(pc: PageControl): Uint8Array {
+function cachingPage(pc: PageControl, state: ModeState): Uint8Array {
   const b = new Uint8Array(2 + CACHING_LENGTH);
   b[0] = MODE_PAGE_CACHING;
   b[1] = CACHING_LENGTH;
-  if (pc !== PageControl.CHANGEABLE) b[2] = 0x04; // WCE: a volatile write cache (the host page cache); flushed by SYNCHRONIZE CACHE and FUA
+  // WCE: a volatile write cache (the host page cache), flushed by SYNCHRONIZE CACHE and FUA; changeable.
+  const wce = pc === PageControl.CURRENT ? state.wce : true;
+  if (wce) b[2] = 0x04;
   return b;
 }
 
@@ -56,7 +60,7 @@ function controlPage(pc: PageControl, state: ModeState): Uint8Array {
 }
 
 function pageFor(code: number, pc: PageControl, state: ModeState): Uint8Array {
-  return code === MODE_PAGE_CACHING ? cachingPage(pc) : controlPage(pc, state);
+  return code === MODE_PAGE_CACHING ? cachingPage(pc, state) : controlPage(pc, state);
 }
 
 /** MODE SENSE(6)/(10) data: header, block descriptor unless DBD, then the page(s). */
@@ -138,6 +142,7 @@ export function modeSelect(list: Uint8Array, ten: boolean, ctx: ModeContext): Mo
       if (bad) throw invalidFieldInParameterList(p + i, 31 - Math.clz32(bad));
     }
     if (code === MODE_PAGE_CONTROL) next.dSense = (list[p + 2] & 0x04) !== 0;
+    else next.wce = (list[p + 2] & 0x04) !== 0;
     p += 2 + len;
   }
   return next;

@@ -30,10 +30,10 @@ const CASES: Case[] = [
   { name: 'VERIFY miscompare', disk: 'file', cdb: () => rw10(0x2f, 0, 1, 0x02), buffers: block(0xab), sense: [0x0e, 0x1d, 0x00] },
   { name: 'MODE SENSE saved values', disk: 'file', cdb: () => cdb(0x1a, 0, 0xff, 0, 255, 0), buffers: { in: 255 }, sense: [0x05, 0x39, 0x00] },
   {
-    name: 'MODE SELECT changing WCE',
+    name: 'MODE SELECT setting RCD',
     disk: 'file',
     cdb: () => cdb(0x15, 0x10, 0, 0, 24, 0),
-    buffers: { out: new Uint8Array([0, 0, 0, 0, 0x08, 0x12, ...new Array(18).fill(0)]) },
+    buffers: { out: new Uint8Array([0, 0, 0, 0, 0x08, 0x12, 0x05, ...new Array(17).fill(0)]) },
     sense: [0x05, 0x26, 0x00],
   },
   { name: 'UNMAP parameter list of 4 bytes', disk: 'file', cdb: () => cdb(0x42, 0, 0, 0, 0, 0, 0, 0, 4, 0), buffers: { out: new Uint8Array(4) }, sense: [0x05, 0x1a, 0x00] },

@@ -113,9 +113,10 @@ export class MemBackend implements BlockBackend {
     return moved;
   }
 
-  async writev(bufs: Uint8Array[], offset: number): Promise<number> {
-    this.calls.push(`writev ${offset}`);
+  async writev(bufs: Uint8Array[], offset: number, dsync = false): Promise<number> {
+    this.calls.push(`writev ${offset}${dsync ? ' dsync' : ''}`);
     if (this.fail.write) return this.reject('writev');
+    if (dsync && this.fail.flush) return this.reject('writev (sync)');
     let p = offset;
     let moved = 0;
     for (const b of bufs) {
@@ -139,8 +140,8 @@ export class MemBackend implements BlockBackend {
     this.data.fill(0, offset, offset + len);
   }
 
-  async writeZeroes(offset: number, len: number, unmap: boolean): Promise<void> {
-    this.calls.push(`writeZeroes ${offset} ${len} ${unmap}`);
+  async writeZeroes(offset: number, len: number, unmap: boolean, dsync = false): Promise<void> {
+    this.calls.push(`writeZeroes ${offset} ${len} ${unmap}${dsync ? ' dsync' : ''}`);
     if (this.fail.writeZeroes) return this.reject('writeZeroes');
     this.data.fill(0, offset, offset + len);
   }

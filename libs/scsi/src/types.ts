@@ -63,4 +63,6 @@ export interface ScsiLunState {
   pendingUnitAttention?: number;
   /** Control mode page D_SENSE. */
   dSense?: boolean;
+  /** Caching mode page WCE (absent: on). */
+  wce?: boolean;
 }
