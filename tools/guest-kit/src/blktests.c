@@ -647,6 +647,42 @@ static const char *test_ring3(void)
 	return (v & 3) == 3 ? NULL : "not-cpl3";
 }
 
+/* ---- blk-fill: write until the host's disk is full ----
+ * Writes `chunk` sectors per request from `lba` (the pattern, `seed`) until a
+ * request is not OK (or `max` requests, or the end of the disk), printing each
+ * request's status; then two FLUSHes (when negotiated; flush=0 does not),
+ * printing theirs. The host checks that what it answered OK is in the image. */
+static const char *test_blk_fill(void)
+{
+	const char *r = vblk_open(1);
+	if (r)
+		return r;
+	struct vq *q = &vblk.vd.q[0];
+	uint64_t lba = param("lba", 0), max = param("max", 1024);
+	unsigned chunk = chunk_param(), seed = param("seed", 1), n = 0, failed = 0;
+	uint8_t st;
+
+	if (vblk.read_only)
+		return "read-only";
+	for (; n < max && lba + chunk <= vblk.capacity && !failed; n++, lba += chunk) {
+		fill_pattern(wbuf, lba, chunk, seed);
+		if ((r = blk_sync(q, VIRTIO_BLK_T_OUT, lba, wbuf, chunk * SECTOR_SIZE, 0, &st)))
+			return r;
+		kprintf("blk-fill write lba=%llu sectors=%u status=%u\n",
+			(unsigned long long)lba, chunk, st);
+		if (st == 0xff)
+			return "status-not-written";
+		failed = st != VIRTIO_BLK_S_OK;
+	}
+	for (unsigned i = 0; i < 2 && vblk_has(&vblk, VIRTIO_BLK_F_FLUSH); i++) {
+		if ((r = blk_sync(q, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0, &st)))
+			return r;
+		kprintf("blk-fill flush status=%u\n", st);
+	}
+	kprintf("blk-fill writes=%u failed=%u\n", n, failed);
+	return failed ? NULL : "no-write-failed";
+}
+
 static const struct {
 	const char *name;
 	test_fn fn;
@@ -661,6 +697,7 @@ static const struct {
 	{ "blk-busmaster", test_blk_busmaster },
 	{ "blk-hostile", test_blk_hostile },
 	{ "blk-bench", test_blk_bench },
+	{ "blk-fill", test_blk_fill },
 	{ "ring3", test_ring3 },
 };
 

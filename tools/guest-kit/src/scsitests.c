@@ -1543,6 +1543,61 @@ static const char *test_mig_scsi_loop(void)
 	return NULL;
 }
 
+/* ---- scsi-fill: write until the host's disk is full ----
+ * wce=0 first turns the caching page's WCE off (MODE SELECT). Then WRITE(10)s
+ * of `blocks` from `lba` (the pattern, `seed`) until one is not GOOD (or `max`
+ * commands, or the end of the disk), printing each one's status and sense;
+ * then two SYNCHRONIZE CACHE(10)s, printing theirs. */
+static const char *test_scsi_fill(void)
+{
+	struct lu u;
+	struct scsi_res res;
+	uint8_t cdb[16];
+	const char *r = open_lun(&u, 1);
+	if (r)
+		return r;
+	uint64_t lba = param("lba", 0), max = param("max", 1024);
+	uint32_t blocks = param("blocks", 16);
+	unsigned seed = param("seed", 1), n = 0, failed = 0;
+
+	if (!blocks || blocks * u.bs > HALF_SIZE)
+		return "bad-blocks";
+	if (!param("wce", 1)) {
+		struct mode_page cache;
+		if ((r = mode_sense6(u.lun, 0x08, &cache)))
+			return r;
+		if (!cache.ok)
+			return "mode-sense-caching-failed";
+		cache.page[2] &= ~0x04;
+		if ((r = mode_select10(u.lun, cache.page, cache.len, &res)) ||
+		    (r = expect_good("mode-select-wce", u.lun, &res)))
+			return r;
+		if ((r = mode_sense6(u.lun, 0x08, &cache)))
+			return r;
+		kprintf("scsi-fill wce=%u\n", (cache.page[2] >> 2) & 1);
+	}
+	for (; n < max && lba + blocks <= u.blocks && !failed; n++, lba += blocks) {
+		fill_pattern(wbuf, lba, blocks, u.bs, seed);
+		rw_cdb(cdb, 10, 1, lba, blocks);
+		if ((r = cmd(u.lun, cdb, 10, wbuf, blocks * u.bs, 0, 0, 1, &res)))
+			return r;
+		kprintf("scsi-fill write lba=%llu blocks=%u response=%u status=0x%02x key=0x%02x asc=0x%02x\n",
+			(unsigned long long)lba, blocks, res.response, res.status, res.key, res.asc);
+		if (res.response == 0xff)
+			return "response-not-written";
+		failed = res.response != VIRTIO_SCSI_S_OK || res.status != SAM_STAT_GOOD;
+	}
+	for (unsigned i = 0; i < 2; i++) {
+		uint8_t sc[10] = { OP_SYNC_CACHE_10 };
+		if ((r = cmd(u.lun, sc, 10, NULL, 0, 0, 0, 1, &res)))
+			return r;
+		kprintf("scsi-fill sync response=%u status=0x%02x key=0x%02x asc=0x%02x\n",
+			res.response, res.status, res.key, res.asc);
+	}
+	kprintf("scsi-fill writes=%u failed=%u\n", n, failed);
+	return failed ? NULL : "no-write-failed";
+}
+
 static const struct {
 	const char *name;
 	test_fn fn;
@@ -1555,6 +1610,7 @@ static const struct {
 	{ "scsi-hostile", test_scsi_hostile },
 	{ "scsi-bench", test_scsi_bench },
 	{ "scsi-msix-mask", test_scsi_msix_mask },
+	{ "scsi-fill", test_scsi_fill },
 	{ "mig-scsi-loop", test_mig_scsi_loop },
 };
 

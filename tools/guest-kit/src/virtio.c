@@ -444,6 +444,8 @@ const char *vblk_init(struct vblk *b, unsigned want_queues)
 			FEAT(VIRTIO_BLK_F_MQ) | FEAT(VIRTIO_BLK_F_RO);
 	if (param("event-idx", 1))
 		want |= FEAT(VIRTIO_F_EVENT_IDX);
+	if (!param("flush", 1))		/* a driver without FLUSH: write-through */
+		want &= ~FEAT(VIRTIO_BLK_F_FLUSH);
 	if (ind != 0)
 		want |= FEAT(VIRTIO_F_INDIRECT_DESC);
 	if ((r = vdev_negotiate(d, want)))
