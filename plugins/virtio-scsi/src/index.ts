@@ -43,6 +43,10 @@ export class VirtioScsiPci extends VirtioPciPluginDevice {
     return this.scsi.saveScsiState();
   }
 
+  protected override checkExtra(extra: unknown): void {
+    this.scsi.checkScsiState(extra);
+  }
+
   protected override loadExtra(extra: unknown): void {
     this.scsi.loadScsiState(extra as VirtioScsiExtraState | undefined);
   }
