@@ -88,6 +88,15 @@ describeKvm('crafted snapshot and migration streams', () => {
     );
   }, 60_000);
 
+  it('--restore refuses a fractional device status, a huge queue size, a missing field and a duplicated section', async () => {
+    await restoreRefuses(tampered('device/d0', (d) => (d.state.virtio.status = 15.5)), /restore failed: bad stream: device\/d0\.state\.virtio\.status: expected an integer, got 15\.5/);
+    await restoreRefuses(tampered('device/d0', (d) => (d.state.virtio.queues[0].size = 2 ** 31 - 1)), /device\/d0\.state\.virtio\.queues\[0\]\.size: 2147483647 is out of range \(0\.\.65535\)/);
+    await restoreRefuses(tampered('serial', (v) => delete v.lcr), /restore failed: bad stream: serial\.lcr: expected an integer, got missing/);
+    const cpu0 = sections.find((s) => s.name === 'cpu/0')!;
+    const twice = Buffer.concat([encodeHeader(), ...sections.flatMap((s) => [...(s.name === 'end' ? encodeSection(cpu0.name, 1, cpu0.payload) : []), ...encodeSection(s.name, s.version, s.payload)])]);
+    await restoreRefuses(twice, /restore failed: bad stream: section 'cpu\/0' appears twice/);
+  }, 90_000);
+
   it('--incoming refuses a section declaring 4 GiB before allocating it, and answers the source', async () => {
     const sock = path.join(fleet.tmp, `in-${uniq()}.sock`);
     const p = fleet.start([...args(disk()), '--incoming', `unix:${sock}`]);
