@@ -300,7 +300,7 @@ describe('VirtioScsiDevice', () => {
     expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: RESP, len: 2 }], bytes: 'AAAA' }] })).toThrow(/pendingWrites\[0\]\.bytes: 3 bytes is more than 2/);
     expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: RESP, len: -1 }], bytes: '' }] })).toThrow(/pendingWrites\[0\]\.bufs\[0\]\.len: -1 is out of range/);
     expect(() => other.dev.loadScsiState({ luns: { 3: {} } })).toThrow(/luns: the migrated state has LUN 3, which is not attached here/);
-    expect(() => other.dev.loadScsiState({ luns: { 0: { dSense: 1 } } })).toThrow(/luns: LUN 0: dSense 1 is not a boolean/);
+    expect(() => other.dev.loadScsiState({ luns: { 0: { dSense: 1 as unknown as boolean } } })).toThrow(/luns: LUN 0: dSense 1 is not a boolean/);
     await settle();
   });
 });
