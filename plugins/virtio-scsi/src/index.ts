@@ -72,6 +72,11 @@ export class ScsiHd implements Device {
     return { lun: this.lun };
   }
 
+  /** Migration: the LUN number must be this one (nothing else to apply). */
+  checkState(state: unknown): void {
+    this.loadState(state);
+  }
+
   loadState(state: unknown): void {
     const s = state as { lun?: unknown } | null;
     if (!s || typeof s !== 'object') throw new Error(`${this.id}: malformed scsi-hd state`);
