@@ -9,3 +9,4 @@ export * from './plugin';
 export * from './plugin-check';
 export * from './properties';
 export * from './virtio-pci';
+export * from './virtio-pci-state';

@@ -124,6 +124,13 @@ export interface Device {
    */
   loadState?(state: unknown): void;
   /**
+   * Migration: parses and checks `state` (from an untrusted stream) without
+   * applying anything; throws (a StateError from @tsvmm/virtio-core naming
+   * the field) on what loadState would refuse. The destination calls it for
+   * every device before it applies the first section. loadState checks again.
+   */
+  checkState?(state: unknown): void;
+  /**
    * Migration: why this device cannot be migrated in its current
    * configuration (e.g. queues a vhost backend owns), or undefined. Asked before
    * a snapshot or migration starts, so the refusal comes before any transfer.

@@ -14,7 +14,8 @@
  * the exit path and does the same thing.
  */
 import { EventFd, Vm } from '@tsvmm/kvm-native';
-import { VirtioDevice, VirtioDeviceState, VirtioInterrupt, virtioUapi as V } from '@tsvmm/virtio-core';
+import { Fields, VirtioDevice, VirtioDeviceState, VirtioInterrupt, virtioUapi as V, within } from '@tsvmm/virtio-core';
+import { CheckedVirtioPciState, parseVirtioPciState } from './virtio-pci-state';
 import { GsiRoutes } from './gsi-routes';
 import { BusDevice, IoBus } from './io-bus';
 import { MmioAllocator } from './mmio-allocator';
@@ -423,6 +424,13 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     };
   }
 
+  /** Migration: parses and checks the transport and device state (StateError naming the field); applies nothing. */
+  checkState(t: unknown, d: unknown): CheckedVirtioPciState {
+    const s = parseVirtioPciState(t, 'transport', { config: this.config, msix: this.msix, numQueues: this.device.queues.length });
+    this.device.checkState(d, 'virtio');
+    return s;
+  }
+
   /**
    * Migration: restores the transport on a freshly created function with the
    * same device type and properties, while the VM is stopped: config space
@@ -431,22 +439,16 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
    * notifiers are registered when the VM resumes, and each active queue is
    * kicked once then.
    */
-  loadState(t: VirtioPciState, d: VirtioDeviceState): void {
-    if (!t || typeof t.config !== 'string' || !Array.isArray(t.queueVectors)) throw new Error(`${this.device.id}: malformed virtio-pci state`);
-    if (t.queueVectors.length !== this.device.queues.length)
-      throw new Error(`${this.device.id}: the stream has ${t.queueVectors.length} queues, this device has ${this.device.queues.length}`);
-    const config = Buffer.from(t.config, 'base64');
-    const id = (b: Uint8Array) => b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24);
-    if (id(config) !== id(this.config.bytes))
-      throw new Error(`${this.device.id}: PCI vendor/device id differs (stream 0x${(id(config) >>> 0).toString(16)}, here 0x${(id(this.config.bytes) >>> 0).toString(16)})`);
-    this.msix.restore(Buffer.from(t.msixTable, 'base64'), Buffer.from(t.msixPba, 'base64'));
-    this.restoreConfig(config);
-    this.deviceFeatureSelect = t.deviceFeatureSelect;
-    this.driverFeatureSelect = t.driverFeatureSelect;
-    this.queueSelect = t.queueSelect;
-    this.isr = t.isr;
-    this.msixConfig = t.msixConfig;
-    t.queueVectors.forEach((v, i) => (this.queueVectors[i] = v));
+  loadState(t: VirtioPciState | unknown, d: VirtioDeviceState | unknown): void {
+    const s = this.checkState(t, d);
+    this.msix.restore(s.msixTable, s.msixPba);
+    this.restoreConfig(s.config);
+    this.deviceFeatureSelect = s.deviceFeatureSelect;
+    this.driverFeatureSelect = s.driverFeatureSelect;
+    this.queueSelect = s.queueSelect;
+    this.isr = s.isr;
+    this.msixConfig = s.msixConfig;
+    s.queueVectors.forEach((v, i) => (this.queueVectors[i] = v));
     for (const v of new Set([this.msixConfig, ...this.queueVectors])) if (v !== NO_VECTOR) this.msix.useVector(v);
     this.device.loadState(d);
     this.kickOnResume = true;
@@ -633,11 +635,22 @@ export abstract class VirtioPciPluginDevice {
   }
 
   loadState(state: unknown): void {
-    const s = state as VirtioPciDeviceState;
-    if (!s || typeof s !== 'object' || !s.transport || !s.virtio) throw new Error(`${this.id}: malformed device state`);
+    const s = this.checkState(state);
     this.loadExtra(s.extra);
     this.transport.loadState(s.transport, s.virtio);
   }
+
+  /** Migration: the whole state checked (transport, virtio, the plugin's extra) without applying anything. */
+  checkState(state: unknown): VirtioPciDeviceState {
+    const f = new Fields(state, '');
+    const s = { transport: f.raw('transport'), virtio: f.raw('virtio'), extra: f.raw('extra') } as VirtioPciDeviceState;
+    this.transport.checkState(s.transport, s.virtio);
+    within('extra', () => this.checkExtra(s.extra));
+    return s;
+  }
+
+  /** Checks a plugin's own migration fields without applying them (throw a StateError naming the field). */
+  protected checkExtra(_extra: unknown): void {}
 
   /** A plugin's own migration fields (JSON). */
   protected saveExtra(): unknown {

@@ -170,15 +170,20 @@ export class ScsiDisk implements ScsiLun {
     return s;
   }
 
-  /** Migration: absent fields mean the power-on value (no unit attention, default mode pages). */
-  loadState(s: ScsiLunState): void {
-    if (!s || typeof s !== 'object') throw new Error('malformed logical unit state');
+  /** Migration: checks a saved state without applying it. */
+  checkState(s: ScsiLunState): void {
+    if (!s || typeof s !== 'object' || Array.isArray(s)) throw new Error('malformed logical unit state');
     if (s.kind !== undefined && s.kind !== this.kind) throw new Error(`logical unit state is of kind '${String(s.kind)}', this unit is a ${this.kind}`);
     const ua = s.pendingUnitAttention;
     if (ua !== undefined && !(Number.isInteger(ua) && ua > 0 && ua <= 0xffff)) throw new Error(`pendingUnitAttention ${JSON.stringify(ua)} is not an ASC/ASCQ pair`);
     if (s.dSense !== undefined && typeof s.dSense !== 'boolean') throw new Error(`dSense ${JSON.stringify(s.dSense)} is not a boolean`);
     if (s.wce !== undefined && typeof s.wce !== 'boolean') throw new Error(`wce ${JSON.stringify(s.wce)} is not a boolean`);
-    this.pendingUa = ua as Asc | undefined;
+  }
+
+  /** Migration: absent fields mean the power-on value (no unit attention, default mode pages). */
+  loadState(s: ScsiLunState): void {
+    this.checkState(s);
+    this.pendingUa = s.pendingUnitAttention as Asc | undefined;
     this.mode = { ...DEFAULT_MODE_STATE, ...(s.dSense !== undefined ? { dSense: s.dSense } : {}), ...(s.wce !== undefined ? { wce: s.wce } : {}) };
   }
 

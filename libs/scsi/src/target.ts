@@ -63,12 +63,7 @@ export class ScsiTarget {
    * on a refusal nothing changes.
    */
   loadState(state: Record<string, ScsiLunState>): void {
-    if (!state || typeof state !== 'object' || Array.isArray(state)) throw new Error('malformed SCSI target state');
-    for (const key of Object.keys(state)) {
-      const unit = /^\d+$/.test(key) ? this.units.get(Number(key)) : undefined;
-      if (!unit) throw new Error(`the migrated state has LUN ${key}, which is not attached here`);
-      if (!unit.loadState) throw new Error(`LUN ${key} (${unit.kind}) cannot load a migrated state`);
-    }
+    this.checkState(state);
     const todo = [...this.units].filter(([, u]) => u.loadState).map(([lun, u]) => [u, state[String(lun)] ?? {}] as const);
     const before = todo.map(([u]) => u.saveState?.());
     try {
@@ -76,6 +71,21 @@ export class ScsiTarget {
     } catch (e) {
       todo.forEach(([u], i) => before[i] && u.loadState!(before[i]!));
       throw e;
+    }
+  }
+
+  /** Migration: checks saved LUN states as loadState would, applying nothing. */
+  checkState(state: Record<string, ScsiLunState>): void {
+    if (!state || typeof state !== 'object' || Array.isArray(state)) throw new Error('malformed SCSI target state');
+    for (const key of Object.keys(state)) {
+      const unit = /^\d+$/.test(key) ? this.units.get(Number(key)) : undefined;
+      if (!unit) throw new Error(`the migrated state has LUN ${key}, which is not attached here`);
+      if (!unit.loadState) throw new Error(`LUN ${key} (${unit.kind}) cannot load a migrated state`);
+      try {
+        unit.checkState?.(state[key]);
+      } catch (e) {
+        throw new Error(`LUN ${key}: ${(e as Error).message}`);
+      }
     }
   }
 

@@ -54,6 +54,8 @@ export interface ScsiLun {
    */
   saveState?(): ScsiLunState;
   loadState?(state: ScsiLunState): void;
+  /** Checks a saved state as loadState would, applying nothing. */
+  checkState?(state: ScsiLunState): void;
 }
 
 /** A logical unit's migrated state (fields optional: absent = default). */

@@ -11,6 +11,8 @@
 import * as V from './generated/virtio-uapi';
 import { GuestMemory } from './guest-memory';
 import { describeQueueError, QueueError, QueueState, SplitVirtqueue } from './virtqueue';
+import { StateError } from './state-check';
+import { CheckedVirtioState, parseVirtioState } from './virtio-state';
 
 /** What the transport gives the device: how to interrupt the driver. */
 export interface VirtioInterrupt {
@@ -406,32 +408,38 @@ export abstract class VirtioDevice {
     return s;
   }
 
+  /** Migration: parses and checks a saved state against this device without applying it (StateError naming the field). */
+  checkState(s: unknown, path = 'virtio'): CheckedVirtioState {
+    return parseVirtioState(s, path, this);
+  }
+
   /**
    * Restores what saveState returned, on a device created with the same
-   * properties. Fields added after the first stream version are optional:
-   * an absent `disabled` means bus mastering was on. Throws on a state this
-   * device cannot take (other queue count, features it does not offer).
+   * properties. The whole state is parsed and checked first (checkState);
+   * fields added after the first stream version are optional: an absent
+   * `disabled` means bus mastering was on. A ready queue of a live device
+   * (DRIVER_OK, not broken) is re-activated; one that fails to activate is a
+   * load error (StateError), not a device left half-restored.
    */
-  loadState(s: VirtioDeviceState): void {
-    if (!s || typeof s !== 'object' || !Array.isArray(s.queues)) throw new Error(`${this.id}: malformed virtio state`);
-    if (s.queues.length !== this.queues.length)
-      throw new Error(`${this.id}: the stream has ${s.queues.length} queues, this device has ${this.queues.length}`);
-    const offered = BigInt(`0x${s.deviceFeatures}`);
-    if (offered !== this.deviceFeatures)
-      throw new Error(`${this.id}: device features differ (stream 0x${s.deviceFeatures}, here 0x${this.deviceFeatures.toString(16)})`);
+  loadState(raw: unknown): void {
+    const s = this.checkState(raw);
     this.deferred.length = 0;
-    this.deferred.push(...(s.deferred ?? []));
+    this.deferred.push(...s.deferred);
     this.kickedWhileDisabled.clear();
-    for (const q of s.kickedWhileDisabled ?? []) this.kickedWhileDisabled.add(q);
-    this.driverFeatures = BigInt(`0x${s.driverFeatures}`);
+    for (const q of s.kickedWhileDisabled) this.kickedWhileDisabled.add(q);
+    this.driverFeatures = s.driverFeatures;
     this.status = s.status;
     this.configGeneration = s.configGeneration;
     this.broken = s.broken;
-    this.disabled = s.disabled === true;
-    s.queues.forEach((qs, i) => this.queues[i]?.load(qs));
-    if (this.driverOk && !this.broken) {
+    this.disabled = s.disabled;
+    s.queues.forEach((qs, i) => this.queues[i].load(qs));
+    if (s.live) {
       const features = { eventIdx: this.hasFeature(V.VIRTIO_RING_F_EVENT_IDX), indirect: this.hasFeature(V.VIRTIO_RING_F_INDIRECT_DESC) };
-      for (const q of this.queues) if (q.ready) q.activate(this.memory, features);
+      for (const q of this.queues) {
+        if (!q.ready) continue;
+        const err = q.activate(this.memory, features);
+        if (err) throw new StateError(`virtio.queues[${q.index}]`, `cannot be re-activated: ${describeQueueError(err)}`);
+      }
     }
   }
 }

@@ -2,4 +2,6 @@ export * from './chain-io';
 export * from './device';
 export * from './guest-memory';
 export * from './virtqueue';
+export * from './state-check';
+export * from './virtio-state';
 export * as virtioUapi from './generated/virtio-uapi';

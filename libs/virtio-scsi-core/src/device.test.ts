@@ -296,8 +296,11 @@ describe('VirtioScsiDevice', () => {
     other.dev.setDisabled(false); // the held-back response lands on the destination
     expect(other.mem.readU8(RESP + 0x100 + S.OFF_virtio_scsi_cmd_resp_response)).toBe(S.VIRTIO_SCSI_S_OK);
     expect(other.dev.target.lun(0)!.info().pendingUnitAttention).toMatch(/29\/03|RESET/);
-    expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: 1 << 30, len: 8 }], bytes: '' }] })).toThrow(/scsi0: held-back response buffer .* is not in guest RAM/);
-    expect(() => other.dev.loadScsiState({ luns: { 3: {} } })).toThrow(/scsi0: the migrated state has LUN 3, which is not attached here/);
+    expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: 1 << 30, len: 8 }], bytes: '' }] })).toThrow(/^pendingWrites\[0\]\.bufs\[0\]: \[0x40000000, \+0x8\) is not guest RAM$/);
+    expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: RESP, len: 2 }], bytes: 'AAAA' }] })).toThrow(/pendingWrites\[0\]\.bytes: 3 bytes is more than 2/);
+    expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: RESP, len: -1 }], bytes: '' }] })).toThrow(/pendingWrites\[0\]\.bufs\[0\]\.len: -1 is out of range/);
+    expect(() => other.dev.loadScsiState({ luns: { 3: {} } })).toThrow(/luns: the migrated state has LUN 3, which is not attached here/);
+    expect(() => other.dev.loadScsiState({ luns: { 0: { dSense: 1 as unknown as boolean } } })).toThrow(/luns: LUN 0: dSense 1 is not a boolean/);
     await settle();
   });
 });

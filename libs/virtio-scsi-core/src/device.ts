@@ -6,7 +6,10 @@
  * the image and guest memory.
  */
 import { ScsiLunState, ScsiResponse, ScsiTarget } from '@tsvmm/scsi';
-import { Descriptor, GuestMemory, readConfigImage, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
+import { Descriptor, Fields, GuestMemory, readConfigImage, scatter, SplitVirtqueue, StateError, VirtioDevice, within } from '@tsvmm/virtio-core';
+
+/** Buffers of one held-back response in a migrated state: a chain is at most a queue long. */
+const MAX_HELD_BUFS = 32768;
 import * as S from './generated/virtio-scsi-uapi';
 import { describeScsiChainError, parseCmdRequest, parseControlRequest, ScsiCmdRequest, ScsiControlRequest } from './request';
 
@@ -332,26 +335,45 @@ export class VirtioScsiDevice extends VirtioDevice {
     return Object.keys(s).length ? s : undefined;
   }
 
-  /** Migration: the counterpart of saveScsiState; checks everything before applying. */
-  loadScsiState(s: VirtioScsiExtraState | undefined): void {
-    if (s !== undefined && (s === null || typeof s !== 'object')) throw new Error(`${this.id}: malformed virtio-scsi state`);
-    const writes: { bufs: Descriptor[]; bytes: Uint8Array }[] = [];
-    for (const p of s?.pendingWrites ?? []) {
-      if (!p || !Array.isArray(p.bufs) || typeof p.bytes !== 'string') throw new Error(`${this.id}: malformed held-back response`);
-      const bufs = p.bufs.map((d) => {
-        if (!Number.isSafeInteger(d?.addr) || !Number.isInteger(d?.len) || d.len < 0 || !this.memory.checkRange(d.addr, d.len))
-          throw new Error(`${this.id}: held-back response buffer ${JSON.stringify(d)} is not in guest RAM`);
-        return { addr: d.addr, len: d.len, writable: true } as Descriptor;
+  /**
+   * Migration: parses the adapter's own fields without applying them: LUN
+   * states the target accepts, held-back responses (at most one per
+   * descriptor of every queue) whose buffers are guest RAM and hold their bytes.
+   */
+  checkScsiState(raw: unknown): { luns: Record<string, ScsiLunState>; writes: { bufs: Descriptor[]; bytes: Uint8Array }[] } {
+    if (raw === undefined) return { luns: {}, writes: [] };
+    const f = new Fields(raw, '');
+    const maxWrites = this.queues.reduce((n, q) => n + q.maxSize, 0);
+    const writes = f.optional('pendingWrites', (g, k) => g.array(k, maxWrites, (v, p) => {
+      const w = new Fields(v, p);
+      const bufs = w.array('bufs', MAX_HELD_BUFS, (d, dp) => {
+        const e = new Fields(d, dp);
+        const addr = e.uint('addr');
+        const len = e.u32('len');
+        if (!this.memory.checkRange(addr, len)) throw new StateError(dp, `[0x${addr.toString(16)}, +0x${len.toString(16)}) is not guest RAM`);
+        return { addr, len, writable: true } as Descriptor;
       });
-      writes.push({ bufs, bytes: new Uint8Array(Buffer.from(p.bytes, 'base64')) });
-    }
-    try {
-      this.target.loadState(s?.luns ?? {});
-    } catch (e) {
-      throw new Error(`${this.id}: ${(e as Error).message}`);
-    }
+      const room = bufs.reduce((n, d) => n + d.len, 0);
+      const bytes = w.base64('bytes', undefined, room);
+      return { bufs, bytes };
+    })) ?? [];
+    const luns = (f.raw('luns') ?? {}) as Record<string, ScsiLunState>;
+    within('luns', () => {
+      try {
+        this.target.checkState(luns);
+      } catch (e) {
+        throw e instanceof StateError ? e : new StateError('', (e as Error).message);
+      }
+    });
+    return { luns, writes };
+  }
+
+  /** Migration: the counterpart of saveScsiState; checks everything (checkScsiState) before applying. */
+  loadScsiState(raw: VirtioScsiExtraState | undefined): void {
+    const s = this.checkScsiState(raw);
+    this.target.loadState(s.luns);
     this.pendingWrites.length = 0;
-    this.pendingWrites.push(...writes);
+    this.pendingWrites.push(...s.writes);
   }
 
   async destroy(): Promise<void> {

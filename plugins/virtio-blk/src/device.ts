@@ -1,7 +1,7 @@
 /**
  * The virtio-blk device (virtio 1.2 section 5.2) over a BlockBackend.
  */
-import { GuestMemory, readConfigImage, scatter, SplitVirtqueue, VirtioDevice, VirtioDeviceState } from '@tsvmm/virtio-core';
+import { Fields, GuestMemory, readConfigImage, scatter, SplitVirtqueue, StateError, VirtioDevice, VirtioDeviceState } from '@tsvmm/virtio-core';
 import * as B from './generated/virtio-blk-uapi';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
@@ -363,6 +363,7 @@ export class VirtioBlkDevice extends VirtioDevice {
    * held-back completions (so they are not pushed twice).
    */
   override loadState(s: VirtioDeviceState): void {
+    this.checkState(s); // the whole state, held-back completions included, before anything is applied
     if (!this.dataPlane) {
       super.loadState(s);
       return;
@@ -385,8 +386,27 @@ export class VirtioBlkDevice extends VirtioDevice {
     return this.pendingStatus.length ? { pendingStatus: this.pendingStatus.map((p) => ({ ...p })) } : undefined;
   }
 
+  /**
+   * Migration: parses the extra state (StateError naming the field): at most
+   * one held-back status byte per descriptor of every queue, each a u8 at an
+   * address in guest RAM.
+   */
+  checkBlkState(raw: unknown): BlkExtraState {
+    if (raw === undefined || raw === null) return undefined;
+    const f = new Fields(raw, '');
+    const max = this.queues.reduce((n, q) => n + q.maxSize, 0);
+    const pendingStatus = f.optional('pendingStatus', (g, k) => g.array(k, max, (v, p) => {
+      const e = new Fields(v, p);
+      const addr = e.uint('addr');
+      if (!this.memory.checkRange(addr, 1)) throw new StateError(e.at('addr'), `0x${addr.toString(16)} is not guest RAM`);
+      return { addr, status: e.u8('status') };
+    }));
+    return pendingStatus ? { pendingStatus } : undefined;
+  }
+
   /** Called before loadState (VirtioPciPluginDevice.loadState restores the extra first). */
-  loadBlkState(s: BlkExtraState): void {
+  loadBlkState(raw: BlkExtraState): void {
+    const s = this.checkBlkState(raw);
     this.pendingStatus.length = 0;
     if (this.dataPlane) {
       this.restoredExtra = s?.pendingStatus ? { pendingStatus: s.pendingStatus.map((p) => ({ ...p })) } : undefined;

@@ -50,6 +50,10 @@ export class VirtioBlkPci extends VirtioPciPluginDevice {
     return this.blk.saveBlkState();
   }
 
+  protected override checkExtra(extra: unknown): void {
+    this.blk.checkBlkState(extra);
+  }
+
   protected override loadExtra(extra: unknown): void {
     this.blk.loadBlkState(extra as BlkExtraState);
   }

@@ -43,6 +43,10 @@ export class VirtioScsiPci extends VirtioPciPluginDevice {
     return this.scsi.saveScsiState();
   }
 
+  protected override checkExtra(extra: unknown): void {
+    this.scsi.checkScsiState(extra);
+  }
+
   protected override loadExtra(extra: unknown): void {
     this.scsi.loadScsiState(extra as VirtioScsiExtraState | undefined);
   }
@@ -66,6 +70,11 @@ export class ScsiHd implements Device {
   /** Migration: the LUN's own state (unit attention, mode parameters) travels with its adapter's; this names the LUN. */
   saveState(): { lun: number } {
     return { lun: this.lun };
+  }
+
+  /** Migration: the LUN number must be this one (nothing else to apply). */
+  checkState(state: unknown): void {
+    this.loadState(state);
   }
 
   loadState(state: unknown): void {

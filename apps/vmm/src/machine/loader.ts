@@ -33,7 +33,7 @@ export function detectKernelFormat(path: string, b: Uint8Array): KernelFormat {
   if (isElf(b)) return 'pvh-elf';
   if (b.length >= 0x206 && b[0x1fe] === 0x55 && b[0x1ff] === 0xaa && Buffer.from(b.subarray(0x202, 0x206)).toString('latin1') === 'HdrS')
     return 'bzimage';
-  throw new KernelImageError(`${path}: not a bzImage (no "HdrS" setup header) nor an ELF kernel`);
+  throw new KernelImageError(`${path}: not a valid kernel: not a bzImage (no "HdrS" setup header) nor an ELF kernel`);
 }
 
 export function loadKernel(req: LoadRequest): BootEntry {
@@ -81,17 +81,27 @@ const XLF_KERNEL_64 = 1 << 0;
 const LOADED_HIGH = 1 << 0;
 const KEEP_SEGMENTS = 1 << 6;
 
+/** The setup header of boot protocol 2.12 ends here (after handover_offset); the file must hold it whole. */
+const HDR_END_2_12 = 0x268;
+/** The 64-bit entry point's offset into the protected-mode kernel. */
+const ENTRY_64 = 0x200;
+
 export function loadBzImage(req: LoadRequest): BootEntry {
   const b = req.kernel;
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const path = req.kernelPath;
+  const bad = (field: string, why: string) => new KernelImageError(`${path}: not a valid kernel: ${field} ${why}`);
+  if (b.length < HDR_VERSION + 2) throw bad('setup header', `is cut short: the file is ${b.length} bytes (truncated bzImage)`);
   const version = dv.getUint16(HDR_VERSION, true);
   if (version < 0x20c) throw new KernelImageError(`${path}: boot protocol ${(version >> 8)}.${version & 0xff} is too old (need 2.12+ for the 64-bit entry)`);
+  if (b.length < HDR_END_2_12)
+    throw bad('setup header', `is cut short: boot protocol 2.12 needs 0x${HDR_END_2_12.toString(16)} bytes, the file is ${b.length} (truncated bzImage)`);
   if (!(dv.getUint16(HDR_XLOADFLAGS, true) & XLF_KERNEL_64)) throw new KernelImageError(`${path}: bzImage has no 64-bit entry point (XLF_KERNEL_64 is clear)`);
   if (!(b[HDR_LOADFLAGS] & LOADED_HIGH)) throw new KernelImageError(`${path}: bzImage is not loadable at 1 MiB (LOADED_HIGH is clear)`);
-  const setupSects = b[HDR_SETUP_SECTS] || 4;
+  const setupSects = b[HDR_SETUP_SECTS] || 4; // 0 means 4 (boot.rst)
   const payloadOff = (setupSects + 1) * 512;
-  if (payloadOff >= b.length) throw new KernelImageError(`${path}: truncated bzImage (setup_sects=${setupSects} but the file is ${b.length} bytes)`);
+  if (payloadOff + ENTRY_64 >= b.length)
+    throw bad('setup_sects', `${setupSects} puts the kernel at 0x${payloadOff.toString(16)}, but the file is ${b.length} bytes (truncated bzImage: no 64-bit entry)`);
   const payload = b.subarray(payloadOff);
   const initSize = dv.getUint32(HDR_INIT_SIZE, true);
   const kernelEnd = KERNEL_LOAD_ADDR + Math.max(payload.length, initSize);
@@ -101,8 +111,9 @@ export function loadBzImage(req: LoadRequest): BootEntry {
   // boot_params: zeroed, then the image's setup header copied to the same offsets.
   const zp = req.memory.slice(ZERO_PAGE_ADDR, 4096);
   zp.fill(0);
-  const hdrEnd = 0x202 + b[0x201];
-  zp.set(b.subarray(HDR_SETUP_SECTS, Math.min(hdrEnd, 4096)), HDR_SETUP_SECTS);
+  // The header ends where its jump (at 0x200) lands; never past the setup code or the zero page.
+  const hdrEnd = Math.max(HDR_END_2_12, Math.min(0x202 + b[0x201], payloadOff, 4096));
+  zp.set(b.subarray(HDR_SETUP_SECTS, hdrEnd), HDR_SETUP_SECTS);
   const zdv = new DataView(zp.buffer, zp.byteOffset, 4096);
   zp[HDR_TYPE_OF_LOADER] = 0xff; // undefined boot loader
   zp[HDR_LOADFLAGS] = (zp[HDR_LOADFLAGS] | LOADED_HIGH) & ~KEEP_SEGMENTS;
@@ -130,7 +141,7 @@ export function loadBzImage(req: LoadRequest): BootEntry {
     zdv.setUint32(o + 16, e.type, true);
   });
   // The 64-bit entry point is 0x200 bytes into the protected-mode kernel.
-  return { mode: 'linux64', rip: KERNEL_LOAD_ADDR + 0x200, bootParams: ZERO_PAGE_ADDR };
+  return { mode: 'linux64', rip: KERNEL_LOAD_ADDR + ENTRY_64, bootParams: ZERO_PAGE_ADDR };
 }
 
 const XEN_ELFNOTE_PHYS32_ENTRY = 18;
@@ -141,8 +152,10 @@ export function loadPvh(req: LoadRequest): BootEntry {
   const elf = parseElf(path, req.kernel);
   const note = elf.notes.find((n) => n.name === 'Xen' && n.type === XEN_ELFNOTE_PHYS32_ENTRY);
   if (!note) throw new KernelImageError(`${path}: ELF has no PVH entry note (Xen note XEN_ELFNOTE_PHYS32_ENTRY); build the kernel with PVH support`);
+  if (note.desc.length !== 4 && note.desc.length !== 8)
+    throw new KernelImageError(`${path}: not a valid kernel: XEN_ELFNOTE_PHYS32_ENTRY n_descsz ${note.desc.length} is not 4 or 8`);
   const ndv = new DataView(note.desc.buffer, note.desc.byteOffset, note.desc.byteLength);
-  const entry = note.desc.length >= 8 ? Number(ndv.getBigUint64(0, true)) : ndv.getUint32(0, true);
+  const entry = note.desc.length === 8 ? Number(ndv.getBigUint64(0, true)) : ndv.getUint32(0, true);
   let kernelEnd = BIOS_END;
   for (const s of elf.segments) {
     if (s.paddr < BIOS_END) throw new KernelImageError(`${path}: segment at 0x${s.paddr.toString(16)} is below 1 MiB (the VMM's boot area)`);

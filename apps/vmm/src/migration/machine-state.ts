@@ -8,13 +8,35 @@
  */
 import { encodeRegs, decodeRegs, encodeSregs, decodeSregs, uapi as U, Vcpu } from '@tsvmm/kvm-native';
 import { Machine } from '../machine/machine';
+import { array, Fields, int, StateError, within } from '@tsvmm/virtio-core';
 import { encodeSection, jsonPayload, MigrationStreamError, parseJson, Section } from './stream';
 
 const b64 = (b: Uint8Array) => Buffer.from(b).toString('base64');
-const unb64 = (s: unknown, what: string): Uint8Array => {
-  if (typeof s !== 'string') throw new MigrationStreamError(`${what} is missing`);
-  return new Uint8Array(Buffer.from(s, 'base64'));
-};
+
+/** Runs a section's parser; a StateError becomes a MigrationStreamError naming the section and field. */
+export function checkSection<T>(section: string, parse: () => T): T {
+  try {
+    return within(section, parse);
+  } catch (e) {
+    if (e instanceof StateError) throw new MigrationStreamError(`bad stream: ${e.message}`);
+    throw e;
+  }
+}
+
+/** The `machine` section, checked. */
+export function parseMachineDescription(v: unknown): MachineDescription {
+  return checkSection('machine', () => {
+    const f = new Fields(v, '');
+    return {
+      memoryBytes: f.uint('memoryBytes'),
+      cpus: f.uint('cpus', 1024),
+      devices: f.array('devices', 4096, (d, p) => {
+        const e = new Fields(d, p);
+        return { id: e.str('id', 256), type: e.str('type', 256) };
+      }),
+    };
+  });
+}
 
 /** What must match between the source and the destination. */
 export interface MachineDescription {
@@ -128,13 +150,57 @@ const MSR_IA32_TSC_DEADLINE = 0x6e0;
  * timer interrupt that never comes; the guest kit, which polls, would not
  * notice.
  */
-function loadCpu(v: Vcpu, s: CpuState, log: (m: string) => void): void {
-  v.setSregs(decodeSregs(unb64(s.sregs, `cpu ${v.id} sregs`)));
-  v.setRegs(decodeRegs(unb64(s.regs, `cpu ${v.id} regs`)));
-  v.setFpu(unb64(s.fpu, `cpu ${v.id} fpu`));
-  if (s.xsave) v.setXsave(unb64(s.xsave, `cpu ${v.id} xsave`));
-  if (s.xcrs) v.setXcrs(unb64(s.xcrs, `cpu ${v.id} xcrs`));
-  const msrs = s.msrs.map(([index, data]) => ({ index, data: BigInt(`0x${data}`) }));
+/** A `cpu/N` section, checked: every KVM structure of its exact size, MSRs as (u32, 64-bit) pairs, a known MP state. */
+interface CheckedCpuState {
+  regs: Uint8Array;
+  sregs: Uint8Array;
+  fpu: Uint8Array;
+  xsave?: Uint8Array;
+  xcrs?: Uint8Array;
+  lapic: Uint8Array;
+  msrs: { index: number; data: bigint }[];
+  events: Uint8Array;
+  mpState: number;
+}
+
+/** KVM_MP_STATE_RUNNABLE .. KVM_MP_STATE_SUSPENDED (linux/kvm.h). */
+const MAX_MP_STATE = 9;
+/** More MSRs than any host lists as saveable. */
+const MAX_MSRS = 4096;
+
+export function parseCpuState(v: unknown, section: string): CheckedCpuState {
+  return checkSection(section, () => {
+    const f = new Fields(v, '');
+    const s: CheckedCpuState = {
+      regs: f.base64('regs', U.SIZEOF_kvm_regs),
+      sregs: f.base64('sregs', U.SIZEOF_kvm_sregs),
+      fpu: f.base64('fpu', U.SIZEOF_kvm_fpu),
+      lapic: f.base64('lapic', U.SIZEOF_kvm_lapic_state),
+      events: f.base64('events', U.SIZEOF_kvm_vcpu_events),
+      msrs: f.array('msrs', MAX_MSRS, (m, p) => {
+        const pair = array(m, p, 2, (x) => x);
+        if (pair.length !== 2) throw new StateError(p, 'expected [index, "hex value"]');
+        const e = new Fields({ index: pair[0], data: pair[1] }, p);
+        return { index: e.u32('index'), data: e.hex('data') };
+      }),
+      mpState: f.uint('mpState', MAX_MP_STATE),
+    };
+    const xsave = f.optional('xsave', (g, k) => g.base64(k, U.SIZEOF_kvm_xsave));
+    const xcrs = f.optional('xcrs', (g, k) => g.base64(k, U.SIZEOF_kvm_xcrs));
+    if (xsave) s.xsave = xsave;
+    if (xcrs) s.xcrs = xcrs;
+    f.optional('tscKhz', (g, k) => g.u32(k));
+    return s;
+  });
+}
+
+function loadCpu(v: Vcpu, s: CheckedCpuState, log: (m: string) => void): void {
+  v.setSregs(decodeSregs(s.sregs));
+  v.setRegs(decodeRegs(s.regs));
+  v.setFpu(s.fpu);
+  if (s.xsave) v.setXsave(s.xsave);
+  if (s.xcrs) v.setXcrs(s.xcrs);
+  const msrs = s.msrs.map((e) => ({ ...e }));
   const TSC = 0x10;
   msrs.sort((a, b) => (a.index === TSC ? -1 : b.index === TSC ? 1 : 0));
   try {
@@ -151,7 +217,7 @@ function loadCpu(v: Vcpu, s: CpuState, log: (m: string) => void): void {
     }
     if (refused.length) log(`cpu ${v.id}: KVM refused MSRs ${refused.join(' ')} (left at their reset values)`);
   }
-  v.setLapic(unb64(s.lapic, `cpu ${v.id} lapic`));
+  v.setLapic(s.lapic);
   const deadline = msrs.find((e) => e.index === MSR_IA32_TSC_DEADLINE);
   if (deadline) {
     try {
@@ -160,7 +226,7 @@ function loadCpu(v: Vcpu, s: CpuState, log: (m: string) => void): void {
       log(`cpu ${v.id}: KVM refused IA32_TSC_DEADLINE after the LAPIC (the guest's next TSC-deadline timer may not fire)`);
     }
   }
-  const ev = unb64(s.events, `cpu ${v.id} events`);
+  const ev = s.events;
   const flags = new DataView(ev.buffer, ev.byteOffset).getUint32(U.OFF_kvm_vcpu_events_flags, true);
   v.setVcpuEvents(ev, flags & (U.KVM_VCPUEVENT_VALID_NMI_PENDING | U.KVM_VCPUEVENT_VALID_SIPI_VECTOR | U.KVM_VCPUEVENT_VALID_SHADOW));
   v.setMpState(s.mpState);
@@ -197,41 +263,71 @@ export function saveMachineSections(m: Machine, msrs: number[]): Buffer[] {
  * nothing half-restored.
  */
 export function loadMachineSections(m: Machine, sections: Section[], log: (msg: string) => void): void {
-  const byName = new Map(sections.map((s) => [s.name, s]));
+  const byName = new Map<string, Section>();
+  for (const s of sections) {
+    if (byName.has(s.name)) throw new MigrationStreamError(`bad stream: section '${s.name}' appears twice`);
+    byName.set(s.name, s);
+  }
   const need = (name: string) => {
     const s = byName.get(name);
     if (!s) throw new MigrationStreamError(`the stream has no '${name}' section`);
     return s;
   };
-  const irq = need('irqchip').payload;
-  if (irq.length !== 3 * U.SIZEOF_kvm_irqchip) throw new MigrationStreamError(`section 'irqchip' has ${irq.length} bytes`);
-  const pit = need('pit').payload;
-  if (pit.length !== U.SIZEOF_kvm_pit_state2) throw new MigrationStreamError(`section 'pit' has ${pit.length} bytes`);
-  const cpus = m.vcpus.map((v) => parseJson<CpuState>(need(`cpu/${v.id}`)));
-  const serial = parseJson<Record<string, unknown>>(need('serial'));
-  const clock = parseJson<{ clock: string }>(need('clock'));
-  const devices = m.devices.map((d) => {
-    const s = parseJson<{ type: string; state: unknown }>(need(`device/${d.id}`));
-    if (s.type !== d.type) throw new MigrationStreamError(`device '${d.id}' is ${s.type} in the stream, ${d.type} here`);
-    if (!d.loadState) throw new MigrationStreamError(`device '${d.id}' (${d.type}) does not support migration`);
-    return { d, state: s.state };
-  });
   for (const s of sections) {
     const [kind, rest] = s.name.split('/');
     if (kind === 'cpu' && !m.vcpus.some((v) => String(v.id) === rest)) throw new MigrationStreamError(`the stream has '${s.name}' and this VM has no such vCPU`);
     if (kind === 'device' && !m.devices.some((d) => d.id === rest)) throw new MigrationStreamError(`configuration mismatch: device '${rest}' is not configured on the destination`);
   }
+  const irq = need('irqchip').payload;
+  if (irq.length !== 3 * U.SIZEOF_kvm_irqchip) throw new MigrationStreamError(`bad stream: section 'irqchip' has ${irq.length} bytes, expected ${3 * U.SIZEOF_kvm_irqchip}`);
+  const pit = need('pit').payload;
+  if (pit.length !== U.SIZEOF_kvm_pit_state2) throw new MigrationStreamError(`bad stream: section 'pit' has ${pit.length} bytes, expected ${U.SIZEOF_kvm_pit_state2}`);
+  const cpus = m.vcpus.map((v) => parseCpuState(parseJson(need(`cpu/${v.id}`)), `cpu/${v.id}`));
+  const serial = parseSerialState(parseJson(need('serial')));
+  const clock = checkSection('clock', () => {
+    const f = new Fields(parseJson(need('clock')), '');
+    f.optional('flags', (g, k) => g.u32(k));
+    return f.hex('clock');
+  });
+  const devices = m.devices.map((d) => {
+    const name = `device/${d.id}`;
+    const { type, state } = checkSection(name, () => {
+      const f = new Fields(parseJson(need(name)), '');
+      return { type: f.str('type', 256), state: f.raw('state') };
+    });
+    if (type !== d.type) throw new MigrationStreamError(`device '${d.id}' is ${type} in the stream, ${d.type} here`);
+    if (!d.loadState) throw new MigrationStreamError(`device '${d.id}' (${d.type}) does not support migration`);
+    deviceStep(name, 'state', () => d.checkState?.(state));
+    return { d, state, name };
+  });
 
+  // Everything is checked: apply.
   for (let i = 0; i < 3; i++) m.vm.setIrqchip(new Uint8Array(irq.subarray(i * U.SIZEOF_kvm_irqchip, (i + 1) * U.SIZEOF_kvm_irqchip)));
   m.vm.setPit2(new Uint8Array(pit));
   m.vcpus.forEach((v, i) => loadCpu(v, cpus[i], log));
   m.serial.loadState(serial);
-  for (const { d, state } of devices) {
-    try {
-      d.loadState!(state);
-    } catch (e) {
-      throw new MigrationStreamError(`device '${d.id}': ${(e as Error).message}`);
-    }
+  for (const { d, state, name } of devices) deviceStep(name, 'state', () => d.loadState!(state));
+  m.vm.setClock(clock);
+}
+
+/** A device's check or load; its errors name the section (and the field, for a StateError). */
+function deviceStep(section: string, field: string, f: () => void): void {
+  try {
+    f();
+  } catch (e) {
+    if (e instanceof StateError) throw new MigrationStreamError(`bad stream: ${e.under(`${section}.${field}`).message}`);
+    throw new MigrationStreamError(`${section}: ${(e as Error).message}`);
   }
-  m.vm.setClock(BigInt(`0x${clock.clock}`));
+}
+
+/** The `serial` section, checked: 8-bit registers, a receive FIFO of bytes. */
+export function parseSerialState(v: unknown): Record<string, unknown> {
+  return checkSection('serial', () => {
+    const f = new Fields(v, '');
+    const out: Record<string, unknown> = {};
+    for (const k of ['ier', 'lcr', 'mcr', 'scr', 'dll', 'dlm', 'fcr']) out[k] = f.u8(k);
+    out.rx = f.optional('rx', (g, k) => g.array(k, 4096, (b, p) => int(b, p, 0, 0xff))) ?? [];
+    out.thriPending = f.optional('thriPending', (g, k) => g.bool(k)) ?? false;
+    return out;
+  });
 }

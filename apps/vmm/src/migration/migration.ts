@@ -17,10 +17,10 @@ import * as fs from 'fs';
 import * as net from 'net';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate, MemoryRegion } from '@tsvmm/kvm-native';
 import { Machine } from '../machine/machine';
-import { checkMachine, checkMigratable, describeMachine, loadMachineSections, MachineDescription, saveableMsrs, saveMachineSections } from './machine-state';
+import { checkMachine, checkMigratable, describeMachine, loadMachineSections, parseMachineDescription, saveableMsrs, saveMachineSections } from './machine-state';
 import { addRegionPages, applyRamSection, countBits, PAGE, RamCounters, RamSectionBuilder } from './ram';
 import {
-  ByteSource, checkSectionKnown, encodeHeader, encodeSection, FileSource, jsonPayload, MigrationStreamError, parseJson, readHeader,
+  ByteSource, checkSectionKnown, encodeHeader, encodeSection, FileSource, jsonPayload, MAX_STATE_TOTAL, MigrationStreamError, parseJson, readHeader,
   readSection, Section, SECTION_OPTIONAL, SocketSource, STREAM_VERSION, StreamSource,
 } from './stream';
 import { QMP_VERSION } from '../monitor/qmp-server';
@@ -381,24 +381,34 @@ export async function receiveStream(machine: Machine, src: ByteSource, log: (m: 
   const first = await readSection(src, format);
   checkSectionKnown(first);
   if (first.name !== 'machine') throw new MigrationStreamError(`the stream starts with '${first.name}', not 'machine'`);
-  checkMachine(parseJson<MachineDescription>(first), describeMachine(machine));
+  checkMachine(parseMachineDescription(parseJson(first)), describeMachine(machine));
   const regions = machine.vm.memoryRegions;
   for (const r of regions) zeroRam(r);
   const state: Section[] = [];
+  let stateBytes = 0;
   for (;;) {
     const s = await readSection(src, format);
     const kind = checkSectionKnown(s);
+    if (kind !== 'ram' && (stateBytes += s.payload.length) > MAX_STATE_TOTAL)
+      throw new MigrationStreamError(`bad stream: more than ${MAX_STATE_TOTAL} bytes of state sections (at '${s.name}')`);
     if (kind === undefined) log(`migration: skipping optional section '${s.name}' (version ${s.version}), unknown to this VMM`);
     else if (kind === 'ram') applyRamSection(s.payload, regions);
     else if (kind === 'end') break;
     else if (kind === 'source') {
-      const w = parseJson<Partial<StreamSource>>(s);
+      const w = describeSource(parseJson(s));
       log(`migration: ${w.kind ?? 'stream'} written by ${w.vmm ?? '?'} ${w.version ?? '?'} at ${w.created ?? '?'} (stream format ${format})`);
     }
     else if (kind === 'machine') throw new MigrationStreamError(`a second 'machine' section`);
     else state.push(s);
   }
   loadMachineSections(machine, state, log);
+}
+
+/** The optional `source` section, for the log only: strings kept (at most 100 characters), anything else left out. */
+function describeSource(v: unknown): Partial<StreamSource> {
+  const o = v !== null && typeof v === 'object' ? (v as Record<string, unknown>) : {};
+  const str = (k: string) => (typeof o[k] === 'string' ? JSON.stringify(o[k]).slice(1, -1).slice(0, 100) : undefined);
+  return { vmm: str('vmm'), version: str('version'), kind: str('kind') as StreamSource['kind'] | undefined, created: str('created') };
 }
 
 /**

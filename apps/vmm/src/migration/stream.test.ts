@@ -1,5 +1,5 @@
 import { crc32 } from 'zlib';
-import { checkSectionKnown, encodeHeader, encodeSection, MigrationStreamError, readHeader, readSection, SECTION_OPTIONAL, STREAM_VERSION } from './stream';
+import { checkSectionKnown, encodeHeader, encodeSection, MAX_SECTION, MAX_STATE_SECTION, MigrationStreamError, readHeader, readSection, SECTION_OPTIONAL, STREAM_VERSION } from './stream';
 import { addRegionPages, applyRamSection, RamSectionBuilder } from './ram';
 
 /** A ByteSource over a buffer. */
@@ -75,6 +75,25 @@ describe('migration stream', () => {
     expect(() => checkSectionKnown({ name: 'gpu/0', version: 1, payload: Buffer.alloc(0) })).toThrow(/unknown section 'gpu\/0'/);
     expect(() => checkSectionKnown({ name: 'cpu/0', version: 2, payload: Buffer.alloc(0) })).toThrow(/version 2; this VMM reads 1..1/);
     await expect(readHeader(source(encodeHeader(0)))).rejects.toThrow(/unsupported stream format version 0 \(this VMM reads 1..2\)/);
+  });
+
+  it('refuses a section that declares more than its limit from its header, before reading (or allocating) the payload', async () => {
+    // Only the section header is there: reading (or allocating) the payload would fail the test differently.
+    const header = (name: string, len: number) => {
+      const [h] = encodeSection(name, 1, Buffer.alloc(0));
+      h.writeUInt32LE(len, 3 + name.length + 4);
+      let pos = 0;
+      return { async read(n: number) {
+        if (pos + n > h.length) throw new Error(`asked for ${n} bytes past the section header`);
+        pos += n;
+        return h.subarray(pos - n, pos);
+      } };
+    };
+    await expect(readSection(header('ram', 0xffffffff), STREAM_VERSION)).rejects.toThrow(`corrupt stream: section 'ram' declares 4294967295 bytes (at most ${MAX_SECTION})`);
+    await expect(readSection(header('cpu/0', MAX_STATE_SECTION + 1), STREAM_VERSION)).rejects.toThrow(`section 'cpu/0' declares ${MAX_STATE_SECTION + 1} bytes (at most ${MAX_STATE_SECTION})`);
+    const bin = Buffer.concat(encodeSection('serial', 1, Buffer.from('{}')));
+    bin[3] = 0x07; // a control character in the name
+    await expect(readSection(source(bin), STREAM_VERSION)).rejects.toThrow(/section name "\\u0007erial" is not printable ASCII/);
   });
 
   it('a full pass leaves zero pages out (16 at a time where it can) and sends every data page', async () => {

@@ -34,6 +34,19 @@ export const SECTION_OPTIONAL = 0x01;
 const HEADER_SIZE = 16;
 /** A section's payload is at most this long (RAM travels in many sections). */
 export const MAX_SECTION = 64 * 1024 * 1024;
+/**
+ * A section other than RAM is at most this long (vCPU, irqchip, device
+ * state: a few KiB; held-back responses of a device a little more), and all
+ * of them together at most MAX_STATE_TOTAL: the destination keeps them until
+ * the end of the stream, so a stream cannot make it hold more than that.
+ */
+export const MAX_STATE_SECTION = 16 * 1024 * 1024;
+export const MAX_STATE_TOTAL = 64 * 1024 * 1024;
+
+/** The most a section named `name` may declare, checked before its payload is allocated. */
+export function sectionLimit(name: string): number {
+  return name === 'ram' || name.startsWith('ram/') ? MAX_SECTION : MAX_STATE_SECTION;
+}
 
 export class MigrationStreamError extends Error {}
 
@@ -175,15 +188,17 @@ export async function readSection(src: ByteSource, format: number): Promise<Sect
   const version = nameAndHdr.readUInt32LE(nameLen);
   const len = nameAndHdr.readUInt32LE(nameLen + 4);
   const sum = nameAndHdr.readUInt32LE(nameLen + 8);
-  if (len > MAX_SECTION) throw new MigrationStreamError(`corrupt stream: section '${name}' claims ${len} bytes`);
+  if (!/^[\x21-\x7e]+$/.test(name)) throw new MigrationStreamError(`corrupt stream: section name ${JSON.stringify(name)} is not printable ASCII`);
+  if (len > sectionLimit(name)) throw new MigrationStreamError(`corrupt stream: section '${name}' declares ${len} bytes (at most ${sectionLimit(name)})`);
   const payload = len ? await src.read(len) : Buffer.alloc(0);
   if ((crc32(payload) >>> 0) !== sum) throw new MigrationStreamError(`corrupt stream: section '${name}' fails its checksum`);
   return { name, version, payload, flags };
 }
 
-export function parseJson<T>(s: Section): T {
+/** The section's JSON payload, not yet checked: parse it into a typed value before use (state-check). */
+export function parseJson(s: Section): unknown {
   try {
-    return JSON.parse(s.payload.toString('utf8')) as T;
+    return JSON.parse(s.payload.toString('utf8'));
   } catch (e) {
     throw new MigrationStreamError(`section '${s.name}': bad JSON (${(e as Error).message})`);
   }
