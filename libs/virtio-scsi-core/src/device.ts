@@ -6,7 +6,7 @@
  * the image and guest memory.
  */
 import { ScsiLunState, ScsiResponse, ScsiTarget } from '@tsvmm/scsi';
-import { Descriptor, GuestMemory, readConfigImage, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
+import { Descriptor, GuestMemory, readConfigImage, scatter, SplitVirtqueue, views as guestViews, VirtioDevice } from '@tsvmm/virtio-core';
 import * as S from './generated/virtio-scsi-uapi';
 import { describeScsiChainError, parseCmdRequest, parseControlRequest, ScsiCmdRequest, ScsiControlRequest } from './request';
 
@@ -170,7 +170,7 @@ export class VirtioScsiDevice extends VirtioDevice {
       this.respond(q, req, { response: S.VIRTIO_SCSI_S_BAD_TARGET });
       return;
     }
-    const views = (bufs: Descriptor[]) => bufs.map((d) => this.memory.slice(d.addr, d.len));
+    const views = (bufs: Descriptor[]) => guestViews(this.memory, bufs); // a buffer across a RAM split is two views
     const abort = new AbortController();
     const epoch = this.epoch;
     const f: InFlight = { queue: q, req, lun: address.lun, abort, done: Promise.resolve() };
