@@ -54,3 +54,17 @@ export function mapGuestRam(fd: number, gpa: number, size: number, offset = 0): 
   const m = loadNative().mmapFd(fd, size, offset, lengths);
   return { address: m.address, pieces: toPieces(gpa, lengths, m.buffers) };
 }
+
+/**
+ * The parts of [offset, offset+len) of a memfd that hold data, as [start, end)
+ * pairs in order; everything else is a hole and reads as zeroes. (Reading a
+ * hole through a shared mapping would allocate a page: migration's first pass
+ * skips them.)
+ */
+export function dataExtents(fd: number, offset: number, len: number): [number, number][] {
+  checkFd('fd', fd);
+  const flat = loadNative().dataExtents(fd, offset, len);
+  const out: [number, number][] = [];
+  for (let i = 0; i < flat.length; i += 2) out.push([flat[i], flat[i + 1]]);
+  return out;
+}

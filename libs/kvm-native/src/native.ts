@@ -40,6 +40,8 @@ export interface NativeAddon {
    */
   memfdMap(name: string, size: number | bigint, pieces?: number[]): NativeMapping & { fd: number };
   mmapFd(fd: number, size: number, offset?: number, pieces?: number[]): NativeMapping;
+  /** [start, end) pairs, flattened, of the parts of [offset, offset+len) of `fd` that hold data (SEEK_DATA/SEEK_HOLE). */
+  dataExtents(fd: number, offset: number, len: number): number[];
   /** Atomic OR of u64 word `wordIndex` of an 8-byte-aligned bitmap (e.g. a MAP_SHARED mapping). */
   atomicOr64(bitmap: ArrayBufferView, wordIndex: number, mask: bigint): void;
   /** out[i] = atomic exchange(bitmap[i], 0) for every u64 word; returns how many were non-zero. */

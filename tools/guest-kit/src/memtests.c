@@ -12,6 +12,9 @@
  * Disk pattern as in blktests.c: byte i of sector s is (s * 31 + i * 7 + seed) & 0xff.
  * Parameters: blk=1, lba=N (where the host put its pattern, 32 sectors),
  * seed=N (its seed), wlba=N (16 sectors the test writes with seed + 1).
+ * rounds=N: then N rounds (snapshot or migrate in the middle of them), each
+ * checking that the words above 4 GiB hold the previous round's values and
+ * writing this round's, printing "mem-high round=R", `delay` spins apart.
  */
 #include "virtio.h"
 
@@ -116,6 +119,23 @@ static const char *test_mem_high(void)
 		}
 	}
 	kprintf("mem-high cpu write-read ok words=%u top=0x%llx\n", n, (unsigned long long)end);
+
+	uint64_t rounds = param("rounds", 0), delay = param("delay", 100000);
+	for (uint64_t r = 1; r <= rounds; r++) {
+		for (unsigned i = 0; i < n; i++) {
+			uint64_t want = at[i] ^ (r == 1 ? 0x5a5aa5a5c3c33c3cULL : (r - 1) * 0x9e3779b97f4a7c15ULL);
+			uint64_t got = *(volatile uint64_t *)(uintptr_t)at[i];
+			if (got != want) {
+				kprintf("mem-high round=%llu mismatch at=0x%llx got=0x%llx want=0x%llx\n", (unsigned long long)r,
+					(unsigned long long)at[i], (unsigned long long)got, (unsigned long long)want);
+				return "round-mismatch";
+			}
+			*(volatile uint64_t *)(uintptr_t)at[i] = at[i] ^ (r * 0x9e3779b97f4a7c15ULL);
+		}
+		kprintf("mem-high round=%llu\n", (unsigned long long)r);
+		for (volatile uint64_t k = 0; k < delay; k++)
+			;
+	}
 
 	if (!param("blk", 0))
 		return NULL;

@@ -5,7 +5,7 @@
  * RAM, so the first full pass leaves zero pages out; later passes send a
  * page that became zero as a zero run.
  */
-import { MemoryRegion, RamPiece } from '@tsvmm/kvm-native';
+import { dataExtents, MemoryRegion, RamPiece } from '@tsvmm/kvm-native';
 import { encodeSection, MigrationStreamError } from './stream';
 
 export const PAGE = 4096;
@@ -82,18 +82,52 @@ const isZero = (b: Uint8Array, off: number, len = PAGE) =>
 export async function addRegionPages(
   region: MemoryRegion, bitmap: Uint8Array | undefined, skipZero: boolean, out: RamSectionBuilder, each: () => Promise<void>,
 ): Promise<void> {
+  const holes = !bitmap && skipZero ? HoleMap.of(region) : undefined;
   let first = 0;
   for (const piece of region.pieces) {
-    await addPiecePages(piece, first, bitmap, skipZero, out, each);
+    await addPiecePages(piece, first, bitmap, skipZero, out, each, holes);
     first += piece.bytes.length / PAGE;
+  }
+}
+
+/**
+ * Which parts of a region's memfd are holes (never written: zero). A full
+ * pass reads every page it does not know to be a hole, and reading a hole
+ * through the shared mapping allocates it: without this, the first pass of a
+ * 64 GiB guest that used 1 GiB would make the VMM 64 GiB big.
+ */
+export class HoleMap {
+  private c = 0;
+
+  constructor(private readonly data: readonly [number, number][]) {}
+
+  /** From the memfd (SEEK_DATA/SEEK_HOLE); undefined when that cannot be known. */
+  static of(region: MemoryRegion): HoleMap | undefined {
+    if (region.fd < 0) return undefined;
+    try {
+      return new HoleMap(dataExtents(region.fd, 0, region.size));
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** True when [off, off+len) (region offsets) holds no data. Offsets must not decrease between calls. */
+  hole(off: number, len: number): boolean {
+    const d = this.data;
+    while (this.c < d.length && d[this.c][1] <= off) this.c++;
+    return this.c >= d.length || d[this.c][0] >= off + len;
   }
 }
 
 /** addRegionPages for one host buffer whose first page is page `first` of the region (bit `first` of `bitmap`). */
 async function addPiecePages(
   piece: RamPiece, first: number, bitmap: Uint8Array | undefined, skipZero: boolean, out: RamSectionBuilder, each: () => Promise<void>,
+  holes?: HoleMap,
 ): Promise<void> {
   const bytes = piece.bytes;
+  // With a hole map, a block that is not all hole is tested page by page, so its hole pages stay unread.
+  const zeroAt = (p: number, len: number) =>
+    holes ? holes.hole((first + p) * PAGE, len) || (len === PAGE && isZero(bytes, p * PAGE)) : isZero(bytes, p * PAGE, len);
   const pages = bytes.length / PAGE;
   const base = piece.guestPhysAddr;
   let runStart = -1;
@@ -113,14 +147,14 @@ async function addPiecePages(
     }
     // A whole pass: most of RAM is either all zero or all data, so test 16
     // pages at once first (one compare instead of 16).
-    if (!bitmap && skipZero && (p & 15) === 0 && p + 16 <= pages && isZero(bytes, p * PAGE, 16 * PAGE)) {
+    if (!bitmap && skipZero && (p & 15) === 0 && p + 16 <= pages && zeroAt(p, 16 * PAGE)) {
       for (let i = 0; i < 16; i++) out.skipZero();
       end(p);
       p += 15;
       if ((p & 1023) === 1023) await each();
       continue;
     }
-    const zero = isZero(bytes, p * PAGE);
+    const zero = zeroAt(p, PAGE);
     if (zero && skipZero) {
       out.skipZero();
       end(p);
