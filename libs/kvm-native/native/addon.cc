@@ -217,9 +217,15 @@ std::vector<uint64_t> argPieces(const Napi::CallbackInfo& info, size_t i, uint64
 // collected (or here, when no piece was made).
 Napi::Object mappingResult(Napi::Env env, void* addr, size_t size, const std::vector<uint64_t>& pieces) {
   auto* m = new Mapping{addr, size, 1};  // this function's own reference, dropped below
-  Napi::Array buffers = Napi::Array::New(env, pieces.size());
+  Napi::Array buffers;
   uint64_t off = 0;
   std::string failure;
+  try {
+    buffers = Napi::Array::New(env, pieces.size());
+  } catch (...) {
+    releaseMapping(m);
+    throw;
+  }
   for (uint32_t k = 0; k < pieces.size(); k++) {
     m->refs++;  // the piece's reference, released by pieceFinalizer
     napi_value ab;
@@ -236,7 +242,12 @@ Napi::Object mappingResult(Napi::Env env, void* addr, size_t size, const std::ve
       }
       break;
     }
-    buffers.Set(k, Napi::Value(env, ab));
+    try {
+      buffers.Set(k, Napi::Value(env, ab));  // the piece is collected (and releases its reference) even if this throws
+    } catch (...) {
+      releaseMapping(m);
+      throw;
+    }
     off += pieces[k];
   }
   releaseMapping(m);
