@@ -10,7 +10,7 @@
  * scratch (the LUNs stay open): a VMM may reconnect.
  */
 import {
-  closeFds, EventFd, FdWatch, mapSharedFd, SocketClosedError, UnixListener, UnixSocket,
+  closeFds, EventFd, FdWatch, mapGuestRam, mapSharedFd, RamPiece, SocketClosedError, UnixListener, UnixSocket,
 } from '@tsvmm/kvm-native';
 import { ScsiTarget } from '@tsvmm/scsi';
 import { GuestMemory, SplitVirtqueue, virtioUapi as V } from '@tsvmm/virtio-core';
@@ -74,7 +74,7 @@ interface Ring {
 }
 
 interface MappedRegion extends MemRegion {
-  bytes: Uint8Array;
+  pieces: RamPiece[];
 }
 
 export interface ServerOptions {
@@ -392,8 +392,9 @@ class Connection {
     const mapped: MappedRegion[] = [];
     try {
       regions.forEach((r, i) => {
-        const m = mapSharedFd(fds[i], Number(r.size), Number(r.mmapOffset));
-        mapped.push({ ...r, bytes: new Uint8Array(m.buffer) });
+        // As host buffers of at most 1 GiB (a V8 ArrayBuffer is at most 4 GiB); GuestMemory joins them.
+        const m = mapGuestRam(fds[i], Number(r.guestPhysAddr), Number(r.size), Number(r.mmapOffset));
+        mapped.push({ ...r, pieces: m.pieces });
       });
     } catch (e) {
       throw new RequestFailed(`mapping guest memory failed: ${(e as Error).message}`);
@@ -401,7 +402,7 @@ class Connection {
       closeFds(fds); // the mappings keep the memory
     }
     this.memory = mapped;
-    const mem = new GuestMemory(mapped.map((m) => ({ guestPhysAddr: Number(m.guestPhysAddr), bytes: m.bytes })));
+    const mem = new GuestMemory(mapped.flatMap((m) => m.pieces));
     this.say(`memory table: ${mapped.map((m) => `[0x${m.guestPhysAddr.toString(16)}, +0x${m.size.toString(16)})`).join(' ')}`);
     if (this.dev && this.rings.some((r) => r.started)) {
       // The front-end's memory map changed under running rings (QEMU re-sends it as its address space

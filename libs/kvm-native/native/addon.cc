@@ -8,7 +8,10 @@
 #include <linux/kvm.h>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <vector>
 #include <sys/eventfd.h>
+#include <unistd.h>
 #include <atomic>
 
 #include "sys.h"
@@ -162,23 +165,97 @@ Napi::Value AtomicFetchClear64(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, taken);
 }
 
+// ---- mappings ---------------------------------------------------------------
+//
+// One mmap can be handed to JS as several external ArrayBuffers ("pieces"):
+// V8 limits one ArrayBuffer (4 GiB in Node 20), guest RAM can be far larger.
+// Every piece holds one reference on the Mapping; the last one released
+// unmaps it. All of this runs on the JS thread of the env that made it.
+
 struct Mapping {
   void* addr;
   size_t size;
+  size_t refs;
 };
 
-void unmapFinalizer(Napi::Env, void*, Mapping* m) {
-  // SAFETY: the mapping is released only when V8 has dropped the last ArrayBuffer over it.
+void releaseMapping(Mapping* m) {
+  if (--m->refs > 0) return;
+  // SAFETY: no ArrayBuffer over the mapping is left (each held a reference).
   sysMunmap(m->addr, m->size);
   delete m;
 }
 
-Napi::Object mappingResult(Napi::Env env, void* addr, size_t size) {
-  auto* m = new Mapping{addr, size};
-  auto buf = Napi::ArrayBuffer::New(env, addr, size, unmapFinalizer, m);
+void pieceFinalizer(napi_env, void*, void* hint) { releaseMapping(static_cast<Mapping*>(hint)); }
+
+// Piece lengths from an optional JS array (argument i): their sum must be
+// `size` and each must be page-sized. Absent: one piece of `size`.
+std::vector<uint64_t> argPieces(const Napi::CallbackInfo& info, size_t i, uint64_t size) {
+  Napi::Env env = info.Env();
+  if (info.Length() <= i || info[i].IsUndefined()) return {size};
+  if (!info[i].IsArray()) throw Napi::TypeError::New(env, "pieces must be an array of lengths");
+  Napi::Array a = info[i].As<Napi::Array>();
+  if (a.Length() == 0 || a.Length() > 4096) throw Napi::RangeError::New(env, "pieces must have 1 to 4096 lengths");
+  std::vector<uint64_t> out;
+  uint64_t sum = 0;
+  for (uint32_t k = 0; k < a.Length(); k++) {
+    Napi::Value v = a.Get(k);
+    if (!v.IsNumber()) throw Napi::TypeError::New(env, "a piece length must be a number");
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d > 0) || d > 9007199254740991.0 || d != static_cast<double>(static_cast<uint64_t>(d)) ||
+        static_cast<uint64_t>(d) % 4096)
+      throw Napi::RangeError::New(env, "a piece length must be a positive multiple of 4096");
+    out.push_back(static_cast<uint64_t>(d));
+    sum += out.back();
+  }
+  if (sum != size) throw Napi::RangeError::New(env, "piece lengths must add up to the mapping size");
+  return out;
+}
+
+// {address, buffer, buffers}: one external ArrayBuffer per piece of the mapping
+// at `addr` (buffer = buffers[0]). Takes ownership of the mapping: on success
+// and on every failure it is unmapped exactly once, after the last piece is
+// collected (or here, when no piece was made).
+Napi::Object mappingResult(Napi::Env env, void* addr, size_t size, const std::vector<uint64_t>& pieces) {
+  auto* m = new Mapping{addr, size, 1};  // this function's own reference, dropped below
+  Napi::Array buffers;
+  uint64_t off = 0;
+  std::string failure;
+  try {
+    buffers = Napi::Array::New(env, pieces.size());
+  } catch (...) {
+    releaseMapping(m);
+    throw;
+  }
+  for (uint32_t k = 0; k < pieces.size(); k++) {
+    m->refs++;  // the piece's reference, released by pieceFinalizer
+    napi_value ab;
+    // The raw call, not Napi::ArrayBuffer::New: when Node refuses the length it
+    // runs the finalizer itself and node-addon-api then frees its own finalizer
+    // data a second time (the "double free" of large --memory). Here the
+    // finalizer is ours: Node releases that piece's reference, now or later.
+    napi_status st = napi_create_external_arraybuffer(env, static_cast<char*>(addr) + off, pieces[k], pieceFinalizer, m, &ab);
+    if (st != napi_ok) {
+      failure = "cannot create an ArrayBuffer of " + std::to_string(pieces[k]) + " bytes over the mapping";
+      if (env.IsExceptionPending()) {
+        Napi::Error pending = env.GetAndClearPendingException();
+        failure += ": " + pending.Message();
+      }
+      break;
+    }
+    try {
+      buffers.Set(k, Napi::Value(env, ab));  // the piece is collected (and releases its reference) even if this throws
+    } catch (...) {
+      releaseMapping(m);
+      throw;
+    }
+    off += pieces[k];
+  }
+  releaseMapping(m);
+  if (!failure.empty()) throw Napi::RangeError::New(env, failure);
   Napi::Object o = Napi::Object::New(env);
   o.Set("address", Napi::BigInt::New(env, reinterpret_cast<uint64_t>(addr)));
-  o.Set("buffer", buf);
+  o.Set("buffer", buffers.Get(0u));
+  o.Set("buffers", buffers);
   return o;
 }
 
@@ -188,11 +265,18 @@ Napi::Value MemfdMap(const Napi::CallbackInfo& info) {
   std::string name = info[0].As<Napi::String>();
   uint64_t size = argU64(info, 1, "size");
   if (size == 0) throw Napi::RangeError::New(env, "size must be > 0");
+  std::vector<uint64_t> pieces = argPieces(info, 2, size);
   int fd;
   void* addr;
   int r = sysMemfdMap(name.c_str(), size, &fd, &addr);
   if (r < 0) throw errnoError(env, r, "memfd_create/mmap", name);
-  Napi::Object o = mappingResult(env, addr, size);
+  Napi::Object o;
+  try {
+    o = mappingResult(env, addr, size, pieces);  // owns the mapping from here, even when it throws
+  } catch (...) {
+    sysClose(fd);
+    throw;
+  }
   o.Set("fd", Napi::Number::New(env, fd));
   return o;
 }
@@ -201,12 +285,41 @@ Napi::Value MmapFd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = argFd(info, 0);
   uint64_t size = argU64(info, 1, "size");
-  uint64_t offset = info.Length() > 2 ? argU64(info, 2, "offset") : 0;
+  uint64_t offset = info.Length() > 2 && !info[2].IsUndefined() ? argU64(info, 2, "offset") : 0;
   if (size == 0) throw Napi::RangeError::New(env, "size must be > 0");
+  std::vector<uint64_t> pieces = argPieces(info, 3, size);
   void* addr;
   int r = sysMmapFd(fd, size, static_cast<long>(offset), &addr);
   if (r < 0) throw errnoError(env, r, "mmap");
-  return mappingResult(env, addr, size);
+  return mappingResult(env, addr, size, pieces);
+}
+
+// [start, end) pairs, flattened, of the parts of [offset, offset+len) of `fd`
+// that hold data (SEEK_DATA/SEEK_HOLE); the rest are holes, which read as
+// zeroes. Reading a memfd hole through a shared mapping allocates a page, so
+// a migration pass over mostly untouched guest RAM skips the holes instead.
+// Past 65536 extents the remainder counts as data.
+Napi::Value DataExtents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = argFd(info, 0);
+  int64_t off = static_cast<int64_t>(argU64(info, 1, "offset"));
+  int64_t end = off + static_cast<int64_t>(argU64(info, 2, "len"));
+  std::vector<int64_t> out;
+  while (off < end) {
+    int64_t d = sysSeek(fd, off, SEEK_DATA);
+    if (d == -ENXIO) break;  // only a hole from here
+    if (d < 0) throw errnoError(env, static_cast<int>(d), "lseek(SEEK_DATA)");
+    if (d >= end) break;
+    int64_t h = sysSeek(fd, d, SEEK_HOLE);
+    if (h < 0) throw errnoError(env, static_cast<int>(h), "lseek(SEEK_HOLE)");
+    if (out.size() >= 2 * 65536) h = end;
+    out.push_back(d);
+    out.push_back(h < end ? h : end);
+    off = h;
+  }
+  Napi::Array a = Napi::Array::New(env, out.size());
+  for (uint32_t i = 0; i < out.size(); i++) a.Set(i, Napi::Number::New(env, static_cast<double>(out[i])));
+  return a;
 }
 
 Napi::Value Eventfd(const Napi::CallbackInfo& info) {
@@ -569,6 +682,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("addressOf", Napi::Function::New(env, AddressOf));
   exports.Set("memfdMap", Napi::Function::New(env, MemfdMap));
   exports.Set("mmapFd", Napi::Function::New(env, MmapFd));
+  exports.Set("dataExtents", Napi::Function::New(env, DataExtents));
   exports.Set("eventfd", Napi::Function::New(env, Eventfd));
   exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite));

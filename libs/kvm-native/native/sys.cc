@@ -192,6 +192,11 @@ int sysDup(int fd) {
 
 int sysMunmap(void* addr, size_t size) { return munmap(addr, size) < 0 ? err() : 0; }
 
+int64_t sysSeek(int fd, int64_t offset, int whence) {
+  off_t r = lseek(fd, static_cast<off_t>(offset), whence);
+  return r < 0 ? err() : static_cast<int64_t>(r);
+}
+
 int sysEventfd(unsigned initval, int flags) {
   int fd = eventfd(initval, flags);
   return fd < 0 ? err() : fd;

@@ -19,6 +19,8 @@ int sysMemfdMap(const char* name, size_t size, int* outFd, void** outAddr);
 // mmap(MAP_SHARED) of an existing fd (used for the kvm_run page of a vCPU).
 int sysMmapFd(int fd, size_t size, long offset, void** outAddr);
 int sysMunmap(void* addr, size_t size);
+// lseek(2) (SEEK_DATA / SEEK_HOLE to find the allocated parts of a memfd); the offset or -errno.
+int64_t sysSeek(int fd, int64_t offset, int whence);
 
 int sysEventfd(unsigned initval, int flags);
 // Returns 1 and sets *value when a count was read, 0 when the counter was zero (EAGAIN).

@@ -1,5 +1,6 @@
 export * from './errors';
 export * from './eventfd';
+export * from './guest-ram';
 export * from './kvm';
 export * from './run';
 export * from './structs';

@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as U from './generated/kvm-uapi';
 import { checkFd, checkInt, checkPageAligned, checkU32, checkU64 } from './check';
 import { KvmArgumentError, KvmUnavailableError, VcpuFault, VcpuFaultError } from './errors';
+import { RamPiece, ramPieceLengths, toPieces } from './guest-ram';
 import { loadNative, NativeAddon, NativeVcpuThread } from './native';
 import { EXIT_NAMES, INTERNAL_ERROR_NAMES, KvmRun } from './run';
 import {
@@ -15,6 +16,9 @@ import {
 } from './structs';
 
 export const KVM_API_VERSION = 12;
+
+/** Largest memory slot KVM accepts: KVM_MEM_MAX_NR_PAGES (2^31 - 1) pages of 4 KiB. */
+export const KVM_MEM_MAX_BYTES = (2 ** 31 - 1) * 4096;
 
 /** Capabilities the VMM cannot work without. */
 export const REQUIRED_CAPABILITIES: ReadonlyArray<[string, number]> = [
@@ -143,8 +147,11 @@ export interface MemoryRegion {
   fd: number;
   /** Host virtual address of the mapping. */
   hostAddress: bigint;
-  /** The region's bytes; an external ArrayBuffer over the mapping. */
-  bytes: Uint8Array;
+  /**
+   * The region's bytes: external ArrayBuffers over the one mapping, cut at
+   * guest-physical multiples of RAM_PIECE_SIZE (guest-ram.ts), in address order.
+   */
+  pieces: RamPiece[];
   flags: number;
 }
 
@@ -189,17 +196,23 @@ export class Vm {
     const slot = checkInt('slot', opts.slot, 0, 0x7fff);
     if (this.regions.has(slot)) throw new KvmArgumentError(`memory slot ${slot} is already in use`);
     const gpa = checkPageAligned('guestPhysAddr', checkU64('guestPhysAddr', opts.guestPhysAddr));
-    const size = checkInt('size', opts.size, 4096, Number.MAX_SAFE_INTEGER);
+    const size = checkInt('size', opts.size, 4096, KVM_MEM_MAX_BYTES);
     checkPageAligned('size', BigInt(size));
     for (const r of this.regions.values()) {
       if (gpa < r.guestPhysAddr + BigInt(r.size) && r.guestPhysAddr < gpa + BigInt(size))
         throw new KvmArgumentError(`memory region at 0x${gpa.toString(16)} overlaps slot ${r.slot}`);
     }
-    const m = this.native.memfdMap(opts.name ?? `guest-ram-${slot}`, size);
+    const lengths = ramPieceLengths(Number(gpa), size);
+    const m = this.native.memfdMap(opts.name ?? `guest-ram-${slot}`, size, lengths);
     const region: MemoryRegion = {
-      slot, guestPhysAddr: gpa, size, fd: m.fd, hostAddress: m.address, bytes: new Uint8Array(m.buffer), flags: 0,
+      slot, guestPhysAddr: gpa, size, fd: m.fd, hostAddress: m.address, pieces: toPieces(Number(gpa), lengths, m.buffers), flags: 0,
     };
-    this.setUserMemoryRegion(region, 0);
+    try {
+      this.setUserMemoryRegion(region, 0);
+    } catch (e) {
+      this.native.close(m.fd); // the mapping goes with its ArrayBuffers
+      throw e;
+    }
     this.regions.set(slot, region);
     return region;
   }
@@ -248,8 +261,14 @@ export class Vm {
     for (const r of this.regions.values()) {
       const end = r.guestPhysAddr + BigInt(r.size);
       if (gpa >= r.guestPhysAddr && gpa + BigInt(len) <= end) {
-        const off = Number(gpa - r.guestPhysAddr);
-        return r.bytes.slice(off, off + len);
+        const out = new Uint8Array(len);
+        const a = Number(gpa);
+        for (const p of r.pieces) {
+          const lo = Math.max(a, p.guestPhysAddr);
+          const hi = Math.min(a + len, p.guestPhysAddr + p.bytes.length);
+          if (lo < hi) out.set(p.bytes.subarray(lo - p.guestPhysAddr, hi - p.guestPhysAddr), lo - a);
+        }
+        return out;
       }
     }
     return undefined;

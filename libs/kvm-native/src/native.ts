@@ -8,7 +8,10 @@ import * as path from 'path';
 export interface NativeMapping {
   /** Host virtual address of the mapping (for structs that carry a pointer). */
   address: bigint;
+  /** buffers[0]. */
   buffer: ArrayBuffer;
+  /** One external ArrayBuffer per piece, in order (one piece unless `pieces` was given). */
+  buffers: ArrayBuffer[];
 }
 
 export interface NativeFdWatcher {
@@ -29,8 +32,16 @@ export interface NativeAddon {
   close(fd: number): void;
   ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView): number;
   addressOf(view: ArrayBufferView): bigint;
-  memfdMap(name: string, size: number | bigint): NativeMapping & { fd: number };
-  mmapFd(fd: number, size: number, offset?: number): NativeMapping;
+  /**
+   * `pieces`: the lengths (multiples of 4096, adding up to `size`) of the
+   * ArrayBuffers the one mapping is handed out as (a V8 ArrayBuffer is at
+   * most 4 GiB in Node 20). The mapping is unmapped once, after the last
+   * piece is collected; on failure nothing leaks and nothing is freed twice.
+   */
+  memfdMap(name: string, size: number | bigint, pieces?: number[]): NativeMapping & { fd: number };
+  mmapFd(fd: number, size: number, offset?: number, pieces?: number[]): NativeMapping;
+  /** [start, end) pairs, flattened, of the parts of [offset, offset+len) of `fd` that hold data (SEEK_DATA/SEEK_HOLE). */
+  dataExtents(fd: number, offset: number, len: number): number[];
   /** Atomic OR of u64 word `wordIndex` of an 8-byte-aligned bitmap (e.g. a MAP_SHARED mapping). */
   atomicOr64(bitmap: ArrayBufferView, wordIndex: number, mask: bigint): void;
   /** out[i] = atomic exchange(bitmap[i], 0) for every u64 word; returns how many were non-zero. */

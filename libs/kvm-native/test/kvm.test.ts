@@ -9,7 +9,7 @@ function realModeVm(code: number[]): { kvm: Kvm; vm: Vm; vcpu: Vcpu } {
   const kvm = Kvm.open();
   const vm = kvm.createVm();
   const ram = vm.addMemoryRegion({ slot: 0, guestPhysAddr: 0, size: 1 << 20 });
-  ram.bytes.set(code, CODE);
+  ram.pieces[0].bytes.set(code, CODE);
   const vcpu = vm.createVcpu(0);
   const s = vcpu.getSregs();
   s.cs.base = 0n;

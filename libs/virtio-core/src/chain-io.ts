@@ -13,7 +13,7 @@ export function gather(mem: GuestMemory, bufs: readonly Descriptor[], offset: nu
       continue;
     }
     const n = Math.min(b.len - offset, len - pos);
-    out.set(mem.slice(b.addr + offset, n), pos);
+    out.set(mem.read(b.addr + offset, n), pos);
     pos += n;
     offset = 0;
   }
@@ -26,10 +26,22 @@ export function scatter(mem: GuestMemory, bufs: readonly Descriptor[], data: Uin
   for (const b of bufs) {
     if (pos >= data.length) break;
     const n = Math.min(b.len, data.length - pos);
-    mem.slice(b.addr, n).set(data.subarray(pos, pos + n));
+    mem.write(b.addr, data.subarray(pos, pos + n));
     pos += n;
   }
   return pos;
+}
+
+/**
+ * Zero-copy views of a list of buffers, in order, for I/O (readv/writev,
+ * sendmsg): a buffer that crosses a split between two of guest RAM's host
+ * buffers (GuestMemory) becomes two views. Throws GuestMemoryError when a
+ * buffer is not RAM. Zero-length buffers give no view.
+ */
+export function views(mem: GuestMemory, bufs: readonly Descriptor[]): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const b of bufs) for (const v of mem.slices(b.addr, b.len)) out.push(v);
+  return out;
 }
 
 /** The buffers covering `len` bytes after skipping `skip` bytes (no copy). */

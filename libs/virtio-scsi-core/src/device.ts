@@ -6,7 +6,7 @@
  * the image and guest memory.
  */
 import { ScsiLunState, ScsiResponse, ScsiTarget } from '@tsvmm/scsi';
-import { Descriptor, Fields, GuestMemory, readConfigImage, scatter, SplitVirtqueue, StateError, VirtioDevice, within } from '@tsvmm/virtio-core';
+import { Descriptor, Fields, GuestMemory, readConfigImage, scatter, SplitVirtqueue, StateError, views as guestViews, VirtioDevice, within } from '@tsvmm/virtio-core';
 
 /** Buffers of one held-back response in a migrated state: a chain is at most a queue long. */
 const MAX_HELD_BUFS = 32768;
@@ -173,7 +173,7 @@ export class VirtioScsiDevice extends VirtioDevice {
       this.respond(q, req, { response: S.VIRTIO_SCSI_S_BAD_TARGET });
       return;
     }
-    const views = (bufs: Descriptor[]) => bufs.map((d) => this.memory.slice(d.addr, d.len));
+    const views = (bufs: Descriptor[]) => guestViews(this.memory, bufs); // a buffer across a RAM split is two views
     const abort = new AbortController();
     const epoch = this.epoch;
     const f: InFlight = { queue: q, req, lun: address.lun, abort, done: Promise.resolve() };

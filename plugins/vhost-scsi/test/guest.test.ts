@@ -68,6 +68,15 @@ describeKvm('vhost-scsi,backend=user driven by the guest kit through the vhost-u
     });
   });
 
+  it('--memory 8G: the back-end maps the 5 GiB region at 4 GiB from the memory table (as 1 GiB buffers) and serves the guest', async () => {
+    const { a, be } = await withLuns(['--verbose']);
+    const r = await vmm('test=scsi-rw lun=0 lba=100 blocks=16 seed=5 strict=1', [`vhost-scsi,id=vs0,socket=${be.socket}`], { extra: ['--memory', '8G'] });
+    expectPass(r, 'scsi-rw');
+    expect(be.err()).toContain('memory table: [0x0, +0xc0000000) [0x100000000, +0x140000000)');
+    const img = fs.readFileSync(a);
+    for (let o = 100 * 512; o < 116 * 512; o++) if (img[o] !== patternByte(o, 5)) throw new Error(`image byte ${o} is ${img[o]}, expected ${patternByte(o, 5)}`);
+  });
+
   it('UNMAP and WRITE SAME through the back-end: the image agrees', async () => {
     const { a, be } = await withLuns();
     const r = await vmm('test=scsi-unmap lun=0 lba=1024 blocks=24 seed=9 strict=1', [`vhost-scsi,id=vs0,socket=${be.socket}`]);

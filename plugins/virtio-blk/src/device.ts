@@ -1,7 +1,7 @@
 /**
  * The virtio-blk device (virtio 1.2 section 5.2) over a BlockBackend.
  */
-import { Fields, GuestMemory, readConfigImage, scatter, SplitVirtqueue, StateError, VirtioDevice, VirtioDeviceState } from '@tsvmm/virtio-core';
+import { Fields, GuestMemory, readConfigImage, scatter, SplitVirtqueue, StateError, views as guestViews, VirtioDevice, VirtioDeviceState } from '@tsvmm/virtio-core';
 import * as B from './generated/virtio-blk-uapi';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
@@ -204,7 +204,7 @@ export class VirtioBlkDevice extends VirtioDevice {
         const isRead = r.type === B.VIRTIO_BLK_T_IN;
         if (!isRead && this.backend.readonly) return done(B.VIRTIO_BLK_S_IOERR, 0);
         if (r.dataLength % SECTOR_SIZE || !this.inRange(r.sector, r.dataLength / SECTOR_SIZE)) return done(B.VIRTIO_BLK_S_IOERR, 0);
-        const views = r.data.map((d) => this.memory.slice(d.addr, d.len));
+        const views = guestViews(this.memory, r.data); // a buffer across a RAM split is two views
         const offset = r.sector * SECTOR_SIZE;
         if (isRead) {
           this.blk.reads++;

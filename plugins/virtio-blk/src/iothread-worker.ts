@@ -6,7 +6,7 @@
  * configuration, status and MSI-X, and forwards kicks.
  */
 import { parentPort } from 'worker_threads';
-import { loadNative } from '@tsvmm/kvm-native';
+import { loadNative, mapGuestRam } from '@tsvmm/kvm-native';
 import { GuestMemory } from '@tsvmm/virtio-core';
 import { RawFileBackend } from '@tsvmm/block';
 import { BlkWorkerPlane } from './dataplane';
@@ -20,7 +20,7 @@ port.on('message', (m: ToWorker) => {
   try {
     if (m.type === 'init') {
       const native = loadNative();
-      const regions = m.regions.map((r) => ({ guestPhysAddr: r.gpa, bytes: new Uint8Array(native.mmapFd(r.fd, r.size, 0).buffer) }));
+      const regions = m.regions.flatMap((r) => mapGuestRam(r.fd, r.gpa, r.size).pieces); // 1 GiB buffers, as the main thread's
       const backend = new RawFileBackend(m.file, m.readonly, m.direct);
       plane = new BlkWorkerPlane(new GuestMemory(regions), backend, m, post, (fd) => native.eventfdWrite(fd, 1));
       return;

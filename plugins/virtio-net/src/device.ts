@@ -3,7 +3,7 @@
  * (2i), transmit queues (2i+1) for each queue pair, and the control queue last.
  */
 import { FdWatch } from '@tsvmm/kvm-native';
-import { DescriptorChain, gather, GuestMemory, readConfigImage, scatter, SplitVirtqueue, VirtioDevice } from '@tsvmm/virtio-core';
+import { DescriptorChain, gather, GuestMemory, readConfigImage, scatter, SplitVirtqueue, views as guestViews, VirtioDevice } from '@tsvmm/virtio-core';
 import * as N from './generated/virtio-net-uapi';
 import { Tap, VNET_HDR_LEN } from './backend/tap';
 
@@ -149,7 +149,7 @@ export class VirtioNetDevice extends VirtioDevice {
           this.markBroken(chain.writable.length ? 'transmit chain has device-writable buffers' : `transmit chain of ${chain.readableLength} bytes is shorter than the virtio-net header`);
           return;
         }
-        const views = chain.readable.map((d) => this.memory.slice(d.addr, d.len));
+        const views = guestViews(this.memory, chain.readable); // a buffer across a RAM split is two views
         if (pair < this.activePairs && this.tap.write(pair, views)) {
           this.net.txPackets++;
           this.net.txBytes += chain.readableLength - VNET_HDR_LEN;

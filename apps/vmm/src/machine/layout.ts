@@ -15,7 +15,11 @@
  *   0xfec0_0000  IOAPIC
  *   0xfee0_0000  LAPIC
  *   0xfeff_c000  KVM identity map + TSS pages (reserved)
- *   4 GiB        RAM above the hole, if memory > 3 GiB
+ *   4 GiB        RAM above the hole, if memory > 3 GiB (to 68 GiB at --memory 64G)
+ *   512 GiB      64-bit PCI MMIO window
+ *
+ * Each RAM region is one KVM memory slot backed by one memfd; JS sees it as
+ * 1 GiB buffers (kvm-native guest-ram.ts), which GuestMemory joins again.
  */
 export const GDT_ADDR = 0x500;
 export const PVH_START_INFO_ADDR = 0x6000;
@@ -65,6 +69,8 @@ export interface RamLayout {
 export function ramLayout(memoryBytes: number): RamLayout {
   const low = Math.min(memoryBytes, LOW_RAM_LIMIT);
   const high = memoryBytes - low;
+  if (HIGH_RAM_START + high > PCI_MMIO64_BASE)
+    throw new RangeError(`${memoryBytes} bytes of RAM would run into the 64-bit PCI MMIO window at 0x${PCI_MMIO64_BASE.toString(16)}`);
   const regions = [{ slot: 0, guestPhysAddr: 0, size: low }];
   if (high > 0) regions.push({ slot: 1, guestPhysAddr: HIGH_RAM_START, size: high });
   const e820: E820Entry[] = [

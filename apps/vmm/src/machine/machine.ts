@@ -107,7 +107,8 @@ export class Machine {
       const regions = layout.regions.map((r) =>
         this.vm.addMemoryRegion({ slot: r.slot, guestPhysAddr: r.guestPhysAddr, size: r.size, name: `guest-ram-${r.slot}` }),
       );
-      this.memory = new GuestMemory(regions.map((r) => ({ guestPhysAddr: Number(r.guestPhysAddr), bytes: r.bytes })));
+      // Each region comes as 1 GiB host buffers (a V8 ArrayBuffer is at most 4 GiB); GuestMemory joins them.
+      this.memory = new GuestMemory(regions.flatMap((r) => r.pieces));
 
       // Platform devices.
       this.serial = new Uart16550(

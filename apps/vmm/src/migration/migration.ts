@@ -422,7 +422,7 @@ function zeroRam(r: MemoryRegion): void {
   try {
     fallocate(r.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, r.size);
   } catch {
-    r.bytes.fill(0);
+    for (const p of r.pieces) p.bytes.fill(0);
   }
 }
 

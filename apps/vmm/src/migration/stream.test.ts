@@ -101,7 +101,7 @@ describe('migration stream', () => {
     const src = new Uint8Array(size);
     for (const p of [0, 17, 31, 32, 63]) src.fill(p + 1, p * 4096, p * 4096 + 4096);
     src[40 * 4096 + 4095] = 9; // a page whose only non-zero byte is its last
-    const region = (bytes: Uint8Array) => ({ slot: 0, guestPhysAddr: 0x100000n, size, fd: -1, hostAddress: 0n, bytes, flags: 0 });
+    const region = (bytes: Uint8Array) => ({ slot: 0, guestPhysAddr: 0x100000n, size, fd: -1, hostAddress: 0n, pieces: [{ guestPhysAddr: 0x100000, bytes }], flags: 0 });
     const counters = { transferred: 0, normal: 0, duplicate: 0 };
     const b = new RamSectionBuilder(counters);
     await addRegionPages(region(src), undefined, true, b, async () => undefined);
@@ -122,7 +122,7 @@ describe('migration stream', () => {
     const parts = b.take();
     const payload = parts[1];
     const bytes = new Uint8Array(0x10000).fill(1);
-    const region = { slot: 0, guestPhysAddr: 0n, size: 0x10000, fd: -1, hostAddress: 0n, bytes, flags: 0 };
+    const region = { slot: 0, guestPhysAddr: 0n, size: 0x10000, fd: -1, hostAddress: 0n, pieces: [{ guestPhysAddr: 0, bytes }], flags: 0 };
     applyRamSection(payload, [region]);
     expect(bytes[0x2000]).toBe(7);
     expect(bytes[0x4000]).toBe(0);

@@ -59,7 +59,7 @@ function fakeTransport() {
 
 function setup(ioctls = fakeIoctls()) {
   const mem = fakeMemory(1 << 20, 0);
-  const region: MemoryRegion = { slot: 0, guestPhysAddr: 0n, size: 1 << 20, fd: 7, hostAddress: 0x7f00_0000_0000n, bytes: new Uint8Array(0), flags: 0 };
+  const region: MemoryRegion = { slot: 0, guestPhysAddr: 0n, size: 1 << 20, fd: 7, hostAddress: 0x7f00_0000_0000n, pieces: [], flags: 0 };
   const backend = new VhostKernelBackend('naa.5001405abcdef012', 1, ioctls.sys);
   const features = backend.connect();
   const logs: string[] = [];
