@@ -2,4 +2,5 @@ export * from './chain-io';
 export * from './device';
 export * from './guest-memory';
 export * from './virtqueue';
+export * from './rate-limit';
 export * as virtioUapi from './generated/virtio-uapi';

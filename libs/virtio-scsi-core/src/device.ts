@@ -150,7 +150,7 @@ export class VirtioScsiDevice extends VirtioDevice {
           const parsed = parseControlRequest(this.memory, chain);
           if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
           this.controlInFlight++;
-          void this.control(q, parsed.request).finally(() => this.controlInFlight--);
+          this.guardPromise('control request', this.control(q, parsed.request).finally(() => this.controlInFlight--));
         } else {
           const parsed = parseCmdRequest(this.memory, chain, this.cdbSize, this.senseSize);
           if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
@@ -180,7 +180,8 @@ export class VirtioScsiDevice extends VirtioDevice {
         (r) => ({ r, failed: undefined as unknown }),
         (e: unknown) => ({ r: undefined, failed: e }),
       )
-      .then(({ r, failed }) => {
+      // Inside the device fault boundary: a throw here breaks this device, and f.done still resolves.
+      .then(this.guarded('command completion', ({ r, failed }: { r: ScsiResponse | undefined; failed: unknown }) => {
         this.inFlight.delete(f);
         if (epoch !== this.epoch) return; // the driver reset the device meanwhile
         if (f.endedBy !== undefined) {
@@ -193,7 +194,7 @@ export class VirtioScsiDevice extends VirtioDevice {
           this.scsi.overruns++;
           this.respond(q, req, { response: S.VIRTIO_SCSI_S_OVERRUN });
         } else this.respond(q, req, { response: S.VIRTIO_SCSI_S_OK, result: r });
-      });
+      }));
     this.inFlight.add(f);
   }
 
@@ -227,7 +228,7 @@ export class VirtioScsiDevice extends VirtioDevice {
     if (this.signalScheduled.has(q.index)) return;
     this.signalScheduled.add(q.index);
     // Completions that land in the same turn of the loop share one interrupt.
-    setImmediate(() => {
+    this.later('used-buffer interrupt', () => {
       this.signalScheduled.delete(q.index);
       this.signalUsed(q);
     });
