@@ -23,14 +23,16 @@ function setup(size = 8) {
 const kindOf = (r: ReturnType<SplitVirtqueue['pop']>) => (r && 'error' in r ? r.error.kind : r ? 'chain' : null);
 
 describe('virtqueue rules', () => {
-  it('range-checks a zero-length buffer: outside RAM is a queue error, inside RAM is taken as it is', () => {
+  it('range-checks a zero-length buffer (outside RAM: address-out-of-range) and refuses one in RAM too', () => {
     const a = setup();
     a.drv.addChain([{ addr: 0x10000, len: 16 }, { addr: 0x7fff00000000, len: 0, write: true }]);
     expect(a.q.pop()).toEqual({ error: { kind: 'address-out-of-range', addr: 0x7fff00000000, len: 0 } });
     const b = setup();
     b.drv.addChain([{ addr: 0x10000, len: 16 }, { addr: 0, len: 0, write: true }]);
-    const r = b.q.pop();
-    expect(r && 'chain' in r && r.chain.writable).toEqual([{ addr: 0, len: 0, writable: true }]);
+    expect(b.q.pop()).toEqual({ error: { kind: 'zero-length-buffer', index: 1 } });
+    const c = setup();
+    c.drv.addIndirect(0x20000, [{ addr: 0x10000, len: 16 }, { addr: 0, len: 0, write: true }]);
+    expect(c.q.pop()).toEqual({ error: { kind: 'zero-length-buffer', index: 1 } });
   });
 
   it('takes an indirect table of exactly queue-size entries (the indirect descriptor does not count)', () => {

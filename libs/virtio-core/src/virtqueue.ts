@@ -44,6 +44,7 @@ export type QueueError =
   | { kind: 'descriptor-loop'; index: number }
   | { kind: 'chain-too-long'; limit: number }
   | { kind: 'address-out-of-range'; addr: number; len: number }
+  | { kind: 'zero-length-buffer'; index: number }
   | { kind: 'indirect-not-negotiated' }
   | { kind: 'nested-indirect' }
   | { kind: 'indirect-with-next' }
@@ -61,6 +62,7 @@ export function describeQueueError(e: QueueError): string {
     case 'descriptor-loop': return `descriptor chain loops (descriptor ${e.index} seen twice)`;
     case 'chain-too-long': return `descriptor chain longer than ${e.limit}`;
     case 'address-out-of-range': return `buffer [0x${e.addr.toString(16)}, +0x${e.len.toString(16)}) is not guest RAM`;
+    case 'zero-length-buffer': return `descriptor ${e.index} has length 0 (zero-sized buffers are not allowed)`;
     case 'indirect-not-negotiated': return 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC';
     case 'nested-indirect': return 'indirect descriptor inside an indirect table';
     case 'indirect-with-next': return 'descriptor has both INDIRECT and NEXT';
@@ -230,8 +232,8 @@ export class SplitVirtqueue {
 
   /**
    * Walks a chain from `head` with vm-virtio's rules (see QueueError). Every
-   * buffer is range-checked whatever its length (a zero-length buffer must
-   * still start in RAM). A chain holds at most `size` descriptors; an
+   * buffer is range-checked whatever its length, and a zero-length buffer is
+   * a guest error (the device needs a reset). A chain holds at most `size` descriptors; an
    * indirect table holds up to its own length / 16 (at most
    * MAX_INDIRECT_ENTRIES), and the descriptor that points at it does not
    * count against the table (Linux fills a queue-size table: header,
@@ -282,6 +284,9 @@ export class SplitVirtqueue {
         continue;
       }
       if (!mem.checkRange(addr, len)) return { error: { kind: 'address-out-of-range', addr, len } };
+      // No driver sends an empty buffer (QEMU refuses them too); taking one would leave devices deriving
+      // addresses such as "last byte of the last buffer" from nothing.
+      if (len === 0) return { error: { kind: 'zero-length-buffer', index } };
       total += len;
       if (total >= 2 ** 32) return { error: { kind: 'chain-length-overflow' } };
       const writable = (flags & V.VRING_DESC_F_WRITE) !== 0;
