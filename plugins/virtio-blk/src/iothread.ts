@@ -90,6 +90,11 @@ export class BlkIoThread {
   }
 
   private receive(m: FromWorker): void {
+    if (m.type === 'dead') {
+      // A port (tests) reports its worker gone, as the Worker's exit does.
+      this.died(m.reason);
+      return;
+    }
     if ('seq' in m) {
       const p = this.pending.get(m.seq);
       this.pending.delete(m.seq);
