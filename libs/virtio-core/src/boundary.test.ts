@@ -73,6 +73,21 @@ describe('virtqueue rules', () => {
     expect(q.endBatch()).toBe(true);
     expect(kindOf(q.pop())).toBe('chain');
   });
+
+  it('a budget that runs out just as the ring empties turns notifications (avail_event) on again', () => {
+    const mem = fakeMemory(MEM);
+    const drv = new MockDriverQueue(mem, 8);
+    const q = new SplitVirtqueue(0, 256);
+    drv.program(q);
+    q.activate(mem, { eventIdx: true, indirect: true });
+    for (let i = 0; i < 3; i++) drv.addChain([{ addr: 0x10000, len: 8 }]);
+    q.beginBatch(3);
+    for (let i = 0; i < 3; i++) expect(kindOf(q.pop())).toBe('chain');
+    expect(q.enableNotification()).toBe(false); // refused: budget spent
+    expect(drv.availEvent()).toBe(0);
+    expect(q.endBatch()).toBe(false); // nothing left, nothing to come back for...
+    expect(drv.availEvent()).toBe(3); // ...but the driver is asked to kick for the next chain
+  });
 });
 
 class Dev extends VirtioDevice {

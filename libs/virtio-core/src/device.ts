@@ -386,7 +386,8 @@ export abstract class VirtioDevice {
     this.budgetRescheduled.add(q.index);
     setImmediate(() => {
       this.budgetRescheduled.delete(q.index);
-      if (this.canProcess && q.active) this.service(q, `queue ${q.index} (continued after its budget)`, () => this.processQueue(q));
+      if (this.disabled) this.kickedWhileDisabled.add(q.index); // taken up when bus mastering is back
+      else if (this.canProcess && q.active) this.service(q, `queue ${q.index} (continued after its budget)`, () => this.processQueue(q));
     });
   }
 

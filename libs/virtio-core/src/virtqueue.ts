@@ -203,11 +203,18 @@ export class SplitVirtqueue {
     return this.budgetLeft <= 0;
   }
 
-  /** Ends a batch; returns true when its budget ran out with chains still available (the caller comes back). */
+  /**
+   * Ends a batch; returns true when its budget ran out with chains still
+   * available (the caller must come back). A budget that ran out just as the
+   * ring emptied left notifications off (enableNotification refused):
+   * they are turned on again here, with the usual re-check.
+   */
   endBatch(): boolean {
-    const more = this.budgetLeft <= 0 && this.pending() > 0;
+    const exhausted = this.budgetLeft <= 0;
     this.budgetLeft = Infinity;
-    return more;
+    if (!exhausted) return false;
+    if (this.pending() > 0) return true;
+    return this.enableNotification();
   }
 
   /** Takes the next available chain, or null when there is none (or the batch's budget is spent). */
