@@ -391,6 +391,11 @@ export abstract class VirtioDevice {
     });
   }
 
+  /** A queue pass that ran out of budget is still to be continued (drains wait for it). */
+  get budgetPending(): boolean {
+    return this.budgetRescheduled.size > 0;
+  }
+
   /**
    * What the boundary does with an exception: a guest error breaks the device
    * with one rate-limited line; anything else is a VMM bug, which breaks the

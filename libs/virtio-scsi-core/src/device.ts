@@ -313,7 +313,7 @@ export class VirtioScsiDevice extends VirtioDevice {
    * nothing lands in guest memory after this resolves).
    */
   async drain(): Promise<void> {
-    while (this.inFlight.size > 0 || this.controlInFlight > 0 || this.signalScheduled.size > 0) {
+    while (this.inFlight.size > 0 || this.controlInFlight > 0 || this.signalScheduled.size > 0 || this.budgetPending) {
       if (this.inFlight.size > 0) await Promise.all([...this.inFlight].map((f) => f.done));
       else await new Promise((r) => setImmediate(r));
     }

@@ -321,7 +321,7 @@ export class VirtioBlkDevice extends VirtioDevice {
       this.drained = { virtio: r.virtio, blk: r.blk };
       return;
     }
-    while (this.inFlight > 0 || this.signalScheduled.size > 0) await new Promise((r) => setImmediate(r));
+    while (this.inFlight > 0 || this.signalScheduled.size > 0 || this.budgetPending) await new Promise((r) => setImmediate(r));
   }
 
   /** The worker's state from the last drain, valid until the VM resumes. */
