@@ -39,7 +39,8 @@ class BackendScsiDevice extends VirtioScsiDevice {
 
   poll(i: number): void {
     const q = this.queues[i];
-    if (this.canProcess && q.active) this.processQueue(q);
+    // Inside the device fault boundary and the chain budget, as a kick is.
+    if (this.canProcess && q.active) this.service(q, `ring ${i} start`, () => this.processQueue(q));
   }
 
   protected override processQueue(q: SplitVirtqueue): void {
@@ -460,10 +461,10 @@ class Connection {
     q.lastAvailIdx = r.base;
     q.usedIdx = dev.memory.readU16(q.usedRing + 2); // the used index the driver has seen
     r.started = true;
-    r.kick.watch((n) => {
+    r.kick.watch(dev.guarded(`kick of ring ${i}`, (n: bigint) => {
       this.server.counters[i].kicks += Number(n);
       dev.notify(i, 'ioeventfd');
-    });
+    }));
     this.say(`ring ${i} started: size ${r.num}, base ${r.base}`);
     dev.poll(i); // buffers made available before the ring (re)started
   }

@@ -4,6 +4,7 @@
 #include <uv.h>
 
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <linux/kvm.h>
 #include <memory>
@@ -450,6 +451,37 @@ Napi::Value Dup(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r);
 }
 
+// A JS callback that native code runs from libuv (watchers, thread-safe calls)
+// must never take the process down by throwing: its exception is caught here
+// and handed to the reporter JS registered with setCallbackErrorReporter
+// (a function (where, error)), else printed to stderr. Never rethrown.
+static Napi::FunctionReference g_callbackErrorReporter;
+
+static Napi::Value SetCallbackErrorReporter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info[0].IsFunction()) g_callbackErrorReporter = Napi::Persistent(info[0].As<Napi::Function>());
+  else if (!g_callbackErrorReporter.IsEmpty()) g_callbackErrorReporter.Reset();
+  return env.Undefined();
+}
+
+static void reportCallbackError(Napi::Env env, const char* where, const Napi::Error& e) {
+  if (!g_callbackErrorReporter.IsEmpty()) {
+    try {
+      g_callbackErrorReporter.Call({Napi::String::New(env, where), e.Value()});
+      return;
+    } catch (const Napi::Error& inner) {
+      fprintf(stderr, "kvm-native: the callback error reporter threw: %s\n", inner.what());
+    }
+  }
+  std::string text = e.what();
+  try {
+    Napi::Value stack = e.Value().As<Napi::Object>().Get("stack");
+    if (stack.IsString()) text = stack.As<Napi::String>().Utf8Value();
+  } catch (const Napi::Error&) {
+  }
+  fprintf(stderr, "kvm-native: exception in %s callback (ignored): %s\n", where, text.c_str());
+}
+
 // FdWatcher: calls back on the JS thread whenever the fd is readable (uv_poll).
 class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
  public:
@@ -523,8 +555,13 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     Napi::Env env = self->Env();
     Napi::HandleScope scope(env);
     Napi::Value err = status < 0 ? errnoError(env, status, "uv_poll").Value() : env.Null();
-    // MakeCallback runs microtasks and reports exceptions as uncaught, like any libuv callback.
-    self->cb_.MakeCallback(env.Global(), {err});
+    // MakeCallback runs microtasks. An exception from the callback is reported, never rethrown: a
+    // C++ exception escaping a libuv callback would abort the process.
+    try {
+      self->cb_.MakeCallback(env.Global(), {err});
+    } catch (const Napi::Error& e) {
+      reportCallbackError(env, "fd watcher", e);
+    }
   }
 
   int fd_;
@@ -596,7 +633,11 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
       } catch (const Napi::Error& e) {
         // A JS exit handler must not throw; if it does the vCPU stops and the error is reported.
         action = VcpuLoop::kStop;
-        self->onState_.Call({Napi::String::New(env, "error"), Napi::Number::New(env, 0), e.Value()});
+        try {
+          self->onState_.Call({Napi::String::New(env, "error"), Napi::Number::New(env, 0), e.Value()});
+        } catch (const Napi::Error& e2) {
+          reportCallbackError(env, "vCPU state", e2);
+        }
       }
       std::lock_guard<std::mutex> g(msg->mu);
       msg->action = action;
@@ -609,7 +650,8 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
       try {
         self->onState_.Call({Napi::String::New(env, state), Napi::Number::New(env, err)});
       } catch (const Napi::Error& e) {
-        e.ThrowAsJavaScriptException();
+        // Rethrowing from a thread-safe call would make it an uncaught exception (process exit).
+        reportCallbackError(env, "vCPU state", e);
       }
     }
   }
@@ -677,6 +719,7 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("open", Napi::Function::New(env, Open));
+  exports.Set("setCallbackErrorReporter", Napi::Function::New(env, SetCallbackErrorReporter));
   exports.Set("close", Napi::Function::New(env, Close));
   exports.Set("ioctl", Napi::Function::New(env, Ioctl));
   exports.Set("addressOf", Napi::Function::New(env, AddressOf));

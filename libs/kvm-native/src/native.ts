@@ -59,6 +59,12 @@ export interface NativeAddon {
   recvFds(fd: number, buf: Uint8Array, maxFds: number): { bytes: number; fds: number[] };
   pollIn(fd: number, timeoutMs: number): boolean;
   dup(fd: number): number;
+  /**
+   * Where an exception thrown by a JS callback that native code runs (fd
+   * watchers, vCPU state calls) goes: it is never rethrown (that would abort
+   * the process); without a reporter it is printed to stderr.
+   */
+  setCallbackErrorReporter(fn: ((where: string, error: unknown) => void) | undefined): void;
   FdWatcher: new (fd: number, onReadable: (err: Error | null) => void) => NativeFdWatcher;
   VcpuThread: new (
     vcpuFd: number,

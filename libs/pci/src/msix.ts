@@ -45,6 +45,8 @@ export class MsixController {
   private readonly routes = new Map<number, VectorRoute>();
   private readonly inUse = new Set<number>();
   private lastControl = 0;
+  /** The owning device's fault boundary, for the irqfd watchers (set by VirtioPciDevice). */
+  boundary: (entry: string, fn: () => void) => void = (_entry, fn) => fn();
 
   constructor(
     private readonly config: PciConfigSpace,
@@ -155,11 +157,11 @@ export class MsixController {
         const gsi = this.irq.gsiRoutes.allocate();
         r = { gsi, efd: EventFd.create(), assigned: false, msg: '' };
         this.routes.set(v, r);
-        r.efd.watch(() => {
+        r.efd.watch(() => this.boundary(`masked MSI-X vector ${v}`, () => {
           // Only reached while the irqfd is unassigned: a backend signalled a masked vector.
           this.setPending(v, true);
           this.counters.pended++;
-        });
+        }));
       }
       if (live && r.msg !== key) {
         this.irq.gsiRoutes.setMsi(r.gsi, msg);
@@ -184,10 +186,10 @@ export class MsixController {
     } else {
       this.irq.vm.irqfd(r.efd.fd, r.gsi, { deassign: true });
       r.assigned = false;
-      r.efd.watch(() => {
+      r.efd.watch(() => this.boundary(`masked MSI-X vector ${v}`, () => {
         this.setPending(v, true);
         this.counters.pended++;
-      });
+      }));
     }
   }
 

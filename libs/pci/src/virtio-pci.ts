@@ -12,6 +12,12 @@
  * DRIVER_OK, the VM runs and no backend owns the notifiers. A notify write the
  * ioeventfd does not catch (other widths, or ioeventfd=off) arrives through
  * the exit path and does the same thing.
+ *
+ * Every way into the device from here runs inside the device's fault boundary
+ * (VirtioDevice.runGuarded): BAR and config-space accesses (vCPU exits),
+ * the ioeventfd and fallback-call watchers, the MSI-X irqfd watchers,
+ * monitor kicks and calls. A throw there marks the device needs-reset; it
+ * never reaches the vCPU exit handler or the event loop.
  */
 import { EventFd, Vm } from '@tsvmm/kvm-native';
 import { Fields, VirtioDevice, VirtioDeviceState, VirtioInterrupt, virtioUapi as V, within } from '@tsvmm/virtio-core';
@@ -137,9 +143,10 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     const vectors = device.queues.length + 1;
 
     this.msix = new MsixController(this.config, vectors, { tableBar: MSIX_BAR, tableOffset: 0, pbaBar: MSIX_BAR, pbaOffset: 0x800 }, ctx);
+    this.msix.boundary = (entry, fn) => void device.runGuarded(entry, fn);
     const msixBar: BusDevice = {
-      read: (o, s) => (o < 0x800 ? this.msix.tableDevice.read(o, s) : this.msix.pbaDevice.read(o - 0x800, s)),
-      write: (o, s, v) => (o < 0x800 ? this.msix.tableDevice.write(o, s, v) : undefined),
+      read: (o, s) => device.runGuarded('MSI-X BAR read', () => (o < 0x800 ? this.msix.tableDevice.read(o, s) : this.msix.pbaDevice.read(o - 0x800, s))) ?? 0,
+      write: (o, s, v) => void device.runGuarded('MSI-X BAR write', () => (o < 0x800 ? this.msix.tableDevice.write(o, s, v) : undefined)),
     };
     this.addBar({ index: MSIX_BAR, size: 0x1000, kind: 'mem32', device: msixBar }, ctx.mmio32.allocate(0x1000));
     this.addBar({ index: VIRTIO_BAR, size: VIRTIO_BAR_SIZE, kind: 'mem64', prefetchable: false, device: this.virtioBar }, ctx.mmio32.allocate(VIRTIO_BAR_SIZE));
@@ -153,7 +160,7 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
 
     this.device.interrupt = this;
     // Fault injection on a backend-owned queue interposes the VMM (see syncHostNotifiers).
-    this.device.faultsChanged = () => setImmediate(() => this.syncHostNotifiers());
+    this.device.faultsChanged = () => this.device.later('fault injection change', () => this.syncHostNotifiers());
     // Bus mastering is off until the driver sets it: the device must not touch memory.
     this.device.setDisabled(true);
     this.slot = ctx.pci.attach(this, opts.slot);
@@ -183,6 +190,14 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
   // --- config space ------------------------------------------------------------
 
   override configRead(offset: number, size: number): number {
+    return this.device.runGuarded('PCI config read', () => this.configReadUnguarded(offset, size)) ?? 0;
+  }
+
+  override configWrite(offset: number, size: number, value: number): void {
+    this.device.runGuarded('PCI config write', () => this.configWriteUnguarded(offset, size, value));
+  }
+
+  private configReadUnguarded(offset: number, size: number): number {
     const data = this.pciCfgCapOffset + V.OFF_virtio_pci_cfg_cap_pci_cfg_data;
     if (offset >= data && offset < data + 4) {
       const w = this.pciCfgWindow();
@@ -191,7 +206,7 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     return super.configRead(offset, size);
   }
 
-  override configWrite(offset: number, size: number, value: number): void {
+  private configWriteUnguarded(offset: number, size: number, value: number): void {
     const data = this.pciCfgCapOffset + V.OFF_virtio_pci_cfg_cap_pci_cfg_data;
     if (offset >= data && offset < data + 4) {
       const w = this.pciCfgWindow();
@@ -223,29 +238,33 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
   // --- BAR4: common, ISR, device, notify ---------------------------------------
 
   readonly virtioBar: BusDevice = {
-    read: (off, size) => {
-      if (off < ISR_OFFSET) return this.commonRead(off, size);
-      if (off < DEVICE_OFFSET) {
-        // Reading ISR clears it (and would deassert INTx).
-        const v = this.isr;
-        this.isr = 0;
-        return off === ISR_OFFSET ? v : 0;
-      }
-      if (off < NOTIFY_OFFSET) return this.device.readConfig(off - DEVICE_OFFSET, size);
-      return 0;
-    },
-    write: (off, size, value) => {
-      const v = Number(value);
-      if (off < ISR_OFFSET) this.commonWrite(off, size, v);
-      else if (off < DEVICE_OFFSET) return;
-      else if (off < NOTIFY_OFFSET) this.device.writeConfig(off - DEVICE_OFFSET, size, v);
-      else {
-        // A doorbell that came through the exit path (ioeventfd off, or an unusual width).
-        const q = Math.floor((off - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER);
-        if (q < this.device.queues.length) this.device.notify(q, 'exit');
-      }
-    },
+    read: (off, size) => this.device.runGuarded('BAR4 read', () => this.virtioBarRead(off, size)) ?? 0,
+    write: (off, size, value) => void this.device.runGuarded('BAR4 write', () => this.virtioBarWrite(off, size, value)),
   };
+
+  private virtioBarRead(off: number, size: number): number {
+    if (off < ISR_OFFSET) return this.commonRead(off, size);
+    if (off < DEVICE_OFFSET) {
+      // Reading ISR clears it (and would deassert INTx).
+      const v = this.isr;
+      this.isr = 0;
+      return off === ISR_OFFSET ? v : 0;
+    }
+    if (off < NOTIFY_OFFSET) return this.device.readConfig(off - DEVICE_OFFSET, size);
+    return 0;
+  }
+
+  private virtioBarWrite(off: number, size: number, value: number | bigint): void {
+    const v = Number(value);
+    if (off < ISR_OFFSET) this.commonWrite(off, size, v);
+    else if (off < DEVICE_OFFSET) return;
+    else if (off < NOTIFY_OFFSET) this.device.writeConfig(off - DEVICE_OFFSET, size, v);
+    else {
+      // A doorbell that came through the exit path (ioeventfd off, or an unusual width).
+      const q = Math.floor((off - NOTIFY_OFFSET) / NOTIFY_MULTIPLIER);
+      if (q < this.device.queues.length) this.device.notify(q, 'exit');
+    }
+  }
 
   private get selectedQueue() {
     return this.device.queues[this.queueSelect];
@@ -496,7 +515,7 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     let f = this.fallbackCalls[queue];
     if (!f) {
       f = EventFd.create();
-      f.watch(() => this.signalQueue(queue));
+      f.watch(this.device.guarded(`call eventfd of queue ${queue}`, () => this.signalQueue(queue)));
       this.fallbackCalls[queue] = f;
     }
     return f;
@@ -535,7 +554,7 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
       if (kind && !this.notifiers[i]) {
         const efd = kind === 'backend' ? backend! : EventFd.create();
         this.ctx.vm.ioeventfd({ addr: addr!, len: 2, fd: efd.fd, space: 'mmio' });
-        if (kind !== 'backend') efd.watch(() => this.device.notify(i, 'ioeventfd'));
+        if (kind !== 'backend') efd.watch(this.device.guarded(`ioeventfd of queue ${i}`, () => this.device.notify(i, 'ioeventfd')));
         this.notifiers[i] = { efd, addr: addr!, kind };
       }
     });
@@ -546,15 +565,17 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
    * doorbell write would (the ioeventfd when registered, else the exit-path handler).
    */
   kick(queue: number): void {
-    this.device.counters[queue].debugEvents++;
-    const n = this.notifiers[queue];
-    if (n) n.efd.write(1);
-    else this.device.notify(queue, 'exit');
+    this.device.runGuarded(`monitor kick of queue ${queue}`, () => {
+      this.device.counters[queue].debugEvents++;
+      const n = this.notifiers[queue];
+      if (n) n.efd.write(1);
+      else this.device.notify(queue, 'exit');
+    });
   }
 
   /** DeviceEvent call: the queue's interrupt as the device sends it; a masked vector gets its PBA bit. */
   call(queue: number): void {
-    this.device.debugCall(queue);
+    this.device.runGuarded(`monitor call of queue ${queue}`, () => this.device.debugCall(queue));
   }
 
   /** The MSI-X vector the driver assigned to a queue (0xffff: none). */

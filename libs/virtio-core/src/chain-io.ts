@@ -1,4 +1,8 @@
-/** Copying between a chain's buffers and flat bytes (for headers, control commands and bounce copies). */
+/**
+ * Copying between a chain's buffers and flat bytes (for headers, control
+ * commands and bounce copies). Zero-length buffers are skipped: no address
+ * is ever derived from one.
+ */
 import { GuestMemory } from './guest-memory';
 import { Descriptor } from './virtqueue';
 
@@ -8,6 +12,7 @@ export function gather(mem: GuestMemory, bufs: readonly Descriptor[], offset: nu
   let pos = 0;
   for (const b of bufs) {
     if (pos >= len) break;
+    if (b.len === 0) continue; // nothing to read, and no address is derived from it
     if (offset >= b.len) {
       offset -= b.len;
       continue;
@@ -25,6 +30,7 @@ export function scatter(mem: GuestMemory, bufs: readonly Descriptor[], data: Uin
   let pos = 0;
   for (const b of bufs) {
     if (pos >= data.length) break;
+    if (b.len === 0) continue;
     const n = Math.min(b.len, data.length - pos);
     mem.write(b.addr, data.subarray(pos, pos + n));
     pos += n;
@@ -45,10 +51,22 @@ export function views(mem: GuestMemory, bufs: readonly Descriptor[]): Uint8Array
 }
 
 /** The buffers covering `len` bytes after skipping `skip` bytes (no copy). */
+/**
+ * Where a one-byte in-chain field that ends the writable part lives (virtio-blk
+ * status, virtio-net control ack): the last byte of the last device-writable
+ * buffer. A zero-length last buffer has no such byte: undefined (a guest error).
+ */
+export function lastWritableByte(bufs: readonly Descriptor[]): number | undefined {
+  const last = bufs[bufs.length - 1];
+  if (!last || last.len === 0) return undefined;
+  return last.addr + last.len - 1;
+}
+
 export function subrange(bufs: readonly Descriptor[], skip: number, len: number): Descriptor[] {
   const out: Descriptor[] = [];
   for (const b of bufs) {
     if (len <= 0) break;
+    if (b.len === 0) continue;
     if (skip >= b.len) {
       skip -= b.len;
       continue;

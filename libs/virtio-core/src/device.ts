@@ -7,12 +7,41 @@
  *   driver resets it.
  * - `disabled`: the guest cleared PCI bus mastering (or the transport's
  *   equivalent); the device touches no guest memory until it is set again.
+ *
+ * The device fault boundary (runGuarded / guarded / later / service): every
+ * entry into device code (queue kicks from ioeventfds and exits, BAR and
+ * config accesses, TAP and eventfd watchers, timers, promise completions,
+ * worker messages, monitor-driven events) runs inside it. Whatever the device
+ * throws there breaks that device only: a guest error (GuestMemoryError,
+ * GuestError) sets needs-reset with one rate-limited log line; any other
+ * exception is a VMM bug and does the same, with its stack logged. Nothing
+ * escapes to the event loop, so nothing a device throws ends the process.
  */
 import * as V from './generated/virtio-uapi';
-import { GuestMemory } from './guest-memory';
+import { GuestMemory, GuestMemoryError } from './guest-memory';
+import { LogRateLimiter } from './rate-limit';
 import { describeQueueError, QueueError, QueueState, SplitVirtqueue } from './virtqueue';
 import { StateError } from './state-check';
 import { CheckedVirtioState, parseVirtioState } from './virtio-state';
+
+/**
+ * A guest broke the device protocol in a way the device notices deep in its
+ * request handling: throw it inside the fault boundary and the device is
+ * marked needs-reset with `message` (no stack: it is not a VMM bug).
+ */
+export class GuestError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'GuestError';
+  }
+}
+
+/**
+ * Chains one pass over a queue takes before it yields to the event loop (and
+ * so to every other device); the rest are taken in a later turn. Keeps one
+ * busy or hostile queue from starving the others.
+ */
+export const CHAIN_BUDGET = 64;
 
 /** What the transport gives the device: how to interrupt the driver. */
 export interface VirtioInterrupt {
@@ -111,6 +140,11 @@ export abstract class VirtioDevice {
   interrupt: VirtioInterrupt | undefined;
 
   protected readonly log: (message: string) => void;
+  /** Guest-triggered log lines, rate-limited per kind (see LogRateLimiter). */
+  protected readonly guestLog: LogRateLimiter;
+  /** Faults the boundary caught: guest errors and VMM bugs (unexpected exceptions). */
+  readonly faultCounters = { guestErrors: 0, internalErrors: 0 };
+  private readonly budgetRescheduled = new Set<number>();
   private readonly deferred: { queue: number; head: number; len: number }[] = [];
   private readonly kickedWhileDisabled = new Set<number>();
 
@@ -131,6 +165,7 @@ export abstract class VirtioDevice {
     this.unsignalledSince = this.queues.map(() => undefined);
     this.deviceFeatures = opts.features | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | (opts.eventIdx === false ? 0n : VIRTIO_RING_F_EVENT_IDX);
     this.log = opts.log ?? (() => undefined);
+    this.guestLog = new LogRateLimiter((m) => this.log(m));
   }
 
   /**
@@ -299,7 +334,94 @@ export abstract class VirtioDevice {
       return;
     }
     if (!this.canProcess || !q.active) return;
-    this.processQueue(q);
+    this.service(q, `kick (${source}) on queue ${queue}`, () => this.processQueue(q));
+  }
+
+  // --- the fault boundary ---------------------------------------------------------
+
+  /** Runs `fn` inside the device fault boundary; undefined when it threw (the device is then broken). */
+  runGuarded<T>(entry: string, fn: () => T): T | undefined {
+    try {
+      return fn();
+    } catch (e) {
+      this.deviceFault(entry, e);
+      return undefined;
+    }
+  }
+
+  /** `fn` wrapped in the fault boundary, for callbacks (watchers, promise handlers, worker messages). */
+  guarded<A extends unknown[]>(entry: string, fn: (...args: A) => void): (...args: A) => void {
+    return (...args: A) => {
+      this.runGuarded(entry, () => fn(...args));
+    };
+  }
+
+  /** setImmediate inside the fault boundary. */
+  later(entry: string, fn: () => void): void {
+    setImmediate(() => this.runGuarded(entry, fn));
+  }
+
+  /** A promise's rejection handled by the fault boundary (for fire-and-forget device work). */
+  guardPromise(entry: string, p: Promise<unknown>): void {
+    p.catch((e: unknown) => this.deviceFault(entry, e));
+  }
+
+  /**
+   * Device work on one queue, inside the boundary and with a budget of
+   * CHAIN_BUDGET chains (popChain stops handing out chains past it). When the
+   * budget ran out with chains left, the queue is processed again in a later
+   * turn of the event loop. A nested call runs inside the caller's budget.
+   */
+  protected service(q: SplitVirtqueue, entry: string, fn: () => void): void {
+    if (q.inBatch) {
+      fn();
+      return;
+    }
+    q.beginBatch(CHAIN_BUDGET);
+    let more = false;
+    try {
+      this.runGuarded(entry, fn);
+    } finally {
+      more = q.endBatch();
+    }
+    if (!more || this.budgetRescheduled.has(q.index)) return;
+    this.budgetRescheduled.add(q.index);
+    setImmediate(() => {
+      this.budgetRescheduled.delete(q.index);
+      if (this.disabled) this.kickedWhileDisabled.add(q.index); // taken up when bus mastering is back
+      else if (this.canProcess && q.active) this.service(q, `queue ${q.index} (continued after its budget)`, () => this.processQueue(q));
+    });
+  }
+
+  /** A queue pass that ran out of budget is still to be continued (drains wait for it). */
+  get budgetPending(): boolean {
+    return this.budgetRescheduled.size > 0;
+  }
+
+  /**
+   * What the boundary does with an exception: a guest error breaks the device
+   * with one rate-limited line; anything else is a VMM bug, which breaks the
+   * device too and logs the stack.
+   */
+  deviceFault(entry: string, e: unknown): void {
+    try {
+      if (e instanceof GuestMemoryError || e instanceof GuestError) {
+        this.faultCounters.guestErrors++;
+        this.markBroken(`${e.message} (in ${entry})`);
+        return;
+      }
+      this.faultCounters.internalErrors++;
+      const err = e instanceof Error ? e : new Error(String(e));
+      this.guestLog.log('internal-error', `${this.id}: internal error in ${entry} (a VMM bug; the device needs a reset): ${err.stack ?? err.message}`);
+      this.markBroken(`internal error in ${entry}: ${err.message}`, true);
+    } catch (inner) {
+      // markBroken itself failed (the transport's interrupt path): the device stays broken, the VMM runs on.
+      try {
+        this.log(`${this.id}: fault boundary: ${(inner as Error)?.message ?? inner}`);
+      } catch {
+        /* nothing left to do */
+      }
+    }
   }
 
   /**
@@ -360,14 +482,14 @@ export abstract class VirtioDevice {
   }
 
   /** The guest broke the queue protocol: needs-reset, config interrupt, stop. */
-  markBroken(reason: QueueError | string): void {
+  markBroken(reason: QueueError | string, internal = false): void {
     if (this.broken) return;
     const text = typeof reason === 'string' ? reason : describeQueueError(reason);
     this.broken = true;
     this.brokenReason = text;
     this.status |= V.VIRTIO_CONFIG_S_NEEDS_RESET;
     this.configGeneration = (this.configGeneration + 1) & 0xff;
-    this.log(`${this.id}: guest error, device needs reset: ${text}`);
+    this.guestLog.log('needs-reset', `${this.id}: ${internal ? 'device error' : 'guest error'}, device needs reset: ${text}`);
     this.interrupt?.signalConfig();
   }
 
@@ -388,7 +510,10 @@ export abstract class VirtioDevice {
     for (const i of touched) this.signalUsed(this.queues[i]);
     const kicked = [...this.kickedWhileDisabled];
     this.kickedWhileDisabled.clear();
-    for (const i of kicked) if (this.canProcess && this.queues[i].active) this.processQueue(this.queues[i]);
+    for (const i of kicked) {
+      const q = this.queues[i];
+      if (this.canProcess && q.active) this.service(q, `queue ${i} kicked while bus mastering was off`, () => this.processQueue(q));
+    }
   }
 
   // --- state -----------------------------------------------------------------

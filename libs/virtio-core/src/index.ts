@@ -4,4 +4,5 @@ export * from './guest-memory';
 export * from './virtqueue';
 export * from './state-check';
 export * from './virtio-state';
+export * from './rate-limit';
 export * as virtioUapi from './generated/virtio-uapi';

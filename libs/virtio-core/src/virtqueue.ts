@@ -10,6 +10,12 @@ import { GuestAddress, GuestMemory, GuestMemoryError, u16View } from './guest-me
 
 export const DESC_SIZE = 16;
 export const MAX_QUEUE_SIZE = 32768;
+/**
+ * Largest indirect table (entries). The spec bounds an indirect table only by
+ * its own length; this keeps one descriptor from making the device walk
+ * (and allocate for) an arbitrary amount of guest memory.
+ */
+export const MAX_INDIRECT_ENTRIES = MAX_QUEUE_SIZE;
 
 /** One guest buffer of a chain, already range-checked. */
 export interface Descriptor {
@@ -38,10 +44,12 @@ export type QueueError =
   | { kind: 'descriptor-loop'; index: number }
   | { kind: 'chain-too-long'; limit: number }
   | { kind: 'address-out-of-range'; addr: number; len: number }
+  | { kind: 'zero-length-buffer'; index: number }
   | { kind: 'indirect-not-negotiated' }
   | { kind: 'nested-indirect' }
   | { kind: 'indirect-with-next' }
   | { kind: 'bad-indirect-table'; len: number }
+  | { kind: 'indirect-too-large'; entries: number; limit: number }
   | { kind: 'readable-after-writable'; index: number }
   | { kind: 'chain-length-overflow' };
 
@@ -54,10 +62,12 @@ export function describeQueueError(e: QueueError): string {
     case 'descriptor-loop': return `descriptor chain loops (descriptor ${e.index} seen twice)`;
     case 'chain-too-long': return `descriptor chain longer than ${e.limit}`;
     case 'address-out-of-range': return `buffer [0x${e.addr.toString(16)}, +0x${e.len.toString(16)}) is not guest RAM`;
+    case 'zero-length-buffer': return `descriptor ${e.index} has length 0 (zero-sized buffers are not allowed)`;
     case 'indirect-not-negotiated': return 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC';
     case 'nested-indirect': return 'indirect descriptor inside an indirect table';
     case 'indirect-with-next': return 'descriptor has both INDIRECT and NEXT';
     case 'bad-indirect-table': return `indirect table length ${e.len} is not a non-zero multiple of 16`;
+    case 'indirect-too-large': return `indirect table of ${e.entries} descriptors is larger than ${e.limit}`;
     case 'readable-after-writable': return `device-readable descriptor ${e.index} after a device-writable one`;
     case 'chain-length-overflow': return 'total chain length is 4 GiB or more';
   }
@@ -92,6 +102,8 @@ export class SplitVirtqueue {
 
   lastAvailIdx = 0;
   usedIdx = 0;
+  /** Chains pop() may still hand out in the current batch (VirtioDevice.service); Infinity outside one. */
+  private budgetLeft = Infinity;
   private signalledUsed = 0;
   private signalledUsedValid = false;
 
@@ -177,9 +189,37 @@ export class SplitVirtqueue {
     return (this.availIdx() - this.lastAvailIdx) & 0xffff;
   }
 
-  /** Takes the next available chain, or null when there is none. */
+  /** Starts a batch: pop() hands out at most `budget` chains until endBatch. */
+  beginBatch(budget: number): void {
+    this.budgetLeft = budget;
+  }
+
+  get inBatch(): boolean {
+    return this.budgetLeft !== Infinity;
+  }
+
+  /** The budget ran out in this batch: pop() returns null, enableNotification() false. */
+  get budgetExhausted(): boolean {
+    return this.budgetLeft <= 0;
+  }
+
+  /**
+   * Ends a batch; returns true when its budget ran out with chains still
+   * available (the caller must come back). A budget that ran out just as the
+   * ring emptied left notifications off (enableNotification refused):
+   * they are turned on again here, with the usual re-check.
+   */
+  endBatch(): boolean {
+    const exhausted = this.budgetLeft <= 0;
+    this.budgetLeft = Infinity;
+    if (!exhausted) return false;
+    if (this.pending() > 0) return true;
+    return this.enableNotification();
+  }
+
+  /** Takes the next available chain, or null when there is none (or the batch's budget is spent). */
   pop(): PopResult {
-    if (!this.mem) return null;
+    if (!this.mem || this.budgetLeft <= 0) return null;
     const availIdx = this.availIdx();
     const pending = (availIdx - this.lastAvailIdx) & 0xffff;
     if (pending === 0) return null;
@@ -188,6 +228,7 @@ export class SplitVirtqueue {
     const r = this.readChain(head);
     if ('error' in r) return r;
     this.lastAvailIdx = (this.lastAvailIdx + 1) & 0xffff;
+    this.budgetLeft--;
     return r;
   }
 
@@ -196,7 +237,15 @@ export class SplitVirtqueue {
     this.lastAvailIdx = (this.lastAvailIdx - count) & 0xffff;
   }
 
-  /** Walks a chain from `head` with vm-virtio's rules (see QueueError). */
+  /**
+   * Walks a chain from `head` with vm-virtio's rules (see QueueError). Every
+   * buffer is range-checked whatever its length, and a zero-length buffer is
+   * a guest error (the device needs a reset). A chain holds at most `size` descriptors; an
+   * indirect table holds up to its own length / 16 (at most
+   * MAX_INDIRECT_ENTRIES), and the descriptor that points at it does not
+   * count against the table (Linux fills a queue-size table: header,
+   * seg_max = size - 2 segments, status).
+   */
   readChain(head: number): { chain: DescriptorChain } | { error: QueueError } {
     const n = this.size;
     if (head >= n) return { error: { kind: 'head-out-of-range', head } };
@@ -209,10 +258,11 @@ export class SplitVirtqueue {
     let index = head;
     let total = 0;
     let count = 0;
+    let limit = n;
     for (;;) {
       if (seen[index]) return { error: { kind: 'descriptor-loop', index } };
       seen[index] = 1;
-      if (++count > n) return { error: { kind: 'chain-too-long', limit: n } };
+      if (++count > limit) return { error: { kind: 'chain-too-long', limit } };
       const o = index * DESC_SIZE;
       const addr = Number(table.getBigUint64(o, true));
       const len = table.getUint32(o + 8, true);
@@ -223,6 +273,7 @@ export class SplitVirtqueue {
         if (inIndirect) return { error: { kind: 'nested-indirect' } };
         if (flags & V.VRING_DESC_F_NEXT) return { error: { kind: 'indirect-with-next' } };
         if (len === 0 || len % DESC_SIZE) return { error: { kind: 'bad-indirect-table', len } };
+        if (len / DESC_SIZE > MAX_INDIRECT_ENTRIES) return { error: { kind: 'indirect-too-large', entries: len / DESC_SIZE, limit: MAX_INDIRECT_ENTRIES } };
         let t: Uint8Array;
         try {
           t = mem.slice(addr, len);
@@ -234,9 +285,15 @@ export class SplitVirtqueue {
         inIndirect = true;
         seen = new Uint8Array(tableSize);
         index = 0;
+        // The table's own entries are what counts from here (the descriptors before it were direct ones, at most size - 1).
+        limit = tableSize;
+        count = 0;
         continue;
       }
-      if (len > 0 && !mem.checkRange(addr, len)) return { error: { kind: 'address-out-of-range', addr, len } };
+      if (!mem.checkRange(addr, len)) return { error: { kind: 'address-out-of-range', addr, len } };
+      // No driver sends an empty buffer (QEMU refuses them too); taking one would leave devices deriving
+      // addresses such as "last byte of the last buffer" from nothing.
+      if (len === 0) return { error: { kind: 'zero-length-buffer', index } };
       total += len;
       if (total >= 2 ** 32) return { error: { kind: 'chain-length-overflow' } };
       const writable = (flags & V.VRING_DESC_F_WRITE) !== 0;
@@ -293,7 +350,8 @@ export class SplitVirtqueue {
    * returns true when buffers arrived meanwhile (the caller must process them).
    */
   enableNotification(): boolean {
-    if (!this.mem) return false;
+    // Budget spent: notifications stay off, the device comes back in a later turn (VirtioDevice.service).
+    if (!this.mem || this.budgetLeft <= 0) return false;
     if (this.eventIdx) Atomics.store(this.availEventView!, 0, this.lastAvailIdx);
     else Atomics.store(this.usedFlagsView!, 0, 0);
     return this.pending() > 0;

@@ -153,7 +153,7 @@ export class VirtioScsiDevice extends VirtioDevice {
           const parsed = parseControlRequest(this.memory, chain);
           if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
           this.controlInFlight++;
-          void this.control(q, parsed.request).finally(() => this.controlInFlight--);
+          this.guardPromise('control request', this.control(q, parsed.request).finally(() => this.controlInFlight--));
         } else {
           const parsed = parseCmdRequest(this.memory, chain, this.cdbSize, this.senseSize);
           if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
@@ -183,7 +183,8 @@ export class VirtioScsiDevice extends VirtioDevice {
         (r) => ({ r, failed: undefined as unknown }),
         (e: unknown) => ({ r: undefined, failed: e }),
       )
-      .then(({ r, failed }) => {
+      // Inside the device fault boundary: a throw here breaks this device, and f.done still resolves.
+      .then(this.guarded('command completion', ({ r, failed }: { r: ScsiResponse | undefined; failed: unknown }) => {
         this.inFlight.delete(f);
         if (epoch !== this.epoch) return; // the driver reset the device meanwhile
         if (f.endedBy !== undefined) {
@@ -196,7 +197,7 @@ export class VirtioScsiDevice extends VirtioDevice {
           this.scsi.overruns++;
           this.respond(q, req, { response: S.VIRTIO_SCSI_S_OVERRUN });
         } else this.respond(q, req, { response: S.VIRTIO_SCSI_S_OK, result: r });
-      });
+      }));
     this.inFlight.add(f);
   }
 
@@ -230,7 +231,7 @@ export class VirtioScsiDevice extends VirtioDevice {
     if (this.signalScheduled.has(q.index)) return;
     this.signalScheduled.add(q.index);
     // Completions that land in the same turn of the loop share one interrupt.
-    setImmediate(() => {
+    this.later('used-buffer interrupt', () => {
       this.signalScheduled.delete(q.index);
       this.signalUsed(q);
     });
@@ -315,7 +316,7 @@ export class VirtioScsiDevice extends VirtioDevice {
    * nothing lands in guest memory after this resolves).
    */
   async drain(): Promise<void> {
-    while (this.inFlight.size > 0 || this.controlInFlight > 0 || this.signalScheduled.size > 0) {
+    while (this.inFlight.size > 0 || this.controlInFlight > 0 || this.signalScheduled.size > 0 || this.budgetPending) {
       if (this.inFlight.size > 0) await Promise.all([...this.inFlight].map((f) => f.done));
       else await new Promise((r) => setImmediate(r));
     }

@@ -91,11 +91,11 @@ export class VhostScsiDevice extends VirtioDevice {
     this.kicks = this.queues.map(() => EventFd.create());
     this.errs = this.queues.map((_, i) => {
       const e = EventFd.create();
-      e.watch(() => this.backendFailed(`the ${backend.kind === 'user' ? 'vhost-user back-end' : 'vhost backend'} reported an error on queue ${i}`));
+      e.watch(this.guarded(`error eventfd of queue ${i}`, () => this.backendFailed(`the ${backend.kind === 'user' ? 'vhost-user back-end' : 'vhost backend'} reported an error on queue ${i}`)));
       return e;
     });
     this.vringBase = this.queues.map(() => 0);
-    backend.onDisconnect = (reason) => this.disconnected(reason);
+    backend.onDisconnect = this.guarded('back-end disconnect', (reason: string) => this.disconnected(reason));
   }
 
   readConfig(offset: number, size: number): number {

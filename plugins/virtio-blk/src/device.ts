@@ -10,6 +10,8 @@ import type { BlkIoThread, FromWorker, WorkerQueueStats } from './iothread';
 /** How the main-thread device reaches its data plane when it runs in an iothread. */
 export interface BlkDataPlane {
   thread: BlkIoThread;
+  /** Starts a new worker (sent its init) in place of a dead one; called by the guest's reset. */
+  restart?: () => BlkIoThread;
   /** The eventfd of the MSI-X vector assigned to a queue (-1: none, route through the main thread). */
   vectorFd(queue: number): number;
 }
@@ -111,6 +113,15 @@ export class VirtioBlkDevice extends VirtioDevice {
 
   /** Messages from the iothread. */
   onDataPlaneMessage(m: FromWorker): void {
+    this.runGuarded(`iothread message ${m.type}`, () => this.dataPlaneMessage(m));
+  }
+
+  private dataPlaneMessage(m: FromWorker): void {
+    if (m.type === 'dead') {
+      // The data plane is gone: the device needs a reset, and the guest's reset starts a new worker.
+      this.markBroken(`${m.reason}; the guest's reset starts a new iothread`);
+      return;
+    }
     if (m.type === 'interrupt') this.interrupt?.signalQueue(m.queue);
     else if (m.type === 'broken') this.markBroken(m.reason);
     else if (m.type === 'log') this.log(m.message);
@@ -148,6 +159,12 @@ export class VirtioBlkDevice extends VirtioDevice {
   }
 
   protected override onReset(): void {
+    const dp = this.dataPlane;
+    if (dp && !dp.thread.alive && dp.restart) {
+      dp.thread = dp.restart();
+      this.workerStats = undefined;
+      this.log(`${this.id}: iothread ${dp.thread.name} restarted`);
+    }
     this.dataPlane?.thread.send({ type: 'reset' });
     // A failed flush stays failed until a reset (the new driver starts from what is in the file).
     this.backend.clearErrors?.();
@@ -187,7 +204,8 @@ export class VirtioBlkDevice extends VirtioDevice {
     };
     const async = (p: Promise<number>) => {
       this.inFlight++;
-      p.then(
+      // The completion runs inside the device fault boundary (a throw there breaks this device only).
+      this.guardPromise(`${typeName(r.type)} completion`, p.then(
         (written) => {
           this.inFlight--;
           done(B.VIRTIO_BLK_S_OK, written);
@@ -196,7 +214,7 @@ export class VirtioBlkDevice extends VirtioDevice {
           this.inFlight--;
           fail(e);
         },
-      );
+      ));
     };
     switch (r.type) {
       case B.VIRTIO_BLK_T_IN:
@@ -287,7 +305,7 @@ export class VirtioBlkDevice extends VirtioDevice {
       this.pushUsed(q, r.head, written + 1);
       if (!this.signalScheduled.has(q.index)) {
         this.signalScheduled.add(q.index);
-        setImmediate(() => {
+        this.later('used-buffer interrupt', () => {
           this.signalScheduled.delete(q.index);
           this.signalUsed(q);
         });
@@ -315,7 +333,7 @@ export class VirtioBlkDevice extends VirtioDevice {
       this.drained = { virtio: r.virtio, blk: r.blk };
       return;
     }
-    while (this.inFlight > 0 || this.signalScheduled.size > 0) await new Promise((r) => setImmediate(r));
+    while (this.inFlight > 0 || this.signalScheduled.size > 0 || this.budgetPending) await new Promise((r) => setImmediate(r));
   }
 
   /** The worker's state from the last drain, valid until the VM resumes. */

@@ -82,14 +82,18 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
   });
   const transport = new VirtioPciDevice(blk, ctx, { classCode: VIRTIO_BLK_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
   if (props.iothread !== undefined) {
-    const thread = new BlkIoThread(props.iothread as string, (m) => blk.onDataPlaneMessage(m));
-    thread.send({
-      type: 'init', id, regions: ctx.vm.memoryRegions.map((r) => ({ fd: r.fd, gpa: Number(r.guestPhysAddr), size: r.size })),
-      file: props.file as string, readonly: props.readonly as boolean, direct: props.cache === 'none', numQueues: props['num-queues'] as number,
-      serial: (props.serial as string | undefined) ?? id, eventIdx: props['event-idx'] as boolean,
-    });
+    const start = () => {
+      const thread = new BlkIoThread(props.iothread as string, (m) => blk.onDataPlaneMessage(m));
+      thread.send({
+        type: 'init', id, regions: ctx.vm.memoryRegions.map((r) => ({ fd: r.fd, gpa: Number(r.guestPhysAddr), size: r.size })),
+        file: props.file as string, readonly: props.readonly as boolean, direct: props.cache === 'none', numQueues: props['num-queues'] as number,
+        serial: (props.serial as string | undefined) ?? id, eventIdx: props['event-idx'] as boolean,
+      });
+      return thread;
+    };
     blk.attachDataPlane({
-      thread,
+      thread: start(),
+      restart: start,
       vectorFd: (q) => {
         const v = transport.queueVector(q);
         return v === 0xffff ? -1 : transport.msix.eventFd(v)?.fd ?? -1;

@@ -28,6 +28,8 @@ port.on('message', (m: ToWorker) => {
     plane?.handle(m);
     if (m.type === 'close') port.close();
   } catch (e) {
-    post({ type: 'log', message: `iothread: ${(e as Error).stack ?? e}` });
+    // The device fault boundary of the worker's copy of the device: needs-reset (posted as 'broken'), stack logged.
+    if (plane) plane.dev.deviceFault(`iothread message ${m.type}`, e);
+    else post({ type: 'log', message: `iothread: ${(e as Error).stack ?? e}` });
   }
 });

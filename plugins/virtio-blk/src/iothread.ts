@@ -29,6 +29,8 @@ export type FromWorker =
   | { type: 'broken'; reason: string }
   | { type: 'log'; message: string }
   | { type: 'reset-done' }
+  /** Synthesised on the main thread: the worker exited or threw outside the device (the device needs a reset, which starts a new worker). */
+  | { type: 'dead'; reason: string }
   | { type: 'drained'; seq: number; virtio: VirtioDeviceState; blk: BlkExtraState; error?: undefined }
   | { type: 'dirty'; seq: number; pages: number[]; error?: undefined }
   /** A request the worker could not answer. */
@@ -64,6 +66,7 @@ export class BlkIoThread {
   private seq = 0;
   private readonly pending = new Map<number, { resolve: (m: WorkerReply) => void; reject: (e: Error) => void }>();
   private dead: Error | undefined;
+  private closing = false;
 
   /** `connect` (tests) gives a port and the function that delivers its messages; default: a Worker running workerScript(). */
   constructor(
@@ -78,15 +81,20 @@ export class BlkIoThread {
     const worker = new Worker(workerScript());
     worker.on('message', (m: FromWorker) => this.receive(m));
     worker.on('error', (e) => {
-      onMessage({ type: 'log', message: `iothread ${name}: ${e.message}` });
-      this.fail(new Error(`iothread ${name} failed: ${e.message}`));
+      onMessage({ type: 'log', message: `iothread ${name}: ${e.stack ?? e.message}` });
+      this.died(`iothread ${name} failed: ${e.message}`);
     });
-    worker.on('exit', () => this.fail(new Error(`iothread ${name} exited`)));
+    worker.on('exit', (code) => this.died(`iothread ${name} exited (code ${code})`));
     worker.unref();
     this.port = { postMessage: (m) => worker.postMessage(m), close: async () => void (await worker.terminate()) };
   }
 
   private receive(m: FromWorker): void {
+    if (m.type === 'dead') {
+      // A port (tests) reports its worker gone, as the Worker's exit does.
+      this.died(m.reason);
+      return;
+    }
     if ('seq' in m) {
       const p = this.pending.get(m.seq);
       this.pending.delete(m.seq);
@@ -97,6 +105,17 @@ export class BlkIoThread {
     this.onMessage(m);
   }
 
+  /** The worker is gone without being asked to close: fail its requests and tell the device once. */
+  private died(reason: string): void {
+    const first = !this.dead;
+    this.fail(new Error(reason));
+    if (first && !this.closing) this.onMessage({ type: 'dead', reason });
+  }
+
+  get alive(): boolean {
+    return !this.dead;
+  }
+
   private fail(e: Error): void {
     this.dead ??= e;
     for (const p of this.pending.values()) p.reject(e);
@@ -104,6 +123,7 @@ export class BlkIoThread {
   }
 
   send(m: ToWorker): void {
+    if (this.dead) return;
     this.port.postMessage(m);
   }
 
@@ -118,6 +138,7 @@ export class BlkIoThread {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     this.send({ type: 'close' });
     this.fail(new Error(`iothread ${this.name} closed`));
     await this.port.close();

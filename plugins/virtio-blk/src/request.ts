@@ -4,7 +4,7 @@
  * error that breaks the device; a well-formed request the device cannot do
  * (unknown type, beyond capacity) is answered with a status byte.
  */
-import { Descriptor, DescriptorChain, gather, GuestMemory, subrange } from '@tsvmm/virtio-core';
+import { Descriptor, DescriptorChain, gather, GuestMemory, lastWritableByte, subrange } from '@tsvmm/virtio-core';
 import * as B from './generated/virtio-blk-uapi';
 
 export const SECTOR_SIZE = 512;
@@ -22,12 +22,15 @@ export interface BlkRequest {
 
 export type BlkChainError =
   | { kind: 'short-header'; readable: number }
-  | { kind: 'no-status-byte' };
+  | { kind: 'no-status-byte' }
+  | { kind: 'zero-length-status' };
 
 export function describeBlkChainError(e: BlkChainError): string {
-  return e.kind === 'short-header'
-    ? `request header needs 16 device-readable bytes, chain has ${e.readable}`
-    : 'request has no device-writable status byte (a write into a device-readable buffer)';
+  switch (e.kind) {
+    case 'short-header': return `request header needs 16 device-readable bytes, chain has ${e.readable}`;
+    case 'no-status-byte': return 'request has no device-writable status byte (a write into a device-readable buffer)';
+    case 'zero-length-status': return 'the last device-writable buffer (the status byte) has length 0';
+  }
 }
 
 export function parseRequest(mem: GuestMemory, chain: DescriptorChain): { request: BlkRequest } | { error: BlkChainError } {
@@ -37,9 +40,10 @@ export function parseRequest(mem: GuestMemory, chain: DescriptorChain): { reques
   const dv = new DataView(hdr.buffer);
   const type = dv.getUint32(B.OFF_virtio_blk_outhdr_type, true);
   const sector = Number(dv.getBigUint64(B.OFF_virtio_blk_outhdr_sector, true));
-  // The status is the last byte of the last device-writable buffer.
-  const last = chain.writable[chain.writable.length - 1];
-  const statusAddr = last.addr + last.len - 1;
+  // The status is the last byte of the last device-writable buffer. A zero-length last buffer
+  // is a guest error (needs-reset), as Linux never sends one: no address is derived from it.
+  const statusAddr = lastWritableByte(chain.writable);
+  if (statusAddr === undefined) return { error: { kind: 'zero-length-status' } };
   let data: Descriptor[];
   if (type === B.VIRTIO_BLK_T_IN || type === B.VIRTIO_BLK_T_GET_ID) {
     data = subrange(chain.writable, 0, chain.writableLength - 1);

@@ -3,7 +3,7 @@
  * (2i), transmit queues (2i+1) for each queue pair, and the control queue last.
  */
 import { FdWatch } from '@tsvmm/kvm-native';
-import { DescriptorChain, gather, GuestMemory, readConfigImage, scatter, SplitVirtqueue, views as guestViews, VirtioDevice } from '@tsvmm/virtio-core';
+import { DescriptorChain, gather, GuestMemory, lastWritableByte, readConfigImage, scatter, SplitVirtqueue, views as guestViews, VirtioDevice } from '@tsvmm/virtio-core';
 import * as N from './generated/virtio-net-uapi';
 import { Tap, VNET_HDR_LEN } from './backend/tap';
 
@@ -72,7 +72,7 @@ export class VirtioNetDevice extends VirtioDevice {
     dv.setUint16(N.OFF_virtio_net_config_status, N.VIRTIO_NET_S_LINK_UP, true);
     dv.setUint16(N.OFF_virtio_net_config_max_virtqueue_pairs, opts.pairs, true);
     dv.setUint16(N.OFF_virtio_net_config_mtu, opts.mtu, true);
-    this.watches = Array.from({ length: opts.pairs }, (_, i) => opts.tap.watch(i, () => this.receive(i)));
+    this.watches = Array.from({ length: opts.pairs }, (_, i) => opts.tap.watch(i, () => this.serviceRx(i)));
     this.stashed = Array.from({ length: opts.pairs }, () => undefined);
   }
 
@@ -128,7 +128,12 @@ export class VirtioNetDevice extends VirtioDevice {
 
   private startRx(): void {
     if (!this.canProcess || this.vmStopped) return;
-    for (let i = 0; i < this.activePairs; i++) if (this.queues[2 * i].active) this.receive(i);
+    for (let i = 0; i < this.activePairs; i++) if (this.queues[2 * i].active) this.serviceRx(i);
+  }
+
+  /** RX of a pair inside the fault boundary, with its queue's chain budget (TAP readable, RX resumed). */
+  private serviceRx(pair: number): void {
+    this.service(this.queues[2 * pair], `receive on pair ${pair}`, () => this.receive(pair));
   }
 
   protected processQueue(q: SplitVirtqueue): void {
@@ -174,6 +179,8 @@ export class VirtioNetDevice extends VirtioDevice {
     }
     let delivered = 0;
     for (;;) {
+      // The chain budget is spent: service() comes back in a later turn (frames wait in the TAP).
+      if (q.budgetExhausted) break;
       if (q.pending() === 0) {
         // No buffers: stop reading the TAP (its queue holds the frames) until the guest kicks.
         if (!q.enableNotification()) {
@@ -196,6 +203,10 @@ export class VirtioNetDevice extends VirtioDevice {
       const r = this.deliver(q, frame);
       if (r === 'broken') return;
       if (r === 'no-room') {
+        if (q.budgetExhausted) {
+          this.stashed[pair] = Uint8Array.from(frame);
+          break;
+        }
         if (pendingBefore >= q.size) {
           // Even a full ring of the guest's buffers cannot hold this frame: drop it, or RX would stall for good.
           this.net.rxDropped++;
@@ -270,10 +281,15 @@ export class VirtioNetDevice extends VirtioDevice {
           this.markBroken('control request needs a 2-byte header and a writable ack byte');
           return;
         }
+        // The ack is the last byte of the last writable buffer; a zero-length one has none.
+        const ackAddr = lastWritableByte(chain.writable);
+        if (ackAddr === undefined) {
+          this.markBroken('control request: the last device-writable buffer (the ack byte) has length 0');
+          return;
+        }
         const req = gather(this.memory, chain.readable, 0, chain.readableLength);
         const ack = this.controlCommand(req[0], req[1], req.subarray(2)) ? N.VIRTIO_NET_OK : N.VIRTIO_NET_ERR;
-        const last = chain.writable[chain.writable.length - 1];
-        this.memory.writeU8(last.addr + last.len - 1, ack);
+        this.memory.writeU8(ackAddr, ack);
         this.pushUsed(q, chain.head, 1);
         n++;
       }

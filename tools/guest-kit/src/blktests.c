@@ -385,7 +385,6 @@ static const char *test_blk_busmaster(void)
 }
 
 /* ---- blk-hostile ---- */
-static struct vring_desc long_table[VQ_MAX_SIZE + 1] __attribute__((aligned(16)));
 
 static void set_desc(volatile struct vring_desc *d, uint64_t addr, uint32_t len,
 		     uint16_t flags, uint16_t next)
@@ -422,14 +421,12 @@ static const char *test_blk_hostile(void)
 	} else if (!kstrcmp(kind, "long")) {
 		unsigned size = q->size;
 		if (vblk.indirect_ok) {
-			/* size + 1 entries: header, size - 1 sectors, status. */
-			set_desc(&long_table[0], hdr, 16, N, 1);
-			for (unsigned i = 1; i < size; i++)
-				set_desc(&long_table[i], (uintptr_t)rbuf + (i - 1) * SECTOR_SIZE,
-					 SECTOR_SIZE, N | W, i + 1);
-			set_desc(&long_table[size], st, 1, W, 0);
-			set_desc(&q->desc[0], (uintptr_t)long_table,
-				 (size + 1) * sizeof(struct vring_desc), VRING_DESC_F_INDIRECT, 0);
+			/* An indirect table may hold up to its own length / 16
+			 * entries (more than the queue size is legal), but the
+			 * device caps it at 32768: claim 32769 entries of RAM
+			 * (their contents do not matter, the size is refused). */
+			set_desc(&q->desc[0], 0x1000000, 32769 * sizeof(struct vring_desc),
+				 VRING_DESC_F_INDIRECT, 0);
 		} else {
 			/* All descriptors chained, the last one back to the
 			 * head; all device-readable so only the length/loop is

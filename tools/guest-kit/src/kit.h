@@ -155,5 +155,6 @@ test_fn find_net_test(const char *name);
 test_fn find_scsi_test(const char *name);
 test_fn find_mig_test(const char *name);
 test_fn find_mem_test(const char *name);
+test_fn find_hostile_test(const char *name);	/* hostile.c */
 
 #endif

@@ -252,6 +252,8 @@ void kmain(uint64_t info, unsigned via)
 		fn = find_mig_test(name);
 	if (!fn)
 		fn = find_mem_test(name);
+	if (!fn)
+		fn = find_hostile_test(name);
 	if (!fn) {
 		kprintf("guest-kit: FAIL test=%s reason=unknown-test\n", name);
 		guest_exit(EXIT_FAIL);

@@ -108,6 +108,12 @@ void vnet_tx_kick(struct vnet *n, unsigned pair);
 int vnet_tx_reclaim(struct vnet *n, unsigned pair);	/* freed slots, <0: error */
 unsigned vnet_tx_inflight(const struct vnet *n, unsigned pair);
 
+/* nettests.c for hostile.c: one pair with the IPv4 setup, ARP resolution of
+ * the peer, and one ARP request sent (<0: failed) */
+const char *net_hostile_setup(int post_rx);
+const char *net_hostile_arp(void);
+int net_hostile_arp_request(void);
+
 /* control queue: one command, waited for; *ack gets the device's answer */
 const char *vnet_ctrl(struct vnet *n, uint8_t cls, uint8_t cmd, const void *data,
 		      uint32_t len, uint8_t *ack);

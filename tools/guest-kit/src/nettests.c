@@ -803,6 +803,22 @@ static const char *test_net_mq(void)
 	return NULL;
 }
 
+/* ---- for hostile.c (test=hostile-net) ---- */
+const char *net_hostile_setup(int post_rx)
+{
+	return net_setup(1, post_rx);
+}
+
+const char *net_hostile_arp(void)
+{
+	return arp_resolve();
+}
+
+int net_hostile_arp_request(void)
+{
+	return send_arp(0, 1, zero_mac, ns.peer);
+}
+
 /* ---- net-hostile ---- */
 static const char *test_net_hostile(void)
 {

@@ -62,7 +62,8 @@ export class Monitor {
       const now = Date.now();
       for (const v of watched) {
         const d = v.pci.device;
-        d.queues.forEach((q, i) => {
+        // Each device's check (and its stall-policy kick) runs inside that device's fault boundary.
+        d.runGuarded('stall detector', () => d.queues.forEach((q, i) => {
           if (!q.active || !d.canProcess) return;
           const key = `${v.id}/${i}`;
           // Kick side: the guest made buffers available and no kick came since.
@@ -81,7 +82,7 @@ export class Monitor {
           const unsignalled = d.unsignalledSince[i];
           if (unsignalled !== undefined && now - unsignalled >= v.pci.stall.ms) this.reportStall(v.id, v.path, i, 'interrupt', now - unsignalled, false);
           else if (unsignalled === undefined) this.stallReported.delete(`${key}/interrupt`);
-        });
+        }));
       }
     }, period);
     this.stallTimer.unref();
