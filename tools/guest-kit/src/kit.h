@@ -154,5 +154,6 @@ test_fn find_blk_test(const char *name);
 test_fn find_net_test(const char *name);
 test_fn find_scsi_test(const char *name);
 test_fn find_mig_test(const char *name);
+test_fn find_unclaimed_test(const char *name);	/* unclaimed.c */
 
 #endif
