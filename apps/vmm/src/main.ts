@@ -7,6 +7,7 @@ import { buildContainer, DeviceRegistry, DeviceSetupError, TYPES } from './conta
 import { EXIT_CODE_VMM_ERROR, Machine, MachineExit } from './machine/machine';
 import { KernelImageError } from './machine/loader';
 import { Monitor } from './monitor/monitor';
+import { checkSocketPath } from './monitor/qmp-server';
 import { receiveIncoming, restoreFromFile } from './migration/migration';
 import { PluginError } from '@tsvmm/pci';
 import { loadPluginCatalog } from './plugins';
@@ -177,6 +178,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     exitPromise = machine.run({ startPaused: true });
     monitor.incoming = true;
     try {
+      const problem = config.incoming ? checkSocketPath(config.incoming.slice(5)) : undefined;
+      if (problem) throw new Error(`--incoming ${config.incoming}: ${problem}`);
       if (config.restore) await restoreFromFile(machine, config.restore, log);
       else await receiveIncoming(machine, config.incoming!, log, () => log(`waiting for an incoming migration on ${config.incoming!.slice(5)}`));
     } catch (e) {
