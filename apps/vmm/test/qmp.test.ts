@@ -1,6 +1,7 @@
 // QMP and HMP over a real socket, against the real `vmm` binary running the guest kit.
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
+import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
@@ -222,6 +223,28 @@ describeKvm('QMP protocol', () => {
     c.close();
     other.close();
   }, 180_000);
+
+  it('cont during an outgoing migration is refused with the reason, over QMP and HMP', async () => {
+    vm = boot(['--memory', '64M']);
+    const c = await negotiated(vm);
+    // A destination that accepts and never answers: the migration stays under way until cancelled.
+    const dest = path.join(tmp, `mig-monitor-${Math.random().toString(36).slice(2)}.sock`);
+    const held: net.Socket[] = [];
+    const server = net.createServer((s) => held.push(s));
+    await new Promise<void>((r) => server.listen(dest, r));
+    await c.run('migrate', { uri: `unix:${dest}` });
+    const msgs = await burst(c, [{ execute: 'cont' }, { execute: 'human-monitor-command', arguments: { 'command-line': 'cont' } }, { execute: 'query-status' }]);
+    const replies = msgs.filter((m) => 'return' in m || 'error' in m);
+    expect(replies[0].error).toEqual({ class: 'GenericError', desc: expect.stringMatching(/^cont refused: an outgoing migration is in progress/) });
+    expect(replies[1].return).toMatch(/^Error: cont refused: an outgoing migration is in progress/);
+    expect(replies[2].return).toMatchObject({ status: 'running' });
+    await c.run('migrate_cancel');
+    await c.waitFor((m) => m.event === 'MIGRATION' && (m.data as { status: string }).status === 'cancelled');
+    expect(await c.execute('cont')).toMatchObject({ return: {} });
+    held.forEach((s) => s.destroy());
+    server.close();
+    c.close();
+  }, 120_000);
 
   it('HMP lines pipelined through human-monitor-command run in order', async () => {
     vm = boot(['--memory', '64M']);
