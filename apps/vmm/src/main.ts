@@ -98,17 +98,11 @@ function attachHmp(monitor: Monitor): () => void {
   const rl = readline.createInterface({ input: process.stdin, output: process.stdout, prompt: '(vmm) ', terminal: process.stdin.isTTY });
   monitor.listeners.push((name, data) => process.stdout.write(`event ${name}${data ? ' ' + JSON.stringify(data) : ''}\n`));
   rl.on('line', (line) => {
-    // Queued like every monitor command: lines run one at a time, in order.
-    void monitor.hmp(line).then(
-      (out) => {
-        process.stdout.write(out);
-        rl.prompt();
-      },
-      (e) => {
-        process.stdout.write(`Error: ${(e as Error).message}\n`);
-        rl.prompt();
-      },
-    );
+    // Queued like every monitor command: lines run one at a time, in order, each output in its turn.
+    void monitor.hmp(line, (out) => {
+      process.stdout.write(out);
+      rl.prompt();
+    });
   });
   rl.prompt();
   return () => rl.close();

@@ -259,6 +259,22 @@ describeKvm('QMP protocol', () => {
   }, 120_000);
 });
 
+describeKvm('HMP on --monitor stdio', () => {
+  it('runs the lines of one write in order, each output after the events its command caused', async () => {
+    requireGuestKit();
+    const proc = spawn(process.execPath, [VMM_BIN, 'run', '--kernel', GUEST_ELF, '--cmdline', 'test=irq-msi count=1000', '--memory', '64M', '--serial', 'none', '--monitor', 'stdio'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    proc.stdout!.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((r) => proc.on('close', r));
+    proc.stdin!.write('stop\ninfo status\ncont\ncont\ninfo status\nstop\nstop\ninfo status\nsystem_reset\nquit\n');
+    expect(await exited).toBe(0);
+    expect(out.split('(vmm) ').join('')).toBe(
+      'event STOP\nVM status: paused\nevent RESUME\nVM status: running\nevent STOP\nVM status: paused\n' +
+        'event RESET {"guest":false,"reason":"host-qmp-system-reset"}\nevent SHUTDOWN {"guest":false,"reason":"host-qmp-quit"}\n',
+    );
+  }, 120_000);
+});
+
 describeKvm('command-line checks', () => {
   it('-S without any monitor is a usage error', async () => {
     const r = await runCli(['run', '--kernel', GUEST_ELF, '-S', '--serial', 'none']);

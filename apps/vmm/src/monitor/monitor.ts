@@ -64,9 +64,22 @@ export class Monitor {
     return cmd.exclusive ? this.serialize(() => cmd.run(args)) : cmd.run(args);
   }
 
-  /** One HMP line from the stdio monitor, queued like human-monitor-command. */
-  hmp(line: string): Promise<string> {
-    return this.execute(this.commands.get('human-monitor-command')!, { 'command-line': line }) as Promise<string>;
+  /**
+   * One HMP line from the stdio monitor, queued like human-monitor-command;
+   * its output is written in its turn, so outputs and events keep the order
+   * of the lines. A refusal is decided on arrival (as for QMP).
+   */
+  hmp(line: string, write: (out: string) => void): Promise<void> {
+    const refused = this.commands.get('human-monitor-command')!.admit?.({ 'command-line': line })?.answer as string | undefined;
+    return this.serialize(async () => {
+      let out: string;
+      try {
+        out = refused ?? (await runHmp(this, line));
+      } catch (e) {
+        out = `Error: ${(e as Error).message}\n`;
+      }
+      write(out);
+    });
   }
 
   /** Throws the refusal of `cont` while a snapshot or an outgoing migration is under way. */
