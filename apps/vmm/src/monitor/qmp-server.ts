@@ -11,6 +11,7 @@
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
+import { UNIX_PATH_MAX } from '../config';
 import { ArgSpec, checkArguments, Command, CommandError, CommandRegistry, isPrototypeKey } from './commands';
 
 export const QMP_VERSION = { qemu: { major: 8, minor: 2, micro: 0 }, package: 'tsvmm 0.1.0' };
@@ -26,8 +27,6 @@ interface Client {
 
 /** Requests queued on one connection before the server stops reading it (as QEMU's monitor). */
 const MAX_PENDING = 8;
-/** sun_path holds 108 bytes including the terminating NUL. */
-export const UNIX_PATH_MAX = 107;
 
 /** Runs a command: the monitor's admission check and run-state serialization. */
 export type Execute = (cmd: Command, args: Record<string, unknown>) => Promise<unknown>;
