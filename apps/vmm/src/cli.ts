@@ -1,7 +1,7 @@
 /** Command-line parsing for `vmm run` and `vmm plugins`. */
 import * as fs from 'fs';
 import {
-  checkConfig, ConfigError, configFromJson, defaultConfig, DeviceConfig, parseCpus, parseDeviceSpec, parseMemory,
+  checkConfig, ConfigError, configFromJson, defaultConfig, describeFileError, DeviceConfig, parseCpus, parseDeviceSpec, parseMemory,
   parseQmp, parseSerial, VmConfig,
 } from './config';
 
@@ -27,6 +27,7 @@ Options:
   --qmp unix:PATH        serve QMP on a unix socket (repeatable); see docs/qmp.md
   --monitor stdio        the human monitor (HMP) on stdin/stdout (needs --serial file:PATH or none)
   -S, --paused           create the VM but start the vCPUs only on QMP/HMP 'cont'
+                         (needs --qmp or --monitor stdio)
   --incoming unix:PATH   wait on PATH for a live migration (QMP 'migrate' on the
                          source), then run the migrated guest; same devices needed
   --restore FILE         continue the guest from an x-snapshot-save file (same
@@ -117,9 +118,15 @@ export function parseArgs(argv: readonly string[]): Command {
         devices.push(parseDeviceSpec(flag, value, devices.length + fromFileDevices.length));
         break;
       case '--config': {
+        let text: string;
+        try {
+          text = fs.readFileSync(value, 'utf8');
+        } catch (e) {
+          throw new ConfigError(`--config ${value}: ${describeFileError(e, value)}`);
+        }
         let json: unknown;
         try {
-          json = JSON.parse(fs.readFileSync(value, 'utf8'));
+          json = JSON.parse(text);
         } catch (e) {
           throw new ConfigError(`--config ${value}: ${(e as Error).message}`);
         }

@@ -1,7 +1,48 @@
 /**
  * The VM configuration: one shape whether it comes from flags or --config FILE.json.
  */
-import { parseSize } from '@tsvmm/pci';
+import * as fs from 'fs';
+import * as path from 'path';
+import { isPrototypeKey, parseSize } from '@tsvmm/pci';
+
+/** sun_path holds 108 bytes including the terminating NUL. */
+export const UNIX_PATH_MAX = 107;
+
+/** A unix socket path a flag names: checked for sun_path's length here, for its directory when opened. */
+function socketPath(flag: string, p: string): string {
+  const len = Buffer.byteLength(p);
+  if (len > UNIX_PATH_MAX)
+    throw new ConfigError(`${flag}: socket path '${p}' is ${len} bytes; a unix socket path holds at most ${UNIX_PATH_MAX} (use a shorter path)`);
+  return p;
+}
+
+/** A one-line reason for a failed open/read of a file a flag names. */
+export function describeFileError(e: unknown, file: string): string {
+  const code = (e as { code?: string }).code;
+  switch (code) {
+    case 'ENOENT': {
+      const dir = path.dirname(file);
+      let dirExists = true;
+      try {
+        dirExists = fs.statSync(dir).isDirectory();
+      } catch {
+        dirExists = false;
+      }
+      return dirExists ? 'no such file' : `directory ${dir} does not exist`;
+    }
+    case 'ENOTDIR':
+      return `a component of ${path.dirname(file)} is not a directory`;
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied';
+    case 'EISDIR':
+      return 'is a directory';
+    case 'EROFS':
+      return 'read-only file system';
+    default:
+      return (e as Error).message;
+  }
+}
 
 export interface DeviceConfig {
   type: string;
@@ -61,7 +102,7 @@ export function parseCpus(flag: string, text: unknown): number {
 }
 
 export function parseQmp(flag: string, text: unknown): string {
-  if (typeof text === 'string' && text.startsWith('unix:') && text.length > 5) return text.slice(5);
+  if (typeof text === 'string' && text.startsWith('unix:') && text.length > 5) return socketPath(flag, text.slice(5));
   throw new ConfigError(`${flag}: '${String(text)}' must be unix:PATH`);
 }
 
@@ -97,8 +138,9 @@ export function parseDeviceSpec(flag: string, spec: string, index: number): Devi
     if (eq <= 0) throw new ConfigError(`${flag} '${spec}': '${p}' is not key=value`);
     const k = p.slice(0, eq);
     const v = p.slice(eq + 1);
+    if (isPrototypeKey(k)) throw new ConfigError(`${flag} '${spec}': '${k}' is not a property name (a reserved name)`);
     if (k === 'id') id = v;
-    else if (k in props) throw new ConfigError(`${flag} '${spec}': property '${k}' given twice`);
+    else if (Object.hasOwn(props, k)) throw new ConfigError(`${flag} '${spec}': property '${k}' given twice`);
     else props[k] = v;
   }
   return { type, id: id ?? `${type}${index}`, props };
@@ -109,6 +151,9 @@ export function checkConfig(c: VmConfig): VmConfig {
   if (!c.kernel) throw new ConfigError('--kernel: a kernel (bzImage or PVH ELF) is required');
   if (c.incoming && c.restore) throw new ConfigError('--incoming and --restore cannot be combined');
   if (c.incoming !== undefined && !/^unix:./.test(c.incoming)) throw new ConfigError(`--incoming: '${c.incoming}' must be unix:PATH`);
+  if (c.incoming !== undefined) socketPath('--incoming', c.incoming.slice(5));
+  if (c.startPaused && !c.qmp.length && !c.monitorStdio)
+    throw new ConfigError('-S: the vCPUs would wait for a cont that no monitor can send; add --qmp unix:PATH or --monitor stdio');
   if (c.monitorStdio && c.serial.kind === 'stdio') throw new ConfigError('--monitor stdio: stdio is taken by the serial console; add --serial file:PATH or --serial none');
   const ids = new Set<string>();
   for (const d of c.devices) {
@@ -128,26 +173,29 @@ export function configFromJson(flag: string, json: unknown): Partial<VmConfig> {
   if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new ConfigError(`${flag}: the file must hold a JSON object`);
   const o = json as Record<string, unknown>;
   const known = ['kernel', 'initrd', 'cmdline', 'memory', 'cpus', 'devices', 'serial', 'qmp'];
-  for (const k of Object.keys(o)) if (!known.includes(k)) throw new ConfigError(`${flag}: unknown setting '${k}' (known: ${known.join(', ')})`);
+  for (const k of Object.keys(o)) if (isPrototypeKey(k) || !known.includes(k)) throw new ConfigError(`${flag}: unknown setting '${k}' (known: ${known.join(', ')})`);
   const out: Partial<VmConfig> = {};
+  const has = (k: string) => Object.hasOwn(o, k);
   const str = (k: string) => {
     if (typeof o[k] !== 'string') throw new ConfigError(`${flag}: '${k}' must be a string`);
     return o[k] as string;
   };
-  if ('kernel' in o) out.kernel = str('kernel');
-  if ('initrd' in o) out.initrd = str('initrd');
-  if ('cmdline' in o) out.cmdline = str('cmdline');
-  if ('memory' in o) out.memoryBytes = parseMemory(`${flag}: memory`, o.memory);
-  if ('cpus' in o) out.cpus = parseCpus(`${flag}: cpus`, o.cpus);
-  if ('serial' in o) out.serial = parseSerial(`${flag}: serial`, o.serial);
-  if ('qmp' in o) out.qmp = [parseQmp(`${flag}: qmp`, o.qmp)];
-  if ('devices' in o) {
+  if (has('kernel')) out.kernel = str('kernel');
+  if (has('initrd')) out.initrd = str('initrd');
+  if (has('cmdline')) out.cmdline = str('cmdline');
+  if (has('memory')) out.memoryBytes = parseMemory(`${flag}: memory`, o.memory);
+  if (has('cpus')) out.cpus = parseCpus(`${flag}: cpus`, o.cpus);
+  if (has('serial')) out.serial = parseSerial(`${flag}: serial`, o.serial);
+  if (has('qmp')) out.qmp = [parseQmp(`${flag}: qmp`, o.qmp)];
+  if (has('devices')) {
     if (!Array.isArray(o.devices)) throw new ConfigError(`${flag}: 'devices' must be an array`);
     out.devices = o.devices.map((d, i) => {
       if (typeof d === 'string') return parseDeviceSpec(`${flag}: devices[${i}]`, d, i);
       if (typeof d !== 'object' || d === null || typeof (d as { type?: unknown }).type !== 'string')
         throw new ConfigError(`${flag}: devices[${i}] must be an object with a "type" or a "TYPE,key=value" string`);
       const { type, id, ...props } = d as Record<string, unknown>;
+      const reserved = Object.keys(props).find(isPrototypeKey);
+      if (reserved !== undefined) throw new ConfigError(`${flag}: devices[${i}]: '${reserved}' is not a property name (a reserved name)`);
       if (id !== undefined && typeof id !== 'string') throw new ConfigError(`${flag}: devices[${i}].id must be a string`);
       return { type: type as string, id: (id as string | undefined) ?? `${String(type)}${i}`, props };
     });

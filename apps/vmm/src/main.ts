@@ -2,12 +2,12 @@
 import * as fs from 'fs';
 import { KvmUnavailableError } from '@tsvmm/kvm-native';
 import { parseArgs, USAGE } from './cli';
-import { ConfigError, VmConfig } from './config';
+import { ConfigError, describeFileError, VmConfig } from './config';
 import { buildContainer, DeviceRegistry, DeviceSetupError, TYPES } from './container';
 import { EXIT_CODE_VMM_ERROR, Machine, MachineExit } from './machine/machine';
 import { KernelImageError } from './machine/loader';
 import { Monitor } from './monitor/monitor';
-import { runHmp } from './monitor/hmp';
+import { checkSocketPath } from './monitor/qmp-server';
 import { receiveIncoming, restoreFromFile } from './migration/migration';
 import { PluginError } from '@tsvmm/pci';
 import { loadPluginCatalog } from './plugins';
@@ -16,9 +16,20 @@ import * as readline from 'readline';
 
 const EXIT_USAGE = 2;
 
+/** A file a flag names could not be opened: a one-line error, exit status 1. */
+class FileOpenError extends Error {}
+
 function serialSink(config: VmConfig): { write: (b: Uint8Array) => void; flush: () => void } {
   if (config.serial.kind === 'none') return { write: () => undefined, flush: () => undefined };
-  const fd = config.serial.kind === 'file' ? fs.openSync(config.serial.path, 'w') : 1;
+  let fd = 1;
+  if (config.serial.kind === 'file') {
+    const file = config.serial.path;
+    try {
+      fd = fs.openSync(file, 'w');
+    } catch (e) {
+      throw new FileOpenError(`--serial file:${file}: ${describeFileError(e, file)}`);
+    }
+  }
   // Bytes are batched and written between exits, so a slow terminal never stalls a vCPU.
   let pending: number[] = [];
   let scheduled = false;
@@ -87,7 +98,8 @@ function attachHmp(monitor: Monitor): () => void {
   const rl = readline.createInterface({ input: process.stdin, output: process.stdout, prompt: '(vmm) ', terminal: process.stdin.isTTY });
   monitor.listeners.push((name, data) => process.stdout.write(`event ${name}${data ? ' ' + JSON.stringify(data) : ''}\n`));
   rl.on('line', (line) => {
-    void runHmp(monitor, line).then((out) => {
+    // Queued like every monitor command: lines run one at a time, in order, each output in its turn.
+    void monitor.hmp(line, (out) => {
       process.stdout.write(out);
       rl.prompt();
     });
@@ -138,7 +150,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stderr.write(`vmm: ${e.message}\n`);
       return EXIT_USAGE;
     }
-    if (e instanceof KernelImageError || e instanceof KvmUnavailableError || e instanceof DeviceSetupError || e instanceof PluginError) {
+    if (e instanceof FileOpenError || e instanceof KernelImageError || e instanceof KvmUnavailableError || e instanceof DeviceSetupError || e instanceof PluginError) {
       process.stderr.write(`vmm: ${e.message}\n`);
       return EXIT_CODE_VMM_ERROR;
     }
@@ -160,6 +172,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     exitPromise = machine.run({ startPaused: true });
     monitor.incoming = true;
     try {
+      const problem = config.incoming ? checkSocketPath(config.incoming.slice(5)) : undefined;
+      if (problem) throw new Error(`--incoming ${config.incoming}: ${problem}`);
       if (config.restore) await restoreFromFile(machine, config.restore, log);
       else await receiveIncoming(machine, config.incoming!, log, () => log(`waiting for an incoming migration on ${config.incoming!.slice(5)}`));
     } catch (e) {

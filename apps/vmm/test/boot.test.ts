@@ -102,7 +102,7 @@ describe('vmm run: bad input is a clear error naming what is wrong', () => {
     [['run', '--kernel', 'k', '--frobnicate'], 2, "vmm: unknown option '--frobnicate'"],
     [['run', '--kernel', 'k', '--device', 'virtio-nothing,id=d0'], 2, "vmm: --device virtio-nothing: unknown device type 'virtio-nothing'"],
     [['run', '--cmdline', 'x'], 2, 'vmm: --kernel: a kernel (bzImage or PVH ELF) is required'],
-    [['run', '--config', '/nonexistent.json'], 2, 'vmm: --config /nonexistent.json: ENOENT'],
+    [['run', '--config', '/nonexistent.json'], 2, 'vmm: --config /nonexistent.json: no such file'],
   ])('%j', async (args, code, message) => {
     const r = await runCli(args);
     expect(r.stderr).toContain(message);

@@ -695,12 +695,13 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
     return env.Undefined();
   }
 
+  // pause(gen) / resume(gen): the generation the thread reports back with "paused" / "running".
   Napi::Value Pause(const Napi::CallbackInfo& info) {
-    if (loop_) loop_->pause();
+    if (loop_) loop_->pause(info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 0);
     return info.Env().Undefined();
   }
   Napi::Value Resume(const Napi::CallbackInfo& info) {
-    if (loop_) loop_->resume();
+    if (loop_) loop_->resume(info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 0);
     return info.Env().Undefined();
   }
   Napi::Value Stop(const Napi::CallbackInfo& info) {

@@ -31,18 +31,21 @@ void VcpuLoop::kick() {
   if (thread_.joinable()) pthread_kill(tid_, kickSignal());
 }
 
-void VcpuLoop::pause() {
+void VcpuLoop::pause(uint32_t gen) {
   {
     std::lock_guard<std::mutex> g(mu_);
     paused_ = true;
+    gen_ = gen;
   }
+  cv_.notify_all();  // a thread still paused for an older request acknowledges this one
   kick();
 }
 
-void VcpuLoop::resume() {
+void VcpuLoop::resume(uint32_t gen) {
   {
     std::lock_guard<std::mutex> g(mu_);
     paused_ = false;
+    gen_ = gen;
   }
   cv_.notify_all();
 }
@@ -86,14 +89,18 @@ void VcpuLoop::loop() {
         lk.lock();
       }
       if (paused_ && !stopping_) {
-        onState_("paused", 0);
+        const uint32_t gen = gen_;
+        onState_("paused", static_cast<int>(gen));
         reportedPause = true;
-        cv_.wait(lk, [this] { return !paused_ || stopping_; });
+        // Wake on resume, stop, or a newer request (resume then pause again
+        // before this thread ran): that one is acknowledged on its own.
+        cv_.wait(lk, [this, gen] { return !paused_ || stopping_ || gen_ != gen; });
+        if (paused_ && !stopping_) continue;
       }
       if (stopping_) break;
       if (reportedPause) {
         reportedPause = false;
-        onState_("running", 0);
+        onState_("running", static_cast<int>(gen_));
       }
     }
     long r = ioctl(fd_, KVM_RUN, 0);

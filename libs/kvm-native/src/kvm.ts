@@ -464,6 +464,15 @@ export class Vcpu {
   private thread: NativeVcpuThread | undefined;
   private _state: VcpuState = 'created';
   private waiters: Array<{ state: VcpuState; resolve: () => void }> = [];
+  /**
+   * Pause/resume requests are numbered: the thread reports which one a
+   * "paused" answers, so a late acknowledgement of an earlier pause (one a
+   * resume has since overtaken) never satisfies a newer pause.
+   */
+  private gen = 0;
+  private wanted: 'run' | 'pause' = 'run';
+  private pausedGen = -1;
+  private pauseWaiters: Array<{ gen: number; resolve: () => void }> = [];
   private fault: VcpuFaultError | undefined;
   private closed = false;
 
@@ -656,6 +665,7 @@ export class Vcpu {
           handlers.onFault(this.fault);
           return;
         }
+        if (state === 'paused') this.onPaused(errno >>> 0);
         this.setState(state);
       },
     );
@@ -708,16 +718,50 @@ export class Vcpu {
     return this.fault;
   }
 
-  /** Asks the thread to leave KVM_RUN and wait; resolves once it has. */
+  /**
+   * Asks the thread to leave KVM_RUN and wait; resolves once it has
+   * acknowledged this request (or a resume overtook it, or the thread stopped).
+   */
   pause(): Promise<void> {
-    if (!this.thread || this._state === 'stopped' || this._state === 'paused') return Promise.resolve();
-    const p = this.waitFor('paused');
-    this.thread.pause();
+    if (!this.thread || this._state === 'stopped') return Promise.resolve();
+    if (this.wanted === 'pause') {
+      if (this.pausedGen === this.gen) return Promise.resolve();
+      return this.waitForPause(this.gen);
+    }
+    this.wanted = 'pause';
+    const gen = (this.gen = (this.gen + 1) >>> 0);
+    const p = this.waitForPause(gen);
+    this.thread.pause(gen);
     return p;
   }
 
   resume(): void {
-    if (this.thread && this._state !== 'stopped') this.thread.resume();
+    if (!this.thread || this._state === 'stopped' || this.wanted === 'run') return;
+    this.wanted = 'run';
+    this.gen = (this.gen + 1) >>> 0;
+    this.thread.resume(this.gen);
+    // Pauses still waiting were overtaken by this resume: they end now.
+    const overtaken = this.pauseWaiters;
+    this.pauseWaiters = [];
+    overtaken.forEach((w) => w.resolve());
+  }
+
+  /** True while the latest request is a pause and the thread has acknowledged it. */
+  get pauseAcknowledged(): boolean {
+    return this.wanted === 'pause' && this.pausedGen === this.gen;
+  }
+
+  private waitForPause(gen: number): Promise<void> {
+    return new Promise((resolve) => this.pauseWaiters.push({ gen, resolve }));
+  }
+
+  private onPaused(gen: number): void {
+    this.pausedGen = gen;
+    if (gen !== this.gen) return; // a late answer to an overtaken request
+    if (this.wanted === 'run') this.wanted = 'pause'; // the exit handler paused it (VcpuAction.Pause)
+    const done = this.pauseWaiters.filter((w) => w.gen === gen);
+    this.pauseWaiters = this.pauseWaiters.filter((w) => w.gen !== gen);
+    done.forEach((w) => w.resolve());
   }
 
   /** Stops the thread; resolves once it has left KVM_RUN for good. */
@@ -740,6 +784,11 @@ export class Vcpu {
 
   private setState(state: VcpuState): void {
     this._state = state;
+    if (state === 'stopped') {
+      const all = this.pauseWaiters;
+      this.pauseWaiters = [];
+      all.forEach((w) => w.resolve());
+    }
     const ready = this.waiters.filter((w) => w.state === state || state === 'stopped');
     this.waiters = this.waiters.filter((w) => !ready.includes(w));
     ready.forEach((w) => w.resolve());

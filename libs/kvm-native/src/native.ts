@@ -22,8 +22,9 @@ export interface NativeFdWatcher {
 
 export interface NativeVcpuThread {
   start(): void;
-  pause(): void;
-  resume(): void;
+  /** `gen`: the request's generation, reported back with "paused" / "running". */
+  pause(gen: number): void;
+  resume(gen: number): void;
   stop(): void;
 }
 

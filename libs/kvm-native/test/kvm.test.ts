@@ -97,6 +97,33 @@ describeKvm('kvm facade on /dev/kvm', () => {
     vm.close();
   });
 
+  it('a pause right after a resume waits for its own acknowledgement (pause/resume generations)', async () => {
+    // l: jmp l
+    const { vm, vcpu } = realModeVm([0xeb, 0xfe]);
+    vcpu.start({ onExit: () => VcpuAction.Stop, onFault: () => undefined });
+    for (let i = 0; i < 50; i++) {
+      await vcpu.pause();
+      expect(vcpu.pauseAcknowledged).toBe(true);
+      expect(vcpu.getRegs().rip).toBe(BigInt(CODE)); // KVM_GET_REGS would block on a running vCPU
+      vcpu.resume();
+      expect(vcpu.pauseAcknowledged).toBe(false);
+      // Pause again before the thread reported "running": the earlier "paused" must not count.
+      const p = vcpu.pause();
+      if (i % 2) {
+        vcpu.resume(); // overtaken: the pending pause ends without pausing
+        await p;
+        expect(vcpu.pauseAcknowledged).toBe(false);
+        await vcpu.pause();
+      } else await p;
+      expect(vcpu.pauseAcknowledged).toBe(true);
+      expect(vcpu.state).toBe('paused');
+      vcpu.resume();
+    }
+    await vcpu.stop();
+    expect(vcpu.state).toBe('stopped');
+    vm.close();
+  });
+
   it('watches an eventfd on the libuv loop', async () => {
     const efd = EventFd.create();
     const got = new Promise<bigint>((resolve) => efd.watch(resolve));

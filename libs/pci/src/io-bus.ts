@@ -19,11 +19,120 @@ export interface BusRange {
 
 export class BusConflictError extends Error {}
 
+/** Counts of unclaimed accesses in one hole of an address space. */
+export interface UnclaimedRegion {
+  /** The hole: [start, end] inclusive, between the claimed ranges around it when first hit. */
+  start: number;
+  end: number;
+  reads: number;
+  writes: number;
+  lastAddress: number;
+}
+
+export interface UnclaimedReport {
+  reads: number;
+  writes: number;
+  regions: UnclaimedRegion[];
+  /** Accesses in holes first hit after MAX_REGIONS holes were being counted. */
+  other: { reads: number; writes: number };
+}
+
+/**
+ * Accesses nobody claims, counted per hole (the gap between two claimed
+ * ranges, as it was when first hit), never per address: at most
+ * MAX_REGIONS holes are tracked, later ones add to `other`, so a guest that
+ * walks every address keeps this (and the log) bounded. The first LOG_FIRST
+ * accesses are logged one by one, then a summary at most every SUMMARY_MS
+ * (written on the next unclaimed access, or by flush()).
+ */
+export class UnclaimedAccounting {
+  static readonly MAX_REGIONS = 64;
+  static readonly LOG_FIRST = 8;
+  static readonly SUMMARY_MS = 10_000;
+  reads = 0;
+  writes = 0;
+  private readonly regions = new Map<number, UnclaimedRegion>();
+  private readonly other = { reads: 0, writes: 0 };
+  private logged = 0;
+  private sinceSummary = 0;
+  private lastSummaryAt = 0;
+  /** Where the log lines go (the machine sets it); none by default. */
+  log: ((m: string) => void) | undefined;
+
+  constructor(private readonly kind: 'pio' | 'mmio') {}
+
+  record(addr: number, size: number, isWrite: boolean, hole: () => [number, number], value?: number | bigint): void {
+    if (isWrite) this.writes++;
+    else this.reads++;
+    let r: { reads: number; writes: number; lastAddress?: number } | undefined;
+    const [start, end] = hole();
+    r = this.regions.get(start);
+    if (!r && this.regions.size < UnclaimedAccounting.MAX_REGIONS) {
+      const region: UnclaimedRegion = { start, end, reads: 0, writes: 0, lastAddress: addr };
+      this.regions.set(start, region);
+      r = region;
+    }
+    r ??= this.other;
+    if (isWrite) r.writes++;
+    else r.reads++;
+    if ('lastAddress' in r) r.lastAddress = addr;
+    if (!this.log) return;
+    const what = this.kind === 'pio' ? 'port' : 'MMIO';
+    if (this.logged < UnclaimedAccounting.LOG_FIRST) {
+      this.logged++;
+      const v = isWrite && value !== undefined ? ` value 0x${value.toString(16)}` : '';
+      this.log(`unclaimed ${what} ${isWrite ? 'write' : 'read'} at 0x${addr.toString(16)} size ${size}${v}` +
+        (this.logged === UnclaimedAccounting.LOG_FIRST ? ` (further unclaimed ${what} accesses are counted and summarised every ${UnclaimedAccounting.SUMMARY_MS / 1000} s: HMP info unclaimed, QMP x-query-unclaimed-io)` : ''));
+      this.lastSummaryAt = Date.now();
+      return;
+    }
+    this.sinceSummary++;
+    const now = Date.now();
+    if (now - this.lastSummaryAt >= UnclaimedAccounting.SUMMARY_MS) this.summary(now);
+  }
+
+  /** Logs the summary of accesses not logged yet, if any. */
+  flush(): void {
+    if (this.sinceSummary) this.summary(Date.now());
+  }
+
+  private summary(now: number): void {
+    const what = this.kind === 'pio' ? 'port' : 'MMIO';
+    const busiest = [...this.regions.values()].sort((a, b) => b.reads + b.writes - (a.reads + a.writes))[0];
+    this.log?.(`unclaimed ${what}: ${this.sinceSummary} more access(es) since the last report; totals reads=${this.reads} writes=${this.writes} in ${this.regions.size} hole(s)` +
+      (this.other.reads + this.other.writes ? ` + ${this.other.reads + this.other.writes} in further holes` : '') +
+      (busiest ? `; busiest 0x${busiest.start.toString(16)}-0x${busiest.end.toString(16)} (${busiest.reads + busiest.writes})` : ''));
+    this.sinceSummary = 0;
+    this.lastSummaryAt = now;
+  }
+
+  report(): UnclaimedReport {
+    return { reads: this.reads, writes: this.writes, regions: [...this.regions.values()].map((r) => ({ ...r })), other: { ...this.other } };
+  }
+}
+
 export class IoBus {
   private ranges: BusRange[] = [];
   private last: BusRange | undefined;
+  readonly unclaimed: UnclaimedAccounting;
 
-  constructor(readonly kind: 'pio' | 'mmio') {}
+  constructor(readonly kind: 'pio' | 'mmio') {
+    this.unclaimed = new UnclaimedAccounting(kind);
+  }
+
+  /** The hole around an unclaimed address: from the end of the range below it to the start of the one above. */
+  private hole(addr: number): [number, number] {
+    let start = 0;
+    let end = this.kind === 'pio' ? 0xffff : Number.MAX_SAFE_INTEGER;
+    for (const r of this.ranges) {
+      if (r.base + r.size <= addr) start = r.base + r.size;
+      else if (r.base > addr) {
+        end = r.base - 1;
+        break;
+      }
+    }
+    return [start, end];
+  }
 
   register(base: number, size: number, name: string, device: BusDevice): void {
     if (!Number.isSafeInteger(base) || !Number.isSafeInteger(size) || base < 0 || size <= 0)
@@ -56,14 +165,20 @@ export class IoBus {
   /** Dispatches a read; an access nobody claims reads as all ones, like an empty bus. */
   read(addr: number, size: number): number | bigint {
     const r = this.find(addr);
-    if (!r) return size === 8 ? 0xffffffffffffffffn : size === 4 ? 0xffffffff : (1 << (size * 8)) - 1;
+    if (!r) {
+      this.unclaimed.record(addr, size, false, () => this.hole(addr));
+      return size === 8 ? 0xffffffffffffffffn : size === 4 ? 0xffffffff : (1 << (size * 8)) - 1;
+    }
     return r.device.read(addr - r.base, size);
   }
 
   /** Dispatches a write; returns false when nobody claims the address. */
   write(addr: number, size: number, value: number | bigint): boolean {
     const r = this.find(addr);
-    if (!r) return false;
+    if (!r) {
+      this.unclaimed.record(addr, size, true, () => this.hole(addr), value);
+      return false;
+    }
     r.device.write(addr - r.base, size, value);
     return true;
   }

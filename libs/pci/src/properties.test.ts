@@ -24,6 +24,11 @@ describe('parseProperties', () => {
   ])('rejects %j', (raw, msg) => {
     expect(() => parseProperties(what, schema, raw)).toThrow(msg);
   });
+  it.each(['toString', 'constructor', '__proto__', 'hasOwnProperty', 'valueOf'])('refuses the inherited name %s as a property', (key) => {
+    const raw: Record<string, unknown> = { file: 'a' };
+    Object.defineProperty(raw, key, { value: 'x', enumerable: true });
+    expect(() => parseProperties(what, schema, raw)).toThrow(`device 'd0' (test-dev): '${key}' is not a property name (a reserved name)`);
+  });
 });
 
 describe('parseSize', () => {

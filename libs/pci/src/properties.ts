@@ -34,6 +34,15 @@ export class PropertyError extends Error {
   }
 }
 
+/**
+ * Names a plain object inherits (`__proto__`, `constructor`, `toString`, ...):
+ * never accepted as keys from outside (device properties, QMP arguments,
+ * config settings), so no lookup can reach Object.prototype.
+ */
+export function isPrototypeKey(k: string): boolean {
+  return k === '__proto__' || Object.getOwnPropertyNames(Object.prototype).includes(k);
+}
+
 /** Parses "256M", "1G", "4096", "0x1000" into bytes. */
 export function parseSize(text: string): number | undefined {
   const m = /^(0x[0-9a-f]+|\d+)\s*([kmgt]i?b?|b)?$/i.exec(text.trim());
@@ -72,7 +81,8 @@ export function parseProperties(
 ): Record<string, PropertyValue | undefined> {
   const out: Record<string, PropertyValue | undefined> = {};
   for (const key of Object.keys(raw)) {
-    if (!(key in schema)) {
+    if (isPrototypeKey(key)) throw new PropertyError(`${what}: '${key}' is not a property name (a reserved name)`);
+    if (!Object.hasOwn(schema, key)) {
       const known = Object.keys(schema);
       throw new PropertyError(
         `${what}: unknown property '${key}'` + (known.length ? ` (known: ${known.join(', ')})` : ' (it takes no properties)'),
@@ -80,7 +90,7 @@ export function parseProperties(
     }
   }
   for (const [key, spec] of Object.entries(schema)) {
-    const v = raw[key];
+    const v = Object.hasOwn(raw, key) ? raw[key] : undefined;
     if (v === undefined) {
       if ('required' in spec && spec.required) throw new PropertyError(`${what}: property '${key}' is required (${spec.description})`);
       out[key] = spec.default;

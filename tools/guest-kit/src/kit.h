@@ -156,5 +156,6 @@ test_fn find_scsi_test(const char *name);
 test_fn find_mig_test(const char *name);
 test_fn find_mem_test(const char *name);
 test_fn find_hostile_test(const char *name);	/* hostile.c */
+test_fn find_unclaimed_test(const char *name);	/* unclaimed.c */
 
 #endif

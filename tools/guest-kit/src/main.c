@@ -254,6 +254,8 @@ void kmain(uint64_t info, unsigned via)
 		fn = find_mem_test(name);
 	if (!fn)
 		fn = find_hostile_test(name);
+	if (!fn)
+		fn = find_unclaimed_test(name);
 	if (!fn) {
 		kprintf("guest-kit: FAIL test=%s reason=unknown-test\n", name);
 		guest_exit(EXIT_FAIL);

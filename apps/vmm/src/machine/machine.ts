@@ -34,6 +34,10 @@ export const EXIT_CODE_TRIPLE_FAULT = 112;
 export const EXIT_CODE_INTERNAL_ERROR = 113;
 export const EXIT_CODE_ENTRY_FAILURE = 114;
 export const EXIT_CODE_VMM_ERROR = 1;
+/** Distinct MMIO addresses counted in ExitStats.perMmio; later ones only in the totals. */
+export const MAX_MMIO_STATS = 4096;
+/** Distinct exit-path error messages logged; later ones are counted, not logged. */
+const MAX_LOGGED_ERRORS = 256;
 
 export interface MachineOptions {
   config: VmConfig;
@@ -51,7 +55,7 @@ export interface ExitStats {
   mmio: number;
   /** Exits per port, for the ports that were hit. */
   perPort: Map<number, number>;
-  /** Exits per MMIO address, for the addresses that were hit. */
+  /** Exits per MMIO address, for the first MAX_MMIO_STATS addresses hit (bounded whatever the guest does). */
   perMmio: Map<number, number>;
 }
 
@@ -79,8 +83,13 @@ export class Machine {
   private readonly serialOut: (bytes: Uint8Array) => void;
   private readonly log: (m: string) => void;
   private readonly loggedErrors = new Set<string>();
+  private suppressedErrors = 0;
   private started = false;
   private paused = false;
+  /** pause()/resume() request count: a pause overtaken by a resume leaves the devices alone. */
+  private runGen = 0;
+  private pausing: Promise<void> | undefined;
+  private devicesStopped = false;
   private ownsKvm: boolean;
 
   constructor(private readonly opts: MachineOptions) {
@@ -115,6 +124,8 @@ export class Machine {
         (b) => this.onSerialByte(b),
         (level) => this.vm.irqLine(COM1_IRQ, level),
       );
+      this.pio.unclaimed.log = this.log;
+      this.mmio.unclaimed.log = this.log;
       this.pio.register(COM1_PORT, 8, 'serial0 (16550A)', this.serial);
       this.pio.register(0x60, 1, 'i8042-data', new Sink());
       this.pio.register(0x64, 1, 'i8042', new I8042Command(() =>
@@ -165,6 +176,7 @@ export class Machine {
   run(opts: { startPaused?: boolean } = {}): Promise<MachineExit> {
     if (opts.startPaused && !this.started) {
       this.paused = true;
+      this.devicesStopped = true;
       for (const d of this.devices) d.setRunning?.(false);
       return this.runPromise;
     }
@@ -184,19 +196,40 @@ export class Machine {
     }
   }
 
-  /** Stops the vCPUs (QMP `stop`): devices drop their host notifiers while the VM is stopped. */
-  async pause(): Promise<void> {
-    if (this.exit || this.paused) return;
+  /**
+   * Stops the vCPUs (QMP `stop`): devices drop their host notifiers while the
+   * VM is stopped. A second pause() while one is under way waits for the same
+   * one (never returns while a vCPU still runs); a resume() that overtakes a
+   * pause wins (the pause then resolves without stopping the devices).
+   */
+  pause(): Promise<void> {
+    if (this.exit) return Promise.resolve();
+    if (this.paused) return this.pausing ?? Promise.resolve();
     this.paused = true;
-    await Promise.all(this.vcpus.map((v) => v.pause()));
-    for (const d of this.devices) d.setRunning?.(false);
+    const gen = ++this.runGen;
+    const p = (async () => {
+      await Promise.all(this.vcpus.map((v) => v.pause()));
+      if (gen !== this.runGen || this.exit) return;
+      this.devicesStopped = true;
+      for (const d of this.devices) d.setRunning?.(false);
+    })();
+    this.pausing = p;
+    void p.finally(() => {
+      if (this.pausing === p) this.pausing = undefined;
+    });
+    return p;
   }
 
   /** Resumes a paused VM (QMP `cont`): notifiers first, then the vCPUs. */
   resume(): void {
     if (this.exit || !this.paused) return;
     this.paused = false;
-    for (const d of this.devices) d.setRunning?.(true);
+    this.runGen++;
+    this.pausing = undefined;
+    if (this.devicesStopped) {
+      this.devicesStopped = false;
+      for (const d of this.devices) d.setRunning?.(true);
+    }
     if (!this.started) this.startVcpus();
     else for (const v of this.vcpus) v.resume();
   }
@@ -240,6 +273,8 @@ export class Machine {
   requestExit(exit: MachineExit): void {
     if (this.exit) return;
     this.exit = exit;
+    this.pio.unclaimed.flush();
+    this.mmio.unclaimed.flush();
     void (async () => {
       await Promise.all(this.vcpus.map((v) => v.stop()));
       for (const d of this.devices) {
@@ -319,10 +354,11 @@ export class Machine {
     const addr = Number(run.mmioAddress);
     const len = run.mmioLength;
     this.stats.mmio++;
-    this.stats.perMmio.set(addr, (this.stats.perMmio.get(addr) ?? 0) + 1);
+    const seen = this.stats.perMmio.get(addr);
+    if (seen !== undefined || this.stats.perMmio.size < MAX_MMIO_STATS) this.stats.perMmio.set(addr, (seen ?? 0) + 1);
+    // Unclaimed accesses are counted and logged (rate-limited) by the bus.
     if (run.mmioIsWrite) {
-      if (!this.mmio.write(addr, len, len === 8 ? run.mmioRead() : Number(run.mmioRead())))
-        this.logOnce(`mmio-w-${addr}`, `unclaimed MMIO write at 0x${addr.toString(16)}`);
+      this.mmio.write(addr, len, len === 8 ? run.mmioRead() : Number(run.mmioRead()));
     } else {
       const v = this.mmio.read(addr, len);
       run.mmioWrite(typeof v === 'bigint' ? v : BigInt(v >>> 0));
@@ -331,6 +367,11 @@ export class Machine {
 
   private logOnce(key: string, message: string): void {
     if (this.loggedErrors.has(key)) return;
+    if (this.loggedErrors.size >= MAX_LOGGED_ERRORS) {
+      this.suppressedErrors++;
+      if (this.suppressedErrors === 1) this.log(`more than ${MAX_LOGGED_ERRORS} distinct exit-handling errors: further ones are not logged`);
+      return;
+    }
     this.loggedErrors.add(key);
     this.log(message);
   }

@@ -1,4 +1,7 @@
 /** Monitor commands: argument schemas (checked the way QEMU's QAPI does) and handlers. */
+import { isPrototypeKey } from '@tsvmm/pci';
+
+export { isPrototypeKey };
 
 export type ArgType = 'str' | 'int' | 'bool' | 'array' | 'enum';
 
@@ -25,6 +28,16 @@ export interface Command {
   /** One-line help for query-commands documentation and HMP help. */
   help: string;
   run(args: Record<string, unknown>): unknown | Promise<unknown>;
+  /**
+   * Changes the run state (stop, cont, reset, quit, snapshot, migrate, HMP):
+   * runs only when no other such command runs, VMM-wide (Monitor.serialize).
+   */
+  exclusive?: boolean;
+  /**
+   * Checked when the command is dispatched, before it waits for its turn:
+   * throws CommandError to refuse it, or returns `{ answer }` to reply at once.
+   */
+  admit?(args: Record<string, unknown>): { answer: unknown } | undefined;
 }
 
 export class CommandRegistry {
@@ -47,9 +60,12 @@ const TYPE_NAMES: Record<ArgType, string> = { str: 'string', int: 'integer', boo
 
 /** Throws CommandError with QEMU's wording for a missing, mistyped or unexpected argument. */
 export function checkArguments(spec: ArgSpec, args: Record<string, unknown>): void {
-  for (const k of Object.keys(args)) if (!(k in spec)) throw new CommandError(`Parameter '${k}' is unexpected`);
+  for (const k of Object.keys(args)) {
+    if (isPrototypeKey(k)) throw new CommandError(`Parameter '${k}' is unexpected (a reserved name)`);
+    if (!Object.hasOwn(spec, k)) throw new CommandError(`Parameter '${k}' is unexpected`);
+  }
   for (const [k, f] of Object.entries(spec)) {
-    const v = args[k];
+    const v = Object.hasOwn(args, k) ? args[k] : undefined;
     if (v === undefined) {
       if (!f.optional) throw new CommandError(`Parameter '${k}' is missing`);
       continue;

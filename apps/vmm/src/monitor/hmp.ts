@@ -10,6 +10,7 @@ export const HMP_HELP = `commands:
   info virtio-status DEV               features, status, broken, disabled, ISR
   info virtio-queue-status DEV QUEUE   indices, vector, kick and interrupt counters
   info migrate                         migration status and figures
+  info unclaimed                       guest accesses no device claimed, per hole
   stop | cont | system_reset | quit
   migrate URI                          live migration to a --incoming unix:PATH VMM
   savevm-file FILE                     x-snapshot-save (the VM stays stopped)
@@ -118,6 +119,18 @@ function info(m: Monitor, args: string[]): string {
       }
       return `${out.join('\n')}\n`;
     }
+    case 'unclaimed': {
+      const r = m.unclaimedReport() as Record<'pio' | 'mmio', { reads: number; writes: number; regions: { start: number; end: number; reads: number; writes: number; 'last-address': number }[]; other: { reads: number; writes: number } }>;
+      const out: string[] = [];
+      for (const bus of ['pio', 'mmio'] as const) {
+        const b = r[bus];
+        out.push(`${bus === 'pio' ? 'port I/O' : 'MMIO'}: reads ${b.reads}, writes ${b.writes}`);
+        for (const x of b.regions)
+          out.push(`  0x${x.start.toString(16)}-0x${x.end.toString(16)}: reads ${x.reads}, writes ${x.writes}, last 0x${x['last-address'].toString(16)}`);
+        if (b.other.reads + b.other.writes) out.push(`  further holes: reads ${b.other.reads}, writes ${b.other.writes}`);
+      }
+      return `${out.join('\n')}\n`;
+    }
     case 'virtio':
       return virtioDevices(m.devices).map((v) => `${v.path} [${v.type}]\n`).join('') || 'no virtio devices\n';
     case 'virtio-status': {
@@ -129,7 +142,7 @@ function info(m: Monitor, args: string[]): string {
       return `${rest[0]} queue ${rest[1]}:\n${kv(queueStatus(findVirtio(m.devices, rest[0]), int(rest[1], 'QUEUE')))}\n`;
     }
     default:
-      throw new CommandError(`info: unknown item '${what ?? ''}' (status, pci, virtio, virtio-status, virtio-queue-status)`);
+      throw new CommandError(`info: unknown item '${what ?? ''}' (status, pci, virtio, virtio-status, virtio-queue-status, migrate, unclaimed)`);
   }
 }
 

@@ -6,7 +6,7 @@
 import { PciBarFunction } from '@tsvmm/pci';
 import { Machine, MachineExit } from '../machine/machine';
 import { MigrationManager } from '../migration/migration';
-import { CommandError, CommandRegistry } from './commands';
+import { Command, CommandError, CommandRegistry } from './commands';
 import { runHmp } from './hmp';
 import { QMP_VERSION, QmpServer } from './qmp-server';
 import { findDevice, findVirtio, queueStatus, virtioDevices, virtioStatus } from './virtio-info';
@@ -40,8 +40,56 @@ export class Monitor {
     return this.machine.devices;
   }
 
+  /** The tail of the VMM-wide queue of run-state commands (see serialize). */
+  private runStateTail: Promise<unknown> = Promise.resolve();
+  /** True while x-snapshot-save writes the VM: cont is refused meanwhile. */
+  private saving = false;
+
+  /**
+   * Runs `fn` once every run-state command queued before it has finished
+   * (stop, cont, system_reset, quit, x-snapshot-save, migrate, HMP lines),
+   * whichever monitor sent it: QEMU runs monitor commands one at a time, and
+   * a pause must never race a resume.
+   */
+  serialize<T>(fn: () => T | Promise<T>): Promise<T> {
+    const p = this.runStateTail.then(fn);
+    this.runStateTail = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Runs a command the way every monitor does: admission check, then its turn if it changes the run state. */
+  async execute(cmd: Command, args: Record<string, unknown>): Promise<unknown> {
+    const admitted = cmd.admit?.(args);
+    if (admitted) return admitted.answer;
+    return cmd.exclusive ? this.serialize(() => cmd.run(args)) : cmd.run(args);
+  }
+
+  /**
+   * One HMP line from the stdio monitor, queued like human-monitor-command;
+   * its output is written in its turn, so outputs and events keep the order
+   * of the lines. A refusal is decided on arrival (as for QMP).
+   */
+  hmp(line: string, write: (out: string) => void): Promise<void> {
+    const refused = this.commands.get('human-monitor-command')!.admit?.({ 'command-line': line })?.answer as string | undefined;
+    return this.serialize(async () => {
+      let out: string;
+      try {
+        out = refused ?? (await runHmp(this, line));
+      } catch (e) {
+        out = `Error: ${(e as Error).message}\n`;
+      }
+      write(out);
+    });
+  }
+
+  /** Throws the refusal of `cont` while a snapshot or an outgoing migration is under way. */
+  checkContAllowed(): void {
+    if (this.saving) throw new CommandError('cont refused: x-snapshot-save is writing the VM state; the VM stays stopped until it completes, then send cont again');
+    if (this.migration.active) throw new CommandError('cont refused: an outgoing migration is in progress (it controls the run state until it completes; migrate_cancel stops it)');
+  }
+
   async listenQmp(path: string): Promise<void> {
-    const s = new QmpServer(path, this.commands, this.log);
+    const s = new QmpServer(path, this.commands, this.log, (cmd, args) => this.execute(cmd, args));
     await s.listen();
     this.servers.push(s);
   }
@@ -129,8 +177,8 @@ export class Monitor {
   cont(): void {
     const state = this.runState();
     if (state === 'inmigrate') throw new CommandError('the VM is waiting for its incoming migration stream; it resumes by itself once loaded');
+    this.checkContAllowed();
     if (state !== 'paused' && state !== 'postmigrate') return;
-    if (this.migration.active) throw new CommandError('a migration is in progress');
     // As QEMU, cont after a completed migration is allowed (e.g. the
     // destination died before it ran); the operator must make sure the
     // destination is not running the same guest on the same disks.
@@ -175,11 +223,14 @@ export class Monitor {
       name: 'query-status', args: {}, help: 'run state',
       run: () => ({ running: this.runState() === 'running', singlestep: false, status: this.runState() }),
     });
-    c.add({ name: 'stop', args: {}, help: 'pause the vCPUs', run: () => this.stop().then(() => ({})) });
-    c.add({ name: 'cont', args: {}, help: 'resume the vCPUs', run: () => this.cont() });
-    c.add({ name: 'system_reset', args: {}, help: 'reset the machine', run: () => this.reset().then(() => ({})) });
+    c.add({ name: 'stop', args: {}, help: 'pause the vCPUs', exclusive: true, run: () => this.stop().then(() => ({})) });
     c.add({
-      name: 'quit', args: {}, help: 'end the VMM',
+      name: 'cont', args: {}, help: 'resume the vCPUs', exclusive: true, run: () => this.cont(),
+      admit: () => (this.checkContAllowed(), undefined),
+    });
+    c.add({ name: 'system_reset', args: {}, help: 'reset the machine', exclusive: true, run: () => this.reset().then(() => ({})) });
+    c.add({
+      name: 'quit', args: {}, help: 'end the VMM', exclusive: true,
       run: () => {
         setImmediate(() => void this.quit());
         return {};
@@ -190,7 +241,22 @@ export class Monitor {
     c.add({
       name: 'human-monitor-command', args: { 'command-line': { type: 'str' }, 'cpu-index': { type: 'int', optional: true } },
       help: 'run an HMP command and return its text',
+      exclusive: true,
       run: async (a) => runHmp(this, a['command-line'] as string),
+      admit: (a) => {
+        const word = String(a['command-line']).trim().split(/\s+/)[0];
+        if (word !== 'cont' && word !== 'c') return undefined;
+        try {
+          this.checkContAllowed();
+        } catch (e) {
+          return { answer: `Error: ${(e as Error).message}\n` };
+        }
+        return undefined;
+      },
+    });
+    c.add({
+      name: 'x-query-unclaimed-io', args: {}, help: 'guest accesses no device claimed: totals and counts per hole (port I/O and MMIO)',
+      run: () => this.unclaimedReport(),
     });
     c.add({
       name: 'x-query-virtio', args: {}, help: 'virtio devices and their QOM paths',
@@ -238,13 +304,16 @@ export class Monitor {
     c.add({
       name: 'x-snapshot-save', args: { file: { type: 'str' } },
       help: 'stop the VM (it stays stopped) and write its memory and state to a file for --restore',
+      exclusive: true,
       run: async (a) => {
         const wasRunning = this.runState() === 'running';
+        this.saving = true;
         try {
           await mig.snapshot(a.file as string);
         } catch (e) {
           throw new CommandError(`snapshot failed: ${(e as Error).message}`);
         } finally {
+          this.saving = false;
           if (wasRunning && this.machine.isPaused) this.event('STOP');
         }
         return {};
@@ -253,6 +322,7 @@ export class Monitor {
     c.add({
       name: 'migrate', args: { uri: { type: 'str' }, detach: { type: 'bool', optional: true }, resume: { type: 'bool', optional: true } },
       help: 'live-migrate to a VMM started with --incoming URI (unix:PATH)',
+      exclusive: true,
       run: (a) => {
         if (this.machine.exited) throw new CommandError('the VM has ended');
         try {
@@ -263,7 +333,7 @@ export class Monitor {
         return {};
       },
     });
-    c.add({ name: 'migrate_cancel', args: {}, help: 'cancel an outgoing migration', run: () => (mig.cancel(), {}) });
+    c.add({ name: 'migrate_cancel', args: {}, help: 'cancel an outgoing migration', exclusive: true, run: () => (mig.cancel(), {}) });
     c.add({
       name: 'query-migrate', args: {}, help: 'migration status and figures',
       run: () => {
@@ -300,6 +370,19 @@ export class Monitor {
       name: 'query-migrate-parameters', args: {}, help: 'the migration parameters',
       run: () => ({ 'downtime-limit': mig.params.downtimeLimit, 'x-max-passes': mig.params.maxPasses }),
     });
+  }
+
+  /** x-query-unclaimed-io / HMP info unclaimed: what the buses counted (docs/qmp.md). */
+  unclaimedReport(): Record<string, unknown> {
+    const one = (bus: 'pio' | 'mmio') => {
+      const r = this.machine[bus].unclaimed.report();
+      return {
+        reads: r.reads, writes: r.writes,
+        regions: r.regions.map((x) => ({ start: x.start, end: x.end, reads: x.reads, writes: x.writes, 'last-address': x.lastAddress })),
+        other: r.other,
+      };
+    };
+    return { pio: one('pio'), mmio: one('mmio') };
   }
 
   queryPci(): unknown {

@@ -1,12 +1,18 @@
 /**
  * A QMP server (QEMU Machine Protocol) on a unix socket: the greeting,
  * capabilities negotiation, execute/arguments/id requests, return/error
- * replies that echo the id, and timestamped asynchronous events to every
- * negotiated client.
+ * replies that echo the id exactly as sent, and timestamped asynchronous
+ * events to every negotiated client.
+ *
+ * As QEMU's monitor, a connection's commands run one at a time in arrival
+ * order: a pipelined burst gets every reply, in order. Commands that change
+ * the run state also wait for each other VMM-wide (the `execute` hook).
  */
 import * as fs from 'fs';
 import * as net from 'net';
-import { ArgSpec, checkArguments, CommandError, CommandRegistry } from './commands';
+import * as path from 'path';
+import { UNIX_PATH_MAX } from '../config';
+import { ArgSpec, checkArguments, Command, CommandError, CommandRegistry, isPrototypeKey } from './commands';
 
 export const QMP_VERSION = { qemu: { major: 8, minor: 2, micro: 0 }, package: 'tsvmm 0.1.0' };
 
@@ -14,7 +20,16 @@ interface Client {
   socket: net.Socket;
   negotiated: boolean;
   buffer: string;
+  /** The request being handled and those queued behind it (arrival order). */
+  queue: Promise<void>;
+  pending: number;
 }
+
+/** Requests queued on one connection before the server stops reading it (as QEMU's monitor). */
+const MAX_PENDING = 8;
+
+/** Runs a command: the monitor's admission check and run-state serialization. */
+export type Execute = (cmd: Command, args: Record<string, unknown>) => Promise<unknown>;
 
 export class QmpServer {
   private readonly server: net.Server;
@@ -24,11 +39,14 @@ export class QmpServer {
     readonly path: string,
     private readonly commands: CommandRegistry,
     private readonly log: (m: string) => void,
+    private readonly execute: Execute = async (cmd, args) => cmd.run(args),
   ) {
     this.server = net.createServer((s) => this.accept(s));
   }
 
   listen(): Promise<void> {
+    const problem = checkSocketPath(this.path);
+    if (problem) return Promise.reject(new Error(`--qmp unix:${this.path}: ${problem}`));
     try {
       if (fs.existsSync(this.path) && fs.statSync(this.path).isSocket()) fs.unlinkSync(this.path);
     } catch {
@@ -59,7 +77,7 @@ export class QmpServer {
   }
 
   private accept(socket: net.Socket): void {
-    const c: Client = { socket, negotiated: false, buffer: '' };
+    const c: Client = { socket, negotiated: false, buffer: '', queue: Promise.resolve(), pending: 0 };
     this.clients.add(c);
     socket.setEncoding('utf8');
     socket.on('data', (d: string) => this.onData(c, d));
@@ -68,8 +86,25 @@ export class QmpServer {
     this.send(c, { QMP: { version: QMP_VERSION, capabilities: [] } });
   }
 
-  private send(c: Client, msg: unknown): void {
-    if (!c.socket.destroyed) c.socket.write(JSON.stringify(msg) + '\r\n');
+  /** `rawId`: the request's id as its JSON text, echoed verbatim (digits beyond 2^53 included). */
+  private send(c: Client, msg: unknown, rawId?: string): void {
+    if (c.socket.destroyed) return;
+    let text = JSON.stringify(msg);
+    if (rawId !== undefined) text = `${text.slice(0, -1)},"id":${rawId}}`;
+    c.socket.write(text + '\r\n');
+  }
+
+  /** Queues a request behind the connection's earlier ones; stops reading while MAX_PENDING wait. */
+  private enqueue(c: Client, text: string): void {
+    c.pending++;
+    if (c.pending >= MAX_PENDING) c.socket.pause();
+    c.queue = c.queue
+      .then(() => this.handle(c, text))
+      .catch((e) => this.log(`qmp: request failed: ${(e as Error).stack ?? e}`))
+      .finally(() => {
+        c.pending--;
+        if (c.pending < MAX_PENDING && c.socket.isPaused() && !c.socket.destroyed) c.socket.resume();
+      });
   }
 
   /** Splits the stream into top-level JSON values (objects may span lines, as QEMU accepts). */
@@ -80,11 +115,11 @@ export class QmpServer {
       if (end === undefined) break;
       const text = c.buffer.slice(0, end);
       c.buffer = c.buffer.slice(end);
-      if (text.trim()) void this.handle(c, text);
+      if (text.trim()) this.enqueue(c, text);
     }
     if (c.buffer.length > 1 << 20) {
-      this.send(c, { error: { class: 'GenericError', desc: 'JSON parse error, request too large' } });
       c.buffer = '';
+      c.queue = c.queue.then(() => this.send(c, { error: { class: 'GenericError', desc: 'JSON parse error, request too large' } }));
     }
   }
 
@@ -101,18 +136,20 @@ export class QmpServer {
       return;
     }
     const r = req as Record<string, unknown>;
-    const id = r.id;
-    const reply = (body: Record<string, unknown>) => this.send(c, id === undefined ? body : { ...body, id });
+    const rawId = Object.hasOwn(r, 'id') ? rawMember(text, 'id') : undefined;
+    const reply = (body: Record<string, unknown>) => this.send(c, body, rawId);
     const fail = (cls: string, desc: string) => reply({ error: { class: cls, desc } });
     for (const k of Object.keys(r)) {
       if (!['execute', 'arguments', 'id', 'exec-oob'].includes(k)) return fail('GenericError', `QMP input member '${k}' is unexpected`);
     }
-    if (!('execute' in r)) return fail('GenericError', "QMP input lacks member 'execute'");
+    if (!Object.hasOwn(r, 'execute')) return fail('GenericError', "QMP input lacks member 'execute'");
     if (typeof r.execute !== 'string') return fail('GenericError', "QMP input member 'execute' must be a string");
-    if ('arguments' in r && (typeof r.arguments !== 'object' || r.arguments === null || Array.isArray(r.arguments)))
+    if (Object.hasOwn(r, 'arguments') && (typeof r.arguments !== 'object' || r.arguments === null || Array.isArray(r.arguments)))
       return fail('GenericError', "QMP input member 'arguments' must be an object");
     const name = r.execute;
-    const args = (r.arguments ?? {}) as Record<string, unknown>;
+    const args = (Object.hasOwn(r, 'arguments') ? r.arguments : {}) as Record<string, unknown>;
+    const reserved = Object.keys(args).find(isPrototypeKey);
+    if (reserved !== undefined) return fail('GenericError', `Parameter '${reserved}' is unexpected (a reserved name)`);
     if (name === 'qmp_capabilities') {
       if (c.negotiated) return fail('CommandNotFound', "Capabilities negotiation is already complete, command 'qmp_capabilities' ignored");
       try {
@@ -128,7 +165,7 @@ export class QmpServer {
     if (!cmd) return fail('CommandNotFound', `The command ${name} has not been found`);
     try {
       checkArguments(cmd.args, args);
-      const result = await cmd.run(args);
+      const result = await this.execute(cmd, args);
       reply({ return: result ?? {} });
     } catch (e) {
       if (e instanceof CommandError) return fail(e.errorClass, e.message);
@@ -167,6 +204,87 @@ export function jsonValueEnd(s: string): number | undefined {
     }
   }
   return undefined;
+}
+
+/** Why a unix socket path cannot be listened on (too long, missing directory), or undefined. */
+export function checkSocketPath(p: string): string | undefined {
+  const len = Buffer.byteLength(p);
+  if (len > UNIX_PATH_MAX) return `socket path is ${len} bytes; a unix socket path holds at most ${UNIX_PATH_MAX} (use a shorter path, e.g. under /tmp or /run)`;
+  const dir = path.dirname(p);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch {
+    return `directory ${dir} does not exist`;
+  }
+  if (!st.isDirectory()) return `${dir} is not a directory`;
+  return undefined;
+}
+
+/**
+ * The JSON text of member `name` of the object `text` (already known to be
+ * valid JSON), compacted (whitespace outside strings removed), so it can be
+ * echoed exactly: JSON.parse would round a number beyond 2^53. The last
+ * occurrence wins, as in JSON.parse.
+ */
+export function rawMember(text: string, name: string): string | undefined {
+  let i = 0;
+  const ws = () => {
+    while (i < text.length && (text[i] === ' ' || text[i] === '\t' || text[i] === '\n' || text[i] === '\r')) i++;
+  };
+  const str = (): string => {
+    const start = i++;
+    while (text[i] !== '"') i += text[i] === '\\' ? 2 : 1;
+    i++;
+    return text.slice(start, i);
+  };
+  const value = (): string => {
+    ws();
+    const ch = text[i];
+    if (ch === '"') return str();
+    if (ch === '{' || ch === '[') {
+      const close = ch === '{' ? '}' : ']';
+      i++;
+      const parts: string[] = [];
+      ws();
+      if (text[i] === close) {
+        i++;
+        return ch + close;
+      }
+      for (;;) {
+        if (ch === '{') {
+          ws();
+          const k = str();
+          ws();
+          i++; // ':'
+          parts.push(`${k}:${value()}`);
+        } else parts.push(value());
+        ws();
+        if (text[i++] === close) return ch + parts.join(',') + close;
+      }
+    }
+    const m = /-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null/y;
+    m.lastIndex = i;
+    const t = m.exec(text)![0];
+    i += t.length;
+    return t;
+  };
+  ws();
+  if (text[i] !== '{') return undefined;
+  i++;
+  let found: string | undefined;
+  ws();
+  if (text[i] === '}') return undefined;
+  for (;;) {
+    ws();
+    const k = str();
+    ws();
+    i++; // ':'
+    const v = value();
+    if (JSON.parse(k) === name) found = v;
+    ws();
+    if (text[i++] === '}') return found;
+  }
 }
 
 export type { ArgSpec };
