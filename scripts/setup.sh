@@ -12,6 +12,8 @@ command -v make >/dev/null || need_apt+=(make)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# the reference the interop test and the benchmarks compare with
+command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from apt"
   export DEBIAN_FRONTEND=noninteractive
