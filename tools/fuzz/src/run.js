@@ -23,6 +23,9 @@ const KNOWN_FAIL = env.FUZZ_KNOWN_FAILURES === 'fail';
 const COVERAGE = env.FUZZ_COVERAGE !== '0';
 const GROW_CORPUS = env.FUZZ_GROW_CORPUS === '1';
 const MAX_INPUT = 1 << 20;
+// Targets bundled into dist/fuzz/ find the native addon (loaded lazily, if at all) here.
+const ADDON = path.join(WS, 'libs/kvm-native/build/Release/kvm_native.node');
+if (!env.VMM_KVM_NATIVE && fs.existsSync(ADDON)) env.VMM_KVM_NATIVE = ADDON;
 
 function usage() {
   console.error('usage: run.js <project-dir> [target ...] [--replay FILE ...]');

@@ -7,7 +7,7 @@
  *   byte 1: flags (bit 0 INDIRECT_DESC negotiated, bit 1 EVENT_IDX, others target-specific)
  *   bytes 2..: guest memory from address 0 (the rest of MEM_SIZE is zero)
  */
-import { GuestMemory, SplitVirtqueue } from '@tsvmm/virtio-core';
+import { GuestMemory, SplitVirtqueue, VirtioDevice, virtioUapi } from '@tsvmm/virtio-core';
 import { MockDriverQueue } from '@tsvmm/virtio-core/testing';
 
 export const DESC = 0x0000;
@@ -72,4 +72,33 @@ export function seedInput(queueSize: number, flags: number, build: (drv: MockDri
 /** Lets promise callbacks, immediates and short timers of a device run. */
 export async function settle(rounds = 4): Promise<void> {
   for (let i = 0; i < rounds; i++) await new Promise((r) => setImmediate(r));
+}
+
+/**
+ * Drives a device to DRIVER_OK as a driver would: all offered features
+ * except INDIRECT_DESC and EVENT_IDX unless the input's flags ask for them;
+ * queue `queue` on the fixed layout (the others stay unready).
+ */
+export function bringUp(dev: VirtioDevice, g: GuestInput, queue = 0): void {
+  const S = virtioUapi;
+  dev.writeStatus(S.VIRTIO_CONFIG_S_ACKNOWLEDGE | S.VIRTIO_CONFIG_S_DRIVER);
+  let lo = dev.readDeviceFeatures(0);
+  if (!g.indirect) lo &= ~(1 << S.VIRTIO_RING_F_INDIRECT_DESC);
+  if (!g.eventIdx) lo &= ~(1 << S.VIRTIO_RING_F_EVENT_IDX);
+  dev.writeDriverFeatures(0, lo >>> 0);
+  dev.writeDriverFeatures(1, dev.readDeviceFeatures(1));
+  dev.writeStatus(S.VIRTIO_CONFIG_S_ACKNOWLEDGE | S.VIRTIO_CONFIG_S_DRIVER | S.VIRTIO_CONFIG_S_FEATURES_OK);
+  programQueue(dev.queues[queue], g.queueSize);
+  dev.writeStatus(S.VIRTIO_CONFIG_S_ACKNOWLEDGE | S.VIRTIO_CONFIG_S_DRIVER | S.VIRTIO_CONFIG_S_FEATURES_OK | S.VIRTIO_CONFIG_S_DRIVER_OK);
+}
+
+/**
+ * A device log that turns host-side failures into crashes: the fuzz targets'
+ * backends never fail, so "host I/O error" or an internal error means the
+ * device handed them something it should have refused.
+ */
+export function strictLog(problems: string[]): (m: string) => void {
+  return (m: string) => {
+    if (/host I\/O error|internal error|TypeError|RangeError|ReferenceError/i.test(m)) problems.push(m);
+  };
 }
