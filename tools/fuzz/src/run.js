@@ -15,7 +15,7 @@ const { Worker } = require('worker_threads');
 const WS = path.resolve(__dirname, '../../..');
 const env = process.env;
 const SECONDS = Number(env.FUZZ_SECONDS ?? 15);
-const TIMEOUT_MS = Number(env.FUZZ_TIMEOUT_MS ?? 5000);
+const TIMEOUT_MS = Number(env.FUZZ_TIMEOUT_MS ?? 3000);
 const MAX_HEAP_MB = Number(env.FUZZ_MAX_HEAP_MB ?? 1024);
 const SEED = env.FUZZ_SEED !== undefined ? Number(env.FUZZ_SEED) : (Date.now() ^ (process.pid << 8)) >>> 0;
 const KEEP_GOING = env.FUZZ_KEEP_GOING === '1';
@@ -87,10 +87,15 @@ function signature(kind, error) {
   return kind === 'throw' || kind === 'uncaught' ? `${kind}: ${error.name}: ${error.message}` : kind;
 }
 
+/** Entry: { area, kind: 'throw' | 'hang' | 'oom' | 'uncaught', match?: regex on "kind: Name: message", frame?: regex on the stack }. */
+function knownMatches(k, kind, error) {
+  return k.kind === kind && (!k.match || new RegExp(k.match).test(signature(kind, error))) && (!k.frame || new RegExp(k.frame).test(error.stack ?? ''));
+}
+
 function matchesKnown(known, kind, error) {
   const sig = signature(kind, error);
   for (const [file, k] of Object.entries(known)) {
-    if (k.kind === kind && (!k.match || new RegExp(k.match).test(sig))) return file;
+    if (knownMatches(k, kind, error)) return file;
   }
   return undefined;
 }
@@ -199,7 +204,7 @@ async function replayPhase(name, bundlePath, files, known) {
     } else if (!o && k) {
       failures++;
       console.log(`${project}/${name}: regression ${base}: NOW PASSES; it was a known failure (${k.area}): remove it from known-failures.json`);
-    } else if (o && k && k.kind === o.kind && (!k.match || new RegExp(k.match).test(signature(o.kind, o.error)))) {
+    } else if (o && k && knownMatches(k, o.kind, o.error)) {
       if (KNOWN_FAIL) failures++;
       console.log(`${project}/${name}: regression ${base}: KNOWN FAILURE (${o.kind}: ${o.error.name}: ${o.error.message}); to be fixed by ${k.area}${KNOWN_FAIL ? '' : ' (FUZZ_KNOWN_FAILURES=fail makes this fail the run)'}`);
     } else {
