@@ -111,6 +111,8 @@ function hex(buf, limit = 256) {
  * fatal failure (hang, oom, uncaught) or undefined.
  */
 function runWorker(bundlePath, data, onMessage) {
+  // However the target behaves, the worker ends by then (its own budget, plus slack for the last inputs).
+  const hardDeadline = Date.now() + ((data.seconds ?? 0) + 60) * 1000 + (data.files ? data.files.length * TIMEOUT_MS : 0);
   const shared = new SharedArrayBuffer(16 + MAX_INPUT);
   const hdr = new Int32Array(shared, 0, 4);
   const bytes = new Uint8Array(shared, 16);
@@ -134,8 +136,15 @@ function runWorker(bundlePath, data, onMessage) {
         fatal = { kind: 'hang', error: { name: 'Timeout', message: `one input ran longer than ${TIMEOUT_MS} ms`, stack: '' }, input: current() };
         w.terminate();
       }
+      if (Date.now() > hardDeadline && !fatal) {
+        fatal = { kind: 'hang', error: { name: 'Timeout', message: 'the worker did not finish (between inputs: a timer or handle the target left running?)', stack: '' }, input: current() };
+        w.terminate();
+      }
     }, 50);
-    w.on('message', (m) => onMessage(m));
+    w.on('message', (m) => {
+      if (m.type === 'finished') void w.terminate();
+      else onMessage(m);
+    });
     w.on('error', (e) => {
       if (fatal) return;
       const oom = e && e.code === 'ERR_WORKER_OUT_OF_MEMORY';

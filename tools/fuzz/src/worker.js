@@ -190,7 +190,10 @@ async function fuzzLoop() {
   parentPort.postMessage({ type: 'done', execs, corpus: corpus.length, features: features.size, coverage: !!session });
 }
 
-(wd.mode === 'replay' ? replay() : fuzzLoop()).catch((e) => {
-  // A failure of the harness itself (not of one input): report with the input that was running.
-  parentPort.postMessage({ type: 'harness-error', error: describe(e) });
-});
+(wd.mode === 'replay' ? replay() : fuzzLoop())
+  .catch((e) => {
+    // A failure of the harness itself (not of one input): report with the input that was running.
+    parentPort.postMessage({ type: 'harness-error', error: describe(e) });
+  })
+  // The parent ends the worker: a target may keep handles (sockets, timers) open.
+  .finally(() => parentPort.postMessage({ type: 'finished' }));
