@@ -117,17 +117,44 @@ function runWorker(bundlePath, data, onMessage) {
   const hdr = new Int32Array(shared, 0, 4);
   const bytes = new Uint8Array(shared, 16);
   const current = () => Buffer.from(bytes.subarray(0, Math.min(Atomics.load(hdr, 2), MAX_INPUT)));
+  const processIsolation = data.isolation === 'process';
+  let stateFile;
+  let stateFd;
+  if (processIsolation) {
+    stateFile = path.join(require('os').tmpdir(), `tsvmm-fuzz-state-${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+    fs.writeFileSync(stateFile, Buffer.alloc(16));
+    stateFd = fs.openSync(stateFile, 'r');
+  }
+  /** The child's header and input, from its state file. */
+  const sync = () => {
+    if (stateFd === undefined) return;
+    const n = fs.readSync(stateFd, new Uint8Array(shared, 0, 16 + MAX_INPUT), 0, 16 + MAX_INPUT, 0);
+    if (n < 16) new Uint8Array(shared, 0, 16).fill(0);
+  };
   return new Promise((resolve) => {
-    const w = new Worker(path.join(__dirname, 'worker.js'), {
-      workerData: { ...data, bundle: bundlePath, shared },
-      resourceLimits: { maxOldGenerationSizeMb: MAX_HEAP_MB },
-      stdout: false,
-      stderr: false,
-    });
+    let w;
+    let stderr = '';
+    if (processIsolation) {
+      w = require('child_process').fork(path.join(__dirname, 'worker.js'), [], {
+        env: { ...process.env, FUZZ_WORKER_DATA: JSON.stringify({ ...data, bundle: bundlePath, stateFile }) },
+        execArgv: ['--enable-source-maps', `--max-old-space-size=${MAX_HEAP_MB}`],
+        stdio: ['ignore', 'inherit', 'pipe', 'ipc'],
+      });
+      w.stderr.on('data', (d) => (stderr += d).length > 65536 && (stderr = stderr.slice(-65536)));
+      w.terminate = () => w.kill('SIGKILL');
+    } else {
+      w = new Worker(path.join(__dirname, 'worker.js'), {
+        workerData: { ...data, bundle: bundlePath, shared },
+        resourceLimits: { maxOldGenerationSizeMb: MAX_HEAP_MB },
+        stdout: false,
+        stderr: false,
+      });
+    }
     let fatal;
     let lastCount = -1;
     let lastChange = Date.now();
     const watchdog = setInterval(() => {
+      sync();
       const count = Atomics.load(hdr, 0);
       if (count !== lastCount) {
         lastCount = count;
@@ -141,8 +168,13 @@ function runWorker(bundlePath, data, onMessage) {
         w.terminate();
       }
     }, 50);
+    let finished = false;
     w.on('message', (m) => {
-      if (m.type === 'finished') void w.terminate();
+      if (m.type === 'input') m.input = Buffer.from(m.input);
+      if (m.type === 'finished') {
+        finished = true;
+        void w.terminate();
+      }
       else onMessage(m);
     });
     w.on('error', (e) => {
@@ -154,8 +186,18 @@ function runWorker(bundlePath, data, onMessage) {
         input: current(),
       };
     });
-    w.on('exit', () => {
+    w.on('exit', (code, signal) => {
       clearInterval(watchdog);
+      sync();
+      if (processIsolation) {
+        fs.closeSync(stateFd);
+        fs.rmSync(stateFile, { force: true });
+        // Not ended by us: the child died (a native abort or fault, or a JavaScript error outside any input).
+        if (!fatal && !finished) {
+          const why = stderr.trim().split('\n').slice(-6).join('\n');
+          fatal = { kind: 'uncaught', error: { name: 'ProcessExit', message: `the target process died (${signal ?? `exit status ${code}`}): ${why.split('\n').pop() ?? ''}`, stack: why }, input: current() };
+        }
+      }
       resolve({ fatal, execs: Atomics.load(hdr, 0) });
     });
   });
@@ -180,13 +222,13 @@ function reportCrash(name, kind, error, input) {
 }
 
 /** Replays files; returns the number of failures (known ones count only with FUZZ_KNOWN_FAILURES=fail). */
-async function replayPhase(name, bundlePath, files, known) {
+async function replayPhase(name, bundlePath, files, known, isolation) {
   let failures = 0;
   let done = 0;
   const outcome = new Map();
   while (done < files.length) {
     let running;
-    const { fatal } = await runWorker(bundlePath, { mode: 'replay', files, skip: done }, (m) => {
+    const { fatal } = await runWorker(bundlePath, { mode: 'replay', files, skip: done, isolation }, (m) => {
       if (m.type === 'replay-start') running = m.name;
       if (m.type === 'replay-end') {
         outcome.set(m.name, m.error ? { kind: 'throw', error: m.error } : null);
@@ -225,7 +267,7 @@ async function replayPhase(name, bundlePath, files, known) {
   return failures;
 }
 
-async function fuzzPhase(name, bundlePath, known) {
+async function fuzzPhase(name, bundlePath, known, isolation) {
   const corpusDir = path.join(fuzzDir, 'corpus', name);
   const deadline = Date.now() + SECONDS * 1000;
   let execs = 0;
@@ -237,7 +279,7 @@ async function fuzzPhase(name, bundlePath, known) {
   while (Date.now() < deadline) {
     const seconds = Math.max(1, Math.round((deadline - Date.now()) / 1000));
     let crashed = false;
-    const { fatal, execs: n } = await runWorker(bundlePath, { mode: 'fuzz', corpusDir, seconds, seed, keepGoing: true, coverage: COVERAGE }, (m) => {
+    const { fatal, execs: n } = await runWorker(bundlePath, { mode: 'fuzz', corpusDir, seconds, seed, keepGoing: true, coverage: COVERAGE, isolation }, (m) => {
       if (m.type === 'done' || m.type === 'stats') last = m;
       if (m.type === 'new' && GROW_CORPUS) {
         const buf = Buffer.from(m.input);
@@ -290,9 +332,11 @@ async function main() {
   for (const name of targets) {
     const t0 = Date.now();
     const bundlePath = bundle(name);
+    // A target that drives native fd watchers runs in a child process: a native fault there must not end this one.
+    const isolation = /^export const isolation = 'process'/m.test(fs.readFileSync(path.join(fuzzDir, `${name}.fuzz.ts`), 'utf8')) ? 'process' : 'thread';
     const known = loadKnown(name);
     if (replayFiles) {
-      failures += await replayPhase(name, bundlePath, replayFiles, {});
+      failures += await replayPhase(name, bundlePath, replayFiles, {}, isolation);
       continue;
     }
     const regDir = path.join(fuzzDir, 'regressions', name);
@@ -300,8 +344,8 @@ async function main() {
       ? fs.readdirSync(regDir).filter((f) => !f.startsWith('.') && !f.endsWith('.json') && !f.endsWith('.md')).sort().map((f) => path.join(regDir, f))
       : [];
     for (const k of Object.keys(known)) if (!regs.some((r) => path.basename(r) === k)) throw new Error(`${regDir}/known-failures.json names ${k}, which is not there`);
-    if (regs.length) failures += await replayPhase(name, bundlePath, regs, known);
-    failures += await fuzzPhase(name, bundlePath, known);
+    if (regs.length) failures += await replayPhase(name, bundlePath, regs, known, isolation);
+    failures += await fuzzPhase(name, bundlePath, known, isolation);
     console.log(`${project}/${name}: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }
   if (failures) {

@@ -8,7 +8,7 @@
  * Shared buffer: Int32 [0] executions, [1] running (1 while an input runs),
  * [2] input length; the input bytes from byte 16.
  */
-const { parentPort, workerData } = require('worker_threads');
+const { isMainThread, parentPort: threadPort, workerData } = require('worker_threads');
 const fs = require('fs');
 const path = require('path');
 const inspector = require('inspector');
@@ -16,9 +16,21 @@ const { Rng, mutate } = require('./mutate');
 
 process.setSourceMapsEnabled(true);
 
-const wd = workerData;
-const hdr = new Int32Array(wd.shared, 0, 4);
-const bytes = new Uint8Array(wd.shared, 16);
+// A worker thread shares memory with the parent; a child process (targets with native
+// handles, whose faults can take the whole process down) writes the same layout to a file.
+const child = isMainThread;
+const wd = child ? JSON.parse(process.env.FUZZ_WORKER_DATA) : workerData;
+const parentPort = child ? { postMessage: (m) => process.send(m) } : threadPort;
+const shared = child ? new SharedArrayBuffer(16 + (1 << 20)) : wd.shared;
+const hdr = new Int32Array(shared, 0, 4);
+const bytes = new Uint8Array(shared, 16);
+const stateFd = child ? fs.openSync(wd.stateFile, 'r+') : undefined;
+function publish(len) {
+  if (stateFd !== undefined) fs.writeSync(stateFd, new Uint8Array(shared, 0, 16 + len), 0, 16 + len, 0);
+}
+function publishHeader() {
+  if (stateFd !== undefined) fs.writeSync(stateFd, new Uint8Array(shared, 0, 16), 0, 16, 0);
+}
 
 const target = require(wd.bundle);
 if (typeof target.fuzz !== 'function') throw new Error(`${wd.bundle}: no exported fuzz(data) function`);
@@ -82,6 +94,7 @@ async function execute(input) {
   Atomics.store(hdr, 2, input.length);
   Atomics.store(hdr, 1, 1);
   Atomics.add(hdr, 0, 1);
+  publish(Math.min(input.length, bytes.length));
   try {
     const r = target.fuzz(Buffer.from(input));
     if (r && typeof r.then === 'function') await r;
@@ -91,6 +104,7 @@ async function execute(input) {
     return e;
   } finally {
     Atomics.store(hdr, 1, 0);
+    publishHeader();
   }
 }
 
@@ -195,5 +209,7 @@ async function fuzzLoop() {
     // A failure of the harness itself (not of one input): report with the input that was running.
     parentPort.postMessage({ type: 'harness-error', error: describe(e) });
   })
-  // The parent ends the worker: a target may keep handles (sockets, timers) open.
+  // A target with native handles (fd watchers) closes them itself: ending a worker under live
+  // native handles can take the process down. Then the parent ends the worker.
+  .then(() => (typeof target.teardown === 'function' ? target.teardown() : undefined))
   .finally(() => parentPort.postMessage({ type: 'finished' }));
