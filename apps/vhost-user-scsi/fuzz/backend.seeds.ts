@@ -24,7 +24,7 @@ function memImage(): Buffer {
   return out;
 }
 
-function session(o: { protocol?: boolean; log?: boolean; ring?: number; extra?: Buffer[] } = {}): Buffer {
+function session(o: { protocol?: boolean; log?: boolean; ring?: number; extra?: Uint8Array[] } = {}): Buffer {
   const ring = o.ring ?? 2;
   const msgs = [
     encodeMessage(R.GET_FEATURES, 0),
