@@ -12,6 +12,7 @@
  * unhandled rejection, a reply that is not one JSON object per line, or a
  * server that stops answering (hang).
  */
+import fc from 'fast-check';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as os from 'os';
@@ -48,6 +49,25 @@ for (const name of ['quit', 'migrate', 'x-snapshot-save']) {
   const c = monitor.commands.get(name)!;
   monitor.commands.add({ ...c, run: () => ({}) });
 }
+
+/** Structure-aware inputs: negotiation, then well-formed requests with arbitrary JSON arguments (HMP lines from its words). */
+const hmpLine = fc
+  .array(fc.oneof(fc.constantFrom('info', 'status', 'pci', 'virtio', 'virtio-status', 'virtio-queue-status', 'migrate', 'stop', 'cont', 'help', 'device_event', 'kick', 'call', 'virtqueue_drop', 'migrate_set_downtime', 'savevm-file', 'quit'), fc.string({ maxLength: 8 }), fc.integer().map(String)), { maxLength: 6 })
+  .map((w) => w.join(' '));
+const ARG_NAMES = ['path', 'queue', 'dev', 'event', 'kicks', 'interrupts', 'downtime-limit', 'x-max-passes', 'uri', 'file', 'enable', 'detach', 'cpu-index'];
+export const arbitrary = fc
+  .array(
+    fc.record(
+      {
+        execute: fc.constantFrom(...monitor.commands.names()),
+        arguments: fc.oneof(fc.dictionary(fc.constantFrom(...ARG_NAMES), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 3 }), fc.record({ 'command-line': hmpLine })),
+        id: fc.jsonValue({ maxDepth: 1 }),
+      },
+      { requiredKeys: ['execute'] },
+    ),
+    { maxLength: 6 },
+  )
+  .map((reqs) => new Uint8Array(Buffer.from([{ execute: 'qmp_capabilities' }, ...reqs].map((r) => JSON.stringify(r)).join('\n') + '\n')));
 
 const sockPath = path.join(os.tmpdir(), `tsvmm-fuzz-qmp-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
 let server: Promise<QmpServer> | undefined;
