@@ -32,7 +32,7 @@ export const MEM_SIZE = 0x10000;
 const ENGINE = /Cannot read propert|Cannot set propert|is not a function|is not iterable|is not defined|Invalid array length|Invalid typed array length|out of range|outside the bounds|Maximum call stack|Cannot convert|Cannot mix BigInt|Invalid (string|code point)|Array buffer allocation failed|Unexpected token|undefined|NaN/;
 
 const problems: string[] = [];
-const sockPath = path.join(os.tmpdir(), `tsvmm-fuzz-vus-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
+const sockPath = path.join(process.env.FUZZ_TMPDIR ?? os.tmpdir(), `tsvmm-fuzz-vus-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
 let server: VhostUserScsiServer | undefined;
 let mem: { fd: number; bytes: Uint8Array } | undefined;
 

@@ -27,7 +27,7 @@ export const dictionary = [
 const schemas = new Map<string, DevicePlugin['deviceTypes'][number]['properties']>();
 for (const p of [blk, net, scsi, vhostScsi]) for (const t of p.deviceTypes) schemas.set(t.type, t.properties);
 
-const configFile = path.join(os.tmpdir(), `tsvmm-fuzz-cli-${process.pid}-${Math.random().toString(36).slice(2)}.json`);
+const configFile = path.join(process.env.FUZZ_TMPDIR ?? os.tmpdir(), `tsvmm-fuzz-cli-${process.pid}-${Math.random().toString(36).slice(2)}.json`);
 
 export function fuzz(data: Buffer): void {
   const text = data.toString('latin1');

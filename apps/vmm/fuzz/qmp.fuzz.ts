@@ -69,7 +69,7 @@ export const arbitrary = fc
   )
   .map((reqs) => new Uint8Array(Buffer.from([{ execute: 'qmp_capabilities' }, ...reqs].map((r) => JSON.stringify(r)).join('\n') + '\n')));
 
-const sockPath = path.join(os.tmpdir(), `tsvmm-fuzz-qmp-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
+const sockPath = path.join(process.env.FUZZ_TMPDIR ?? os.tmpdir(), `tsvmm-fuzz-qmp-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
 let server: Promise<QmpServer> | undefined;
 
 function getServer(): Promise<QmpServer> {

@@ -75,7 +75,7 @@ function decodeStream(data: Uint8Array, log: DirtyLogWriter): void {
   }
 }
 
-const sockPath = path.join(os.tmpdir(), `tsvmm-fuzz-vhost-user-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
+const sockPath = path.join(process.env.FUZZ_TMPDIR ?? os.tmpdir(), `tsvmm-fuzz-vhost-user-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
 let listener: UnixListener | undefined;
 let logFd: number | undefined;
 

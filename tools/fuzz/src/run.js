@@ -332,21 +332,28 @@ async function main() {
   for (const name of targets) {
     const t0 = Date.now();
     const bundlePath = bundle(name);
-    // A target that drives native fd watchers runs in a child process: a native fault there must not end this one.
-    const isolation = /^export const isolation = 'process'/m.test(fs.readFileSync(path.join(fuzzDir, `${name}.fuzz.ts`), 'utf8')) ? 'process' : 'thread';
-    const known = loadKnown(name);
-    if (replayFiles) {
-      failures += await replayPhase(name, bundlePath, replayFiles, {}, isolation);
-      continue;
+    // Sockets and files the target makes go here (FUZZ_TMPDIR), removed after the target even if its process died.
+    const tmp = fs.mkdtempSync(path.join(require('os').tmpdir(), `tsvmm-fuzz-${project}-${name}-`));
+    process.env.FUZZ_TMPDIR = tmp;
+    try {
+      // A target that drives native fd watchers runs in a child process: a native fault there must not end this one.
+      const isolation = /^export const isolation = 'process'/m.test(fs.readFileSync(path.join(fuzzDir, `${name}.fuzz.ts`), 'utf8')) ? 'process' : 'thread';
+      const known = loadKnown(name);
+      if (replayFiles) {
+        failures += await replayPhase(name, bundlePath, replayFiles, {}, isolation);
+        continue;
+      }
+      const regDir = path.join(fuzzDir, 'regressions', name);
+      const regs = fs.existsSync(regDir)
+        ? fs.readdirSync(regDir).filter((f) => !f.startsWith('.') && !f.endsWith('.json') && !f.endsWith('.md')).sort().map((f) => path.join(regDir, f))
+        : [];
+      for (const k of Object.keys(known)) if (!regs.some((r) => path.basename(r) === k)) throw new Error(`${regDir}/known-failures.json names ${k}, which is not there`);
+      if (regs.length) failures += await replayPhase(name, bundlePath, regs, known, isolation);
+      failures += await fuzzPhase(name, bundlePath, known, isolation);
+      console.log(`${project}/${name}: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
     }
-    const regDir = path.join(fuzzDir, 'regressions', name);
-    const regs = fs.existsSync(regDir)
-      ? fs.readdirSync(regDir).filter((f) => !f.startsWith('.') && !f.endsWith('.json') && !f.endsWith('.md')).sort().map((f) => path.join(regDir, f))
-      : [];
-    for (const k of Object.keys(known)) if (!regs.some((r) => path.basename(r) === k)) throw new Error(`${regDir}/known-failures.json names ${k}, which is not there`);
-    if (regs.length) failures += await replayPhase(name, bundlePath, regs, known, isolation);
-    failures += await fuzzPhase(name, bundlePath, known, isolation);
-    console.log(`${project}/${name}: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }
   if (failures) {
     console.log(`${project}: ${failures} fuzz failure(s)`);

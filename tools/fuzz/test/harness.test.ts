@@ -19,8 +19,14 @@ export function fuzz(d: Buffer): void {
 }
 `;
 
+const made: string[] = [];
+afterAll(() => {
+  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
+});
+
 function project(files: Record<string, string>): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-fuzz-harness-test-'));
+  made.push(dir);
   for (const [f, text] of Object.entries({ 'fuzz/planted.fuzz.ts': PLANTED, ...files })) {
     fs.mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
     fs.writeFileSync(path.join(dir, f), text);
