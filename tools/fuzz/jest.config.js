@@ -1,0 +1,1 @@
+module.exports = { displayName: 'fuzz-harness', ...require('../../jest.preset.js')(__dirname) };
