@@ -15,7 +15,7 @@ import { VirtioBlkDevice } from '../../../plugins/virtio-blk/src/device';
 import { MemBackend } from '../../../tools/fuzz/src/mem-backend';
 import { settle } from '../../../tools/fuzz/src/virtio-input';
 import { Uart16550 } from '../src/devices/uart16550';
-import { checkMachine, MachineDescription } from '../src/migration/machine-state';
+import { checkMachine, MachineDescription, parseMachineDescription, parseSerialState } from '../src/migration/machine-state';
 import { applyRamSection } from '../src/migration/ram';
 import { ByteSource, checkSectionKnown, MigrationStreamError, parseJson, readHeader, readSection } from '../src/migration/stream';
 
@@ -89,7 +89,7 @@ export async function fuzz(data: Buffer): Promise<void> {
 
 async function load(data: Buffer): Promise<void> {
   const src = new BufferSource(data);
-  const ram: MemoryRegion = { slot: 0, guestPhysAddr: 0n, size: RAM_SIZE, fd: -1, hostAddress: 0n, bytes: new Uint8Array(RAM_SIZE), flags: 0 };
+  const ram: MemoryRegion = { slot: 0, guestPhysAddr: 0n, size: RAM_SIZE, fd: -1, hostAddress: 0n, pieces: [{ guestPhysAddr: 0, bytes: new Uint8Array(RAM_SIZE) }], flags: 0 };
   try {
     const format = await readHeader(src);
     for (let n = 0; n < 64; n++) {
@@ -98,15 +98,15 @@ async function load(data: Buffer): Promise<void> {
       if (kind === undefined) continue;
       if (kind === 'end') break;
       if (kind === 'ram') applyRamSection(s.payload, [ram]);
-      else if (kind === 'machine') checkMachine(parseJson<MachineDescription>(s), HERE);
+      else if (kind === 'machine') checkMachine(parseMachineDescription(parseJson(s)), HERE);
       else if (kind === 'serial') {
         try {
-          new Uart16550(() => undefined, () => undefined).loadState(parseJson<Record<string, unknown>>(s));
+          new Uart16550(() => undefined, () => undefined).loadState(parseSerialState(parseJson(s)));
         } catch (e) {
           if (isEngineError(e)) throw e;
         }
       } else if (kind === 'device') {
-        const d = parseJson<{ type: string; state: unknown }>(s);
+        const d = parseJson(s) as { type: string; state: unknown } | null;
         if (s.name === 'device/blk0' && d && d.type === 'virtio-blk') await loadDevice(d.state);
       } else if (kind === 'cpu' || kind === 'clock' || kind === 'source') parseJson(s);
     }

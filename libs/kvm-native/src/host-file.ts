@@ -35,7 +35,13 @@ export class FdWatch {
 
   start(): void {
     if (this.active) return;
-    this.w ??= makeWatcher(this.fd, this.onReadable);
+    this.w ??= makeWatcher(this.fd, (err) => {
+      // libuv reports POLLERR (e.g. a peer that hung up with data unread) as
+      // an error and stops the poll itself: the owner's next read sees the
+      // error (or EOF) and ends the connection, so hand it over as readable.
+      if (err) this.active = false;
+      this.onReadable();
+    });
     this.w.start();
     this.active = true;
   }
@@ -57,9 +63,6 @@ export class FdWatch {
   }
 }
 
-function makeWatcher(fd: number, cb: () => void) {
-  return new (loadNative().FdWatcher)(fd, (err) => {
-    if (err) throw err;
-    cb();
-  });
+function makeWatcher(fd: number, cb: (err: Error | undefined) => void) {
+  return new (loadNative().FdWatcher)(fd, (err) => cb(err ?? undefined));
 }
