@@ -10,6 +10,8 @@ const ROOT = path.resolve(__dirname, '../../..');
 const BIN = path.join(ROOT, 'apps/vhost-user-scsi/bin/vhost-user-scsi.js');
 const GUEST = path.join(ROOT, 'tools/guest-kit/build/guest.elf');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vus-qemu-'));
+// One test boots QEMU three times; on a loaded 2-CPU host (CI runs two suites at once) that can pass a minute.
+jest.setTimeout(180_000);
 
 const patternByte = (o: number, seed: number) => (Math.floor(o / 512) * 31 + (o % 512) * 7 + seed) & 0xff;
 
