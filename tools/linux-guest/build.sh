@@ -30,7 +30,7 @@ REQUIRED_Y=(
   PVH VIRTIO_PCI VIRTIO_BLK VIRTIO_NET SCSI_VIRTIO BLK_DEV_SD PCI_MSI
   SERIAL_8250_CONSOLE BLK_DEV_INITRD DEVTMPFS INET UNIX
   BLK_DEV BLOCK PCI PROC_FS SYSFS PRINTK TTY BINFMT_ELF BINFMT_SCRIPT
-  SERIAL_8250 NET PACKET SCSI 64BIT
+  SERIAL_8250 NET PACKET SCSI 64BIT EXT2_FS
 )
 REQUIRED_OFF=( SMP MODULES ACPI JUMP_LABEL LEGACY_PTYS PTP_1588_CLOCK_KVM )
 
@@ -171,7 +171,7 @@ build_initramfs() {
   [ -x "$bb" ] || die "/bin/busybox missing (busybox-static)"
   if command -v file >/dev/null && file -L "$bb" | grep -q "dynamically linked"; then die "$bb is not static"; fi
 
-  mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,etc,root,tests,lib}
+  mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,etc,root,tests,lib,mnt}
   chmod 1777 "$root/tmp"
   cp "$bb" "$root/bin/busybox"
   # Build-time applet links (saves the guest a --install at boot).
@@ -188,6 +188,17 @@ build_initramfs() {
   install -m 0644 "$HERE/initramfs/fstab" "$root/etc/fstab"
   local t
   for t in "$HERE"/initramfs/tests/*.sh; do install -m 0755 "$t" "$root/tests/"; done
+  # Guest helpers (initramfs/src/NAME.c -> /bin/NAME): freestanding, raw
+  # syscalls, no libc, so each is a few KiB (the guest unpacks the initramfs
+  # at ~10 s per MB; a static glibc binary would add ~0.8 MB).
+  local c
+  for c in "$HERE"/initramfs/src/*.c; do
+    [ -e "$c" ] || continue
+    gcc -Os -static -nostdlib -ffreestanding -fno-stack-protector -fno-pie -no-pie \
+        -fno-asynchronous-unwind-tables -fno-builtin -mno-red-zone -Wall -Werror -s \
+        -Wl,--build-id=none -o "$root/bin/$(basename "$c" .c)" "$c" \
+      || die "compiling $(basename "$c") failed"
+  done
   write_pattern "$root/pattern"
   "$bb" --list >"$root/etc/busybox.applets"
   printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
@@ -234,7 +245,7 @@ main() {
   ifiles=( "$SELF" "${ifiles[@]}" )
   local khash ihash hash
   khash="$(hash_inputs "kernel|$ksrc_ver|gcc $gcc_ver" "${kfiles[@]}")"
-  ihash="$(hash_inputs "initramfs|$bb_ver" "${ifiles[@]}")"
+  ihash="$(hash_inputs "initramfs|$bb_ver|gcc $gcc_ver" "${ifiles[@]}")"
   hash="$(printf '%s %s\n' "$khash" "$ihash" | sha256sum | cut -c1-16)"
 
   local kdir="$CACHE/kernel-$khash" idir="$CACHE/initramfs-$ihash" odir="$CACHE/$hash"

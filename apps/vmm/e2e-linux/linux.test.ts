@@ -5,7 +5,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
 import { QmpClient } from '@tsvmm/testing';
-import { canUseTap, expectGuestPass, LinuxRun, ROOT, runLinux, TapNetns } from './linux';
+import { canUseTap, checkExt2Image, expectGuestPass, ioPattern, LinuxRun, ROOT, runLinux, TapNetns } from './linux';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-linux-'));
 const NETNS_PREFIX = 'vmmlx';
@@ -13,6 +13,29 @@ const NETNS_PREFIX = 'vmmlx';
 /** The guest's /pattern (64 KiB): byte i = (i + (i >> 8) * 37 + 0x5a) & 0xff, as tools/linux-guest/build.sh writes it. */
 function guestPattern(): Buffer {
   return Buffer.from(Array.from({ length: 65536 }, (_, i) => (i + (i >> 8) * 37 + 0x5a) & 0xff));
+}
+
+/**
+ * The guest's big_dio lines for DEV: seg_max (254 here) segments per request,
+ * and the 1 MiB and 4 MiB requests, each page its own segment, went out in
+ * as few requests as those limits allow (so each carried up to 254 segments).
+ */
+function expectBigDio(out: string, dev: string): void {
+  const limits = new RegExp(`linux-guest: note ${dev} queue max_segments=(\\d+) max_sectors_kb=(\\d+)`).exec(out);
+  expect(limits).not.toBeNull();
+  const maxSegments = Number(limits![1]);
+  expect(maxSegments).toBe(254); // the device's seg_max (queue size - 2)
+  for (const op of ['write', 'read'])
+    for (const bytes of [2 ** 20, 4 * 2 ** 20]) {
+      const pages = bytes / 4096;
+      const m = new RegExp(`linux-guest: dio ${op} dev=${dev} offset=${bytes} bytes=${bytes} iovecs=${pages} segments=(\\d+) requests=(\\d+) sectors=(\\d+)`).exec(out);
+      expect(m).not.toBeNull();
+      const [segments, requests, sectors] = [Number(m![1]), Number(m![2]), Number(m![3])];
+      expect(segments).toBe(pages); // no two pages physically adjacent
+      expect(sectors).toBe(bytes / 512);
+      // Linux's direct I/O builds bios of at most 256 pages and splits each at max_segments.
+      expect(requests).toBe(Math.ceil(pages / 256) * Math.ceil(256 / maxSegments));
+    }
 }
 
 describeKvm('Linux guest', () => {
@@ -24,36 +47,67 @@ describeKvm('Linux guest', () => {
     expect(r.err).toContain('guest requested a reset');
   });
 
-  it.each(['on', 'off'])('virtio-blk (ioeventfd=%s): virtio_blk binds with MSI-X, O_DIRECT pattern round trip, discard, flush', async (ioeventfd) => {
+  // Both boots also send 1 MiB and 4 MiB O_DIRECT requests from scattered pages; the ioeventfd=on one
+  // also runs the ext2 workload on a second disk.
+  it.each(['on', 'off'])('virtio-blk (ioeventfd=%s): virtio_blk binds with MSI-X, O_DIRECT pattern round trip, discard, flush, 1 MiB and 4 MiB O_DIRECT requests of seg_max segments', async (ioeventfd) => {
     const img = path.join(tmp, `vda-${ioeventfd}.img`);
     fs.writeFileSync(img, Buffer.alloc(4 * 2 ** 20, 0xee));
-    const r = await runLinux('virtio-blk', { args: ['--device', `virtio-blk,id=d0,file=${img},ioeventfd=${ioeventfd}`] });
+    fs.truncateSync(img, 8 * 2 ** 20); // the rest sparse
+    const withFs = ioeventfd === 'on';
+    const fsImg = path.join(tmp, 'vdb-ext2.img');
+    const args = ['--device', `virtio-blk,id=d0,file=${img},ioeventfd=${ioeventfd}`];
+    if (withFs) {
+      fs.writeFileSync(fsImg, '');
+      fs.truncateSync(fsImg, 16 * 2 ** 20); // sparse
+      args.push('--device', `virtio-blk,id=d1,file=${fsImg},ioeventfd=${ioeventfd}`);
+    }
+    const r = await runLinux('virtio-blk', { args, params: `tsvmm.dio=1${withFs ? ' tsvmm.fs=vdb' : ''}` });
     expectGuestPass(r, 'virtio-blk');
     expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-req\.0/);
     expect(r.out).toContain('blkdiscard ok');
+    expectBigDio(r.out, 'vda');
     const data = fs.readFileSync(img);
+    expect(data.length).toBe(8 * 2 ** 20);
     expect(data.subarray(0, 65536).equals(guestPattern())).toBe(true);
     expect(data.subarray(65536, 131072).every((b) => b === 0)).toBe(true); // discarded
     expect(data[131072]).toBe(0xee);
+    expect(data.subarray(2 ** 20, 2 * 2 ** 20).equals(ioPattern(2 ** 20, 2 ** 20, 1))).toBe(true);
+    expect(data[2 * 2 ** 20]).toBe(0xee);
+    expect(data.subarray(4 * 2 ** 20, 8 * 2 ** 20).equals(ioPattern(4 * 2 ** 20, 4 * 2 ** 20, 4))).toBe(true);
+    if (withFs) {
+      expect(r.out).toContain('linux-guest: note ext2 ok dev=vdb files=3');
+      checkExt2Image(fsImg);
+    }
   });
 
-  it('virtio-scsi: virtio_scsi + sd find both LUNs with their sizes, vendor, model and serials; O_DIRECT pattern round trip', async () => {
+  it('virtio-scsi: virtio_scsi + sd find the LUNs with their sizes, vendor, model and serials; O_DIRECT pattern round trip; 1 MiB and 4 MiB O_DIRECT requests from scattered pages; ext2 that e2fsck finds clean', async () => {
     const a = path.join(tmp, 'scsi-a.img');
     const b = path.join(tmp, 'scsi-b.img');
+    const c = path.join(tmp, 'scsi-c-ext2.img');
     fs.writeFileSync(a, Buffer.alloc(8 * 2 ** 20, 0xee));
     fs.writeFileSync(b, Buffer.alloc(2 * 2 ** 20, 0x11));
+    fs.writeFileSync(c, '');
+    fs.truncateSync(c, 16 * 2 ** 20); // sparse
     const r = await runLinux('scsi', {
       args: ['--device', 'virtio-scsi,id=scsi0', '--device', `scsi-hd,bus=scsi0,lun=0,file=${a},serial=LINUX-A`,
-        '--device', `scsi-hd,bus=scsi0,lun=3,file=${b},readonly=on,serial=LINUX-B`],
+        '--device', `scsi-hd,bus=scsi0,lun=3,file=${b},readonly=on,serial=LINUX-B`, '--device', `scsi-hd,bus=scsi0,lun=5,file=${c},serial=LINUX-C`],
+      params: 'tsvmm.dio=1 tsvmm.fs=sdc',
     });
     expectGuestPass(r, 'scsi');
     expect(r.out).toContain("linux-guest: scsi-disk dev=sda hctl=0:0:0:0 sectors=16384 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-A'");
     expect(r.out).toContain("linux-guest: scsi-disk dev=sdb hctl=0:0:0:3 sectors=4096 ro=1 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-B'");
+    expect(r.out).toContain("linux-guest: scsi-disk dev=sdc hctl=0:0:0:5 sectors=32768 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-C'");
     expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-request/);
+    expectBigDio(r.out, 'sda');
+    expect(r.out).toContain('linux-guest: note ext2 ok dev=sdc files=3');
     const data = fs.readFileSync(a);
     expect(data.subarray(0, 65536).equals(guestPattern())).toBe(true);
     expect(data[65536]).toBe(0xee);
+    expect(data.subarray(2 ** 20, 2 * 2 ** 20).equals(ioPattern(2 ** 20, 2 ** 20, 1))).toBe(true);
+    expect(data[2 * 2 ** 20]).toBe(0xee);
+    expect(data.subarray(4 * 2 ** 20, 8 * 2 ** 20).equals(ioPattern(4 * 2 ** 20, 4 * 2 ** 20, 4))).toBe(true);
     expect(fs.readFileSync(b).every((x) => x === 0x11)).toBe(true);
+    checkExt2Image(c);
   });
 
   it('vhost-scsi (backend=user): Linux finds the LUNs the vhost-user-scsi back-end serves; the pattern lands through the back-end', async () => {

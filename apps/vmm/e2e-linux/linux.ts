@@ -1,5 +1,5 @@
 /** Booting tools/linux-guest's kernel and busybox initramfs on the `vmm` binary. */
-import { execFile, execFileSync, spawn } from 'child_process';
+import { execFile, execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 
@@ -142,4 +142,41 @@ export function canUseTap(): boolean {
 function hostPing(): string[] {
   for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) if (dir && fs.existsSync(path.join(dir, 'ping'))) return [path.join(dir, 'ping')];
   return fs.existsSync('/bin/busybox') ? ['/bin/busybox', 'ping'] : [];
+}
+
+/**
+ * tools/linux-guest's tsvmm-io pattern: the little-endian 32-bit word at byte
+ * offset o (of the disk for `dio`, of the file for `fill`) is
+ * ((o / 4 + 1) * 0x9E3779B1 mod 2^32) ^ seed.  `offset` is a multiple of 4.
+ */
+export function ioPattern(offset: number, bytes: number, seed: number): Buffer {
+  const b = Buffer.alloc(bytes + 3);
+  for (let o = 0; o < bytes; o += 4) b.writeUInt32LE((Math.imul((offset + o) / 4 + 1, 0x9e3779b1) ^ seed) >>> 0, o);
+  return b.subarray(0, bytes);
+}
+
+/** What the guest's fs_workload leaves on its ext2 disk: path, size, tsvmm-io seed. */
+export const EXT2_FILES: [string, number, number][] = [['/small', 5000, 11], ['/dir/medium', 300000, 12], ['/big', 3 * 2 ** 20, 13]];
+
+/**
+ * Checks an image the guest's fs_workload wrote, with the host's e2fsprogs:
+ * `e2fsck -fn` finds nothing (exit 0), the superblock says cleanly unmounted,
+ * and every file (read with debugfs) holds its pattern.  Throws with the tool
+ * output otherwise.
+ */
+export function checkExt2Image(img: string): void {
+  const run = (cmd: string, args: string[]) => {
+    const r = spawnSync(cmd, args, { maxBuffer: 64 * 2 ** 20, env: { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } });
+    if (r.error) throw new Error(`${cmd}: ${r.error.message} (e2fsprogs installed?)`);
+    return r;
+  };
+  const fsck = run('e2fsck', ['-fn', img]);
+  if (fsck.status !== 0) throw new Error(`e2fsck -fn ${img} exited ${fsck.status}:\n${fsck.stdout}${fsck.stderr}`);
+  const sb = run('dumpe2fs', ['-h', img]).stdout.toString();
+  if (!/^Filesystem state:\s+clean$/m.test(sb)) throw new Error(`${img} was not cleanly unmounted:\n${sb}`);
+  for (const [file, size, seed] of EXT2_FILES) {
+    const cat = run('debugfs', ['-R', `cat ${file}`, img]);
+    if (cat.status !== 0 || !cat.stdout.equals(ioPattern(0, size, seed)))
+      throw new Error(`${file} in ${img}: ${cat.stdout.length} bytes, expected ${size} bytes of pattern seed ${seed}\n${cat.stderr}`);
+  }
 }

@@ -1,6 +1,9 @@
 # virtio-blk: driver bound, interrupts, O_DIRECT pattern round trip, discard.
 # Disk: at least 64 KiB (128 KiB to also exercise discard); its first 64 KiB
 # are overwritten with /pattern and left there for the host to check.
+# tsvmm.dio=1: also 1 MiB and 4 MiB O_DIRECT requests from scattered pages
+# (big_dio; the disk must be >= 8 MiB).  tsvmm.fs=DEV: also the ext2 workload
+# (fs_workload) on the whole of /dev/DEV (e.g. a second disk, vdb).
 dev=${tsvmm_blk:-vda}
 [ -e "/sys/block/$dev" ] || fail "no /sys/block/$dev"
 driver_of "/sys/block/$dev/device"
@@ -24,5 +27,7 @@ if command -v blkdiscard >/dev/null; then
 else
 	note "blkdiscard-missing"
 fi
+[ -n "${tsvmm_dio:-}" ] && big_dio "$dev"
+[ -n "${tsvmm_fs:-}" ] && fs_workload "$tsvmm_fs"
 sync
 pass "dev=$dev"
