@@ -61,7 +61,7 @@ describeKvm('Linux guest', () => {
       fs.truncateSync(fsImg, 16 * 2 ** 20); // sparse
       args.push('--device', `virtio-blk,id=d1,file=${fsImg},ioeventfd=${ioeventfd}`);
     }
-    const r = await runLinux('virtio-blk', { args, params: `tsvmm.dio=1${withFs ? ' tsvmm.fs=vdb' : ''}` });
+    const r = await runLinux('virtio-blk', { args, params: `tsvmm.dio=1${withFs ? ' tsvmm.fs=vdb' : ''}`, timeoutMs: 540_000 });
     expectGuestPass(r, 'virtio-blk');
     expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-req\.0/);
     expect(r.out).toContain('blkdiscard ok');
@@ -78,7 +78,7 @@ describeKvm('Linux guest', () => {
       expect(r.out).toContain('linux-guest: note ext2 ok dev=vdb files=3');
       checkExt2Image(fsImg);
     }
-  });
+  }, 600_000);
 
   it('virtio-scsi: virtio_scsi + sd find the LUNs with their sizes, vendor, model and serials; O_DIRECT pattern round trip; 1 MiB and 4 MiB O_DIRECT requests from scattered pages; ext2 that e2fsck finds clean', async () => {
     const a = path.join(tmp, 'scsi-a.img');
@@ -92,6 +92,7 @@ describeKvm('Linux guest', () => {
       args: ['--device', 'virtio-scsi,id=scsi0', '--device', `scsi-hd,bus=scsi0,lun=0,file=${a},serial=LINUX-A`,
         '--device', `scsi-hd,bus=scsi0,lun=3,file=${b},readonly=on,serial=LINUX-B`, '--device', `scsi-hd,bus=scsi0,lun=5,file=${c},serial=LINUX-C`],
       params: 'tsvmm.dio=1 tsvmm.fs=sdc',
+      timeoutMs: 540_000,
     });
     expectGuestPass(r, 'scsi');
     expect(r.out).toContain("linux-guest: scsi-disk dev=sda hctl=0:0:0:0 sectors=16384 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-A'");
@@ -108,7 +109,7 @@ describeKvm('Linux guest', () => {
     expect(data.subarray(4 * 2 ** 20, 8 * 2 ** 20).equals(ioPattern(4 * 2 ** 20, 4 * 2 ** 20, 4))).toBe(true);
     expect(fs.readFileSync(b).every((x) => x === 0x11)).toBe(true);
     checkExt2Image(c);
-  });
+  }, 600_000);
 
   it('vhost-scsi (backend=user): Linux finds the LUNs the vhost-user-scsi back-end serves; the pattern lands through the back-end', async () => {
     const a = path.join(tmp, 'vu-a.img');
