@@ -223,14 +223,15 @@ static int scatter(int pmfd, struct iovec *iov, u64 pages, u64 *segments)
 	if (r != (i64)np * 8)
 		return error("pread", "/proc/self/pagemap", r);
 	u64 pfn_mask = (1UL << 55) - 1, last = 0, n = 0;
+	/* Virtual order: the frames follow the shuffled fault order, not this one. */
 	for (u32 i = 0; i < np && n < pages; i++) {
-		u64 e = pagemap[order[i]];
+		u64 e = pagemap[i];
 		u64 pfn = e & pfn_mask;
 		if (!(e >> 63) || !pfn)
 			return error("pagemap", "no frame number (needs CAP_SYS_ADMIN)", (i64)i);
 		if (n && pfn == last + 1)
 			continue; /* would merge with the previous iovec */
-		iov[n].base = pool + (u64)order[i] * PAGE;
+		iov[n].base = pool + (u64)i * PAGE;
 		iov[n].len = PAGE;
 		last = pfn;
 		n++;
