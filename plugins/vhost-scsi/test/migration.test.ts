@@ -5,7 +5,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { checkScsiLoopImage, migrateAndWait, QmpClient, qmpConnect, startVmm, VmmProc, waitGuestHolding, waitUntil } from '@tsvmm/testing';
+import { checkScsiLoopImage, QmpClient, qmpConnect, startVmm, VmmProc, waitGuestHolding, waitUntil } from '@tsvmm/testing';
 import { Backend, image, requireBuilt, startBackend, tmp, uniq } from './harness';
 
 // No delay between rounds: the back-end writes guest memory all through the migration.
@@ -34,6 +34,33 @@ async function client(p: VmmProc): Promise<QmpClient> {
   return c;
 }
 
+const marks = async (b: Backend) => ((await b.stats()) as unknown as { 'dirty-log': { marks: number } })['dirty-log'].marks;
+
+/**
+ * Migrates with the live phase held open until back-end `b` has logged guest
+ * writes: max-bandwidth 1 byte/s holds the first RAM pass after its first
+ * run of pages while the guest runs its loop, then the limit is lifted. The
+ * whole pass is a few hundred KiB (RAM never written is skipped) and takes
+ * less than one round of the guest's loop: without the hold the back-end
+ * would have had nothing to log, and the test would not check the log.
+ */
+async function migrateHeldUntilLogged(s: QmpClient, b: Backend, uri: string): Promise<Record<string, unknown>> {
+  await s.run('migrate-set-parameters', { 'max-bandwidth': 1 });
+  await s.run('migrate', { uri });
+  for (;;) {
+    const st = (await s.run('query-migrate')) as Record<string, unknown>;
+    if (st.status !== 'active' && st.status !== 'setup') throw new Error(`the migration ended (${String(st.status)}) before back-end A logged a write`);
+    if ((await marks(b)) > 0) break;
+    await new Promise((res) => setTimeout(res, 10));
+  }
+  await s.run('migrate-set-parameters', { 'max-bandwidth': 0 });
+  for (;;) {
+    const st = (await s.run('query-migrate')) as Record<string, unknown>;
+    if (st.status === 'completed' || st.status === 'failed' || st.status === 'cancelled') return st;
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}
+
 const lunWrites = async (b: Backend) => ((await b.stats()).device as { luns: Record<string, { writes: number }> }).luns['0'].writes;
 
 describeKvm('vhost-scsi,backend=user live migration', () => {
@@ -59,7 +86,7 @@ describeKvm('vhost-scsi,backend=user live migration', () => {
     await waitUntil('destination listening', () => fs.existsSync(incoming));
     const s = await client(src);
     const t0 = Date.now();
-    const r = await migrateAndWait(s, `unix:${incoming}`);
+    const r = await migrateHeldUntilLogged(s, a, `unix:${incoming}`);
     if (r.status !== 'completed') throw new Error(`migration ${String(r.status)}: ${String(r['error-desc'])}\n${src.err()}\n${dst.err()}`);
     console.log(`vhost-scsi (backend=user) live migration: total ${Date.now() - t0} ms, downtime ${String(r.downtime)} ms, ` +
       `dirty syncs ${String((r.ram as Record<string, number>)['dirty-sync-count'])}`);
