@@ -200,7 +200,10 @@ describeKvm('migration refused up front', () => {
     expect(await s.run('query-status')).toMatchObject({ status: 'running' });
     expect(await s.run('query-migrate')).toEqual({});
     await s.run('human-monitor-command', { 'command-line': 'migrate_set_downtime 0.05' });
-    expect(await s.run('query-migrate-parameters')).toMatchObject({ 'downtime-limit': 50 });
+    expect(await s.run('query-migrate-parameters')).toMatchObject({ 'downtime-limit': 50, 'max-bandwidth': 0 });
+    await s.run('migrate-set-parameters', { 'max-bandwidth': 1 << 20 });
+    expect(await s.run('query-migrate-parameters')).toMatchObject({ 'downtime-limit': 50, 'max-bandwidth': 1 << 20 });
+    expect((await s.execute('migrate-set-parameters', { 'max-bandwidth': -1 })).error).toMatchObject({ desc: expect.stringMatching(/'max-bandwidth' expects bytes per second/) });
     await until('guest PASS', () => src.out().includes('guest-kit: holding'));
     s.close();
   }, 60_000);

@@ -32,6 +32,12 @@ export interface MigrationParameters {
   downtimeLimit: number;
   /** Passes over dirty pages before the VMM stops the VM anyway. */
   maxPasses: number;
+  /**
+   * Bytes per second the passes made while the guest runs may send (QEMU's
+   * max-bandwidth); 0: no limit (the default). The stop-and-copy is never
+   * limited. A change takes effect at once, also in a running migration.
+   */
+  maxBandwidth: number;
 }
 
 export interface MigrationInfo {
@@ -82,7 +88,7 @@ function fileSink(fd: number): Sink {
 }
 
 export class MigrationManager {
-  readonly params: MigrationParameters = { downtimeLimit: 300, maxPasses: MAX_PASSES };
+  readonly params: MigrationParameters = { downtimeLimit: 300, maxPasses: MAX_PASSES, maxBandwidth: 0 };
   info: MigrationInfo = MigrationManager.emptyInfo('none');
   private abortReason: string | undefined;
   private socket: net.Socket | undefined;
@@ -194,7 +200,7 @@ export class MigrationManager {
       // Pass 1: everything (zero pages left out: the destination's RAM starts zeroed).
       let passStart = Date.now();
       let passBytes = ram.transferred;
-      await this.sendRam(sink, undefined, ram, true, check);
+      await this.sendRam(sink, undefined, ram, true, check, true);
       let dirty = new Map<number, Uint8Array>();
       let lastSent = ram.normal; // pages the previous pass sent
       for (let pass = 1; ; pass++) {
@@ -219,7 +225,7 @@ export class MigrationManager {
         passStart = Date.now();
         passBytes = ram.transferred;
         const before = ram.normal + ram.duplicate;
-        await this.sendRam(sink, dirty, ram, false, check);
+        await this.sendRam(sink, dirty, ram, false, check, true);
         lastSent = ram.normal + ram.duplicate - before;
       }
 
@@ -322,8 +328,12 @@ export class MigrationManager {
     }
   }
 
-  private async sendRam(sink: Sink, bitmaps: Map<number, Uint8Array> | undefined, counters: RamCounters, skipZero: boolean, check?: () => void): Promise<void> {
+  private async sendRam(
+    sink: Sink, bitmaps: Map<number, Uint8Array> | undefined, counters: RamCounters, skipZero: boolean, check?: () => void, limited = false,
+  ): Promise<void> {
     const out = new RamSectionBuilder(counters);
+    const start = Date.now();
+    const startBytes = counters.transferred;
     for (const r of this.machine.vm.memoryRegions) {
       const bm = bitmaps ? bitmaps.get(r.slot) : undefined;
       if (bitmaps && !bm) continue;
@@ -331,12 +341,30 @@ export class MigrationManager {
         check?.();
         const parts = out.take();
         if (parts.length) await sink.write(parts);
+        if (limited) await this.throttle(start, counters.transferred - startBytes, check);
         // Let the event loop run: vCPU exits and device I/O are served on this thread.
         await new Promise((res) => setImmediate(res));
       });
     }
     out.flush();
     await sink.write(out.take());
+    if (limited) await this.throttle(start, counters.transferred - startBytes, check);
+  }
+
+  /**
+   * max-bandwidth: waits until `sent` bytes since `start` are within the
+   * limit. Re-reads the limit every few ms, so raising or clearing it while
+   * a migration runs takes effect at once.
+   */
+  private async throttle(start: number, sent: number, check?: () => void): Promise<void> {
+    for (;;) {
+      const bps = this.params.maxBandwidth;
+      if (bps <= 0) return;
+      const wait = (sent * 1000) / bps - (Date.now() - start);
+      if (wait <= 0) return;
+      await new Promise((res) => setTimeout(res, Math.min(wait, 20)));
+      check?.();
+    }
   }
 
   private async drainDevices(): Promise<void> {

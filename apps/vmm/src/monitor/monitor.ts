@@ -354,21 +354,25 @@ export class Monitor {
       },
     });
     c.add({
-      name: 'migrate-set-parameters', args: { 'downtime-limit': { type: 'int', optional: true }, 'x-max-passes': { type: 'int', optional: true } },
-      help: 'migration parameters: downtime-limit (ms), x-max-passes',
+      name: 'migrate-set-parameters',
+      args: { 'downtime-limit': { type: 'int', optional: true }, 'x-max-passes': { type: 'int', optional: true }, 'max-bandwidth': { type: 'int', optional: true } },
+      help: 'migration parameters: downtime-limit (ms), x-max-passes, max-bandwidth (bytes/s, 0: no limit)',
       run: (a) => {
         const d = a['downtime-limit'] as number | undefined;
         const p = a['x-max-passes'] as number | undefined;
+        const b = a['max-bandwidth'] as number | undefined;
         if (d !== undefined && (d < 0 || d > 2000000)) throw new CommandError("Parameter 'downtime-limit' expects an integer in the range of 0 to 2000000 milliseconds");
         if (p !== undefined && (p < 1 || p > 1000)) throw new CommandError("Parameter 'x-max-passes' expects 1 to 1000");
+        if (b !== undefined && (b < 0 || !Number.isSafeInteger(b))) throw new CommandError("Parameter 'max-bandwidth' expects bytes per second, 0 (no limit) or more");
         if (d !== undefined) mig.params.downtimeLimit = d;
         if (p !== undefined) mig.params.maxPasses = p;
+        if (b !== undefined) mig.params.maxBandwidth = b;
         return {};
       },
     });
     c.add({
       name: 'query-migrate-parameters', args: {}, help: 'the migration parameters',
-      run: () => ({ 'downtime-limit': mig.params.downtimeLimit, 'x-max-passes': mig.params.maxPasses }),
+      run: () => ({ 'downtime-limit': mig.params.downtimeLimit, 'x-max-passes': mig.params.maxPasses, 'max-bandwidth': mig.params.maxBandwidth }),
     });
   }
 
