@@ -9,6 +9,7 @@ module.exports = (projectDir) => ({
   moduleNameMapper: {
     '^@tsvmm/virtio-core/testing$': path.join(__dirname, 'libs/virtio-core/src/testing.ts'),
     '^@tsvmm/kvm-native/testing$': path.join(__dirname, 'libs/kvm-native/src/testing.ts'),
+    '^@tsvmm/testing/fuzz$': path.join(__dirname, 'libs/testing/src/fuzz/index.ts'),
     '^@tsvmm/(kvm-native|virtio-core|pci|block|scsi|virtio-scsi-core|vhost-user|testing)$': path.join(__dirname, 'libs/$1/src/index.ts'),
   },
   testMatch: ['<rootDir>/src/**/*.test.ts', '<rootDir>/test/**/*.test.ts'],

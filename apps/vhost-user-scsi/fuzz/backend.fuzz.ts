@@ -2,7 +2,7 @@
  * The vhost-user-scsi back-end (VhostUserScsiServer, a real unix socket) fed
  * the input as a front-end's message stream. Before the messages, guest
  * memory: a u16 length L and L bytes copied to the start of a 64 KiB memfd
- * (ring layout of tools/fuzz/src/virtio-input.ts). SET_MEM_TABLE and
+ * (ring layout of libs/testing/src/fuzz/virtio-input.ts). SET_MEM_TABLE and
  * SET_LOG_BASE messages carry that memfd (once per region claimed), and
  * SET_VRING_KICK/CALL/ERR without the no-fd bit carry a fresh eventfd; the
  * kick eventfds are kicked after the last message. Then the front-end reads
@@ -20,7 +20,7 @@ import * as path from 'path';
 import { closeFd, createSharedMemory, dupFd, EventFd, UnixSocket } from '@tsvmm/kvm-native';
 import { ScsiDisk, ScsiTarget } from '@tsvmm/scsi';
 import { HEADER_SIZE, VhostUserRequest as R, VRING_NOFD_MASK } from '@tsvmm/vhost-user';
-import { MemBackend } from '../../../tools/fuzz/src/mem-backend';
+import { MemBackend } from '@tsvmm/testing/fuzz';
 import { VhostUserScsiServer } from '../src/server';
 
 export const maxLen = 8192;

@@ -2,7 +2,7 @@
 import {
   encodeLogDescription, encodeMemTable, encodeMessage, encodeVringAddr, encodeVringState, FLAG_NEED_REPLY, u64Payload, VhostUserRequest as R,
 } from '@tsvmm/vhost-user';
-import { AVAIL, DATA, DESC, HEADER, seedInput, USED } from '../../../tools/fuzz/src/virtio-input';
+import { AVAIL, DATA, DESC, HEADER, seedInput, USED } from '@tsvmm/testing/fuzz';
 import { MEM_SIZE } from './backend.fuzz';
 
 const UA = 0x7f0000000000n;

@@ -2,7 +2,7 @@
 import { GuestMemory, virtioUapi as V } from '@tsvmm/virtio-core';
 import { MockDriverQueue } from '@tsvmm/virtio-core/testing';
 import { VirtioBlkDevice } from '../../../plugins/virtio-blk/src/device';
-import { MemBackend } from '../../../tools/fuzz/src/mem-backend';
+import { MemBackend } from '@tsvmm/testing/fuzz';
 import { Uart16550 } from '../src/devices/uart16550';
 import { encodeHeader, encodeSection, jsonPayload, SECTION_OPTIONAL } from '../src/migration/stream';
 import { HERE, RAM_SIZE } from './stream.fuzz';

@@ -1,12 +1,12 @@
 /**
  * The split virtqueue walker against guest memory built from the input
- * (layout: tools/fuzz/src/virtio-input.ts). A QueueError is the expected
+ * (layout: libs/testing/src/fuzz/virtio-input.ts). A QueueError is the expected
  * answer to a malformed ring; anything thrown is a crash, and so is a chain
  * that breaks what readChain promises (every buffer in RAM, readable before
  * writable, lengths adding up, no more descriptors than the table holds).
  */
 import { describeQueueError, GuestMemoryError, SplitVirtqueue } from '@tsvmm/virtio-core';
-import { guestFromInput, programQueue } from '../../../tools/fuzz/src/virtio-input';
+import { guestFromInput, programQueue } from '@tsvmm/testing/fuzz';
 
 export const maxLen = 0x3000;
 

@@ -1,6 +1,6 @@
 // Seed inputs for virtqueue.fuzz.ts (written by `node tools/fuzz/src/make-seeds.js libs/virtio-core`).
 import { virtioUapi as V } from '@tsvmm/virtio-core';
-import { DATA, seedInput } from '../../../tools/fuzz/src/virtio-input';
+import { DATA, seedInput } from '@tsvmm/testing/fuzz';
 
 export function seeds(): Record<string, Uint8Array> {
   return {

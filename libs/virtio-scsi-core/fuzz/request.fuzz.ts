@@ -1,6 +1,6 @@
 /**
  * virtio-scsi's control, event and request queues against guest memory built
- * from the input (layout: tools/fuzz/src/virtio-input.ts), with two SCSI
+ * from the input (layout: libs/testing/src/fuzz/virtio-input.ts), with two SCSI
  * disks on in-memory backends (LUN 0 read-write, LUN 1 read-only with 4 KiB
  * blocks). A guest mistake may break the device or earn a SCSI/virtio error
  * response; a throw, an unhandled rejection, a disk asked for bytes beyond
@@ -14,8 +14,8 @@ import { ScsiDisk } from '@tsvmm/scsi';
 import { GuestMemoryError } from '@tsvmm/virtio-core';
 import { VirtioScsiDevice } from '../src/device';
 import * as S from '../src/generated/virtio-scsi-uapi';
-import { MemBackend } from '../../../tools/fuzz/src/mem-backend';
-import { bringUp, guestFromInput, settle, strictLog } from '../../../tools/fuzz/src/virtio-input';
+import { MemBackend } from '@tsvmm/testing/fuzz';
+import { bringUp, guestFromInput, settle, strictLog } from '@tsvmm/testing/fuzz';
 
 export const maxLen = 0x3000;
 export const CONFIG = 0x3f00;

@@ -1,6 +1,6 @@
 // Seed inputs for request.fuzz.ts (written by `node tools/fuzz/src/make-seeds.js libs/virtio-scsi-core`).
 import type { GuestMemory } from '@tsvmm/virtio-core';
-import { DATA, seedInput } from '../../../tools/fuzz/src/virtio-input';
+import { DATA, seedInput } from '@tsvmm/testing/fuzz';
 import * as S from '../src/generated/virtio-scsi-uapi';
 import { CONFIG } from './request.fuzz';
 

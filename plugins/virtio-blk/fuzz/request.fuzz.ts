@@ -1,6 +1,6 @@
 /**
  * virtio-blk request handling against guest memory built from the input
- * (layout: tools/fuzz/src/virtio-input.ts) and a 64 KiB in-memory disk. A
+ * (layout: libs/testing/src/fuzz/virtio-input.ts) and a 64 KiB in-memory disk. A
  * guest mistake may break the device (needs-reset) or earn an error status;
  * a throw, an unhandled rejection, or the device asking the backend for
  * bytes beyond the disk (logged as a host I/O error) is a crash.
@@ -10,8 +10,8 @@
  */
 import { GuestMemoryError } from '@tsvmm/virtio-core';
 import { VirtioBlkDevice } from '../src/device';
-import { bringUp, guestFromInput, settle, strictLog } from '../../../tools/fuzz/src/virtio-input';
-import { MemBackend } from '../../../tools/fuzz/src/mem-backend';
+import { bringUp, guestFromInput, settle, strictLog } from '@tsvmm/testing/fuzz';
+import { MemBackend } from '@tsvmm/testing/fuzz';
 
 export const maxLen = 0x3000;
 const DISK = 64 * 1024;

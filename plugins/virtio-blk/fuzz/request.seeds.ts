@@ -1,7 +1,7 @@
 // Seed inputs for request.fuzz.ts (written by `node tools/fuzz/src/make-seeds.js plugins/virtio-blk`).
 import { MockDriverQueue } from '@tsvmm/virtio-core/testing';
 import type { GuestMemory } from '@tsvmm/virtio-core';
-import { DATA, seedInput } from '../../../tools/fuzz/src/virtio-input';
+import { DATA, seedInput } from '@tsvmm/testing/fuzz';
 import * as B from '../src/generated/virtio-blk-uapi';
 
 function hdr(mem: GuestMemory, at: number, type: number, sector: number): void {

@@ -1,6 +1,6 @@
 /**
  * virtio-net's receive, transmit and control queues against guest memory
- * built from the input (layout: tools/fuzz/src/virtio-input.ts) and a fake
+ * built from the input (layout: libs/testing/src/fuzz/virtio-input.ts) and a fake
  * TAP. A guest mistake may break the device (needs-reset) or drop a frame;
  * a throw or unhandled rejection is a crash, and so is a transmitted frame
  * that is not exactly the chain's readable bytes.
@@ -15,7 +15,7 @@ import { GuestMemoryError } from '@tsvmm/virtio-core';
 import type { Tap } from '../src/backend/tap';
 import { VirtioNetDevice } from '../src/device';
 import * as N from '../src/generated/virtio-net-uapi';
-import { bringUp, guestFromInput, programQueue, settle, strictLog } from '../../../tools/fuzz/src/virtio-input';
+import { bringUp, guestFromInput, programQueue, settle, strictLog } from '@tsvmm/testing/fuzz';
 
 export const maxLen = 0x3000;
 export const FRAMES = 0x3f00;

@@ -1,5 +1,5 @@
 // Seed inputs for queues.fuzz.ts (written by `node tools/fuzz/src/make-seeds.js plugins/virtio-net`).
-import { DATA, seedInput } from '../../../tools/fuzz/src/virtio-input';
+import { DATA, seedInput } from '@tsvmm/testing/fuzz';
 import * as N from '../src/generated/virtio-net-uapi';
 import { FRAMES } from './queues.fuzz';
 
