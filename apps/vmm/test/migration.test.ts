@@ -44,6 +44,9 @@ describeKvm('live migration', () => {
       expect(r.downtime).toEqual(expect.any(Number));
       expect((r.ram as Record<string, number>)['dirty-sync-count']).toBeGreaterThanOrEqual(2);
       expect(await s.run('query-status')).toMatchObject({ status: 'postmigrate', running: false });
+      // The source announced that its guest stopped for the last copy, once, and never resumed.
+      expect(s.messages.filter((m) => m.event === 'STOP')).toHaveLength(1);
+      expect(s.messages.filter((m) => m.event === 'RESUME')).toHaveLength(0);
       await until('destination PASS', () => dst.out().includes('guest-kit: holding'));
       expect(dst.out()).toContain('mig-blk-loop done writes=60');
       expect(await d.run('query-status')).toMatchObject({ status: 'running', running: true });

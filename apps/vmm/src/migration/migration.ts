@@ -236,6 +236,8 @@ export class MigrationManager {
       if (wasRunning) {
         await machine.pause();
         paused = true;
+        // As QEMU's source: STOP when the guest stops for the last copy (RESUME follows if the migration fails).
+        this.event('STOP');
       }
       await this.drainDevices();
       const last = await this.syncDirty(regions);
