@@ -171,6 +171,8 @@ export interface VirtqueueRow {
   queue: number;
   name: string;
   status: Record<string, unknown>;
+  /** The device needs a reset (then no queue of it moves). */
+  broken?: boolean;
 }
 
 export function queueName(pci: VirtioPciDevice, queue: number): string {
@@ -180,7 +182,7 @@ export function queueName(pci: VirtioPciDevice, queue: number): string {
 /** Every queue of one device (`ref`) or of all virtio devices, with its x-query-virtio-queue-status. */
 export function virtqueueRows(devices: readonly Device[], ref?: string): VirtqueueRow[] {
   const list = ref === undefined ? virtioDevices(devices).map((v) => ({ id: v.id, pci: v.pci })) : [{ id: findDevice(devices, ref).id, pci: findVirtio(devices, ref) }];
-  return list.flatMap(({ id, pci }) => pci.device.queues.map((_, i) => ({ device: id, queue: i, name: queueName(pci, i), status: queueStatus(pci, i) })));
+  return list.flatMap(({ id, pci }) => pci.device.queues.map((_, i) => ({ device: id, queue: i, name: queueName(pci, i), status: queueStatus(pci, i), broken: pci.device.broken })));
 }
 
 export const VIRTQUEUE_COLUMNS = ['dev', 'q', 'name', 'size', 'avail', 'last-avail', 'used', 'kicks', 'irqs', 'vector', 'last-kick', 'last-irq', 'verdict'] as const;
@@ -202,7 +204,7 @@ export function virtqueueCells(r: VirtqueueRow): string[] {
   const flags = [s['vector-masked'] === true ? 'masked' : '', s['vector-pending'] === true ? 'pending' : ''].filter(Boolean);
   if (flags.length) vector += `(${flags.join(',')})`;
   let verdict = '-';
-  if (s.broken === true) verdict = 'NEEDS-RESET';
+  if (r.broken) verdict = 'NEEDS-RESET';
   else if (!s.active) verdict = 'off';
   else if (Object.hasOwn(s, 'stall')) {
     const st = s.stall as { side: string; cause: string; 'stalled-ms': number } | null;
