@@ -91,6 +91,14 @@ describe('queueElement (x-query-virtio-queue-element)', () => {
     expect(q.pending()).toBe(1);
   });
 
+  it('defaults to the position the device reports as its last-avail-idx (an iothread worker\'s)', () => {
+    const { drv, pci, device } = setup();
+    drv.addChain([{ addr: 0x10000, len: 16 }]);
+    const second = drv.addChain([{ addr: 0x11000, len: 32, write: true }]);
+    Object.assign(device, { queueInfo: () => ({ 'last-avail-idx': 1 }) });
+    expect(queueElement(pci, 0)).toMatchObject({ index: second, descs: [{ addr: 0x11000, len: 32, flags: ['write'] }] });
+  });
+
   it('follows an indirect descriptor into its table and picks a chain by avail ring position', () => {
     const { drv, pci } = setup();
     drv.addChain([{ addr: 0x10000, len: 16 }]);

@@ -247,7 +247,9 @@ export function queueElement(pci: VirtioPciDevice, queue: number, index?: number
   if (index !== undefined && (index < 0 || index >= q.size)) throw new CommandError(`Invalid index ${index}: queue ${queue} of device '${d.id}' has ${q.size} entries (0-${q.size - 1})`);
   const mem = d.memory;
   const u16 = (addr: number) => mem.readU16(addr);
-  const pos = index ?? q.lastAvailIdx % q.size;
+  // With iothread= the worker takes the chains: its last-avail-idx (from queueInfo) is the one that counts.
+  const workerLast = d.queueInfo?.(queue)['last-avail-idx'];
+  const pos = index ?? (typeof workerLast === 'number' ? workerLast : q.lastAvailIdx) % q.size;
   let head: number;
   let availFlags: number, availIdx: number, usedFlags: number, usedIdx: number;
   try {
