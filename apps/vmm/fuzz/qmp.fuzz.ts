@@ -26,6 +26,7 @@ export const dictionary = [
   '{"execute":"qmp_capabilities"}', '{"execute":', '"arguments":{', '"id":', '"exec-oob"', '}', '{', '[', ']', '\n', '\\"', '\\u0000', 'null', 'true', '1e400', '-0',
   '"human-monitor-command"', '"command-line":"', '"query-status"', '"x-query-virtio-status"', '"x-debug-virtqueue-drop"', '"x-debug-device-event"',
   '"migrate-set-parameters"', '"downtime-limit"', '"x-max-passes"', '"query-migrate"', '"stop"', '"cont"', '"query-pci"', '"path"', '"queue"',
+  '"x-query-virtio-queue-element"', '"index"', '"query-qmp-schema"', 'info virtqueues', 'info virtio-queue-element ',
   'info virtio-queue-status ', 'virtqueue_drop ', 'device_event ', 'migrate_set_downtime ', 'info migrate', '0x',
 ];
 

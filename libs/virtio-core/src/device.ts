@@ -216,6 +216,16 @@ export abstract class VirtioDevice {
   queueInfo(_queue: number): Record<string, unknown> {
     return {};
   }
+  /**
+   * The queue's name for the monitor (`info virtqueues`), e.g. `rx0`, `req0`;
+   * a device that does not say gets `q<N>`.
+   */
+  queueName?(queue: number): string;
+  /**
+   * Why a monitor debug action (x-debug-virtqueue-drop, x-debug-device-event)
+   * cannot apply to a queue of this device, or undefined when it can.
+   */
+  debugActionRefusal?(action: 'drop-kicks' | 'drop-interrupts' | 'kick' | 'call', queue: number): string | undefined;
   /** DRIVER_OK: the queues are live. */
   protected onActivate(): void {}
   /** The driver reset the device: drop in-flight state. */

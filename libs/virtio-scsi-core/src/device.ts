@@ -19,6 +19,11 @@ const CONTROL_QUEUE = 0;
 const EVENT_QUEUE = 1;
 /** The first request queue. */
 export const REQUEST_QUEUE_BASE = 2;
+
+/** virtio-scsi queue names for the monitor (spec 5.6.2): controlq, eventq, then request queues. */
+export function scsiQueueName(queue: number): string {
+  return queue === 0 ? 'ctrl' : queue === EVENT_QUEUE ? 'event' : `req${queue - REQUEST_QUEUE_BASE}`;
+}
 /** Largest transfer per command, in 512-byte sectors (what the driver may ask in one request). */
 const MAX_SECTORS = 0xffff;
 const CMD_PER_LUN = 128;
@@ -127,6 +132,10 @@ export class VirtioScsiDevice extends VirtioDevice {
     } else if (offset === S.OFF_virtio_scsi_config_cdb_size && value >>> 0 >= 6 && value >>> 0 <= 256) {
       new DataView(this.config.buffer).setUint32(offset, value >>> 0, true);
     }
+  }
+
+  override queueName(queue: number): string {
+    return scsiQueueName(queue);
   }
 
   override deviceInfo(): Record<string, unknown> {

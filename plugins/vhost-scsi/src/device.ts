@@ -19,7 +19,7 @@ import { closeFd, createSharedMemory, EventFd, MemoryRegion } from '@tsvmm/kvm-n
 import { DirtyLogReader, logSizeFor, VHOST_F_LOG_ALL } from '@tsvmm/vhost-user';
 import type { VirtioPciDevice } from '@tsvmm/pci';
 import { GuestMemory, readConfigImage, SplitVirtqueue, VirtioDevice, virtioUapi as V } from '@tsvmm/virtio-core';
-import { REQUEST_QUEUE_BASE, VIRTIO_ID_SCSI, virtioScsiUapi as S } from '@tsvmm/virtio-scsi-core';
+import { REQUEST_QUEUE_BASE, scsiQueueName, VIRTIO_ID_SCSI, virtioScsiUapi as S } from '@tsvmm/virtio-scsi-core';
 import { VhostBackend, VhostMemRegion } from './backend/backend';
 
 export const VHOST_QUEUE_SIZE = 128;
@@ -123,6 +123,16 @@ export class VhostScsiDevice extends VirtioDevice {
       'vring-base': this.vringBase[i], started: this.started && this.queues[i].ready,
       notifier: this.transport?.queueNotifierKind(i) ?? 'exit',
     };
+  }
+
+  override queueName(queue: number): string {
+    return scsiQueueName(queue);
+  }
+
+  /** The back-end's interrupts go straight to KVM (the call eventfd is the vector's irqfd): the VMM never sees one to drop. */
+  override debugActionRefusal(action: 'drop-kicks' | 'drop-interrupts' | 'kick' | 'call'): string | undefined {
+    if (action !== 'drop-interrupts') return undefined;
+    return `the vhost ${this.backend.kind} back-end signals its interrupts to KVM directly (irqfd), past the VMM, so none can be dropped; drop kicks instead`;
   }
 
   override queueInfo(i: number): Record<string, unknown> {

@@ -136,6 +136,10 @@ export class VirtioBlkDevice extends VirtioDevice {
    * counters stand still; show the worker's, as it last reported them
    * (within 100 ms). Kicks still pass through the main thread.
    */
+  override queueName(queue: number): string {
+    return `req${queue}`;
+  }
+
   override queueInfo(queue: number): Record<string, unknown> {
     const w = this.dataPlane ? this.workerStats?.queues[queue] : undefined;
     if (!this.dataPlane) return {};

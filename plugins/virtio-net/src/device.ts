@@ -85,6 +85,12 @@ export class VirtioNetDevice extends VirtioDevice {
     return readConfigImage(this.config, offset, size);
   }
 
+  /** Receive and transmit queues in pairs (rx0, tx0, rx1, ...), then the control queue (spec 5.1.2). */
+  override queueName(queue: number): string {
+    if (queue === this.ctrlIndex) return 'ctrl';
+    return `${queue % 2 ? 'tx' : 'rx'}${queue >> 1}`;
+  }
+
   private get ctrlIndex(): number {
     return 2 * this.pairs;
   }

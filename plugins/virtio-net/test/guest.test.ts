@@ -2,7 +2,10 @@
 // namespace whose kernel stack answers ARP and ping, and real UDP sockets there.
 import { execFileSync, spawn } from 'child_process';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { expectGuestPass as expectPass, GUEST_ELF, requireBuilt, Run, runGuestKit, startNode, VMM_BIN } from '@tsvmm/testing';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { expectGuestPass as expectPass, GUEST_ELF, QmpClient, requireBuilt, Run, runGuestKit, startNode, VMM_BIN } from '@tsvmm/testing';
 
 const NS = `vmmnt${process.pid}`;
 
@@ -116,6 +119,46 @@ describeKvm('virtio-net driven by the guest kit over a TAP in a network namespac
     expect(r.out).toContain(`net-hostile kind=${kind} needs_reset=1 recovered=1`);
     expect(r.err).toMatch(/n0: guest error, device needs reset/);
   });
+
+  it('a lost kick on tx0 through the monitor: the ARP requests wait in the ring; x-debug-device-event kick sends them, call raises rx0\'s vector', async () => {
+    const sock = path.join(os.tmpdir(), `vmm-net-views-${process.pid}.sock`);
+    const p = startNode([VMM_BIN, 'run', '-S', '--kernel', GUEST_ELF, '--memory', '64M', '--cmdline', 'test=net-arp timeout-ms=60000',
+      '--qmp', `unix:${sock}`, '--device', 'virtio-net,id=n0,tap=tap0'], { wrap: ['ip', 'netns', 'exec', NS] });
+    try {
+      const qmp = await QmpClient.connect(sock);
+      await qmp.run('qmp_capabilities');
+      const status = (q: number) => qmp.run('x-query-virtio-queue-status', { path: 'n0', queue: q }) as Promise<Record<string, number | boolean | null>>;
+      // The guest's first kick on tx0 is dropped. net-arp resends once a second, but with EVENT_IDX it
+      // kicks only when avail_event is crossed, so the one lost kick leaves every later request unannounced.
+      await qmp.run('x-debug-virtqueue-drop', { dev: 'n0', queue: 1, kicks: 1 });
+      await qmp.run('cont');
+      let tx = await status(1);
+      for (const deadline = Date.now() + 60_000; !((tx['kicks-dropped'] as number) >= 1 && (tx['avail-idx'] as number) >= 2); tx = await status(1)) {
+        if (Date.now() > deadline) throw new Error(`no dropped kicks: ${JSON.stringify(tx)}\n${p.err()}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await qmp.run('stop');
+      tx = await status(1);
+      expect(tx).toMatchObject({ chains: 0, 'last-avail-idx': 0, 'used-idx': 0, 'kicks-eventfd': 0, 'kicks-exit': 0, 'kicks-dropped': 1, 'event-idx': true });
+      const names = (await qmp.run('human-monitor-command', { 'command-line': 'info virtqueues n0' }) as string).trimEnd().split('\n').slice(1).map((l) => l.split(/\s+/).slice(0, 3).join(' '));
+      expect(names).toEqual(['n0 0 rx0', 'n0 1 tx0', 'n0 2 ctrl']);
+      // The device takes every request waiting in tx0.
+      await qmp.run('x-debug-device-event', { dev: 'n0', event: 'kick', queue: 1 });
+      const sent = await status(1);
+      expect(sent).toMatchObject({ chains: tx['avail-idx'], 'last-avail-idx': tx['avail-idx'], 'used-idx': tx['avail-idx'], 'debug-events': 1, 'kicks-dropped': tx['kicks-dropped'] });
+      expect((sent['kicks-eventfd'] as number) + (sent['kicks-exit'] as number)).toBe(1);
+      const rx = await status(0);
+      await qmp.run('x-debug-device-event', { dev: 'n0', event: 'call', queue: 0 });
+      expect(await status(0)).toMatchObject({ 'debug-events': 1, 'interrupts-injected': (rx['interrupts-injected'] as number) + 1, 'vector-pending': false });
+      await qmp.run('cont');
+      expect(await p.exited).toBe(0);
+      expect(p.out()).toContain('guest-kit: PASS test=net-arp');
+      qmp.close();
+    } finally {
+      if (p.proc.exitCode === null) p.proc.kill('SIGKILL');
+      fs.rmSync(sock, { force: true });
+    }
+  }, 120_000);
 
   it('refuses a TAP that cannot do the queues asked for, naming the device', async () => {
     const r = await vmm('test=pci-scan', 'virtio-net,id=n0,tap=tap0,queues=2');

@@ -54,6 +54,49 @@ export class CommandRegistry {
   names(): string[] {
     return ['qmp_capabilities', ...this.map.keys()].sort();
   }
+
+  all(): Command[] {
+    return [...this.map.values()];
+  }
+}
+
+/** One entry of query-qmp-schema (QEMU's SchemaInfo, as far as this monitor uses it). */
+export type SchemaInfo = { name: string; 'meta-type': string } & Record<string, unknown>;
+
+const SCHEMA_BUILTINS: SchemaInfo[] = [
+  { name: 'str', 'meta-type': 'builtin', 'json-type': 'string' },
+  { name: 'int', 'meta-type': 'builtin', 'json-type': 'int' },
+  { name: 'bool', 'meta-type': 'builtin', 'json-type': 'boolean' },
+  { name: 'any', 'meta-type': 'builtin', 'json-type': 'value' },
+  { name: '[any]', 'meta-type': 'array', 'element-type': 'any' },
+];
+
+/**
+ * query-qmp-schema, generated from the argument specs: each command with an
+ * object type of its arguments (`<command>-arg`; optional members carry
+ * `default: null` as QEMU's do), enum types for enum arguments, and the
+ * builtins they use. Return types are not specified here, so every command
+ * returns `any`. QEMU hides type names behind numbers; clients must not rely
+ * on them either way.
+ */
+export function qmpSchema(registry: CommandRegistry): SchemaInfo[] {
+  const commands: Command[] = [{ name: 'qmp_capabilities', args: { enable: { type: 'array', optional: true } }, help: 'leave capabilities negotiation', run: () => ({}) }, ...registry.all()];
+  const out: SchemaInfo[] = [];
+  const types: SchemaInfo[] = [];
+  for (const c of commands.sort((a, b) => a.name.localeCompare(b.name))) {
+    const argType = `${c.name}-arg`;
+    out.push({ name: c.name, 'meta-type': 'command', 'arg-type': argType, 'ret-type': 'any', 'allow-oob': false });
+    const members = Object.entries(c.args).map(([name, f]) => {
+      let type: string = f.type === 'array' ? '[any]' : f.type;
+      if (f.type === 'enum') {
+        type = `${c.name}-${name}-enum`;
+        types.push({ name: type, 'meta-type': 'enum', values: [...f.values!], members: f.values!.map((v) => ({ name: v })) });
+      }
+      return f.optional ? { name, type, default: null } : { name, type };
+    });
+    types.push({ name: argType, 'meta-type': 'object', members });
+  }
+  return [...out, ...types, ...SCHEMA_BUILTINS];
 }
 
 const TYPE_NAMES: Record<ArgType, string> = { str: 'string', int: 'integer', bool: 'boolean', array: 'array', enum: 'string' };

@@ -1,14 +1,16 @@
 /** HMP: the human monitor's commands, as text, over the same operations as QMP. */
 import { CommandError } from './commands';
 import type { Monitor } from './monitor';
-import { findVirtio, queueStatus, virtioDevices, virtioStatus } from './virtio-info';
+import { decodeFeatures, findVirtio, formatVirtqueues, queueElement, queueStatus, virtioDevices, virtioStatus, virtqueueRows } from './virtio-info';
 
 export const HMP_HELP = `commands:
   info status                          run state
   info pci                             PCI devices, BARs, MSI-X
   info virtio                          virtio devices and their paths
-  info virtio-status DEV               features, status, broken, disabled, ISR
+  info virtqueues [DEV]                one line per queue: indices, kicks, interrupts, vector, ages, verdict
+  info virtio-status DEV               features by name, status, broken, disabled, ISR
   info virtio-queue-status DEV QUEUE   indices, vector, kick and interrupt counters
+  info virtio-queue-element DEV QUEUE [INDEX]   the descriptor chain at an avail ring position
   info migrate                         migration status and figures
   info unclaimed                       guest accesses no device claimed, per hole
   stop | cont | system_reset | quit
@@ -133,17 +135,45 @@ function info(m: Monitor, args: string[]): string {
     }
     case 'virtio':
       return virtioDevices(m.devices).map((v) => `${v.path} [${v.type}]\n`).join('') || 'no virtio devices\n';
+    case 'virtqueues':
+      return formatVirtqueues(virtqueueRows(m.devices, rest[0]));
     case 'virtio-status': {
       if (!rest[0]) throw new CommandError('usage: info virtio-status DEV');
-      return `${rest[0]}:\n${kv(virtioStatus(findVirtio(m.devices, rest[0])))}\n`;
+      return virtioStatusText(rest[0], findVirtio(m.devices, rest[0]));
+    }
+    case 'virtio-queue-element': {
+      if (!rest[0]) throw new CommandError('usage: info virtio-queue-element DEV QUEUE [INDEX]');
+      const e = queueElement(findVirtio(m.devices, rest[0]), int(rest[1], 'QUEUE'), rest[2] === undefined ? undefined : int(rest[2], 'INDEX')) as {
+        index: number; descs: { addr: number; len: number; flags: string[] }[]; avail: Record<string, number>; used: Record<string, number>; 'x-error'?: string;
+      };
+      const out = [`${rest[0]} queue ${rest[1]}: head ${e.index}, avail flags 0x${e.avail.flags.toString(16)} idx ${e.avail.idx}, used flags 0x${e.used.flags.toString(16)} idx ${e.used.idx}`];
+      e.descs.forEach((x, i) => out.push(`  desc ${i}: addr 0x${x.addr.toString(16)} len ${x.len}${x.flags.length ? ` (${x.flags.join(', ')})` : ''}`));
+      if (e['x-error']) out.push(`  error: ${e['x-error']}`);
+      return `${out.join('\n')}\n`;
     }
     case 'virtio-queue-status': {
       if (!rest[0]) throw new CommandError('usage: info virtio-queue-status DEV QUEUE');
       return `${rest[0]} queue ${rest[1]}:\n${kv(queueStatus(findVirtio(m.devices, rest[0]), int(rest[1], 'QUEUE')))}\n`;
     }
     default:
-      throw new CommandError(`info: unknown item '${what ?? ''}' (status, pci, virtio, virtio-status, virtio-queue-status, migrate, unclaimed)`);
+      throw new CommandError(`info: unknown item '${what ?? ''}' (status, pci, virtio, virtqueues, virtio-status, virtio-queue-status, virtio-queue-element, migrate, unclaimed)`);
   }
 }
 
 const hex4 = (n: number) => n.toString(16).padStart(4, '0');
+
+/** `info virtio-status`: the status keys, with both feature words decoded by name as QEMU prints them. */
+function virtioStatusText(ref: string, pci: Parameters<typeof virtioStatus>[0]): string {
+  const s = virtioStatus(pci);
+  const d = pci.device;
+  const rest = Object.fromEntries(Object.entries(s).filter(([k]) => !k.endsWith('-decoded')));
+  const features = (title: string, bits: bigint) => {
+    const f = decodeFeatures(d.deviceId, bits);
+    const lines = [`  ${title}: 0x${bits.toString(16)}`, `    transports: ${f.transports.join(', ') || '-'}`, `    dev-features: ${f['dev-features'].join(', ') || '-'}`];
+    if (f['unknown-dev-features']) lines.push(`    unknown-dev-features: 0x${f['unknown-dev-features'].toString(16)}`);
+    return lines.join('\n');
+  };
+  delete rest['device-features'];
+  delete rest['driver-features'];
+  return `${ref}:\n${features('device-features', d.deviceFeatures)}\n${features('driver-features', d.driverFeatures)}\n${kv(rest)}\n`;
+}

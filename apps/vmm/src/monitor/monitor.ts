@@ -6,10 +6,10 @@
 import { PciBarFunction } from '@tsvmm/pci';
 import { Machine, MachineExit } from '../machine/machine';
 import { MigrationManager } from '../migration/migration';
-import { Command, CommandError, CommandRegistry } from './commands';
+import { Command, CommandError, CommandRegistry, qmpSchema } from './commands';
 import { runHmp } from './hmp';
 import { QMP_VERSION, QmpServer } from './qmp-server';
-import { findDevice, findVirtio, queueStatus, virtioDevices, virtioStatus } from './virtio-info';
+import { findDevice, findVirtio, queueElement, queueStatus, virtioDevices, virtioStatus } from './virtio-info';
 
 /**
  * QEMU's run states, as far as this VMM has them: `inmigrate` while a
@@ -206,6 +206,7 @@ export class Monitor {
       throw new CommandError(`Invalid queue ${queue}: device '${d.id}' has queues 0-${d.queues.length - 1}`);
     if (!d.driverOk) throw new CommandError(`Device '${d.id}' is not ready (driver status is not DRIVER_OK)`, 'DeviceNotActive');
     if (!d.queues[queue].ready) throw new CommandError(`Queue ${queue} of device '${d.id}' is not enabled by the driver`);
+    refuseDebugAction(pci, event as 'kick' | 'call', queue);
     const key = `${d.id}/${event}/${queue}`;
     if (!this.usedEvents.has(key)) {
       this.usedEvents.add(key);
@@ -237,6 +238,7 @@ export class Monitor {
       },
     });
     this.registerMigration();
+    this.registerViews();
     c.add({ name: 'query-pci', args: {}, help: 'PCI buses, devices, BARs, MSI-X', run: () => this.queryPci() });
     c.add({
       name: 'human-monitor-command', args: { 'command-line': { type: 'str' }, 'cpu-index': { type: 'int', optional: true } },
@@ -288,12 +290,24 @@ export class Monitor {
         for (const k of ['kicks', 'interrupts'] as const) {
           const n = a[k] as number | undefined;
           if (n !== undefined && (n < 0 || n > 1_000_000)) throw new CommandError(`Parameter '${k}' must be between 0 and 1000000`);
+          if (n) refuseDebugAction(pci, k === 'kicks' ? 'drop-kicks' : 'drop-interrupts', q);
         }
         if (a.kicks !== undefined) f.dropKicks = a.kicks as number;
         if (a.interrupts !== undefined) f.dropInterrupts = a.interrupts as number;
         this.log(`x-debug-virtqueue-drop: device ${pci.device.id} queue ${q}: dropping the next ${f.dropKicks} kick(s) and ${f.dropInterrupts} interrupt(s)`);
         return { 'drop-kicks': f.dropKicks, 'drop-interrupts': f.dropInterrupts };
       },
+    });
+  }
+
+  /** The operator's views (docs/qmp.md "Diagnosing a hung queue"): schema and descriptor chains. */
+  private registerViews(): void {
+    const c = this.commands;
+    c.add({ name: 'query-qmp-schema', args: {}, help: 'the commands and their arguments, as QEMU\'s SchemaInfo list', run: () => qmpSchema(c) });
+    c.add({
+      name: 'x-query-virtio-queue-element', args: { path: { type: 'str' }, queue: { type: 'int' }, index: { type: 'int', optional: true } },
+      help: 'the descriptor chain at an avail ring position (default: the next the device takes), read-only',
+      run: (a) => queueElement(findVirtio(this.devices, a.path as string), a.queue as number, a.index as number | undefined),
     });
   }
 
@@ -424,4 +438,10 @@ export class Monitor {
   findDevice(ref: string) {
     return findDevice(this.devices, ref);
   }
+}
+
+/** A clear QMP error where a debug action cannot apply to a queue (the device says why). */
+function refuseDebugAction(pci: { device: { id: string; debugActionRefusal?(a: 'drop-kicks' | 'drop-interrupts' | 'kick' | 'call', q: number): string | undefined } }, action: 'drop-kicks' | 'drop-interrupts' | 'kick' | 'call', queue: number): void {
+  const why = pci.device.debugActionRefusal?.(action, queue);
+  if (why) throw new CommandError(`${action} cannot apply to queue ${queue} of device '${pci.device.id}': ${why}`);
 }
