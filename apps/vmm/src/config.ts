@@ -398,7 +398,9 @@ function deviceFromJson(file: string, d: unknown, i: number, index: number): Dev
 
 /** The zod schema of the JSON config, from SETTINGS; `devices` as given (for editors, see configJsonSchema). */
 export function configSchema(devices?: z.ZodType): z.ZodObject {
-  const shape: Record<string, z.ZodType> = {};
+  const shape: Record<string, z.ZodType> = {
+    $schema: z.string({ error: 'must be a string' }).optional().meta({ description: 'the JSON Schema this file follows (for editors; the VMM ignores it)' }),
+  };
   for (const s of SETTINGS) {
     const key = jsonKeyOf(s);
     if (key === undefined || !s.json) continue;
