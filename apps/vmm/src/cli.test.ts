@@ -135,7 +135,7 @@ describe('--config FILE.json', () => {
 
   it('holds every setting a flag has, by the same name (devices for --device)', () => {
     const f = write(JSON.stringify({
-      kernel: 'k', initrd: 'i', cmdline: '--help', memory: 512, cpus: 2, serial: 'none', qmp: ['unix:/tmp/a.sock', 'unix:/tmp/b.sock'], monitor: 'stdio',
+      $schema: './vm.schema.json', kernel: 'k', initrd: 'i', cmdline: '--help', memory: 512, cpus: 2, serial: 'none', qmp: ['unix:/tmp/a.sock', 'unix:/tmp/b.sock'], monitor: 'stdio',
       paused: true, 'trace-boot': 'on', restore: 'snap.bin', devices: ['virtio-blk-pci,id=d0,file=a', { type: 'virtio-scsi-pci', id: 's0', 'num-queues': 2 }],
     }));
     expect(parseArgs(['run', '--config', f])).toEqual({
@@ -187,6 +187,13 @@ describe('--config FILE.json', () => {
   ])('%s -> names the file and the JSON path: %s', (text, msg) => {
     const f = write(text);
     expect(() => parseArgs(['run', '--config', f])).toThrow(`--config ${f}: ${msg}`);
+  });
+
+  it('refuses a config that is not a regular file or is too large, without reading it', () => {
+    expect(() => parseArgs(['run', '--config', '/dev/zero'])).toThrow('--config /dev/zero: not a regular file');
+    expect(() => parseArgs(['run', '--config', dir])).toThrow(`--config ${dir}: not a regular file`);
+    const big = write(' '.repeat(4 * 2 ** 20 + 1));
+    expect(() => parseArgs(['run', '--config', big])).toThrow(`--config ${big}: 4194305 bytes; a config file holds at most 4 MiB`);
   });
 
   it('locates a syntax error in hostile nesting without exhausting the stack', () => {

@@ -570,13 +570,20 @@ export function parseJsonText(text: string, where: string): unknown {
   }
 }
 
+export const MAX_CONFIG_BYTES = 4 * 2 ** 20;
+
 /** --config FILE: reads, parses and applies the file; errors name it. */
 export function applyConfigFile(c: VmConfig, file: string, flag = '--config'): void {
   const where = `${flag} ${file}`;
   let text: string;
   try {
+    // A FIFO or /dev/zero would be read forever: only a regular file of sane size.
+    const st = fs.statSync(file);
+    if (!st.isFile()) throw new ConfigError(`${where}: not a regular file`);
+    if (st.size > MAX_CONFIG_BYTES) throw new ConfigError(`${where}: ${st.size} bytes; a config file holds at most ${MAX_CONFIG_BYTES / 2 ** 20} MiB`);
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
+    if (e instanceof ConfigError) throw e;
     throw new ConfigError(`${where}: ${describeFileError(e, file)}`);
   }
   applyConfigJson(c, parseJsonText(text, where), `--config ${file}`, file);
