@@ -8,7 +8,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { z } from 'zod';
+import type { z as Zod } from 'zod';
 import { DeviceType, isPrototypeKey, parseSize, PropertyError, PropertySpec } from '@tsvmm/pci';
 
 /** sun_path holds 108 bytes including the terminating NUL. */
@@ -242,16 +242,26 @@ export function defaultConfig(): VmConfig {
 // ---------------------------------------------------------------------------
 // The settings table.
 
-const onOffJson = z
-  .union([z.boolean(), z.enum([...ON, ...OFF])], { error: 'must be true or false (or "on"/"off")' })
+type ZodNs = typeof import('zod').z;
+
+/**
+ * zod, loaded when first needed (a --config file, `vmm config-schema`): it
+ * would add a tenth of a second to every VMM start on a loaded host.
+ */
+function zod(): ZodNs {
+  return (require('zod') as typeof import('zod')).z;
+}
+
+export const onOffJson = (z: ZodNs) =>
+  z.union([z.boolean(), z.enum([...ON, ...OFF])], { error: 'must be true or false (or "on"/"off")' })
   .meta({ description: 'true/false, or "on"/"off", "yes"/"no"' });
 
-const propertyValue = z.union([z.string(), z.number(), z.boolean()], { error: 'a device property must be a string, a number or a boolean' });
+const propertyValue = (z: ZodNs) => z.union([z.string(), z.number(), z.boolean()], { error: 'a device property must be a string, a number or a boolean' });
 
-const deviceJson = z.union(
+const deviceJson = (z: ZodNs) => z.union(
   [
     z.string().meta({ description: 'TYPE,id=ID,key=value,... as with --device' }),
-    z.object({ type: z.string({ error: 'must be a string (a device type)' }), id: z.string({ error: 'must be a string' }).optional() }).catchall(propertyValue),
+    z.object({ type: z.string({ error: 'must be a string (a device type)' }), id: z.string({ error: 'must be a string' }).optional() }).catchall(propertyValue(z)),
   ],
   { error: 'must be an object with a "type" or a "TYPE,key=value" string' },
 );
@@ -279,7 +289,7 @@ export interface Setting {
   /** The key in the JSON config; `null`: the config cannot hold it (e.g. --config itself). */
   jsonKey?: string | null;
   /** The JSON value's schema, checked before `apply`/`applyJson` and published by `vmm config-schema`. */
-  json?: z.ZodType;
+  json?: (z: ZodNs) => Zod.ZodType;
   /** Applies one flag value (a string; undefined for a bare switch) or a JSON value already checked by `json`. */
   apply(c: VmConfig, value: unknown, ctx: ApplyContext): void;
   /** Applies the JSON value when that differs from a flag's (lists). */
@@ -289,33 +299,33 @@ export interface Setting {
 export const SETTINGS: readonly Setting[] = [
   {
     name: 'kernel', kind: 'value', arg: 'PATH', help: 'Linux bzImage (64-bit boot protocol) or PVH ELF kernel (required)',
-    json: z.string({ error: 'must be a string (a file name)' }),
+    json: (z) => z.string({ error: 'must be a string (a file name)' }),
     apply: (c, v) => void (c.kernel = v as string),
   },
   {
     name: 'initrd', kind: 'value', arg: 'PATH', help: 'initial ramdisk (bzImage) or first PVH module',
-    json: z.string({ error: 'must be a string (a file name)' }),
+    json: (z) => z.string({ error: 'must be a string (a file name)' }),
     apply: (c, v) => void (c.initrd = v as string),
   },
   {
     name: 'cmdline', kind: 'value', arg: 'STR', help: "kernel command line (`--cmdline --help` passes '--help' to the guest)",
-    json: z.string({ error: 'must be a string' }),
+    json: (z) => z.string({ error: 'must be a string' }),
     apply: (c, v) => void (c.cmdline = v as string),
   },
   {
     name: 'memory', short: 'm', kind: 'value', arg: 'SIZE', help: 'guest RAM, e.g. 256M or 2G; a number alone means MiB, as QEMU -m (default 256M)',
-    json: z.union([z.string(), z.number()], { error: 'must be a size such as "512M" or "2G", or a number of MiB' }).meta({ description: 'guest RAM: "512M", "2G", or a number of MiB' }),
+    json: (z) => z.union([z.string(), z.number()], { error: 'must be a size such as "512M" or "2G", or a number of MiB' }).meta({ description: 'guest RAM: "512M", "2G", or a number of MiB' }),
     apply: (c, v, { where }) => void (c.memoryBytes = parseMemory(where, v)),
   },
   {
     name: 'cpus', kind: 'value', arg: 'N', help: `number of vCPUs, 1 to ${MAX_CPUS} (default 1)`,
-    json: z.union([z.number().int(), z.string()], { error: `must be an integer from 1 to ${MAX_CPUS}` }),
+    json: (z) => z.union([z.number().int(), z.string()], { error: `must be an integer from 1 to ${MAX_CPUS}` }),
     apply: (c, v, { where }) => void (c.cpus = parseCpus(where, v)),
   },
   {
     name: 'device', kind: 'value', arg: 'SPEC', jsonKey: 'devices',
     help: 'TYPE,id=ID,key=value,... (repeatable); QEMU names such as virtio-blk-pci work too;\n`--device help` lists the types, `--device TYPE,help` their properties',
-    json: z.array(deviceJson, { error: 'must be an array of devices' }),
+    json: (z) => z.array(deviceJson(z), { error: 'must be an array of devices' }),
     apply: (c, v, { where }) => void c.devices.push(parseDeviceSpec(where, v as string, c.devices.length)),
     applyJson: (c, v, { file }) => {
       (v as unknown[]).forEach((d, i) => c.devices.push(deviceFromJson(file!, d, i, c.devices.length)));
@@ -323,7 +333,7 @@ export const SETTINGS: readonly Setting[] = [
   },
   {
     name: 'serial', kind: 'value', arg: 'MODE', help: 'stdio | file:PATH | none (default stdio); COM1 at 0x3f8, IRQ 4',
-    json: z.string({ error: 'must be "stdio", "none" or "file:PATH"' }),
+    json: (z) => z.string({ error: 'must be "stdio", "none" or "file:PATH"' }),
     apply: (c, v, { where }) => void (c.serial = parseSerial(where, v)),
   },
   {
@@ -333,7 +343,7 @@ export const SETTINGS: readonly Setting[] = [
   },
   {
     name: 'qmp', kind: 'value', arg: 'unix:PATH', help: 'serve QMP on a unix socket (repeatable); see docs/qmp.md',
-    json: z.union([z.string(), z.array(z.string({ error: 'must be "unix:PATH"' }))], { error: 'must be "unix:PATH" or an array of them' }),
+    json: (z) => z.union([z.string(), z.array(z.string({ error: 'must be "unix:PATH"' }))], { error: 'must be "unix:PATH" or an array of them' }),
     apply: (c, v, { where }) => void c.qmp.push(parseQmp(where, v)),
     applyJson: (c, v, { where }) => {
       if (typeof v === 'string') c.qmp.push(parseQmp(where, v));
@@ -342,7 +352,7 @@ export const SETTINGS: readonly Setting[] = [
   },
   {
     name: 'monitor', kind: 'value', arg: 'stdio', help: 'the human monitor (HMP) on stdin/stdout (needs --serial file:PATH or none)',
-    json: z.enum(['stdio', 'none'], { error: 'must be "stdio" or "none"' }),
+    json: (z) => z.enum(['stdio', 'none'], { error: 'must be "stdio" or "none"' }),
     apply: (c, v, { where }) => {
       if (v !== 'stdio' && v !== 'none') throw new ConfigError(`${where}: '${String(v)}' must be stdio or none`);
       c.monitorStdio = v === 'stdio';
@@ -356,13 +366,13 @@ export const SETTINGS: readonly Setting[] = [
   {
     name: 'incoming', kind: 'value', arg: 'unix:PATH',
     help: "wait on PATH for a live migration (QMP 'migrate' on the\nsource), then run the migrated guest; same devices needed",
-    json: z.string({ error: 'must be "unix:PATH"' }),
+    json: (z) => z.string({ error: 'must be "unix:PATH"' }),
     apply: (c, v) => void (c.incoming = v as string),
   },
   {
     name: 'restore', kind: 'value', arg: 'FILE',
     help: 'continue the guest from an x-snapshot-save file (same\n--kernel, --memory, --cpus and devices as when it was saved)',
-    json: z.string({ error: 'must be a string (a file name)' }),
+    json: (z) => z.string({ error: 'must be a string (a file name)' }),
     apply: (c, v) => void (c.restore = v as string),
   },
   {
@@ -397,14 +407,15 @@ function deviceFromJson(file: string, d: unknown, i: number, index: number): Dev
 }
 
 /** The zod schema of the JSON config, from SETTINGS; `devices` as given (for editors, see configJsonSchema). */
-export function configSchema(devices?: z.ZodType): z.ZodObject {
-  const shape: Record<string, z.ZodType> = {
+export function configSchema(devices?: Zod.ZodType): Zod.ZodObject {
+  const z = zod();
+  const shape: Record<string, Zod.ZodType> = {
     $schema: z.string({ error: 'must be a string' }).optional().meta({ description: 'the JSON Schema this file follows (for editors; the VMM ignores it)' }),
   };
   for (const s of SETTINGS) {
     const key = jsonKeyOf(s);
     if (key === undefined || !s.json) continue;
-    const schema = key === 'devices' && devices ? devices : s.json;
+    const schema = key === 'devices' && devices ? devices : s.json(z);
     shape[key] = schema.optional().meta({ description: s.help.replace(/\n/g, ' ') });
   }
   return z.strictObject(shape);
@@ -432,12 +443,12 @@ function reservedKey(o: Record<string, unknown>): string | undefined {
  * that got furthest (`devices[0].id: must be a string` rather than "must be a
  * string or an object"), its path made absolute.
  */
-function deepestIssue(issue: z.core.$ZodIssue): z.core.$ZodIssue {
+function deepestIssue(issue: Zod.core.$ZodIssue): Zod.core.$ZodIssue {
   if (issue.code !== 'invalid_union' || !issue.errors.length) return issue;
   const firsts = issue.errors.map((b) => b[0]).filter((i) => i !== undefined);
   const best = firsts.reduce((a, b) => (b.path.length > a.path.length ? b : a), firsts[0]);
   if (!best || best.path.length === 0) return issue;
-  return deepestIssue({ ...best, path: [...issue.path, ...best.path] } as z.core.$ZodIssue);
+  return deepestIssue({ ...best, path: [...issue.path, ...best.path] } as Zod.core.$ZodIssue);
 }
 
 /**
@@ -592,8 +603,8 @@ export function applyConfigFile(c: VmConfig, file: string, flag = '--config'): v
 // ---------------------------------------------------------------------------
 // The published JSON Schema (`vmm config-schema`).
 
-function propertyZod(spec: PropertySpec): z.ZodType {
-  let t: z.ZodType;
+function propertyZod(z: ZodNs, spec: PropertySpec): Zod.ZodType {
+  let t: Zod.ZodType;
   switch (spec.type) {
     case 'string':
       t = spec.pattern ? z.string().regex(spec.pattern) : z.string().min(1);
@@ -627,14 +638,15 @@ function propertyZod(spec: PropertySpec): z.ZodType {
  * from the plugins' schemas.
  */
 export function configJsonSchema(types: readonly DeviceType[]): Record<string, unknown> {
+  const z = zod();
   const variants = types.map((t) => {
     const names = [t.type, ...aliasesOf(t.type)];
-    const shape: Record<string, z.ZodType> = {
+    const shape: Record<string, Zod.ZodType> = {
       type: (names.length > 1 ? z.enum(names as [string, ...string[]]) : z.literal(t.type)).meta({ description: t.description }),
       id: z.string().optional().meta({ description: 'the device id (default: TYPE and its index)' }),
     };
     for (const [k, spec] of Object.entries(t.properties)) {
-      const p = propertyZod(spec);
+      const p = propertyZod(z, spec);
       shape[k] = 'required' in spec && spec.required ? p : p.optional();
     }
     return z.strictObject(shape);
