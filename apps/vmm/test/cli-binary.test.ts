@@ -89,6 +89,9 @@ describe('vmm: each bad input is named by its flag, file or JSON path', () => {
     [['run', '--kernel', 'k', '--qmp', 'unix:/nonexistent-cli-slice/q.sock'], 1, 'vmm: --qmp unix:/nonexistent-cli-slice/q.sock: directory /nonexistent-cli-slice does not exist'],
     [['run', '--kernel', 'k', '--serial', 'file:/nonexistent-cli-slice/s.log'], 1, 'vmm: --serial file:/nonexistent-cli-slice/s.log: directory /nonexistent-cli-slice does not exist'],
     [['plugins', '--all'], 2, "vmm: plugins: unknown option '--all'"],
+    [['run', '--device', 'nosuch-pci,help'], 2, "vmm: --device nosuch-pci: unknown device type 'nosuch-pci' (available: scsi-hd, vhost-scsi, virtio-blk, virtio-net, virtio-scsi)"],
+    [['run', '--device', ',help'], 2, "vmm: --device ',help': must start with a device TYPE"],
+    [['config-schema', 'extra'], 2, "vmm: config-schema: unexpected argument 'extra'"],
   ])('%j', async (args, code, message) => {
     const r = await runCli(args);
     expect(r.stderr).toContain(message);
