@@ -1,31 +1,36 @@
 /**
- * The command line and --config JSON: parseArgs() on the input as argv (one
- * argument per line, before an optional \x01), where every `--config FILE`
- * names a file holding the JSON after the \x01; then every device's
- * properties through parseProperties() with the built-in plugins' schemas,
- * as the VMM does before creating devices. Expected: ConfigError and
- * PropertyError, whose messages say what is wrong; anything else is a crash.
+ * The command line and --config JSON: the JSON after an optional \x01 through
+ * parseJsonText (JSON.parse, and the scanner that locates syntax errors) and
+ * applyConfigJson (the zod schema, then each setting); parseArgs() on the
+ * input as argv (one argument per line, before the \x01), where every
+ * `--config FILE` names a file holding that JSON; then every device's
+ * properties through parseProperties() with the built-in plugins' schemas
+ * (blamed on the JSON path for config devices), as the VMM does before
+ * creating devices, and `--device TYPE,help` formatted. Expected: ConfigError
+ * and PropertyError, whose messages say what is wrong; anything else is a crash.
  */
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { DevicePlugin, parseProperties, PropertyError } from '@tsvmm/pci';
+import { DevicePlugin, DeviceType, parseProperties, PropertyError } from '@tsvmm/pci';
 import { plugin as blk } from '../../../plugins/virtio-blk/src/index';
 import { plugin as net } from '../../../plugins/virtio-net/src/index';
 import { plugin as scsi } from '../../../plugins/virtio-scsi/src/index';
 import { plugin as vhostScsi } from '../../../plugins/vhost-scsi/src/index';
-import { parseArgs } from '../src/cli';
-import { ConfigError, configFromJson } from '../src/config';
+import { formatDeviceProperties, parseArgs } from '../src/cli';
+import { applyConfigJson, ConfigError, defaultConfig, devicePropertyError, deviceWhere, parseJsonText } from '../src/config';
 
 export const maxLen = 4096;
 export const dictionary = [
   '--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore',
-  '-S', '--trace-boot', 'run', 'plugins', '--json', 'unix:', 'file:', 'stdio', 'none', 'virtio-blk', 'virtio-net', 'virtio-scsi', 'scsi-hd', 'vhost-scsi',
+  '-S', '--trace-boot', '--paused', '=yes', '=no', '--help', '--version', 'help', ',help', 'config-schema', 'virtio-blk-pci', 'virtio-net-pci',
+  'run', 'plugins', '--json', 'unix:', 'file:', 'stdio', 'none', 'virtio-blk', 'virtio-net', 'virtio-scsi', 'scsi-hd', 'vhost-scsi',
+  '"trace-boot"', '"paused"', '"qmp"', '"incoming"', '"type"', 'true', '//', '/*', '\\u',
   ',id=', ',file=', ',,', '=on', '=off', 'num-queues=', 'G', 'M', '0x', '"devices"', '"memory"', '{', '}', '[', ']', ':', '"',
 ];
 
-const schemas = new Map<string, DevicePlugin['deviceTypes'][number]['properties']>();
-for (const p of [blk, net, scsi, vhostScsi]) for (const t of p.deviceTypes) schemas.set(t.type, t.properties);
+const types = new Map<string, { type: DeviceType; plugin: DevicePlugin }>();
+for (const p of [blk, net, scsi, vhostScsi]) for (const t of p.deviceTypes) types.set(t.type, { type: t, plugin: p });
 
 const configFile = path.join(process.env.FUZZ_TMPDIR ?? os.tmpdir(), `tsvmm-fuzz-cli-${process.pid}-${Math.random().toString(36).slice(2)}.json`);
 
@@ -40,15 +45,24 @@ export function fuzz(data: Buffer): void {
   fs.writeFileSync(configFile, json);
   try {
     try {
-      configFromJson('--config fuzz.json', JSON.parse(json));
+      applyConfigJson(defaultConfig(), parseJsonText(json, '--config fuzz.json'), '--config fuzz.json', 'fuzz.json');
     } catch (e) {
-      if (!(e instanceof SyntaxError) && !(e instanceof ConfigError)) throw e;
+      if (!(e instanceof ConfigError)) throw e;
     }
     const cmd = parseArgs(argv);
+    if (cmd.kind === 'device-help' && cmd.type !== undefined) {
+      const t = types.get(cmd.type);
+      if (t) formatDeviceProperties(t.type, t.plugin);
+    }
     if (cmd.kind !== 'run') return;
     for (const d of cmd.config.devices) {
-      const schema = schemas.get(d.type);
-      if (schema) parseProperties(`device '${d.id}' (${d.type})`, schema, d.props);
+      const t = types.get(d.type);
+      if (!t) continue;
+      try {
+        parseProperties(deviceWhere(d), t.type.properties, d.props);
+      } catch (e) {
+        throw e instanceof PropertyError ? devicePropertyError(d, e) : e;
+      }
     }
   } finally {
     fs.rmSync(configFile, { force: true });

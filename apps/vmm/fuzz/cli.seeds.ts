@@ -9,5 +9,11 @@ export function seeds(): Record<string, Uint8Array> {
     monitor: args('-S', '--kernel', 'k', '--serial', 'file:/tmp/x', '--monitor', 'stdio', '--qmp', 'unix:/tmp/q.sock', '--trace-boot', '--incoming', 'unix:/tmp/m.sock'),
     config: withJson(['--config', 'f.json', '--cpus', '4'], { kernel: 'k.elf', memory: '1G', cpus: 2, serial: 'none', qmp: 'unix:/tmp/q', devices: ['virtio-blk,file=a.img', { type: 'vhost-scsi', id: 'v0', backend: 'user', socket: '/tmp/v.sock' }] }),
     plugins: args('plugins', '--json'),
+    'every-setting': withJson(['run', '--config', 'f.json', '--paused=no', '--trace-boot=yes'], {
+      kernel: 'k', initrd: 'i', cmdline: '--help', memory: 512, cpus: '2', serial: 'file:/tmp/s', qmp: ['unix:/tmp/a', 'unix:/tmp/b'], monitor: 'none',
+      paused: 'on', 'trace-boot': true, incoming: 'unix:/tmp/m', restore: 'f', devices: [{ type: 'virtio-blk-pci', file: 'a', 'num-queues': 99 }],
+    }),
+    'syntax-error': Buffer.from('run\n--config\nf.json\x01{\n  "kernel": "k",\n  "devices": [1 2]\n}', 'latin1'),
+    'device-help': args('run', '--device', 'virtio-scsi-pci,help', '--cmdline', '--help'),
   };
 }

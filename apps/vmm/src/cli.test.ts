@@ -18,13 +18,24 @@ describe('parseArgs', () => {
 
   it.each([
     [['run', '--kernel'], '--kernel: missing value'],
-    [['run', '--kernel', 'k', '--memory', '1000'], '--memory: 1000 is below the minimum of 16M'],
+    [['run', '--kernel', 'k', '--memory', '8'], '--memory: 8 is below the minimum of 16M'],
+    [['run', '--kernel', 'k', '--memory', '1048576'], '--memory: 1048576 is above the maximum of 64G'],
+    [['run', '--kernel', 'k', '--memory', '15'], '--memory: 15 is below the minimum of 16M'],
     [['run', '--kernel', 'k', '--memory', '17M'], '--memory: 17M must be a multiple of 2M'],
     [['run', '--kernel', 'k', '--device', 'x,id=a', '--device', 'y,id=a'], "--device: id 'a' is used twice"],
     [['run', '--kernel', 'k', '--device', 'x,novalue'], "--device 'x,novalue': 'novalue' is not key=value"],
     [['run', '--kernel', 'k', '--device', 'x,id=1bad'], "id '1bad' must start with a letter"],
     [['boot'], "unknown command 'boot'"],
-    [['plugins', '--all'], "plugins: unknown option '--all' (it takes --json)"],
+    [['plugins', '--all'], "plugins: unknown option '--all' (see vmm plugins --help)"],
+    [['plugins', 'extra'], "plugins: unexpected argument 'extra'"],
+    [['config-schema', '--json'], "config-schema: unknown option '--json'"],
+    [['run', '--kernel', 'k', '--paused=maybe'], "--paused: 'maybe' must be on or off"],
+    [['run', '--kernel', 'k', '--trace-boot=2'], "--trace-boot: '2' must be on or off"],
+    [['run', '--kernel', 'k', '--paused', 'no'], "run: unexpected argument 'no'"],
+    [['run', '--kernel', 'k', '--monitor', 'tcp'], "--monitor: 'tcp' must be stdio or none"],
+    [['run', '--kernel', 'k', '--cpus'], '--cpus: missing value'],
+    [['run', '--kernel', 'k', '-m', 'x'], "-m: 'x' is not a size"],
+    [['run', '--kernel', 'k', '-x'], "unknown option '-x'"],
     [['run', '--kernel', 'k', '--device', 'x,toString=1'], "--device 'x,toString=1': 'toString' is not a property name (a reserved name)"],
     [['run', '--kernel', 'k', '--device', 'x,constructor=1'], "--device 'x,constructor=1': 'constructor' is not a property name (a reserved name)"],
     [['run', '--kernel', 'k', '--device', 'x,__proto__=1'], "--device 'x,__proto__=1': '__proto__' is not a property name (a reserved name)"],
@@ -54,8 +65,139 @@ describe('parseArgs', () => {
     fs.rmSync(dir, { recursive: true });
   });
 
+  it('takes =on|off (and yes/no, true/false) for switches; a bare switch is on', () => {
+    const run = (...a: string[]) => parseArgs(['run', '--kernel', 'k', '--qmp', 'unix:/tmp/q', ...a]);
+    expect(run('--paused=no')).toMatchObject({ config: { startPaused: false } });
+    expect(run('--paused=off')).toMatchObject({ config: { startPaused: false } });
+    expect(run('--paused=on')).toMatchObject({ config: { startPaused: true } });
+    expect(run('--paused')).toMatchObject({ config: { startPaused: true } });
+    expect(run('-S', '--paused=false')).toMatchObject({ config: { startPaused: false } });
+    expect(run('--trace-boot=yes')).toMatchObject({ config: { traceBoot: true } });
+    expect(run('--trace-boot=no')).toMatchObject({ config: { traceBoot: false } });
+  });
+
+  it('hands a flag its value even when it looks like an option: --cmdline --help is for the guest', () => {
+    expect(parseArgs(['run', '--kernel', 'k', '--cmdline', '--help'])).toMatchObject({ kind: 'run', config: { cmdline: '--help' } });
+    expect(parseArgs(['run', '--kernel', 'k', '--cmdline=-v --version'])).toMatchObject({ kind: 'run', config: { cmdline: '-v --version' } });
+  });
+
+  it('reads a size without unit as MiB, as QEMU -m', () => {
+    expect(parseArgs(['run', '--kernel', 'k', '--memory', '512'])).toMatchObject({ config: { memoryBytes: 512 * 2 ** 20 } });
+    expect(parseArgs(['run', '--kernel', 'k', '-m', '2G'])).toMatchObject({ config: { memoryBytes: 2 ** 31 } });
+    expect(parseArgs(['run', '--kernel', 'k', '--memory', '67108864B'])).toMatchObject({ config: { memoryBytes: 64 * 2 ** 20 } });
+  });
+
+  it('answers --version and --help per command, wherever they stand', () => {
+    expect(parseArgs(['--version'])).toEqual({ kind: 'version' });
+    expect(parseArgs(['run', '--kernel', 'k', '--version'])).toEqual({ kind: 'version' });
+    const help = (argv: string[]) => {
+      const c = parseArgs(argv);
+      if (c.kind !== 'help') throw new Error(`not help: ${c.kind}`);
+      return c.text;
+    };
+    expect(help(['--help'])).toMatch(/^Usage: vmm run \[options\][^\n]*\n\s+vmm plugins/);
+    expect(help(['run', '--help'])).toMatch(/^Usage: vmm run \[options\]\n/);
+    expect(help(['run', '--kernel', 'k', '-h'])).toContain('-S, --paused[=on|off]');
+    expect(help(['plugins', '--help'])).toMatch(/^Usage: vmm plugins \[--json\]/);
+    expect(help(['config-schema', '-h'])).toMatch(/^Usage: vmm config-schema/);
+    // every run setting is in run's help
+    for (const key of ['--kernel PATH', '--initrd PATH', '--cmdline STR', '--memory SIZE', '--cpus N', '--device SPEC', '--serial MODE', '--config FILE.json',
+      '--qmp unix:PATH', '--monitor stdio', '--incoming unix:PATH', '--restore FILE', '--trace-boot[=on|off]'])
+      expect(help(['run', '--help'])).toContain(key);
+  });
+
+  it('asks for device help with --device help and --device TYPE,help (QEMU names resolved)', () => {
+    expect(parseArgs(['run', '--device', 'help'])).toEqual({ kind: 'device-help' });
+    expect(parseArgs(['--device', 'virtio-blk,help'])).toEqual({ kind: 'device-help', type: 'virtio-blk' });
+    expect(parseArgs(['run', '--device', 'vhost-scsi-pci,help'])).toEqual({ kind: 'device-help', type: 'vhost-scsi' });
+  });
+
+  it("takes QEMU's device names as aliases", () => {
+    const c = parseArgs(['run', '--kernel', 'k', '--device', 'virtio-blk-pci,file=a', '--device', 'virtio-net-pci,tap=t0', '--device', 'virtio-scsi-pci', '--device', 'vhost-scsi-pci,id=v']);
+    expect(c).toMatchObject({ config: { devices: [{ type: 'virtio-blk', id: 'virtio-blk0' }, { type: 'virtio-net' }, { type: 'virtio-scsi' }, { type: 'vhost-scsi', id: 'v' }] } });
+  });
+
   it('parses the plugins subcommand', () => {
     expect(parseArgs(['plugins'])).toEqual({ kind: 'plugins', json: false });
     expect(parseArgs(['plugins', '--json'])).toEqual({ kind: 'plugins', json: true });
+  });
+});
+
+describe('--config FILE.json', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-cli-cfg-'));
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+  let n = 0;
+  const write = (text: string) => {
+    const f = path.join(dir, `vm${n++}.json`);
+    fs.writeFileSync(f, text);
+    return f;
+  };
+
+  it('holds every setting a flag has, by the same name (devices for --device)', () => {
+    const f = write(JSON.stringify({
+      $schema: './vm.schema.json', kernel: 'k', initrd: 'i', cmdline: '--help', memory: 512, cpus: 2, serial: 'none', qmp: ['unix:/tmp/a.sock', 'unix:/tmp/b.sock'], monitor: 'stdio',
+      paused: true, 'trace-boot': 'on', restore: 'snap.bin', devices: ['virtio-blk-pci,id=d0,file=a', { type: 'virtio-scsi-pci', id: 's0', 'num-queues': 2 }],
+    }));
+    expect(parseArgs(['run', '--config', f])).toEqual({
+      kind: 'run',
+      config: {
+        kernel: 'k', initrd: 'i', cmdline: '--help', memoryBytes: 512 * 2 ** 20, cpus: 2, serial: { kind: 'none' }, qmp: ['/tmp/a.sock', '/tmp/b.sock'],
+        monitorStdio: true, startPaused: true, traceBoot: true, restore: 'snap.bin',
+        devices: [
+          { type: 'virtio-blk', id: 'd0', props: { file: 'a' }, origin: { file: f, path: 'devices[0]' } },
+          { type: 'virtio-scsi', id: 's0', props: { 'num-queues': 2 }, origin: { file: f, path: 'devices[1]' } },
+        ],
+      },
+    });
+    const g = write(JSON.stringify({ kernel: 'k', incoming: 'unix:/tmp/m.sock', paused: 'off' }));
+    expect(parseArgs(['run', '--config', g])).toMatchObject({ config: { incoming: 'unix:/tmp/m.sock', startPaused: false } });
+  });
+
+  it('lets later flags override it and adds later devices after its own', () => {
+    const f = write(JSON.stringify({ kernel: 'k', memory: '1G', devices: [{ type: 'virtio-blk', file: 'a' }] }));
+    const c = parseArgs(['run', '--config', f, '--memory', '64', '--device', 'virtio-blk,file=b']);
+    expect(c).toMatchObject({ config: { memoryBytes: 64 * 2 ** 20, devices: [{ id: 'virtio-blk0' }, { id: 'virtio-blk1', props: { file: 'b' } }] } });
+  });
+
+  it.each([
+    ['{"kernel": "k", "memory": true}', 'memory: must be a size such as "512M" or "2G", or a number of MiB'],
+    ['{"kernel": "k", "memory": 8}', 'memory: 8 is below the minimum of 16M'],
+    ['{"kernel": "k", "cpus": 2.5}', 'cpus: must be an integer from 1 to 64'],
+    ['{"kernel": 7}', 'kernel: must be a string (a file name)'],
+    ['{"kernel": "k", "paused": "maybe"}', 'paused: must be true or false (or "on"/"off")'],
+    ['{"kernel": "k", "monitor": "tcp"}', 'monitor: must be "stdio" or "none"'],
+    ['{"kernel": "k", "qmp": ["unix:/tmp/a", "tcp:1"]}', "qmp[1]: 'tcp:1' must be unix:PATH"],
+    ['{"kernel": "k", "serial": "tcp:1"}', "serial: 'tcp:1' must be stdio, none or file:PATH"],
+    ['{"kernel": "k", "devices": {}}', 'devices: must be an array of devices'],
+    ['{"kernel": "k", "devices": [{"type": "virtio-blk", "id": 3}]}', 'devices[0].id: must be a string'],
+    ['{"kernel": "k", "devices": [{"type": "virtio-blk", "num-queues": [1]}]}', 'devices[0].num-queues: a device property must be a string, a number or a boolean'],
+    ['{"kernel": "k", "devices": [{"file": "a"}]}', 'devices[0].type: must be a string (a device type)'],
+    ['{"kernel": "k", "devices": [{"type": "virtio-blk", "id": "1x"}]}', "devices[0].id: id '1x' must start with a letter"],
+    ['{"kernel": "k", "devices": ["virtio-blk,novalue"]}', "devices[0] 'virtio-blk,novalue': 'novalue' is not key=value"],
+    ['{"kernel": "k", "kernal": "x"}', "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, trace-boot)"],
+    ['{"kernel": "k", "config": "x"}', "unknown setting 'config'"],
+    ['[1]', 'the file must hold a JSON object'],
+    ['', 'the file is empty'],
+    ['{\n  "kernel": "k",\n  "cpus": 2,\n  "devices": [1 2]\n}', "line 4, column 17: ',' or ']' expected, found '2' (not valid JSON)"],
+    ['{"kernel": "k",}', "line 1, column 15: a trailing ',' before '}' (not allowed in JSON)"],
+    ['{\n  // a comment\n}', 'line 2, column 3: a property name (a "string") expected, found \'/\' (comments are not JSON)'],
+    ['{"kernel": "k", "cpus": tru}', "line 1, column 25: a value (object, array, string, number, true, false or null) expected, found 't'"],
+    ['{"kernel": "k\u0001"}', 'line 1, column 14: a control character inside a string'],
+    ['{"kernel": "k"} x', "line 1, column 17: text after the end of the JSON value: 'x'"],
+  ])('%s -> names the file and the JSON path: %s', (text, msg) => {
+    const f = write(text);
+    expect(() => parseArgs(['run', '--config', f])).toThrow(`--config ${f}: ${msg}`);
+  });
+
+  it('refuses a config that is not a regular file or is too large, without reading it', () => {
+    expect(() => parseArgs(['run', '--config', '/dev/zero'])).toThrow('--config /dev/zero: not a regular file');
+    expect(() => parseArgs(['run', '--config', dir])).toThrow(`--config ${dir}: not a regular file`);
+    const big = write(' '.repeat(4 * 2 ** 20 + 1));
+    expect(() => parseArgs(['run', '--config', big])).toThrow(`--config ${big}: 4194305 bytes; a config file holds at most 4 MiB`);
+  });
+
+  it('locates a syntax error in hostile nesting without exhausting the stack', () => {
+    const f = write('['.repeat(100_000));
+    expect(() => parseArgs(['run', '--config', f])).toThrow(`--config ${f}: line 1, column 514: nested deeper than 512 levels (not valid JSON)`);
   });
 });

@@ -1,9 +1,15 @@
 /**
  * The VM configuration: one shape whether it comes from flags or --config FILE.json.
+ *
+ * SETTINGS is the one table of `vmm run`'s settings: each entry is a flag, its
+ * --help text, its key and schema in the JSON config (and so in `vmm
+ * config-schema`), and how a value is applied. Adding a flag is adding an
+ * entry there (and a field to VmConfig); see docs/cli.md.
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { isPrototypeKey, parseSize } from '@tsvmm/pci';
+import type { z as Zod } from 'zod';
+import { DeviceType, isPrototypeKey, parseSize, PropertyError, PropertySpec } from '@tsvmm/pci';
 
 /** sun_path holds 108 bytes including the terminating NUL. */
 export const UNIX_PATH_MAX = 107;
@@ -44,11 +50,20 @@ export function describeFileError(e: unknown, file: string): string {
   }
 }
 
+/** Where a device was configured, when in a --config file: the file and the JSON path of its entry. */
+export interface DeviceOrigin {
+  file: string;
+  /** e.g. `devices[0]`. */
+  path: string;
+}
+
 export interface DeviceConfig {
   type: string;
   id: string;
   /** Raw property values, validated later against the device type's schema. */
   props: Record<string, unknown>;
+  /** Set for a device from a --config file, so errors blame the file and JSON path, not --device. */
+  origin?: DeviceOrigin;
 }
 
 export type SerialConfig = { kind: 'stdio' } | { kind: 'file'; path: string } | { kind: 'none' };
@@ -86,9 +101,12 @@ export const MIN_MEMORY = 16 * 2 ** 20;
 export const MAX_MEMORY = 64 * 2 ** 30;
 export const MAX_CPUS = 64;
 
+/** A guest RAM size: with no unit (a plain number, or a JSON number) it is MiB, as QEMU's -m. */
 export function parseMemory(flag: string, text: unknown): number {
-  const v = typeof text === 'number' ? text : typeof text === 'string' ? parseSize(text) : undefined;
-  if (v === undefined) throw new ConfigError(`${flag}: '${String(text)}' is not a size (use e.g. 256M or 2G)`);
+  let v: number | undefined;
+  if (typeof text === 'number') v = Number.isSafeInteger(text) && text >= 0 ? text * 2 ** 20 : undefined;
+  else if (typeof text === 'string') v = /^\s*\d+\s*$/.test(text) ? Number(text) * 2 ** 20 : parseSize(text);
+  if (v === undefined || !Number.isSafeInteger(v)) throw new ConfigError(`${flag}: '${String(text)}' is not a size (use e.g. 256M or 2G; a number alone means MiB)`);
   if (v < MIN_MEMORY) throw new ConfigError(`${flag}: ${String(text)} is below the minimum of 16M`);
   if (v > MAX_MEMORY) throw new ConfigError(`${flag}: ${String(text)} is above the maximum of 64G`);
   if (v % (2 * 2 ** 20) !== 0) throw new ConfigError(`${flag}: ${String(text)} must be a multiple of 2M`);
@@ -113,8 +131,41 @@ export function parseSerial(flag: string, text: unknown): SerialConfig {
   throw new ConfigError(`${flag}: '${String(text)}' must be stdio, none or file:PATH`);
 }
 
-/** Parses "TYPE,id=ID,key=value,..." (QEMU's -device shape; ",," is a literal comma). */
-export function parseDeviceSpec(flag: string, spec: string, index: number): DeviceConfig {
+const ON = ['on', 'yes', 'true'];
+const OFF = ['off', 'no', 'false'];
+
+/** A switch's value: `--flag` alone is on; `--flag=on|off` (yes/no, true/false); a JSON boolean. */
+export function parseOnOff(flag: string, v: unknown): boolean {
+  if (v === undefined || v === true) return true;
+  if (v === false) return false;
+  if (typeof v === 'string' && ON.includes(v.toLowerCase())) return true;
+  if (typeof v === 'string' && OFF.includes(v.toLowerCase())) return false;
+  throw new ConfigError(`${flag}: '${String(v)}' must be on or off`);
+}
+
+/**
+ * QEMU's names for the device types this VMM provides: `--device
+ * virtio-blk-pci,...` works as in QEMU. Resolved when a device is parsed, so
+ * errors, QMP and `vmm plugins` use the VMM's own type name.
+ */
+export const DEVICE_ALIASES: Readonly<Record<string, string>> = {
+  'virtio-blk-pci': 'virtio-blk',
+  'virtio-net-pci': 'virtio-net',
+  'virtio-scsi-pci': 'virtio-scsi',
+  'vhost-scsi-pci': 'vhost-scsi',
+};
+
+export function canonicalDeviceType(type: string): string {
+  return Object.hasOwn(DEVICE_ALIASES, type) ? DEVICE_ALIASES[type] : type;
+}
+
+/** The aliases of one device type. */
+export function aliasesOf(type: string): string[] {
+  return Object.keys(DEVICE_ALIASES).filter((a) => DEVICE_ALIASES[a] === type);
+}
+
+/** Splits QEMU's "a,b=c" option syntax (",," is a literal comma). */
+export function splitDeviceSpec(spec: string): string[] {
   const parts: string[] = [];
   let cur = '';
   for (let i = 0; i < spec.length; i++) {
@@ -129,8 +180,15 @@ export function parseDeviceSpec(flag: string, spec: string, index: number): Devi
     } else cur += spec[i];
   }
   parts.push(cur);
-  const type = parts.shift()!;
-  if (!type || type.includes('=')) throw new ConfigError(`${flag} '${spec}': must start with a device TYPE`);
+  return parts;
+}
+
+/** Parses "TYPE,id=ID,key=value,..." (QEMU's -device shape; ",," is a literal comma). */
+export function parseDeviceSpec(flag: string, spec: string, index: number, origin?: DeviceOrigin): DeviceConfig {
+  const parts = splitDeviceSpec(spec);
+  const given = parts.shift()!;
+  if (!given || given.includes('=')) throw new ConfigError(`${flag} '${spec}': must start with a device TYPE`);
+  const type = canonicalDeviceType(given);
   const props: Record<string, unknown> = {};
   let id: string | undefined;
   for (const p of parts) {
@@ -143,7 +201,19 @@ export function parseDeviceSpec(flag: string, spec: string, index: number): Devi
     else if (Object.hasOwn(props, k)) throw new ConfigError(`${flag} '${spec}': property '${k}' given twice`);
     else props[k] = v;
   }
-  return { type, id: id ?? `${type}${index}`, props };
+  return { type, id: id ?? `${type}${index}`, props, ...(origin ? { origin } : {}) };
+}
+
+/** How errors name a device: `--device TYPE,id=ID`, or `--config FILE: devices[N]`. */
+export function deviceWhere(d: DeviceConfig): string {
+  return d.origin ? `--config ${d.origin.file}: ${d.origin.path}` : `--device ${d.type},id=${d.id}`;
+}
+
+/** A device property error, blamed on the JSON path (`devices[0].num-queues`) when the device came from a config file. */
+export function devicePropertyError(d: DeviceConfig, e: PropertyError): ConfigError {
+  if (d.origin && e.property !== undefined && e.detail !== undefined)
+    return new ConfigError(`--config ${d.origin.file}: ${d.origin.path}${jsonPathKey(e.property)}: ${e.detail}`);
+  return new ConfigError(e.message);
 }
 
 /** Validates the settings shared by both sources. */
@@ -157,8 +227,9 @@ export function checkConfig(c: VmConfig): VmConfig {
   if (c.monitorStdio && c.serial.kind === 'stdio') throw new ConfigError('--monitor stdio: stdio is taken by the serial console; add --serial file:PATH or --serial none');
   const ids = new Set<string>();
   for (const d of c.devices) {
-    if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(d.id)) throw new ConfigError(`--device ${d.type}: id '${d.id}' must start with a letter and use only letters, digits, _ . -`);
-    if (ids.has(d.id)) throw new ConfigError(`--device: id '${d.id}' is used twice`);
+    const where = d.origin ? `--config ${d.origin.file}: ${d.origin.path}.id` : `--device ${d.type}`;
+    if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(d.id)) throw new ConfigError(`${where}: id '${d.id}' must start with a letter and use only letters, digits, _ . -`);
+    if (ids.has(d.id)) throw new ConfigError(`${d.origin ? where : '--device'}: id '${d.id}' is used twice`);
     ids.add(d.id);
   }
   return c;
@@ -168,37 +239,419 @@ export function defaultConfig(): VmConfig {
   return { kernel: '', cmdline: '', memoryBytes: 256 * 2 ** 20, cpus: 1, devices: [], serial: { kind: 'stdio' }, traceBoot: false, qmp: [], monitorStdio: false, startPaused: false };
 }
 
-/** Reads a --config JSON file: the same settings as the flags, by the same names. */
-export function configFromJson(flag: string, json: unknown): Partial<VmConfig> {
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new ConfigError(`${flag}: the file must hold a JSON object`);
-  const o = json as Record<string, unknown>;
-  const known = ['kernel', 'initrd', 'cmdline', 'memory', 'cpus', 'devices', 'serial', 'qmp'];
-  for (const k of Object.keys(o)) if (isPrototypeKey(k) || !known.includes(k)) throw new ConfigError(`${flag}: unknown setting '${k}' (known: ${known.join(', ')})`);
-  const out: Partial<VmConfig> = {};
-  const has = (k: string) => Object.hasOwn(o, k);
-  const str = (k: string) => {
-    if (typeof o[k] !== 'string') throw new ConfigError(`${flag}: '${k}' must be a string`);
-    return o[k] as string;
+// ---------------------------------------------------------------------------
+// The settings table.
+
+type ZodNs = typeof import('zod').z;
+
+/**
+ * zod, loaded when first needed (a --config file, `vmm config-schema`): it
+ * would add a tenth of a second to every VMM start on a loaded host.
+ */
+function zod(): ZodNs {
+  return (require('zod') as typeof import('zod')).z;
+}
+
+export const onOffJson = (z: ZodNs) =>
+  z.union([z.boolean(), z.enum([...ON, ...OFF])], { error: 'must be true or false (or "on"/"off")' })
+  .meta({ description: 'true/false, or "on"/"off", "yes"/"no"' });
+
+const propertyValue = (z: ZodNs) => z.union([z.string(), z.number(), z.boolean()], { error: 'a device property must be a string, a number or a boolean' });
+
+const deviceJson = (z: ZodNs) => z.union(
+  [
+    z.string().meta({ description: 'TYPE,id=ID,key=value,... as with --device' }),
+    z.object({ type: z.string({ error: 'must be a string (a device type)' }), id: z.string({ error: 'must be a string' }).optional() }).catchall(propertyValue(z)),
+  ],
+  { error: 'must be an object with a "type" or a "TYPE,key=value" string' },
+);
+
+/** What `apply` is told besides the value. */
+export interface ApplyContext {
+  /** Where the value comes from, for errors: `--memory`, or `--config vm.json: memory`. */
+  where: string;
+  /** Set when the value comes from a --config file. */
+  file?: string;
+}
+
+/** One setting of `vmm run`: a flag, and (mostly) a key of the JSON config. */
+export interface Setting {
+  /** The long flag, `--NAME`; also the JSON key unless `jsonKey` says otherwise. */
+  name: string;
+  /** A one-letter alias (`-S`). */
+  short?: string;
+  /** 'bool': a switch (`--NAME`, `--NAME=on|off`); 'value': takes one value (`--NAME V` or `--NAME=V`). */
+  kind: 'value' | 'bool';
+  /** The value's placeholder in --help (value settings). */
+  arg?: string;
+  /** The --help text; lines after the first are indented under it. */
+  help: string;
+  /** The key in the JSON config; `null`: the config cannot hold it (e.g. --config itself). */
+  jsonKey?: string | null;
+  /** The JSON value's schema, checked before `apply`/`applyJson` and published by `vmm config-schema`. */
+  json?: (z: ZodNs) => Zod.ZodType;
+  /** Applies one flag value (a string; undefined for a bare switch) or a JSON value already checked by `json`. */
+  apply(c: VmConfig, value: unknown, ctx: ApplyContext): void;
+  /** Applies the JSON value when that differs from a flag's (lists). */
+  applyJson?(c: VmConfig, value: unknown, ctx: ApplyContext): void;
+}
+
+export const SETTINGS: readonly Setting[] = [
+  {
+    name: 'kernel', kind: 'value', arg: 'PATH', help: 'Linux bzImage (64-bit boot protocol) or PVH ELF kernel (required)',
+    json: (z) => z.string({ error: 'must be a string (a file name)' }),
+    apply: (c, v) => void (c.kernel = v as string),
+  },
+  {
+    name: 'initrd', kind: 'value', arg: 'PATH', help: 'initial ramdisk (bzImage) or first PVH module',
+    json: (z) => z.string({ error: 'must be a string (a file name)' }),
+    apply: (c, v) => void (c.initrd = v as string),
+  },
+  {
+    name: 'cmdline', kind: 'value', arg: 'STR', help: "kernel command line (`--cmdline --help` passes '--help' to the guest)",
+    json: (z) => z.string({ error: 'must be a string' }),
+    apply: (c, v) => void (c.cmdline = v as string),
+  },
+  {
+    name: 'memory', short: 'm', kind: 'value', arg: 'SIZE', help: 'guest RAM, e.g. 256M or 2G; a number alone means MiB, as QEMU -m (default 256M)',
+    json: (z) => z.union([z.string(), z.number()], { error: 'must be a size such as "512M" or "2G", or a number of MiB' }).meta({ description: 'guest RAM: "512M", "2G", or a number of MiB' }),
+    apply: (c, v, { where }) => void (c.memoryBytes = parseMemory(where, v)),
+  },
+  {
+    name: 'cpus', kind: 'value', arg: 'N', help: `number of vCPUs, 1 to ${MAX_CPUS} (default 1)`,
+    json: (z) => z.union([z.number().int(), z.string()], { error: `must be an integer from 1 to ${MAX_CPUS}` }),
+    apply: (c, v, { where }) => void (c.cpus = parseCpus(where, v)),
+  },
+  {
+    name: 'device', kind: 'value', arg: 'SPEC', jsonKey: 'devices',
+    help: 'TYPE,id=ID,key=value,... (repeatable); QEMU names such as virtio-blk-pci work too;\n`--device help` lists the types, `--device TYPE,help` their properties',
+    json: (z) => z.array(deviceJson(z), { error: 'must be an array of devices' }),
+    apply: (c, v, { where }) => void c.devices.push(parseDeviceSpec(where, v as string, c.devices.length)),
+    applyJson: (c, v, { file }) => {
+      (v as unknown[]).forEach((d, i) => c.devices.push(deviceFromJson(file!, d, i, c.devices.length)));
+    },
+  },
+  {
+    name: 'serial', kind: 'value', arg: 'MODE', help: 'stdio | file:PATH | none (default stdio); COM1 at 0x3f8, IRQ 4',
+    json: (z) => z.string({ error: 'must be "stdio", "none" or "file:PATH"' }),
+    apply: (c, v, { where }) => void (c.serial = parseSerial(where, v)),
+  },
+  {
+    name: 'config', kind: 'value', arg: 'FILE.json', jsonKey: null,
+    help: 'settings as JSON, by the same names as the flags ("devices" for --device);\nsee docs/cli.md and `vmm config-schema`; flags after --config override it',
+    apply: (c, v, { where }) => applyConfigFile(c, v as string, where),
+  },
+  {
+    name: 'qmp', kind: 'value', arg: 'unix:PATH', help: 'serve QMP on a unix socket (repeatable); see docs/qmp.md',
+    json: (z) => z.union([z.string(), z.array(z.string({ error: 'must be "unix:PATH"' }))], { error: 'must be "unix:PATH" or an array of them' }),
+    apply: (c, v, { where }) => void c.qmp.push(parseQmp(where, v)),
+    applyJson: (c, v, { where }) => {
+      if (typeof v === 'string') c.qmp.push(parseQmp(where, v));
+      else (v as string[]).forEach((q, i) => c.qmp.push(parseQmp(`${where}[${i}]`, q)));
+    },
+  },
+  {
+    name: 'monitor', kind: 'value', arg: 'stdio', help: 'the human monitor (HMP) on stdin/stdout (needs --serial file:PATH or none)',
+    json: (z) => z.enum(['stdio', 'none'], { error: 'must be "stdio" or "none"' }),
+    apply: (c, v, { where }) => {
+      if (v !== 'stdio' && v !== 'none') throw new ConfigError(`${where}: '${String(v)}' must be stdio or none`);
+      c.monitorStdio = v === 'stdio';
+    },
+  },
+  {
+    name: 'paused', short: 'S', kind: 'bool', help: "create the VM but start the vCPUs only on QMP/HMP 'cont'\n(needs --qmp or --monitor stdio)",
+    json: onOffJson,
+    apply: (c, v, { where }) => void (c.startPaused = parseOnOff(where, v)),
+  },
+  {
+    name: 'incoming', kind: 'value', arg: 'unix:PATH',
+    help: "wait on PATH for a live migration (QMP 'migrate' on the\nsource), then run the migrated guest; same devices needed",
+    json: (z) => z.string({ error: 'must be "unix:PATH"' }),
+    apply: (c, v) => void (c.incoming = v as string),
+  },
+  {
+    name: 'restore', kind: 'value', arg: 'FILE',
+    help: 'continue the guest from an x-snapshot-save file (same\n--kernel, --memory, --cpus and devices as when it was saved)',
+    json: (z) => z.string({ error: 'must be a string (a file name)' }),
+    apply: (c, v) => void (c.restore = v as string),
+  },
+  {
+    name: 'trace-boot', kind: 'bool', help: 'report the time from start to the first serial byte',
+    json: onOffJson,
+    apply: (c, v, { where }) => void (c.traceBoot = parseOnOff(where, v)),
+  },
+];
+
+/** The JSON config's key of a setting, or undefined when the config cannot hold it. */
+export function jsonKeyOf(s: Setting): string | undefined {
+  return s.jsonKey === null ? undefined : (s.jsonKey ?? s.name);
+}
+
+/** `.key`, or `["odd key"]` when the key is not a plain name. */
+function jsonPathKey(k: string | number): string {
+  if (typeof k === 'number') return `[${k}]`;
+  return /^[A-Za-z_][A-Za-z0-9_-]*$/.test(k) ? `.${k}` : `[${JSON.stringify(k)}]`;
+}
+
+/** `devices[0].num-queues` from ['devices', 0, 'num-queues']. */
+export function formatJsonPath(p: readonly PropertyKey[]): string {
+  return p.map((k) => jsonPathKey(typeof k === 'symbol' ? String(k) : k)).join('').replace(/^\./, '');
+}
+
+function deviceFromJson(file: string, d: unknown, i: number, index: number): DeviceConfig {
+  const origin = { file, path: `devices[${i}]` };
+  if (typeof d === 'string') return parseDeviceSpec(`--config ${file}: devices[${i}]`, d, index, origin);
+  const { type, id, ...props } = d as Record<string, unknown>;
+  const canonical = canonicalDeviceType(type as string);
+  return { type: canonical, id: (id as string | undefined) ?? `${canonical}${index}`, props, origin };
+}
+
+/** The zod schema of the JSON config, from SETTINGS; `devices` as given (for editors, see configJsonSchema). */
+export function configSchema(devices?: Zod.ZodType): Zod.ZodObject {
+  const z = zod();
+  const shape: Record<string, Zod.ZodType> = {
+    $schema: z.string({ error: 'must be a string' }).optional().meta({ description: 'the JSON Schema this file follows (for editors; the VMM ignores it)' }),
   };
-  if (has('kernel')) out.kernel = str('kernel');
-  if (has('initrd')) out.initrd = str('initrd');
-  if (has('cmdline')) out.cmdline = str('cmdline');
-  if (has('memory')) out.memoryBytes = parseMemory(`${flag}: memory`, o.memory);
-  if (has('cpus')) out.cpus = parseCpus(`${flag}: cpus`, o.cpus);
-  if (has('serial')) out.serial = parseSerial(`${flag}: serial`, o.serial);
-  if (has('qmp')) out.qmp = [parseQmp(`${flag}: qmp`, o.qmp)];
-  if (has('devices')) {
-    if (!Array.isArray(o.devices)) throw new ConfigError(`${flag}: 'devices' must be an array`);
-    out.devices = o.devices.map((d, i) => {
-      if (typeof d === 'string') return parseDeviceSpec(`${flag}: devices[${i}]`, d, i);
-      if (typeof d !== 'object' || d === null || typeof (d as { type?: unknown }).type !== 'string')
-        throw new ConfigError(`${flag}: devices[${i}] must be an object with a "type" or a "TYPE,key=value" string`);
-      const { type, id, ...props } = d as Record<string, unknown>;
-      const reserved = Object.keys(props).find(isPrototypeKey);
-      if (reserved !== undefined) throw new ConfigError(`${flag}: devices[${i}]: '${reserved}' is not a property name (a reserved name)`);
-      if (id !== undefined && typeof id !== 'string') throw new ConfigError(`${flag}: devices[${i}].id must be a string`);
-      return { type: type as string, id: (id as string | undefined) ?? `${String(type)}${i}`, props };
-    });
+  for (const s of SETTINGS) {
+    const key = jsonKeyOf(s);
+    if (key === undefined || !s.json) continue;
+    const schema = key === 'devices' && devices ? devices : s.json(z);
+    shape[key] = schema.optional().meta({ description: s.help.replace(/\n/g, ' ') });
   }
-  return out;
+  return z.strictObject(shape);
+}
+
+/**
+ * The first reserved name (`__proto__`, `toString`, ...) used as a key at the
+ * top level or in a device object: refused before any other check, so no
+ * lookup or copy can reach Object.prototype.
+ */
+function reservedKey(o: Record<string, unknown>): string | undefined {
+  const top = Object.keys(o).find(isPrototypeKey);
+  if (top !== undefined) return `unknown setting '${top}' (a reserved name)`;
+  if (Array.isArray(o.devices))
+    for (const [i, d] of o.devices.entries()) {
+      if (typeof d !== 'object' || d === null || Array.isArray(d)) continue;
+      const k = Object.keys(d).find(isPrototypeKey);
+      if (k !== undefined) return `devices[${i}]: '${k}' is not a property name (a reserved name)`;
+    }
+  return undefined;
+}
+
+/**
+ * For a union (a device is a string or an object): the issue of the branch
+ * that got furthest (`devices[0].id: must be a string` rather than "must be a
+ * string or an object"), its path made absolute.
+ */
+function deepestIssue(issue: Zod.core.$ZodIssue): Zod.core.$ZodIssue {
+  if (issue.code !== 'invalid_union' || !issue.errors.length) return issue;
+  const firsts = issue.errors.map((b) => b[0]).filter((i) => i !== undefined);
+  const best = firsts.reduce((a, b) => (b.path.length > a.path.length ? b : a), firsts[0]);
+  if (!best || best.path.length === 0) return issue;
+  return deepestIssue({ ...best, path: [...issue.path, ...best.path] } as Zod.core.$ZodIssue);
+}
+
+/**
+ * Applies a parsed JSON config to `c`: checks it against the schema (errors
+ * name `where`, the file, and the JSON path), then applies each setting in
+ * SETTINGS order.
+ */
+export function applyConfigJson(c: VmConfig, json: unknown, where: string, file: string): void {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new ConfigError(`${where}: the file must hold a JSON object`);
+  const o = json as Record<string, unknown>;
+  const reserved = reservedKey(o);
+  if (reserved) throw new ConfigError(`${where}: ${reserved}`);
+  const r = configSchema().safeParse(o);
+  if (!r.success) {
+    const issue = deepestIssue(r.error.issues[0]);
+    if (issue.code === 'unrecognized_keys') {
+      const known = SETTINGS.map(jsonKeyOf).filter((k) => k !== undefined);
+      const at = issue.path.length ? `${formatJsonPath(issue.path)}: ` : '';
+      throw new ConfigError(`${where}: ${at}unknown setting '${issue.keys[0]}' (known: ${known.join(', ')})`);
+    }
+    throw new ConfigError(`${where}: ${formatJsonPath(issue.path)}: ${issue.message}`);
+  }
+  for (const s of SETTINGS) {
+    const key = jsonKeyOf(s);
+    if (key === undefined || !Object.hasOwn(o, key)) continue;
+    const ctx = { where: `${where}: ${key}`, file };
+    (s.applyJson ?? s.apply)(c, o[key], ctx);
+  }
+}
+
+/** Line and column (from 1) of a character offset. */
+function lineColumn(text: string, offset: number): { line: number; column: number } {
+  const before = text.slice(0, offset);
+  const line = before.split('\n').length;
+  return { line, column: offset - before.lastIndexOf('\n') };
+}
+
+/** Nesting the syntax-error locator follows (its recursion is bounded; JSON.parse has no such limit). */
+const MAX_JSON_DEPTH = 512;
+
+/**
+ * Where and why `text` is not JSON (RFC 8259), for a text JSON.parse refused:
+ * its messages carry no reliable position. A small recursive scanner.
+ */
+export function locateJsonError(text: string): { offset: number; message: string } | undefined {
+  let i = 0;
+  class Bad {
+    constructor(
+      readonly offset: number,
+      readonly message: string,
+    ) {}
+  }
+  const ws = () => {
+    while (i < text.length && ' \t\n\r'.includes(text[i])) i++;
+  };
+  const what = () => (i >= text.length ? 'the end of the file' : text[i] === '/' ? "'/' (comments are not JSON)" : `'${text[i]}'`);
+  const expect = (wanted: string) => new Bad(i, `${wanted} expected, found ${what()}`);
+  const str = () => {
+    const start = i++;
+    for (;;) {
+      if (i >= text.length) throw new Bad(start, 'unterminated string');
+      const c = text.charCodeAt(i);
+      if (c === 0x22) return void i++;
+      if (c < 0x20) throw new Bad(i, 'a control character inside a string (write it as \\n, \\t or \\u00XX)');
+      if (c === 0x5c) {
+        const e = text[i + 1];
+        if (e === 'u') {
+          if (!/^[0-9a-fA-F]{4}$/.test(text.slice(i + 2, i + 6))) throw new Bad(i, 'malformed \\u escape (\\u and 4 hex digits)');
+          i += 6;
+        } else if (e !== undefined && '"\\/bfnrt'.includes(e)) i += 2;
+        else throw new Bad(i, `malformed escape '\\${e ?? ''}'`);
+      } else i++;
+    }
+  };
+  const value = (depth: number): void => {
+    ws();
+    if (depth > MAX_JSON_DEPTH) throw new Bad(i, `nested deeper than ${MAX_JSON_DEPTH} levels`);
+    const c = text[i];
+    if (c === '{' || c === '[') {
+      const close = c === '{' ? '}' : ']';
+      i++;
+      ws();
+      if (text[i] === close) return void i++;
+      for (;;) {
+        if (c === '{') {
+          ws();
+          if (text[i] !== '"') throw expect(`a property name (a "string")`);
+          str();
+          ws();
+          if (text[i] !== ':') throw expect("':'");
+          i++;
+        }
+        value(depth + 1);
+        ws();
+        if (text[i] === close) return void i++;
+        if (text[i] !== ',') throw expect(`',' or '${close}'`);
+        i++;
+        ws();
+        if (text[i] === close) throw new Bad(i - 1, `a trailing ',' before '${close}' (not allowed in JSON)`);
+      }
+    }
+    if (c === '"') return str();
+    const lit = /true|false|null|-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/y;
+    lit.lastIndex = i;
+    const m = lit.exec(text);
+    if (m && m[0] && !/[A-Za-z0-9_.]/.test(text[i + m[0].length] ?? '')) return void (i += m[0].length);
+    throw expect('a value (object, array, string, number, true, false or null)');
+  };
+  try {
+    value(0);
+    ws();
+    if (i < text.length) throw new Bad(i, `text after the end of the JSON value: ${what()}`);
+    return undefined;
+  } catch (e) {
+    if (e instanceof Bad) return { offset: e.offset, message: e.message };
+    throw e;
+  }
+}
+
+/** JSON.parse, with a syntax error reported as `line L, column C: what`. */
+export function parseJsonText(text: string, where: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    if (!text.trim()) throw new ConfigError(`${where}: the file is empty (it must hold a JSON object)`);
+    const bad = locateJsonError(text);
+    if (!bad) throw new ConfigError(`${where}: not valid JSON (${(e as Error).message})`);
+    const { line, column } = lineColumn(text, bad.offset);
+    throw new ConfigError(`${where}: line ${line}, column ${column}: ${bad.message} (not valid JSON)`);
+  }
+}
+
+export const MAX_CONFIG_BYTES = 4 * 2 ** 20;
+
+/** --config FILE: reads, parses and applies the file; errors name it. */
+export function applyConfigFile(c: VmConfig, file: string, flag = '--config'): void {
+  const where = `${flag} ${file}`;
+  let text: string;
+  try {
+    // A FIFO or /dev/zero would be read forever: only a regular file of sane size.
+    const st = fs.statSync(file);
+    if (!st.isFile()) throw new ConfigError(`${where}: not a regular file`);
+    if (st.size > MAX_CONFIG_BYTES) throw new ConfigError(`${where}: ${st.size} bytes; a config file holds at most ${MAX_CONFIG_BYTES / 2 ** 20} MiB`);
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+    throw new ConfigError(`${where}: ${describeFileError(e, file)}`);
+  }
+  applyConfigJson(c, parseJsonText(text, where), `--config ${file}`, file);
+}
+
+// ---------------------------------------------------------------------------
+// The published JSON Schema (`vmm config-schema`).
+
+function propertyZod(z: ZodNs, spec: PropertySpec): Zod.ZodType {
+  let t: Zod.ZodType;
+  switch (spec.type) {
+    case 'string':
+      t = spec.pattern ? z.string().regex(spec.pattern) : z.string().min(1);
+      break;
+    case 'path':
+      t = z.string().min(1);
+      break;
+    case 'bool':
+      t = z.union([z.boolean(), z.enum(['on', 'off', 'true', 'false', 'yes', 'no', '1', '0'])]);
+      break;
+    case 'int':
+    case 'size': {
+      let n = z.number().int();
+      if (spec.min !== undefined) n = n.min(spec.min);
+      if (spec.max !== undefined) n = n.max(spec.max);
+      t = z.union([n, z.string().regex(spec.type === 'size' ? /^(0x[0-9a-fA-F]+|\d+)\s*([kmgtKMGT]i?[bB]?|[bB])?$/ : /^(0x[0-9a-fA-F]+|-?\d+)$/)]);
+      break;
+    }
+    case 'enum':
+      t = z.enum(spec.values as [string, ...string[]]);
+      break;
+  }
+  const meta: Record<string, unknown> = { description: spec.description };
+  if (spec.default !== undefined) meta.default = spec.default;
+  return t.meta(meta);
+}
+
+/**
+ * The JSON Schema (draft 2020-12) of the config file, for editors: every
+ * setting, and each device type's properties (types, defaults, descriptions)
+ * from the plugins' schemas.
+ */
+export function configJsonSchema(types: readonly DeviceType[]): Record<string, unknown> {
+  const z = zod();
+  const variants = types.map((t) => {
+    const names = [t.type, ...aliasesOf(t.type)];
+    const shape: Record<string, Zod.ZodType> = {
+      type: (names.length > 1 ? z.enum(names as [string, ...string[]]) : z.literal(t.type)).meta({ description: t.description }),
+      id: z.string().optional().meta({ description: 'the device id (default: TYPE and its index)' }),
+    };
+    for (const [k, spec] of Object.entries(t.properties)) {
+      const p = propertyZod(z, spec);
+      shape[k] = 'required' in spec && spec.required ? p : p.optional();
+    }
+    return z.strictObject(shape);
+  });
+  const device = z.union([z.string().meta({ description: 'TYPE,id=ID,key=value,... as with --device' }), ...variants]);
+  const schema = z.toJSONSchema(configSchema(z.array(device)), { unrepresentable: 'any', io: 'input' });
+  return { ...schema, title: 'tsvmm VM configuration (vmm run --config FILE.json)' };
 }

@@ -6,9 +6,9 @@
 import 'reflect-metadata';
 import { Container } from 'inversify';
 import {
-  checkDevicePlugin, Device, DeviceContext, DevicePlugin, DeviceType, DEVICE_PLUGIN, parseProperties, PluginError,
+  checkDevicePlugin, Device, DeviceContext, DevicePlugin, DeviceType, DEVICE_PLUGIN, parseProperties, PluginError, PropertyError,
 } from '@tsvmm/pci';
-import { ConfigError, DeviceConfig, VmConfig } from './config';
+import { ConfigError, DeviceConfig, devicePropertyError, deviceWhere, VmConfig } from './config';
 
 export const TYPES = {
   Config: Symbol.for('tsvmm.Config'),
@@ -57,17 +57,23 @@ export class DeviceRegistry {
     return [...this.byType.keys()].sort();
   }
 
-  lookup(type: string): DeviceType {
+  /** The type's plugin, for `--device TYPE,help`. */
+  pluginOf(type: string): DevicePlugin | undefined {
+    return this.byType.get(type)?.plugin;
+  }
+
+  /** `where` names the device in errors (default `--device TYPE`). */
+  lookup(type: string, where = `--device ${type}`): DeviceType {
     const t = this.byType.get(type);
     if (t) return t.type;
     const leftOut = this.missing?.leftOut.find((p) => p.deviceTypes.includes(type));
     if (leftOut && this.missing) {
       const built = this.missing.builtWith.length ? `built with: ${this.missing.builtWith.join(', ')}` : 'built without device plugins';
-      throw new ConfigError(`--device ${type}: device type '${type}' is not available in this build (${built}); it comes from plugin ${leftOut.name}`);
+      throw new ConfigError(`${where}: device type '${type}' is not available in this build (${built}); it comes from plugin ${leftOut.name}`);
     }
     const known = this.types;
     throw new ConfigError(
-      `--device ${type}: unknown device type '${type}'` + (known.length ? ` (available: ${known.join(', ')})` : ' (no device plugins are loaded)'),
+      `${where}: unknown device type '${type}'` + (known.length ? ` (available: ${known.join(', ')})` : ' (no device plugins are loaded)'),
     );
   }
 
@@ -83,7 +89,10 @@ export class DeviceRegistry {
     } catch (e) {
       // A plugin reports bad resources (missing file, busy TAP, bad MAC) by throwing: say which device.
       const msg = (e as Error).message;
-      throw new DeviceSetupError(msg.startsWith('--device') ? msg : `--device ${d.type},id=${d.id}: ${msg}`);
+      // A plugin that names the device itself says `--device TYPE,id=ID: ...`; a config file's device is blamed on its JSON path.
+      const own = `--device ${d.type},id=${d.id}: `;
+      if (msg.startsWith(own)) throw new DeviceSetupError(`${deviceWhere(d)}: ${msg.slice(own.length)}`);
+      throw new DeviceSetupError(msg.startsWith('--device') ? msg : `${deviceWhere(d)}: ${msg}`);
     }
   }
 
@@ -93,10 +102,11 @@ export class DeviceRegistry {
   }
 
   private parse(d: DeviceConfig) {
-    const type = this.lookup(d.type);
+    const type = this.lookup(d.type, d.origin ? `${deviceWhere(d)}.type` : undefined);
     try {
-      return { type, props: parseProperties(`--device ${d.type},id=${d.id}`, type.properties, d.props) };
+      return { type, props: parseProperties(deviceWhere(d), type.properties, d.props) };
     } catch (e) {
+      if (e instanceof PropertyError) throw devicePropertyError(d, e);
       throw new ConfigError((e as Error).message);
     }
   }

@@ -1,8 +1,8 @@
 /** `vmm` command-line entry point. */
 import * as fs from 'fs';
 import { KvmUnavailableError } from '@tsvmm/kvm-native';
-import { parseArgs, USAGE } from './cli';
-import { ConfigError, describeFileError, VmConfig } from './config';
+import { formatDeviceProperties, formatDeviceTypes, parseArgs, VERSION } from './cli';
+import { ConfigError, configJsonSchema, describeFileError, VmConfig } from './config';
 import { buildContainer, DeviceRegistry, DeviceSetupError, TYPES } from './container';
 import { EXIT_CODE_VMM_ERROR, Machine, MachineExit } from './machine/machine';
 import { KernelImageError } from './machine/loader';
@@ -117,7 +117,11 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_USAGE;
   }
   if (cmd.kind === 'help') {
-    process.stdout.write(USAGE);
+    process.stdout.write(cmd.text);
+    return 0;
+  }
+  if (cmd.kind === 'version') {
+    process.stdout.write(`vmm ${VERSION} (node ${process.versions.node})\n`);
     return 0;
   }
   const catalog = loadPluginCatalog();
@@ -131,7 +135,30 @@ export async function main(argv: readonly string[]): Promise<number> {
     for (const p of catalog.problems) process.stderr.write(`vmm: ${p.message}\n`);
     return EXIT_CODE_VMM_ERROR;
   }
+  if (cmd.kind === 'device-help' || cmd.kind === 'config-schema') {
+    try {
+      const missing = catalog.builtWith ? { builtWith: catalog.builtWith, leftOut: catalog.leftOut } : undefined;
+      const registry = new DeviceRegistry(catalog.plugins.map((p) => p.plugin), missing);
+      const types = registry.types.map((t) => ({ type: registry.lookup(t), plugin: registry.pluginOf(t)! }));
+      if (cmd.kind === 'config-schema') process.stdout.write(JSON.stringify(configJsonSchema(types.map((t) => t.type)), null, 2) + '\n');
+      else if (cmd.type === undefined) process.stdout.write(formatDeviceTypes(types));
+      else process.stdout.write(formatDeviceProperties(registry.lookup(cmd.type), registry.pluginOf(cmd.type)!));
+      return 0;
+    } catch (e) {
+      if (!(e instanceof ConfigError) && !(e instanceof PluginError)) throw e;
+      process.stderr.write(`vmm: ${e.message}\n`);
+      return e instanceof ConfigError ? EXIT_USAGE : EXIT_CODE_VMM_ERROR;
+    }
+  }
   const config = cmd.config;
+  for (const p of config.qmp) {
+    // Before the machine is built: a socket that cannot be created is an error in seconds, not after RAM and devices.
+    const problem = checkSocketPath(p);
+    if (problem) {
+      process.stderr.write(`vmm: --qmp unix:${p}: ${problem}\n`);
+      return EXIT_CODE_VMM_ERROR;
+    }
+  }
   let machine: Machine;
   let serial: ReturnType<typeof serialSink>;
   try {

@@ -28,7 +28,16 @@ export type PropertySchema = Record<string, PropertySpec>;
 export type PropertyValue = string | number | boolean;
 
 export class PropertyError extends Error {
-  constructor(message: string) {
+  /**
+   * `property`: the property at fault (when one is); `detail`: the message
+   * without the `what:` prefix and the property name, so a JSON config can
+   * blame its own path instead (`devices[0].num-queues: must be ...`).
+   */
+  constructor(
+    message: string,
+    readonly property?: string,
+    readonly detail?: string,
+  ) {
     super(message);
     this.name = 'PropertyError';
   }
@@ -81,23 +90,22 @@ export function parseProperties(
 ): Record<string, PropertyValue | undefined> {
   const out: Record<string, PropertyValue | undefined> = {};
   for (const key of Object.keys(raw)) {
-    if (isPrototypeKey(key)) throw new PropertyError(`${what}: '${key}' is not a property name (a reserved name)`);
+    if (isPrototypeKey(key)) throw new PropertyError(`${what}: '${key}' is not a property name (a reserved name)`, key, 'not a property name (a reserved name)');
     if (!Object.hasOwn(schema, key)) {
       const known = Object.keys(schema);
-      throw new PropertyError(
-        `${what}: unknown property '${key}'` + (known.length ? ` (known: ${known.join(', ')})` : ' (it takes no properties)'),
-      );
+      const detail = 'unknown property' + (known.length ? ` (known: ${known.join(', ')})` : ' (it takes no properties)');
+      throw new PropertyError(`${what}: unknown property '${key}'` + detail.slice('unknown property'.length), key, detail);
     }
   }
   for (const [key, spec] of Object.entries(schema)) {
     const v = Object.hasOwn(raw, key) ? raw[key] : undefined;
     if (v === undefined) {
-      if ('required' in spec && spec.required) throw new PropertyError(`${what}: property '${key}' is required (${spec.description})`);
+      if ('required' in spec && spec.required) throw new PropertyError(`${what}: property '${key}' is required (${spec.description})`, key, `is required (${spec.description})`);
       out[key] = spec.default;
       continue;
     }
     const bad = (expect: string) =>
-      new PropertyError(`${what}: property '${key}' must be ${expect}, got '${String(v)}'`);
+      new PropertyError(`${what}: property '${key}' must be ${expect}, got '${String(v)}'`, key, `must be ${expect}, got ${JSON.stringify(v)}`);
     switch (spec.type) {
       case 'string':
       case 'path': {
