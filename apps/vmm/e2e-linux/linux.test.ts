@@ -20,11 +20,11 @@ function guestPattern(): Buffer {
  * and the 1 MiB and 4 MiB requests, each page its own segment, went out in
  * as few requests as those limits allow (so each carried up to 254 segments).
  */
-function expectBigDio(out: string, dev: string): void {
+function expectBigDio(out: string, dev: string, segMax = 254): void {
   const limits = new RegExp(`linux-guest: note ${dev} queue max_segments=(\\d+) max_sectors_kb=(\\d+)`).exec(out);
   expect(limits).not.toBeNull();
   const maxSegments = Number(limits![1]);
-  expect(maxSegments).toBe(254); // the device's seg_max (queue size - 2)
+  expect(maxSegments).toBe(segMax); // the device's seg_max (queue size - 2)
   for (const op of ['write', 'read'])
     for (const bytes of [2 ** 20, 4 * 2 ** 20]) {
       const pages = bytes / 4096;
@@ -111,29 +111,41 @@ describeKvm('Linux guest', () => {
     checkExt2Image(c);
   }, 600_000);
 
-  it('vhost-scsi (backend=user): Linux finds the LUNs the vhost-user-scsi back-end serves; the pattern lands through the back-end', async () => {
+  it('vhost-scsi (backend=user): Linux finds the LUNs the vhost-user-scsi back-end serves; the pattern, 1 MiB and 4 MiB O_DIRECT requests from scattered pages and an ext2 that e2fsck finds clean land through the back-end', async () => {
     const a = path.join(tmp, 'vu-a.img');
     const b = path.join(tmp, 'vu-b.img');
     fs.writeFileSync(a, Buffer.alloc(8 * 2 ** 20, 0xee));
     fs.writeFileSync(b, Buffer.alloc(2 * 2 ** 20, 0x11));
+    const c = path.join(tmp, 'vu-c-ext2.img');
+    fs.writeFileSync(c, '');
+    fs.truncateSync(c, 16 * 2 ** 20); // sparse
     const sock = path.join(tmp, 'vu.sock');
     const backend = spawn(process.execPath, [path.join(ROOT, 'apps/vhost-user-scsi/bin/vhost-user-scsi.js'), '--socket', sock,
-      '--lun', `0:file=${a},serial=VU-A`, '--lun', `3:file=${b},readonly=on,serial=VU-B`], { stdio: ['ignore', 'ignore', 'pipe'] });
+      '--lun', `0:file=${a},serial=VU-A`, '--lun', `3:file=${b},readonly=on,serial=VU-B`, '--lun', `5:file=${c},serial=VU-C`], { stdio: ['ignore', 'ignore', 'pipe'] });
     let backendErr = '';
     backend.stderr.on('data', (d) => (backendErr += d));
     try {
       for (let i = 0; i < 200 && !fs.existsSync(sock) && backend.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
       if (!fs.existsSync(sock)) throw new Error(`vhost-user-scsi did not start: ${backendErr}`);
-      const r = await runLinux('scsi', { args: ['--device', `vhost-scsi,id=vs0,backend=user,socket=${sock}`] });
+      const r = await runLinux('scsi', { args: ['--device', `vhost-scsi,id=vs0,backend=user,socket=${sock}`], params: 'tsvmm.dio=1 tsvmm.fs=sdc', timeoutMs: 540_000 });
       expectGuestPass(r, 'scsi');
       expect(r.out).toContain("linux-guest: scsi-disk dev=sda hctl=0:0:0:0 sectors=16384 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='VU-A'");
       expect(r.out).toContain("linux-guest: scsi-disk dev=sdb hctl=0:0:0:3 sectors=4096 ro=1 vendor='TSVMM' model='VIRTUAL DISK' serial='VU-B'");
+      expect(r.out).toContain("linux-guest: scsi-disk dev=sdc hctl=0:0:0:5 sectors=32768 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='VU-C'");
       expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-request/);
-      expect(fs.readFileSync(a).subarray(0, 65536).equals(guestPattern())).toBe(true);
+      expectBigDio(r.out, 'sda', 126); // the back-end's queues hold 128
+      expect(r.out).toContain('linux-guest: note ext2 ok dev=sdc files=3');
+      const data = fs.readFileSync(a);
+      expect(data.subarray(0, 65536).equals(guestPattern())).toBe(true);
+      expect(data.subarray(2 ** 20, 2 * 2 ** 20).equals(ioPattern(2 ** 20, 2 ** 20, 1))).toBe(true);
+      expect(data.subarray(4 * 2 ** 20, 8 * 2 ** 20).equals(ioPattern(4 * 2 ** 20, 4 * 2 ** 20, 4))).toBe(true);
+      expect(fs.readFileSync(b).every((x) => x === 0x11)).toBe(true);
     } finally {
       backend.kill('SIGKILL');
     }
-  });
+    // After the back-end is gone, so e2fsck sees the image it closed.
+    checkExt2Image(c);
+  }, 600_000);
 
   it('monitor: queue counters move under I/O; stop freezes them with ioeventfd off, cont resumes with it on; no I/O lost', async () => {
     const img = path.join(tmp, 'io-loop.img');
