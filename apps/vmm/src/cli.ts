@@ -2,7 +2,7 @@
 import * as fs from 'fs';
 import {
   checkConfig, ConfigError, configFromJson, defaultConfig, describeFileError, DeviceConfig, parseCpus, parseDeviceSpec, parseMemory,
-  parseQmp, parseSerial, VmConfig,
+  parseQmpSpec, parseRunWith, parseSerial, VmConfig,
 } from './config';
 
 export const USAGE = `Usage: vmm run [options]
@@ -24,7 +24,9 @@ Options:
   --config FILE.json     settings as JSON: {"kernel", "initrd", "cmdline", "memory",
                          "cpus", "serial", "devices": [{"type", "id", ...props}]};
                          flags given after --config override it
-  --qmp unix:PATH        serve QMP on a unix socket (repeatable); see docs/qmp.md
+  --qmp unix:PATH[,mode=0660]
+                         serve QMP on a unix socket (repeatable; created 0600 unless
+                         mode= widens it); see docs/qmp.md and docs/security.md
   --monitor stdio        the human monitor (HMP) on stdin/stdout (needs --serial file:PATH or none)
   -S, --paused           create the VM but start the vCPUs only on QMP/HMP 'cont'
                          (needs --qmp or --monitor stdio)
@@ -32,6 +34,9 @@ Options:
                          source), then run the migrated guest; same devices needed
   --restore FILE         continue the guest from an x-snapshot-save file (same
                          --kernel, --memory, --cpus and devices as when it was saved)
+  --run-with user=USER|UID:GID[,chroot=DIR]
+                         once /dev/kvm, images, TAPs and sockets are open: chroot to
+                         DIR, become USER and drop every capability (docs/security.md)
   --trace-boot           report the time from start to the first serial byte
   -h, --help             show this help
 
@@ -45,7 +50,7 @@ the host cannot emulate), 114 on a VM entry failure, 1 on a VMM error,
 
 export type Command = { kind: 'help' } | { kind: 'run'; config: VmConfig } | { kind: 'plugins'; json: boolean };
 
-const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore'];
+const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore', '--run-with'];
 
 export function parseArgs(argv: readonly string[]): Command {
   const args = [...argv];
@@ -101,8 +106,14 @@ export function parseArgs(argv: readonly string[]): Command {
       case '--serial':
         config.serial = parseSerial(flag, value);
         break;
-      case '--qmp':
-        config.qmp.push(parseQmp(flag, value));
+      case '--qmp': {
+        const q = parseQmpSpec(flag, value);
+        config.qmp.push(q.path);
+        if (q.mode !== undefined) config.qmpMode = { ...config.qmpMode, [q.path]: q.mode };
+        break;
+      }
+      case '--run-with':
+        config.runWith = parseRunWith(flag, value);
         break;
       case '--monitor':
         if (value !== 'stdio' && value !== 'none') throw new ConfigError(`--monitor: '${value}' must be stdio or none`);

@@ -65,6 +65,10 @@ export interface VmConfig {
   traceBoot: boolean;
   /** QMP unix socket paths (--qmp unix:PATH, repeatable). */
   qmp: string[];
+  /** Socket modes given with `--qmp unix:PATH,mode=0660`, by path (0600 when absent). */
+  qmpMode?: Record<string, number>;
+  /** --run-with user=USER|UID:GID[,chroot=DIR]: the privileges the VMM drops to once everything is open. */
+  runWith?: RunWith;
   /** --monitor stdio: the HMP monitor on stdin/stdout. */
   monitorStdio: boolean;
   /** -S / --paused: do not start the vCPUs until `cont`. */
@@ -102,8 +106,59 @@ export function parseCpus(flag: string, text: unknown): number {
 }
 
 export function parseQmp(flag: string, text: unknown): string {
-  if (typeof text === 'string' && text.startsWith('unix:') && text.length > 5) return socketPath(flag, text.slice(5));
-  throw new ConfigError(`${flag}: '${String(text)}' must be unix:PATH`);
+  return parseQmpSpec(flag, text).path;
+}
+
+/**
+ * `unix:PATH[,mode=OCTAL]`: the socket is 0600 unless `mode` widens it
+ * deliberately (read and write bits only, the owner's included).
+ */
+export function parseQmpSpec(flag: string, text: unknown): { path: string; mode?: number } {
+  if (typeof text !== 'string' || !text.startsWith('unix:') || text.length <= 5) throw new ConfigError(`${flag}: '${String(text)}' must be unix:PATH[,mode=0660]`);
+  let p = text.slice(5);
+  let mode: number | undefined;
+  const m = /^(.+),mode=([^,]*)$/.exec(p);
+  if (m) {
+    if (!/^0?[0-7]{3}$/.test(m[2])) throw new ConfigError(`${flag}: mode '${m[2]}' must be an octal mode such as 0660`);
+    mode = parseInt(m[2], 8);
+    if ((mode & 0o600) !== 0o600 || (mode & ~0o666) !== 0) throw new ConfigError(`${flag}: mode ${m[2]} must keep the owner's rw (0600) and add only read/write bits (at most 0666)`);
+    p = m[1];
+  }
+  return { path: socketPath(flag, p), mode };
+}
+
+export interface RunWith {
+  /** As given (a user name, or UID:GID). */
+  user: string;
+  uid?: number;
+  gid?: number;
+  chroot?: string;
+}
+
+/** `user=USER|UID:GID[,chroot=DIR]` (QEMU's -run-with spelling); a user name is resolved when the VMM drops privileges. */
+export function parseRunWith(flag: string, text: unknown): RunWith {
+  if (typeof text !== 'string' || !text) throw new ConfigError(`${flag}: expected user=USER|UID:GID[,chroot=DIR]`);
+  let user: string | undefined;
+  let chroot: string | undefined;
+  for (const part of text.split(',')) {
+    const eq = part.indexOf('=');
+    const k = eq > 0 ? part.slice(0, eq) : part;
+    const v = eq > 0 ? part.slice(eq + 1) : '';
+    if (k === 'user' && v && user === undefined) user = v;
+    else if (k === 'chroot' && v && chroot === undefined) chroot = v;
+    else throw new ConfigError(`${flag}: '${part}' is not user=USER|UID:GID or chroot=DIR (each at most once)`);
+  }
+  if (user === undefined) throw new ConfigError(`${flag}: user=USER|UID:GID is required`);
+  if (chroot !== undefined && !chroot.startsWith('/')) throw new ConfigError(`${flag}: chroot=${chroot} must be an absolute path`);
+  const ids = /^(\d+):(\d+)$/.exec(user);
+  if (ids) {
+    const [uid, gid] = [Number(ids[1]), Number(ids[2])];
+    if (uid > 0xfffffffe || gid > 0xfffffffe) throw new ConfigError(`${flag}: user=${user}: ids must be below 4294967295`);
+    if (uid === 0 || gid === 0) throw new ConfigError(`${flag}: user=${user}: uid and gid must not be 0 (that would drop nothing)`);
+    return { user, uid, gid, chroot };
+  }
+  if (!/^[A-Za-z_][A-Za-z0-9_.-]*\$?$/.test(user)) throw new ConfigError(`${flag}: user=${user} is neither a user name nor UID:GID`);
+  return { user, chroot };
 }
 
 export function parseSerial(flag: string, text: unknown): SerialConfig {
@@ -186,7 +241,11 @@ export function configFromJson(flag: string, json: unknown): Partial<VmConfig> {
   if (has('memory')) out.memoryBytes = parseMemory(`${flag}: memory`, o.memory);
   if (has('cpus')) out.cpus = parseCpus(`${flag}: cpus`, o.cpus);
   if (has('serial')) out.serial = parseSerial(`${flag}: serial`, o.serial);
-  if (has('qmp')) out.qmp = [parseQmp(`${flag}: qmp`, o.qmp)];
+  if (has('qmp')) {
+    const q = parseQmpSpec(`${flag}: qmp`, o.qmp);
+    out.qmp = [q.path];
+    if (q.mode !== undefined) out.qmpMode = { [q.path]: q.mode };
+  }
   if (has('devices')) {
     if (!Array.isArray(o.devices)) throw new ConfigError(`${flag}: 'devices' must be an array`);
     out.devices = o.devices.map((d, i) => {
