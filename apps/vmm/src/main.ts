@@ -183,7 +183,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   // --- confinement hook: open everything -> drop privileges (--run-with) -> seccomp (--sandbox) ---
   try {
-    if (config.runWith) dropPrivileges(config.runWith, log);
+    if (config.runWith) dropPrivileges(config.runWith, log, [...monitor.qmpPaths, ...(incoming ? [incoming.path] : [])]);
   } catch (e) {
     if (!(e instanceof RunWithError)) throw e;
     process.stderr.write(`vmm: ${e.message}\n`);

@@ -29,9 +29,22 @@ export function resolveRunWith(r: RunWith): UserIds {
   return u;
 }
 
-/** Drops to `r` (see the file comment); throws RunWithError saying which step failed and why. */
-export function dropPrivileges(r: RunWith, log: (m: string) => void): UserIds {
+/**
+ * Drops to `r` (see the file comment); throws RunWithError saying which step
+ * failed and why. `sockets`: the unix sockets the VMM listens on (QMP,
+ * --incoming), made over to the new user first (lchown, mode kept at 0600
+ * or its mode=), so the unprivileged VMM can remove them when it ends and a
+ * peer VMM running as the same user can connect to its --incoming socket.
+ */
+export function dropPrivileges(r: RunWith, log: (m: string) => void, sockets: readonly string[] = []): UserIds {
   const ids = resolveRunWith(r);
+  for (const s of sockets) {
+    try {
+      fs.lchownSync(s, ids.uid, ids.gid);
+    } catch (e) {
+      throw new RunWithError(`--run-with: handing socket ${s} to uid ${ids.uid}: ${(e as Error).message}`);
+    }
+  }
   const step = (what: string, f: () => void) => {
     try {
       f();
