@@ -148,9 +148,9 @@ export class MigrationManager {
     if (this.active) throw new Error('a migration is already in progress');
     const m = /^unix:(.+)$/.exec(uri);
     if (!m) throw new Error(`unsupported migration URI '${uri}' (only unix:PATH)`);
+    checkMigratable(this.machine);
     const problem = migrationTargetProblem(m[1]);
     if (problem) throw new Error(`migrate: ${problem}`);
-    checkMigratable(this.machine);
     this.info = MigrationManager.emptyInfo('setup');
     this.info.startedAt = Date.now();
     this.abortReason = undefined;
