@@ -10,6 +10,9 @@ import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
 
+/** The directory the VMM chrooted to (--run-with chroot=), for error messages: paths are resolved inside it. */
+export const confinement: { chroot?: string } = {};
+
 /** The mode of the sockets and files the VMM creates, unless a `mode=` widens it. */
 export const PRIVATE_MODE = 0o600;
 

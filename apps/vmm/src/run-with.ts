@@ -17,6 +17,7 @@ import {
   chroot, clearCapabilities, dropCapabilityBounding, lookupUser, setAllGids, setAllUids, setGroups, threadCredentials, UserIds,
 } from '@tsvmm/kvm-native';
 import { RunWith } from './config';
+import { confinement } from './host-files';
 
 export class RunWithError extends Error {}
 
@@ -64,6 +65,7 @@ export function dropPrivileges(r: RunWith, log: (m: string) => void, sockets: re
     }
     if (!st.isDirectory()) throw new RunWithError(`--run-with chroot=${dir}: not a directory`);
     step(`chroot ${dir}`, () => chroot(dir));
+    confinement.chroot = dir;
   }
   step(`setgroups ${ids.groups.join(',')}`, () => setGroups(ids.groups));
   step(`setresgid ${ids.gid}`, () => setAllGids(ids.gid));

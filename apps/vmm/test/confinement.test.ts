@@ -139,6 +139,41 @@ describeKvm('--run-with user=nobody', () => {
   }, 180_000);
 });
 
+describeKvm('--run-with user=nobody,chroot=DIR', () => {
+  it('snapshots are written inside the chroot as nobody; a path outside it is refused saying so', async () => {
+    if (process.getuid!() !== 0) throw new Error('this test drops from root to nobody: run it as root (as CI does)');
+    fs.chmodSync(tmp, 0o711);
+    const jail = path.join(tmp, `jail-${uniq()}`);
+    fs.mkdirSync(path.join(jail, 'out'), { recursive: true });
+    fs.chownSync(path.join(jail, 'out'), NOBODY, NOBODY);
+    const disk = migLoopImage(fleet);
+    const vm = fleet.start(['--device', `virtio-blk,id=d0,file=${disk}`, '--cmdline', 'test=mig-blk-loop iters=5 sectors=1 hold=1', '--run-with', `user=nobody,chroot=${jail}`]);
+    const c = await qmpConnect(vm);
+    await waitUntil('the drop', () => vm.err().includes('running as uid'));
+    expect(vm.err()).toContain(`vmm: running as uid 65534, gid 65534, groups 65534, chroot ${jail}, no capabilities`);
+    await c.run('x-snapshot-save', { file: '/out/vm.snap' });
+    expect(fs.statSync(path.join(jail, 'out/vm.snap'))).toMatchObject({ uid: NOBODY });
+    expect(mode(path.join(jail, 'out/vm.snap'))).toBe(0o600);
+    await expect(c.run('x-snapshot-save', { file: path.join(tmp, 'outside.snap') })).rejects.toThrow(`directory ${tmp} does not exist inside the VMM's chroot ${jail}`);
+    expect(fs.existsSync(path.join(tmp, 'outside.snap'))).toBe(false);
+    c.close();
+  }, 60_000);
+});
+
+describeKvm('--run-with refusals', () => {
+  it('an unknown user or a missing chroot directory: exit 1 with one line saying which, before the guest runs', async () => {
+    const user = fleet.start(['--cmdline', 'test=pci-scan', '--run-with', 'user=no-such-user-files']);
+    expect(await user.exited).toBe(1);
+    expect(user.err()).toContain('vmm: --run-with user=no-such-user-files: no such user (give a user name from the host\'s user database, or UID:GID)');
+    expect(user.out()).not.toContain('guest-kit: hello');
+    const missing = path.join(tmp, `no-jail-${uniq()}`);
+    const dir = fleet.start(['--cmdline', 'test=pci-scan', '--run-with', `user=nobody,chroot=${missing}`]);
+    expect(await dir.exited).toBe(1);
+    expect(dir.err()).toContain(`vmm: --run-with chroot=${missing}: ENOENT`);
+    expect(dir.out()).not.toContain('guest-kit: hello');
+  }, 60_000);
+});
+
 describeKvm('a VMM started as an unprivileged user (no root, no --run-with)', () => {
   const NS = `vmmfiles${process.pid}`;
   const TAP = 'tapf0';

@@ -15,6 +15,7 @@
  */
 import * as fs from 'fs';
 import * as net from 'net';
+import { dirname as pathDirname } from 'path';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate, MemoryRegion } from '@tsvmm/kvm-native';
 import { Machine } from '../machine/machine';
 import { checkMachine, checkMigratable, describeMachine, loadMachineSections, parseMachineDescription, saveableMsrs, saveMachineSections } from './machine-state';
@@ -24,7 +25,7 @@ import {
   readSection, Section, SECTION_OPTIONAL, SocketSource, STREAM_VERSION, StreamSource,
 } from './stream';
 import { QMP_VERSION } from '../monitor/qmp-server';
-import { createPrivateFile, listenPrivate, migrationTargetProblem, removeStaleSocket } from '../host-files';
+import { confinement, createPrivateFile, listenPrivate, migrationTargetProblem, removeStaleSocket } from '../host-files';
 
 export type MigrationStatus = 'none' | 'setup' | 'active' | 'device' | 'completed' | 'failed' | 'cancelled';
 
@@ -391,6 +392,8 @@ function describeWriteError(e: unknown, file: string): string {
     return `${file}: permission denied: the VMM runs as ${who} (after --run-with, only paths that user may write, inside its chroot if any)`;
   }
   if (code === 'EEXIST') return `${file}: its temporary name was taken; try again`;
+  if (code === 'ENOENT' || code === 'ENOTDIR')
+    return `${file}: directory ${pathDirname(file)} does not exist${confinement.chroot ? ` inside the VMM's chroot ${confinement.chroot} (--run-with chroot=: paths are resolved there)` : ''}`;
   return (e as Error).message;
 }
 
