@@ -121,6 +121,27 @@ describe('parseArgs', () => {
     expect(parseArgs(['plugins'])).toEqual({ kind: 'plugins', json: false });
     expect(parseArgs(['plugins', '--json'])).toEqual({ kind: 'plugins', json: true });
   });
+
+  it('parses --run-with (a user name, UID:GID, a chroot) and --qmp mode=', () => {
+    const c = parseArgs(['run', '--kernel', 'k', '--qmp', 'unix:/tmp/a.sock,mode=0660', '--qmp', 'unix:/tmp/b.sock', '--run-with', 'user=nobody,chroot=/srv/vm']);
+    expect(c).toMatchObject({ config: { qmp: ['/tmp/a.sock', '/tmp/b.sock'], qmpMode: { '/tmp/a.sock': 0o660 }, runWith: { user: 'nobody', chroot: '/srv/vm' } } });
+    expect(parseArgs(['run', '--kernel', 'k', '--run-with=user=1000:1001'])).toMatchObject({ config: { runWith: { uid: 1000, gid: 1001 } } });
+  });
+
+  it.each([
+    [['--run-with', 'nobody'], "--run-with: 'nobody' is not user=USER|UID:GID or chroot=DIR"],
+    [['--run-with', 'chroot=/srv'], '--run-with: user=USER|UID:GID is required'],
+    [['--run-with', 'user=a,user=b'], "--run-with: 'user=b' is not user=USER|UID:GID or chroot=DIR (each at most once)"],
+    [['--run-with', 'user=nobody,chroot=srv'], '--run-with: chroot=srv must be an absolute path'],
+    [['--run-with', 'user=0:0'], '--run-with: user=0:0: uid and gid must not be 0'],
+    [['--run-with', 'user=1:99999999999'], '--run-with: user=1:99999999999: ids must be below 4294967295'],
+    [['--run-with', 'user=../etc'], '--run-with: user=../etc is neither a user name nor UID:GID'],
+    [['--qmp', 'unix:/tmp/q,mode=0777'], "--qmp: mode 0777 must keep the owner's rw (0600) and add only read/write bits (at most 0666)"],
+    [['--qmp', 'unix:/tmp/q,mode=0400'], "--qmp: mode 0400 must keep the owner's rw (0600)"],
+    [['--qmp', 'unix:/tmp/q,mode=rw'], "--qmp: mode 'rw' must be an octal mode such as 0660"],
+  ])('refuses %j: %s', (extra, msg) => {
+    expect(() => parseArgs(['run', '--kernel', 'k', ...extra])).toThrow(msg);
+  });
 });
 
 describe('--config FILE.json', () => {
@@ -174,7 +195,7 @@ describe('--config FILE.json', () => {
     ['{"kernel": "k", "devices": [{"file": "a"}]}', 'devices[0].type: must be a string (a device type)'],
     ['{"kernel": "k", "devices": [{"type": "virtio-blk", "id": "1x"}]}', "devices[0].id: id '1x' must start with a letter"],
     ['{"kernel": "k", "devices": ["virtio-blk,novalue"]}', "devices[0] 'virtio-blk,novalue': 'novalue' is not key=value"],
-    ['{"kernel": "k", "kernal": "x"}', "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, trace-boot)"],
+    ['{"kernel": "k", "kernal": "x"}', "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, run-with, trace-boot)"],
     ['{"kernel": "k", "config": "x"}', "unknown setting 'config'"],
     ['[1]', 'the file must hold a JSON object'],
     ['', 'the file is empty'],

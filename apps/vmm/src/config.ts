@@ -80,6 +80,10 @@ export interface VmConfig {
   traceBoot: boolean;
   /** QMP unix socket paths (--qmp unix:PATH, repeatable). */
   qmp: string[];
+  /** Socket modes given with `--qmp unix:PATH,mode=0660`, by path (0600 when absent). */
+  qmpMode?: Record<string, number>;
+  /** --run-with user=USER|UID:GID[,chroot=DIR]: the privileges the VMM drops to once everything is open. */
+  runWith?: RunWith;
   /** --monitor stdio: the HMP monitor on stdin/stdout. */
   monitorStdio: boolean;
   /** -S / --paused: do not start the vCPUs until `cont`. */
@@ -120,8 +124,66 @@ export function parseCpus(flag: string, text: unknown): number {
 }
 
 export function parseQmp(flag: string, text: unknown): string {
-  if (typeof text === 'string' && text.startsWith('unix:') && text.length > 5) return socketPath(flag, text.slice(5));
-  throw new ConfigError(`${flag}: '${String(text)}' must be unix:PATH`);
+  return parseQmpSpec(flag, text).path;
+}
+
+/**
+ * `unix:PATH[,mode=OCTAL]`: the socket is 0600 unless `mode` widens it
+ * deliberately (read and write bits only, the owner's included).
+ */
+export function parseQmpSpec(flag: string, text: unknown): { path: string; mode?: number } {
+  if (typeof text !== 'string' || !text.startsWith('unix:') || text.length <= 5) throw new ConfigError(`${flag}: '${String(text)}' must be unix:PATH[,mode=0660]`);
+  let p = text.slice(5);
+  let mode: number | undefined;
+  const m = /^(.+),mode=([^,]*)$/.exec(p);
+  if (m) {
+    if (!/^0?[0-7]{3}$/.test(m[2])) throw new ConfigError(`${flag}: mode '${m[2]}' must be an octal mode such as 0660`);
+    mode = parseInt(m[2], 8);
+    if ((mode & 0o600) !== 0o600 || (mode & ~0o666) !== 0) throw new ConfigError(`${flag}: mode ${m[2]} must keep the owner's rw (0600) and add only read/write bits (at most 0666)`);
+    p = m[1];
+  }
+  return { path: socketPath(flag, p), mode };
+}
+
+/** Adds one QMP socket (and its mode, if given) to the config. */
+function addQmp(c: VmConfig, where: string, v: unknown): void {
+  const q = parseQmpSpec(where, v);
+  c.qmp.push(q.path);
+  if (q.mode !== undefined) c.qmpMode = { ...c.qmpMode, [q.path]: q.mode };
+}
+
+export interface RunWith {
+  /** As given (a user name, or UID:GID). */
+  user: string;
+  uid?: number;
+  gid?: number;
+  chroot?: string;
+}
+
+/** `user=USER|UID:GID[,chroot=DIR]` (QEMU's -run-with spelling); a user name is resolved when the VMM drops privileges. */
+export function parseRunWith(flag: string, text: unknown): RunWith {
+  if (typeof text !== 'string' || !text) throw new ConfigError(`${flag}: expected user=USER|UID:GID[,chroot=DIR]`);
+  let user: string | undefined;
+  let chroot: string | undefined;
+  for (const part of text.split(',')) {
+    const eq = part.indexOf('=');
+    const k = eq > 0 ? part.slice(0, eq) : part;
+    const v = eq > 0 ? part.slice(eq + 1) : '';
+    if (k === 'user' && v && user === undefined) user = v;
+    else if (k === 'chroot' && v && chroot === undefined) chroot = v;
+    else throw new ConfigError(`${flag}: '${part}' is not user=USER|UID:GID or chroot=DIR (each at most once)`);
+  }
+  if (user === undefined) throw new ConfigError(`${flag}: user=USER|UID:GID is required`);
+  if (chroot !== undefined && !chroot.startsWith('/')) throw new ConfigError(`${flag}: chroot=${chroot} must be an absolute path`);
+  const ids = /^(\d+):(\d+)$/.exec(user);
+  if (ids) {
+    const [uid, gid] = [Number(ids[1]), Number(ids[2])];
+    if (uid > 0xfffffffe || gid > 0xfffffffe) throw new ConfigError(`${flag}: user=${user}: ids must be below 4294967295`);
+    if (uid === 0 || gid === 0) throw new ConfigError(`${flag}: user=${user}: uid and gid must not be 0 (that would drop nothing)`);
+    return { user, uid, gid, chroot };
+  }
+  if (!/^[A-Za-z_][A-Za-z0-9_.-]*\$?$/.test(user)) throw new ConfigError(`${flag}: user=${user} is neither a user name nor UID:GID`);
+  return { user, chroot };
 }
 
 export function parseSerial(flag: string, text: unknown): SerialConfig {
@@ -342,12 +404,13 @@ export const SETTINGS: readonly Setting[] = [
     apply: (c, v, { where }) => applyConfigFile(c, v as string, where),
   },
   {
-    name: 'qmp', kind: 'value', arg: 'unix:PATH', help: 'serve QMP on a unix socket (repeatable); see docs/qmp.md',
+    name: 'qmp', kind: 'value', arg: 'unix:PATH[,mode=0660]',
+    help: 'serve QMP on a unix socket (repeatable; created 0600 unless\nmode= widens it); see docs/qmp.md and docs/security.md',
     json: (z) => z.union([z.string(), z.array(z.string({ error: 'must be "unix:PATH"' }))], { error: 'must be "unix:PATH" or an array of them' }),
-    apply: (c, v, { where }) => void c.qmp.push(parseQmp(where, v)),
+    apply: (c, v, { where }) => addQmp(c, where, v),
     applyJson: (c, v, { where }) => {
-      if (typeof v === 'string') c.qmp.push(parseQmp(where, v));
-      else (v as string[]).forEach((q, i) => c.qmp.push(parseQmp(`${where}[${i}]`, q)));
+      if (typeof v === 'string') addQmp(c, where, v);
+      else (v as string[]).forEach((q, i) => addQmp(c, `${where}[${i}]`, q));
     },
   },
   {
@@ -374,6 +437,12 @@ export const SETTINGS: readonly Setting[] = [
     help: 'continue the guest from an x-snapshot-save file (same\n--kernel, --memory, --cpus and devices as when it was saved)',
     json: (z) => z.string({ error: 'must be a string (a file name)' }),
     apply: (c, v) => void (c.restore = v as string),
+  },
+  {
+    name: 'run-with', kind: 'value', arg: 'user=USER|UID:GID[,chroot=DIR]',
+    help: 'once /dev/kvm, images, TAPs and sockets are open: chroot to\nDIR, become USER and drop every capability (docs/security.md)',
+    json: (z) => z.string({ error: 'must be "user=USER|UID:GID[,chroot=DIR]"' }),
+    apply: (c, v, { where }) => void (c.runWith = parseRunWith(where, v)),
   },
   {
     name: 'trace-boot', kind: 'bool', help: 'report the time from start to the first serial byte',

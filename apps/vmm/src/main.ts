@@ -8,7 +8,8 @@ import { EXIT_CODE_VMM_ERROR, Machine, MachineExit } from './machine/machine';
 import { KernelImageError } from './machine/loader';
 import { Monitor } from './monitor/monitor';
 import { checkSocketPath } from './monitor/qmp-server';
-import { receiveIncoming, restoreFromFile } from './migration/migration';
+import { IncomingListener, listenIncoming, openRestoreFile, receiveIncoming, restoreFromFd } from './migration/migration';
+import { dropPrivileges, RunWithError } from './run-with';
 import { PluginError } from '@tsvmm/pci';
 import { loadPluginCatalog } from './plugins';
 import { formatPluginReport, pluginReport } from './plugins-report';
@@ -25,7 +26,7 @@ function serialSink(config: VmConfig): { write: (b: Uint8Array) => void; flush: 
   if (config.serial.kind === 'file') {
     const file = config.serial.path;
     try {
-      fd = fs.openSync(file, 'w');
+      fd = fs.openSync(file, 'w', 0o600); // created 0600 like every file the VMM makes (docs/security.md)
     } catch (e) {
       throw new FileOpenError(`--serial file:${file}: ${describeFileError(e, file)}`);
     }
@@ -185,24 +186,49 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   const log = (m: string) => process.stderr.write(`vmm: ${m}\n`);
   const monitor = new Monitor(machine, log);
+  // Everything the VM needs from the host is opened before the confinement below.
+  let incoming: IncomingListener | undefined;
+  let restoreFd: number | undefined;
   try {
-    for (const p of config.qmp) await monitor.listenQmp(p);
+    for (const p of config.qmp) await monitor.listenQmp(p, config.qmpMode?.[p]);
+    if (config.incoming) {
+      const problem = checkSocketPath(config.incoming.slice(5));
+      if (problem) throw new Error(`--incoming ${config.incoming}: ${problem}`);
+      try {
+        incoming = await listenIncoming(config.incoming);
+      } catch (e) {
+        throw new Error(`--incoming ${config.incoming}: ${(e as Error).message}`);
+      }
+    }
+    if (config.restore) restoreFd = openRestoreFile(config.restore);
   } catch (e) {
     process.stderr.write(`vmm: ${(e as Error).message}\n`);
+    incoming?.server.close();
     await machine.stop();
+    monitor.close();
     return EXIT_CODE_VMM_ERROR;
   }
+  // --- confinement hook: open everything -> drop privileges (--run-with) -> seccomp (--sandbox) ---
+  try {
+    if (config.runWith) dropPrivileges(config.runWith, log, [...monitor.qmpPaths, ...(incoming ? [incoming.path] : [])]);
+  } catch (e) {
+    if (!(e instanceof RunWithError)) throw e;
+    process.stderr.write(`vmm: ${e.message}\n`);
+    incoming?.server.close();
+    await machine.stop();
+    monitor.close();
+    return EXIT_CODE_VMM_ERROR;
+  }
+  // (the seccomp filter of --sandbox goes here, after the privilege drop and before any vCPU runs)
   monitor.startStallDetector();
   let exitPromise: Promise<MachineExit>;
-  if (config.incoming || config.restore) {
+  if (incoming || restoreFd !== undefined) {
     // The machine was built (devices, RAM) as for a boot; the stream replaces its state before any vCPU runs.
     exitPromise = machine.run({ startPaused: true });
     monitor.incoming = true;
     try {
-      const problem = config.incoming ? checkSocketPath(config.incoming.slice(5)) : undefined;
-      if (problem) throw new Error(`--incoming ${config.incoming}: ${problem}`);
-      if (config.restore) await restoreFromFile(machine, config.restore, log);
-      else await receiveIncoming(machine, config.incoming!, log, () => log(`waiting for an incoming migration on ${config.incoming!.slice(5)}`));
+      if (restoreFd !== undefined) await restoreFromFd(machine, restoreFd, log);
+      else await receiveIncoming(machine, incoming!, log, () => log(`waiting for an incoming migration on ${incoming!.path}`));
     } catch (e) {
       process.stderr.write(`vmm: ${config.restore ? 'restore' : 'incoming migration'} failed: ${(e as Error).message}\n`);
       await machine.stop();

@@ -107,6 +107,9 @@ export class RawFileBackend implements BlockBackend {
       throw new BackendOpenError(`${path}: is a directory`);
     }
     this.size = st.isBlockDevice() ? Number(this.blockDeviceSize()) : st.size;
+    // The buffered twin of an O_DIRECT fd is opened now, with the first: later the VMM may have
+    // dropped its privileges or entered a chroot (--run-with) and could no longer open the path.
+    if (direct) this.bufferedFd = fs.openSync(path, readonly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
   }
 
   private blockDeviceSize(): number {

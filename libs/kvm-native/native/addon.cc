@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <atomic>
 
+#include "privileges.h"
 #include "sys.h"
 #include "vcpu.h"
 
@@ -451,6 +452,85 @@ Napi::Value Dup(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r);
 }
 
+// --- credentials (privileges.h): generic calls, the order is the caller's ---
+
+uint32_t argId(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (!info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a number");
+  double d = info[i].As<Napi::Number>().DoubleValue();
+  if (d < 0 || d > 4294967294.0 || d != static_cast<double>(static_cast<uint32_t>(d)))
+    throw Napi::RangeError::New(info.Env(), std::string(name) + " must be an id from 0 to 4294967294");
+  return static_cast<uint32_t>(d);
+}
+
+Napi::Value Chroot(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "dir must be a string");
+  std::string dir = info[0].As<Napi::String>();
+  int r = privChroot(dir.c_str());
+  if (r < 0) throw errnoError(env, r, "chroot", dir);
+  return env.Undefined();
+}
+
+Napi::Value SetGroups(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) throw Napi::TypeError::New(env, "groups must be an array");
+  Napi::Array a = info[0].As<Napi::Array>();
+  if (a.Length() > 65536) throw Napi::RangeError::New(env, "too many groups");
+  std::vector<uint32_t> gids;
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value v = a.Get(i);
+    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (d < 0 || d > 4294967294.0 || d != static_cast<double>(static_cast<uint32_t>(d)))
+      throw Napi::RangeError::New(env, "groups must hold ids from 0 to 4294967294");
+    gids.push_back(static_cast<uint32_t>(d));
+  }
+  int r = privSetGroups(gids);
+  if (r < 0) throw errnoError(env, r, "setgroups");
+  return env.Undefined();
+}
+
+Napi::Value SetResGid(const Napi::CallbackInfo& info) {
+  int r = privSetResGid(argId(info, 0, "rgid"), argId(info, 1, "egid"), argId(info, 2, "sgid"));
+  if (r < 0) throw errnoError(info.Env(), r, "setresgid");
+  return info.Env().Undefined();
+}
+
+Napi::Value SetResUid(const Napi::CallbackInfo& info) {
+  int r = privSetResUid(argId(info, 0, "ruid"), argId(info, 1, "euid"), argId(info, 2, "suid"));
+  if (r < 0) throw errnoError(info.Env(), r, "setresuid");
+  return info.Env().Undefined();
+}
+
+Napi::Value DropCapabilityBounding(const Napi::CallbackInfo& info) {
+  int r = privDropBoundingAndAmbient();
+  if (r < 0) throw errnoError(info.Env(), r, "prctl(PR_CAPBSET_DROP)");
+  return info.Env().Undefined();
+}
+
+Napi::Value ClearCapabilities(const Napi::CallbackInfo& info) {
+  int r = privClearCapabilities();
+  if (r < 0) throw errnoError(info.Env(), r, "capset");
+  return info.Env().Undefined();
+}
+
+Napi::Value LookupUser(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "name must be a string");
+  std::string name = info[0].As<Napi::String>();
+  uint32_t uid = 0, gid = 0;
+  std::vector<uint32_t> groups;
+  int r = privLookupUser(name.c_str(), &uid, &gid, &groups);
+  if (r == -ENOENT) return env.Null();
+  if (r < 0) throw errnoError(env, r, "getpwnam_r", name);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("uid", Napi::Number::New(env, uid));
+  o.Set("gid", Napi::Number::New(env, gid));
+  Napi::Array g = Napi::Array::New(env, groups.size());
+  for (size_t i = 0; i < groups.size(); i++) g.Set(static_cast<uint32_t>(i), Napi::Number::New(env, groups[i]));
+  o.Set("groups", g);
+  return o;
+}
+
 // A JS callback that native code runs from libuv (watchers, thread-safe calls)
 // must never take the process down by throwing: its exception is caught here
 // and handed to the reporter JS registered with setCallbackErrorReporter
@@ -740,6 +820,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dup", Napi::Function::New(env, Dup));
   exports.Set("atomicOr64", Napi::Function::New(env, AtomicOr64));
   exports.Set("atomicFetchClear64", Napi::Function::New(env, AtomicFetchClear64));
+  exports.Set("chroot", Napi::Function::New(env, Chroot));
+  exports.Set("setGroups", Napi::Function::New(env, SetGroups));
+  exports.Set("setResGid", Napi::Function::New(env, SetResGid));
+  exports.Set("setResUid", Napi::Function::New(env, SetResUid));
+  exports.Set("dropCapabilityBounding", Napi::Function::New(env, DropCapabilityBounding));
+  exports.Set("clearCapabilities", Napi::Function::New(env, ClearCapabilities));
+  exports.Set("lookupUser", Napi::Function::New(env, LookupUser));
   exports.Set("FdWatcher", FdWatcher::Init(env));
   exports.Set("VcpuThread", VcpuThread::Init(env));
   exports.Set("kvmRunSize", Napi::Number::New(env, sizeof(kvm_run)));

@@ -66,6 +66,18 @@ export interface NativeAddon {
    * the process); without a reporter it is printed to stderr.
    */
   setCallbackErrorReporter(fn: ((where: string, error: unknown) => void) | undefined): void;
+  /** chroot(dir) then chdir("/"). */
+  chroot(dir: string): void;
+  /** setgroups(2), setresgid(2), setresuid(2) through glibc: every thread of the process changes. */
+  setGroups(gids: number[]): void;
+  setResGid(rgid: number, egid: number, sgid: number): void;
+  setResUid(ruid: number, euid: number, suid: number): void;
+  /** PR_CAPBSET_DROP of every capability and PR_CAP_AMBIENT_CLEAR_ALL (the calling thread's sets). */
+  dropCapabilityBounding(): void;
+  /** capset(2): empty effective, permitted and inheritable sets of the calling thread. */
+  clearCapabilities(): void;
+  /** getpwnam_r + getgrouplist; null for an unknown user. */
+  lookupUser(name: string): { uid: number; gid: number; groups: number[] } | null;
   FdWatcher: new (fd: number, onReadable: (err: Error | null) => void) => NativeFdWatcher;
   VcpuThread: new (
     vcpuFd: number,

@@ -15,6 +15,7 @@
  */
 import * as fs from 'fs';
 import * as net from 'net';
+import { dirname as pathDirname } from 'path';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate, MemoryRegion } from '@tsvmm/kvm-native';
 import { Machine } from '../machine/machine';
 import { checkMachine, checkMigratable, describeMachine, loadMachineSections, parseMachineDescription, saveableMsrs, saveMachineSections } from './machine-state';
@@ -24,6 +25,7 @@ import {
   readSection, Section, SECTION_OPTIONAL, SocketSource, STREAM_VERSION, StreamSource,
 } from './stream';
 import { QMP_VERSION } from '../monitor/qmp-server';
+import { confinement, createPrivateFile, listenPrivate, migrationTargetProblem, removeStaleSocket } from '../host-files';
 
 export type MigrationStatus = 'none' | 'setup' | 'active' | 'device' | 'completed' | 'failed' | 'cancelled';
 
@@ -120,25 +122,23 @@ export class MigrationManager {
     checkMigratable(this.machine);
     await this.machine.pause();
     await this.drainDevices();
-    const tmp = `${file}.tmp-${process.pid}`;
-    const fd = fs.openSync(tmp, 'w');
+    // 0600, through an O_EXCL temporary beside it, never through a symbolic link (host-files.ts).
+    let out;
     try {
-      const sink = fileSink(fd);
+      out = createPrivateFile(file);
+    } catch (e) {
+      throw new Error(describeWriteError(e, file));
+    }
+    try {
+      const sink = fileSink(out.fd);
       const counters: RamCounters = { transferred: 0, normal: 0, duplicate: 0 };
       await sink.write(streamStart(this.machine, 'snapshot'));
       await this.sendRam(sink, undefined, counters, true);
       await sink.write([...saveMachineSections(this.machine, saveableMsrs(this.machine)), ...encodeSection('end', 1, Buffer.alloc(0))]);
-      fs.fsyncSync(fd);
-      fs.closeSync(fd);
-      fs.renameSync(tmp, file);
+      out.commit();
     } catch (e) {
-      try {
-        fs.closeSync(fd);
-      } catch {
-        // already closed
-      }
-      fs.rmSync(tmp, { force: true });
-      throw e;
+      out.discard();
+      throw new Error(describeWriteError(e, file));
     }
   }
 
@@ -150,6 +150,8 @@ export class MigrationManager {
     const m = /^unix:(.+)$/.exec(uri);
     if (!m) throw new Error(`unsupported migration URI '${uri}' (only unix:PATH)`);
     checkMigratable(this.machine);
+    const problem = migrationTargetProblem(m[1]);
+    if (problem) throw new Error(`migrate: ${problem}`);
     this.info = MigrationManager.emptyInfo('setup');
     this.info.startedAt = Date.now();
     this.abortReason = undefined;
@@ -384,6 +386,19 @@ function streamStart(m: Machine, kind: StreamSource['kind']): Buffer[] {
   ];
 }
 
+/** A failed snapshot write, in one line; EACCES says under which user the VMM runs (after --run-with). */
+function describeWriteError(e: unknown, file: string): string {
+  const code = (e as { code?: string }).code;
+  if (code === 'EACCES' || code === 'EPERM') {
+    const who = typeof process.geteuid === 'function' ? `uid ${process.geteuid()}` : 'this user';
+    return `${file}: permission denied: the VMM runs as ${who} (after --run-with, only paths that user may write, inside its chroot if any)`;
+  }
+  if (code === 'EEXIST') return `${file}: its temporary name was taken; try again`;
+  if (code === 'ENOENT' || code === 'ENOTDIR')
+    return `${file}: directory ${pathDirname(file)} does not exist${confinement.chroot ? ` inside the VMM's chroot ${confinement.chroot} (--run-with chroot=: paths are resolved there)` : ''}`;
+  return (e as Error).message;
+}
+
 /** Sets the bits of guest page frame numbers `pages` in per-slot bitmaps. */
 export function markPages(bitmaps: Map<number, Uint8Array>, regions: readonly MemoryRegion[], pages: Iterable<number>): void {
   for (const p of pages) {
@@ -458,12 +473,20 @@ function zeroRam(r: MemoryRegion): void {
 
 /** --restore FILE. */
 export async function restoreFromFile(machine: Machine, file: string, log: (m: string) => void): Promise<void> {
-  let fd: number;
+  await restoreFromFd(machine, openRestoreFile(file), log);
+}
+
+/** Opens a --restore file (before the VMM drops its privileges, so it may be one only root can read). */
+export function openRestoreFile(file: string): number {
   try {
-    fd = fs.openSync(file, 'r');
+    return fs.openSync(file, fs.constants.O_RDONLY);
   } catch (e) {
     throw new MigrationStreamError(`--restore ${file}: ${(e as Error).message}`);
   }
+}
+
+/** Reads a snapshot from an open file and closes it. */
+export async function restoreFromFd(machine: Machine, fd: number, log: (m: string) => void): Promise<void> {
   try {
     await receiveStream(machine, new FileSource(fd), log);
   } finally {
@@ -471,24 +494,42 @@ export async function restoreFromFile(machine: Machine, file: string, log: (m: s
   }
 }
 
+/** An --incoming socket, listening (created before the VMM drops its privileges). */
+export interface IncomingListener {
+  path: string;
+  server: net.Server;
+}
+
 /**
- * --incoming unix:PATH: listens, takes one connection, loads the stream and
- * answers "OK" (the caller then resumes the VM) or "ERR reason" (and throws).
+ * --incoming unix:PATH: removes a stale socket at PATH (anything else there
+ * is refused and left alone) and listens on a new one, 0600: the stream
+ * replaces the whole guest, so only the VMM's user (and root) may connect.
  */
-export async function receiveIncoming(machine: Machine, uri: string, log: (m: string) => void, onListening?: () => void): Promise<void> {
+export async function listenIncoming(uri: string): Promise<IncomingListener> {
   const m = /^unix:(.+)$/.exec(uri);
   if (!m) throw new MigrationStreamError(`unsupported --incoming URI '${uri}' (only unix:PATH)`);
   const path = m[1];
-  fs.rmSync(path, { force: true });
+  removeStaleSocket(path);
   const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(path, () => resolve());
-  });
+  await listenPrivate(server, path);
+  return { path, server };
+}
+
+/**
+ * Takes one connection on `listener`, loads the stream and answers "OK"
+ * (the caller then resumes the VM) or "ERR reason" (and throws).
+ */
+export async function receiveIncoming(machine: Machine, listener: IncomingListener, log: (m: string) => void, onListening?: () => void): Promise<void> {
+  const { server, path } = listener;
   onListening?.();
   const sock = await new Promise<net.Socket>((resolve) => server.once('connection', resolve));
   server.close();
-  fs.rmSync(path, { force: true });
+  // Ours, made by listenIncoming; lstat first all the same, so only a socket is ever removed.
+  try {
+    if (fs.lstatSync(path).isSocket()) fs.rmSync(path, { force: true });
+  } catch {
+    // already gone
+  }
   try {
     await receiveStream(machine, new SocketSource(sock), log);
     await new Promise<void>((resolve) => sock.write('OK\n', () => resolve()));

@@ -88,8 +88,13 @@ export class Monitor {
     if (this.migration.active) throw new CommandError('cont refused: an outgoing migration is in progress (it controls the run state until it completes; migrate_cancel stops it)');
   }
 
-  async listenQmp(path: string): Promise<void> {
-    const s = new QmpServer(path, this.commands, this.log, (cmd, args) => this.execute(cmd, args));
+  /** The QMP sockets listening. */
+  get qmpPaths(): string[] {
+    return this.servers.map((s) => s.path);
+  }
+
+  async listenQmp(path: string, mode?: number): Promise<void> {
+    const s = new QmpServer(path, this.commands, this.log, (cmd, args) => this.execute(cmd, args), mode);
     await s.listen();
     this.servers.push(s);
   }

@@ -12,6 +12,7 @@ import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
 import { UNIX_PATH_MAX } from '../config';
+import { listenPrivate, PRIVATE_MODE, removeStaleSocket } from '../host-files';
 import { ArgSpec, checkArguments, Command, CommandError, CommandRegistry, isPrototypeKey } from './commands';
 
 export const QMP_VERSION = { qemu: { major: 8, minor: 2, micro: 0 }, package: 'tsvmm 0.1.0' };
@@ -40,6 +41,8 @@ export class QmpServer {
     private readonly commands: CommandRegistry,
     private readonly log: (m: string) => void,
     private readonly execute: Execute = async (cmd, args) => cmd.run(args),
+    /** The socket's mode: 0600 unless `--qmp unix:PATH,mode=` widens it (docs/security.md). */
+    private readonly mode = PRIVATE_MODE,
   ) {
     this.server = net.createServer((s) => this.accept(s));
   }
@@ -48,13 +51,13 @@ export class QmpServer {
     const problem = checkSocketPath(this.path);
     if (problem) return Promise.reject(new Error(`--qmp unix:${this.path}: ${problem}`));
     try {
-      if (fs.existsSync(this.path) && fs.statSync(this.path).isSocket()) fs.unlinkSync(this.path);
-    } catch {
-      // fall through: listen reports the real problem
+      // A stale socket from an earlier run goes; anything else at the path stays, and the start fails.
+      removeStaleSocket(this.path);
+    } catch (e) {
+      return Promise.reject(new Error(`--qmp unix:${this.path}: ${(e as Error).message}`));
     }
-    return new Promise((resolve, reject) => {
-      this.server.once('error', (e) => reject(new Error(`--qmp unix:${this.path}: ${(e as Error).message}`)));
-      this.server.listen(this.path, () => resolve());
+    return listenPrivate(this.server, this.path, this.mode).catch((e) => {
+      throw new Error(`--qmp unix:${this.path}: ${(e as Error).message}`);
     });
   }
 

@@ -26,6 +26,9 @@ export interface TapOptions {
   queues: number;
 }
 
+/** ioctl(FIONBIO, &int): sets or clears O_NONBLOCK on an fd (asm-generic/ioctls.h). */
+const FIONBIO = 0x5421;
+
 export class Tap {
   readonly fds: number[] = [];
   readonly name: string;
@@ -37,7 +40,17 @@ export class Tap {
       if (opts.fds.length !== opts.queues) throw new TapError(`fd=: ${opts.fds.length} fd(s) given for ${opts.queues} queue pair(s)`);
       this.fds.push(...opts.fds);
       this.name = opts.name ?? `fd${opts.fds[0]}`;
-      for (const fd of this.fds) this.configureFd(fd);
+      for (const fd of this.fds) {
+        // A launcher's fd is usually blocking: the frames are read on the event loop, so it must not be.
+        const one = new Uint8Array(4);
+        new DataView(one.buffer).setInt32(0, 1, true);
+        try {
+          hostIoctl(fd, FIONBIO, one);
+        } catch (e) {
+          throw new TapError(`fd=${fd}: cannot make it non-blocking (${(e as Error).message}); is it an open TAP?`);
+        }
+        this.configureFd(fd);
+      }
     } else {
       const name = opts.name!;
       if (!fs.existsSync('/dev/net/tun')) throw new TapError('/dev/net/tun does not exist: load the tun module (modprobe tun)');
