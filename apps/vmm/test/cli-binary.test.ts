@@ -4,6 +4,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
+import { jsonKeyOf, SETTINGS } from '../src/config';
 import { GUEST_ELF, lineValues, requireGuestKit, ROOT, runCli } from './guest-kit';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-cli-slice-'));
@@ -68,9 +69,10 @@ describe('vmm: version, help and the device catalogue', () => {
     expect(r.code).toBe(0);
     const schema = JSON.parse(r.stdout);
     expect(schema.$schema).toBe('https://json-schema.org/draft/2020-12/schema');
-    expect(Object.keys(schema.properties).sort()).toEqual(
-      ['$schema', 'cmdline', 'cpus', 'devices', 'incoming', 'initrd', 'kernel', 'memory', 'monitor', 'paused', 'qmp', 'restore', 'serial', 'trace-boot'].sort(),
-    );
+    // Every setting of the flag table the config file can hold, and the editors' $schema key.
+    const keys = SETTINGS.map(jsonKeyOf).filter((k): k is string => k !== undefined);
+    expect(keys).toEqual(expect.arrayContaining(['kernel', 'devices', 'memory', 'qmp', 'paused', 'incoming', 'restore', 'trace-boot']));
+    expect(Object.keys(schema.properties).sort()).toEqual(['$schema', ...keys].sort());
     expect(schema.additionalProperties).toBe(false);
     const blk = schema.properties.devices.items.anyOf.find((v: { properties?: { type?: { enum?: string[] } } }) => v.properties?.type?.enum?.includes('virtio-blk'));
     expect(blk.properties.type.enum).toEqual(['virtio-blk', 'virtio-blk-pci']);
