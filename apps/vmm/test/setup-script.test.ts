@@ -2,10 +2,12 @@
 // prints progress while it runs, and a failing build prints the compiler's own
 // error and the command that reruns the step. The failure runs on a copy of
 // the repository's setup files and guest kit with a syntax error injected.
+// `npm link` (README: using vmm outside the checkout) puts `vmm` on the PATH.
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { describeKvm } from '@tsvmm/kvm-native/testing';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-setup-test-'));
@@ -83,4 +85,33 @@ test('a step that runs on prints progress lines with the last line of its output
   expect(out.stdout).toMatch(/^setup \[1\/1\]   \.\.\. \d+ s, 1 lines of output; last: compiling part 7 of 9$/m);
   expect(out.stdout).toMatch(/^setup \[1\/1\]   done in \d+ s$/m);
   expect(out.stdout).toMatch(/after-the-step\n$/);
+});
+
+describeKvm('vmm outside the checkout', () => {
+  test('after `npm link`, `vmm` on the PATH boots the guest kit from another directory', () => {
+    const prefix = path.join(tmp, 'prefix');
+    const link = spawnSync('npm', ['link', '--no-audit', '--no-fund'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: { ...process.env, NPM_CONFIG_PREFIX: prefix },
+    });
+    expect(link.status).toBe(0);
+    const elsewhere = path.join(tmp, 'elsewhere');
+    fs.mkdirSync(elsewhere);
+    // The kernel too lives outside the checkout.
+    fs.copyFileSync(path.join(ROOT, 'tools/guest-kit/build/guest.elf'), path.join(elsewhere, 'guest.elf'));
+    const env = { ...process.env, PATH: `${path.join(prefix, 'bin')}:${process.env.PATH ?? ''}` };
+    const help = spawnSync('vmm', ['--help'], { cwd: elsewhere, encoding: 'utf8', env });
+    expect(help.status).toBe(0);
+    expect(help.stdout).toContain('vmm run');
+    const r = spawnSync('vmm', ['run', '--kernel', 'guest.elf', '--memory', '64M', '--cmdline', 'test=pci-scan', '--serial', 'stdio'], {
+      cwd: elsewhere,
+      encoding: 'utf8',
+      env,
+      timeout: 60_000,
+    });
+    expect(r.stdout).toContain('pci: 00:00.0 vendor=0x8086 device=0x1237');
+    expect(r.stdout).toContain('guest-kit: PASS test=pci-scan');
+    expect(r.status).toBe(0);
+  });
 });
