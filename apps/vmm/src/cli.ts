@@ -4,6 +4,7 @@ import {
   checkConfig, ConfigError, configFromJson, defaultConfig, describeFileError, DeviceConfig, parseCpus, parseDeviceSpec, parseMemory,
   parseQmp, parseSerial, VmConfig,
 } from './config';
+import { parseLogFlag } from './logger';
 
 export const USAGE = `Usage: vmm run [options]
        vmm plugins [--json]
@@ -33,6 +34,10 @@ Options:
   --restore FILE         continue the guest from an x-snapshot-save file (same
                          --kernel, --memory, --cpus and devices as when it was saved)
   --trace-boot           report the time from start to the first serial byte
+  --log-level LEVEL      trace | debug | info | warn | error | fatal | silent (default info)
+  --log-file PATH        append the log to PATH instead of stderr
+  --log-format FORMAT    text (default: time, level, message) | json (JSON lines
+                         with level, time, msg, and device and queue for device lines)
   -h, --help             show this help
 
 With --serial stdio on a terminal, Ctrl-A x quits.
@@ -45,7 +50,8 @@ the host cannot emulate), 114 on a VM entry failure, 1 on a VMM error,
 
 export type Command = { kind: 'help' } | { kind: 'run'; config: VmConfig } | { kind: 'plugins'; json: boolean };
 
-const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore'];
+const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore',
+  '--log-level', '--log-file', '--log-format'];
 
 export function parseArgs(argv: readonly string[]): Command {
   const args = [...argv];
@@ -113,6 +119,11 @@ export function parseArgs(argv: readonly string[]): Command {
         break;
       case '--restore':
         config.restore = value;
+        break;
+      case '--log-level':
+      case '--log-file':
+      case '--log-format':
+        config.log = parseLogFlag(flag, value, config.log);
         break;
       case '--device':
         devices.push(parseDeviceSpec(flag, value, devices.length + fromFileDevices.length));

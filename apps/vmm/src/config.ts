@@ -1,6 +1,7 @@
 /**
  * The VM configuration: one shape whether it comes from flags or --config FILE.json.
  */
+import type { LogOptions } from './logger';
 import * as fs from 'fs';
 import * as path from 'path';
 import { isPrototypeKey, parseSize } from '@tsvmm/pci';
@@ -73,6 +74,8 @@ export interface VmConfig {
   incoming?: string;
   /** --restore FILE: continue from an x-snapshot-save file instead of booting. */
   restore?: string;
+  /** --log-level, --log-file, --log-format (logger.ts); undefined: info, text, stderr. */
+  log?: LogOptions;
 }
 
 export class ConfigError extends Error {

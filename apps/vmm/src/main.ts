@@ -10,6 +10,7 @@ import { Monitor } from './monitor/monitor';
 import { checkSocketPath } from './monitor/qmp-server';
 import { receiveIncoming, restoreFromFile } from './migration/migration';
 import { PluginError } from '@tsvmm/pci';
+import { createLogger, defaultLogOptions, lineLogger } from './logger';
 import { loadPluginCatalog } from './plugins';
 import { formatPluginReport, pluginReport } from './plugins-report';
 import * as readline from 'readline';
@@ -132,6 +133,13 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_CODE_VMM_ERROR;
   }
   const config = cmd.config;
+  let log: (m: string) => void;
+  try {
+    log = lineLogger(createLogger(config.log ?? defaultLogOptions()), config.devices.map((d) => d.id));
+  } catch (e) {
+    process.stderr.write(`vmm: ${(e as Error).message}\n`);
+    return EXIT_CODE_VMM_ERROR;
+  }
   let machine: Machine;
   let serial: ReturnType<typeof serialSink>;
   try {
@@ -143,6 +151,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     machine = new Machine({
       config,
       serialOut: serial.write,
+      log,
       createDevices: (ctx) => registry.createAll(ctx, config.devices),
     });
   } catch (e) {
@@ -156,7 +165,6 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     throw e;
   }
-  const log = (m: string) => process.stderr.write(`vmm: ${m}\n`);
   const monitor = new Monitor(machine, log);
   try {
     for (const p of config.qmp) await monitor.listenQmp(p);
