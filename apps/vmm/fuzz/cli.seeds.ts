@@ -9,6 +9,6 @@ export function seeds(): Record<string, Uint8Array> {
     monitor: args('-S', '--kernel', 'k', '--serial', 'file:/tmp/x', '--monitor', 'stdio', '--qmp', 'unix:/tmp/q.sock', '--trace-boot', '--incoming', 'unix:/tmp/m.sock'),
     config: withJson(['--config', 'f.json', '--cpus', '4'], { kernel: 'k.elf', memory: '1G', cpus: 2, serial: 'none', qmp: 'unix:/tmp/q', devices: ['virtio-blk,file=a.img', { type: 'vhost-scsi', id: 'v0', backend: 'user', socket: '/tmp/v.sock' }] }),
     plugins: args('plugins', '--json'),
-    log: args('--kernel', 'k', '--log-level', 'debug', '--log-file=/tmp/vmm.log', '--log-format', 'json'),
+    log: args('--kernel', 'k', '--log-level', 'debug', '--log-file=/tmp/vmm.log', '--log-format', 'json', '--metrics', 'file:/tmp/vmm.prom,interval=2'),
   };
 }

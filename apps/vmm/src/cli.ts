@@ -5,6 +5,7 @@ import {
   parseQmp, parseSerial, VmConfig,
 } from './config';
 import { parseLogFlag } from './logger';
+import { parseMetricsFlag } from './metrics';
 
 export const USAGE = `Usage: vmm run [options]
        vmm plugins [--json]
@@ -38,6 +39,10 @@ Options:
   --log-file PATH        append the log to PATH instead of stderr
   --log-format FORMAT    text (default: time, level, message) | json (JSON lines
                          with level, time, msg, and device and queue for device lines)
+  --metrics file:PATH[,interval=SECONDS]
+                         write Prometheus text-format metrics to PATH every SECONDS
+                         (default 5) and at exit: per-queue chains, kicks, interrupts;
+                         devices needing reset; vCPU exits by reason
   -h, --help             show this help
 
 With --serial stdio on a terminal, Ctrl-A x quits.
@@ -51,7 +56,7 @@ the host cannot emulate), 114 on a VM entry failure, 1 on a VMM error,
 export type Command = { kind: 'help' } | { kind: 'run'; config: VmConfig } | { kind: 'plugins'; json: boolean };
 
 const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore',
-  '--log-level', '--log-file', '--log-format'];
+  '--log-level', '--log-file', '--log-format', '--metrics'];
 
 export function parseArgs(argv: readonly string[]): Command {
   const args = [...argv];
@@ -124,6 +129,9 @@ export function parseArgs(argv: readonly string[]): Command {
       case '--log-file':
       case '--log-format':
         config.log = parseLogFlag(flag, value, config.log);
+        break;
+      case '--metrics':
+        config.metrics = parseMetricsFlag(flag, value);
         break;
       case '--device':
         devices.push(parseDeviceSpec(flag, value, devices.length + fromFileDevices.length));

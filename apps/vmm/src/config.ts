@@ -2,6 +2,7 @@
  * The VM configuration: one shape whether it comes from flags or --config FILE.json.
  */
 import type { LogOptions } from './logger';
+import type { MetricsOptions } from './metrics';
 import * as fs from 'fs';
 import * as path from 'path';
 import { isPrototypeKey, parseSize } from '@tsvmm/pci';
@@ -76,6 +77,8 @@ export interface VmConfig {
   restore?: string;
   /** --log-level, --log-file, --log-format (logger.ts); undefined: info, text, stderr. */
   log?: LogOptions;
+  /** --metrics file:PATH[,interval=SECONDS] (metrics.ts). */
+  metrics?: MetricsOptions;
 }
 
 export class ConfigError extends Error {

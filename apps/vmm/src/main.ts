@@ -11,6 +11,7 @@ import { checkSocketPath } from './monitor/qmp-server';
 import { receiveIncoming, restoreFromFile } from './migration/migration';
 import { PluginError } from '@tsvmm/pci';
 import { createLogger, defaultLogOptions, lineLogger } from './logger';
+import { startMetrics } from './metrics';
 import { loadPluginCatalog } from './plugins';
 import { formatPluginReport, pluginReport } from './plugins-report';
 import * as readline from 'readline';
@@ -173,6 +174,17 @@ export async function main(argv: readonly string[]): Promise<number> {
     await machine.stop();
     return EXIT_CODE_VMM_ERROR;
   }
+  let stopMetrics: (() => Promise<void>) | undefined;
+  if (config.metrics) {
+    try {
+      stopMetrics = await startMetrics(config.metrics, { devices: () => machine.devices, exits: () => machine.exitCounts }, log);
+    } catch (e) {
+      process.stderr.write(`vmm: ${(e as Error).message}\n`);
+      monitor.close();
+      await machine.stop();
+      return EXIT_CODE_VMM_ERROR;
+    }
+  }
   monitor.startStallDetector();
   let exitPromise: Promise<MachineExit>;
   if (config.incoming || config.restore) {
@@ -205,6 +217,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   monitor.close();
   detach();
   serial.flush();
+  await stopMetrics?.();
   if (exit.reason === 'fault' || exit.code !== 0 || exit.reason !== 'exit-port') process.stderr.write(`vmm: ${exit.message}\n`);
   if (process.env.VMM_EXIT_STATS) {
     const top = (m: Map<number, number>) => [...m.entries()].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([a, n]) => `0x${a.toString(16)}:${n}`).join(' ');
