@@ -44,8 +44,9 @@ describeKvm('metrics', () => {
       },
     );
     let stderr = '';
+    let stdout = '';
     p.stderr.on('data', (d) => (stderr += d));
-    p.stdout.resume();
+    p.stdout.on('data', (d) => (stdout += d));
     const exited = new Promise<number | null>((resolve) => p.on('close', resolve));
 
     // Wait for a write that has the device (created while the VM is paused).
@@ -58,11 +59,16 @@ describeKvm('metrics', () => {
     expect(value(paused, 'tsvmm_virtqueue_chains_total{device="d0",queue="0"}')).toBe(0);
     expect(value(paused, 'tsvmm_virtio_device_needs_reset{device="d0"}')).toBe(0);
 
-    p.stdin.write('cont\n');
+    // HMP lines run in order: the device's fields, then cont.
+    p.stdin.write('info virtio-status d0\ncont\n');
     const code = await exited;
     expect(stderr).toBe('');
     expect(fs.readFileSync(serial, 'latin1')).toContain('guest-kit: PASS test=blk-rw');
     expect(code).toBe(0);
+
+    // device-info in kebab-case like the rest of the reply; the camelCase name stays as a deprecated alias.
+    expect(stdout).toMatch(/device-info: \{.*"bytes-read":0,"bytesRead":0/);
+    expect(stdout).toContain('"io-errors":0,"ioErrors":0');
 
     const done = fs.readFileSync(file, 'utf8');
     expect(value(done, 'tsvmm_virtqueue_chains_total{device="d0",queue="0"}')).toBeGreaterThan(0);
