@@ -177,7 +177,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   let stopMetrics: (() => Promise<void>) | undefined;
   if (config.metrics) {
     try {
-      stopMetrics = await startMetrics(config.metrics, { devices: () => machine.devices, exits: () => machine.exitCounts }, log);
+      stopMetrics = await startMetrics(config.metrics, { devices: () => machine.devices, exits: () => machine.exitCounts, migration: () => monitor.migration.info }, log);
     } catch (e) {
       process.stderr.write(`vmm: ${(e as Error).message}\n`);
       monitor.close();

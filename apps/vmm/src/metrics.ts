@@ -11,6 +11,7 @@ import * as path from 'path';
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { Device } from '@tsvmm/pci';
 import { ConfigError } from './config';
+import type { MigrationInfo } from './migration/migration';
 
 export interface MetricsOptions {
   file: string;
@@ -36,7 +37,11 @@ export interface MetricsSource {
   devices(): readonly Device[];
   /** vCPU exits handled so far, by KVM exit reason name (io, mmio, ...). */
   exits(): ReadonlyMap<string, number>;
+  /** The outgoing migration's figures (query-migrate), status 'none' when there was none. */
+  migration(): MigrationInfo;
 }
+
+const MIGRATION_STATUSES = ['none', 'setup', 'active', 'device', 'completed', 'failed', 'cancelled'];
 
 /** Sets a counter's labelled values to the totals read now (prom-client counters only go up by inc). */
 function setTotals<L extends string>(c: Counter<L>, rows: [Partial<Record<L, string | number>>, number][]): void {
@@ -114,6 +119,31 @@ export function metricsRegistry(src: MetricsSource): Registry {
       );
     },
   });
+  new Gauge({
+    name: 'tsvmm_migration_status',
+    help: "The outgoing migration's state: 1 for the current one (none, setup, active, device, completed, failed, cancelled)",
+    labelNames: ['status'],
+    registers: [registry],
+    collect() {
+      const now = src.migration().status;
+      this.reset();
+      for (const st of new Set([...MIGRATION_STATUSES, now])) this.set({ status: st }, st === now ? 1 : 0);
+    },
+  });
+  const ram = (name: string, help: string, f: (r: MigrationInfo['ram']) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        const i = src.migration();
+        this.set(i.status === 'none' ? 0 : f(i.ram));
+      },
+    });
+  ram('tsvmm_migration_ram_transferred_bytes', 'Bytes of RAM sent by the current or last outgoing migration', (r) => r.transferred);
+  ram('tsvmm_migration_ram_remaining_bytes', 'Bytes of RAM still to send (dirty) in the current migration', (r) => r.remaining);
+  ram('tsvmm_migration_ram_total_bytes', "The guest's RAM size as the migration counts it", (r) => r.total);
+  ram('tsvmm_migration_dirty_sync_count', 'Dirty-log passes of the current or last migration', (r) => r.dirtySyncCount);
   return registry;
 }
 
