@@ -77,6 +77,31 @@ hash_inputs() {
 }
 
 # ------------------------------------------------------------------ kernel ---
+PROGRESS_SECONDS="${PROGRESS_SECONDS:-30}"
+
+# While make (PID) runs, prints every PROGRESS_SECONDS how far it got: the
+# build log's kbuild lines ("  CC kernel/fork.o") against the count of the
+# last cached build's log (about 1500 for this config).
+make_progress() {
+  local pid="$1" blog="$2" before="$3" t1="$4" expected=0 f n
+  for f in "$CACHE"/kernel-*/build.log; do
+    [ -f "$f" ] || continue
+    n=$(grep -cE '^  [A-Z]' "$f" || true)
+    if [ "$n" -gt "$expected" ]; then expected=$n; fi
+  done
+  [ "$expected" -gt 0 ] || expected=1500
+  local next=$((SECONDS + PROGRESS_SECONDS)) done_ last pct
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    [ "$SECONDS" -ge "$next" ] || continue
+    next=$((SECONDS + PROGRESS_SECONDS))
+    done_=$(tail -n +"$((before + 1))" "$blog" | grep -cE '^  [A-Z]' || true)
+    last="$(tail -n 5 "$blog" | grep -E '^  [A-Z]' | tail -n 1 | sed 's/^ *//; s/  */ /g' | cut -c1-70 || true)"
+    pct=$((done_ * 100 / expected)); if [ "$pct" -gt 99 ]; then pct=99; fi
+    log "make bzImage: ~${pct}% (${done_} of ~${expected} build steps) after $((SECONDS - t1)) s${last:+; last: $last}"
+  done
+}
+
 check_config() {
   local cfg="$1" bad=() o
   for o in "${REQUIRED_Y[@]}"; do
@@ -100,6 +125,7 @@ build_kernel() {
   trap "rm -rf '$work'" EXIT
   log "building kernel in $work (log: $blog)"
   local t0=$SECONDS
+  log "extracting $KSRC_TAR (about half a minute)"
   tar -C "$work" -xJf "$KSRC_TAR"
   local src
   src="$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'linux-source-*' | head -n1)"
@@ -122,11 +148,17 @@ build_kernel() {
   "${mk[@]}" olddefconfig >>"$blog" 2>&1 || { tail -n 30 "$blog" >&2; die "olddefconfig failed"; }
   check_config "$src/.config" || die "fix config/tiny.config or config/tsvmm.fragment"
 
-  log "make -j$JOBS bzImage (a few minutes on 2 cores)"
+  log "make -j$JOBS bzImage: 8-11 min on 2 busy cores, ~2.5 min on an idle machine; progress every ${PROGRESS_SECONDS} s"
   local t1=$SECONDS
-  "${mk[@]}" -j"$JOBS" bzImage >>"$blog" 2>&1 \
+  local before
+  before=$(wc -l <"$blog")
+  "${mk[@]}" -j"$JOBS" bzImage >>"$blog" 2>&1 &
+  local mpid=$!
+  make_progress "$mpid" "$blog" "$before" "$t1"
+  wait "$mpid" \
     || { tail -n 40 "$blog" >&2; cp "$blog" "$CACHE/failed-kernel.log" || true
-         die "kernel build failed (log copied to $CACHE/failed-kernel.log)"; }
+         log "rerun with: bash tools/linux-guest/build.sh   (or: npx nx run linux-guest:build)"
+         die "kernel build failed (make's last 40 lines above; full log copied to $CACHE/failed-kernel.log)"; }
   log "kernel compiled in $((SECONDS - t1)) s"
 
   # The PVH entry point is an ELF note in vmlinux: check that it is there.

@@ -16,5 +16,6 @@ export function seeds(): Record<string, Uint8Array> {
     'syntax-error': Buffer.from('run\n--config\nf.json\x01{\n  "kernel": "k",\n  "devices": [1 2]\n}', 'latin1'),
     'device-help': args('run', '--device', 'virtio-scsi-pci,help', '--cmdline', '--help'),
     'run-with': args('--kernel', 'k', '--qmp', 'unix:/tmp/q.sock,mode=0660', '--run-with', 'user=nobody,chroot=/srv/vm', '--run-with=user=65534:65534'),
+    log: args('--kernel', 'k', '--log-level', 'debug', '--log-file=/tmp/vmm.log', '--log-format', 'json', '--metrics', 'file:/tmp/vmm.prom,interval=2'),
   };
 }

@@ -195,7 +195,7 @@ describe('--config FILE.json', () => {
     ['{"kernel": "k", "devices": [{"file": "a"}]}', 'devices[0].type: must be a string (a device type)'],
     ['{"kernel": "k", "devices": [{"type": "virtio-blk", "id": "1x"}]}', "devices[0].id: id '1x' must start with a letter"],
     ['{"kernel": "k", "devices": ["virtio-blk,novalue"]}', "devices[0] 'virtio-blk,novalue': 'novalue' is not key=value"],
-    ['{"kernel": "k", "kernal": "x"}', "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, run-with, trace-boot)"],
+    ['{"kernel": "k", "kernal": "x"}', "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, run-with, trace-boot, log-level, log-file, log-format, metrics)"],
     ['{"kernel": "k", "config": "x"}', "unknown setting 'config'"],
     ['[1]', 'the file must hold a JSON object'],
     ['', 'the file is empty'],

@@ -10,6 +10,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type { z as Zod } from 'zod';
 import { DeviceType, isPrototypeKey, parseSize, PropertyError, PropertySpec } from '@tsvmm/pci';
+import { parseLogFlag, type LogOptions } from './logger';
+import { parseMetricsFlag, type MetricsOptions } from './metrics';
 
 /** sun_path holds 108 bytes including the terminating NUL. */
 export const UNIX_PATH_MAX = 107;
@@ -84,6 +86,10 @@ export interface VmConfig {
   qmpMode?: Record<string, number>;
   /** --run-with user=USER|UID:GID[,chroot=DIR]: the privileges the VMM drops to once everything is open. */
   runWith?: RunWith;
+  /** --log-level, --log-file, --log-format (logger.ts); undefined: info, text, stderr. */
+  log?: LogOptions;
+  /** --metrics file:PATH[,interval=SECONDS] (metrics.ts). */
+  metrics?: MetricsOptions;
   /** --monitor stdio: the HMP monitor on stdin/stdout. */
   monitorStdio: boolean;
   /** -S / --paused: do not start the vCPUs until `cont`. */
@@ -448,6 +454,27 @@ export const SETTINGS: readonly Setting[] = [
     name: 'trace-boot', kind: 'bool', help: 'report the time from start to the first serial byte',
     json: onOffJson,
     apply: (c, v, { where }) => void (c.traceBoot = parseOnOff(where, v)),
+  },
+  {
+    name: 'log-level', kind: 'value', arg: 'LEVEL', help: 'trace | debug | info | warn | error | fatal | silent (default info)',
+    json: (z) => z.string({ error: 'must be a level name' }),
+    apply: (c, v, { where }) => void (c.log = parseLogFlag('--log-level', v as string, c.log, where)),
+  },
+  {
+    name: 'log-file', kind: 'value', arg: 'PATH', help: 'append the log to PATH instead of stderr',
+    json: (z) => z.string({ error: 'must be a path' }),
+    apply: (c, v, { where }) => void (c.log = parseLogFlag('--log-file', v as string, c.log, where)),
+  },
+  {
+    name: 'log-format', kind: 'value', arg: 'FORMAT', help: 'text (default: time, level, message) | json (JSON lines\nwith level, time, msg, and device and queue for device lines)',
+    json: (z) => z.enum(['text', 'json'], { error: 'must be "text" or "json"' }),
+    apply: (c, v, { where }) => void (c.log = parseLogFlag('--log-format', v as string, c.log, where)),
+  },
+  {
+    name: 'metrics', kind: 'value', arg: 'file:PATH[,interval=SECONDS]',
+    help: 'write Prometheus text-format metrics to PATH every SECONDS\n(default 5) and at exit: per-queue chains, kicks, interrupts;\ndevices needing reset; vCPU exits by reason',
+    json: (z) => z.string({ error: 'must be "file:PATH[,interval=SECONDS]"' }),
+    apply: (c, v, { where }) => void (c.metrics = parseMetricsFlag(where, v as string)),
   },
 ];
 

@@ -11,6 +11,8 @@ import { checkSocketPath } from './monitor/qmp-server';
 import { IncomingListener, listenIncoming, openRestoreFile, receiveIncoming, restoreFromFd } from './migration/migration';
 import { dropPrivileges, RunWithError } from './run-with';
 import { PluginError } from '@tsvmm/pci';
+import { createLogger, defaultLogOptions, lineLogger } from './logger';
+import { startMetrics } from './metrics';
 import { loadPluginCatalog } from './plugins';
 import { formatPluginReport, pluginReport } from './plugins-report';
 import * as readline from 'readline';
@@ -160,6 +162,13 @@ export async function main(argv: readonly string[]): Promise<number> {
       return EXIT_CODE_VMM_ERROR;
     }
   }
+  let log: (m: string) => void;
+  try {
+    log = lineLogger(createLogger(config.log ?? defaultLogOptions()), config.devices.map((d) => d.id));
+  } catch (e) {
+    process.stderr.write(`vmm: ${(e as Error).message}\n`);
+    return EXIT_CODE_VMM_ERROR;
+  }
   let machine: Machine;
   let serial: ReturnType<typeof serialSink>;
   try {
@@ -171,6 +180,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     machine = new Machine({
       config,
       serialOut: serial.write,
+      log,
       createDevices: (ctx) => registry.createAll(ctx, config.devices),
     });
   } catch (e) {
@@ -184,7 +194,6 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     throw e;
   }
-  const log = (m: string) => process.stderr.write(`vmm: ${m}\n`);
   const monitor = new Monitor(machine, log);
   // Everything the VM needs from the host is opened before the confinement below.
   let incoming: IncomingListener | undefined;
@@ -207,6 +216,17 @@ export async function main(argv: readonly string[]): Promise<number> {
     await machine.stop();
     monitor.close();
     return EXIT_CODE_VMM_ERROR;
+  }
+  let stopMetrics: (() => Promise<void>) | undefined;
+  if (config.metrics) {
+    try {
+      stopMetrics = await startMetrics(config.metrics, { devices: () => machine.devices, exits: () => machine.exitCounts, migration: () => monitor.migration.info }, log);
+    } catch (e) {
+      process.stderr.write(`vmm: ${(e as Error).message}\n`);
+      monitor.close();
+      await machine.stop();
+      return EXIT_CODE_VMM_ERROR;
+    }
   }
   // --- confinement hook: open everything -> drop privileges (--run-with) -> seccomp (--sandbox) ---
   try {
@@ -250,6 +270,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   monitor.close();
   detach();
   serial.flush();
+  await stopMetrics?.();
   if (exit.reason === 'fault' || exit.code !== 0 || exit.reason !== 'exit-port') process.stderr.write(`vmm: ${exit.message}\n`);
   if (process.env.VMM_EXIT_STATS) {
     const top = (m: Map<number, number>) => [...m.entries()].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([a, n]) => `0x${a.toString(16)}:${n}`).join(' ');

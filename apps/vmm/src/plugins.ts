@@ -94,7 +94,7 @@ let hostModulesShared = false;
 function shareHostModules(): void {
   if (hostModulesShared || !bundled) return;
   hostModulesShared = true;
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
   const Module = require('module') as { _load: (request: string, parent: unknown, isMain: boolean) => unknown };
   const host: Record<string, unknown> = { '@tsvmm/pci': pci, '@tsvmm/virtio-core': virtioCore, '@tsvmm/kvm-native': kvmNative };
   const load = Module._load;
@@ -145,7 +145,7 @@ export function loadPluginCatalog(env: NodeJS.ProcessEnv = process.env): PluginC
     const scan = scanPluginPackages(roots, PLUGIN_API_VERSION);
     for (const r of scan.refused) catalog.problems.push({ package: refusedInfo(r), origin, dir: r.dir, message: describeRefusal(r) });
     if (origin === 'run-time' && scan.packages.length) shareHostModules();
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
     for (const p of scan.packages) add(() => require(p.entry), infoOf(p), origin, p.dir);
   };
   if (bundled) {

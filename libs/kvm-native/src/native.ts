@@ -109,7 +109,7 @@ export function loadNative(): NativeAddon {
         'or `node libs/kvm-native/scripts/build-native.js`',
     );
   }
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
   cached = require(found) as NativeAddon;
   return cached;
 }

@@ -62,6 +62,7 @@ describe('PciBus conf1', () => {
 
 describe('BAR sizing and reprogramming', () => {
   it('maps a 64-bit BAR above 2 GiB again after the guest sizes and restores it', () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { PciBarFunction } = require('./pci-device') as typeof import('./pci-device');
     class Fn extends PciBarFunction {}
     const mmio = new IoBus('mmio');

@@ -62,9 +62,9 @@ export class VhostScsiPci extends VirtioPciPluginDevice {
     this.scsi.stopDirtyLog();
   }
 
-  override destroy(): void {
+  override destroy(): void | Promise<void> {
     this.scsi.destroy();
-    super.destroy();
+    return super.destroy();
   }
 }
 

@@ -36,9 +36,11 @@ export class VirtioNetPci extends VirtioPciPluginDevice {
     }
   }
 
-  override destroy(): void {
-    super.destroy();
+  override destroy(): void | Promise<void> {
+    // The base class may finish asynchronously: hand its promise on.
+    const done = super.destroy();
     this.net.destroy();
+    return done;
   }
 }
 

@@ -93,7 +93,6 @@ function knownMatches(k, kind, error) {
 }
 
 function matchesKnown(known, kind, error) {
-  const sig = signature(kind, error);
   for (const [file, k] of Object.entries(known)) {
     if (knownMatches(k, kind, error)) return file;
   }

@@ -36,6 +36,14 @@ export const EXIT_CODE_ENTRY_FAILURE = 114;
 export const EXIT_CODE_VMM_ERROR = 1;
 /** Distinct MMIO addresses counted in ExitStats.perMmio; later ones only in the totals. */
 export const MAX_MMIO_STATS = 4096;
+/** KVM exit reasons by name, for the exit counters. */
+const EXIT_REASON_NAMES: Record<number, string> = {
+  [U.KVM_EXIT_IO]: 'io',
+  [U.KVM_EXIT_MMIO]: 'mmio',
+  [U.KVM_EXIT_SYSTEM_EVENT]: 'system-event',
+  [U.KVM_EXIT_HLT]: 'hlt',
+};
+
 /** Distinct exit-path error messages logged; later ones are counted, not logged. */
 const MAX_LOGGED_ERRORS = 256;
 
@@ -83,6 +91,8 @@ export class Machine {
   private readonly serialOut: (bytes: Uint8Array) => void;
   private readonly log: (m: string) => void;
   private readonly loggedErrors = new Set<string>();
+  /** vCPU exits handled, by KVM exit reason (--metrics). */
+  readonly exitCounts = new Map<string, number>();
   private suppressedErrors = 0;
   private started = false;
   private paused = false;
@@ -309,6 +319,8 @@ export class Machine {
   }
 
   private onExit(run: KvmRun): VcpuAction {
+    const reason = EXIT_REASON_NAMES[run.exitReason] ?? String(run.exitReason);
+    this.exitCounts.set(reason, (this.exitCounts.get(reason) ?? 0) + 1);
     try {
       switch (run.exitReason) {
         case U.KVM_EXIT_IO:

@@ -57,8 +57,28 @@ export function virtioStatus(pci: VirtioPciDevice): Record<string, unknown> {
     'msix-enabled': pci.msix.enabled,
     'msix-function-masked': pci.msix.functionMasked,
     'config-vector': pci.configVector,
-    'device-info': d.deviceInfo(),
+    'device-info': kebabCaseFields(d.deviceInfo()),
   };
+}
+
+const camel = /[a-z0-9][A-Z]/;
+
+/**
+ * QMP replies name fields in kebab-case; device counters (deviceInfo) were
+ * camelCase (bytesRead). Each camelCase key gets its kebab-case twin
+ * (bytes-read), nested objects too; the camelCase key stays as a deprecated
+ * alias with the same value (docs/qmp.md), for scripts written against it.
+ */
+export function kebabCaseFields(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(kebabCaseFields);
+  if (v === null || typeof v !== 'object') return v;
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) {
+    const value = kebabCaseFields(x);
+    if (camel.test(k)) out[k.replace(/([a-z0-9])([A-Z])/g, '$1-$2').toLowerCase()] = value;
+    out[k] = value;
+  }
+  return out;
 }
 
 export function statusNames(s: number): string[] {
