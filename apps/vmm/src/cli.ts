@@ -2,7 +2,7 @@
 import * as fs from 'fs';
 import {
   checkConfig, ConfigError, configFromJson, defaultConfig, describeFileError, DeviceConfig, parseCpus, parseDeviceSpec, parseMemory,
-  parseQmp, parseSerial, VmConfig,
+  parseQmp, parseSandbox, parseSerial, VmConfig,
 } from './config';
 
 export const USAGE = `Usage: vmm run [options]
@@ -32,6 +32,9 @@ Options:
                          source), then run the migrated guest; same devices needed
   --restore FILE         continue the guest from an x-snapshot-save file (same
                          --kernel, --memory, --cpus and devices as when it was saved)
+  --sandbox on|off       on: once devices, sockets and files are open, set no_new_privs
+                         and confine every thread with a seccomp filter; a call outside
+                         its allow-list stops the VMM (exit 159); see docs/security.md
   --trace-boot           report the time from start to the first serial byte
   -h, --help             show this help
 
@@ -45,7 +48,7 @@ the host cannot emulate), 114 on a VM entry failure, 1 on a VMM error,
 
 export type Command = { kind: 'help' } | { kind: 'run'; config: VmConfig } | { kind: 'plugins'; json: boolean };
 
-const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore'];
+const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore', '--sandbox'];
 
 export function parseArgs(argv: readonly string[]): Command {
   const args = [...argv];
@@ -113,6 +116,9 @@ export function parseArgs(argv: readonly string[]): Command {
         break;
       case '--restore':
         config.restore = value;
+        break;
+      case '--sandbox':
+        config.sandbox = parseSandbox(flag, value);
         break;
       case '--device':
         devices.push(parseDeviceSpec(flag, value, devices.length + fromFileDevices.length));

@@ -73,6 +73,8 @@ export interface VmConfig {
   incoming?: string;
   /** --restore FILE: continue from an x-snapshot-save file instead of booting. */
   restore?: string;
+  /** --sandbox on: no_new_privs and the seccomp filter once everything is open (docs/security.md). */
+  sandbox: boolean;
 }
 
 export class ConfigError extends Error {
@@ -104,6 +106,11 @@ export function parseCpus(flag: string, text: unknown): number {
 export function parseQmp(flag: string, text: unknown): string {
   if (typeof text === 'string' && text.startsWith('unix:') && text.length > 5) return socketPath(flag, text.slice(5));
   throw new ConfigError(`${flag}: '${String(text)}' must be unix:PATH`);
+}
+
+export function parseSandbox(flag: string, text: unknown): boolean {
+  if (text === 'on' || text === 'off') return text === 'on';
+  throw new ConfigError(`${flag}: '${String(text)}' must be on or off`);
 }
 
 export function parseSerial(flag: string, text: unknown): SerialConfig {
@@ -165,7 +172,7 @@ export function checkConfig(c: VmConfig): VmConfig {
 }
 
 export function defaultConfig(): VmConfig {
-  return { kernel: '', cmdline: '', memoryBytes: 256 * 2 ** 20, cpus: 1, devices: [], serial: { kind: 'stdio' }, traceBoot: false, qmp: [], monitorStdio: false, startPaused: false };
+  return { kernel: '', cmdline: '', memoryBytes: 256 * 2 ** 20, cpus: 1, devices: [], serial: { kind: 'stdio' }, traceBoot: false, qmp: [], monitorStdio: false, startPaused: false, sandbox: false };
 }
 
 /** Reads a --config JSON file: the same settings as the flags, by the same names. */

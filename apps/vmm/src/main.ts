@@ -13,6 +13,7 @@ import { PluginError } from '@tsvmm/pci';
 import { loadPluginCatalog } from './plugins';
 import { formatPluginReport, pluginReport } from './plugins-report';
 import * as readline from 'readline';
+import { enterSandbox, SandboxError } from './sandbox/seccomp';
 
 const EXIT_USAGE = 2;
 
@@ -166,6 +167,17 @@ export async function main(argv: readonly string[]): Promise<number> {
     return EXIT_CODE_VMM_ERROR;
   }
   monitor.startStallDetector();
+  if (config.sandbox) {
+    // Everything the VMM opens up front is open (KVM, RAM, devices, TAPs, QMP sockets); the vCPU threads start below and inherit the filter.
+    try {
+      enterSandbox();
+    } catch (e) {
+      process.stderr.write(`vmm: ${e instanceof SandboxError ? e.message : `--sandbox on: ${(e as Error).message}`}\n`);
+      await machine.stop();
+      monitor.close();
+      return EXIT_CODE_VMM_ERROR;
+    }
+  }
   let exitPromise: Promise<MachineExit>;
   if (config.incoming || config.restore) {
     // The machine was built (devices, RAM) as for a boot; the stream replaces its state before any vCPU runs.
