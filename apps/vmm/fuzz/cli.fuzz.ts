@@ -20,7 +20,7 @@ import { ConfigError, configFromJson } from '../src/config';
 export const maxLen = 4096;
 export const dictionary = [
   '--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore',
-  '-S', '--trace-boot', 'run', 'plugins', '--json', 'unix:', 'file:', 'stdio', 'none', 'virtio-blk', 'virtio-net', 'virtio-scsi', 'scsi-hd', 'vhost-scsi',
+  '-S', '--trace-boot', '--sandbox', 'run', 'plugins', '--json', 'unix:', 'file:', 'stdio', 'none', 'virtio-blk', 'virtio-net', 'virtio-scsi', 'scsi-hd', 'vhost-scsi',
   ',id=', ',file=', ',,', '=on', '=off', 'num-queues=', 'G', 'M', '0x', '"devices"', '"memory"', '{', '}', '[', ']', ':', '"',
 ];
 

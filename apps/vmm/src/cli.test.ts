@@ -6,11 +6,11 @@ import { parseArgs } from './cli';
 describe('parseArgs', () => {
   it('parses every flag', () => {
     const c = parseArgs(['run', '--kernel', 'k', '--initrd', 'i', '--cmdline', 'a b', '--memory', '1G', '--cpus', '2',
-      '--device', 'virtio-blk,id=d0,file=/x,,y,readonly=on', '--serial=file:/tmp/s', '--trace-boot']);
+      '--device', 'virtio-blk,id=d0,file=/x,,y,readonly=on', '--serial=file:/tmp/s', '--trace-boot', '--sandbox', 'on']);
     expect(c).toEqual({
       kind: 'run',
       config: {
-        kernel: 'k', initrd: 'i', cmdline: 'a b', memoryBytes: 2 ** 30, cpus: 2, serial: { kind: 'file', path: '/tmp/s' }, traceBoot: true, qmp: [], monitorStdio: false, startPaused: false,
+        kernel: 'k', initrd: 'i', cmdline: 'a b', memoryBytes: 2 ** 30, cpus: 2, serial: { kind: 'file', path: '/tmp/s' }, traceBoot: true, qmp: [], monitorStdio: false, startPaused: false, sandbox: true,
         devices: [{ type: 'virtio-blk', id: 'd0', props: { file: '/x,y', readonly: 'on' } }],
       },
     });
@@ -24,6 +24,9 @@ describe('parseArgs', () => {
     [['run', '--kernel', 'k', '--device', 'x,novalue'], "--device 'x,novalue': 'novalue' is not key=value"],
     [['run', '--kernel', 'k', '--device', 'x,id=1bad'], "id '1bad' must start with a letter"],
     [['boot'], "unknown command 'boot'"],
+    [['run', '--kernel', 'k', '--sandbox', 'yes'], "--sandbox: 'yes' must be on or off"],
+    [['run', '--kernel', 'k', '--sandbox=ON'], "--sandbox: 'ON' must be on or off"],
+    [['run', '--kernel', 'k', '--sandbox'], '--sandbox: missing value'],
     [['plugins', '--all'], "plugins: unknown option '--all' (it takes --json)"],
     [['run', '--kernel', 'k', '--device', 'x,toString=1'], "--device 'x,toString=1': 'toString' is not a property name (a reserved name)"],
     [['run', '--kernel', 'k', '--device', 'x,constructor=1'], "--device 'x,constructor=1': 'constructor' is not a property name (a reserved name)"],
