@@ -117,6 +117,12 @@ describe('seccomp allow-list (x86_64)', () => {
     expect(evaluate(prog, { nr: nr('prctl'), args: [38 /* PR_SET_NO_NEW_PRIVS */] })).toBe(SECCOMP_RET_TRAP);
   });
 
+  it('sockets: unix only', () => {
+    expect(evaluate(prog, { nr: nr('socket'), args: [1 /* AF_UNIX */, 1] })).toBe(SECCOMP_RET_ALLOW);
+    expect(evaluate(prog, { nr: nr('socket'), args: [2 /* AF_INET */, 1] })).toBe(SECCOMP_RET_TRAP);
+    expect(evaluate(prog, { nr: nr('socket'), args: [16 /* AF_NETLINK */, 3] })).toBe(SECCOMP_RET_TRAP);
+  });
+
   it('kills another calling convention: a foreign architecture and x32', () => {
     expect(evaluate(prog, { nr: nr('read'), arch: 0x40000003 /* AUDIT_ARCH_I386 */ })).toBe(SECCOMP_RET_KILL_PROCESS);
     expect(evaluate(prog, { nr: 0x40000000 | nr('read') })).toBe(SECCOMP_RET_KILL_PROCESS);
