@@ -88,7 +88,7 @@ exports.plugin = {
     const env = ['env', `VMM_PLUGIN_PATH=${execPlugin(marker)}`];
     const args = ['--device', 'rt-exec,id=x0', '--cmdline', 'test=mig-blk-loop iters=20 sectors=1 every=10', '--device', `virtio-blk,id=d0,file=${migLoopImage(fleet)}`];
     // Without the sandbox the plugin does run the program (so the test below can tell).
-    const free = fleet.start(args, env);
+    const free = fleet.start(['--sandbox', 'off', ...args], env);
     expect(await free.exited).toBe(0);
     expect(free.err()).toContain('rt-exec: the program ran');
     expect(fs.readFileSync(marker, 'utf8')).toBe('ran\n');

@@ -719,7 +719,7 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
   std::unique_ptr<VcpuLoop> loop_;
 };
 
-// seccompSetTrapReporter(prefix, suffix, names): SIGSYS reporter for SECCOMP_RET_TRAP (seccomp.h).
+// seccompSetTrapReporter(prefix, suffix, names, argsPrefix?): SIGSYS reporter for SECCOMP_RET_TRAP (seccomp.h).
 Napi::Value SeccompSetTrapReporter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsString() || !info[1].IsString() || !info[2].IsArray())
@@ -730,7 +730,8 @@ Napi::Value SeccompSetTrapReporter(const Napi::CallbackInfo& info) {
     Napi::Value v = a.Get(i);
     names.push_back(v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string());
   }
-  int r = sysSeccompSetTrapReporter(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value(), names);
+  std::string argsPrefix = info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : std::string();
+  int r = sysSeccompSetTrapReporter(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value(), names, argsPrefix);
   if (r < 0) throw errnoError(env, r, "sigaction");
   return env.Undefined();
 }

@@ -11,6 +11,10 @@
 #include <sys/ucontext.h>
 #include <unistd.h>
 
+#ifndef SYS_SECCOMP
+#define SYS_SECCOMP 1  // si_code of a seccomp SIGSYS (asm-generic/siginfo.h)
+#endif
+
 namespace kvmnative {
 
 namespace {
@@ -20,6 +24,7 @@ namespace {
 std::vector<std::string>* gLines = nullptr;
 std::string* gPrefix = nullptr;
 std::string* gSuffix = nullptr;
+std::string* gArgsPrefix = nullptr;
 
 void writeAll(const char* p, size_t n) {
   while (n > 0) {
@@ -42,20 +47,27 @@ void hex(uint64_t v, char* out) {
 // left in the signal frame (x86_64 system call convention: rdi, rsi).
 void writeArgs(void* uc) {
 #if defined(__x86_64__)
+  if (!gArgsPrefix || gArgsPrefix->empty()) return;
   const auto* ctx = static_cast<const ucontext_t*>(uc);
-  char line[64];
-  memcpy(line, "vmm: sandbox: arguments ", 24);
-  hex(static_cast<uint64_t>(ctx->uc_mcontext.gregs[REG_RDI]), line + 24);
-  line[42] = ' ';
-  hex(static_cast<uint64_t>(ctx->uc_mcontext.gregs[REG_RSI]), line + 43);
-  line[61] = '\n';
-  writeAll(line, 62);
+  char line[38];
+  hex(static_cast<uint64_t>(ctx->uc_mcontext.gregs[REG_RDI]), line);
+  line[18] = ' ';
+  hex(static_cast<uint64_t>(ctx->uc_mcontext.gregs[REG_RSI]), line + 19);
+  line[37] = '\n';
+  writeAll(gArgsPrefix->data(), gArgsPrefix->size());
+  writeAll(line, sizeof line);
 #else
   (void)uc;
 #endif
 }
 
 void onSigsys(int, siginfo_t* info, void* uc) {
+  if (info->si_code != SYS_SECCOMP) {
+    // Sent by someone (kill -SYS): end as the default action would, but say so.
+    static const char msg[] = "SIGSYS received from outside (not a refused system call); exiting\n";
+    writeAll(msg, sizeof msg - 1);
+    syscall(SYS_exit_group, kSeccompTrapExitStatus);
+  }
   int nr = info->si_syscall;
   if (gLines && nr >= 0 && static_cast<size_t>(nr) < gLines->size() && !(*gLines)[nr].empty()) {
     writeAll((*gLines)[nr].data(), (*gLines)[nr].size());
@@ -78,7 +90,7 @@ void onSigsys(int, siginfo_t* info, void* uc) {
 
 }  // namespace
 
-int sysSeccompSetTrapReporter(const std::string& prefix, const std::string& suffix, const std::vector<std::string>& names) {
+int sysSeccompSetTrapReporter(const std::string& prefix, const std::string& suffix, const std::vector<std::string>& names, const std::string& argsPrefix) {
   auto* lines = new std::vector<std::string>();
   for (size_t nr = 0; nr < names.size(); nr++)
     lines->push_back(names[nr].empty() ? std::string() : prefix + names[nr] + " (" + std::to_string(nr) + ")" + suffix + "\n");
@@ -86,6 +98,7 @@ int sysSeccompSetTrapReporter(const std::string& prefix, const std::string& suff
   gLines = lines;
   gPrefix = new std::string(prefix);
   gSuffix = new std::string(suffix);
+  gArgsPrefix = new std::string(argsPrefix);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = onSigsys;

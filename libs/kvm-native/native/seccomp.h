@@ -14,8 +14,11 @@ constexpr int kSeccompTrapExitStatus = 159;
 // Installs a SIGSYS handler for SECCOMP_RET_TRAP: it writes
 // "<prefix><names[nr]> (<nr>)<suffix>\n" to stderr with write(2) and ends the
 // process with exit_group(159). `names` is indexed by syscall number (empty:
-// the number only). Call before sysSeccompInstall.
-int sysSeccompSetTrapReporter(const std::string& prefix, const std::string& suffix, const std::vector<std::string>& names);
+// the number only). With a non-empty `argsPrefix` (x86_64), a second line
+// "<argsPrefix>0x<arg0> 0x<arg1>\n" gives the call's first two arguments.
+// Call before sysSeccompInstall.
+int sysSeccompSetTrapReporter(const std::string& prefix, const std::string& suffix, const std::vector<std::string>& names,
+                              const std::string& argsPrefix);
 
 // prctl(PR_SET_NO_NEW_PRIVS, 1), then seccomp(SECCOMP_SET_MODE_FILTER,
 // SECCOMP_FILTER_FLAG_TSYNC) with the classic-BPF program `insns` (count

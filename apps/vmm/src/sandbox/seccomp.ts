@@ -270,7 +270,7 @@ export function enterSandbox(): { instructions: number } {
   const names: string[] = [];
   for (const [name, nr] of Object.entries(table.syscalls)) names[nr] = name;
   const native = loadNative();
-  native.seccompSetTrapReporter(SANDBOX_LOG_PREFIX, SANDBOX_LOG_SUFFIX, Array.from(names, (n) => n ?? ''));
+  native.seccompSetTrapReporter(SANDBOX_LOG_PREFIX, SANDBOX_LOG_SUFFIX, Array.from(names, (n) => n ?? ''), 'vmm: sandbox: arguments ');
   native.seccompInstall(prog);
   return { instructions: prog.length / 8 };
 }
