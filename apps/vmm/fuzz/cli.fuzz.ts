@@ -23,6 +23,7 @@ import { applyConfigJson, ConfigError, defaultConfig, devicePropertyError, devic
 export const maxLen = 4096;
 export const dictionary = [
   '--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore',
+  '--sandbox', 'on', 'off',
   '--log-level', '--log-file', '--log-format', 'json', 'text', 'debug', 'silent', '--metrics', ',interval=',
   '--run-with', 'user=', 'chroot=', ',mode=', '0660', '65534:65534', 'nobody',
   '-S', '--trace-boot', '--paused', '=yes', '=no', '--help', '--version', 'help', ',help', 'config-schema', 'virtio-blk-pci', 'virtio-net-pci',

@@ -6,11 +6,11 @@ import { parseArgs } from './cli';
 describe('parseArgs', () => {
   it('parses every flag', () => {
     const c = parseArgs(['run', '--kernel', 'k', '--initrd', 'i', '--cmdline', 'a b', '--memory', '1G', '--cpus', '2',
-      '--device', 'virtio-blk,id=d0,file=/x,,y,readonly=on', '--serial=file:/tmp/s', '--trace-boot']);
+      '--device', 'virtio-blk,id=d0,file=/x,,y,readonly=on', '--serial=file:/tmp/s', '--trace-boot', '--sandbox', 'on']);
     expect(c).toEqual({
       kind: 'run',
       config: {
-        kernel: 'k', initrd: 'i', cmdline: 'a b', memoryBytes: 2 ** 30, cpus: 2, serial: { kind: 'file', path: '/tmp/s' }, traceBoot: true, qmp: [], monitorStdio: false, startPaused: false,
+        kernel: 'k', initrd: 'i', cmdline: 'a b', memoryBytes: 2 ** 30, cpus: 2, serial: { kind: 'file', path: '/tmp/s' }, traceBoot: true, qmp: [], monitorStdio: false, startPaused: false, sandbox: true,
         devices: [{ type: 'virtio-blk', id: 'd0', props: { file: '/x,y', readonly: 'on' } }],
       },
     });
@@ -26,6 +26,9 @@ describe('parseArgs', () => {
     [['run', '--kernel', 'k', '--device', 'x,novalue'], "--device 'x,novalue': 'novalue' is not key=value"],
     [['run', '--kernel', 'k', '--device', 'x,id=1bad'], "id '1bad' must start with a letter"],
     [['boot'], "unknown command 'boot'"],
+    [['run', '--kernel', 'k', '--sandbox', 'yes'], "--sandbox: 'yes' must be on or off"],
+    [['run', '--kernel', 'k', '--sandbox=ON'], "--sandbox: 'ON' must be on or off"],
+    [['run', '--kernel', 'k', '--sandbox'], '--sandbox: missing value'],
     [['plugins', '--all'], "plugins: unknown option '--all' (see vmm plugins --help)"],
     [['plugins', 'extra'], "plugins: unexpected argument 'extra'"],
     [['config-schema', '--json'], "config-schema: unknown option '--json'"],
@@ -195,7 +198,7 @@ describe('--config FILE.json', () => {
     ['{"kernel": "k", "devices": [{"file": "a"}]}', 'devices[0].type: must be a string (a device type)'],
     ['{"kernel": "k", "devices": [{"type": "virtio-blk", "id": "1x"}]}', "devices[0].id: id '1x' must start with a letter"],
     ['{"kernel": "k", "devices": ["virtio-blk,novalue"]}', "devices[0] 'virtio-blk,novalue': 'novalue' is not key=value"],
-    ['{"kernel": "k", "kernal": "x"}', "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, run-with, trace-boot, log-level, log-file, log-format, metrics)"],
+    ['{"kernel": "k", "kernal": "x"}', "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, run-with, sandbox, trace-boot, log-level, log-file, log-format, metrics)"],
     ['{"kernel": "k", "config": "x"}', "unknown setting 'config'"],
     ['[1]', 'the file must hold a JSON object'],
     ['', 'the file is empty'],

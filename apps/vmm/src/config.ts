@@ -98,6 +98,8 @@ export interface VmConfig {
   incoming?: string;
   /** --restore FILE: continue from an x-snapshot-save file instead of booting. */
   restore?: string;
+  /** --sandbox on: no_new_privs and the seccomp filter once everything is open (docs/security.md). */
+  sandbox: boolean;
 }
 
 export class ConfigError extends Error {
@@ -190,6 +192,11 @@ export function parseRunWith(flag: string, text: unknown): RunWith {
   }
   if (!/^[A-Za-z_][A-Za-z0-9_.-]*\$?$/.test(user)) throw new ConfigError(`${flag}: user=${user} is neither a user name nor UID:GID`);
   return { user, chroot };
+}
+
+export function parseSandbox(flag: string, text: unknown): boolean {
+  if (text === 'on' || text === 'off') return text === 'on';
+  throw new ConfigError(`${flag}: '${String(text)}' must be on or off`);
 }
 
 export function parseSerial(flag: string, text: unknown): SerialConfig {
@@ -304,7 +311,7 @@ export function checkConfig(c: VmConfig): VmConfig {
 }
 
 export function defaultConfig(): VmConfig {
-  return { kernel: '', cmdline: '', memoryBytes: 256 * 2 ** 20, cpus: 1, devices: [], serial: { kind: 'stdio' }, traceBoot: false, qmp: [], monitorStdio: false, startPaused: false };
+  return { kernel: '', cmdline: '', memoryBytes: 256 * 2 ** 20, cpus: 1, devices: [], serial: { kind: 'stdio' }, traceBoot: false, qmp: [], monitorStdio: false, startPaused: false, sandbox: false };
 }
 
 // ---------------------------------------------------------------------------
@@ -449,6 +456,13 @@ export const SETTINGS: readonly Setting[] = [
     help: 'once /dev/kvm, images, TAPs and sockets are open: chroot to\nDIR, become USER and drop every capability (docs/security.md)',
     json: (z) => z.string({ error: 'must be "user=USER|UID:GID[,chroot=DIR]"' }),
     apply: (c, v, { where }) => void (c.runWith = parseRunWith(where, v)),
+  },
+  {
+    // A value, not a switch: QEMU's `-sandbox on` spelling, so `--sandbox on` works as QEMU users type it.
+    name: 'sandbox', kind: 'value', arg: 'on|off',
+    help: 'on: once devices, sockets and files are open, set no_new_privs\nand confine every thread with a seccomp filter; a call outside\nits allow-list stops the VMM (exit 159); see docs/security.md',
+    json: (z) => z.union([z.boolean(), z.enum(['on', 'off'])], { error: 'must be "on", "off" or a boolean' }),
+    apply: (c, v, { where }) => void (c.sandbox = typeof v === 'boolean' ? v : parseSandbox(where, v)),
   },
   {
     name: 'trace-boot', kind: 'bool', help: 'report the time from start to the first serial byte',

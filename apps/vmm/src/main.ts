@@ -16,6 +16,7 @@ import { startMetrics } from './metrics';
 import { loadPluginCatalog } from './plugins';
 import { formatPluginReport, pluginReport } from './plugins-report';
 import * as readline from 'readline';
+import { enterSandbox, SandboxError } from './sandbox/seccomp';
 
 const EXIT_USAGE = 2;
 
@@ -239,8 +240,19 @@ export async function main(argv: readonly string[]): Promise<number> {
     monitor.close();
     return EXIT_CODE_VMM_ERROR;
   }
-  // (the seccomp filter of --sandbox goes here, after the privilege drop and before any vCPU runs)
   monitor.startStallDetector();
+  if (config.sandbox) {
+    // Everything the VMM opens up front is open (KVM, RAM, devices, TAPs, QMP sockets); the vCPU threads start below and inherit the filter.
+    try {
+      enterSandbox();
+    } catch (e) {
+      process.stderr.write(`vmm: ${e instanceof SandboxError ? e.message : `--sandbox on: ${(e as Error).message}`}\n`);
+      incoming?.server.close();
+      await machine.stop();
+      monitor.close();
+      return EXIT_CODE_VMM_ERROR;
+    }
+  }
   let exitPromise: Promise<MachineExit>;
   if (incoming || restoreFd !== undefined) {
     // The machine was built (devices, RAM) as for a boot; the stream replaces its state before any vCPU runs.

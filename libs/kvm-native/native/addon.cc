@@ -16,6 +16,7 @@
 #include <atomic>
 
 #include "privileges.h"
+#include "seccomp.h"
 #include "sys.h"
 #include "vcpu.h"
 
@@ -798,6 +799,40 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
   std::unique_ptr<VcpuLoop> loop_;
 };
 
+// seccompSetTrapReporter(prefix, suffix, names, argsPrefix?): SIGSYS reporter for SECCOMP_RET_TRAP (seccomp.h).
+Napi::Value SeccompSetTrapReporter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[1].IsString() || !info[2].IsArray())
+    throw Napi::TypeError::New(env, "seccompSetTrapReporter(prefix: string, suffix: string, names: string[])");
+  Napi::Array a = info[2].As<Napi::Array>();
+  std::vector<std::string> names;
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value v = a.Get(i);
+    names.push_back(v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string());
+  }
+  std::string argsPrefix = info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : std::string();
+  int r = sysSeccompSetTrapReporter(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value(), names, argsPrefix);
+  if (r < 0) throw errnoError(env, r, "sigaction");
+  return env.Undefined();
+}
+
+// seccompInstall(program): no_new_privs + a seccomp-BPF filter on every thread (TSYNC).
+// `program`: struct sock_filter entries, 8 bytes each, in host byte order.
+Napi::Value SeccompInstall(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray()) throw Napi::TypeError::New(env, "seccompInstall(program: Uint8Array)");
+  Napi::TypedArray t = info[0].As<Napi::TypedArray>();
+  size_t bytes = t.ByteLength();
+  if (bytes == 0 || bytes % 8 != 0) throw Napi::RangeError::New(env, "a BPF program is a non-empty multiple of 8 bytes");
+  const uint8_t* src = static_cast<const uint8_t*>(t.ArrayBuffer().Data()) + t.ByteOffset();
+  std::vector<uint64_t> insns(bytes / 8);  // aligned copy
+  memcpy(insns.data(), src, bytes);
+  long r = sysSeccompInstall(insns.data(), insns.size());
+  if (r < 0) throw errnoError(env, static_cast<int>(r), "seccomp");
+  if (r > 0) throw Napi::Error::New(env, "seccomp: thread " + std::to_string(r) + " could not be synchronized (TSYNC)");
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("open", Napi::Function::New(env, Open));
   exports.Set("setCallbackErrorReporter", Napi::Function::New(env, SetCallbackErrorReporter));
@@ -829,6 +864,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("lookupUser", Napi::Function::New(env, LookupUser));
   exports.Set("FdWatcher", FdWatcher::Init(env));
   exports.Set("VcpuThread", VcpuThread::Init(env));
+  exports.Set("seccompSetTrapReporter", Napi::Function::New(env, SeccompSetTrapReporter));
+  exports.Set("seccompInstall", Napi::Function::New(env, SeccompInstall));
+  exports.Set("seccompTrapExitStatus", Napi::Number::New(env, kSeccompTrapExitStatus));
   exports.Set("kvmRunSize", Napi::Number::New(env, sizeof(kvm_run)));
   return exports;
 }

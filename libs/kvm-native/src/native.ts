@@ -86,6 +86,16 @@ export interface NativeAddon {
     onState: (state: 'paused' | 'running' | 'stopped' | 'error', errno: number, error?: unknown) => void,
   ) => NativeVcpuThread;
   kvmRunSize: number;
+  /**
+   * SIGSYS handler for SECCOMP_RET_TRAP: writes `${prefix}${names[nr]} (${nr})${suffix}`
+   * (or the number alone) to stderr, then (x86_64, when `argsPrefix` is given)
+   * `${argsPrefix}0x<arg0> 0x<arg1>`, and ends the process with `seccompTrapExitStatus`.
+   */
+  seccompSetTrapReporter(prefix: string, suffix: string, names: string[], argsPrefix?: string): void;
+  /** PR_SET_NO_NEW_PRIVS, then the classic-BPF `program` (8-byte sock_filter entries) on every thread (TSYNC). */
+  seccompInstall(program: Uint8Array): void;
+  /** 128 + SIGSYS. */
+  seccompTrapExitStatus: number;
 }
 
 /** Where the addon may live: an explicit override, the package's build, or next to a bundle. */

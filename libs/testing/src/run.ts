@@ -37,9 +37,21 @@ export interface StartOptions {
   onLine?: (line: string) => void;
 }
 
+/**
+ * VMM_TEST_SANDBOX=on: every `vmm run` a suite starts gets `--sandbox on`
+ * (docs/security.md: the guest-kit suites are run that way too).
+ */
+export function withTestSandbox(args: string[]): string[] {
+  const mode = process.env.VMM_TEST_SANDBOX;
+  if (mode === undefined || mode === '') return args;
+  if (mode !== 'on' && mode !== 'off') throw new Error(`VMM_TEST_SANDBOX='${mode}' must be on or off`);
+  if (args[0] !== VMM_BIN || args[1] !== 'run' || args.includes('--sandbox')) return args;
+  return [VMM_BIN, 'run', '--sandbox', mode, ...args.slice(2)];
+}
+
 /** Starts `node ARGS...` (under `wrap` when given). */
 export function startNode(args: string[], opts: StartOptions = {}): Proc {
-  const [cmd, ...rest] = [...(opts.wrap ?? []), process.execPath, ...args];
+  const [cmd, ...rest] = [...(opts.wrap ?? []), process.execPath, ...withTestSandbox(args)];
   const proc = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
