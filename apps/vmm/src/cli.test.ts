@@ -160,13 +160,13 @@ describe('--config FILE.json', () => {
   it('holds every setting a flag has, by the same name (devices for --device)', () => {
     const f = write(JSON.stringify({
       $schema: './vm.schema.json', kernel: 'k', initrd: 'i', cmdline: '--help', memory: 512, cpus: 2, serial: 'none', qmp: ['unix:/tmp/a.sock', 'unix:/tmp/b.sock'], monitor: 'stdio',
-      paused: true, 'trace-boot': 'on', restore: 'snap.bin', devices: ['virtio-blk-pci,id=d0,file=a', { type: 'virtio-scsi-pci', id: 's0', 'num-queues': 2 }],
+      paused: true, 'trace-boot': 'on', restore: 'snap.bin', sandbox: 'on', devices: ['virtio-blk-pci,id=d0,file=a', { type: 'virtio-scsi-pci', id: 's0', 'num-queues': 2 }],
     }));
     expect(parseArgs(['run', '--config', f])).toEqual({
       kind: 'run',
       config: {
         kernel: 'k', initrd: 'i', cmdline: '--help', memoryBytes: 512 * 2 ** 20, cpus: 2, serial: { kind: 'none' }, qmp: ['/tmp/a.sock', '/tmp/b.sock'],
-        monitorStdio: true, startPaused: true, traceBoot: true, restore: 'snap.bin',
+        monitorStdio: true, startPaused: true, traceBoot: true, restore: 'snap.bin', sandbox: true,
         devices: [
           { type: 'virtio-blk', id: 'd0', props: { file: 'a' }, origin: { file: f, path: 'devices[0]' } },
           { type: 'virtio-scsi', id: 's0', props: { 'num-queues': 2 }, origin: { file: f, path: 'devices[1]' } },
