@@ -1,5 +1,5 @@
 // A real Linux guest (tools/linux-guest) drives the VMM and its plugins.
-import { spawn } from 'child_process';
+import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -285,4 +285,97 @@ describeKvm('Linux guest', () => {
       expect(r.out).toMatch(/linux-guest: irq \d+: +\d+ +PCI-MSI .*virtio0-output\.0/);
     });
   });
+});
+
+// `npm run demo` is `scripts/setup.sh` (done by the suite's dependencies) and then scripts/demo-linux.js.
+describeKvm('npm run demo (scripts/demo-linux.js)', () => {
+  const demo = path.join(ROOT, 'scripts/demo-linux.js');
+  const runDemo = (id: string, onLine?: (l: string, p: ReturnType<typeof spawn>) => void) =>
+    new Promise<{ code: number | null; out: string }>((resolve, reject) => {
+      const p = spawn(process.execPath, [demo], { env: { ...process.env, DEMO_ID: id }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let partial = '';
+      const grab = (d: Buffer) => {
+        out += d.toString('latin1');
+        partial += d.toString('latin1');
+        const lines = partial.split('\n');
+        partial = lines.pop()!;
+        if (onLine) for (const l of lines) onLine(l, p);
+      };
+      p.stdout.on('data', grab);
+      p.stderr.on('data', grab);
+      const t = setTimeout(() => p.kill('SIGKILL'), 580_000);
+      p.on('error', reject);
+      p.on('close', (code) => {
+        clearTimeout(t);
+        resolve({ code, out });
+      });
+    });
+  const netnsList = () => spawnSync('ip', ['netns', 'list'], { stdio: 'pipe' }).stdout?.toString() ?? '';
+  /** PIDs of processes whose command line mentions `s` (the demo's temp directory is in the VMM's). */
+  const processesWith = (s: string) =>
+    fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+      try {
+        return fs.readFileSync(`/proc/${p}/cmdline`, 'latin1').includes(s);
+      } catch {
+        return false;
+      }
+    });
+
+  it('boots Linux with an ext2 disk, a NIC on a TAP in its own netns and QMP; the guest writes a file and pings the host; the monitor shows the queues and quits; the host reads the file from the image; everything is removed', async () => {
+    const id = `e2e${process.pid}`;
+    const r = await runDemo(id);
+    if (r.code !== 0) throw new Error(`the demo exited ${r.code}:\n${r.out}`);
+    expect(r.out).not.toContain('demo: ERROR');
+    expect(r.out).not.toMatch(/at .*\.js:\d+/); // no stack trace
+    expect(r.out).toMatch(/^ {2}guest\| {3}pci 0000:00:01\.0 vendor=0x1af4 device=0x1042 driver=virtio-pci$/m);
+    expect(r.out).toMatch(/^ {2}guest\| {3}disk \/dev\/vda 64 MiB driver=virtio_blk$/m);
+    // What the guest wrote is what the host's debugfs reads from the image afterwards.
+    const wrote = /^ {2}guest\| {3}(Hello from Linux (\S+) on tsvmm \(virtio-blk vda\))$/m.exec(r.out);
+    expect(wrote).not.toBeNull();
+    expect(r.out).toContain(`Linux version ${wrote![2]} `);
+    expect(r.out).toContain(`$ debugfs -R 'cat /hello.txt' `);
+    expect(r.out).toMatch(new RegExp(`^ +\\| ${wrote![1].replace(/[().]/g, '\\$&')}$`, 'm'));
+    expect(r.out).toMatch(/^ +\| demo: 12\/\d+ files .*\(exit 0: clean\)$/m);
+    // The monitor's view: the disk's queue carried the guest's requests.
+    const disk = /^ +disk0 \(virtio-blk\) +0 +256 +(\d+) +(\d+) +(\d+) +(\d+) +(\d+)$/m.exec(r.out);
+    expect(disk).not.toBeNull();
+    expect(Number(disk![3])).toBeGreaterThan(0); // chains
+    expect(r.out).toContain('vmm| vmm: quit from the monitor');
+    expect(r.out).toContain('the VMM exited with status 0');
+    if (canUseTap()) {
+      expect(r.out).toContain('guest|   nic eth0 mac=52:54:00:de:00:01 driver=virtio_net');
+      expect(r.out).toMatch(/^ {2}guest\| 3 packets transmitted, 3 packets received/m);
+      for (const q of [0, 1, 2]) expect(r.out).toMatch(new RegExp(`^ +net0 \\(virtio-net\\) +${q} +256 `, 'm'));
+      expect(r.out).toContain(`cleaned up: network namespace tsvmm-demo-${id} (with tsvmmdemo0), `);
+      expect(r.out).toContain('and pinged the host over virtio-net');
+    } else {
+      expect(r.out).toMatch(/^demo: skipping the network: .+/m);
+    }
+    expect(netnsList()).not.toContain(`tsvmm-demo-${id}`);
+    const tmpDir = new RegExp(`(${os.tmpdir()}/tsvmm-demo-${id}-\\w+)`).exec(r.out)![1];
+    expect(fs.existsSync(tmpDir)).toBe(false);
+  }, 600_000);
+
+  it('Ctrl-C while the VM starts: the VMM is stopped, the namespace and the temp files are removed, no stack trace', async () => {
+    const id = `int${process.pid}`;
+    let sent = false;
+    const r = await runDemo(id, (l, p) => {
+      // Right after the VMM was started (step 4 printed its command).
+      if (!sent && l.includes('(the whole console goes to')) {
+        sent = true;
+        setTimeout(() => p.kill('SIGINT'), 500);
+      }
+    });
+    expect(sent).toBe(true);
+    expect(r.code).toBe(130);
+    expect(r.out).toContain('demo: interrupted (SIGINT); stopping the VM and cleaning up');
+    expect(r.out).not.toMatch(/at .*\.js:\d+/);
+    const tmpDir = new RegExp(`(${os.tmpdir()}/tsvmm-demo-${id}-\\w+)`).exec(r.out)![1];
+    expect(r.out).toContain(`cleaned up: ${canUseTap() ? `network namespace tsvmm-demo-${id} (with tsvmmdemo0), ` : ''}${tmpDir}`);
+    expect(fs.existsSync(tmpDir)).toBe(false);
+    expect(netnsList()).not.toContain(`tsvmm-demo-${id}`);
+    for (let i = 0; i < 50 && processesWith(tmpDir).length; i++) await new Promise((res) => setTimeout(res, 100));
+    expect(processesWith(tmpDir)).toEqual([]); // the VMM is gone
+  }, 600_000); // build.sh may wait for another build holding the cache lock
 });
