@@ -12,9 +12,9 @@
 'use strict';
 const { spawn, spawnSync } = require('child_process');
 const fs = require('fs');
-const net = require('net');
 const os = require('os');
 const path = require('path');
+const qmp = require('./qmp');
 
 const ROOT = path.resolve(__dirname, '..');
 const VMM_BIN = path.join(ROOT, 'apps/vmm/bin/vmm.js');
@@ -192,59 +192,10 @@ function cleanupNetns() {
   state.netns = false;
 }
 
-/** A QMP client for the demo's few commands: one request at a time. */
-async function qmpConnect(sock) {
-  const s = await new Promise((resolve, reject) => {
-    const c = net.createConnection(sock, () => resolve(c));
-    c.once('error', (e) => reject(new DemoError(`cannot connect to the QMP socket ${sock}: ${e.message}`)));
-  });
-  s.setEncoding('utf8');
-  let buf = '';
-  const queue = [];
-  let waiter;
-  s.on('data', (d) => {
-    buf += d;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl).trim();
-      buf = buf.slice(nl + 1);
-      if (!line) continue;
-      let m;
-      try {
-        m = JSON.parse(line);
-      } catch {
-        continue;
-      }
-      if (m.event) continue;
-      queue.push(m);
-      if (waiter) waiter();
-    }
-  });
-  s.on('error', () => waiter && waiter());
-  s.on('close', () => waiter && waiter());
-  const next = async () => {
-    while (!queue.length) {
-      if (s.destroyed) throw new DemoError('the QMP connection closed');
-      await new Promise((r) => (waiter = r));
-      waiter = undefined;
-    }
-    return queue.shift();
-  };
-  await next(); // greeting
-  const execute = async (cmd, args) => {
-    s.write(`${JSON.stringify(args ? { execute: cmd, arguments: args } : { execute: cmd })}\n`);
-    const r = await next();
-    if (r.error) throw new DemoError(`QMP ${cmd}: ${r.error.class}: ${r.error.desc}`);
-    return r.return;
-  };
-  await execute('qmp_capabilities');
-  return { execute, close: () => s.end() };
-}
-
 /** Step 5: the monitor's view of every virtio device's queues, then quit. */
 async function monitor(sock) {
   stepLine(`the monitor: QMP on ${sock}`);
-  const q = await qmpConnect(sock);
+  const q = await qmp.connect(sock);
   const devices = await q.execute('x-query-virtio');
   detail('x-query-virtio-queue-status for each queue of each device (the counters are since the driver set the queue up):');
   detail('device              queue  size  avail-idx  used-idx  chains  kicks-eventfd  interrupts-injected');
@@ -319,7 +270,7 @@ function bootLinux(files, img, withNet) {
         if (l.startsWith('linux-guest: FAIL')) failure = new DemoError(`the guest's demo failed: ${l.replace(/^linux-guest: FAIL test=demo reason=/, '')}`);
         if (l.startsWith('linux-guest: demo done') && !monitorDone)
           monitorDone = monitor(sock).catch((e) => {
-            failure = e instanceof DemoError ? e : new DemoError(`monitor: ${e.message}`);
+            failure = e instanceof DemoError ? e : new DemoError(`monitor: ${e.message}`); // QmpError: one line, no stack
             p.kill('SIGKILL');
           });
       }

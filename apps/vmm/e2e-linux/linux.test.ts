@@ -379,3 +379,54 @@ describeKvm('npm run demo (scripts/demo-linux.js)', () => {
     expect(processesWith(tmpDir)).toEqual([]); // the VMM is gone
   }, 600_000); // build.sh may wait for another build holding the cache lock
 });
+
+describeKvm('docs/getting-started.md', () => {
+  // The page's `sh test` blocks, in order, as one bash script: one Linux boot, then a snapshot, a live
+  // migration and a restore of that same guest.
+  (canUseTap() ? it : it.skip)("the page's commands work: Linux with a disk, a NIC and QMP; queues; snapshot, live migration, restore; the file read back from the image", async () => {
+    const md = fs.readFileSync(path.join(ROOT, 'docs/getting-started.md'), 'utf8');
+    const blocks = [...md.matchAll(/^```sh test\n([\s\S]*?)^```$/gm)].map((m) => m[1]);
+    expect(blocks.length).toBe(10);
+    const ns = `tsvmmgs${process.pid}`;
+    const scratch = fs.mkdtempSync(path.join(tmp, 'gs-'));
+    const script = ['set -euo pipefail', ...blocks.map((b, i) => `echo "=== block ${i + 1}"\n${b}`), 'echo "=== all blocks ran"'].join('\n');
+    let out = '';
+    let code: number | null = null;
+    try {
+      code = await new Promise<number | null>((resolve, reject) => {
+        const p = spawn('bash', ['-c', script], { cwd: ROOT, env: { ...process.env, NS: ns, TMPDIR: scratch }, stdio: ['ignore', 'pipe', 'pipe'] });
+        p.stdout.on('data', (d) => (out += d));
+        p.stderr.on('data', (d) => (out += d));
+        const t = setTimeout(() => p.kill('SIGKILL'), 1_150_000);
+        p.on('error', reject);
+        p.on('close', (c) => {
+          clearTimeout(t);
+          resolve(c);
+        });
+      });
+    } finally {
+      // Whatever a failed run left: its VMMs (their command lines name the scratch directory) and the namespace.
+      for (const pid of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x)))
+        try {
+          if (fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes(scratch)) process.kill(Number(pid), 'SIGKILL');
+        } catch {
+          // gone
+        }
+      spawnSync('ip', ['netns', 'del', ns], { stdio: 'pipe' });
+    }
+    if (code !== 0) throw new Error(`the page's commands exited ${code}:\n${out.slice(-8000)}`);
+    expect(out).toContain('=== all blocks ran');
+    expect(out).toMatch(/^linux-guest: demo wrote \/hello\.txt on \/dev\/vda \(ext2\):$/m);
+    expect(out).toMatch(/^linux-guest: demo {3}nic eth0 mac=52:54:00:12:34:56 driver=virtio_net$/m);
+    // The host pinged the guest three times: on the first VMM, after the migration, after the restore.
+    expect(out.match(/^3 packets transmitted, 3 received/gm)?.length).toBe(3);
+    expect(out).toContain('"name": "virtio-blk"');
+    expect(out).toContain('"name": "virtio-net"');
+    expect(Number(/"chains": (\d+)/.exec(out)?.[1])).toBeGreaterThan(0);
+    expect(out).toMatch(/"status": "paused"[\s\S]*"status": "completed"[\s\S]*"status": "running"[\s\S]*"status": "running"/);
+    expect(out).toMatch(/^Hello from Linux \S+ on tsvmm \(virtio-blk vda\)$/m); // debugfs
+    expect(out).toMatch(/^demo: 12\/\d+ files/m); // e2fsck -fn, exit 0
+    expect(fs.readdirSync(scratch)).toEqual([]); // the page's clean-up removed its directory
+    expect(spawnSync('ip', ['netns', 'list'], { stdio: 'pipe' }).stdout.toString()).not.toContain(ns);
+  }, 1_200_000);
+});
