@@ -251,9 +251,9 @@ function bootLinux(files, img, withNet) {
       if (!userland) detail(`(Linux is still booting: ${Math.round((Date.now() - started) / 1000)} s)`);
     }, 20_000);
     const deadline = setTimeout(() => {
-      failure = new DemoError(`the guest did not finish within 10 minutes; last console lines:\n${tail.join('\n')}`);
+      failure = new DemoError(`the guest did not finish within 15 minutes; last console lines:\n${tail.join('\n')}`);
       p.kill('SIGKILL');
-    }, 600_000);
+    }, 900_000);
     p.stdout.on('data', (d) => {
       fs.writeSync(log, d);
       partial += d.toString('latin1');
