@@ -315,6 +315,11 @@ async function main() {
   say('tsvmm boots a real Linux guest with a disk, a network and a monitor (docs/getting-started.md explains each step)');
   if (!fs.existsSync(VMM_BIN) || !fs.existsSync(path.join(ROOT, 'apps/vmm/dist/main.js'))) throw new DemoError('the VMM is not built: run `npm run setup` (or `npm run demo`, which runs it first)');
   if (!fs.existsSync('/dev/kvm')) throw new DemoError('no /dev/kvm on this host: the VMM needs KVM (a bare-metal Linux host, or a VM with nested virtualization)');
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+  } catch (e) {
+    throw new DemoError(`cannot open /dev/kvm (${e.code}): the VMM needs read and write access to it (add your user to its group, e.g. \`sudo usermod -aG kvm $USER\`, or run \`sudo npm run demo\`)`);
+  }
   const files = await buildLinux();
   state.tmp = fs.mkdtempSync(path.join(os.tmpdir(), `tsvmm-demo-${ID}-`));
   const img = makeDisk();

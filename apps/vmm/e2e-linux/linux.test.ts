@@ -357,6 +357,33 @@ describeKvm('npm run demo (scripts/demo-linux.js)', () => {
     expect(fs.existsSync(tmpDir)).toBe(false);
   }, 900_000); // 4 minutes alone, 8 on a host busy with other VMs
 
+  it('as an unprivileged user (nobody): says what it cannot do and why, exits cleanly, no stack trace', async () => {
+    const asNobody = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups'];
+    const kvmOk = spawnSync(asNobody[0], [...asNobody.slice(1), 'test', '-r', '/dev/kvm', '-a', '-w', '/dev/kvm']).status === 0;
+    const r = await new Promise<{ code: number | null; out: string }>((resolve, reject) => {
+      const p = spawn(asNobody[0], [...asNobody.slice(1), process.execPath, demo], { env: { ...process.env, DEMO_ID: `nob${process.pid}` }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      const grab = (d: Buffer) => {
+        out += d.toString('latin1');
+        // Far enough: the network step is behind it; no need to boot.
+        if (out.includes('(the whole console goes to')) p.kill('SIGINT');
+      };
+      p.stdout.on('data', grab);
+      p.stderr.on('data', grab);
+      p.on('error', reject);
+      p.on('close', (code) => resolve({ code, out }));
+    });
+    expect(r.out).not.toMatch(/\n\s+at /);
+    if (kvmOk) {
+      // /dev/kvm open to all: the network is what it skips.
+      expect(r.out).toContain('demo: skipping the network: not root: creating a network namespace and a TAP needs CAP_NET_ADMIN');
+      expect(r.code).toBe(130);
+    } else {
+      expect(r.out).toMatch(/^demo: ERROR: cannot open \/dev\/kvm \(EACCES\): the VMM needs read and write access to it/m);
+      expect(r.code).toBe(1);
+    }
+  }, 600_000);
+
   it('Ctrl-C while the VM starts: the VMM is stopped, the namespace and the temp files are removed, no stack trace', async () => {
     const id = `int${process.pid}`;
     let sent = false;
