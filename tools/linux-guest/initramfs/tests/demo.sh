@@ -37,7 +37,7 @@ sync
 
 if [ -n "$tsvmm_ip" ] && [ -n "$tsvmm_peer" ]; then
 	ip link set eth0 up && ip addr add "$tsvmm_ip" dev eth0 || fail "configuring eth0 failed"
-	echo "linux-guest: demo eth0 is $tsvmm_ip; ping $tsvmm_peer (the host's end of the TAP):"
+	echo "linux-guest: demo eth0 is $tsvmm_ip; ping $tsvmm_peer (the host):"
 	ping -c 3 -W 2 "$tsvmm_peer" || fail "ping $tsvmm_peer got no reply"
 else
 	echo "linux-guest: demo no network (no tsvmm.ip/tsvmm.peer)"
