@@ -1,5 +1,5 @@
 // A real Linux guest (tools/linux-guest) drives the VMM and its plugins.
-import { spawn } from 'child_process';
+import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -298,4 +298,179 @@ describeKvm('Linux guest', () => {
       expect(r.out).toMatch(/linux-guest: irq \d+: +\d+ +PCI-MSI .*virtio0-output\.0/);
     });
   });
+});
+
+// `npm run demo` is `scripts/setup.sh` (done by the suite's dependencies) and then scripts/demo-linux.js.
+describeKvm('npm run demo (scripts/demo-linux.js)', () => {
+  const demo = path.join(ROOT, 'scripts/demo-linux.js');
+  const runDemo = (id: string, onLine?: (l: string, p: ReturnType<typeof spawn>) => void) =>
+    new Promise<{ code: number | null; out: string }>((resolve, reject) => {
+      const p = spawn(process.execPath, [demo], { env: { ...process.env, DEMO_ID: id }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let partial = '';
+      const grab = (d: Buffer) => {
+        out += d.toString('latin1');
+        partial += d.toString('latin1');
+        const lines = partial.split('\n');
+        partial = lines.pop()!;
+        if (onLine) for (const l of lines) onLine(l, p);
+      };
+      p.stdout.on('data', grab);
+      p.stderr.on('data', grab);
+      const t = setTimeout(() => p.kill('SIGKILL'), 880_000);
+      p.on('error', reject);
+      p.on('close', (code) => {
+        clearTimeout(t);
+        resolve({ code, out });
+      });
+    });
+  const netnsList = () => spawnSync('ip', ['netns', 'list'], { stdio: 'pipe' }).stdout?.toString() ?? '';
+  /** PIDs of processes whose command line mentions `s` (the demo's temp directory is in the VMM's). */
+  const processesWith = (s: string) =>
+    fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+      try {
+        return fs.readFileSync(`/proc/${p}/cmdline`, 'latin1').includes(s);
+      } catch {
+        return false;
+      }
+    });
+
+  it('boots Linux with an ext2 disk, a NIC on a TAP in its own netns and QMP; the guest writes a file and pings the host; the monitor shows the queues and quits; the host reads the file from the image; everything is removed', async () => {
+    const id = `e2e${process.pid}`;
+    const r = await runDemo(id);
+    if (r.code !== 0) throw new Error(`the demo exited ${r.code}:\n${r.out}`);
+    expect(r.out).not.toContain('demo: ERROR');
+    expect(r.out).not.toMatch(/at .*\.js:\d+/); // no stack trace
+    expect(r.out).toMatch(/^ {2}guest\| {3}pci 0000:00:01\.0 vendor=0x1af4 device=0x1042 driver=virtio-pci$/m);
+    expect(r.out).toMatch(/^ {2}guest\| {3}disk \/dev\/vda 64 MiB driver=virtio_blk$/m);
+    // What the guest wrote is what the host's debugfs reads from the image afterwards.
+    const wrote = /^ {2}guest\| {3}(Hello from Linux (\S+) on tsvmm \(virtio-blk vda\))$/m.exec(r.out);
+    expect(wrote).not.toBeNull();
+    expect(r.out).toContain(`Linux version ${wrote![2]} `);
+    expect(r.out).toContain(`$ debugfs -R 'cat /hello.txt' `);
+    expect(r.out).toMatch(new RegExp(`^ +\\| ${wrote![1].replace(/[().]/g, '\\$&')}$`, 'm'));
+    expect(r.out).toMatch(/^ +\| demo: 12\/\d+ files .*\(exit 0: clean\)$/m);
+    // The monitor's view: the disk's queue carried the guest's requests.
+    const disk = /^ +disk0 \(virtio-blk\) +0 +256 +(\d+) +(\d+) +(\d+) +(\d+) +(\d+)$/m.exec(r.out);
+    expect(disk).not.toBeNull();
+    expect(Number(disk![3])).toBeGreaterThan(0); // chains
+    expect(r.out).toContain('vmm| vmm: quit from the monitor');
+    expect(r.out).toContain('the VMM exited with status 0');
+    if (canUseTap()) {
+      expect(r.out).toContain('guest|   nic eth0 mac=52:54:00:de:00:01 driver=virtio_net');
+      expect(r.out).toMatch(/^ {2}guest\| 3 packets transmitted, 3 packets received/m);
+      for (const q of [0, 1, 2]) expect(r.out).toMatch(new RegExp(`^ +net0 \\(virtio-net\\) +${q} +256 `, 'm'));
+      expect(r.out).toContain(`cleaned up: network namespace tsvmm-demo-${id} (with tsvmmdemo0), `);
+      expect(r.out).toContain('and pinged the host over virtio-net');
+    } else {
+      expect(r.out).toMatch(/^demo: skipping the network: .+/m);
+    }
+    expect(netnsList()).not.toContain(`tsvmm-demo-${id}`);
+    const tmpDir = new RegExp(`(${os.tmpdir()}/tsvmm-demo-${id}-\\w+)`).exec(r.out)![1];
+    expect(fs.existsSync(tmpDir)).toBe(false);
+  }, 900_000); // 4 minutes alone, 8 on a host busy with other VMs
+
+  it('as an unprivileged user (nobody): says what it cannot do and why, exits cleanly, no stack trace', async () => {
+    const asNobody = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups'];
+    const kvmOk = spawnSync(asNobody[0], [...asNobody.slice(1), 'test', '-r', '/dev/kvm', '-a', '-w', '/dev/kvm']).status === 0;
+    const r = await new Promise<{ code: number | null; out: string }>((resolve, reject) => {
+      const p = spawn(asNobody[0], [...asNobody.slice(1), process.execPath, demo], { env: { ...process.env, DEMO_ID: `nob${process.pid}` }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      const grab = (d: Buffer) => {
+        out += d.toString('latin1');
+        // Far enough: the network step is behind it; no need to boot.
+        if (out.includes('(the whole console goes to')) p.kill('SIGINT');
+      };
+      p.stdout.on('data', grab);
+      p.stderr.on('data', grab);
+      p.on('error', reject);
+      p.on('close', (code) => resolve({ code, out }));
+    });
+    expect(r.out).not.toMatch(/\n\s+at /);
+    if (kvmOk) {
+      // /dev/kvm open to all: the network is what it skips.
+      expect(r.out).toContain('demo: skipping the network: not root: creating a network namespace and a TAP needs CAP_NET_ADMIN');
+      expect(r.code).toBe(130);
+    } else {
+      expect(r.out).toMatch(/^demo: ERROR: cannot open \/dev\/kvm \(EACCES\): the VMM needs read and write access to it/m);
+      expect(r.code).toBe(1);
+    }
+  }, 600_000);
+
+  it('Ctrl-C while the VM starts: the VMM is stopped, the namespace and the temp files are removed, no stack trace', async () => {
+    const id = `int${process.pid}`;
+    let sent = false;
+    const r = await runDemo(id, (l, p) => {
+      // Right after the VMM was started (step 4 printed its command).
+      if (!sent && l.includes('(the whole console goes to')) {
+        sent = true;
+        setTimeout(() => p.kill('SIGINT'), 500);
+      }
+    });
+    expect(sent).toBe(true);
+    expect(r.code).toBe(130);
+    expect(r.out).toContain('demo: interrupted (SIGINT); stopping the VM and cleaning up');
+    expect(r.out).not.toMatch(/at .*\.js:\d+/);
+    const tmpDir = new RegExp(`(${os.tmpdir()}/tsvmm-demo-${id}-\\w+)`).exec(r.out)![1];
+    expect(r.out).toContain(`cleaned up: ${canUseTap() ? `network namespace tsvmm-demo-${id} (with tsvmmdemo0), ` : ''}${tmpDir}`);
+    expect(fs.existsSync(tmpDir)).toBe(false);
+    expect(netnsList()).not.toContain(`tsvmm-demo-${id}`);
+    for (let i = 0; i < 50 && processesWith(tmpDir).length; i++) await new Promise((res) => setTimeout(res, 100));
+    expect(processesWith(tmpDir)).toEqual([]); // the VMM is gone
+  }, 600_000); // build.sh may wait for another build holding the cache lock
+});
+
+describeKvm('docs/getting-started.md', () => {
+  // The page's `sh test` blocks, in order, as one bash script: one Linux boot, then a snapshot, a live
+  // migration and a restore of that same guest.
+  (canUseTap() ? it : it.skip)("the page's commands work: Linux with a disk, a NIC and QMP; queues; snapshot, live migration, restore; the file read back from the image", async () => {
+    const md = fs.readFileSync(path.join(ROOT, 'docs/getting-started.md'), 'utf8');
+    const blocks = [...md.matchAll(/^```sh test\n([\s\S]*?)^```$/gm)].map((m) => m[1]);
+    expect(blocks.length).toBe(11);
+    const ns = `tsvmmgs${process.pid}`;
+    const scratch = fs.mkdtempSync(path.join(tmp, 'gs-'));
+    // The page pings the guest with the host's `ping`; a host without one gets busybox's under that name.
+    const bin = fs.mkdtempSync(path.join(tmp, 'gs-bin-'));
+    if (spawnSync('sh', ['-c', 'command -v ping']).status !== 0) fs.symlinkSync('/bin/busybox', path.join(bin, 'ping'));
+    const script = ['set -euo pipefail', ...blocks.map((b, i) => `echo "=== block ${i + 1}"\n${b}`), 'echo "=== all blocks ran"'].join('\n');
+    let out = '';
+    let code: number | null = null;
+    try {
+      code = await new Promise<number | null>((resolve, reject) => {
+        const p = spawn('bash', ['-c', script], { cwd: ROOT, env: { ...process.env, NS: ns, TMPDIR: scratch, PATH: `${process.env.PATH}:${bin}` }, stdio: ['ignore', 'pipe', 'pipe'] });
+        p.stdout.on('data', (d) => (out += d));
+        p.stderr.on('data', (d) => (out += d));
+        const t = setTimeout(() => p.kill('SIGKILL'), 1_750_000);
+        p.on('error', reject);
+        // Not 'close': a VMM the page started in the background holds the pipes until it ends.
+        p.on('exit', (c) => {
+          clearTimeout(t);
+          setTimeout(() => resolve(c), 500);
+        });
+      });
+    } finally {
+      // Whatever a failed run left: its VMMs (their command lines name the scratch directory) and the namespace.
+      for (const pid of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x)))
+        try {
+          if (fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes(scratch)) process.kill(Number(pid), 'SIGKILL');
+        } catch {
+          // gone
+        }
+      spawnSync('ip', ['netns', 'del', ns], { stdio: 'pipe' });
+    }
+    if (code !== 0) throw new Error(`the page's commands exited ${code}:\n${out.slice(-8000)}`);
+    expect(out).toContain('=== all blocks ran');
+    expect(out).toMatch(/^linux-guest: demo wrote \/hello\.txt on \/dev\/vda \(ext2\):$/m);
+    expect(out).toMatch(/^linux-guest: demo {3}nic eth0 mac=52:54:00:12:34:56 driver=virtio_net$/m);
+    // The host pinged the guest on the first VMM and after the migration.
+    expect(out.match(/^3 packets transmitted, 3 (packets )?received/gm)?.length).toBe(2);
+    expect(out).toContain('"name": "virtio-blk"');
+    expect(out).toContain('"name": "virtio-net"');
+    expect(Number(/"chains": (\d+)/.exec(out)?.[1])).toBeGreaterThan(0);
+    expect(out).toMatch(/"status": "paused"[\s\S]*"status": "completed"[\s\S]*"status": "running"[\s\S]*"status": "running"/);
+    expect(out).toMatch(/^Hello from Linux \S+ on tsvmm \(virtio-blk vda\)$/m); // debugfs
+    expect(out).toMatch(/^demo: 12\/\d+ files/m); // e2fsck -fn, exit 0
+    expect(fs.readdirSync(scratch)).toEqual([]); // the page's clean-up removed its directory
+    expect(spawnSync('ip', ['netns', 'list'], { stdio: 'pipe' }).stdout.toString()).not.toContain(ns);
+  }, 1_800_000); // 6 minutes alone; three times that on a host busy with other VMs
 });
