@@ -150,7 +150,7 @@ describeKvm('--run-with user=nobody,chroot=DIR', () => {
     const vm = fleet.start(['--device', `virtio-blk,id=d0,file=${disk}`, '--cmdline', 'test=mig-blk-loop iters=5 sectors=1 hold=1', '--run-with', `user=nobody,chroot=${jail}`]);
     const c = await qmpConnect(vm);
     await waitUntil('the drop', () => vm.err().includes('running as uid'));
-    expect(vm.err()).toContain(`vmm: running as uid 65534, gid 65534, groups 65534, chroot ${jail}, no capabilities`);
+    expect(vm.err()).toContain(`running as uid 65534, gid 65534, groups 65534, chroot ${jail}, no capabilities`);
     await c.run('x-snapshot-save', { file: '/out/vm.snap' });
     expect(fs.statSync(path.join(jail, 'out/vm.snap'))).toMatchObject({ uid: NOBODY });
     expect(mode(path.join(jail, 'out/vm.snap'))).toBe(0o600);
