@@ -9,3 +9,4 @@ export type { NativeAddon } from './native';
 export * as uapi from './generated/kvm-uapi';
 export * from './host-file';
 export * from './unix-socket';
+export * from './io-uring';

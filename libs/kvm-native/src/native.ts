@@ -20,6 +20,23 @@ export interface NativeFdWatcher {
   close(): void;
 }
 
+/** A raw io_uring (native/uring.h); the typed facade is IoUring in io-uring.ts. */
+export interface NativeIoUring {
+  /** 0, or -errno (-EBUSY: the submission ring is full; submit first). */
+  prep(op: number, fd: number, offset: number, bufs: Uint8Array[] | null, len: number, mode: number, tag: number): number;
+  /** Requests taken by the kernel, or -errno (EAGAIN / EBUSY / EINTR: try later). */
+  submit(): number;
+  /** Completions copied out (tag -1: the ring's own cancel request). */
+  reap(tags: Float64Array, results: Int32Array): number;
+  cancelAndWait(): void;
+  registerFile(fd: number): number;
+  unregisterFile(fd: number): void;
+  close(): void;
+  readonly sqEntries: number;
+  readonly cqEntries: number;
+  readonly inFlight: number;
+}
+
 export interface NativeVcpuThread {
   start(): void;
   /** `gen`: the request's generation, reported back with "paused" / "running". */
@@ -73,6 +90,7 @@ export interface NativeAddon {
     onExit: (exitReason: number) => number,
     onState: (state: 'paused' | 'running' | 'stopped' | 'error', errno: number, error?: unknown) => void,
   ) => NativeVcpuThread;
+  IoUring: new (entries: number, eventfd: number) => NativeIoUring;
   kvmRunSize: number;
 }
 

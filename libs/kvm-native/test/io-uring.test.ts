@@ -1,0 +1,175 @@
+/** The io_uring engine on real files: reads, writes, errors, a full tmpfs, many in flight, close with requests in flight. */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { execFileSync } from 'child_process';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, IoUring, ioUringUnavailable } from '../src';
+
+type Done = { err: NodeJS.ErrnoException | null; n: number };
+const call = (f: (cb: (err: NodeJS.ErrnoException | null, n: number) => void) => void) =>
+  new Promise<Done>((resolve) => f((err, n) => resolve({ err, n })));
+
+describe('IoUring on real files', () => {
+  let dir: string;
+  let file: string;
+  let fd: number;
+  let ring: IoUring;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uring-engine-'));
+    file = path.join(dir, 'disk.img');
+    const img = Buffer.alloc(1 << 20);
+    for (let i = 0; i < img.length; i += 4096) img.fill(i >> 12, i, i + 4096);
+    fs.writeFileSync(file, img);
+    fd = fs.openSync(file, 'r+');
+    ring = new IoUring(8);
+  });
+  afterEach(() => {
+    ring.close();
+    fs.closeSync(fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('is available on this host (the default aio engine)', () => {
+    expect(ioUringUnavailable()).toBeUndefined();
+  });
+
+  it('reads into and writes from several buffers at an offset', async () => {
+    const a = Buffer.alloc(1000);
+    const b = Buffer.alloc(3096);
+    expect(await call((cb) => ring.readv(fd, [a, b], 3 * 4096, cb))).toEqual({ err: null, n: 4096 });
+    expect(a.every((v) => v === 3) && b.every((v) => v === 3)).toBe(true);
+    const w1 = Buffer.alloc(512, 0xa1);
+    const w2 = Buffer.alloc(7, 0xb2); // small arrays live on V8's heap until the engine pins them
+    expect(await call((cb) => ring.writev(fd, [w1, w2], 5000, cb))).toEqual({ err: null, n: 519 });
+    expect(await call((cb) => ring.fdatasync(fd, cb))).toEqual({ err: null, n: 0 });
+    const img = fs.readFileSync(file);
+    expect(img.subarray(5000, 5512).every((v) => v === 0xa1)).toBe(true);
+    expect(img.subarray(5512, 5519).every((v) => v === 0xb2)).toBe(true);
+    expect(img[5519]).toBe(1);
+  });
+
+  it('a read at the end of the file is short; a read past it reads nothing', async () => {
+    const x = Buffer.alloc(8192);
+    expect((await call((cb) => ring.readv(fd, [x], (1 << 20) - 4096, cb))).n).toBe(4096);
+    expect((await call((cb) => ring.readv(fd, [x], 1 << 20, cb))).n).toBe(0);
+  });
+
+  it('fallocate punches a hole that reads back as zeros', async () => {
+    expect((await call((cb) => ring.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 8192, 4096, cb))).err).toBeNull();
+    const img = fs.readFileSync(file);
+    expect(img.length).toBe(1 << 20);
+    expect(img.subarray(8192, 12288).every((v) => v === 0)).toBe(true);
+    expect(img[12288]).toBe(3);
+  });
+
+  it('host errors come back as errno codes, per request', async () => {
+    const ro = fs.openSync(file, 'r');
+    try {
+      const [w, s] = await Promise.all([
+        call((cb) => ring.writev(ro, [Buffer.alloc(512)], 0, cb)),
+        // fdatasync of a pipe fails with EINVAL: the error path of a flush.
+        (() => {
+          const p = pipeFds();
+          return call((cb) => ring.fdatasync(p[1], cb)).finally(() => p.forEach((f) => fs.closeSync(f)));
+        })(),
+      ]);
+      expect(w.err).toMatchObject({ code: 'EBADF' });
+      expect(s.err).toMatchObject({ code: 'EINVAL', syscall: 'fdatasync' });
+      const ok = await call((cb) => ring.readv(fd, [Buffer.alloc(512)], 0, cb));
+      expect(ok).toEqual({ err: null, n: 512 });
+    } finally {
+      fs.closeSync(ro);
+    }
+  });
+
+  it('takes many more requests than the ring holds; each completes with its own data', async () => {
+    expect(ring.registerFile(fd)).toBe(true);
+    const bufs = Array.from({ length: 200 }, () => Buffer.alloc(4096));
+    const done = await Promise.all(bufs.map((b, i) => call((cb) => ring.readv(fd, [b], (i % 256) * 4096, cb))));
+    done.forEach((d, i) => {
+      expect(d).toEqual({ err: null, n: 4096 });
+      expect(bufs[i].every((v) => v === i % 256)).toBe(true);
+    });
+    expect(ring.pending).toBe(0);
+    ring.unregisterFile(fd);
+  });
+
+  it('close with requests in flight: every callback runs once, nothing after close', async () => {
+    const results: Done[] = [];
+    const bufs = Array.from({ length: 64 }, () => Buffer.alloc(16384));
+    bufs.forEach((b, i) => ring.readv(fd, [b], i * 16384, (err, n) => results.push({ err, n })));
+    ring.fdatasync(fd, (err, n) => results.push({ err, n }));
+    // A read of an empty pipe stays in the kernel until cancelled.
+    const p = pipeFds();
+    let pipeRead: Done | undefined;
+    ring.readv(p[0], [Buffer.alloc(64)], 0, (err, n) => (pipeRead = { err, n }));
+    await Promise.resolve(); // submitted (the flush runs in a microtask)
+    expect(ring.pending).toBeGreaterThan(0);
+    expect(pipeRead).toBeUndefined();
+    ring.close();
+    p.forEach((f) => fs.closeSync(f));
+    expect(pipeRead?.err).toMatchObject({ code: 'ECANCELED' });
+    expect(results.length).toBe(65);
+    for (const r of results) expect(r.err === null || r.err.code === 'ECANCELED').toBe(true);
+    expect(ring.pending).toBe(0);
+    // After close the engine refuses new work with ECANCELED, asynchronously.
+    const late = await call((cb) => ring.readv(fd, [Buffer.alloc(512)], 0, cb));
+    expect(late.err).toMatchObject({ code: 'ECANCELED' });
+    expect(results.length).toBe(65);
+  });
+
+  it('refuses bad arguments with a clear error', () => {
+    expect(() => ring.readv(-1, [Buffer.alloc(1)], 0, () => undefined)).toThrow(/fd/);
+    expect(() => ring.readv(fd, [Buffer.alloc(1)], -5, () => undefined)).toThrow(/offset/);
+    expect(() => new IoUring(0)).toThrow(/entries/);
+  });
+});
+
+describe('IoUring on a full file system (a small tmpfs)', () => {
+  let mnt: string;
+  beforeAll(() => {
+    mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'uring-tmpfs-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=128k', 'uring-engine', mnt]);
+  });
+  afterAll(() => {
+    execFileSync('umount', [mnt]);
+    fs.rmdirSync(mnt);
+  });
+
+  it('a write that does not fit is short or ENOSPC, never "all done"', async () => {
+    const file = path.join(mnt, 'sparse.img');
+    fs.closeSync(fs.openSync(file, 'w'));
+    fs.truncateSync(file, 4 << 20);
+    const fd = fs.openSync(file, 'r+');
+    const ring = new IoUring(4);
+    try {
+      const chunk = Buffer.alloc(48 * 1024, 0x77);
+      let written = 0;
+      let last: Done | undefined;
+      for (let off = 0; off < 1 << 20; off += chunk.length) {
+        last = await call((cb) => ring.writev(fd, [chunk], off, cb));
+        if (last.err || last.n < chunk.length) break;
+        written += last.n;
+      }
+      expect(written).toBeGreaterThan(0);
+      expect(written).toBeLessThan(128 * 1024);
+      // The request that hit the limit: short (and the rest then fails) or failed outright.
+      expect(last!.err?.code === 'ENOSPC' || (last!.err === null && last!.n < chunk.length)).toBe(true);
+      const more = await call((cb) => ring.writev(fd, [chunk], 2 << 20, cb));
+      expect(more.err).toMatchObject({ code: 'ENOSPC' });
+    } finally {
+      ring.close();
+      fs.closeSync(fd);
+    }
+  });
+});
+
+function pipeFds(): [number, number] {
+  // Node has no pipe(2); a FIFO opened both ways gives the same kind of fd.
+  const fifo = path.join(os.tmpdir(), `uring-engine-${process.pid}-${Math.random().toString(36).slice(2)}.fifo`);
+  execFileSync('mkfifo', [fifo]);
+  const r = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  const w = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+  fs.unlinkSync(fifo);
+  return [r, w];
+}
