@@ -67,8 +67,8 @@ let ioUringProbe: { why: string | undefined } | undefined;
  */
 export function chooseAio(requested: AioMode | undefined): { mode: AioMode; fallback?: string } {
   if (requested === 'threads') return { mode: 'threads' };
-  ioUringProbe ??= { why: process.env.TSVMM_NO_IO_URING ? 'TSVMM_NO_IO_URING is set' : ioUringUnavailable() };
-  const why = ioUringProbe.why;
+  // TSVMM_NO_IO_URING=1: as if the kernel refused (tests of the fallback; a host that wants threads everywhere).
+  const why = process.env.TSVMM_NO_IO_URING ? 'TSVMM_NO_IO_URING is set' : (ioUringProbe ??= { why: ioUringUnavailable() }).why;
   if (why === undefined) return { mode: 'io_uring' };
   if (requested === 'io_uring') throw new BackendOpenError(`aio=io_uring: io_uring is not available here (${why})`);
   return { mode: 'threads', fallback: `io_uring is not available (${why}); using aio=threads` };
