@@ -25,6 +25,8 @@ import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, falloc
 export interface BlockBackend {
   readonly size: number;
   readonly readonly: boolean;
+  /** The I/O engine (`aio=`), shown by the monitor. */
+  readonly aio?: string;
   /** Fills the buffers (resolves with their total length) or rejects. */
   readv(bufs: Uint8Array[], offset: number): Promise<number>;
   /** Writes all of the buffers (resolves with their total length) or rejects; `dsync`: on stable storage first (write-through). */
