@@ -490,7 +490,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "FdWatcher",
                        {InstanceMethod("start", &FdWatcher::Start), InstanceMethod("stop", &FdWatcher::Stop),
-                        InstanceMethod("close", &FdWatcher::Close)});
+                        InstanceMethod("close", &FdWatcher::Close), InstanceMethod("setRef", &FdWatcher::SetRef)});
   }
 
   FdWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatcher>(info) {
@@ -531,6 +531,15 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     closeHandle();
+    return info.Env().Undefined();
+  }
+
+  // setRef(false): a watching handle no longer keeps the event loop alive (uv_unref); setRef(true) undoes it.
+  Napi::Value SetRef(const Napi::CallbackInfo& info) {
+    if (handle_) {
+      if (info[0].ToBoolean().Value()) uv_ref(reinterpret_cast<uv_handle_t*>(handle_));
+      else uv_unref(reinterpret_cast<uv_handle_t*>(handle_));
+    }
     return info.Env().Undefined();
   }
 

@@ -83,9 +83,10 @@ int Uring::create(unsigned entries, int eventfd, Uring** out) {
   u->localTail_ = *u->sqTail_;
   if (eventfd >= 0) {
     int efd = eventfd;
-    // ASYNC: completions posted inline during submit (page-cache hits) do not
-    // signal; the submitter reaps those right away.
-    if (ioUringRegister(fd, IORING_REGISTER_EVENTFD_ASYNC, &efd, 1) < 0) {
+    // Every completion signals. Not IORING_REGISTER_EVENTFD_ASYNC: it leaves out
+    // completions run as task work in the submitter's context (a read that waited
+    // on a pipe or on the page cache), which would then sit in the ring unseen.
+    if (ioUringRegister(fd, IORING_REGISTER_EVENTFD, &efd, 1) < 0) {
       int e = -errno;
       delete u;
       return e;

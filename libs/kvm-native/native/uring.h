@@ -14,8 +14,8 @@ namespace kvmnative {
 class Uring {
  public:
   // Sets up a ring of `entries` submission slots (a power of two, clamped by
-  // the kernel). `eventfd` >= 0 is signalled for completions that did not
-  // complete inline during submit (IORING_REGISTER_EVENTFD_ASYNC). Returns
+  // the kernel). `eventfd` >= 0 is signalled for every completion
+  // (IORING_REGISTER_EVENTFD). Returns
   // 0 and sets *out, or -errno (ENOSYS / EPERM where the kernel forbids io_uring).
   static int create(unsigned entries, int eventfd, Uring** out);
   ~Uring();

@@ -5,15 +5,15 @@
  *
  * Requests queued in one JS turn go to the kernel in one io_uring_enter (a
  * microtask after the first). Page-cache hits complete inside that call and
- * are reaped right after it; the rest signal an eventfd (registered with
- * IORING_REGISTER_EVENTFD_ASYNC) that a libuv watcher turns into one reap of
- * every completion posted. Callbacks run on the JS thread, never inside the
- * call that queued the request.
+ * are reaped right after it; every completion also signals an eventfd
+ * (IORING_REGISTER_EVENTFD) that a libuv watcher turns into one reap of every
+ * completion posted. Callbacks run on the JS thread, never inside the call
+ * that queued the request.
  */
 import * as os from 'os';
 import * as util from 'util';
 import { EventFd } from './eventfd';
-import { loadNative, NativeIoUring } from './native';
+import { loadNative, NativeFdWatcher, NativeIoUring } from './native';
 import { checkFd, checkU64 } from './check';
 
 export type IoCallback = (err: NodeJS.ErrnoException | null, result: number) => void;
@@ -62,6 +62,9 @@ export function ioUringUnavailable(): string | undefined {
 export class IoUring {
   private readonly ring: NativeIoUring;
   private readonly efd: EventFd;
+  private readonly watcher: NativeFdWatcher;
+  /** The watcher keeps the event loop alive only while requests are pending (an idle image must not hold a process open). */
+  private referenced = false;
   private readonly slots: (Pending | undefined)[] = [];
   private readonly free: number[] = [];
   /** Requests waiting for room (more than the completion ring holds are never in flight). */
@@ -87,7 +90,14 @@ export class IoUring {
     this.limit = this.ring.cqEntries;
     this.tags = new Float64Array(this.limit);
     this.results = new Int32Array(this.limit);
-    this.efd.watch(() => this.reapAll());
+    const native = loadNative();
+    this.watcher = new native.FdWatcher(this.efd.fd, () => {
+      if (this.closed) return;
+      native.eventfdRead(this.efd.fd);
+      this.reapAll();
+    });
+    this.watcher.start();
+    this.watcher.setRef(false);
   }
 
   /** Uses a fixed-file slot for `fd` (saves the kernel a file lookup per request); false when the table is full. */
@@ -135,7 +145,7 @@ export class IoUring {
     if (this.closed) return;
     this.closed = true;
     if (this.retryTimer) clearImmediate(this.retryTimer);
-    this.efd.unwatch();
+    this.watcher.close();
     try {
       this.ring.cancelAndWait();
       this.reapAll(true);
@@ -158,6 +168,10 @@ export class IoUring {
       return;
     }
     const p: Pending = { op, fd, offset, bufs, len, mode, cb };
+    if (!this.referenced) {
+      this.referenced = true;
+      this.watcher.setRef(true);
+    }
     const tag = this.free.pop() ?? this.slots.length;
     this.slots[tag] = p;
     this.backlog.push(tag);
@@ -235,6 +249,10 @@ export class IoUring {
     if (!p) return;
     this.slots[tag] = undefined;
     this.free.push(tag);
+    if (this.referenced && this.free.length === this.slots.length) {
+      this.referenced = false;
+      if (!this.closed) this.watcher.setRef(false);
+    }
     // A callback that throws must not lose the other completions of this batch.
     try {
       if (res < 0) p.cb(errnoException(-res, OP_NAMES[p.op]), 0);

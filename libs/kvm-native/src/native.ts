@@ -18,6 +18,8 @@ export interface NativeFdWatcher {
   start(): void;
   stop(): void;
   close(): void;
+  /** false: watching no longer keeps the event loop alive (uv_unref); true undoes it. */
+  setRef(on: boolean): void;
 }
 
 /** A raw io_uring (native/uring.h); the typed facade is IoUring in io-uring.ts. */

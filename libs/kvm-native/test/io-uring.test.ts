@@ -118,6 +118,26 @@ describe('IoUring on real files', () => {
     expect(results.length).toBe(65);
   });
 
+  it('keeps a process alive while a request is pending, and not once it is idle (a ring left open never holds a process)', () => {
+    // The child's only loop reference is the ring: the FIFO's writer is an unref'd child of its own.
+    const fifo = path.join(dir, 'wait.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const script = `
+      const { IoUring } = require(${JSON.stringify(path.join(__dirname, '../src/index.ts'))});
+      const fs = require('fs');
+      const { spawn } = require('child_process');
+      const idle = new IoUring(4); // never used, never closed
+      const ring = new IoUring(4);
+      const fd = fs.openSync(${JSON.stringify(fifo)}, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      fs.openSync(${JSON.stringify(fifo)}, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK); // a writer: no EOF until data
+      const buf = Buffer.alloc(16);
+      ring.readv(fd, [buf], 0, (err, n) => console.log('read', err ? err.code : buf.subarray(0, n).toString().trim()));
+      spawn('sh', ['-c', 'sleep 0.3; echo late > ${fifo}'], { detached: true, stdio: 'ignore' }).unref();
+    `;
+    const out = execFileSync(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', script], { timeout: 60_000, encoding: 'utf8' });
+    expect(out.trim()).toBe('read late');
+  });
+
   it('refuses bad arguments with a clear error', () => {
     expect(() => ring.readv(-1, [Buffer.alloc(1)], 0, () => undefined)).toThrow(/fd/);
     expect(() => ring.readv(fd, [Buffer.alloc(1)], -5, () => undefined)).toThrow(/offset/);
