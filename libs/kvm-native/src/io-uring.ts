@@ -15,6 +15,7 @@ import * as util from 'util';
 import { EventFd } from './eventfd';
 import { loadNative, NativeFdWatcher, NativeIoUring } from './native';
 import { checkFd, checkU64 } from './check';
+import { KvmArgumentError } from './errors';
 
 export type IoCallback = (err: NodeJS.ErrnoException | null, result: number) => void;
 
@@ -26,6 +27,7 @@ const EBUSY = os.constants.errno.EBUSY;
 const EAGAIN = os.constants.errno.EAGAIN;
 const EINTR = os.constants.errno.EINTR;
 const ECANCELED = os.constants.errno.ECANCELED;
+const EINVAL = os.constants.errno.EINVAL;
 
 // errno -> [name, message], as libuv knows them (keys are negative errnos).
 const SYSTEM_ERRORS = util.getSystemErrorMap();
@@ -48,6 +50,9 @@ interface Pending {
 
 const OP_NAMES = ['readv', 'writev', 'fdatasync', 'fallocate'];
 
+/** The kernel's limit on buffers per vectored request (UIO_MAXIOV). */
+export const IOV_MAX = 1024;
+
 /** Why io_uring cannot be used here (the kernel forbids it, seccomp, an old kernel), or undefined when it can. */
 export function ioUringUnavailable(): string | undefined {
   try {
@@ -57,6 +62,12 @@ export function ioUringUnavailable(): string | undefined {
   } catch (e) {
     return (e as Error).message;
   }
+}
+
+function checkBufs(bufs: Uint8Array[]): Uint8Array[] {
+  if (!Array.isArray(bufs) || bufs.length === 0) throw new KvmArgumentError('bufs must be a non-empty array of Uint8Arrays');
+  for (const b of bufs) if (!(b instanceof Uint8Array)) throw new KvmArgumentError('bufs must be a non-empty array of Uint8Arrays');
+  return bufs.length > IOV_MAX ? bufs.slice(0, IOV_MAX) : bufs;
 }
 
 export class IoUring {
@@ -111,14 +122,18 @@ export class IoUring {
     if (!this.closed) this.ring.unregisterFile(fd);
   }
 
-  /** Reads into `bufs` at `offset`; cb(null, bytes read) (short at the end of the file), or cb(error). */
+  /**
+   * Reads into `bufs` at `offset`; cb(null, bytes read) (short at the end of
+   * the file), or cb(error). Only the first IOV_MAX buffers are used (as
+   * preadv does): the count then says where to go on.
+   */
   readv(fd: number, bufs: Uint8Array[], offset: number, cb: IoCallback): void {
-    this.queue(OP_READV, fd, offset, bufs, 0, 0, cb);
+    this.queue(OP_READV, fd, offset, checkBufs(bufs), 0, 0, cb);
   }
 
-  /** Writes `bufs` at `offset`; cb(null, bytes written) (possibly short), or cb(error). */
+  /** Writes `bufs` at `offset`; cb(null, bytes written) (possibly short), or cb(error). The first IOV_MAX buffers, as readv. */
   writev(fd: number, bufs: Uint8Array[], offset: number, cb: IoCallback): void {
-    this.queue(OP_WRITEV, fd, offset, bufs, 0, 0, cb);
+    this.queue(OP_WRITEV, fd, offset, checkBufs(bufs), 0, 0, cb);
   }
 
   fdatasync(fd: number, cb: IoCallback): void {
@@ -193,10 +208,10 @@ export class IoUring {
     while (this.backlog.length && this.inKernel + this.queued < this.limit) {
       const tag = this.backlog[0];
       const p = this.slots[tag]!;
-      let r = this.ring.prep(p.op, p.fd, p.offset, p.bufs, p.len, p.mode, tag);
+      let r = this.prep(p, tag);
       if (r === -EBUSY) {
         if (!this.submit()) break;
-        r = this.ring.prep(p.op, p.fd, p.offset, p.bufs, p.len, p.mode, tag);
+        r = this.prep(p, tag);
         if (r === -EBUSY) break;
       }
       this.backlog.shift();
@@ -210,6 +225,15 @@ export class IoUring {
     this.submit();
     // Page-cache hits completed inside io_uring_enter: take them now, not one loop turn later.
     this.reapAll();
+  }
+
+  /** ring.prep; a request the addon refuses (it never should: queue() checked it) fails alone, with EINVAL. */
+  private prep(p: Pending, tag: number): number {
+    try {
+      return this.ring.prep(p.op, p.fd, p.offset, p.bufs, p.len, p.mode, tag);
+    } catch {
+      return -EINVAL;
+    }
   }
 
   /** false when the kernel took nothing (retried on the next turn). */

@@ -138,7 +138,16 @@ describe('IoUring on real files', () => {
     expect(out.trim()).toBe('read late');
   });
 
+  it('more buffers than IOV_MAX: the first 1024 are read, the count says where to go on', async () => {
+    const bufs = Array.from({ length: 1500 }, () => Buffer.alloc(512));
+    expect(await call((cb) => ring.readv(fd, bufs, 0, cb))).toEqual({ err: null, n: 1024 * 512 });
+    expect(bufs[1023].every((v) => v === (1023 * 512) >> 12)).toBe(true);
+    expect(bufs[1024].every((v) => v === 0)).toBe(true);
+  });
+
   it('refuses bad arguments with a clear error', () => {
+    expect(() => ring.readv(fd, [], 0, () => undefined)).toThrow(/bufs/);
+    expect(() => ring.writev(fd, ['x' as unknown as Uint8Array], 0, () => undefined)).toThrow(/bufs/);
     expect(() => ring.readv(-1, [Buffer.alloc(1)], 0, () => undefined)).toThrow(/fd/);
     expect(() => ring.readv(fd, [Buffer.alloc(1)], -5, () => undefined)).toThrow(/offset/);
     expect(() => new IoUring(0)).toThrow(/entries/);
