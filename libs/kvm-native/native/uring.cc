@@ -159,6 +159,8 @@ int Uring::prep(int op, int fd, uint64_t offset, const struct iovec* iov, unsign
       sqe->addr = reinterpret_cast<uint64_t>(iov);
       sqe->len = niov;
       sqe->off = offset;
+      // mode 1: straight to the kernel's io-wq threads (a large copy does not hold up the submitter).
+      if (mode == 1) sqe->flags |= IOSQE_ASYNC;
       break;
     case kFdatasync:
       sqe->opcode = IORING_OP_FSYNC;

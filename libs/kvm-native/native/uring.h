@@ -24,7 +24,8 @@ class Uring {
   // Queues one request (not yet submitted). For readv/writev, `iov`/`niov`
   // describe the buffers (the kernel copies the iovec array at submit, so it
   // need only live until submit() returns; the buffers until the completion).
-  // For fallocate, `len` and `mode`. -EBUSY when the submission ring is full
+  // For fallocate, `len` and `mode`; for readv/writev, mode 1 sets IOSQE_ASYNC
+  // (run on io-wq, not inline in submit). -EBUSY when the submission ring is full
   // (submit() first), -EINVAL for an unknown op.
   int prep(int op, int fd, uint64_t offset, const struct iovec* iov, unsigned niov, uint64_t len, int mode, uint64_t tag);
   // Hands every queued request to the kernel: the count taken, or -errno

@@ -64,6 +64,19 @@ export function ioUringUnavailable(): string | undefined {
   }
 }
 
+/**
+ * Transfers from this size on go to io-wq (IOSQE_ASYNC): a page-cache hit is
+ * otherwise copied inside io_uring_enter on the JS thread, which for 1 MiB
+ * costs more than the hand-off (tools/bench/engine-bench.js).
+ */
+export const IO_URING_ASYNC_BYTES = 512 * 1024;
+
+function asyncMode(bufs: Uint8Array[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.byteLength;
+  return n >= IO_URING_ASYNC_BYTES ? 1 : 0;
+}
+
 function checkBufs(bufs: Uint8Array[]): Uint8Array[] {
   if (!Array.isArray(bufs) || bufs.length === 0) throw new KvmArgumentError('bufs must be a non-empty array of Uint8Arrays');
   for (const b of bufs) if (!(b instanceof Uint8Array)) throw new KvmArgumentError('bufs must be a non-empty array of Uint8Arrays');
@@ -128,12 +141,14 @@ export class IoUring {
    * preadv does): the count then says where to go on.
    */
   readv(fd: number, bufs: Uint8Array[], offset: number, cb: IoCallback): void {
-    this.queue(OP_READV, fd, offset, checkBufs(bufs), 0, 0, cb);
+    const b = checkBufs(bufs);
+    this.queue(OP_READV, fd, offset, b, 0, asyncMode(b), cb);
   }
 
   /** Writes `bufs` at `offset`; cb(null, bytes written) (possibly short), or cb(error). The first IOV_MAX buffers, as readv. */
   writev(fd: number, bufs: Uint8Array[], offset: number, cb: IoCallback): void {
-    this.queue(OP_WRITEV, fd, offset, checkBufs(bufs), 0, 0, cb);
+    const b = checkBufs(bufs);
+    this.queue(OP_WRITEV, fd, offset, b, 0, asyncMode(b), cb);
   }
 
   fdatasync(fd: number, cb: IoCallback): void {
