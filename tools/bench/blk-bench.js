@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 /*
  * Block-I/O benchmark: what one virtio-blk (or, with --device scsi, one
- * virtio-scsi READ) request costs in our VMM (with and without KVM ioeventfd on
- * the notify register) compared with QEMU on the same guest, and with plain
- * pread() on the same image file from Node.
+ * virtio-scsi READ) request costs in our VMM (aio=io_uring, the default, and
+ * aio=threads; with and without KVM ioeventfd on the notify register) compared
+ * with QEMU (aio=threads, aio=io_uring, and aio=io_uring with an iothread) on
+ * the same guest, and with plain pread() on the same image file from Node.
  *
  * The guest (tools/guest-kit, test=blk-bench) does `count` reads from its
  * virtio-blk disk (random or sequential, bs bytes, `depth` in flight) from a
@@ -34,18 +35,21 @@ const {
  * The device under test. The guest kit's blk-bench and scsi-bench tests take the
  * same arguments and print the same lines (with their own prefix).
  */
+/* QEMU's -drive for an aio engine; `iothread`: the controller runs in QEMU's iothread iot0. */
+const qemuDrive = (image, aio) => ['-drive', `file=${image},if=none,id=d0,format=raw,cache=writeback,aio=${aio}`];
+const IOTHREAD = ['-object', 'iothread,id=iot0'];
 const DEVICES = {
   blk: {
     test: 'blk-bench',
     vmm: (image, ioeventfd, props) => ['--device', `virtio-blk,id=d0,file=${image}${ioeventfd ? '' : ',ioeventfd=off'}${props}`],
-    qemuLabel: 'QEMU (KVM, virtio-blk-pci)',
-    qemu: (image) => ['-drive', `file=${image},if=none,id=d0,format=raw,cache=writeback,aio=threads`, '-device', 'virtio-blk-pci,drive=d0,disable-legacy=on'],
+    qemuLabel: 'QEMU (KVM, virtio-blk-pci',
+    qemu: (image, aio, iothread) => [...(iothread ? IOTHREAD : []), ...qemuDrive(image, aio), '-device', `virtio-blk-pci,drive=d0,disable-legacy=on${iothread ? ',iothread=iot0' : ''}`],
   },
   scsi: {
     test: 'scsi-bench',
     vmm: (image, ioeventfd, props) => ['--device', `virtio-scsi,id=scsi0${ioeventfd ? '' : ',ioeventfd=off'}`, '--device', `scsi-hd,bus=scsi0,lun=0,file=${image}${props}`],
-    qemuLabel: 'QEMU (KVM, virtio-scsi-pci + scsi-hd)',
-    qemu: (image) => ['-drive', `file=${image},if=none,id=d0,format=raw,cache=writeback,aio=threads`, '-device', 'virtio-scsi-pci,id=scsi0,disable-legacy=on',
+    qemuLabel: 'QEMU (KVM, virtio-scsi-pci + scsi-hd',
+    qemu: (image, aio, iothread) => [...(iothread ? IOTHREAD : []), ...qemuDrive(image, aio), '-device', `virtio-scsi-pci,id=scsi0,disable-legacy=on${iothread ? ',iothread=iot0' : ''}`,
       '-device', 'scsi-hd,bus=scsi0.0,lun=0,drive=d0'],
   },
 };
@@ -79,12 +83,17 @@ const BLK_WORKLOADS = [
 ];
 /* scsi-bench's buffer holds 1 MiB, so the sequential workload is the 1 MiB one virtio-scsi users quote. */
 const SCSI_WORKLOADS = [
-  ...BLK_WORKLOADS.filter((w) => w.id.startsWith('rand4k')),
+  ...BLK_WORKLOADS.filter((w) => w.id.startsWith('rand4k') || w.id === 'seq256k-d1'),
   { id: 'seq1m-d1', label: '1 MiB sequential read, depth 1', mode: 'seqread', bs: 1048576, depth: 1, irq: 0, counts: { 'vmm-on': [200, 2200], 'vmm-off': [200, 2200], qemu: [200, 3200] } },
 ];
-const WORKLOADS = DEVICE === 'scsi' ? SCSI_WORKLOADS : BLK_WORKLOADS;
+/* The new runners take the counts of their kin: vmm-threads those of vmm-on, every QEMU variant those of qemu. */
+const WORKLOADS = (DEVICE === 'scsi' ? SCSI_WORKLOADS : BLK_WORKLOADS).map((w) => ({
+  ...w,
+  counts: { ...w.counts, 'vmm-threads': w.counts['vmm-on'], 'qemu-uring': w.counts.qemu, 'qemu-uring-iot': w.counts.qemu },
+}));
 
-const RUNNER_IDS = ['vmm-on', 'vmm-off', 'qemu'];
+const RUNNER_IDS = ['vmm-on', 'vmm-threads', 'vmm-off', 'qemu', 'qemu-uring', 'qemu-uring-iot'];
+const QEMU_RUNNERS = ['qemu', 'qemu-uring', 'qemu-uring-iot'];
 
 const USAGE = `usage: node tools/bench/blk-bench.js [options]
   --reps N          timed runs per runner, workload and count (default 3)
@@ -93,7 +102,10 @@ const USAGE = `usage: node tools/bench/blk-bench.js [options]
   --counts LIST     request counts N1:N2 for a workload (all runners) or one runner of it,
                     e.g. rand4k-d1=2000:22000,seq256k-d1@qemu=1000:30000
   --scale F         multiply every default count by F (e.g. 0.25 for a quick run)
-  --runners LIST    comma-separated subset of: vmm-on, vmm-off, qemu (default: all)
+  --runners LIST    comma-separated subset of: ${RUNNER_IDS.join(', ')} (default: all)
+                    vmm-on: ioeventfd on, aio default (io_uring); vmm-threads: the same with aio=threads;
+                    vmm-off: ioeventfd=off; qemu: aio=threads; qemu-uring: aio=io_uring;
+                    qemu-uring-iot: aio=io_uring and the controller in an iothread
   --host-ms N       duration of each host pread measurement in ms (default 1000)
   --image PATH      use this existing raw image (at least 1 MiB) instead of creating
                     a ${256} MiB random one in /tmp (which is deleted at the end)
@@ -163,7 +175,7 @@ function checkBlkPrerequisites(opts) {
   checkPrerequisites({
     needVmm: opts.runners.some((r) => r.startsWith('vmm')),
     commands: opts.runners.includes('qemu') ? [[QEMU, ['--version']]] : [],
-    withoutQemu: 'vmm-on,vmm-off',
+    withoutQemu: 'vmm-on,vmm-threads,vmm-off',
   });
 }
 
@@ -214,24 +226,24 @@ function guestCmdline(w, count) {
 }
 
 function makeRunners(vmmBin, guest, image, vmmProps) {
-  const vmm = (ioeventfd) => (w, n) => [
+  const vmm = (ioeventfd, props = '') => (w, n) => [
     process.execPath,
     [vmmBin, 'run', '--memory', '256M', '--kernel', guest, '--cmdline', guestCmdline(w, n), '--serial', 'stdio',
-      ...DEV.vmm(image, ioeventfd, vmmProps)],
+      ...DEV.vmm(image, ioeventfd, props + vmmProps)],
   ];
+  const qemu = (aio, iothread) => (w, n) => [
+    QEMU,
+    ['-enable-kvm', '-nographic', '-no-reboot', '-m', '256', '-kernel', guest, '-append', guestCmdline(w, n),
+      ...DEV.qemu(image, aio, iothread), '-device', 'isa-debug-exit,iobase=0xf4,iosize=4'],
+  ];
+  const passCode = 1; // isa-debug-exit: (0 << 1) | 1
   return [
-    { id: 'vmm-on', label: 'our VMM, ioeventfd=on', cmd: vmm(true), passCode: 0 },
+    { id: 'vmm-on', label: 'our VMM, ioeventfd=on (aio default: io_uring)', cmd: vmm(true), passCode: 0 },
+    { id: 'vmm-threads', label: 'our VMM, ioeventfd=on, aio=threads', cmd: vmm(true, ',aio=threads'), passCode: 0 },
     { id: 'vmm-off', label: 'our VMM, ioeventfd=off', cmd: vmm(false), passCode: 0 },
-    {
-      id: 'qemu',
-      label: DEV.qemuLabel,
-      cmd: (w, n) => [
-        QEMU,
-        ['-enable-kvm', '-nographic', '-no-reboot', '-m', '256', '-kernel', guest, '-append', guestCmdline(w, n),
-          ...DEV.qemu(image), '-device', 'isa-debug-exit,iobase=0xf4,iosize=4'],
-      ],
-      passCode: 1, // isa-debug-exit: (0 << 1) | 1
-    },
+    { id: 'qemu', label: `${DEV.qemuLabel}, aio=threads)`, cmd: qemu('threads', false), passCode },
+    { id: 'qemu-uring', label: `${DEV.qemuLabel}, aio=io_uring)`, cmd: qemu('io_uring', false), passCode },
+    { id: 'qemu-uring-iot', label: `${DEV.qemuLabel}, aio=io_uring, iothread)`, cmd: qemu('io_uring', true), passCode },
   ];
 }
 
@@ -455,17 +467,27 @@ async function main() {
     }
     const iops = (id) => (entry.runners[id] ? entry.runners[id].iops : null);
     const ratio = (a, b) => (a && b ? round(a / b, 3) : null);
+    // QEMU's best configuration for this workload (highest median IOPS of the QEMU runners that ran).
+    const qemuIds = QEMU_RUNNERS.filter((id) => iops(id));
+    const qemuBest = qemuIds.length ? qemuIds.reduce((a, b) => (iops(b) > iops(a) ? b : a)) : null;
+    entry.qemuBest = qemuBest;
     entry.ratios = {
       vmmOnOverQemu: ratio(iops('vmm-on'), iops('qemu')),
       vmmOffOverQemu: ratio(iops('vmm-off'), iops('qemu')),
       vmmOnOverHostPread: ratio(iops('vmm-on'), entry.hostPread.iops),
       qemuOverHostPread: ratio(iops('qemu'), entry.hostPread.iops),
+      vmmOnOverQemuBest: qemuBest && ratio(iops('vmm-on'), iops(qemuBest)),
+      vmmThreadsOverQemuBest: qemuBest && ratio(iops('vmm-threads'), iops(qemuBest)),
+      vmmOnOverVmmThreads: ratio(iops('vmm-on'), iops('vmm-threads')),
     };
     // The same from (min t(N2) - min t(N1)) / (N2 - N1): each runner's least disturbed runs.
     const best = (id) => (entry.runners[id] && entry.runners[id].usPerReqFromMinima > 0 ? 1e6 / entry.runners[id].usPerReqFromMinima : null);
+    const qemuBestMin = QEMU_RUNNERS.map(best).filter((x) => x).reduce((a, b) => Math.max(a, b), 0) || null;
     entry.ratiosFromMinima = {
       vmmOnOverQemu: ratio(best('vmm-on'), best('qemu')),
       vmmOffOverQemu: ratio(best('vmm-off'), best('qemu')),
+      vmmOnOverQemuBest: ratio(best('vmm-on'), qemuBestMin),
+      vmmThreadsOverQemuBest: ratio(best('vmm-threads'), qemuBestMin),
     };
     results[w.id] = entry;
   }
@@ -524,8 +546,20 @@ async function main() {
     );
   }
   lines.push('');
+  lines.push('| workload | QEMU best (median IOPS) | vmm-on (io_uring) / QEMU best | vmm-threads / QEMU best | vmm-on / vmm-threads | vmm-on / QEMU best, minima | vmm-threads / QEMU best, minima |');
+  lines.push('|---|---|---:|---:|---:|---:|---:|');
+  for (const w of workloads) {
+    const e = results[w.id];
+    const q = e.ratios;
+    const b = e.ratiosFromMinima;
+    lines.push(
+      `| ${w.id} | ${e.qemuBest ?? 'n/a'} | ${fr(q.vmmOnOverQemuBest ?? null)} | ${fr(q.vmmThreadsOverQemuBest ?? null)} | ${fr(q.vmmOnOverVmmThreads)} | ` +
+        `${fr(b.vmmOnOverQemuBest)} | ${fr(b.vmmThreadsOverQemuBest)} |`,
+    );
+  }
+  lines.push('');
   lines.push(
-    'Ratios are of IOPS (higher is better for the first runner). "minima": from (min t(N2) - min t(N1)) / (N2 - N1), each runner\'s ' +
+    'Ratios are of IOPS (higher is better for the first runner). "QEMU best": the QEMU runner (aio=threads, aio=io_uring, aio=io_uring with an iothread) with the highest median IOPS for that workload. "minima": from (min t(N2) - min t(N1)) / (N2 - N1), each runner\'s ' +
       'least disturbed runs (other load only slows a run down); on a busy host they say more than the medians. ' +
       'Range (paired): the per-request figure of run i at N1 with run i at N2, lowest and highest; a wide range means a noisy host.',
   );

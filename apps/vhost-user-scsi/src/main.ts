@@ -3,7 +3,7 @@
  * image files) to a VMM's virtio-scsi front-end (ours: --device
  * vhost-scsi,backend=user,socket=PATH; QEMU: -device vhost-user-scsi-pci).
  *
- *   vhost-user-scsi --socket PATH --lun 0:file=IMG[,readonly=on][,serial=S][,logical-block-size=512|4096]
+ *   vhost-user-scsi --socket PATH --lun 0:file=IMG[,readonly=on][,serial=S][,logical-block-size=512|4096][,aio=io_uring|threads]
  *                   [--lun 1:file=...] [--num-queues N] [--control PATH]
  *
  * The control socket answers one JSON line per request line: `stats` (kicks
@@ -12,15 +12,15 @@
  */
 import * as fs from 'fs';
 import * as net from 'net';
-import { BackendOpenError, RawFileBackend } from '@tsvmm/block';
+import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import { ScsiDisk, ScsiTarget } from '@tsvmm/scsi';
 import { MAX_LUN } from '@tsvmm/virtio-scsi-core';
 import { VhostUserScsiServer } from './server';
 
-export const USAGE = `usage: vhost-user-scsi --socket PATH --lun N:file=IMG[,readonly=on][,serial=S][,logical-block-size=512|4096] ...
+export const USAGE = `usage: vhost-user-scsi --socket PATH --lun N:file=IMG[,readonly=on][,serial=S][,logical-block-size=512|4096][,aio=io_uring|threads] ...
                        [--num-queues N] [--control PATH] [--no-log-shmfd] [--verbose]
   --socket      unix socket to listen on for the front-end (the VMM connects to it)
-  --lun         a SCSI disk on target 0, LUN N (repeatable)
+  --lun         a SCSI disk on target 0, LUN N (repeatable); aio: the I/O engine (default io_uring where the kernel allows it)
   --num-queues  request queues offered (default 1, at most 16)
   --control     unix socket answering "stats" and "quit" with one JSON line each
   --no-log-shmfd  do not offer VHOST_USER_PROTOCOL_F_LOG_SHMFD (no dirty logging: the VMM refuses to migrate)
@@ -33,6 +33,7 @@ export interface LunArg {
   readonly: boolean;
   serial?: string;
   blockSize: number;
+  aio?: AioMode;
 }
 
 export interface Args {
@@ -99,6 +100,9 @@ function parseLun(s: string): LunArg {
     } else if (k === 'serial') {
       if (!/^[\x21-\x7e]{1,36}$/.test(v)) throw new UsageError(`--lun ${s}: serial must be 1 to 36 printable ASCII characters without spaces`);
       out.serial = v;
+    } else if (k === 'aio') {
+      if (!(AIO_MODES as readonly string[]).includes(v)) throw new UsageError(`--lun ${s}: aio must be io_uring or threads`);
+      out.aio = v as AioMode;
     } else if (k === 'logical-block-size') {
       out.blockSize = Number(v);
       if (out.blockSize !== 512 && out.blockSize !== 4096) throw new UsageError(`--lun ${s}: logical-block-size must be 512 or 4096`);
@@ -117,11 +121,12 @@ function openTarget(luns: LunArg[]): ScsiTarget {
   for (const l of luns) {
     let backend: RawFileBackend;
     try {
-      backend = new RawFileBackend(l.file, l.readonly, false);
+      backend = new RawFileBackend(l.file, l.readonly, false, l.aio);
     } catch (e) {
       if (e instanceof BackendOpenError) throw new UsageError(`--lun ${l.lun}: file=${e.message}`);
       throw e;
     }
+    if (backend.aioFallback) log(`LUN ${l.lun}: ${backend.aioFallback}`);
     if (backend.size < l.blockSize) throw new UsageError(`--lun ${l.lun}: ${l.file} is smaller than one ${l.blockSize}-byte block`);
     target.attach(l.lun, new ScsiDisk({ backend, readonly: l.readonly, serial: l.serial ?? `LUN${l.lun}`, logicalBlockSize: l.blockSize }));
   }

@@ -170,6 +170,9 @@ describe('vhost-user-scsi back-end process', () => {
     expect(() => parseArgs(['--lun', '0:file=a'])).toThrow('--socket PATH is required');
     expect(() => parseArgs(['--socket', 's', '--lun', '0:readonly=on'])).toThrow('--lun 0:readonly=on: file=PATH is required');
     expect(() => parseArgs(['--socket', 's', '--lun', '0:file=a,cache=none'])).toThrow("unknown property 'cache'");
+    expect(parseArgs(['--socket', 's', '--lun', '0:file=a,aio=threads']).luns[0]).toMatchObject({ aio: 'threads' });
+    expect(parseArgs(['--socket', 's', '--lun', '0:file=a']).luns[0].aio).toBeUndefined(); // the default: io_uring where the kernel allows it
+    expect(() => parseArgs(['--socket', 's', '--lun', '0:file=a,aio=native'])).toThrow('--lun 0:file=a,aio=native: aio must be io_uring or threads');
     expect(() => parseArgs(['--socket', 's', '--lun', '0:file=a', '--lun', '0:file=b'])).toThrow('--lun 0 given twice');
   });
 });

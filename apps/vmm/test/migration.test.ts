@@ -54,6 +54,7 @@ describeKvm('live migration', () => {
       // ioeventfd re-registered on the destination (or, with ioeventfd=off, still off).
       const st = (await d.run('x-query-virtio-status', { path: 'd0' })) as Record<string, unknown>;
       expect(st['host-notifiers-active']).toBe(ioeventfd === 'on');
+      expect(st['device-info']).toMatchObject({ aio: 'io_uring' }); // the default engine where the kernel allows it
       const [sw, dw] = [await blkWrites(s), await blkWrites(d)];
       expect(sw).toBeGreaterThanOrEqual(20);
       expect(dw).toBeGreaterThan(0);

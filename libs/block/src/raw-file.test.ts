@@ -2,9 +2,33 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { execFileSync } from 'child_process';
-import { BackendOpenError, FileIo, RawFileBackend } from './raw-file';
+import { AioMode, BackendOpenError, chooseAio, FileIo, ioUringFileIo, RawFileBackend } from './raw-file';
 
-describe('RawFileBackend on a real file', () => {
+const ENGINES: AioMode[] = ['io_uring', 'threads'];
+
+describe('RawFileBackend engine choice (aio=)', () => {
+  const saved = process.env.TSVMM_NO_IO_URING;
+  afterEach(() => {
+    if (saved === undefined) delete process.env.TSVMM_NO_IO_URING;
+    else process.env.TSVMM_NO_IO_URING = saved;
+  });
+
+  it('defaults to io_uring where the kernel allows it; threads on request', () => {
+    delete process.env.TSVMM_NO_IO_URING;
+    expect(chooseAio(undefined)).toEqual({ mode: 'io_uring' });
+    expect(chooseAio('io_uring')).toEqual({ mode: 'io_uring' });
+    expect(chooseAio('threads')).toEqual({ mode: 'threads' });
+  });
+
+  it('falls back to threads with a reason when io_uring is unavailable; an explicit aio=io_uring is an error', () => {
+    process.env.TSVMM_NO_IO_URING = '1';
+    expect(chooseAio(undefined)).toEqual({ mode: 'threads', fallback: expect.stringMatching(/io_uring is not available \(TSVMM_NO_IO_URING is set\); using aio=threads/) });
+    expect(() => chooseAio('io_uring')).toThrow(BackendOpenError);
+    expect(() => chooseAio('io_uring')).toThrow(/aio=io_uring: io_uring is not available here/);
+  });
+});
+
+describe.each(ENGINES)('RawFileBackend on a real file (aio=%s)', (aio) => {
   let dir: string;
   let file: string;
   beforeEach(() => {
@@ -15,7 +39,7 @@ describe('RawFileBackend on a real file', () => {
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   it('scatters and gathers across several buffers at an offset', async () => {
-    const b = new RawFileBackend(file, false, false);
+    const b = new RawFileBackend(file, false, false, aio);
     expect(b.size).toBe(1 << 20);
     const a = Buffer.alloc(100, 1);
     const c = Buffer.alloc(412, 2);
@@ -30,7 +54,7 @@ describe('RawFileBackend on a real file', () => {
   });
 
   it('discard and write-zeroes read back as zeros and keep the size', async () => {
-    const b = new RawFileBackend(file, false, false);
+    const b = new RawFileBackend(file, false, false, aio);
     await b.discard(8192, 4096);
     await b.writeZeroes(65536, 8192, false);
     await b.writeZeroes(131072, 4096, true);
@@ -49,13 +73,39 @@ describe('RawFileBackend on a real file', () => {
   });
 
   it('a read-only backend refuses writes from the host side', async () => {
-    const b = new RawFileBackend(file, true, false);
+    const b = new RawFileBackend(file, true, false, aio);
     await expect(b.writev([Buffer.alloc(512)], 0)).rejects.toThrow();
     b.close();
   });
 });
 
-describe('RawFileBackend data safety', () => {
+describe('RawFileBackend aio=io_uring: close', () => {
+  let dir: string;
+  let file: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blk-uring-'));
+    file = path.join(dir, 'disk.img');
+    fs.writeFileSync(file, Buffer.alloc(1 << 20, 0x5a));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('close with requests in flight: each settles (done or cancelled), the file is closed', async () => {
+    const b = new RawFileBackend(file, false, false, 'io_uring');
+    const bufs = Array.from({ length: 32 }, () => Buffer.alloc(8192));
+    const reads = bufs.map((x, i) => b.readv([x], i * 8192));
+    const w = b.writev([Buffer.alloc(4096, 9)], 0);
+    await Promise.resolve();
+    b.close();
+    const settled = await Promise.allSettled([...reads, w]);
+    for (const r of settled) if (r.status === 'rejected') expect(r.reason).toMatchObject({ code: 'ECANCELED' });
+    bufs.forEach((x, i) => {
+      if (settled[i].status === 'fulfilled') expect(x.every((v) => v === 0x5a)).toBe(true);
+    });
+  });
+
+});
+
+describe.each(ENGINES)('RawFileBackend data safety (aio=%s)', (aio) => {
   let dir: string;
   let file: string;
   beforeEach(() => {
@@ -65,28 +115,35 @@ describe('RawFileBackend data safety', () => {
   });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  /** The real file operations, with each transfer cut to `max` bytes and the failures the test sets. */
+  /** The engine's real file operations, with each transfer cut to `max` bytes and the failures the test sets. */
   function io(max = Infinity) {
+    const base: FileIo = aio === 'io_uring' ? ioUringFileIo(16) : {
+      readv: (fd, bufs, pos, cb) => fs.readv(fd, bufs, pos, cb),
+      writev: (fd, bufs, pos, cb) => fs.writev(fd, bufs, pos, cb),
+      fdatasync: (fd, cb) => fs.fdatasync(fd, cb),
+    };
     const t = {
       syncs: 0,
       failSync: undefined as string | undefined,
       /** After this many bytes written, writes fail with ENOSPC (a full disk). */
       spaceLeft: Infinity,
       io: {
-        readv: (fd, bufs, pos, cb) => fs.read(fd, bufs[0], 0, Math.min(bufs[0].length, max), pos, cb),
+        readv: (fd, bufs, pos, cb) => base.readv(fd, [bufs[0].subarray(0, Math.min(bufs[0].length, max))], pos, cb),
         writev: (fd, bufs, pos, cb) => {
           const n = Math.min(bufs[0].length, max, t.spaceLeft);
           if (n === 0) return cb(Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' }), 0);
           t.spaceLeft -= n;
-          fs.write(fd, bufs[0], 0, n, pos, cb);
+          base.writev(fd, [bufs[0].subarray(0, n)], pos, cb);
         },
         fdatasync: (fd, cb) => {
           t.syncs++;
           const f = t.failSync;
           t.failSync = undefined; // as the kernel does: the error is reported once
           if (f) return cb(Object.assign(new Error(`${f}: i/o error`), { code: f }));
-          fs.fdatasync(fd, cb);
+          base.fdatasync(fd, cb);
         },
+        fallocate: base.fallocate,
+        close: base.close,
       } as FileIo,
     };
     return t;
@@ -173,7 +230,7 @@ describe('RawFileBackend data safety', () => {
   });
 });
 
-describe('RawFileBackend on a full file system (a small tmpfs)', () => {
+describe.each(ENGINES)('RawFileBackend on a full file system (a small tmpfs, aio=%s)', (aio) => {
   let mnt: string;
   beforeAll(() => {
     mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'blkdata-tmpfs-'));
@@ -188,7 +245,7 @@ describe('RawFileBackend on a full file system (a small tmpfs)', () => {
     const file = path.join(mnt, 'sparse.img');
     fs.closeSync(fs.openSync(file, 'w'));
     fs.truncateSync(file, 8 << 20); // sparse: 8 MiB on a 256 KiB file system
-    const b = new RawFileBackend(file, false, false);
+    const b = new RawFileBackend(file, false, false, aio);
     const chunk = Buffer.alloc(64 * 1024);
     let ok = 0;
     let error: unknown;

@@ -1,7 +1,10 @@
 /**
  * A raw image file. Reads and writes go straight between the file and guest
- * memory views (fs.readv/writev on libuv's thread pool: asynchronous, zero-copy,
- * never on a vCPU thread). cache=none opens the file with O_DIRECT.
+ * memory views (asynchronous, zero-copy, never on a vCPU thread), through one
+ * of two engines (`aio=`): `io_uring` (kvm-native's IoUring: one ring per
+ * image, requests of one JS turn submitted together, completions reaped in
+ * batches), the default where the kernel allows it; or `threads` (fs.readv /
+ * writev on libuv's thread pool). cache=none opens the file with O_DIRECT.
  *
  * Data safety (docs/block-data-safety.md):
  * - A short read or write is continued from where it stopped. A write that
@@ -17,11 +20,13 @@
  * - writev(..., dsync) is a write-through write: fdatasync before it resolves.
  */
 import * as fs from 'fs';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate } from '@tsvmm/kvm-native';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, IoUring, ioUringUnavailable } from '@tsvmm/kvm-native';
 
 export interface BlockBackend {
   readonly size: number;
   readonly readonly: boolean;
+  /** The I/O engine (`aio=`), shown by the monitor. */
+  readonly aio?: string;
   /** Fills the buffers (resolves with their total length) or rejects. */
   readv(bufs: Uint8Array[], offset: number): Promise<number>;
   /** Writes all of the buffers (resolves with their total length) or rejects; `dsync`: on stable storage first (write-through). */
@@ -42,6 +47,50 @@ export interface FileIo {
   readv(fd: number, bufs: Uint8Array[], position: number, cb: (err: NodeJS.ErrnoException | null, n: number) => void): void;
   writev(fd: number, bufs: Uint8Array[], position: number, cb: (err: NodeJS.ErrnoException | null, n: number) => void): void;
   fdatasync(fd: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
+  /** fallocate(2) off the JS thread; without it the backend calls fallocate synchronously. */
+  fallocate?(fd: number, mode: number, offset: number, len: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
+  /** A new fd the backend will use / an fd it is about to close (io_uring registers them as fixed files). */
+  addFd?(fd: number): void;
+  removeFd?(fd: number): void;
+  /** Waits for every request in flight (their callbacks run) and frees the engine. */
+  close?(): void;
+}
+
+/** The I/O engine of a block backend (`aio=` on block devices). */
+export type AioMode = 'io_uring' | 'threads';
+export const AIO_MODES: readonly AioMode[] = ['io_uring', 'threads'];
+
+let ioUringProbe: { why: string | undefined } | undefined;
+
+/**
+ * The engine for `aio=requested`: io_uring when asked for or by default, if the
+ * kernel allows it. `fallback` says why the default fell back to threads (log
+ * it); an explicit aio=io_uring that cannot work is a BackendOpenError.
+ */
+export function chooseAio(requested: AioMode | undefined): { mode: AioMode; fallback?: string } {
+  if (requested === 'threads') return { mode: 'threads' };
+  // TSVMM_NO_IO_URING=1: as if the kernel refused (tests of the fallback; a host that wants threads everywhere).
+  const why = process.env.TSVMM_NO_IO_URING ? 'TSVMM_NO_IO_URING is set' : (ioUringProbe ??= { why: ioUringUnavailable() }).why;
+  if (why === undefined) return { mode: 'io_uring' };
+  if (requested === 'io_uring') throw new BackendOpenError(`aio=io_uring: io_uring is not available here (${why})`);
+  return { mode: 'threads', fallback: `io_uring is not available (${why}); using aio=threads` };
+}
+
+/** Entries of a backend's ring: enough for every queue of a device at full depth. */
+const URING_ENTRIES = 256;
+
+/** FileIo over a private io_uring. */
+export function ioUringFileIo(entries = URING_ENTRIES): FileIo {
+  const ring = new IoUring(entries);
+  return {
+    readv: (fd, bufs, pos, cb) => ring.readv(fd, bufs, pos, cb),
+    writev: (fd, bufs, pos, cb) => ring.writev(fd, bufs, pos, cb),
+    fdatasync: (fd, cb) => ring.fdatasync(fd, (err) => cb(err)),
+    fallocate: (fd, mode, off, len, cb) => ring.fallocate(fd, mode, off, len, (err) => cb(err)),
+    addFd: (fd) => void ring.registerFile(fd),
+    removeFd: (fd) => ring.unregisterFile(fd),
+    close: () => ring.close(),
+  };
 }
 
 const NODE_IO: FileIo = {
@@ -75,6 +124,11 @@ const DIRECT_ALIGN = 4096;
 
 export class RawFileBackend implements BlockBackend {
   readonly size: number;
+  /** The engine in use ('custom': a FileIo given by the caller). */
+  readonly aio: AioMode | 'custom';
+  /** Why the default engine fell back to threads (the caller logs it once). */
+  readonly aioFallback: string | undefined;
+  private readonly io: FileIo;
   private readonly fd: number;
   /** A buffered fd for O_DIRECT-incompatible (unaligned) requests under cache=none. */
   private bufferedFd: number | undefined;
@@ -90,8 +144,18 @@ export class RawFileBackend implements BlockBackend {
     readonly path: string,
     readonly readonly: boolean,
     readonly direct: boolean,
-    private readonly io: FileIo = NODE_IO,
+    /** An engine (default: io_uring where the kernel allows it, else threads), or a FileIo of a test. */
+    engine?: AioMode | FileIo,
   ) {
+    if (typeof engine === 'object') {
+      this.io = engine;
+      this.aio = 'custom';
+    } else {
+      const c = chooseAio(engine);
+      this.aio = c.mode;
+      this.aioFallback = c.fallback;
+      this.io = NODE_IO;
+    }
     const flags = (readonly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | (direct ? O_DIRECT : 0);
     try {
       this.fd = fs.openSync(path, flags);
@@ -110,6 +174,16 @@ export class RawFileBackend implements BlockBackend {
     // The buffered twin of an O_DIRECT fd is opened now, with the first: later the VMM may have
     // dropped its privileges or entered a chroot (--run-with) and could no longer open the path.
     if (direct) this.bufferedFd = fs.openSync(path, readonly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+    if (this.aio === 'io_uring') {
+      try {
+        this.io = ioUringFileIo();
+      } catch (e) {
+        fs.closeSync(this.fd);
+        if (this.bufferedFd !== undefined) fs.closeSync(this.bufferedFd);
+        throw new BackendOpenError(`${path}: aio=io_uring: ${(e as Error).message}`);
+      }
+    }
+    this.io.addFd?.(this.fd);
   }
 
   private blockDeviceSize(): number {
@@ -133,7 +207,10 @@ export class RawFileBackend implements BlockBackend {
     if (!this.direct) return this.fd;
     const aligned = offset % DIRECT_ALIGN === 0 && bufs.every((b) => b.byteLength % 512 === 0 && (b.byteOffset % 512 === 0));
     if (aligned) return this.fd;
-    this.bufferedFd ??= fs.openSync(this.path, this.readonly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+    if (this.bufferedFd === undefined) {
+      this.bufferedFd = fs.openSync(this.path, this.readonly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+      this.io.addFd?.(this.bufferedFd);
+    }
     return this.bufferedFd;
   }
 
@@ -223,13 +300,19 @@ export class RawFileBackend implements BlockBackend {
     }
   }
 
+  private async fallocate(mode: number, offset: number, len: number): Promise<void> {
+    const io = this.io;
+    if (!io.fallocate) return fallocate(this.fd, mode, offset, len);
+    await new Promise<void>((resolve, reject) => io.fallocate!(this.fd, mode, offset, len, (err) => (err ? reject(err) : resolve())));
+  }
+
   async discard(offset: number, len: number): Promise<void> {
-    fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+    await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
   }
 
   async writeZeroes(offset: number, len: number, unmap: boolean, dsync = false): Promise<void> {
     try {
-      fallocate(this.fd, (unmap ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE, offset, len);
+      await this.fallocate((unmap ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE, offset, len);
     } catch (e) {
       if ((e as { code?: string }).code !== 'EOPNOTSUPP') {
         this.writeError ??= e as Error;
@@ -246,7 +329,9 @@ export class RawFileBackend implements BlockBackend {
     if (dsync) await this.datasync();
   }
 
+  /** Closes the file. io_uring: requests in flight are cancelled or waited for first (their callers see them fail or complete). */
   close(): void {
+    this.io.close?.();
     fs.closeSync(this.fd);
     if (this.bufferedFd !== undefined) fs.closeSync(this.bufferedFd);
   }

@@ -3,6 +3,7 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -18,6 +19,7 @@
 #include "privileges.h"
 #include "seccomp.h"
 #include "sys.h"
+#include "uring.h"
 #include "vcpu.h"
 
 using namespace kvmnative;
@@ -569,7 +571,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "FdWatcher",
                        {InstanceMethod("start", &FdWatcher::Start), InstanceMethod("stop", &FdWatcher::Stop),
-                        InstanceMethod("close", &FdWatcher::Close)});
+                        InstanceMethod("close", &FdWatcher::Close), InstanceMethod("setRef", &FdWatcher::SetRef)});
   }
 
   FdWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatcher>(info) {
@@ -610,6 +612,15 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     closeHandle();
+    return info.Env().Undefined();
+  }
+
+  // setRef(false): a watching handle no longer keeps the event loop alive (uv_unref); setRef(true) undoes it.
+  Napi::Value SetRef(const Napi::CallbackInfo& info) {
+    if (handle_) {
+      if (info[0].ToBoolean().Value()) uv_ref(reinterpret_cast<uv_handle_t*>(handle_));
+      else uv_unref(reinterpret_cast<uv_handle_t*>(handle_));
+    }
     return info.Env().Undefined();
   }
 
@@ -833,6 +844,138 @@ Napi::Value SeccompInstall(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// IoUring: new IoUring(entries, eventfd); a Uring (uring.h) owned by JS.
+//   prep(op, fd, offset, bufs: Uint8Array[] | null, len, mode, tag) -> 0 | -errno (-EBUSY: ring full)
+//   submit() -> count | -errno; reap(tags: Float64Array, results: Int32Array) -> count
+//   cancelAndWait(); registerFile(fd) -> slot | -1; unregisterFile(fd); close()
+// The buffers must stay alive until their completion is reaped (the JS side keeps them).
+class IoUring : public Napi::ObjectWrap<IoUring> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "IoUring",
+                       {InstanceMethod("prep", &IoUring::Prep), InstanceMethod("submit", &IoUring::Submit),
+                        InstanceMethod("reap", &IoUring::Reap), InstanceMethod("cancelAndWait", &IoUring::CancelAndWait),
+                        InstanceMethod("registerFile", &IoUring::RegisterFile),
+                        InstanceMethod("unregisterFile", &IoUring::UnregisterFile), InstanceMethod("close", &IoUring::Close),
+                        InstanceAccessor("sqEntries", &IoUring::SqEntries, nullptr),
+                        InstanceAccessor("cqEntries", &IoUring::CqEntries, nullptr),
+                        InstanceAccessor("inFlight", &IoUring::InFlight, nullptr)});
+  }
+
+  IoUring(const Napi::CallbackInfo& info) : Napi::ObjectWrap<IoUring>(info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "entries must be a number");
+    int64_t entries = info[0].As<Napi::Number>().Int64Value();
+    if (entries < 1 || entries > 32768) throw Napi::RangeError::New(env, "entries must be in [1, 32768]");
+    int efd = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : -1;
+    Uring* u = nullptr;
+    int r = Uring::create(static_cast<unsigned>(entries), efd, &u);
+    if (r < 0) throw errnoError(env, r, "io_uring_setup");
+    ring_.reset(u);
+  }
+
+ private:
+  Uring& ring(Napi::Env env) {
+    if (!ring_) throw Napi::Error::New(env, "io_uring is closed");
+    return *ring_;
+  }
+
+  Napi::Value Prep(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Uring& u = ring(env);
+    if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "op must be a number");
+    int op = info[0].As<Napi::Number>().Int32Value();
+    int fd = argFd(info, 1);
+    uint64_t off = argU64(info, 2, "offset");
+    std::vector<struct iovec> iov;
+    if (info[3].IsArray()) {
+      auto arr = info[3].As<Napi::Array>();
+      uint32_t n = arr.Length();
+      if (n == 0 || n > 1024) throw Napi::RangeError::New(env, "bufs must hold 1 to 1024 buffers");
+      iov.reserve(n);
+      for (uint32_t i = 0; i < n; i++) {
+        Napi::Value v = arr.Get(i);
+        if (!v.IsTypedArray()) throw Napi::TypeError::New(env, "bufs must be Uint8Arrays");
+        auto ta = v.As<Napi::TypedArray>();
+        // SAFETY: the JS side holds the views until the completion is reaped, and
+        // ArrayBuffer() moves a small on-heap array's bytes off the heap for good.
+        void* p = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+        iov.push_back({p, ta.ByteLength()});
+      }
+    }
+    uint64_t len = argU64(info, 4, "len");
+    if (!info[5].IsNumber() || !info[6].IsNumber()) throw Napi::TypeError::New(env, "mode and tag must be numbers");
+    int mode = info[5].As<Napi::Number>().Int32Value();
+    uint64_t tag = static_cast<uint64_t>(info[6].As<Napi::Number>().Int64Value());
+    if ((op == Uring::kReadv || op == Uring::kWritev) && iov.empty()) throw Napi::TypeError::New(env, "readv/writev need bufs");
+    int r = u.prep(op, fd, off, iov.data(), static_cast<unsigned>(iov.size()), len, mode, tag);
+    // The kernel copies an iovec array when it takes the request (IORING_FEAT_SUBMIT_STABLE):
+    // it lives here until then (a moved vector keeps its storage).
+    if (r == 0 && !iov.empty()) iovArena_.push_back(std::move(iov));
+    return Napi::Number::New(env, r);
+  }
+
+  Napi::Value Submit(const Napi::CallbackInfo& info) {
+    Uring& u = ring(info.Env());
+    int r = u.submit();
+    if (u.queued() == 0) iovArena_.clear();
+    return Napi::Number::New(info.Env(), r);
+  }
+
+  Napi::Value Reap(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Uring& u = ring(env);
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+      throw Napi::TypeError::New(env, "tags must be a Float64Array");
+    if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw Napi::TypeError::New(env, "results must be an Int32Array");
+    auto tags = info[0].As<Napi::Float64Array>();
+    auto res = info[1].As<Napi::Int32Array>();
+    unsigned max = static_cast<unsigned>(std::min(tags.ElementLength(), res.ElementLength()));
+    tagBuf_.resize(max);
+    unsigned n = u.reap(tagBuf_.data(), res.Data(), max);
+    for (unsigned i = 0; i < n; i++) tags[i] = tagBuf_[i] == UINT64_MAX ? -1.0 : static_cast<double>(tagBuf_[i]);
+    return Napi::Number::New(env, n);
+  }
+
+  Napi::Value CancelAndWait(const Napi::CallbackInfo& info) {
+    int r = ring(info.Env()).cancelAndWait();
+    if (r < 0) throw errnoError(info.Env(), r, "io_uring_enter");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value RegisterFile(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), ring(info.Env()).registerFile(argFd(info, 0))); }
+
+  Napi::Value UnregisterFile(const Napi::CallbackInfo& info) {
+    ring(info.Env()).unregisterFile(argFd(info, 0));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (ring_) {
+      ring_.reset();
+      iovArena_.clear();
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SqEntries(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), ring_ ? ring_->sqEntries() : 0); }
+  Napi::Value CqEntries(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), ring_ ? ring_->cqEntries() : 0); }
+  Napi::Value InFlight(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), ring_ ? ring_->inFlight() : 0); }
+
+  // The destructor of a ring with requests in flight waits for them (the kernel must not
+  // write into memory that may be gone); JS closes explicitly before that.
+  struct Deleter {
+    void operator()(Uring* u) const {
+      u->cancelAndWait();
+      delete u;
+    }
+  };
+  std::unique_ptr<Uring, Deleter> ring_;
+  std::vector<std::vector<struct iovec>> iovArena_;  // iovecs of requests queued, not yet submitted
+  std::vector<uint64_t> tagBuf_;
+};
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("open", Napi::Function::New(env, Open));
   exports.Set("setCallbackErrorReporter", Napi::Function::New(env, SetCallbackErrorReporter));
@@ -867,6 +1010,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("seccompSetTrapReporter", Napi::Function::New(env, SeccompSetTrapReporter));
   exports.Set("seccompInstall", Napi::Function::New(env, SeccompInstall));
   exports.Set("seccompTrapExitStatus", Napi::Number::New(env, kSeccompTrapExitStatus));
+  exports.Set("IoUring", IoUring::Init(env));
   exports.Set("kvmRunSize", Napi::Number::New(env, sizeof(kvm_run)));
   return exports;
 }

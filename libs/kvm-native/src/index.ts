@@ -10,3 +10,4 @@ export * as uapi from './generated/kvm-uapi';
 export * from './host-file';
 export * from './unix-socket';
 export * from './credentials';
+export * from './io-uring';

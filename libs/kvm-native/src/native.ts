@@ -18,6 +18,25 @@ export interface NativeFdWatcher {
   start(): void;
   stop(): void;
   close(): void;
+  /** false: watching no longer keeps the event loop alive (uv_unref); true undoes it. */
+  setRef(on: boolean): void;
+}
+
+/** A raw io_uring (native/uring.h); the typed facade is IoUring in io-uring.ts. */
+export interface NativeIoUring {
+  /** 0, or -errno (-EBUSY: the submission ring is full; submit first). */
+  prep(op: number, fd: number, offset: number, bufs: Uint8Array[] | null, len: number, mode: number, tag: number): number;
+  /** Requests taken by the kernel, or -errno (EAGAIN / EBUSY / EINTR: try later). */
+  submit(): number;
+  /** Completions copied out (tag -1: the ring's own cancel request). */
+  reap(tags: Float64Array, results: Int32Array): number;
+  cancelAndWait(): void;
+  registerFile(fd: number): number;
+  unregisterFile(fd: number): void;
+  close(): void;
+  readonly sqEntries: number;
+  readonly cqEntries: number;
+  readonly inFlight: number;
 }
 
 export interface NativeVcpuThread {
@@ -85,6 +104,7 @@ export interface NativeAddon {
     onExit: (exitReason: number) => number,
     onState: (state: 'paused' | 'running' | 'stopped' | 'error', errno: number, error?: unknown) => void,
   ) => NativeVcpuThread;
+  IoUring: new (entries: number, eventfd: number) => NativeIoUring;
   kvmRunSize: number;
   /**
    * SIGSYS handler for SECCOMP_RET_TRAP: writes `${prefix}${names[nr]} (${nr})${suffix}`

@@ -197,6 +197,7 @@ export class ScsiDisk implements ScsiLun {
       serial: this.id.serial,
       dSense: this.mode.dSense,
       writeCache: this.mode.wce,
+      aio: this.backend.aio ?? null,
       pendingUnitAttention: ua === undefined ? null : senseName({ key: SenseKeyCode.UNIT_ATTENTION, asc: ua >> 8, ascq: ua & 0xff }),
       ...this.counters,
       lastSense: this.lastSense,

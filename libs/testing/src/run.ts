@@ -35,6 +35,8 @@ export interface StartOptions {
   wrap?: string[];
   /** Called with each complete stdout line. */
   onLine?: (line: string) => void;
+  /** Extra environment variables for the child. */
+  env?: Record<string, string>;
 }
 
 /**
@@ -52,7 +54,7 @@ export function withTestSandbox(args: string[]): string[] {
 /** Starts `node ARGS...` (under `wrap` when given). */
 export function startNode(args: string[], opts: StartOptions = {}): Proc {
   const [cmd, ...rest] = [...(opts.wrap ?? []), process.execPath, ...withTestSandbox(args)];
-  const proc = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ? { ...process.env, ...opts.env } : process.env });
   let out = '';
   let err = '';
   let partial = '';

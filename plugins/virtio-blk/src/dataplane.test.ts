@@ -6,7 +6,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { GuestMemory, virtioUapi as V, VirtioDeviceState } from '@tsvmm/virtio-core';
 import { fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
-import { RawFileBackend } from '@tsvmm/block';
+import { FileIo, RawFileBackend } from '@tsvmm/block';
 import { BlkExtraState, VirtioBlkDevice } from './device';
 import { BlkWorkerPlane } from './dataplane';
 import { BlkIoThread, FromWorker, ToWorker } from './iothread';
@@ -20,7 +20,7 @@ const SIZE = 16;
 const later = (f: () => void) => setImmediate(f);
 
 /** A main-thread device with its data plane "in a worker" over the same memory. */
-function side(file: string, mem: GuestMemory) {
+function side(file: string, mem: GuestMemory, planeIo?: FileIo) {
   let plane: BlkWorkerPlane | undefined;
   const irqs: string[] = [];
   const sent: ToWorker['type'][] = [];
@@ -30,7 +30,7 @@ function side(file: string, mem: GuestMemory) {
     const init: Extract<ToWorker, { type: 'init' }> = {
       type: 'init', id: 'd0', regions: [], file, readonly: false, direct: false, numQueues: 1, serial: 'S', eventIdx: true,
     };
-    plane = new BlkWorkerPlane(mem, new RawFileBackend(file, false, false), init, (m: FromWorker) => later(() => deliver(structuredClone(m))), () => {
+    plane = new BlkWorkerPlane(mem, new RawFileBackend(file, false, false, planeIo), init, (m: FromWorker) => later(() => deliver(structuredClone(m))), () => {
       irqs.push('worker-q0');
     });
     return {
@@ -157,12 +157,22 @@ describe('virtio-blk iothread: migration state exchange', () => {
   it('completions held back while bus mastering is off travel with the worker state and are pushed once on the destination', async () => {
     const file = image();
     const mem = fakeMemory(1 << 20);
-    const src = side(file, mem);
+    // The worker's write is held until bus mastering is off (an engine may complete a page-cache write at once).
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const held: FileIo = {
+      readv: (fd, bufs, pos, cb) => fs.readv(fd, bufs, pos, cb),
+      writev: (fd, bufs, pos, cb) => void gate.then(() => fs.writev(fd, bufs, pos, cb)),
+      fdatasync: (fd, cb) => fs.fdatasync(fd, cb),
+    };
+    const src = side(file, mem, held);
     const drv = new MockDriverQueue(mem, SIZE);
     driverInit(src.main, drv);
     request(mem, drv, 0);
     src.main.notify(0, 'ioeventfd');
     src.main.setDisabled(true); // right behind the kick: the write completes while disabled
+    await settle();
+    release();
     await src.main.drain();
     const state = migrate(src.main);
     expect(state.virtio.disabled).toBe(true);

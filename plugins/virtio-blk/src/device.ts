@@ -89,7 +89,7 @@ export class VirtioBlkDevice extends VirtioDevice {
 
   override deviceInfo(): Record<string, unknown> {
     return {
-      capacity: this.capacity, readonly: this.backend.readonly, serial: this.serial, iothread: this.iothread ?? null,
+      capacity: this.capacity, readonly: this.backend.readonly, serial: this.serial, iothread: this.iothread ?? null, aio: this.backend.aio ?? null,
       'write-cache': this.driverOk ? (this.writeCache ? 'writeback' : 'writethrough') : null,
       // With an iothread: the worker's counters as it last reported them (within 100 ms; exact after a drain).
       'in-flight': this.workerStats?.inFlight ?? this.inFlight, ...(this.workerStats?.blk ?? this.blk),

@@ -1,9 +1,9 @@
 /**
  * The virtio-blk plugin: `--device virtio-blk,id=ID,file=PATH[,readonly=on][,num-queues=N]
- * [,serial=STR][,ioeventfd=on|off][,cache=writeback|none][,event-idx=on|off]`.
+ * [,serial=STR][,ioeventfd=on|off][,cache=writeback|none][,aio=io_uring|threads][,event-idx=on|off]`.
  */
 import { DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice } from '@tsvmm/pci';
-import { BackendOpenError, RawFileBackend } from '@tsvmm/block';
+import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import { BlkIoThread } from './iothread';
 import { BlkExtraState, VirtioBlkDevice } from './device';
 
@@ -67,11 +67,12 @@ export class VirtioBlkPci extends VirtioPciPluginDevice {
 export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>): VirtioBlkPci {
   let backend: RawFileBackend;
   try {
-    backend = new RawFileBackend(props.file as string, props.readonly as boolean, props.cache === 'none');
+    backend = new RawFileBackend(props.file as string, props.readonly as boolean, props.cache === 'none', props.aio as AioMode | undefined);
   } catch (e) {
     if (e instanceof BackendOpenError) throw new Error(`--device virtio-blk,id=${id}: file=${e.message}`);
     throw e;
   }
+  if (backend.aioFallback) ctx.log(`${id}: ${backend.aioFallback}`);
   if (backend.size < 512) {
     backend.close();
     throw new Error(`--device virtio-blk,id=${id}: file=${props.file as string} is smaller than one 512-byte sector`);
@@ -86,7 +87,7 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
       const thread = new BlkIoThread(props.iothread as string, (m) => blk.onDataPlaneMessage(m));
       thread.send({
         type: 'init', id, regions: ctx.vm.memoryRegions.map((r) => ({ fd: r.fd, gpa: Number(r.guestPhysAddr), size: r.size })),
-        file: props.file as string, readonly: props.readonly as boolean, direct: props.cache === 'none', numQueues: props['num-queues'] as number,
+        file: props.file as string, readonly: props.readonly as boolean, direct: props.cache === 'none', aio: backend.aio as AioMode, numQueues: props['num-queues'] as number,
         serial: (props.serial as string | undefined) ?? id, eventIdx: props['event-idx'] as boolean,
       });
       return thread;
@@ -119,6 +120,7 @@ export const plugin: DevicePlugin = {
         serial: { type: 'string', description: 'GET_ID string (up to 20 bytes; default: the device id)', pattern: /^[\x20-\x7e]{1,20}$/, patternHint: '1 to 20 printable ASCII characters' },
         ioeventfd: { type: 'bool', description: 'queue notifications through KVM ioeventfd (off: through the exit path)', default: true },
         cache: { type: 'enum', description: 'writeback (page cache) or none (O_DIRECT)', values: ['writeback', 'none'], default: 'writeback' },
+        aio: { type: 'enum', description: 'I/O engine: io_uring or threads (libuv\'s pool); default io_uring where the kernel allows it', values: [...AIO_MODES] },
         'event-idx': { type: 'bool', description: 'offer VIRTIO_RING_F_EVENT_IDX', default: true },
         iothread: { type: 'string', description: 'run the data plane (queues and I/O) in a worker thread with this name', pattern: /^[A-Za-z][A-Za-z0-9_.-]*$/, patternHint: 'a name starting with a letter' },
         ...VIRTIO_PCI_DEBUG_PROPERTIES,

@@ -21,7 +21,7 @@ port.on('message', (m: ToWorker) => {
     if (m.type === 'init') {
       const native = loadNative();
       const regions = m.regions.flatMap((r) => mapGuestRam(r.fd, r.gpa, r.size).pieces); // 1 GiB buffers, as the main thread's
-      const backend = new RawFileBackend(m.file, m.readonly, m.direct);
+      const backend = new RawFileBackend(m.file, m.readonly, m.direct, m.aio);
       plane = new BlkWorkerPlane(new GuestMemory(regions), backend, m, post, (fd) => native.eventfdWrite(fd, 1));
       return;
     }

@@ -1,7 +1,8 @@
 // A full host disk under a real guest: the image is a sparse file on a small tmpfs that runs out
 // while the guest kit writes (test=blk-fill). The write that did not fit is IOERR, never OK;
 // every write answered OK is in the image; the next FLUSH fails (docs/block-data-safety.md).
-// On the main thread and in an iothread, and write-through for a driver without FLUSH.
+// On the main thread (aio=io_uring, the default, and aio=threads) and in an iothread, and
+// write-through for a driver without FLUSH.
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -30,6 +31,7 @@ describeKvm('virtio-blk on a full host disk (guest kit, blk-fill)', () => {
 
   it.each([
     ['main thread', '', ''],
+    ['main thread, aio=threads', ',aio=threads', ''],
     ['iothread', ',iothread=io0', ''],
     ['iothread, driver without FLUSH (write-through)', ',iothread=io0', ' flush=0'],
   ])('%s: the write that does not fit is IOERR, what was OK is in the image, the next FLUSH (if negotiated) fails', async (name, opt, guestOpt) => {

@@ -28,6 +28,7 @@ describeKvm('virtio-blk driven by the guest kit', () => {
   describe.each([
     ['ioeventfd=on', 'ioeventfd=on'],
     ['ioeventfd=off', 'ioeventfd=off'],
+    ['aio=threads', 'aio=threads'],
     ['iothread=io0', 'iothread=io0'],
     ['iothread=io0 and ioeventfd=off', 'iothread=io0,ioeventfd=off'],
   ])('read/write/flush round trip with %s', (_name, opt) => {
@@ -103,6 +104,20 @@ describeKvm('virtio-blk driven by the guest kit', () => {
   it('iothread: MSI-X masking, bus mastering and multiqueue work from the worker', async () => {
     const img = image('io-misc.img', 512);
     for (const t of ['blk-msix-mask', 'blk-busmaster', 'blk-mq']) expectPass(await vmm(`test=${t}`, `virtio-blk,id=d0,file=${img},iothread=io0,num-queues=2`), t);
+  });
+
+  it('aio: without io_uring the default falls back to threads with a log line; aio=bogus and an impossible aio=io_uring are refused', async () => {
+    const img = image('aio-fallback.img', 512);
+    const noUring = { TSVMM_NO_IO_URING: '1' };
+    const r = await runGuestKit('test=blk-rw lba=10 sectors=8 seed=2', [`virtio-blk,id=d0,file=${img}`], { timeoutMs: 60_000, env: noUring });
+    expectPass(r, 'blk-rw');
+    expect(r.err).toMatch(/d0: io_uring is not available \(TSVMM_NO_IO_URING is set\); using aio=threads/);
+    const bad = await vmm('test=blk-rw', `virtio-blk,id=d0,file=${img},aio=bogus`);
+    expect(bad.code).not.toBe(0);
+    expect(bad.err).toMatch(/aio.*one of io_uring, threads/);
+    const forced = await runGuestKit('test=blk-rw', [`virtio-blk,id=d0,file=${img},aio=io_uring`], { env: noUring });
+    expect(forced.code).not.toBe(0);
+    expect(forced.err).toMatch(/aio=io_uring: io_uring is not available here/);
   });
 
   describe('hostile guest', () => {

@@ -1,11 +1,11 @@
 /**
  * The virtio-scsi plugin, QEMU-shaped:
  *   --device virtio-scsi,id=scsi0[,num-queues=N][,ioeventfd=on|off][,event-idx=on|off]
- *   --device scsi-hd,bus=scsi0,lun=N,file=PATH[,readonly=on][,serial=S][,cache=writeback|none][,logical-block-size=512|4096]
+ *   --device scsi-hd,bus=scsi0,lun=N,file=PATH[,readonly=on][,serial=S][,cache=writeback|none][,aio=io_uring|threads][,logical-block-size=512|4096]
  * The adapter exposes one target (0); each scsi-hd is a LUN on it, emulated by
  * @tsvmm/scsi over a raw image file.
  */
-import { BackendOpenError, RawFileBackend } from '@tsvmm/block';
+import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import {
   Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
 } from '@tsvmm/pci';
@@ -101,11 +101,12 @@ export function createScsiHd(ctx: DeviceContext, id: string, props: Record<strin
   if (bus.scsi.target.lun(lun)) throw new Error(`lun=${lun}: bus ${busId} already has a device on that LUN`);
   let backend: RawFileBackend;
   try {
-    backend = new RawFileBackend(props.file as string, props.readonly as boolean, props.cache === 'none');
+    backend = new RawFileBackend(props.file as string, props.readonly as boolean, props.cache === 'none', props.aio as AioMode | undefined);
   } catch (e) {
     if (e instanceof BackendOpenError) throw new Error(`file=${e.message}`);
     throw e;
   }
+  if (backend.aioFallback) ctx.log(`${id}: ${backend.aioFallback}`);
   const blockSize = props['logical-block-size'] as number;
   if (blockSize !== 512 && blockSize !== 4096) throw new Error(`logical-block-size=${blockSize}: must be 512 or 4096`);
   if (backend.size < blockSize) {
@@ -145,6 +146,7 @@ export const plugin: DevicePlugin = {
         readonly: { type: 'bool', description: 'write-protect the LUN (DATA PROTECT on writes)', default: false },
         serial: { type: 'string', description: 'unit serial number, VPD page 0x80 (default: the device id)', pattern: /^[\x21-\x7e]{1,36}$/, patternHint: '1 to 36 printable ASCII characters without spaces' },
         cache: { type: 'enum', description: 'writeback (page cache) or none (O_DIRECT)', values: ['writeback', 'none'], default: 'writeback' },
+        aio: { type: 'enum', description: 'I/O engine: io_uring or threads (libuv\'s pool); default io_uring where the kernel allows it', values: [...AIO_MODES] },
         'logical-block-size': { type: 'int', description: 'logical block size in bytes: 512 or 4096', default: 512, min: 512, max: 4096 },
       },
       create: createScsiHd,

@@ -29,14 +29,15 @@ describeKvm('scsi-hd on a full host disk (guest kit, scsi-fill)', () => {
   });
 
   it.each([
-    ['write cache on', 1],
-    ['WCE=0 (write-through)', 0],
-  ])('%s: the WRITE that does not fit is MEDIUM ERROR, GOOD data is in the image, the next SYNCHRONIZE CACHE fails', async (name, wce) => {
-    const img = path.join(mnt, `disk-wce${wce}.img`);
+    ['write cache on', 1, ''],
+    ['write cache on, aio=threads', 1, ',aio=threads'],
+    ['WCE=0 (write-through)', 0, ''],
+  ])('%s: the WRITE that does not fit is MEDIUM ERROR, GOOD data is in the image, the next SYNCHRONIZE CACHE fails', async (name, wce, aio) => {
+    const img = path.join(mnt, `disk-wce${wce}${aio ? '-threads' : ''}.img`);
     fs.closeSync(fs.openSync(img, 'w'));
     fs.truncateSync(img, 16 << 20); // sparse: 16 MiB on 512 KiB
     try {
-      const r = await runGuestKit(`test=scsi-fill blocks=${BLOCKS} seed=${SEED} wce=${wce}`, ['virtio-scsi,id=scsi0', `scsi-hd,bus=scsi0,lun=0,file=${img}`], { timeoutMs: 120_000 });
+      const r = await runGuestKit(`test=scsi-fill blocks=${BLOCKS} seed=${SEED} wce=${wce}`, ['virtio-scsi,id=scsi0', `scsi-hd,bus=scsi0,lun=0,file=${img}${aio}`], { timeoutMs: 120_000 });
       expectGuestPass(r, 'scsi-fill');
       if (!wce) expect(r.out).toContain('scsi-fill wce=0');
       const re = /scsi-fill write lba=(\d+) blocks=(\d+) response=(\d+) status=0x(\w+) key=0x(\w+) asc=0x(\w+)/g;

@@ -23,12 +23,12 @@ function vmm(cmdline: string, devices: string[]): Promise<Run> {
 }
 
 /** An adapter with a writable 16 MiB LUN 0 and a read-only 4 MiB LUN 1. */
-function twoLuns(adapter = 'virtio-scsi,id=scsi0'): { a: string; b: string; devices: string[] } {
+function twoLuns(adapter = 'virtio-scsi,id=scsi0', diskOpt = ''): { a: string; b: string; devices: string[] } {
   const a = image(`a-${Math.random().toString(36).slice(2)}.img`, 16 << 20);
   const b = image(`b-${Math.random().toString(36).slice(2)}.img`, 4 << 20, 0x3c);
   return {
     a, b,
-    devices: [adapter, `scsi-hd,bus=scsi0,lun=0,file=${a},serial=SER0`, `scsi-hd,bus=scsi0,lun=1,file=${b},readonly=on,serial=SER1`],
+    devices: [adapter, `scsi-hd,bus=scsi0,lun=0,file=${a},serial=SER0${diskOpt}`, `scsi-hd,bus=scsi0,lun=1,file=${b},readonly=on,serial=SER1${diskOpt}`],
   };
 }
 
@@ -57,9 +57,10 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
     ['ioeventfd=on', 'virtio-scsi,id=scsi0'],
     ['ioeventfd=off', 'virtio-scsi,id=scsi0,ioeventfd=off'],
     ['4 request queues', 'virtio-scsi,id=scsi0,num-queues=4'],
-  ])('with %s', (_name, adapter) => {
+    ['aio=threads', 'virtio-scsi,id=scsi0', ',aio=threads'],
+  ])('with %s', (_name, adapter, diskOpt = '') => {
     it('READ/WRITE 6/10/12/16, WRITE AND VERIFY, VERIFY with BYTCHK, SYNCHRONIZE CACHE: the image holds the pattern', async () => {
-      const { a, devices } = twoLuns(adapter);
+      const { a, devices } = twoLuns(adapter, diskOpt);
       const r = await vmm('test=scsi-rw lun=0 lba=100 blocks=48 seed=7 strict=1', devices);
       expectPass(r, 'scsi-rw');
       for (const op of ['write10', 'write16', 'write6', 'read6', 'read10', 'read12', 'read16', 'write-verify10', 'verify10', 'sync-cache10', 'sync-cache16'])
@@ -144,6 +145,7 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
     [['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=IMG', 'scsi-hd,id=d1,bus=scsi0,file=IMG'], /--device scsi-hd,id=d1: lun=0: bus scsi0 already has a device on that LUN/],
     [['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=/nonexistent.img'], /--device scsi-hd,id=d0: file=\/nonexistent.img: no such file/],
     [['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=IMG,lun=16384'], /--device scsi-hd,id=d0: property 'lun' must be at most 16383/],
+    [['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=IMG,aio=posix'], /--device scsi-hd,id=d0: property 'aio' must be one of io_uring, threads/],
   ])('configuration errors name the device and the property: %j', async (devices, message) => {
     const img = image('cfg.img', 1 << 20);
     const r = await vmm('test=pci-scan', devices.map((d) => d.replace('IMG', img)));
