@@ -184,6 +184,7 @@ export class RawFileBackend implements BlockBackend {
       }
     }
     this.io.addFd?.(this.fd);
+    if (this.bufferedFd !== undefined) this.io.addFd?.(this.bufferedFd);
   }
 
   private blockDeviceSize(): number {
