@@ -4,6 +4,7 @@ import {
   checkConfig, ConfigError, configFromJson, defaultConfig, describeFileError, DeviceConfig, parseCpus, parseDeviceSpec, parseMemory,
   parseQmp, parseSerial, VmConfig,
 } from './config';
+import { parseStallMs } from './config';
 
 export const USAGE = `Usage: vmm run [options]
        vmm plugins [--json]
@@ -33,6 +34,8 @@ Options:
   --restore FILE         continue the guest from an x-snapshot-save file (same
                          --kernel, --memory, --cpus and devices as when it was saved)
   --trace-boot           report the time from start to the first serial byte
+  --stall-ms N           the virtqueue stall detector's threshold for devices without
+                         stall-ms= (default 0: off); see docs/qmp.md
   -h, --help             show this help
 
 With --serial stdio on a terminal, Ctrl-A x quits.
@@ -45,7 +48,7 @@ the host cannot emulate), 114 on a VM entry failure, 1 on a VMM error,
 
 export type Command = { kind: 'help' } | { kind: 'run'; config: VmConfig } | { kind: 'plugins'; json: boolean };
 
-const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore'];
+const VALUE_FLAGS = ['--kernel', '--initrd', '--cmdline', '--memory', '--cpus', '--device', '--serial', '--config', '--qmp', '--monitor', '--incoming', '--restore', '--stall-ms'];
 
 export function parseArgs(argv: readonly string[]): Command {
   const args = [...argv];
@@ -113,6 +116,9 @@ export function parseArgs(argv: readonly string[]): Command {
         break;
       case '--restore':
         config.restore = value;
+        break;
+      case '--stall-ms':
+        config.stallMs = parseStallMs(flag, value);
         break;
       case '--device':
         devices.push(parseDeviceSpec(flag, value, devices.length + fromFileDevices.length));

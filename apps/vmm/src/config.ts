@@ -73,6 +73,15 @@ export interface VmConfig {
   incoming?: string;
   /** --restore FILE: continue from an x-snapshot-save file instead of booting. */
   restore?: string;
+  /** --stall-ms N: the stall detector's threshold for devices without stall-ms= (0: off, the default). */
+  stallMs?: number;
+}
+
+/** --stall-ms N: 0 (off) to 3600000 ms, as the stall-ms= device property. */
+export function parseStallMs(flag: string, v: string): number {
+  const n = /^\d{1,7}$/.test(v) ? Number(v) : NaN;
+  if (!(n <= 3600000)) throw new ConfigError(`${flag}: '${v}' must be a whole number of milliseconds from 0 (off) to 3600000`);
+  return n;
 }
 
 export class ConfigError extends Error {

@@ -165,7 +165,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     await machine.stop();
     return EXIT_CODE_VMM_ERROR;
   }
-  monitor.startStallDetector();
+  monitor.startStallDetector(config.stallMs ?? 0);
   let exitPromise: Promise<MachineExit>;
   if (config.incoming || config.restore) {
     // The machine was built (devices, RAM) as for a boot; the stream replaces its state before any vCPU runs.

@@ -109,6 +109,7 @@ export function queueStatus(pci: VirtioPciDevice, queue: number): Record<string,
     'debug-events': c.debugEvents,
     'pending-drop-kicks': d.faults[queue].dropKicks,
     'pending-drop-interrupts': d.faults[queue].dropInterrupts,
+    ...d.queueTiming(queue, Date.now()),
     ...d.queueInfo(queue),
   };
 }
