@@ -469,7 +469,7 @@ export abstract class VirtioDevice {
       if (this.faults[i].dropInterrupts > 0) {
         this.faults[i].dropInterrupts--;
         this.counters[i].interruptsDropped++;
-        if (q.driverAsked) QueueStallState.interruptDropped(q.stall.interrupt, Date.now(), q.usedIdx, q.ringSnapshot()?.usedEvent);
+        if (q.driverAsked) QueueStallState.interruptDropped(q.stall.interrupt, Date.now(), q.usedIdx, q.availIndex());
         return;
       }
       this.counters[i].interrupts++;
@@ -482,7 +482,7 @@ export abstract class VirtioDevice {
     this.interrupt?.signalQueue(i);
     const q = this.queues[i];
     if (!asked) QueueStallState.interruptUnasked(q.stall.interrupt, Date.now());
-    else QueueStallState.interruptSent(q.stall.interrupt, Date.now(), q.usedIdx, this.interrupt?.queueDeliveryBlock?.(i), q.ringSnapshot()?.usedEvent);
+    else QueueStallState.interruptSent(q.stall.interrupt, Date.now(), q.usedIdx, this.interrupt?.queueDeliveryBlock?.(i), q.availIndex());
   }
 
   /** DeviceEvent call: the queue's interrupt, exactly as the device would send it (masking honoured by the transport). */

@@ -14,10 +14,11 @@
  * needed: used_event crossed, or VRING_AVAIL_F_NO_INTERRUPT clear) and for
  * stall-ms it could not be delivered (dropped, no vector, MSI-X disabled,
  * vector masked with its PBA bit pending, irqfd missing), or it was delivered
- * and the driver has not consumed the used entries: with EVENT_IDX a driver
- * that consumed them moves used_event up to the used index it saw (virtio
- * 1.2 2.7.10); without EVENT_IDX the driver's progress is invisible, so a
- * delivered interrupt settles the debt.
+ * and the driver has not consumed the used entries (driver-silent). The debt
+ * is settled when the driver shows progress: with EVENT_IDX it moved
+ * used_event up to the used index of the interrupt (virtio 1.2 2.7.10), or
+ * it published buffers since (any driver). Without EVENT_IDX a delivered
+ * interrupt settles it (the driver's consumer index is invisible).
  */
 
 export type StallSide = 'kick' | 'interrupt';
@@ -48,8 +49,8 @@ export interface OwedInterrupt {
   dropped: boolean;
   /** What the transport said when it was sent (a later unmask may still deliver a masked one). */
   block?: DeliveryBlock;
-  /** used_event when it was sent (EVENT_IDX): a driver that wrote it since is not silent. */
-  usedEvent?: number;
+  /** The avail index when it was sent: a driver that published buffers since is not silent. */
+  availIdx?: number;
 }
 
 /** The interrupt half of a queue's record: kept by the copy that completes requests. */
@@ -109,9 +110,11 @@ export function kickStalled(ring: RingSnapshot, lastAvailIdx: number, availIdxAt
 export function interruptStalled(ring: RingSnapshot, rec: InterruptRecord, block: DeliveryBlock | undefined): StallCause | undefined {
   const owed = rec.owed;
   if (!owed) return undefined;
-  // With EVENT_IDX the driver shows it consumed the entries by moving used_event up to them (or
-  // at all: Linux writes 0 to it when it switches to polling, virtqueue_disable_cb).
-  const consumed = ring.eventIdx && ring.usedEvent !== undefined && (!ahead(owed.usedIdx, ring.usedEvent) || (owed.usedEvent !== undefined && ring.usedEvent !== owed.usedEvent));
+  // The driver shows it consumed the entries by moving used_event up to them (EVENT_IDX), or shows
+  // it is alive by publishing buffers since (a driver polling under load, e.g. Linux NAPI, leaves
+  // used_event behind until it re-enables interrupts; blocked on a lost interrupt it publishes nothing).
+  const consumed = (ring.eventIdx && ring.usedEvent !== undefined && !ahead(owed.usedIdx, ring.usedEvent))
+    || (owed.availIdx !== undefined && ring.availIdx !== owed.availIdx);
   if (consumed) return undefined;
   if (owed.dropped) return 'dropped';
   if (block) return block;
@@ -151,9 +154,9 @@ export class QueueStallState {
   }
 
   /** The device decided the driver needs an interrupt for used entries up to `usedIdx`. */
-  static interruptSent(rec: InterruptRecord, now: number, usedIdx: number, block: DeliveryBlock | undefined, usedEvent: number | undefined): void {
+  static interruptSent(rec: InterruptRecord, now: number, usedIdx: number, block: DeliveryBlock | undefined, availIdx: number | undefined): void {
     rec.lastInterruptAt = now;
-    rec.owed = { usedIdx, since: now, dropped: false, block, usedEvent };
+    rec.owed = { usedIdx, since: now, dropped: false, block, availIdx };
   }
 
   /** An interrupt sent that the driver had not asked for (the first after activation): nothing owed. */
@@ -163,9 +166,9 @@ export class QueueStallState {
   }
 
   /** The interrupt was thrown away (fault injection): owed from the first one lost. */
-  static interruptDropped(rec: InterruptRecord, now: number, usedIdx: number, usedEvent: number | undefined): void {
+  static interruptDropped(rec: InterruptRecord, now: number, usedIdx: number, availIdx: number | undefined): void {
     if (rec.owed?.dropped) rec.owed.usedIdx = usedIdx;
-    else rec.owed = { usedIdx, since: now, dropped: true, usedEvent };
+    else rec.owed = { usedIdx, since: now, dropped: true, availIdx };
   }
 
   /** Device reset or queue (re)activation: nothing owed, no episode. */
