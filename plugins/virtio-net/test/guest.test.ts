@@ -122,9 +122,7 @@ describeKvm('virtio-net driven by the guest kit over a TAP in a network namespac
     // The idle receive queue held its buffers the whole time: never a kick-side stall; one event per episode.
     const stalls = d.events.filter((m) => m.event === 'VIRTQUEUE_STALL').map((m) => m.data);
     expect(stalls).toEqual([d.kickStall, d.irqStall]);
-    expect(d.events.filter((m) => m.event === 'VIRTQUEUE_STALL_CLEARED').map((m) => m.data)).toEqual(
-      expect.arrayContaining([expect.objectContaining({ queue: 1, side: 'kick' }), expect.objectContaining({ queue: 0, side: 'interrupt' })]),
-    );
+    expect(d.events.find((m) => m.event === 'VIRTQUEUE_STALL_CLEARED')?.data).toMatchObject({ queue: 1, side: 'kick', cause: 'no-notify' });
   });
 
   it('multiqueue: traffic on two queue pairs', async () => {
