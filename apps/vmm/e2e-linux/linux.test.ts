@@ -38,6 +38,11 @@ function expectBigDio(out: string, dev: string): void {
     }
 }
 
+/** No false alarm (docs/qmp.md "Stall detector"): the boots run with stall-ms=500 on every virtio device; none may report a stall. */
+function expectNoStall(r: { err: string }): void {
+  expect(r.err).not.toMatch(/stalled on the (kick|interrupt) side/);
+}
+
 describeKvm('Linux guest', () => {
   it('boots to /init through the bzImage 64-bit boot protocol and ends the VMM with reboot -f', async () => {
     const r = await runLinux('boot');
@@ -55,14 +60,15 @@ describeKvm('Linux guest', () => {
     fs.truncateSync(img, 8 * 2 ** 20); // the rest sparse
     const withFs = ioeventfd === 'on';
     const fsImg = path.join(tmp, 'vdb-ext2.img');
-    const args = ['--device', `virtio-blk,id=d0,file=${img},ioeventfd=${ioeventfd}`];
+    const args = ['--device', `virtio-blk,id=d0,file=${img},ioeventfd=${ioeventfd},stall-ms=500`];
     if (withFs) {
       fs.writeFileSync(fsImg, '');
       fs.truncateSync(fsImg, 16 * 2 ** 20); // sparse
-      args.push('--device', `virtio-blk,id=d1,file=${fsImg},ioeventfd=${ioeventfd}`);
+      args.push('--device', `virtio-blk,id=d1,file=${fsImg},ioeventfd=${ioeventfd},stall-ms=500`);
     }
     const r = await runLinux('virtio-blk', { args, params: `tsvmm.dio=1${withFs ? ' tsvmm.fs=vdb' : ''}`, timeoutMs: 540_000 });
     expectGuestPass(r, 'virtio-blk');
+    expectNoStall(r);
     expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-req\.0/);
     expect(r.out).toContain('blkdiscard ok');
     expectBigDio(r.out, 'vda');
@@ -89,12 +95,13 @@ describeKvm('Linux guest', () => {
     fs.writeFileSync(c, '');
     fs.truncateSync(c, 16 * 2 ** 20); // sparse
     const r = await runLinux('scsi', {
-      args: ['--device', 'virtio-scsi,id=scsi0', '--device', `scsi-hd,bus=scsi0,lun=0,file=${a},serial=LINUX-A`,
+      args: ['--device', 'virtio-scsi,id=scsi0,stall-ms=500', '--device', `scsi-hd,bus=scsi0,lun=0,file=${a},serial=LINUX-A`,
         '--device', `scsi-hd,bus=scsi0,lun=3,file=${b},readonly=on,serial=LINUX-B`, '--device', `scsi-hd,bus=scsi0,lun=5,file=${c},serial=LINUX-C`],
       params: 'tsvmm.dio=1 tsvmm.fs=sdc',
       timeoutMs: 540_000,
     });
     expectGuestPass(r, 'scsi');
+    expectNoStall(r); // request queue under load, the event queue holding its buffers throughout
     expect(r.out).toContain("linux-guest: scsi-disk dev=sda hctl=0:0:0:0 sectors=16384 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-A'");
     expect(r.out).toContain("linux-guest: scsi-disk dev=sdb hctl=0:0:0:3 sectors=4096 ro=1 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-B'");
     expect(r.out).toContain("linux-guest: scsi-disk dev=sdc hctl=0:0:0:5 sectors=32768 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-C'");
@@ -135,7 +142,7 @@ describeKvm('Linux guest', () => {
     }
   });
 
-  it('monitor: queue counters move under I/O; stop freezes them with ioeventfd off, cont resumes with it on; no I/O lost', async () => {
+  it('monitor (iothread=io0, --stall-ms 500): queue counters move under I/O; stop freezes them with ioeventfd off, cont resumes with it on; no I/O lost; no VIRTQUEUE_STALL', async () => {
     const img = path.join(tmp, 'io-loop.img');
     fs.writeFileSync(img, Buffer.alloc(4 * 2 ** 20, 0xee));
     const sock = path.join(tmp, 'qmp.sock');
@@ -144,7 +151,8 @@ describeKvm('Linux guest', () => {
     let monitor: Promise<void> | undefined;
     const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     const r = await runLinux('io-loop', {
-      args: ['--device', `virtio-blk,id=d0,file=${img}`, '--qmp', `unix:${sock}`],
+      // The detector must read the iothread's indices (the worker processes the queue), not the main thread's.
+      args: ['--device', `virtio-blk,id=d0,file=${img},iothread=io0`, '--qmp', `unix:${sock}`, '--stall-ms', '500'],
       params: 'tsvmm.rounds=16',
       onLine: (l) => {
         if (monitor || !l.startsWith('linux-guest: io-loop start')) return;
@@ -163,6 +171,8 @@ describeKvm('Linux guest', () => {
           seen.stillStopped = await q();
           await c.run('cont');
           seen.resumed = await q();
+          await sleep(2000);
+          seen.stalls = c.messages.some((m) => m.event === 'VIRTQUEUE_STALL');
           c.close();
         })();
       },
@@ -178,6 +188,8 @@ describeKvm('Linux guest', () => {
     expect(still.chains).toBe(stopped.chains); // nothing moves while stopped
     expect(still['used-idx']).toBe(stopped['used-idx']);
     expect(resumed.ioeventfd).toBe(true);
+    expect(seen.stalls).toBe(false);
+    expectNoStall(r);
     const data = fs.readFileSync(img);
     for (let i = 0; i < 16; i++) expect(data.subarray(i * 65536, (i + 1) * 65536).equals(guestPattern())).toBe(true);
     expect(data[16 * 65536]).toBe(0xee);
@@ -266,7 +278,7 @@ describeKvm('Linux guest', () => {
       ns = new TapNetns(`${NETNS_PREFIX}${process.pid}`, 'tap0', '10.0.9.1/24');
       let hostPing: Promise<{ ok: boolean; out: string }> | undefined;
       const r = await runLinux('net-ping', {
-        args: ['--device', `virtio-net,id=n0,tap=tap0,mac=${MAC}`],
+        args: ['--device', `virtio-net,id=n0,tap=tap0,mac=${MAC},stall-ms=500`],
         // After its own pings the guest waits (up to 120 s) for 3 echo requests from the host.
         params: 'tsvmm.ip=10.0.9.2/24 tsvmm.peer=10.0.9.1 tsvmm.hold=120 tsvmm.pings=3',
         wrap: ns.exec,
@@ -276,6 +288,7 @@ describeKvm('Linux guest', () => {
       });
       const host = hostPing ? await hostPing : { ok: false, out: 'the guest never printed "linux-guest: holding"' };
       expectGuestPass(r, 'net-ping');
+      expectNoStall(r); // the receive queue idles with its buffers while the guest holds
       expect(r.out).toContain(`linux-guest: note eth0 driver=virtio_net mac=${MAC}`);
       expect(r.out).toMatch(/^3 packets transmitted, 3 packets received/m); // the guest's busybox ping
       expect(host.out).toMatch(/3 packets transmitted, 3 (packets )?received/);
