@@ -625,8 +625,13 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     this.configWrite(this.msix.capOffset + 2, 2, 0);
   }
 
-  /** Stall detection settings for the monitor: stall-ms (undefined: the VMM-wide default), stall-policy. */
-  stall: { ms: number | undefined; policy: StallPolicy } = { ms: undefined, policy: 'none' };
+  /**
+   * Stall detection settings for the monitor: stall-ms (undefined: the
+   * VMM-wide --stall-ms), stall-policy. Off unless the plugin offers the
+   * properties (stallSettings): a device whose queues a backend serves cannot
+   * be judged (docs/vhost.md).
+   */
+  stall: { ms: number | undefined; policy: StallPolicy } = { ms: 0, policy: 'none' };
 
   destroy(): void {
     this.vmRunning = false;
