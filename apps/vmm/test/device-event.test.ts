@@ -189,6 +189,16 @@ describeKvm('x-debug-device-event: lost kicks and lost interrupts', () => {
     expect(vm.err()).toContain('stall-policy=kick: kicking queue 0');
   });
 
+  it('stall-policy=call recovers a lost interrupt with no operator action, once', async () => {
+    vm = await boot(',stall-ms=300,stall-policy=call');
+    await vm.qmp.run('x-debug-virtqueue-drop', { dev: 'd0', queue: 0, interrupts: 1 });
+    await vm.qmp.run('cont');
+    expect(await vm.exited).toBe(0);
+    expect(vm.out()).toContain('guest-kit: PASS test=blk-get-id');
+    expect(vm.err()).toContain('stall-policy=call: sending the interrupt of queue 0');
+    expect(vm.qmp.messages.filter((m) => m.event === 'VIRTQUEUE_STALL').map((m) => m.data)).toEqual([expect.objectContaining({ side: 'interrupt', cause: 'dropped' })]);
+  });
+
   it('HMP shows the queue and delivers device_event', async () => {
     vm = await boot();
     await vm.qmp.run('x-debug-virtqueue-drop', { dev: 'd0', queue: 0, interrupts: 1 });
