@@ -224,10 +224,4 @@ export class QueueStallState {
     }
     return out;
   }
-
-  /** After a stall-policy recovery the episode may be reported again if it persists. */
-  rearm(side: StallSide): void {
-    this.held[side] = undefined;
-    this.reported[side] = undefined;
-  }
 }
