@@ -50,6 +50,15 @@ describe('parseArgs', () => {
     expect(() => parseArgs(argv)).toThrow(msg);
   });
 
+  it('--stall-ms: the stall detector default, 0 to 3600000 ms; anything else is refused by name', () => {
+    const run = (v: string) => parseArgs(['run', '--kernel', 'k', '--stall-ms', v]);
+    expect(run('500')).toMatchObject({ config: { stallMs: 500 } });
+    expect(run('0')).toMatchObject({ config: { stallMs: 0 } });
+    expect(parseArgs(['run', '--kernel', 'k', '--stall-ms=3600000'])).toMatchObject({ config: { stallMs: 3600000 } });
+    for (const bad of ['-1', '3600001', '1e3', '0x10', '', 'fast', '500ms', '99999999999999999999'])
+      expect(() => run(bad)).toThrow(`--stall-ms: '${bad}' must be a whole number of milliseconds from 0 (off) to 3600000`);
+  });
+
   it('accepts -S with a monitor and a socket path of exactly 107 bytes', () => {
     const p = `/tmp/${'q'.repeat(102)}`;
     expect(Buffer.byteLength(p)).toBe(107);
@@ -198,7 +207,7 @@ describe('--config FILE.json', () => {
     ['{"kernel": "k", "devices": [{"file": "a"}]}', 'devices[0].type: must be a string (a device type)'],
     ['{"kernel": "k", "devices": [{"type": "virtio-blk", "id": "1x"}]}', "devices[0].id: id '1x' must start with a letter"],
     ['{"kernel": "k", "devices": ["virtio-blk,novalue"]}', "devices[0] 'virtio-blk,novalue': 'novalue' is not key=value"],
-    ['{"kernel": "k", "kernal": "x"}', "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, run-with, sandbox, trace-boot, log-level, log-file, log-format, metrics)"],
+    ['{"kernel": "k", "kernal": "x"}', "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, run-with, stall-ms, sandbox, trace-boot, log-level, log-file, log-format, metrics)"],
     ['{"kernel": "k", "config": "x"}', "unknown setting 'config'"],
     ['[1]', 'the file must hold a JSON object'],
     ['', 'the file is empty'],

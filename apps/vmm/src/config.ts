@@ -100,6 +100,15 @@ export interface VmConfig {
   restore?: string;
   /** --sandbox on: no_new_privs and the seccomp filter once everything is open (docs/security.md). */
   sandbox: boolean;
+  /** --stall-ms N: the stall detector's threshold for devices without stall-ms= (0: off, the default). */
+  stallMs?: number;
+}
+
+/** --stall-ms N: 0 (off) to 3600000 ms, as the stall-ms= device property. */
+export function parseStallMs(flag: string, v: unknown): number {
+  const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d{1,7}$/.test(v) ? Number(v) : NaN;
+  if (!Number.isInteger(n) || n < 0 || n > 3600000) throw new ConfigError(`${flag}: '${String(v)}' must be a whole number of milliseconds from 0 (off) to 3600000`);
+  return n;
 }
 
 export class ConfigError extends Error {
@@ -456,6 +465,12 @@ export const SETTINGS: readonly Setting[] = [
     help: 'once /dev/kvm, images, TAPs and sockets are open: chroot to\nDIR, become USER and drop every capability (docs/security.md)',
     json: (z) => z.string({ error: 'must be "user=USER|UID:GID[,chroot=DIR]"' }),
     apply: (c, v, { where }) => void (c.runWith = parseRunWith(where, v)),
+  },
+  {
+    name: 'stall-ms', kind: 'value', arg: 'N',
+    help: "the virtqueue stall detector's threshold for devices without\nstall-ms= (default 0: off); see docs/qmp.md",
+    json: (z) => z.union([z.number().int(), z.string()], { error: 'must be a whole number of milliseconds' }),
+    apply: (c, v, { where }) => void (c.stallMs = parseStallMs(where, v)),
   },
   {
     // A value, not a switch: QEMU's `-sandbox on` spelling, so `--sandbox on` works as QEMU users type it.

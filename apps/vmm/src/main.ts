@@ -240,7 +240,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     monitor.close();
     return EXIT_CODE_VMM_ERROR;
   }
-  monitor.startStallDetector();
+  monitor.startStallDetector(config.stallMs ?? 0);
   if (config.sandbox) {
     // Everything the VMM opens up front is open (KVM, RAM, devices, TAPs, QMP sockets); the vCPU threads start below and inherit the filter.
     try {

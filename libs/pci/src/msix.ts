@@ -118,6 +118,11 @@ export class MsixController {
     for (const v of [...this.inUse]) this.releaseVector(v);
   }
 
+  /** Whether `v` is in use and has its irqfd registered with KVM (a live vector always should). */
+  irqfdAssigned(v: number): boolean {
+    return this.routes.get(v)?.assigned === true;
+  }
+
   /** The eventfd that injects `v` (for a backend that signals the guest directly). */
   eventFd(v: number): EventFd | undefined {
     return this.routes.get(v)?.efd;

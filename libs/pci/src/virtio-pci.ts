@@ -20,7 +20,7 @@
  * never reaches the vCPU exit handler or the event loop.
  */
 import { EventFd, Vm } from '@tsvmm/kvm-native';
-import { Fields, VirtioDevice, VirtioDeviceState, VirtioInterrupt, virtioUapi as V, within } from '@tsvmm/virtio-core';
+import { DeliveryBlock, Fields, VirtioDevice, VirtioDeviceState, VirtioInterrupt, virtioUapi as V, within } from '@tsvmm/virtio-core';
 import { CheckedVirtioPciState, parseVirtioPciState } from './virtio-pci-state';
 import { GsiRoutes } from './gsi-routes';
 import { BusDevice, IoBus } from './io-bus';
@@ -31,11 +31,18 @@ import { PciBus } from './pci-bus';
 
 import type { PropertySchema } from './properties';
 
-/** Properties every virtio-pci plugin offers for the stall detector. */
+/** Properties every virtio-pci plugin offers for the stall detector (docs/qmp.md). */
 export const VIRTIO_PCI_DEBUG_PROPERTIES: PropertySchema = {
-  'stall-ms': { type: 'int', description: 'emit VIRTQUEUE_STALL when a kick or interrupt is missing this long (0: off)', default: 0, min: 0, max: 3600000 },
-  'stall-policy': { type: 'enum', description: 'what to do on a kick-side stall: none, or kick the queue', values: ['none', 'kick'], default: 'none' },
+  'stall-ms': { type: 'int', description: 'emit VIRTQUEUE_STALL when a kick or interrupt is missing this long (0: off; absent: the VMM-wide --stall-ms)', min: 0, max: 3600000 },
+  'stall-policy': { type: 'enum', description: 'what to do on a stall: none, kick the queue (kick side), or send its interrupt (interrupt side)', values: ['none', 'kick', 'call'], default: 'none' },
 };
+
+export type StallPolicy = 'none' | 'kick' | 'call';
+
+/** A plugin's stall settings from its properties (VIRTIO_PCI_DEBUG_PROPERTIES). */
+export function stallSettings(props: Record<string, unknown>): { ms: number | undefined; policy: StallPolicy } {
+  return { ms: props['stall-ms'] as number | undefined, policy: (props['stall-policy'] as StallPolicy | undefined) ?? 'none' };
+}
 
 export const VIRTIO_PCI_VENDOR_ID = 0x1af4;
 export const VIRTIO_PCI_DEVICE_ID_BASE = 0x1040;
@@ -375,6 +382,16 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     if (this.msix.enabled && v !== undefined && v !== NO_VECTOR) this.msix.notify(v);
   }
 
+  /** The stall detector's view (InterruptDeliveryView): why the queue's interrupt is not reaching the driver now. */
+  queueDeliveryBlock(queue: number): DeliveryBlock | undefined {
+    const v = this.queueVectors[queue];
+    if (!this.msix.enabled) return 'msix-disabled';
+    if (v === undefined || v === NO_VECTOR) return 'no-vector';
+    if (this.msix.functionMasked || this.msix.vectorMasked(v)) return this.msix.pending(v) ? 'vector-masked' : undefined;
+    if (!this.msix.irqfdAssigned(v)) return 'no-irqfd';
+    return undefined;
+  }
+
   signalConfig(): void {
     this.isr |= V.VIRTIO_PCI_ISR_CONFIG;
     if (this.msix.enabled && this.msixConfig !== NO_VECTOR) this.msix.notify(this.msixConfig);
@@ -608,8 +625,13 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     this.configWrite(this.msix.capOffset + 2, 2, 0);
   }
 
-  /** Stall detection settings (stall-ms, stall-policy) for the monitor. */
-  stall: { ms: number; policy: 'none' | 'kick' } = { ms: 0, policy: 'none' };
+  /**
+   * Stall detection settings for the monitor: stall-ms (undefined: the
+   * VMM-wide --stall-ms), stall-policy. Off unless the plugin offers the
+   * properties (stallSettings): a device whose queues a backend serves cannot
+   * be judged (docs/vhost.md).
+   */
+  stall: { ms: number | undefined; policy: StallPolicy } = { ms: 0, policy: 'none' };
 
   destroy(): void {
     this.vmRunning = false;

@@ -1,3 +1,4 @@
 export * from './run';
 export { QmpClient } from './qmp-client';
 export * from './migration';
+export * from './stall';

@@ -4,8 +4,10 @@
  * answer to a malformed ring; anything thrown is a crash, and so is a chain
  * that breaks what readChain promises (every buffer in RAM, readable before
  * writable, lengths adding up, no more descriptors than the table holds).
+ * Then the stall detector's rules over the same guest-written rings (indices,
+ * flags, used_event, avail_event): answers, never a throw.
  */
-import { describeQueueError, GuestMemoryError, SplitVirtqueue } from '@tsvmm/virtio-core';
+import { describeQueueError, GuestMemoryError, interruptStalled, kickStalled, QueueStallState, SplitVirtqueue } from '@tsvmm/virtio-core';
 import { guestFromInput, programQueue } from '@tsvmm/testing/fuzz';
 
 export const maxLen = 0x3000;
@@ -51,8 +53,27 @@ export function fuzz(data: Buffer): void {
     if (descs > Math.max(g.queueSize, g.mem.size / 16)) throw new Error(`chain of ${descs} descriptors`);
     q.pushUsed(c.head, wl);
   }
-  q.needsInterrupt();
+  const asked = q.needsInterrupt() && q.driverAsked;
   q.enableNotification();
+  stallRules(q, asked, data[2] ?? 0);
+}
+
+const CAUSES = new Set(['no-notify', 'dropped', 'driver-silent', 'vector-masked', 'no-vector', 'msix-disabled', 'no-irqfd']);
+
+/** The detector over whatever the guest left in the rings, with the kick and interrupt records from the input. */
+function stallRules(q: SplitVirtqueue, asked: boolean, b: number): void {
+  const ring = q.ringSnapshot();
+  if (!ring) throw new Error('an active queue has no ring snapshot');
+  q.stall.kicked(0, b & 1 ? ring.availIdx ^ b : undefined);
+  if (asked) QueueStallState.interruptSent(q.stall.interrupt, 0, q.usedIdx, b & 2 ? 'vector-masked' : undefined, b & 4 ? (ring.availIdx + b) & 0xffff : undefined);
+  if (b & 8) QueueStallState.interruptDropped(q.stall.interrupt, 0, q.usedIdx, ring.availIdx);
+  const kick = kickStalled(ring, q.lastAvailIdx, q.stall.availIdxAtLastKick, (b & 16) !== 0);
+  const irq = interruptStalled(ring, q.stall.interrupt, b & 32 ? 'no-vector' : undefined);
+  if (typeof kick !== 'boolean' || (irq !== undefined && !CAUSES.has(irq))) throw new Error(`bad verdicts ${kick} ${irq}`);
+  for (let t = 0; t < 3; t++) {
+    for (const tr of q.stall.check(t * 100, true, 150, { kick: kick ? 'no-notify' : undefined, interrupt: irq }, { kicks: t, interrupts: t }))
+      if (tr.stalledMs < 0 || !CAUSES.has(tr.cause)) throw new Error(`bad transition ${JSON.stringify(tr)}`);
+  }
 }
 
 export function isExpected(e: unknown): boolean {

@@ -23,6 +23,7 @@ import { LogRateLimiter } from './rate-limit';
 import { describeQueueError, QueueError, QueueState, SplitVirtqueue } from './virtqueue';
 import { StateError } from './state-check';
 import { CheckedVirtioState, parseVirtioState } from './virtio-state';
+import { InterruptDeliveryView, InterruptRecord, kickStalled, interruptStalled, QueueStallState, StallCause, StallSide, StallTransition } from './stall';
 
 /**
  * A guest broke the device protocol in a way the device notices deep in its
@@ -43,8 +44,11 @@ export class GuestError extends Error {
  */
 export const CHAIN_BUDGET = 64;
 
-/** What the transport gives the device: how to interrupt the driver. */
-export interface VirtioInterrupt {
+/**
+ * What the transport gives the device: how to interrupt the driver, and
+ * (for the stall detector) why an interrupt would not reach it now.
+ */
+export interface VirtioInterrupt extends Partial<InterruptDeliveryView> {
   /** The queue's used-buffer notification (MSI-X vector, or ISR bit 0 + INTx). */
   signalQueue(queue: number): void;
   /** A configuration-change notification (ISR bit 1). */
@@ -104,6 +108,13 @@ export interface QueueCounters {
   debugEvents: number;
 }
 
+/** A stall detector transition of one queue, with the ring indices for the event. */
+export interface StallReport {
+  queue: number;
+  transition: StallTransition;
+  indices: Record<string, number>;
+}
+
 /** Deliberate faults for diagnosing lost kicks and interrupts. */
 export interface QueueFaults {
   dropKicks: number;
@@ -126,10 +137,6 @@ export abstract class VirtioDevice {
   readonly queues: SplitVirtqueue[];
   readonly counters: QueueCounters[];
   readonly faults: QueueFaults[];
-  /** Per queue: when used entries were first left without an interrupt (dropped), for the stall detector. */
-  readonly unsignalledSince: (number | undefined)[];
-  /** Per queue: time of the last kick, for the stall detector. */
-  readonly lastKickAt: number[] = [];
   deviceFeatures: bigint;
   driverFeatures = 0n;
   status = 0;
@@ -162,7 +169,6 @@ export abstract class VirtioDevice {
       kicksEventfd: 0, kicksExit: 0, kicksDropped: 0, chains: 0, interrupts: 0, suppressed: 0, interruptsDropped: 0, debugEvents: 0,
     }));
     this.faults = this.queues.map((_, i) => this.makeFaults(i));
-    this.unsignalledSince = this.queues.map(() => undefined);
     this.deviceFeatures = opts.features | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | (opts.eventIdx === false ? 0n : VIRTIO_RING_F_EVENT_IDX);
     this.log = opts.log ?? (() => undefined);
     this.guestLog = new LogRateLimiter((m) => this.log(m));
@@ -315,7 +321,6 @@ export abstract class VirtioDevice {
     this.brokenReason = undefined;
     this.deferred.length = 0;
     this.kickedWhileDisabled.clear();
-    this.unsignalledSince.fill(undefined);
   }
 
   // --- queues ----------------------------------------------------------------
@@ -338,7 +343,7 @@ export abstract class VirtioDevice {
     if (f.dropKicks > 0 && source === 'restore') return;
     if (source === 'ioeventfd') this.counters[queue].kicksEventfd++;
     else if (source === 'exit') this.counters[queue].kicksExit++;
-    this.lastKickAt[queue] = Date.now();
+    q.stall.kicked(Date.now(), q.availIndex());
     if (this.disabled) {
       this.kickedWhileDisabled.add(queue);
       return;
@@ -474,21 +479,94 @@ export abstract class VirtioDevice {
       if (this.faults[i].dropInterrupts > 0) {
         this.faults[i].dropInterrupts--;
         this.counters[i].interruptsDropped++;
-        this.unsignalledSince[i] ??= Date.now();
+        if (q.driverAsked) QueueStallState.interruptDropped(q.stall.interrupt, Date.now(), q.usedIdx, q.availIndex());
         return;
       }
       this.counters[i].interrupts++;
-      this.unsignalledSince[i] = undefined;
-      this.interrupt?.signalQueue(i);
+      this.sendInterrupt(i, q.driverAsked);
     } else this.counters[i].suppressed++;
+  }
+
+  /** Sends a queue's interrupt and records it (and what the transport did with it) for the stall detector. */
+  private sendInterrupt(i: number, asked: boolean): void {
+    this.interrupt?.signalQueue(i);
+    const q = this.queues[i];
+    if (!asked) QueueStallState.interruptUnasked(q.stall.interrupt, Date.now());
+    else QueueStallState.interruptSent(q.stall.interrupt, Date.now(), q.usedIdx, this.interrupt?.queueDeliveryBlock?.(i), q.availIndex());
   }
 
   /** DeviceEvent call: the queue's interrupt, exactly as the device would send it (masking honoured by the transport). */
   debugCall(queue: number): void {
     this.counters[queue].debugEvents++;
     this.counters[queue].interrupts++;
-    this.unsignalledSince[queue] = undefined;
-    this.interrupt?.signalQueue(queue);
+    // The operator's call: owed like any interrupt the driver has not acted on yet.
+    this.sendInterrupt(queue, true);
+  }
+
+  // --- the stall detector (stall.ts) ------------------------------------------------
+
+  /**
+   * Whether the device keeps the queue's available buffers on purpose (RX
+   * buffers waiting for frames, event buffers waiting for events): its
+   * kick side is never a stall.
+   */
+  holdsBuffers(_queue: number): boolean {
+    return false;
+  }
+
+  /**
+   * The queue as the copy that processes it has it: next avail index to
+   * take, interrupts sent, its interrupt record. This object's own queue
+   * unless the device hands processing elsewhere (virtio-blk's iothread).
+   */
+  stallView(queue: number): { lastAvailIdx: number; interrupts: number; interrupt: InterruptRecord } {
+    return { lastAvailIdx: this.queues[queue].lastAvailIdx, interrupts: this.counters[queue].interrupts, interrupt: this.queues[queue].stall.interrupt };
+  }
+
+  /**
+   * One stall detector pass over every queue (run on the monitor's timer,
+   * inside the fault boundary). `running` is false while the VM is stopped
+   * or migrating: nothing accumulates then. Returns each new episode and
+   * each end of one, with the indices for the event.
+   */
+  checkStalls(now: number, running: boolean, stallMs: number): StallReport[] {
+    const out: StallReport[] = [];
+    this.queues.forEach((q, i) => {
+      const view = this.stallView(i);
+      const c = this.counters[i];
+      const counts = { kicks: c.kicksEventfd + c.kicksExit, interrupts: view.interrupts };
+      const ring = q.active && this.canProcess ? q.ringSnapshot() : undefined;
+      const verdicts: Partial<Record<StallSide, StallCause>> = {};
+      if (ring) {
+        if (kickStalled(ring, view.lastAvailIdx, q.stall.availIdxAtLastKick, this.holdsBuffers(i))) verdicts.kick = 'no-notify';
+        const cause = interruptStalled(ring, view.interrupt, this.interrupt?.queueDeliveryBlock?.(i));
+        if (cause) verdicts.interrupt = cause;
+      }
+      for (const t of q.stall.check(now, running, stallMs, verdicts, counts)) {
+        const indices: Record<string, number> = { 'avail-idx': ring?.availIdx ?? 0, 'last-avail-idx': view.lastAvailIdx, 'used-idx': ring?.usedIdx ?? 0 };
+        if (ring?.eventIdx) {
+          if (t.side === 'interrupt') indices['used-event'] = ring.usedEvent!;
+          else indices['avail-event'] = ring.availEvent!;
+        }
+        out.push({ queue: i, transition: t, indices });
+      }
+    });
+    return out;
+  }
+
+  /** x-query-virtio-queue-status's timing fields (names agreed with HMP `info virtqueues`). */
+  queueTiming(queue: number, now: number): Record<string, unknown> {
+    const q = this.queues[queue];
+    const rec = this.stallView(queue).interrupt;
+    const st = q.stall.current();
+    return {
+      'last-kick-ms-ago': q.stall.lastKickAt === undefined ? null : now - q.stall.lastKickAt,
+      'last-interrupt-ms-ago': rec.lastInterruptAt === undefined ? null : Math.max(0, now - rec.lastInterruptAt),
+      'avail-idx-at-last-kick': q.stall.availIdxAtLastKick ?? null,
+      'kicks-per-sec': q.stall.kicksPerSec,
+      'interrupts-per-sec': q.stall.interruptsPerSec,
+      stall: st ? { side: st.side, cause: st.cause, 'stalled-ms': st.stalledMs } : null,
+    };
   }
 
   /** The guest broke the queue protocol: needs-reset, config interrupt, stop. */

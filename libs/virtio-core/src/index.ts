@@ -5,4 +5,5 @@ export * from './virtqueue';
 export * from './state-check';
 export * from './virtio-state';
 export * from './rate-limit';
+export * from './stall';
 export * as virtioUapi from './generated/virtio-uapi';

@@ -7,6 +7,7 @@
  */
 import * as V from './generated/virtio-uapi';
 import { GuestAddress, GuestMemory, GuestMemoryError, u16View } from './guest-memory';
+import { QueueStallState, RingSnapshot, vringNeedEvent } from './stall';
 
 export const DESC_SIZE = 16;
 export const MAX_QUEUE_SIZE = 32768;
@@ -102,10 +103,19 @@ export class SplitVirtqueue {
 
   lastAvailIdx = 0;
   usedIdx = 0;
+  /** The stall detector's record of this queue (kept with the queue, whichever thread runs it). */
+  readonly stall = new QueueStallState();
   /** Chains pop() may still hand out in the current batch (VirtioDevice.service); Infinity outside one. */
   private budgetLeft = Infinity;
   private signalledUsed = 0;
   private signalledUsedValid = false;
+  private usedIdxAtActivation = 0;
+  /**
+   * Set by needsInterrupt: whether the driver itself asked for this
+   * interrupt (used_event crossed, or NO_INTERRUPT clear). The first
+   * interrupt after activation is sent regardless; it is owed only if asked.
+   */
+  driverAsked = false;
 
   private mem: GuestMemory | undefined;
   private availIdxView: Uint16Array | undefined;
@@ -158,6 +168,7 @@ export class SplitVirtqueue {
     this.eventIdx = features.eventIdx;
     this.indirect = features.indirect;
     this.signalledUsedValid = false;
+    this.usedIdxAtActivation = this.usedIdx;
     return undefined;
   }
 
@@ -176,6 +187,26 @@ export class SplitVirtqueue {
     this.availIdxView = this.availFlagsView = this.usedEventView = this.usedIdxView = undefined;
     this.usedFlagsView = this.availEventView = this.ringView = undefined;
     this.usedRingBytes = this.descBytes = undefined;
+    this.stall.reset();
+  }
+
+  /** The driver's avail index now (undefined before activation). */
+  availIndex(): number | undefined {
+    return this.mem ? this.availIdx() : undefined;
+  }
+
+  /** The ring fields the stall detector reads, as the driver sees them in guest memory. */
+  ringSnapshot(): RingSnapshot | undefined {
+    if (!this.mem) return undefined;
+    return {
+      availIdx: this.availIdx(),
+      availFlags: Atomics.load(this.availFlagsView!, 0),
+      usedIdx: Atomics.load(this.usedIdxView!, 0),
+      usedFlags: Atomics.load(this.usedFlagsView!, 0),
+      eventIdx: this.eventIdx,
+      usedEvent: this.eventIdx ? Atomics.load(this.usedEventView!, 0) : undefined,
+      availEvent: this.eventIdx ? Atomics.load(this.availEventView!, 0) : undefined,
+    };
   }
 
   /** The driver's available index (acquire: the ring entries before it are visible). */
@@ -328,15 +359,15 @@ export class SplitVirtqueue {
    */
   needsInterrupt(): boolean {
     if (!this.mem) return false;
-    if (!this.eventIdx) return (Atomics.load(this.availFlagsView!, 0) & V.VRING_AVAIL_F_NO_INTERRUPT) === 0;
+    if (!this.eventIdx) return (this.driverAsked = (Atomics.load(this.availFlagsView!, 0) & V.VRING_AVAIL_F_NO_INTERRUPT) === 0);
     const newIdx = this.usedIdx;
-    const old = this.signalledUsed;
     const valid = this.signalledUsedValid;
+    const old = valid ? this.signalledUsed : this.usedIdxAtActivation;
     this.signalledUsed = newIdx;
     this.signalledUsedValid = true;
-    if (!valid) return true;
     const usedEvent = Atomics.load(this.usedEventView!, 0);
-    return ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - old) & 0xffff);
+    this.driverAsked = vringNeedEvent(usedEvent, newIdx, old);
+    return !valid || this.driverAsked;
   }
 
   /** Asks the driver not to kick (while the device is already processing). */

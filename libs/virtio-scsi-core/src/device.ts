@@ -153,6 +153,11 @@ export class VirtioScsiDevice extends VirtioDevice {
     this.resetConfig();
   }
 
+  /** The event queue's buffers wait for events: never a kick-side stall. */
+  override holdsBuffers(queue: number): boolean {
+    return queue === EVENT_QUEUE;
+  }
+
   protected processQueue(q: SplitVirtqueue): void {
     if (q.index === EVENT_QUEUE) return; // buffers wait there for events; this adapter sends none (no hotplug)
     do {

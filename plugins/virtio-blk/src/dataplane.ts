@@ -76,6 +76,7 @@ export class BlkWorkerPlane {
     const d = this.dev;
     const queues: WorkerQueueStats[] = d.queues.map((q, i) => ({
       lastAvailIdx: q.lastAvailIdx, usedIdx: q.usedIdx, chains: d.counters[i].chains, interrupts: d.counters[i].interrupts, suppressed: d.counters[i].suppressed,
+      interrupt: { lastInterruptAt: q.stall.interrupt.lastInterruptAt, owed: q.stall.interrupt.owed && { ...q.stall.interrupt.owed } },
     }));
     return { type: 'stats', blk: { ...d.blk }, inFlight: d.inFlight, queues };
   }

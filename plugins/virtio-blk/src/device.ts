@@ -150,6 +150,17 @@ export class VirtioBlkDevice extends VirtioDevice {
     };
   }
 
+  /**
+   * The stall detector reads the copy that processes the queue: with an
+   * iothread, the worker's next avail index, interrupt count and interrupt
+   * record as it last reported them (within 100 ms); kicks pass through here.
+   */
+  override stallView(queue: number): ReturnType<VirtioDevice['stallView']> {
+    if (!this.dataPlane) return super.stallView(queue);
+    const w = this.workerStats?.queues[queue];
+    return { lastAvailIdx: w?.lastAvailIdx ?? this.queues[queue].lastAvailIdx, interrupts: w?.interrupts ?? 0, interrupt: w?.interrupt ?? {} };
+  }
+
   protected override onActivate(): void {
     const dp = this.dataPlane;
     if (!dp) return;

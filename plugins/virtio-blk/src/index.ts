@@ -2,7 +2,7 @@
  * The virtio-blk plugin: `--device virtio-blk,id=ID,file=PATH[,readonly=on][,num-queues=N]
  * [,serial=STR][,ioeventfd=on|off][,cache=writeback|none][,aio=io_uring|threads][,event-idx=on|off]`.
  */
-import { DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice } from '@tsvmm/pci';
+import { DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, stallSettings, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice } from '@tsvmm/pci';
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import { BlkIoThread } from './iothread';
 import { BlkExtraState, VirtioBlkDevice } from './device';
@@ -101,7 +101,7 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
       },
     });
   }
-  transport.stall = { ms: props['stall-ms'] as number, policy: props['stall-policy'] as 'none' | 'kick' };
+  transport.stall = stallSettings(props);
   return new VirtioBlkPci(id, blk, transport);
 }
 

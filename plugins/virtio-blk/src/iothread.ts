@@ -4,7 +4,7 @@
  */
 import * as path from 'path';
 import { Worker } from 'worker_threads';
-import type { VirtioDeviceState } from '@tsvmm/virtio-core';
+import type { InterruptRecord, VirtioDeviceState } from '@tsvmm/virtio-core';
 import type { BlkCounters, BlkExtraState } from './device';
 
 export type ToWorker =
@@ -44,6 +44,8 @@ export interface WorkerQueueStats {
   chains: number;
   interrupts: number;
   suppressed: number;
+  /** The worker's interrupt record of the queue (the stall detector's interrupt side). */
+  interrupt?: InterruptRecord;
 }
 
 export type WorkerReply = Exclude<Extract<FromWorker, { seq: number }>, { type: 'failed' }>;

@@ -142,6 +142,11 @@ export class VirtioNetDevice extends VirtioDevice {
     this.service(this.queues[2 * pair], `receive on pair ${pair}`, () => this.receive(pair));
   }
 
+  /** Receive buffers wait for frames: never a kick-side stall. */
+  override holdsBuffers(queue: number): boolean {
+    return queue < this.ctrlIndex && queue % 2 === 0;
+  }
+
   protected processQueue(q: SplitVirtqueue): void {
     if (q.index === this.ctrlIndex) this.control(q);
     else if (q.index % 2 === 1) this.transmit(q);

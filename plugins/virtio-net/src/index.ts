@@ -4,7 +4,7 @@
  */
 import * as crypto from 'crypto';
 import {
-  DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
+  DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, stallSettings, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { Tap, TapError } from './backend/tap';
 import { VirtioNetDevice } from './device';
@@ -75,7 +75,7 @@ export function createVirtioNet(ctx: DeviceContext, id: string, props: Record<st
   }
   const net = new VirtioNetDevice(ctx.memory, { id, tap, mac, pairs, mtu: props.mtu as number, eventIdx: props['event-idx'] as boolean, log: ctx.log });
   const transport = new VirtioPciDevice(net, ctx, { classCode: VIRTIO_NET_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
-  transport.stall = { ms: props['stall-ms'] as number, policy: props['stall-policy'] as 'none' | 'kick' };
+  transport.stall = stallSettings(props);
   return new VirtioNetPci(id, net, transport);
 }
 

@@ -7,7 +7,7 @@
  */
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import {
-  Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
+  Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, stallSettings, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { ScsiDisk } from '@tsvmm/scsi';
 import { MAX_LUN, VirtioScsiDevice, VirtioScsiExtraState } from '@tsvmm/virtio-scsi-core';
@@ -87,7 +87,7 @@ export class ScsiHd implements Device {
 export function createVirtioScsi(ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>): VirtioScsiPci {
   const scsi = new VirtioScsiDevice(ctx.memory, { id, numQueues: props['num-queues'] as number, eventIdx: props['event-idx'] as boolean, log: ctx.log });
   const transport = new VirtioPciDevice(scsi, ctx, { classCode: VIRTIO_SCSI_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
-  transport.stall = { ms: props['stall-ms'] as number, policy: props['stall-policy'] as 'none' | 'kick' };
+  transport.stall = stallSettings(props);
   return new VirtioScsiPci(id, scsi, transport);
 }
 

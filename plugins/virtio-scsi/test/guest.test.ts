@@ -5,7 +5,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { expectGuestPass as expectPass, requireBuilt, Run, runGuestKit } from '@tsvmm/testing';
+import { expectGuestPass as expectPass, requireBuilt, Run, runGuestKit, stallDrill } from '@tsvmm/testing';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'virtio-scsi-guest-'));
 
@@ -72,6 +72,24 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
       expect(img.subarray(0, 100 * 512).every((x) => x === 0)).toBe(true);
       expect(img.subarray(148 * 512, 200 * 512).every((x) => x === 0)).toBe(true);
     });
+  });
+
+  it('Lost kick and lost interrupt on request queue 0 with stall-ms=300: VIRTQUEUE_STALL names side and cause, the device event recovers I/O, counters move by exactly one; the event queue never stalls', async () => {
+    const { devices } = twoLuns('virtio-scsi,id=scsi0,stall-ms=300');
+    const d = await stallDrill({ cmdline: 'test=scsi-scan timeout-ms=60000', devices, dev: 'scsi0', kickQueue: 2, irqQueue: 2 });
+    expectPass(d.run, 'scsi-scan');
+    expect(d.kickStall).toMatchObject({ device: 'scsi0', queue: 2, side: 'kick', cause: 'no-notify', 'last-avail-idx': 0, 'avail-idx': 1 });
+    expect(d.irqStall).toMatchObject({ device: 'scsi0', queue: 2, side: 'interrupt', cause: 'dropped', 'used-idx': 1 });
+    const kicks = (s: Record<string, unknown>) => (s['kicks-eventfd'] as number) + (s['kicks-exit'] as number);
+    expect(kicks(d.kick.after) - kicks(d.kick.before)).toBe(1);
+    expect(d.kick.after['debug-events']).toBe((d.kick.before['debug-events'] as number) + 1);
+    expect(d.kick.after.chains).toBe((d.kick.before.chains as number) + 1);
+    expect(d.call.before['interrupts-dropped']).toBe(1);
+    expect(d.call.after['interrupts-injected']).toBe((d.call.before['interrupts-injected'] as number) + 1);
+    expect(d.events.filter((m) => m.event === 'VIRTQUEUE_STALL').map((m) => m.data)).toEqual([d.kickStall, d.irqStall]);
+    // The kick side moved again while the VM ran on (the interrupt side clears at the first check after the
+    // guest moves on, which may come after it has finished).
+    expect(d.events.find((m) => m.event === 'VIRTQUEUE_STALL_CLEARED')?.data).toMatchObject({ queue: 2, side: 'kick', cause: 'no-notify' });
   });
 
   it('UNMAP and WRITE SAME(16) with UNMAP read back zeros; WRITE SAME(10) replicates a block; the image agrees', async () => {

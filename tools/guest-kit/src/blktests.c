@@ -680,6 +680,103 @@ static const char *test_blk_fill(void)
 	return failed ? NULL : "no-write-failed";
 }
 
+/* ---- blk-stall: the stall detector's blind spots, from a real driver ---- */
+
+/* Waits `ms` with interrupts on, halting between timer ticks (cheap at CPL0). */
+static void idle_ms(unsigned ms)
+{
+	unsigned t0 = ticks(), n = ms_to_ticks(ms);
+	cli();
+	while (ticks() - t0 < n)
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+	sti();
+}
+
+/* What a driver that consumed its used entries tells the device (as Linux's
+ * virtqueue_get_buf): interrupt me at the next one. */
+static void consumed(struct vq *q)
+{
+	vq_set_interrupts(q, 1);
+}
+
+static const char *test_blk_stall(void)
+{
+	const char *r = vblk_open(1);
+	if (r)
+		return r;
+	struct vq *q = &vblk.vd.q[0];
+	const char *kind = param_str("kind", "masked");
+	unsigned hold = param("hold-ms", 2000), tail = param("tail-ms", 0);
+	unsigned limit = ms_to_ticks(param("timeout-ms", 10000));
+	uintptr_t ctrl = msix_entry(&vblk.vd, 1) + MSIX_ENTRY_CTRL;	/* queue 0 */
+	unsigned irq0 = vq_irqs(q), t0;
+
+	if (!kstrcmp(kind, "poll")) {
+		/* Interrupts suppressed, one read at a time, for hold-ms. */
+		unsigned n = 0;
+		t0 = ticks();
+		while (ticks() - t0 < ms_to_ticks(hold)) {
+			vq_set_interrupts(q, 0);
+			if (blk_submit(q, 0, VIRTIO_BLK_T_IN, n % 8, rbuf, one_block(), 1) < 0)
+				return "submit-failed";
+			vq_kick(q, 0);
+			unsigned t1 = ticks();
+			while (vq_used_idx(q) == q->last_used)
+				if (ticks() - t1 > limit)
+					return vq_timeout_reason(q);
+			if (vq_reap(q, NULL) != 0)
+				return "bad-used-id";
+			n++;
+		}
+		kprintf("blk-stall kind=poll requests=%u interrupts=%u\n", n, vq_irqs(q) - irq0);
+		return NULL;
+	}
+	int masked = !kstrcmp(kind, "masked"), novec = !kstrcmp(kind, "no-vector"), ignore = !kstrcmp(kind, "ignore");
+	if (!masked && !novec && !ignore)
+		return "bad-kind";
+	if (masked)
+		MMIO(uint32_t, ctrl) = MSIX_ENTRY_CTRL_MASK;
+	if (novec) {
+		MMIO(uint16_t, vblk.vd.common + VCOMMON_Q_SELECT) = 0;
+		MMIO(uint16_t, vblk.vd.common + VCOMMON_Q_MSIX) = VIRTIO_MSI_NO_VECTOR;
+	}
+	vq_arm(q);
+	if (blk_submit(q, 0, VIRTIO_BLK_T_IN, 0, rbuf, one_block(), 1) < 0)
+		return "submit-failed";
+	vq_kick(q, 0);
+	t0 = ticks();
+	/* masked / no-vector: poll the used index; ignore: wait for the interrupt itself. */
+	while (ignore ? vq_irqs(q) == irq0 : vq_used_idx(q) == q->last_used)
+		if (ticks() - t0 > limit)
+			return vq_timeout_reason(q);
+	kprintf("blk-stall kind=%s holding used=%u interrupts=%u\n", kind, vq_used_idx(q), vq_irqs(q) - irq0);
+	idle_ms(hold);		/* the used entry is left unconsumed; the vector stays masked / unassigned */
+	unsigned during = vq_irqs(q) - irq0;
+	if (masked) {
+		MMIO(uint32_t, ctrl) = 0;
+		t0 = ticks();
+		cli();
+		while (vq_irqs(q) == irq0 + during && ticks() - t0 <= ms_to_ticks(2000))
+			__asm__ volatile("sti; hlt; cli" ::: "memory");
+		sti();
+	}
+	unsigned after = vq_irqs(q) - irq0;
+	if (vq_reap(q, NULL) != 0)
+		return "bad-used-id";
+	if (q->slots[0].status != VIRTIO_BLK_S_OK)
+		return "bad-status";
+	consumed(q);
+	kprintf("blk-stall kind=%s released interrupts_during_hold=%u interrupts=%u\n", kind, during, after);
+	idle_ms(tail);
+	if (masked && (during != 0 || after != 1))
+		return "masked-interrupt-count";
+	if (novec && after != 0)
+		return "interrupt-without-vector";
+	if (ignore && after != 1)
+		return "ignore-interrupt-count";
+	return NULL;
+}
+
 static const struct {
 	const char *name;
 	test_fn fn;
@@ -695,6 +792,7 @@ static const struct {
 	{ "blk-hostile", test_blk_hostile },
 	{ "blk-bench", test_blk_bench },
 	{ "blk-fill", test_blk_fill },
+	{ "blk-stall", test_blk_stall },
 	{ "ring3", test_ring3 },
 };
 

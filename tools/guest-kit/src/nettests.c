@@ -38,6 +38,7 @@ struct netstate {
 	int kernel;			/* 1: CPL0, may halt; 0: ring 3, polls */
 	const char *fail;		/* set by anything that gives up */
 	unsigned limit;			/* ticks: timeout-ms for transmit waits */
+	unsigned irq_grace;		/* ticks: irq-grace-ms, how long an owed interrupt may take */
 	/* ICMP echo we are waiting for */
 	uint16_t echo_seq;
 	int echo_ok;
@@ -166,10 +167,11 @@ static int halt_ready(struct vq *const *qs, unsigned n, unsigned t0, unsigned li
 		struct vq *q = qs[i];
 		if (!vq_pending(q))
 			continue;
-		/* An interrupt may be on its way: a few more ticks. */
+		/* An interrupt may be on its way: a few more ticks (irq-grace-ms more,
+		 * e.g. while the host's stall detector finds it lost and recovers it). */
 		unsigned t1 = ticks();
 		cli();
-		while (!vq_ready(q) && ticks() - t1 < 5)
+		while (!vq_ready(q) && ticks() - t1 < 5 + ns.irq_grace)
 			__asm__ volatile("sti; hlt; cli" ::: "memory");
 		sti();
 		if (vq_ready(q))
@@ -575,6 +577,7 @@ static const char *net_setup(unsigned pairs, int post_rx)
 		return r;
 	/* The limit was computed before vnet_open started the tick. */
 	ns.limit = ms_to_ticks(param("timeout-ms", 10000));
+	ns.irq_grace = ms_to_ticks(param("irq-grace-ms", 0));
 	return NULL;
 }
 

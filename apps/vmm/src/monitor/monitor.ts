@@ -3,13 +3,14 @@
  * x-debug-device-event DeviceEvent path, fault injection, and the virtqueue
  * stall detector.
  */
-import { PciBarFunction } from '@tsvmm/pci';
+import { PciBarFunction, VirtioPciDevice } from '@tsvmm/pci';
+import type { StallReport } from '@tsvmm/virtio-core';
 import { Machine, MachineExit } from '../machine/machine';
 import { MigrationManager } from '../migration/migration';
 import { Command, CommandError, CommandRegistry, qmpSchema } from './commands';
 import { runHmp } from './hmp';
 import { QMP_VERSION, QmpServer } from './qmp-server';
-import { findDevice, findVirtio, queueElement, queueStatus, virtioDevices, virtioStatus } from './virtio-info';
+import { findDevice, findVirtio, queueElement, queueStatus, VirtioDev, virtioDevices, virtioStatus } from './virtio-info';
 
 /**
  * QEMU's run states, as far as this VMM has them: `inmigrate` while a
@@ -23,7 +24,6 @@ export class Monitor {
   private readonly servers: QmpServer[] = [];
   private readonly usedEvents = new Set<string>();
   private stallTimer: NodeJS.Timeout | undefined;
-  private readonly stallReported = new Set<string>();
   /** Event listeners besides QMP clients (the stdio HMP monitor, tests). */
   readonly listeners: ((name: string, data?: Record<string, unknown>) => void)[] = [];
   readonly migration: MigrationManager;
@@ -104,57 +104,61 @@ export class Monitor {
     for (const l of this.listeners) l(name, data);
   }
 
-  /** Starts the stall detector when any device asked for it. */
-  startStallDetector(): void {
-    const watched = virtioDevices(this.devices).filter((v) => v.pci.stall.ms > 0);
-    if (!watched.length) return;
-    const period = Math.max(10, Math.min(...watched.map((v) => v.pci.stall.ms)) / 4);
-    const lastPending = new Map<string, { avail: number; since: number }>();
-    this.stallTimer = setInterval(() => {
-      if (this.machine.isPaused || this.machine.exited) return;
-      const now = Date.now();
-      for (const v of watched) {
-        const d = v.pci.device;
-        // Each device's check (and its stall-policy kick) runs inside that device's fault boundary.
-        d.runGuarded('stall detector', () => d.queues.forEach((q, i) => {
-          if (!q.active || !d.canProcess) return;
-          const key = `${v.id}/${i}`;
-          // Kick side: the guest made buffers available and no kick came since.
-          const pending = q.pending();
-          if (pending > 0) {
-            const prev = lastPending.get(key);
-            const shadow = (q.lastAvailIdx + pending) & 0xffff;
-            if (!prev || prev.avail !== shadow) lastPending.set(key, { avail: shadow, since: now });
-            const since = Math.max(lastPending.get(key)!.since, d.lastKickAt[i] ?? 0);
-            if (now - since >= v.pci.stall.ms) this.reportStall(v.id, v.path, i, 'kick', now - since, v.pci.stall.policy === 'kick');
-          } else {
-            lastPending.delete(key);
-            this.stallReported.delete(`${key}/kick`);
-          }
-          // Interrupt side: used entries published and the interrupt never went out.
-          const unsignalled = d.unsignalledSince[i];
-          if (unsignalled !== undefined && now - unsignalled >= v.pci.stall.ms) this.reportStall(v.id, v.path, i, 'interrupt', now - unsignalled, false);
-          else if (unsignalled === undefined) this.stallReported.delete(`${key}/interrupt`);
-        }));
-      }
-    }, period);
+  /** The VMM-wide stall-ms for devices without their own (--stall-ms; 0: off). */
+  stallDefaultMs = 0;
+
+  /**
+   * Starts the stall detector's clock. The rules and the per-queue state are
+   * virtio-core's (VirtioDevice.checkStalls); this only schedules the checks
+   * (every stall-ms / 4, at least once a second for the per-queue rates),
+   * tells them whether the VM runs (nothing accumulates while it is stopped
+   * or migrating), emits the events and applies stall-policy.
+   */
+  startStallDetector(defaultMs = 0): void {
+    this.stallDefaultMs = defaultMs;
+    const all = virtioDevices(this.devices);
+    if (!all.length) return;
+    const thresholds = all.map((v) => this.stallMs(v.pci)).filter((ms) => ms > 0);
+    const period = Math.max(10, Math.min(1000, ...thresholds.map((ms) => ms / 4)));
+    this.stallTimer = setInterval(() => this.checkStalls(), period);
     this.stallTimer.unref();
   }
 
-  private reportStall(id: string, path: string, queue: number, side: 'kick' | 'interrupt', ms: number, recover: boolean): void {
-    const key = `${id}/${queue}/${side}`;
-    if (this.stallReported.has(key)) return;
-    this.stallReported.add(key);
-    const pci = findVirtio(this.devices, id);
-    const q = pci.device.queues[queue];
-    this.event('VIRTQUEUE_STALL', {
-      device: id, path, queue, side, 'stalled-ms': ms, 'last-avail-idx': q.lastAvailIdx, 'avail-idx': (q.lastAvailIdx + q.pending()) & 0xffff, 'used-idx': q.usedIdx,
-    });
-    this.log(`${id}: queue ${queue} stalled on the ${side} side for ${ms} ms`);
-    if (recover) {
-      this.log(`${id}: stall-policy=kick: kicking queue ${queue}`);
-      pci.kick(queue);
-      this.stallReported.delete(key);
+  private stallMs(pci: VirtioPciDevice): number {
+    return pci.stall.ms ?? this.stallDefaultMs;
+  }
+
+  /** One detector pass over every virtio device, each inside its own fault boundary. */
+  checkStalls(now = Date.now()): void {
+    if (this.machine.exited) return;
+    const running = !this.machine.isPaused && !this.migration.active && !this.incoming;
+    for (const v of virtioDevices(this.devices)) {
+      const d = v.pci.device;
+      const ms = this.stallMs(v.pci);
+      d.runGuarded('stall detector', () => {
+        for (const r of d.checkStalls(now, running, ms)) this.reportStall(v, r);
+      });
+    }
+  }
+
+  private reportStall(v: VirtioDev, r: StallReport): void {
+    const t = r.transition;
+    const base = { device: v.id, path: v.path, queue: r.queue, side: t.side, cause: t.cause };
+    if (t.kind === 'cleared') {
+      this.event('VIRTQUEUE_STALL_CLEARED', { ...base, 'stalled-ms': t.stalledMs });
+      this.log(`${v.id}: queue ${r.queue} moves again (${t.side} side, ${t.cause}, stalled ${t.stalledMs} ms)`);
+      return;
+    }
+    this.event('VIRTQUEUE_STALL', { ...base, ...r.indices, 'stalled-ms': t.stalledMs });
+    const idx = Object.entries(r.indices).map(([k, n]) => `${k} ${n}`).join(', ');
+    this.log(`${v.id}: queue ${r.queue} stalled on the ${t.side} side (${t.cause}) for ${t.stalledMs} ms: ${idx}`);
+    const policy = v.pci.stall.policy;
+    if (policy === 'kick' && t.side === 'kick') {
+      this.log(`${v.id}: stall-policy=kick: kicking queue ${r.queue}`);
+      v.pci.kick(r.queue);
+    } else if (policy === 'call' && t.side === 'interrupt') {
+      this.log(`${v.id}: stall-policy=call: sending the interrupt of queue ${r.queue}`);
+      v.pci.call(r.queue);
     }
   }
 

@@ -132,8 +132,7 @@ export function queueStatus(pci: VirtioPciDevice, queue: number): Record<string,
     'debug-events': c.debugEvents,
     'pending-drop-kicks': d.faults[queue].dropKicks,
     'pending-drop-interrupts': d.faults[queue].dropInterrupts,
-    // The kick time the device keeps; the stall detector's per-queue timing supersedes it when present.
-    'last-kick-ms-ago': d.lastKickAt[queue] === undefined ? null : Date.now() - d.lastKickAt[queue],
+    ...d.queueTiming(queue, Date.now()),
     ...d.queueInfo(queue),
   };
 }
