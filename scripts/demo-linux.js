@@ -18,7 +18,6 @@ const qmp = require('./qmp');
 
 const ROOT = path.resolve(__dirname, '..');
 const VMM_BIN = path.join(ROOT, 'apps/vmm/bin/vmm.js');
-const GUEST_DIR = path.join(ROOT, 'tools/linux-guest/build');
 const ID = (process.env.DEMO_ID || String(process.pid)).replace(/[^A-Za-z0-9]/g, '').slice(0, 12) || String(process.pid);
 const NETNS = `tsvmm-demo-${ID}`;
 const TAP = 'tsvmmdemo0'; // inside NETNS only

@@ -333,6 +333,7 @@ type ZodNs = typeof import('zod').z;
  * would add a tenth of a second to every VMM start on a loaded host.
  */
 function zod(): ZodNs {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded lazily on purpose (see above)
   return (require('zod') as typeof import('zod')).z;
 }
 
@@ -620,11 +621,13 @@ const MAX_JSON_DEPTH = 512;
  */
 export function locateJsonError(text: string): { offset: number; message: string } | undefined {
   let i = 0;
-  class Bad {
+  class Bad extends Error {
     constructor(
       readonly offset: number,
-      readonly message: string,
-    ) {}
+      message: string,
+    ) {
+      super(message);
+    }
   }
   const ws = () => {
     while (i < text.length && ' \t\n\r'.includes(text[i])) i++;
