@@ -332,6 +332,10 @@ export class RawFileBackend implements BlockBackend {
 
   /** Closes the file. io_uring: requests in flight are cancelled or waited for first (their callers see them fail or complete). */
   close(): void {
+    // Out of io_uring's fixed-file table first: a ring's own teardown drops its file references
+    // asynchronously, which would keep the file system busy (umount) for a moment after close.
+    this.io.removeFd?.(this.fd);
+    if (this.bufferedFd !== undefined) this.io.removeFd?.(this.bufferedFd);
     this.io.close?.();
     fs.closeSync(this.fd);
     if (this.bufferedFd !== undefined) fs.closeSync(this.bufferedFd);

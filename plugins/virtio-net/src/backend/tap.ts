@@ -41,15 +41,15 @@ export class Tap {
       this.fds.push(...opts.fds);
       this.name = opts.name ?? `fd${opts.fds[0]}`;
       for (const fd of this.fds) {
+        this.configureFd(fd); // first: it says clearly when the fd is not a TAP
         // A launcher's fd is usually blocking: the frames are read on the event loop, so it must not be.
         const one = new Uint8Array(4);
         new DataView(one.buffer).setInt32(0, 1, true);
         try {
           hostIoctl(fd, FIONBIO, one);
         } catch (e) {
-          throw new TapError(`fd=${fd}: cannot make it non-blocking (${(e as Error).message}); is it an open TAP?`);
+          throw new TapError(`fd=${fd}: cannot make it non-blocking (${(e as Error).message})`);
         }
-        this.configureFd(fd);
       }
     } else {
       const name = opts.name!;

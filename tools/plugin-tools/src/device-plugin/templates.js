@@ -227,7 +227,7 @@ describe('the ${n.name} plugin', () => {
     expect(() => checkDevicePlugin(plugin)).not.toThrow();
     const type = plugin.deviceTypes[0];
     expect(type.type).toBe('${n.name}');
-    expect(parseProperties('--device ${n.name},id=x', type.properties, {})).toEqual({ ioeventfd: true, 'event-idx': true, 'stall-ms': 0, 'stall-policy': 'none' });
+    expect(parseProperties('--device ${n.name},id=x', type.properties, {})).toEqual({ ioeventfd: true, 'event-idx': true, 'stall-ms': undefined, 'stall-policy': 'none' });
   });
 });
 `,
