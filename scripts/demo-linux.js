@@ -117,9 +117,20 @@ function buildLinux() {
     p.on('error', (e) => reject(new DemoError(`cannot run tools/linux-guest/build.sh: ${e.message}`)));
     p.on('close', (code) => {
       if (ticker) clearInterval(ticker);
-      if (code !== 0) return reject(new DemoError(`tools/linux-guest/build.sh exited ${code} (its output is above; rerun: bash tools/linux-guest/build.sh)${err ? '' : ''}`));
-      const files = Object.fromEntries(out.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
-      if (!files.bzImage || !files.initramfs) return reject(new DemoError(`tools/linux-guest/build.sh printed no bzImage= and initramfs= lines:\n${out}`));
+      if (code !== 0)
+        return reject(
+          new DemoError(
+            `tools/linux-guest/build.sh exited ${code} (its output is above; rerun: bash tools/linux-guest/build.sh)${err ? '' : ''}`,
+          ),
+        );
+      const files = Object.fromEntries(
+        out
+          .split('\n')
+          .filter((l) => l.includes('='))
+          .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+      );
+      if (!files.bzImage || !files.initramfs)
+        return reject(new DemoError(`tools/linux-guest/build.sh printed no bzImage= and initramfs= lines:\n${out}`));
       resolve(files);
     });
   });
@@ -142,7 +153,8 @@ function makeDisk() {
 function whyNoNetwork() {
   if (process.getuid && process.getuid() !== 0)
     return 'not root: creating a network namespace and a TAP needs CAP_NET_ADMIN (run `sudo npm run demo` for that part)';
-  if (!fs.existsSync('/dev/net/tun')) return 'no /dev/net/tun on this host (the tun module is not loaded, or this container has no TAP support)';
+  if (!fs.existsSync('/dev/net/tun'))
+    return 'no /dev/net/tun on this host (the tun module is not loaded, or this container has no TAP support)';
   if (!which('ip')) return 'no `ip` command (install iproute2)';
   return undefined;
 }
@@ -207,15 +219,24 @@ async function monitor(sock) {
       } catch {
         break; // no such queue
       }
-      const row = [`${id} (${d.name})`.padEnd(19), String(n).padStart(5), String(st.size).padStart(5), String(st['avail-idx']).padStart(10),
-        String(st['used-idx']).padStart(9), String(st.chains).padStart(7), String(st['kicks-eventfd']).padStart(14), String(st['interrupts-injected']).padStart(20)];
+      const row = [
+        `${id} (${d.name})`.padEnd(19),
+        String(n).padStart(5),
+        String(st.size).padStart(5),
+        String(st['avail-idx']).padStart(10),
+        String(st['used-idx']).padStart(9),
+        String(st.chains).padStart(7),
+        String(st['kicks-eventfd']).padStart(14),
+        String(st['interrupts-injected']).padStart(20),
+      ];
       detail(row.join(' '));
     }
   }
   // HMP's summary, where the VMM has one.
   try {
     const text = await q.execute('human-monitor-command', { 'command-line': 'info virtqueues' });
-    if (typeof text === 'string' && text.trim() && !text.startsWith('Error')) for (const l of text.trimEnd().split('\n')) detail(`hmp| ${l}`);
+    if (typeof text === 'string' && text.trim() && !text.startsWith('Error'))
+      for (const l of text.trimEnd().split('\n')) detail(`hmp| ${l}`);
   } catch {
     // not in this VMM
   }
@@ -226,15 +247,43 @@ async function monitor(sock) {
 
 /** Step 4 (boot and the guest's part) and 5 (the monitor); resolves with the VMM's exit status. */
 function bootLinux(files, img, withNet) {
-  stepLine('boot: the VMM runs Linux with the disk' + (withNet ? ', the NIC' : '') + ' and a QMP socket (about 1-3 minutes where the guest kernel is emulated)');
+  stepLine(
+    'boot: the VMM runs Linux with the disk' +
+      (withNet ? ', the NIC' : '') +
+      ' and a QMP socket (about 1-3 minutes where the guest kernel is emulated)',
+  );
   const sock = path.join(state.tmp, 'qmp.sock');
   const consoleLog = path.join(state.tmp, 'console.log');
   const base = fs.readFileSync(path.join(ROOT, 'tools/linux-guest/cmdline.txt'), 'utf8').trim();
-  const params = ['tsvmm.test=demo', 'tsvmm.disk=vda', 'tsvmm.hold=120', ...(withNet ? [`tsvmm.ip=${GUEST_CIDR}`, `tsvmm.peer=${HOST_CIDR.split('/')[0]}`] : [])];
-  const argv = [VMM_BIN, 'run', '--memory', '128M', '--kernel', files.bzImage, '--initrd', files.initramfs, '--cmdline', `${base} ${params.join(' ')}`,
-    '--device', `virtio-blk,id=disk0,file=${img}`, ...(withNet ? ['--device', `virtio-net,id=net0,tap=${TAP},mac=${MAC}`] : []), '--qmp', `unix:${sock}`];
+  const params = [
+    'tsvmm.test=demo',
+    'tsvmm.disk=vda',
+    'tsvmm.hold=120',
+    ...(withNet ? [`tsvmm.ip=${GUEST_CIDR}`, `tsvmm.peer=${HOST_CIDR.split('/')[0]}`] : []),
+  ];
+  const argv = [
+    VMM_BIN,
+    'run',
+    '--memory',
+    '128M',
+    '--kernel',
+    files.bzImage,
+    '--initrd',
+    files.initramfs,
+    '--cmdline',
+    `${base} ${params.join(' ')}`,
+    '--device',
+    `virtio-blk,id=disk0,file=${img}`,
+    ...(withNet ? ['--device', `virtio-net,id=net0,tap=${TAP},mac=${MAC}`] : []),
+    '--qmp',
+    `unix:${sock}`,
+  ];
   const full = withNet ? ['ip', 'netns', 'exec', NETNS, process.execPath, ...argv] : [process.execPath, ...argv];
-  showCmd([...(withNet ? ['ip', 'netns', 'exec', NETNS] : []), 'node', ...argv.map((a) => a.replace(`${ROOT}/`, ''))].map((a) => a.replace(base, '$(cat tools/linux-guest/cmdline.txt)')));
+  showCmd(
+    [...(withNet ? ['ip', 'netns', 'exec', NETNS] : []), 'node', ...argv.map((a) => a.replace(`${ROOT}/`, ''))].map((a) =>
+      a.replace(base, '$(cat tools/linux-guest/cmdline.txt)'),
+    ),
+  );
   detail(`(the whole console goes to ${consoleLog}; below: the kernel's virtio lines and everything the guest's /init prints)`);
   const log = fs.openSync(consoleLog, 'w');
   return new Promise((resolve, reject) => {
@@ -266,7 +315,8 @@ function bootLinux(files, img, withNet) {
           if (/^linux-guest: (init start|end|exit)/.test(l)) continue;
           process.stdout.write(`  guest| ${l.replace(/^linux-guest: demo /, '')}\n`);
         } else if (/Linux version|virtio|\bvd[a-z]\b|eth0/.test(l) && !/command line/i.test(l)) process.stdout.write(`  guest| ${l}\n`);
-        if (l.startsWith('linux-guest: FAIL')) failure = new DemoError(`the guest's demo failed: ${l.replace(/^linux-guest: FAIL test=demo reason=/, '')}`);
+        if (l.startsWith('linux-guest: FAIL'))
+          failure = new DemoError(`the guest's demo failed: ${l.replace(/^linux-guest: FAIL test=demo reason=/, '')}`);
         if (l.startsWith('linux-guest: demo done') && !monitorDone)
           monitorDone = monitor(sock).catch((e) => {
             failure = e instanceof DemoError ? e : new DemoError(`monitor: ${e.message}`); // QmpError: one line, no stack
@@ -285,7 +335,10 @@ function bootLinux(files, img, withNet) {
       fs.closeSync(log);
       if (monitorDone) await monitorDone;
       if (failure) return reject(failure);
-      if (!monitorDone) return reject(new DemoError(`the VMM exited (${signal || code}) before the guest's demo was done; last console lines:\n${tail.join('\n')}`));
+      if (!monitorDone)
+        return reject(
+          new DemoError(`the VMM exited (${signal || code}) before the guest's demo was done; last console lines:\n${tail.join('\n')}`),
+        );
       detail(`the VMM exited with status ${code} after ${Math.round((Date.now() - started) / 1000)} s`);
       resolve(code);
     });
@@ -312,12 +365,16 @@ function readBack(img) {
 
 async function main() {
   say('tsvmm boots a real Linux guest with a disk, a network and a monitor (docs/getting-started.md explains each step)');
-  if (!fs.existsSync(VMM_BIN) || !fs.existsSync(path.join(ROOT, 'apps/vmm/dist/main.js'))) throw new DemoError('the VMM is not built: run `npm run setup` (or `npm run demo`, which runs it first)');
-  if (!fs.existsSync('/dev/kvm')) throw new DemoError('no /dev/kvm on this host: the VMM needs KVM (a bare-metal Linux host, or a VM with nested virtualization)');
+  if (!fs.existsSync(VMM_BIN) || !fs.existsSync(path.join(ROOT, 'apps/vmm/dist/main.js')))
+    throw new DemoError('the VMM is not built: run `npm run setup` (or `npm run demo`, which runs it first)');
+  if (!fs.existsSync('/dev/kvm'))
+    throw new DemoError('no /dev/kvm on this host: the VMM needs KVM (a bare-metal Linux host, or a VM with nested virtualization)');
   try {
     fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
   } catch (e) {
-    throw new DemoError(`cannot open /dev/kvm (${e.code}): the VMM needs read and write access to it (add your user to its group, e.g. \`sudo usermod -aG kvm $USER\`, or run \`sudo npm run demo\`)`);
+    throw new DemoError(
+      `cannot open /dev/kvm (${e.code}): the VMM needs read and write access to it (add your user to its group, e.g. \`sudo usermod -aG kvm $USER\`, or run \`sudo npm run demo\`)`,
+    );
   }
   const files = await buildLinux();
   state.tmp = fs.mkdtempSync(path.join(os.tmpdir(), `tsvmm-demo-${ID}-`));
@@ -326,7 +383,9 @@ async function main() {
   await bootLinux(files, img, withNet);
   const text = readBack(img);
   cleanup();
-  say(`done: Linux wrote "${text}" on its virtio-blk disk${withNet ? ' and pinged the host over virtio-net' : ' (the network part was skipped, see above)'}; the monitor showed its queues and ended the VM`);
+  say(
+    `done: Linux wrote "${text}" on its virtio-blk disk${withNet ? ' and pinged the host over virtio-net' : ' (the network part was skipped, see above)'}; the monitor showed its queues and ended the VM`,
+  );
 }
 
 main().then(

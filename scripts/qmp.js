@@ -75,7 +75,9 @@ async function connect(sock, timeoutMs = 30_000) {
 
 async function main(argv) {
   if (argv.length < 2 || argv.length > 3 || argv[0] === '--help' || argv[0] === '-h') {
-    process.stderr.write('usage: node scripts/qmp.js SOCKET COMMAND [ARGUMENTS-JSON]\n  e.g. node scripts/qmp.js /tmp/vmm.sock x-query-virtio-queue-status \'{"path": "disk0", "queue": 0}\'\n');
+    process.stderr.write(
+      'usage: node scripts/qmp.js SOCKET COMMAND [ARGUMENTS-JSON]\n  e.g. node scripts/qmp.js /tmp/vmm.sock x-query-virtio-queue-status \'{"path": "disk0", "queue": 0}\'\n',
+    );
     return 2;
   }
   const [sock, cmd, json] = argv;

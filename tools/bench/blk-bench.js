@@ -27,8 +27,26 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const {
-  ROOT, BENCH_DIR, GUEST_ELF, QEMU, createBench, pinned: pinnedOn, describe, tail, SIGBUS_NOTE,
-  median, round, fmt, fmtInt, gitHead, qemuStamps, jsonHeader, loadLine, pinnedOut, binariesLine, vmmVersion,
+  ROOT,
+  BENCH_DIR,
+  GUEST_ELF,
+  QEMU,
+  createBench,
+  pinned: pinnedOn,
+  describe,
+  tail,
+  SIGBUS_NOTE,
+  median,
+  round,
+  fmt,
+  fmtInt,
+  gitHead,
+  qemuStamps,
+  jsonHeader,
+  loadLine,
+  pinnedOut,
+  binariesLine,
+  vmmVersion,
 } = require('./lib/common');
 
 /*
@@ -43,14 +61,30 @@ const DEVICES = {
     test: 'blk-bench',
     vmm: (image, ioeventfd, props) => ['--device', `virtio-blk,id=d0,file=${image}${ioeventfd ? '' : ',ioeventfd=off'}${props}`],
     qemuLabel: 'QEMU (KVM, virtio-blk-pci',
-    qemu: (image, aio, iothread) => [...(iothread ? IOTHREAD : []), ...qemuDrive(image, aio), '-device', `virtio-blk-pci,drive=d0,disable-legacy=on${iothread ? ',iothread=iot0' : ''}`],
+    qemu: (image, aio, iothread) => [
+      ...(iothread ? IOTHREAD : []),
+      ...qemuDrive(image, aio),
+      '-device',
+      `virtio-blk-pci,drive=d0,disable-legacy=on${iothread ? ',iothread=iot0' : ''}`,
+    ],
   },
   scsi: {
     test: 'scsi-bench',
-    vmm: (image, ioeventfd, props) => ['--device', `virtio-scsi,id=scsi0${ioeventfd ? '' : ',ioeventfd=off'}`, '--device', `scsi-hd,bus=scsi0,lun=0,file=${image}${props}`],
+    vmm: (image, ioeventfd, props) => [
+      '--device',
+      `virtio-scsi,id=scsi0${ioeventfd ? '' : ',ioeventfd=off'}`,
+      '--device',
+      `scsi-hd,bus=scsi0,lun=0,file=${image}${props}`,
+    ],
     qemuLabel: 'QEMU (KVM, virtio-scsi-pci + scsi-hd',
-    qemu: (image, aio, iothread) => [...(iothread ? IOTHREAD : []), ...qemuDrive(image, aio), '-device', `virtio-scsi-pci,id=scsi0,disable-legacy=on${iothread ? ',iothread=iot0' : ''}`,
-      '-device', 'scsi-hd,bus=scsi0.0,lun=0,drive=d0'],
+    qemu: (image, aio, iothread) => [
+      ...(iothread ? IOTHREAD : []),
+      ...qemuDrive(image, aio),
+      '-device',
+      `virtio-scsi-pci,id=scsi0,disable-legacy=on${iothread ? ',iothread=iot0' : ''}`,
+      '-device',
+      'scsi-hd,bus=scsi0.0,lun=0,drive=d0',
+    ],
   },
 };
 const DEVICE = (() => {
@@ -76,15 +110,55 @@ const MIB = 1024 * 1024;
  * one is taken by the CPL0 handler, which this host emulates.
  */
 const BLK_WORKLOADS = [
-  { id: 'rand4k-d1', label: '4 KiB random read, depth 1', mode: 'randread', bs: 4096, depth: 1, irq: 0, counts: { 'vmm-on': [2000, 27000], 'vmm-off': [2000, 32000], qemu: [2000, 52000] } },
-  { id: 'rand4k-d8', label: '4 KiB random read, depth 8', mode: 'randread', bs: 4096, depth: 8, irq: 0, counts: { 'vmm-on': [4000, 84000], 'vmm-off': [4000, 84000], qemu: [4000, 124000] } },
-  { id: 'seq256k-d1', label: '256 KiB sequential read, depth 1', mode: 'seqread', bs: 262144, depth: 1, irq: 0, counts: { 'vmm-on': [1000, 17000], 'vmm-off': [1000, 13000], qemu: [1000, 25000] } },
-  { id: 'rand4k-d1-irq', label: '4 KiB random read, depth 1, interrupts on', mode: 'randread', bs: 4096, depth: 1, irq: 1, counts: { 'vmm-on': [2000, 32000], 'vmm-off': [2000, 22000], qemu: [2000, 27000] } },
+  {
+    id: 'rand4k-d1',
+    label: '4 KiB random read, depth 1',
+    mode: 'randread',
+    bs: 4096,
+    depth: 1,
+    irq: 0,
+    counts: { 'vmm-on': [2000, 27000], 'vmm-off': [2000, 32000], qemu: [2000, 52000] },
+  },
+  {
+    id: 'rand4k-d8',
+    label: '4 KiB random read, depth 8',
+    mode: 'randread',
+    bs: 4096,
+    depth: 8,
+    irq: 0,
+    counts: { 'vmm-on': [4000, 84000], 'vmm-off': [4000, 84000], qemu: [4000, 124000] },
+  },
+  {
+    id: 'seq256k-d1',
+    label: '256 KiB sequential read, depth 1',
+    mode: 'seqread',
+    bs: 262144,
+    depth: 1,
+    irq: 0,
+    counts: { 'vmm-on': [1000, 17000], 'vmm-off': [1000, 13000], qemu: [1000, 25000] },
+  },
+  {
+    id: 'rand4k-d1-irq',
+    label: '4 KiB random read, depth 1, interrupts on',
+    mode: 'randread',
+    bs: 4096,
+    depth: 1,
+    irq: 1,
+    counts: { 'vmm-on': [2000, 32000], 'vmm-off': [2000, 22000], qemu: [2000, 27000] },
+  },
 ];
 /* scsi-bench's buffer holds 1 MiB, so the sequential workload is the 1 MiB one virtio-scsi users quote. */
 const SCSI_WORKLOADS = [
   ...BLK_WORKLOADS.filter((w) => w.id.startsWith('rand4k') || w.id === 'seq256k-d1'),
-  { id: 'seq1m-d1', label: '1 MiB sequential read, depth 1', mode: 'seqread', bs: 1048576, depth: 1, irq: 0, counts: { 'vmm-on': [200, 2200], 'vmm-off': [200, 2200], qemu: [200, 3200] } },
+  {
+    id: 'seq1m-d1',
+    label: '1 MiB sequential read, depth 1',
+    mode: 'seqread',
+    bs: 1048576,
+    depth: 1,
+    irq: 0,
+    counts: { 'vmm-on': [200, 2200], 'vmm-off': [200, 2200], qemu: [200, 3200] },
+  },
 ];
 /* The new runners take the counts of their kin: vmm-threads those of vmm-on, every QEMU variant those of qemu. */
 const WORKLOADS = (DEVICE === 'scsi' ? SCSI_WORKLOADS : BLK_WORKLOADS).map((w) => ({
@@ -124,11 +198,36 @@ const { tempFiles, cleanup, fail, usageError, parseFlags, arg, checkPrerequisite
 
 function parseArgs(argv) {
   const opts = {
-    reps: 3, workloads: WORKLOADS.map((w) => w.id), counts: {}, scale: 1, runners: [...RUNNER_IDS],
-    hostMs: 1000, image: undefined, imageMib: 256, keepImage: false, timeoutS: 600, pin: undefined, out: undefined,
-    vmmProps: '', snapshot: true,
+    reps: 3,
+    workloads: WORKLOADS.map((w) => w.id),
+    counts: {},
+    scale: 1,
+    runners: [...RUNNER_IDS],
+    hostMs: 1000,
+    image: undefined,
+    imageMib: 256,
+    keepImage: false,
+    timeoutS: 600,
+    pin: undefined,
+    out: undefined,
+    vmmProps: '',
+    snapshot: true,
   };
-  const valued = ['--device', '--reps', '--workloads', '--counts', '--scale', '--runners', '--host-ms', '--image', '--image-mib', '--timeout', '--pin', '--out', '--vmm-props'];
+  const valued = [
+    '--device',
+    '--reps',
+    '--workloads',
+    '--counts',
+    '--scale',
+    '--runners',
+    '--host-ms',
+    '--image',
+    '--image-mib',
+    '--timeout',
+    '--pin',
+    '--out',
+    '--vmm-props',
+  ];
   const workloadIds = WORKLOADS.map((w) => w.id);
   parseFlags(argv, {
     valued,
@@ -136,20 +235,47 @@ function parseArgs(argv) {
     onFlag: (flag, value) => {
       const int = (v) => arg.int(flag, v);
       switch (flag) {
-        case '--keep-image': opts.keepImage = true; break;
-        case '--no-snapshot': opts.snapshot = false; break;
-        case '--device': break; // read before parsing (DEVICE)
-        case '--reps': opts.reps = int(value); break;
-        case '--host-ms': opts.hostMs = int(value); break;
-        case '--image-mib': opts.imageMib = int(value); break;
-        case '--timeout': opts.timeoutS = int(value); break;
-        case '--image': opts.image = path.resolve(value); break;
-        case '--out': opts.out = path.resolve(value); break;
-        case '--vmm-props': opts.vmmProps = arg.vmmProps(value); break;
-        case '--scale': opts.scale = arg.scale(value); break;
-        case '--pin': opts.pin = arg.pin(value); break;
-        case '--workloads': opts.workloads = arg.list(flag, value, workloadIds, 'workload'); break;
-        case '--runners': opts.runners = arg.list(flag, value, RUNNER_IDS, 'runner'); break;
+        case '--keep-image':
+          opts.keepImage = true;
+          break;
+        case '--no-snapshot':
+          opts.snapshot = false;
+          break;
+        case '--device':
+          break; // read before parsing (DEVICE)
+        case '--reps':
+          opts.reps = int(value);
+          break;
+        case '--host-ms':
+          opts.hostMs = int(value);
+          break;
+        case '--image-mib':
+          opts.imageMib = int(value);
+          break;
+        case '--timeout':
+          opts.timeoutS = int(value);
+          break;
+        case '--image':
+          opts.image = path.resolve(value);
+          break;
+        case '--out':
+          opts.out = path.resolve(value);
+          break;
+        case '--vmm-props':
+          opts.vmmProps = arg.vmmProps(value);
+          break;
+        case '--scale':
+          opts.scale = arg.scale(value);
+          break;
+        case '--pin':
+          opts.pin = arg.pin(value);
+          break;
+        case '--workloads':
+          opts.workloads = arg.list(flag, value, workloadIds, 'workload');
+          break;
+        case '--runners':
+          opts.runners = arg.list(flag, value, RUNNER_IDS, 'runner');
+          break;
         case '--counts':
           for (const item of value.split(',').filter(Boolean)) {
             const m = /^([\w-]+)(?:@([\w-]+))?=(\d+):(\d+)$/.exec(item);
@@ -226,15 +352,40 @@ function guestCmdline(w, count) {
 }
 
 function makeRunners(vmmBin, guest, image, vmmProps) {
-  const vmm = (ioeventfd, props = '') => (w, n) => [
-    process.execPath,
-    [vmmBin, 'run', '--memory', '256M', '--kernel', guest, '--cmdline', guestCmdline(w, n), '--serial', 'stdio',
-      ...DEV.vmm(image, ioeventfd, props + vmmProps)],
-  ];
+  const vmm =
+    (ioeventfd, props = '') =>
+    (w, n) => [
+      process.execPath,
+      [
+        vmmBin,
+        'run',
+        '--memory',
+        '256M',
+        '--kernel',
+        guest,
+        '--cmdline',
+        guestCmdline(w, n),
+        '--serial',
+        'stdio',
+        ...DEV.vmm(image, ioeventfd, props + vmmProps),
+      ],
+    ];
   const qemu = (aio, iothread) => (w, n) => [
     QEMU,
-    ['-enable-kvm', '-nographic', '-no-reboot', '-m', '256', '-kernel', guest, '-append', guestCmdline(w, n),
-      ...DEV.qemu(image, aio, iothread), '-device', 'isa-debug-exit,iobase=0xf4,iosize=4'],
+    [
+      '-enable-kvm',
+      '-nographic',
+      '-no-reboot',
+      '-m',
+      '256',
+      '-kernel',
+      guest,
+      '-append',
+      guestCmdline(w, n),
+      ...DEV.qemu(image, aio, iothread),
+      '-device',
+      'isa-debug-exit,iobase=0xf4,iosize=4',
+    ],
   ];
   const passCode = 1; // isa-debug-exit: (0 << 1) | 1
   return [
@@ -260,8 +411,10 @@ function parseGuest(w, n, stdout) {
     return { problem: f ? f[0].trim() : `no "guest-kit: PASS test=${t}" line` };
   }
   if (!a || !b) return { problem: `no ${t} result lines` };
-  if (a[1] !== w.mode || Number(a[2]) !== w.bs || Number(a[3]) !== n) return { problem: `guest reported "${a[0].trim()}", expected mode=${w.mode} bs=${w.bs} count=${n}` };
-  if (Number(b[2]) !== w.depth || Number(b[3]) !== w.irq) return { problem: `guest reported "${b[0].trim()}", expected depth=${w.depth} irq=${w.irq}` };
+  if (a[1] !== w.mode || Number(a[2]) !== w.bs || Number(a[3]) !== n)
+    return { problem: `guest reported "${a[0].trim()}", expected mode=${w.mode} bs=${w.bs} count=${n}` };
+  if (Number(b[2]) !== w.depth || Number(b[3]) !== w.irq)
+    return { problem: `guest reported "${b[0].trim()}", expected depth=${w.depth} irq=${w.irq}` };
   return { ring: Number(b[1]), interrupts: Number(b[4]), notifies: Number(b[5]), errors: Number(b[6]) };
 }
 
@@ -272,7 +425,9 @@ async function runChecked(runner, w, n, timeoutS) {
   if (r.timedOut || r.code !== runner.passCode || g.problem) {
     fail(
       `${runner.id}: \`${describe(cmd, args)}\` ` +
-        (r.timedOut ? `timed out after ${timeoutS} s` : `exited with ${r.signal ? `signal ${r.signal}` : `code ${r.code}`} (PASS is ${runner.passCode})`) +
+        (r.timedOut
+          ? `timed out after ${timeoutS} s`
+          : `exited with ${r.signal ? `signal ${r.signal}` : `code ${r.code}`} (PASS is ${runner.passCode})`) +
         (g.problem ? `; ${g.problem}` : '') +
         `\n--- stdout (tail) ---\n${tail(r.stdout)}\n--- stderr (tail) ---\n${tail(r.stderr)}\n--------------` +
         (r.signal === 'SIGBUS' ? SIGBUS_NOTE : ''),
@@ -414,7 +569,8 @@ async function main() {
   // With the snapshot a rebuild of apps/vmm does not touch the runs; without it (or if QEMU was upgraded) the runs mix builds.
   const { vmmTree1, treeRebuilt, mixed } = bins.end(stamps0, stamps1);
   if (mixed) process.stderr.write('blk-bench: warning: the VMM or QEMU changed during the run; the runs mix builds\n');
-  else if (treeRebuilt) process.stderr.write('blk-bench: note: apps/vmm was rebuilt during the run; every run used the copy taken at start\n');
+  else if (treeRebuilt)
+    process.stderr.write('blk-bench: note: apps/vmm was rebuilt during the run; every run used the copy taken at start\n');
 
   // ---- derived figures ----
   const results = {};
@@ -462,7 +618,10 @@ async function main() {
         fixedCostMs: round(m1 - (n1 * us) / 1000, 1),
         interruptsPerReq: round(perReq('interrupts'), 4),
         notifiesPerReq: round(perReq('notifies'), 4),
-        guestCounters: { [n1]: s.n1.map(({ interrupts, notifies }) => ({ interrupts, notifies })), [n2]: s.n2.map(({ interrupts, notifies }) => ({ interrupts, notifies })) },
+        guestCounters: {
+          [n1]: s.n1.map(({ interrupts, notifies }) => ({ interrupts, notifies })),
+          [n2]: s.n2.map(({ interrupts, notifies }) => ({ interrupts, notifies })),
+        },
       };
     }
     const iops = (id) => (entry.runners[id] ? entry.runners[id].iops : null);
@@ -481,8 +640,12 @@ async function main() {
       vmmOnOverVmmThreads: ratio(iops('vmm-on'), iops('vmm-threads')),
     };
     // The same from (min t(N2) - min t(N1)) / (N2 - N1): each runner's least disturbed runs.
-    const best = (id) => (entry.runners[id] && entry.runners[id].usPerReqFromMinima > 0 ? 1e6 / entry.runners[id].usPerReqFromMinima : null);
-    const qemuBestMin = QEMU_RUNNERS.map(best).filter((x) => x).reduce((a, b) => Math.max(a, b), 0) || null;
+    const best = (id) =>
+      entry.runners[id] && entry.runners[id].usPerReqFromMinima > 0 ? 1e6 / entry.runners[id].usPerReqFromMinima : null;
+    const qemuBestMin =
+      QEMU_RUNNERS.map(best)
+        .filter((x) => x)
+        .reduce((a, b) => Math.max(a, b), 0) || null;
     entry.ratiosFromMinima = {
       vmmOnOverQemu: ratio(best('vmm-on'), best('qemu')),
       vmmOffOverQemu: ratio(best('vmm-off'), best('qemu')),
@@ -501,7 +664,10 @@ async function main() {
       const b = results['rand4k-d1-irq'].runners[r.id];
       irqCost[r.id] =
         b.interruptsPerReq > 0.05
-          ? { median: round((b.usPerReq - a.usPerReq) / b.interruptsPerReq, 2), minima: round((b.usPerReqFromMinima - a.usPerReqFromMinima) / b.interruptsPerReq, 2) }
+          ? {
+              median: round((b.usPerReq - a.usPerReq) / b.interruptsPerReq, 2),
+              minima: round((b.usPerReqFromMinima - a.usPerReqFromMinima) / b.interruptsPerReq, 2),
+            }
           : null;
     }
   }
@@ -518,7 +684,9 @@ async function main() {
       `over whole-process wall clock, so boot and set-up cancel. MB/s = 10^6 bytes/s.`,
   );
   lines.push('');
-  lines.push('| workload | runner | N1 / N2 | t(N1) s | t(N2) s | µs/req | range (paired) | µs/req from minima | IOPS | MB/s | irq/req | notify/req |');
+  lines.push(
+    '| workload | runner | N1 / N2 | t(N1) s | t(N2) s | µs/req | range (paired) | µs/req from minima | IOPS | MB/s | irq/req | notify/req |',
+  );
   lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const w of workloads) {
     const e = results[w.id];
@@ -531,10 +699,14 @@ async function main() {
       );
     }
     const h = e.hostPread;
-    lines.push(`| ${w.id} | host pread (Node fs.readSync${w.depth > 1 ? ', depth 1' : ''}) | | | | ${fmt(h.medianUsPerReq, 2)} | | ${fmt(Math.min(...h.usPerReq), 2)} | ${fmtInt(h.iops)} | ${fmt(h.mbPerSec, 1)} | | |`);
+    lines.push(
+      `| ${w.id} | host pread (Node fs.readSync${w.depth > 1 ? ', depth 1' : ''}) | | | | ${fmt(h.medianUsPerReq, 2)} | | ${fmt(Math.min(...h.usPerReq), 2)} | ${fmtInt(h.iops)} | ${fmt(h.mbPerSec, 1)} | | |`,
+    );
   }
   lines.push('');
-  lines.push('| workload | vmm-on / qemu | vmm-off / qemu | vmm-on / host pread | qemu / host pread | vmm-on / qemu, minima | vmm-off / qemu, minima |');
+  lines.push(
+    '| workload | vmm-on / qemu | vmm-off / qemu | vmm-on / host pread | qemu / host pread | vmm-on / qemu, minima | vmm-off / qemu, minima |',
+  );
   lines.push('|---|---:|---:|---:|---:|---:|---:|');
   const fr = (x) => (x === null ? 'n/a' : `${fmt(x, 2)}x`);
   for (const w of workloads) {
@@ -546,7 +718,9 @@ async function main() {
     );
   }
   lines.push('');
-  lines.push('| workload | QEMU best (median IOPS) | vmm-on (io_uring) / QEMU best | vmm-threads / QEMU best | vmm-on / vmm-threads | vmm-on / QEMU best, minima | vmm-threads / QEMU best, minima |');
+  lines.push(
+    '| workload | QEMU best (median IOPS) | vmm-on (io_uring) / QEMU best | vmm-threads / QEMU best | vmm-on / vmm-threads | vmm-on / QEMU best, minima | vmm-threads / QEMU best, minima |',
+  );
   lines.push('|---|---|---:|---:|---:|---:|---:|');
   for (const w of workloads) {
     const e = results[w.id];
@@ -567,13 +741,20 @@ async function main() {
     lines.push(
       `Interrupt path (rand4k-d1-irq against rand4k-d1: extra µs per request / interrupts per request; guest handler at CPL0, emulated here): ` +
         runners
-          .map((r) => `${r.id} ${irqCost[r.id] === null ? 'n/a' : `${fmt(irqCost[r.id].median, 0)} µs/interrupt (minima: ${fmt(irqCost[r.id].minima, 0)})`}`)
-          .join(', ') + '.',
+          .map(
+            (r) =>
+              `${r.id} ${irqCost[r.id] === null ? 'n/a' : `${fmt(irqCost[r.id].median, 0)} µs/interrupt (minima: ${fmt(irqCost[r.id].minima, 0)})`}`,
+          )
+          .join(', ') +
+        '.',
     );
   }
   for (const w of workloads) lines.push(`- ${w.id}: \`${guestCmdline(w, 'N')}\` (${w.label})`);
   if (mixed) lines.push('**Warning: a binary under test changed during the run; the figures mix builds.**');
-  lines.push(binariesLine(bins, stamps0) + (treeRebuilt && snap ? ' apps/vmm was rebuilt during the run; the runs all used the copy taken at start.' : ''));
+  lines.push(
+    binariesLine(bins, stamps0) +
+      (treeRebuilt && snap ? ' apps/vmm was rebuilt during the run; the runs all used the copy taken at start.' : ''),
+  );
   lines.push(loadLine(load0, load1));
   process.stdout.write(`${lines.join('\n')}\n`);
 
@@ -590,14 +771,26 @@ async function main() {
     },
     versionsAtEnd: mixed ? stamps1 : undefined,
     image: {
-      path: img.path, bytes: img.size, content: img.created ? 'random (crypto.randomFillSync), written once' : 'given with --image',
-      createMs: img.createMs === null ? null : round(img.createMs, 1), warmReadMs: round(warmMs, 1),
-      residentBytesStart: resident0, residentBytesEnd: resident1, deleted: img.created && !opts.keepImage,
+      path: img.path,
+      bytes: img.size,
+      content: img.created ? 'random (crypto.randomFillSync), written once' : 'given with --image',
+      createMs: img.createMs === null ? null : round(img.createMs, 1),
+      warmReadMs: round(warmMs, 1),
+      residentBytesStart: resident0,
+      residentBytesEnd: resident1,
+      deleted: img.created && !opts.keepImage,
     },
-    params: { reps, scale: opts.scale, pin: opts.pin ?? null, hostMs: opts.hostMs, runners: opts.runners, workloads: workloads.map(({ label, ...w }) => w) },
+    params: {
+      reps,
+      scale: opts.scale,
+      pin: opts.pin ?? null,
+      hostMs: opts.hostMs,
+      runners: opts.runners,
+      workloads: workloads.map(({ label, ...w }) => w),
+    },
     method:
       'wall clock (process.hrtime) from spawn to child exit; usPerReq = (median t(N2) - median t(N1)) / (N2 - N1); iops = 1e6 / usPerReq; ' +
-      'mbPerSec = bs * iops / 1e6; fixedCostMs = median t(N1) - N1 * usPerReq; interrupts/notifies per request from the guest\'s own counters in the N2 runs (median); ' +
+      "mbPerSec = bs * iops / 1e6; fixedCostMs = median t(N1) - N1 * usPerReq; interrupts/notifies per request from the guest's own counters in the N2 runs (median); " +
       'usPerReqFromMinima = (min t(N2) - min t(N1)) / (N2 - N1); ratiosFromMinima = the IOPS ratios from that; ' +
       'usPerInterrupt.median = (usPerReq(rand4k-d1-irq) - usPerReq(rand4k-d1)) / interruptsPerReq(rand4k-d1-irq), .minima the same from usPerReqFromMinima; ' +
       'host pread = fs.readSync into a preallocated buffer for hostMs per rep, same offsets pattern (guest LCG for random), median over reps; ' +

@@ -31,14 +31,16 @@ async function run(image, aio, bs, depth, n) {
   let x = 12345;
   let issued = 0;
   const t0 = process.hrtime.bigint();
-  await Promise.all(Array.from({ length: depth }, async () => {
-    const buf = [new Uint8Array(bs)];
-    while (issued < n) {
-      issued++;
-      x = (x * 1103515245 + 12345) >>> 0;
-      await be.readv(buf, (bs === 4096 ? x % blocks : issued % blocks) * bs);
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: depth }, async () => {
+      const buf = [new Uint8Array(bs)];
+      while (issued < n) {
+        issued++;
+        x = (x * 1103515245 + 12345) >>> 0;
+        await be.readv(buf, (bs === 4096 ? x % blocks : issued % blocks) * bs);
+      }
+    }),
+  );
   const us = Number(process.hrtime.bigint() - t0) / 1e3 / n;
   be.close();
   return us;

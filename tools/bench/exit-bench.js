@@ -20,8 +20,27 @@
 const os = require('os');
 const path = require('path');
 const {
-  ROOT, BENCH_DIR, GUEST_ELF, GUEST_ELF_REL, VMM_BIN_REL, VMM_BUNDLE, createBench, sha256, isStale, compileC, pinned: pinnedOn,
-  describe, SIGBUS_NOTE, median, round, fmt, fmtInt, gitHead, jsonHeader, loadLine, pinnedOut,
+  ROOT,
+  BENCH_DIR,
+  GUEST_ELF,
+  GUEST_ELF_REL,
+  VMM_BIN_REL,
+  VMM_BUNDLE,
+  createBench,
+  sha256,
+  isStale,
+  compileC,
+  pinned: pinnedOn,
+  describe,
+  SIGBUS_NOTE,
+  median,
+  round,
+  fmt,
+  fmtInt,
+  gitHead,
+  jsonHeader,
+  loadLine,
+  pinnedOut,
 } = require('./lib/common');
 
 const C_SRC = path.join(BENCH_DIR, 'c/exit-loop.c');

@@ -30,14 +30,32 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const {
-  ROOT, BENCH_DIR, GUEST_ELF, QEMU, createBench, isStale, compileC, describe, tail, median, round, fmt, fmtInt,
-  gitHead, qemuStamps, jsonHeader, loadLine, binariesLine, vmmVersion,
+  ROOT,
+  BENCH_DIR,
+  GUEST_ELF,
+  QEMU,
+  createBench,
+  isStale,
+  compileC,
+  describe,
+  tail,
+  median,
+  round,
+  fmt,
+  fmtInt,
+  gitHead,
+  qemuStamps,
+  jsonHeader,
+  loadLine,
+  binariesLine,
+  vmmVersion,
 } = require('./lib/common');
 
 const HOST_SRC = path.join(BENCH_DIR, 'c/net-host.c');
 const HOST_BIN = path.join(BENCH_DIR, 'build/net-host');
 const DEFAULT_OUT = path.join(BENCH_DIR, 'results/net-bench.json');
-const BUILD_HINT = 'npx nx run-many -t build   (or: node libs/kvm-native/scripts/build-native.js && make -C tools/guest-kit && node apps/vmm/scripts/bundle.js)';
+const BUILD_HINT =
+  'npx nx run-many -t build   (or: node libs/kvm-native/scripts/build-native.js && make -C tools/guest-kit && node apps/vmm/scripts/bundle.js)';
 
 /* The test network: the TAP's host side, the guest, and the ports of tools/guest-kit/src/nettests.c. */
 const NETNS = `vmmnb${process.pid}`;
@@ -63,9 +81,21 @@ const HEADERS = 42;
  */
 const WORKLOADS = [
   { id: 'tx64', dir: 'tx', label: 'guest to host, 64-byte frames', payload: 18, counts: { vmm: 300000, 'vmm-off': 150000, qemu: 500000 } },
-  { id: 'tx1500', dir: 'tx', label: 'guest to host, 1500-byte frames', payload: 1472, counts: { vmm: 250000, 'vmm-off': 120000, qemu: 400000 } },
+  {
+    id: 'tx1500',
+    dir: 'tx',
+    label: 'guest to host, 1500-byte frames',
+    payload: 1472,
+    counts: { vmm: 250000, 'vmm-off': 120000, qemu: 400000 },
+  },
   { id: 'rx64', dir: 'rx', label: 'host to guest, 64-byte frames', payload: 18, counts: { vmm: 262144, 'vmm-off': 200000, qemu: 262144 } },
-  { id: 'rx1500', dir: 'rx', label: 'host to guest, 1500-byte frames', payload: 1472, counts: { vmm: 200000, 'vmm-off': 150000, qemu: 262144 } },
+  {
+    id: 'rx1500',
+    dir: 'rx',
+    label: 'host to guest, 1500-byte frames',
+    payload: 1472,
+    counts: { vmm: 200000, 'vmm-off': 150000, qemu: 262144 },
+  },
 ];
 for (const w of WORKLOADS) {
   w.frameBytes = w.payload + HEADERS; // on the TAP, without the FCS
@@ -94,15 +124,39 @@ const USAGE = `usage: node tools/bench/net-bench.js [options]
   --out FILE        JSON results path (default tools/bench/results/net-bench.json)
   --help`;
 
-const { onCleanup, cleanup, fail, usageError, parseFlags, arg, checkPrerequisites, prepareBinaries, startProcess, writeJson } =
-  createBench('net-bench', USAGE);
+const { onCleanup, cleanup, fail, usageError, parseFlags, arg, checkPrerequisites, prepareBinaries, startProcess, writeJson } = createBench(
+  'net-bench',
+  USAGE,
+);
 
 function parseArgs(argv) {
   const opts = {
-    reps: 7, workloads: WORKLOADS.map((w) => w.id), runners: [...DEFAULT_RUNNERS], counts: {}, scale: 1,
-    window: 256, vmmProps: '', snapshot: true, timeoutS: 180, out: DEFAULT_OUT, quietWaitS: 0, quietBusy: 0.15,
+    reps: 7,
+    workloads: WORKLOADS.map((w) => w.id),
+    runners: [...DEFAULT_RUNNERS],
+    counts: {},
+    scale: 1,
+    window: 256,
+    vmmProps: '',
+    snapshot: true,
+    timeoutS: 180,
+    out: DEFAULT_OUT,
+    quietWaitS: 0,
+    quietBusy: 0.15,
   };
-  const valued = ['--reps', '--workloads', '--runners', '--counts', '--scale', '--window', '--vmm-props', '--timeout', '--out', '--quiet-wait', '--quiet-busy'];
+  const valued = [
+    '--reps',
+    '--workloads',
+    '--runners',
+    '--counts',
+    '--scale',
+    '--window',
+    '--vmm-props',
+    '--timeout',
+    '--out',
+    '--quiet-wait',
+    '--quiet-busy',
+  ];
   const workloadIds = WORKLOADS.map((w) => w.id);
   parseFlags(argv, {
     valued,
@@ -110,20 +164,40 @@ function parseArgs(argv) {
     onFlag: (flag, value) => {
       const int = (v) => arg.int(flag, v);
       switch (flag) {
-        case '--no-snapshot': opts.snapshot = false; break;
-        case '--reps': opts.reps = int(value); break;
-        case '--window': opts.window = int(value); break;
-        case '--timeout': opts.timeoutS = int(value); break;
-        case '--quiet-wait': opts.quietWaitS = int(value); break;
+        case '--no-snapshot':
+          opts.snapshot = false;
+          break;
+        case '--reps':
+          opts.reps = int(value);
+          break;
+        case '--window':
+          opts.window = int(value);
+          break;
+        case '--timeout':
+          opts.timeoutS = int(value);
+          break;
+        case '--quiet-wait':
+          opts.quietWaitS = int(value);
+          break;
         case '--quiet-busy':
           opts.quietBusy = Number(value);
           if (!(opts.quietBusy > 0 && opts.quietBusy <= 1)) usageError(`--quiet-busy: not a fraction in (0, 1]: ${value}`);
           break;
-        case '--out': opts.out = path.resolve(value); break;
-        case '--vmm-props': opts.vmmProps = arg.vmmProps(value); break;
-        case '--scale': opts.scale = arg.scale(value); break;
-        case '--workloads': opts.workloads = arg.list(flag, value, workloadIds, 'workload'); break;
-        case '--runners': opts.runners = arg.list(flag, value, RUNNER_IDS, 'runner'); break;
+        case '--out':
+          opts.out = path.resolve(value);
+          break;
+        case '--vmm-props':
+          opts.vmmProps = arg.vmmProps(value);
+          break;
+        case '--scale':
+          opts.scale = arg.scale(value);
+          break;
+        case '--workloads':
+          opts.workloads = arg.list(flag, value, workloadIds, 'workload');
+          break;
+        case '--runners':
+          opts.runners = arg.list(flag, value, RUNNER_IDS, 'runner');
+          break;
         case '--counts':
           for (const item of value.split(',').filter(Boolean)) {
             const m = /^([\w-]+)(?:@([\w-]+))?=(\d+)$/.exec(item);
@@ -159,7 +233,10 @@ onCleanup(() => {
 
 function checkNetPrerequisites(opts) {
   if (process.getuid && process.getuid() !== 0) fail('needs root (it creates a network namespace and a TAP)');
-  const commands = [['ip', ['-V']], ['gcc', ['--version']]];
+  const commands = [
+    ['ip', ['-V']],
+    ['gcc', ['--version']],
+  ];
   if (opts.runners.includes('qemu')) commands.push([QEMU, ['--version']]);
   checkPrerequisites({
     buildHint: BUILD_HINT,
@@ -215,8 +292,20 @@ function guestCmdline(w, n) {
 function makeRunners(vmmBin, guest, vmmProps) {
   const vmm = (extra) => (w, n) => [
     process.execPath,
-    [vmmBin, 'run', '--memory', `${GUEST_MEMORY_MIB}M`, '--kernel', guest, '--cmdline', guestCmdline(w, n), '--serial', 'stdio',
-      '--device', `virtio-net,id=n0,tap=${TAP},mac=${GUEST_MAC}${extra}${vmmProps}`],
+    [
+      vmmBin,
+      'run',
+      '--memory',
+      `${GUEST_MEMORY_MIB}M`,
+      '--kernel',
+      guest,
+      '--cmdline',
+      guestCmdline(w, n),
+      '--serial',
+      'stdio',
+      '--device',
+      `virtio-net,id=n0,tap=${TAP},mac=${GUEST_MAC}${extra}${vmmProps}`,
+    ],
   ];
   return [
     { id: 'vmm', label: 'our VMM', cmd: vmm(''), passCode: 0 },
@@ -226,11 +315,24 @@ function makeRunners(vmmBin, guest, vmmProps) {
       label: 'QEMU (virtio-net-pci, vhost=off)',
       cmd: (w, n) => [
         QEMU,
-        ['-enable-kvm', '-nographic', '-no-reboot', '-m', String(GUEST_MEMORY_MIB), '-kernel', guest, '-append', guestCmdline(w, n),
-          '-netdev', `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`,
+        [
+          '-enable-kvm',
+          '-nographic',
+          '-no-reboot',
+          '-m',
+          String(GUEST_MEMORY_MIB),
+          '-kernel',
+          guest,
+          '-append',
+          guestCmdline(w, n),
+          '-netdev',
+          `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`,
           // romfile=: no iPXE option ROM for SeaBIOS to run at boot (the data path is the same).
-          '-device', `virtio-net-pci,netdev=n0,disable-legacy=on,mac=${GUEST_MAC},romfile=`,
-          '-device', 'isa-debug-exit,iobase=0xf4,iosize=4'],
+          '-device',
+          `virtio-net-pci,netdev=n0,disable-legacy=on,mac=${GUEST_MAC},romfile=`,
+          '-device',
+          'isa-debug-exit,iobase=0xf4,iosize=4',
+        ],
       ],
       passCode: 1, // isa-debug-exit: (0 << 1) | 1
     },
@@ -252,7 +354,10 @@ function startHost(args, timeoutS) {
   p.child.stdin.on('error', () => {}); // it may be gone when we write
   const done = p.done.then((r) => {
     readyResolve();
-    const line = r.stdout.split('\n').reverse().find((l) => l.startsWith('{'));
+    const line = r.stdout
+      .split('\n')
+      .reverse()
+      .find((l) => l.startsWith('{'));
     return { ...r, report: line ? JSON.parse(line) : null };
   });
   return { child: p.child, ready, done, send: (s) => p.child.stdin.writable && p.child.stdin.write(s) };
@@ -269,13 +374,17 @@ function parseGuest(w, n, stdout) {
     const a = /^net-udp-tx sent=(\d+)\r?$/m.exec(stdout);
     const b = /^net-udp-tx ring=(\d+) size=(\d+) notifies=(\d+) interrupts=(\d+)\r?$/m.exec(stdout);
     if (!a || !b) return { problem: 'no net-udp-tx result lines' };
-    if (Number(a[1]) !== n || Number(b[1]) !== 3 || Number(b[2]) !== w.payload) return { problem: `guest reported "${a[0].trim()}", "${b[0].trim()}"; expected sent=${n} ring=3 size=${w.payload}` };
+    if (Number(a[1]) !== n || Number(b[1]) !== 3 || Number(b[2]) !== w.payload)
+      return { problem: `guest reported "${a[0].trim()}", "${b[0].trim()}"; expected sent=${n} ring=3 size=${w.payload}` };
     return { notifies: Number(b[3]), interrupts: Number(b[4]) };
   }
   const a = /^net-udp-rx received=(\d+) bad=(\d+) first_missing=(\d+)\r?$/m.exec(stdout);
-  const b = /^net-udp-rx detail dup=(\d+) other=(\d+) frames=(\d+) multi_buffer=(\d+) empty=(\d+) interrupts=(\d+) ring=(\d+)/m.exec(stdout);
+  const b = /^net-udp-rx detail dup=(\d+) other=(\d+) frames=(\d+) multi_buffer=(\d+) empty=(\d+) interrupts=(\d+) ring=(\d+)/m.exec(
+    stdout,
+  );
   if (!a || !b) return { problem: 'no net-udp-rx result lines' };
-  if (Number(a[1]) !== n || Number(a[2]) !== 0 || Number(b[7]) !== 3) return { problem: `guest reported "${a[0].trim()}"; expected received=${n} bad=0 (ring=3)` };
+  if (Number(a[1]) !== n || Number(a[2]) !== 0 || Number(b[7]) !== 3)
+    return { problem: `guest reported "${a[0].trim()}"; expected received=${n} bad=0 (ring=3)` };
   return { frames: Number(b[3]), dup: Number(b[1]), interrupts: Number(b[6]) };
 }
 
@@ -313,7 +422,8 @@ async function runOnce(runner, w, n, opts) {
   const rep = h.report;
   const problems = [];
   if (r.timedOut) problems.push(`timed out after ${opts.timeoutS} s`);
-  else if (r.code !== runner.passCode) problems.push(`exited with ${r.signal ? `signal ${r.signal}` : `code ${r.code}`} (PASS is ${runner.passCode})`);
+  else if (r.code !== runner.passCode)
+    problems.push(`exited with ${r.signal ? `signal ${r.signal}` : `code ${r.code}`} (PASS is ${runner.passCode})`);
   if (g.problem) problems.push(g.problem);
   if (!rep) problems.push(`net-host gave no report (code ${h.code}): ${h.stderr.trim()}`);
   else if (!(rep.pps > 0)) problems.push(`net-host could not measure a rate: ${JSON.stringify(rep)}`);
@@ -349,7 +459,8 @@ async function waitQuiet(opts) {
   const t0 = Date.now();
   for (;;) {
     const busy = await hostBusy(1000);
-    if (busy <= opts.quietBusy || Date.now() - t0 >= opts.quietWaitS * 1000) return { busy: round(busy, 3), waitedS: round((Date.now() - t0) / 1000, 1) };
+    if (busy <= opts.quietBusy || Date.now() - t0 >= opts.quietWaitS * 1000)
+      return { busy: round(busy, 3), waitedS: round((Date.now() - t0) / 1000, 1) };
   }
 }
 
@@ -398,7 +509,8 @@ async function main() {
 
   // Warm-up: one short unmeasured run of each runner and direction (page cache, lazy binding, the TAP's first use).
   for (const r of runners) {
-    for (const w of [workloads.find((x) => x.dir === 'tx'), workloads.find((x) => x.dir === 'rx')].filter(Boolean)) await runOnce(r, w, 2000, opts);
+    for (const w of [workloads.find((x) => x.dir === 'tx'), workloads.find((x) => x.dir === 'rx')].filter(Boolean))
+      await runOnce(r, w, 2000, opts);
   }
 
   // Measured runs, interleaved (rep, workload, runner) so that drift in host load hits every cell alike.
@@ -415,7 +527,10 @@ async function main() {
         const quiet = await waitQuiet(opts);
         const res = { ...(await runOnce(r, w, n, opts)), preBusy: quiet.busy, waitedS: quiet.waitedS };
         samples[w.id][r.id].push(res);
-        const extra = w.dir === 'tx' ? `notifies=${res.guest.notifies} host-lost=${res.host.lost}` : `interrupts=${res.guest.interrupts} host-slept=${res.host.sleptFraction} queued=${res.host.avgQueued}`;
+        const extra =
+          w.dir === 'tx'
+            ? `notifies=${res.guest.notifies} host-lost=${res.host.lost}`
+            : `interrupts=${res.guest.interrupts} host-slept=${res.host.sleptFraction} queued=${res.host.avgQueued}`;
         process.stderr.write(
           `  ${w.id.padEnd(6)} ${r.id.padEnd(7)} N=${String(n).padEnd(6)} run ${rep + 1}/${reps}: ${fmtInt(res.pps).padStart(8)} pps ` +
             `${fmt(mbit(res.pps, w.frameBytes), 1).padStart(7)} Mbit/s  wall ${fmt(res.wallMs / 1000, 1)} s  ${extra}  ` +
@@ -432,7 +547,15 @@ async function main() {
   // ---- derived figures ----
   const results = {};
   for (const w of workloads) {
-    const entry = { label: w.label, direction: w.dir, udpPayload: w.payload, frameBytes: w.frameBytes, wireBytes: w.wireBytes, guestCmdline: guestCmdline(w, 'N'), runners: {} };
+    const entry = {
+      label: w.label,
+      direction: w.dir,
+      udpPayload: w.payload,
+      frameBytes: w.frameBytes,
+      wireBytes: w.wireBytes,
+      guestCmdline: guestCmdline(w, 'N'),
+      runners: {},
+    };
     for (const r of runners) {
       const s = samples[w.id][r.id];
       const pps = s.map((x) => x.pps);
@@ -475,7 +598,9 @@ async function main() {
   lines.push('');
   lines.push(
     'pps = frames per second in steady state (tx: first to last datagram at the host socket, kernel timestamps; ' +
-      'rx: frames the VMM read from the TAP, host keeping ' + opts.window + ' queued). Mbit/s = pps x frame bytes on the TAP ' +
+      'rx: frames the VMM read from the TAP, host keeping ' +
+      opts.window +
+      ' queued). Mbit/s = pps x frame bytes on the TAP ' +
       '(60 or 1514; +4 FCS on a wire).',
   );
   lines.push('');
@@ -495,7 +620,9 @@ async function main() {
     lines.push('');
     const cols = runners.filter((r) => r.id !== 'qemu');
     const withVmm = cols.some((r) => r.id === 'vmm');
-    lines.push(`| workload | ${cols.map((r) => `${r.id} / qemu`).join(' | ')}${withVmm ? ' | vmm / qemu, median of per-rep ratios | vmm / qemu, best runs' : ''} |`);
+    lines.push(
+      `| workload | ${cols.map((r) => `${r.id} / qemu`).join(' | ')}${withVmm ? ' | vmm / qemu, median of per-rep ratios | vmm / qemu, best runs' : ''} |`,
+    );
     lines.push(`|---|${cols.map(() => '---:|').join('')}${withVmm ? '---:|---:|' : ''}`);
     for (const w of workloads) {
       const q = results[w.id].ratios;
@@ -532,8 +659,23 @@ async function main() {
       vmmProps: opts.vmmProps || undefined,
     },
     versionsAtEnd: mixed ? stamps1 : undefined,
-    network: { netns: NETNS, tap: TAP, tapQueueLen: net.qlen, hostIp: HOST_IP, guestIp: GUEST_IP, guestMac: GUEST_MAC, rxWindow: opts.window },
-    params: { reps, scale: opts.scale, runners: opts.runners, quietWaitS: opts.quietWaitS, quietBusy: opts.quietBusy, workloads: workloads.map(({ label, ...w }) => w) },
+    network: {
+      netns: NETNS,
+      tap: TAP,
+      tapQueueLen: net.qlen,
+      hostIp: HOST_IP,
+      guestIp: GUEST_IP,
+      guestMac: GUEST_MAC,
+      rxWindow: opts.window,
+    },
+    params: {
+      reps,
+      scale: opts.scale,
+      runners: opts.runners,
+      quietWaitS: opts.quietWaitS,
+      quietBusy: opts.quietBusy,
+      workloads: workloads.map(({ label, ...w }) => w),
+    },
     method:
       'tx: net-host recv, UDP socket (recvmmsg) with SO_TIMESTAMPNS; pps = (seq_last - seq_first) / (t_last - t_first) over the datagrams it received; ' +
       'rx: net-host send (sendmmsg) keeps at most rxWindow frames queued on the TAP (tx_packets + tx_dropped counters), ' +

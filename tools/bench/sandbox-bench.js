@@ -81,8 +81,18 @@ async function main() {
   const load0 = os.loadavg();
   try {
     const vmmArgs = (sandbox, count) => [
-      '--memory', '256M', '--kernel', GUEST_ELF, '--serial', 'stdio', '--sandbox', sandbox,
-      '--cmdline', `test=blk-bench mode=randread bs=4096 count=${count} depth=1 irq=0`, '--device', `virtio-blk,id=d0,file=${image}`,
+      '--memory',
+      '256M',
+      '--kernel',
+      GUEST_ELF,
+      '--serial',
+      'stdio',
+      '--sandbox',
+      sandbox,
+      '--cmdline',
+      `test=blk-bench mode=randread bs=4096 count=${count} depth=1 irq=0`,
+      '--device',
+      `virtio-blk,id=d0,file=${image}`,
     ];
     const checked = async (sandbox, count) => {
       const r = await runVmm(vmmArgs(sandbox, count));
@@ -97,7 +107,10 @@ async function main() {
     for (let rep = 0; rep < o.startupReps; rep++)
       for (const m of rep % 2 ? [...modes].reverse() : modes) t[m].startup.push((await checked(m, 1)).firstMs);
     for (let rep = 0; rep < o.reps; rep++)
-      for (const [k, n] of [['n1', o.n1], ['n2', o.n2]])
+      for (const [k, n] of [
+        ['n1', o.n1],
+        ['n2', o.n2],
+      ])
         for (const m of rep % 2 ? [...modes].reverse() : modes) {
           const r = await checked(m, n);
           t[m][k].push(r.wallMs);
@@ -108,7 +121,10 @@ async function main() {
       const usPerReq = ((median(t[m].n2) - median(t[m].n1)) * 1000) / (o.n2 - o.n1);
       res[m] = { usPerReq: round(usPerReq, 2), iops: Math.round(1e6 / usPerReq), startupMs: round(median(t[m].startup), 1), samples: t[m] };
     }
-    const ratios = { iopsOnOverOff: round(res.on.iops / res.off.iops, 3), startupOnOverOff: round(res.on.startupMs / res.off.startupMs, 3) };
+    const ratios = {
+      iopsOnOverOff: round(res.on.iops / res.off.iops, 3),
+      startupOnOverOff: round(res.on.startupMs / res.off.startupMs, 3),
+    };
     const load1 = os.loadavg();
     const lines = [
       '| --sandbox | µs/req (4 KiB rand read, depth 1) | IOPS | start-up to first serial byte (ms, median) |',
@@ -120,7 +136,14 @@ async function main() {
     ];
     process.stdout.write(lines.join('\n') + '\n');
     fs.mkdirSync(path.dirname(o.out), { recursive: true });
-    fs.writeFileSync(o.out, JSON.stringify({ benchmark: 'sandbox-bench', date: new Date().toISOString(), n1: o.n1, n2: o.n2, loadavg: [load0, load1], results: res, ratios }, null, 2));
+    fs.writeFileSync(
+      o.out,
+      JSON.stringify(
+        { benchmark: 'sandbox-bench', date: new Date().toISOString(), n1: o.n1, n2: o.n2, loadavg: [load0, load1], results: res, ratios },
+        null,
+        2,
+      ),
+    );
   } finally {
     fs.rmSync(image, { force: true });
   }

@@ -29,10 +29,14 @@ export const isolation = 'process';
 export const MEM_SIZE = 0x10000;
 
 /** What V8 says when a JavaScript mistake (not a validation) ended the connection. */
-const ENGINE = /Cannot read propert|Cannot set propert|is not a function|is not iterable|is not defined|Invalid array length|Invalid typed array length|out of range|outside the bounds|Maximum call stack|Cannot convert|Cannot mix BigInt|Invalid (string|code point)|Array buffer allocation failed|Unexpected token|undefined|NaN/;
+const ENGINE =
+  /Cannot read propert|Cannot set propert|is not a function|is not iterable|is not defined|Invalid array length|Invalid typed array length|out of range|outside the bounds|Maximum call stack|Cannot convert|Cannot mix BigInt|Invalid (string|code point)|Array buffer allocation failed|Unexpected token|undefined|NaN/;
 
 const problems: string[] = [];
-const sockPath = path.join(process.env.FUZZ_TMPDIR ?? os.tmpdir(), `tsvmm-fuzz-vus-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
+const sockPath = path.join(
+  process.env.FUZZ_TMPDIR ?? os.tmpdir(),
+  `tsvmm-fuzz-vus-${process.pid}-${Math.random().toString(36).slice(2)}.sock`,
+);
 let server: VhostUserScsiServer | undefined;
 let mem: { fd: number; bytes: Uint8Array } | undefined;
 
@@ -42,7 +46,9 @@ function setup(): VhostUserScsiServer {
   const target = new ScsiTarget();
   target.attach(0, new ScsiDisk({ backend: new MemBackend(64 * 1024, false), readonly: false, serial: 'FUZZ0' }));
   server = new VhostUserScsiServer({
-    socketPath: sockPath, target, numQueues: 1,
+    socketPath: sockPath,
+    target,
+    numQueues: 1,
     log: (m) => {
       const why = /^connection ended: (.*)$/s.exec(m)?.[1] ?? /refused: (.*)$/s.exec(m)?.[1];
       if (why !== undefined && ENGINE.test(why)) problems.push(m);
@@ -92,7 +98,11 @@ export async function fuzz(data: Buffer): Promise<void> {
         for (let i = 0; i < Math.min(payload.readUInt32LE(0), 8); i++) send.push(dupFd(mem!.fd));
       } else if (req === R.SET_LOG_BASE) {
         send.push(dupFd(mem!.fd));
-      } else if ((req === R.SET_VRING_KICK || req === R.SET_VRING_CALL || req === R.SET_VRING_ERR) && payload.length >= 8 && !(payload.readUInt32LE(0) & VRING_NOFD_MASK)) {
+      } else if (
+        (req === R.SET_VRING_KICK || req === R.SET_VRING_CALL || req === R.SET_VRING_ERR) &&
+        payload.length >= 8 &&
+        !(payload.readUInt32LE(0) & VRING_NOFD_MASK)
+      ) {
         const e = EventFd.create();
         if (req === R.SET_VRING_KICK) kicks.push(e);
         send.push(e.fd);

@@ -98,7 +98,8 @@ function parseLun(s: string): LunArg {
       if (!['on', 'off', 'true', 'false'].includes(v)) throw new UsageError(`--lun ${s}: readonly must be on or off`);
       out.readonly = v === 'on' || v === 'true';
     } else if (k === 'serial') {
-      if (!/^[\x21-\x7e]{1,36}$/.test(v)) throw new UsageError(`--lun ${s}: serial must be 1 to 36 printable ASCII characters without spaces`);
+      if (!/^[\x21-\x7e]{1,36}$/.test(v))
+        throw new UsageError(`--lun ${s}: serial must be 1 to 36 printable ASCII characters without spaces`);
       out.serial = v;
     } else if (k === 'aio') {
       if (!(AIO_MODES as readonly string[]).includes(v)) throw new UsageError(`--lun ${s}: aio must be io_uring or threads`);
@@ -146,7 +147,14 @@ export async function main(argv: string[]): Promise<number> {
     return e.message ? 2 : 0;
   }
   for (const p of [args.socket, args.control]) if (p && fs.existsSync(p)) fs.unlinkSync(p);
-  const server = new VhostUserScsiServer({ socketPath: args.socket, target, numQueues: args.numQueues, log, verbose: args.verbose, logShmfd: args.logShmfd });
+  const server = new VhostUserScsiServer({
+    socketPath: args.socket,
+    target,
+    numQueues: args.numQueues,
+    log,
+    verbose: args.verbose,
+    logShmfd: args.logShmfd,
+  });
   server.listen();
   let control: net.Server | undefined;
   let finish: (code: number) => void = () => undefined;

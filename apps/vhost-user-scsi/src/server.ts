@@ -10,20 +10,50 @@
  * scratch (the LUNs stay open): a VMM may reconnect.
  */
 import {
-  closeFds, EventFd, FdWatch, mapGuestRam, mapSharedFd, RamPiece, SocketClosedError, UnixListener, UnixSocket,
+  closeFds,
+  EventFd,
+  FdWatch,
+  mapGuestRam,
+  mapSharedFd,
+  RamPiece,
+  SocketClosedError,
+  UnixListener,
+  UnixSocket,
 } from '@tsvmm/kvm-native';
 import { ScsiTarget } from '@tsvmm/scsi';
 import { GuestMemory, SplitVirtqueue, virtioUapi as V } from '@tsvmm/virtio-core';
 import {
-  decodeHeader, decodeLogDescription, decodeMemTable, decodeVringAddr, DirtyLogWriter, VHOST_F_LOG_ALL, VHOST_VRING_F_LOG, decodeVringState, encodeMessage, encodeVringState, FLAG_NEED_REPLY, FLAG_REPLY,
-  HEADER_SIZE, MAX_MEM_REGIONS, MAX_PAYLOAD, MemRegion, readU64, requestName, u64Payload, VhostUserProtocolFeature as PF,
-  VhostUserRequest as R, VHOST_USER_F_PROTOCOL_FEATURES, VRING_IDX_MASK, VRING_NOFD_MASK,
+  decodeHeader,
+  decodeLogDescription,
+  decodeMemTable,
+  decodeVringAddr,
+  DirtyLogWriter,
+  VHOST_F_LOG_ALL,
+  VHOST_VRING_F_LOG,
+  decodeVringState,
+  encodeMessage,
+  encodeVringState,
+  FLAG_NEED_REPLY,
+  FLAG_REPLY,
+  HEADER_SIZE,
+  MAX_MEM_REGIONS,
+  MAX_PAYLOAD,
+  MemRegion,
+  readU64,
+  requestName,
+  u64Payload,
+  VhostUserProtocolFeature as PF,
+  VhostUserRequest as R,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VRING_IDX_MASK,
+  VRING_NOFD_MASK,
 } from '@tsvmm/vhost-user';
 import { REQUEST_QUEUE_BASE, VirtioScsiDevice } from '@tsvmm/virtio-scsi-core';
 
 const bit = (n: number) => 1n << BigInt(n);
 /** What this back-end offers: VERSION_1, INDIRECT_DESC, EVENT_IDX, and the vhost-user protocol features. */
-export const BACKEND_FEATURES = bit(V.VIRTIO_F_VERSION_1) | bit(V.VIRTIO_RING_F_INDIRECT_DESC) | bit(V.VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+export const BACKEND_FEATURES =
+  bit(V.VIRTIO_F_VERSION_1) | bit(V.VIRTIO_RING_F_INDIRECT_DESC) | bit(V.VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
 export const BACKEND_PROTOCOL_FEATURES = bit(PF.MQ) | bit(PF.REPLY_ACK);
 /** With dirty logging (the default): VHOST_F_LOG_ALL and VHOST_USER_PROTOCOL_F_LOG_SHMFD on top. */
 export const LOGGING_FEATURES = bit(VHOST_F_LOG_ALL);
@@ -146,7 +176,11 @@ export class VhostUserScsiServer {
       connections: this.connections,
       rings: this.counters.map((c, i) => ({ index: i, ...c, ...(this.conn?.ringInfo(i) ?? { started: false }) })),
       device: this.conn?.deviceInfo() ?? null,
-      'dirty-log': { offered: (this.protocolFeatures & LOGGING_PROTOCOL_FEATURES) !== 0n, active: this.conn?.logging ?? false, ...this.logStats },
+      'dirty-log': {
+        offered: (this.protocolFeatures & LOGGING_PROTOCOL_FEATURES) !== 0n,
+        active: this.conn?.logging ?? false,
+        ...this.logStats,
+      },
     };
   }
 
@@ -216,8 +250,11 @@ class Connection {
     const r = this.rings[i];
     const q = this.dev?.queues[i];
     return {
-      started: r.started, enabled: r.enabled, size: r.num ?? null,
-      'last-avail-idx': r.started && q ? q.lastAvailIdx : r.base, 'used-idx': r.started && q ? q.usedIdx : null,
+      started: r.started,
+      enabled: r.enabled,
+      size: r.num ?? null,
+      'last-avail-idx': r.started && q ? q.lastAvailIdx : r.base,
+      'used-idx': r.started && q ? q.usedIdx : null,
     };
   }
 
@@ -236,7 +273,10 @@ class Connection {
       const hdr = decodeHeader(h.data);
       if (hdr.size > MAX_PAYLOAD) throw new Error(`${requestName(hdr.request)} with a ${hdr.size}-byte payload`);
       const payload = hdr.size ? this.socket.recvExact(hdr.size, 1000).data : new Uint8Array(0);
-      if (this.server.opts.verbose) this.say(`<- ${requestName(hdr.request)} flags=0x${hdr.flags.toString(16)} size=${hdr.size} fds=${fds.length} ${Buffer.from(payload.subarray(0, 16)).toString('hex')}`);
+      if (this.server.opts.verbose)
+        this.say(
+          `<- ${requestName(hdr.request)} flags=0x${hdr.flags.toString(16)} size=${hdr.size} fds=${fds.length} ${Buffer.from(payload.subarray(0, 16)).toString('hex')}`,
+        );
       let reply: Uint8Array | undefined;
       let ok = true;
       try {
@@ -271,7 +311,8 @@ class Connection {
       return r;
     };
     switch (req) {
-      case R.GET_FEATURES: return u64Payload(this.server.features);
+      case R.GET_FEATURES:
+        return u64Payload(this.server.features);
       case R.SET_FEATURES: {
         const f = readU64(p);
         if (f & ~this.server.features) throw new RequestFailed(`features 0x${f.toString(16)} include ones never offered`);
@@ -280,17 +321,28 @@ class Connection {
         this.applyLogging();
         return undefined;
       }
-      case R.GET_PROTOCOL_FEATURES: return u64Payload(this.server.protocolFeatures);
-      case R.SET_PROTOCOL_FEATURES: this.protocolFeatures = readU64(p) & this.server.protocolFeatures; return undefined;
-      case R.SET_LOG_BASE: return this.setLogBase(p, fds);
-      case R.GET_QUEUE_NUM: return u64Payload(BigInt(this.rings.length));
-      case R.SET_OWNER: return undefined;
-      case R.RESET_OWNER: await this.stopAll(); return undefined;
-      case R.SET_MEM_TABLE: this.setMemTable(decodeMemTable(p), fds); return undefined;
+      case R.GET_PROTOCOL_FEATURES:
+        return u64Payload(this.server.protocolFeatures);
+      case R.SET_PROTOCOL_FEATURES:
+        this.protocolFeatures = readU64(p) & this.server.protocolFeatures;
+        return undefined;
+      case R.SET_LOG_BASE:
+        return this.setLogBase(p, fds);
+      case R.GET_QUEUE_NUM:
+        return u64Payload(BigInt(this.rings.length));
+      case R.SET_OWNER:
+        return undefined;
+      case R.RESET_OWNER:
+        await this.stopAll();
+        return undefined;
+      case R.SET_MEM_TABLE:
+        this.setMemTable(decodeMemTable(p), fds);
+        return undefined;
       case R.SET_VRING_NUM: {
         const s = decodeVringState(p);
         const r = ring(s.index);
-        if (s.num === 0 || s.num > 32768 || s.num & (s.num - 1)) throw new RequestFailed(`ring ${s.index} size ${s.num} is not a power of two up to 32768`);
+        if (s.num === 0 || s.num > 32768 || s.num & (s.num - 1))
+          throw new RequestFailed(`ring ${s.index} size ${s.num} is not a power of two up to 32768`);
         r.num = s.num;
         return undefined;
       }
@@ -369,7 +421,8 @@ class Connection {
     } catch (e) {
       return fail((e as Error).message);
     }
-    if (d.mmapSize === 0n || d.mmapSize > BigInt(MAX_LOG_BYTES) || d.mmapSize % 8n !== 0n) return fail(`log size ${d.mmapSize} is not a multiple of 8 in 8..${MAX_LOG_BYTES}`);
+    if (d.mmapSize === 0n || d.mmapSize > BigInt(MAX_LOG_BYTES) || d.mmapSize % 8n !== 0n)
+      return fail(`log size ${d.mmapSize} is not a multiple of 8 in 8..${MAX_LOG_BYTES}`);
     if (d.mmapOffset % 4096n !== 0n) return fail(`log offset ${d.mmapOffset} is not page-aligned`);
     let bytes: Uint8Array;
     try {
@@ -413,7 +466,10 @@ class Connection {
       return;
     }
     const dev = new BackendScsiDevice(mem, {
-      id: 'vhost-user-scsi', numQueues: this.rings.length - REQUEST_QUEUE_BASE, target: this.server.opts.target, log: this.say,
+      id: 'vhost-user-scsi',
+      numQueues: this.rings.length - REQUEST_QUEUE_BASE,
+      target: this.server.opts.target,
+      log: this.say,
     });
     dev.driverFeatures = this.features & ~bit(VHOST_USER_F_PROTOCOL_FEATURES) & ~bit(VHOST_F_LOG_ALL);
     dev.status = ALL_STATUS;
@@ -453,7 +509,10 @@ class Connection {
     q.availRing = this.toGuest(r.addr.avail, 6 + 2 * r.num);
     q.usedRing = this.toGuest(r.addr.used, 6 + 8 * r.num);
     q.ready = true;
-    const err = q.activate(dev.memory, { eventIdx: dev.hasFeature(V.VIRTIO_RING_F_EVENT_IDX), indirect: dev.hasFeature(V.VIRTIO_RING_F_INDIRECT_DESC) });
+    const err = q.activate(dev.memory, {
+      eventIdx: dev.hasFeature(V.VIRTIO_RING_F_EVENT_IDX),
+      indirect: dev.hasFeature(V.VIRTIO_RING_F_INDIRECT_DESC),
+    });
     if (err) {
       dev.markBroken(err);
       return;
@@ -461,10 +520,12 @@ class Connection {
     q.lastAvailIdx = r.base;
     q.usedIdx = dev.memory.readU16(q.usedRing + 2); // the used index the driver has seen
     r.started = true;
-    r.kick.watch(dev.guarded(`kick of ring ${i}`, (n: bigint) => {
-      this.server.counters[i].kicks += Number(n);
-      dev.notify(i, 'ioeventfd');
-    }));
+    r.kick.watch(
+      dev.guarded(`kick of ring ${i}`, (n: bigint) => {
+        this.server.counters[i].kicks += Number(n);
+        dev.notify(i, 'ioeventfd');
+      }),
+    );
     this.say(`ring ${i} started: size ${r.num}, base ${r.base}`);
     dev.poll(i); // buffers made available before the ring (re)started
   }

@@ -9,7 +9,13 @@ import { createSharedMemory, EventFd } from '@tsvmm/kvm-native';
 import { GuestMemory } from '@tsvmm/virtio-core';
 import { MockDriverQueue } from '@tsvmm/virtio-core/testing';
 import {
-  DirtyLogReader, logSizeFor, VHOST_F_LOG_ALL, VHOST_VRING_F_LOG, VhostUserError, VhostUserFrontend, VHOST_USER_F_PROTOCOL_FEATURES,
+  DirtyLogReader,
+  logSizeFor,
+  VHOST_F_LOG_ALL,
+  VHOST_VRING_F_LOG,
+  VhostUserError,
+  VhostUserFrontend,
+  VHOST_USER_F_PROTOCOL_FEATURES,
 } from '@tsvmm/vhost-user';
 import { parseArgs } from '../src/main';
 
@@ -41,7 +47,9 @@ describe('vhost-user-scsi back-end process', () => {
   beforeAll(async () => {
     const img = path.join(tmp, 'd.img');
     fs.writeFileSync(img, Buffer.alloc(1 << 20));
-    proc = spawn(process.execPath, [BIN, '--socket', sock, '--control', control, '--lun', `0:file=${img}`, '--num-queues', '2'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    proc = spawn(process.execPath, [BIN, '--socket', sock, '--control', control, '--lun', `0:file=${img}`, '--num-queues', '2'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     proc.stderr!.on('data', (d) => (err += d));
     const deadline = Date.now() + 15_000;
     while (!fs.existsSync(control)) {
@@ -101,17 +109,30 @@ describe('vhost-user-scsi back-end process', () => {
       const ua = (gpa: number) => ram.address + BigInt(gpa);
       fe.setVringNum(2, 16);
       fe.setVringBase(2, 0);
-      fe.setVringAddr({ index: 2, flags: 1 << VHOST_VRING_F_LOG, desc: ua(q.desc), avail: ua(q.avail), used: ua(q.used), log: BigInt(q.used) });
+      fe.setVringAddr({
+        index: 2,
+        flags: 1 << VHOST_VRING_F_LOG,
+        desc: ua(q.desc),
+        avail: ua(q.avail),
+        used: ua(q.used),
+        log: BigInt(q.used),
+      });
       fe.setVringCall(2, call.fd);
       fe.setVringKick(2, kick.fd);
       fe.setVringEnable(2, true);
       reader.take(); // the ring's start looked at (and may have marked) the ring pages
       // READ(10) of LBA 0, one block, into a buffer at 0x50000; the response at 0x48000.
-      const REQ = 0x40000, RESP = 0x48000, DATA = 0x50000;
+      const REQ = 0x40000,
+        RESP = 0x48000,
+        DATA = 0x50000;
       mem.fill(REQ, 51, 0);
       mem.write(REQ, [1, 0, 0x40, 0]);
       mem.write(REQ + 19, [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
-      q.addChain([{ addr: REQ, len: 51 }, { addr: RESP, len: 108, write: true }, { addr: DATA, len: 512, write: true }]);
+      q.addChain([
+        { addr: REQ, len: 51 },
+        { addr: RESP, len: 108, write: true },
+        { addr: DATA, len: 512, write: true },
+      ]);
       kick.write(1);
       const deadline = Date.now() + 10_000;
       let used: { id: number; len: number }[] = [];
@@ -165,14 +186,21 @@ describe('vhost-user-scsi back-end process', () => {
 
   it('command line: LUN specs are parsed and wrong ones are named', () => {
     expect(parseArgs(['--socket', 's', '--lun', '3:file=a.img,readonly=on,serial=X1,logical-block-size=4096'])).toEqual({
-      socket: 's', control: undefined, numQueues: 1, verbose: false, logShmfd: true, luns: [{ lun: 3, file: 'a.img', readonly: true, serial: 'X1', blockSize: 4096 }],
+      socket: 's',
+      control: undefined,
+      numQueues: 1,
+      verbose: false,
+      logShmfd: true,
+      luns: [{ lun: 3, file: 'a.img', readonly: true, serial: 'X1', blockSize: 4096 }],
     });
     expect(() => parseArgs(['--lun', '0:file=a'])).toThrow('--socket PATH is required');
     expect(() => parseArgs(['--socket', 's', '--lun', '0:readonly=on'])).toThrow('--lun 0:readonly=on: file=PATH is required');
     expect(() => parseArgs(['--socket', 's', '--lun', '0:file=a,cache=none'])).toThrow("unknown property 'cache'");
     expect(parseArgs(['--socket', 's', '--lun', '0:file=a,aio=threads']).luns[0]).toMatchObject({ aio: 'threads' });
     expect(parseArgs(['--socket', 's', '--lun', '0:file=a']).luns[0].aio).toBeUndefined(); // the default: io_uring where the kernel allows it
-    expect(() => parseArgs(['--socket', 's', '--lun', '0:file=a,aio=native'])).toThrow('--lun 0:file=a,aio=native: aio must be io_uring or threads');
+    expect(() => parseArgs(['--socket', 's', '--lun', '0:file=a,aio=native'])).toThrow(
+      '--lun 0:file=a,aio=native: aio must be io_uring or threads',
+    );
     expect(() => parseArgs(['--socket', 's', '--lun', '0:file=a', '--lun', '0:file=b'])).toThrow('--lun 0 given twice');
   });
 });

@@ -33,7 +33,9 @@ interface Backend {
 
 async function startBackend(luns: string[]): Promise<Backend> {
   const socket = path.join(tmp, `vu-${Math.random().toString(36).slice(2, 8)}.sock`);
-  const proc = spawn(process.execPath, [BIN, '--socket', socket, ...luns.flatMap((l) => ['--lun', l])], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn(process.execPath, [BIN, '--socket', socket, ...luns.flatMap((l) => ['--lun', l])], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let err = '';
   proc.stderr!.on('data', (d) => (err += d));
   const closed = new Promise((r) => proc.on('close', r));
@@ -48,12 +50,31 @@ async function startBackend(luns: string[]): Promise<Backend> {
 /** QEMU with shared memfd guest RAM and vhost-user-scsi-pci on the back-end's socket; resolves with the guest kit's exit code. */
 function qemu(socket: string, cmdline: string): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve, reject) => {
-    const p = spawn('qemu-system-x86_64', [
-      '-enable-kvm', '-nographic', '-no-reboot', '-m', '128',
-      '-object', 'memory-backend-memfd,id=m,size=128M,share=on', '-numa', 'node,memdev=m',
-      '-chardev', `socket,id=c,path=${socket}`, '-device', 'vhost-user-scsi-pci,chardev=c,disable-legacy=on,romfile=',
-      '-kernel', GUEST, '-append', cmdline, '-device', 'isa-debug-exit,iobase=0xf4,iosize=4',
-    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(
+      'qemu-system-x86_64',
+      [
+        '-enable-kvm',
+        '-nographic',
+        '-no-reboot',
+        '-m',
+        '128',
+        '-object',
+        'memory-backend-memfd,id=m,size=128M,share=on',
+        '-numa',
+        'node,memdev=m',
+        '-chardev',
+        `socket,id=c,path=${socket}`,
+        '-device',
+        'vhost-user-scsi-pci,chardev=c,disable-legacy=on,romfile=',
+        '-kernel',
+        GUEST,
+        '-append',
+        cmdline,
+        '-device',
+        'isa-debug-exit,iobase=0xf4,iosize=4',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let out = '';
     p.stdout.on('data', (d) => (out += d));
     p.stderr.on('data', (d) => (out += d));
@@ -71,7 +92,8 @@ describeKvm('QEMU 7.2 vhost-user-scsi-pci driving the vhost-user-scsi back-end (
   let be: Backend | undefined;
   beforeAll(() => {
     if (!haveQemu()) throw new Error('qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)');
-    for (const f of [GUEST, path.join(ROOT, 'apps/vhost-user-scsi/dist/main.js')]) if (!fs.existsSync(f)) throw new Error(`${f} missing: build first`);
+    for (const f of [GUEST, path.join(ROOT, 'apps/vhost-user-scsi/dist/main.js')])
+      if (!fs.existsSync(f)) throw new Error(`${f} missing: build first`);
   });
   afterEach(async () => {
     be?.proc.kill('SIGKILL');
@@ -90,7 +112,8 @@ describeKvm('QEMU 7.2 vhost-user-scsi-pci driving the vhost-user-scsi back-end (
   };
 
   const pass = (r: { code: number | null; out: string }, test: string) => {
-    if (r.code !== 0 || !r.out.includes(`guest-kit: PASS test=${test}`)) throw new Error(`guest failed (exit ${r.code}):\n${r.out}\n${be?.err()}`);
+    if (r.code !== 0 || !r.out.includes(`guest-kit: PASS test=${test}`))
+      throw new Error(`guest failed (exit ${r.code}):\n${r.out}\n${be?.err()}`);
   };
 
   it('scan: both LUNs, INQUIRY, VPD serials and capacities as the back-end serves them', async () => {

@@ -28,7 +28,9 @@ function expectBigDio(out: string, dev: string, segMax = 254): void {
   for (const op of ['write', 'read'])
     for (const bytes of [2 ** 20, 4 * 2 ** 20]) {
       const pages = bytes / 4096;
-      const m = new RegExp(`linux-guest: dio ${op} dev=${dev} offset=${bytes} bytes=${bytes} iovecs=${pages} segments=(\\d+) requests=(\\d+) sectors=(\\d+)`).exec(out);
+      const m = new RegExp(
+        `linux-guest: dio ${op} dev=${dev} offset=${bytes} bytes=${bytes} iovecs=${pages} segments=(\\d+) requests=(\\d+) sectors=(\\d+)`,
+      ).exec(out);
       expect(m).not.toBeNull();
       const [segments, requests, sectors] = [Number(m![1]), Number(m![2]), Number(m![3])];
       expect(segments).toBe(pages); // no two pages physically adjacent
@@ -62,38 +64,42 @@ describeKvm('Linux guest', () => {
 
   // Both boots also send 1 MiB and 4 MiB O_DIRECT requests from scattered pages; the ioeventfd=on one
   // also runs the ext2 workload on a second disk.
-  it.each(['on', 'off'])('virtio-blk (ioeventfd=%s): virtio_blk binds with MSI-X, O_DIRECT pattern round trip, discard, flush, 1 MiB and 4 MiB O_DIRECT requests of seg_max segments', async (ioeventfd) => {
-    const img = path.join(tmp, `vda-${ioeventfd}.img`);
-    fs.writeFileSync(img, Buffer.alloc(4 * 2 ** 20, 0xee));
-    fs.truncateSync(img, 8 * 2 ** 20); // the rest sparse
-    const withFs = ioeventfd === 'on';
-    const fsImg = path.join(tmp, 'vdb-ext2.img');
-    const args = ['--device', `virtio-blk,id=d0,file=${img},ioeventfd=${ioeventfd},stall-ms=500`];
-    if (withFs) args.push('--sandbox', 'on'); // the seccomp filter under a real Linux driver (docs/security.md)
-    if (withFs) {
-      fs.writeFileSync(fsImg, '');
-      fs.truncateSync(fsImg, 16 * 2 ** 20); // sparse
-      args.push('--device', `virtio-blk,id=d1,file=${fsImg},ioeventfd=${ioeventfd},stall-ms=500`);
-    }
-    const r = await runLinux('virtio-blk', { args, params: `tsvmm.dio=1${withFs ? ' tsvmm.fs=vdb' : ''}`, timeoutMs: 540_000 });
-    expectGuestPass(r, 'virtio-blk');
-    expectNoStall(r);
-    expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-req\.0/);
-    expect(r.out).toContain('blkdiscard ok');
-    expectBigDio(r.out, 'vda');
-    const data = fs.readFileSync(img);
-    expect(data.length).toBe(8 * 2 ** 20);
-    expect(data.subarray(0, 65536).equals(guestPattern())).toBe(true);
-    expect(data.subarray(65536, 131072).every((b) => b === 0)).toBe(true); // discarded
-    expect(data[131072]).toBe(0xee);
-    expect(data.subarray(2 ** 20, 2 * 2 ** 20).equals(ioPattern(2 ** 20, 2 ** 20, 1))).toBe(true);
-    expect(data[2 * 2 ** 20]).toBe(0xee);
-    expect(data.subarray(4 * 2 ** 20, 8 * 2 ** 20).equals(ioPattern(4 * 2 ** 20, 4 * 2 ** 20, 4))).toBe(true);
-    if (withFs) {
-      expect(r.out).toContain('linux-guest: note ext2 ok dev=vdb files=3');
-      checkExt2Image(fsImg);
-    }
-  }, 600_000);
+  it.each(['on', 'off'])(
+    'virtio-blk (ioeventfd=%s): virtio_blk binds with MSI-X, O_DIRECT pattern round trip, discard, flush, 1 MiB and 4 MiB O_DIRECT requests of seg_max segments',
+    async (ioeventfd) => {
+      const img = path.join(tmp, `vda-${ioeventfd}.img`);
+      fs.writeFileSync(img, Buffer.alloc(4 * 2 ** 20, 0xee));
+      fs.truncateSync(img, 8 * 2 ** 20); // the rest sparse
+      const withFs = ioeventfd === 'on';
+      const fsImg = path.join(tmp, 'vdb-ext2.img');
+      const args = ['--device', `virtio-blk,id=d0,file=${img},ioeventfd=${ioeventfd},stall-ms=500`];
+      if (withFs) args.push('--sandbox', 'on'); // the seccomp filter under a real Linux driver (docs/security.md)
+      if (withFs) {
+        fs.writeFileSync(fsImg, '');
+        fs.truncateSync(fsImg, 16 * 2 ** 20); // sparse
+        args.push('--device', `virtio-blk,id=d1,file=${fsImg},ioeventfd=${ioeventfd},stall-ms=500`);
+      }
+      const r = await runLinux('virtio-blk', { args, params: `tsvmm.dio=1${withFs ? ' tsvmm.fs=vdb' : ''}`, timeoutMs: 540_000 });
+      expectGuestPass(r, 'virtio-blk');
+      expectNoStall(r);
+      expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-req\.0/);
+      expect(r.out).toContain('blkdiscard ok');
+      expectBigDio(r.out, 'vda');
+      const data = fs.readFileSync(img);
+      expect(data.length).toBe(8 * 2 ** 20);
+      expect(data.subarray(0, 65536).equals(guestPattern())).toBe(true);
+      expect(data.subarray(65536, 131072).every((b) => b === 0)).toBe(true); // discarded
+      expect(data[131072]).toBe(0xee);
+      expect(data.subarray(2 ** 20, 2 * 2 ** 20).equals(ioPattern(2 ** 20, 2 ** 20, 1))).toBe(true);
+      expect(data[2 * 2 ** 20]).toBe(0xee);
+      expect(data.subarray(4 * 2 ** 20, 8 * 2 ** 20).equals(ioPattern(4 * 2 ** 20, 4 * 2 ** 20, 4))).toBe(true);
+      if (withFs) {
+        expect(r.out).toContain('linux-guest: note ext2 ok dev=vdb files=3');
+        checkExt2Image(fsImg);
+      }
+    },
+    600_000,
+  );
 
   it('virtio-scsi: virtio_scsi + sd find the LUNs with their sizes, vendor, model and serials; O_DIRECT pattern round trip; 1 MiB and 4 MiB O_DIRECT requests from scattered pages; ext2 that e2fsck finds clean', async () => {
     const a = path.join(tmp, 'scsi-a.img');
@@ -104,16 +110,30 @@ describeKvm('Linux guest', () => {
     fs.writeFileSync(c, '');
     fs.truncateSync(c, 16 * 2 ** 20); // sparse
     const r = await runLinux('scsi', {
-      args: ['--device', 'virtio-scsi,id=scsi0,stall-ms=500', '--device', `scsi-hd,bus=scsi0,lun=0,file=${a},serial=LINUX-A`,
-        '--device', `scsi-hd,bus=scsi0,lun=3,file=${b},readonly=on,serial=LINUX-B`, '--device', `scsi-hd,bus=scsi0,lun=5,file=${c},serial=LINUX-C`],
+      args: [
+        '--device',
+        'virtio-scsi,id=scsi0,stall-ms=500',
+        '--device',
+        `scsi-hd,bus=scsi0,lun=0,file=${a},serial=LINUX-A`,
+        '--device',
+        `scsi-hd,bus=scsi0,lun=3,file=${b},readonly=on,serial=LINUX-B`,
+        '--device',
+        `scsi-hd,bus=scsi0,lun=5,file=${c},serial=LINUX-C`,
+      ],
       params: 'tsvmm.dio=1 tsvmm.fs=sdc',
       timeoutMs: 540_000,
     });
     expectGuestPass(r, 'scsi');
     expectNoStall(r); // request queue under load, the event queue holding its buffers throughout
-    expect(r.out).toContain("linux-guest: scsi-disk dev=sda hctl=0:0:0:0 sectors=16384 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-A'");
-    expect(r.out).toContain("linux-guest: scsi-disk dev=sdb hctl=0:0:0:3 sectors=4096 ro=1 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-B'");
-    expect(r.out).toContain("linux-guest: scsi-disk dev=sdc hctl=0:0:0:5 sectors=32768 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-C'");
+    expect(r.out).toContain(
+      "linux-guest: scsi-disk dev=sda hctl=0:0:0:0 sectors=16384 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-A'",
+    );
+    expect(r.out).toContain(
+      "linux-guest: scsi-disk dev=sdb hctl=0:0:0:3 sectors=4096 ro=1 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-B'",
+    );
+    expect(r.out).toContain(
+      "linux-guest: scsi-disk dev=sdc hctl=0:0:0:5 sectors=32768 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-C'",
+    );
     expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-request/);
     expectBigDio(r.out, 'sda');
     expect(r.out).toContain('linux-guest: note ext2 ok dev=sdc files=3');
@@ -136,18 +156,41 @@ describeKvm('Linux guest', () => {
     fs.writeFileSync(c, '');
     fs.truncateSync(c, 16 * 2 ** 20); // sparse
     const sock = path.join(tmp, 'vu.sock');
-    const backend = spawn(process.execPath, [path.join(ROOT, 'apps/vhost-user-scsi/bin/vhost-user-scsi.js'), '--socket', sock,
-      '--lun', `0:file=${a},serial=VU-A`, '--lun', `3:file=${b},readonly=on,serial=VU-B`, '--lun', `5:file=${c},serial=VU-C`], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const backend = spawn(
+      process.execPath,
+      [
+        path.join(ROOT, 'apps/vhost-user-scsi/bin/vhost-user-scsi.js'),
+        '--socket',
+        sock,
+        '--lun',
+        `0:file=${a},serial=VU-A`,
+        '--lun',
+        `3:file=${b},readonly=on,serial=VU-B`,
+        '--lun',
+        `5:file=${c},serial=VU-C`,
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     let backendErr = '';
     backend.stderr.on('data', (d) => (backendErr += d));
     try {
       for (let i = 0; i < 200 && !fs.existsSync(sock) && backend.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
       if (!fs.existsSync(sock)) throw new Error(`vhost-user-scsi did not start: ${backendErr}`);
-      const r = await runLinux('scsi', { args: ['--device', `vhost-scsi,id=vs0,backend=user,socket=${sock}`], params: 'tsvmm.dio=1 tsvmm.fs=sdc', timeoutMs: 540_000 });
+      const r = await runLinux('scsi', {
+        args: ['--device', `vhost-scsi,id=vs0,backend=user,socket=${sock}`],
+        params: 'tsvmm.dio=1 tsvmm.fs=sdc',
+        timeoutMs: 540_000,
+      });
       expectGuestPass(r, 'scsi');
-      expect(r.out).toContain("linux-guest: scsi-disk dev=sda hctl=0:0:0:0 sectors=16384 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='VU-A'");
-      expect(r.out).toContain("linux-guest: scsi-disk dev=sdb hctl=0:0:0:3 sectors=4096 ro=1 vendor='TSVMM' model='VIRTUAL DISK' serial='VU-B'");
-      expect(r.out).toContain("linux-guest: scsi-disk dev=sdc hctl=0:0:0:5 sectors=32768 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='VU-C'");
+      expect(r.out).toContain(
+        "linux-guest: scsi-disk dev=sda hctl=0:0:0:0 sectors=16384 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='VU-A'",
+      );
+      expect(r.out).toContain(
+        "linux-guest: scsi-disk dev=sdb hctl=0:0:0:3 sectors=4096 ro=1 vendor='TSVMM' model='VIRTUAL DISK' serial='VU-B'",
+      );
+      expect(r.out).toContain(
+        "linux-guest: scsi-disk dev=sdc hctl=0:0:0:5 sectors=32768 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='VU-C'",
+      );
       expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-request/);
       expectBigDio(r.out, 'sda', 126); // the back-end's queues hold 128
       expect(r.out).toContain('linux-guest: note ext2 ok dev=sdc files=3');
@@ -285,7 +328,9 @@ describeKvm('Linux guest', () => {
     for (let i = 0; i < rounds; i++) expect(data.subarray(i * 65536, (i + 1) * 65536).equals(guestPattern())).toBe(true);
     expect(data[rounds * 65536]).toBe(0xee);
     const m = seen.migration as { downtime: number; 'total-time': number; ram: { transferred: number } };
-    process.stdout.write(`Linux migration (128 MiB, I/O loop): total ${m['total-time']} ms, downtime ${m.downtime} ms, ${(m.ram.transferred / 2 ** 20).toFixed(1)} MiB sent\n`);
+    process.stdout.write(
+      `Linux migration (128 MiB, I/O loop): total ${m['total-time']} ms, downtime ${m.downtime} ms, ${(m.ram.transferred / 2 ** 20).toFixed(1)} MiB sent\n`,
+    );
   }, 600_000);
 
   describe('virtio-net over a TAP in a network namespace', () => {
@@ -347,13 +392,16 @@ describeKvm('npm run demo (scripts/demo-linux.js)', () => {
   const netnsList = () => spawnSync('ip', ['netns', 'list'], { stdio: 'pipe' }).stdout?.toString() ?? '';
   /** PIDs of processes whose command line mentions `s` (the demo's temp directory is in the VMM's). */
   const processesWith = (s: string) =>
-    fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
-      try {
-        return fs.readFileSync(`/proc/${p}/cmdline`, 'latin1').includes(s);
-      } catch {
-        return false;
-      }
-    });
+    fs
+      .readdirSync('/proc')
+      .filter((p) => /^\d+$/.test(p))
+      .filter((p) => {
+        try {
+          return fs.readFileSync(`/proc/${p}/cmdline`, 'latin1').includes(s);
+        } catch {
+          return false;
+        }
+      });
 
   it('boots Linux with an ext2 disk, a NIC on a TAP in its own netns and QMP; the guest writes a file and pings the host; the monitor shows the queues and quits; the host reads the file from the image; everything is removed', async () => {
     const id = `e2e${process.pid}`;
@@ -394,7 +442,10 @@ describeKvm('npm run demo (scripts/demo-linux.js)', () => {
     const asNobody = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups'];
     const kvmOk = spawnSync(asNobody[0], [...asNobody.slice(1), 'test', '-r', '/dev/kvm', '-a', '-w', '/dev/kvm']).status === 0;
     const r = await new Promise<{ code: number | null; out: string }>((resolve, reject) => {
-      const p = spawn(asNobody[0], [...asNobody.slice(1), process.execPath, demo], { env: { ...process.env, DEMO_ID: `nob${process.pid}` }, stdio: ['ignore', 'pipe', 'pipe'] });
+      const p = spawn(asNobody[0], [...asNobody.slice(1), process.execPath, demo], {
+        env: { ...process.env, DEMO_ID: `nob${process.pid}` },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       let out = '';
       const grab = (d: Buffer) => {
         out += d.toString('latin1');
@@ -443,54 +494,64 @@ describeKvm('npm run demo (scripts/demo-linux.js)', () => {
 describeKvm('docs/getting-started.md', () => {
   // The page's `sh test` blocks, in order, as one bash script: one Linux boot, then a snapshot, a live
   // migration and a restore of that same guest.
-  (canUseTap() ? it : it.skip)("the page's commands work: Linux with a disk, a NIC and QMP; queues; snapshot, live migration, restore; the file read back from the image", async () => {
-    const md = fs.readFileSync(path.join(ROOT, 'docs/getting-started.md'), 'utf8');
-    const blocks = [...md.matchAll(/^```sh test\n([\s\S]*?)^```$/gm)].map((m) => m[1]);
-    expect(blocks.length).toBe(11);
-    const ns = `tsvmmgs${process.pid}`;
-    const scratch = fs.mkdtempSync(path.join(tmp, 'gs-'));
-    // The page pings the guest with the host's `ping`; a host without one gets busybox's under that name.
-    const bin = fs.mkdtempSync(path.join(tmp, 'gs-bin-'));
-    if (spawnSync('sh', ['-c', 'command -v ping']).status !== 0) fs.symlinkSync('/bin/busybox', path.join(bin, 'ping'));
-    const script = ['set -euo pipefail', ...blocks.map((b, i) => `echo "=== block ${i + 1}"\n${b}`), 'echo "=== all blocks ran"'].join('\n');
-    let out = '';
-    let code: number | null = null;
-    try {
-      code = await new Promise<number | null>((resolve, reject) => {
-        const p = spawn('bash', ['-c', script], { cwd: ROOT, env: { ...process.env, NS: ns, TMPDIR: scratch, PATH: `${process.env.PATH}:${bin}` }, stdio: ['ignore', 'pipe', 'pipe'] });
-        p.stdout.on('data', (d) => (out += d));
-        p.stderr.on('data', (d) => (out += d));
-        const t = setTimeout(() => p.kill('SIGKILL'), 1_750_000);
-        p.on('error', reject);
-        // Not 'close': a VMM the page started in the background holds the pipes until it ends.
-        p.on('exit', (c) => {
-          clearTimeout(t);
-          setTimeout(() => resolve(c), 500);
+  (canUseTap() ? it : it.skip)(
+    "the page's commands work: Linux with a disk, a NIC and QMP; queues; snapshot, live migration, restore; the file read back from the image",
+    async () => {
+      const md = fs.readFileSync(path.join(ROOT, 'docs/getting-started.md'), 'utf8');
+      const blocks = [...md.matchAll(/^```sh test\n([\s\S]*?)^```$/gm)].map((m) => m[1]);
+      expect(blocks.length).toBe(11);
+      const ns = `tsvmmgs${process.pid}`;
+      const scratch = fs.mkdtempSync(path.join(tmp, 'gs-'));
+      // The page pings the guest with the host's `ping`; a host without one gets busybox's under that name.
+      const bin = fs.mkdtempSync(path.join(tmp, 'gs-bin-'));
+      if (spawnSync('sh', ['-c', 'command -v ping']).status !== 0) fs.symlinkSync('/bin/busybox', path.join(bin, 'ping'));
+      const script = ['set -euo pipefail', ...blocks.map((b, i) => `echo "=== block ${i + 1}"\n${b}`), 'echo "=== all blocks ran"'].join(
+        '\n',
+      );
+      let out = '';
+      let code: number | null = null;
+      try {
+        code = await new Promise<number | null>((resolve, reject) => {
+          const p = spawn('bash', ['-c', script], {
+            cwd: ROOT,
+            env: { ...process.env, NS: ns, TMPDIR: scratch, PATH: `${process.env.PATH}:${bin}` },
+            stdio: ['ignore', 'pipe', 'pipe'],
+          });
+          p.stdout.on('data', (d) => (out += d));
+          p.stderr.on('data', (d) => (out += d));
+          const t = setTimeout(() => p.kill('SIGKILL'), 1_750_000);
+          p.on('error', reject);
+          // Not 'close': a VMM the page started in the background holds the pipes until it ends.
+          p.on('exit', (c) => {
+            clearTimeout(t);
+            setTimeout(() => resolve(c), 500);
+          });
         });
-      });
-    } finally {
-      // Whatever a failed run left: its VMMs (their command lines name the scratch directory) and the namespace.
-      for (const pid of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x)))
-        try {
-          if (fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes(scratch)) process.kill(Number(pid), 'SIGKILL');
-        } catch {
-          // gone
-        }
-      spawnSync('ip', ['netns', 'del', ns], { stdio: 'pipe' });
-    }
-    if (code !== 0) throw new Error(`the page's commands exited ${code}:\n${out.slice(-8000)}`);
-    expect(out).toContain('=== all blocks ran');
-    expect(out).toMatch(/^linux-guest: demo wrote \/hello\.txt on \/dev\/vda \(ext2\):$/m);
-    expect(out).toMatch(/^linux-guest: demo {3}nic eth0 mac=52:54:00:12:34:56 driver=virtio_net$/m);
-    // The host pinged the guest on the first VMM and after the migration.
-    expect(out.match(/^3 packets transmitted, 3 (packets )?received/gm)?.length).toBe(2);
-    expect(out).toContain('"name": "virtio-blk"');
-    expect(out).toContain('"name": "virtio-net"');
-    expect(Number(/"chains": (\d+)/.exec(out)?.[1])).toBeGreaterThan(0);
-    expect(out).toMatch(/"status": "paused"[\s\S]*"status": "completed"[\s\S]*"status": "running"[\s\S]*"status": "running"/);
-    expect(out).toMatch(/^Hello from Linux \S+ on tsvmm \(virtio-blk vda\)$/m); // debugfs
-    expect(out).toMatch(/^demo: 12\/\d+ files/m); // e2fsck -fn, exit 0
-    expect(fs.readdirSync(scratch)).toEqual([]); // the page's clean-up removed its directory
-    expect(spawnSync('ip', ['netns', 'list'], { stdio: 'pipe' }).stdout.toString()).not.toContain(ns);
-  }, 1_800_000); // 6 minutes alone; three times that on a host busy with other VMs
+      } finally {
+        // Whatever a failed run left: its VMMs (their command lines name the scratch directory) and the namespace.
+        for (const pid of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x)))
+          try {
+            if (fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes(scratch)) process.kill(Number(pid), 'SIGKILL');
+          } catch {
+            // gone
+          }
+        spawnSync('ip', ['netns', 'del', ns], { stdio: 'pipe' });
+      }
+      if (code !== 0) throw new Error(`the page's commands exited ${code}:\n${out.slice(-8000)}`);
+      expect(out).toContain('=== all blocks ran');
+      expect(out).toMatch(/^linux-guest: demo wrote \/hello\.txt on \/dev\/vda \(ext2\):$/m);
+      expect(out).toMatch(/^linux-guest: demo {3}nic eth0 mac=52:54:00:12:34:56 driver=virtio_net$/m);
+      // The host pinged the guest on the first VMM and after the migration.
+      expect(out.match(/^3 packets transmitted, 3 (packets )?received/gm)?.length).toBe(2);
+      expect(out).toContain('"name": "virtio-blk"');
+      expect(out).toContain('"name": "virtio-net"');
+      expect(Number(/"chains": (\d+)/.exec(out)?.[1])).toBeGreaterThan(0);
+      expect(out).toMatch(/"status": "paused"[\s\S]*"status": "completed"[\s\S]*"status": "running"[\s\S]*"status": "running"/);
+      expect(out).toMatch(/^Hello from Linux \S+ on tsvmm \(virtio-blk vda\)$/m); // debugfs
+      expect(out).toMatch(/^demo: 12\/\d+ files/m); // e2fsck -fn, exit 0
+      expect(fs.readdirSync(scratch)).toEqual([]); // the page's clean-up removed its directory
+      expect(spawnSync('ip', ['netns', 'list'], { stdio: 'pipe' }).stdout.toString()).not.toContain(ns);
+    },
+    1_800_000,
+  ); // 6 minutes alone; three times that on a host busy with other VMs
 });

@@ -26,7 +26,10 @@ export interface LinuxRun {
  * Runs one guest test (tsvmm.test=NAME); the guest reboots at the end, which
  * ends the VMM (it does not reboot). `wrap` runs the VMM under e.g. `ip netns exec`.
  */
-export function runLinux(test: string, opts: { args?: string[]; params?: string; wrap?: string[]; timeoutMs?: number; onLine?: (l: string) => void } = {}): Promise<LinuxRun> {
+export function runLinux(
+  test: string,
+  opts: { args?: string[]; params?: string; wrap?: string[]; timeoutMs?: number; onLine?: (l: string) => void } = {},
+): Promise<LinuxRun> {
   requireLinux();
   const cmdline = `${BASE_CMDLINE} tsvmm.test=${test} tsvmm.exit=reboot ${opts.params ?? ''}`.trim();
   const argv = [VMM_BIN, 'run', '--memory', '128M', '--kernel', BZIMAGE, '--initrd', INITRAMFS, '--cmdline', cmdline, ...(opts.args ?? [])];
@@ -70,7 +73,11 @@ export class TapNetns {
   readonly exec: string[];
   private alive = false;
 
-  constructor(readonly name: string, readonly tap: string, hostCidr: string) {
+  constructor(
+    readonly name: string,
+    readonly tap: string,
+    hostCidr: string,
+  ) {
     this.exec = ['ip', 'netns', 'exec', name];
     execFileSync('ip', ['netns', 'add', name], { stdio: 'pipe' });
     this.alive = true;
@@ -93,8 +100,10 @@ export class TapNetns {
   ping(addr: string, count: number): Promise<{ ok: boolean; out: string }> {
     const ping = hostPing();
     return new Promise((resolve) => {
-      execFile(...this.execArgs([...ping, '-c', String(count), '-i', '0.5', '-w', '40', addr]), { timeout: 60_000 }, (err, stdout, stderr) =>
-        resolve({ ok: !err, out: `${stdout}${stderr}${err ? `\n(${err.message})` : ''}` }),
+      execFile(
+        ...this.execArgs([...ping, '-c', String(count), '-i', '0.5', '-w', '40', addr]),
+        { timeout: 60_000 },
+        (err, stdout, stderr) => resolve({ ok: !err, out: `${stdout}${stderr}${err ? `\n(${err.message})` : ''}` }),
       );
     });
   }
@@ -118,7 +127,10 @@ export class TapNetns {
   static removeStale(prefix: string): void {
     let names: string[] = [];
     try {
-      names = execFileSync('ip', ['netns', 'list'], { stdio: 'pipe' }).toString().split('\n').map((l) => l.split(' ')[0]);
+      names = execFileSync('ip', ['netns', 'list'], { stdio: 'pipe' })
+        .toString()
+        .split('\n')
+        .map((l) => l.split(' ')[0]);
     } catch {
       return;
     }
@@ -140,7 +152,8 @@ export function canUseTap(): boolean {
 }
 
 function hostPing(): string[] {
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) if (dir && fs.existsSync(path.join(dir, 'ping'))) return [path.join(dir, 'ping')];
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':'))
+    if (dir && fs.existsSync(path.join(dir, 'ping'))) return [path.join(dir, 'ping')];
   return fs.existsSync('/bin/busybox') ? ['/bin/busybox', 'ping'] : [];
 }
 
@@ -156,7 +169,11 @@ export function ioPattern(offset: number, bytes: number, seed: number): Buffer {
 }
 
 /** What the guest's fs_workload leaves on its ext2 disk: path, size, tsvmm-io seed. */
-export const EXT2_FILES: [string, number, number][] = [['/small', 5000, 11], ['/dir/medium', 300000, 12], ['/big', 3 * 2 ** 20, 13]];
+export const EXT2_FILES: [string, number, number][] = [
+  ['/small', 5000, 11],
+  ['/dir/medium', 300000, 12],
+  ['/big', 3 * 2 ** 20, 13],
+];
 
 /**
  * Checks an image the guest's fs_workload wrote, with the host's e2fsprogs:

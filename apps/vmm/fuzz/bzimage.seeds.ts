@@ -1,7 +1,9 @@
 // Seed inputs for bzimage.fuzz.ts (written by `node tools/fuzz/src/make-seeds.js apps/vmm bzimage`).
 
 /** A minimal bzImage: boot sector signature, setup header (protocol 2.12, 64-bit entry, LOADED_HIGH), payload. */
-export function bzImage(o: { setupSects?: number; version?: number; payload?: number; initSize?: number; cmdlineSize?: number; odd?: boolean } = {}): Uint8Array {
+export function bzImage(
+  o: { setupSects?: number; version?: number; payload?: number; initSize?: number; cmdlineSize?: number; odd?: boolean } = {},
+): Uint8Array {
   const setupSects = o.setupSects ?? 1;
   const b = Buffer.alloc((setupSects + 1) * 512 + (o.payload ?? 512) + (o.odd ? 1 : 0));
   b[0x1f1] = setupSects;

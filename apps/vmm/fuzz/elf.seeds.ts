@@ -1,7 +1,9 @@
 // Seed inputs for elf.fuzz.ts (written by `node tools/fuzz/src/make-seeds.js apps/vmm elf`).
 
 /** An ELF64 (or ELF32) x86 PVH kernel: one PT_LOAD at 1 MiB, one PT_NOTE with the Xen PHYS32_ENTRY note. */
-export function pvhElf(o: { is64?: boolean; code?: number; notes?: { name: string; type: number; desc: number[] }[]; odd?: boolean } = {}): Uint8Array {
+export function pvhElf(
+  o: { is64?: boolean; code?: number; notes?: { name: string; type: number; desc: number[] }[]; odd?: boolean } = {},
+): Uint8Array {
   const is64 = o.is64 ?? true;
   const ehsize = is64 ? 64 : 52;
   const phsize = is64 ? 56 : 32;
@@ -66,7 +68,12 @@ export function seeds(): Record<string, Uint8Array> {
     'pvh-elf64': pvhElf(),
     'pvh-elf64-initrd': pvhElf({ odd: true }),
     'pvh-elf32': pvhElf({ is64: false }),
-    'pvh-two-notes-64bit-entry': pvhElf({ notes: [{ name: 'GNU', type: 3, desc: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] }, { name: 'Xen', type: 18, desc: [0x10, 0, 0x10, 0, 0, 0, 0, 0] }] }),
+    'pvh-two-notes-64bit-entry': pvhElf({
+      notes: [
+        { name: 'GNU', type: 3, desc: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] },
+        { name: 'Xen', type: 18, desc: [0x10, 0, 0x10, 0, 0, 0, 0, 0] },
+      ],
+    }),
     'no-pvh-note': pvhElf({ notes: [{ name: 'Linux', type: 1, desc: [] }] }),
   };
 }

@@ -16,10 +16,19 @@ const initrd = new Uint8Array(8192).fill(0x5a);
 export function fuzzKernel(data: Buffer): void {
   const odd = data.length > 0 && (data[data.length - 1] & 1) === 1;
   const entry = loadKernel({
-    kernel: data, kernelPath: 'fuzz-kernel', cmdline: 'console=ttyS0 fuzz', initrd: odd ? initrd : undefined,
-    memory, lowRamEnd: RAM, e820: [{ addr: 0, size: 0x9fc00, type: 1 }, { addr: 0x100000, size: RAM - 0x100000, type: 1 }],
+    kernel: data,
+    kernelPath: 'fuzz-kernel',
+    cmdline: 'console=ttyS0 fuzz',
+    initrd: odd ? initrd : undefined,
+    memory,
+    lowRamEnd: RAM,
+    e820: [
+      { addr: 0, size: 0x9fc00, type: 1 },
+      { addr: 0x100000, size: RAM - 0x100000, type: 1 },
+    ],
   });
-  if (!Number.isSafeInteger(entry.rip) || entry.rip < 0 || entry.rip >= RAM) throw new Error(`entry point 0x${entry.rip.toString(16)} outside guest RAM`);
+  if (!Number.isSafeInteger(entry.rip) || entry.rip < 0 || entry.rip >= RAM)
+    throw new Error(`entry point 0x${entry.rip.toString(16)} outside guest RAM`);
 }
 
 export function isExpected(e: unknown): boolean {

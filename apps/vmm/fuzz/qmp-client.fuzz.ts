@@ -18,9 +18,25 @@ const qmp = require('../../../scripts/qmp.js') as {
 };
 
 export const maxLen = 4096;
-export const dictionary = ['{"QMP": {}}\n', '{"return": {}}\n', '{"error": {"class": "GenericError", "desc": "x"}}\n', '{"event": "STOP"}\n', '\r\n', 'null', '[]', '{', '}', '"', '\\u0000', '1e400'];
+export const dictionary = [
+  '{"QMP": {}}\n',
+  '{"return": {}}\n',
+  '{"error": {"class": "GenericError", "desc": "x"}}\n',
+  '{"event": "STOP"}\n',
+  '\r\n',
+  'null',
+  '[]',
+  '{',
+  '}',
+  '"',
+  '\\u0000',
+  '1e400',
+];
 
-const sockPath = path.join(process.env.FUZZ_TMPDIR ?? os.tmpdir(), `tsvmm-fuzz-qmpjs-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
+const sockPath = path.join(
+  process.env.FUZZ_TMPDIR ?? os.tmpdir(),
+  `tsvmm-fuzz-qmpjs-${process.pid}-${Math.random().toString(36).slice(2)}.sock`,
+);
 let current = Buffer.alloc(0);
 let server: Promise<net.Server> | undefined;
 

@@ -23,11 +23,48 @@ import { QmpServer } from '../src/monitor/qmp-server';
 
 export const maxLen = 4096;
 export const dictionary = [
-  '{"execute":"qmp_capabilities"}', '{"execute":', '"arguments":{', '"id":', '"exec-oob"', '}', '{', '[', ']', '\n', '\\"', '\\u0000', 'null', 'true', '1e400', '-0',
-  '"human-monitor-command"', '"command-line":"', '"query-status"', '"x-query-virtio-status"', '"x-debug-virtqueue-drop"', '"x-debug-device-event"',
-  '"migrate-set-parameters"', '"downtime-limit"', '"x-max-passes"', '"query-migrate"', '"stop"', '"cont"', '"query-pci"', '"path"', '"queue"',
-  '"x-query-virtio-queue-element"', '"index"', '"query-qmp-schema"', 'info virtqueues', 'info virtio-queue-element ',
-  'info virtio-queue-status ', 'virtqueue_drop ', 'device_event ', 'migrate_set_downtime ', 'info migrate', '0x',
+  '{"execute":"qmp_capabilities"}',
+  '{"execute":',
+  '"arguments":{',
+  '"id":',
+  '"exec-oob"',
+  '}',
+  '{',
+  '[',
+  ']',
+  '\n',
+  '\\"',
+  '\\u0000',
+  'null',
+  'true',
+  '1e400',
+  '-0',
+  '"human-monitor-command"',
+  '"command-line":"',
+  '"query-status"',
+  '"x-query-virtio-status"',
+  '"x-debug-virtqueue-drop"',
+  '"x-debug-device-event"',
+  '"migrate-set-parameters"',
+  '"downtime-limit"',
+  '"x-max-passes"',
+  '"query-migrate"',
+  '"stop"',
+  '"cont"',
+  '"query-pci"',
+  '"path"',
+  '"queue"',
+  '"x-query-virtio-queue-element"',
+  '"index"',
+  '"query-qmp-schema"',
+  'info virtqueues',
+  'info virtio-queue-element ',
+  'info virtio-queue-status ',
+  'virtqueue_drop ',
+  'device_event ',
+  'migrate_set_downtime ',
+  'info migrate',
+  '0x',
 ];
 
 class StandInMachine extends Error {}
@@ -53,15 +90,57 @@ for (const name of ['quit', 'migrate', 'x-snapshot-save']) {
 
 /** Structure-aware inputs: negotiation, then well-formed requests with arbitrary JSON arguments (HMP lines from its words). */
 const hmpLine = fc
-  .array(fc.oneof(fc.constantFrom('info', 'status', 'pci', 'virtio', 'virtio-status', 'virtio-queue-status', 'migrate', 'stop', 'cont', 'help', 'device_event', 'kick', 'call', 'virtqueue_drop', 'migrate_set_downtime', 'savevm-file', 'quit'), fc.string({ maxLength: 8 }), fc.integer().map(String)), { maxLength: 6 })
+  .array(
+    fc.oneof(
+      fc.constantFrom(
+        'info',
+        'status',
+        'pci',
+        'virtio',
+        'virtio-status',
+        'virtio-queue-status',
+        'migrate',
+        'stop',
+        'cont',
+        'help',
+        'device_event',
+        'kick',
+        'call',
+        'virtqueue_drop',
+        'migrate_set_downtime',
+        'savevm-file',
+        'quit',
+      ),
+      fc.string({ maxLength: 8 }),
+      fc.integer().map(String),
+    ),
+    { maxLength: 6 },
+  )
   .map((w) => w.join(' '));
-const ARG_NAMES = ['path', 'queue', 'dev', 'event', 'kicks', 'interrupts', 'downtime-limit', 'x-max-passes', 'uri', 'file', 'enable', 'detach', 'cpu-index'];
+const ARG_NAMES = [
+  'path',
+  'queue',
+  'dev',
+  'event',
+  'kicks',
+  'interrupts',
+  'downtime-limit',
+  'x-max-passes',
+  'uri',
+  'file',
+  'enable',
+  'detach',
+  'cpu-index',
+];
 export const arbitrary = fc
   .array(
     fc.record(
       {
         execute: fc.constantFrom(...monitor.commands.names()),
-        arguments: fc.oneof(fc.dictionary(fc.constantFrom(...ARG_NAMES), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 3 }), fc.record({ 'command-line': hmpLine })),
+        arguments: fc.oneof(
+          fc.dictionary(fc.constantFrom(...ARG_NAMES), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 3 }),
+          fc.record({ 'command-line': hmpLine }),
+        ),
         id: fc.jsonValue({ maxDepth: 1 }),
       },
       { requiredKeys: ['execute'] },
@@ -70,7 +149,10 @@ export const arbitrary = fc
   )
   .map((reqs) => new Uint8Array(Buffer.from([{ execute: 'qmp_capabilities' }, ...reqs].map((r) => JSON.stringify(r)).join('\n') + '\n')));
 
-const sockPath = path.join(process.env.FUZZ_TMPDIR ?? os.tmpdir(), `tsvmm-fuzz-qmp-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
+const sockPath = path.join(
+  process.env.FUZZ_TMPDIR ?? os.tmpdir(),
+  `tsvmm-fuzz-qmp-${process.pid}-${Math.random().toString(36).slice(2)}.sock`,
+);
 let server: Promise<QmpServer> | undefined;
 
 function getServer(): Promise<QmpServer> {

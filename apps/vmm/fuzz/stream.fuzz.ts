@@ -20,7 +20,26 @@ import { applyRamSection } from '../src/migration/ram';
 import { ByteSource, checkSectionKnown, MigrationStreamError, parseJson, readHeader, readSection } from '../src/migration/stream';
 
 export const maxLen = 32768;
-export const dictionary = ['TSVMMIG\n', 'device/blk0', 'serial', 'machine', 'ram', 'cpu/0', 'clock', 'end', 'source', '"queues"', '"status"', '"deviceFeatures"', 'null', '[]', '{}', '1e309', '-1', '0.5'];
+export const dictionary = [
+  'TSVMMIG\n',
+  'device/blk0',
+  'serial',
+  'machine',
+  'ram',
+  'cpu/0',
+  'clock',
+  'end',
+  'source',
+  '"queues"',
+  '"status"',
+  '"deviceFeatures"',
+  'null',
+  '[]',
+  '{}',
+  '1e309',
+  '-1',
+  '0.5',
+];
 
 export const RAM_SIZE = 64 * 1024;
 export const HERE: MachineDescription = { memoryBytes: 256 * 2 ** 20, cpus: 1, devices: [{ id: 'blk0', type: 'virtio-blk' }] };
@@ -38,7 +57,9 @@ class BufferSource implements ByteSource {
 
 /** What a validation error looks like: our own classes, or a plain Error with a message. */
 function isEngineError(e: unknown): boolean {
-  return e instanceof TypeError || e instanceof RangeError || e instanceof SyntaxError || e instanceof ReferenceError || !(e instanceof Error);
+  return (
+    e instanceof TypeError || e instanceof RangeError || e instanceof SyntaxError || e instanceof ReferenceError || !(e instanceof Error)
+  );
 }
 
 async function loadDevice(state: unknown): Promise<void> {
@@ -89,7 +110,15 @@ export async function fuzz(data: Buffer): Promise<void> {
 
 async function load(data: Buffer): Promise<void> {
   const src = new BufferSource(data);
-  const ram: MemoryRegion = { slot: 0, guestPhysAddr: 0n, size: RAM_SIZE, fd: -1, hostAddress: 0n, pieces: [{ guestPhysAddr: 0, bytes: new Uint8Array(RAM_SIZE) }], flags: 0 };
+  const ram: MemoryRegion = {
+    slot: 0,
+    guestPhysAddr: 0n,
+    size: RAM_SIZE,
+    fd: -1,
+    hostAddress: 0n,
+    pieces: [{ guestPhysAddr: 0, bytes: new Uint8Array(RAM_SIZE) }],
+    flags: 0,
+  };
   try {
     const format = await readHeader(src);
     for (let n = 0; n < 64; n++) {
@@ -101,7 +130,10 @@ async function load(data: Buffer): Promise<void> {
       else if (kind === 'machine') checkMachine(parseMachineDescription(parseJson(s)), HERE);
       else if (kind === 'serial') {
         try {
-          new Uart16550(() => undefined, () => undefined).loadState(parseSerialState(parseJson(s)));
+          new Uart16550(
+            () => undefined,
+            () => undefined,
+          ).loadState(parseSerialState(parseJson(s)));
         } catch (e) {
           if (isEngineError(e)) throw e;
         }

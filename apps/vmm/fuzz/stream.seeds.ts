@@ -30,12 +30,20 @@ function ramRun(gpa: number, pages: number, kind: number, data?: Buffer): Buffer
 }
 
 export function seeds(): Record<string, Uint8Array> {
-  const serial = new Uart16550(() => undefined, () => undefined).saveState();
+  const serial = new Uart16550(
+    () => undefined,
+    () => undefined,
+  ).saveState();
   const dev = blkState();
   return {
     'full-stream': Buffer.concat([
       encodeHeader(),
-      ...encodeSection('source', 1, jsonPayload({ vmm: 'tsvmm', version: '0.1.0', kind: 'snapshot', created: '2026-01-01T00:00:00Z' }), SECTION_OPTIONAL),
+      ...encodeSection(
+        'source',
+        1,
+        jsonPayload({ vmm: 'tsvmm', version: '0.1.0', kind: 'snapshot', created: '2026-01-01T00:00:00Z' }),
+        SECTION_OPTIONAL,
+      ),
       ...encodeSection('machine', 1, jsonPayload(HERE)),
       ...encodeSection('ram', 1, Buffer.concat([ramRun(0, 1, 0), ramRun(0x1000, 1, 1, Buffer.alloc(4096, 0xab))])),
       ...encodeSection('serial', 1, jsonPayload(serial)),
@@ -44,6 +52,10 @@ export function seeds(): Record<string, Uint8Array> {
       ...encodeSection('end', 1, Buffer.alloc(0)),
     ]),
     'device-only-v1': Buffer.concat([encodeHeader(1), ...encodeSection('device/blk0', 1, jsonPayload({ type: 'virtio-blk', state: dev }))]),
-    'unknown-optional-section': Buffer.concat([encodeHeader(), ...encodeSection('x-future', 3, jsonPayload({ a: 1 }), SECTION_OPTIONAL), ...encodeSection('serial', 1, jsonPayload(serial))]),
+    'unknown-optional-section': Buffer.concat([
+      encodeHeader(),
+      ...encodeSection('x-future', 3, jsonPayload({ a: 1 }), SECTION_OPTIONAL),
+      ...encodeSection('serial', 1, jsonPayload(serial)),
+    ]),
   };
 }

@@ -49,7 +49,11 @@ function parseArgs(argv) {
     if (a !== '--plugins' && a !== '--outdir') fail(`unknown argument '${argv[i]}'\n${USAGE}`);
     if (v === undefined) v = argv[++i];
     if (v === undefined) fail(`${a} needs a value`);
-    if (a === '--plugins') out.plugins = v.split(',').map((s) => s.trim()).filter(Boolean);
+    if (a === '--plugins')
+      out.plugins = v
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
     else out.outdir = path.resolve(v);
   }
   return out;
@@ -121,12 +125,16 @@ function main() {
   }
   const leftOut = [...scan.packages.filter((p) => !chosen.includes(p)), ...scan.refused];
   const names = chosen.map((p) => d.shortName(p.name));
-  const outdir = args.outdir ?? (args.plugins ? path.join(root, 'dist', `vmm-${names.join('+') || 'none'}`) : path.resolve(__dirname, '../dist'));
+  const outdir =
+    args.outdir ?? (args.plugins ? path.join(root, 'dist', `vmm-${names.join('+') || 'none'}`) : path.resolve(__dirname, '../dist'));
   fs.mkdirSync(outdir, { recursive: true });
 
   const info = (p) => ({
-    name: p.name, version: p.version, description: p.description || '',
-    apiVersion: p.manifest ? p.manifest.apiVersion : NaN, deviceTypes: p.manifest ? p.manifest.deviceTypes : p.deviceTypes,
+    name: p.name,
+    version: p.version,
+    description: p.description || '',
+    apiVersion: p.manifest ? p.manifest.apiVersion : NaN,
+    deviceTypes: p.manifest ? p.manifest.deviceTypes : p.deviceTypes,
   });
   const entry = [
     "import { registerBundledPlugins } from './apps/vmm/src/plugins';",
@@ -151,7 +159,13 @@ function main() {
   // Worker-thread entry points the chosen plugins declare (vmmPlugin.workers), built next to main.js.
   for (const p of chosen) {
     for (const [name, file] of Object.entries(p.manifest.workers || {})) {
-      writeAtomically(esbuild.buildSync({ ...buildOptions(tsconfig), entryPoints: [path.resolve(p.dir, file)], outfile: path.join(outdir, `${name}.js`) }));
+      writeAtomically(
+        esbuild.buildSync({
+          ...buildOptions(tsconfig),
+          entryPoints: [path.resolve(p.dir, file)],
+          outfile: path.join(outdir, `${name}.js`),
+        }),
+      );
     }
   }
   const addon = path.join(root, 'libs/kvm-native/build/Release/kvm_native.node');
@@ -163,7 +177,8 @@ function main() {
   const kib = (f) => `${Math.round(fs.statSync(path.join(outdir, f)).size / 1024)} KiB`;
   process.stdout.write(
     `bundle: ${path.relative(process.cwd(), path.join(outdir, 'main.js')) || 'main.js'} (${kib('main.js')}) with ${names.join(', ') || 'no device plugins'}` +
-      (leftOut.length ? `; left out: ${leftOut.map((p) => d.shortName(p.name)).join(', ')}` : '') + '\n',
+      (leftOut.length ? `; left out: ${leftOut.map((p) => d.shortName(p.name)).join(', ')}` : '') +
+      '\n',
   );
 }
 

@@ -5,12 +5,39 @@ import { parseArgs } from './cli';
 
 describe('parseArgs', () => {
   it('parses every flag', () => {
-    const c = parseArgs(['run', '--kernel', 'k', '--initrd', 'i', '--cmdline', 'a b', '--memory', '1G', '--cpus', '2',
-      '--device', 'virtio-blk,id=d0,file=/x,,y,readonly=on', '--serial=file:/tmp/s', '--trace-boot', '--sandbox', 'on']);
+    const c = parseArgs([
+      'run',
+      '--kernel',
+      'k',
+      '--initrd',
+      'i',
+      '--cmdline',
+      'a b',
+      '--memory',
+      '1G',
+      '--cpus',
+      '2',
+      '--device',
+      'virtio-blk,id=d0,file=/x,,y,readonly=on',
+      '--serial=file:/tmp/s',
+      '--trace-boot',
+      '--sandbox',
+      'on',
+    ]);
     expect(c).toEqual({
       kind: 'run',
       config: {
-        kernel: 'k', initrd: 'i', cmdline: 'a b', memoryBytes: 2 ** 30, cpus: 2, serial: { kind: 'file', path: '/tmp/s' }, traceBoot: true, qmp: [], monitorStdio: false, startPaused: false, sandbox: true,
+        kernel: 'k',
+        initrd: 'i',
+        cmdline: 'a b',
+        memoryBytes: 2 ** 30,
+        cpus: 2,
+        serial: { kind: 'file', path: '/tmp/s' },
+        traceBoot: true,
+        qmp: [],
+        monitorStdio: false,
+        startPaused: false,
+        sandbox: true,
         devices: [{ type: 'virtio-blk', id: 'd0', props: { file: '/x,y', readonly: 'on' } }],
       },
     });
@@ -40,12 +67,27 @@ describe('parseArgs', () => {
     [['run', '--kernel', 'k', '-m', 'x'], "-m: 'x' is not a size"],
     [['run', '--kernel', 'k', '-x'], "unknown option '-x'"],
     [['run', '--kernel', 'k', '--device', 'x,toString=1'], "--device 'x,toString=1': 'toString' is not a property name (a reserved name)"],
-    [['run', '--kernel', 'k', '--device', 'x,constructor=1'], "--device 'x,constructor=1': 'constructor' is not a property name (a reserved name)"],
-    [['run', '--kernel', 'k', '--device', 'x,__proto__=1'], "--device 'x,__proto__=1': '__proto__' is not a property name (a reserved name)"],
-    [['run', '--kernel', 'k', '-S'], '-S: the vCPUs would wait for a cont that no monitor can send; add --qmp unix:PATH or --monitor stdio'],
-    [['run', '--kernel', 'k', '--qmp', `unix:/tmp/${'q'.repeat(103)}`], `--qmp: socket path '/tmp/${'q'.repeat(103)}' is 108 bytes; a unix socket path holds at most 107`],
+    [
+      ['run', '--kernel', 'k', '--device', 'x,constructor=1'],
+      "--device 'x,constructor=1': 'constructor' is not a property name (a reserved name)",
+    ],
+    [
+      ['run', '--kernel', 'k', '--device', 'x,__proto__=1'],
+      "--device 'x,__proto__=1': '__proto__' is not a property name (a reserved name)",
+    ],
+    [
+      ['run', '--kernel', 'k', '-S'],
+      '-S: the vCPUs would wait for a cont that no monitor can send; add --qmp unix:PATH or --monitor stdio',
+    ],
+    [
+      ['run', '--kernel', 'k', '--qmp', `unix:/tmp/${'q'.repeat(103)}`],
+      `--qmp: socket path '/tmp/${'q'.repeat(103)}' is 108 bytes; a unix socket path holds at most 107`,
+    ],
     [['run', '--kernel', 'k', '--incoming', `unix:/tmp/${'i'.repeat(120)}`], 'is 125 bytes; a unix socket path holds at most 107'],
-    [['run', '--kernel', 'k', '--config', '/nonexistent-monitor-dir/vm.json'], '--config /nonexistent-monitor-dir/vm.json: directory /nonexistent-monitor-dir does not exist'],
+    [
+      ['run', '--kernel', 'k', '--config', '/nonexistent-monitor-dir/vm.json'],
+      '--config /nonexistent-monitor-dir/vm.json: directory /nonexistent-monitor-dir does not exist',
+    ],
   ])('%j -> %s', (argv, msg) => {
     expect(() => parseArgs(argv)).toThrow(msg);
   });
@@ -64,18 +106,25 @@ describe('parseArgs', () => {
     expect(Buffer.byteLength(p)).toBe(107);
     const c = parseArgs(['run', '--kernel', 'k', '-S', '--qmp', `unix:${p}`]);
     expect(c).toMatchObject({ config: { startPaused: true, qmp: [p] } });
-    expect(parseArgs(['run', '--kernel', 'k', '-S', '--monitor', 'stdio', '--serial', 'none'])).toMatchObject({ config: { startPaused: true, monitorStdio: true } });
+    expect(parseArgs(['run', '--kernel', 'k', '-S', '--monitor', 'stdio', '--serial', 'none'])).toMatchObject({
+      config: { startPaused: true, monitorStdio: true },
+    });
   });
 
-  it.each(['toString', 'constructor', '__proto__', 'valueOf'])('refuses the inherited name %s in a --config file, as a setting and as a device property', (key) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-monitor-cfg-'));
-    const file = path.join(dir, 'vm.json');
-    fs.writeFileSync(file, `{"kernel": "k", "${key}": 1}`);
-    expect(() => parseArgs(['run', '--config', file])).toThrow(`--config ${file}: unknown setting '${key}'`);
-    fs.writeFileSync(file, `{"kernel": "k", "devices": [{"type": "virtio-blk", "${key}": "x"}]}`);
-    expect(() => parseArgs(['run', '--config', file])).toThrow(`--config ${file}: devices[0]: '${key}' is not a property name (a reserved name)`);
-    fs.rmSync(dir, { recursive: true });
-  });
+  it.each(['toString', 'constructor', '__proto__', 'valueOf'])(
+    'refuses the inherited name %s in a --config file, as a setting and as a device property',
+    (key) => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-monitor-cfg-'));
+      const file = path.join(dir, 'vm.json');
+      fs.writeFileSync(file, `{"kernel": "k", "${key}": 1}`);
+      expect(() => parseArgs(['run', '--config', file])).toThrow(`--config ${file}: unknown setting '${key}'`);
+      fs.writeFileSync(file, `{"kernel": "k", "devices": [{"type": "virtio-blk", "${key}": "x"}]}`);
+      expect(() => parseArgs(['run', '--config', file])).toThrow(
+        `--config ${file}: devices[0]: '${key}' is not a property name (a reserved name)`,
+      );
+      fs.rmSync(dir, { recursive: true });
+    },
+  );
 
   it('takes =on|off (and yes/no, true/false) for switches; a bare switch is on', () => {
     const run = (...a: string[]) => parseArgs(['run', '--kernel', 'k', '--qmp', 'unix:/tmp/q', ...a]);
@@ -90,7 +139,10 @@ describe('parseArgs', () => {
 
   it('hands a flag its value even when it looks like an option: --cmdline --help is for the guest', () => {
     expect(parseArgs(['run', '--kernel', 'k', '--cmdline', '--help'])).toMatchObject({ kind: 'run', config: { cmdline: '--help' } });
-    expect(parseArgs(['run', '--kernel', 'k', '--cmdline=-v --version'])).toMatchObject({ kind: 'run', config: { cmdline: '-v --version' } });
+    expect(parseArgs(['run', '--kernel', 'k', '--cmdline=-v --version'])).toMatchObject({
+      kind: 'run',
+      config: { cmdline: '-v --version' },
+    });
   });
 
   it('reads a size without unit as MiB, as QEMU -m', () => {
@@ -113,8 +165,21 @@ describe('parseArgs', () => {
     expect(help(['plugins', '--help'])).toMatch(/^Usage: vmm plugins \[--json\]/);
     expect(help(['config-schema', '-h'])).toMatch(/^Usage: vmm config-schema/);
     // every run setting is in run's help
-    for (const key of ['--kernel PATH', '--initrd PATH', '--cmdline STR', '--memory SIZE', '--cpus N', '--device SPEC', '--serial MODE', '--config FILE.json',
-      '--qmp unix:PATH', '--monitor stdio', '--incoming unix:PATH', '--restore FILE', '--trace-boot[=on|off]'])
+    for (const key of [
+      '--kernel PATH',
+      '--initrd PATH',
+      '--cmdline STR',
+      '--memory SIZE',
+      '--cpus N',
+      '--device SPEC',
+      '--serial MODE',
+      '--config FILE.json',
+      '--qmp unix:PATH',
+      '--monitor stdio',
+      '--incoming unix:PATH',
+      '--restore FILE',
+      '--trace-boot[=on|off]',
+    ])
       expect(help(['run', '--help'])).toContain(key);
   });
 
@@ -125,8 +190,29 @@ describe('parseArgs', () => {
   });
 
   it("takes QEMU's device names as aliases", () => {
-    const c = parseArgs(['run', '--kernel', 'k', '--device', 'virtio-blk-pci,file=a', '--device', 'virtio-net-pci,tap=t0', '--device', 'virtio-scsi-pci', '--device', 'vhost-scsi-pci,id=v']);
-    expect(c).toMatchObject({ config: { devices: [{ type: 'virtio-blk', id: 'virtio-blk0' }, { type: 'virtio-net' }, { type: 'virtio-scsi' }, { type: 'vhost-scsi', id: 'v' }] } });
+    const c = parseArgs([
+      'run',
+      '--kernel',
+      'k',
+      '--device',
+      'virtio-blk-pci,file=a',
+      '--device',
+      'virtio-net-pci,tap=t0',
+      '--device',
+      'virtio-scsi-pci',
+      '--device',
+      'vhost-scsi-pci,id=v',
+    ]);
+    expect(c).toMatchObject({
+      config: {
+        devices: [
+          { type: 'virtio-blk', id: 'virtio-blk0' },
+          { type: 'virtio-net' },
+          { type: 'virtio-scsi' },
+          { type: 'vhost-scsi', id: 'v' },
+        ],
+      },
+    });
   });
 
   it('parses the plugins subcommand', () => {
@@ -135,9 +221,23 @@ describe('parseArgs', () => {
   });
 
   it('parses --run-with (a user name, UID:GID, a chroot) and --qmp mode=', () => {
-    const c = parseArgs(['run', '--kernel', 'k', '--qmp', 'unix:/tmp/a.sock,mode=0660', '--qmp', 'unix:/tmp/b.sock', '--run-with', 'user=nobody,chroot=/srv/vm']);
-    expect(c).toMatchObject({ config: { qmp: ['/tmp/a.sock', '/tmp/b.sock'], qmpMode: { '/tmp/a.sock': 0o660 }, runWith: { user: 'nobody', chroot: '/srv/vm' } } });
-    expect(parseArgs(['run', '--kernel', 'k', '--run-with=user=1000:1001'])).toMatchObject({ config: { runWith: { uid: 1000, gid: 1001 } } });
+    const c = parseArgs([
+      'run',
+      '--kernel',
+      'k',
+      '--qmp',
+      'unix:/tmp/a.sock,mode=0660',
+      '--qmp',
+      'unix:/tmp/b.sock',
+      '--run-with',
+      'user=nobody,chroot=/srv/vm',
+    ]);
+    expect(c).toMatchObject({
+      config: { qmp: ['/tmp/a.sock', '/tmp/b.sock'], qmpMode: { '/tmp/a.sock': 0o660 }, runWith: { user: 'nobody', chroot: '/srv/vm' } },
+    });
+    expect(parseArgs(['run', '--kernel', 'k', '--run-with=user=1000:1001'])).toMatchObject({
+      config: { runWith: { uid: 1000, gid: 1001 } },
+    });
   });
 
   it.each([
@@ -167,15 +267,39 @@ describe('--config FILE.json', () => {
   };
 
   it('holds every setting a flag has, by the same name (devices for --device)', () => {
-    const f = write(JSON.stringify({
-      $schema: './vm.schema.json', kernel: 'k', initrd: 'i', cmdline: '--help', memory: 512, cpus: 2, serial: 'none', qmp: ['unix:/tmp/a.sock', 'unix:/tmp/b.sock'], monitor: 'stdio',
-      paused: true, 'trace-boot': 'on', restore: 'snap.bin', sandbox: 'on', devices: ['virtio-blk-pci,id=d0,file=a', { type: 'virtio-scsi-pci', id: 's0', 'num-queues': 2 }],
-    }));
+    const f = write(
+      JSON.stringify({
+        $schema: './vm.schema.json',
+        kernel: 'k',
+        initrd: 'i',
+        cmdline: '--help',
+        memory: 512,
+        cpus: 2,
+        serial: 'none',
+        qmp: ['unix:/tmp/a.sock', 'unix:/tmp/b.sock'],
+        monitor: 'stdio',
+        paused: true,
+        'trace-boot': 'on',
+        restore: 'snap.bin',
+        sandbox: 'on',
+        devices: ['virtio-blk-pci,id=d0,file=a', { type: 'virtio-scsi-pci', id: 's0', 'num-queues': 2 }],
+      }),
+    );
     expect(parseArgs(['run', '--config', f])).toEqual({
       kind: 'run',
       config: {
-        kernel: 'k', initrd: 'i', cmdline: '--help', memoryBytes: 512 * 2 ** 20, cpus: 2, serial: { kind: 'none' }, qmp: ['/tmp/a.sock', '/tmp/b.sock'],
-        monitorStdio: true, startPaused: true, traceBoot: true, restore: 'snap.bin', sandbox: true,
+        kernel: 'k',
+        initrd: 'i',
+        cmdline: '--help',
+        memoryBytes: 512 * 2 ** 20,
+        cpus: 2,
+        serial: { kind: 'none' },
+        qmp: ['/tmp/a.sock', '/tmp/b.sock'],
+        monitorStdio: true,
+        startPaused: true,
+        traceBoot: true,
+        restore: 'snap.bin',
+        sandbox: true,
         devices: [
           { type: 'virtio-blk', id: 'd0', props: { file: 'a' }, origin: { file: f, path: 'devices[0]' } },
           { type: 'virtio-scsi', id: 's0', props: { 'num-queues': 2 }, origin: { file: f, path: 'devices[1]' } },
@@ -189,7 +313,9 @@ describe('--config FILE.json', () => {
   it('lets later flags override it and adds later devices after its own', () => {
     const f = write(JSON.stringify({ kernel: 'k', memory: '1G', devices: [{ type: 'virtio-blk', file: 'a' }] }));
     const c = parseArgs(['run', '--config', f, '--memory', '64', '--device', 'virtio-blk,file=b']);
-    expect(c).toMatchObject({ config: { memoryBytes: 64 * 2 ** 20, devices: [{ id: 'virtio-blk0' }, { id: 'virtio-blk1', props: { file: 'b' } }] } });
+    expect(c).toMatchObject({
+      config: { memoryBytes: 64 * 2 ** 20, devices: [{ id: 'virtio-blk0' }, { id: 'virtio-blk1', props: { file: 'b' } }] },
+    });
   });
 
   it.each([
@@ -203,11 +329,17 @@ describe('--config FILE.json', () => {
     ['{"kernel": "k", "serial": "tcp:1"}', "serial: 'tcp:1' must be stdio, none or file:PATH"],
     ['{"kernel": "k", "devices": {}}', 'devices: must be an array of devices'],
     ['{"kernel": "k", "devices": [{"type": "virtio-blk", "id": 3}]}', 'devices[0].id: must be a string'],
-    ['{"kernel": "k", "devices": [{"type": "virtio-blk", "num-queues": [1]}]}', 'devices[0].num-queues: a device property must be a string, a number or a boolean'],
+    [
+      '{"kernel": "k", "devices": [{"type": "virtio-blk", "num-queues": [1]}]}',
+      'devices[0].num-queues: a device property must be a string, a number or a boolean',
+    ],
     ['{"kernel": "k", "devices": [{"file": "a"}]}', 'devices[0].type: must be a string (a device type)'],
     ['{"kernel": "k", "devices": [{"type": "virtio-blk", "id": "1x"}]}', "devices[0].id: id '1x' must start with a letter"],
     ['{"kernel": "k", "devices": ["virtio-blk,novalue"]}', "devices[0] 'virtio-blk,novalue': 'novalue' is not key=value"],
-    ['{"kernel": "k", "kernal": "x"}', "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, run-with, stall-ms, sandbox, trace-boot, log-level, log-file, log-format, metrics)"],
+    [
+      '{"kernel": "k", "kernal": "x"}',
+      "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, run-with, stall-ms, sandbox, trace-boot, log-level, log-file, log-format, metrics)",
+    ],
     ['{"kernel": "k", "config": "x"}', "unknown setting 'config'"],
     ['[1]', 'the file must hold a JSON object'],
     ['', 'the file is empty'],
@@ -231,6 +363,8 @@ describe('--config FILE.json', () => {
 
   it('locates a syntax error in hostile nesting without exhausting the stack', () => {
     const f = write('['.repeat(100_000));
-    expect(() => parseArgs(['run', '--config', f])).toThrow(`--config ${f}: line 1, column 514: nested deeper than 512 levels (not valid JSON)`);
+    expect(() => parseArgs(['run', '--config', f])).toThrow(
+      `--config ${f}: line 1, column 514: nested deeper than 512 levels (not valid JSON)`,
+    );
   });
 });

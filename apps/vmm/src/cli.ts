@@ -5,7 +5,17 @@
  * run's flags come from SETTINGS in config.ts.
  */
 import { parseArgs as tokenize } from 'util';
-import { checkConfig, ConfigError, defaultConfig, jsonKeyOf, Setting, SETTINGS, splitDeviceSpec, canonicalDeviceType, VmConfig } from './config';
+import {
+  checkConfig,
+  ConfigError,
+  defaultConfig,
+  jsonKeyOf,
+  Setting,
+  SETTINGS,
+  splitDeviceSpec,
+  canonicalDeviceType,
+  VmConfig,
+} from './config';
 import type { DevicePlugin, DeviceType, PropertySpec } from '@tsvmm/pci';
 import { aliasesOf } from './config';
 import { version } from '../package.json';
@@ -87,12 +97,18 @@ function tokens(args: readonly string[], options: Record<string, { type: 'string
   for (const t of toks) {
     if (t.kind === 'positional') throw new ConfigError(`${command}: unexpected argument '${t.value}' (see vmm ${command} --help)`);
     if (t.kind !== 'option') continue;
-    if (!Object.hasOwn(all, t.name)) throw new ConfigError(`${command === 'run' ? '' : `${command}: `}unknown option '${t.rawName}' (see vmm ${command} --help)`);
+    if (!Object.hasOwn(all, t.name))
+      throw new ConfigError(`${command === 'run' ? '' : `${command}: `}unknown option '${t.rawName}' (see vmm ${command} --help)`);
   }
   return toks.filter((t) => t.kind === 'option');
 }
 
-function simpleCommand(args: readonly string[], command: string, help: string, extra: Record<string, { type: 'boolean' }> = {}): Command | Record<string, boolean> {
+function simpleCommand(
+  args: readonly string[],
+  command: string,
+  help: string,
+  extra: Record<string, { type: 'boolean' }> = {},
+): Command | Record<string, boolean> {
   const toks = tokens(args, extra, command);
   const out: Record<string, boolean> = {};
   for (const t of toks) {
@@ -108,7 +124,8 @@ function simpleCommand(args: readonly string[], command: string, help: string, e
 function deviceHelp(value: string): Command | undefined {
   if (value === 'help' || value === '?') return { kind: 'device-help' };
   const parts = splitDeviceSpec(value);
-  if (parts.length === 2 && (parts[1] === 'help' || parts[1] === '?') && parts[0]) return { kind: 'device-help', type: canonicalDeviceType(parts[0]) };
+  if (parts.length === 2 && (parts[1] === 'help' || parts[1] === '?') && parts[0])
+    return { kind: 'device-help', type: canonicalDeviceType(parts[0]) };
   return undefined;
 }
 
@@ -214,7 +231,10 @@ export function formatDeviceProperties(type: DeviceType, plugin: DevicePlugin): 
   const head = `${type.type}: ${type.description}\n  plugin ${plugin.name} ${plugin.version}${alias.length ? `; QEMU name ${alias.join(', ')}` : ''}\n`;
   const props = Object.entries(type.properties);
   if (!props.length) return `${head}  (no properties besides id)\n`;
-  const rows = [['id', 'string', '', 'the device id (default: the type and its index)'], ...props.map(([k, s]) => [k, propertyType(s), propertyDefault(s), s.description])];
+  const rows = [
+    ['id', 'string', '', 'the device id (default: the type and its index)'],
+    ...props.map(([k, s]) => [k, propertyType(s), propertyDefault(s), s.description]),
+  ];
   const w0 = Math.max(...rows.map((r) => r[0].length)) + 2;
   const w1 = Math.max(...rows.map((r) => r[1].length)) + 2;
   const w2 = Math.max(...rows.map((r) => r[2].length)) + 2;

@@ -20,7 +20,9 @@ export const UNIX_PATH_MAX = 107;
 function socketPath(flag: string, p: string): string {
   const len = Buffer.byteLength(p);
   if (len > UNIX_PATH_MAX)
-    throw new ConfigError(`${flag}: socket path '${p}' is ${len} bytes; a unix socket path holds at most ${UNIX_PATH_MAX} (use a shorter path)`);
+    throw new ConfigError(
+      `${flag}: socket path '${p}' is ${len} bytes; a unix socket path holds at most ${UNIX_PATH_MAX} (use a shorter path)`,
+    );
   return p;
 }
 
@@ -107,7 +109,8 @@ export interface VmConfig {
 /** --stall-ms N: 0 (off) to 3600000 ms, as the stall-ms= device property. */
 export function parseStallMs(flag: string, v: unknown): number {
   const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d{1,7}$/.test(v) ? Number(v) : NaN;
-  if (!Number.isInteger(n) || n < 0 || n > 3600000) throw new ConfigError(`${flag}: '${String(v)}' must be a whole number of milliseconds from 0 (off) to 3600000`);
+  if (!Number.isInteger(n) || n < 0 || n > 3600000)
+    throw new ConfigError(`${flag}: '${String(v)}' must be a whole number of milliseconds from 0 (off) to 3600000`);
   return n;
 }
 
@@ -127,7 +130,8 @@ export function parseMemory(flag: string, text: unknown): number {
   let v: number | undefined;
   if (typeof text === 'number') v = Number.isSafeInteger(text) && text >= 0 ? text * 2 ** 20 : undefined;
   else if (typeof text === 'string') v = /^\s*\d+\s*$/.test(text) ? Number(text) * 2 ** 20 : parseSize(text);
-  if (v === undefined || !Number.isSafeInteger(v)) throw new ConfigError(`${flag}: '${String(text)}' is not a size (use e.g. 256M or 2G; a number alone means MiB)`);
+  if (v === undefined || !Number.isSafeInteger(v))
+    throw new ConfigError(`${flag}: '${String(text)}' is not a size (use e.g. 256M or 2G; a number alone means MiB)`);
   if (v < MIN_MEMORY) throw new ConfigError(`${flag}: ${String(text)} is below the minimum of 16M`);
   if (v > MAX_MEMORY) throw new ConfigError(`${flag}: ${String(text)} is above the maximum of 64G`);
   if (v % (2 * 2 ** 20) !== 0) throw new ConfigError(`${flag}: ${String(text)} must be a multiple of 2M`);
@@ -136,7 +140,8 @@ export function parseMemory(flag: string, text: unknown): number {
 
 export function parseCpus(flag: string, text: unknown): number {
   const v = typeof text === 'number' ? text : typeof text === 'string' && /^\d+$/.test(text) ? Number(text) : NaN;
-  if (!Number.isInteger(v) || v < 1 || v > MAX_CPUS) throw new ConfigError(`${flag}: '${String(text)}' must be an integer from 1 to ${MAX_CPUS}`);
+  if (!Number.isInteger(v) || v < 1 || v > MAX_CPUS)
+    throw new ConfigError(`${flag}: '${String(text)}' must be an integer from 1 to ${MAX_CPUS}`);
   return v;
 }
 
@@ -149,14 +154,16 @@ export function parseQmp(flag: string, text: unknown): string {
  * deliberately (read and write bits only, the owner's included).
  */
 export function parseQmpSpec(flag: string, text: unknown): { path: string; mode?: number } {
-  if (typeof text !== 'string' || !text.startsWith('unix:') || text.length <= 5) throw new ConfigError(`${flag}: '${String(text)}' must be unix:PATH[,mode=0660]`);
+  if (typeof text !== 'string' || !text.startsWith('unix:') || text.length <= 5)
+    throw new ConfigError(`${flag}: '${String(text)}' must be unix:PATH[,mode=0660]`);
   let p = text.slice(5);
   let mode: number | undefined;
   const m = /^(.+),mode=([^,]*)$/.exec(p);
   if (m) {
     if (!/^0?[0-7]{3}$/.test(m[2])) throw new ConfigError(`${flag}: mode '${m[2]}' must be an octal mode such as 0660`);
     mode = parseInt(m[2], 8);
-    if ((mode & 0o600) !== 0o600 || (mode & ~0o666) !== 0) throw new ConfigError(`${flag}: mode ${m[2]} must keep the owner's rw (0600) and add only read/write bits (at most 0666)`);
+    if ((mode & 0o600) !== 0o600 || (mode & ~0o666) !== 0)
+      throw new ConfigError(`${flag}: mode ${m[2]} must keep the owner's rw (0600) and add only read/write bits (at most 0666)`);
     p = m[1];
   }
   return { path: socketPath(flag, p), mode };
@@ -308,11 +315,13 @@ export function checkConfig(c: VmConfig): VmConfig {
   if (c.incoming !== undefined) socketPath('--incoming', c.incoming.slice(5));
   if (c.startPaused && !c.qmp.length && !c.monitorStdio)
     throw new ConfigError('-S: the vCPUs would wait for a cont that no monitor can send; add --qmp unix:PATH or --monitor stdio');
-  if (c.monitorStdio && c.serial.kind === 'stdio') throw new ConfigError('--monitor stdio: stdio is taken by the serial console; add --serial file:PATH or --serial none');
+  if (c.monitorStdio && c.serial.kind === 'stdio')
+    throw new ConfigError('--monitor stdio: stdio is taken by the serial console; add --serial file:PATH or --serial none');
   const ids = new Set<string>();
   for (const d of c.devices) {
     const where = d.origin ? `--config ${d.origin.file}: ${d.origin.path}.id` : `--device ${d.type}`;
-    if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(d.id)) throw new ConfigError(`${where}: id '${d.id}' must start with a letter and use only letters, digits, _ . -`);
+    if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(d.id))
+      throw new ConfigError(`${where}: id '${d.id}' must start with a letter and use only letters, digits, _ . -`);
     if (ids.has(d.id)) throw new ConfigError(`${d.origin ? where : '--device'}: id '${d.id}' is used twice`);
     ids.add(d.id);
   }
@@ -320,7 +329,19 @@ export function checkConfig(c: VmConfig): VmConfig {
 }
 
 export function defaultConfig(): VmConfig {
-  return { kernel: '', cmdline: '', memoryBytes: 256 * 2 ** 20, cpus: 1, devices: [], serial: { kind: 'stdio' }, traceBoot: false, qmp: [], monitorStdio: false, startPaused: false, sandbox: false };
+  return {
+    kernel: '',
+    cmdline: '',
+    memoryBytes: 256 * 2 ** 20,
+    cpus: 1,
+    devices: [],
+    serial: { kind: 'stdio' },
+    traceBoot: false,
+    qmp: [],
+    monitorStdio: false,
+    startPaused: false,
+    sandbox: false,
+  };
 }
 
 // ---------------------------------------------------------------------------
@@ -338,18 +359,23 @@ function zod(): ZodNs {
 }
 
 export const onOffJson = (z: ZodNs) =>
-  z.union([z.boolean(), z.enum([...ON, ...OFF])], { error: 'must be true or false (or "on"/"off")' })
-  .meta({ description: 'true/false, or "on"/"off", "yes"/"no"' });
+  z
+    .union([z.boolean(), z.enum([...ON, ...OFF])], { error: 'must be true or false (or "on"/"off")' })
+    .meta({ description: 'true/false, or "on"/"off", "yes"/"no"' });
 
-const propertyValue = (z: ZodNs) => z.union([z.string(), z.number(), z.boolean()], { error: 'a device property must be a string, a number or a boolean' });
+const propertyValue = (z: ZodNs) =>
+  z.union([z.string(), z.number(), z.boolean()], { error: 'a device property must be a string, a number or a boolean' });
 
-const deviceJson = (z: ZodNs) => z.union(
-  [
-    z.string().meta({ description: 'TYPE,id=ID,key=value,... as with --device' }),
-    z.object({ type: z.string({ error: 'must be a string (a device type)' }), id: z.string({ error: 'must be a string' }).optional() }).catchall(propertyValue(z)),
-  ],
-  { error: 'must be an object with a "type" or a "TYPE,key=value" string' },
-);
+const deviceJson = (z: ZodNs) =>
+  z.union(
+    [
+      z.string().meta({ description: 'TYPE,id=ID,key=value,... as with --device' }),
+      z
+        .object({ type: z.string({ error: 'must be a string (a device type)' }), id: z.string({ error: 'must be a string' }).optional() })
+        .catchall(propertyValue(z)),
+    ],
+    { error: 'must be an object with a "type" or a "TYPE,key=value" string' },
+  );
 
 /** What `apply` is told besides the value. */
 export interface ApplyContext {
@@ -383,32 +409,54 @@ export interface Setting {
 
 export const SETTINGS: readonly Setting[] = [
   {
-    name: 'kernel', kind: 'value', arg: 'PATH', help: 'Linux bzImage (64-bit boot protocol) or PVH ELF kernel (required)',
+    name: 'kernel',
+    kind: 'value',
+    arg: 'PATH',
+    help: 'Linux bzImage (64-bit boot protocol) or PVH ELF kernel (required)',
     json: (z) => z.string({ error: 'must be a string (a file name)' }),
     apply: (c, v) => void (c.kernel = v as string),
   },
   {
-    name: 'initrd', kind: 'value', arg: 'PATH', help: 'initial ramdisk (bzImage) or first PVH module',
+    name: 'initrd',
+    kind: 'value',
+    arg: 'PATH',
+    help: 'initial ramdisk (bzImage) or first PVH module',
     json: (z) => z.string({ error: 'must be a string (a file name)' }),
     apply: (c, v) => void (c.initrd = v as string),
   },
   {
-    name: 'cmdline', kind: 'value', arg: 'STR', help: "kernel command line (`--cmdline --help` passes '--help' to the guest)",
+    name: 'cmdline',
+    kind: 'value',
+    arg: 'STR',
+    help: "kernel command line (`--cmdline --help` passes '--help' to the guest)",
     json: (z) => z.string({ error: 'must be a string' }),
     apply: (c, v) => void (c.cmdline = v as string),
   },
   {
-    name: 'memory', short: 'm', kind: 'value', arg: 'SIZE', help: 'guest RAM, e.g. 256M or 2G; a number alone means MiB, as QEMU -m (default 256M)',
-    json: (z) => z.union([z.string(), z.number()], { error: 'must be a size such as "512M" or "2G", or a number of MiB' }).meta({ description: 'guest RAM: "512M", "2G", or a number of MiB' }),
+    name: 'memory',
+    short: 'm',
+    kind: 'value',
+    arg: 'SIZE',
+    help: 'guest RAM, e.g. 256M or 2G; a number alone means MiB, as QEMU -m (default 256M)',
+    json: (z) =>
+      z
+        .union([z.string(), z.number()], { error: 'must be a size such as "512M" or "2G", or a number of MiB' })
+        .meta({ description: 'guest RAM: "512M", "2G", or a number of MiB' }),
     apply: (c, v, { where }) => void (c.memoryBytes = parseMemory(where, v)),
   },
   {
-    name: 'cpus', kind: 'value', arg: 'N', help: `number of vCPUs, 1 to ${MAX_CPUS} (default 1)`,
+    name: 'cpus',
+    kind: 'value',
+    arg: 'N',
+    help: `number of vCPUs, 1 to ${MAX_CPUS} (default 1)`,
     json: (z) => z.union([z.number().int(), z.string()], { error: `must be an integer from 1 to ${MAX_CPUS}` }),
     apply: (c, v, { where }) => void (c.cpus = parseCpus(where, v)),
   },
   {
-    name: 'device', kind: 'value', arg: 'SPEC', jsonKey: 'devices',
+    name: 'device',
+    kind: 'value',
+    arg: 'SPEC',
+    jsonKey: 'devices',
     help: 'TYPE,id=ID,key=value,... (repeatable); QEMU names such as virtio-blk-pci work too;\n`--device help` lists the types, `--device TYPE,help` their properties',
     json: (z) => z.array(deviceJson(z), { error: 'must be an array of devices' }),
     apply: (c, v, { where }) => void c.devices.push(parseDeviceSpec(where, v as string, c.devices.length)),
@@ -417,19 +465,28 @@ export const SETTINGS: readonly Setting[] = [
     },
   },
   {
-    name: 'serial', kind: 'value', arg: 'MODE', help: 'stdio | file:PATH | none (default stdio); COM1 at 0x3f8, IRQ 4',
+    name: 'serial',
+    kind: 'value',
+    arg: 'MODE',
+    help: 'stdio | file:PATH | none (default stdio); COM1 at 0x3f8, IRQ 4',
     json: (z) => z.string({ error: 'must be "stdio", "none" or "file:PATH"' }),
     apply: (c, v, { where }) => void (c.serial = parseSerial(where, v)),
   },
   {
-    name: 'config', kind: 'value', arg: 'FILE.json', jsonKey: null,
+    name: 'config',
+    kind: 'value',
+    arg: 'FILE.json',
+    jsonKey: null,
     help: 'settings as JSON, by the same names as the flags ("devices" for --device);\nsee docs/cli.md and `vmm config-schema`; flags after --config override it',
     apply: (c, v, { where }) => applyConfigFile(c, v as string, where),
   },
   {
-    name: 'qmp', kind: 'value', arg: 'unix:PATH[,mode=0660]',
+    name: 'qmp',
+    kind: 'value',
+    arg: 'unix:PATH[,mode=0660]',
     help: 'serve QMP on a unix socket (repeatable; created 0600 unless\nmode= widens it); see docs/qmp.md and docs/security.md',
-    json: (z) => z.union([z.string(), z.array(z.string({ error: 'must be "unix:PATH"' }))], { error: 'must be "unix:PATH" or an array of them' }),
+    json: (z) =>
+      z.union([z.string(), z.array(z.string({ error: 'must be "unix:PATH"' }))], { error: 'must be "unix:PATH" or an array of them' }),
     apply: (c, v, { where }) => addQmp(c, where, v),
     applyJson: (c, v, { where }) => {
       if (typeof v === 'string') addQmp(c, where, v);
@@ -437,7 +494,10 @@ export const SETTINGS: readonly Setting[] = [
     },
   },
   {
-    name: 'monitor', kind: 'value', arg: 'stdio', help: 'the human monitor (HMP) on stdin/stdout (needs --serial file:PATH or none)',
+    name: 'monitor',
+    kind: 'value',
+    arg: 'stdio',
+    help: 'the human monitor (HMP) on stdin/stdout (needs --serial file:PATH or none)',
     json: (z) => z.enum(['stdio', 'none'], { error: 'must be "stdio" or "none"' }),
     apply: (c, v, { where }) => {
       if (v !== 'stdio' && v !== 'none') throw new ConfigError(`${where}: '${String(v)}' must be stdio or none`);
@@ -445,63 +505,89 @@ export const SETTINGS: readonly Setting[] = [
     },
   },
   {
-    name: 'paused', short: 'S', kind: 'bool', help: "create the VM but start the vCPUs only on QMP/HMP 'cont'\n(needs --qmp or --monitor stdio)",
+    name: 'paused',
+    short: 'S',
+    kind: 'bool',
+    help: "create the VM but start the vCPUs only on QMP/HMP 'cont'\n(needs --qmp or --monitor stdio)",
     json: onOffJson,
     apply: (c, v, { where }) => void (c.startPaused = parseOnOff(where, v)),
   },
   {
-    name: 'incoming', kind: 'value', arg: 'unix:PATH',
+    name: 'incoming',
+    kind: 'value',
+    arg: 'unix:PATH',
     help: "wait on PATH for a live migration (QMP 'migrate' on the\nsource), then run the migrated guest; same devices needed",
     json: (z) => z.string({ error: 'must be "unix:PATH"' }),
     apply: (c, v) => void (c.incoming = v as string),
   },
   {
-    name: 'restore', kind: 'value', arg: 'FILE',
+    name: 'restore',
+    kind: 'value',
+    arg: 'FILE',
     help: 'continue the guest from an x-snapshot-save file (same\n--kernel, --memory, --cpus and devices as when it was saved)',
     json: (z) => z.string({ error: 'must be a string (a file name)' }),
     apply: (c, v) => void (c.restore = v as string),
   },
   {
-    name: 'run-with', kind: 'value', arg: 'user=USER|UID:GID[,chroot=DIR]',
+    name: 'run-with',
+    kind: 'value',
+    arg: 'user=USER|UID:GID[,chroot=DIR]',
     help: 'once /dev/kvm, images, TAPs and sockets are open: chroot to\nDIR, become USER and drop every capability (docs/security.md)',
     json: (z) => z.string({ error: 'must be "user=USER|UID:GID[,chroot=DIR]"' }),
     apply: (c, v, { where }) => void (c.runWith = parseRunWith(where, v)),
   },
   {
-    name: 'stall-ms', kind: 'value', arg: 'N',
+    name: 'stall-ms',
+    kind: 'value',
+    arg: 'N',
     help: "the virtqueue stall detector's threshold for devices without\nstall-ms= (default 0: off); see docs/qmp.md",
     json: (z) => z.union([z.number().int(), z.string()], { error: 'must be a whole number of milliseconds' }),
     apply: (c, v, { where }) => void (c.stallMs = parseStallMs(where, v)),
   },
   {
     // A value, not a switch: QEMU's `-sandbox on` spelling, so `--sandbox on` works as QEMU users type it.
-    name: 'sandbox', kind: 'value', arg: 'on|off',
+    name: 'sandbox',
+    kind: 'value',
+    arg: 'on|off',
     help: 'on: once devices, sockets and files are open, set no_new_privs\nand confine every thread with a seccomp filter; a call outside\nits allow-list stops the VMM (exit 159); see docs/security.md',
     json: (z) => z.union([z.boolean(), z.enum(['on', 'off'])], { error: 'must be "on", "off" or a boolean' }),
     apply: (c, v, { where }) => void (c.sandbox = typeof v === 'boolean' ? v : parseSandbox(where, v)),
   },
   {
-    name: 'trace-boot', kind: 'bool', help: 'report the time from start to the first serial byte',
+    name: 'trace-boot',
+    kind: 'bool',
+    help: 'report the time from start to the first serial byte',
     json: onOffJson,
     apply: (c, v, { where }) => void (c.traceBoot = parseOnOff(where, v)),
   },
   {
-    name: 'log-level', kind: 'value', arg: 'LEVEL', help: 'trace | debug | info | warn | error | fatal | silent (default info)',
+    name: 'log-level',
+    kind: 'value',
+    arg: 'LEVEL',
+    help: 'trace | debug | info | warn | error | fatal | silent (default info)',
     json: (z) => z.string({ error: 'must be a level name' }),
     apply: (c, v, { where }) => void (c.log = parseLogFlag('--log-level', v as string, c.log, where)),
   },
   {
-    name: 'log-file', kind: 'value', arg: 'PATH', help: 'append the log to PATH instead of stderr',
+    name: 'log-file',
+    kind: 'value',
+    arg: 'PATH',
+    help: 'append the log to PATH instead of stderr',
     json: (z) => z.string({ error: 'must be a path' }),
     apply: (c, v, { where }) => void (c.log = parseLogFlag('--log-file', v as string, c.log, where)),
   },
   {
-    name: 'log-format', kind: 'value', arg: 'FORMAT', help: 'text (default: time, level, message) | json (JSON lines\nwith level, time, msg, and device and queue for device lines)',
+    name: 'log-format',
+    kind: 'value',
+    arg: 'FORMAT',
+    help: 'text (default: time, level, message) | json (JSON lines\nwith level, time, msg, and device and queue for device lines)',
     json: (z) => z.enum(['text', 'json'], { error: 'must be "text" or "json"' }),
     apply: (c, v, { where }) => void (c.log = parseLogFlag('--log-format', v as string, c.log, where)),
   },
   {
-    name: 'metrics', kind: 'value', arg: 'file:PATH[,interval=SECONDS]',
+    name: 'metrics',
+    kind: 'value',
+    arg: 'file:PATH[,interval=SECONDS]',
     help: 'write Prometheus text-format metrics to PATH every SECONDS\n(default 5) and at exit: per-queue chains, kicks, interrupts;\ndevices needing reset; vCPU exits by reason',
     json: (z) => z.string({ error: 'must be "file:PATH[,interval=SECONDS]"' }),
     apply: (c, v, { where }) => void (c.metrics = parseMetricsFlag(where, v as string)),
@@ -521,7 +607,10 @@ function jsonPathKey(k: string | number): string {
 
 /** `devices[0].num-queues` from ['devices', 0, 'num-queues']. */
 export function formatJsonPath(p: readonly PropertyKey[]): string {
-  return p.map((k) => jsonPathKey(typeof k === 'symbol' ? String(k) : k)).join('').replace(/^\./, '');
+  return p
+    .map((k) => jsonPathKey(typeof k === 'symbol' ? String(k) : k))
+    .join('')
+    .replace(/^\./, '');
 }
 
 function deviceFromJson(file: string, d: unknown, i: number, index: number): DeviceConfig {
@@ -536,7 +625,10 @@ function deviceFromJson(file: string, d: unknown, i: number, index: number): Dev
 export function configSchema(devices?: Zod.ZodType): Zod.ZodObject {
   const z = zod();
   const shape: Record<string, Zod.ZodType> = {
-    $schema: z.string({ error: 'must be a string' }).optional().meta({ description: 'the JSON Schema this file follows (for editors; the VMM ignores it)' }),
+    $schema: z
+      .string({ error: 'must be a string' })
+      .optional()
+      .meta({ description: 'the JSON Schema this file follows (for editors; the VMM ignores it)' }),
   };
   for (const s of SETTINGS) {
     const key = jsonKeyOf(s);
@@ -719,7 +811,8 @@ export function applyConfigFile(c: VmConfig, file: string, flag = '--config'): v
     // A FIFO or /dev/zero would be read forever: only a regular file of sane size.
     const st = fs.statSync(file);
     if (!st.isFile()) throw new ConfigError(`${where}: not a regular file`);
-    if (st.size > MAX_CONFIG_BYTES) throw new ConfigError(`${where}: ${st.size} bytes; a config file holds at most ${MAX_CONFIG_BYTES / 2 ** 20} MiB`);
+    if (st.size > MAX_CONFIG_BYTES)
+      throw new ConfigError(`${where}: ${st.size} bytes; a config file holds at most ${MAX_CONFIG_BYTES / 2 ** 20} MiB`);
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
     if (e instanceof ConfigError) throw e;
@@ -748,7 +841,10 @@ function propertyZod(z: ZodNs, spec: PropertySpec): Zod.ZodType {
       let n = z.number().int();
       if (spec.min !== undefined) n = n.min(spec.min);
       if (spec.max !== undefined) n = n.max(spec.max);
-      t = z.union([n, z.string().regex(spec.type === 'size' ? /^(0x[0-9a-fA-F]+|\d+)\s*([kmgtKMGT]i?[bB]?|[bB])?$/ : /^(0x[0-9a-fA-F]+|-?\d+)$/)]);
+      t = z.union([
+        n,
+        z.string().regex(spec.type === 'size' ? /^(0x[0-9a-fA-F]+|\d+)\s*([kmgtKMGT]i?[bB]?|[bB])?$/ : /^(0x[0-9a-fA-F]+|-?\d+)$/),
+      ]);
       break;
     }
     case 'enum':

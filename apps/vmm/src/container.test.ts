@@ -10,7 +10,10 @@ const fixture: DevicePlugin = {
     {
       type: 'fixture-dev',
       description: 'a device for registry tests',
-      properties: { size: { type: 'size', description: 'a size', default: 4096 }, mode: { type: 'enum', description: 'mode', values: ['a', 'b'] } },
+      properties: {
+        size: { type: 'size', description: 'a size', default: 4096 },
+        mode: { type: 'enum', description: 'mode', values: ['a', 'b'] },
+      },
       create: (_ctx, id, props) => ({ id, type: 'fixture-dev', props }) as never,
     },
   ],
@@ -25,13 +28,18 @@ describe('DeviceRegistry (from the inversify container)', () => {
     const r = registry([fixture]);
     expect(r.types).toEqual(['fixture-dev']);
     expect(r.create({} as never, { type: 'fixture-dev', id: 'd0', props: { size: '8K', mode: 'b' } })).toEqual({
-      id: 'd0', type: 'fixture-dev', props: { size: 8192, mode: 'b' },
+      id: 'd0',
+      type: 'fixture-dev',
+      props: { size: 8192, mode: 'b' },
     });
   });
 
   it.each([
     [{ type: 'nope', id: 'd0', props: {} }, "--device nope: unknown device type 'nope' (available: fixture-dev)"],
-    [{ type: 'fixture-dev', id: 'd0', props: { colour: 'red' } }, "--device fixture-dev,id=d0: unknown property 'colour' (known: size, mode)"],
+    [
+      { type: 'fixture-dev', id: 'd0', props: { colour: 'red' } },
+      "--device fixture-dev,id=d0: unknown property 'colour' (known: size, mode)",
+    ],
     [{ type: 'fixture-dev', id: 'd0', props: { mode: 'c' } }, "--device fixture-dev,id=d0: property 'mode' must be one of a, b, got 'c'"],
   ])('rejects %j', (d, msg) => {
     expect(() => registry([fixture]).validate([d])).toThrow(msg);
@@ -48,10 +56,17 @@ describe('DeviceRegistry (from the inversify container)', () => {
   it('refuses a plugin with a broken schema at registration, naming plugin, device type and property', () => {
     const broken = {
       ...fixture,
-      deviceTypes: [{ ...fixture.deviceTypes[0], properties: { ...fixture.deviceTypes[0].properties, size: { type: 'size', description: 'a size', default: 1, min: 512 } } }],
+      deviceTypes: [
+        {
+          ...fixture.deviceTypes[0],
+          properties: { ...fixture.deviceTypes[0].properties, size: { type: 'size', description: 'a size', default: 1, min: 512 } },
+        },
+      ],
     } as DevicePlugin;
     expect(() => registry([broken])).toThrow(PluginError);
-    expect(() => registry([broken])).toThrow("plugin fixture-plugin@0.0.1: device type 'fixture-dev': property 'size': default 1 is below min 512");
+    expect(() => registry([broken])).toThrow(
+      "plugin fixture-plugin@0.0.1: device type 'fixture-dev': property 'size': default 1 is below min 512",
+    );
   });
 
   it('refuses a plugin declaring one device type twice', () => {
@@ -65,6 +80,8 @@ describe('DeviceRegistry (from the inversify container)', () => {
     expect(() => r.validate([{ type: 'virtio-net', id: 'n0', props: {} }])).toThrow(
       "--device virtio-net: device type 'virtio-net' is not available in this build (built with: fixture); it comes from plugin @tsvmm/virtio-net",
     );
-    expect(() => r.validate([{ type: 'virtio-nothing', id: 'n0', props: {} }])).toThrow("unknown device type 'virtio-nothing' (available: fixture-dev)");
+    expect(() => r.validate([{ type: 'virtio-nothing', id: 'n0', props: {} }])).toThrow(
+      "unknown device type 'virtio-nothing' (available: fixture-dev)",
+    );
   });
 });

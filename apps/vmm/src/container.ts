@@ -6,7 +6,15 @@
 import 'reflect-metadata';
 import { Container } from 'inversify';
 import {
-  checkDevicePlugin, Device, DeviceContext, DevicePlugin, DeviceType, DEVICE_PLUGIN, parseProperties, PluginError, PropertyError,
+  checkDevicePlugin,
+  Device,
+  DeviceContext,
+  DevicePlugin,
+  DeviceType,
+  DEVICE_PLUGIN,
+  parseProperties,
+  PluginError,
+  PropertyError,
 } from '@tsvmm/pci';
 import { ConfigError, DeviceConfig, devicePropertyError, deviceWhere, VmConfig } from './config';
 
@@ -69,7 +77,9 @@ export class DeviceRegistry {
     const leftOut = this.missing?.leftOut.find((p) => p.deviceTypes.includes(type));
     if (leftOut && this.missing) {
       const built = this.missing.builtWith.length ? `built with: ${this.missing.builtWith.join(', ')}` : 'built without device plugins';
-      throw new ConfigError(`${where}: device type '${type}' is not available in this build (${built}); it comes from plugin ${leftOut.name}`);
+      throw new ConfigError(
+        `${where}: device type '${type}' is not available in this build (${built}); it comes from plugin ${leftOut.name}`,
+      );
     }
     const known = this.types;
     throw new ConfigError(

@@ -75,7 +75,9 @@ export function migrationTargetProblem(file: string): string | undefined {
     st = fs.lstatSync(file);
   } catch (e) {
     const code = (e as { code?: string }).code;
-    return code === 'ENOENT' ? `${file} does not exist (is the destination started with --incoming unix:${file}?)` : `${file}: ${(e as Error).message}`;
+    return code === 'ENOENT'
+      ? `${file} does not exist (is the destination started with --incoming unix:${file}?)`
+      : `${file}: ${(e as Error).message}`;
   }
   // A symbolic link could send guest RAM to a socket the caller did not name: name the socket itself.
   if (!st.isSocket()) return `${file} is ${describeKind(st)}, not a unix socket; guest memory goes only to a socket named directly`;

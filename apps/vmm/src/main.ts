@@ -142,7 +142,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   if (cmd.kind === 'device-help' || cmd.kind === 'config-schema') {
     try {
       const missing = catalog.builtWith ? { builtWith: catalog.builtWith, leftOut: catalog.leftOut } : undefined;
-      const registry = new DeviceRegistry(catalog.plugins.map((p) => p.plugin), missing);
+      const registry = new DeviceRegistry(
+        catalog.plugins.map((p) => p.plugin),
+        missing,
+      );
       const types = registry.types.map((t) => ({ type: registry.lookup(t), plugin: registry.pluginOf(t)! }));
       if (cmd.kind === 'config-schema') process.stdout.write(JSON.stringify(configJsonSchema(types.map((t) => t.type)), null, 2) + '\n');
       else if (cmd.type === undefined) process.stdout.write(formatDeviceTypes(types));
@@ -165,7 +168,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   let log: (m: string) => void;
   try {
-    log = lineLogger(createLogger(config.log ?? defaultLogOptions()), config.devices.map((d) => d.id));
+    log = lineLogger(
+      createLogger(config.log ?? defaultLogOptions()),
+      config.devices.map((d) => d.id),
+    );
   } catch (e) {
     process.stderr.write(`vmm: ${(e as Error).message}\n`);
     return EXIT_CODE_VMM_ERROR;
@@ -174,7 +180,11 @@ export async function main(argv: readonly string[]): Promise<number> {
   let serial: ReturnType<typeof serialSink>;
   try {
     const missing = catalog.builtWith ? { builtWith: catalog.builtWith, leftOut: catalog.leftOut } : undefined;
-    const container = buildContainer(config, catalog.plugins.map((p) => p.plugin), missing);
+    const container = buildContainer(
+      config,
+      catalog.plugins.map((p) => p.plugin),
+      missing,
+    );
     const registry = container.get<DeviceRegistry>(TYPES.DeviceRegistry);
     registry.validate(config.devices);
     serial = serialSink(config);
@@ -189,7 +199,13 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stderr.write(`vmm: ${e.message}\n`);
       return EXIT_USAGE;
     }
-    if (e instanceof FileOpenError || e instanceof KernelImageError || e instanceof KvmUnavailableError || e instanceof DeviceSetupError || e instanceof PluginError) {
+    if (
+      e instanceof FileOpenError ||
+      e instanceof KernelImageError ||
+      e instanceof KvmUnavailableError ||
+      e instanceof DeviceSetupError ||
+      e instanceof PluginError
+    ) {
       process.stderr.write(`vmm: ${e.message}\n`);
       return EXIT_CODE_VMM_ERROR;
     }
@@ -221,7 +237,11 @@ export async function main(argv: readonly string[]): Promise<number> {
   let stopMetrics: (() => Promise<void>) | undefined;
   if (config.metrics) {
     try {
-      stopMetrics = await startMetrics(config.metrics, { devices: () => machine.devices, exits: () => machine.exitCounts, migration: () => monitor.migration.info }, log);
+      stopMetrics = await startMetrics(
+        config.metrics,
+        { devices: () => machine.devices, exits: () => machine.exitCounts, migration: () => monitor.migration.info },
+        log,
+      );
     } catch (e) {
       process.stderr.write(`vmm: ${(e as Error).message}\n`);
       monitor.close();
@@ -278,15 +298,26 @@ export async function main(argv: readonly string[]): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   const exit: MachineExit = await exitPromise;
-  if (exit.reason !== 'stopped') monitor.event('SHUTDOWN', { guest: true, reason: exit.reason === 'reset' ? 'guest-reset' : exit.reason === 'fault' ? 'guest-panic' : 'guest-shutdown' });
+  if (exit.reason !== 'stopped')
+    monitor.event('SHUTDOWN', {
+      guest: true,
+      reason: exit.reason === 'reset' ? 'guest-reset' : exit.reason === 'fault' ? 'guest-panic' : 'guest-shutdown',
+    });
   monitor.close();
   detach();
   serial.flush();
   await stopMetrics?.();
   if (exit.reason === 'fault' || exit.code !== 0 || exit.reason !== 'exit-port') process.stderr.write(`vmm: ${exit.message}\n`);
   if (process.env.VMM_EXIT_STATS) {
-    const top = (m: Map<number, number>) => [...m.entries()].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([a, n]) => `0x${a.toString(16)}:${n}`).join(' ');
-    process.stderr.write(`vmm: exits pio=${machine.stats.pio} mmio=${machine.stats.mmio}\nvmm: top ports ${top(machine.stats.perPort)}\nvmm: top mmio ${top(machine.stats.perMmio)}\n`);
+    const top = (m: Map<number, number>) =>
+      [...m.entries()]
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, 12)
+        .map(([a, n]) => `0x${a.toString(16)}:${n}`)
+        .join(' ');
+    process.stderr.write(
+      `vmm: exits pio=${machine.stats.pio} mmio=${machine.stats.mmio}\nvmm: top ports ${top(machine.stats.perPort)}\nvmm: top mmio ${top(machine.stats.perMmio)}\n`,
+    );
   }
   if (config.traceBoot) {
     const t = machine.firstSerialByteAt;

@@ -61,7 +61,8 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
 function manifestProblems(m: unknown): string[] {
   if (!isObject(m)) return ['package.json "vmmPlugin" must be an object like {"apiVersion": 1, "deviceTypes": ["my-dev"]}'];
   const out: string[] = [];
-  if (!Number.isInteger(m.apiVersion)) out.push(`package.json "vmmPlugin.apiVersion" must be an integer, got ${JSON.stringify(m.apiVersion)}`);
+  if (!Number.isInteger(m.apiVersion))
+    out.push(`package.json "vmmPlugin.apiVersion" must be an integer, got ${JSON.stringify(m.apiVersion)}`);
   const types = m.deviceTypes;
   if (!Array.isArray(types) || types.length === 0 || types.some((t) => typeof t !== 'string' || !t))
     out.push('package.json "vmmPlugin.deviceTypes" must list the device type names the plugin provides');
@@ -98,12 +99,16 @@ export function readPluginPackage(dir: string, apiVersion: number): PluginPackag
   const refuse = (reason: string): RefusedPackage => ({ name, version, dir: real, deviceTypes: declared, reason });
   const problems = manifestProblems(m);
   if (problems.length) return refuse(problems.join('; '));
-  if (m.apiVersion !== apiVersion) return refuse(`built for plugin API ${m.apiVersion as number}; this VMM speaks plugin API ${apiVersion}`);
+  if (m.apiVersion !== apiVersion)
+    return refuse(`built for plugin API ${m.apiVersion as number}; this VMM speaks plugin API ${apiVersion}`);
   const main = typeof pkg.main === 'string' ? pkg.main : 'index.js';
   const entry = resolveEntry(real, main);
   if (!entry) return refuse(`its entry ${main} does not exist (is the package built?)`);
   return {
-    name, version, dir: real, entry,
+    name,
+    version,
+    dir: real,
+    entry,
     description: typeof pkg.description === 'string' ? pkg.description : '',
     manifest: { apiVersion, deviceTypes: declared, ...(m.workers ? { workers: m.workers as Record<string, string> } : {}) },
   };
@@ -153,5 +158,8 @@ export function scanPluginPackages(roots: readonly string[], apiVersion: number)
 
 /** VMM_PLUGIN_PATH: directories separated by ':' (empty entries ignored). */
 export function pluginPathFromEnv(env: NodeJS.ProcessEnv = process.env): string[] {
-  return (env.VMM_PLUGIN_PATH ?? '').split(':').filter(Boolean).map((p) => path.resolve(p));
+  return (env.VMM_PLUGIN_PATH ?? '')
+    .split(':')
+    .filter(Boolean)
+    .map((p) => path.resolve(p));
 }

@@ -31,7 +31,12 @@ function schemaProblem(p: LoadedPlugin): string | undefined {
 }
 
 export function pluginReport(catalog: PluginCatalog): PluginReport {
-  const problems = catalog.problems.map((p) => ({ name: p.package.name, version: p.package.version, origin: p.origin, message: p.message }));
+  const problems = catalog.problems.map((p) => ({
+    name: p.package.name,
+    version: p.package.version,
+    origin: p.origin,
+    message: p.message,
+  }));
   for (const p of catalog.plugins) {
     const m = schemaProblem(p);
     if (m) problems.push({ name: p.package.name, version: p.package.version, origin: p.origin, message: m });
@@ -56,7 +61,9 @@ export function formatPluginReport(r: PluginReport): string {
   const lines: string[] = [];
   lines.push(
     `Plugin API ${r.apiVersion}; ` +
-      (r.builtWith ? `bundle built with: ${r.builtWith.length ? r.builtWith.join(', ') : 'no device plugins'}` : 'running from sources (workspace plugins)'),
+      (r.builtWith
+        ? `bundle built with: ${r.builtWith.length ? r.builtWith.join(', ') : 'no device plugins'}`
+        : 'running from sources (workspace plugins)'),
     '',
   );
   if (!r.plugins.length) lines.push('No device plugins.');

@@ -15,7 +15,10 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 /** A compiled (plain JS) plugin package in `dir`. */
 function writePackage(dir: string, manifest: unknown, indexJs: string, main = 'index.js'): string {
   fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: path.basename(dir), version: '2.0.0', main, vmmPlugin: manifest }));
+  fs.writeFileSync(
+    path.join(dir, 'package.json'),
+    JSON.stringify({ name: path.basename(dir), version: '2.0.0', main, vmmPlugin: manifest }),
+  );
   fs.writeFileSync(path.join(dir, 'index.js'), indexJs);
   return dir;
 }
@@ -44,8 +47,11 @@ describe('plugin discovery from sources', () => {
   });
 
   it('refuses a package whose manifest names another plugin API without loading its code', () => {
-    const dir = writePackage(path.join(tmp, 'api2', 'vmm-plugin-future'), { apiVersion: PLUGIN_API_VERSION + 1, deviceTypes: ['future-dev'] },
-      "globalThis.__futureLoaded = true; throw new Error('must not be loaded');");
+    const dir = writePackage(
+      path.join(tmp, 'api2', 'vmm-plugin-future'),
+      { apiVersion: PLUGIN_API_VERSION + 1, deviceTypes: ['future-dev'] },
+      "globalThis.__futureLoaded = true; throw new Error('must not be loaded');",
+    );
     const c = loadPluginCatalog({ VMM_PLUGIN_PATH: path.dirname(dir) });
     expect((globalThis as { __futureLoaded?: boolean }).__futureLoaded).toBeUndefined();
     expect(c.problems.map((p) => p.message)).toEqual([
@@ -55,23 +61,51 @@ describe('plugin discovery from sources', () => {
   });
 
   it('loads a compiled package from VMM_PLUGIN_PATH (a package directory itself) as a run-time plugin', () => {
-    const dir = writePackage(path.join(tmp, 'rt-good'), { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-dev'] },
-      pluginJs('rt-good', "{ n: { type: 'int', description: 'n', default: 1, min: 0, max: 4 } }"));
+    const dir = writePackage(
+      path.join(tmp, 'rt-good'),
+      { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-dev'] },
+      pluginJs('rt-good', "{ n: { type: 'int', description: 'n', default: 1, min: 0, max: 4 } }"),
+    );
     const c = loadPluginCatalog({ VMM_PLUGIN_PATH: `/nonexistent:${dir}` });
     expect(c.problems).toEqual([]);
     const rt = c.plugins.find((p) => p.package.name === 'rt-good')!;
     expect(rt.origin).toBe('run-time');
-    expect(formatPluginReport(pluginReport(c))).toMatch(/rt-good 2\.0\.0 {2}plugin API 1 {2}loaded at run time \(.*rt-good\)\n {2}rt-dev +a run-time test device/);
+    expect(formatPluginReport(pluginReport(c))).toMatch(
+      /rt-good 2\.0\.0 {2}plugin API 1 {2}loaded at run time \(.*rt-good\)\n {2}rt-dev +a run-time test device/,
+    );
   });
 
   it.each([
-    ['a broken schema', { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-dev'] }, pluginJs('rt-schema', "{ queues: { type: 'int', description: 'q', default: 64, max: 16 } }"),
-      "plugin rt-schema@2.0.0: device type 'rt-dev': property 'queues': default 64 is above max 16"],
-    ['device types that differ from the manifest', { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-dev', 'rt-other'] }, pluginJs('rt-types', '{}'),
-      'package.json vmmPlugin.deviceTypes (rt-dev, rt-other) differs from the device types the plugin declares (rt-dev)'],
-    ['an entry that throws', { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-dev'] }, "throw new Error('boom at load');", 'loading its entry failed: boom at load'],
-    ['no plugin export', { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-dev'] }, 'exports.other = 1;', 'its entry module does not export `plugin` (a DevicePlugin)'],
-    ['a malformed manifest', { apiVersion: 'one', deviceTypes: [] }, '', 'package.json "vmmPlugin.apiVersion" must be an integer, got "one"; package.json "vmmPlugin.deviceTypes" must list'],
+    [
+      'a broken schema',
+      { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-dev'] },
+      pluginJs('rt-schema', "{ queues: { type: 'int', description: 'q', default: 64, max: 16 } }"),
+      "plugin rt-schema@2.0.0: device type 'rt-dev': property 'queues': default 64 is above max 16",
+    ],
+    [
+      'device types that differ from the manifest',
+      { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-dev', 'rt-other'] },
+      pluginJs('rt-types', '{}'),
+      'package.json vmmPlugin.deviceTypes (rt-dev, rt-other) differs from the device types the plugin declares (rt-dev)',
+    ],
+    [
+      'an entry that throws',
+      { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-dev'] },
+      "throw new Error('boom at load');",
+      'loading its entry failed: boom at load',
+    ],
+    [
+      'no plugin export',
+      { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-dev'] },
+      'exports.other = 1;',
+      'its entry module does not export `plugin` (a DevicePlugin)',
+    ],
+    [
+      'a malformed manifest',
+      { apiVersion: 'one', deviceTypes: [] },
+      '',
+      'package.json "vmmPlugin.apiVersion" must be an integer, got "one"; package.json "vmmPlugin.deviceTypes" must list',
+    ],
   ])('reports %s with a clear message', (what, manifest, js, expected) => {
     const dir = writePackage(path.join(tmp, 'bad', what.replace(/\W+/g, '-')), manifest, js);
     const c = loadPluginCatalog({ VMM_PLUGIN_PATH: dir });

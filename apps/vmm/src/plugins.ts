@@ -77,7 +77,13 @@ export function registerBundledPlugins(b: BundledPlugins): void {
 const WORKSPACE_ROOT = path.resolve(__dirname, '../../..');
 
 function infoOf(p: PluginPackage): PluginPackageInfo {
-  return { name: p.name, version: p.version, description: p.description, apiVersion: p.manifest.apiVersion, deviceTypes: [...p.manifest.deviceTypes] };
+  return {
+    name: p.name,
+    version: p.version,
+    description: p.description,
+    apiVersion: p.manifest.apiVersion,
+    deviceTypes: [...p.manifest.deviceTypes],
+  };
 }
 
 function refusedInfo(r: RefusedPackage): PluginPackageInfo {
@@ -109,8 +115,12 @@ function pluginOf(mod: unknown, info: PluginPackageInfo): DevicePlugin {
   if (plugin === undefined) throw new Error('its entry module does not export `plugin` (a DevicePlugin)');
   checkDevicePlugin(plugin);
   const declared = [...info.deviceTypes].sort().join(', ');
-  const actual = plugin.deviceTypes.map((t) => t.type).sort().join(', ');
-  if (declared !== actual) throw new Error(`package.json vmmPlugin.deviceTypes (${declared}) differs from the device types the plugin declares (${actual})`);
+  const actual = plugin.deviceTypes
+    .map((t) => t.type)
+    .sort()
+    .join(', ');
+  if (declared !== actual)
+    throw new Error(`package.json vmmPlugin.deviceTypes (${declared}) differs from the device types the plugin declares (${actual})`);
   return plugin;
 }
 

@@ -14,7 +14,15 @@
  */
 import * as fs from 'fs';
 import {
-  chroot, clearCapabilities, dropCapabilityBounding, lookupUser, setAllGids, setAllUids, setGroups, threadCredentials, UserIds,
+  chroot,
+  clearCapabilities,
+  dropCapabilityBounding,
+  lookupUser,
+  setAllGids,
+  setAllUids,
+  setGroups,
+  threadCredentials,
+  UserIds,
 } from '@tsvmm/kvm-native';
 import { RunWith } from './config';
 import { confinement } from './host-files';
@@ -51,7 +59,10 @@ export function dropPrivileges(r: RunWith, log: (m: string) => void, sockets: re
       f();
     } catch (e) {
       const code = (e as { code?: string }).code;
-      const hint = code === 'EPERM' ? ' (dropping privileges needs a VMM started as root, or with CAP_SETUID, CAP_SETGID, CAP_SETPCAP and, for chroot, CAP_SYS_CHROOT)' : '';
+      const hint =
+        code === 'EPERM'
+          ? ' (dropping privileges needs a VMM started as root, or with CAP_SETUID, CAP_SETGID, CAP_SETPCAP and, for chroot, CAP_SYS_CHROOT)'
+          : '';
       throw new RunWithError(`--run-with: ${what}: ${(e as Error).message}${hint}`);
     }
   };
@@ -73,7 +84,9 @@ export function dropPrivileges(r: RunWith, log: (m: string) => void, sockets: re
   step(`setresuid ${ids.uid}`, () => setAllUids(ids.uid));
   step('clearing capabilities', () => clearCapabilities());
   verify(ids);
-  log(`running as uid ${ids.uid}, gid ${ids.gid}, groups ${ids.groups.join(',')}${r.chroot ? `, chroot ${r.chroot}` : ''}, no capabilities`);
+  log(
+    `running as uid ${ids.uid}, gid ${ids.gid}, groups ${ids.groups.join(',')}${r.chroot ? `, chroot ${r.chroot}` : ''}, no capabilities`,
+  );
   return ids;
 }
 

@@ -31,8 +31,17 @@ async function memHighWithDisk(kernel: string, img: string, extra = ''): Promise
   requireGuestKit();
   const r = await runCli(
     [
-      'run', '--kernel', kernel, '--memory', '8G', '--serial', 'stdio',
-      '--cmdline', 'test=mem-high blk=1 lba=8 seed=3 wlba=100', '--device', `virtio-blk,id=d0,file=${img}${extra}`,
+      'run',
+      '--kernel',
+      kernel,
+      '--memory',
+      '8G',
+      '--serial',
+      'stdio',
+      '--cmdline',
+      'test=mem-high blk=1 lba=8 seed=3 wlba=100',
+      '--device',
+      `virtio-blk,id=d0,file=${img}${extra}`,
     ],
     120_000,
   );

@@ -5,7 +5,18 @@ import { execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { checkMigLoopImage, GUEST_ELF, migLoopImage, migrateAndWait, qmpConnect, requireBuilt, uniq, VMM_BIN, VmmFleet, waitUntil } from '@tsvmm/testing';
+import {
+  checkMigLoopImage,
+  GUEST_ELF,
+  migLoopImage,
+  migrateAndWait,
+  qmpConnect,
+  requireBuilt,
+  uniq,
+  VMM_BIN,
+  VmmFleet,
+  waitUntil,
+} from '@tsvmm/testing';
 
 const NOBODY = 65534;
 const fleet = new VmmFleet('vmm-files-');
@@ -32,7 +43,17 @@ describeKvm('files and sockets the VMM creates', () => {
     const disk = migLoopImage(fleet);
     const wide = path.join(tmp, `wide-${uniq()}.sock`);
     const umask000 = ['sh', '-c', 'umask 000; exec "$@"', 'sh'];
-    const vm = fleet.start(['--device', `virtio-blk,id=d0,file=${disk}`, '--cmdline', 'test=mig-blk-loop iters=5 sectors=1 hold=1', '--qmp', `unix:${wide},mode=0660`], umask000);
+    const vm = fleet.start(
+      [
+        '--device',
+        `virtio-blk,id=d0,file=${disk}`,
+        '--cmdline',
+        'test=mig-blk-loop iters=5 sectors=1 hold=1',
+        '--qmp',
+        `unix:${wide},mode=0660`,
+      ],
+      umask000,
+    );
     const c = await qmpConnect(vm);
     expect(mode(vm.qmp)).toBe(0o600);
     expect(mode(wide)).toBe(0o660);
@@ -99,7 +120,13 @@ describeKvm('--run-with user=nobody', () => {
     expect(src.err()).toMatch(/running as uid 65534, gid 65534, groups 65534, no capabilities/);
     const ts = threads(src.proc.pid!);
     expect(ts.length).toBeGreaterThan(1);
-    for (const t of ts) expect(t).toMatchObject({ uid: '65534 65534 65534 65534', gid: '65534 65534 65534 65534', capEff: '0000000000000000', capPrm: '0000000000000000' });
+    for (const t of ts)
+      expect(t).toMatchObject({
+        uid: '65534 65534 65534 65534',
+        gid: '65534 65534 65534 65534',
+        capEff: '0000000000000000',
+        capPrm: '0000000000000000',
+      });
     // The main thread's bounding set is empty too (docs/security.md: the other threads' matter only at execve, which they never do).
     expect(ts.find((t) => t.tid === String(src.proc.pid))!.capBnd).toBe('0000000000000000');
     // Root still reaches the monitor; the socket is the VMM user's, 0600.
@@ -120,7 +147,9 @@ describeKvm('--run-with user=nobody', () => {
 
     // Snapshot as nobody: into nobody's directory (0600, nobody's); a root-only path is refused, saying why.
     const d = await qmpConnect(dst);
-    await expect(d.run('x-snapshot-save', { file: '/root/vmm-files-denied.snap' })).rejects.toThrow(/permission denied: the VMM runs as uid 65534/);
+    await expect(d.run('x-snapshot-save', { file: '/root/vmm-files-denied.snap' })).rejects.toThrow(
+      /permission denied: the VMM runs as uid 65534/,
+    );
     const snap = path.join(own, 'vm.snap');
     await d.run('x-snapshot-save', { file: snap });
     expect(fs.statSync(snap)).toMatchObject({ uid: NOBODY, gid: NOBODY });
@@ -147,14 +176,23 @@ describeKvm('--run-with user=nobody,chroot=DIR', () => {
     fs.mkdirSync(path.join(jail, 'out'), { recursive: true });
     fs.chownSync(path.join(jail, 'out'), NOBODY, NOBODY);
     const disk = migLoopImage(fleet);
-    const vm = fleet.start(['--device', `virtio-blk,id=d0,file=${disk}`, '--cmdline', 'test=mig-blk-loop iters=5 sectors=1 hold=1', '--run-with', `user=nobody,chroot=${jail}`]);
+    const vm = fleet.start([
+      '--device',
+      `virtio-blk,id=d0,file=${disk}`,
+      '--cmdline',
+      'test=mig-blk-loop iters=5 sectors=1 hold=1',
+      '--run-with',
+      `user=nobody,chroot=${jail}`,
+    ]);
     const c = await qmpConnect(vm);
     await waitUntil('the drop', () => vm.err().includes('running as uid'));
     expect(vm.err()).toContain(`running as uid 65534, gid 65534, groups 65534, chroot ${jail}, no capabilities`);
     await c.run('x-snapshot-save', { file: '/out/vm.snap' });
     expect(fs.statSync(path.join(jail, 'out/vm.snap'))).toMatchObject({ uid: NOBODY });
     expect(mode(path.join(jail, 'out/vm.snap'))).toBe(0o600);
-    await expect(c.run('x-snapshot-save', { file: path.join(tmp, 'outside.snap') })).rejects.toThrow(`directory ${tmp} does not exist inside the VMM's chroot ${jail}`);
+    await expect(c.run('x-snapshot-save', { file: path.join(tmp, 'outside.snap') })).rejects.toThrow(
+      `directory ${tmp} does not exist inside the VMM's chroot ${jail}`,
+    );
     expect(fs.existsSync(path.join(tmp, 'outside.snap'))).toBe(false);
     c.close();
   }, 60_000);
@@ -164,7 +202,9 @@ describeKvm('--run-with refusals', () => {
   it('an unknown user or a missing chroot directory: exit 1 with one line saying which, before the guest runs', async () => {
     const user = fleet.start(['--cmdline', 'test=pci-scan', '--run-with', 'user=no-such-user-files']);
     expect(await user.exited).toBe(1);
-    expect(user.err()).toContain('vmm: --run-with user=no-such-user-files: no such user (give a user name from the host\'s user database, or UID:GID)');
+    expect(user.err()).toContain(
+      "vmm: --run-with user=no-such-user-files: no such user (give a user name from the host's user database, or UID:GID)",
+    );
     expect(user.out()).not.toContain('guest-kit: hello');
     const missing = path.join(tmp, `no-jail-${uniq()}`);
     const dir = fleet.start(['--cmdline', 'test=pci-scan', '--run-with', `user=nobody,chroot=${missing}`]);
@@ -212,8 +252,34 @@ print("launcher: uid=%d euid=%d groups=%s" % (os.getuid(), os.geteuid(), os.getg
 os.execv(sys.argv[1], sys.argv[1:])
 `;
     const script = 'mount --bind "$0" /dev/kvm && exec python3 -c "$1" "${@:2}"';
-    const p = spawn('ip', ['netns', 'exec', NS, 'unshare', '--mount', '--propagation', 'private', 'bash', '-c', script, kvmNode, launcher,
-      process.execPath, VMM_BIN, 'run', '--kernel', GUEST_ELF, '--memory', '64M', '--serial', 'stdio', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        NS,
+        'unshare',
+        '--mount',
+        '--propagation',
+        'private',
+        'bash',
+        '-c',
+        script,
+        kvmNode,
+        launcher,
+        process.execPath,
+        VMM_BIN,
+        'run',
+        '--kernel',
+        GUEST_ELF,
+        '--memory',
+        '64M',
+        '--serial',
+        'stdio',
+        ...args,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let out = '';
     let err = '';
     p.stdout.on('data', (b) => (out += b));
@@ -227,15 +293,34 @@ os.execv(sys.argv[1], sys.argv[1:])
     fs.writeFileSync(disk, Buffer.alloc(1 << 20));
     fs.chownSync(disk, NOBODY, NOBODY);
     fs.chmodSync(disk, 0o600);
-    const net = await runUnprivileged(['--cmdline', 'test=net-ping count=3', '--device', 'virtio-net,id=n0,fd=3', '--device', `virtio-blk,id=d0,file=${disk}`]);
+    const net = await runUnprivileged([
+      '--cmdline',
+      'test=net-ping count=3',
+      '--device',
+      'virtio-net,id=n0,fd=3',
+      '--device',
+      `virtio-blk,id=d0,file=${disk}`,
+    ]);
     expect(net.err).toContain(`launcher: uid=${NOBODY} euid=${NOBODY} groups=[${KVM_GID}]`);
     expect(net.out).toContain('net-ping received=3');
     expect(net.out).toContain('guest-kit: PASS test=net-ping');
     expect(net.code).toBe(0);
-    const blk = await runUnprivileged(['--cmdline', 'test=blk-rw sectors=64', '--device', 'virtio-net,id=n0,fd=3', '--device', `virtio-blk,id=d0,file=${disk}`]);
+    const blk = await runUnprivileged([
+      '--cmdline',
+      'test=blk-rw sectors=64',
+      '--device',
+      'virtio-net,id=n0,fd=3',
+      '--device',
+      `virtio-blk,id=d0,file=${disk}`,
+    ]);
     expect(blk.out).toContain('blk-rw verify ok sectors=64');
     expect(blk.code).toBe(0);
-    expect(fs.readFileSync(disk).subarray(0, 64 * 512).some((b) => b !== 0)).toBe(true);
+    expect(
+      fs
+        .readFileSync(disk)
+        .subarray(0, 64 * 512)
+        .some((b) => b !== 0),
+    ).toBe(true);
     // Without the kvm group the same user cannot open /dev/kvm: the VMM says so in one line.
     const denied = await runUnprivileged(['--cmdline', 'test=blk-rw', '--device', `virtio-blk,id=d0,file=${disk}`], []);
     expect(denied.code).toBe(1);

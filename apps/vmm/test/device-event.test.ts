@@ -23,10 +23,24 @@ async function boot(deviceExtra = '', ioeventfd = 'on', cmdline = 'test=blk-get-
   const img = path.join(tmp, `d-${Math.random().toString(36).slice(2)}.img`);
   fs.writeFileSync(img, Buffer.alloc(64 * 512));
   const sock = path.join(tmp, `q-${Math.random().toString(36).slice(2)}.sock`);
-  const proc = spawn(process.execPath, [
-    VMM_BIN, 'run', '-S', '--kernel', GUEST_ELF, '--cmdline', cmdline, '--qmp', `unix:${sock}`, ...vmmExtra,
-    '--device', `virtio-blk,id=d0,file=${img},serial=DEVEV,ioeventfd=${ioeventfd}${deviceExtra}`,
-  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(
+    process.execPath,
+    [
+      VMM_BIN,
+      'run',
+      '-S',
+      '--kernel',
+      GUEST_ELF,
+      '--cmdline',
+      cmdline,
+      '--qmp',
+      `unix:${sock}`,
+      ...vmmExtra,
+      '--device',
+      `virtio-blk,id=d0,file=${img},serial=DEVEV,ioeventfd=${ioeventfd}${deviceExtra}`,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let out = '';
   let err = '';
   proc.stdout!.on('data', (d) => (out += d));
@@ -73,7 +87,7 @@ describeKvm('x-debug-device-event: lost kicks and lost interrupts', () => {
     await vm.qmp.run('stop');
     await vm.qmp.run('x-debug-device-event', { dev: '/machine/peripheral/d0', event: 'kick', queue: 0 });
     const after = await until(vm, (s) => s.chains === 1);
-    expect(after['kicks-eventfd'] as number + (after['kicks-exit'] as number)).toBe(1);
+    expect((after['kicks-eventfd'] as number) + (after['kicks-exit'] as number)).toBe(1);
     expect(after['debug-events']).toBe(1);
     expect(after['last-avail-idx']).toBe(1);
     expect(after['used-idx']).toBe(1);
@@ -99,7 +113,8 @@ describeKvm('x-debug-device-event: lost kicks and lost interrupts', () => {
 
   it('rejects events for bad devices, queues and states with clear errors', async () => {
     vm = await boot();
-    const err = async (args: Record<string, unknown>) => ((await vm.qmp.execute('x-debug-device-event', args)).error as { class: string; desc: string });
+    const err = async (args: Record<string, unknown>) =>
+      (await vm.qmp.execute('x-debug-device-event', args)).error as { class: string; desc: string };
     expect(await err({ dev: 'nope', event: 'kick', queue: 0 })).toEqual({ class: 'DeviceNotFound', desc: "Device 'nope' not found" });
     expect((await err({ dev: 'd0', event: 'kick', queue: 0 })).desc).toMatch(/not ready \(driver status is not DRIVER_OK\)/);
     await vm.qmp.run('cont');
@@ -113,7 +128,16 @@ describeKvm('x-debug-device-event: lost kicks and lost interrupts', () => {
     await vm.qmp.run('x-debug-virtqueue-drop', { dev: 'd0', queue: 0, kicks: 1 });
     await vm.qmp.run('cont');
     const ev = (await vm.qmp.event('VIRTQUEUE_STALL')).data as Record<string, unknown>;
-    expect(ev).toMatchObject({ device: 'd0', path: '/machine/peripheral/d0', queue: 0, side: 'kick', cause: 'no-notify', 'avail-idx': 1, 'last-avail-idx': 0, 'used-idx': 0 });
+    expect(ev).toMatchObject({
+      device: 'd0',
+      path: '/machine/peripheral/d0',
+      queue: 0,
+      side: 'kick',
+      cause: 'no-notify',
+      'avail-idx': 1,
+      'last-avail-idx': 0,
+      'used-idx': 0,
+    });
     expect(ev['stalled-ms']).toBeGreaterThanOrEqual(300);
     const hung = await queueStatus(vm);
     expect(hung).toMatchObject({ 'last-kick-ms-ago': null, 'avail-idx-at-last-kick': null, 'kicks-dropped': 1, chains: 0 });
@@ -124,10 +148,25 @@ describeKvm('x-debug-device-event: lost kicks and lost interrupts', () => {
     const cleared = (await vm.qmp.event('VIRTQUEUE_STALL_CLEARED')).data as Record<string, unknown>;
     expect(cleared).toMatchObject({ device: 'd0', queue: 0, side: 'kick', cause: 'no-notify' });
     const ev2 = (await vm.qmp.waitFor((m) => m.event === 'VIRTQUEUE_STALL' && (m.data as { side: string }).side === 'interrupt')).data;
-    expect(ev2).toMatchObject({ device: 'd0', queue: 0, side: 'interrupt', cause: 'dropped', 'used-idx': 1, 'last-avail-idx': 1, 'used-event': 0 });
+    expect(ev2).toMatchObject({
+      device: 'd0',
+      queue: 0,
+      side: 'interrupt',
+      cause: 'dropped',
+      'used-idx': 1,
+      'last-avail-idx': 1,
+      'used-event': 0,
+    });
     const kicked = await queueStatus(vm);
-    expect(kicked['kicks-eventfd'] as number + (kicked['kicks-exit'] as number)).toBe(1);
-    expect(kicked).toMatchObject({ chains: 1, 'used-idx': 1, 'debug-events': 1, 'interrupts-injected': 0, 'interrupts-dropped': 1, 'avail-idx-at-last-kick': 1 });
+    expect((kicked['kicks-eventfd'] as number) + (kicked['kicks-exit'] as number)).toBe(1);
+    expect(kicked).toMatchObject({
+      chains: 1,
+      'used-idx': 1,
+      'debug-events': 1,
+      'interrupts-injected': 0,
+      'interrupts-dropped': 1,
+      'avail-idx-at-last-kick': 1,
+    });
     expect(typeof kicked['last-kick-ms-ago']).toBe('number');
     expect(kicked.stall).toMatchObject({ side: 'interrupt', cause: 'dropped' });
     await vm.qmp.run('x-debug-device-event', { dev: 'd0', event: 'call', queue: 0 });
@@ -165,7 +204,7 @@ describeKvm('x-debug-device-event: lost kicks and lost interrupts', () => {
     expect(vm.qmp.messages.filter((x) => x.event === 'VIRTQUEUE_STALL')).toEqual([]);
   });
 
-  it('--stall-ms is the default for devices without stall-ms=; a device\'s stall-ms=0 turns it off', async () => {
+  it("--stall-ms is the default for devices without stall-ms=; a device's stall-ms=0 turns it off", async () => {
     vm = await boot('', 'on', 'test=blk-get-id', ['--stall-ms', '300']);
     await vm.qmp.run('x-debug-virtqueue-drop', { dev: 'd0', queue: 0, kicks: 1 });
     await vm.qmp.run('cont');
@@ -196,7 +235,9 @@ describeKvm('x-debug-device-event: lost kicks and lost interrupts', () => {
     expect(await vm.exited).toBe(0);
     expect(vm.out()).toContain('guest-kit: PASS test=blk-get-id');
     expect(vm.err()).toContain('stall-policy=call: sending the interrupt of queue 0');
-    expect(vm.qmp.messages.filter((m) => m.event === 'VIRTQUEUE_STALL').map((m) => m.data)).toEqual([expect.objectContaining({ side: 'interrupt', cause: 'dropped' })]);
+    expect(vm.qmp.messages.filter((m) => m.event === 'VIRTQUEUE_STALL').map((m) => m.data)).toEqual([
+      expect.objectContaining({ side: 'interrupt', cause: 'dropped' }),
+    ]);
   });
 
   it('HMP shows the queue and delivers device_event', async () => {
@@ -246,7 +287,7 @@ describeKvm('stall detector: real blind spots, without x-debug-virtqueue-drop', 
     expect(vm.qmp.messages.filter((m) => m.event === 'VIRTQUEUE_STALL')).toHaveLength(1);
   });
 
-  it('iothread=io0: a busy queue polled with interrupts suppressed raises no VIRTQUEUE_STALL (the worker\'s indices are read)', async () => {
+  it("iothread=io0: a busy queue polled with interrupts suppressed raises no VIRTQUEUE_STALL (the worker's indices are read)", async () => {
     vm = await boot(',stall-ms=200,iothread=io0', 'on', 'test=blk-stall kind=poll hold-ms=3000');
     await vm.qmp.run('cont');
     expect(await vm.exited).toBe(0);

@@ -66,7 +66,8 @@ describeKvm('ioeventfd', () => {
     let synced = -1;
     const userWrites: number[] = [];
     g.machine.pio.register(SYNC_PORT, 4, 'sync', { read: () => 0, write: (_o, _s, v) => void (synced = Number(v)) });
-    if (space === 'pio') g.machine.pio.register(IOEVENTFD_PORT, 4, 'notify', { read: () => 0, write: (_o, _s, v) => void userWrites.push(Number(v)) });
+    if (space === 'pio')
+      g.machine.pio.register(IOEVENTFD_PORT, 4, 'notify', { read: () => 0, write: (_o, _s, v) => void userWrites.push(Number(v)) });
     else g.machine.mmio.register(IOEVENTFD_MMIO, 4, 'notify', { read: () => 0, write: (_o, _s, v) => void userWrites.push(Number(v)) });
     const { exit, serial } = await g.run();
     expect(exit.code).toBe(0);

@@ -25,7 +25,14 @@ export interface Booted {
 export function guestKit(cmdline: string, overrides: Partial<VmConfig> = {}): Booted {
   requireGuestKit();
   let out = '';
-  const config: VmConfig = { ...defaultConfig(), kernel: GUEST_ELF, cmdline, memoryBytes: 64 * 2 ** 20, serial: { kind: 'none' }, ...overrides };
+  const config: VmConfig = {
+    ...defaultConfig(),
+    kernel: GUEST_ELF,
+    cmdline,
+    memoryBytes: 64 * 2 ** 20,
+    serial: { kind: 'none' },
+    ...overrides,
+  };
   const machine = new Machine({ config, serialOut: (b) => (out += Buffer.from(b).toString('latin1')), log: () => undefined });
   return {
     machine,

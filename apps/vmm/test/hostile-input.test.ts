@@ -18,26 +18,49 @@ describeKvm('crafted kernels', () => {
   const bz = fs.readFileSync(GUEST_BZIMAGE);
 
   const cases: [string, () => Buffer, RegExp][] = [
-    ['an ELF note with namesz 0xFFFFFFF1 (and descsz 0)', () => withPvhNote(elf, 0xfffffff1, 0), /not a valid kernel: program header \d+ note at offset 0x[0-9a-f]+ n_namesz 0xfffffff1 runs past the end of the segment/],
-    ['an ELF cut inside its program headers', () => elf.subarray(0, 100), /not a valid kernel: program headers .* runs past the end of the file \(100 bytes\): truncated ELF/],
+    [
+      'an ELF note with namesz 0xFFFFFFF1 (and descsz 0)',
+      () => withPvhNote(elf, 0xfffffff1, 0),
+      /not a valid kernel: program header \d+ note at offset 0x[0-9a-f]+ n_namesz 0xfffffff1 runs past the end of the segment/,
+    ],
+    [
+      'an ELF cut inside its program headers',
+      () => elf.subarray(0, 100),
+      /not a valid kernel: program headers .* runs past the end of the file \(100 bytes\): truncated ELF/,
+    ],
     ['a bzImage shorter than its setup header', () => bz.subarray(0, 0x220), /not a valid kernel: setup header is cut short/],
-    ['a bzImage whose setup_sects points past the file', () => Buffer.concat([bz.subarray(0, 0x1f1), Buffer.from([0xff]), bz.subarray(0x1f2, 0x4000)]), /not a valid kernel: setup_sects 255/],
+    [
+      'a bzImage whose setup_sects points past the file',
+      () => Buffer.concat([bz.subarray(0, 0x1f1), Buffer.from([0xff]), bz.subarray(0x1f2, 0x4000)]),
+      /not a valid kernel: setup_sects 255/,
+    ],
   ];
-  it.each(cases)('vmm run refuses %s: exit 1, the field named, no stack trace', async (_what, image, msg) => {
-    const file = path.join(fleet.tmp, `kernel-${uniq()}`);
-    fs.writeFileSync(file, image());
-    const r = await runCli(['run', '--kernel', file, '--serial', 'none'], 60_000);
-    expect(r.stderr).toMatch(msg);
-    expect(r.code).toBe(1);
-    expect(r.stderr).not.toMatch(/RangeError|    at /);
-  }, 90_000);
+  it.each(cases)(
+    'vmm run refuses %s: exit 1, the field named, no stack trace',
+    async (_what, image, msg) => {
+      const file = path.join(fleet.tmp, `kernel-${uniq()}`);
+      fs.writeFileSync(file, image());
+      const r = await runCli(['run', '--kernel', file, '--serial', 'none'], 60_000);
+      expect(r.stderr).toMatch(msg);
+      expect(r.code).toBe(1);
+      expect(r.stderr).not.toMatch(/RangeError|    at /);
+    },
+    90_000,
+  );
 });
 
 describeKvm('crafted snapshot and migration streams', () => {
   // The format-1 fixture (a guest-kit loop with virtio-blk d0, 16 MiB) as a base to tamper with.
   const dir = path.join(__dirname, 'fixtures/stream-format-1');
   const fixture = zlib.gunzipSync(fs.readFileSync(path.join(dir, 'snapshot.gz')));
-  const args = (disk: string) => ['--memory', '16M', '--device', `virtio-blk,id=d0,file=${disk}`, '--cmdline', 'test=mig-blk-loop iters=80 sectors=1 every=10'];
+  const args = (disk: string) => [
+    '--memory',
+    '16M',
+    '--device',
+    `virtio-blk,id=d0,file=${disk}`,
+    '--cmdline',
+    'test=mig-blk-loop iters=80 sectors=1 every=10',
+  ];
   const disk = () => {
     const f = path.join(fleet.tmp, `disk-${uniq()}.img`);
     fs.writeFileSync(f, zlib.gunzipSync(fs.readFileSync(path.join(dir, 'disk.img.gz'))));
@@ -89,11 +112,26 @@ describeKvm('crafted snapshot and migration streams', () => {
   }, 60_000);
 
   it('--restore refuses a fractional device status, a huge queue size, a missing field and a duplicated section', async () => {
-    await restoreRefuses(tampered('device/d0', (d) => (d.state.virtio.status = 15.5)), /restore failed: bad stream: device\/d0\.state\.virtio\.status: expected an integer, got 15\.5/);
-    await restoreRefuses(tampered('device/d0', (d) => (d.state.virtio.queues[0].size = 2 ** 31 - 1)), /device\/d0\.state\.virtio\.queues\[0\]\.size: 2147483647 is out of range \(0\.\.65535\)/);
-    await restoreRefuses(tampered('serial', (v) => delete v.lcr), /restore failed: bad stream: serial\.lcr: expected an integer, got missing/);
+    await restoreRefuses(
+      tampered('device/d0', (d) => (d.state.virtio.status = 15.5)),
+      /restore failed: bad stream: device\/d0\.state\.virtio\.status: expected an integer, got 15\.5/,
+    );
+    await restoreRefuses(
+      tampered('device/d0', (d) => (d.state.virtio.queues[0].size = 2 ** 31 - 1)),
+      /device\/d0\.state\.virtio\.queues\[0\]\.size: 2147483647 is out of range \(0\.\.65535\)/,
+    );
+    await restoreRefuses(
+      tampered('serial', (v) => delete v.lcr),
+      /restore failed: bad stream: serial\.lcr: expected an integer, got missing/,
+    );
     const cpu0 = sections.find((s) => s.name === 'cpu/0')!;
-    const twice = Buffer.concat([encodeHeader(), ...sections.flatMap((s) => [...(s.name === 'end' ? encodeSection(cpu0.name, 1, cpu0.payload) : []), ...encodeSection(s.name, s.version, s.payload)])]);
+    const twice = Buffer.concat([
+      encodeHeader(),
+      ...sections.flatMap((s) => [
+        ...(s.name === 'end' ? encodeSection(cpu0.name, 1, cpu0.payload) : []),
+        ...encodeSection(s.name, s.version, s.payload),
+      ]),
+    ]);
     await restoreRefuses(twice, /restore failed: bad stream: section 'cpu\/0' appears twice/);
   }, 90_000);
 
@@ -151,7 +189,7 @@ function withPvhNote(elf: Buffer, namesz: number, descsz: number): Buffer {
     if (c.readUInt32LE(o) !== 4) continue;
     const off = Number(c.readBigUInt64LE(o + 8));
     const size = Number(c.readBigUInt64LE(o + 32));
-    for (let p = off; p + 12 <= off + size; ) {
+    for (let p = off; p + 12 <= off + size;) {
       const n = c.readUInt32LE(p);
       const d = c.readUInt32LE(p + 4);
       if (c.readUInt32LE(p + 8) === 18) {

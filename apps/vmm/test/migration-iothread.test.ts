@@ -15,7 +15,9 @@ const checkImage = checkMigLoopImage;
 
 /** The device's counters (with an iothread: the worker's, as it last reported them). */
 async function blkInfo(c: QmpClient): Promise<{ writes: number; reads: number; iothread: string | null; 'in-flight': number }> {
-  const s = (await c.run('x-query-virtio-status', { path: 'd0' })) as { 'device-info': { writes: number; reads: number; iothread: string | null; 'in-flight': number } };
+  const s = (await c.run('x-query-virtio-status', { path: 'd0' })) as {
+    'device-info': { writes: number; reads: number; iothread: string | null; 'in-flight': number };
+  };
   return s['device-info'];
 }
 

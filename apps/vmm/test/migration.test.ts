@@ -96,7 +96,12 @@ describeKvm('live migration', () => {
     await until('destination listening', () => fs.existsSync(incoming));
     const s = await client(src);
     await s.run('migrate-set-parameters', { 'downtime-limit': 300 });
-    const r = (await migrateAndWait(s, `unix:${incoming}`)) as { status: string; downtime: number; 'total-time': number; ram: Record<string, number> };
+    const r = (await migrateAndWait(s, `unix:${incoming}`)) as {
+      status: string;
+      downtime: number;
+      'total-time': number;
+      ram: Record<string, number>;
+    };
     expect(r.status).toBe('completed');
     expect(await dst.exited).toBe(0);
     expect(dst.out()).toMatch(/mig-mem verified pages=16384 sum=/);
@@ -179,25 +184,40 @@ const canNetns = process.getuid?.() === 0 && fs.existsSync('/dev/net/tun');
 function noMigrationPlugin(): string {
   const dir = path.join(tmp, 'rt', 'vmm-rt-nomig');
   fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({
-    name: 'vmm-rt-nomig', version: '1.0.0', main: 'index.js', vmmPlugin: { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-nomig'] },
-  }));
-  fs.writeFileSync(path.join(dir, 'index.js'), `
+  fs.writeFileSync(
+    path.join(dir, 'package.json'),
+    JSON.stringify({
+      name: 'vmm-rt-nomig',
+      version: '1.0.0',
+      main: 'index.js',
+      vmmPlugin: { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-nomig'] },
+    }),
+  );
+  fs.writeFileSync(
+    path.join(dir, 'index.js'),
+    `
 exports.plugin = {
   apiVersion: ${PLUGIN_API_VERSION}, name: 'vmm-rt-nomig', version: '1.0.0',
   deviceTypes: [{ type: 'rt-nomig', description: 'a device without migration support', properties: {}, create: (ctx, id) => ({ id, type: 'rt-nomig' }) }],
 };
-`);
+`,
+  );
   return path.dirname(dir);
 }
 
 describeKvm('migration refused up front', () => {
   it('a device it cannot migrate (a run-time plugin without saveState): QMP error naming it, nothing sent, the guest keeps running; HMP info migrate', async () => {
     const disk = image();
-    const src = vmm(['--device', `virtio-blk,id=d0,file=${disk}`, '--device', 'rt-nomig,id=nm0', '--cmdline', LOOP], ['env', `VMM_PLUGIN_PATH=${noMigrationPlugin()}`]);
+    const src = vmm(
+      ['--device', `virtio-blk,id=d0,file=${disk}`, '--device', 'rt-nomig,id=nm0', '--cmdline', LOOP],
+      ['env', `VMM_PLUGIN_PATH=${noMigrationPlugin()}`],
+    );
     const s = await client(src);
     const r = await s.execute('migrate', { uri: `unix:${path.join(tmp, 'nobody.sock')}` });
-    expect(r.error).toMatchObject({ class: 'GenericError', desc: expect.stringMatching(/device 'nm0' \(rt-nomig\) does not support migration/) });
+    expect(r.error).toMatchObject({
+      class: 'GenericError',
+      desc: expect.stringMatching(/device 'nm0' \(rt-nomig\) does not support migration/),
+    });
     const snap = await s.execute('x-snapshot-save', { file: path.join(tmp, 'never.snap') });
     expect(snap.error).toMatchObject({ desc: expect.stringMatching(/snapshot failed: .*'nm0' \(rt-nomig\)/) });
     expect(fs.existsSync(path.join(tmp, 'never.snap'))).toBe(false);
@@ -207,7 +227,9 @@ describeKvm('migration refused up front', () => {
     expect(await s.run('query-migrate-parameters')).toMatchObject({ 'downtime-limit': 50, 'max-bandwidth': 0 });
     await s.run('migrate-set-parameters', { 'max-bandwidth': 1 << 20 });
     expect(await s.run('query-migrate-parameters')).toMatchObject({ 'downtime-limit': 50, 'max-bandwidth': 1 << 20 });
-    expect((await s.execute('migrate-set-parameters', { 'max-bandwidth': -1 })).error).toMatchObject({ desc: expect.stringMatching(/'max-bandwidth' expects bytes per second/) });
+    expect((await s.execute('migrate-set-parameters', { 'max-bandwidth': -1 })).error).toMatchObject({
+      desc: expect.stringMatching(/'max-bandwidth' expects bytes per second/),
+    });
     await until('guest PASS', () => src.out().includes('guest-kit: holding'));
     s.close();
   }, 60_000);
@@ -294,7 +316,16 @@ describeKvm('snapshot and restore', () => {
     fs.writeFileSync(oldDisk, zlib.gunzipSync(fs.readFileSync(path.join(dir, 'disk.img.gz'))));
     expect(fs.readFileSync(old).readUInt32LE(8)).toBe(1);
     checkImage(oldDisk, 30, false); // the fixture's image as it was at the snapshot (a few sectors past 30)
-    const p = vmm(['--memory', '16M', '--device', `virtio-blk,id=d0,file=${oldDisk}`, '--cmdline', 'test=mig-blk-loop iters=80 sectors=1 every=10', '--restore', old]);
+    const p = vmm([
+      '--memory',
+      '16M',
+      '--device',
+      `virtio-blk,id=d0,file=${oldDisk}`,
+      '--cmdline',
+      'test=mig-blk-loop iters=80 sectors=1 every=10',
+      '--restore',
+      old,
+    ]);
     expect(await p.exited).toBe(0);
     expect(p.err()).toContain('reading a format-1 stream');
     expect(p.out()).not.toContain('guest-kit: hello');

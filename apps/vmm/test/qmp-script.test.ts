@@ -27,7 +27,11 @@ describeKvm('scripts/qmp.js against the VMM', () => {
   it('prints a return value as JSON, HMP text as text, a QMP error on stderr with exit 1; quit ends the VMM', async () => {
     requireGuestKit();
     const sock = path.join(tmp, 'vmm.sock');
-    const vm = spawn(process.execPath, [VMM_BIN, 'run', '--kernel', GUEST_ELF, '--cmdline', 'test=irq-msi count=1000', '--qmp', `unix:${sock}`, '-S'], { stdio: 'ignore' });
+    const vm = spawn(
+      process.execPath,
+      [VMM_BIN, 'run', '--kernel', GUEST_ELF, '--cmdline', 'test=irq-msi count=1000', '--qmp', `unix:${sock}`, '-S'],
+      { stdio: 'ignore' },
+    );
     const exited = new Promise<number | null>((r) => vm.on('close', r));
     try {
       for (let i = 0; i < 200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
@@ -55,7 +59,11 @@ describe('scripts/qmp.js: bad input and hostile servers give one line and an exi
     [['/x.sock', 'query-status', '{bad'], 2, /^qmp: the arguments are not JSON: /],
     [['/x.sock', 'query-status', '[1]'], 2, /^qmp: the arguments must be a JSON object/],
     [['/x.sock', 'query-status', 'null'], 2, /^qmp: the arguments must be a JSON object/],
-    [[path.join(os.tmpdir(), 'no-such-dir-qmpjs-demo', 'q.sock'), 'query-status'], 1, /^qmp: cannot connect to the QMP socket .*: ENOENT\n$/],
+    [
+      [path.join(os.tmpdir(), 'no-such-dir-qmpjs-demo', 'q.sock'), 'query-status'],
+      1,
+      /^qmp: cannot connect to the QMP socket .*: ENOENT\n$/,
+    ],
   ])('%j: exit %d', async (args, code, msg) => {
     const r = await qmpJs(...(args as string[]));
     expect(r.code).toBe(code);
@@ -75,11 +83,17 @@ describe('scripts/qmp.js: bad input and hostile servers give one line and an exi
     ['garbage', (s: net.Socket) => s.end('\x00\xff not json\n'), /^qmp: not JSON from the VMM: /],
     ['not-qmp', (s: net.Socket) => s.end('{"hello": 1}\n'), /is not a QMP server \(greeting \{"hello":1\}\)/],
     ['closes', (s: net.Socket) => s.end('{"QMP": {}}\n'), /closed the QMP connection before answering qmp_capabilities/],
-    ['non-objects then error', (s: net.Socket) => {
-      s.write('null\n5\n"x"\n[]\n{"QMP": {}}\n');
-      let n = 0;
-      s.on('data', () => s.write(++n === 1 ? '{"event": "STOP"}\n{"return": {}}\n' : '{"error": {"class": "GenericError", "desc": "no"}}\n'));
-    }, /^qmp: query-status: GenericError: no\n$/],
+    [
+      'non-objects then error',
+      (s: net.Socket) => {
+        s.write('null\n5\n"x"\n[]\n{"QMP": {}}\n');
+        let n = 0;
+        s.on('data', () =>
+          s.write(++n === 1 ? '{"event": "STOP"}\n{"return": {}}\n' : '{"error": {"class": "GenericError", "desc": "no"}}\n'),
+        );
+      },
+      /^qmp: query-status: GenericError: no\n$/,
+    ],
   ])('server sends %s', async (name, onConn, msg) => {
     const srv = await server(name.replace(/\W/g, '-'), onConn as (s: net.Socket) => void);
     try {
@@ -94,6 +108,11 @@ describe('scripts/qmp.js: bad input and hostile servers give one line and an exi
   });
 
   it('is valid JavaScript that node can load as a module', () => {
-    expect(spawnSync(process.execPath, ['-e', `const q = require(${JSON.stringify(QMP_JS)}); if (typeof q.connect !== 'function') process.exit(3)`]).status).toBe(0);
+    expect(
+      spawnSync(process.execPath, [
+        '-e',
+        `const q = require(${JSON.stringify(QMP_JS)}); if (typeof q.connect !== 'function') process.exit(3)`,
+      ]).status,
+    ).toBe(0);
   });
 });

@@ -22,7 +22,9 @@ interface Vm {
 function boot(extra: string[] = [], cmdline = 'test=irq-msi count=1000'): Vm {
   requireGuestKit();
   const sock = path.join(tmp, `qmp-${Math.random().toString(36).slice(2)}.sock`);
-  const proc = spawn(process.execPath, [VMM_BIN, 'run', '--kernel', GUEST_ELF, '--cmdline', cmdline, '--qmp', `unix:${sock}`, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [VMM_BIN, 'run', '--kernel', GUEST_ELF, '--cmdline', cmdline, '--qmp', `unix:${sock}`, ...extra], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   let err = '';
   proc.stdout!.on('data', (d) => (out += d));
@@ -50,12 +52,25 @@ describeKvm('QMP protocol', () => {
     const greeting = c.messages[0] as { QMP: { version: { qemu: { major: number } }; capabilities: unknown[] } };
     expect(greeting.QMP.capabilities).toEqual([]);
     expect(greeting.QMP.version.qemu.major).toBeGreaterThan(0);
-    expect(await c.execute('query-status')).toMatchObject({ error: { class: 'CommandNotFound', desc: "Expecting capabilities negotiation with 'qmp_capabilities'" } });
+    expect(await c.execute('query-status')).toMatchObject({
+      error: { class: 'CommandNotFound', desc: "Expecting capabilities negotiation with 'qmp_capabilities'" },
+    });
     expect(await c.execute('qmp_capabilities')).toEqual({ return: {}, id: expect.any(String) });
     const r = await c.execute('query-status');
     expect(r).toEqual({ return: { running: true, singlestep: false, status: 'running' }, id: r.id });
     const cmds = (await c.run('query-commands')) as { name: string }[];
-    for (const n of ['qmp_capabilities', 'query-status', 'stop', 'cont', 'system_reset', 'quit', 'query-pci', 'human-monitor-command', 'x-debug-device-event', 'x-query-virtio-queue-status'])
+    for (const n of [
+      'qmp_capabilities',
+      'query-status',
+      'stop',
+      'cont',
+      'system_reset',
+      'quit',
+      'query-pci',
+      'human-monitor-command',
+      'x-debug-device-event',
+      'x-query-virtio-queue-status',
+    ])
       expect(cmds.map((x) => x.name)).toContain(n);
     const pci = (await c.run('query-pci')) as { devices: { id: { vendor: number; device: number } }[] }[];
     expect(pci[0].devices[0].id).toEqual(expect.objectContaining({ vendor: 0x8086, device: 0x1237 }));
@@ -71,10 +86,18 @@ describeKvm('QMP protocol', () => {
       ['{"arguments": {}}', 'GenericError', /lacks member 'execute'/],
       ['{"execute": "no-such-command"}', 'CommandNotFound', /The command no-such-command has not been found/],
       ['{"execute": "x-query-virtio-status"}', 'GenericError', /Parameter 'path' is missing/],
-      ['{"execute": "x-query-virtio-queue-status", "arguments": {"path": "x", "queue": "zero"}}', 'GenericError', /Invalid parameter type for 'queue', expected: integer/],
+      [
+        '{"execute": "x-query-virtio-queue-status", "arguments": {"path": "x", "queue": "zero"}}',
+        'GenericError',
+        /Invalid parameter type for 'queue', expected: integer/,
+      ],
       ['{"execute": "query-status", "arguments": {"verbose": true}}', 'GenericError', /Parameter 'verbose' is unexpected/],
       ['{"execute": "x-query-virtio-status", "arguments": {"path": "nosuch"}}', 'DeviceNotFound', /Device 'nosuch' not found/],
-      ['{"execute": "x-debug-device-event", "arguments": {"dev": "d", "event": "poke", "queue": 0}}', 'GenericError', /Parameter 'event' does not accept value 'poke'/],
+      [
+        '{"execute": "x-debug-device-event", "arguments": {"dev": "d", "event": "poke", "queue": 0}}',
+        'GenericError',
+        /Parameter 'event' does not accept value 'poke'/,
+      ],
       ['{"execute": "qmp_capabilities"}', 'CommandNotFound', /already complete/],
     ];
     for (const [text, cls, desc] of cases) {
@@ -134,18 +157,39 @@ describeKvm('QMP protocol', () => {
     return got;
   }
   const count = (msgs: Record<string, unknown>[], ev: string) => msgs.filter((m) => m.event === ev).length;
-  const kinds = (msgs: Record<string, unknown>[]) => msgs.map((m) => (m.event ? `event ${m.event}` : 'error' in m ? `error ${(m.error as { desc: string }).desc}` : `reply ${JSON.stringify(m.return)}`));
+  const kinds = (msgs: Record<string, unknown>[]) =>
+    msgs.map((m) =>
+      m.event ? `event ${m.event}` : 'error' in m ? `error ${(m.error as { desc: string }).desc}` : `reply ${JSON.stringify(m.return)}`,
+    );
 
   it('a pipelined stop, cont, query-status: every reply in order, one STOP, one RESUME, running', async () => {
     vm = boot(['--memory', '64M']);
     const c = await negotiated(vm);
     const msgs = await burst(c, [{ execute: 'stop' }, { execute: 'cont' }, { execute: 'query-status' }]);
-    expect(kinds(msgs)).toEqual(['event STOP', 'reply {}', 'event RESUME', 'reply {}', 'reply {"running":true,"singlestep":false,"status":"running"}']);
+    expect(kinds(msgs)).toEqual([
+      'event STOP',
+      'reply {}',
+      'event RESUME',
+      'reply {}',
+      'reply {"running":true,"singlestep":false,"status":"running"}',
+    ]);
     // And again: the pause that follows a resume is a new request, not the old acknowledgement.
-    const again = await burst(c, [{ execute: 'stop' }, { execute: 'query-status' }, { execute: 'cont' }, { execute: 'stop' }, { execute: 'query-status' }]);
+    const again = await burst(c, [
+      { execute: 'stop' },
+      { execute: 'query-status' },
+      { execute: 'cont' },
+      { execute: 'stop' },
+      { execute: 'query-status' },
+    ]);
     expect(kinds(again)).toEqual([
-      'event STOP', 'reply {}', 'reply {"running":false,"singlestep":false,"status":"paused"}',
-      'event RESUME', 'reply {}', 'event STOP', 'reply {}', 'reply {"running":false,"singlestep":false,"status":"paused"}',
+      'event STOP',
+      'reply {}',
+      'reply {"running":false,"singlestep":false,"status":"paused"}',
+      'event RESUME',
+      'reply {}',
+      'event STOP',
+      'reply {}',
+      'reply {"running":false,"singlestep":false,"status":"paused"}',
     ]);
     c.close();
   }, 120_000);
@@ -155,10 +199,21 @@ describeKvm('QMP protocol', () => {
     const c = await negotiated(vm);
     const file = path.join(tmp, `snap-monitor-${Math.random().toString(36).slice(2)}.bin`);
     const msgs = await burst(c, [{ execute: 'x-snapshot-save', arguments: { file } }, { execute: 'cont' }, { execute: 'query-status' }]);
-    expect(kinds(msgs)).toEqual(['event STOP', 'reply {}', 'event RESUME', 'reply {}', 'reply {"running":true,"singlestep":false,"status":"running"}']);
+    expect(kinds(msgs)).toEqual([
+      'event STOP',
+      'reply {}',
+      'event RESUME',
+      'reply {}',
+      'reply {"running":true,"singlestep":false,"status":"running"}',
+    ]);
     expect(fs.statSync(file).size).toBeGreaterThan(0);
     // The monitor is still responsive and the VM still stops and resumes.
-    expect(kinds(await burst(c, [{ execute: 'stop' }, { execute: 'cont' }]))).toEqual(['event STOP', 'reply {}', 'event RESUME', 'reply {}']);
+    expect(kinds(await burst(c, [{ execute: 'stop' }, { execute: 'cont' }]))).toEqual([
+      'event STOP',
+      'reply {}',
+      'event RESUME',
+      'reply {}',
+    ]);
     fs.rmSync(file, { force: true });
     c.close();
   }, 120_000);
@@ -170,7 +225,13 @@ describeKvm('QMP protocol', () => {
     while (banners() < 1) await new Promise((r) => setTimeout(r, 20));
     await c.run('stop');
     const msgs = await burst(c, [{ execute: 'cont' }, { execute: 'system_reset' }, { execute: 'query-status' }]);
-    expect(kinds(msgs)).toEqual(['event RESUME', 'reply {}', 'event RESET', 'reply {}', 'reply {"running":true,"singlestep":false,"status":"running"}']);
+    expect(kinds(msgs)).toEqual([
+      'event RESUME',
+      'reply {}',
+      'event RESET',
+      'reply {}',
+      'reply {"running":true,"singlestep":false,"status":"running"}',
+    ]);
     while (banners() < 2) await new Promise((r) => setTimeout(r, 20));
     c.close();
   }, 120_000);
@@ -180,10 +241,20 @@ describeKvm('QMP protocol', () => {
     const c = await negotiated(vm);
     const other = await negotiated(vm); // events go to every client
     const menu: { execute: string; arguments?: Record<string, unknown> }[] = [
-      { execute: 'stop' }, { execute: 'query-status' }, { execute: 'cont' }, { execute: 'stop' }, { execute: 'query-version' },
-      { execute: 'human-monitor-command', arguments: { 'command-line': 'cont' } }, { execute: 'query-status' }, { execute: 'cont' },
-      { execute: 'human-monitor-command', arguments: { 'command-line': 'stop' } }, { execute: 'query-pci' }, { execute: 'nope' },
-      { execute: 'human-monitor-command', arguments: { 'command-line': 'info status' } }, { execute: 'system_reset' }, { execute: 'query-status' },
+      { execute: 'stop' },
+      { execute: 'query-status' },
+      { execute: 'cont' },
+      { execute: 'stop' },
+      { execute: 'query-version' },
+      { execute: 'human-monitor-command', arguments: { 'command-line': 'cont' } },
+      { execute: 'query-status' },
+      { execute: 'cont' },
+      { execute: 'human-monitor-command', arguments: { 'command-line': 'stop' } },
+      { execute: 'query-pci' },
+      { execute: 'nope' },
+      { execute: 'human-monitor-command', arguments: { 'command-line': 'info status' } },
+      { execute: 'system_reset' },
+      { execute: 'query-status' },
     ];
     const cmds = Array.from({ length: 50 }, (_, i) => menu[(i * 5 + Math.floor(i / 14)) % menu.length]);
     cmds[49] = { execute: 'stop' };
@@ -210,15 +281,24 @@ describeKvm('QMP protocol', () => {
     const msgs = await burst(c, cmds);
     const replies = msgs.filter((m) => 'return' in m || 'error' in m);
     const seen = replies.map((r, i) =>
-      'error' in r ? `error ${(r.error as { class: string }).class}`
-        : cmds[i].execute === 'query-status' ? `status ${(r.return as { status: string }).status}`
-          : cmds[i].execute === 'human-monitor-command' && r.return !== '' ? `hmp ${r.return as string}` : 'ok');
+      'error' in r
+        ? `error ${(r.error as { class: string }).class}`
+        : cmds[i].execute === 'query-status'
+          ? `status ${(r.return as { status: string }).status}`
+          : cmds[i].execute === 'human-monitor-command' && r.return !== ''
+            ? `hmp ${r.return as string}`
+            : 'ok',
+    );
     expect(seen).toEqual(expected);
     expect(stops).toBeGreaterThan(3);
     expect(resumes).toBeGreaterThan(3);
     expect([count(msgs, 'STOP'), count(msgs, 'RESUME'), count(msgs, 'RESET')]).toEqual([stops, resumes, resets]);
     await other.run('query-version'); // the other client got every event before this reply
-    expect([count(other.messages, 'STOP'), count(other.messages, 'RESUME'), count(other.messages, 'RESET')]).toEqual([stops, resumes, resets]);
+    expect([count(other.messages, 'STOP'), count(other.messages, 'RESUME'), count(other.messages, 'RESET')]).toEqual([
+      stops,
+      resumes,
+      resets,
+    ]);
     expect(await other.run('query-status')).toMatchObject({ running: false, status: 'paused' });
     c.close();
     other.close();
@@ -233,9 +313,16 @@ describeKvm('QMP protocol', () => {
     const server = net.createServer((s) => held.push(s));
     await new Promise<void>((r) => server.listen(dest, r));
     await c.run('migrate', { uri: `unix:${dest}` });
-    const msgs = await burst(c, [{ execute: 'cont' }, { execute: 'human-monitor-command', arguments: { 'command-line': 'cont' } }, { execute: 'query-status' }]);
+    const msgs = await burst(c, [
+      { execute: 'cont' },
+      { execute: 'human-monitor-command', arguments: { 'command-line': 'cont' } },
+      { execute: 'query-status' },
+    ]);
     const replies = msgs.filter((m) => 'return' in m || 'error' in m);
-    expect(replies[0].error).toEqual({ class: 'GenericError', desc: expect.stringMatching(/^cont refused: an outgoing migration is in progress/) });
+    expect(replies[0].error).toEqual({
+      class: 'GenericError',
+      desc: expect.stringMatching(/^cont refused: an outgoing migration is in progress/),
+    });
     expect(replies[1].return).toMatch(/^Error: cont refused: an outgoing migration is in progress/);
     expect(replies[2].return).toMatchObject({ status: 'running' });
     await c.run('migrate_cancel');
@@ -250,10 +337,25 @@ describeKvm('QMP protocol', () => {
     vm = boot(['--memory', '64M']);
     const c = await negotiated(vm);
     const lines = ['stop', 'info status', 'cont', 'info status', 'c', 'stop', 'stop', 'info status', 'cont', 'info status'];
-    const msgs = await burst(c, lines.map((l) => ({ execute: 'human-monitor-command', arguments: { 'command-line': l } })));
+    const msgs = await burst(
+      c,
+      lines.map((l) => ({ execute: 'human-monitor-command', arguments: { 'command-line': l } })),
+    );
     expect(kinds(msgs)).toEqual([
-      'event STOP', 'reply ""', 'reply "VM status: paused\\n"', 'event RESUME', 'reply ""', 'reply "VM status: running\\n"', 'reply ""',
-      'event STOP', 'reply ""', 'reply ""', 'reply "VM status: paused\\n"', 'event RESUME', 'reply ""', 'reply "VM status: running\\n"',
+      'event STOP',
+      'reply ""',
+      'reply "VM status: paused\\n"',
+      'event RESUME',
+      'reply ""',
+      'reply "VM status: running\\n"',
+      'reply ""',
+      'event STOP',
+      'reply ""',
+      'reply ""',
+      'reply "VM status: paused\\n"',
+      'event RESUME',
+      'reply ""',
+      'reply "VM status: running\\n"',
     ]);
     c.close();
   }, 120_000);
@@ -262,7 +364,24 @@ describeKvm('QMP protocol', () => {
 describeKvm('HMP on --monitor stdio', () => {
   it('runs the lines of one write in order, each output after the events its command caused', async () => {
     requireGuestKit();
-    const proc = spawn(process.execPath, [VMM_BIN, 'run', '--kernel', GUEST_ELF, '--cmdline', 'test=irq-msi count=1000', '--memory', '64M', '--serial', 'none', '--monitor', 'stdio'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const proc = spawn(
+      process.execPath,
+      [
+        VMM_BIN,
+        'run',
+        '--kernel',
+        GUEST_ELF,
+        '--cmdline',
+        'test=irq-msi count=1000',
+        '--memory',
+        '64M',
+        '--serial',
+        'none',
+        '--monitor',
+        'stdio',
+      ],
+      { stdio: ['pipe', 'pipe', 'pipe'] },
+    );
     let out = '';
     proc.stdout!.on('data', (d) => (out += d));
     const exited = new Promise<number | null>((r) => proc.on('close', r));
@@ -292,4 +411,3 @@ describeKvm('command-line checks', () => {
     expect(qmp.stderr).toBe(`vmm: --qmp unix:${dir}/q.sock: directory ${dir} does not exist\n`);
   });
 });
-

@@ -53,7 +53,16 @@ describeKvm('--sandbox on', () => {
     s.close();
 
     // --restore inside the sandbox, on the disk as it was at the snapshot.
-    const restored = fleet.start(['--sandbox', 'on', '--device', `virtio-blk,id=d0,file=${diskAtSnapshot},iothread=io0`, '--cmdline', LOOP, '--restore', snap]);
+    const restored = fleet.start([
+      '--sandbox',
+      'on',
+      '--device',
+      `virtio-blk,id=d0,file=${diskAtSnapshot},iothread=io0`,
+      '--cmdline',
+      LOOP,
+      '--restore',
+      snap,
+    ]);
     await waitUntil('restored guest finished', () => restored.out().includes('guest-kit: holding') || restored.proc.exitCode !== null);
     expect(restored.out()).toContain('mig-blk-loop done writes=60');
     expect(restored.err()).not.toContain('sandbox:');
@@ -64,10 +73,18 @@ describeKvm('--sandbox on', () => {
   function execPlugin(marker: string): string {
     const dir = path.join(tmp, 'rt', 'vmm-rt-exec');
     fs.mkdirSync(dir, { recursive: true });
-    fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({
-      name: 'vmm-rt-exec', version: '1.0.0', main: 'index.js', vmmPlugin: { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-exec'] },
-    }));
-    fs.writeFileSync(path.join(dir, 'index.js'), `
+    fs.writeFileSync(
+      path.join(dir, 'package.json'),
+      JSON.stringify({
+        name: 'vmm-rt-exec',
+        version: '1.0.0',
+        main: 'index.js',
+        vmmPlugin: { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-exec'] },
+      }),
+    );
+    fs.writeFileSync(
+      path.join(dir, 'index.js'),
+      `
 const { execFileSync } = require('child_process');
 exports.plugin = {
   apiVersion: ${PLUGIN_API_VERSION}, name: 'vmm-rt-exec', version: '1.0.0',
@@ -79,14 +96,22 @@ exports.plugin = {
     return { id, type: 'rt-exec' };
   } }],
 };
-`);
+`,
+    );
     return path.dirname(dir);
   }
 
   it('a run-time plugin that tries to exec a program after start-up is stopped; the log names the syscall; nothing was executed', async () => {
     const marker = path.join(tmp, `exec-marker-${uniq()}`);
     const env = ['env', `VMM_PLUGIN_PATH=${execPlugin(marker)}`];
-    const args = ['--device', 'rt-exec,id=x0', '--cmdline', 'test=mig-blk-loop iters=20 sectors=1 every=10', '--device', `virtio-blk,id=d0,file=${migLoopImage(fleet)}`];
+    const args = [
+      '--device',
+      'rt-exec,id=x0',
+      '--cmdline',
+      'test=mig-blk-loop iters=20 sectors=1 every=10',
+      '--device',
+      `virtio-blk,id=d0,file=${migLoopImage(fleet)}`,
+    ];
     // Without the sandbox the plugin does run the program (so the test below can tell).
     const free = fleet.start(['--sandbox', 'off', ...args], env);
     expect(await free.exited).toBe(0);

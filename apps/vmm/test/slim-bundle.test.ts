@@ -17,7 +17,10 @@ const OUT = path.join(tmp, 'vmm-blk');
 
 function vmm(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [path.join(OUT, 'main.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    const p = spawn(process.execPath, [path.join(OUT, 'main.js'), ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...env },
+    });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d) => (stdout += d));
@@ -34,10 +37,18 @@ function vmm(args: string[], env: Record<string, string> = {}): Promise<{ code: 
 /** A compiled run-time plugin: a virtio device (id 58, one queue that completes chains empty) written in plain JS. */
 function runtimePlugin(dir: string, apiVersion: number): string {
   fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({
-    name: path.basename(dir), version: '1.0.0', main: 'index.js', vmmPlugin: { apiVersion, deviceTypes: ['rt-null'] },
-  }));
-  fs.writeFileSync(path.join(dir, 'index.js'), `
+  fs.writeFileSync(
+    path.join(dir, 'package.json'),
+    JSON.stringify({
+      name: path.basename(dir),
+      version: '1.0.0',
+      main: 'index.js',
+      vmmPlugin: { apiVersion, deviceTypes: ['rt-null'] },
+    }),
+  );
+  fs.writeFileSync(
+    path.join(dir, 'index.js'),
+    `
 if (${apiVersion} !== ${PLUGIN_API_VERSION}) throw new Error('code of an incompatible plugin ran');
 const { PLUGIN_API_VERSION, VirtioPciDevice, VirtioPciPluginDevice } = require('@tsvmm/pci');
 const { VirtioDevice } = require('@tsvmm/virtio-core');
@@ -54,19 +65,27 @@ exports.plugin = {
     create: (ctx, id) => new NullPci(id, new VirtioPciDevice(new NullDevice(ctx.memory, id), ctx, { classCode: 0xff0000 })),
   }],
 };
-`);
+`,
+  );
   return dir;
 }
 
 describeKvm('a slim VMM bundle (one plugin)', () => {
   beforeAll(() => {
     requireGuestKit();
-    execFileSync(process.execPath, [path.join(ROOT, 'apps/vmm/scripts/bundle.js'), '--plugins=virtio-blk', `--outdir=${OUT}`], { stdio: 'pipe' });
+    execFileSync(process.execPath, [path.join(ROOT, 'apps/vmm/scripts/bundle.js'), '--plugins=virtio-blk', `--outdir=${OUT}`], {
+      stdio: 'pipe',
+    });
   });
   afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
   it('is self-contained and holds only its plugin', () => {
-    expect(fs.readdirSync(OUT).filter((f) => !f.endsWith('.map')).sort()).toEqual(['kvm_native.node', 'main.js', 'virtio-blk-iothread.js']);
+    expect(
+      fs
+        .readdirSync(OUT)
+        .filter((f) => !f.endsWith('.map'))
+        .sort(),
+    ).toEqual(['kvm_native.node', 'main.js', 'virtio-blk-iothread.js']);
     const slim = fs.readFileSync(path.join(OUT, 'main.js'), 'utf8');
     expect(slim).toContain('VirtioBlkDevice');
     expect(slim).not.toContain('VirtioNetDevice');
@@ -77,14 +96,28 @@ describeKvm('a slim VMM bundle (one plugin)', () => {
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report.builtWith).toEqual(['virtio-blk']);
-    expect(report.plugins).toEqual([expect.objectContaining({ name: '@tsvmm/virtio-blk', origin: 'built-in', apiVersion: PLUGIN_API_VERSION })]);
-    expect(report.leftOut).toEqual(expect.arrayContaining([expect.objectContaining({ name: '@tsvmm/virtio-net', deviceTypes: ['virtio-net'] })]));
+    expect(report.plugins).toEqual([
+      expect.objectContaining({ name: '@tsvmm/virtio-blk', origin: 'built-in', apiVersion: PLUGIN_API_VERSION }),
+    ]);
+    expect(report.leftOut).toEqual(
+      expect.arrayContaining([expect.objectContaining({ name: '@tsvmm/virtio-net', deviceTypes: ['virtio-net'] })]),
+    );
   });
 
   it('boots the guest kit with its device', async () => {
     const img = path.join(tmp, 'disk.img');
     fs.writeFileSync(img, Buffer.alloc(64 * 512));
-    const r = await vmm(['run', '--kernel', GUEST_ELF, '--memory', '64M', '--cmdline', 'test=pci-scan', '--device', `virtio-blk,id=d0,file=${img}`]);
+    const r = await vmm([
+      'run',
+      '--kernel',
+      GUEST_ELF,
+      '--memory',
+      '64M',
+      '--cmdline',
+      'test=pci-scan',
+      '--device',
+      `virtio-blk,id=d0,file=${img}`,
+    ]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/pci: 00:\d\d\.0 vendor=0x1af4 device=0x1042 class=0x018000/);
@@ -112,16 +145,25 @@ describeKvm('a slim VMM bundle (one plugin)', () => {
   it('takes a left-out workspace plugin compiled into a run-time package (esbuild, host libraries external)', async () => {
     const dir = path.join(tmp, 'rt-net', 'virtio-net');
     esbuild.buildSync({
-      entryPoints: [path.join(ROOT, 'plugins/virtio-net/src/index.ts')], bundle: true, platform: 'node', target: 'node20', format: 'cjs',
-      external: ['@tsvmm/pci', '@tsvmm/virtio-core', '@tsvmm/kvm-native'], tsconfig: path.join(ROOT, 'tsconfig.base.json'),
-      outfile: path.join(dir, 'index.js'), logLevel: 'warning',
+      entryPoints: [path.join(ROOT, 'plugins/virtio-net/src/index.ts')],
+      bundle: true,
+      platform: 'node',
+      target: 'node20',
+      format: 'cjs',
+      external: ['@tsvmm/pci', '@tsvmm/virtio-core', '@tsvmm/kvm-native'],
+      tsconfig: path.join(ROOT, 'tsconfig.base.json'),
+      outfile: path.join(dir, 'index.js'),
+      logLevel: 'warning',
     });
     const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'plugins/virtio-net/package.json'), 'utf8'));
     fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ ...pkg, main: 'index.js' }));
     const r = await vmm(['plugins', '--json'], { VMM_PLUGIN_PATH: path.dirname(dir) });
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
-    expect(report.plugins.map((p: { name: string; origin: string }) => `${p.name} ${p.origin}`)).toEqual(['@tsvmm/virtio-blk built-in', '@tsvmm/virtio-net run-time']);
+    expect(report.plugins.map((p: { name: string; origin: string }) => `${p.name} ${p.origin}`)).toEqual([
+      '@tsvmm/virtio-blk built-in',
+      '@tsvmm/virtio-net run-time',
+    ]);
     expect(report.leftOut.map((p: { name: string }) => p.name)).not.toContain('@tsvmm/virtio-net');
   });
 

@@ -15,7 +15,13 @@ describeKvm('unclaimed port I/O and MMIO', () => {
     const logged: string[] = [];
     let serial = '';
     const machine = new Machine({
-      config: { ...defaultConfig(), kernel: GUEST_ELF, cmdline: `test=unclaimed count=${count} stride=0x1000 ports=${ports}`, memoryBytes: 64 * 2 ** 20, serial: { kind: 'none' } },
+      config: {
+        ...defaultConfig(),
+        kernel: GUEST_ELF,
+        cmdline: `test=unclaimed count=${count} stride=0x1000 ports=${ports}`,
+        memoryBytes: 64 * 2 ** 20,
+        serial: { kind: 'none' },
+      },
       serialOut: (b) => (serial += Buffer.from(b).toString('latin1')),
       log: (m) => logged.push(m),
     });
@@ -29,7 +35,10 @@ describeKvm('unclaimed port I/O and MMIO', () => {
     expect(serial).toContain('guest-kit: PASS test=unclaimed');
     expect(exit.code).toBe(0);
 
-    const report = monitor.unclaimedReport() as Record<'pio' | 'mmio', { regions: { start: number; end: number; reads: number; writes: number }[]; other: { reads: number; writes: number } }>;
+    const report = monitor.unclaimedReport() as Record<
+      'pio' | 'mmio',
+      { regions: { start: number; end: number; reads: number; writes: number }[]; other: { reads: number; writes: number } }
+    >;
     const hole = (bus: 'pio' | 'mmio', addr: number) => report[bus].regions.find((r) => r.start <= addr && addr <= r.end);
     expect(hole('mmio', 0xe0000000)).toMatchObject({ reads: count, writes: count });
     expect(hole('pio', 0x5000)).toMatchObject({ reads: ports, writes: ports });
@@ -48,8 +57,15 @@ describeKvm('unclaimed port I/O and MMIO', () => {
     expect(lines[0]).toBe('unclaimed MMIO write at 0xe0000000 size 4 value 0x0');
 
     const text = await runHmp(monitor, 'info unclaimed');
-    expect(text).toMatch(new RegExp(`^  0x[0-9a-f]+-0x[0-9a-f]+: reads ${count}, writes ${count}, last 0x${(0xe0000000 + (count - 1) * 0x1000).toString(16)}$`, 'm'));
-    expect(text).toMatch(new RegExp(`^  0x[0-9a-f]+-0xffff: reads ${ports}, writes ${ports}, last 0x${(0x5000 + ports - 1).toString(16)}$`, 'm'));
+    expect(text).toMatch(
+      new RegExp(
+        `^  0x[0-9a-f]+-0x[0-9a-f]+: reads ${count}, writes ${count}, last 0x${(0xe0000000 + (count - 1) * 0x1000).toString(16)}$`,
+        'm',
+      ),
+    );
+    expect(text).toMatch(
+      new RegExp(`^  0x[0-9a-f]+-0xffff: reads ${ports}, writes ${ports}, last 0x${(0x5000 + ports - 1).toString(16)}$`, 'm'),
+    );
     monitor.close();
   }, 180_000);
 });

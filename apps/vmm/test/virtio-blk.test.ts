@@ -19,7 +19,11 @@ function bootBlk(cmdline: string, deviceProps: Record<string, string>) {
   const img = path.join(tmp, `${Math.random().toString(36).slice(2)}.img`);
   fs.writeFileSync(img, Buffer.alloc(1024 * 512));
   const config: VmConfig = {
-    ...defaultConfig(), kernel: GUEST_ELF, cmdline, memoryBytes: 64 * 2 ** 20, serial: { kind: 'none' },
+    ...defaultConfig(),
+    kernel: GUEST_ELF,
+    cmdline,
+    memoryBytes: 64 * 2 ** 20,
+    serial: { kind: 'none' },
     devices: [{ type: 'virtio-blk', id: 'd0', props: { file: img, ...deviceProps } }],
   };
   const registry = buildContainer(config, loadPlugins()).get<DeviceRegistry>(TYPES.DeviceRegistry);

@@ -22,7 +22,10 @@ describe('RawFileBackend engine choice (aio=)', () => {
 
   it('falls back to threads with a reason when io_uring is unavailable; an explicit aio=io_uring is an error', () => {
     process.env.TSVMM_NO_IO_URING = '1';
-    expect(chooseAio(undefined)).toEqual({ mode: 'threads', fallback: expect.stringMatching(/io_uring is not available \(TSVMM_NO_IO_URING is set\); using aio=threads/) });
+    expect(chooseAio(undefined)).toEqual({
+      mode: 'threads',
+      fallback: expect.stringMatching(/io_uring is not available \(TSVMM_NO_IO_URING is set\); using aio=threads/),
+    });
     expect(() => chooseAio('io_uring')).toThrow(BackendOpenError);
     expect(() => chooseAio('io_uring')).toThrow(/aio=io_uring: io_uring is not available here/);
   });
@@ -61,7 +64,12 @@ describe.each(ENGINES)('RawFileBackend on a real file (aio=%s)', (aio) => {
     b.close();
     const img = fs.readFileSync(file);
     expect(img.length).toBe(1 << 20);
-    for (const [o, n] of [[8192, 4096], [65536, 8192], [131072, 4096]]) expect(img.subarray(o, o + n).every((v) => v === 0)).toBe(true);
+    for (const [o, n] of [
+      [8192, 4096],
+      [65536, 8192],
+      [131072, 4096],
+    ])
+      expect(img.subarray(o, o + n).every((v) => v === 0)).toBe(true);
     expect(img[8191]).toBe(0x5a);
     expect(img[12288]).toBe(0x5a);
   });
@@ -102,7 +110,6 @@ describe('RawFileBackend aio=io_uring: close', () => {
       if (settled[i].status === 'fulfilled') expect(x.every((v) => v === 0x5a)).toBe(true);
     });
   });
-
 });
 
 describe.each(ENGINES)('RawFileBackend data safety (aio=%s)', (aio) => {
@@ -117,11 +124,14 @@ describe.each(ENGINES)('RawFileBackend data safety (aio=%s)', (aio) => {
 
   /** The engine's real file operations, with each transfer cut to `max` bytes and the failures the test sets. */
   function io(max = Infinity) {
-    const base: FileIo = aio === 'io_uring' ? ioUringFileIo(16) : {
-      readv: (fd, bufs, pos, cb) => fs.readv(fd, bufs, pos, cb),
-      writev: (fd, bufs, pos, cb) => fs.writev(fd, bufs, pos, cb),
-      fdatasync: (fd, cb) => fs.fdatasync(fd, cb),
-    };
+    const base: FileIo =
+      aio === 'io_uring'
+        ? ioUringFileIo(16)
+        : {
+            readv: (fd, bufs, pos, cb) => fs.readv(fd, bufs, pos, cb),
+            writev: (fd, bufs, pos, cb) => fs.writev(fd, bufs, pos, cb),
+            fdatasync: (fd, cb) => fs.fdatasync(fd, cb),
+          };
     const t = {
       syncs: 0,
       failSync: undefined as string | undefined,

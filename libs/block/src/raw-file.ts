@@ -161,8 +161,14 @@ export class RawFileBackend implements BlockBackend {
       this.fd = fs.openSync(path, flags);
     } catch (e) {
       const code = (e as { code?: string }).code;
-      const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' || code === 'EROFS' ? 'permission denied (use readonly=on?)'
-        : code === 'EINVAL' && direct ? 'the file system does not support O_DIRECT (use cache=writeback)' : (e as Error).message;
+      const why =
+        code === 'ENOENT'
+          ? 'no such file'
+          : code === 'EACCES' || code === 'EROFS'
+            ? 'permission denied (use readonly=on?)'
+            : code === 'EINVAL' && direct
+              ? 'the file system does not support O_DIRECT (use cache=writeback)'
+              : (e as Error).message;
       throw new BackendOpenError(`${path}: ${why}`);
     }
     const st = fs.fstatSync(this.fd);
@@ -206,7 +212,7 @@ export class RawFileBackend implements BlockBackend {
 
   private fdFor(bufs: Uint8Array[], offset: number): number {
     if (!this.direct) return this.fd;
-    const aligned = offset % DIRECT_ALIGN === 0 && bufs.every((b) => b.byteLength % 512 === 0 && (b.byteOffset % 512 === 0));
+    const aligned = offset % DIRECT_ALIGN === 0 && bufs.every((b) => b.byteLength % 512 === 0 && b.byteOffset % 512 === 0);
     if (aligned) return this.fd;
     if (this.bufferedFd === undefined) {
       this.bufferedFd = fs.openSync(this.path, this.readonly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
@@ -223,7 +229,7 @@ export class RawFileBackend implements BlockBackend {
 
   async readv(bufs: Uint8Array[], offset: number): Promise<number> {
     const total = bufs.reduce((n, b) => n + b.length, 0);
-    for (let done = 0; done < total; ) {
+    for (let done = 0; done < total;) {
       const rest = done ? skipBytes(bufs, done) : bufs;
       const n = await this.once('readv', rest, offset + done);
       if (n <= 0) {
@@ -239,7 +245,7 @@ export class RawFileBackend implements BlockBackend {
   async writev(bufs: Uint8Array[], offset: number, dsync = false): Promise<number> {
     const total = bufs.reduce((n, b) => n + b.length, 0);
     try {
-      for (let done = 0; done < total; ) {
+      for (let done = 0; done < total;) {
         // libuv returns the bytes written before an error (ENOSPC, EDQUOT, EFBIG) and drops
         // the error: go on with the rest, which then fails with the error itself.
         const n = await this.once('writev', done ? skipBytes(bufs, done) : bufs, offset + done);
@@ -291,7 +297,8 @@ export class RawFileBackend implements BlockBackend {
   }
 
   private async syncAll(): Promise<void> {
-    if (this.syncError) throw ioError(`an earlier flush failed (${this.syncError.message}); flushes fail until the device is reset`, 'EIO', this.syncError);
+    if (this.syncError)
+      throw ioError(`an earlier flush failed (${this.syncError.message}); flushes fail until the device is reset`, 'EIO', this.syncError);
     const fds = this.bufferedFd === undefined ? [this.fd] : [this.fd, this.bufferedFd];
     try {
       for (const fd of fds) await new Promise<void>((resolve, reject) => this.io.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
@@ -321,7 +328,7 @@ export class RawFileBackend implements BlockBackend {
       }
       // The file system cannot: write zeros (writev records its own failure).
       const chunk = Buffer.alloc(Math.min(len, 1 << 20));
-      for (let done = 0; done < len; ) {
+      for (let done = 0; done < len;) {
         const n = Math.min(chunk.length, len - done);
         await this.writev([chunk.subarray(0, n)], offset + done);
         done += n;

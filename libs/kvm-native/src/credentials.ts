@@ -65,8 +65,15 @@ export function parseStatusCredentials(tid: number, text: string): TaskCredentia
   const nums = (k: string) => line(k).split(/\s+/).filter(Boolean).map(Number);
   const cap = (k: string) => BigInt(`0x${line(k) || '0'}`);
   return {
-    tid, uid: nums('Uid'), gid: nums('Gid'), groups: nums('Groups'),
-    capInh: cap('CapInh'), capPrm: cap('CapPrm'), capEff: cap('CapEff'), capBnd: cap('CapBnd'), capAmb: cap('CapAmb'),
+    tid,
+    uid: nums('Uid'),
+    gid: nums('Gid'),
+    groups: nums('Groups'),
+    capInh: cap('CapInh'),
+    capPrm: cap('CapPrm'),
+    capEff: cap('CapEff'),
+    capBnd: cap('CapBnd'),
+    capAmb: cap('CapAmb'),
   };
 }
 

@@ -24,7 +24,7 @@ export function ramPieceLengths(gpa: number, size: number, piece = RAM_PIECE_SIZ
   if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(size) || gpa < 0 || size <= 0)
     throw new KvmArgumentError(`guest RAM range [${gpa}, +${size}) is not a non-empty safe-integer range`);
   const out: number[] = [];
-  for (let a = gpa, end = gpa + size; a < end; ) {
+  for (let a = gpa, end = gpa + size; a < end;) {
     const next = Math.min(end, (Math.floor(a / piece) + 1) * piece);
     out.push(next - a);
     a = next;

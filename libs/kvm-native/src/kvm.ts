@@ -11,8 +11,21 @@ import { RamPiece, ramPieceLengths, toPieces } from './guest-ram';
 import { loadNative, NativeAddon, NativeVcpuThread } from './native';
 import { EXIT_NAMES, INTERNAL_ERROR_NAMES, KvmRun } from './run';
 import {
-  CpuidEntry, decodeCpuid2, decodeMsrs, decodeRegs, decodeSregs, encodeCpuid2, encodeGsiRouting, encodeMsrs,
-  encodeRegs, encodeSregs, GsiRoute, MsrEntry, Regs, Sregs, view,
+  CpuidEntry,
+  decodeCpuid2,
+  decodeMsrs,
+  decodeRegs,
+  decodeSregs,
+  encodeCpuid2,
+  encodeGsiRouting,
+  encodeMsrs,
+  encodeRegs,
+  encodeSregs,
+  GsiRoute,
+  MsrEntry,
+  Regs,
+  Sregs,
+  view,
 } from './structs';
 
 export const KVM_API_VERSION = 12;
@@ -205,7 +218,13 @@ export class Vm {
     const lengths = ramPieceLengths(Number(gpa), size);
     const m = this.native.memfdMap(opts.name ?? `guest-ram-${slot}`, size, lengths);
     const region: MemoryRegion = {
-      slot, guestPhysAddr: gpa, size, fd: m.fd, hostAddress: m.address, pieces: toPieces(Number(gpa), lengths, m.buffers), flags: 0,
+      slot,
+      guestPhysAddr: gpa,
+      size,
+      fd: m.fd,
+      hostAddress: m.address,
+      pieces: toPieces(Number(gpa), lengths, m.buffers),
+      flags: 0,
     };
     try {
       this.setUserMemoryRegion(region, 0);
@@ -538,8 +557,7 @@ export class Vcpu {
   }
 
   setLapic(b: Uint8Array): void {
-    if (b.byteLength !== U.SIZEOF_kvm_lapic_state)
-      throw new KvmArgumentError(`kvm_lapic_state must be ${U.SIZEOF_kvm_lapic_state} bytes`);
+    if (b.byteLength !== U.SIZEOF_kvm_lapic_state) throw new KvmArgumentError(`kvm_lapic_state must be ${U.SIZEOF_kvm_lapic_state} bytes`);
     this.native.ioctl(this.fd, U.KVM_SET_LAPIC, b);
   }
 
@@ -801,4 +819,3 @@ export class Vcpu {
     this.native.close(this.fd);
   }
 }
-

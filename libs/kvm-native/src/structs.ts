@@ -5,17 +5,46 @@
 import * as U from './generated/kvm-uapi';
 
 export interface Regs {
-  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint;
-  rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
-  r8: bigint; r9: bigint; r10: bigint; r11: bigint;
-  r12: bigint; r13: bigint; r14: bigint; r15: bigint;
-  rip: bigint; rflags: bigint;
+  rax: bigint;
+  rbx: bigint;
+  rcx: bigint;
+  rdx: bigint;
+  rsi: bigint;
+  rdi: bigint;
+  rsp: bigint;
+  rbp: bigint;
+  r8: bigint;
+  r9: bigint;
+  r10: bigint;
+  r11: bigint;
+  r12: bigint;
+  r13: bigint;
+  r14: bigint;
+  r15: bigint;
+  rip: bigint;
+  rflags: bigint;
 }
 
 /** kvm_regs field order (18 u64s). */
 export const REG_NAMES: readonly (keyof Regs)[] = [
-  'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp',
-  'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'rflags',
+  'rax',
+  'rbx',
+  'rcx',
+  'rdx',
+  'rsi',
+  'rdi',
+  'rsp',
+  'rbp',
+  'r8',
+  'r9',
+  'r10',
+  'r11',
+  'r12',
+  'r13',
+  'r14',
+  'r15',
+  'rip',
+  'rflags',
 ];
 
 export function decodeRegs(b: Uint8Array): Regs {
@@ -53,20 +82,44 @@ export interface DescriptorTable {
 }
 
 export interface Sregs {
-  cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment; tr: Segment; ldt: Segment;
-  gdt: DescriptorTable; idt: DescriptorTable;
-  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint; efer: bigint; apicBase: bigint;
+  cs: Segment;
+  ds: Segment;
+  es: Segment;
+  fs: Segment;
+  gs: Segment;
+  ss: Segment;
+  tr: Segment;
+  ldt: Segment;
+  gdt: DescriptorTable;
+  idt: DescriptorTable;
+  cr0: bigint;
+  cr2: bigint;
+  cr3: bigint;
+  cr4: bigint;
+  cr8: bigint;
+  efer: bigint;
+  apicBase: bigint;
   interruptBitmap: bigint[];
 }
 
 const SEGMENTS = [
-  ['cs', U.OFF_kvm_sregs_cs], ['ds', U.OFF_kvm_sregs_ds], ['es', U.OFF_kvm_sregs_es], ['fs', U.OFF_kvm_sregs_fs],
-  ['gs', U.OFF_kvm_sregs_gs], ['ss', U.OFF_kvm_sregs_ss], ['tr', U.OFF_kvm_sregs_tr], ['ldt', U.OFF_kvm_sregs_ldt],
+  ['cs', U.OFF_kvm_sregs_cs],
+  ['ds', U.OFF_kvm_sregs_ds],
+  ['es', U.OFF_kvm_sregs_es],
+  ['fs', U.OFF_kvm_sregs_fs],
+  ['gs', U.OFF_kvm_sregs_gs],
+  ['ss', U.OFF_kvm_sregs_ss],
+  ['tr', U.OFF_kvm_sregs_tr],
+  ['ldt', U.OFF_kvm_sregs_ldt],
 ] as const;
 
 const CONTROL = [
-  ['cr0', U.OFF_kvm_sregs_cr0], ['cr2', U.OFF_kvm_sregs_cr2], ['cr3', U.OFF_kvm_sregs_cr3],
-  ['cr4', U.OFF_kvm_sregs_cr4], ['cr8', U.OFF_kvm_sregs_cr8], ['efer', U.OFF_kvm_sregs_efer],
+  ['cr0', U.OFF_kvm_sregs_cr0],
+  ['cr2', U.OFF_kvm_sregs_cr2],
+  ['cr3', U.OFF_kvm_sregs_cr3],
+  ['cr4', U.OFF_kvm_sregs_cr4],
+  ['cr8', U.OFF_kvm_sregs_cr8],
+  ['efer', U.OFF_kvm_sregs_efer],
   ['apicBase', U.OFF_kvm_sregs_apic_base],
 ] as const;
 

@@ -11,8 +11,21 @@ describe('credentials', () => {
   });
 
   it('parses the ids and capability sets of a /proc status', () => {
-    const c = parseStatusCredentials(7, 'Name:\tnode\nUid:\t65534\t65534\t65534\t65534\nGid:\t1\t2\t3\t4\nGroups:\t5 6 \nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n');
-    expect(c).toEqual({ tid: 7, uid: [65534, 65534, 65534, 65534], gid: [1, 2, 3, 4], groups: [5, 6], capInh: 0n, capPrm: 0n, capEff: 0n, capBnd: 0x1ffffffffffn, capAmb: 0n });
+    const c = parseStatusCredentials(
+      7,
+      'Name:\tnode\nUid:\t65534\t65534\t65534\t65534\nGid:\t1\t2\t3\t4\nGroups:\t5 6 \nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n',
+    );
+    expect(c).toEqual({
+      tid: 7,
+      uid: [65534, 65534, 65534, 65534],
+      gid: [1, 2, 3, 4],
+      groups: [5, 6],
+      capInh: 0n,
+      capPrm: 0n,
+      capEff: 0n,
+      capBnd: 0x1ffffffffffn,
+      capAmb: 0n,
+    });
     const mine = threadCredentials('self');
     expect(mine.length).toBeGreaterThan(0);
     expect(mine[0].uid[0]).toBe(process.getuid!());
@@ -39,7 +52,10 @@ describe('credentials', () => {
       const t = c.threadCredentials('self');
       console.log(JSON.stringify({ back, threads: t.length, bad: t.filter((x) => x.uid.some((u) => u !== 65534) || x.capEff !== 0n || x.capPrm !== 0n).length,
         bnd: t.find((x) => x.tid === process.pid).capBnd.toString() }));`;
-    const out = execFileSync(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', script], { encoding: 'utf8', cwd: path.resolve(__dirname, '..') });
+    const out = execFileSync(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', script], {
+      encoding: 'utf8',
+      cwd: path.resolve(__dirname, '..'),
+    });
     const r = JSON.parse(out.trim().split('\n').pop()!);
     expect(r).toEqual({ back: 'EPERM', threads: expect.any(Number), bad: 0, bnd: '0' });
     expect(r.threads).toBeGreaterThan(1);

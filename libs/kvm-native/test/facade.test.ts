@@ -4,8 +4,19 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
-  decodeRegs, decodeSregs, encodeGsiRouting, encodeIoeventfd, encodeRegs, encodeSregs, EventFd, Kvm,
-  KvmArgumentError, KvmUnavailableError, REG_NAMES, uapi as U, VcpuFaultError,
+  decodeRegs,
+  decodeSregs,
+  encodeGsiRouting,
+  encodeIoeventfd,
+  encodeRegs,
+  encodeSregs,
+  EventFd,
+  Kvm,
+  KvmArgumentError,
+  KvmUnavailableError,
+  REG_NAMES,
+  uapi as U,
+  VcpuFaultError,
 } from '../src';
 import { checkU64 } from '../src/check';
 
@@ -99,8 +110,12 @@ describe('argument checks', () => {
   });
 
   it('describes a vCPU fault with RIP and instruction bytes', () => {
-    const e = new VcpuFaultError(0, { kind: 'internal-error', suberror: 1, suberrorName: 'emulation failure', data: [] },
-      0x100234n, Uint8Array.from([0xf3, 0x0f, 0xb8, 0xc0]));
+    const e = new VcpuFaultError(
+      0,
+      { kind: 'internal-error', suberror: 1, suberrorName: 'emulation failure', data: [] },
+      0x100234n,
+      Uint8Array.from([0xf3, 0x0f, 0xb8, 0xc0]),
+    );
     expect(e.message).toBe('vCPU 0: KVM internal error (emulation failure) at RIP 0x100234, instruction bytes: f3 0f b8 c0');
   });
 });

@@ -13,7 +13,11 @@ v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc') as () => void;
 
 /** Lines of /proc/self/maps for memfds named `name`. */
-const mappingsOf = (name: string) => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes(`/memfd:${name} `)).length;
+const mappingsOf = (name: string) =>
+  fs
+    .readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((l) => l.includes(`/memfd:${name} `)).length;
 
 async function collect(): Promise<void> {
   // Node may run an external buffer's finalizer from an immediate: let it.

@@ -135,7 +135,11 @@ describe('IoUring on real files', () => {
       spawn('sh', ['-c', 'sleep 0.3; echo late > ${fifo}'], { detached: true, stdio: 'ignore' }).unref();
     `;
     // cwd: the package, so ts-node takes its tsconfig.json (from the workspace root it would fall back to its own defaults, which TS 5.6 refuses).
-    const out = execFileSync(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', script], { timeout: 60_000, encoding: 'utf8', cwd: path.join(__dirname, '..') });
+    const out = execFileSync(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', script], {
+      timeout: 60_000,
+      encoding: 'utf8',
+      cwd: path.join(__dirname, '..'),
+    });
     expect(out.trim()).toBe('read late');
   });
 

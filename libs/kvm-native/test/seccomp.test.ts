@@ -8,7 +8,10 @@ import { addonCandidates } from '../src/native';
 const ADDON = addonCandidates().find((p) => fs.existsSync(p)) ?? path.resolve(__dirname, '../build/Release/kvm_native.node');
 
 function child(script: string): { code: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ['-e', `const native = require(${JSON.stringify(ADDON)});\n${script}`], { encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync(process.execPath, ['-e', `const native = require(${JSON.stringify(ADDON)});\n${script}`], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

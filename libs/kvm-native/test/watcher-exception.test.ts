@@ -23,7 +23,10 @@ describe('native callback exceptions', () => {
       await until(() => seen.length === 1);
       efd.write(1);
       await until(() => seen.length === 2);
-      expect(seen).toEqual([['fd watcher', 'device bug 1'], ['fd watcher', 'device bug 2']]);
+      expect(seen).toEqual([
+        ['fd watcher', 'device bug 1'],
+        ['fd watcher', 'device bug 2'],
+      ]);
     } finally {
       efd.close();
     }

@@ -23,7 +23,9 @@ describe('unclaimed accesses', () => {
     expect(lines[0]).toBe('unclaimed MMIO write at 0x2000 size 4 value 0x0');
     bus.unclaimed.flush();
     expect(lines.length).toBe(UnclaimedAccounting.LOG_FIRST + 1);
-    expect(lines[lines.length - 1]).toMatch(/^unclaimed MMIO: 10492 more access\(es\) since the last report; totals reads=500 writes=10000 in 2 hole\(s\)/);
+    expect(lines[lines.length - 1]).toMatch(
+      /^unclaimed MMIO: 10492 more access\(es\) since the last report; totals reads=500 writes=10000 in 2 hole\(s\)/,
+    );
   });
 
   it('keeps at most MAX_REGIONS holes however the guest moves things around', () => {

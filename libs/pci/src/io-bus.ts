@@ -81,8 +81,12 @@ export class UnclaimedAccounting {
     if (this.logged < UnclaimedAccounting.LOG_FIRST) {
       this.logged++;
       const v = isWrite && value !== undefined ? ` value 0x${value.toString(16)}` : '';
-      this.log(`unclaimed ${what} ${isWrite ? 'write' : 'read'} at 0x${addr.toString(16)} size ${size}${v}` +
-        (this.logged === UnclaimedAccounting.LOG_FIRST ? ` (further unclaimed ${what} accesses are counted and summarised every ${UnclaimedAccounting.SUMMARY_MS / 1000} s: HMP info unclaimed, QMP x-query-unclaimed-io)` : ''));
+      this.log(
+        `unclaimed ${what} ${isWrite ? 'write' : 'read'} at 0x${addr.toString(16)} size ${size}${v}` +
+          (this.logged === UnclaimedAccounting.LOG_FIRST
+            ? ` (further unclaimed ${what} accesses are counted and summarised every ${UnclaimedAccounting.SUMMARY_MS / 1000} s: HMP info unclaimed, QMP x-query-unclaimed-io)`
+            : ''),
+      );
       this.lastSummaryAt = Date.now();
       return;
     }
@@ -99,9 +103,11 @@ export class UnclaimedAccounting {
   private summary(now: number): void {
     const what = this.kind === 'pio' ? 'port' : 'MMIO';
     const busiest = [...this.regions.values()].sort((a, b) => b.reads + b.writes - (a.reads + a.writes))[0];
-    this.log?.(`unclaimed ${what}: ${this.sinceSummary} more access(es) since the last report; totals reads=${this.reads} writes=${this.writes} in ${this.regions.size} hole(s)` +
-      (this.other.reads + this.other.writes ? ` + ${this.other.reads + this.other.writes} in further holes` : '') +
-      (busiest ? `; busiest 0x${busiest.start.toString(16)}-0x${busiest.end.toString(16)} (${busiest.reads + busiest.writes})` : ''));
+    this.log?.(
+      `unclaimed ${what}: ${this.sinceSummary} more access(es) since the last report; totals reads=${this.reads} writes=${this.writes} in ${this.regions.size} hole(s)` +
+        (this.other.reads + this.other.writes ? ` + ${this.other.reads + this.other.writes} in further holes` : '') +
+        (busiest ? `; busiest 0x${busiest.start.toString(16)}-0x${busiest.end.toString(16)} (${busiest.reads + busiest.writes})` : ''),
+    );
     this.sinceSummary = 0;
     this.lastSummaryAt = now;
   }

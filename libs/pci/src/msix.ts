@@ -162,11 +162,13 @@ export class MsixController {
         const gsi = this.irq.gsiRoutes.allocate();
         r = { gsi, efd: EventFd.create(), assigned: false, msg: '' };
         this.routes.set(v, r);
-        r.efd.watch(() => this.boundary(`masked MSI-X vector ${v}`, () => {
-          // Only reached while the irqfd is unassigned: a backend signalled a masked vector.
-          this.setPending(v, true);
-          this.counters.pended++;
-        }));
+        r.efd.watch(() =>
+          this.boundary(`masked MSI-X vector ${v}`, () => {
+            // Only reached while the irqfd is unassigned: a backend signalled a masked vector.
+            this.setPending(v, true);
+            this.counters.pended++;
+          }),
+        );
       }
       if (live && r.msg !== key) {
         this.irq.gsiRoutes.setMsi(r.gsi, msg);
@@ -191,10 +193,12 @@ export class MsixController {
     } else {
       this.irq.vm.irqfd(r.efd.fd, r.gsi, { deassign: true });
       r.assigned = false;
-      r.efd.watch(() => this.boundary(`masked MSI-X vector ${v}`, () => {
-        this.setPending(v, true);
-        this.counters.pended++;
-      }));
+      r.efd.watch(() =>
+        this.boundary(`masked MSI-X vector ${v}`, () => {
+          this.setPending(v, true);
+          this.counters.pended++;
+        }),
+      );
     }
   }
 

@@ -4,9 +4,7 @@
  * mastering is reported to the device), and config-space hooks for capabilities.
  */
 import { BusDevice, IoBus } from './io-bus';
-import {
-  PCI_BASE_ADDRESS_0, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PciConfigSpace, PciIdentity,
-} from './config-space';
+import { PCI_BASE_ADDRESS_0, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PciConfigSpace, PciIdentity } from './config-space';
 import { PciFunction } from './pci-bus';
 
 export interface BarSpec {

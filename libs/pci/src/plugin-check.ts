@@ -36,7 +36,7 @@ const FIELDS: Record<(typeof PROPERTY_TYPES)[number], readonly string[]> = {
 };
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-const show = (v: unknown) => (typeof v === 'string' ? `'${v}'` : v instanceof RegExp ? String(v) : JSON.stringify(v) ?? String(v));
+const show = (v: unknown) => (typeof v === 'string' ? `'${v}'` : v instanceof RegExp ? String(v) : (JSON.stringify(v) ?? String(v)));
 
 /** Problems of one property spec, each phrased to follow "property 'NAME': ". */
 function propertyProblems(spec: unknown): string[] {
@@ -47,9 +47,13 @@ function propertyProblems(spec: unknown): string[] {
   const t = type as (typeof PROPERTY_TYPES)[number];
   const out: string[] = [];
   const unknown = Object.keys(spec).filter((k) => !FIELDS[t].includes(k));
-  if (unknown.length) out.push(`unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map(show).join(', ')} for ${/^[aeiu]/.test(t) ? 'an' : 'a'} ${t} property (known: ${FIELDS[t].join(', ')})`);
+  if (unknown.length)
+    out.push(
+      `unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map(show).join(', ')} for ${/^[aeiu]/.test(t) ? 'an' : 'a'} ${t} property (known: ${FIELDS[t].join(', ')})`,
+    );
   if (typeof spec.description !== 'string' || !spec.description.trim()) out.push('needs a description (one line for users)');
-  if (spec.required !== undefined && typeof spec.required !== 'boolean') out.push(`required must be true or false, got ${show(spec.required)}`);
+  if (spec.required !== undefined && typeof spec.required !== 'boolean')
+    out.push(`required must be true or false, got ${show(spec.required)}`);
   const d = spec.default;
   if (spec.required === true && d !== undefined) out.push(`is required and has a default ${show(d)}; give one or the other`);
   switch (t) {
@@ -57,9 +61,12 @@ function propertyProblems(spec: unknown): string[] {
     case 'path':
       if (d !== undefined && (typeof d !== 'string' || d === '')) out.push(`default must be a non-empty string, got ${show(d)}`);
       if (t === 'string') {
-        if (spec.pattern !== undefined && !(spec.pattern instanceof RegExp)) out.push(`pattern must be a RegExp, got ${show(spec.pattern)}`);
-        if (spec.patternHint !== undefined && typeof spec.patternHint !== 'string') out.push(`patternHint must be a string, got ${show(spec.patternHint)}`);
-        if (spec.pattern instanceof RegExp && typeof d === 'string' && d !== '' && !spec.pattern.test(d)) out.push(`default ${show(d)} does not match its pattern ${spec.pattern}`);
+        if (spec.pattern !== undefined && !(spec.pattern instanceof RegExp))
+          out.push(`pattern must be a RegExp, got ${show(spec.pattern)}`);
+        if (spec.patternHint !== undefined && typeof spec.patternHint !== 'string')
+          out.push(`patternHint must be a string, got ${show(spec.patternHint)}`);
+        if (spec.pattern instanceof RegExp && typeof d === 'string' && d !== '' && !spec.pattern.test(d))
+          out.push(`default ${show(d)} does not match its pattern ${spec.pattern}`);
       }
       break;
     case 'bool':
@@ -100,13 +107,16 @@ function propertyProblems(spec: unknown): string[] {
  */
 export function checkDevicePlugin(plugin: unknown, apiVersion = PLUGIN_API_VERSION): asserts plugin is DevicePlugin {
   if (!isObject(plugin) || typeof plugin.name !== 'string' || !plugin.name)
-    throw new PluginError(`a device plugin must be an object with apiVersion, name, version and deviceTypes; got ${isObject(plugin) ? `one without a name (keys: ${Object.keys(plugin).join(', ') || 'none'})` : show(plugin)}`);
+    throw new PluginError(
+      `a device plugin must be an object with apiVersion, name, version and deviceTypes; got ${isObject(plugin) ? `one without a name (keys: ${Object.keys(plugin).join(', ') || 'none'})` : show(plugin)}`,
+    );
   const who = `plugin ${plugin.name}${typeof plugin.version === 'string' ? `@${plugin.version}` : ''}`;
   // The API version first: a plugin for another API may legitimately look different.
   if (plugin.apiVersion !== apiVersion)
     throw new PluginError(`${who} was built for plugin API ${show(plugin.apiVersion)}; this VMM speaks API ${apiVersion}`);
   const problems: string[] = [];
-  if (typeof plugin.version !== 'string' || !plugin.version) problems.push(`version must be a non-empty string, got ${show(plugin.version)}`);
+  if (typeof plugin.version !== 'string' || !plugin.version)
+    problems.push(`version must be a non-empty string, got ${show(plugin.version)}`);
   const types = plugin.deviceTypes;
   if (!Array.isArray(types) || types.length === 0) problems.push('deviceTypes must list at least one device type');
   else {
@@ -118,10 +128,12 @@ export function checkDevicePlugin(plugin: unknown, apiVersion = PLUGIN_API_VERSI
       }
       const name = t.type;
       const where = typeof name === 'string' && name ? `device type '${name}'` : `deviceTypes[${i}]`;
-      if (typeof name !== 'string' || !NAME.test(name)) problems.push(`${where}: the type name ${show(name)} must be lower-case letters, digits and '-', starting with a letter`);
+      if (typeof name !== 'string' || !NAME.test(name))
+        problems.push(`${where}: the type name ${show(name)} must be lower-case letters, digits and '-', starting with a letter`);
       else if (seen.has(name)) problems.push(`${where} is declared twice`);
       else seen.add(name);
-      if (typeof t.description !== 'string' || !t.description.trim()) problems.push(`${where}: needs a description (one line for \`vmm plugins\`)`);
+      if (typeof t.description !== 'string' || !t.description.trim())
+        problems.push(`${where}: needs a description (one line for \`vmm plugins\`)`);
       if (typeof t.create !== 'function') problems.push(`${where}: has no create(ctx, id, props) factory`);
       if (!isObject(t.properties)) {
         problems.push(`${where}: properties must be an object of property specs (use {} for none), got ${show(t.properties)}`);
@@ -129,7 +141,8 @@ export function checkDevicePlugin(plugin: unknown, apiVersion = PLUGIN_API_VERSI
       }
       for (const [key, spec] of Object.entries(t.properties)) {
         if (key === 'id') problems.push(`${where}: property 'id' is reserved (it names the device)`);
-        else if (!NAME.test(key)) problems.push(`${where}: property name ${show(key)} must be lower-case letters, digits and '-', starting with a letter`);
+        else if (!NAME.test(key))
+          problems.push(`${where}: property name ${show(key)} must be lower-case letters, digits and '-', starting with a letter`);
         for (const p of propertyProblems(spec)) problems.push(`${where}: property '${key}': ${p}`);
       }
     });

@@ -11,7 +11,10 @@ describe('parseProperties', () => {
   const what = "device 'd0' (test-dev)";
   it('parses values and fills defaults', () => {
     expect(parseProperties(what, schema, { file: '/tmp/x', readonly: 'on', 'num-queues': '0x4' })).toEqual({
-      file: '/tmp/x', readonly: true, 'num-queues': 4, cache: 'writeback',
+      file: '/tmp/x',
+      readonly: true,
+      'num-queues': 4,
+      cache: 'writeback',
     });
   });
   it.each([
@@ -33,7 +36,12 @@ describe('parseProperties', () => {
 
 describe('parseSize', () => {
   it.each([
-    ['256M', 256 * 2 ** 20], ['1G', 2 ** 30], ['4096', 4096], ['64k', 65536], ['2GiB', 2 * 2 ** 30], ['0x1000', 4096],
+    ['256M', 256 * 2 ** 20],
+    ['1G', 2 ** 30],
+    ['4096', 4096],
+    ['64k', 65536],
+    ['2GiB', 2 * 2 ** 30],
+    ['0x1000', 4096],
   ])('%s', (t, v) => expect(parseSize(t)).toBe(v));
   it.each(['', 'M', '12Q', '-1M', '1.5G'])('rejects %s', (t) => expect(parseSize(t)).toBeUndefined());
 });

@@ -90,7 +90,8 @@ export function parseProperties(
 ): Record<string, PropertyValue | undefined> {
   const out: Record<string, PropertyValue | undefined> = {};
   for (const key of Object.keys(raw)) {
-    if (isPrototypeKey(key)) throw new PropertyError(`${what}: '${key}' is not a property name (a reserved name)`, key, 'not a property name (a reserved name)');
+    if (isPrototypeKey(key))
+      throw new PropertyError(`${what}: '${key}' is not a property name (a reserved name)`, key, 'not a property name (a reserved name)');
     if (!Object.hasOwn(schema, key)) {
       const known = Object.keys(schema);
       const detail = 'unknown property' + (known.length ? ` (known: ${known.join(', ')})` : ' (it takes no properties)');
@@ -100,12 +101,17 @@ export function parseProperties(
   for (const [key, spec] of Object.entries(schema)) {
     const v = Object.hasOwn(raw, key) ? raw[key] : undefined;
     if (v === undefined) {
-      if ('required' in spec && spec.required) throw new PropertyError(`${what}: property '${key}' is required (${spec.description})`, key, `is required (${spec.description})`);
+      if ('required' in spec && spec.required)
+        throw new PropertyError(`${what}: property '${key}' is required (${spec.description})`, key, `is required (${spec.description})`);
       out[key] = spec.default;
       continue;
     }
     const bad = (expect: string) =>
-      new PropertyError(`${what}: property '${key}' must be ${expect}, got '${String(v)}'`, key, `must be ${expect}, got ${JSON.stringify(v)}`);
+      new PropertyError(
+        `${what}: property '${key}' must be ${expect}, got '${String(v)}'`,
+        key,
+        `must be ${expect}, got ${JSON.stringify(v)}`,
+      );
     switch (spec.type) {
       case 'string':
       case 'path': {

@@ -40,7 +40,18 @@ describeKvm('VirtioPciDevice: queue notifiers handed to a vhost backend', () => 
     vm.createIrqchip();
     dev = new CountingDevice();
     mmio = new IoBus('mmio');
-    pci = new VirtioPciDevice(dev, { vm, pci: new PciBus(), mmio, gsiRoutes: new GsiRoutes(vm), mmio32: new MmioAllocator(0xc0000000, 0x10000000), log: () => undefined }, { classCode: 0x010000 });
+    pci = new VirtioPciDevice(
+      dev,
+      {
+        vm,
+        pci: new PciBus(),
+        mmio,
+        gsiRoutes: new GsiRoutes(vm),
+        mmio32: new MmioAllocator(0xc0000000, 0x10000000),
+        log: () => undefined,
+      },
+      { classCode: 0x010000 },
+    );
     // What firmware and the driver do: memory decode and bus mastering on, MSI-X enabled, queues ready, DRIVER_OK.
     pci.configWrite(0x04, 2, 0x6);
     pci.configWrite(pci.msix.capOffset + 2, 2, 0x8000);
@@ -74,7 +85,7 @@ describeKvm('VirtioPciDevice: queue notifiers handed to a vhost backend', () => 
     kvm.close();
   });
 
-  it('the VMM owns both notifiers until a backend takes queue 1; handing it back restores the VMM\'s ioeventfd', () => {
+  it("the VMM owns both notifiers until a backend takes queue 1; handing it back restores the VMM's ioeventfd", () => {
     expect([pci.queueNotifierKind(0), pci.queueNotifierKind(1)]).toEqual(['own', 'own']);
     const kick = EventFd.create();
     closeMe.push(kick);
@@ -86,7 +97,7 @@ describeKvm('VirtioPciDevice: queue notifiers handed to a vhost backend', () => 
     expect(kick.read()).toBe(0n); // the VMM never reads the backend's eventfd
   });
 
-  it('DeviceEvent kick on a backend-owned queue writes the backend\'s kick eventfd, not the VMM\'s device', async () => {
+  it("DeviceEvent kick on a backend-owned queue writes the backend's kick eventfd, not the VMM's device", async () => {
     const kick = EventFd.create();
     closeMe.push(kick);
     pci.setBackendKicks([undefined, kick]);
@@ -110,7 +121,7 @@ describeKvm('VirtioPciDevice: queue notifiers handed to a vhost backend', () => 
     expect(pci.queueNotifierKind(1)).toBe('backend');
   });
 
-  it('a backend\'s call eventfd is the queue vector\'s irqfd: masked, a signal sets the PBA bit; unmasking clears it (delivered)', async () => {
+  it("a backend's call eventfd is the queue vector's irqfd: masked, a signal sets the PBA bit; unmasking clears it (delivered)", async () => {
     const call = pci.queueCallEventFd(0);
     expect(call).toBe(pci.msix.eventFd(1));
     pci.msix.tableDevice.write(1 * 16 + 12, 4, 1); // mask entry 1

@@ -25,7 +25,18 @@ describeKvm('virtio-pci state from an untrusted stream', () => {
   let vm: Vm;
   const make = () => {
     const mmio = new IoBus('mmio');
-    const pci = new VirtioPciDevice(new Dev(), { vm, pci: new PciBus(), mmio, gsiRoutes: new GsiRoutes(vm), mmio32: new MmioAllocator(0xc0000000, 0x10000000), log: () => undefined }, { classCode: 0x010000 });
+    const pci = new VirtioPciDevice(
+      new Dev(),
+      {
+        vm,
+        pci: new PciBus(),
+        mmio,
+        gsiRoutes: new GsiRoutes(vm),
+        mmio32: new MmioAllocator(0xc0000000, 0x10000000),
+        log: () => undefined,
+      },
+      { classCode: 0x010000 },
+    );
     return { pci, mmio };
   };
   let saved: { t: any; d: any };
@@ -66,16 +77,32 @@ describeKvm('virtio-pci state from an untrusted stream', () => {
   });
 
   const bad: [string, (t: any) => void, RegExp][] = [
-    ['a queue vector outside the MSI-X table', (t) => (t.queueVectors[0] = 100), /^transport\.queueVectors\[0\]: vector 100 is outside the MSI-X table of 3 \(nor VIRTIO_MSI_NO_VECTOR\)$/],
+    [
+      'a queue vector outside the MSI-X table',
+      (t) => (t.queueVectors[0] = 100),
+      /^transport\.queueVectors\[0\]: vector 100 is outside the MSI-X table of 3 \(nor VIRTIO_MSI_NO_VECTOR\)$/,
+    ],
     ['a negative vector', (t) => (t.queueVectors[1] = -1), /transport\.queueVectors\[1\]: -1 is out of range/],
     ['a config vector outside the table', (t) => (t.msixConfig = 3), /transport\.msixConfig: vector 3 is outside the MSI-X table/],
     ['a fractional vector', (t) => (t.msixConfig = 0.5), /transport\.msixConfig: expected an integer, got 0\.5/],
     ['one vector per queue missing', (t) => t.queueVectors.pop(), /transport\.queueVectors: the stream has 1 queues, this device has 2/],
-    ['an MSI-X table of another size', (t) => (t.msixTable = Buffer.alloc(32).toString('base64')), /transport\.msixTable: 32 bytes, expected 48/],
+    [
+      'an MSI-X table of another size',
+      (t) => (t.msixTable = Buffer.alloc(32).toString('base64')),
+      /transport\.msixTable: 32 bytes, expected 48/,
+    ],
     ['a config space that is not base64', (t) => (t.config = '!!!'), /transport\.config: expected base64 bytes/],
-    ['a truncated config space', (t) => (t.config = Buffer.from(t.config, 'base64').subarray(0, 64).toString('base64')), /transport\.config: 64 bytes, expected 256/],
+    [
+      'a truncated config space',
+      (t) => (t.config = Buffer.from(t.config, 'base64').subarray(0, 64).toString('base64')),
+      /transport\.config: 64 bytes, expected 256/,
+    ],
     ['another device id', (t) => (t.config = patched(t.config, 2, 0x99)), /transport\.config: PCI vendor\/device id differs/],
-    ['a changed read-only class code', (t) => (t.config = patched(t.config, 0x0b, 0x02)), /transport\.config: byte 0xb is 0x2 where this function has read-only 0x1/],
+    [
+      'a changed read-only class code',
+      (t) => (t.config = patched(t.config, 0x0b, 0x02)),
+      /transport\.config: byte 0xb is 0x2 where this function has read-only 0x1/,
+    ],
     ['an ISR above 8 bits', (t) => (t.isr = 256), /transport\.isr: 256 is out of range \(0\.\.255\)/],
     ['a missing queue select', (t) => delete t.queueSelect, /transport\.queueSelect: expected an integer, got missing/],
     ['a transport that is not an object', (t) => (t.__replace = 7), /transport: expected an object, got 7/],

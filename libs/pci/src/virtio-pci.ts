@@ -33,8 +33,18 @@ import type { PropertySchema } from './properties';
 
 /** Properties every virtio-pci plugin offers for the stall detector (docs/qmp.md). */
 export const VIRTIO_PCI_DEBUG_PROPERTIES: PropertySchema = {
-  'stall-ms': { type: 'int', description: 'emit VIRTQUEUE_STALL when a kick or interrupt is missing this long (0: off; absent: the VMM-wide --stall-ms)', min: 0, max: 3600000 },
-  'stall-policy': { type: 'enum', description: 'what to do on a stall: none, kick the queue (kick side), or send its interrupt (interrupt side)', values: ['none', 'kick', 'call'], default: 'none' },
+  'stall-ms': {
+    type: 'int',
+    description: 'emit VIRTQUEUE_STALL when a kick or interrupt is missing this long (0: off; absent: the VMM-wide --stall-ms)',
+    min: 0,
+    max: 3600000,
+  },
+  'stall-policy': {
+    type: 'enum',
+    description: 'what to do on a stall: none, kick the queue (kick side), or send its interrupt (interrupt side)',
+    values: ['none', 'kick', 'call'],
+    default: 'none',
+  },
 };
 
 export type StallPolicy = 'none' | 'kick' | 'call';
@@ -137,14 +147,18 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     private readonly ctx: VirtioPciContext,
     opts: VirtioPciOptions,
   ) {
-    super(device.id, {
-      vendorId: VIRTIO_PCI_VENDOR_ID,
-      deviceId: VIRTIO_PCI_DEVICE_ID_BASE + device.deviceId,
-      classCode: opts.classCode,
-      revision: 1,
-      subsystemVendorId: VIRTIO_PCI_VENDOR_ID,
-      subsystemId: 0x1100,
-    }, ctx.mmio);
+    super(
+      device.id,
+      {
+        vendorId: VIRTIO_PCI_VENDOR_ID,
+        deviceId: VIRTIO_PCI_DEVICE_ID_BASE + device.deviceId,
+        classCode: opts.classCode,
+        revision: 1,
+        subsystemVendorId: VIRTIO_PCI_VENDOR_ID,
+        subsystemId: 0x1100,
+      },
+      ctx.mmio,
+    );
     this.ioeventfd = opts.ioeventfd ?? true;
     this.queueVectors = device.queues.map(() => NO_VECTOR);
     const vectors = device.queues.length + 1;
@@ -152,11 +166,17 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     this.msix = new MsixController(this.config, vectors, { tableBar: MSIX_BAR, tableOffset: 0, pbaBar: MSIX_BAR, pbaOffset: 0x800 }, ctx);
     this.msix.boundary = (entry, fn) => void device.runGuarded(entry, fn);
     const msixBar: BusDevice = {
-      read: (o, s) => device.runGuarded('MSI-X BAR read', () => (o < 0x800 ? this.msix.tableDevice.read(o, s) : this.msix.pbaDevice.read(o - 0x800, s))) ?? 0,
+      read: (o, s) =>
+        device.runGuarded('MSI-X BAR read', () =>
+          o < 0x800 ? this.msix.tableDevice.read(o, s) : this.msix.pbaDevice.read(o - 0x800, s),
+        ) ?? 0,
       write: (o, s, v) => void device.runGuarded('MSI-X BAR write', () => (o < 0x800 ? this.msix.tableDevice.write(o, s, v) : undefined)),
     };
     this.addBar({ index: MSIX_BAR, size: 0x1000, kind: 'mem32', device: msixBar }, ctx.mmio32.allocate(0x1000));
-    this.addBar({ index: VIRTIO_BAR, size: VIRTIO_BAR_SIZE, kind: 'mem64', prefetchable: false, device: this.virtioBar }, ctx.mmio32.allocate(VIRTIO_BAR_SIZE));
+    this.addBar(
+      { index: VIRTIO_BAR, size: VIRTIO_BAR_SIZE, kind: 'mem64', prefetchable: false, device: this.virtioBar },
+      ctx.mmio32.allocate(VIRTIO_BAR_SIZE),
+    );
 
     this.addVirtioCap(V.VIRTIO_PCI_CAP_COMMON_CFG, COMMON_OFFSET, 0x40);
     this.addVirtioCap(V.VIRTIO_PCI_CAP_ISR_CFG, ISR_OFFSET, 1);
@@ -281,27 +301,46 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     const d = this.device;
     const q = this.selectedQueue;
     switch (off) {
-      case V.OFF_virtio_pci_common_cfg_device_feature_select: return this.deviceFeatureSelect;
-      case V.OFF_virtio_pci_common_cfg_device_feature: return d.readDeviceFeatures(this.deviceFeatureSelect);
-      case V.OFF_virtio_pci_common_cfg_driver_feature_select: return this.driverFeatureSelect;
+      case V.OFF_virtio_pci_common_cfg_device_feature_select:
+        return this.deviceFeatureSelect;
+      case V.OFF_virtio_pci_common_cfg_device_feature:
+        return d.readDeviceFeatures(this.deviceFeatureSelect);
+      case V.OFF_virtio_pci_common_cfg_driver_feature_select:
+        return this.driverFeatureSelect;
       case V.OFF_virtio_pci_common_cfg_driver_feature:
         return this.driverFeatureSelect > 1 ? 0 : Number((d.driverFeatures >> BigInt(32 * this.driverFeatureSelect)) & 0xffffffffn);
-      case V.OFF_virtio_pci_common_cfg_msix_config: return this.msixConfig;
-      case V.OFF_virtio_pci_common_cfg_num_queues: return d.queues.length;
-      case V.OFF_virtio_pci_common_cfg_device_status: return d.status;
-      case V.OFF_virtio_pci_common_cfg_config_generation: return d.configGeneration;
-      case V.OFF_virtio_pci_common_cfg_queue_select: return this.queueSelect;
-      case V.OFF_virtio_pci_common_cfg_queue_size: return q ? q.size : 0;
-      case V.OFF_virtio_pci_common_cfg_queue_msix_vector: return q ? this.queueVectors[this.queueSelect] : NO_VECTOR;
-      case V.OFF_virtio_pci_common_cfg_queue_enable: return q?.ready ? 1 : 0;
-      case V.OFF_virtio_pci_common_cfg_queue_notify_off: return q ? this.queueSelect : 0;
-      case V.OFF_virtio_pci_common_cfg_queue_desc: return q ? q.descTable >>> 0 : 0;
-      case V.OFF_virtio_pci_common_cfg_queue_desc + 4: return q ? Math.floor(q.descTable / 2 ** 32) : 0;
-      case V.OFF_virtio_pci_common_cfg_queue_driver: return q ? q.availRing >>> 0 : 0;
-      case V.OFF_virtio_pci_common_cfg_queue_driver + 4: return q ? Math.floor(q.availRing / 2 ** 32) : 0;
-      case V.OFF_virtio_pci_common_cfg_queue_device: return q ? q.usedRing >>> 0 : 0;
-      case V.OFF_virtio_pci_common_cfg_queue_device + 4: return q ? Math.floor(q.usedRing / 2 ** 32) : 0;
-      default: return 0;
+      case V.OFF_virtio_pci_common_cfg_msix_config:
+        return this.msixConfig;
+      case V.OFF_virtio_pci_common_cfg_num_queues:
+        return d.queues.length;
+      case V.OFF_virtio_pci_common_cfg_device_status:
+        return d.status;
+      case V.OFF_virtio_pci_common_cfg_config_generation:
+        return d.configGeneration;
+      case V.OFF_virtio_pci_common_cfg_queue_select:
+        return this.queueSelect;
+      case V.OFF_virtio_pci_common_cfg_queue_size:
+        return q ? q.size : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_msix_vector:
+        return q ? this.queueVectors[this.queueSelect] : NO_VECTOR;
+      case V.OFF_virtio_pci_common_cfg_queue_enable:
+        return q?.ready ? 1 : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_notify_off:
+        return q ? this.queueSelect : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_desc:
+        return q ? q.descTable >>> 0 : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_desc + 4:
+        return q ? Math.floor(q.descTable / 2 ** 32) : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_driver:
+        return q ? q.availRing >>> 0 : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_driver + 4:
+        return q ? Math.floor(q.availRing / 2 ** 32) : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_device:
+        return q ? q.usedRing >>> 0 : 0;
+      case V.OFF_virtio_pci_common_cfg_queue_device + 4:
+        return q ? Math.floor(q.usedRing / 2 ** 32) : 0;
+      default:
+        return 0;
     }
   }
 
@@ -312,14 +351,24 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     const setLo = (cur: number) => Math.floor(cur / 2 ** 32) * 2 ** 32 + (v >>> 0);
     const setHi = (cur: number) => (v >>> 0) * 2 ** 32 + (cur % 2 ** 32);
     switch (off) {
-      case V.OFF_virtio_pci_common_cfg_device_feature_select: this.deviceFeatureSelect = v >>> 0; return;
-      case V.OFF_virtio_pci_common_cfg_driver_feature_select: this.driverFeatureSelect = v >>> 0; return;
-      case V.OFF_virtio_pci_common_cfg_driver_feature: d.writeDriverFeatures(this.driverFeatureSelect, v); return;
+      case V.OFF_virtio_pci_common_cfg_device_feature_select:
+        this.deviceFeatureSelect = v >>> 0;
+        return;
+      case V.OFF_virtio_pci_common_cfg_driver_feature_select:
+        this.driverFeatureSelect = v >>> 0;
+        return;
+      case V.OFF_virtio_pci_common_cfg_driver_feature:
+        d.writeDriverFeatures(this.driverFeatureSelect, v);
+        return;
       case V.OFF_virtio_pci_common_cfg_msix_config:
         this.msixConfig = this.assignVector(this.msixConfig, v & 0xffff);
         return;
-      case V.OFF_virtio_pci_common_cfg_device_status: this.writeStatus(v & 0xff); return;
-      case V.OFF_virtio_pci_common_cfg_queue_select: this.queueSelect = v & 0xffff; return;
+      case V.OFF_virtio_pci_common_cfg_device_status:
+        this.writeStatus(v & 0xff);
+        return;
+      case V.OFF_virtio_pci_common_cfg_queue_select:
+        this.queueSelect = v & 0xffff;
+        return;
       case V.OFF_virtio_pci_common_cfg_queue_size:
         if (queueWritable) q.size = v & 0xffff;
         return;
@@ -333,12 +382,24 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
       case V.OFF_virtio_pci_common_cfg_queue_enable:
         if (queueWritable && (v & 0xffff) === 1) q.ready = true;
         return;
-      case V.OFF_virtio_pci_common_cfg_queue_desc: if (queueWritable) q.descTable = setLo(q.descTable); return;
-      case V.OFF_virtio_pci_common_cfg_queue_desc + 4: if (queueWritable) q.descTable = setHi(q.descTable); return;
-      case V.OFF_virtio_pci_common_cfg_queue_driver: if (queueWritable) q.availRing = setLo(q.availRing); return;
-      case V.OFF_virtio_pci_common_cfg_queue_driver + 4: if (queueWritable) q.availRing = setHi(q.availRing); return;
-      case V.OFF_virtio_pci_common_cfg_queue_device: if (queueWritable) q.usedRing = setLo(q.usedRing); return;
-      case V.OFF_virtio_pci_common_cfg_queue_device + 4: if (queueWritable) q.usedRing = setHi(q.usedRing); return;
+      case V.OFF_virtio_pci_common_cfg_queue_desc:
+        if (queueWritable) q.descTable = setLo(q.descTable);
+        return;
+      case V.OFF_virtio_pci_common_cfg_queue_desc + 4:
+        if (queueWritable) q.descTable = setHi(q.descTable);
+        return;
+      case V.OFF_virtio_pci_common_cfg_queue_driver:
+        if (queueWritable) q.availRing = setLo(q.availRing);
+        return;
+      case V.OFF_virtio_pci_common_cfg_queue_driver + 4:
+        if (queueWritable) q.availRing = setHi(q.availRing);
+        return;
+      case V.OFF_virtio_pci_common_cfg_queue_device:
+        if (queueWritable) q.usedRing = setLo(q.usedRing);
+        return;
+      case V.OFF_virtio_pci_common_cfg_queue_device + 4:
+        if (queueWritable) q.usedRing = setHi(q.usedRing);
+        return;
       default:
         if (size === 8) {
           this.commonWrite(off, 4, v % 2 ** 32);

@@ -67,16 +67,41 @@ describe('CDB parsing', () => {
       });
       return b;
     };
-    expect(parseUnmapList(list([[0, 8], [100, 0], [2040, 8]], 10), g)).toEqual([
+    expect(
+      parseUnmapList(
+        list(
+          [
+            [0, 8],
+            [100, 0],
+            [2040, 8],
+          ],
+          10,
+        ),
+        g,
+      ),
+    ).toEqual([
       { lba: 0, blocks: 8 },
       { lba: 2040, blocks: 8 },
     ]);
     expect(senseOf(() => parseUnmapList(list([[2041, 8]]), g))).toBe('5/21/0');
     expect(senseOf(() => parseUnmapList(list(Array.from({ length: 257 }, () => [0, 1] as [number, number])), g))).toBe('5/26/0');
     const huge = { blockSize: 512, blocks: 2 ** 40 };
-    expect(senseOf(() => parseUnmapList(list([[0, 1 << 21], [0, 1]]), huge))).toBe('5/26/0');
+    expect(
+      senseOf(() =>
+        parseUnmapList(
+          list([
+            [0, 1 << 21],
+            [0, 1],
+          ]),
+          huge,
+        ),
+      ),
+    ).toBe('5/26/0');
     // The descriptor data length is capped by what the parameter list holds.
-    const short = list([[0, 8], [8, 8]]);
+    const short = list([
+      [0, 8],
+      [8, 8],
+    ]);
     expect(parseUnmapList(short.subarray(0, 8 + 16 + 5), g)).toEqual([{ lba: 0, blocks: 8 }]);
   });
 });

@@ -18,7 +18,14 @@ import {
   SAI_READ_CAPACITY_16,
   SenseKeyCode,
 } from './defs';
-import { CheckCondition, invalidFieldInCdb, invalidFieldInParameterList, invalidOpcode, lbaOutOfRange, parameterListLengthError } from './sense';
+import {
+  CheckCondition,
+  invalidFieldInCdb,
+  invalidFieldInParameterList,
+  invalidOpcode,
+  lbaOutOfRange,
+  parameterListLengthError,
+} from './sense';
 
 /** The logical unit's shape, for range checks. */
 export interface Geometry {
@@ -195,10 +202,20 @@ function parseFields(c: Uint8Array, g: Geometry | undefined): Request | undefine
       const pc = (c[2] >> 6) as PageControl;
       const page = c[2] & 0x3f;
       const subpage = c[3];
-      if (pc === PageControl.SAVED) throw new CheckCondition(SenseKeyCode.ILLEGAL_REQUEST, Asc.SAVING_PARAMETERS_NOT_SUPPORTED, { inCdb: true, byte: 2, bit: 7 });
+      if (pc === PageControl.SAVED)
+        throw new CheckCondition(SenseKeyCode.ILLEGAL_REQUEST, Asc.SAVING_PARAMETERS_NOT_SUPPORTED, { inCdb: true, byte: 2, bit: 7 });
       if (page !== MODE_PAGE_CACHING && page !== MODE_PAGE_CONTROL && page !== MODE_PAGE_ALL) throw invalidFieldInCdb(2, 5);
       if (subpage !== 0 && subpage !== MODE_SUBPAGE_ALL) throw invalidFieldInCdb(3);
-      return { op: 'mode-sense', ten, dbd: (c[1] & 0x08) !== 0, llbaa: ten && (c[1] & 0x10) !== 0, pc, page, subpage, alloc: ten ? u16(c, 7) : c[4] };
+      return {
+        op: 'mode-sense',
+        ten,
+        dbd: (c[1] & 0x08) !== 0,
+        llbaa: ten && (c[1] & 0x10) !== 0,
+        pc,
+        page,
+        subpage,
+        alloc: ten ? u16(c, 7) : c[4],
+      };
     }
     case Op.MODE_SELECT_6:
     case Op.MODE_SELECT_10: {

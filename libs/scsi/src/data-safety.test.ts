@@ -51,7 +51,8 @@ afterEach(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-const write = (lba: number, blocks: number, fill: number, flags = 0) => run(disk, rw10(0x2a, lba, blocks, flags), { out: new Uint8Array(blocks * 512).fill(fill) });
+const write = (lba: number, blocks: number, fill: number, flags = 0) =>
+  run(disk, rw10(0x2a, lba, blocks, flags), { out: new Uint8Array(blocks * 512).fill(fill) });
 const syncCache = () => run(disk, rw10(0x35, 0, 0));
 const caching = (b2: number) => new Uint8Array([0, 0, 0, 0, 0x08, 0x12, b2, ...new Array(17).fill(0)]);
 const modeSelect = (list: Uint8Array) => run(disk, cdb(0x15, 0x10, 0, 0, list.length, 0), { out: list });
@@ -64,7 +65,12 @@ describe('scsi-hd data safety', () => {
     expect(disk.info().lastIoError).toMatch(/ENOSPC/);
     expectSense(await syncCache(), 3, 0x0c, 0);
     expectGood(await syncCache());
-    expect(fs.readFileSync(file).subarray(0, 2048).every((b) => b === 1)).toBe(true);
+    expect(
+      fs
+        .readFileSync(file)
+        .subarray(0, 2048)
+        .every((b) => b === 1),
+    ).toBe(true);
   });
 
   it('after a failed sync SYNCHRONIZE CACHE keeps failing until a power-on reset (not a LUN reset)', async () => {
@@ -91,7 +97,12 @@ describe('scsi-hd data safety', () => {
     expect(disk.saveState()).toMatchObject({ wce: false });
     expectGood(await write(1, 2, 2));
     expect(t.syncs).toBe(1);
-    expect(fs.readFileSync(file).subarray(512, 1536).every((b) => b === 2)).toBe(true);
+    expect(
+      fs
+        .readFileSync(file)
+        .subarray(512, 1536)
+        .every((b) => b === 2),
+    ).toBe(true);
     t.failSync = true;
     expectSense(await write(3, 1, 3), 3, 0x0c, 0);
     disk.reset('power-on');

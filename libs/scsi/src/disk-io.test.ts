@@ -2,7 +2,25 @@
  * ScsiDisk: the medium-access commands on a real image file (RawFileBackend),
  * and an in-memory backend that fails on demand for the MEDIUM ERROR paths.
  */
-import { type TempDisk, alloc16, cdb, expectBytes, expectGood, expectSense, memDisk, patternByte, patternImage, removeTempDirs, run, rw6, rw10, rw12, rw16, sizedBackend, tempDisk } from './test-util';
+import {
+  type TempDisk,
+  alloc16,
+  cdb,
+  expectBytes,
+  expectGood,
+  expectSense,
+  memDisk,
+  patternByte,
+  patternImage,
+  removeTempDirs,
+  run,
+  rw6,
+  rw10,
+  rw12,
+  rw16,
+  sizedBackend,
+  tempDisk,
+} from './test-util';
 import { ScsiDisk } from './disk';
 
 const MiB = 1 << 20;
@@ -61,7 +79,10 @@ describe('READ', () => {
 
   it('a backend that moves less per call is called until the transfer is complete', async () => {
     const { disk, mem } = memDisk();
-    mem.data.set(filled(4096, (i) => i * 3), 4096);
+    mem.data.set(
+      filled(4096, (i) => i * 3),
+      4096,
+    );
     mem.maxChunk = 700;
     const r = await run(disk, rw10(0x28, 8, 8), { in: [1000, 3096] });
     expect(r.data).toEqual(filled(4096, (i) => i * 3));
@@ -126,7 +147,13 @@ describe('range and field checks', () => {
     expectSense(await run(t.disk, make(2048, 1), buf(1)), 5, 0x21, 0);
     expectSense(await run(t.disk, make(2047, 2), buf(2)), 5, 0x21, 0);
     expectGood(await run(t.disk, make(2047, 1), buf(1)));
-    expect(isRead || t.image().subarray(0, 2047 * 512).equals(patternImage(MiB).subarray(0, 2047 * 512))).toBe(true);
+    expect(
+      isRead ||
+        t
+          .image()
+          .subarray(0, 2047 * 512)
+          .equals(patternImage(MiB).subarray(0, 2047 * 512)),
+    ).toBe(true);
   });
 
   it('READ(6) addresses 21 bits', async () => {

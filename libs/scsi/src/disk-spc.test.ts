@@ -4,7 +4,20 @@
  */
 import { ScsiDisk } from './disk';
 import { decodeSense } from './sense';
-import { type TempDisk, alloc16, alloc32, cdb, expectGood, expectSense, memDisk, removeTempDirs, run, setDescriptorSense, sizedBackend, tempDisk } from './test-util';
+import {
+  type TempDisk,
+  alloc16,
+  alloc32,
+  cdb,
+  expectGood,
+  expectSense,
+  memDisk,
+  removeTempDirs,
+  run,
+  setDescriptorSense,
+  sizedBackend,
+  tempDisk,
+} from './test-util';
 
 const ascii = (b: Uint8Array): string => Buffer.from(b).toString('latin1');
 const u16 = (b: Uint8Array, o: number): number => (b[o] << 8) | b[o + 1];
@@ -285,7 +298,12 @@ describe('MODE SELECT', () => {
   });
 
   it('a truncated page or block descriptor: PARAMETER LIST LENGTH ERROR', async () => {
-    for (const b of [[0, 0, 0], [0, 0, 0, 0, ...control(0x04).slice(0, 8)], [0, 0, 0, 8, 0, 0, 0, 0], [0, 0, 0, 0, 0x0a]]) {
+    for (const b of [
+      [0, 0, 0],
+      [0, 0, 0, 0, ...control(0x04).slice(0, 8)],
+      [0, 0, 0, 8, 0, 0, 0, 0],
+      [0, 0, 0, 0, 0x0a],
+    ]) {
       const list = new Uint8Array(b);
       expectSense(await run(t.disk, select6(list), { out: list }), 5, 0x1a, 0);
     }

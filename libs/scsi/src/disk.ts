@@ -10,7 +10,16 @@ import { Asc, BOUNCE_BYTES, Op, SenseKeyCode, TYPE_DISK } from './defs';
 import { type DiskIdentity, standardInquiry, vpdPage } from './inquiry';
 import { reportLuns } from './luns';
 import { DEFAULT_MODE_STATE, type ModeContext, type ModeState, modeSelect, modeSense } from './mode';
-import { abortedResponse, checkConditionResponse, goodResponse, isOverrun, type Offered, offered, overrunResponse, putDataIn } from './respond';
+import {
+  abortedResponse,
+  checkConditionResponse,
+  goodResponse,
+  isOverrun,
+  type Offered,
+  offered,
+  overrunResponse,
+  putDataIn,
+} from './respond';
 import { CheckCondition, encodeSense, invalidFieldInCdb, readError, senseName, writeError, writeProtected } from './sense';
 import { firstDifference, gather, sliceViews, totalLength } from './sg';
 import type { ScsiCommand, ScsiLun, ScsiLunState, ScsiResetReason, ScsiResponse } from './types';
@@ -173,9 +182,11 @@ export class ScsiDisk implements ScsiLun {
   /** Migration: checks a saved state without applying it. */
   checkState(s: ScsiLunState): void {
     if (!s || typeof s !== 'object' || Array.isArray(s)) throw new Error('malformed logical unit state');
-    if (s.kind !== undefined && s.kind !== this.kind) throw new Error(`logical unit state is of kind '${String(s.kind)}', this unit is a ${this.kind}`);
+    if (s.kind !== undefined && s.kind !== this.kind)
+      throw new Error(`logical unit state is of kind '${String(s.kind)}', this unit is a ${this.kind}`);
     const ua = s.pendingUnitAttention;
-    if (ua !== undefined && !(Number.isInteger(ua) && ua > 0 && ua <= 0xffff)) throw new Error(`pendingUnitAttention ${JSON.stringify(ua)} is not an ASC/ASCQ pair`);
+    if (ua !== undefined && !(Number.isInteger(ua) && ua > 0 && ua <= 0xffff))
+      throw new Error(`pendingUnitAttention ${JSON.stringify(ua)} is not an ASC/ASCQ pair`);
     if (s.dSense !== undefined && typeof s.dSense !== 'boolean') throw new Error(`dSense ${JSON.stringify(s.dSense)} is not a boolean`);
     if (s.wce !== undefined && typeof s.wce !== 'boolean') throw new Error(`wce ${JSON.stringify(s.wce)} is not a boolean`);
   }
@@ -184,7 +195,11 @@ export class ScsiDisk implements ScsiLun {
   loadState(s: ScsiLunState): void {
     this.checkState(s);
     this.pendingUa = s.pendingUnitAttention as Asc | undefined;
-    this.mode = { ...DEFAULT_MODE_STATE, ...(s.dSense !== undefined ? { dSense: s.dSense } : {}), ...(s.wce !== undefined ? { wce: s.wce } : {}) };
+    this.mode = {
+      ...DEFAULT_MODE_STATE,
+      ...(s.dSense !== undefined ? { dSense: s.dSense } : {}),
+      ...(s.wce !== undefined ? { wce: s.wce } : {}),
+    };
   }
 
   info(): Record<string, unknown> {
@@ -236,7 +251,10 @@ export class ScsiDisk implements ScsiLun {
       case 'request-sense': {
         const ua = this.pendingUa;
         this.pendingUa = undefined;
-        const cc = ua === undefined ? new CheckCondition(SenseKeyCode.NO_SENSE, Asc.NO_ADDITIONAL_SENSE) : new CheckCondition(SenseKeyCode.UNIT_ATTENTION, ua);
+        const cc =
+          ua === undefined
+            ? new CheckCondition(SenseKeyCode.NO_SENSE, Asc.NO_ADDITIONAL_SENSE)
+            : new CheckCondition(SenseKeyCode.UNIT_ATTENTION, ua);
         return { dataIn: putDataIn(cmd, encodeSense(cc, req.desc), req.alloc) };
       }
       case 'inquiry': {
@@ -320,7 +338,7 @@ export class ScsiDisk implements ScsiLun {
   /** Reads until the views are full (libuv may split a long vector); failures are MEDIUM ERROR 11/00. */
   private async readFully(bufs: Uint8Array[], offset: number): Promise<void> {
     const total = totalLength(bufs);
-    for (let done = 0; done < total; ) {
+    for (let done = 0; done < total;) {
       let n: number;
       try {
         n = await this.backend.readv(done === 0 ? bufs : sliceViews(bufs, done, total - done), offset + done);
@@ -340,7 +358,7 @@ export class ScsiDisk implements ScsiLun {
   private async writeFully(bufs: Uint8Array[], offset: number, dsync = !this.mode.wce): Promise<void> {
     const total = totalLength(bufs);
     if (dsync) this.counters.flushes++;
-    for (let done = 0; done < total; ) {
+    for (let done = 0; done < total;) {
       let n: number;
       try {
         n = await this.backend.writev(done === 0 ? bufs : sliceViews(bufs, done, total - done), offset + done, dsync);
@@ -395,7 +413,7 @@ export class ScsiDisk implements ScsiLun {
     const bs = block.length;
     const chunk = new Uint8Array(Math.max(1, Math.min(len / bs, Math.floor(BOUNCE_BYTES / bs))) * bs);
     for (let p = 0; p < chunk.length; p += bs) chunk.set(block, p);
-    for (let done = 0; done < len; ) {
+    for (let done = 0; done < len;) {
       if (cmd.signal?.aborted) throw new TaskAborted();
       const n = Math.min(chunk.length, len - done);
       await this.writeFully([chunk.subarray(0, n)], offset + done);
@@ -406,7 +424,7 @@ export class ScsiDisk implements ScsiLun {
   /** VERIFY with BYTCHK=1: reads the range in bounded chunks and compares it with the data-out buffer. */
   private async compare(cmd: ScsiCommand, offset: number, len: number): Promise<void> {
     const bounce = new Uint8Array(Math.min(len, BOUNCE_BYTES));
-    for (let done = 0; done < len; ) {
+    for (let done = 0; done < len;) {
       if (cmd.signal?.aborted) throw new TaskAborted();
       const n = Math.min(bounce.length, len - done);
       const part = bounce.subarray(0, n);

@@ -13,12 +13,23 @@ import type { ScsiResponse } from './types';
 const KNOWN = Object.values(Op).filter((v): v is number => typeof v === 'number');
 
 /** Mostly small values so that some commands are valid and reach the backend. */
-const byte = fc.oneof({ weight: 3, arbitrary: fc.constant(0) }, { weight: 2, arbitrary: fc.integer({ min: 0, max: 8 }) }, { weight: 2, arbitrary: fc.integer({ min: 0, max: 255 }) });
+const byte = fc.oneof(
+  { weight: 3, arbitrary: fc.constant(0) },
+  { weight: 2, arbitrary: fc.integer({ min: 0, max: 8 }) },
+  { weight: 2, arbitrary: fc.integer({ min: 0, max: 255 }) },
+);
 const cdbArb = fc
-  .tuple(fc.oneof({ weight: 4, arbitrary: fc.constantFrom(...KNOWN) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 255 }) }), fc.array(byte, { minLength: 0, maxLength: 31 }))
+  .tuple(
+    fc.oneof({ weight: 4, arbitrary: fc.constantFrom(...KNOWN) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 255 }) }),
+    fc.array(byte, { minLength: 0, maxLength: 31 }),
+  )
   .map(([op, rest]) => Uint8Array.from([op, ...rest]));
 const sizes = fc.array(fc.oneof(fc.constant(512), fc.integer({ min: 0, max: 4096 })), { maxLength: 3 });
-const bufsArb = fc.record({ dataIn: sizes, dataOut: fc.array(fc.uint8Array({ maxLength: 2048 }), { maxLength: 3 }), lun: fc.integer({ min: 0, max: 3 }) });
+const bufsArb = fc.record({
+  dataIn: sizes,
+  dataOut: fc.array(fc.uint8Array({ maxLength: 2048 }), { maxLength: 3 }),
+  lun: fc.integer({ min: 0, max: 3 }),
+});
 
 function checkShape(res: ScsiResponse, offeredIn: number, offeredOut: number): void {
   expect([0x00, 0x02, 0x40]).toContain(res.status);
@@ -46,7 +57,11 @@ describe('fuzzing', () => {
         if (ua) target.reset('nexus-reset');
         const dataIn = b.dataIn.map((n) => new Uint8Array(n));
         const res = await target.execute(b.lun, { cdb: c, dataIn, dataOut: b.dataOut });
-        checkShape(res, dataIn.reduce((n, v) => n + v.length, 0), b.dataOut.reduce((n, v) => n + v.length, 0));
+        checkShape(
+          res,
+          dataIn.reduce((n, v) => n + v.length, 0),
+          b.dataOut.reduce((n, v) => n + v.length, 0),
+        );
       }),
       { numRuns: 1000 },
     );
@@ -65,14 +80,20 @@ describe('fuzzing', () => {
       [0x55, 0x10, 0, 0, 0, 0, 0, 0, 20, 0],
     ];
     await fc.assert(
-      fc.asyncProperty(fc.constantFrom(...valid), fc.nat(), fc.integer({ min: 0, max: 255 }), fc.uint8Array({ minLength: 0, maxLength: 1024 }), async (v, at, val, out) => {
-        const c = Uint8Array.from(v);
-        c[at % c.length] = val;
-        const res = await disk.execute({ cdb: c, dataIn: [new Uint8Array(1024)], dataOut: [] });
-        checkShape(res, 1024, 0);
-        const res2 = await disk.execute({ cdb: c, dataIn: [], dataOut: [out] });
-        checkShape(res2, 0, out.length);
-      }),
+      fc.asyncProperty(
+        fc.constantFrom(...valid),
+        fc.nat(),
+        fc.integer({ min: 0, max: 255 }),
+        fc.uint8Array({ minLength: 0, maxLength: 1024 }),
+        async (v, at, val, out) => {
+          const c = Uint8Array.from(v);
+          c[at % c.length] = val;
+          const res = await disk.execute({ cdb: c, dataIn: [new Uint8Array(1024)], dataOut: [] });
+          checkShape(res, 1024, 0);
+          const res2 = await disk.execute({ cdb: c, dataIn: [], dataOut: [out] });
+          checkShape(res2, 0, out.length);
+        },
+      ),
       { numRuns: 600 },
     );
   });

@@ -65,7 +65,9 @@ function pageFor(code: number, pc: PageControl, state: ModeState): Uint8Array {
 
 /** MODE SENSE(6)/(10) data: header, block descriptor unless DBD, then the page(s). */
 export function modeSense(req: ModeSenseRequest, ctx: ModeContext): Uint8Array {
-  const pages = (req.page === MODE_PAGE_ALL ? [MODE_PAGE_CACHING, MODE_PAGE_CONTROL] : [req.page]).map((p) => pageFor(p, req.pc, ctx.state));
+  const pages = (req.page === MODE_PAGE_ALL ? [MODE_PAGE_CACHING, MODE_PAGE_CONTROL] : [req.page]).map((p) =>
+    pageFor(p, req.pc, ctx.state),
+  );
   const long = req.ten && req.llbaa;
   const bdLen = req.dbd ? 0 : long ? 16 : 8;
   const hdrLen = req.ten ? 8 : 4;
@@ -127,7 +129,7 @@ export function modeSelect(list: Uint8Array, ten: boolean, ctx: ModeContext): Mo
     if (blockLength !== ctx.blockSize) throw invalidFieldInParameterList(long ? p + 12 : p + 5);
   }
   const next: ModeState = { ...ctx.state };
-  for (let p = hdrLen + bdLen; p < list.length; ) {
+  for (let p = hdrLen + bdLen; p < list.length;) {
     if (list.length - p < 2) throw parameterListLengthError();
     if (list[p] & 0x40) throw invalidFieldInParameterList(p, 6); // SPF: no subpages
     const code = list[p] & 0x3f; // PS (bit 7) is reserved in MODE SELECT

@@ -39,12 +39,14 @@ export class CheckCondition extends Error {
   }
 }
 
-export const invalidOpcode = (): CheckCondition => new CheckCondition(SenseKeyCode.ILLEGAL_REQUEST, Asc.INVALID_OPCODE, { inCdb: true, byte: 0 });
+export const invalidOpcode = (): CheckCondition =>
+  new CheckCondition(SenseKeyCode.ILLEGAL_REQUEST, Asc.INVALID_OPCODE, { inCdb: true, byte: 0 });
 export const invalidFieldInCdb = (byte: number, bit?: number): CheckCondition =>
   new CheckCondition(SenseKeyCode.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_CDB, { inCdb: true, byte, bit });
 export const invalidFieldInParameterList = (byte: number, bit?: number): CheckCondition =>
   new CheckCondition(SenseKeyCode.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_PARAMETER_LIST, { inCdb: false, byte, bit });
-export const parameterListLengthError = (): CheckCondition => new CheckCondition(SenseKeyCode.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR);
+export const parameterListLengthError = (): CheckCondition =>
+  new CheckCondition(SenseKeyCode.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR);
 export const lbaOutOfRange = (): CheckCondition => new CheckCondition(SenseKeyCode.ILLEGAL_REQUEST, Asc.LBA_OUT_OF_RANGE);
 export const writeProtected = (): CheckCondition => new CheckCondition(SenseKeyCode.DATA_PROTECT, Asc.WRITE_PROTECTED);
 export const readError = (): CheckCondition => new CheckCondition(SenseKeyCode.MEDIUM_ERROR, Asc.UNRECOVERED_READ_ERROR);
@@ -58,7 +60,9 @@ export function encodeSense(cc: CheckCondition, descriptor: boolean): Uint8Array
   const { key, asc, ascq } = cc.sense;
   const info = cc.information;
   const f = cc.field;
-  const sks = f ? [0x80 | (f.inCdb ? 0x40 : 0) | (f.bit !== undefined ? 0x08 | (f.bit & 7) : 0), (f.byte >> 8) & 0xff, f.byte & 0xff] : undefined;
+  const sks = f
+    ? [0x80 | (f.inCdb ? 0x40 : 0) | (f.bit !== undefined ? 0x08 | (f.bit & 7) : 0), (f.byte >> 8) & 0xff, f.byte & 0xff]
+    : undefined;
   if (!descriptor) {
     const b = new Uint8Array(FIXED_SENSE_LENGTH);
     b[0] = 0x70;

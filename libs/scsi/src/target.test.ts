@@ -5,7 +5,18 @@
 import { decodeLun, encodeLun } from './luns';
 import { decodeSense } from './sense';
 import { ScsiTarget } from './target';
-import { type TempDisk, alloc32, cdb, expectGood, expectSense, memDisk, removeTempDirs, run, setDescriptorSense, tempDisk } from './test-util';
+import {
+  type TempDisk,
+  alloc32,
+  cdb,
+  expectGood,
+  expectSense,
+  memDisk,
+  removeTempDirs,
+  run,
+  setDescriptorSense,
+  tempDisk,
+} from './test-util';
 
 const reportLuns = (select: number, alloc: number): Uint8Array => cdb(0xa0, 0, select, 0, 0, 0, ...alloc32(alloc), 0, 0);
 const at = (target: ScsiTarget, lun: number) => ({ execute: (c: Parameters<ScsiTarget['execute']>[1]) => target.execute(lun, c) });

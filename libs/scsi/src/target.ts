@@ -7,7 +7,16 @@ import { type ParsedCdb, parseCdb } from './cdb';
 import { MAX_LUN, Op, PERIPHERAL_NO_LUN, VPD_SUPPORTED_PAGES } from './defs';
 import { standardInquiry } from './inquiry';
 import { reportLuns } from './luns';
-import { abortedResponse, checkConditionResponse, goodResponse, isOverrun, type Offered, offered, overrunResponse, putDataIn } from './respond';
+import {
+  abortedResponse,
+  checkConditionResponse,
+  goodResponse,
+  isOverrun,
+  type Offered,
+  offered,
+  overrunResponse,
+  putDataIn,
+} from './respond';
 import { CheckCondition, encodeSense, invalidFieldInCdb, lunNotSupported } from './sense';
 import type { ScsiCommand, ScsiLun, ScsiLunState, ScsiResponse } from './types';
 

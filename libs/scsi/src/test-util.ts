@@ -189,10 +189,14 @@ const be = (v: number | bigint, n: number): number[] => {
   return out;
 };
 
-export const rw6 = (op: number, lba: number, blocks: number): Uint8Array => cdb(op, (lba >> 16) & 0x1f, (lba >> 8) & 0xff, lba & 0xff, blocks & 0xff, 0);
-export const rw10 = (op: number, lba: number, blocks: number, flags = 0): Uint8Array => cdb(op, flags, ...be(lba, 4), 0, ...be(blocks, 2), 0);
-export const rw12 = (op: number, lba: number, blocks: number, flags = 0): Uint8Array => cdb(op, flags, ...be(lba, 4), ...be(blocks, 4), 0, 0);
-export const rw16 = (op: number, lba: number | bigint, blocks: number, flags = 0): Uint8Array => cdb(op, flags, ...be(lba, 8), ...be(blocks, 4), 0, 0);
+export const rw6 = (op: number, lba: number, blocks: number): Uint8Array =>
+  cdb(op, (lba >> 16) & 0x1f, (lba >> 8) & 0xff, lba & 0xff, blocks & 0xff, 0);
+export const rw10 = (op: number, lba: number, blocks: number, flags = 0): Uint8Array =>
+  cdb(op, flags, ...be(lba, 4), 0, ...be(blocks, 2), 0);
+export const rw12 = (op: number, lba: number, blocks: number, flags = 0): Uint8Array =>
+  cdb(op, flags, ...be(lba, 4), ...be(blocks, 4), 0, 0);
+export const rw16 = (op: number, lba: number | bigint, blocks: number, flags = 0): Uint8Array =>
+  cdb(op, flags, ...be(lba, 8), ...be(blocks, 4), 0, 0);
 export const alloc16 = (n: number): number[] => be(n, 2);
 export const alloc32 = (n: number): number[] => be(n, 4);
 

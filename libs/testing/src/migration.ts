@@ -38,7 +38,11 @@ export async function waitUntil(what: string, pred: () => boolean, ms = 40_000):
  * FAIL line or the VMM exits first.
  */
 export async function waitGuestHolding(p: Proc, what: string, ms = 60_000): Promise<void> {
-  await waitUntil(what, () => p.out().includes('guest-kit: holding') || p.out().includes('guest-kit: FAIL') || p.proc.exitCode !== null, ms);
+  await waitUntil(
+    what,
+    () => p.out().includes('guest-kit: holding') || p.out().includes('guest-kit: FAIL') || p.proc.exitCode !== null,
+    ms,
+  );
   if (!p.out().includes('guest-kit: holding'))
     throw new Error(`${what}: the guest did not pass (exit ${p.proc.exitCode}):\n${p.out().split('\n').slice(-15).join('\n')}\n${p.err()}`);
 }
@@ -85,9 +89,15 @@ export function checkScsiLoopImage(file: string, l: ScsiLoopLayout): void {
     const tag = round + 1;
     const p = img.subarray(sector * 512, sector * 512 + 512);
     const got = p.readUInt32LE(4);
-    const ok = p.readUInt32LE(0) === 0x4c53534d && got === tag && p.readBigUInt64LE(8) === BigInt(sector) &&
+    const ok =
+      p.readUInt32LE(0) === 0x4c53534d &&
+      got === tag &&
+      p.readBigUInt64LE(8) === BigInt(sector) &&
       p.subarray(16).every((b, i) => b === ((sector * 31 + (i + 16) * 7 + tag) & 0xff));
-    if (!ok) throw new Error(`image sector ${sector} (round ${round + 1} of ${l.rounds}): ${p.readUInt32LE(0) === 0x4c53534d ? `tag ${got}, want ${tag}` : 'never written'}`);
+    if (!ok)
+      throw new Error(
+        `image sector ${sector} (round ${round + 1} of ${l.rounds}): ${p.readUInt32LE(0) === 0x4c53534d ? `tag ${got}, want ${tag}` : 'never written'}`,
+      );
   }
   const rest = img.subarray(end * 512);
   const nz = rest.findIndex((b) => b !== 0);

@@ -81,7 +81,18 @@ export interface GuestKitOptions extends StartOptions {
 /** One run of the guest kit's `cmdline` test with `devices` (each a --device spec), to its end. */
 export async function runGuestKit(cmdline: string, devices: string[], opts: GuestKitOptions = {}): Promise<Run> {
   const p = startNode(
-    [VMM_BIN, 'run', '--kernel', GUEST_ELF, '--memory', opts.memory ?? '64M', '--cmdline', cmdline, ...(opts.extra ?? []), ...devices.flatMap((d) => ['--device', d])],
+    [
+      VMM_BIN,
+      'run',
+      '--kernel',
+      GUEST_ELF,
+      '--memory',
+      opts.memory ?? '64M',
+      '--cmdline',
+      cmdline,
+      ...(opts.extra ?? []),
+      ...devices.flatMap((d) => ['--device', d]),
+    ],
     opts,
   );
   const t = setTimeout(() => p.proc.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
@@ -92,5 +103,6 @@ export async function runGuestKit(cmdline: string, devices: string[], opts: Gues
 
 /** Fails with the whole guest output unless the VMM exited 0 after `guest-kit: PASS test=TEST`. */
 export function expectGuestPass(r: Run, test: string): void {
-  if (r.code !== 0 || !r.out.includes(`guest-kit: PASS test=${test}`)) throw new Error(`guest failed (exit ${r.code}):\n${r.out}\n${r.err}`);
+  if (r.code !== 0 || !r.out.includes(`guest-kit: PASS test=${test}`))
+    throw new Error(`guest failed (exit ${r.code}):\n${r.out}\n${r.err}`);
 }

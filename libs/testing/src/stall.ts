@@ -47,15 +47,31 @@ export async function stallDrill(opts: {
   timeoutMs?: number;
 }): Promise<StallDrill> {
   const sock = path.join(os.tmpdir(), `stall-drill-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
-  const p = startNode([VMM_BIN, 'run', '-S', '--kernel', GUEST_ELF, '--memory', '64M', '--cmdline', opts.cmdline, '--qmp', `unix:${sock}`,
-    ...opts.devices.flatMap((d) => ['--device', d])], { wrap: opts.wrap });
+  const p = startNode(
+    [
+      VMM_BIN,
+      'run',
+      '-S',
+      '--kernel',
+      GUEST_ELF,
+      '--memory',
+      '64M',
+      '--cmdline',
+      opts.cmdline,
+      '--qmp',
+      `unix:${sock}`,
+      ...opts.devices.flatMap((d) => ['--device', d]),
+    ],
+    { wrap: opts.wrap },
+  );
   const killer = setTimeout(() => p.proc.kill('SIGKILL'), opts.timeoutMs ?? 90_000);
   try {
     const qmp = await QmpClient.connect(sock);
     await qmp.run('qmp_capabilities');
     const { dev, kickQueue, irqQueue } = opts;
     const status = (queue: number) => qmp.run('x-query-virtio-queue-status', { path: dev, queue }) as Promise<QueueStatus>;
-    const stallOn = (side: string) => qmp.waitFor((m) => m.event === 'VIRTQUEUE_STALL' && (m.data as { side: string }).side === side, 60_000);
+    const stallOn = (side: string) =>
+      qmp.waitFor((m) => m.event === 'VIRTQUEUE_STALL' && (m.data as { side: string }).side === side, 60_000);
     await qmp.run('x-debug-virtqueue-drop', { dev, queue: kickQueue, kicks: 1 });
     await qmp.run('x-debug-virtqueue-drop', { dev, queue: irqQueue, interrupts: 1 });
     await qmp.run('cont');
@@ -63,7 +79,11 @@ export async function stallDrill(opts: {
     await qmp.run('stop');
     const kBefore = await status(kickQueue);
     await qmp.run('x-debug-device-event', { dev, event: 'kick', queue: kickQueue });
-    const kAfter = await until(() => status(kickQueue), (s) => s.chains !== kBefore.chains, 'the recovering kick taking chains');
+    const kAfter = await until(
+      () => status(kickQueue),
+      (s) => s.chains !== kBefore.chains,
+      'the recovering kick taking chains',
+    );
     await qmp.run('cont');
     const irqStall = (await stallOn('interrupt')).data as Record<string, unknown>;
     await qmp.run('stop');
@@ -73,8 +93,12 @@ export async function stallDrill(opts: {
     await qmp.run('cont');
     const code = await p.exited;
     return {
-      kickStall, irqStall, kick: { before: kBefore, after: kAfter }, call: { before: cBefore, after: cAfter },
-      events: qmp.messages.filter((m) => 'event' in m), run: { code, out: p.out(), err: p.err() },
+      kickStall,
+      irqStall,
+      kick: { before: kBefore, after: kAfter },
+      call: { before: cBefore, after: cAfter },
+      events: qmp.messages.filter((m) => 'event' in m),
+      run: { code, out: p.out(), err: p.err() },
     };
   } catch (e) {
     p.proc.kill('SIGKILL');

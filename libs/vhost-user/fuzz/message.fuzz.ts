@@ -14,8 +14,22 @@ import * as os from 'os';
 import * as path from 'path';
 import { createSharedMemory, UnixListener } from '@tsvmm/kvm-native';
 import {
-  decodeHeader, decodeLogDescription, decodeMemTable, decodeVringAddr, decodeVringState, DirtyLogWriter, encodeMemTable, encodeVringAddr, encodeVringState,
-  HEADER_SIZE, readU64, requestName, VhostUserError, VhostUserFrontend, VhostUserProtocolError, VhostUserRequest as R,
+  decodeHeader,
+  decodeLogDescription,
+  decodeMemTable,
+  decodeVringAddr,
+  decodeVringState,
+  DirtyLogWriter,
+  encodeMemTable,
+  encodeVringAddr,
+  encodeVringState,
+  HEADER_SIZE,
+  readU64,
+  requestName,
+  VhostUserError,
+  VhostUserFrontend,
+  VhostUserProtocolError,
+  VhostUserRequest as R,
 } from '@tsvmm/vhost-user';
 
 export const maxLen = 2048;
@@ -75,7 +89,10 @@ function decodeStream(data: Uint8Array, log: DirtyLogWriter): void {
   }
 }
 
-const sockPath = path.join(process.env.FUZZ_TMPDIR ?? os.tmpdir(), `tsvmm-fuzz-vhost-user-${process.pid}-${Math.random().toString(36).slice(2)}.sock`);
+const sockPath = path.join(
+  process.env.FUZZ_TMPDIR ?? os.tmpdir(),
+  `tsvmm-fuzz-vhost-user-${process.pid}-${Math.random().toString(36).slice(2)}.sock`,
+);
 let listener: UnixListener | undefined;
 let logFd: number | undefined;
 

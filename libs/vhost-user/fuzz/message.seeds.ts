@@ -1,6 +1,13 @@
 // Seed inputs for message.fuzz.ts (written by `node tools/fuzz/src/make-seeds.js libs/vhost-user`).
 import {
-  encodeLogDescription, encodeMemTable, encodeMessage, encodeVringAddr, encodeVringState, FLAG_REPLY, u64Payload, VhostUserRequest as R,
+  encodeLogDescription,
+  encodeMemTable,
+  encodeMessage,
+  encodeVringAddr,
+  encodeVringState,
+  FLAG_REPLY,
+  u64Payload,
+  VhostUserRequest as R,
 } from '@tsvmm/vhost-user';
 
 const cat = (...m: Uint8Array[]) => Buffer.concat(m.map((x) => Buffer.from(x)));
@@ -13,7 +20,11 @@ export function seeds(): Record<string, Uint8Array> {
       encodeMessage(R.SET_FEATURES, 0, u64Payload(FEATURES)),
       encodeMessage(R.SET_MEM_TABLE, 0, encodeMemTable([{ guestPhysAddr: 0n, size: 0x10000n, userAddr: 0x7f0000000000n, mmapOffset: 0n }])),
       encodeMessage(R.SET_VRING_NUM, 0, encodeVringState({ index: 2, num: 16 })),
-      encodeMessage(R.SET_VRING_ADDR, 0, encodeVringAddr({ index: 2, flags: 1, desc: 0x7f0000000000n, used: 0x7f0000001000n, avail: 0x7f0000000800n, log: 0x1000n })),
+      encodeMessage(
+        R.SET_VRING_ADDR,
+        0,
+        encodeVringAddr({ index: 2, flags: 1, desc: 0x7f0000000000n, used: 0x7f0000001000n, avail: 0x7f0000000800n, log: 0x1000n }),
+      ),
       encodeMessage(R.SET_VRING_KICK, 0, u64Payload(2n | 0x100n)),
       encodeMessage(R.SET_LOG_BASE, 0, encodeLogDescription({ mmapSize: 4096n, mmapOffset: 0n })),
     ),
@@ -27,6 +38,9 @@ export function seeds(): Record<string, Uint8Array> {
       encodeMessage(R.GET_VRING_BASE, FLAG_REPLY, encodeVringState({ index: 0, num: 7 })),
       encodeMessage(R.SET_LOG_BASE, FLAG_REPLY, u64Payload(0n)),
     ),
-    'backend-no-protocol-features': cat(encodeMessage(R.GET_FEATURES, FLAG_REPLY, u64Payload(1n << 32n)), encodeMessage(R.GET_VRING_BASE, FLAG_REPLY, encodeVringState({ index: 0, num: 0 }))),
+    'backend-no-protocol-features': cat(
+      encodeMessage(R.GET_FEATURES, FLAG_REPLY, u64Payload(1n << 32n)),
+      encodeMessage(R.GET_VRING_BASE, FLAG_REPLY, encodeVringState({ index: 0, num: 0 })),
+    ),
   };
 }

@@ -58,7 +58,7 @@ export class DirtyLogWriter {
       if (first >= this.pages) return;
     }
     const end = Math.min(last, this.pages - 1);
-    for (let p = first; p <= end; ) {
+    for (let p = first; p <= end;) {
       const word = Math.floor(p / VHOST_LOG_BITS);
       const lo = p % VHOST_LOG_BITS;
       const hi = Math.min(VHOST_LOG_BITS - 1, lo + (end - p));

@@ -7,9 +7,26 @@
  */
 import { SocketClosedError, SocketTimeoutError, UnixSocket } from '@tsvmm/kvm-native';
 import {
-  decodeHeader, decodeVringState, encodeLogDescription, encodeMemTable, encodeMessage, encodeVringAddr, encodeVringState, FLAG_NEED_REPLY, FLAG_REPLY,
-  HEADER_SIZE, MAX_PAYLOAD, MemRegion, readU64, requestName, u64Payload, VhostUserProtocolFeature, VhostUserRequest as R,
-  VHOST_USER_F_PROTOCOL_FEATURES, VringAddr, VRING_NOFD_MASK,
+  decodeHeader,
+  decodeVringState,
+  encodeLogDescription,
+  encodeMemTable,
+  encodeMessage,
+  encodeVringAddr,
+  encodeVringState,
+  FLAG_NEED_REPLY,
+  FLAG_REPLY,
+  HEADER_SIZE,
+  MAX_PAYLOAD,
+  MemRegion,
+  readU64,
+  requestName,
+  u64Payload,
+  VhostUserProtocolFeature,
+  VhostUserRequest as R,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VringAddr,
+  VRING_NOFD_MASK,
 } from './protocol';
 
 export type VhostUserErrorKind = 'connect' | 'closed' | 'timeout' | 'refused' | 'protocol';
@@ -54,7 +71,10 @@ export class VhostUserFrontend {
     } catch (e) {
       const code = (e as { code?: string }).code ?? '';
       const why = code === 'ENOENT' ? 'no such socket' : code === 'ECONNREFUSED' ? 'nothing listens there' : (e as Error).message;
-      throw new VhostUserError('connect', `cannot connect to the vhost-user back-end at ${path}: ${why} (${code || 'error'}); is the back-end running?`);
+      throw new VhostUserError(
+        'connect',
+        `cannot connect to the vhost-user back-end at ${path}: ${why} (${code || 'error'}); is the back-end running?`,
+      );
     }
     return new VhostUserFrontend(s, path, opts);
   }
@@ -75,7 +95,9 @@ export class VhostUserFrontend {
     this.backendFeatures = this.getU64(R.GET_FEATURES);
     if (this.protocolFeaturesNegotiated) {
       const offered = this.getU64(R.GET_PROTOCOL_FEATURES);
-      const wanted = (1n << BigInt(VhostUserProtocolFeature.MQ)) | (1n << BigInt(VhostUserProtocolFeature.REPLY_ACK)) |
+      const wanted =
+        (1n << BigInt(VhostUserProtocolFeature.MQ)) |
+        (1n << BigInt(VhostUserProtocolFeature.REPLY_ACK)) |
         (1n << BigInt(VhostUserProtocolFeature.LOG_SHMFD));
       this.protocolFeatures = offered & wanted;
       this.send(R.SET_PROTOCOL_FEATURES, u64Payload(this.protocolFeatures));
@@ -95,9 +117,11 @@ export class VhostUserFrontend {
    * it mapped the log) whether or not REPLY_ACK was agreed.
    */
   setLogBase(fd: number, size: number, offset = 0): void {
-    if (!this.logShmfd) throw new VhostUserError('refused', `the vhost-user back-end at ${this.path} does not offer VHOST_USER_PROTOCOL_F_LOG_SHMFD`);
+    if (!this.logShmfd)
+      throw new VhostUserError('refused', `the vhost-user back-end at ${this.path} does not offer VHOST_USER_PROTOCOL_F_LOG_SHMFD`);
     const r = this.request(R.SET_LOG_BASE, encodeLogDescription({ mmapSize: BigInt(size), mmapOffset: BigInt(offset) }), [fd], true);
-    if (r.length >= 8 && readU64(r) !== 0n) throw new VhostUserError('refused', `the vhost-user back-end at ${this.path} refused SET_LOG_BASE (could not map the dirty log)`);
+    if (r.length >= 8 && readU64(r) !== 0n)
+      throw new VhostUserError('refused', `the vhost-user back-end at ${this.path} refused SET_LOG_BASE (could not map the dirty log)`);
   }
 
   setFeatures(features: bigint): void {
@@ -106,7 +130,11 @@ export class VhostUserFrontend {
   }
 
   setMemTable(regions: readonly (MemRegion & { fd: number })[]): void {
-    this.send(R.SET_MEM_TABLE, encodeMemTable(regions), regions.map((r) => r.fd));
+    this.send(
+      R.SET_MEM_TABLE,
+      encodeMemTable(regions),
+      regions.map((r) => r.fd),
+    );
   }
 
   setVringNum(index: number, num: number): void {
@@ -160,7 +188,8 @@ export class VhostUserFrontend {
   private send(req: R, payload = new Uint8Array(0), fds: number[] = []): void {
     const ack = this.hasProtocol(VhostUserProtocolFeature.REPLY_ACK);
     const r = this.request(req, payload, fds, ack, ack ? FLAG_NEED_REPLY : 0);
-    if (ack && readU64(r) !== 0n) throw new VhostUserError('refused', `the vhost-user back-end at ${this.path} refused ${requestName(req)}`);
+    if (ack && readU64(r) !== 0n)
+      throw new VhostUserError('refused', `the vhost-user back-end at ${this.path} refused ${requestName(req)}`);
   }
 
   private request(req: R, payload: Uint8Array, fds: number[], wantReply: boolean, flags = 0): Uint8Array {
@@ -170,13 +199,17 @@ export class VhostUserFrontend {
       if (!wantReply) return new Uint8Array(0);
       const h = decodeHeader(this.socket.recvExact(HEADER_SIZE, this.timeoutMs).data);
       if (h.request !== req || !(h.flags & FLAG_REPLY) || h.size > MAX_PAYLOAD)
-        throw new VhostUserError('protocol', `the vhost-user back-end at ${this.path} answered ${name} with ${requestName(h.request)} (flags 0x${h.flags.toString(16)}, ${h.size} bytes)`);
+        throw new VhostUserError(
+          'protocol',
+          `the vhost-user back-end at ${this.path} answered ${name} with ${requestName(h.request)} (flags 0x${h.flags.toString(16)}, ${h.size} bytes)`,
+        );
       return h.size ? this.socket.recvExact(h.size, this.timeoutMs).data : new Uint8Array(0);
     } catch (e) {
       if (e instanceof VhostUserError) throw e;
       if (e instanceof SocketClosedError || (e as { code?: string }).code === 'EPIPE' || (e as { code?: string }).code === 'ECONNRESET')
         throw new VhostUserError('closed', `the vhost-user back-end at ${this.path} closed the connection during ${name}`);
-      if (e instanceof SocketTimeoutError) throw new VhostUserError('timeout', `the vhost-user back-end at ${this.path} did not answer ${name} within ${this.timeoutMs} ms`);
+      if (e instanceof SocketTimeoutError)
+        throw new VhostUserError('timeout', `the vhost-user back-end at ${this.path} did not answer ${name} within ${this.timeoutMs} ms`);
       throw e;
     }
   }

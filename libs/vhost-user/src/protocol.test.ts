@@ -1,6 +1,19 @@
 import {
-  decodeHeader, decodeMemTable, decodeVringAddr, decodeVringState, encodeMemTable, encodeMessage, encodeVringAddr, encodeVringState,
-  FLAG_NEED_REPLY, HEADER_SIZE, MAX_MEM_REGIONS, readU64, u64Payload, VhostUserProtocolError, VhostUserRequest,
+  decodeHeader,
+  decodeMemTable,
+  decodeVringAddr,
+  decodeVringState,
+  encodeMemTable,
+  encodeMessage,
+  encodeVringAddr,
+  encodeVringState,
+  FLAG_NEED_REPLY,
+  HEADER_SIZE,
+  MAX_MEM_REGIONS,
+  readU64,
+  u64Payload,
+  VhostUserProtocolError,
+  VhostUserRequest,
 } from './protocol';
 import { VhostUserError, VhostUserFrontend } from './frontend';
 
@@ -13,7 +26,7 @@ describe('vhost-user message layouts', () => {
     expect(readU64(m.subarray(HEADER_SIZE))).toBe(0x1_4000_0000n);
   });
 
-  it('vring state, vring address and memory table round-trip with the specification\'s sizes', () => {
+  it("vring state, vring address and memory table round-trip with the specification's sizes", () => {
     expect(encodeVringState({ index: 2, num: 256 }).length).toBe(8);
     expect(decodeVringState(encodeVringState({ index: 2, num: 256 }))).toEqual({ index: 2, num: 256 });
     const a = { index: 1, flags: 0, desc: 0x7f0000001000n, used: 0x7f0000003000n, avail: 0x7f0000002000n, log: 0n };
@@ -34,7 +47,9 @@ describe('vhost-user message layouts', () => {
     const t = encodeMemTable([{ guestPhysAddr: 0n, size: 1n, userAddr: 0n, mmapOffset: 0n }]);
     new DataView(t.buffer).setUint32(0, 5, true);
     expect(() => decodeMemTable(t)).toThrow(/5 regions in 40 bytes/);
-    expect(() => encodeMemTable(Array(MAX_MEM_REGIONS + 1).fill({ guestPhysAddr: 0n, size: 1n, userAddr: 0n, mmapOffset: 0n }))).toThrow(/at most 8/);
+    expect(() => encodeMemTable(Array(MAX_MEM_REGIONS + 1).fill({ guestPhysAddr: 0n, size: 1n, userAddr: 0n, mmapOffset: 0n }))).toThrow(
+      /at most 8/,
+    );
   });
 
   it('connecting where no back-end listens says so', () => {
@@ -46,6 +61,8 @@ describe('vhost-user message layouts', () => {
     }
     expect(err).toBeInstanceOf(VhostUserError);
     expect((err as VhostUserError).kind).toBe('connect');
-    expect((err as Error).message).toBe('cannot connect to the vhost-user back-end at /nonexistent/dir/vu.sock: no such socket (ENOENT); is the back-end running?');
+    expect((err as Error).message).toBe(
+      'cannot connect to the vhost-user back-end at /nonexistent/dir/vu.sock: no such socket (ENOENT); is the back-end running?',
+    );
   });
 });

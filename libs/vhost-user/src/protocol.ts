@@ -28,10 +28,24 @@ export enum VhostUserRequest {
 }
 
 export const REQUEST_NAMES: Record<number, string> = {
-  1: 'GET_FEATURES', 2: 'SET_FEATURES', 3: 'SET_OWNER', 4: 'RESET_OWNER', 5: 'SET_MEM_TABLE', 6: 'SET_LOG_BASE',
-  7: 'SET_LOG_FD', 8: 'SET_VRING_NUM', 9: 'SET_VRING_ADDR', 10: 'SET_VRING_BASE', 11: 'GET_VRING_BASE',
-  12: 'SET_VRING_KICK', 13: 'SET_VRING_CALL', 14: 'SET_VRING_ERR', 15: 'GET_PROTOCOL_FEATURES',
-  16: 'SET_PROTOCOL_FEATURES', 17: 'GET_QUEUE_NUM', 18: 'SET_VRING_ENABLE',
+  1: 'GET_FEATURES',
+  2: 'SET_FEATURES',
+  3: 'SET_OWNER',
+  4: 'RESET_OWNER',
+  5: 'SET_MEM_TABLE',
+  6: 'SET_LOG_BASE',
+  7: 'SET_LOG_FD',
+  8: 'SET_VRING_NUM',
+  9: 'SET_VRING_ADDR',
+  10: 'SET_VRING_BASE',
+  11: 'GET_VRING_BASE',
+  12: 'SET_VRING_KICK',
+  13: 'SET_VRING_CALL',
+  14: 'SET_VRING_ERR',
+  15: 'GET_PROTOCOL_FEATURES',
+  16: 'SET_PROTOCOL_FEATURES',
+  17: 'GET_QUEUE_NUM',
+  18: 'SET_VRING_ENABLE',
 };
 
 export function requestName(r: number): string {
@@ -149,8 +163,12 @@ export function decodeVringAddr(p: Uint8Array): VringAddr {
   if (p.length < VRING_ADDR_SIZE) throw new VhostUserProtocolError(`vring address payload of ${p.length} bytes (need ${VRING_ADDR_SIZE})`);
   const dv = new DataView(p.buffer, p.byteOffset, VRING_ADDR_SIZE);
   return {
-    index: dv.getUint32(0, true), flags: dv.getUint32(4, true),
-    desc: dv.getBigUint64(8, true), used: dv.getBigUint64(16, true), avail: dv.getBigUint64(24, true), log: dv.getBigUint64(32, true),
+    index: dv.getUint32(0, true),
+    flags: dv.getUint32(4, true),
+    desc: dv.getBigUint64(8, true),
+    used: dv.getBigUint64(16, true),
+    avail: dv.getBigUint64(24, true),
+    log: dv.getBigUint64(32, true),
   };
 }
 
@@ -183,10 +201,16 @@ export function decodeMemTable(p: Uint8Array): MemRegion[] {
   if (p.length < 8) throw new VhostUserProtocolError(`memory table payload of ${p.length} bytes`);
   const dv = new DataView(p.buffer, p.byteOffset, p.byteLength);
   const n = dv.getUint32(0, true);
-  if (n > MAX_MEM_REGIONS || p.length < 8 + n * MEM_REGION_SIZE) throw new VhostUserProtocolError(`memory table with ${n} regions in ${p.length} bytes`);
+  if (n > MAX_MEM_REGIONS || p.length < 8 + n * MEM_REGION_SIZE)
+    throw new VhostUserProtocolError(`memory table with ${n} regions in ${p.length} bytes`);
   return Array.from({ length: n }, (_, i) => {
     const o = 8 + i * MEM_REGION_SIZE;
-    return { guestPhysAddr: dv.getBigUint64(o, true), size: dv.getBigUint64(o + 8, true), userAddr: dv.getBigUint64(o + 16, true), mmapOffset: dv.getBigUint64(o + 24, true) };
+    return {
+      guestPhysAddr: dv.getBigUint64(o, true),
+      size: dv.getBigUint64(o + 8, true),
+      userAddr: dv.getBigUint64(o + 16, true),
+      mmapOffset: dv.getBigUint64(o + 24, true),
+    };
   });
 }
 
@@ -207,7 +231,8 @@ export function encodeLogDescription(l: LogDescription): Uint8Array {
 }
 
 export function decodeLogDescription(p: Uint8Array): LogDescription {
-  if (p.length < LOG_DESCRIPTION_SIZE) throw new VhostUserProtocolError(`log description payload of ${p.length} bytes (need ${LOG_DESCRIPTION_SIZE})`);
+  if (p.length < LOG_DESCRIPTION_SIZE)
+    throw new VhostUserProtocolError(`log description payload of ${p.length} bytes (need ${LOG_DESCRIPTION_SIZE})`);
   const dv = new DataView(p.buffer, p.byteOffset, LOG_DESCRIPTION_SIZE);
   return { mmapSize: dv.getBigUint64(0, true), mmapOffset: dv.getBigUint64(8, true) };
 }

@@ -65,13 +65,26 @@ function stallRules(q: SplitVirtqueue, asked: boolean, b: number): void {
   const ring = q.ringSnapshot();
   if (!ring) throw new Error('an active queue has no ring snapshot');
   q.stall.kicked(0, b & 1 ? ring.availIdx ^ b : undefined);
-  if (asked) QueueStallState.interruptSent(q.stall.interrupt, 0, q.usedIdx, b & 2 ? 'vector-masked' : undefined, b & 4 ? (ring.availIdx + b) & 0xffff : undefined);
+  if (asked)
+    QueueStallState.interruptSent(
+      q.stall.interrupt,
+      0,
+      q.usedIdx,
+      b & 2 ? 'vector-masked' : undefined,
+      b & 4 ? (ring.availIdx + b) & 0xffff : undefined,
+    );
   if (b & 8) QueueStallState.interruptDropped(q.stall.interrupt, 0, q.usedIdx, ring.availIdx);
   const kick = kickStalled(ring, q.lastAvailIdx, q.stall.availIdxAtLastKick, (b & 16) !== 0);
   const irq = interruptStalled(ring, q.stall.interrupt, b & 32 ? 'no-vector' : undefined);
   if (typeof kick !== 'boolean' || (irq !== undefined && !CAUSES.has(irq))) throw new Error(`bad verdicts ${kick} ${irq}`);
   for (let t = 0; t < 3; t++) {
-    for (const tr of q.stall.check(t * 100, true, 150, { kick: kick ? 'no-notify' : undefined, interrupt: irq }, { kicks: t, interrupts: t }))
+    for (const tr of q.stall.check(
+      t * 100,
+      true,
+      150,
+      { kick: kick ? 'no-notify' : undefined, interrupt: irq },
+      { kicks: t, interrupts: t },
+    ))
       if (tr.stalledMs < 0 || !CAUSES.has(tr.cause)) throw new Error(`bad transition ${JSON.stringify(tr)}`);
   }
 }

@@ -25,13 +25,22 @@ const kindOf = (r: ReturnType<SplitVirtqueue['pop']>) => (r && 'error' in r ? r.
 describe('virtqueue rules', () => {
   it('range-checks a zero-length buffer (outside RAM: address-out-of-range) and refuses one in RAM too', () => {
     const a = setup();
-    a.drv.addChain([{ addr: 0x10000, len: 16 }, { addr: 0x7fff00000000, len: 0, write: true }]);
+    a.drv.addChain([
+      { addr: 0x10000, len: 16 },
+      { addr: 0x7fff00000000, len: 0, write: true },
+    ]);
     expect(a.q.pop()).toEqual({ error: { kind: 'address-out-of-range', addr: 0x7fff00000000, len: 0 } });
     const b = setup();
-    b.drv.addChain([{ addr: 0x10000, len: 16 }, { addr: 0, len: 0, write: true }]);
+    b.drv.addChain([
+      { addr: 0x10000, len: 16 },
+      { addr: 0, len: 0, write: true },
+    ]);
     expect(b.q.pop()).toEqual({ error: { kind: 'zero-length-buffer', index: 1 } });
     const c = setup();
-    c.drv.addIndirect(0x20000, [{ addr: 0x10000, len: 16 }, { addr: 0, len: 0, write: true }]);
+    c.drv.addIndirect(0x20000, [
+      { addr: 0x10000, len: 16 },
+      { addr: 0, len: 0, write: true },
+    ]);
     expect(c.q.pop()).toEqual({ error: { kind: 'zero-length-buffer', index: 1 } });
   });
 
@@ -39,7 +48,11 @@ describe('virtqueue rules', () => {
     const size = 8;
     const { drv, q } = setup(size);
     // As Linux builds it with seg_max = size - 2: header, size - 2 data segments, status.
-    const bufs = [{ addr: 0x10000, len: 16 }, ...Array.from({ length: size - 2 }, (_, i) => ({ addr: 0x40000 + i * 512, len: 512, write: true })), { addr: 0x12000, len: 1, write: true }];
+    const bufs = [
+      { addr: 0x10000, len: 16 },
+      ...Array.from({ length: size - 2 }, (_, i) => ({ addr: 0x40000 + i * 512, len: 512, write: true })),
+      { addr: 0x12000, len: 1, write: true },
+    ];
     expect(bufs.length).toBe(size);
     drv.addIndirect(0x20000, bufs);
     const r = q.pop();
@@ -48,7 +61,10 @@ describe('virtqueue rules', () => {
 
   it('takes an indirect table longer than the queue (bounded by its own length), refuses one beyond the cap', () => {
     const { drv, q } = setup(8);
-    drv.addIndirect(0x20000, Array.from({ length: 20 }, (_, i) => ({ addr: 0x40000 + i * 16, len: 16 })));
+    drv.addIndirect(
+      0x20000,
+      Array.from({ length: 20 }, (_, i) => ({ addr: 0x40000 + i * 16, len: 16 })),
+    );
     expect(kindOf(q.pop())).toBe('chain');
     const b = setup(8);
     b.drv.writeDesc(0, 0x20000, (MAX_INDIRECT_ENTRIES + 1) * 16, V.VRING_DESC_F_INDIRECT, 0);
@@ -121,7 +137,9 @@ class Dev extends VirtioDevice {
     this.writeDriverFeatures(1, 1);
     this.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK);
     drv.program(this.queues[0]);
-    this.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK);
+    this.writeStatus(
+      V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK,
+    );
   }
 }
 
@@ -149,7 +167,9 @@ describe('device fault boundary', () => {
     expect(dev.configInterrupts).toBe(1);
     expect(dev.faultCounters).toEqual({ guestErrors: 1, internalErrors: 0 });
     expect(dev.logs).toHaveLength(1);
-    expect(dev.logs[0]).toMatch(/^dev0: guest error, device needs reset: guest address range \[0xffffffff, \+0x1\) is not guest RAM \(in kick \(ioeventfd\) on queue 0\)$/);
+    expect(dev.logs[0]).toMatch(
+      /^dev0: guest error, device needs reset: guest address range \[0xffffffff, \+0x1\) is not guest RAM \(in kick \(ioeventfd\) on queue 0\)$/,
+    );
   });
 
   it('an unexpected exception (a VMM bug) breaks the device too and logs its stack', () => {
@@ -157,7 +177,11 @@ describe('device fault boundary', () => {
     expect(dev.runGuarded('BAR4 read', () => dev.readConfig())).toBeUndefined();
     expect(dev.broken).toBe(true);
     expect(dev.faultCounters.internalErrors).toBe(1);
-    expect(dev.logs.some((l) => l.includes('internal error in BAR4 read') && l.includes('TypeError: a VMM bug in readConfig') && /\n\s+at /.test(l))).toBe(true);
+    expect(
+      dev.logs.some(
+        (l) => l.includes('internal error in BAR4 read') && l.includes('TypeError: a VMM bug in readConfig') && /\n\s+at /.test(l),
+      ),
+    ).toBe(true);
     expect(dev.brokenReason).toBe('internal error in BAR4 read: a VMM bug in readConfig');
   });
 

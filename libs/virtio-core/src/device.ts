@@ -23,7 +23,16 @@ import { LogRateLimiter } from './rate-limit';
 import { describeQueueError, QueueError, QueueState, SplitVirtqueue } from './virtqueue';
 import { StateError } from './state-check';
 import { CheckedVirtioState, parseVirtioState } from './virtio-state';
-import { InterruptDeliveryView, InterruptRecord, kickStalled, interruptStalled, QueueStallState, StallCause, StallSide, StallTransition } from './stall';
+import {
+  InterruptDeliveryView,
+  InterruptRecord,
+  kickStalled,
+  interruptStalled,
+  QueueStallState,
+  StallCause,
+  StallSide,
+  StallTransition,
+} from './stall';
 
 /**
  * A guest broke the device protocol in a way the device notices deep in its
@@ -157,19 +166,24 @@ export abstract class VirtioDevice {
 
   private mem: GuestMemory;
 
-  constructor(
-    memory: GuestMemory,
-    opts: VirtioDeviceOptions,
-  ) {
+  constructor(memory: GuestMemory, opts: VirtioDeviceOptions) {
     this.mem = memory;
     this.id = opts.id;
     this.deviceId = opts.deviceId;
     this.queues = Array.from({ length: opts.numQueues }, (_, i) => new SplitVirtqueue(i, opts.queueMaxSize));
     this.counters = this.queues.map(() => ({
-      kicksEventfd: 0, kicksExit: 0, kicksDropped: 0, chains: 0, interrupts: 0, suppressed: 0, interruptsDropped: 0, debugEvents: 0,
+      kicksEventfd: 0,
+      kicksExit: 0,
+      kicksDropped: 0,
+      chains: 0,
+      interrupts: 0,
+      suppressed: 0,
+      interruptsDropped: 0,
+      debugEvents: 0,
     }));
     this.faults = this.queues.map((_, i) => this.makeFaults(i));
-    this.deviceFeatures = opts.features | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | (opts.eventIdx === false ? 0n : VIRTIO_RING_F_EVENT_IDX);
+    this.deviceFeatures =
+      opts.features | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | (opts.eventIdx === false ? 0n : VIRTIO_RING_F_EVENT_IDX);
     this.log = opts.log ?? (() => undefined);
     this.guestLog = new LogRateLimiter((m) => this.log(m));
   }
@@ -193,7 +207,7 @@ export abstract class VirtioDevice {
       set dropKicks(v: number) {
         const was = dropKicks;
         dropKicks = v;
-        if ((was > 0) !== (v > 0)) changed();
+        if (was > 0 !== v > 0) changed();
       },
       get dropInterrupts() {
         return dropInterrupts;
@@ -403,7 +417,8 @@ export abstract class VirtioDevice {
     this.budgetRescheduled.add(q.index);
     setImmediate(() => {
       this.budgetRescheduled.delete(q.index);
-      if (this.disabled) this.kickedWhileDisabled.add(q.index); // taken up when bus mastering is back
+      if (this.disabled)
+        this.kickedWhileDisabled.add(q.index); // taken up when bus mastering is back
       else if (this.canProcess && q.active) this.service(q, `queue ${q.index} (continued after its budget)`, () => this.processQueue(q));
     });
   }
@@ -427,7 +442,10 @@ export abstract class VirtioDevice {
       }
       this.faultCounters.internalErrors++;
       const err = e instanceof Error ? e : new Error(String(e));
-      this.guestLog.log('internal-error', `${this.id}: internal error in ${entry} (a VMM bug; the device needs a reset): ${err.stack ?? err.message}`);
+      this.guestLog.log(
+        'internal-error',
+        `${this.id}: internal error in ${entry} (a VMM bug; the device needs a reset): ${err.stack ?? err.message}`,
+      );
       this.markBroken(`internal error in ${entry}: ${err.message}`, true);
     } catch (inner) {
       // markBroken itself failed (the transport's interrupt path): the device stays broken, the VMM runs on.
@@ -520,7 +538,11 @@ export abstract class VirtioDevice {
    * unless the device hands processing elsewhere (virtio-blk's iothread).
    */
   stallView(queue: number): { lastAvailIdx: number; interrupts: number; interrupt: InterruptRecord } {
-    return { lastAvailIdx: this.queues[queue].lastAvailIdx, interrupts: this.counters[queue].interrupts, interrupt: this.queues[queue].stall.interrupt };
+    return {
+      lastAvailIdx: this.queues[queue].lastAvailIdx,
+      interrupts: this.counters[queue].interrupts,
+      interrupt: this.queues[queue].stall.interrupt,
+    };
   }
 
   /**
@@ -543,7 +565,11 @@ export abstract class VirtioDevice {
         if (cause) verdicts.interrupt = cause;
       }
       for (const t of q.stall.check(now, running, stallMs, verdicts, counts)) {
-        const indices: Record<string, number> = { 'avail-idx': ring?.availIdx ?? 0, 'last-avail-idx': view.lastAvailIdx, 'used-idx': ring?.usedIdx ?? 0 };
+        const indices: Record<string, number> = {
+          'avail-idx': ring?.availIdx ?? 0,
+          'last-avail-idx': view.lastAvailIdx,
+          'used-idx': ring?.usedIdx ?? 0,
+        };
         if (ring?.eventIdx) {
           if (t.side === 'interrupt') indices['used-event'] = ring.usedEvent!;
           else indices['avail-event'] = ring.availEvent!;

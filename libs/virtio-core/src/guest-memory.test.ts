@@ -50,7 +50,12 @@ describe('GuestMemory', () => {
     m.noteWritten(0x6000, 0); // empty: nothing
     m.startTracking();
     m.readU8(0x9000);
-    expect(seen).toEqual([[0x2000, 16], [0x3004, 4], [0x5000, 0x2000], [0x9000, 1]]);
+    expect(seen).toEqual([
+      [0x2000, 16],
+      [0x3004, 4],
+      [0x5000, 0x2000],
+      [0x9000, 1],
+    ]);
     expect([...m.stopTracking()]).toEqual([9]);
     m.setTouchObserver(undefined);
     m.slice(0x4000, 1);
@@ -111,7 +116,10 @@ describe('GuestMemory over several host buffers (RAM cut at 1 GiB steps, as kvm-
 
   it('slices: the views of a range, one per buffer it touches, in order, zero-copy', () => {
     const v = mem.slices(0xf00, 0x2100); // b0 tail, all of b1
-    expect(v.map((x) => [x.buffer === b0.buffer ? 'b0' : x.buffer === b1.buffer ? 'b1' : '?', x.length])).toEqual([['b0', 0x100], ['b1', 0x2000]]);
+    expect(v.map((x) => [x.buffer === b0.buffer ? 'b0' : x.buffer === b1.buffer ? 'b1' : '?', x.length])).toEqual([
+      ['b0', 0x100],
+      ['b1', 0x2000],
+    ]);
     v[1][0x1fff] = 0x77;
     expect(b1[0x1fff]).toBe(0x77);
     expect(mem.slices(0x1800, 0x10)).toHaveLength(1);
@@ -134,7 +142,14 @@ describe('GuestMemory over several host buffers (RAM cut at 1 GiB steps, as kvm-
   });
 
   it('a range that runs into a hole or past the end is not RAM, split or not', () => {
-    for (const [addr, len] of [[0x2ff0, 0x20], [0x3000, 1], [0xfff0, 0x20], [0x11ff0, 0x20], [0x12000, 1], [0xffe, 0x3000]] as const) {
+    for (const [addr, len] of [
+      [0x2ff0, 0x20],
+      [0x3000, 1],
+      [0xfff0, 0x20],
+      [0x11ff0, 0x20],
+      [0x12000, 1],
+      [0xffe, 0x3000],
+    ] as const) {
       expect(mem.checkRange(addr, len)).toBe(false);
       expect(() => mem.slices(addr, len)).toThrow(GuestMemoryError);
       expect(() => mem.slices(addr, len)).not.toThrow(GuestMemorySplitError);
@@ -151,19 +166,31 @@ describe('GuestMemory over several host buffers (RAM cut at 1 GiB steps, as kvm-
     mem.slices(0xff0, 0x2000);
     mem.writeU32(0x10ffe, 1);
     mem.setTouchObserver(undefined);
-    expect(seen).toEqual([[0xff0, 0x2000], [0x10ffe, 4]]);
+    expect(seen).toEqual([
+      [0xff0, 0x2000],
+      [0x10ffe, 4],
+    ]);
     expect([...mem.stopTracking()].sort((a, b) => a - b)).toEqual([0, 1, 2, 0x10, 0x11]);
   });
 
   it('refuses overlapping buffers', () => {
-    expect(() => new GuestMemory([{ guestPhysAddr: 0, bytes: new Uint8Array(0x2000) }, { guestPhysAddr: 0x1000, bytes: new Uint8Array(0x1000) }])).toThrow(/overlap at 0x1000/);
+    expect(
+      () =>
+        new GuestMemory([
+          { guestPhysAddr: 0, bytes: new Uint8Array(0x2000) },
+          { guestPhysAddr: 0x1000, bytes: new Uint8Array(0x1000) },
+        ]),
+    ).toThrow(/overlap at 0x1000/);
   });
 });
 
 describe('chain I/O over a split', () => {
   const b0 = new Uint8Array(0x1000);
   const b1 = new Uint8Array(0x1000);
-  const mem = new GuestMemory([{ guestPhysAddr: 0x40000000 - 0x1000, bytes: b0 }, { guestPhysAddr: 0x40000000, bytes: b1 }]);
+  const mem = new GuestMemory([
+    { guestPhysAddr: 0x40000000 - 0x1000, bytes: b0 },
+    { guestPhysAddr: 0x40000000, bytes: b1 },
+  ]);
   const split = 0x40000000;
 
   it('views: a descriptor across the split becomes two iovec pieces; others stay one; empty ones none', () => {

@@ -45,7 +45,8 @@ export class GuestMemorySplitError extends GuestMemoryError {
     readonly split: number,
   ) {
     super(
-      addr, len,
+      addr,
+      len,
       `guest address range [0x${addr.toString(16)}, +0x${len.toString(16)}) is RAM but spans two host buffers ` +
         `(split at 0x${split.toString(16)}); one zero-copy view cannot cover it`,
     );
@@ -67,8 +68,7 @@ export class GuestMemory {
     this.starts = this.regions.map((r) => r.guestPhysAddr);
     this.ends = this.regions.map((r) => r.guestPhysAddr + r.bytes.byteLength);
     for (let i = 1; i < this.regions.length; i++) {
-      if (this.starts[i] < this.ends[i - 1])
-        throw new Error(`guest RAM buffers overlap at 0x${this.starts[i].toString(16)}`);
+      if (this.starts[i] < this.ends[i - 1]) throw new Error(`guest RAM buffers overlap at 0x${this.starts[i].toString(16)}`);
     }
   }
 

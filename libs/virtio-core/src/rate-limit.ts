@@ -55,7 +55,9 @@ export class LogRateLimiter {
     }
     if (s.written < this.burst) {
       s.written++;
-      this.sink(s.written === this.burst ? `${message} (further ${kind} messages suppressed for ${Math.round(this.intervalMs / 1000)} s)` : message);
+      this.sink(
+        s.written === this.burst ? `${message} (further ${kind} messages suppressed for ${Math.round(this.intervalMs / 1000)} s)` : message,
+      );
       return true;
     }
     s.suppressed++;

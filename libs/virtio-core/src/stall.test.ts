@@ -48,7 +48,9 @@ class Dev extends VirtioDevice {
     this.writeDriverFeatures(1, 1);
     this.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK);
     drv.program(this.queues[0]);
-    this.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK);
+    this.writeStatus(
+      V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK,
+    );
     this.setDisabled(false);
   }
 }
@@ -172,17 +174,20 @@ describe('stall detector: interrupt side', () => {
     expect(kinds(s.run(0))).toEqual(['cleared interrupt dropped']);
   });
 
-  it.each(['no-vector', 'msix-disabled', 'no-irqfd'] as const)('an interrupt the transport sent nowhere (%s) stays lost until one is delivered', (block) => {
-    const s = setup();
-    s.dev.block = block;
-    s.publish();
-    s.dev.notify(0, 'ioeventfd');
-    expect(kinds(s.run(STALL_MS + STEP))).toEqual([`stall interrupt ${block}`]);
-    s.dev.block = undefined; // the driver fixed its vector: the interrupt already sent is still lost
-    expect(s.run(STALL_MS)).toEqual([]);
-    s.dev.debugCall(0);
-    expect(kinds(s.run(0))).toEqual([`cleared interrupt ${block}`]);
-  });
+  it.each(['no-vector', 'msix-disabled', 'no-irqfd'] as const)(
+    'an interrupt the transport sent nowhere (%s) stays lost until one is delivered',
+    (block) => {
+      const s = setup();
+      s.dev.block = block;
+      s.publish();
+      s.dev.notify(0, 'ioeventfd');
+      expect(kinds(s.run(STALL_MS + STEP))).toEqual([`stall interrupt ${block}`]);
+      s.dev.block = undefined; // the driver fixed its vector: the interrupt already sent is still lost
+      expect(s.run(STALL_MS)).toEqual([]);
+      s.dev.debugCall(0);
+      expect(kinds(s.run(0))).toEqual([`cleared interrupt ${block}`]);
+    },
+  );
 
   it('a vector left masked with its PBA bit set: vector-masked; once unmasked and delivered, cleared when the driver consumes', () => {
     const s = setup(true);
@@ -245,7 +250,7 @@ describe('stall detector: interrupt side', () => {
     }
   });
 
-  it('without EVENT_IDX a delivered interrupt settles the debt (the driver\'s progress is invisible)', () => {
+  it("without EVENT_IDX a delivered interrupt settles the debt (the driver's progress is invisible)", () => {
     const s = setup(false);
     s.publish();
     s.dev.notify(0, 'ioeventfd');

@@ -95,7 +95,12 @@ function ahead(a: number, b: number): boolean {
  * take; `availIdxAtLastKick`: the avail index when the device last received
  * a kick (undefined: none since activation, i.e. the activation index).
  */
-export function kickStalled(ring: RingSnapshot, lastAvailIdx: number, availIdxAtLastKick: number | undefined, holdsBuffers: boolean): boolean {
+export function kickStalled(
+  ring: RingSnapshot,
+  lastAvailIdx: number,
+  availIdxAtLastKick: number | undefined,
+  holdsBuffers: boolean,
+): boolean {
   if (holdsBuffers) return false;
   if (ring.availIdx === lastAvailIdx) return false; // nothing left for the device
   // Buffers the device took without a kick (a re-check, a budget continuation) need none.
@@ -113,8 +118,9 @@ export function interruptStalled(ring: RingSnapshot, rec: InterruptRecord, block
   // The driver shows it consumed the entries by moving used_event up to them (EVENT_IDX), or shows
   // it is alive by publishing buffers since (a driver polling under load, e.g. Linux NAPI, leaves
   // used_event behind until it re-enables interrupts; blocked on a lost interrupt it publishes nothing).
-  const consumed = (ring.eventIdx && ring.usedEvent !== undefined && !ahead(owed.usedIdx, ring.usedEvent))
-    || (owed.availIdx !== undefined && ring.availIdx !== owed.availIdx);
+  const consumed =
+    (ring.eventIdx && ring.usedEvent !== undefined && !ahead(owed.usedIdx, ring.usedEvent)) ||
+    (owed.availIdx !== undefined && ring.availIdx !== owed.availIdx);
   if (consumed) return undefined;
   if (owed.dropped) return 'dropped';
   if (block) return block;
@@ -154,7 +160,13 @@ export class QueueStallState {
   }
 
   /** The device decided the driver needs an interrupt for used entries up to `usedIdx`. */
-  static interruptSent(rec: InterruptRecord, now: number, usedIdx: number, block: DeliveryBlock | undefined, availIdx: number | undefined): void {
+  static interruptSent(
+    rec: InterruptRecord,
+    now: number,
+    usedIdx: number,
+    block: DeliveryBlock | undefined,
+    availIdx: number | undefined,
+  ): void {
     rec.lastInterruptAt = now;
     rec.owed = { usedIdx, since: now, dropped: false, block, availIdx };
   }
@@ -195,7 +207,13 @@ export class QueueStallState {
    * only between consecutive checks of a running VM (a stopped VM's check
    * passes running=false and keeps the totals). Returns the transitions.
    */
-  check(now: number, running: boolean, stallMs: number, verdicts: Partial<Record<StallSide, StallCause>>, counts: { kicks: number; interrupts: number }): StallTransition[] {
+  check(
+    now: number,
+    running: boolean,
+    stallMs: number,
+    verdicts: Partial<Record<StallSide, StallCause>>,
+    counts: { kicks: number; interrupts: number },
+  ): StallTransition[] {
     const dt = running && this.lastCheckAt !== undefined ? Math.max(0, now - this.lastCheckAt) : 0;
     if (dt > 0 && this.lastCounts) {
       this.kicksPerSec = Math.round(((counts.kicks - this.lastCounts.kicks) * 1000) / dt);

@@ -118,7 +118,8 @@ export class Fields {
   /** One of the listed values. */
   oneOf<T extends string | number | boolean>(key: string, values: readonly T[]): T {
     const v = this.obj[key];
-    if (!values.includes(v as T)) throw new StateError(this.at(key), `${show(v)} is not one of ${values.map((x) => JSON.stringify(x)).join(', ')}`);
+    if (!values.includes(v as T))
+      throw new StateError(this.at(key), `${show(v)} is not one of ${values.map((x) => JSON.stringify(x)).join(', ')}`);
     return v as T;
   }
 
@@ -142,8 +143,9 @@ export function hex(v: unknown, path: string, bits = 64): bigint {
 }
 
 export function base64(v: unknown, path: string, length?: number, max = 1 << 20): Uint8Array {
-  if (typeof v !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(v) || v.length % 4 !== 0) throw new StateError(path, `expected base64 bytes, got ${show(v)}`);
-  if (v.length / 4 * 3 > max + 2) throw new StateError(path, `more than ${max} bytes`);
+  if (typeof v !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(v) || v.length % 4 !== 0)
+    throw new StateError(path, `expected base64 bytes, got ${show(v)}`);
+  if ((v.length / 4) * 3 > max + 2) throw new StateError(path, `more than ${max} bytes`);
   const b = new Uint8Array(Buffer.from(v, 'base64'));
   if (length !== undefined && b.length !== length) throw new StateError(path, `${b.length} bytes, expected ${length}`);
   if (b.length > max) throw new StateError(path, `${b.length} bytes is more than ${max}`);

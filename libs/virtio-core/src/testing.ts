@@ -58,7 +58,13 @@ export class MockDriverQueue {
     bufs.forEach((b, i) => {
       const idx = (head + i) % this.size;
       const last = i === bufs.length - 1;
-      this.writeDesc(idx, b.addr, b.len, (b.write ? V.VRING_DESC_F_WRITE : 0) | (last ? 0 : V.VRING_DESC_F_NEXT), last ? 0 : (idx + 1) % this.size);
+      this.writeDesc(
+        idx,
+        b.addr,
+        b.len,
+        (b.write ? V.VRING_DESC_F_WRITE : 0) | (last ? 0 : V.VRING_DESC_F_NEXT),
+        last ? 0 : (idx + 1) % this.size,
+      );
     });
     this.nextFree = (head + bufs.length) % this.size;
     this.publish(head);
@@ -69,7 +75,14 @@ export class MockDriverQueue {
   addIndirect(tableAddr: number, bufs: MockBuffer[]): number {
     bufs.forEach((b, i) => {
       const last = i === bufs.length - 1;
-      this.writeDesc(i, b.addr, b.len, (b.write ? V.VRING_DESC_F_WRITE : 0) | (last ? 0 : V.VRING_DESC_F_NEXT), last ? 0 : i + 1, tableAddr);
+      this.writeDesc(
+        i,
+        b.addr,
+        b.len,
+        (b.write ? V.VRING_DESC_F_WRITE : 0) | (last ? 0 : V.VRING_DESC_F_NEXT),
+        last ? 0 : i + 1,
+        tableAddr,
+      );
     });
     const head = this.nextFree;
     this.writeDesc(head, tableAddr, bufs.length * 16, V.VRING_DESC_F_INDIRECT, 0);

@@ -56,7 +56,8 @@ export function parseQueueState(v: unknown, path: string, maxSize: number, live:
     const ring = (key: 'descTable' | 'availRing' | 'usedRing', align: number, len: number) => {
       const a = q[key];
       if (a % align) throw new StateError(f.at(key), `0x${a.toString(16)} is not ${align}-byte aligned`);
-      if (!Number.isSafeInteger(a) || !memory.checkRange(a, len)) throw new StateError(f.at(key), `[0x${a.toString(16)}, +0x${len.toString(16)}) is not guest RAM`);
+      if (!Number.isSafeInteger(a) || !memory.checkRange(a, len))
+        throw new StateError(f.at(key), `[0x${a.toString(16)}, +0x${len.toString(16)}) is not guest RAM`);
     };
     ring('descTable', 16, DESC_SIZE * n);
     ring('availRing', 2, 6 + 2 * n);
@@ -77,25 +78,46 @@ export function parseVirtioState(v: unknown, path: string, dev: VirtioStateTarge
   const f = new Fields(v, path);
   const deviceFeatures = f.hex('deviceFeatures');
   if (deviceFeatures !== dev.deviceFeatures)
-    throw new StateError(f.at('deviceFeatures'), `0x${deviceFeatures.toString(16)} differs from what this device offers (0x${dev.deviceFeatures.toString(16)}); started with other properties?`);
+    throw new StateError(
+      f.at('deviceFeatures'),
+      `0x${deviceFeatures.toString(16)} differs from what this device offers (0x${dev.deviceFeatures.toString(16)}); started with other properties?`,
+    );
   const driverFeatures = f.hex('driverFeatures');
   const status = f.u8('status');
   if (status & V.VIRTIO_CONFIG_S_FEATURES_OK && driverFeatures & ~deviceFeatures)
-    throw new StateError(f.at('driverFeatures'), `0x${driverFeatures.toString(16)} has bits the device does not offer (0x${(driverFeatures & ~deviceFeatures).toString(16)})`);
+    throw new StateError(
+      f.at('driverFeatures'),
+      `0x${driverFeatures.toString(16)} has bits the device does not offer (0x${(driverFeatures & ~deviceFeatures).toString(16)})`,
+    );
   const configGeneration = f.u8('configGeneration');
   const broken = f.bool('broken');
   const disabled = f.optional('disabled', (g, k) => g.bool(k)) ?? false;
   const live = (status & V.VIRTIO_CONFIG_S_DRIVER_OK) !== 0 && !broken;
   const n = dev.queues.length;
   const raw = f.raw('queues');
-  if (Array.isArray(raw) && raw.length !== n) throw new StateError(f.at('queues'), `the stream has ${raw.length} queues, this device has ${n}`);
+  if (Array.isArray(raw) && raw.length !== n)
+    throw new StateError(f.at('queues'), `the stream has ${raw.length} queues, this device has ${n}`);
   const queues = f.array('queues', n, (q, p, i) => parseQueueState(q, p, dev.queues[i].maxSize, live, dev.memory));
   const maxDeferred = dev.queues.reduce((s, q) => s + q.maxSize, 0);
-  const deferred = f.optional('deferred', (g, k) => g.array(k, maxDeferred, (d, p) => {
-    const e = new Fields(d, p);
-    const queue = e.uint('queue', n - 1);
-    return { queue, head: e.uint('head', Math.max(0, queues[queue].size - 1)), len: e.u32('len') };
-  })) ?? [];
+  const deferred =
+    f.optional('deferred', (g, k) =>
+      g.array(k, maxDeferred, (d, p) => {
+        const e = new Fields(d, p);
+        const queue = e.uint('queue', n - 1);
+        return { queue, head: e.uint('head', Math.max(0, queues[queue].size - 1)), len: e.u32('len') };
+      }),
+    ) ?? [];
   const kicked = f.optional('kickedWhileDisabled', (g, k) => g.array(k, n, (q, p) => int(q, p, 0, n - 1))) ?? [];
-  return { deviceFeatures, driverFeatures, status, configGeneration, broken, disabled, queues, deferred, kickedWhileDisabled: kicked, live };
+  return {
+    deviceFeatures,
+    driverFeatures,
+    status,
+    configGeneration,
+    broken,
+    disabled,
+    queues,
+    deferred,
+    kickedWhileDisabled: kicked,
+    live,
+  };
 }

@@ -21,7 +21,11 @@ function errorOf(r: ReturnType<SplitVirtqueue['pop']>): QueueError['kind'] | und
 describe('SplitVirtqueue', () => {
   it('pops a chain with readable then writable buffers and returns it used', () => {
     const { drv, q } = setup();
-    const head = drv.addChain([{ addr: 0x10000, len: 16 }, { addr: 0x11000, len: 512, write: true }, { addr: 0x12000, len: 1, write: true }]);
+    const head = drv.addChain([
+      { addr: 0x10000, len: 16 },
+      { addr: 0x11000, len: 512, write: true },
+      { addr: 0x12000, len: 1, write: true },
+    ]);
     const r = q.pop();
     expect(r && 'chain' in r).toBe(true);
     if (!r || !('chain' in r)) return;
@@ -35,43 +39,78 @@ describe('SplitVirtqueue', () => {
 
   it('follows one level of indirect descriptors', () => {
     const { drv, q } = setup();
-    drv.addIndirect(0x20000, [{ addr: 0x10000, len: 16 }, { addr: 0x11000, len: 4096, write: true }]);
+    drv.addIndirect(0x20000, [
+      { addr: 0x10000, len: 16 },
+      { addr: 0x11000, len: 4096, write: true },
+    ]);
     const r = q.pop();
     expect(r && 'chain' in r && r.chain.writable[0]).toEqual({ addr: 0x11000, len: 4096, writable: true });
   });
 
   it.each<[string, (d: MockDriverQueue) => void, QueueError['kind']]>([
-    ['a descriptor loop', (d) => {
-      d.writeDesc(0, 0x10000, 8, V.VRING_DESC_F_NEXT, 1);
-      d.writeDesc(1, 0x10000, 8, V.VRING_DESC_F_NEXT, 0);
-      d.publish(0);
-    }, 'descriptor-loop'],
-    ['next beyond the table', (d) => {
-      d.writeDesc(0, 0x10000, 8, V.VRING_DESC_F_NEXT, 9);
-      d.publish(0);
-    }, 'next-out-of-range'],
+    [
+      'a descriptor loop',
+      (d) => {
+        d.writeDesc(0, 0x10000, 8, V.VRING_DESC_F_NEXT, 1);
+        d.writeDesc(1, 0x10000, 8, V.VRING_DESC_F_NEXT, 0);
+        d.publish(0);
+      },
+      'descriptor-loop',
+    ],
+    [
+      'next beyond the table',
+      (d) => {
+        d.writeDesc(0, 0x10000, 8, V.VRING_DESC_F_NEXT, 9);
+        d.publish(0);
+      },
+      'next-out-of-range',
+    ],
     ['a head beyond the table', (d) => d.publish(8), 'head-out-of-range'],
     ['a buffer outside RAM', (d) => void d.addChain([{ addr: MEM - 4, len: 8 }]), 'address-out-of-range'],
-    ['a readable buffer after a writable one', (d) => void d.addChain([{ addr: 0x10000, len: 8, write: true }, { addr: 0x11000, len: 8 }]), 'readable-after-writable'],
-    ['an indirect table inside an indirect table', (d) => {
-      d.writeDesc(0, 0x30000, 16, V.VRING_DESC_F_INDIRECT, 0, 0x20000);
-      d.writeDesc(0, 0x20000, 16, V.VRING_DESC_F_INDIRECT, 0);
-      d.publish(0);
-    }, 'nested-indirect'],
-    ['an indirect table of odd length', (d) => {
-      d.writeDesc(0, 0x20000, 24, V.VRING_DESC_F_INDIRECT, 0);
-      d.publish(0);
-    }, 'bad-indirect-table'],
-    ['INDIRECT with NEXT', (d) => {
-      d.writeDesc(0, 0x20000, 16, V.VRING_DESC_F_INDIRECT | V.VRING_DESC_F_NEXT, 1);
-      d.publish(0);
-    }, 'indirect-with-next'],
+    [
+      'a readable buffer after a writable one',
+      (d) =>
+        void d.addChain([
+          { addr: 0x10000, len: 8, write: true },
+          { addr: 0x11000, len: 8 },
+        ]),
+      'readable-after-writable',
+    ],
+    [
+      'an indirect table inside an indirect table',
+      (d) => {
+        d.writeDesc(0, 0x30000, 16, V.VRING_DESC_F_INDIRECT, 0, 0x20000);
+        d.writeDesc(0, 0x20000, 16, V.VRING_DESC_F_INDIRECT, 0);
+        d.publish(0);
+      },
+      'nested-indirect',
+    ],
+    [
+      'an indirect table of odd length',
+      (d) => {
+        d.writeDesc(0, 0x20000, 24, V.VRING_DESC_F_INDIRECT, 0);
+        d.publish(0);
+      },
+      'bad-indirect-table',
+    ],
+    [
+      'INDIRECT with NEXT',
+      (d) => {
+        d.writeDesc(0, 0x20000, 16, V.VRING_DESC_F_INDIRECT | V.VRING_DESC_F_NEXT, 1);
+        d.publish(0);
+      },
+      'indirect-with-next',
+    ],
     // An indirect table may be longer than the queue (its own length bounds it), but its chain may not leave it.
-    ['an indirect chain running past its table', (d) => {
-      for (let i = 0; i < 12; i++) d.writeDesc(i, 0x10000, 8, V.VRING_DESC_F_NEXT, i + 1, 0x20000);
-      d.writeDesc(0, 0x20000, 12 * 16, V.VRING_DESC_F_INDIRECT, 0);
-      d.publish(0);
-    }, 'next-out-of-range'],
+    [
+      'an indirect chain running past its table',
+      (d) => {
+        for (let i = 0; i < 12; i++) d.writeDesc(i, 0x10000, 8, V.VRING_DESC_F_NEXT, i + 1, 0x20000);
+        d.writeDesc(0, 0x20000, 12 * 16, V.VRING_DESC_F_INDIRECT, 0);
+        d.publish(0);
+      },
+      'next-out-of-range',
+    ],
     ['an available index a whole queue ahead', (d) => d.setAvailIdx(9), 'avail-index-jump'],
   ])('rejects %s', (_name, build, kind) => {
     const { drv, q } = setup();
@@ -126,7 +165,15 @@ describe('SplitVirtqueue', () => {
   it('never throws on random descriptor tables: every outcome is a chain, nothing, or a QueueError', () => {
     fc.assert(
       fc.property(
-        fc.array(fc.record({ addr: fc.integer({ min: 0, max: MEM + 0x1000 }), len: fc.integer({ min: 0, max: 0x3000 }), flags: fc.integer({ min: 0, max: 7 }), next: fc.integer({ min: 0, max: 12 }) }), { minLength: 8, maxLength: 8 }),
+        fc.array(
+          fc.record({
+            addr: fc.integer({ min: 0, max: MEM + 0x1000 }),
+            len: fc.integer({ min: 0, max: 0x3000 }),
+            flags: fc.integer({ min: 0, max: 7 }),
+            next: fc.integer({ min: 0, max: 12 }),
+          }),
+          { minLength: 8, maxLength: 8 },
+        ),
         fc.array(fc.integer({ min: 0, max: 10 }), { minLength: 1, maxLength: 8 }),
         (descs, heads) => {
           const { drv, q } = setup();
@@ -156,7 +203,8 @@ describe('SplitVirtqueue', () => {
           const sorted = [...bufs].sort((a, b) => Number(a.write) - Number(b.write));
           const head = drv.addChain(sorted.map((b, i) => ({ addr: 0x10000 + i * 0x1000, len: b.len, write: b.write })));
           if (flip === 'addr') drv.writeDesc(head, MEM, 16, sorted.length > 1 ? V.VRING_DESC_F_NEXT : 0, head + 1);
-          if (flip === 'next' && sorted.length > 1) drv.writeDesc(head, 0x10000, sorted[0].len, V.VRING_DESC_F_NEXT | (sorted[0].write ? V.VRING_DESC_F_WRITE : 0), 200);
+          if (flip === 'next' && sorted.length > 1)
+            drv.writeDesc(head, 0x10000, sorted[0].len, V.VRING_DESC_F_NEXT | (sorted[0].write ? V.VRING_DESC_F_WRITE : 0), 200);
           const r = q.pop();
           if (flip === 'addr') expect(errorOf(r)).toBe('address-out-of-range');
           else if (flip === 'next' && sorted.length > 1) expect(errorOf(r)).toBe('next-out-of-range');

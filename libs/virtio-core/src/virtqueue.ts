@@ -56,21 +56,36 @@ export type QueueError =
 
 export function describeQueueError(e: QueueError): string {
   switch (e.kind) {
-    case 'bad-queue-layout': return `bad queue layout: ${e.detail}`;
-    case 'avail-index-jump': return `available index ${e.availIdx} is more than a queue ahead of ${e.lastAvailIdx}`;
-    case 'head-out-of-range': return `chain head ${e.head} is outside the descriptor table`;
-    case 'next-out-of-range': return `descriptor next ${e.next} is outside the table of ${e.size}`;
-    case 'descriptor-loop': return `descriptor chain loops (descriptor ${e.index} seen twice)`;
-    case 'chain-too-long': return `descriptor chain longer than ${e.limit}`;
-    case 'address-out-of-range': return `buffer [0x${e.addr.toString(16)}, +0x${e.len.toString(16)}) is not guest RAM`;
-    case 'zero-length-buffer': return `descriptor ${e.index} has length 0 (zero-sized buffers are not allowed)`;
-    case 'indirect-not-negotiated': return 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC';
-    case 'nested-indirect': return 'indirect descriptor inside an indirect table';
-    case 'indirect-with-next': return 'descriptor has both INDIRECT and NEXT';
-    case 'bad-indirect-table': return `indirect table length ${e.len} is not a non-zero multiple of 16`;
-    case 'indirect-too-large': return `indirect table of ${e.entries} descriptors is larger than ${e.limit}`;
-    case 'readable-after-writable': return `device-readable descriptor ${e.index} after a device-writable one`;
-    case 'chain-length-overflow': return 'total chain length is 4 GiB or more';
+    case 'bad-queue-layout':
+      return `bad queue layout: ${e.detail}`;
+    case 'avail-index-jump':
+      return `available index ${e.availIdx} is more than a queue ahead of ${e.lastAvailIdx}`;
+    case 'head-out-of-range':
+      return `chain head ${e.head} is outside the descriptor table`;
+    case 'next-out-of-range':
+      return `descriptor next ${e.next} is outside the table of ${e.size}`;
+    case 'descriptor-loop':
+      return `descriptor chain loops (descriptor ${e.index} seen twice)`;
+    case 'chain-too-long':
+      return `descriptor chain longer than ${e.limit}`;
+    case 'address-out-of-range':
+      return `buffer [0x${e.addr.toString(16)}, +0x${e.len.toString(16)}) is not guest RAM`;
+    case 'zero-length-buffer':
+      return `descriptor ${e.index} has length 0 (zero-sized buffers are not allowed)`;
+    case 'indirect-not-negotiated':
+      return 'indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC';
+    case 'nested-indirect':
+      return 'indirect descriptor inside an indirect table';
+    case 'indirect-with-next':
+      return 'descriptor has both INDIRECT and NEXT';
+    case 'bad-indirect-table':
+      return `indirect table length ${e.len} is not a non-zero multiple of 16`;
+    case 'indirect-too-large':
+      return `indirect table of ${e.entries} descriptors is larger than ${e.limit}`;
+    case 'readable-after-writable':
+      return `device-readable descriptor ${e.index} after a device-writable one`;
+    case 'chain-length-overflow':
+      return 'total chain length is 4 GiB or more';
   }
 }
 
@@ -304,7 +319,8 @@ export class SplitVirtqueue {
         if (inIndirect) return { error: { kind: 'nested-indirect' } };
         if (flags & V.VRING_DESC_F_NEXT) return { error: { kind: 'indirect-with-next' } };
         if (len === 0 || len % DESC_SIZE) return { error: { kind: 'bad-indirect-table', len } };
-        if (len / DESC_SIZE > MAX_INDIRECT_ENTRIES) return { error: { kind: 'indirect-too-large', entries: len / DESC_SIZE, limit: MAX_INDIRECT_ENTRIES } };
+        if (len / DESC_SIZE > MAX_INDIRECT_ENTRIES)
+          return { error: { kind: 'indirect-too-large', entries: len / DESC_SIZE, limit: MAX_INDIRECT_ENTRIES } };
         let t: Uint8Array;
         try {
           t = mem.slice(addr, len);
@@ -390,8 +406,13 @@ export class SplitVirtqueue {
 
   save(): QueueState {
     return {
-      size: this.size, descTable: this.descTable, availRing: this.availRing, usedRing: this.usedRing,
-      ready: this.ready, lastAvailIdx: this.lastAvailIdx, usedIdx: this.usedIdx,
+      size: this.size,
+      descTable: this.descTable,
+      availRing: this.availRing,
+      usedRing: this.usedRing,
+      ready: this.ready,
+      lastAvailIdx: this.lastAvailIdx,
+      usedIdx: this.usedIdx,
     };
   }
 

@@ -100,12 +100,20 @@ describe('VirtioScsiDevice', () => {
   it('answers INQUIRY into the data-in buffers and counts them in the used length', async () => {
     const { mem, dev, reqq, irqs } = setup();
     cmdReq(mem, REQ, INQUIRY(96));
-    reqq.addChain([{ addr: REQ, len: REQ_LEN }, { addr: RESP, len: RESP_LEN, write: true }, { addr: DATA, len: 96, write: true }]);
+    reqq.addChain([
+      { addr: REQ, len: REQ_LEN },
+      { addr: RESP, len: RESP_LEN, write: true },
+      { addr: DATA, len: 96, write: true },
+    ]);
     dev.notify(2);
     await settle();
     const r = resp(mem, RESP);
     expect(r).toMatchObject({ response: S.VIRTIO_SCSI_S_OK, status: 0, senseLen: 0 });
-    expect(Buffer.from(mem.read(DATA + 8, 8)).toString('latin1').trim()).toBe('TSVMM');
+    expect(
+      Buffer.from(mem.read(DATA + 8, 8))
+        .toString('latin1')
+        .trim(),
+    ).toBe('TSVMM');
     const used = reqq.takeUsed();
     expect(used).toHaveLength(1);
     expect(used[0].len).toBe(RESP_LEN + 96 - r.resid);
@@ -117,15 +125,23 @@ describe('VirtioScsiDevice', () => {
     const pattern = Buffer.alloc(1024).map((_, i) => (i * 13 + 1) & 0xff);
     mem.write(DATA, pattern);
     cmdReq(mem, REQ, WRITE10(3, 2), { tag: 1 });
-    reqq.addChain([{ addr: REQ, len: REQ_LEN }, { addr: DATA, len: 1024 }, { addr: RESP, len: RESP_LEN, write: true }]);
+    reqq.addChain([
+      { addr: REQ, len: REQ_LEN },
+      { addr: DATA, len: 1024 },
+      { addr: RESP, len: RESP_LEN, write: true },
+    ]);
     dev.notify(2);
     await settle();
     expect(resp(mem, RESP)).toMatchObject({ response: S.VIRTIO_SCSI_S_OK, status: 0 });
     expect(fs.readFileSync(file).subarray(3 * 512, 5 * 512)).toEqual(Buffer.from(pattern));
 
     cmdReq(mem, REQ + 0x100, READ10(3, 2), { tag: 2 });
-    reqq.addChain([{ addr: REQ + 0x100, len: REQ_LEN }, { addr: RESP + 0x100, len: RESP_LEN, write: true },
-      { addr: DATA + 0x1000, len: 512, write: true }, { addr: DATA + 0x2000, len: 512, write: true }]);
+    reqq.addChain([
+      { addr: REQ + 0x100, len: REQ_LEN },
+      { addr: RESP + 0x100, len: RESP_LEN, write: true },
+      { addr: DATA + 0x1000, len: 512, write: true },
+      { addr: DATA + 0x2000, len: 512, write: true },
+    ]);
     dev.notify(2);
     await settle();
     expect(resp(mem, RESP + 0x100)).toMatchObject({ response: S.VIRTIO_SCSI_S_OK, status: 0, resid: 0 });
@@ -135,11 +151,20 @@ describe('VirtioScsiDevice', () => {
   it('answers BAD_TARGET for another target or a malformed LUN field, and CHECK CONDITION 25/00 for an absent LUN', async () => {
     const { mem, dev, reqq } = setup();
     cmdReq(mem, REQ, [0, 0, 0, 0, 0, 0], { target: 1 });
-    reqq.addChain([{ addr: REQ, len: REQ_LEN }, { addr: RESP, len: RESP_LEN, write: true }]);
+    reqq.addChain([
+      { addr: REQ, len: REQ_LEN },
+      { addr: RESP, len: RESP_LEN, write: true },
+    ]);
     cmdReq(mem, REQ + 0x100, [0, 0, 0, 0, 0, 0], { lun0: 2 });
-    reqq.addChain([{ addr: REQ + 0x100, len: REQ_LEN }, { addr: RESP + 0x100, len: RESP_LEN, write: true }]);
+    reqq.addChain([
+      { addr: REQ + 0x100, len: REQ_LEN },
+      { addr: RESP + 0x100, len: RESP_LEN, write: true },
+    ]);
     cmdReq(mem, REQ + 0x200, [0, 0, 0, 0, 0, 0], { lun: 5 });
-    reqq.addChain([{ addr: REQ + 0x200, len: REQ_LEN }, { addr: RESP + 0x200, len: RESP_LEN, write: true }]);
+    reqq.addChain([
+      { addr: REQ + 0x200, len: REQ_LEN },
+      { addr: RESP + 0x200, len: RESP_LEN, write: true },
+    ]);
     dev.notify(2);
     await settle();
     expect(resp(mem, RESP).response).toBe(S.VIRTIO_SCSI_S_BAD_TARGET);
@@ -153,21 +178,43 @@ describe('VirtioScsiDevice', () => {
   it('answers OVERRUN for a READ offered only device-readable data buffers; the device keeps working', async () => {
     const { mem, dev, reqq } = setup();
     cmdReq(mem, REQ, READ10(0, 1));
-    reqq.addChain([{ addr: REQ, len: REQ_LEN }, { addr: DATA, len: 512 }, { addr: RESP, len: RESP_LEN, write: true }]);
+    reqq.addChain([
+      { addr: REQ, len: REQ_LEN },
+      { addr: DATA, len: 512 },
+      { addr: RESP, len: RESP_LEN, write: true },
+    ]);
     dev.notify(2);
     await settle();
     expect(resp(mem, RESP).response).toBe(S.VIRTIO_SCSI_S_OVERRUN);
     expect(dev.broken).toBe(false);
     cmdReq(mem, REQ + 0x100, INQUIRY(36));
-    reqq.addChain([{ addr: REQ + 0x100, len: REQ_LEN }, { addr: RESP + 0x100, len: RESP_LEN, write: true }, { addr: DATA, len: 36, write: true }]);
+    reqq.addChain([
+      { addr: REQ + 0x100, len: REQ_LEN },
+      { addr: RESP + 0x100, len: RESP_LEN, write: true },
+      { addr: DATA, len: 36, write: true },
+    ]);
     dev.notify(2);
     await settle();
     expect(resp(mem, RESP + 0x100)).toMatchObject({ response: S.VIRTIO_SCSI_S_OK, status: 0 });
   });
 
   it.each([
-    ['a request header shorter than virtio_scsi_cmd_req', [{ addr: REQ, len: 20 }, { addr: RESP, len: RESP_LEN, write: true }], /command request needs 51/],
-    ['no room for the response', [{ addr: REQ, len: REQ_LEN }, { addr: RESP, len: 8, write: true }], /command response needs 108/],
+    [
+      'a request header shorter than virtio_scsi_cmd_req',
+      [
+        { addr: REQ, len: 20 },
+        { addr: RESP, len: RESP_LEN, write: true },
+      ],
+      /command request needs 51/,
+    ],
+    [
+      'no room for the response',
+      [
+        { addr: REQ, len: REQ_LEN },
+        { addr: RESP, len: 8, write: true },
+      ],
+      /command response needs 108/,
+    ],
   ])('marks the device needs-reset for %s', async (_what, chain, reason) => {
     const { mem, dev, reqq, irqs } = setup();
     cmdReq(mem, REQ, INQUIRY(36));
@@ -188,20 +235,34 @@ describe('VirtioScsiDevice', () => {
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
     const slow: BlockBackend = {
-      size: real.size, readonly: false,
-      readv: async (b, o) => { await gate; return real.readv(b, o); },
-      writev: (b, o) => real.writev(b, o), flush: () => real.flush(), discard: (o, l) => real.discard(o, l),
-      writeZeroes: (o, l, u) => real.writeZeroes(o, l, u), close: () => real.close(),
+      size: real.size,
+      readonly: false,
+      readv: async (b, o) => {
+        await gate;
+        return real.readv(b, o);
+      },
+      writev: (b, o) => real.writev(b, o),
+      flush: () => real.flush(),
+      discard: (o, l) => real.discard(o, l),
+      writeZeroes: (o, l, u) => real.writeZeroes(o, l, u),
+      close: () => real.close(),
     };
     const { mem, dev, reqq, ctrl } = setup({ backend: slow });
     cmdReq(mem, REQ, READ10(0, 1), { tag: 77 });
-    reqq.addChain([{ addr: REQ, len: REQ_LEN }, { addr: RESP, len: RESP_LEN, write: true }, { addr: DATA, len: 512, write: true }]);
+    reqq.addChain([
+      { addr: REQ, len: REQ_LEN },
+      { addr: RESP, len: RESP_LEN, write: true },
+      { addr: DATA, len: 512, write: true },
+    ]);
     dev.notify(2);
     await settle();
     expect(dev.deviceInfo()['in-flight']).toBe(1);
 
     tmfReq(mem, REQ + 0x100, S.VIRTIO_SCSI_T_TMF_QUERY_TASK, 77);
-    ctrl.addChain([{ addr: REQ + 0x100, len: S.SIZEOF_virtio_scsi_ctrl_tmf_req }, { addr: RESP + 0x100, len: 1, write: true }]);
+    ctrl.addChain([
+      { addr: REQ + 0x100, len: S.SIZEOF_virtio_scsi_ctrl_tmf_req },
+      { addr: RESP + 0x100, len: 1, write: true },
+    ]);
     dev.notify(0);
     await settle();
     expect(mem.readU8(RESP + 0x100)).toBe(S.VIRTIO_SCSI_S_FUNCTION_SUCCEEDED);
@@ -209,7 +270,10 @@ describe('VirtioScsiDevice', () => {
 
     mem.writeU8(RESP + 0x200, 0xff);
     tmfReq(mem, REQ + 0x200, S.VIRTIO_SCSI_T_TMF_ABORT_TASK, 77);
-    ctrl.addChain([{ addr: REQ + 0x200, len: S.SIZEOF_virtio_scsi_ctrl_tmf_req }, { addr: RESP + 0x200, len: 1, write: true }]);
+    ctrl.addChain([
+      { addr: REQ + 0x200, len: S.SIZEOF_virtio_scsi_ctrl_tmf_req },
+      { addr: RESP + 0x200, len: 1, write: true },
+    ]);
     dev.notify(0);
     await settle();
     expect(ctrl.takeUsed()).toEqual([]); // waits for the READ's I/O
@@ -225,15 +289,24 @@ describe('VirtioScsiDevice', () => {
   it('LOGICAL UNIT RESET leaves a unit attention 29/03 for the next command; AN query reports no events', async () => {
     const { mem, dev, reqq, ctrl } = setup();
     tmfReq(mem, REQ, S.VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, 0);
-    ctrl.addChain([{ addr: REQ, len: S.SIZEOF_virtio_scsi_ctrl_tmf_req }, { addr: RESP, len: 1, write: true }]);
+    ctrl.addChain([
+      { addr: REQ, len: S.SIZEOF_virtio_scsi_ctrl_tmf_req },
+      { addr: RESP, len: 1, write: true },
+    ]);
     tmfReq(mem, REQ + 0x40, S.VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, 0, 9);
-    ctrl.addChain([{ addr: REQ + 0x40, len: S.SIZEOF_virtio_scsi_ctrl_tmf_req }, { addr: RESP + 0x40, len: 1, write: true }]);
+    ctrl.addChain([
+      { addr: REQ + 0x40, len: S.SIZEOF_virtio_scsi_ctrl_tmf_req },
+      { addr: RESP + 0x40, len: 1, write: true },
+    ]);
     mem.fill(REQ + 0x80, 16, 0);
     mem.writeU32(REQ + 0x80, S.VIRTIO_SCSI_T_AN_QUERY);
     mem.write(REQ + 0x84, [1, 0, 0x40, 0]);
     mem.writeU32(REQ + 0x8c, 0xffff);
     mem.fill(RESP + 0x80, 5, 0xff);
-    ctrl.addChain([{ addr: REQ + 0x80, len: 16 }, { addr: RESP + 0x80, len: 5, write: true }]);
+    ctrl.addChain([
+      { addr: REQ + 0x80, len: 16 },
+      { addr: RESP + 0x80, len: 5, write: true },
+    ]);
     dev.notify(0);
     await settle();
     expect(mem.readU8(RESP)).toBe(0);
@@ -242,7 +315,10 @@ describe('VirtioScsiDevice', () => {
     expect(mem.readU8(RESP + 0x84)).toBe(S.VIRTIO_SCSI_S_OK);
 
     cmdReq(mem, REQ + 0x100, [0, 0, 0, 0, 0, 0]); // TEST UNIT READY
-    reqq.addChain([{ addr: REQ + 0x100, len: REQ_LEN }, { addr: RESP + 0x100, len: RESP_LEN, write: true }]);
+    reqq.addChain([
+      { addr: REQ + 0x100, len: REQ_LEN },
+      { addr: RESP + 0x100, len: RESP_LEN, write: true },
+    ]);
     dev.notify(2);
     await settle();
     const r = resp(mem, RESP + 0x100);
@@ -254,7 +330,11 @@ describe('VirtioScsiDevice', () => {
     const { mem, dev, reqq, irqs } = setup();
     cmdReq(mem, REQ, INQUIRY(36));
     mem.writeU8(RESP + S.OFF_virtio_scsi_cmd_resp_response, 0xee);
-    reqq.addChain([{ addr: REQ, len: REQ_LEN }, { addr: RESP, len: RESP_LEN, write: true }, { addr: DATA, len: 36, write: true }]);
+    reqq.addChain([
+      { addr: REQ, len: REQ_LEN },
+      { addr: RESP, len: RESP_LEN, write: true },
+      { addr: DATA, len: 36, write: true },
+    ]);
     dev.notify(2);
     dev.setDisabled(true);
     await settle();
@@ -269,7 +349,11 @@ describe('VirtioScsiDevice', () => {
   it('migration: drain waits for the command in flight; held-back responses and a unit attention move to a fresh adapter', async () => {
     const { mem, dev, reqq } = setup();
     cmdReq(mem, REQ, WRITE10(0, 1));
-    reqq.addChain([{ addr: REQ, len: REQ_LEN }, { addr: DATA, len: 512 }, { addr: RESP, len: RESP_LEN, write: true }]);
+    reqq.addChain([
+      { addr: REQ, len: REQ_LEN },
+      { addr: DATA, len: 512 },
+      { addr: RESP, len: RESP_LEN, write: true },
+    ]);
     dev.notify(2);
     expect(dev.deviceInfo()['in-flight']).toBe(1);
     expect(() => dev.saveScsiState()).toThrow(/1 requests still in flight \(not drained\)/);
@@ -280,7 +364,11 @@ describe('VirtioScsiDevice', () => {
     dev.target.lun(0)!.reset('lun-reset');
     cmdReq(mem, REQ + 0x100, INQUIRY(36), { tag: 2 });
     mem.writeU8(RESP + 0x100 + S.OFF_virtio_scsi_cmd_resp_response, 0xee);
-    reqq.addChain([{ addr: REQ + 0x100, len: REQ_LEN }, { addr: RESP + 0x100, len: RESP_LEN, write: true }, { addr: DATA + 0x100, len: 36, write: true }]);
+    reqq.addChain([
+      { addr: REQ + 0x100, len: REQ_LEN },
+      { addr: RESP + 0x100, len: RESP_LEN, write: true },
+      { addr: DATA + 0x100, len: 36, write: true },
+    ]);
     dev.notify(2);
     dev.setDisabled(true);
     await dev.drain();
@@ -296,11 +384,19 @@ describe('VirtioScsiDevice', () => {
     other.dev.setDisabled(false); // the held-back response lands on the destination
     expect(other.mem.readU8(RESP + 0x100 + S.OFF_virtio_scsi_cmd_resp_response)).toBe(S.VIRTIO_SCSI_S_OK);
     expect(other.dev.target.lun(0)!.info().pendingUnitAttention).toMatch(/29\/03|RESET/);
-    expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: 1 << 30, len: 8 }], bytes: '' }] })).toThrow(/^pendingWrites\[0\]\.bufs\[0\]: \[0x40000000, \+0x8\) is not guest RAM$/);
-    expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: RESP, len: 2 }], bytes: 'AAAA' }] })).toThrow(/pendingWrites\[0\]\.bytes: 3 bytes is more than 2/);
-    expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: RESP, len: -1 }], bytes: '' }] })).toThrow(/pendingWrites\[0\]\.bufs\[0\]\.len: -1 is out of range/);
+    expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: 1 << 30, len: 8 }], bytes: '' }] })).toThrow(
+      /^pendingWrites\[0\]\.bufs\[0\]: \[0x40000000, \+0x8\) is not guest RAM$/,
+    );
+    expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: RESP, len: 2 }], bytes: 'AAAA' }] })).toThrow(
+      /pendingWrites\[0\]\.bytes: 3 bytes is more than 2/,
+    );
+    expect(() => other.dev.loadScsiState({ pendingWrites: [{ bufs: [{ addr: RESP, len: -1 }], bytes: '' }] })).toThrow(
+      /pendingWrites\[0\]\.bufs\[0\]\.len: -1 is out of range/,
+    );
     expect(() => other.dev.loadScsiState({ luns: { 3: {} } })).toThrow(/luns: the migrated state has LUN 3, which is not attached here/);
-    expect(() => other.dev.loadScsiState({ luns: { 0: { dSense: 1 as unknown as boolean } } })).toThrow(/luns: LUN 0: dSense 1 is not a boolean/);
+    expect(() => other.dev.loadScsiState({ luns: { 0: { dSense: 1 as unknown as boolean } } })).toThrow(
+      /luns: LUN 0: dSense 1 is not a boolean/,
+    );
     await settle();
   });
 });

@@ -6,7 +6,18 @@
  * the image and guest memory.
  */
 import { ScsiLunState, ScsiResponse, ScsiTarget } from '@tsvmm/scsi';
-import { Descriptor, Fields, GuestMemory, readConfigImage, scatter, SplitVirtqueue, StateError, views as guestViews, VirtioDevice, within } from '@tsvmm/virtio-core';
+import {
+  Descriptor,
+  Fields,
+  GuestMemory,
+  readConfigImage,
+  scatter,
+  SplitVirtqueue,
+  StateError,
+  views as guestViews,
+  VirtioDevice,
+  within,
+} from '@tsvmm/virtio-core';
 
 /** Buffers of one held-back response in a migrated state: a chain is at most a queue long. */
 const MAX_HELD_BUFS = 32768;
@@ -89,8 +100,13 @@ export class VirtioScsiDevice extends VirtioDevice {
 
   constructor(memory: GuestMemory, opts: VirtioScsiOptions) {
     super(memory, {
-      id: opts.id, deviceId: VIRTIO_ID_SCSI, numQueues: REQUEST_QUEUE_BASE + opts.numQueues, queueMaxSize: QUEUE_SIZE,
-      features: 0n, eventIdx: opts.eventIdx, log: opts.log,
+      id: opts.id,
+      deviceId: VIRTIO_ID_SCSI,
+      numQueues: REQUEST_QUEUE_BASE + opts.numQueues,
+      queueMaxSize: QUEUE_SIZE,
+      features: 0n,
+      eventIdx: opts.eventIdx,
+      log: opts.log,
     });
     this.target = opts.target ?? new ScsiTarget();
     const dv = new DataView(this.config.buffer);
@@ -167,7 +183,10 @@ export class VirtioScsiDevice extends VirtioDevice {
           const parsed = parseControlRequest(this.memory, chain);
           if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
           this.controlInFlight++;
-          this.guardPromise('control request', this.control(q, parsed.request).finally(() => this.controlInFlight--));
+          this.guardPromise(
+            'control request',
+            this.control(q, parsed.request).finally(() => this.controlInFlight--),
+          );
         } else {
           const parsed = parseCmdRequest(this.memory, chain, this.cdbSize, this.senseSize);
           if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
@@ -198,20 +217,22 @@ export class VirtioScsiDevice extends VirtioDevice {
         (e: unknown) => ({ r: undefined, failed: e }),
       )
       // Inside the device fault boundary: a throw here breaks this device, and f.done still resolves.
-      .then(this.guarded('command completion', ({ r, failed }: { r: ScsiResponse | undefined; failed: unknown }) => {
-        this.inFlight.delete(f);
-        if (epoch !== this.epoch) return; // the driver reset the device meanwhile
-        if (f.endedBy !== undefined) {
-          this.scsi.aborted++;
-          this.respond(q, req, { response: f.endedBy });
-        } else if (failed !== undefined || !r) {
-          this.log(`${this.id}: lun ${address.lun}: ${(failed as Error)?.message ?? 'no response'}`);
-          this.respond(q, req, { response: S.VIRTIO_SCSI_S_FAILURE });
-        } else if (r.overrun) {
-          this.scsi.overruns++;
-          this.respond(q, req, { response: S.VIRTIO_SCSI_S_OVERRUN });
-        } else this.respond(q, req, { response: S.VIRTIO_SCSI_S_OK, result: r });
-      }));
+      .then(
+        this.guarded('command completion', ({ r, failed }: { r: ScsiResponse | undefined; failed: unknown }) => {
+          this.inFlight.delete(f);
+          if (epoch !== this.epoch) return; // the driver reset the device meanwhile
+          if (f.endedBy !== undefined) {
+            this.scsi.aborted++;
+            this.respond(q, req, { response: f.endedBy });
+          } else if (failed !== undefined || !r) {
+            this.log(`${this.id}: lun ${address.lun}: ${(failed as Error)?.message ?? 'no response'}`);
+            this.respond(q, req, { response: S.VIRTIO_SCSI_S_FAILURE });
+          } else if (r.overrun) {
+            this.scsi.overruns++;
+            this.respond(q, req, { response: S.VIRTIO_SCSI_S_OVERRUN });
+          } else this.respond(q, req, { response: S.VIRTIO_SCSI_S_OK, result: r });
+        }),
+      );
     this.inFlight.add(f);
   }
 
@@ -219,7 +240,7 @@ export class VirtioScsiDevice extends VirtioDevice {
   private respond(q: SplitVirtqueue, req: ScsiCmdRequest, a: { response: number; result?: ScsiResponse }): void {
     const resp = new Uint8Array(req.responseLength);
     const dv = new DataView(resp.buffer);
-    const dataBytes = (a.result?.dataInLength ?? 0);
+    const dataBytes = a.result?.dataInLength ?? 0;
     const offered = [...req.dataIn, ...req.dataOut].reduce((n, d) => n + d.len, 0);
     if (a.result) {
       const sense = a.result.sense.subarray(0, this.senseSize);
@@ -299,7 +320,10 @@ export class VirtioScsiDevice extends VirtioDevice {
     const lunExists = this.target.lun(address.lun) !== undefined;
     switch (subtype) {
       case S.VIRTIO_SCSI_T_TMF_ABORT_TASK:
-        await end(onLun.filter((f) => f.req.tag === req.tag), S.VIRTIO_SCSI_S_ABORTED);
+        await end(
+          onLun.filter((f) => f.req.tag === req.tag),
+          S.VIRTIO_SCSI_S_ABORTED,
+        );
         return VIRTIO_SCSI_S_FUNCTION_COMPLETE;
       case S.VIRTIO_SCSI_T_TMF_ABORT_TASK_SET:
       case S.VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET:
@@ -345,7 +369,8 @@ export class VirtioScsiDevice extends VirtioDevice {
     if (Object.keys(luns).length) s.luns = luns;
     if (this.pendingWrites.length)
       s.pendingWrites = this.pendingWrites.map((p) => ({
-        bufs: p.bufs.map((d) => ({ addr: d.addr as number, len: d.len })), bytes: Buffer.from(p.bytes).toString('base64'),
+        bufs: p.bufs.map((d) => ({ addr: d.addr as number, len: d.len })),
+        bytes: Buffer.from(p.bytes).toString('base64'),
       }));
     return Object.keys(s).length ? s : undefined;
   }
@@ -359,19 +384,23 @@ export class VirtioScsiDevice extends VirtioDevice {
     if (raw === undefined) return { luns: {}, writes: [] };
     const f = new Fields(raw, '');
     const maxWrites = this.queues.reduce((n, q) => n + q.maxSize, 0);
-    const writes = f.optional('pendingWrites', (g, k) => g.array(k, maxWrites, (v, p) => {
-      const w = new Fields(v, p);
-      const bufs = w.array('bufs', MAX_HELD_BUFS, (d, dp) => {
-        const e = new Fields(d, dp);
-        const addr = e.uint('addr');
-        const len = e.u32('len');
-        if (!this.memory.checkRange(addr, len)) throw new StateError(dp, `[0x${addr.toString(16)}, +0x${len.toString(16)}) is not guest RAM`);
-        return { addr, len, writable: true } as Descriptor;
-      });
-      const room = bufs.reduce((n, d) => n + d.len, 0);
-      const bytes = w.base64('bytes', undefined, room);
-      return { bufs, bytes };
-    })) ?? [];
+    const writes =
+      f.optional('pendingWrites', (g, k) =>
+        g.array(k, maxWrites, (v, p) => {
+          const w = new Fields(v, p);
+          const bufs = w.array('bufs', MAX_HELD_BUFS, (d, dp) => {
+            const e = new Fields(d, dp);
+            const addr = e.uint('addr');
+            const len = e.u32('len');
+            if (!this.memory.checkRange(addr, len))
+              throw new StateError(dp, `[0x${addr.toString(16)}, +0x${len.toString(16)}) is not guest RAM`);
+            return { addr, len, writable: true } as Descriptor;
+          });
+          const room = bufs.reduce((n, d) => n + d.len, 0);
+          const bytes = w.base64('bytes', undefined, room);
+          return { bufs, bytes };
+        }),
+      ) ?? [];
     const luns = (f.raw('luns') ?? {}) as Record<string, ScsiLunState>;
     within('luns', () => {
       try {

@@ -108,7 +108,8 @@ export function parseControlRequest(mem: GuestMemory, chain: DescriptorChain): {
     const dv = new DataView(b.buffer);
     return {
       request: {
-        type: 'tmf', head: chain.head,
+        type: 'tmf',
+        head: chain.head,
         subtype: dv.getUint32(S.OFF_virtio_scsi_ctrl_tmf_req_subtype, true),
         address: decodeLun(b.subarray(S.OFF_virtio_scsi_ctrl_tmf_req_lun, S.OFF_virtio_scsi_ctrl_tmf_req_lun + 8)),
         tag: dv.getBigUint64(S.OFF_virtio_scsi_ctrl_tmf_req_tag, true),
@@ -122,7 +123,9 @@ export function parseControlRequest(mem: GuestMemory, chain: DescriptorChain): {
     const b = gather(mem, chain.readable, 0, S.SIZEOF_virtio_scsi_ctrl_an_req);
     return {
       request: {
-        type: 'an', head: chain.head, query: type === S.VIRTIO_SCSI_T_AN_QUERY,
+        type: 'an',
+        head: chain.head,
+        query: type === S.VIRTIO_SCSI_T_AN_QUERY,
         address: decodeLun(b.subarray(S.OFF_virtio_scsi_ctrl_an_req_lun, S.OFF_virtio_scsi_ctrl_an_req_lun + 8)),
         eventRequested: new DataView(b.buffer).getUint32(S.OFF_virtio_scsi_ctrl_an_req_event_requested, true),
         response: subrange(chain.writable, 0, S.SIZEOF_virtio_scsi_ctrl_an_resp),

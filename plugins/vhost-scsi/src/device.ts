@@ -73,8 +73,13 @@ export class VhostScsiDevice extends VirtioDevice {
     private readonly opts: VhostScsiOptions,
   ) {
     super(memory, {
-      id: opts.id, deviceId: VIRTIO_ID_SCSI, numQueues: REQUEST_QUEUE_BASE + opts.numQueues, queueMaxSize: VHOST_QUEUE_SIZE,
-      features: 0n, eventIdx: opts.eventIdx, log: opts.log,
+      id: opts.id,
+      deviceId: VIRTIO_ID_SCSI,
+      numQueues: REQUEST_QUEUE_BASE + opts.numQueues,
+      queueMaxSize: VHOST_QUEUE_SIZE,
+      features: 0n,
+      eventIdx: opts.eventIdx,
+      log: opts.log,
     });
     // Offer only what the backend can do.
     this.deviceFeatures &= backendFeatures & VHOST_SCSI_FEATURES;
@@ -91,7 +96,11 @@ export class VhostScsiDevice extends VirtioDevice {
     this.kicks = this.queues.map(() => EventFd.create());
     this.errs = this.queues.map((_, i) => {
       const e = EventFd.create();
-      e.watch(this.guarded(`error eventfd of queue ${i}`, () => this.backendFailed(`the ${backend.kind === 'user' ? 'vhost-user back-end' : 'vhost backend'} reported an error on queue ${i}`)));
+      e.watch(
+        this.guarded(`error eventfd of queue ${i}`, () =>
+          this.backendFailed(`the ${backend.kind === 'user' ? 'vhost-user back-end' : 'vhost backend'} reported an error on queue ${i}`),
+        ),
+      );
       return e;
     });
     this.vringBase = this.queues.map(() => 0);
@@ -111,16 +120,24 @@ export class VhostScsiDevice extends VirtioDevice {
 
   override deviceInfo(): Record<string, unknown> {
     return {
-      backend: this.backend.kind, 'backend-description': this.backend.description, 'backend-connected': this.backend.connected,
-      started: this.started, 'request-queues': this.queues.length - REQUEST_QUEUE_BASE, ...this.stats, 'last-error': this.lastError ?? null,
+      backend: this.backend.kind,
+      'backend-description': this.backend.description,
+      'backend-connected': this.backend.connected,
+      started: this.started,
+      'request-queues': this.queues.length - REQUEST_QUEUE_BASE,
+      ...this.stats,
+      'last-error': this.lastError ?? null,
     };
   }
 
   /** The vhost part of x-query-virtio-queue-status. */
   vhostQueueState(i: number): VhostQueueState {
     return {
-      'kick-fd': this.kicks[i].fd, 'call-fd': this.started ? (this.callFds[i] ?? null) : null, 'err-fd': this.errs[i].fd,
-      'vring-base': this.vringBase[i], started: this.started && this.queues[i].ready,
+      'kick-fd': this.kicks[i].fd,
+      'call-fd': this.started ? (this.callFds[i] ?? null) : null,
+      'err-fd': this.errs[i].fd,
+      'vring-base': this.vringBase[i],
+      started: this.started && this.queues[i].ready,
       notifier: this.transport?.queueNotifierKind(i) ?? 'exit',
     };
   }
@@ -235,7 +252,9 @@ export class VhostScsiDevice extends VirtioDevice {
 
   private vringAddresses(q: SplitVirtqueue) {
     return {
-      desc: this.hva(q.descTable), used: this.hva(q.usedRing), avail: this.hva(q.availRing),
+      desc: this.hva(q.descTable),
+      used: this.hva(q.usedRing),
+      avail: this.hva(q.availRing),
       ...(this.dirtyLog ? { logGuestAddr: BigInt(q.usedRing) } : {}),
     };
   }

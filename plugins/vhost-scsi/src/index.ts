@@ -6,9 +6,7 @@
  * The LUNs live in the backend (the vhost-user-scsi process's --lun, or the
  * kernel's LIO configuration), not in the VMM.
  */
-import {
-  DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VirtioPciDevice, VirtioPciPluginDevice,
-} from '@tsvmm/pci';
+import { DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, VirtioPciDevice, VirtioPciPluginDevice } from '@tsvmm/pci';
 import { VhostBackend } from './backend/backend';
 import { VhostKernelBackend } from './backend/kernel';
 import { VhostUserBackend } from './backend/user';
@@ -68,12 +66,17 @@ export class VhostScsiPci extends VirtioPciPluginDevice {
   }
 }
 
-export function createVhostScsi(ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>, backendOverride?: VhostBackend): VhostScsiPci {
+export function createVhostScsi(
+  ctx: DeviceContext,
+  id: string,
+  props: Record<string, PropertyValue | undefined>,
+  backendOverride?: VhostBackend,
+): VhostScsiPci {
   const kind = props.backend as 'kernel' | 'user';
   let backend: VhostBackend;
   if (backendOverride) backend = backendOverride;
   else if (kind === 'user') {
-    if (props.socket === undefined) throw new Error('backend=user needs socket=PATH (the vhost-user-scsi back-end\'s socket)');
+    if (props.socket === undefined) throw new Error("backend=user needs socket=PATH (the vhost-user-scsi back-end's socket)");
     if (props.wwpn !== undefined) throw new Error('wwpn= is for backend=kernel');
     backend = new VhostUserBackend(props.socket as string);
   } else {
@@ -86,7 +89,11 @@ export function createVhostScsi(ctx: DeviceContext, id: string, props: Record<st
   const numQueues = props['num-queues'] as number;
   try {
     const dev = new VhostScsiDevice(ctx.memory, backend, features, {
-      id, numQueues, eventIdx: props['event-idx'] as boolean, log: ctx.log, regions: () => ctx.vm.memoryRegions,
+      id,
+      numQueues,
+      eventIdx: props['event-idx'] as boolean,
+      log: ctx.log,
+      regions: () => ctx.vm.memoryRegions,
     });
     if (backend.maxQueues !== undefined && backend.maxQueues < dev.queues.length)
       throw new Error(`num-queues=${numQueues}: the ${backend.description} serves ${backend.maxQueues - 2} request queue(s)`);
@@ -107,14 +114,29 @@ export const plugin: DevicePlugin = {
   deviceTypes: [
     {
       type: 'vhost-scsi',
-      description: 'virtio SCSI adapter served by a vhost backend: kernel vhost-scsi (backend=kernel) or a vhost-user-scsi process (backend=user)',
+      description:
+        'virtio SCSI adapter served by a vhost backend: kernel vhost-scsi (backend=kernel) or a vhost-user-scsi process (backend=user)',
       properties: {
-        backend: { type: 'enum', description: 'kernel (/dev/vhost-scsi) or user (a vhost-user back-end on socket=)', values: ['kernel', 'user'], default: 'user' },
-        socket: { type: 'path', description: 'backend=user: the vhost-user back-end\'s unix socket' },
-        wwpn: { type: 'string', description: 'backend=kernel: WWPN of the LIO vhost target port (naa.XXXX)', pattern: /^[\x21-\x7e]{1,223}$/, patternHint: 'printable ASCII without spaces, at most 223 characters' },
+        backend: {
+          type: 'enum',
+          description: 'kernel (/dev/vhost-scsi) or user (a vhost-user back-end on socket=)',
+          values: ['kernel', 'user'],
+          default: 'user',
+        },
+        socket: { type: 'path', description: "backend=user: the vhost-user back-end's unix socket" },
+        wwpn: {
+          type: 'string',
+          description: 'backend=kernel: WWPN of the LIO vhost target port (naa.XXXX)',
+          pattern: /^[\x21-\x7e]{1,223}$/,
+          patternHint: 'printable ASCII without spaces, at most 223 characters',
+        },
         tpgt: { type: 'int', description: 'backend=kernel: target portal group tag', default: 0, min: 0, max: 65535 },
         'num-queues': { type: 'int', description: 'request queues', default: 1, min: 1, max: 16 },
-        ioeventfd: { type: 'bool', description: 'guest kicks through KVM ioeventfd straight to the backend (off: through the exit path and the VMM)', default: true },
+        ioeventfd: {
+          type: 'bool',
+          description: 'guest kicks through KVM ioeventfd straight to the backend (off: through the exit path and the VMM)',
+          default: true,
+        },
         'event-idx': { type: 'bool', description: 'offer VIRTIO_RING_F_EVENT_IDX (when the backend has it)', default: true },
         // No stall-ms/stall-policy: the backend advances the rings, so the VMM's view of
         // last_avail_idx is only current after a stop (docs/vhost.md).

@@ -57,24 +57,28 @@ describeKvm('vhost-scsi,backend=user driven by the guest kit through the vhost-u
     ['ioeventfd=off (kicks through the VMM exit path, forwarded)', ',ioeventfd=off', []],
     ['4 request queues', ',num-queues=4', ['--num-queues', '4']],
   ])('with %s', (_name, props, beArgs) => {
-    it('READ/WRITE 6/10/12/16, WRITE AND VERIFY, VERIFY, SYNCHRONIZE CACHE: the back-end\'s image holds the pattern', async () => {
+    it("READ/WRITE 6/10/12/16, WRITE AND VERIFY, VERIFY, SYNCHRONIZE CACHE: the back-end's image holds the pattern", async () => {
       const { a, be } = await withLuns(beArgs as string[]);
       const r = await vmm('test=scsi-rw lun=0 lba=100 blocks=48 seed=7 strict=1', [`vhost-scsi,id=vs0,socket=${be.socket}${props}`]);
       expectPass(r, 'scsi-rw');
       expect(r.out).toContain('scsi-rw lun=0 written=48 verified=48');
       const img = fs.readFileSync(a);
-      for (let o = 100 * 512; o < 148 * 512; o++) if (img[o] !== patternByte(o, 7)) throw new Error(`image byte ${o} is ${img[o]}, expected ${patternByte(o, 7)}`);
+      for (let o = 100 * 512; o < 148 * 512; o++)
+        if (img[o] !== patternByte(o, 7)) throw new Error(`image byte ${o} is ${img[o]}, expected ${patternByte(o, 7)}`);
       expect(img.subarray(0, 100 * 512).every((x) => x === 0)).toBe(true);
     });
   });
 
   it('--memory 8G: the back-end maps the 5 GiB region at 4 GiB from the memory table (as 1 GiB buffers) and serves the guest', async () => {
     const { a, be } = await withLuns(['--verbose']);
-    const r = await vmm('test=scsi-rw lun=0 lba=100 blocks=16 seed=5 strict=1', [`vhost-scsi,id=vs0,socket=${be.socket}`], { extra: ['--memory', '8G'] });
+    const r = await vmm('test=scsi-rw lun=0 lba=100 blocks=16 seed=5 strict=1', [`vhost-scsi,id=vs0,socket=${be.socket}`], {
+      extra: ['--memory', '8G'],
+    });
     expectPass(r, 'scsi-rw');
     expect(be.err()).toContain('memory table: [0x0, +0xc0000000) [0x100000000, +0x140000000)');
     const img = fs.readFileSync(a);
-    for (let o = 100 * 512; o < 116 * 512; o++) if (img[o] !== patternByte(o, 5)) throw new Error(`image byte ${o} is ${img[o]}, expected ${patternByte(o, 5)}`);
+    for (let o = 100 * 512; o < 116 * 512; o++)
+      if (img[o] !== patternByte(o, 5)) throw new Error(`image byte ${o} is ${img[o]}, expected ${patternByte(o, 5)}`);
   });
 
   it('UNMAP and WRITE SAME through the back-end: the image agrees', async () => {
@@ -107,15 +111,18 @@ describeKvm('vhost-scsi,backend=user driven by the guest kit through the vhost-u
     ['shortreq', /command request needs 51 device-readable bytes/],
     ['noresp', /command response needs 108 device-writable bytes/],
     ['loop', /descriptor chain loops/],
-  ])('hostile chain (%s): the back-end reports it on the error eventfd, the adapter goes needs-reset, the guest resets it and it works again', async (kind, reason) => {
-    const { be } = await withLuns();
-    const r = await vmm(`test=scsi-hostile kind=${kind}`, [`vhost-scsi,id=vs0,socket=${be.socket}`]);
-    expectPass(r, 'scsi-hostile');
-    expect(r.out).toContain(`scsi-hostile kind=${kind} needs_reset=1 response=none recovered=1`);
-    expect(be.err()).toMatch(reason);
-    expect(r.err).toMatch(/vs0: the vhost-user back-end reported an error on queue \d+; the device needs reset/);
-    expect((await be.stats()).connections).toBe(2); // the reset reconnected
-  });
+  ])(
+    'hostile chain (%s): the back-end reports it on the error eventfd, the adapter goes needs-reset, the guest resets it and it works again',
+    async (kind, reason) => {
+      const { be } = await withLuns();
+      const r = await vmm(`test=scsi-hostile kind=${kind}`, [`vhost-scsi,id=vs0,socket=${be.socket}`]);
+      expectPass(r, 'scsi-hostile');
+      expect(r.out).toContain(`scsi-hostile kind=${kind} needs_reset=1 response=none recovered=1`);
+      expect(be.err()).toMatch(reason);
+      expect(r.err).toMatch(/vs0: the vhost-user back-end reported an error on queue \d+; the device needs reset/);
+      expect((await be.stats()).connections).toBe(2); // the reset reconnected
+    },
+  );
 
   it('a READ offered only device-readable buffers is answered OVERRUN without breaking the adapter', async () => {
     const { be } = await withLuns();
@@ -143,8 +150,14 @@ describeKvm('vhost-scsi,backend=user driven by the guest kit through the vhost-u
   });
 
   it.each([
-    ['backend=user,socket=/nonexistent/vu.sock', /--device vhost-scsi,id=vs0: cannot connect to the vhost-user back-end at \/nonexistent\/vu.sock: no such socket \(ENOENT\); is the back-end running\?/],
-    ['backend=kernel,wwpn=naa.5001405abcdef012', /--device vhost-scsi,id=vs0: backend=kernel needs \/dev\/vhost-scsi, which this host does not have/],
+    [
+      'backend=user,socket=/nonexistent/vu.sock',
+      /--device vhost-scsi,id=vs0: cannot connect to the vhost-user back-end at \/nonexistent\/vu.sock: no such socket \(ENOENT\); is the back-end running\?/,
+    ],
+    [
+      'backend=kernel,wwpn=naa.5001405abcdef012',
+      /--device vhost-scsi,id=vs0: backend=kernel needs \/dev\/vhost-scsi, which this host does not have/,
+    ],
     ['backend=kernel', /--device vhost-scsi,id=vs0: backend=kernel needs wwpn=naa.XXXX/],
     ['backend=user', /--device vhost-scsi,id=vs0: backend=user needs socket=PATH/],
   ])('start-up errors say what is missing: %s', async (props, message) => {

@@ -52,10 +52,12 @@ export interface BackendStats {
 export async function startBackend(luns: string[], extra: string[] = [], socket = path.join(tmp, `vu-${uniq()}.sock`)): Promise<Backend> {
   const control = path.join(tmp, `ctl-${uniq()}.sock`);
   const p = start([BACKEND, '--socket', socket, '--control', control, ...luns.flatMap((l) => ['--lun', l]), ...extra]);
-  await waitFor(() => fs.existsSync(socket) && fs.existsSync(control) || p.proc.exitCode !== null, 'the back-end to listen');
+  await waitFor(() => (fs.existsSync(socket) && fs.existsSync(control)) || p.proc.exitCode !== null, 'the back-end to listen');
   if (p.proc.exitCode !== null) throw new Error(`vhost-user-scsi exited ${p.proc.exitCode}: ${p.err()}`);
   const b: Backend = {
-    ...p, socket, control,
+    ...p,
+    socket,
+    control,
     stats: () => controlRequest(control, 'stats') as Promise<BackendStats>,
     stop: async () => {
       if (p.proc.exitCode === null) p.proc.kill('SIGKILL');
@@ -90,7 +92,20 @@ export function vmm(cmdline: string, devices: string[], opts: { timeoutMs?: numb
 /** A VMM started paused with a QMP socket. */
 export async function vmmWithQmp(cmdline: string, devices: string[]): Promise<Proc & { qmp: QmpClient }> {
   const sock = path.join(tmp, `qmp-${uniq()}.sock`);
-  const p = start([VMM_BIN, 'run', '-S', '--kernel', GUEST_ELF, '--memory', '64M', '--cmdline', cmdline, '--qmp', `unix:${sock}`, ...devices.flatMap((d) => ['--device', d])]);
+  const p = start([
+    VMM_BIN,
+    'run',
+    '-S',
+    '--kernel',
+    GUEST_ELF,
+    '--memory',
+    '64M',
+    '--cmdline',
+    cmdline,
+    '--qmp',
+    `unix:${sock}`,
+    ...devices.flatMap((d) => ['--device', d]),
+  ]);
   await waitFor(() => fs.existsSync(sock) || p.proc.exitCode !== null, 'the QMP socket');
   if (p.proc.exitCode !== null) throw new Error(`vmm exited ${p.proc.exitCode}: ${p.err()}`);
   const qmp = await QmpClient.connect(sock);

@@ -49,7 +49,8 @@ const dirtyLog = async (b: Backend) => ((await b.stats()) as unknown as { 'dirty
 async function migrateHeldWhileLogging(s: QmpClient, b: Backend, uri: string): Promise<Record<string, unknown>> {
   const active = async () => {
     const st = (await s.run('query-migrate')) as Record<string, unknown>;
-    if (st.status !== 'active' && st.status !== 'setup') throw new Error(`the migration ended (${String(st.status)}) before back-end A served the guest with the log on`);
+    if (st.status !== 'active' && st.status !== 'setup')
+      throw new Error(`the migration ended (${String(st.status)}) before back-end A served the guest with the log on`);
     await new Promise((res) => setTimeout(res, 10));
   };
   await s.run('migrate-set-parameters', { 'max-bandwidth': 1 });
@@ -76,53 +77,66 @@ describeKvm('vhost-scsi,backend=user live migration', () => {
     for (const b of backends.splice(0)) await b.stop();
   });
 
-  it.each(['on', 'off'])('moves a guest writing a LUN in a loop from back-end A to back-end B (ioeventfd=%s): every round lands exactly once, B serves kicks after the switch', async (ioeventfd) => {
-    const disk = image(4 << 20);
-    const a = await backend(disk);
-    const b = await backend(disk);
-    const incoming = path.join(tmp, `in-${uniq()}.sock`);
-    const dev = (sock: string) => ['--device', `vhost-scsi,id=vs0,backend=user,socket=${sock},ioeventfd=${ioeventfd}`, '--cmdline', LOOP];
-    const dst = vmm([...dev(b.socket), '--incoming', `unix:${incoming}`]);
-    const src = vmm(dev(a.socket));
-    await waitUntil('source progress', () => /mig-scsi-loop progress i=20\b/.test(src.out()), 60_000);
-    await waitUntil('destination listening', () => fs.existsSync(incoming));
-    const s = await client(src);
-    const r = await migrateHeldWhileLogging(s, a, `unix:${incoming}`);
-    if (r.status !== 'completed') throw new Error(`migration ${String(r.status)}: ${String(r['error-desc'])}\n${src.err()}\n${dst.err()}`);
-    console.log(`vhost-scsi (backend=user) live migration (held while A served writes with the log on): total ${String(r['total-time'])} ms, downtime ${String(r.downtime)} ms, ` +
-      `dirty syncs ${String((r.ram as Record<string, number>)['dirty-sync-count'])}`);
-    expect(await s.run('query-status')).toMatchObject({ status: 'postmigrate', running: false });
+  it.each(['on', 'off'])(
+    'moves a guest writing a LUN in a loop from back-end A to back-end B (ioeventfd=%s): every round lands exactly once, B serves kicks after the switch',
+    async (ioeventfd) => {
+      const disk = image(4 << 20);
+      const a = await backend(disk);
+      const b = await backend(disk);
+      const incoming = path.join(tmp, `in-${uniq()}.sock`);
+      const dev = (sock: string) => ['--device', `vhost-scsi,id=vs0,backend=user,socket=${sock},ioeventfd=${ioeventfd}`, '--cmdline', LOOP];
+      const dst = vmm([...dev(b.socket), '--incoming', `unix:${incoming}`]);
+      const src = vmm(dev(a.socket));
+      await waitUntil('source progress', () => /mig-scsi-loop progress i=20\b/.test(src.out()), 60_000);
+      await waitUntil('destination listening', () => fs.existsSync(incoming));
+      const s = await client(src);
+      const r = await migrateHeldWhileLogging(s, a, `unix:${incoming}`);
+      if (r.status !== 'completed')
+        throw new Error(`migration ${String(r.status)}: ${String(r['error-desc'])}\n${src.err()}\n${dst.err()}`);
+      console.log(
+        `vhost-scsi (backend=user) live migration (held while A served writes with the log on): total ${String(r['total-time'])} ms, downtime ${String(r.downtime)} ms, ` +
+          `dirty syncs ${String((r.ram as Record<string, number>)['dirty-sync-count'])}`,
+      );
+      expect(await s.run('query-status')).toMatchObject({ status: 'postmigrate', running: false });
 
-    // The source's back-end logged its writes into the log the VMM gave it, and its rings are stopped.
-    const sa = await a.stats();
-    expect((sa as unknown as { 'dirty-log': unknown })['dirty-log']).toMatchObject({ offered: true, logBases: 1, marks: expect.any(Number) });
-    expect((sa as unknown as { 'dirty-log': { marks: number } })['dirty-log'].marks).toBeGreaterThan(0);
-    // ... and the VMM took those pages from the log.
-    const st = (await s.run('x-query-virtio-status', { path: 'vs0' })) as { 'device-info': { dirtyPages: number } };
-    expect(st['device-info'].dirtyPages).toBeGreaterThan(0);
-    expect(sa.rings.every((x) => !x.started)).toBe(true);
+      // The source's back-end logged its writes into the log the VMM gave it, and its rings are stopped.
+      const sa = await a.stats();
+      expect((sa as unknown as { 'dirty-log': unknown })['dirty-log']).toMatchObject({
+        offered: true,
+        logBases: 1,
+        marks: expect.any(Number),
+      });
+      expect((sa as unknown as { 'dirty-log': { marks: number } })['dirty-log'].marks).toBeGreaterThan(0);
+      // ... and the VMM took those pages from the log.
+      const st = (await s.run('x-query-virtio-status', { path: 'vs0' })) as { 'device-info': { dirtyPages: number } };
+      expect(st['device-info'].dirtyPages).toBeGreaterThan(0);
+      expect(sa.rings.every((x) => !x.started)).toBe(true);
 
-    await waitGuestHolding(dst, 'destination PASS');
-    expect(dst.out()).toContain(`mig-scsi-loop done rounds=${ROUNDS}`);
-    expect(src.out()).not.toContain('mig-scsi-loop done');
-    const sb = await b.stats();
-    expect(sb.connections).toBe(1);
-    expect(sb.rings[2].started).toBe(true);
-    expect(sb.rings[2].kicks).toBeGreaterThan(0); // the destination's guest kicks reach B's kick eventfd
-    // The control queue is never kicked by this guest after its set-up on the source: B's kick there
-    // is the one kick per queue sent on resume after the restore.
-    expect(sb.rings[0].kicks).toBeGreaterThanOrEqual(1);
-    expect(sb.rings[2].calls).toBeGreaterThan(0);
-    // Exactly once: one WRITE per round, done by A or by B.
-    const [wa, wb] = [await lunWrites(a), await lunWrites(b)];
-    expect(wa).toBeGreaterThanOrEqual(20);
-    expect(wb).toBeGreaterThan(0);
-    expect(wa + wb).toBe(ROUNDS);
-    checkScsiLoopImage(disk, { rounds: ROUNDS, blocks: 4 });
-    const d = await client(dst);
-    const q = (await d.run('x-query-virtio-queue-status', { path: 'vs0', queue: 2 })) as { vhost: { notifier: string; started: boolean } };
-    expect(q.vhost).toMatchObject({ started: true, notifier: ioeventfd === 'on' ? 'backend' : 'exit' });
-  }, 150_000);
+      await waitGuestHolding(dst, 'destination PASS');
+      expect(dst.out()).toContain(`mig-scsi-loop done rounds=${ROUNDS}`);
+      expect(src.out()).not.toContain('mig-scsi-loop done');
+      const sb = await b.stats();
+      expect(sb.connections).toBe(1);
+      expect(sb.rings[2].started).toBe(true);
+      expect(sb.rings[2].kicks).toBeGreaterThan(0); // the destination's guest kicks reach B's kick eventfd
+      // The control queue is never kicked by this guest after its set-up on the source: B's kick there
+      // is the one kick per queue sent on resume after the restore.
+      expect(sb.rings[0].kicks).toBeGreaterThanOrEqual(1);
+      expect(sb.rings[2].calls).toBeGreaterThan(0);
+      // Exactly once: one WRITE per round, done by A or by B.
+      const [wa, wb] = [await lunWrites(a), await lunWrites(b)];
+      expect(wa).toBeGreaterThanOrEqual(20);
+      expect(wb).toBeGreaterThan(0);
+      expect(wa + wb).toBe(ROUNDS);
+      checkScsiLoopImage(disk, { rounds: ROUNDS, blocks: 4 });
+      const d = await client(dst);
+      const q = (await d.run('x-query-virtio-queue-status', { path: 'vs0', queue: 2 })) as {
+        vhost: { notifier: string; started: boolean };
+      };
+      expect(q.vhost).toMatchObject({ started: true, notifier: ioeventfd === 'on' ? 'backend' : 'exit' });
+    },
+    150_000,
+  );
 
   it('snapshot mid-loop with back-end A, restore in a new VMM on back-end B: the restored guest finishes, every round once', async () => {
     const disk = image(4 << 20);

@@ -19,7 +19,13 @@ const DISK = 64 * 1024;
 export async function fuzz(data: Buffer): Promise<void> {
   const g = guestFromInput(data);
   const problems: string[] = [];
-  const dev = new VirtioBlkDevice(g.mem, { id: 'fuzz-blk', backend: new MemBackend(DISK, (g.extra & 1) !== 0), numQueues: 1, serial: 'FUZZ-SERIAL', log: strictLog(problems) });
+  const dev = new VirtioBlkDevice(g.mem, {
+    id: 'fuzz-blk',
+    backend: new MemBackend(DISK, (g.extra & 1) !== 0),
+    numQueues: 1,
+    serial: 'FUZZ-SERIAL',
+    log: strictLog(problems),
+  });
   dev.interrupt = { signalQueue: () => undefined, signalConfig: () => undefined };
   bringUp(dev, g);
   dev.notify(0);

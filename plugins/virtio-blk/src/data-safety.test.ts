@@ -67,13 +67,31 @@ function device(mode: Mode, file: string, mem: GuestMemory, io: FileIo): VirtioB
   const main = new VirtioBlkDevice(mem, { id: 'd0', backend: new RawFileBackend(file, false, false), numQueues: 1, serial: 'S' });
   main.interrupt = { signalQueue: () => undefined, signalConfig: () => undefined };
   const later = (f: () => void) => setImmediate(f);
-  const thread = new BlkIoThread('io0', (m) => main.onDataPlaneMessage(m), (deliver) => {
-    const init: Extract<ToWorker, { type: 'init' }> = {
-      type: 'init', id: 'd0', regions: [], file, readonly: false, direct: false, numQueues: 1, serial: 'S', eventIdx: true,
-    };
-    const plane = new BlkWorkerPlane(mem, new RawFileBackend(file, false, false, io), init, (m: FromWorker) => later(() => deliver(structuredClone(m))), () => undefined);
-    return { postMessage: (m) => later(() => plane.handle(structuredClone(m))), close: async () => undefined };
-  });
+  const thread = new BlkIoThread(
+    'io0',
+    (m) => main.onDataPlaneMessage(m),
+    (deliver) => {
+      const init: Extract<ToWorker, { type: 'init' }> = {
+        type: 'init',
+        id: 'd0',
+        regions: [],
+        file,
+        readonly: false,
+        direct: false,
+        numQueues: 1,
+        serial: 'S',
+        eventIdx: true,
+      };
+      const plane = new BlkWorkerPlane(
+        mem,
+        new RawFileBackend(file, false, false, io),
+        init,
+        (m: FromWorker) => later(() => deliver(structuredClone(m))),
+        () => undefined,
+      );
+      return { postMessage: (m) => later(() => plane.handle(structuredClone(m))), close: async () => undefined };
+    },
+  );
   main.attachDataPlane({ thread, vectorFd: () => -1 });
   return main;
 }
@@ -103,9 +121,17 @@ async function run(dev: VirtioBlkDevice, mem: GuestMemory, drv: MockDriverQueue,
   mem.writeU8(STATUS + n, PENDING);
   if (type === B.VIRTIO_BLK_T_OUT) {
     mem.fill(DATA + n * 0x1000, 1024, n + 1);
-    drv.addChain([{ addr: hdr, len: 16 }, { addr: DATA + n * 0x1000, len: 512 }, { addr: DATA + n * 0x1000 + 512, len: 512 }, { addr: STATUS + n, len: 1, write: true }]);
+    drv.addChain([
+      { addr: hdr, len: 16 },
+      { addr: DATA + n * 0x1000, len: 512 },
+      { addr: DATA + n * 0x1000 + 512, len: 512 },
+      { addr: STATUS + n, len: 1, write: true },
+    ]);
   } else {
-    drv.addChain([{ addr: hdr, len: 16 }, { addr: STATUS + n, len: 1, write: true }]);
+    drv.addChain([
+      { addr: hdr, len: 16 },
+      { addr: STATUS + n, len: 1, write: true },
+    ]);
   }
   dev.notify(0, 'ioeventfd');
   for (let i = 0; i < 5000 && mem.readU8(STATUS + n) === PENDING; i++) await new Promise((r) => setTimeout(r, 2));
@@ -174,7 +200,12 @@ describe.each<Mode>(['main thread', 'iothread'])('virtio-blk data safety (%s)', 
     expect(dev.deviceInfo()['write-cache']).toBe('writethrough');
     expect(await run(dev, mem, drv, 1)).toBe(OK);
     expect(t.syncs).toBe(1);
-    expect(fs.readFileSync(file).subarray(1024, 2048).every((b) => b === 2)).toBe(true);
+    expect(
+      fs
+        .readFileSync(file)
+        .subarray(1024, 2048)
+        .every((b) => b === 2),
+    ).toBe(true);
     // The sync fails: the write is IOERR (the guest has no FLUSH to hear it from), and so is every later one.
     t.failSync = true;
     expect(await run(dev, mem, drv, 2)).toBe(IOERR);

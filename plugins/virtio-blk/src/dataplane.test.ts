@@ -26,21 +26,39 @@ function side(file: string, mem: GuestMemory, planeIo?: FileIo) {
   const sent: ToWorker['type'][] = [];
   const main = new VirtioBlkDevice(mem, { id: 'd0', backend: new RawFileBackend(file, false, false), numQueues: 1, serial: 'S' });
   main.interrupt = { signalQueue: (q) => irqs.push(`main-q${q}`), signalConfig: () => irqs.push('config') };
-  const thread = new BlkIoThread('io0', (m) => main.onDataPlaneMessage(m), (deliver) => {
-    const init: Extract<ToWorker, { type: 'init' }> = {
-      type: 'init', id: 'd0', regions: [], file, readonly: false, direct: false, numQueues: 1, serial: 'S', eventIdx: true,
-    };
-    plane = new BlkWorkerPlane(mem, new RawFileBackend(file, false, false, planeIo), init, (m: FromWorker) => later(() => deliver(structuredClone(m))), () => {
-      irqs.push('worker-q0');
-    });
-    return {
-      postMessage: (m) => {
-        sent.push(m.type);
-        later(() => plane!.handle(structuredClone(m)));
-      },
-      close: async () => undefined,
-    };
-  });
+  const thread = new BlkIoThread(
+    'io0',
+    (m) => main.onDataPlaneMessage(m),
+    (deliver) => {
+      const init: Extract<ToWorker, { type: 'init' }> = {
+        type: 'init',
+        id: 'd0',
+        regions: [],
+        file,
+        readonly: false,
+        direct: false,
+        numQueues: 1,
+        serial: 'S',
+        eventIdx: true,
+      };
+      plane = new BlkWorkerPlane(
+        mem,
+        new RawFileBackend(file, false, false, planeIo),
+        init,
+        (m: FromWorker) => later(() => deliver(structuredClone(m))),
+        () => {
+          irqs.push('worker-q0');
+        },
+      );
+      return {
+        postMessage: (m) => {
+          sent.push(m.type);
+          later(() => plane!.handle(structuredClone(m)));
+        },
+        close: async () => undefined,
+      };
+    },
+  );
   main.attachDataPlane({ thread, vectorFd: () => 7 });
   return { main, plane: plane!, irqs, sent };
 }
@@ -69,7 +87,11 @@ function request(mem: GuestMemory, drv: MockDriverQueue, n: number, read = false
   mem.writeU64(hdr + 8, BigInt(n));
   mem.writeU8(STATUS + n, 0xee);
   if (!read) mem.fill(DATA + n * 0x1000, 512, n + 1);
-  drv.addChain([{ addr: hdr, len: 16 }, { addr: DATA + n * 0x1000, len: 512, write: read }, { addr: STATUS + n, len: 1, write: true }]);
+  drv.addChain([
+    { addr: hdr, len: 16 },
+    { addr: DATA + n * 0x1000, len: 512, write: read },
+    { addr: STATUS + n, len: 1, write: true },
+  ]);
 }
 
 async function settle(): Promise<void> {
@@ -104,7 +126,12 @@ describe('virtio-blk iothread: migration state exchange', () => {
     // The monitor's counters are the worker's, final once drained.
     expect(src.main.deviceInfo()).toMatchObject({ writes: 3, 'in-flight': 0, iothread: 'io0' });
     expect([0, 1, 2].map((n) => mem.readU8(STATUS + n))).toEqual([0, 0, 0]);
-    expect(drv.takeUsed().map((u) => u.id).sort((a, b) => a - b)).toEqual([0, 3, 6]); // completion order is the host's
+    expect(
+      drv
+        .takeUsed()
+        .map((u) => u.id)
+        .sort((a, b) => a - b),
+    ).toEqual([0, 3, 6]); // completion order is the host's
 
     // A request the guest published after the drain is not taken (kick remembered, nothing popped).
     request(mem, drv, 3);

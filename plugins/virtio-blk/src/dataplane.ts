@@ -34,7 +34,11 @@ export class BlkWorkerPlane {
     eventfdWrite: (fd: number) => void,
   ) {
     const dev: VirtioBlkDevice = new VirtioBlkDevice(memory, {
-      id: init.id, backend, numQueues: init.numQueues, serial: init.serial, eventIdx: init.eventIdx,
+      id: init.id,
+      backend,
+      numQueues: init.numQueues,
+      serial: init.serial,
+      eventIdx: init.eventIdx,
       // The main thread logs the needs-reset itself when it hears 'broken'.
       log: (message) => (dev.broken && message.includes('needs reset') ? undefined : post({ type: 'log', message })),
     });
@@ -75,7 +79,11 @@ export class BlkWorkerPlane {
   private stats(): Extract<FromWorker, { type: 'stats' }> {
     const d = this.dev;
     const queues: WorkerQueueStats[] = d.queues.map((q, i) => ({
-      lastAvailIdx: q.lastAvailIdx, usedIdx: q.usedIdx, chains: d.counters[i].chains, interrupts: d.counters[i].interrupts, suppressed: d.counters[i].suppressed,
+      lastAvailIdx: q.lastAvailIdx,
+      usedIdx: q.usedIdx,
+      chains: d.counters[i].chains,
+      interrupts: d.counters[i].interrupts,
+      suppressed: d.counters[i].suppressed,
       interrupt: { lastInterruptAt: q.stall.interrupt.lastInterruptAt, owed: q.stall.interrupt.owed && { ...q.stall.interrupt.owed } },
     }));
     return { type: 'stats', blk: { ...d.blk }, inFlight: d.inFlight, queues };
@@ -95,7 +103,9 @@ export class BlkWorkerPlane {
         d.writeDriverFeatures(1, Number(features >> 32n));
         d.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK);
         m.queues.forEach((q, i) => d.queues[i].load({ ...q, lastAvailIdx: 0, usedIdx: 0 }));
-        d.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK);
+        d.writeStatus(
+          V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK,
+        );
         d.setDisabled(m.disabled);
         return;
       }
@@ -122,10 +132,12 @@ export class BlkWorkerPlane {
         return;
       case 'drain':
         this.stopped = true;
-        d.drain().then(() => {
-          this.postStatsIfChanged(); // ahead of the answer: the main thread's counters are final too
-          this.post({ type: 'drained', seq: m.seq, virtio: d.saveState(), blk: d.saveBlkState() });
-        }).catch((e: Error) => this.post({ type: 'failed', seq: m.seq, error: e.message }));
+        d.drain()
+          .then(() => {
+            this.postStatsIfChanged(); // ahead of the answer: the main thread's counters are final too
+            this.post({ type: 'drained', seq: m.seq, virtio: d.saveState(), blk: d.saveBlkState() });
+          })
+          .catch((e: Error) => this.post({ type: 'failed', seq: m.seq, error: e.message }));
         return;
       case 'resume': {
         this.stopped = false;

@@ -49,7 +49,11 @@ describe('VirtioBlkDevice', () => {
     const pattern = Buffer.alloc(1024, 0).map((_, i) => (i * 7 + 3) & 0xff);
     mem.write(DATA, pattern);
     header(mem, B.VIRTIO_BLK_T_OUT, 4);
-    drv.addChain([{ addr: HDR, len: 16 }, { addr: DATA, len: 1024 }, { addr: STATUS, len: 1, write: true }]);
+    drv.addChain([
+      { addr: HDR, len: 16 },
+      { addr: DATA, len: 1024 },
+      { addr: STATUS, len: 1, write: true },
+    ]);
     dev.notify(0);
     await settle();
     expect(mem.readU8(STATUS)).toBe(B.VIRTIO_BLK_S_OK);
@@ -59,7 +63,12 @@ describe('VirtioBlkDevice', () => {
 
     header(mem, B.VIRTIO_BLK_T_IN, 4, HDR + 0x100);
     mem.fill(DATA + 0x1000, 1024, 0);
-    drv.addChain([{ addr: HDR + 0x100, len: 16 }, { addr: DATA + 0x1000, len: 512, write: true }, { addr: DATA + 0x1200, len: 512, write: true }, { addr: STATUS + 1, len: 1, write: true }]);
+    drv.addChain([
+      { addr: HDR + 0x100, len: 16 },
+      { addr: DATA + 0x1000, len: 512, write: true },
+      { addr: DATA + 0x1200, len: 512, write: true },
+      { addr: STATUS + 1, len: 1, write: true },
+    ]);
     dev.notify(0);
     await settle();
     expect(Buffer.from(mem.read(DATA + 0x1000, 1024))).toEqual(Buffer.from(pattern));
@@ -69,17 +78,36 @@ describe('VirtioBlkDevice', () => {
   it('answers GET_ID, FLUSH, unknown types and out-of-range requests with the right status', async () => {
     const { mem, dev, drv } = setup({ sizeSectors: 8 });
     header(mem, B.VIRTIO_BLK_T_GET_ID, 0);
-    drv.addChain([{ addr: HDR, len: 16 }, { addr: DATA, len: 20, write: true }, { addr: STATUS, len: 1, write: true }]);
+    drv.addChain([
+      { addr: HDR, len: 16 },
+      { addr: DATA, len: 20, write: true },
+      { addr: STATUS, len: 1, write: true },
+    ]);
     header(mem, B.VIRTIO_BLK_T_FLUSH, 0, HDR + 0x20);
-    drv.addChain([{ addr: HDR + 0x20, len: 16 }, { addr: STATUS + 1, len: 1, write: true }]);
+    drv.addChain([
+      { addr: HDR + 0x20, len: 16 },
+      { addr: STATUS + 1, len: 1, write: true },
+    ]);
     header(mem, 0x1234, 0, HDR + 0x40);
-    drv.addChain([{ addr: HDR + 0x40, len: 16 }, { addr: STATUS + 2, len: 1, write: true }]);
+    drv.addChain([
+      { addr: HDR + 0x40, len: 16 },
+      { addr: STATUS + 2, len: 1, write: true },
+    ]);
     header(mem, B.VIRTIO_BLK_T_IN, 7, HDR + 0x60); // 2 sectors from sector 7 of 8: beyond capacity
-    drv.addChain([{ addr: HDR + 0x60, len: 16 }, { addr: DATA + 0x100, len: 1024, write: true }, { addr: STATUS + 3, len: 1, write: true }]);
+    drv.addChain([
+      { addr: HDR + 0x60, len: 16 },
+      { addr: DATA + 0x100, len: 1024, write: true },
+      { addr: STATUS + 3, len: 1, write: true },
+    ]);
     dev.notify(0);
     await settle();
     expect(Buffer.from(mem.read(DATA, 9)).toString()).toBe('SERIAL-1\0');
-    expect([0, 1, 2, 3].map((i) => mem.readU8(STATUS + i))).toEqual([B.VIRTIO_BLK_S_OK, B.VIRTIO_BLK_S_OK, B.VIRTIO_BLK_S_UNSUPP, B.VIRTIO_BLK_S_IOERR]);
+    expect([0, 1, 2, 3].map((i) => mem.readU8(STATUS + i))).toEqual([
+      B.VIRTIO_BLK_S_OK,
+      B.VIRTIO_BLK_S_OK,
+      B.VIRTIO_BLK_S_UNSUPP,
+      B.VIRTIO_BLK_S_IOERR,
+    ]);
     expect(dev.blk.unsupported).toBe(1);
   });
 
@@ -88,17 +116,29 @@ describe('VirtioBlkDevice', () => {
     expect(dev.readDeviceFeatures(0) & (1 << B.VIRTIO_BLK_F_RO)).toBeTruthy();
     mem.fill(DATA, 512, 0xaa);
     header(mem, B.VIRTIO_BLK_T_OUT, 0);
-    drv.addChain([{ addr: HDR, len: 16 }, { addr: DATA, len: 512 }, { addr: STATUS, len: 1, write: true }]);
+    drv.addChain([
+      { addr: HDR, len: 16 },
+      { addr: DATA, len: 512 },
+      { addr: STATUS, len: 1, write: true },
+    ]);
     dev.notify(0);
     await settle();
     expect(mem.readU8(STATUS)).toBe(B.VIRTIO_BLK_S_IOERR);
-    expect(fs.readFileSync(file).subarray(0, 512).every((b) => b === 0)).toBe(true);
+    expect(
+      fs
+        .readFileSync(file)
+        .subarray(0, 512)
+        .every((b) => b === 0),
+    ).toBe(true);
   });
 
   it('a status byte in a device-readable buffer marks the device needs-reset', async () => {
     const { mem, dev, drv, irqs } = setup();
     header(mem, B.VIRTIO_BLK_T_IN, 0);
-    drv.addChain([{ addr: HDR, len: 16 }, { addr: STATUS, len: 1 }]);
+    drv.addChain([
+      { addr: HDR, len: 16 },
+      { addr: STATUS, len: 1 },
+    ]);
     dev.notify(0);
     expect(dev.broken).toBe(true);
     expect(dev.status & V.VIRTIO_CONFIG_S_NEEDS_RESET).toBeTruthy();
@@ -113,7 +153,11 @@ describe('VirtioBlkDevice', () => {
     dev.setDisabled(true);
     header(mem, B.VIRTIO_BLK_T_GET_ID, 0);
     mem.writeU8(STATUS, 0xee);
-    drv.addChain([{ addr: HDR, len: 16 }, { addr: DATA, len: 20, write: true }, { addr: STATUS, len: 1, write: true }]);
+    drv.addChain([
+      { addr: HDR, len: 16 },
+      { addr: DATA, len: 20, write: true },
+      { addr: STATUS, len: 1, write: true },
+    ]);
     dev.notify(0);
     await settle();
     expect(mem.readU8(STATUS)).toBe(0xee);
@@ -134,7 +178,11 @@ describe('VirtioBlkDevice', () => {
       mem.writeU32(seg + 8, 8);
       mem.writeU32(seg + 12, type === B.VIRTIO_BLK_T_WRITE_ZEROES ? B.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0);
       header(mem, type, 0, HDR + i * 0x20);
-      drv.addChain([{ addr: HDR + i * 0x20, len: 16 }, { addr: seg, len: 16 }, { addr: STATUS + i, len: 1, write: true }]);
+      drv.addChain([
+        { addr: HDR + i * 0x20, len: 16 },
+        { addr: seg, len: 16 },
+        { addr: STATUS + i, len: 1, write: true },
+      ]);
     }
     dev.notify(0);
     await settle();

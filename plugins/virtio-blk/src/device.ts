@@ -1,7 +1,17 @@
 /**
  * The virtio-blk device (virtio 1.2 section 5.2) over a BlockBackend.
  */
-import { Fields, GuestMemory, readConfigImage, scatter, SplitVirtqueue, StateError, views as guestViews, VirtioDevice, VirtioDeviceState } from '@tsvmm/virtio-core';
+import {
+  Fields,
+  GuestMemory,
+  readConfigImage,
+  scatter,
+  SplitVirtqueue,
+  StateError,
+  views as guestViews,
+  VirtioDevice,
+  VirtioDeviceState,
+} from '@tsvmm/virtio-core';
 import * as B from './generated/virtio-blk-uapi';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
@@ -53,7 +63,16 @@ export class VirtioBlkDevice extends VirtioDevice {
   readonly capacity: number; // in 512-byte sectors
   readonly serial: string;
   readonly blk: BlkCounters = {
-    reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, getId: 0, unsupported: 0, ioErrors: 0, bytesRead: 0, bytesWritten: 0,
+    reads: 0,
+    writes: 0,
+    flushes: 0,
+    discards: 0,
+    writeZeroes: 0,
+    getId: 0,
+    unsupported: 0,
+    ioErrors: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
   };
   private readonly config = new Uint8Array(B.SIZEOF_virtio_blk_config);
   /** Requests handed to the backend and not yet completed. */
@@ -67,7 +86,15 @@ export class VirtioBlkDevice extends VirtioDevice {
     if (opts.backend.readonly) features |= bit(B.VIRTIO_BLK_F_RO);
     else features |= bit(B.VIRTIO_BLK_F_DISCARD) | bit(B.VIRTIO_BLK_F_WRITE_ZEROES);
     if (opts.numQueues > 1) features |= bit(B.VIRTIO_BLK_F_MQ);
-    super(memory, { id: opts.id, deviceId: VIRTIO_ID_BLOCK, numQueues: opts.numQueues, queueMaxSize: QUEUE_SIZE, features, eventIdx: opts.eventIdx, log: opts.log });
+    super(memory, {
+      id: opts.id,
+      deviceId: VIRTIO_ID_BLOCK,
+      numQueues: opts.numQueues,
+      queueMaxSize: QUEUE_SIZE,
+      features,
+      eventIdx: opts.eventIdx,
+      log: opts.log,
+    });
     this.backend = opts.backend;
     this.serial = opts.serial;
     this.capacity = Math.floor(opts.backend.size / SECTOR_SIZE);
@@ -89,10 +116,15 @@ export class VirtioBlkDevice extends VirtioDevice {
 
   override deviceInfo(): Record<string, unknown> {
     return {
-      capacity: this.capacity, readonly: this.backend.readonly, serial: this.serial, iothread: this.iothread ?? null, aio: this.backend.aio ?? null,
+      capacity: this.capacity,
+      readonly: this.backend.readonly,
+      serial: this.serial,
+      iothread: this.iothread ?? null,
+      aio: this.backend.aio ?? null,
       'write-cache': this.driverOk ? (this.writeCache ? 'writeback' : 'writethrough') : null,
       // With an iothread: the worker's counters as it last reported them (within 100 ms; exact after a drain).
-      'in-flight': this.workerStats?.inFlight ?? this.inFlight, ...(this.workerStats?.blk ?? this.blk),
+      'in-flight': this.workerStats?.inFlight ?? this.inFlight,
+      ...(this.workerStats?.blk ?? this.blk),
     };
   }
 
@@ -145,8 +177,13 @@ export class VirtioBlkDevice extends VirtioDevice {
     if (!this.dataPlane) return {};
     if (!w) return { 'data-plane': `iothread ${this.iothread} (no report yet)` };
     return {
-      'last-avail-idx': w.lastAvailIdx, 'shadow-avail-idx': null, 'used-idx': w.usedIdx, chains: w.chains,
-      'interrupts-injected': w.interrupts, 'interrupts-suppressed': w.suppressed, 'data-plane': `iothread ${this.iothread}`,
+      'last-avail-idx': w.lastAvailIdx,
+      'shadow-avail-idx': null,
+      'used-idx': w.usedIdx,
+      chains: w.chains,
+      'interrupts-injected': w.interrupts,
+      'interrupts-suppressed': w.suppressed,
+      'data-plane': `iothread ${this.iothread}`,
     };
   }
 
@@ -158,7 +195,11 @@ export class VirtioBlkDevice extends VirtioDevice {
   override stallView(queue: number): ReturnType<VirtioDevice['stallView']> {
     if (!this.dataPlane) return super.stallView(queue);
     const w = this.workerStats?.queues[queue];
-    return { lastAvailIdx: w?.lastAvailIdx ?? this.queues[queue].lastAvailIdx, interrupts: w?.interrupts ?? 0, interrupt: w?.interrupt ?? {} };
+    return {
+      lastAvailIdx: w?.lastAvailIdx ?? this.queues[queue].lastAvailIdx,
+      interrupts: w?.interrupts ?? 0,
+      interrupt: w?.interrupt ?? {},
+    };
   }
 
   protected override onActivate(): void {
@@ -167,7 +208,13 @@ export class VirtioBlkDevice extends VirtioDevice {
     dp.thread.send({
       type: 'activate',
       driverFeatures: this.driverFeatures.toString(16),
-      queues: this.queues.map((q) => ({ ready: q.ready, size: q.size, descTable: q.descTable, availRing: q.availRing, usedRing: q.usedRing })),
+      queues: this.queues.map((q) => ({
+        ready: q.ready,
+        size: q.size,
+        descTable: q.descTable,
+        availRing: q.availRing,
+        usedRing: q.usedRing,
+      })),
       vectorFds: this.queues.map((_, i) => dp.vectorFd(i)),
       disabled: this.disabled,
     });
@@ -220,16 +267,19 @@ export class VirtioBlkDevice extends VirtioDevice {
     const async = (p: Promise<number>) => {
       this.inFlight++;
       // The completion runs inside the device fault boundary (a throw there breaks this device only).
-      this.guardPromise(`${typeName(r.type)} completion`, p.then(
-        (written) => {
-          this.inFlight--;
-          done(B.VIRTIO_BLK_S_OK, written);
-        },
-        (e) => {
-          this.inFlight--;
-          fail(e);
-        },
-      ));
+      this.guardPromise(
+        `${typeName(r.type)} completion`,
+        p.then(
+          (written) => {
+            this.inFlight--;
+            done(B.VIRTIO_BLK_S_OK, written);
+          },
+          (e) => {
+            this.inFlight--;
+            fail(e);
+          },
+        ),
+      );
     };
     switch (r.type) {
       case B.VIRTIO_BLK_T_IN:
@@ -242,20 +292,24 @@ export class VirtioBlkDevice extends VirtioDevice {
         if (isRead) {
           this.blk.reads++;
           // The backend fills every view or rejects (bytes past the end of the file read as zeros).
-          async(this.backend.readv(views, offset).then(() => {
-            // The data landed now: while migration tracks this memory, its pages count again (a
-            // dirty log cleared since the views were handed out must see them).
-            for (const d of r.data) this.memory.noteWritten(d.addr, d.len);
-            this.blk.bytesRead += r.dataLength;
-            return r.dataLength;
-          }));
+          async(
+            this.backend.readv(views, offset).then(() => {
+              // The data landed now: while migration tracks this memory, its pages count again (a
+              // dirty log cleared since the views were handed out must see them).
+              for (const d of r.data) this.memory.noteWritten(d.addr, d.len);
+              this.blk.bytesRead += r.dataLength;
+              return r.dataLength;
+            }),
+          );
         } else {
           this.blk.writes++;
           // All of it written (write-through: and synced), or IOERR; never OK for a short write.
-          async(this.backend.writev(views, offset, !this.writeCache).then(() => {
-            this.blk.bytesWritten += r.dataLength;
-            return 0;
-          }));
+          async(
+            this.backend.writev(views, offset, !this.writeCache).then(() => {
+              this.blk.bytesWritten += r.dataLength;
+              return 0;
+            }),
+          );
         }
         return;
       }
@@ -280,13 +334,16 @@ export class VirtioBlkDevice extends VirtioDevice {
         if (!segs || segs.length !== 1) return done(B.VIRTIO_BLK_S_UNSUPP, 0);
         const s = segs[0];
         const unmap = (s.flags & B.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0;
-        if ((discard && s.flags !== 0) || (!discard && s.flags & ~B.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP)) return done(B.VIRTIO_BLK_S_UNSUPP, 0);
+        if ((discard && s.flags !== 0) || (!discard && s.flags & ~B.VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))
+          return done(B.VIRTIO_BLK_S_UNSUPP, 0);
         if (s.sectors > MAX_DISCARD_SECTORS || !this.inRange(s.sector, s.sectors)) return done(B.VIRTIO_BLK_S_IOERR, 0);
         if (discard) this.blk.discards++;
         else this.blk.writeZeroes++;
         const off = s.sector * SECTOR_SIZE;
         const len = s.sectors * SECTOR_SIZE;
-        return async((discard ? this.backend.discard(off, len) : this.backend.writeZeroes(off, len, unmap, !this.writeCache)).then(() => 0));
+        return async(
+          (discard ? this.backend.discard(off, len) : this.backend.writeZeroes(off, len, unmap, !this.writeCache)).then(() => 0),
+        );
       }
       default:
         return this.unsupported(done);
@@ -428,12 +485,14 @@ export class VirtioBlkDevice extends VirtioDevice {
     if (raw === undefined || raw === null) return undefined;
     const f = new Fields(raw, '');
     const max = this.queues.reduce((n, q) => n + q.maxSize, 0);
-    const pendingStatus = f.optional('pendingStatus', (g, k) => g.array(k, max, (v, p) => {
-      const e = new Fields(v, p);
-      const addr = e.uint('addr');
-      if (!this.memory.checkRange(addr, 1)) throw new StateError(e.at('addr'), `0x${addr.toString(16)} is not guest RAM`);
-      return { addr, status: e.u8('status') };
-    }));
+    const pendingStatus = f.optional('pendingStatus', (g, k) =>
+      g.array(k, max, (v, p) => {
+        const e = new Fields(v, p);
+        const addr = e.uint('addr');
+        if (!this.memory.checkRange(addr, 1)) throw new StateError(e.at('addr'), `0x${addr.toString(16)} is not guest RAM`);
+        return { addr, status: e.u8('status') };
+      }),
+    );
     return pendingStatus ? { pendingStatus } : undefined;
   }
 
@@ -461,5 +520,8 @@ export class VirtioBlkDevice extends VirtioDevice {
 }
 
 function typeName(t: number): string {
-  return ({ [B.VIRTIO_BLK_T_IN]: 'read', [B.VIRTIO_BLK_T_OUT]: 'write', [B.VIRTIO_BLK_T_FLUSH]: 'flush' } as Record<number, string>)[t] ?? `type ${t}`;
+  return (
+    ({ [B.VIRTIO_BLK_T_IN]: 'read', [B.VIRTIO_BLK_T_OUT]: 'write', [B.VIRTIO_BLK_T_FLUSH]: 'flush' } as Record<number, string>)[t] ??
+    `type ${t}`
+  );
 }

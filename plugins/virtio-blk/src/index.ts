@@ -2,7 +2,16 @@
  * The virtio-blk plugin: `--device virtio-blk,id=ID,file=PATH[,readonly=on][,num-queues=N]
  * [,serial=STR][,ioeventfd=on|off][,cache=writeback|none][,aio=io_uring|threads][,event-idx=on|off]`.
  */
-import { DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, stallSettings, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice } from '@tsvmm/pci';
+import {
+  DeviceContext,
+  DevicePlugin,
+  PLUGIN_API_VERSION,
+  PropertyValue,
+  stallSettings,
+  VIRTIO_PCI_DEBUG_PROPERTIES,
+  VirtioPciDevice,
+  VirtioPciPluginDevice,
+} from '@tsvmm/pci';
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import { BlkIoThread } from './iothread';
 import { BlkExtraState, VirtioBlkDevice } from './device';
@@ -78,17 +87,28 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
     throw new Error(`--device virtio-blk,id=${id}: file=${props.file as string} is smaller than one 512-byte sector`);
   }
   const blk = new VirtioBlkDevice(ctx.memory, {
-    id, backend, numQueues: props['num-queues'] as number, serial: (props.serial as string | undefined) ?? id,
-    eventIdx: props['event-idx'] as boolean, log: ctx.log,
+    id,
+    backend,
+    numQueues: props['num-queues'] as number,
+    serial: (props.serial as string | undefined) ?? id,
+    eventIdx: props['event-idx'] as boolean,
+    log: ctx.log,
   });
   const transport = new VirtioPciDevice(blk, ctx, { classCode: VIRTIO_BLK_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
   if (props.iothread !== undefined) {
     const start = () => {
       const thread = new BlkIoThread(props.iothread as string, (m) => blk.onDataPlaneMessage(m));
       thread.send({
-        type: 'init', id, regions: ctx.vm.memoryRegions.map((r) => ({ fd: r.fd, gpa: Number(r.guestPhysAddr), size: r.size })),
-        file: props.file as string, readonly: props.readonly as boolean, direct: props.cache === 'none', aio: backend.aio as AioMode, numQueues: props['num-queues'] as number,
-        serial: (props.serial as string | undefined) ?? id, eventIdx: props['event-idx'] as boolean,
+        type: 'init',
+        id,
+        regions: ctx.vm.memoryRegions.map((r) => ({ fd: r.fd, gpa: Number(r.guestPhysAddr), size: r.size })),
+        file: props.file as string,
+        readonly: props.readonly as boolean,
+        direct: props.cache === 'none',
+        aio: backend.aio as AioMode,
+        numQueues: props['num-queues'] as number,
+        serial: (props.serial as string | undefined) ?? id,
+        eventIdx: props['event-idx'] as boolean,
       });
       return thread;
     };
@@ -97,7 +117,7 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
       restart: start,
       vectorFd: (q) => {
         const v = transport.queueVector(q);
-        return v === 0xffff ? -1 : transport.msix.eventFd(v)?.fd ?? -1;
+        return v === 0xffff ? -1 : (transport.msix.eventFd(v)?.fd ?? -1);
       },
     });
   }
@@ -117,12 +137,31 @@ export const plugin: DevicePlugin = {
         file: { type: 'path', description: 'raw image file or block device', required: true },
         readonly: { type: 'bool', description: 'offer VIRTIO_BLK_F_RO and refuse writes', default: false },
         'num-queues': { type: 'int', description: 'request queues (VIRTIO_BLK_F_MQ when > 1)', default: 1, min: 1, max: 16 },
-        serial: { type: 'string', description: 'GET_ID string (up to 20 bytes; default: the device id)', pattern: /^[\x20-\x7e]{1,20}$/, patternHint: '1 to 20 printable ASCII characters' },
+        serial: {
+          type: 'string',
+          description: 'GET_ID string (up to 20 bytes; default: the device id)',
+          pattern: /^[\x20-\x7e]{1,20}$/,
+          patternHint: '1 to 20 printable ASCII characters',
+        },
         ioeventfd: { type: 'bool', description: 'queue notifications through KVM ioeventfd (off: through the exit path)', default: true },
-        cache: { type: 'enum', description: 'writeback (page cache) or none (O_DIRECT)', values: ['writeback', 'none'], default: 'writeback' },
-        aio: { type: 'enum', description: 'I/O engine: io_uring or threads (libuv\'s pool); default io_uring where the kernel allows it', values: [...AIO_MODES] },
+        cache: {
+          type: 'enum',
+          description: 'writeback (page cache) or none (O_DIRECT)',
+          values: ['writeback', 'none'],
+          default: 'writeback',
+        },
+        aio: {
+          type: 'enum',
+          description: "I/O engine: io_uring or threads (libuv's pool); default io_uring where the kernel allows it",
+          values: [...AIO_MODES],
+        },
         'event-idx': { type: 'bool', description: 'offer VIRTIO_RING_F_EVENT_IDX', default: true },
-        iothread: { type: 'string', description: 'run the data plane (queues and I/O) in a worker thread with this name', pattern: /^[A-Za-z][A-Za-z0-9_.-]*$/, patternHint: 'a name starting with a letter' },
+        iothread: {
+          type: 'string',
+          description: 'run the data plane (queues and I/O) in a worker thread with this name',
+          pattern: /^[A-Za-z][A-Za-z0-9_.-]*$/,
+          patternHint: 'a name starting with a letter',
+        },
         ...VIRTIO_PCI_DEBUG_PROPERTIES,
       },
       create: createVirtioBlk,

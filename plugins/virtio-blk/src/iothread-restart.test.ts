@@ -37,7 +37,11 @@ function writeRequest(mem: GuestMemory, drv: MockDriverQueue, fill: number): voi
   mem.writeU64(0x40008, 0n);
   mem.fill(0x50000, 512, fill);
   mem.writeU8(0x60000, 0xee);
-  drv.addChain([{ addr: 0x40000, len: 16 }, { addr: 0x50000, len: 512 }, { addr: 0x60000, len: 1, write: true }]);
+  drv.addChain([
+    { addr: 0x40000, len: 16 },
+    { addr: 0x50000, len: 512 },
+    { addr: 0x60000, len: 1, write: true },
+  ]);
 }
 
 describe('virtio-blk iothread: a dead worker', () => {
@@ -50,21 +54,39 @@ describe('virtio-blk iothread: a dead worker', () => {
     main.interrupt = { signalQueue: (q) => irqs.push(`q${q}`), signalConfig: () => irqs.push('config') };
     const started: { deliver: (m: FromWorker) => void; plane: BlkWorkerPlane; received: ToWorker['type'][] }[] = [];
     const start = () =>
-      new BlkIoThread('io0', (m) => main.onDataPlaneMessage(m), (deliver) => {
-        const init: Extract<ToWorker, { type: 'init' }> = {
-          type: 'init', id: 'd0', regions: [], file, readonly: false, direct: false, numQueues: 1, serial: 'S', eventIdx: true,
-        };
-        const plane = new BlkWorkerPlane(mem, new RawFileBackend(file, false, false), init, (m) => later(() => deliver(structuredClone(m))), () => irqs.push('worker-q0'));
-        const w = { deliver, plane, received: [] as ToWorker['type'][] };
-        started.push(w);
-        return {
-          postMessage: (m) => {
-            w.received.push(m.type);
-            later(() => plane.handle(structuredClone(m)));
-          },
-          close: async () => undefined,
-        };
-      });
+      new BlkIoThread(
+        'io0',
+        (m) => main.onDataPlaneMessage(m),
+        (deliver) => {
+          const init: Extract<ToWorker, { type: 'init' }> = {
+            type: 'init',
+            id: 'd0',
+            regions: [],
+            file,
+            readonly: false,
+            direct: false,
+            numQueues: 1,
+            serial: 'S',
+            eventIdx: true,
+          };
+          const plane = new BlkWorkerPlane(
+            mem,
+            new RawFileBackend(file, false, false),
+            init,
+            (m) => later(() => deliver(structuredClone(m))),
+            () => irqs.push('worker-q0'),
+          );
+          const w = { deliver, plane, received: [] as ToWorker['type'][] };
+          started.push(w);
+          return {
+            postMessage: (m) => {
+              w.received.push(m.type);
+              later(() => plane.handle(structuredClone(m)));
+            },
+            close: async () => undefined,
+          };
+        },
+      );
     main.attachDataPlane({ thread: start(), restart: start, vectorFd: () => 7 });
 
     const drv = new MockDriverQueue(mem, 16);

@@ -8,8 +8,25 @@ import type { InterruptRecord, VirtioDeviceState } from '@tsvmm/virtio-core';
 import type { BlkCounters, BlkExtraState } from './device';
 
 export type ToWorker =
-  | { type: 'init'; id: string; regions: { fd: number; gpa: number; size: number }[]; file: string; readonly: boolean; direct: boolean; aio?: 'io_uring' | 'threads'; numQueues: number; serial: string; eventIdx: boolean }
-  | { type: 'activate'; driverFeatures: string; queues: { ready: boolean; size: number; descTable: number; availRing: number; usedRing: number }[]; vectorFds: number[]; disabled: boolean }
+  | {
+      type: 'init';
+      id: string;
+      regions: { fd: number; gpa: number; size: number }[];
+      file: string;
+      readonly: boolean;
+      direct: boolean;
+      aio?: 'io_uring' | 'threads';
+      numQueues: number;
+      serial: string;
+      eventIdx: boolean;
+    }
+  | {
+      type: 'activate';
+      driverFeatures: string;
+      queues: { ready: boolean; size: number; descTable: number; availRing: number; usedRing: number }[];
+      vectorFds: number[];
+      disabled: boolean;
+    }
   /** Migration destination: the device state from the stream (exact ring indices, held-back completions). */
   | { type: 'restore'; virtio: VirtioDeviceState; blk: BlkExtraState; vectorFds: number[] }
   | { type: 'kick'; queue: number }

@@ -20,16 +20,16 @@ export interface BlkRequest {
   statusAddr: number;
 }
 
-export type BlkChainError =
-  | { kind: 'short-header'; readable: number }
-  | { kind: 'no-status-byte' }
-  | { kind: 'zero-length-status' };
+export type BlkChainError = { kind: 'short-header'; readable: number } | { kind: 'no-status-byte' } | { kind: 'zero-length-status' };
 
 export function describeBlkChainError(e: BlkChainError): string {
   switch (e.kind) {
-    case 'short-header': return `request header needs 16 device-readable bytes, chain has ${e.readable}`;
-    case 'no-status-byte': return 'request has no device-writable status byte (a write into a device-readable buffer)';
-    case 'zero-length-status': return 'the last device-writable buffer (the status byte) has length 0';
+    case 'short-header':
+      return `request header needs 16 device-readable bytes, chain has ${e.readable}`;
+    case 'no-status-byte':
+      return 'request has no device-writable status byte (a write into a device-readable buffer)';
+    case 'zero-length-status':
+      return 'the last device-writable buffer (the status byte) has length 0';
   }
 }
 

@@ -34,29 +34,40 @@ describeKvm('virtio-blk on a full host disk (guest kit, blk-fill)', () => {
     ['main thread, aio=threads', ',aio=threads', ''],
     ['iothread', ',iothread=io0', ''],
     ['iothread, driver without FLUSH (write-through)', ',iothread=io0', ' flush=0'],
-  ])('%s: the write that does not fit is IOERR, what was OK is in the image, the next FLUSH (if negotiated) fails', async (name, opt, guestOpt) => {
-    const img = path.join(mnt, `disk-${name.replace(/[^a-z]/g, '')}.img`);
-    fs.closeSync(fs.openSync(img, 'w'));
-    fs.truncateSync(img, 16 << 20); // sparse: 16 MiB on 512 KiB
-    try {
-      const r = await runGuestKit(`test=blk-fill chunk=${CHUNK} seed=${SEED}${guestOpt}`, [`virtio-blk,id=d0,file=${img}${opt}`], { timeoutMs: 120_000 });
-      expectGuestPass(r, 'blk-fill');
-      const writes = [...r.out.matchAll(/blk-fill write lba=(\d+) sectors=(\d+) status=(\d+)/g)].map((m) => ({ lba: +m[1], sectors: +m[2], status: +m[3] }));
-      const ok = writes.filter((w) => w.status === 0);
-      // Every write OK up to the one that did not fit, which is IOERR (1); nothing else.
-      expect(writes.map((w) => w.status)).toEqual([...ok.map(() => 0), 1]);
-      expect(ok.length).toBeGreaterThan(5);
-      expect(ok.length * CHUNK * 512).toBeLessThanOrEqual(512 * 1024);
-      const flushes = [...r.out.matchAll(/blk-fill flush status=(\d+)/g)].map((m) => +m[1]);
-      // The failed write is reported by the next FLUSH, once; then FLUSH says the OK writes are in the file.
-      expect(flushes).toEqual(guestOpt ? [] : [1, 0]);
-      expect(r.err).toMatch(/d0: host I\/O error on write at sector \d+: .*ENOSPC|no space left/i);
-      const data = fs.readFileSync(img);
-      for (const w of ok)
-        for (let s = w.lba; s < w.lba + w.sectors; s++)
-          for (let i = 0; i < 512; i++) if (data[s * 512 + i] !== patternByte(s, i, SEED)) throw new Error(`sector ${s} byte ${i}: ${data[s * 512 + i]}, the guest was told OK`);
-    } finally {
-      fs.rmSync(img, { force: true });
-    }
-  });
+  ])(
+    '%s: the write that does not fit is IOERR, what was OK is in the image, the next FLUSH (if negotiated) fails',
+    async (name, opt, guestOpt) => {
+      const img = path.join(mnt, `disk-${name.replace(/[^a-z]/g, '')}.img`);
+      fs.closeSync(fs.openSync(img, 'w'));
+      fs.truncateSync(img, 16 << 20); // sparse: 16 MiB on 512 KiB
+      try {
+        const r = await runGuestKit(`test=blk-fill chunk=${CHUNK} seed=${SEED}${guestOpt}`, [`virtio-blk,id=d0,file=${img}${opt}`], {
+          timeoutMs: 120_000,
+        });
+        expectGuestPass(r, 'blk-fill');
+        const writes = [...r.out.matchAll(/blk-fill write lba=(\d+) sectors=(\d+) status=(\d+)/g)].map((m) => ({
+          lba: +m[1],
+          sectors: +m[2],
+          status: +m[3],
+        }));
+        const ok = writes.filter((w) => w.status === 0);
+        // Every write OK up to the one that did not fit, which is IOERR (1); nothing else.
+        expect(writes.map((w) => w.status)).toEqual([...ok.map(() => 0), 1]);
+        expect(ok.length).toBeGreaterThan(5);
+        expect(ok.length * CHUNK * 512).toBeLessThanOrEqual(512 * 1024);
+        const flushes = [...r.out.matchAll(/blk-fill flush status=(\d+)/g)].map((m) => +m[1]);
+        // The failed write is reported by the next FLUSH, once; then FLUSH says the OK writes are in the file.
+        expect(flushes).toEqual(guestOpt ? [] : [1, 0]);
+        expect(r.err).toMatch(/d0: host I\/O error on write at sector \d+: .*ENOSPC|no space left/i);
+        const data = fs.readFileSync(img);
+        for (const w of ok)
+          for (let s = w.lba; s < w.lba + w.sectors; s++)
+            for (let i = 0; i < 512; i++)
+              if (data[s * 512 + i] !== patternByte(s, i, SEED))
+                throw new Error(`sector ${s} byte ${i}: ${data[s * 512 + i]}, the guest was told OK`);
+      } finally {
+        fs.rmSync(img, { force: true });
+      }
+    },
+  );
 });

@@ -32,8 +32,11 @@ describeKvm('virtio-blk driven by the guest kit', () => {
     ['iothread=io0', 'iothread=io0'],
     ['iothread=io0 and ioeventfd=off', 'iothread=io0,ioeventfd=off'],
   ])('read/write/flush round trip with %s', (_name, opt) => {
-    it.each([['event-idx', 'event-idx=1'], ['no event-idx', 'event-idx=0']])('%s: the image holds exactly what the guest wrote', async (_n, eventIdx) => {
-      const img = image(`rw-${opt.replace(/[^a-z0-9]/gi, "_")}-${eventIdx}.img`, 2048);
+    it.each([
+      ['event-idx', 'event-idx=1'],
+      ['no event-idx', 'event-idx=0'],
+    ])('%s: the image holds exactly what the guest wrote', async (_n, eventIdx) => {
+      const img = image(`rw-${opt.replace(/[^a-z0-9]/gi, '_')}-${eventIdx}.img`, 2048);
       const r = await vmm(`test=blk-rw lba=100 sectors=64 seed=5 ${eventIdx}`, `virtio-blk,id=d0,file=${img},${opt}`);
       expectPass(r, 'blk-rw');
       expect(r.out).toContain('blk-rw verify ok sectors=64');
@@ -103,13 +106,17 @@ describeKvm('virtio-blk driven by the guest kit', () => {
 
   it('iothread: MSI-X masking, bus mastering and multiqueue work from the worker', async () => {
     const img = image('io-misc.img', 512);
-    for (const t of ['blk-msix-mask', 'blk-busmaster', 'blk-mq']) expectPass(await vmm(`test=${t}`, `virtio-blk,id=d0,file=${img},iothread=io0,num-queues=2`), t);
+    for (const t of ['blk-msix-mask', 'blk-busmaster', 'blk-mq'])
+      expectPass(await vmm(`test=${t}`, `virtio-blk,id=d0,file=${img},iothread=io0,num-queues=2`), t);
   });
 
   it('aio: without io_uring the default falls back to threads with a log line; aio=bogus and an impossible aio=io_uring are refused', async () => {
     const img = image('aio-fallback.img', 512);
     const noUring = { TSVMM_NO_IO_URING: '1' };
-    const r = await runGuestKit('test=blk-rw lba=10 sectors=8 seed=2', [`virtio-blk,id=d0,file=${img}`], { timeoutMs: 60_000, env: noUring });
+    const r = await runGuestKit('test=blk-rw lba=10 sectors=8 seed=2', [`virtio-blk,id=d0,file=${img}`], {
+      timeoutMs: 60_000,
+      env: noUring,
+    });
     expectPass(r, 'blk-rw');
     expect(r.err).toMatch(/d0: io_uring is not available \(TSVMM_NO_IO_URING is set\); using aio=threads/);
     const bad = await vmm('test=blk-rw', `virtio-blk,id=d0,file=${img},aio=bogus`);
@@ -122,7 +129,12 @@ describeKvm('virtio-blk driven by the guest kit', () => {
 
   describe('hostile guest', () => {
     it.each([
-      ['loop', ''], ['oob', ''], ['long', ''], ['wrongdir', ''], ['loop', ',iothread=io0'], ['wrongdir', ',iothread=io0'],
+      ['loop', ''],
+      ['oob', ''],
+      ['long', ''],
+      ['wrongdir', ''],
+      ['loop', ',iothread=io0'],
+      ['wrongdir', ',iothread=io0'],
     ])('%s%s: needs-reset, the VMM stays up, a reset makes the device work again', async (kind, extra) => {
       const img = image(`hostile-${kind}${extra ? '-io' : ''}.img`, 512);
       const r = await vmm(`test=blk-hostile kind=${kind}`, `virtio-blk,id=d0,file=${img}${extra}`);

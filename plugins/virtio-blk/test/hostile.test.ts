@@ -47,9 +47,14 @@ describeKvm('virtio-blk: hostile guest (hostile.c)', () => {
 
   it.each(['ioeventfd=on', 'iothread=io0'])('a legal indirect table of exactly queue-size entries completes OK (%s)', async (opt) => {
     const img = image(`full-indirect-${opt.replace(/\W/g, '_')}.img`, 1024, true);
-    const r = await runGuestKit('test=hostile-blk kind=full-indirect qsize=256', [`virtio-blk,id=d0,file=${img},${opt}`], { timeoutMs: 60_000 });
+    const r = await runGuestKit('test=hostile-blk kind=full-indirect qsize=256', [`virtio-blk,id=d0,file=${img},${opt}`], {
+      timeoutMs: 60_000,
+    });
     expectPass(r, 'hostile-blk');
-    const m = /hostile dev=blk kind=full-indirect entries=(\d+) status=0 used_len=(\d+) sectors=(\d+) crc32=0x([0-9a-f]{8}) needs_reset=0/.exec(r.out);
+    const m =
+      /hostile dev=blk kind=full-indirect entries=(\d+) status=0 used_len=(\d+) sectors=(\d+) crc32=0x([0-9a-f]{8}) needs_reset=0/.exec(
+        r.out,
+      );
     expect(m).not.toBeNull();
     const [entries, usedLen, sectors, crc] = [Number(m![1]), Number(m![2]), Number(m![3]), parseInt(m![4], 16)];
     expect(entries).toBe(256);

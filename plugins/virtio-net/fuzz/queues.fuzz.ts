@@ -54,7 +54,14 @@ export async function fuzz(data: Buffer): Promise<void> {
   }
   const tap = new FakeTap(frames);
   const problems: string[] = [];
-  const dev = new VirtioNetDevice(g.mem, { id: 'fuzz-net', tap: tap as unknown as Tap, mac: Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56), pairs: 1, mtu: 1500, log: strictLog(problems) });
+  const dev = new VirtioNetDevice(g.mem, {
+    id: 'fuzz-net',
+    tap: tap as unknown as Tap,
+    mac: Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56),
+    pairs: 1,
+    mtu: 1500,
+    log: strictLog(problems),
+  });
   dev.interrupt = { signalQueue: () => undefined, signalConfig: () => undefined };
   if (g.extra & 4) dev.deviceFeatures &= ~(1n << BigInt(N.VIRTIO_NET_F_MRG_RXBUF));
   const which = g.extra & 3;

@@ -138,7 +138,10 @@ function icmpEcho(hostMac: Uint8Array, seq: number): Uint8Array {
 
     // Control queue: MQ pairs beyond the device's count is refused; RX mode is accepted.
     mem.write(0x90000, [N.VIRTIO_NET_CTRL_RX, N.VIRTIO_NET_CTRL_RX_PROMISC, 0]);
-    ctrl.addChain([{ addr: 0x90000, len: 3 }, { addr: 0x90100, len: 1, write: true }]);
+    ctrl.addChain([
+      { addr: 0x90000, len: 3 },
+      { addr: 0x90100, len: 1, write: true },
+    ]);
     dev.notify(2);
     expect(mem.readU8(0x90100)).toBe(N.VIRTIO_NET_OK);
     expect(dev.rxMode.promisc).toBe(false);
@@ -175,7 +178,7 @@ function icmpEcho(hostMac: Uint8Array, seq: number): Uint8Array {
     const frames = take();
     expect(frames.length).toBeGreaterThanOrEqual(1); // the kick resumed reading the TAP at once
     const isArpReply = (f: Uint8Array) => f[12 + 12] === 0x08 && f[12 + 13] === 0x06 && f[12 + 21] === 2;
-    for (const deadline = Date.now() + 2000; !frames.some(isArpReply) && Date.now() < deadline; ) {
+    for (const deadline = Date.now() + 2000; !frames.some(isArpReply) && Date.now() < deadline;) {
       await new Promise((r) => setTimeout(r, 10));
       frames.push(...take());
     }
@@ -199,7 +202,10 @@ function icmpEcho(hostMac: Uint8Array, seq: number): Uint8Array {
     for (let i = 0; i < 4; i++) {
       const req = 0x90000 + i * 0x100;
       mem.write(req, [N.VIRTIO_NET_CTRL_RX, N.VIRTIO_NET_CTRL_RX_ALLMULTI, i & 1]);
-      ctrl.addChain([{ addr: req, len: 3 }, { addr: req + 0x80, len: 1, write: true }]);
+      ctrl.addChain([
+        { addr: req, len: 3 },
+        { addr: req + 0x80, len: 1, write: true },
+      ]);
       const [oldIdx, newIdx, event] = [i, i + 1, ctrl.availEvent()];
       expect(((newIdx - event - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff)).toBe(true); // the driver kicks
       dev.notify(2);

@@ -3,7 +3,17 @@
  * (2i), transmit queues (2i+1) for each queue pair, and the control queue last.
  */
 import { FdWatch } from '@tsvmm/kvm-native';
-import { DescriptorChain, gather, GuestMemory, lastWritableByte, readConfigImage, scatter, SplitVirtqueue, views as guestViews, VirtioDevice } from '@tsvmm/virtio-core';
+import {
+  DescriptorChain,
+  gather,
+  GuestMemory,
+  lastWritableByte,
+  readConfigImage,
+  scatter,
+  SplitVirtqueue,
+  views as guestViews,
+  VirtioDevice,
+} from '@tsvmm/virtio-core';
 import * as N from './generated/virtio-net-uapi';
 import { Tap, VNET_HDR_LEN } from './backend/tap';
 
@@ -52,18 +62,35 @@ export class VirtioNetDevice extends VirtioDevice {
 
   constructor(memory: GuestMemory, opts: VirtioNetOptions) {
     let features =
-      bit(N.VIRTIO_NET_F_MAC) | bit(N.VIRTIO_NET_F_STATUS) | bit(N.VIRTIO_NET_F_MRG_RXBUF) | bit(N.VIRTIO_NET_F_CTRL_VQ) |
-      bit(N.VIRTIO_NET_F_CTRL_RX) | bit(N.VIRTIO_NET_F_CTRL_VLAN) | bit(N.VIRTIO_NET_F_MTU) |
+      bit(N.VIRTIO_NET_F_MAC) |
+      bit(N.VIRTIO_NET_F_STATUS) |
+      bit(N.VIRTIO_NET_F_MRG_RXBUF) |
+      bit(N.VIRTIO_NET_F_CTRL_VQ) |
+      bit(N.VIRTIO_NET_F_CTRL_RX) |
+      bit(N.VIRTIO_NET_F_CTRL_VLAN) |
+      bit(N.VIRTIO_NET_F_MTU) |
       // Frames to the TAP may carry checksum and segmentation offload requests (IFF_VNET_HDR takes them).
-      bit(N.VIRTIO_NET_F_CSUM) | bit(N.VIRTIO_NET_F_HOST_TSO4) | bit(N.VIRTIO_NET_F_HOST_TSO6) | bit(N.VIRTIO_NET_F_HOST_ECN);
+      bit(N.VIRTIO_NET_F_CSUM) |
+      bit(N.VIRTIO_NET_F_HOST_TSO4) |
+      bit(N.VIRTIO_NET_F_HOST_TSO6) |
+      bit(N.VIRTIO_NET_F_HOST_ECN);
     // Offloads towards the guest only where the TAP can produce them.
     const tapOffloads = N.TUN_F_CSUM | N.TUN_F_TSO4 | N.TUN_F_TSO6 | N.TUN_F_TSO_ECN;
     if (opts.tap.setOffloads(tapOffloads)) {
-      features |= bit(N.VIRTIO_NET_F_GUEST_CSUM) | bit(N.VIRTIO_NET_F_GUEST_TSO4) | bit(N.VIRTIO_NET_F_GUEST_TSO6) | bit(N.VIRTIO_NET_F_GUEST_ECN);
+      features |=
+        bit(N.VIRTIO_NET_F_GUEST_CSUM) | bit(N.VIRTIO_NET_F_GUEST_TSO4) | bit(N.VIRTIO_NET_F_GUEST_TSO6) | bit(N.VIRTIO_NET_F_GUEST_ECN);
       opts.tap.setOffloads(0); // until the driver negotiates them
     }
     if (opts.pairs > 1) features |= bit(N.VIRTIO_NET_F_MQ);
-    super(memory, { id: opts.id, deviceId: VIRTIO_ID_NET, numQueues: 2 * opts.pairs + 1, queueMaxSize: QUEUE_SIZE, features, eventIdx: opts.eventIdx, log: opts.log });
+    super(memory, {
+      id: opts.id,
+      deviceId: VIRTIO_ID_NET,
+      numQueues: 2 * opts.pairs + 1,
+      queueMaxSize: QUEUE_SIZE,
+      features,
+      eventIdx: opts.eventIdx,
+      log: opts.log,
+    });
     this.tap = opts.tap;
     this.pairs = opts.pairs;
     this.mac = opts.mac;
@@ -162,7 +189,11 @@ export class VirtioNetDevice extends VirtioDevice {
       q.disableNotification();
       for (let chain = this.popChain(q); chain; chain = this.popChain(q)) {
         if (chain.writable.length || chain.readableLength < VNET_HDR_LEN) {
-          this.markBroken(chain.writable.length ? 'transmit chain has device-writable buffers' : `transmit chain of ${chain.readableLength} bytes is shorter than the virtio-net header`);
+          this.markBroken(
+            chain.writable.length
+              ? 'transmit chain has device-writable buffers'
+              : `transmit chain of ${chain.readableLength} bytes is shorter than the virtio-net header`,
+          );
           return;
         }
         const views = guestViews(this.memory, chain.readable); // a buffer across a RAM split is two views
@@ -271,7 +302,11 @@ export class VirtioNetDevice extends VirtioDevice {
     new DataView(hdr.buffer).setUint16(N.OFF_virtio_net_hdr_mrg_rxbuf_num_buffers, used.length, true);
     let pos = 0;
     for (const u of used) {
-      scatter(this.memory, u.chain.writable, pos === 0 ? concat(hdr, frame.subarray(VNET_HDR_LEN, u.len)) : frame.subarray(pos, pos + u.len));
+      scatter(
+        this.memory,
+        u.chain.writable,
+        pos === 0 ? concat(hdr, frame.subarray(VNET_HDR_LEN, u.len)) : frame.subarray(pos, pos + u.len),
+      );
       pos += u.len;
       this.pushUsed(q, u.chain.head, u.len);
     }
@@ -315,8 +350,12 @@ export class VirtioNetDevice extends VirtioDevice {
         if (!this.hasFeature(N.VIRTIO_NET_F_CTRL_RX) || data.length < 1) return false;
         const on = data[0] !== 0;
         const names: Record<number, keyof typeof this.rxMode> = {
-          [N.VIRTIO_NET_CTRL_RX_PROMISC]: 'promisc', [N.VIRTIO_NET_CTRL_RX_ALLMULTI]: 'allmulti', [N.VIRTIO_NET_CTRL_RX_ALLUNI]: 'alluni',
-          [N.VIRTIO_NET_CTRL_RX_NOMULTI]: 'nomulti', [N.VIRTIO_NET_CTRL_RX_NOUNI]: 'nouni', [N.VIRTIO_NET_CTRL_RX_NOBCAST]: 'nobcast',
+          [N.VIRTIO_NET_CTRL_RX_PROMISC]: 'promisc',
+          [N.VIRTIO_NET_CTRL_RX_ALLMULTI]: 'allmulti',
+          [N.VIRTIO_NET_CTRL_RX_ALLUNI]: 'alluni',
+          [N.VIRTIO_NET_CTRL_RX_NOMULTI]: 'nomulti',
+          [N.VIRTIO_NET_CTRL_RX_NOUNI]: 'nouni',
+          [N.VIRTIO_NET_CTRL_RX_NOBCAST]: 'nobcast',
         };
         if (!(cmd in names)) return false;
         this.rxMode[names[cmd]] = on;
@@ -341,7 +380,9 @@ export class VirtioNetDevice extends VirtioDevice {
         }
         return false;
       case N.VIRTIO_NET_CTRL_VLAN:
-        return (cmd === N.VIRTIO_NET_CTRL_VLAN_ADD || cmd === N.VIRTIO_NET_CTRL_VLAN_DEL) && data.length === 2 && dv.getUint16(0, true) < 4096;
+        return (
+          (cmd === N.VIRTIO_NET_CTRL_VLAN_ADD || cmd === N.VIRTIO_NET_CTRL_VLAN_DEL) && data.length === 2 && dv.getUint16(0, true) < 4096
+        );
       case N.VIRTIO_NET_CTRL_MQ: {
         if (cmd !== N.VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET || data.length !== 2 || !this.hasFeature(N.VIRTIO_NET_F_MQ)) return false;
         const pairs = dv.getUint16(0, true);

@@ -4,7 +4,14 @@
  */
 import * as crypto from 'crypto';
 import {
-  DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, stallSettings, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
+  DeviceContext,
+  DevicePlugin,
+  PLUGIN_API_VERSION,
+  PropertyValue,
+  stallSettings,
+  VIRTIO_PCI_DEBUG_PROPERTIES,
+  VirtioPciDevice,
+  VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { Tap, TapError } from './backend/tap';
 import { VirtioNetDevice } from './device';
@@ -67,13 +74,22 @@ export function createVirtioNet(ctx: DeviceContext, id: string, props: Record<st
   let tap: Tap;
   try {
     const fds = props.fd === undefined ? undefined : String(props.fd).split(':').map(Number);
-    if (fds && fds.some((f) => !Number.isInteger(f) || f < 0)) throw new TapError(`fd=${props.fd as string}: expected fd numbers separated by ':'`);
+    if (fds && fds.some((f) => !Number.isInteger(f) || f < 0))
+      throw new TapError(`fd=${props.fd as string}: expected fd numbers separated by ':'`);
     tap = new Tap({ name: props.tap as string | undefined, fds, queues: pairs });
   } catch (e) {
     if (e instanceof TapError) throw new Error(`${what}: ${e.message}`);
     throw e;
   }
-  const net = new VirtioNetDevice(ctx.memory, { id, tap, mac, pairs, mtu: props.mtu as number, eventIdx: props['event-idx'] as boolean, log: ctx.log });
+  const net = new VirtioNetDevice(ctx.memory, {
+    id,
+    tap,
+    mac,
+    pairs,
+    mtu: props.mtu as number,
+    eventIdx: props['event-idx'] as boolean,
+    log: ctx.log,
+  });
   const transport = new VirtioPciDevice(net, ctx, { classCode: VIRTIO_NET_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
   transport.stall = stallSettings(props);
   return new VirtioNetPci(id, net, transport);
@@ -88,8 +104,18 @@ export const plugin: DevicePlugin = {
       type: 'virtio-net',
       description: 'virtio network device (virtio-pci, modern) backed by a Linux TAP',
       properties: {
-        tap: { type: 'string', description: 'TAP interface name (opened through /dev/net/tun)', pattern: /^[A-Za-z0-9_.-]{1,15}$/, patternHint: 'an interface name of 1 to 15 characters' },
-        fd: { type: 'string', description: 'already-open TAP fd(s), one per queue pair, separated by ":"', pattern: /^\d+(:\d+)*$/, patternHint: 'fd numbers separated by ":"' },
+        tap: {
+          type: 'string',
+          description: 'TAP interface name (opened through /dev/net/tun)',
+          pattern: /^[A-Za-z0-9_.-]{1,15}$/,
+          patternHint: 'an interface name of 1 to 15 characters',
+        },
+        fd: {
+          type: 'string',
+          description: 'already-open TAP fd(s), one per queue pair, separated by ":"',
+          pattern: /^\d+(:\d+)*$/,
+          patternHint: 'fd numbers separated by ":"',
+        },
         mac: { type: 'string', description: 'MAC address (default: 52:54:00 plus a hash of the id)' },
         queues: { type: 'int', description: 'queue pairs (VIRTIO_NET_F_MQ when > 1; needs a multi_queue TAP)', default: 1, min: 1, max: 8 },
         mtu: { type: 'int', description: 'MTU advertised with VIRTIO_NET_F_MTU', default: 1500, min: 68, max: 65535 },

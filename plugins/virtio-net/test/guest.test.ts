@@ -5,7 +5,17 @@ import { describeKvm } from '@tsvmm/kvm-native/testing';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { expectGuestPass as expectPass, GUEST_ELF, QmpClient, requireBuilt, Run, runGuestKit, stallDrill, startNode, VMM_BIN } from '@tsvmm/testing';
+import {
+  expectGuestPass as expectPass,
+  GUEST_ELF,
+  QmpClient,
+  requireBuilt,
+  Run,
+  runGuestKit,
+  stallDrill,
+  startNode,
+  VMM_BIN,
+} from '@tsvmm/testing';
 
 const NS = `vmmnt${process.pid}`;
 
@@ -57,7 +67,6 @@ function python(code: string, args: string[]): { done: Promise<string>; ready: P
   return { ready, done: new Promise((resolve) => p.on('close', () => resolve(out))) };
 }
 
-
 describeKvm('virtio-net driven by the guest kit over a TAP in a network namespace', () => {
   beforeAll(() => {
     requireBuilt();
@@ -67,7 +76,10 @@ describeKvm('virtio-net driven by the guest kit over a TAP in a network namespac
     for (const c of ['all', 'default']) ns('sysctl', '-qw', `net.ipv6.conf.${c}.disable_ipv6=1`);
     ns('ip', 'tuntap', 'add', 'tap0', 'mode', 'tap', 'vnet_hdr');
     ns('ip', 'tuntap', 'add', 'tapmq', 'mode', 'tap', 'vnet_hdr', 'multi_queue');
-    for (const [dev, net] of [['tap0', '10.0.2.2/24'], ['tapmq', '10.0.3.2/24']]) {
+    for (const [dev, net] of [
+      ['tap0', '10.0.2.2/24'],
+      ['tapmq', '10.0.3.2/24'],
+    ]) {
       ns('ip', 'addr', 'add', net, 'dev', dev);
       ns('ip', 'link', 'set', dev, 'up');
     }
@@ -110,11 +122,21 @@ describeKvm('virtio-net driven by the guest kit over a TAP in a network namespac
 
   it('Lost kick (tx0) and lost interrupt (rx0) with stall-ms=300: each VIRTQUEUE_STALL names side and cause, the device event recovers I/O, counters move by exactly one', async () => {
     const d = await stallDrill({
-      cmdline: 'test=net-ping count=2 timeout-ms=30000 irq-grace-ms=30000', devices: ['virtio-net,id=n0,tap=tap0,stall-ms=300'], dev: 'n0', kickQueue: 1, irqQueue: 0,
+      cmdline: 'test=net-ping count=2 timeout-ms=30000 irq-grace-ms=30000',
+      devices: ['virtio-net,id=n0,tap=tap0,stall-ms=300'],
+      dev: 'n0',
+      kickQueue: 1,
+      irqQueue: 0,
       wrap: ['ip', 'netns', 'exec', NS],
     });
     expectPass(d.run, 'net-ping');
-    expect(d.kickStall).toMatchObject({ device: 'n0', queue: 1, side: 'kick', cause: 'no-notify', 'last-avail-idx': d.kick.before['last-avail-idx'] });
+    expect(d.kickStall).toMatchObject({
+      device: 'n0',
+      queue: 1,
+      side: 'kick',
+      cause: 'no-notify',
+      'last-avail-idx': d.kick.before['last-avail-idx'],
+    });
     expect(d.irqStall).toMatchObject({ device: 'n0', queue: 0, side: 'interrupt', cause: 'dropped' });
     const kicks = (s: Record<string, unknown>) => (s['kicks-eventfd'] as number) + (s['kicks-exit'] as number);
     expect(kicks(d.kick.after) - kicks(d.kick.before)).toBe(1);
@@ -142,36 +164,79 @@ describeKvm('virtio-net driven by the guest kit over a TAP in a network namespac
     expect(r.err).toMatch(/n0: guest error, device needs reset/);
   });
 
-  it('a lost kick on tx0 through the monitor: the ARP requests wait in the ring; x-debug-device-event kick sends them, call raises rx0\'s vector', async () => {
+  it("a lost kick on tx0 through the monitor: the ARP requests wait in the ring; x-debug-device-event kick sends them, call raises rx0's vector", async () => {
     const sock = path.join(os.tmpdir(), `vmm-net-views-${process.pid}.sock`);
-    const p = startNode([VMM_BIN, 'run', '-S', '--kernel', GUEST_ELF, '--memory', '64M', '--cmdline', 'test=net-arp timeout-ms=60000',
-      '--qmp', `unix:${sock}`, '--device', 'virtio-net,id=n0,tap=tap0'], { wrap: ['ip', 'netns', 'exec', NS] });
+    const p = startNode(
+      [
+        VMM_BIN,
+        'run',
+        '-S',
+        '--kernel',
+        GUEST_ELF,
+        '--memory',
+        '64M',
+        '--cmdline',
+        'test=net-arp timeout-ms=60000',
+        '--qmp',
+        `unix:${sock}`,
+        '--device',
+        'virtio-net,id=n0,tap=tap0',
+      ],
+      { wrap: ['ip', 'netns', 'exec', NS] },
+    );
     try {
       const qmp = await QmpClient.connect(sock);
       await qmp.run('qmp_capabilities');
-      const status = (q: number) => qmp.run('x-query-virtio-queue-status', { path: 'n0', queue: q }) as Promise<Record<string, number | boolean | null>>;
+      const status = (q: number) =>
+        qmp.run('x-query-virtio-queue-status', { path: 'n0', queue: q }) as Promise<Record<string, number | boolean | null>>;
       // The guest's first kick on tx0 is dropped. net-arp resends once a second, but with EVENT_IDX it
       // kicks only when avail_event is crossed, so the one lost kick leaves every later request unannounced.
       await qmp.run('x-debug-virtqueue-drop', { dev: 'n0', queue: 1, kicks: 1 });
       await qmp.run('cont');
       let tx = await status(1);
-      for (const deadline = Date.now() + 60_000; !((tx['kicks-dropped'] as number) >= 1 && (tx['avail-idx'] as number) >= 2); tx = await status(1)) {
+      for (
+        const deadline = Date.now() + 60_000;
+        !((tx['kicks-dropped'] as number) >= 1 && (tx['avail-idx'] as number) >= 2);
+        tx = await status(1)
+      ) {
         if (Date.now() > deadline) throw new Error(`no dropped kicks: ${JSON.stringify(tx)}\n${p.err()}`);
         await new Promise((r) => setTimeout(r, 50));
       }
       await qmp.run('stop');
       tx = await status(1);
-      expect(tx).toMatchObject({ chains: 0, 'last-avail-idx': 0, 'used-idx': 0, 'kicks-eventfd': 0, 'kicks-exit': 0, 'kicks-dropped': 1, 'event-idx': true });
-      const names = (await qmp.run('human-monitor-command', { 'command-line': 'info virtqueues n0' }) as string).trimEnd().split('\n').slice(1).map((l) => l.split(/\s+/).slice(0, 3).join(' '));
+      expect(tx).toMatchObject({
+        chains: 0,
+        'last-avail-idx': 0,
+        'used-idx': 0,
+        'kicks-eventfd': 0,
+        'kicks-exit': 0,
+        'kicks-dropped': 1,
+        'event-idx': true,
+      });
+      const names = ((await qmp.run('human-monitor-command', { 'command-line': 'info virtqueues n0' })) as string)
+        .trimEnd()
+        .split('\n')
+        .slice(1)
+        .map((l) => l.split(/\s+/).slice(0, 3).join(' '));
       expect(names).toEqual(['n0 0 rx0', 'n0 1 tx0', 'n0 2 ctrl']);
       // The device takes every request waiting in tx0.
       await qmp.run('x-debug-device-event', { dev: 'n0', event: 'kick', queue: 1 });
       const sent = await status(1);
-      expect(sent).toMatchObject({ chains: tx['avail-idx'], 'last-avail-idx': tx['avail-idx'], 'used-idx': tx['avail-idx'], 'debug-events': 1, 'kicks-dropped': tx['kicks-dropped'] });
+      expect(sent).toMatchObject({
+        chains: tx['avail-idx'],
+        'last-avail-idx': tx['avail-idx'],
+        'used-idx': tx['avail-idx'],
+        'debug-events': 1,
+        'kicks-dropped': tx['kicks-dropped'],
+      });
       expect((sent['kicks-eventfd'] as number) + (sent['kicks-exit'] as number)).toBe(1);
       const rx = await status(0);
       await qmp.run('x-debug-device-event', { dev: 'n0', event: 'call', queue: 0 });
-      expect(await status(0)).toMatchObject({ 'debug-events': 1, 'interrupts-injected': (rx['interrupts-injected'] as number) + 1, 'vector-pending': false });
+      expect(await status(0)).toMatchObject({
+        'debug-events': 1,
+        'interrupts-injected': (rx['interrupts-injected'] as number) + 1,
+        'vector-pending': false,
+      });
       await qmp.run('cont');
       expect(await p.exited).toBe(0);
       expect(p.out()).toContain('guest-kit: PASS test=net-arp');
@@ -189,9 +254,21 @@ describeKvm('virtio-net driven by the guest kit over a TAP in a network namespac
   });
 
   it.each([
-    ['a malformed MAC', 'virtio-net,id=n0,tap=tap0,mac=zz:54:00:12:34:56', /--device virtio-net,id=n0: mac=zz:54:00:12:34:56 is not a unicast MAC address/],
-    ['a multicast MAC', 'virtio-net,id=n0,tap=tap0,mac=01:00:5e:00:00:01', /--device virtio-net,id=n0: mac=01:00:5e:00:00:01 is not a unicast MAC address/],
-    ['an fd that is not an open TAP', 'virtio-net,id=n0,fd=77', /--device virtio-net,id=n0: fd77: .*the fd must be a TAP opened with IFF_VNET_HDR/],
+    [
+      'a malformed MAC',
+      'virtio-net,id=n0,tap=tap0,mac=zz:54:00:12:34:56',
+      /--device virtio-net,id=n0: mac=zz:54:00:12:34:56 is not a unicast MAC address/,
+    ],
+    [
+      'a multicast MAC',
+      'virtio-net,id=n0,tap=tap0,mac=01:00:5e:00:00:01',
+      /--device virtio-net,id=n0: mac=01:00:5e:00:00:01 is not a unicast MAC address/,
+    ],
+    [
+      'an fd that is not an open TAP',
+      'virtio-net,id=n0,fd=77',
+      /--device virtio-net,id=n0: fd77: .*the fd must be a TAP opened with IFF_VNET_HDR/,
+    ],
     ['both tap= and fd=', 'virtio-net,id=n0,tap=tap0,fd=3', /--device virtio-net,id=n0: give exactly one of tap=IFNAME or fd=N/],
   ])('refuses %s with a message naming the device and the property', async (_what, device, message) => {
     const r = await vmm('test=pci-scan', device);
@@ -201,10 +278,13 @@ describeKvm('virtio-net driven by the guest kit over a TAP in a network namespac
 
   it('refuses a TAP it has no permission to attach (another owner, no CAP_NET_ADMIN), naming the TAP', async () => {
     ns('ip', 'tuntap', 'add', 'tapperm', 'mode', 'tap', 'vnet_hdr', 'user', '65534');
-    const p = startNode([VMM_BIN, 'run', '--kernel', GUEST_ELF, '--cmdline', 'test=pci-scan', '--device', 'virtio-net,id=n0,tap=tapperm'],
-      { wrap: ['ip', 'netns', 'exec', NS, 'setpriv', '--bounding-set=-net_admin', '--inh-caps=-net_admin'] });
+    const p = startNode([VMM_BIN, 'run', '--kernel', GUEST_ELF, '--cmdline', 'test=pci-scan', '--device', 'virtio-net,id=n0,tap=tapperm'], {
+      wrap: ['ip', 'netns', 'exec', NS, 'setpriv', '--bounding-set=-net_admin', '--inh-caps=-net_admin'],
+    });
     const r = { code: await p.exited, err: p.err() };
     expect(r.code).toBe(1);
-    expect(r.err).toMatch(/--device virtio-net,id=n0: tap=tapperm: no permission to attach \(needs CAP_NET_ADMIN or a TAP owned by this user\)/);
+    expect(r.err).toMatch(
+      /--device virtio-net,id=n0: tap=tapperm: no permission to attach \(needs CAP_NET_ADMIN or a TAP owned by this user\)/,
+    );
   });
 });

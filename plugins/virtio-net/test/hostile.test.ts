@@ -27,16 +27,20 @@ describeKvm('virtio-net: hostile guest (hostile.c)', () => {
     ['ctrl-zero', '0', 'on'],
     ['ctrl-zero', 'oob', 'on'],
     ['ctrl-zero', '0', 'off'],
-  ])('%s buffer at %s (ioeventfd=%s): the VMM stays up, the guest reads needs-reset, a reset brings the device back', async (kind, at, io) => {
-    const r = await runGuestKit(`test=hostile-net kind=${kind} at=${at}`, [`virtio-net,id=n0,tap=tap0,ioeventfd=${io}`], {
-      wrap: ['ip', 'netns', 'exec', NS], timeoutMs: 90_000,
-    });
-    expectPass(r, 'hostile-net');
-    expect(r.out).toContain(`hostile dev=net kind=${kind} at=${at} needs_reset=1 config_irq=1`);
-    // Recovery: reset, initialise, resolve the host's MAC over ARP.
-    expect(r.out).toContain('hostile dev=net recovered=1');
-    expect(r.out).toMatch(/net-arp reply mac=/);
-    expect(r.err.match(/n0: guest error, device needs reset/g)).toHaveLength(1);
-    expect(r.err).not.toMatch(/internal error|terminate called|Unhandled|kvm-native: exception/);
-  });
+  ])(
+    '%s buffer at %s (ioeventfd=%s): the VMM stays up, the guest reads needs-reset, a reset brings the device back',
+    async (kind, at, io) => {
+      const r = await runGuestKit(`test=hostile-net kind=${kind} at=${at}`, [`virtio-net,id=n0,tap=tap0,ioeventfd=${io}`], {
+        wrap: ['ip', 'netns', 'exec', NS],
+        timeoutMs: 90_000,
+      });
+      expectPass(r, 'hostile-net');
+      expect(r.out).toContain(`hostile dev=net kind=${kind} at=${at} needs_reset=1 config_irq=1`);
+      // Recovery: reset, initialise, resolve the host's MAC over ARP.
+      expect(r.out).toContain('hostile dev=net recovered=1');
+      expect(r.out).toMatch(/net-arp reply mac=/);
+      expect(r.err.match(/n0: guest error, device needs reset/g)).toHaveLength(1);
+      expect(r.err).not.toMatch(/internal error|terminate called|Unhandled|kvm-native: exception/);
+    },
+  );
 });

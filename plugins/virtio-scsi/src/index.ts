@@ -7,7 +7,15 @@
  */
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import {
-  Device, DeviceContext, DevicePlugin, PLUGIN_API_VERSION, PropertyValue, stallSettings, VIRTIO_PCI_DEBUG_PROPERTIES, VirtioPciDevice, VirtioPciPluginDevice,
+  Device,
+  DeviceContext,
+  DevicePlugin,
+  PLUGIN_API_VERSION,
+  PropertyValue,
+  stallSettings,
+  VIRTIO_PCI_DEBUG_PROPERTIES,
+  VirtioPciDevice,
+  VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { ScsiDisk } from '@tsvmm/scsi';
 import { MAX_LUN, VirtioScsiDevice, VirtioScsiExtraState } from '@tsvmm/virtio-scsi-core';
@@ -80,12 +88,18 @@ export class ScsiHd implements Device {
   loadState(state: unknown): void {
     const s = state as { lun?: unknown } | null;
     if (!s || typeof s !== 'object') throw new Error(`${this.id}: malformed scsi-hd state`);
-    if (s.lun !== undefined && s.lun !== this.lun) throw new Error(`${this.id}: migrated as lun=${String(s.lun)}, configured here as lun=${this.lun}`);
+    if (s.lun !== undefined && s.lun !== this.lun)
+      throw new Error(`${this.id}: migrated as lun=${String(s.lun)}, configured here as lun=${this.lun}`);
   }
 }
 
 export function createVirtioScsi(ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>): VirtioScsiPci {
-  const scsi = new VirtioScsiDevice(ctx.memory, { id, numQueues: props['num-queues'] as number, eventIdx: props['event-idx'] as boolean, log: ctx.log });
+  const scsi = new VirtioScsiDevice(ctx.memory, {
+    id,
+    numQueues: props['num-queues'] as number,
+    eventIdx: props['event-idx'] as boolean,
+    log: ctx.log,
+  });
   const transport = new VirtioPciDevice(scsi, ctx, { classCode: VIRTIO_SCSI_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
   transport.stall = stallSettings(props);
   return new VirtioScsiPci(id, scsi, transport);
@@ -96,7 +110,9 @@ export function createScsiHd(ctx: DeviceContext, id: string, props: Record<strin
   const busId = (props.bus as string).replace(/\.0$/, '');
   const bus = ctx.device(busId);
   if (!(bus instanceof VirtioScsiPci))
-    throw new Error(`bus=${props.bus as string}: no virtio-scsi adapter with that id (define --device virtio-scsi,id=${busId} before its disks)`);
+    throw new Error(
+      `bus=${props.bus as string}: no virtio-scsi adapter with that id (define --device virtio-scsi,id=${busId} before its disks)`,
+    );
   const lun = props.lun as number;
   if (bus.scsi.target.lun(lun)) throw new Error(`lun=${lun}: bus ${busId} already has a device on that LUN`);
   let backend: RawFileBackend;
@@ -114,7 +130,10 @@ export function createScsiHd(ctx: DeviceContext, id: string, props: Record<strin
     throw new Error(`file=${props.file as string} is smaller than one ${blockSize}-byte block`);
   }
   const disk = new ScsiDisk({
-    backend, readonly: props.readonly as boolean, serial: (props.serial as string | undefined) ?? id, logicalBlockSize: blockSize,
+    backend,
+    readonly: props.readonly as boolean,
+    serial: (props.serial as string | undefined) ?? id,
+    logicalBlockSize: blockSize,
   });
   bus.scsi.target.attach(lun, disk);
   return new ScsiHd(id, bus, lun, disk);
@@ -140,13 +159,27 @@ export const plugin: DevicePlugin = {
       type: 'scsi-hd',
       description: 'SCSI disk (SBC) on a virtio-scsi adapter, backed by a raw image file',
       properties: {
-        bus: { type: 'string', description: 'id of the virtio-scsi adapter (QEMU\'s ID.0 accepted)', required: true },
+        bus: { type: 'string', description: "id of the virtio-scsi adapter (QEMU's ID.0 accepted)", required: true },
         lun: { type: 'int', description: 'logical unit number on target 0', default: 0, min: 0, max: MAX_LUN },
         file: { type: 'path', description: 'raw image file or block device', required: true },
         readonly: { type: 'bool', description: 'write-protect the LUN (DATA PROTECT on writes)', default: false },
-        serial: { type: 'string', description: 'unit serial number, VPD page 0x80 (default: the device id)', pattern: /^[\x21-\x7e]{1,36}$/, patternHint: '1 to 36 printable ASCII characters without spaces' },
-        cache: { type: 'enum', description: 'writeback (page cache) or none (O_DIRECT)', values: ['writeback', 'none'], default: 'writeback' },
-        aio: { type: 'enum', description: 'I/O engine: io_uring or threads (libuv\'s pool); default io_uring where the kernel allows it', values: [...AIO_MODES] },
+        serial: {
+          type: 'string',
+          description: 'unit serial number, VPD page 0x80 (default: the device id)',
+          pattern: /^[\x21-\x7e]{1,36}$/,
+          patternHint: '1 to 36 printable ASCII characters without spaces',
+        },
+        cache: {
+          type: 'enum',
+          description: 'writeback (page cache) or none (O_DIRECT)',
+          values: ['writeback', 'none'],
+          default: 'writeback',
+        },
+        aio: {
+          type: 'enum',
+          description: "I/O engine: io_uring or threads (libuv's pool); default io_uring where the kernel allows it",
+          values: [...AIO_MODES],
+        },
         'logical-block-size': { type: 'int', description: 'logical block size in bytes: 512 or 4096', default: 512, min: 512, max: 4096 },
       },
       create: createScsiHd,

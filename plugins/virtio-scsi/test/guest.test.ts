@@ -27,8 +27,13 @@ function twoLuns(adapter = 'virtio-scsi,id=scsi0', diskOpt = ''): { a: string; b
   const a = image(`a-${Math.random().toString(36).slice(2)}.img`, 16 << 20);
   const b = image(`b-${Math.random().toString(36).slice(2)}.img`, 4 << 20, 0x3c);
   return {
-    a, b,
-    devices: [adapter, `scsi-hd,bus=scsi0,lun=0,file=${a},serial=SER0${diskOpt}`, `scsi-hd,bus=scsi0,lun=1,file=${b},readonly=on,serial=SER1${diskOpt}`],
+    a,
+    b,
+    devices: [
+      adapter,
+      `scsi-hd,bus=scsi0,lun=0,file=${a},serial=SER0${diskOpt}`,
+      `scsi-hd,bus=scsi0,lun=1,file=${b},readonly=on,serial=SER1${diskOpt}`,
+    ],
   };
 }
 
@@ -63,12 +68,25 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
       const { a, devices } = twoLuns(adapter, diskOpt);
       const r = await vmm('test=scsi-rw lun=0 lba=100 blocks=48 seed=7 strict=1', devices);
       expectPass(r, 'scsi-rw');
-      for (const op of ['write10', 'write16', 'write6', 'read6', 'read10', 'read12', 'read16', 'write-verify10', 'verify10', 'sync-cache10', 'sync-cache16'])
+      for (const op of [
+        'write10',
+        'write16',
+        'write6',
+        'read6',
+        'read10',
+        'read12',
+        'read16',
+        'write-verify10',
+        'verify10',
+        'sync-cache10',
+        'sync-cache16',
+      ])
         expect(r.out).toMatch(new RegExp(`scsi-rw op=${op} .* ok`));
       expect(r.out).toContain('scsi-sense case=verify-miscompare key=0x0e asc=0x1d ascq=0x00');
       expect(r.out).toContain('scsi-rw lun=0 written=48 verified=48');
       const img = fs.readFileSync(a);
-      for (let o = 100 * 512; o < 148 * 512; o++) if (img[o] !== patternByte(o, 7)) throw new Error(`image byte ${o} is ${img[o]}, expected ${patternByte(o, 7)}`);
+      for (let o = 100 * 512; o < 148 * 512; o++)
+        if (img[o] !== patternByte(o, 7)) throw new Error(`image byte ${o} is ${img[o]}, expected ${patternByte(o, 7)}`);
       expect(img.subarray(0, 100 * 512).every((x) => x === 0)).toBe(true);
       expect(img.subarray(148 * 512, 200 * 512).every((x) => x === 0)).toBe(true);
     });
@@ -133,13 +151,16 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
     ['shortreq', 1, /command request needs 51 device-readable bytes/],
     ['noresp', 1, /command response needs 108 device-writable bytes/],
     ['loop', 1, /descriptor chain loops/],
-  ])('hostile chain (%s) marks the adapter needs-reset; the guest resets it and it works again; the VMM stays up', async (kind, needsReset, reason) => {
-    const { devices } = twoLuns();
-    const r = await vmm(`test=scsi-hostile kind=${kind}`, devices);
-    expectPass(r, 'scsi-hostile');
-    expect(r.out).toContain(`scsi-hostile kind=${kind} needs_reset=${needsReset} response=none recovered=1`);
-    expect(r.err).toMatch(reason);
-  });
+  ])(
+    'hostile chain (%s) marks the adapter needs-reset; the guest resets it and it works again; the VMM stays up',
+    async (kind, needsReset, reason) => {
+      const { devices } = twoLuns();
+      const r = await vmm(`test=scsi-hostile kind=${kind}`, devices);
+      expectPass(r, 'scsi-hostile');
+      expect(r.out).toContain(`scsi-hostile kind=${kind} needs_reset=${needsReset} response=none recovered=1`);
+      expect(r.err).toMatch(reason);
+    },
+  );
 
   it('a READ offered only device-readable buffers is answered OVERRUN without breaking the adapter', async () => {
     const { devices } = twoLuns();
@@ -151,7 +172,10 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
 
   it('a 4096-byte logical block LUN reports its size and round-trips the pattern', async () => {
     const a = image('lbs4k.img', 8 << 20);
-    const r = await vmm('test=scsi-rw lun=0 lba=10 blocks=8 seed=2 strict=1', ['virtio-scsi,id=scsi0', `scsi-hd,bus=scsi0.0,lun=0,file=${a},logical-block-size=4096`]);
+    const r = await vmm('test=scsi-rw lun=0 lba=10 blocks=8 seed=2 strict=1', [
+      'virtio-scsi,id=scsi0',
+      `scsi-hd,bus=scsi0.0,lun=0,file=${a},logical-block-size=4096`,
+    ]);
     expectPass(r, 'scsi-rw');
     expect(r.out).toContain('scsi-capacity lun=0 blocks=2048 block_size=4096');
     const img = fs.readFileSync(a);
@@ -160,13 +184,28 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
 
   it.each([
     [['scsi-hd,id=d0,bus=nope,file=/dev/null'], /--device scsi-hd,id=d0: bus=nope: no virtio-scsi adapter with that id/],
-    [['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=IMG', 'scsi-hd,id=d1,bus=scsi0,file=IMG'], /--device scsi-hd,id=d1: lun=0: bus scsi0 already has a device on that LUN/],
-    [['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=/nonexistent.img'], /--device scsi-hd,id=d0: file=\/nonexistent.img: no such file/],
-    [['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=IMG,lun=16384'], /--device scsi-hd,id=d0: property 'lun' must be at most 16383/],
-    [['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=IMG,aio=posix'], /--device scsi-hd,id=d0: property 'aio' must be one of io_uring, threads/],
+    [
+      ['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=IMG', 'scsi-hd,id=d1,bus=scsi0,file=IMG'],
+      /--device scsi-hd,id=d1: lun=0: bus scsi0 already has a device on that LUN/,
+    ],
+    [
+      ['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=/nonexistent.img'],
+      /--device scsi-hd,id=d0: file=\/nonexistent.img: no such file/,
+    ],
+    [
+      ['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=IMG,lun=16384'],
+      /--device scsi-hd,id=d0: property 'lun' must be at most 16383/,
+    ],
+    [
+      ['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=IMG,aio=posix'],
+      /--device scsi-hd,id=d0: property 'aio' must be one of io_uring, threads/,
+    ],
   ])('configuration errors name the device and the property: %j', async (devices, message) => {
     const img = image('cfg.img', 1 << 20);
-    const r = await vmm('test=pci-scan', devices.map((d) => d.replace('IMG', img)));
+    const r = await vmm(
+      'test=pci-scan',
+      devices.map((d) => d.replace('IMG', img)),
+    );
     expect(r.code).not.toBe(0);
     expect(r.err).toMatch(message);
   });

@@ -17,14 +17,21 @@ describeKvm('virtio-scsi: hostile guest (hostile.c)', () => {
     ['zero-resp', 'oob', 'off'],
     ['zero-data', '0', 'off'],
     ['zero-data', 'oob', 'on'],
-  ])('%s buffer at %s (ioeventfd=%s): the VMM stays up, the guest reads needs-reset, a reset brings the adapter back', async (kind, at, io) => {
-    const img = path.join(tmp, `${kind}-${at}-${io}.img`);
-    fs.writeFileSync(img, Buffer.alloc(1 << 20));
-    const r = await runGuestKit(`test=hostile-scsi kind=${kind} at=${at}`, [`virtio-scsi,id=scsi0,ioeventfd=${io}`, `scsi-hd,bus=scsi0,lun=0,file=${img}`], { timeoutMs: 60_000 });
-    expectPass(r, 'hostile-scsi');
-    expect(r.out).toContain(`hostile dev=scsi kind=${kind} at=${at} needs_reset=1 config_irq=1`);
-    expect(r.out).toContain('hostile dev=scsi recovered=1');
-    expect(r.err.match(/scsi0: guest error, device needs reset/g)).toHaveLength(1);
-    expect(r.err).not.toMatch(/internal error|terminate called|Unhandled|kvm-native: exception/);
-  });
+  ])(
+    '%s buffer at %s (ioeventfd=%s): the VMM stays up, the guest reads needs-reset, a reset brings the adapter back',
+    async (kind, at, io) => {
+      const img = path.join(tmp, `${kind}-${at}-${io}.img`);
+      fs.writeFileSync(img, Buffer.alloc(1 << 20));
+      const r = await runGuestKit(
+        `test=hostile-scsi kind=${kind} at=${at}`,
+        [`virtio-scsi,id=scsi0,ioeventfd=${io}`, `scsi-hd,bus=scsi0,lun=0,file=${img}`],
+        { timeoutMs: 60_000 },
+      );
+      expectPass(r, 'hostile-scsi');
+      expect(r.out).toContain(`hostile dev=scsi kind=${kind} at=${at} needs_reset=1 config_irq=1`);
+      expect(r.out).toContain('hostile dev=scsi recovered=1');
+      expect(r.err.match(/scsi0: guest error, device needs reset/g)).toHaveLength(1);
+      expect(r.err).not.toMatch(/internal error|terminate called|Unhandled|kvm-native: exception/);
+    },
+  );
 });

@@ -22,8 +22,23 @@ describeKvm('virtio-scsi through the monitor: DeviceEvent, fault injection, queu
     const img = path.join(tmp, 'a.img');
     fs.writeFileSync(img, Buffer.alloc(1 << 20));
     const sock = path.join(tmp, 'qmp-views.sock');
-    vm = startNode([VMM_BIN, 'run', '-S', '--kernel', GUEST_ELF, '--memory', '64M', '--cmdline', 'test=scsi-scan timeout-ms=60000',
-      '--qmp', `unix:${sock}`, '--device', 'virtio-scsi,id=s0', '--device', `scsi-hd,bus=s0,lun=0,file=${img},serial=VIEWS`]);
+    vm = startNode([
+      VMM_BIN,
+      'run',
+      '-S',
+      '--kernel',
+      GUEST_ELF,
+      '--memory',
+      '64M',
+      '--cmdline',
+      'test=scsi-scan timeout-ms=60000',
+      '--qmp',
+      `unix:${sock}`,
+      '--device',
+      'virtio-scsi,id=s0',
+      '--device',
+      `scsi-hd,bus=s0,lun=0,file=${img},serial=VIEWS`,
+    ]);
     const qmp = await QmpClient.connect(sock);
     await qmp.run('qmp_capabilities');
     const status = (q: number) => qmp.run('x-query-virtio-queue-status', { path: 's0', queue: q }) as Promise<Status>;
@@ -42,15 +57,40 @@ describeKvm('virtio-scsi through the monitor: DeviceEvent, fault injection, queu
     await qmp.run('cont');
     // Kick side: the first command is in the ring, its kick was dropped.
     const hung = await until(2, (s) => s['kicks-dropped'] === 1 && s['avail-idx'] === 1, 'the dropped kick');
-    expect(hung).toMatchObject({ 'last-avail-idx': 0, 'used-idx': 0, chains: 0, 'kicks-eventfd': 0, 'kicks-exit': 0, 'pending-drop-kicks': 0 });
+    expect(hung).toMatchObject({
+      'last-avail-idx': 0,
+      'used-idx': 0,
+      chains: 0,
+      'kicks-eventfd': 0,
+      'kicks-exit': 0,
+      'pending-drop-kicks': 0,
+    });
     const req0 = (await hmp('info virtqueues s0')).split('\n').find((l) => l.startsWith('s0 ') && l.split(/\s+/)[2] === 'req0')!;
-    expect(req0.split(/\s+/).slice(0, 9)).toEqual(['s0', '2', 'req0', String(hung.size), '1', '0', '0', '0', String(hung['interrupts-injected'])]);
+    expect(req0.split(/\s+/).slice(0, 9)).toEqual([
+      's0',
+      '2',
+      'req0',
+      String(hung.size),
+      '1',
+      '0',
+      '0',
+      '0',
+      String(hung['interrupts-injected']),
+    ]);
 
     // Interrupt side: the kick delivers the command, its completion interrupt is dropped.
     await qmp.run('x-debug-virtqueue-drop', { dev: 's0', queue: 2, interrupts: 1 });
     await qmp.run('x-debug-device-event', { dev: 's0', event: 'kick', queue: 2 });
     const silent = await until(2, (s) => s['interrupts-dropped'] === 1, 'the dropped interrupt');
-    expect(silent).toMatchObject({ 'last-avail-idx': 1, 'used-idx': 1, chains: 1, 'debug-events': 1, 'kicks-dropped': 1, 'interrupts-injected': hung['interrupts-injected'], 'vector-pending': false });
+    expect(silent).toMatchObject({
+      'last-avail-idx': 1,
+      'used-idx': 1,
+      chains: 1,
+      'debug-events': 1,
+      'kicks-dropped': 1,
+      'interrupts-injected': hung['interrupts-injected'],
+      'vector-pending': false,
+    });
     expect((silent['kicks-eventfd'] as number) + (silent['kicks-exit'] as number)).toBe(1);
     // Still waiting: nothing more reaches the ring while the guest waits for that interrupt.
     await new Promise((r) => setTimeout(r, 300));

@@ -26,8 +26,7 @@ const VMM_BIN = path.join(ROOT, VMM_BIN_REL);
 const VMM_DIST = path.join(ROOT, 'apps/vmm/dist');
 const VMM_BUNDLE = path.join(VMM_DIST, 'main.js');
 const QEMU = 'qemu-system-x86_64';
-const BUILD_HINT =
-  'node libs/kvm-native/scripts/build-native.js && make -C tools/guest-kit && node apps/vmm/scripts/bundle.js';
+const BUILD_HINT = 'node libs/kvm-native/scripts/build-native.js && make -C tools/guest-kit && node apps/vmm/scripts/bundle.js';
 
 /* ---------------- files and processes ---------------- */
 
@@ -121,14 +120,29 @@ function tryRun(f) {
 
 /* The tree's HEAD, or null outside a git checkout. */
 function gitHead() {
-  return tryRun(() => execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim());
+  return tryRun(() =>
+    execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] })
+      .toString()
+      .trim(),
+  );
 }
 
 /* QEMU's version line and the sha256 of the binary on PATH (null where there is none). */
 function qemuStamps() {
   return {
-    qemuVersion: tryRun(() => execFileSync(QEMU, ['--version'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().split('\n')[0].trim()),
-    qemuSha256: tryRun(() => sha256(execFileSync('sh', ['-c', `command -v ${QEMU}`]).toString().trim())),
+    qemuVersion: tryRun(() =>
+      execFileSync(QEMU, ['--version'], { stdio: ['ignore', 'pipe', 'ignore'] })
+        .toString()
+        .split('\n')[0]
+        .trim(),
+    ),
+    qemuSha256: tryRun(() =>
+      sha256(
+        execFileSync('sh', ['-c', `command -v ${QEMU}`])
+          .toString()
+          .trim(),
+      ),
+    ),
   };
 }
 
@@ -261,7 +275,9 @@ function createBench(name, usage) {
       try {
         execFileSync(cmd, args, { stdio: 'pipe' });
       } catch {
-        fail(`${cmd} not found${cmd === QEMU ? ` (apt-get install -y qemu-system-x86), or leave it out with --runners ${withoutQemu}` : ''}`);
+        fail(
+          `${cmd} not found${cmd === QEMU ? ` (apt-get install -y qemu-system-x86), or leave it out with --runners ${withoutQemu}` : ''}`,
+        );
       }
     }
     try {
@@ -450,7 +466,9 @@ function createBench(name, usage) {
 function binariesLine({ guestSha, usesVmm, snap, vmmTree0 }, stamps0) {
   return (
     `Binaries: guest.elf sha256 ${guestSha.slice(0, 16)} (private copy)` +
-    (usesVmm ? `, VMM dist/main.js sha256 ${((snap ? snap.files : vmmTree0)['dist/main.js'] || 'none').slice(0, 16)}${snap ? ' (private copy)' : ''}` : '') +
+    (usesVmm
+      ? `, VMM dist/main.js sha256 ${((snap ? snap.files : vmmTree0)['dist/main.js'] || 'none').slice(0, 16)}${snap ? ' (private copy)' : ''}`
+      : '') +
     `${stamps0.gitHead ? `, tree HEAD ${stamps0.gitHead.slice(0, 12)}` : ''}${stamps0.qemuVersion ? `, ${stamps0.qemuVersion}` : ''}.`
   );
 }
@@ -458,7 +476,10 @@ function binariesLine({ guestSha, usesVmm, snap, vmmTree0 }, stamps0) {
 /* versions.vmm of the blk and net JSON: what ran and the hashes of its files. */
 function vmmVersion({ usesVmm, snap, vmmTree0 }) {
   return usesVmm
-    ? { ran: snap ? 'private copy of apps/vmm/bin/vmm.js + apps/vmm/dist taken at start' : 'apps/vmm in place', files: snap ? snap.files : vmmTree0 }
+    ? {
+        ran: snap ? 'private copy of apps/vmm/bin/vmm.js + apps/vmm/dist taken at start' : 'apps/vmm in place',
+        files: snap ? snap.files : vmmTree0,
+      }
     : null;
 }
 

@@ -18,11 +18,23 @@ if (!dirArg) {
 }
 const fuzzDir = path.join(path.resolve(WS, dirArg), 'fuzz');
 (async () => {
-  for (const f of fs.readdirSync(fuzzDir).filter((f) => f.endsWith('.seeds.ts')).sort()) {
+  for (const f of fs
+    .readdirSync(fuzzDir)
+    .filter((f) => f.endsWith('.seeds.ts'))
+    .sort()) {
     const name = f.slice(0, -'.seeds.ts'.length);
     if (wanted.length && !wanted.includes(name)) continue;
     const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-fuzz-seeds-')), `${name}.js`);
-    require('esbuild').buildSync({ entryPoints: [path.join(fuzzDir, f)], outfile: out, bundle: true, platform: 'node', format: 'cjs', logLevel: 'error', tsconfig: path.join(WS, 'tsconfig.base.json'), external: ['*.node'] });
+    require('esbuild').buildSync({
+      entryPoints: [path.join(fuzzDir, f)],
+      outfile: out,
+      bundle: true,
+      platform: 'node',
+      format: 'cjs',
+      logLevel: 'error',
+      tsconfig: path.join(WS, 'tsconfig.base.json'),
+      external: ['*.node'],
+    });
     const seeds = await require(out).seeds();
     const dir = path.join(fuzzDir, 'corpus', name);
     fs.mkdirSync(dir, { recursive: true });

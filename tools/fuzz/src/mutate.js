@@ -8,7 +8,7 @@
 
 class Rng {
   constructor(seed) {
-    this.s = (seed >>> 0) || 0x9e3779b9;
+    this.s = seed >>> 0 || 0x9e3779b9;
   }
   /** xorshift32: a uint32. */
   u32() {
@@ -73,7 +73,8 @@ function mutateOnce(rng, buf, maxLen, other, dict) {
     case 4: // interesting 32-bit integer
       if (n >= 4) writeInt(buf, rng.below(n - 3), rng.pick(INTERESTING_32), 4, rng.chance(0.8));
       return buf;
-    case 5: { // add or subtract a small number to a 1/2/4-byte field
+    case 5: {
+      // add or subtract a small number to a 1/2/4-byte field
       const w = rng.pick([1, 2, 4]);
       if (n < w) return buf;
       const off = rng.below(n - w + 1);
@@ -83,7 +84,8 @@ function mutateOnce(rng, buf, maxLen, other, dict) {
       writeInt(buf, off, v, w, true);
       return buf;
     }
-    case 6: { // insert random bytes
+    case 6: {
+      // insert random bytes
       if (n >= maxLen) return buf;
       const k = 1 + rng.below(Math.min(16, maxLen - n));
       const ins = Buffer.alloc(k);
@@ -92,19 +94,22 @@ function mutateOnce(rng, buf, maxLen, other, dict) {
       const at = rng.below(n + 1);
       return Buffer.concat([buf.subarray(0, at), ins, buf.subarray(at)]);
     }
-    case 7: { // delete a range
+    case 7: {
+      // delete a range
       if (n < 2) return buf;
       const at = rng.below(n);
       const k = 1 + rng.below(Math.min(32, n - at));
       return Buffer.concat([buf.subarray(0, at), buf.subarray(at + k)]);
     }
-    case 8: { // duplicate a range
+    case 8: {
+      // duplicate a range
       if (!n || n >= maxLen) return buf;
       const at = rng.below(n);
       const k = 1 + rng.below(Math.min(64, n - at, maxLen - n));
       return Buffer.concat([buf.subarray(0, at + k), buf.subarray(at, at + k), buf.subarray(at + k)]);
     }
-    case 9: { // copy a range over another place
+    case 9: {
+      // copy a range over another place
       if (n < 2) return buf;
       const from = rng.below(n);
       const to = rng.below(n);
@@ -112,7 +117,8 @@ function mutateOnce(rng, buf, maxLen, other, dict) {
       buf.copy(buf, to, from, from + k);
       return buf;
     }
-    case 10: { // splice with another input
+    case 10: {
+      // splice with another input
       if (!other || !other.length) return buf;
       const at = rng.below(n + 1);
       const from = rng.below(other.length);
@@ -122,11 +128,13 @@ function mutateOnce(rng, buf, maxLen, other, dict) {
       Buffer.from(other.subarray(from, from + k)).copy(out, Math.min(at, Math.max(0, n - 1)));
       return out;
     }
-    case 11: { // truncate
+    case 11: {
+      // truncate
       if (n < 2) return buf;
       return buf.subarray(0, rng.below(n));
     }
-    default: { // dictionary token: insert or overwrite
+    default: {
+      // dictionary token: insert or overwrite
       const tok = rng.pick(dict);
       const at = rng.below(n + 1);
       if (rng.chance(0.5)) return Buffer.concat([buf.subarray(0, at), tok, buf.subarray(at)]);

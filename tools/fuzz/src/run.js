@@ -89,7 +89,11 @@ function signature(kind, error) {
 
 /** Entry: { area, kind: 'throw' | 'hang' | 'oom' | 'uncaught', match?: regex on "kind: Name: message", frame?: regex on the stack }. */
 function knownMatches(k, kind, error) {
-  return k.kind === kind && (!k.match || new RegExp(k.match).test(signature(kind, error))) && (!k.frame || new RegExp(k.frame).test(error.stack ?? ''));
+  return (
+    k.kind === kind &&
+    (!k.match || new RegExp(k.match).test(signature(kind, error))) &&
+    (!k.frame || new RegExp(k.frame).test(error.stack ?? ''))
+  );
 }
 
 function matchesKnown(known, kind, error) {
@@ -100,7 +104,9 @@ function matchesKnown(known, kind, error) {
 }
 
 function hex(buf, limit = 256) {
-  const h = Buffer.from(buf.subarray(0, limit)).toString('hex').replace(/(.{64})/g, '$1\n      ');
+  const h = Buffer.from(buf.subarray(0, limit))
+    .toString('hex')
+    .replace(/(.{64})/g, '$1\n      ');
   return h + (buf.length > limit ? ` ... (${buf.length} bytes)` : '');
 }
 
@@ -159,11 +165,23 @@ function runWorker(bundlePath, data, onMessage) {
         lastCount = count;
         lastChange = Date.now();
       } else if (Atomics.load(hdr, 1) === 1 && Date.now() - lastChange > TIMEOUT_MS && !fatal) {
-        fatal = { kind: 'hang', error: { name: 'Timeout', message: `one input ran longer than ${TIMEOUT_MS} ms`, stack: '' }, input: current() };
+        fatal = {
+          kind: 'hang',
+          error: { name: 'Timeout', message: `one input ran longer than ${TIMEOUT_MS} ms`, stack: '' },
+          input: current(),
+        };
         w.terminate();
       }
       if (Date.now() > hardDeadline && !fatal) {
-        fatal = { kind: 'hang', error: { name: 'Timeout', message: 'the worker did not finish (between inputs: a timer or handle the target left running?)', stack: '' }, input: current() };
+        fatal = {
+          kind: 'hang',
+          error: {
+            name: 'Timeout',
+            message: 'the worker did not finish (between inputs: a timer or handle the target left running?)',
+            stack: '',
+          },
+          input: current(),
+        };
         w.terminate();
       }
     }, 50);
@@ -173,15 +191,18 @@ function runWorker(bundlePath, data, onMessage) {
       if (m.type === 'finished') {
         finished = true;
         void w.terminate();
-      }
-      else onMessage(m);
+      } else onMessage(m);
     });
     w.on('error', (e) => {
       if (fatal) return;
       const oom = e && e.code === 'ERR_WORKER_OUT_OF_MEMORY';
       fatal = {
         kind: oom ? 'oom' : 'uncaught',
-        error: { name: e?.name ?? 'Error', message: oom ? `heap grew beyond ${MAX_HEAP_MB} MiB` : e?.message ?? String(e), stack: e?.stack ?? String(e) },
+        error: {
+          name: e?.name ?? 'Error',
+          message: oom ? `heap grew beyond ${MAX_HEAP_MB} MiB` : (e?.message ?? String(e)),
+          stack: e?.stack ?? String(e),
+        },
         input: current(),
       };
     });
@@ -194,7 +215,15 @@ function runWorker(bundlePath, data, onMessage) {
         // Not ended by us: the child died (a native abort or fault, or a JavaScript error outside any input).
         if (!fatal && !finished) {
           const why = stderr.trim().split('\n').slice(-6).join('\n');
-          fatal = { kind: 'uncaught', error: { name: 'ProcessExit', message: `the target process died (${signal ?? `exit status ${code}`}): ${why.split('\n').pop() ?? ''}`, stack: why }, input: current() };
+          fatal = {
+            kind: 'uncaught',
+            error: {
+              name: 'ProcessExit',
+              message: `the target process died (${signal ?? `exit status ${code}`}): ${why.split('\n').pop() ?? ''}`,
+              stack: why,
+            },
+            input: current(),
+          };
         }
       }
       resolve({ fatal, execs: Atomics.load(hdr, 0) });
@@ -213,11 +242,20 @@ function saveCrash(name, input) {
 function reportCrash(name, kind, error, input) {
   const file = saveCrash(name, input);
   console.log(`\n==== ${project}/${name}: CRASH (${kind}) ${error.name}: ${error.message}`);
-  if (error.stack) console.log(error.stack.split('\n').slice(0, 14).map((l) => `    ${l}`).join('\n'));
+  if (error.stack)
+    console.log(
+      error.stack
+        .split('\n')
+        .slice(0, 14)
+        .map((l) => `    ${l}`)
+        .join('\n'),
+    );
   console.log(`    input (${input.length} bytes) saved to ${path.relative(WS, file)}`);
   console.log(`    hex: ${hex(input)}`);
   console.log(`    replay: node tools/fuzz/src/run.js ${path.relative(WS, projectDir)} ${name} --replay ${path.relative(WS, file)}`);
-  console.log(`    keep as a regression input: cp ${path.relative(WS, file)} ${path.relative(WS, path.join(fuzzDir, 'regressions', name))}/\n`);
+  console.log(
+    `    keep as a regression input: cp ${path.relative(WS, file)} ${path.relative(WS, path.join(fuzzDir, 'regressions', name))}/\n`,
+  );
 }
 
 /** Replays files; returns the number of failures (known ones count only with FUZZ_KNOWN_FAILURES=fail). */
@@ -253,14 +291,25 @@ async function replayPhase(name, bundlePath, files, known, isolation) {
       console.log(`${project}/${name}: regression ${base}: ok`);
     } else if (!o && k) {
       failures++;
-      console.log(`${project}/${name}: regression ${base}: NOW PASSES; it was a known failure (${k.area}): remove it from known-failures.json`);
+      console.log(
+        `${project}/${name}: regression ${base}: NOW PASSES; it was a known failure (${k.area}): remove it from known-failures.json`,
+      );
     } else if (o && k && knownMatches(k, o.kind, o.error)) {
       if (KNOWN_FAIL) failures++;
-      console.log(`${project}/${name}: regression ${base}: KNOWN FAILURE (${o.kind}: ${o.error.name}: ${o.error.message}); to be fixed by ${k.area}${KNOWN_FAIL ? '' : ' (FUZZ_KNOWN_FAILURES=fail makes this fail the run)'}`);
+      console.log(
+        `${project}/${name}: regression ${base}: KNOWN FAILURE (${o.kind}: ${o.error.name}: ${o.error.message}); to be fixed by ${k.area}${KNOWN_FAIL ? '' : ' (FUZZ_KNOWN_FAILURES=fail makes this fail the run)'}`,
+      );
     } else {
       failures++;
       console.log(`${project}/${name}: regression ${base}: FAILS (${o.kind})`);
-      if (o.error.stack) console.log(o.error.stack.split('\n').slice(0, 14).map((l) => `    ${l}`).join('\n'));
+      if (o.error.stack)
+        console.log(
+          o.error.stack
+            .split('\n')
+            .slice(0, 14)
+            .map((l) => `    ${l}`)
+            .join('\n'),
+        );
     }
   }
   return failures;
@@ -278,33 +327,37 @@ async function fuzzPhase(name, bundlePath, known, isolation) {
   while (Date.now() < deadline) {
     const seconds = Math.max(1, Math.round((deadline - Date.now()) / 1000));
     let crashed = false;
-    const { fatal, execs: n } = await runWorker(bundlePath, { mode: 'fuzz', corpusDir, seconds, seed, keepGoing: true, coverage: COVERAGE, isolation }, (m) => {
-      if (m.type === 'done' || m.type === 'stats') last = m;
-      if (m.type === 'new' && GROW_CORPUS) {
-        const buf = Buffer.from(m.input);
-        fs.writeFileSync(path.join(corpusDir, `grown-${crypto.createHash('sha1').update(buf).digest('hex').slice(0, 12)}`), buf);
-      }
-      if (m.type === 'crash') {
-        const buf = Buffer.from(m.input);
-        const k = matchesKnown(known, 'throw', m.error);
-        if (m.seed) console.log(`${project}/${name}: seed ${m.seed} fails`);
-        if (k && !KNOWN_FAIL) {
-          knownHits++;
-          return;
+    const { fatal, execs: n } = await runWorker(
+      bundlePath,
+      { mode: 'fuzz', corpusDir, seconds, seed, keepGoing: true, coverage: COVERAGE, isolation },
+      (m) => {
+        if (m.type === 'done' || m.type === 'stats') last = m;
+        if (m.type === 'new' && GROW_CORPUS) {
+          const buf = Buffer.from(m.input);
+          fs.writeFileSync(path.join(corpusDir, `grown-${crypto.createHash('sha1').update(buf).digest('hex').slice(0, 12)}`), buf);
         }
-        const sig = `${m.error.name}: ${m.error.message}`.replace(/\d+/g, 'N');
-        if (!seen.has(sig)) {
-          seen.add(sig);
-          reportCrash(name, 'throw', m.error, buf);
+        if (m.type === 'crash') {
+          const buf = Buffer.from(m.input);
+          const k = matchesKnown(known, 'throw', m.error);
+          if (m.seed) console.log(`${project}/${name}: seed ${m.seed} fails`);
+          if (k && !KNOWN_FAIL) {
+            knownHits++;
+            return;
+          }
+          const sig = `${m.error.name}: ${m.error.message}`.replace(/\d+/g, 'N');
+          if (!seen.has(sig)) {
+            seen.add(sig);
+            reportCrash(name, 'throw', m.error, buf);
+          }
+          failures++;
+          crashed = true;
         }
-        failures++;
-        crashed = true;
-      }
-      if (m.type === 'harness-error') {
-        failures++;
-        console.log(`${project}/${name}: harness error: ${m.error.stack}`);
-      }
-    });
+        if (m.type === 'harness-error') {
+          failures++;
+          console.log(`${project}/${name}: harness error: ${m.error.stack}`);
+        }
+      },
+    );
     seed = (seed * 1103515245 + 12345) >>> 0;
     execs += n;
     if (fatal) {
@@ -321,8 +374,13 @@ async function fuzzPhase(name, bundlePath, known, isolation) {
     if (last && last.type === 'done') break;
   }
   const rate = execs / SECONDS;
-  const cov = last && last.coverage !== false && last.features !== undefined ? `, coverage ${last.features} block features, corpus ${last.corpus}` : '';
-  console.log(`${project}/${name}: ${execs} executions in ${SECONDS} s (${rate.toFixed(0)}/s)${cov}, seed ${SEED}${knownHits ? `, ${knownHits} inputs hit known failures` : ''}, ${failures ? `${failures} FAILURES` : 'no new crash'}`);
+  const cov =
+    last && last.coverage !== false && last.features !== undefined
+      ? `, coverage ${last.features} block features, corpus ${last.corpus}`
+      : '';
+  console.log(
+    `${project}/${name}: ${execs} executions in ${SECONDS} s (${rate.toFixed(0)}/s)${cov}, seed ${SEED}${knownHits ? `, ${knownHits} inputs hit known failures` : ''}, ${failures ? `${failures} FAILURES` : 'no new crash'}`,
+  );
   return failures;
 }
 
@@ -336,7 +394,9 @@ async function main() {
     process.env.FUZZ_TMPDIR = tmp;
     try {
       // A target that drives native fd watchers runs in a child process: a native fault there must not end this one.
-      const isolation = /^export const isolation = 'process'/m.test(fs.readFileSync(path.join(fuzzDir, `${name}.fuzz.ts`), 'utf8')) ? 'process' : 'thread';
+      const isolation = /^export const isolation = 'process'/m.test(fs.readFileSync(path.join(fuzzDir, `${name}.fuzz.ts`), 'utf8'))
+        ? 'process'
+        : 'thread';
       const known = loadKnown(name);
       if (replayFiles) {
         failures += await replayPhase(name, bundlePath, replayFiles, {}, isolation);
@@ -344,9 +404,14 @@ async function main() {
       }
       const regDir = path.join(fuzzDir, 'regressions', name);
       const regs = fs.existsSync(regDir)
-        ? fs.readdirSync(regDir).filter((f) => !f.startsWith('.') && !f.endsWith('.json') && !f.endsWith('.md')).sort().map((f) => path.join(regDir, f))
+        ? fs
+            .readdirSync(regDir)
+            .filter((f) => !f.startsWith('.') && !f.endsWith('.json') && !f.endsWith('.md'))
+            .sort()
+            .map((f) => path.join(regDir, f))
         : [];
-      for (const k of Object.keys(known)) if (!regs.some((r) => path.basename(r) === k)) throw new Error(`${regDir}/known-failures.json names ${k}, which is not there`);
+      for (const k of Object.keys(known))
+        if (!regs.some((r) => path.basename(r) === k)) throw new Error(`${regDir}/known-failures.json names ${k}, which is not there`);
       if (regs.length) failures += await replayPhase(name, bundlePath, regs, known, isolation);
       failures += await fuzzPhase(name, bundlePath, known, isolation);
       console.log(`${project}/${name}: ${((Date.now() - t0) / 1000).toFixed(1)} s`);

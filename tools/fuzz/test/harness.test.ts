@@ -62,18 +62,43 @@ describe('fuzz harness', () => {
 
   it('passes with a listed known failure, and fails once it passes or fails another way', () => {
     const known = (kind: string) => JSON.stringify({ loops: { area: 'the planted bug', kind } });
-    const listed = run(project({ 'fuzz/corpus/planted/seed': 'quiet', 'fuzz/regressions/planted/loops': 'HANG', 'fuzz/regressions/planted/known-failures.json': known('hang') }));
+    const listed = run(
+      project({
+        'fuzz/corpus/planted/seed': 'quiet',
+        'fuzz/regressions/planted/loops': 'HANG',
+        'fuzz/regressions/planted/known-failures.json': known('hang'),
+      }),
+    );
     expect(listed.out).toContain('regression loops: KNOWN FAILURE (hang');
     expect(listed.status).toBe(0);
 
-    const strict = run(project({ 'fuzz/corpus/planted/seed': 'quiet', 'fuzz/regressions/planted/loops': 'HANG', 'fuzz/regressions/planted/known-failures.json': known('hang') }), { FUZZ_KNOWN_FAILURES: 'fail' });
+    const strict = run(
+      project({
+        'fuzz/corpus/planted/seed': 'quiet',
+        'fuzz/regressions/planted/loops': 'HANG',
+        'fuzz/regressions/planted/known-failures.json': known('hang'),
+      }),
+      { FUZZ_KNOWN_FAILURES: 'fail' },
+    );
     expect(strict.status).toBe(1);
 
-    const fixed = run(project({ 'fuzz/corpus/planted/seed': 'quiet', 'fuzz/regressions/planted/loops': 'fine', 'fuzz/regressions/planted/known-failures.json': known('hang') }));
+    const fixed = run(
+      project({
+        'fuzz/corpus/planted/seed': 'quiet',
+        'fuzz/regressions/planted/loops': 'fine',
+        'fuzz/regressions/planted/known-failures.json': known('hang'),
+      }),
+    );
     expect(fixed.out).toContain('regression loops: NOW PASSES');
     expect(fixed.status).toBe(1);
 
-    const other = run(project({ 'fuzz/corpus/planted/seed': 'quiet', 'fuzz/regressions/planted/loops': 'BOOM', 'fuzz/regressions/planted/known-failures.json': known('hang') }));
+    const other = run(
+      project({
+        'fuzz/corpus/planted/seed': 'quiet',
+        'fuzz/regressions/planted/loops': 'BOOM',
+        'fuzz/regressions/planted/known-failures.json': known('hang'),
+      }),
+    );
     expect(other.out).toContain('regression loops: FAILS (throw)');
     expect(other.status).toBe(1);
   });

@@ -17,7 +17,8 @@ const { builtinModules } = require('module');
 const path = require('path');
 const ts = require('typescript');
 
-const RULE = 'a plugin may import @tsvmm/virtio-core, @tsvmm/pci, @tsvmm/kvm-native and the other shared libs/*, never another plugin or apps/vmm';
+const RULE =
+  'a plugin may import @tsvmm/virtio-core, @tsvmm/pci, @tsvmm/kvm-native and the other shared libs/*, never another plugin or apps/vmm';
 const SOURCE = /\.(ts|tsx|mts|cts|js|mjs|cjs)$/;
 
 /**
@@ -42,7 +43,10 @@ function readJson(file) {
 /** @param {string} dir @returns {string[]} */
 function subdirs(dir) {
   try {
-    return fs.readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name));
+    return fs
+      .readdirSync(dir, { withFileTypes: true })
+      .filter((e) => e.isDirectory())
+      .map((e) => path.join(dir, e.name));
   } catch {
     return [];
   }
@@ -52,7 +56,12 @@ function subdirs(dir) {
 function workspacePackages(root) {
   /** @type {Map<string, WorkspacePackage>} */
   const out = new Map();
-  for (const [group, kind] of [['libs', 'lib'], ['plugins', 'plugin'], ['apps', 'app'], ['tools', 'tool']]) {
+  for (const [group, kind] of [
+    ['libs', 'lib'],
+    ['plugins', 'plugin'],
+    ['apps', 'app'],
+    ['tools', 'tool'],
+  ]) {
     for (const dir of subdirs(path.join(root, group))) {
       const pkg = readJson(path.join(dir, 'package.json'));
       if (pkg && typeof pkg.name === 'string') out.set(pkg.name, { dir, kind });
@@ -102,7 +111,9 @@ function checkPluginImports(root, pluginDirs) {
   const out = [];
   for (const dir of dirs) {
     const pkg = readJson(path.join(dir, 'package.json')) ?? {};
-    const deps = new Set(['dependencies', 'peerDependencies', 'optionalDependencies', 'devDependencies'].flatMap((k) => Object.keys(pkg[k] ?? {})));
+    const deps = new Set(
+      ['dependencies', 'peerDependencies', 'optionalDependencies', 'devDependencies'].flatMap((k) => Object.keys(pkg[k] ?? {})),
+    );
     for (const file of sourceFiles(dir)) {
       const text = fs.readFileSync(file, 'utf8');
       const rel = path.relative(root, file);
@@ -115,7 +126,11 @@ function checkPluginImports(root, pluginDirs) {
           const target = path.resolve(path.dirname(file), spec);
           if (inside(dir, target)) continue;
           const owner = [...packages.values()].find((p) => inside(p.dir, target));
-          bad(owner ? `reaches into ${path.relative(root, owner.dir)} (${owner.kind === 'plugin' ? 'another plugin' : owner.kind === 'app' ? 'the VMM app' : `a ${owner.kind}`}) by a relative path` : 'reaches outside the plugin by a relative path');
+          bad(
+            owner
+              ? `reaches into ${path.relative(root, owner.dir)} (${owner.kind === 'plugin' ? 'another plugin' : owner.kind === 'app' ? 'the VMM app' : `a ${owner.kind}`}) by a relative path`
+              : 'reaches outside the plugin by a relative path',
+          );
           continue;
         }
         if (path.isAbsolute(spec)) {
@@ -127,11 +142,18 @@ function checkPluginImports(root, pluginDirs) {
         const ws = packages.get(name);
         if (ws) {
           if (ws.kind === 'lib' || ws.dir === dir) continue;
-          bad(ws.kind === 'plugin' ? `is another plugin (${path.relative(root, ws.dir)})` : ws.kind === 'app' ? 'is the VMM app' : `is a workspace ${ws.kind} (${path.relative(root, ws.dir)})`);
+          bad(
+            ws.kind === 'plugin'
+              ? `is another plugin (${path.relative(root, ws.dir)})`
+              : ws.kind === 'app'
+                ? 'is the VMM app'
+                : `is a workspace ${ws.kind} (${path.relative(root, ws.dir)})`,
+          );
           continue;
         }
         if (name.startsWith('@tsvmm/')) bad('is no workspace library');
-        else if (!deps.has(name) && !rootDeps.has(name)) bad(`is not a dependency in ${path.relative(root, path.join(dir, 'package.json'))}`);
+        else if (!deps.has(name) && !rootDeps.has(name))
+          bad(`is not a dependency in ${path.relative(root, path.join(dir, 'package.json'))}`);
       }
     }
   }

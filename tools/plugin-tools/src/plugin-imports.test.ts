@@ -24,22 +24,25 @@ describe('plugin import rule', () => {
       write('apps/vmm/package.json', JSON.stringify({ name: '@tsvmm/vmm' }));
       write('plugins/other/package.json', JSON.stringify({ name: '@tsvmm/other' }));
       write('plugins/bad/package.json', JSON.stringify({ name: '@tsvmm/bad', dependencies: { 'left-pad': '1' } }));
-      write('plugins/bad/src/index.ts', [
-        "import * as fs from 'fs';",
-        "import { PLUGIN_API_VERSION } from '@tsvmm/pci';",
-        "import { RawFileBackend } from '@tsvmm/block';",
-        "import { x } from './x';",
-        "import pad from 'left-pad';",
-        "import fc from 'fast-check';",
-        "import { readFile } from 'node:fs/promises';",
-        '// import { nope } from \'@tsvmm/other\'; (a comment does not count)',
-        "import { other } from '@tsvmm/other';",
-        "import { main } from '../../../apps/vmm/src/main';",
-        "export { y } from '../../other/src/y';",
-        "const vmm = require('@tsvmm/vmm');",
-        "const later = import('lodash');",
-        "import { z } from '@tsvmm/nowhere';",
-      ].join('\n'));
+      write(
+        'plugins/bad/src/index.ts',
+        [
+          "import * as fs from 'fs';",
+          "import { PLUGIN_API_VERSION } from '@tsvmm/pci';",
+          "import { RawFileBackend } from '@tsvmm/block';",
+          "import { x } from './x';",
+          "import pad from 'left-pad';",
+          "import fc from 'fast-check';",
+          "import { readFile } from 'node:fs/promises';",
+          "// import { nope } from '@tsvmm/other'; (a comment does not count)",
+          "import { other } from '@tsvmm/other';",
+          "import { main } from '../../../apps/vmm/src/main';",
+          "export { y } from '../../other/src/y';",
+          "const vmm = require('@tsvmm/vmm');",
+          "const later = import('lodash');",
+          "import { z } from '@tsvmm/nowhere';",
+        ].join('\n'),
+      );
       expect(checkPluginImports(ws).map((v) => `${v.file}:${v.line} ${v.specifier}: ${v.reason}`)).toEqual([
         'plugins/bad/src/index.ts:9 @tsvmm/other: is another plugin (plugins/other)',
         'plugins/bad/src/index.ts:10 ../../../apps/vmm/src/main: reaches into apps/vmm (the VMM app) by a relative path',

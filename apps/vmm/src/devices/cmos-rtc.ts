@@ -16,7 +16,10 @@ export class CmosRtc implements BusDevice {
   private index = 0;
   private readonly ram = new Uint8Array(128);
 
-  constructor(memoryBytes: number, private readonly now: () => Date = () => new Date()) {
+  constructor(
+    memoryBytes: number,
+    private readonly now: () => Date = () => new Date(),
+  ) {
     this.ram[REG_A] = 0x26; // 32.768 kHz base, 1024 Hz rate, UIP clear
     this.ram[REG_B] = B_24H;
     this.ram[REG_D] = 0x80; // valid RAM and time
@@ -55,10 +58,16 @@ export class CmosRtc implements BusDevice {
   private timeRegister(i: number): number {
     const d = this.now();
     const fields: Record<number, number> = {
-      0: d.getUTCSeconds(), 2: d.getUTCMinutes(), 4: d.getUTCHours(), 6: d.getUTCDay() + 1,
-      7: d.getUTCDate(), 8: d.getUTCMonth() + 1, 9: d.getUTCFullYear() % 100, 0x32: Math.floor(d.getUTCFullYear() / 100),
+      0: d.getUTCSeconds(),
+      2: d.getUTCMinutes(),
+      4: d.getUTCHours(),
+      6: d.getUTCDay() + 1,
+      7: d.getUTCDate(),
+      8: d.getUTCMonth() + 1,
+      9: d.getUTCFullYear() % 100,
+      0x32: Math.floor(d.getUTCFullYear() / 100),
     };
     const v = fields[i] ?? this.ram[i];
-    return this.ram[REG_B] & B_BINARY ? v : ((Math.floor(v / 10) << 4) | (v % 10));
+    return this.ram[REG_B] & B_BINARY ? v : (Math.floor(v / 10) << 4) | (v % 10);
   }
 }

@@ -52,7 +52,17 @@ export class Uart16550 implements BusDevice {
 
   /** Migration: the registers and the receive FIFO. */
   saveState(): Record<string, unknown> {
-    return { ier: this.ier, lcr: this.lcr, mcr: this.mcr, scr: this.scr, dll: this.dll, dlm: this.dlm, fcr: this.fcr, rx: [...this.rx], thriPending: this.thriPending };
+    return {
+      ier: this.ier,
+      lcr: this.lcr,
+      mcr: this.mcr,
+      scr: this.scr,
+      dll: this.dll,
+      dlm: this.dlm,
+      fcr: this.fcr,
+      rx: [...this.rx],
+      thriPending: this.thriPending,
+    };
   }
 
   loadState(s: Record<string, unknown>): void {
@@ -106,7 +116,7 @@ export class Uart16550 implements BusDevice {
       case LSR:
         return (this.rx.length ? LSR_DR : 0) | LSR_THRE | LSR_TEMT;
       case MSR:
-        return this.mcr & MCR_LOOP ? ((this.mcr & 0x0f) << 4) : MSR_CTS | MSR_DSR | MSR_DCD;
+        return this.mcr & MCR_LOOP ? (this.mcr & 0x0f) << 4 : MSR_CTS | MSR_DSR | MSR_DCD;
       case SCR:
         return this.scr;
       default:

@@ -111,7 +111,7 @@ function parseNotes(b: Uint8Array, start: number, size: number, bad: (field: str
   const notes: ElfNote[] = [];
   // Math, not `(n + 3) & ~3`: that wraps a 32-bit namesz such as 0xfffffff1 to a negative step.
   const align4 = (n: number) => Math.ceil(n / 4) * 4;
-  for (let p = start; end - p >= 12; ) {
+  for (let p = start; end - p >= 12;) {
     const namesz = dv.getUint32(p, true);
     const descsz = dv.getUint32(p + 4, true);
     const type = dv.getUint32(p + 8, true);
@@ -120,7 +120,9 @@ function parseNotes(b: Uint8Array, start: number, size: number, bad: (field: str
     if (nameOff + align4(namesz) > end) throw bad(`${at} n_namesz`, `${hex(namesz)} runs past the end of the segment`);
     const descOff = nameOff + align4(namesz);
     if (descOff + align4(descsz) > end) throw bad(`${at} n_descsz`, `${hex(descsz)} runs past the end of the segment`);
-    const name = Buffer.from(b.subarray(nameOff, nameOff + namesz)).toString('latin1').replace(/\0+$/, '');
+    const name = Buffer.from(b.subarray(nameOff, nameOff + namesz))
+      .toString('latin1')
+      .replace(/\0+$/, '');
     notes.push({ name, type, desc: b.subarray(descOff, descOff + descsz) });
     p = descOff + align4(descsz); // always > p: at least the 12-byte header
   }

@@ -12,7 +12,13 @@ function load(kernel: Uint8Array, extra: { cmdline?: string; initrd?: Uint8Array
   const layout = ramLayout(size);
   const memory = new GuestMemory([{ guestPhysAddr: 0, bytes: new Uint8Array(size) }]);
   const entry = loadKernel({
-    kernel, kernelPath: 'k', cmdline: extra.cmdline ?? '', initrd: extra.initrd, memory, lowRamEnd: layout.lowRamEnd, e820: layout.e820,
+    kernel,
+    kernelPath: 'k',
+    cmdline: extra.cmdline ?? '',
+    initrd: extra.initrd,
+    memory,
+    lowRamEnd: layout.lowRamEnd,
+    e820: layout.e820,
   });
   return { entry, memory };
 }
@@ -56,21 +62,77 @@ describe('kernel loaders', () => {
   // Crafted kernels: each is refused promptly (a loop would time the test out) with a
   // KernelImageError naming the field, never a RangeError.
   const crafted: [string, () => Uint8Array, RegExp][] = [
-    ['a PVH note whose namesz wraps 32-bit alignment (0xFFFFFFF1)', () => noteField(elf, 0, 0xfffffff1), /not a valid kernel: program header \d+ note at offset 0x[0-9a-f]+ n_namesz 0xfffffff1 runs past the end of the segment/],
-    ['a note whose descsz runs past its segment', () => noteField(elf, 4, 0x7ffffff0), /not a valid kernel: program header \d+ note at offset 0x[0-9a-f]+ n_descsz 0x7ffffff0 runs past the end of the segment/],
-    ['a PT_NOTE segment past the end of the file', () => phField(elf, 4, 8, 0xffffffff00n), /not a valid kernel: program header \d+ \(PT_NOTE p_offset, p_filesz\) .* runs past the end of the file/],
-    ['a PT_LOAD segment past the end of the file', () => phField(elf, 1, 32, BigInt(elf.length)), /not a valid kernel: program header \d+ \(PT_LOAD p_offset, p_filesz\) .* runs past the end of the file/],
-    ['a PT_LOAD segment with a 64-bit offset', () => phField(elf, 1, 8, 0xfffffffffffff000n), /not a valid kernel: program header \d+ \(PT_LOAD p_offset, p_filesz\) \(0x[0-9a-f]+ bytes at offset 0xfffffffffffff000\) runs past the end/],
-    ['a PT_LOAD segment with memsz < filesz', () => phField(elf, 1, 40, 0n), /not a valid kernel: program header \d+ p_memsz 0x0 is smaller than p_filesz/],
-    ['a PT_LOAD segment at a 64-bit address', () => phField(elf, 1, 24, 0xfffffffffffff000n), /not a valid kernel: program header \d+ p_paddr 0xfffffffffffff000 \+ p_memsz .* is beyond any guest RAM/],
-    ['an ELF cut inside its header', () => elf.subarray(0, 60), /not a valid kernel: ELF64 header .* runs past the end of the file \(60 bytes\): truncated ELF/],
-    ['program headers at a 64-bit offset', () => patch64(elf, 32, 0xffffffffffffff00n), /not a valid kernel: program headers \(e_phoff, e_phnum \* e_phentsize\) .* runs past the end of the file/],
-    ['a program header size smaller than a program header', () => patch(elf, 54, [8, 0]), /not a valid kernel: e_phentsize 8 is smaller than a program header \(56\)/],
+    [
+      'a PVH note whose namesz wraps 32-bit alignment (0xFFFFFFF1)',
+      () => noteField(elf, 0, 0xfffffff1),
+      /not a valid kernel: program header \d+ note at offset 0x[0-9a-f]+ n_namesz 0xfffffff1 runs past the end of the segment/,
+    ],
+    [
+      'a note whose descsz runs past its segment',
+      () => noteField(elf, 4, 0x7ffffff0),
+      /not a valid kernel: program header \d+ note at offset 0x[0-9a-f]+ n_descsz 0x7ffffff0 runs past the end of the segment/,
+    ],
+    [
+      'a PT_NOTE segment past the end of the file',
+      () => phField(elf, 4, 8, 0xffffffff00n),
+      /not a valid kernel: program header \d+ \(PT_NOTE p_offset, p_filesz\) .* runs past the end of the file/,
+    ],
+    [
+      'a PT_LOAD segment past the end of the file',
+      () => phField(elf, 1, 32, BigInt(elf.length)),
+      /not a valid kernel: program header \d+ \(PT_LOAD p_offset, p_filesz\) .* runs past the end of the file/,
+    ],
+    [
+      'a PT_LOAD segment with a 64-bit offset',
+      () => phField(elf, 1, 8, 0xfffffffffffff000n),
+      /not a valid kernel: program header \d+ \(PT_LOAD p_offset, p_filesz\) \(0x[0-9a-f]+ bytes at offset 0xfffffffffffff000\) runs past the end/,
+    ],
+    [
+      'a PT_LOAD segment with memsz < filesz',
+      () => phField(elf, 1, 40, 0n),
+      /not a valid kernel: program header \d+ p_memsz 0x0 is smaller than p_filesz/,
+    ],
+    [
+      'a PT_LOAD segment at a 64-bit address',
+      () => phField(elf, 1, 24, 0xfffffffffffff000n),
+      /not a valid kernel: program header \d+ p_paddr 0xfffffffffffff000 \+ p_memsz .* is beyond any guest RAM/,
+    ],
+    [
+      'an ELF cut inside its header',
+      () => elf.subarray(0, 60),
+      /not a valid kernel: ELF64 header .* runs past the end of the file \(60 bytes\): truncated ELF/,
+    ],
+    [
+      'program headers at a 64-bit offset',
+      () => patch64(elf, 32, 0xffffffffffffff00n),
+      /not a valid kernel: program headers \(e_phoff, e_phnum \* e_phentsize\) .* runs past the end of the file/,
+    ],
+    [
+      'a program header size smaller than a program header',
+      () => patch(elf, 54, [8, 0]),
+      /not a valid kernel: e_phentsize 8 is smaller than a program header \(56\)/,
+    ],
     ['a PVH entry note of 2 bytes', () => pvhDescsz(elf, 2), /not a valid kernel: XEN_ELFNOTE_PHYS32_ENTRY n_descsz 2 is not 4 or 8/],
-    ['a bzImage shorter than its setup header', () => bz.subarray(0, 0x240), /not a valid kernel: setup header is cut short: boot protocol 2.12 needs 0x268 bytes, the file is 576/],
-    ['a bzImage cut before its version field', () => bz.subarray(0, 0x206), /not a valid kernel: (setup header is cut short|not a bzImage)/],
-    ['a bzImage whose setup_sects points past the file', () => patch(bz, 0x1f1, [0xff]), /not a valid kernel: setup_sects 255 puts the kernel at 0x20000, but the file is \d+ bytes/],
-    ['a bzImage with no room for the 64-bit entry', () => bz.subarray(0, (bz[0x1f1] + 1) * 512 + 0x100), /not a valid kernel: setup_sects \d+ .*no 64-bit entry/],
+    [
+      'a bzImage shorter than its setup header',
+      () => bz.subarray(0, 0x240),
+      /not a valid kernel: setup header is cut short: boot protocol 2.12 needs 0x268 bytes, the file is 576/,
+    ],
+    [
+      'a bzImage cut before its version field',
+      () => bz.subarray(0, 0x206),
+      /not a valid kernel: (setup header is cut short|not a bzImage)/,
+    ],
+    [
+      'a bzImage whose setup_sects points past the file',
+      () => patch(bz, 0x1f1, [0xff]),
+      /not a valid kernel: setup_sects 255 puts the kernel at 0x20000, but the file is \d+ bytes/,
+    ],
+    [
+      'a bzImage with no room for the 64-bit entry',
+      () => bz.subarray(0, (bz[0x1f1] + 1) * 512 + 0x100),
+      /not a valid kernel: setup_sects \d+ .*no 64-bit entry/,
+    ],
   ];
   it.each(crafted)('refuses %s, naming the field', (_what, image, msg) => {
     let err: unknown;
@@ -138,7 +200,7 @@ function pvhNote(elf: Uint8Array): number {
     if (t !== 4) continue;
     const off = Number(dv.getBigUint64(o + 8, true));
     const size = Number(dv.getBigUint64(o + 32, true));
-    for (let p = off; p + 12 <= off + size; ) {
+    for (let p = off; p + 12 <= off + size;) {
       const namesz = dv.getUint32(p, true);
       const descsz = dv.getUint32(p + 4, true);
       if (dv.getUint32(p + 8, true) === 18) return p;

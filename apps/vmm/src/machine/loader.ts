@@ -6,16 +6,21 @@
 import { GuestMemory } from '@tsvmm/virtio-core';
 import { isElf, KernelImageError, parseElf } from './elf';
 import {
-  BIOS_END, CMDLINE_ADDR, CMDLINE_MAX, E820Entry, KERNEL_LOAD_ADDR, PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR,
-  PVH_START_INFO_ADDR, ZERO_PAGE_ADDR,
+  BIOS_END,
+  CMDLINE_ADDR,
+  CMDLINE_MAX,
+  E820Entry,
+  KERNEL_LOAD_ADDR,
+  PVH_MEMMAP_ADDR,
+  PVH_MODLIST_ADDR,
+  PVH_START_INFO_ADDR,
+  ZERO_PAGE_ADDR,
 } from './layout';
 
 export { KernelImageError };
 
 /** How the boot vCPU starts. */
-export type BootEntry =
-  | { mode: 'linux64'; rip: number; bootParams: number }
-  | { mode: 'pvh'; rip: number; startInfo: number };
+export type BootEntry = { mode: 'linux64'; rip: number; bootParams: number } | { mode: 'pvh'; rip: number; startInfo: number };
 
 export interface LoadRequest {
   kernel: Uint8Array;
@@ -43,7 +48,9 @@ export function loadKernel(req: LoadRequest): BootEntry {
 function writeCmdline(req: LoadRequest, max: number): number {
   const bytes = Buffer.from(req.cmdline + '\0', 'latin1');
   if (bytes.length > Math.min(max, CMDLINE_MAX))
-    throw new KernelImageError(`--cmdline: ${bytes.length - 1} bytes is longer than the kernel accepts (${Math.min(max, CMDLINE_MAX) - 1})`);
+    throw new KernelImageError(
+      `--cmdline: ${bytes.length - 1} bytes is longer than the kernel accepts (${Math.min(max, CMDLINE_MAX) - 1})`,
+    );
   req.memory.write(CMDLINE_ADDR, bytes);
   return CMDLINE_ADDR;
 }
@@ -93,19 +100,28 @@ export function loadBzImage(req: LoadRequest): BootEntry {
   const bad = (field: string, why: string) => new KernelImageError(`${path}: not a valid kernel: ${field} ${why}`);
   if (b.length < HDR_VERSION + 2) throw bad('setup header', `is cut short: the file is ${b.length} bytes (truncated bzImage)`);
   const version = dv.getUint16(HDR_VERSION, true);
-  if (version < 0x20c) throw new KernelImageError(`${path}: boot protocol ${(version >> 8)}.${version & 0xff} is too old (need 2.12+ for the 64-bit entry)`);
+  if (version < 0x20c)
+    throw new KernelImageError(`${path}: boot protocol ${version >> 8}.${version & 0xff} is too old (need 2.12+ for the 64-bit entry)`);
   if (b.length < HDR_END_2_12)
-    throw bad('setup header', `is cut short: boot protocol 2.12 needs 0x${HDR_END_2_12.toString(16)} bytes, the file is ${b.length} (truncated bzImage)`);
-  if (!(dv.getUint16(HDR_XLOADFLAGS, true) & XLF_KERNEL_64)) throw new KernelImageError(`${path}: bzImage has no 64-bit entry point (XLF_KERNEL_64 is clear)`);
+    throw bad(
+      'setup header',
+      `is cut short: boot protocol 2.12 needs 0x${HDR_END_2_12.toString(16)} bytes, the file is ${b.length} (truncated bzImage)`,
+    );
+  if (!(dv.getUint16(HDR_XLOADFLAGS, true) & XLF_KERNEL_64))
+    throw new KernelImageError(`${path}: bzImage has no 64-bit entry point (XLF_KERNEL_64 is clear)`);
   if (!(b[HDR_LOADFLAGS] & LOADED_HIGH)) throw new KernelImageError(`${path}: bzImage is not loadable at 1 MiB (LOADED_HIGH is clear)`);
   const setupSects = b[HDR_SETUP_SECTS] || 4; // 0 means 4 (boot.rst)
   const payloadOff = (setupSects + 1) * 512;
   if (payloadOff + ENTRY_64 >= b.length)
-    throw bad('setup_sects', `${setupSects} puts the kernel at 0x${payloadOff.toString(16)}, but the file is ${b.length} bytes (truncated bzImage: no 64-bit entry)`);
+    throw bad(
+      'setup_sects',
+      `${setupSects} puts the kernel at 0x${payloadOff.toString(16)}, but the file is ${b.length} bytes (truncated bzImage: no 64-bit entry)`,
+    );
   const payload = b.subarray(payloadOff);
   const initSize = dv.getUint32(HDR_INIT_SIZE, true);
   const kernelEnd = KERNEL_LOAD_ADDR + Math.max(payload.length, initSize);
-  if (kernelEnd > req.lowRamEnd) throw new KernelImageError(`${path}: the kernel needs ${kernelEnd - KERNEL_LOAD_ADDR} bytes from 1 MiB; give the guest more --memory`);
+  if (kernelEnd > req.lowRamEnd)
+    throw new KernelImageError(`${path}: the kernel needs ${kernelEnd - KERNEL_LOAD_ADDR} bytes from 1 MiB; give the guest more --memory`);
   req.memory.write(KERNEL_LOAD_ADDR, payload);
 
   // boot_params: zeroed, then the image's setup header copied to the same offsets.
@@ -151,20 +167,26 @@ export function loadPvh(req: LoadRequest): BootEntry {
   const path = req.kernelPath;
   const elf = parseElf(path, req.kernel);
   const note = elf.notes.find((n) => n.name === 'Xen' && n.type === XEN_ELFNOTE_PHYS32_ENTRY);
-  if (!note) throw new KernelImageError(`${path}: ELF has no PVH entry note (Xen note XEN_ELFNOTE_PHYS32_ENTRY); build the kernel with PVH support`);
+  if (!note)
+    throw new KernelImageError(`${path}: ELF has no PVH entry note (Xen note XEN_ELFNOTE_PHYS32_ENTRY); build the kernel with PVH support`);
   if (note.desc.length !== 4 && note.desc.length !== 8)
     throw new KernelImageError(`${path}: not a valid kernel: XEN_ELFNOTE_PHYS32_ENTRY n_descsz ${note.desc.length} is not 4 or 8`);
   const ndv = new DataView(note.desc.buffer, note.desc.byteOffset, note.desc.byteLength);
   const entry = note.desc.length === 8 ? Number(ndv.getBigUint64(0, true)) : ndv.getUint32(0, true);
   let kernelEnd = BIOS_END;
   for (const s of elf.segments) {
-    if (s.paddr < BIOS_END) throw new KernelImageError(`${path}: segment at 0x${s.paddr.toString(16)} is below 1 MiB (the VMM's boot area)`);
-    if (s.paddr + s.memsz > req.lowRamEnd) throw new KernelImageError(`${path}: segment at 0x${s.paddr.toString(16)} (+0x${s.memsz.toString(16)}) is beyond guest RAM; give the guest more --memory`);
+    if (s.paddr < BIOS_END)
+      throw new KernelImageError(`${path}: segment at 0x${s.paddr.toString(16)} is below 1 MiB (the VMM's boot area)`);
+    if (s.paddr + s.memsz > req.lowRamEnd)
+      throw new KernelImageError(
+        `${path}: segment at 0x${s.paddr.toString(16)} (+0x${s.memsz.toString(16)}) is beyond guest RAM; give the guest more --memory`,
+      );
     req.memory.write(s.paddr, req.kernel.subarray(s.offset, s.offset + s.filesz));
     req.memory.fill(s.paddr + s.filesz, s.memsz - s.filesz, 0);
     kernelEnd = Math.max(kernelEnd, s.paddr + s.memsz);
   }
-  if (entry < BIOS_END || entry >= kernelEnd) throw new KernelImageError(`${path}: PVH entry 0x${entry.toString(16)} is outside the loaded image`);
+  if (entry < BIOS_END || entry >= kernelEnd)
+    throw new KernelImageError(`${path}: PVH entry 0x${entry.toString(16)} is outside the loaded image`);
 
   const cmd = writeCmdline(req, CMDLINE_MAX);
   const rd = placeInitrd(req, kernelEnd, 0xffffffff);

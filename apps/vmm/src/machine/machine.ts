@@ -138,12 +138,20 @@ export class Machine {
       this.mmio.unclaimed.log = this.log;
       this.pio.register(COM1_PORT, 8, 'serial0 (16550A)', this.serial);
       this.pio.register(0x60, 1, 'i8042-data', new Sink());
-      this.pio.register(0x64, 1, 'i8042', new I8042Command(() =>
-        this.requestExit({ reason: 'reset', code: 0, message: 'guest requested a reset (i8042); this VMM does not reboot' }),
-      ));
-      this.pio.register(EXIT_PORT, 4, 'exit-port', new ExitPort((code) =>
-        this.requestExit({ reason: 'exit-port', code, message: `guest wrote ${code} to the exit port` }),
-      ));
+      this.pio.register(
+        0x64,
+        1,
+        'i8042',
+        new I8042Command(() =>
+          this.requestExit({ reason: 'reset', code: 0, message: 'guest requested a reset (i8042); this VMM does not reboot' }),
+        ),
+      );
+      this.pio.register(
+        EXIT_PORT,
+        4,
+        'exit-port',
+        new ExitPort((code) => this.requestExit({ reason: 'exit-port', code, message: `guest wrote ${code} to the exit port` })),
+      );
       this.pio.register(0x80, 1, 'post-code', new Sink());
 
       this.pio.register(0x70, 2, 'cmos-rtc', new CmosRtc(c.memoryBytes));
@@ -158,7 +166,14 @@ export class Machine {
       this.boot = loadKernel({ ...this.loadRequest, memory: this.memory });
 
       const ctx: DeviceContext = {
-        vm: this.vm, memory: this.memory, pio: this.pio, mmio: this.mmio, pci: this.pci, gsiRoutes: this.gsiRoutes, mmio32: this.mmio32, log: this.log,
+        vm: this.vm,
+        memory: this.memory,
+        pio: this.pio,
+        mmio: this.mmio,
+        pci: this.pci,
+        gsiRoutes: this.gsiRoutes,
+        mmio32: this.mmio32,
+        log: this.log,
         device: (id) => this.devices.find((d) => d.id === id),
       };
       // One at a time, so a device can find the ones configured before it (its bus).
@@ -311,9 +326,12 @@ export class Machine {
 
   private onFault(f: VcpuFaultError): void {
     const code =
-      f.fault.kind === 'shutdown' ? EXIT_CODE_TRIPLE_FAULT
-        : f.fault.kind === 'fail-entry' ? EXIT_CODE_ENTRY_FAILURE
-          : f.fault.kind === 'internal-error' ? EXIT_CODE_INTERNAL_ERROR
+      f.fault.kind === 'shutdown'
+        ? EXIT_CODE_TRIPLE_FAULT
+        : f.fault.kind === 'fail-entry'
+          ? EXIT_CODE_ENTRY_FAILURE
+          : f.fault.kind === 'internal-error'
+            ? EXIT_CODE_INTERNAL_ERROR
             : EXIT_CODE_VMM_ERROR;
     this.requestExit({ reason: 'fault', code, message: f.message, fault: f });
   }
@@ -381,7 +399,8 @@ export class Machine {
     if (this.loggedErrors.has(key)) return;
     if (this.loggedErrors.size >= MAX_LOGGED_ERRORS) {
       this.suppressedErrors++;
-      if (this.suppressedErrors === 1) this.log(`more than ${MAX_LOGGED_ERRORS} distinct exit-handling errors: further ones are not logged`);
+      if (this.suppressedErrors === 1)
+        this.log(`more than ${MAX_LOGGED_ERRORS} distinct exit-handling errors: further ones are not logged`);
       return;
     }
     this.loggedErrors.add(key);
@@ -394,7 +413,14 @@ function readFileOrThrow(flag: string, path: string): Uint8Array {
     return fs.readFileSync(path);
   } catch (e) {
     const code = (e as { code?: string }).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'is a directory' : (e as Error).message;
+    const why =
+      code === 'ENOENT'
+        ? 'no such file'
+        : code === 'EACCES'
+          ? 'permission denied'
+          : code === 'EISDIR'
+            ? 'is a directory'
+            : (e as Error).message;
     throw new KernelImageError(`${flag} ${path}: ${why}`);
   }
 }

@@ -32,7 +32,15 @@ export function writeMpTable(mem: GuestMemory, cpus: number): number {
   const cpuSignature = 0x600; // family 6
   const featureFlags = 0x201; // FPU, APIC
   for (let i = 0; i < cpus; i++) {
-    entries.push([MPC_CPU, i, 0x14, CPU_ENABLED | (i === 0 ? CPU_BOOTPROCESSOR : 0), ...le(cpuSignature, 4), ...le(featureFlags, 4), ...le(0, 8)]);
+    entries.push([
+      MPC_CPU,
+      i,
+      0x14,
+      CPU_ENABLED | (i === 0 ? CPU_BOOTPROCESSOR : 0),
+      ...le(cpuSignature, 4),
+      ...le(featureFlags, 4),
+      ...le(0, 8),
+    ]);
   }
   const bus = (id: number, name: string) => [MPC_BUS, id, ...Buffer.from(name.padEnd(6, ' '), 'latin1')];
   entries.push(bus(PCI_BUS_ID, 'PCI'));

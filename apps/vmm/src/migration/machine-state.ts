@@ -57,11 +57,13 @@ export function describeMachine(m: Machine): MachineDescription {
 export function checkMachine(src: MachineDescription, here: MachineDescription): void {
   if (src.memoryBytes !== here.memoryBytes)
     throw new MigrationStreamError(`configuration mismatch: the source has ${src.memoryBytes} bytes of RAM, this VM ${here.memoryBytes}`);
-  if (src.cpus !== here.cpus) throw new MigrationStreamError(`configuration mismatch: the source has ${src.cpus} vCPUs, this VM ${here.cpus}`);
+  if (src.cpus !== here.cpus)
+    throw new MigrationStreamError(`configuration mismatch: the source has ${src.cpus} vCPUs, this VM ${here.cpus}`);
   for (const d of src.devices) {
     const h = here.devices.find((x) => x.id === d.id);
     if (!h) throw new MigrationStreamError(`configuration mismatch: device '${d.id}' (${d.type}) is not configured on the destination`);
-    if (h.type !== d.type) throw new MigrationStreamError(`configuration mismatch: device '${d.id}' is ${d.type} on the source, ${h.type} here`);
+    if (h.type !== d.type)
+      throw new MigrationStreamError(`configuration mismatch: device '${d.id}' is ${d.type} on the source, ${h.type} here`);
   }
   for (const h of here.devices)
     if (!src.devices.some((d) => d.id === h.id))
@@ -275,13 +277,17 @@ export function loadMachineSections(m: Machine, sections: Section[], log: (msg: 
   };
   for (const s of sections) {
     const [kind, rest] = s.name.split('/');
-    if (kind === 'cpu' && !m.vcpus.some((v) => String(v.id) === rest)) throw new MigrationStreamError(`the stream has '${s.name}' and this VM has no such vCPU`);
-    if (kind === 'device' && !m.devices.some((d) => d.id === rest)) throw new MigrationStreamError(`configuration mismatch: device '${rest}' is not configured on the destination`);
+    if (kind === 'cpu' && !m.vcpus.some((v) => String(v.id) === rest))
+      throw new MigrationStreamError(`the stream has '${s.name}' and this VM has no such vCPU`);
+    if (kind === 'device' && !m.devices.some((d) => d.id === rest))
+      throw new MigrationStreamError(`configuration mismatch: device '${rest}' is not configured on the destination`);
   }
   const irq = need('irqchip').payload;
-  if (irq.length !== 3 * U.SIZEOF_kvm_irqchip) throw new MigrationStreamError(`bad stream: section 'irqchip' has ${irq.length} bytes, expected ${3 * U.SIZEOF_kvm_irqchip}`);
+  if (irq.length !== 3 * U.SIZEOF_kvm_irqchip)
+    throw new MigrationStreamError(`bad stream: section 'irqchip' has ${irq.length} bytes, expected ${3 * U.SIZEOF_kvm_irqchip}`);
   const pit = need('pit').payload;
-  if (pit.length !== U.SIZEOF_kvm_pit_state2) throw new MigrationStreamError(`bad stream: section 'pit' has ${pit.length} bytes, expected ${U.SIZEOF_kvm_pit_state2}`);
+  if (pit.length !== U.SIZEOF_kvm_pit_state2)
+    throw new MigrationStreamError(`bad stream: section 'pit' has ${pit.length} bytes, expected ${U.SIZEOF_kvm_pit_state2}`);
   const cpus = m.vcpus.map((v) => parseCpuState(parseJson(need(`cpu/${v.id}`)), `cpu/${v.id}`));
   const serial = parseSerialState(parseJson(need('serial')));
   const clock = checkSection('clock', () => {

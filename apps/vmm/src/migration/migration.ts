@@ -18,11 +18,33 @@ import * as net from 'net';
 import { dirname as pathDirname } from 'path';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate, MemoryRegion } from '@tsvmm/kvm-native';
 import { Machine } from '../machine/machine';
-import { checkMachine, checkMigratable, describeMachine, loadMachineSections, parseMachineDescription, saveableMsrs, saveMachineSections } from './machine-state';
+import {
+  checkMachine,
+  checkMigratable,
+  describeMachine,
+  loadMachineSections,
+  parseMachineDescription,
+  saveableMsrs,
+  saveMachineSections,
+} from './machine-state';
 import { addRegionPages, applyRamSection, countBits, PAGE, RamCounters, RamSectionBuilder } from './ram';
 import {
-  ByteSource, checkSectionKnown, encodeHeader, encodeSection, FileSource, jsonPayload, MAX_STATE_TOTAL, MigrationStreamError, parseJson, readHeader,
-  readSection, Section, SECTION_OPTIONAL, SocketSource, STREAM_VERSION, StreamSource,
+  ByteSource,
+  checkSectionKnown,
+  encodeHeader,
+  encodeSection,
+  FileSource,
+  jsonPayload,
+  MAX_STATE_TOTAL,
+  MigrationStreamError,
+  parseJson,
+  readHeader,
+  readSection,
+  Section,
+  SECTION_OPTIONAL,
+  SocketSource,
+  STREAM_VERSION,
+  StreamSource,
 } from './stream';
 import { QMP_VERSION } from '../monitor/qmp-server';
 import { confinement, createPrivateFile, listenPrivate, migrationTargetProblem, removeStaleSocket } from '../host-files';
@@ -66,14 +88,15 @@ function socketSink(s: net.Socket): Sink {
     async write(parts) {
       let ok = true;
       for (const p of parts) ok = s.write(p) && ok;
-      if (!ok) await new Promise<void>((resolve, reject) => {
-        const onErr = (e: Error) => reject(e);
-        s.once('error', onErr);
-        s.once('drain', () => {
-          s.off('error', onErr);
-          resolve();
+      if (!ok)
+        await new Promise<void>((resolve, reject) => {
+          const onErr = (e: Error) => reject(e);
+          s.once('error', onErr);
+          s.once('drain', () => {
+            s.off('error', onErr);
+            resolve();
+          });
         });
-      });
     },
   };
 }
@@ -102,7 +125,10 @@ export class MigrationManager {
   ) {}
 
   static emptyInfo(status: MigrationStatus): MigrationInfo {
-    return { status, ram: { transferred: 0, normal: 0, duplicate: 0, total: 0, remaining: 0, dirtySyncCount: 0, mbps: 0, dirtyPagesRate: 0 } };
+    return {
+      status,
+      ram: { transferred: 0, normal: 0, duplicate: 0, total: 0, remaining: 0, dirtySyncCount: 0, mbps: 0, dirtyPagesRate: 0 },
+    };
   }
 
   get active(): boolean {
@@ -192,7 +218,9 @@ export class MigrationManager {
       this.setStatus('active');
       await sink.write(streamStart(machine, 'migration'));
 
-      const dbg = process.env.VMM_MIGRATION_DEBUG ? (m: string) => this.log(`migration +${Date.now() - this.info.startedAt!} ms: ${m}`) : () => undefined;
+      const dbg = process.env.VMM_MIGRATION_DEBUG
+        ? (m: string) => this.log(`migration +${Date.now() - this.info.startedAt!} ms: ${m}`)
+        : () => undefined;
       dbg('dirty logging on');
       for (const r of regions) machine.vm.setDirtyLogging(r.slot, true);
       machine.memory.startTracking();
@@ -254,7 +282,11 @@ export class MigrationManager {
       for (const d of machine.devices) {
         for (const q of d.virtio?.device.queues ?? []) {
           if (!q.ready) continue;
-          for (const [a, len] of [[q.descTable, q.size * 16], [q.availRing, 6 + q.size * 2], [q.usedRing, 6 + q.size * 8]])
+          for (const [a, len] of [
+            [q.descTable, q.size * 16],
+            [q.availRing, 6 + q.size * 2],
+            [q.usedRing, 6 + q.size * 8],
+          ])
             for (let p = Math.floor(a / PAGE); p <= Math.floor((a + len - 1) / PAGE); p++) touched.add(p);
         }
       }
@@ -272,7 +304,9 @@ export class MigrationManager {
       logging = false;
       sock.end();
       this.setStatus('completed');
-      this.log(`migration completed: ${(ram.transferred / 1048576).toFixed(1)} MiB in ${this.info.totalTime} ms, downtime ${this.info.downtime} ms, ${ram.dirtySyncCount} dirty syncs`);
+      this.log(
+        `migration completed: ${(ram.transferred / 1048576).toFixed(1)} MiB in ${this.info.totalTime} ms, downtime ${this.info.downtime} ms, ${ram.dirtySyncCount} dirty syncs`,
+      );
     } catch (e) {
       // A write that failed because the destination gave up: its reason is the better message.
       if (reply && !reply.error) await Promise.race([reply.done, new Promise((r) => setTimeout(r, 300))]);
@@ -333,7 +367,12 @@ export class MigrationManager {
   }
 
   private async sendRam(
-    sink: Sink, bitmaps: Map<number, Uint8Array> | undefined, counters: RamCounters, skipZero: boolean, check?: () => void, limited = false,
+    sink: Sink,
+    bitmaps: Map<number, Uint8Array> | undefined,
+    counters: RamCounters,
+    skipZero: boolean,
+    check?: () => void,
+    limited = false,
   ): Promise<void> {
     const out = new RamSectionBuilder(counters);
     const start = Date.now();
@@ -378,7 +417,12 @@ export class MigrationManager {
 
 /** Header, `machine` and the optional `source` section. */
 function streamStart(m: Machine, kind: StreamSource['kind']): Buffer[] {
-  const source: StreamSource = { vmm: 'tsvmm', version: QMP_VERSION.package.replace(/^tsvmm /, ''), kind, created: new Date().toISOString() };
+  const source: StreamSource = {
+    vmm: 'tsvmm',
+    version: QMP_VERSION.package.replace(/^tsvmm /, ''),
+    kind,
+    created: new Date().toISOString(),
+  };
   return [
     encodeHeader(),
     ...encodeSection('machine', 1, jsonPayload(describeMachine(m))),
@@ -422,7 +466,8 @@ export function markPages(bitmaps: Map<number, Uint8Array>, regions: readonly Me
  */
 export async function receiveStream(machine: Machine, src: ByteSource, log: (m: string) => void): Promise<void> {
   const format = await readHeader(src);
-  if (format < STREAM_VERSION) log(`migration: reading a format-${format} stream (written by an older VMM; this one writes format ${STREAM_VERSION})`);
+  if (format < STREAM_VERSION)
+    log(`migration: reading a format-${format} stream (written by an older VMM; this one writes format ${STREAM_VERSION})`);
   const first = await readSection(src, format);
   checkSectionKnown(first);
   if (first.name !== 'machine') throw new MigrationStreamError(`the stream starts with '${first.name}', not 'machine'`);
@@ -441,9 +486,10 @@ export async function receiveStream(machine: Machine, src: ByteSource, log: (m: 
     else if (kind === 'end') break;
     else if (kind === 'source') {
       const w = describeSource(parseJson(s));
-      log(`migration: ${w.kind ?? 'stream'} written by ${w.vmm ?? '?'} ${w.version ?? '?'} at ${w.created ?? '?'} (stream format ${format})`);
-    }
-    else if (kind === 'machine') throw new MigrationStreamError(`a second 'machine' section`);
+      log(
+        `migration: ${w.kind ?? 'stream'} written by ${w.vmm ?? '?'} ${w.version ?? '?'} at ${w.created ?? '?'} (stream format ${format})`,
+      );
+    } else if (kind === 'machine') throw new MigrationStreamError(`a second 'machine' section`);
     else state.push(s);
   }
   loadMachineSections(machine, state, log);
@@ -519,7 +565,12 @@ export async function listenIncoming(uri: string): Promise<IncomingListener> {
  * Takes one connection on `listener`, loads the stream and answers "OK"
  * (the caller then resumes the VM) or "ERR reason" (and throws).
  */
-export async function receiveIncoming(machine: Machine, listener: IncomingListener, log: (m: string) => void, onListening?: () => void): Promise<void> {
+export async function receiveIncoming(
+  machine: Machine,
+  listener: IncomingListener,
+  log: (m: string) => void,
+  onListening?: () => void,
+): Promise<void> {
   const { server, path } = listener;
   onListening?.();
   const sock = await new Promise<net.Socket>((resolve) => server.once('connection', resolve));

@@ -9,7 +9,8 @@ const counters = () => ({ transferred: 0, normal: 0, duplicate: 0 });
 /** A region at `gpa` of `pages` pages held as buffers of `per` pages each (no memfd). */
 function region(gpa: number, pages: number, per: number): MemoryRegion {
   const pieces = [];
-  for (let p = 0; p < pages; p += per) pieces.push({ guestPhysAddr: gpa + p * PAGE, bytes: new Uint8Array(Math.min(per, pages - p) * PAGE) });
+  for (let p = 0; p < pages; p += per)
+    pieces.push({ guestPhysAddr: gpa + p * PAGE, bytes: new Uint8Array(Math.min(per, pages - p) * PAGE) });
   return { slot: 1, guestPhysAddr: BigInt(gpa), size: pages * PAGE, fd: -1, hostAddress: 0n, pieces, flags: 0 };
 }
 
@@ -29,7 +30,8 @@ describe('migration RAM over several host buffers', () => {
   it('a full pass and a dirty pass carry data runs that straddle a buffer boundary, page for page', async () => {
     const gpa = 0x1_0000_0000;
     const src = region(gpa, 96, 32); // buffers of 32 pages: boundaries after pages 31 and 63
-    for (const p of [0, 30, 31, 32, 33, 63, 64, 95]) src.pieces[Math.floor(p / 32)].bytes.fill(p + 1, (p % 32) * PAGE, (p % 32 + 1) * PAGE);
+    for (const p of [0, 30, 31, 32, 33, 63, 64, 95])
+      src.pieces[Math.floor(p / 32)].bytes.fill(p + 1, (p % 32) * PAGE, ((p % 32) + 1) * PAGE);
     const dst = region(gpa, 96, 48); // the other side cuts elsewhere: runs are split by address, not by buffer
     const c = await transfer(src, dst);
     expect(c).toMatchObject({ normal: 8, duplicate: 88 });
@@ -61,7 +63,10 @@ describe('migration RAM over several host buffers', () => {
   });
 
   it('HoleMap: ranges wholly inside holes, in order', () => {
-    const h = new HoleMap([[0x2000, 0x3000], [0x8000, 0xa000]]);
+    const h = new HoleMap([
+      [0x2000, 0x3000],
+      [0x8000, 0xa000],
+    ]);
     expect([h.hole(0, 0x1000), h.hole(0x1000, 0x2000), h.hole(0x3000, 0x1000), h.hole(0x4000, 0x4000)]).toEqual([true, false, true, true]);
     expect([h.hole(0x9000, 0x1000), h.hole(0xa000, 0x10000)]).toEqual([false, true]);
   });
@@ -70,9 +75,20 @@ describe('migration RAM over several host buffers', () => {
     const native = loadNative();
     const size = 64 * 2 ** 20;
     const m = native.memfdMap(`bigmem-ramtest-${process.pid}`, size, ramPieceLengths(0x1_0000_0000 - 32 * 2 ** 20, size));
-    const pieces = m.buffers.map((buf, i) => ({ guestPhysAddr: 0x1_0000_0000 - 32 * 2 ** 20 + i * 32 * 2 ** 20, bytes: new Uint8Array(buf) }));
+    const pieces = m.buffers.map((buf, i) => ({
+      guestPhysAddr: 0x1_0000_0000 - 32 * 2 ** 20 + i * 32 * 2 ** 20,
+      bytes: new Uint8Array(buf),
+    }));
     expect(pieces.map((p) => p.bytes.length)).toEqual([32 * 2 ** 20, 32 * 2 ** 20]);
-    const src: MemoryRegion = { slot: 1, guestPhysAddr: BigInt(pieces[0].guestPhysAddr), size, fd: m.fd, hostAddress: m.address, pieces, flags: 0 };
+    const src: MemoryRegion = {
+      slot: 1,
+      guestPhysAddr: BigInt(pieces[0].guestPhysAddr),
+      size,
+      fd: m.fd,
+      hostAddress: m.address,
+      pieces,
+      flags: 0,
+    };
     pieces[0].bytes[5 * PAGE] = 9;
     pieces[1].bytes[7 * PAGE + 1] = 8;
     const allocated = () => fs.fstatSync(m.fd).blocks * 512;

@@ -80,7 +80,11 @@ const isZero = (b: Uint8Array, off: number, len = PAGE) =>
  * never spans two.
  */
 export async function addRegionPages(
-  region: MemoryRegion, bitmap: Uint8Array | undefined, skipZero: boolean, out: RamSectionBuilder, each: () => Promise<void>,
+  region: MemoryRegion,
+  bitmap: Uint8Array | undefined,
+  skipZero: boolean,
+  out: RamSectionBuilder,
+  each: () => Promise<void>,
 ): Promise<void> {
   const holes = !bitmap && skipZero ? HoleMap.of(region) : undefined;
   let first = 0;
@@ -121,7 +125,12 @@ export class HoleMap {
 
 /** addRegionPages for one host buffer whose first page is page `first` of the region (bit `first` of `bitmap`). */
 async function addPiecePages(
-  piece: RamPiece, first: number, bitmap: Uint8Array | undefined, skipZero: boolean, out: RamSectionBuilder, each: () => Promise<void>,
+  piece: RamPiece,
+  first: number,
+  bitmap: Uint8Array | undefined,
+  skipZero: boolean,
+  out: RamSectionBuilder,
+  each: () => Promise<void>,
   holes?: HoleMap,
 ): Promise<void> {
   const bytes = piece.bytes;
@@ -200,7 +209,8 @@ export function applyRamSection(payload: Buffer, regions: readonly MemoryRegion[
     if (pages === 0) continue;
     const len = pages * PAGE;
     const r = regions.find((x) => gpa >= Number(x.guestPhysAddr) && gpa + len <= Number(x.guestPhysAddr) + x.size);
-    if (!r || gpa % PAGE) throw new MigrationStreamError(`corrupt ram section: pages at 0x${gpa.toString(16)} (+${pages}) are not guest RAM here`);
+    if (!r || gpa % PAGE)
+      throw new MigrationStreamError(`corrupt ram section: pages at 0x${gpa.toString(16)} (+${pages}) are not guest RAM here`);
     if (kind === 0) forPieces(r, gpa, len, (b, off, n) => b.fill(0, off, off + n));
     else if (kind === 1) {
       if (o + len > payload.length) throw new MigrationStreamError('corrupt ram section: truncated page data');

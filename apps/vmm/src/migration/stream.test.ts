@@ -1,5 +1,16 @@
 import { crc32 } from 'zlib';
-import { checkSectionKnown, encodeHeader, encodeSection, MAX_SECTION, MAX_STATE_SECTION, MigrationStreamError, readHeader, readSection, SECTION_OPTIONAL, STREAM_VERSION } from './stream';
+import {
+  checkSectionKnown,
+  encodeHeader,
+  encodeSection,
+  MAX_SECTION,
+  MAX_STATE_SECTION,
+  MigrationStreamError,
+  readHeader,
+  readSection,
+  SECTION_OPTIONAL,
+  STREAM_VERSION,
+} from './stream';
 import { addRegionPages, applyRamSection, RamSectionBuilder } from './ram';
 
 /** A ByteSource over a buffer. */
@@ -16,7 +27,8 @@ function source(b: Buffer) {
 }
 
 describe('migration stream', () => {
-  const stream = () => Buffer.concat([encodeHeader(), ...encodeSection('serial', 1, Buffer.from('{"ier":0}')), ...encodeSection('end', 1, Buffer.alloc(0))]);
+  const stream = () =>
+    Buffer.concat([encodeHeader(), ...encodeSection('serial', 1, Buffer.from('{"ier":0}')), ...encodeSection('end', 1, Buffer.alloc(0))]);
 
   it('round-trips header and sections', async () => {
     const src = source(stream());
@@ -50,7 +62,12 @@ describe('migration stream', () => {
   });
 
   it('skips an optional section it does not know (or knows only older versions of); refuses a mandatory one', async () => {
-    const src = source(Buffer.concat([...encodeSection('gpu/0', 3, Buffer.from('{}'), SECTION_OPTIONAL), ...encodeSection('serial', 9, Buffer.from('{}'), SECTION_OPTIONAL)]));
+    const src = source(
+      Buffer.concat([
+        ...encodeSection('gpu/0', 3, Buffer.from('{}'), SECTION_OPTIONAL),
+        ...encodeSection('serial', 9, Buffer.from('{}'), SECTION_OPTIONAL),
+      ]),
+    );
     const gpu = await readSection(src, STREAM_VERSION);
     expect(gpu.flags).toBe(SECTION_OPTIONAL);
     expect(checkSectionKnown(gpu)).toBeUndefined();
@@ -83,14 +100,20 @@ describe('migration stream', () => {
       const [h] = encodeSection(name, 1, Buffer.alloc(0));
       h.writeUInt32LE(len, 3 + name.length + 4);
       let pos = 0;
-      return { async read(n: number) {
-        if (pos + n > h.length) throw new Error(`asked for ${n} bytes past the section header`);
-        pos += n;
-        return h.subarray(pos - n, pos);
-      } };
+      return {
+        async read(n: number) {
+          if (pos + n > h.length) throw new Error(`asked for ${n} bytes past the section header`);
+          pos += n;
+          return h.subarray(pos - n, pos);
+        },
+      };
     };
-    await expect(readSection(header('ram', 0xffffffff), STREAM_VERSION)).rejects.toThrow(`corrupt stream: section 'ram' declares 4294967295 bytes (at most ${MAX_SECTION})`);
-    await expect(readSection(header('cpu/0', MAX_STATE_SECTION + 1), STREAM_VERSION)).rejects.toThrow(`section 'cpu/0' declares ${MAX_STATE_SECTION + 1} bytes (at most ${MAX_STATE_SECTION})`);
+    await expect(readSection(header('ram', 0xffffffff), STREAM_VERSION)).rejects.toThrow(
+      `corrupt stream: section 'ram' declares 4294967295 bytes (at most ${MAX_SECTION})`,
+    );
+    await expect(readSection(header('cpu/0', MAX_STATE_SECTION + 1), STREAM_VERSION)).rejects.toThrow(
+      `section 'cpu/0' declares ${MAX_STATE_SECTION + 1} bytes (at most ${MAX_STATE_SECTION})`,
+    );
     const bin = Buffer.concat(encodeSection('serial', 1, Buffer.from('{}')));
     bin[3] = 0x07; // a control character in the name
     await expect(readSection(source(bin), STREAM_VERSION)).rejects.toThrow(/section name "\\u0007erial" is not printable ASCII/);
@@ -101,7 +124,15 @@ describe('migration stream', () => {
     const src = new Uint8Array(size);
     for (const p of [0, 17, 31, 32, 63]) src.fill(p + 1, p * 4096, p * 4096 + 4096);
     src[40 * 4096 + 4095] = 9; // a page whose only non-zero byte is its last
-    const region = (bytes: Uint8Array) => ({ slot: 0, guestPhysAddr: 0x100000n, size, fd: -1, hostAddress: 0n, pieces: [{ guestPhysAddr: 0x100000, bytes }], flags: 0 });
+    const region = (bytes: Uint8Array) => ({
+      slot: 0,
+      guestPhysAddr: 0x100000n,
+      size,
+      fd: -1,
+      hostAddress: 0n,
+      pieces: [{ guestPhysAddr: 0x100000, bytes }],
+      flags: 0,
+    });
     const counters = { transferred: 0, normal: 0, duplicate: 0 };
     const b = new RamSectionBuilder(counters);
     await addRegionPages(region(src), undefined, true, b, async () => undefined);

@@ -188,10 +188,12 @@ export async function readSection(src: ByteSource, format: number): Promise<Sect
   const version = nameAndHdr.readUInt32LE(nameLen);
   const len = nameAndHdr.readUInt32LE(nameLen + 4);
   const sum = nameAndHdr.readUInt32LE(nameLen + 8);
-  if (!/^[\x21-\x7e]+$/.test(name)) throw new MigrationStreamError(`corrupt stream: section name ${JSON.stringify(name)} is not printable ASCII`);
-  if (len > sectionLimit(name)) throw new MigrationStreamError(`corrupt stream: section '${name}' declares ${len} bytes (at most ${sectionLimit(name)})`);
+  if (!/^[\x21-\x7e]+$/.test(name))
+    throw new MigrationStreamError(`corrupt stream: section name ${JSON.stringify(name)} is not printable ASCII`);
+  if (len > sectionLimit(name))
+    throw new MigrationStreamError(`corrupt stream: section '${name}' declares ${len} bytes (at most ${sectionLimit(name)})`);
   const payload = len ? await src.read(len) : Buffer.alloc(0);
-  if ((crc32(payload) >>> 0) !== sum) throw new MigrationStreamError(`corrupt stream: section '${name}' fails its checksum`);
+  if (crc32(payload) >>> 0 !== sum) throw new MigrationStreamError(`corrupt stream: section '${name}' fails its checksum`);
   return { name, version, payload, flags };
 }
 

@@ -80,7 +80,15 @@ const SCHEMA_BUILTINS: SchemaInfo[] = [
  * on them either way.
  */
 export function qmpSchema(registry: CommandRegistry): SchemaInfo[] {
-  const commands: Command[] = [{ name: 'qmp_capabilities', args: { enable: { type: 'array', optional: true } }, help: 'leave capabilities negotiation', run: () => ({}) }, ...registry.all()];
+  const commands: Command[] = [
+    {
+      name: 'qmp_capabilities',
+      args: { enable: { type: 'array', optional: true } },
+      help: 'leave capabilities negotiation',
+      run: () => ({}),
+    },
+    ...registry.all(),
+  ];
   const out: SchemaInfo[] = [];
   const types: SchemaInfo[] = [];
   for (const c of commands.sort((a, b) => a.name.localeCompare(b.name))) {
@@ -114,11 +122,15 @@ export function checkArguments(spec: ArgSpec, args: Record<string, unknown>): vo
       continue;
     }
     const ok =
-      f.type === 'str' || f.type === 'enum' ? typeof v === 'string'
-        : f.type === 'int' ? typeof v === 'number' && Number.isInteger(v)
-          : f.type === 'bool' ? typeof v === 'boolean'
+      f.type === 'str' || f.type === 'enum'
+        ? typeof v === 'string'
+        : f.type === 'int'
+          ? typeof v === 'number' && Number.isInteger(v)
+          : f.type === 'bool'
+            ? typeof v === 'boolean'
             : Array.isArray(v);
     if (!ok) throw new CommandError(`Invalid parameter type for '${k}', expected: ${TYPE_NAMES[f.type]}`);
-    if (f.type === 'enum' && !f.values!.includes(v as string)) throw new CommandError(`Parameter '${k}' does not accept value '${String(v)}'`);
+    if (f.type === 'enum' && !f.values!.includes(v as string))
+      throw new CommandError(`Parameter '${k}' does not accept value '${String(v)}'`);
   }
 }

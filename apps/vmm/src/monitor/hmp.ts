@@ -1,7 +1,16 @@
 /** HMP: the human monitor's commands, as text, over the same operations as QMP. */
 import { CommandError } from './commands';
 import type { Monitor } from './monitor';
-import { decodeFeatures, findVirtio, formatVirtqueues, queueElement, queueStatus, virtioDevices, virtioStatus, virtqueueRows } from './virtio-info';
+import {
+  decodeFeatures,
+  findVirtio,
+  formatVirtqueues,
+  queueElement,
+  queueStatus,
+  virtioDevices,
+  virtioStatus,
+  virtqueueRows,
+} from './virtio-info';
 
 export const HMP_HELP = `commands:
   info status                          run state
@@ -73,7 +82,9 @@ async function run(m: Monitor, w: string[]): Promise<string> {
     }
     case 'virtqueue_drop': {
       const [dev, q, kicks, irqs] = args;
-      const r = await m.commands.get('x-debug-virtqueue-drop')!.run({ dev, queue: int(q, 'QUEUE'), kicks: int(kicks ?? '0', 'KICKS'), interrupts: int(irqs ?? '0', 'INTERRUPTS') });
+      const r = await m.commands
+        .get('x-debug-virtqueue-drop')!
+        .run({ dev, queue: int(q, 'QUEUE'), kicks: int(kicks ?? '0', 'KICKS'), interrupts: int(irqs ?? '0', 'INTERRUPTS') });
       return `${kv(r as Record<string, unknown>)}\n`;
     }
     case 'migrate':
@@ -91,7 +102,8 @@ async function run(m: Monitor, w: string[]): Promise<string> {
       return '';
     }
     case 'info':
-      if (args[0] === 'migrate') return `${kv((await m.commands.get('query-migrate')!.run({})) as Record<string, unknown>)}
+      if (args[0] === 'migrate')
+        return `${kv((await m.commands.get('query-migrate')!.run({})) as Record<string, unknown>)}
 `;
       return info(m, args);
     default:
@@ -113,28 +125,46 @@ function info(m: Monitor, args: string[]): string {
         out.push(`  Bus 0, device ${String(d.slot).padStart(2)}, function ${d.function}:`);
         out.push(`    class 0x${cls.toString(16).padStart(4, '0')}: PCI device ${hex4(id.vendor)}:${hex4(id.device)}  id "${d.qdev_id}"`);
         for (const r of d.regions as Record<string, unknown>[])
-          out.push(`    BAR${r.bar}: ${r.mem_type_64 ? '64' : '32'} bit memory at 0x${(r.address as number).toString(16)} [0x${((r.address as number) + (r.size as number) - 1).toString(16)}]${r.mapped ? '' : ' (not mapped)'}`);
+          out.push(
+            `    BAR${r.bar}: ${r.mem_type_64 ? '64' : '32'} bit memory at 0x${(r.address as number).toString(16)} [0x${((r.address as number) + (r.size as number) - 1).toString(16)}]${r.mapped ? '' : ' (not mapped)'}`,
+          );
         if (d.msix) {
           const x = d.msix as Record<string, unknown>;
-          out.push(`    MSI-X: ${x.vectors} vectors, ${x.enabled ? 'enabled' : 'disabled'}${x['function-masked'] ? ', function-masked' : ''}`);
+          out.push(
+            `    MSI-X: ${x.vectors} vectors, ${x.enabled ? 'enabled' : 'disabled'}${x['function-masked'] ? ', function-masked' : ''}`,
+          );
         }
       }
       return `${out.join('\n')}\n`;
     }
     case 'unclaimed': {
-      const r = m.unclaimedReport() as Record<'pio' | 'mmio', { reads: number; writes: number; regions: { start: number; end: number; reads: number; writes: number; 'last-address': number }[]; other: { reads: number; writes: number } }>;
+      const r = m.unclaimedReport() as Record<
+        'pio' | 'mmio',
+        {
+          reads: number;
+          writes: number;
+          regions: { start: number; end: number; reads: number; writes: number; 'last-address': number }[];
+          other: { reads: number; writes: number };
+        }
+      >;
       const out: string[] = [];
       for (const bus of ['pio', 'mmio'] as const) {
         const b = r[bus];
         out.push(`${bus === 'pio' ? 'port I/O' : 'MMIO'}: reads ${b.reads}, writes ${b.writes}`);
         for (const x of b.regions)
-          out.push(`  0x${x.start.toString(16)}-0x${x.end.toString(16)}: reads ${x.reads}, writes ${x.writes}, last 0x${x['last-address'].toString(16)}`);
+          out.push(
+            `  0x${x.start.toString(16)}-0x${x.end.toString(16)}: reads ${x.reads}, writes ${x.writes}, last 0x${x['last-address'].toString(16)}`,
+          );
         if (b.other.reads + b.other.writes) out.push(`  further holes: reads ${b.other.reads}, writes ${b.other.writes}`);
       }
       return `${out.join('\n')}\n`;
     }
     case 'virtio':
-      return virtioDevices(m.devices).map((v) => `${v.path} [${v.type}]\n`).join('') || 'no virtio devices\n';
+      return (
+        virtioDevices(m.devices)
+          .map((v) => `${v.path} [${v.type}]\n`)
+          .join('') || 'no virtio devices\n'
+      );
     case 'virtqueues':
       return formatVirtqueues(virtqueueRows(m.devices, rest[0]));
     case 'virtio-status': {
@@ -143,11 +173,23 @@ function info(m: Monitor, args: string[]): string {
     }
     case 'virtio-queue-element': {
       if (!rest[0]) throw new CommandError('usage: info virtio-queue-element DEV QUEUE [INDEX]');
-      const e = queueElement(findVirtio(m.devices, rest[0]), int(rest[1], 'QUEUE'), rest[2] === undefined ? undefined : int(rest[2], 'INDEX')) as {
-        index: number; descs: { addr: number; len: number; flags: string[] }[]; avail: Record<string, number>; used: Record<string, number>; 'x-error'?: string;
+      const e = queueElement(
+        findVirtio(m.devices, rest[0]),
+        int(rest[1], 'QUEUE'),
+        rest[2] === undefined ? undefined : int(rest[2], 'INDEX'),
+      ) as {
+        index: number;
+        descs: { addr: number; len: number; flags: string[] }[];
+        avail: Record<string, number>;
+        used: Record<string, number>;
+        'x-error'?: string;
       };
-      const out = [`${rest[0]} queue ${rest[1]}: head ${e.index}, avail flags 0x${e.avail.flags.toString(16)} idx ${e.avail.idx}, used flags 0x${e.used.flags.toString(16)} idx ${e.used.idx}`];
-      e.descs.forEach((x, i) => out.push(`  desc ${i}: addr 0x${x.addr.toString(16)} len ${x.len}${x.flags.length ? ` (${x.flags.join(', ')})` : ''}`));
+      const out = [
+        `${rest[0]} queue ${rest[1]}: head ${e.index}, avail flags 0x${e.avail.flags.toString(16)} idx ${e.avail.idx}, used flags 0x${e.used.flags.toString(16)} idx ${e.used.idx}`,
+      ];
+      e.descs.forEach((x, i) =>
+        out.push(`  desc ${i}: addr 0x${x.addr.toString(16)} len ${x.len}${x.flags.length ? ` (${x.flags.join(', ')})` : ''}`),
+      );
       if (e['x-error']) out.push(`  error: ${e['x-error']}`);
       return `${out.join('\n')}\n`;
     }
@@ -156,7 +198,9 @@ function info(m: Monitor, args: string[]): string {
       return `${rest[0]} queue ${rest[1]}:\n${kv(queueStatus(findVirtio(m.devices, rest[0]), int(rest[1], 'QUEUE')))}\n`;
     }
     default:
-      throw new CommandError(`info: unknown item '${what ?? ''}' (status, pci, virtio, virtqueues, virtio-status, virtio-queue-status, virtio-queue-element, migrate, unclaimed)`);
+      throw new CommandError(
+        `info: unknown item '${what ?? ''}' (status, pci, virtio, virtqueues, virtio-status, virtio-queue-status, virtio-queue-element, migrate, unclaimed)`,
+      );
   }
 }
 
@@ -169,7 +213,11 @@ function virtioStatusText(ref: string, pci: Parameters<typeof virtioStatus>[0]):
   const rest = Object.fromEntries(Object.entries(s).filter(([k]) => !k.endsWith('-decoded')));
   const features = (title: string, bits: bigint) => {
     const f = decodeFeatures(d.deviceId, bits);
-    const lines = [`  ${title}: 0x${bits.toString(16)}`, `    transports: ${f.transports.join(', ') || '-'}`, `    dev-features: ${f['dev-features'].join(', ') || '-'}`];
+    const lines = [
+      `  ${title}: 0x${bits.toString(16)}`,
+      `    transports: ${f.transports.join(', ') || '-'}`,
+      `    dev-features: ${f['dev-features'].join(', ') || '-'}`,
+    ];
     if (f['unknown-dev-features']) lines.push(`    unknown-dev-features: 0x${f['unknown-dev-features'].toString(16)}`);
     return lines.join('\n');
   };

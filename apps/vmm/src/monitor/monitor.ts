@@ -84,8 +84,14 @@ export class Monitor {
 
   /** Throws the refusal of `cont` while a snapshot or an outgoing migration is under way. */
   checkContAllowed(): void {
-    if (this.saving) throw new CommandError('cont refused: x-snapshot-save is writing the VM state; the VM stays stopped until it completes, then send cont again');
-    if (this.migration.active) throw new CommandError('cont refused: an outgoing migration is in progress (it controls the run state until it completes; migrate_cancel stops it)');
+    if (this.saving)
+      throw new CommandError(
+        'cont refused: x-snapshot-save is writing the VM state; the VM stays stopped until it completes, then send cont again',
+      );
+    if (this.migration.active)
+      throw new CommandError(
+        'cont refused: an outgoing migration is in progress (it controls the run state until it completes; migrate_cancel stops it)',
+      );
   }
 
   /** The QMP sockets listening. */
@@ -150,7 +156,9 @@ export class Monitor {
       return;
     }
     this.event('VIRTQUEUE_STALL', { ...base, ...r.indices, 'stalled-ms': t.stalledMs });
-    const idx = Object.entries(r.indices).map(([k, n]) => `${k} ${n}`).join(', ');
+    const idx = Object.entries(r.indices)
+      .map(([k, n]) => `${k} ${n}`)
+      .join(', ');
     this.log(`${v.id}: queue ${r.queue} stalled on the ${t.side} side (${t.cause}) for ${t.stalledMs} ms: ${idx}`);
     const policy = v.pci.stall.policy;
     if (policy === 'kick' && t.side === 'kick') {
@@ -185,13 +193,15 @@ export class Monitor {
 
   cont(): void {
     const state = this.runState();
-    if (state === 'inmigrate') throw new CommandError('the VM is waiting for its incoming migration stream; it resumes by itself once loaded');
+    if (state === 'inmigrate')
+      throw new CommandError('the VM is waiting for its incoming migration stream; it resumes by itself once loaded');
     this.checkContAllowed();
     if (state !== 'paused' && state !== 'postmigrate') return;
     // As QEMU, cont after a completed migration is allowed (e.g. the
     // destination died before it ran); the operator must make sure the
     // destination is not running the same guest on the same disks.
-    if (state === 'postmigrate') this.log('cont after a completed migration: the guest runs here again (the destination must not be running it)');
+    if (state === 'postmigrate')
+      this.log('cont after a completed migration: the guest runs here again (the destination must not be running it)');
     this.machine.resume();
     this.event('RESUME');
   }
@@ -230,17 +240,26 @@ export class Monitor {
     c.add({ name: 'query-version', args: {}, help: 'the VMM version (QEMU-compatible shape)', run: () => QMP_VERSION });
     c.add({ name: 'query-commands', args: {}, help: 'the commands this monitor accepts', run: () => c.names().map((name) => ({ name })) });
     c.add({
-      name: 'query-status', args: {}, help: 'run state',
+      name: 'query-status',
+      args: {},
+      help: 'run state',
       run: () => ({ running: this.runState() === 'running', singlestep: false, status: this.runState() }),
     });
     c.add({ name: 'stop', args: {}, help: 'pause the vCPUs', exclusive: true, run: () => this.stop().then(() => ({})) });
     c.add({
-      name: 'cont', args: {}, help: 'resume the vCPUs', exclusive: true, run: () => this.cont(),
+      name: 'cont',
+      args: {},
+      help: 'resume the vCPUs',
+      exclusive: true,
+      run: () => this.cont(),
       admit: () => (this.checkContAllowed(), undefined),
     });
     c.add({ name: 'system_reset', args: {}, help: 'reset the machine', exclusive: true, run: () => this.reset().then(() => ({})) });
     c.add({
-      name: 'quit', args: {}, help: 'end the VMM', exclusive: true,
+      name: 'quit',
+      args: {},
+      help: 'end the VMM',
+      exclusive: true,
       run: () => {
         setImmediate(() => void this.quit());
         return {};
@@ -250,7 +269,8 @@ export class Monitor {
     this.registerViews();
     c.add({ name: 'query-pci', args: {}, help: 'PCI buses, devices, BARs, MSI-X', run: () => this.queryPci() });
     c.add({
-      name: 'human-monitor-command', args: { 'command-line': { type: 'str' }, 'cpu-index': { type: 'int', optional: true } },
+      name: 'human-monitor-command',
+      args: { 'command-line': { type: 'str' }, 'cpu-index': { type: 'int', optional: true } },
       help: 'run an HMP command and return its text',
       exclusive: true,
       run: async (a) => runHmp(this, a['command-line'] as string),
@@ -266,19 +286,27 @@ export class Monitor {
       },
     });
     c.add({
-      name: 'x-query-unclaimed-io', args: {}, help: 'guest accesses no device claimed: totals and counts per hole (port I/O and MMIO)',
+      name: 'x-query-unclaimed-io',
+      args: {},
+      help: 'guest accesses no device claimed: totals and counts per hole (port I/O and MMIO)',
       run: () => this.unclaimedReport(),
     });
     c.add({
-      name: 'x-query-virtio', args: {}, help: 'virtio devices and their QOM paths',
+      name: 'x-query-virtio',
+      args: {},
+      help: 'virtio devices and their QOM paths',
       run: () => virtioDevices(this.devices).map((v) => ({ path: v.path, name: v.type })),
     });
     c.add({
-      name: 'x-query-virtio-status', args: { path: { type: 'str' } }, help: 'a virtio device: features, status, broken, disabled, ISR',
+      name: 'x-query-virtio-status',
+      args: { path: { type: 'str' } },
+      help: 'a virtio device: features, status, broken, disabled, ISR',
       run: (a) => virtioStatus(findVirtio(this.devices, a.path as string)),
     });
     c.add({
-      name: 'x-query-virtio-queue-status', args: { path: { type: 'str' }, queue: { type: 'int' } }, help: 'a virtqueue: indices, vector, counters',
+      name: 'x-query-virtio-queue-status',
+      args: { path: { type: 'str' }, queue: { type: 'int' } },
+      help: 'a virtqueue: indices, vector, counters',
       run: (a) => queueStatus(findVirtio(this.devices, a.path as string), a.queue as number),
     });
     c.add({
@@ -289,12 +317,18 @@ export class Monitor {
     });
     c.add({
       name: 'x-debug-virtqueue-drop',
-      args: { dev: { type: 'str' }, queue: { type: 'int' }, kicks: { type: 'int', optional: true }, interrupts: { type: 'int', optional: true } },
+      args: {
+        dev: { type: 'str' },
+        queue: { type: 'int' },
+        kicks: { type: 'int', optional: true },
+        interrupts: { type: 'int', optional: true },
+      },
       help: 'drop the next N kicks and/or interrupts of a queue (fault injection)',
       run: (a) => {
         const pci = findVirtio(this.devices, a.dev as string);
         const q = a.queue as number;
-        if (q < 0 || q >= pci.device.queues.length) throw new CommandError(`Invalid queue ${q}: device '${pci.device.id}' has queues 0-${pci.device.queues.length - 1}`);
+        if (q < 0 || q >= pci.device.queues.length)
+          throw new CommandError(`Invalid queue ${q}: device '${pci.device.id}' has queues 0-${pci.device.queues.length - 1}`);
         const f = pci.device.faults[q];
         for (const k of ['kicks', 'interrupts'] as const) {
           const n = a[k] as number | undefined;
@@ -303,7 +337,9 @@ export class Monitor {
         }
         if (a.kicks !== undefined) f.dropKicks = a.kicks as number;
         if (a.interrupts !== undefined) f.dropInterrupts = a.interrupts as number;
-        this.log(`x-debug-virtqueue-drop: device ${pci.device.id} queue ${q}: dropping the next ${f.dropKicks} kick(s) and ${f.dropInterrupts} interrupt(s)`);
+        this.log(
+          `x-debug-virtqueue-drop: device ${pci.device.id} queue ${q}: dropping the next ${f.dropKicks} kick(s) and ${f.dropInterrupts} interrupt(s)`,
+        );
         return { 'drop-kicks': f.dropKicks, 'drop-interrupts': f.dropInterrupts };
       },
     });
@@ -312,9 +348,15 @@ export class Monitor {
   /** The operator's views (docs/qmp.md "Diagnosing a hung queue"): schema and descriptor chains. */
   private registerViews(): void {
     const c = this.commands;
-    c.add({ name: 'query-qmp-schema', args: {}, help: 'the commands and their arguments, as QEMU\'s SchemaInfo list', run: () => qmpSchema(c) });
     c.add({
-      name: 'x-query-virtio-queue-element', args: { path: { type: 'str' }, queue: { type: 'int' }, index: { type: 'int', optional: true } },
+      name: 'query-qmp-schema',
+      args: {},
+      help: "the commands and their arguments, as QEMU's SchemaInfo list",
+      run: () => qmpSchema(c),
+    });
+    c.add({
+      name: 'x-query-virtio-queue-element',
+      args: { path: { type: 'str' }, queue: { type: 'int' }, index: { type: 'int', optional: true } },
       help: 'the descriptor chain at an avail ring position (default: the next the device takes), read-only',
       run: (a) => queueElement(findVirtio(this.devices, a.path as string), a.queue as number, a.index as number | undefined),
     });
@@ -325,7 +367,8 @@ export class Monitor {
     const c = this.commands;
     const mig = this.migration;
     c.add({
-      name: 'x-snapshot-save', args: { file: { type: 'str' } },
+      name: 'x-snapshot-save',
+      args: { file: { type: 'str' } },
       help: 'stop the VM (it stays stopped) and write its memory and state to a file for --restore',
       exclusive: true,
       run: async (a) => {
@@ -343,7 +386,8 @@ export class Monitor {
       },
     });
     c.add({
-      name: 'migrate', args: { uri: { type: 'str' }, detach: { type: 'bool', optional: true }, resume: { type: 'bool', optional: true } },
+      name: 'migrate',
+      args: { uri: { type: 'str' }, detach: { type: 'bool', optional: true }, resume: { type: 'bool', optional: true } },
       help: 'live-migrate to a VMM started with --incoming URI (unix:PATH)',
       exclusive: true,
       run: (a) => {
@@ -358,7 +402,9 @@ export class Monitor {
     });
     c.add({ name: 'migrate_cancel', args: {}, help: 'cancel an outgoing migration', exclusive: true, run: () => (mig.cancel(), {}) });
     c.add({
-      name: 'query-migrate', args: {}, help: 'migration status and figures',
+      name: 'query-migrate',
+      args: {},
+      help: 'migration status and figures',
       run: () => {
         const i = mig.info;
         if (i.status === 'none') return {};
@@ -369,8 +415,15 @@ export class Monitor {
         if (i.status === 'completed' && i.sentAt !== undefined) r['x-downtime-sent'] = i.sentAt;
         if (i.setupTime !== undefined) r['setup-time'] = i.setupTime;
         r.ram = {
-          transferred: i.ram.transferred, remaining: i.ram.remaining, total: i.ram.total, duplicate: i.ram.duplicate, normal: i.ram.normal,
-          'normal-bytes': i.ram.normal * 4096, 'dirty-sync-count': i.ram.dirtySyncCount, mbps: i.ram.mbps, 'dirty-pages-rate': i.ram.dirtyPagesRate,
+          transferred: i.ram.transferred,
+          remaining: i.ram.remaining,
+          total: i.ram.total,
+          duplicate: i.ram.duplicate,
+          normal: i.ram.normal,
+          'normal-bytes': i.ram.normal * 4096,
+          'dirty-sync-count': i.ram.dirtySyncCount,
+          mbps: i.ram.mbps,
+          'dirty-pages-rate': i.ram.dirtyPagesRate,
         };
         if (i.error) r['error-desc'] = i.error;
         return r;
@@ -378,15 +431,21 @@ export class Monitor {
     });
     c.add({
       name: 'migrate-set-parameters',
-      args: { 'downtime-limit': { type: 'int', optional: true }, 'x-max-passes': { type: 'int', optional: true }, 'max-bandwidth': { type: 'int', optional: true } },
+      args: {
+        'downtime-limit': { type: 'int', optional: true },
+        'x-max-passes': { type: 'int', optional: true },
+        'max-bandwidth': { type: 'int', optional: true },
+      },
       help: 'migration parameters: downtime-limit (ms), x-max-passes, max-bandwidth (bytes/s, 0: no limit)',
       run: (a) => {
         const d = a['downtime-limit'] as number | undefined;
         const p = a['x-max-passes'] as number | undefined;
         const b = a['max-bandwidth'] as number | undefined;
-        if (d !== undefined && (d < 0 || d > 2000000)) throw new CommandError("Parameter 'downtime-limit' expects an integer in the range of 0 to 2000000 milliseconds");
+        if (d !== undefined && (d < 0 || d > 2000000))
+          throw new CommandError("Parameter 'downtime-limit' expects an integer in the range of 0 to 2000000 milliseconds");
         if (p !== undefined && (p < 1 || p > 1000)) throw new CommandError("Parameter 'x-max-passes' expects 1 to 1000");
-        if (b !== undefined && (b < 0 || !Number.isSafeInteger(b))) throw new CommandError("Parameter 'max-bandwidth' expects bytes per second, 0 (no limit) or more");
+        if (b !== undefined && (b < 0 || !Number.isSafeInteger(b)))
+          throw new CommandError("Parameter 'max-bandwidth' expects bytes per second, 0 (no limit) or more");
         if (d !== undefined) mig.params.downtimeLimit = d;
         if (p !== undefined) mig.params.maxPasses = p;
         if (b !== undefined) mig.params.maxBandwidth = b;
@@ -394,8 +453,14 @@ export class Monitor {
       },
     });
     c.add({
-      name: 'query-migrate-parameters', args: {}, help: 'the migration parameters',
-      run: () => ({ 'downtime-limit': mig.params.downtimeLimit, 'x-max-passes': mig.params.maxPasses, 'max-bandwidth': mig.params.maxBandwidth }),
+      name: 'query-migrate-parameters',
+      args: {},
+      help: 'the migration parameters',
+      run: () => ({
+        'downtime-limit': mig.params.downtimeLimit,
+        'x-max-passes': mig.params.maxPasses,
+        'max-bandwidth': mig.params.maxBandwidth,
+      }),
     });
   }
 
@@ -404,7 +469,8 @@ export class Monitor {
     const one = (bus: 'pio' | 'mmio') => {
       const r = this.machine[bus].unclaimed.report();
       return {
-        reads: r.reads, writes: r.writes,
+        reads: r.reads,
+        writes: r.writes,
         regions: r.regions.map((x) => ({ start: x.start, end: x.end, reads: x.reads, writes: x.writes, 'last-address': x.lastAddress })),
         other: r.other,
       };
@@ -423,12 +489,22 @@ export class Monitor {
           if (!lo) continue;
           const is64 = (lo & 0x6) === 0x4;
           const address = f.fn.barAddress(bar);
-          regions.push({ bar, type: 'memory', address: address ?? 0, size: f.fn.barSize(bar) ?? 0, prefetch: (lo & 8) !== 0, mem_type_64: is64, mapped: address !== undefined });
+          regions.push({
+            bar,
+            type: 'memory',
+            address: address ?? 0,
+            size: f.fn.barSize(bar) ?? 0,
+            prefetch: (lo & 8) !== 0,
+            mem_type_64: is64,
+            mapped: address !== undefined,
+          });
           if (is64) bar++;
         }
       }
       const info: Record<string, unknown> = {
-        bus: 0, slot: f.device, function: f.function,
+        bus: 0,
+        slot: f.device,
+        function: f.function,
         class_info: { class: cfg.getU16(0x0a) },
         id: { vendor: cfg.getU16(0), device: cfg.getU16(2), 'subsystem-vendor': cfg.getU16(0x2c), subsystem: cfg.getU16(0x2e) },
         regions,
@@ -450,7 +526,13 @@ export class Monitor {
 }
 
 /** A clear QMP error where a debug action cannot apply to a queue (the device says why). */
-function refuseDebugAction(pci: { device: { id: string; debugActionRefusal?(a: 'drop-kicks' | 'drop-interrupts' | 'kick' | 'call', q: number): string | undefined } }, action: 'drop-kicks' | 'drop-interrupts' | 'kick' | 'call', queue: number): void {
+function refuseDebugAction(
+  pci: {
+    device: { id: string; debugActionRefusal?(a: 'drop-kicks' | 'drop-interrupts' | 'kick' | 'call', q: number): string | undefined };
+  },
+  action: 'drop-kicks' | 'drop-interrupts' | 'kick' | 'call',
+  queue: number,
+): void {
   const why = pci.device.debugActionRefusal?.(action, queue);
   if (why) throw new CommandError(`${action} cannot apply to queue ${queue} of device '${pci.device.id}': ${why}`);
 }

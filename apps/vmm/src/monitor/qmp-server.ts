@@ -212,7 +212,8 @@ export function jsonValueEnd(s: string): number | undefined {
 /** Why a unix socket path cannot be listened on (too long, missing directory), or undefined. */
 export function checkSocketPath(p: string): string | undefined {
   const len = Buffer.byteLength(p);
-  if (len > UNIX_PATH_MAX) return `socket path is ${len} bytes; a unix socket path holds at most ${UNIX_PATH_MAX} (use a shorter path, e.g. under /tmp or /run)`;
+  if (len > UNIX_PATH_MAX)
+    return `socket path is ${len} bytes; a unix socket path holds at most ${UNIX_PATH_MAX} (use a shorter path, e.g. under /tmp or /run)`;
   const dir = path.dirname(p);
   let st: fs.Stats;
   try {

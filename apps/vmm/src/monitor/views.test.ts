@@ -26,8 +26,18 @@ describe('decodeFeatures', () => {
 
 describe('info virtqueues formatting', () => {
   const base = {
-    size: 128, ready: true, active: true, 'avail-idx': 7, 'last-avail-idx': 5, 'used-idx': 4,
-    'kicks-eventfd': 3, 'kicks-exit': 2, 'interrupts-injected': 4, 'msix-vector': 1, 'vector-masked': false, 'vector-pending': false,
+    size: 128,
+    ready: true,
+    active: true,
+    'avail-idx': 7,
+    'last-avail-idx': 5,
+    'used-idx': 4,
+    'kicks-eventfd': 3,
+    'kicks-exit': 2,
+    'interrupts-injected': 4,
+    'msix-vector': 1,
+    'vector-masked': false,
+    'vector-pending': false,
   };
   const row = (status: Record<string, unknown>, name = 'req0'): VirtqueueRow => ({ device: 'd0', queue: 0, name, status });
 
@@ -38,23 +48,56 @@ describe('info virtqueues formatting', () => {
   it('takes the ages and the verdict from the stall-detector fields when present', () => {
     const ok = { ...base, 'last-kick-ms-ago': 12.4, 'last-interrupt-ms-ago': null, stall: null };
     expect(virtqueueCells(row(ok)).slice(-3)).toEqual(['12ms', '-', 'ok']);
-    const stalled = { ...base, 'last-kick-ms-ago': 900, 'last-interrupt-ms-ago': 30, stall: { side: 'kick', cause: 'no-notify', 'stalled-ms': 812 } };
+    const stalled = {
+      ...base,
+      'last-kick-ms-ago': 900,
+      'last-interrupt-ms-ago': 30,
+      stall: { side: 'kick', cause: 'no-notify', 'stalled-ms': 812 },
+    };
     expect(virtqueueCells(row(stalled)).slice(-3)).toEqual(['900ms', '30ms', 'STALL kick no-notify 812ms']);
   });
 
   it('shows the vector state, an inactive queue and a device that needs a reset', () => {
     expect(virtqueueCells(row({ ...base, 'vector-masked': true, 'vector-pending': true }))[9]).toBe('1(masked,pending)');
     expect(virtqueueCells(row({ ...base, 'msix-vector': 0xffff, 'vector-masked': null }))[9]).toBe('none');
-    const off = virtqueueCells(row({ size: 256, ready: false, active: false, 'avail-idx': null, 'msix-vector': 0xffff, 'kicks-eventfd': 0, 'kicks-exit': 0, 'interrupts-injected': 0 }));
+    const off = virtqueueCells(
+      row({
+        size: 256,
+        ready: false,
+        active: false,
+        'avail-idx': null,
+        'msix-vector': 0xffff,
+        'kicks-eventfd': 0,
+        'kicks-exit': 0,
+        'interrupts-injected': 0,
+      }),
+    );
     expect(off).toEqual(['d0', '0', 'req0', '256', '-', '-', '-', '0', '0', 'none', '-', '-', 'off']);
     expect(virtqueueCells({ ...row(base), broken: true })[12]).toBe('NEEDS-RESET');
   });
 
   it('pads columns so every line lines up under the header', () => {
-    const text = formatVirtqueues([row(base, 'rx0'), { device: 'net0', queue: 2, name: 'ctrl', status: { ...base, 'msix-vector': 3, 'vector-masked': true } }]);
+    const text = formatVirtqueues([
+      row(base, 'rx0'),
+      { device: 'net0', queue: 2, name: 'ctrl', status: { ...base, 'msix-vector': 3, 'vector-masked': true } },
+    ]);
     const lines = text.trimEnd().split('\n');
     expect(lines).toHaveLength(3);
-    expect(lines[0].split(/\s+/)).toEqual(['dev', 'q', 'name', 'size', 'avail', 'last-avail', 'used', 'kicks', 'irqs', 'vector', 'last-kick', 'last-irq', 'verdict']);
+    expect(lines[0].split(/\s+/)).toEqual([
+      'dev',
+      'q',
+      'name',
+      'size',
+      'avail',
+      'last-avail',
+      'used',
+      'kicks',
+      'irqs',
+      'vector',
+      'last-kick',
+      'last-irq',
+      'verdict',
+    ]);
     expect(lines[2].split(/\s+/)).toEqual(['net0', '2', 'ctrl', '128', '7', '5', '4', '5', '4', '3(masked)', '-', '-', '-']);
     const col = lines[0].indexOf('vector');
     expect(lines[1].slice(col).startsWith('1 ')).toBe(true);
@@ -75,10 +118,15 @@ describe('queueElement (x-query-virtio-queue-element)', () => {
 
   it('returns the chain the guest queued, in order, with flags by name, and changes nothing', () => {
     const { drv, q, pci } = setup();
-    const head = drv.addChain([{ addr: 0x10000, len: 16 }, { addr: 0x11000, len: 512, write: true }, { addr: 0x12000, len: 1, write: true }]);
+    const head = drv.addChain([
+      { addr: 0x10000, len: 16 },
+      { addr: 0x11000, len: 512, write: true },
+      { addr: 0x12000, len: 1, write: true },
+    ]);
     const e = queueElement(pci, 0);
     expect(e).toEqual({
-      name: 'd0', index: head,
+      name: 'd0',
+      index: head,
       descs: [
         { addr: 0x10000, len: 16, flags: ['next'] },
         { addr: 0x11000, len: 512, flags: ['next', 'write'] },
@@ -91,7 +139,7 @@ describe('queueElement (x-query-virtio-queue-element)', () => {
     expect(q.pending()).toBe(1);
   });
 
-  it('defaults to the position the device reports as its last-avail-idx (an iothread worker\'s)', () => {
+  it("defaults to the position the device reports as its last-avail-idx (an iothread worker's)", () => {
     const { drv, pci, device } = setup();
     drv.addChain([{ addr: 0x10000, len: 16 }]);
     const second = drv.addChain([{ addr: 0x11000, len: 32, write: true }]);
@@ -102,10 +150,16 @@ describe('queueElement (x-query-virtio-queue-element)', () => {
   it('follows an indirect descriptor into its table and picks a chain by avail ring position', () => {
     const { drv, pci } = setup();
     drv.addChain([{ addr: 0x10000, len: 16 }]);
-    const head = drv.addIndirect(0x20000, [{ addr: 0x30000, len: 16 }, { addr: 0x31000, len: 4096, write: true }]);
+    const head = drv.addIndirect(0x20000, [
+      { addr: 0x30000, len: 16 },
+      { addr: 0x31000, len: 4096, write: true },
+    ]);
     const e = queueElement(pci, 0, 1);
     expect(e.index).toBe(head);
-    expect(e.descs).toEqual([{ addr: 0x30000, len: 16, flags: ['next'] }, { addr: 0x31000, len: 4096, flags: ['write'] }]);
+    expect(e.descs).toEqual([
+      { addr: 0x30000, len: 16, flags: ['next'] },
+      { addr: 0x31000, len: 4096, flags: ['write'] },
+    ]);
   });
 
   it('stops a looping chain after the queue size and says so', () => {
@@ -163,7 +217,17 @@ describe('query-qmp-schema', () => {
   it('lists every command with an object type of its arguments, enums and optional members', () => {
     const r = new CommandRegistry();
     r.add({ name: 'query-status', args: {}, help: '', run: () => ({}) });
-    r.add({ name: 'x-debug-device-event', args: { dev: { type: 'str' }, event: { type: 'enum', values: ['kick', 'call'] }, queue: { type: 'int' }, force: { type: 'bool', optional: true } }, help: '', run: () => ({}) });
+    r.add({
+      name: 'x-debug-device-event',
+      args: {
+        dev: { type: 'str' },
+        event: { type: 'enum', values: ['kick', 'call'] },
+        queue: { type: 'int' },
+        force: { type: 'bool', optional: true },
+      },
+      help: '',
+      run: () => ({}),
+    });
     const schema = qmpSchema(r);
     const byName = new Map(schema.map((s) => [s.name, s]));
     const commands = schema.filter((s) => s['meta-type'] === 'command').map((s) => s.name);
@@ -171,8 +235,14 @@ describe('query-qmp-schema', () => {
     const cmd = byName.get('x-debug-device-event')!;
     const args = byName.get(cmd['arg-type'] as string)!;
     expect(args).toEqual({
-      name: 'x-debug-device-event-arg', 'meta-type': 'object',
-      members: [{ name: 'dev', type: 'str' }, { name: 'event', type: 'x-debug-device-event-event-enum' }, { name: 'queue', type: 'int' }, { name: 'force', type: 'bool', default: null }],
+      name: 'x-debug-device-event-arg',
+      'meta-type': 'object',
+      members: [
+        { name: 'dev', type: 'str' },
+        { name: 'event', type: 'x-debug-device-event-event-enum' },
+        { name: 'queue', type: 'int' },
+        { name: 'force', type: 'bool', default: null },
+      ],
     });
     expect(byName.get('x-debug-device-event-event-enum')).toMatchObject({ 'meta-type': 'enum', values: ['kick', 'call'] });
     // Every type a member or command names is defined.

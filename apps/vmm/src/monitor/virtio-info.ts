@@ -82,7 +82,14 @@ export function kebabCaseFields(v: unknown): unknown {
 }
 
 export function statusNames(s: number): string[] {
-  const names: [number, string][] = [[1, 'ACKNOWLEDGE'], [2, 'DRIVER'], [8, 'FEATURES_OK'], [4, 'DRIVER_OK'], [0x40, 'NEEDS_RESET'], [0x80, 'FAILED']];
+  const names: [number, string][] = [
+    [1, 'ACKNOWLEDGE'],
+    [2, 'DRIVER'],
+    [8, 'FEATURES_OK'],
+    [4, 'DRIVER_OK'],
+    [0x40, 'NEEDS_RESET'],
+    [0x80, 'FAILED'],
+  ];
   return names.filter(([b]) => s & b).map(([, n]) => n);
 }
 
@@ -140,28 +147,70 @@ export function queueStatus(pci: VirtioPciDevice, queue: number): Record<string,
 // --- feature bits by name (virtio 1.2 section 6 and each device type's "Feature bits") ---
 
 const TRANSPORT_FEATURES: Record<number, string> = {
-  24: 'VIRTIO_F_NOTIFY_ON_EMPTY', 27: 'VIRTIO_F_ANY_LAYOUT', 28: 'VIRTIO_RING_F_INDIRECT_DESC', 29: 'VIRTIO_RING_F_EVENT_IDX',
-  32: 'VIRTIO_F_VERSION_1', 33: 'VIRTIO_F_ACCESS_PLATFORM', 34: 'VIRTIO_F_RING_PACKED', 35: 'VIRTIO_F_IN_ORDER',
-  36: 'VIRTIO_F_ORDER_PLATFORM', 37: 'VIRTIO_F_SR_IOV', 38: 'VIRTIO_F_NOTIFICATION_DATA', 39: 'VIRTIO_F_NOTIF_CONFIG_DATA',
+  24: 'VIRTIO_F_NOTIFY_ON_EMPTY',
+  27: 'VIRTIO_F_ANY_LAYOUT',
+  28: 'VIRTIO_RING_F_INDIRECT_DESC',
+  29: 'VIRTIO_RING_F_EVENT_IDX',
+  32: 'VIRTIO_F_VERSION_1',
+  33: 'VIRTIO_F_ACCESS_PLATFORM',
+  34: 'VIRTIO_F_RING_PACKED',
+  35: 'VIRTIO_F_IN_ORDER',
+  36: 'VIRTIO_F_ORDER_PLATFORM',
+  37: 'VIRTIO_F_SR_IOV',
+  38: 'VIRTIO_F_NOTIFICATION_DATA',
+  39: 'VIRTIO_F_NOTIF_CONFIG_DATA',
   40: 'VIRTIO_F_RING_RESET',
 };
 
 /** Device-type feature bits, by virtio device ID. */
 const DEVICE_FEATURES: Record<number, Record<number, string>> = {
   1: {
-    0: 'VIRTIO_NET_F_CSUM', 1: 'VIRTIO_NET_F_GUEST_CSUM', 2: 'VIRTIO_NET_F_CTRL_GUEST_OFFLOADS', 3: 'VIRTIO_NET_F_MTU',
-    5: 'VIRTIO_NET_F_MAC', 7: 'VIRTIO_NET_F_GUEST_TSO4', 8: 'VIRTIO_NET_F_GUEST_TSO6', 9: 'VIRTIO_NET_F_GUEST_ECN',
-    10: 'VIRTIO_NET_F_GUEST_UFO', 11: 'VIRTIO_NET_F_HOST_TSO4', 12: 'VIRTIO_NET_F_HOST_TSO6', 13: 'VIRTIO_NET_F_HOST_ECN',
-    14: 'VIRTIO_NET_F_HOST_UFO', 15: 'VIRTIO_NET_F_MRG_RXBUF', 16: 'VIRTIO_NET_F_STATUS', 17: 'VIRTIO_NET_F_CTRL_VQ',
-    18: 'VIRTIO_NET_F_CTRL_RX', 19: 'VIRTIO_NET_F_CTRL_VLAN', 20: 'VIRTIO_NET_F_CTRL_RX_EXTRA', 21: 'VIRTIO_NET_F_GUEST_ANNOUNCE',
-    22: 'VIRTIO_NET_F_MQ', 23: 'VIRTIO_NET_F_CTRL_MAC_ADDR', 52: 'VIRTIO_NET_F_NOTF_COAL', 54: 'VIRTIO_NET_F_GUEST_USO4',
-    55: 'VIRTIO_NET_F_GUEST_USO6', 56: 'VIRTIO_NET_F_HOST_USO', 57: 'VIRTIO_NET_F_HASH_REPORT', 59: 'VIRTIO_NET_F_GUEST_HDRLEN',
-    60: 'VIRTIO_NET_F_RSS', 61: 'VIRTIO_NET_F_RSC_EXT', 62: 'VIRTIO_NET_F_STANDBY', 63: 'VIRTIO_NET_F_SPEED_DUPLEX',
+    0: 'VIRTIO_NET_F_CSUM',
+    1: 'VIRTIO_NET_F_GUEST_CSUM',
+    2: 'VIRTIO_NET_F_CTRL_GUEST_OFFLOADS',
+    3: 'VIRTIO_NET_F_MTU',
+    5: 'VIRTIO_NET_F_MAC',
+    7: 'VIRTIO_NET_F_GUEST_TSO4',
+    8: 'VIRTIO_NET_F_GUEST_TSO6',
+    9: 'VIRTIO_NET_F_GUEST_ECN',
+    10: 'VIRTIO_NET_F_GUEST_UFO',
+    11: 'VIRTIO_NET_F_HOST_TSO4',
+    12: 'VIRTIO_NET_F_HOST_TSO6',
+    13: 'VIRTIO_NET_F_HOST_ECN',
+    14: 'VIRTIO_NET_F_HOST_UFO',
+    15: 'VIRTIO_NET_F_MRG_RXBUF',
+    16: 'VIRTIO_NET_F_STATUS',
+    17: 'VIRTIO_NET_F_CTRL_VQ',
+    18: 'VIRTIO_NET_F_CTRL_RX',
+    19: 'VIRTIO_NET_F_CTRL_VLAN',
+    20: 'VIRTIO_NET_F_CTRL_RX_EXTRA',
+    21: 'VIRTIO_NET_F_GUEST_ANNOUNCE',
+    22: 'VIRTIO_NET_F_MQ',
+    23: 'VIRTIO_NET_F_CTRL_MAC_ADDR',
+    52: 'VIRTIO_NET_F_NOTF_COAL',
+    54: 'VIRTIO_NET_F_GUEST_USO4',
+    55: 'VIRTIO_NET_F_GUEST_USO6',
+    56: 'VIRTIO_NET_F_HOST_USO',
+    57: 'VIRTIO_NET_F_HASH_REPORT',
+    59: 'VIRTIO_NET_F_GUEST_HDRLEN',
+    60: 'VIRTIO_NET_F_RSS',
+    61: 'VIRTIO_NET_F_RSC_EXT',
+    62: 'VIRTIO_NET_F_STANDBY',
+    63: 'VIRTIO_NET_F_SPEED_DUPLEX',
   },
   2: {
-    1: 'VIRTIO_BLK_F_SIZE_MAX', 2: 'VIRTIO_BLK_F_SEG_MAX', 4: 'VIRTIO_BLK_F_GEOMETRY', 5: 'VIRTIO_BLK_F_RO',
-    6: 'VIRTIO_BLK_F_BLK_SIZE', 9: 'VIRTIO_BLK_F_FLUSH', 10: 'VIRTIO_BLK_F_TOPOLOGY', 11: 'VIRTIO_BLK_F_CONFIG_WCE',
-    12: 'VIRTIO_BLK_F_MQ', 13: 'VIRTIO_BLK_F_DISCARD', 14: 'VIRTIO_BLK_F_WRITE_ZEROES', 15: 'VIRTIO_BLK_F_LIFETIME',
+    1: 'VIRTIO_BLK_F_SIZE_MAX',
+    2: 'VIRTIO_BLK_F_SEG_MAX',
+    4: 'VIRTIO_BLK_F_GEOMETRY',
+    5: 'VIRTIO_BLK_F_RO',
+    6: 'VIRTIO_BLK_F_BLK_SIZE',
+    9: 'VIRTIO_BLK_F_FLUSH',
+    10: 'VIRTIO_BLK_F_TOPOLOGY',
+    11: 'VIRTIO_BLK_F_CONFIG_WCE',
+    12: 'VIRTIO_BLK_F_MQ',
+    13: 'VIRTIO_BLK_F_DISCARD',
+    14: 'VIRTIO_BLK_F_WRITE_ZEROES',
+    15: 'VIRTIO_BLK_F_LIFETIME',
     16: 'VIRTIO_BLK_F_SECURE_ERASE',
   },
   8: { 0: 'VIRTIO_SCSI_F_INOUT', 1: 'VIRTIO_SCSI_F_HOTPLUG', 2: 'VIRTIO_SCSI_F_CHANGE', 3: 'VIRTIO_SCSI_F_T10_PI' },
@@ -171,7 +220,10 @@ const DEVICE_FEATURES: Record<number, Record<number, string>> = {
  * A feature word decoded as QEMU's x-query-virtio-status does (VirtioDeviceFeatures):
  * transport bits and device bits by name, the bits neither names as a number.
  */
-export function decodeFeatures(deviceId: number, bits: bigint): { transports: string[]; 'dev-features': string[]; 'unknown-dev-features': number } {
+export function decodeFeatures(
+  deviceId: number,
+  bits: bigint,
+): { transports: string[]; 'dev-features': string[]; 'unknown-dev-features': number } {
   const transports: string[] = [];
   const dev: string[] = [];
   let unknown = 0n;
@@ -202,11 +254,36 @@ export function queueName(pci: VirtioPciDevice, queue: number): string {
 
 /** Every queue of one device (`ref`) or of all virtio devices, with its x-query-virtio-queue-status. */
 export function virtqueueRows(devices: readonly Device[], ref?: string): VirtqueueRow[] {
-  const list = ref === undefined ? virtioDevices(devices).map((v) => ({ id: v.id, pci: v.pci })) : [{ id: findDevice(devices, ref).id, pci: findVirtio(devices, ref) }];
-  return list.flatMap(({ id, pci }) => pci.device.queues.map((_, i) => ({ device: id, queue: i, name: queueName(pci, i), status: queueStatus(pci, i), broken: pci.device.broken })));
+  const list =
+    ref === undefined
+      ? virtioDevices(devices).map((v) => ({ id: v.id, pci: v.pci }))
+      : [{ id: findDevice(devices, ref).id, pci: findVirtio(devices, ref) }];
+  return list.flatMap(({ id, pci }) =>
+    pci.device.queues.map((_, i) => ({
+      device: id,
+      queue: i,
+      name: queueName(pci, i),
+      status: queueStatus(pci, i),
+      broken: pci.device.broken,
+    })),
+  );
 }
 
-export const VIRTQUEUE_COLUMNS = ['dev', 'q', 'name', 'size', 'avail', 'last-avail', 'used', 'kicks', 'irqs', 'vector', 'last-kick', 'last-irq', 'verdict'] as const;
+export const VIRTQUEUE_COLUMNS = [
+  'dev',
+  'q',
+  'name',
+  'size',
+  'avail',
+  'last-avail',
+  'used',
+  'kicks',
+  'irqs',
+  'vector',
+  'last-kick',
+  'last-irq',
+  'verdict',
+] as const;
 
 const cell = (v: unknown): string => (v === null || v === undefined ? '-' : String(v));
 const age = (v: unknown): string => (typeof v === 'number' ? `${Math.round(v)}ms` : '-');
@@ -232,10 +309,19 @@ export function virtqueueCells(r: VirtqueueRow): string[] {
     verdict = st ? `STALL ${st.side} ${st.cause} ${Math.round(st['stalled-ms'])}ms` : 'ok';
   }
   return [
-    r.device, String(r.queue), r.name, cell(s.size),
-    s.active ? cell(s['avail-idx']) : '-', s.active ? cell(s['last-avail-idx']) : '-', s.active ? cell(s['used-idx']) : '-',
-    String(num('kicks-eventfd') + num('kicks-exit')), String(num('interrupts-injected')), vector,
-    age(s['last-kick-ms-ago']), age(s['last-interrupt-ms-ago']), verdict,
+    r.device,
+    String(r.queue),
+    r.name,
+    cell(s.size),
+    s.active ? cell(s['avail-idx']) : '-',
+    s.active ? cell(s['last-avail-idx']) : '-',
+    s.active ? cell(s['used-idx']) : '-',
+    String(num('kicks-eventfd') + num('kicks-exit')),
+    String(num('interrupts-injected')),
+    vector,
+    age(s['last-kick-ms-ago']),
+    age(s['last-interrupt-ms-ago']),
+    verdict,
   ];
 }
 
@@ -243,12 +329,25 @@ export function virtqueueCells(r: VirtqueueRow): string[] {
 export function formatVirtqueues(rows: VirtqueueRow[]): string {
   const lines = [[...VIRTQUEUE_COLUMNS] as string[], ...rows.map(virtqueueCells)];
   const widths = VIRTQUEUE_COLUMNS.map((_, c) => Math.max(...lines.map((l) => l[c].length)));
-  return lines.map((l) => l.map((x, c) => (c === l.length - 1 ? x : x.padEnd(widths[c]))).join('  ').trimEnd()).join('\n') + '\n';
+  return (
+    lines
+      .map((l) =>
+        l
+          .map((x, c) => (c === l.length - 1 ? x : x.padEnd(widths[c])))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
 }
 
 // --- x-query-virtio-queue-element (QEMU 7.2): one descriptor chain, read-only ---
 
-const DESC_FLAG_NAMES: [number, string][] = [[1, 'next'], [2, 'write'], [4, 'indirect']];
+const DESC_FLAG_NAMES: [number, string][] = [
+  [1, 'next'],
+  [2, 'write'],
+  [4, 'indirect'],
+];
 
 /**
  * The chain at avail ring position `index` (default: the next the device
@@ -263,7 +362,8 @@ export function queueElement(pci: VirtioPciDevice, queue: number, index?: number
   if (!q) throw new CommandError(`Invalid queue ${queue}: device '${d.id}' has queues 0-${d.queues.length - 1}`);
   if (!q.active) throw new CommandError(`Queue ${queue} of device '${d.id}' is not active (the driver has not set it up and DRIVER_OK)`);
   if (d.disabled) throw new CommandError(`Device '${d.id}' has bus mastering off: its rings are not read`);
-  if (index !== undefined && (index < 0 || index >= q.size)) throw new CommandError(`Invalid index ${index}: queue ${queue} of device '${d.id}' has ${q.size} entries (0-${q.size - 1})`);
+  if (index !== undefined && (index < 0 || index >= q.size))
+    throw new CommandError(`Invalid index ${index}: queue ${queue} of device '${d.id}' has ${q.size} entries (0-${q.size - 1})`);
   const mem = d.memory;
   const u16 = (addr: number) => mem.readU16(addr);
   // With iothread= the worker takes the chains: its last-avail-idx (from queueInfo) is the one that counts.
@@ -282,7 +382,9 @@ export function queueElement(pci: VirtioPciDevice, queue: number, index?: number
   }
   const descs: { addr: number; len: number; flags: string[] }[] = [];
   const out: Record<string, unknown> = {
-    name: d.id, index: head, descs,
+    name: d.id,
+    index: head,
+    descs,
     avail: { flags: availFlags, idx: availIdx, ring: head },
     used: { flags: usedFlags, idx: usedIdx },
   };

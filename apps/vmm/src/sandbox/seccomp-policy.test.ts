@@ -1,7 +1,15 @@
 import * as fs from 'fs';
 import { uapi } from '@tsvmm/kvm-native';
 import {
-  buildFilter, checkPolicy, hostPolicy, SandboxError, SeccompPolicy, SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_TRAP,
+  buildFilter,
+  checkPolicy,
+  hostPolicy,
+  SandboxError,
+  SeccompPolicy,
+  SECCOMP_RET_ALLOW,
+  SECCOMP_RET_ERRNO,
+  SECCOMP_RET_KILL_PROCESS,
+  SECCOMP_RET_TRAP,
 } from './seccomp';
 import policyX86_64 from './seccomp-x86_64.json';
 import syscallsX86_64 from './syscalls-x86_64.json';
@@ -64,7 +72,22 @@ describe('seccomp allow-list (x86_64)', () => {
   it('has no problems: every name a system call, listed once, with a reason; nothing always denied is allowed', () => {
     expect(checkPolicy(policy, table)).toEqual([]);
     expect(policy.allow.length).toBeGreaterThan(50);
-    expect(policy.alwaysDenied.map((d) => d.name)).toEqual(expect.arrayContaining(['execve', 'execveat', 'fork', 'vfork', 'ptrace', 'mount', 'bpf', 'kexec_load', 'kexec_file_load', 'init_module', 'finit_module', 'delete_module']));
+    expect(policy.alwaysDenied.map((d) => d.name)).toEqual(
+      expect.arrayContaining([
+        'execve',
+        'execveat',
+        'fork',
+        'vfork',
+        'ptrace',
+        'mount',
+        'bpf',
+        'kexec_load',
+        'kexec_file_load',
+        'init_module',
+        'finit_module',
+        'delete_module',
+      ]),
+    );
   });
 
   it('KVM ioctl request numbers are the ones kvm-native uses', () => {
@@ -131,10 +154,23 @@ describe('seccomp allow-list (x86_64)', () => {
   it('a broken policy is refused with its problems named', () => {
     const bad: SeccompPolicy = {
       ...policy,
-      allow: [...policy.allow, { name: 'execve', reason: 'oops' }, { name: 'read', reason: 'twice' }, { name: 'no_such_call', reason: 'x' }, { name: 'openat', reason: '' }],
+      allow: [
+        ...policy.allow,
+        { name: 'execve', reason: 'oops' },
+        { name: 'read', reason: 'twice' },
+        { name: 'no_such_call', reason: 'x' },
+        { name: 'openat', reason: '' },
+      ],
     };
     const problems = checkPolicy(bad, table);
-    expect(problems).toEqual(expect.arrayContaining(['execve: always denied, yet listed as allowed', 'read: listed twice', 'no_such_call: not a system call on x86_64', 'openat: no reason given']));
+    expect(problems).toEqual(
+      expect.arrayContaining([
+        'execve: always denied, yet listed as allowed',
+        'read: listed twice',
+        'no_such_call: not a system call on x86_64',
+        'openat: no reason given',
+      ]),
+    );
     expect(() => buildFilter(bad, table, PID)).toThrow(SandboxError);
   });
 

@@ -140,7 +140,8 @@ class Asm {
 function parseValue(v: ValueEntry, pid: number, where: string): number {
   if (v.value === 'pid') return pid;
   const n = /^0x[0-9a-f]+$/i.test(v.value) ? parseInt(v.value, 16) : /^\d+$/.test(v.value) ? Number(v.value) : NaN;
-  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new SandboxError(`${where}: value '${v.value}' of ${v.name} is not a 32-bit number`);
+  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff)
+    throw new SandboxError(`${where}: value '${v.value}' of ${v.name} is not a 32-bit number`);
   return n;
 }
 
@@ -160,7 +161,8 @@ export function checkPolicy(policy: SeccompPolicy, table: SyscallTable): string[
     const checks = [e.allowValues, e.denyValues, e.requireBits].filter((x) => x !== undefined).length;
     if (checks > 1) problems.push(`${e.name}: more than one argument check`);
     if (checks === 1 && (e.arg === undefined || e.arg < 0 || e.arg > 5)) problems.push(`${e.name}: an argument check needs arg 0-5`);
-    for (const v of [...(e.allowValues ?? []), ...(e.denyValues ?? []), ...(e.requireBits ? [e.requireBits] : [])]) if (!v.reason) problems.push(`${e.name} ${v.name}: no reason given`);
+    for (const v of [...(e.allowValues ?? []), ...(e.denyValues ?? []), ...(e.requireBits ? [e.requireBits] : [])])
+      if (!v.reason) problems.push(`${e.name} ${v.name}: no reason given`);
   }
   for (const e of policy.errno) if (!Object.hasOwn(ERRNO, e.errno)) problems.push(`${e.name}: unknown errno ${e.errno}`);
   return problems;
@@ -270,7 +272,12 @@ export function enterSandbox(): { instructions: number } {
   const names: string[] = [];
   for (const [name, nr] of Object.entries(table.syscalls)) names[nr] = name;
   const native = loadNative();
-  native.seccompSetTrapReporter(SANDBOX_LOG_PREFIX, SANDBOX_LOG_SUFFIX, Array.from(names, (n) => n ?? ''), 'vmm: sandbox: arguments ');
+  native.seccompSetTrapReporter(
+    SANDBOX_LOG_PREFIX,
+    SANDBOX_LOG_SUFFIX,
+    Array.from(names, (n) => n ?? ''),
+    'vmm: sandbox: arguments ',
+  );
   native.seccompInstall(prog);
   return { instructions: prog.length / 8 };
 }

@@ -14,7 +14,8 @@ export class MemBackend implements BlockBackend {
     this.bytes = new Uint8Array(size);
   }
   private check(offset: number, len: number): void {
-    if (!Number.isSafeInteger(offset) || offset < 0 || len < 0 || offset + len > this.size) throw new Error(`backend asked for [${offset}, +${len}) of a ${this.size}-byte disk`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || len < 0 || offset + len > this.size)
+      throw new Error(`backend asked for [${offset}, +${len}) of a ${this.size}-byte disk`);
   }
   async readv(bufs: Uint8Array[], offset: number): Promise<number> {
     let n = 0;
@@ -46,4 +47,3 @@ export class MemBackend implements BlockBackend {
   }
   close(): void {}
 }
-

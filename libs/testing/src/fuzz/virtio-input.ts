@@ -53,7 +53,12 @@ export function programQueue(q: SplitVirtqueue, size: number): void {
 }
 
 /** A seed: a driver (MockDriverQueue on the fixed layout) fills memory; returns header + image without trailing zeros. */
-export function seedInput(queueSize: number, flags: number, build: (drv: MockDriverQueue, mem: GuestMemory) => void, extra = 0): Uint8Array {
+export function seedInput(
+  queueSize: number,
+  flags: number,
+  build: (drv: MockDriverQueue, mem: GuestMemory) => void,
+  extra = 0,
+): Uint8Array {
   const bytes = new Uint8Array(MEM_SIZE);
   const mem = new GuestMemory([{ guestPhysAddr: 0, bytes }]);
   const drv = new MockDriverQueue(mem, queueSize, DESC);

@@ -86,9 +86,14 @@ function driverOk(dev: VhostScsiDevice): void {
 }
 
 describe('vhost-scsi backend=kernel', () => {
-  it('opening: SET_OWNER, GET_ABI_VERSION and GET_FEATURES, in that order; the offered features are limited to the backend\'s', () => {
+  it("opening: SET_OWNER, GET_ABI_VERSION and GET_FEATURES, in that order; the offered features are limited to the backend's", () => {
     const { dev, calls, t } = setup();
-    expect(calls.map((c) => c.name)).toEqual(['open /dev/vhost-scsi', 'VHOST_SET_OWNER', 'VHOST_SCSI_GET_ABI_VERSION', 'VHOST_GET_FEATURES']);
+    expect(calls.map((c) => c.name)).toEqual([
+      'open /dev/vhost-scsi',
+      'VHOST_SET_OWNER',
+      'VHOST_SCSI_GET_ABI_VERSION',
+      'VHOST_GET_FEATURES',
+    ]);
     expect(dev.deviceFeatures).toBe(0x1_3000_0000n); // VERSION_1 | EVENT_IDX | INDIRECT_DESC
     dev.destroy();
     t.close();
@@ -99,7 +104,14 @@ describe('vhost-scsi backend=kernel', () => {
     calls.length = 0;
     driverOk(dev);
     const names = calls.map((c) => c.name);
-    const ring = ['VHOST_SET_VRING_NUM', 'VHOST_SET_VRING_BASE', 'VHOST_SET_VRING_ADDR', 'VHOST_SET_VRING_KICK', 'VHOST_SET_VRING_CALL', 'VHOST_SET_VRING_ERR'];
+    const ring = [
+      'VHOST_SET_VRING_NUM',
+      'VHOST_SET_VRING_BASE',
+      'VHOST_SET_VRING_ADDR',
+      'VHOST_SET_VRING_KICK',
+      'VHOST_SET_VRING_CALL',
+      'VHOST_SET_VRING_ERR',
+    ];
     expect(names).toEqual(['VHOST_SET_FEATURES', 'VHOST_SET_MEM_TABLE', ...ring, ...ring, ...ring, 'VHOST_SCSI_SET_ENDPOINT']);
     const arg = (i: number) => calls[i].arg as Uint8Array;
     expect(u64(arg(0), 0)).toBe(0x1_3000_0000n);
@@ -110,7 +122,11 @@ describe('vhost-scsi backend=kernel', () => {
     const r1 = 2 + 6;
     expect([u32(arg(r1), 0), u32(arg(r1), 4)]).toEqual([1, 64]);
     expect(u32(arg(r1 + 2), 0)).toBe(1);
-    expect([u64(arg(r1 + 2), 8), u64(arg(r1 + 2), 16), u64(arg(r1 + 2), 24)]).toEqual([0x7f00_0001_4000n, 0x7f00_0001_6000n, 0x7f00_0001_5000n]);
+    expect([u64(arg(r1 + 2), 8), u64(arg(r1 + 2), 16), u64(arg(r1 + 2), 24)]).toEqual([
+      0x7f00_0001_4000n,
+      0x7f00_0001_6000n,
+      0x7f00_0001_5000n,
+    ]);
     expect(u32(arg(r1 + 3), 4)).toBe(dev.kicks[1].fd);
     expect(u32(arg(r1 + 4), 4)).toBe(t.queueCallEventFd(1).fd);
     expect(u32(arg(r1 + 5), 4)).toBe(dev.errs[1].fd);
@@ -126,13 +142,15 @@ describe('vhost-scsi backend=kernel', () => {
 
   it('migration: without VHOST_F_LOG_ALL offered the device names why it cannot be migrated', () => {
     const { dev, t } = setup();
-    expect(dev.migrationBlocker()).toBe('vs0: cannot be migrated: /dev/vhost-scsi wwpn=naa.5001405abcdef012 does not offer VHOST_F_LOG_ALL (no dirty logging)');
+    expect(dev.migrationBlocker()).toBe(
+      'vs0: cannot be migrated: /dev/vhost-scsi wwpn=naa.5001405abcdef012 does not offer VHOST_F_LOG_ALL (no dirty logging)',
+    );
     expect(() => dev.startDirtyLog()).toThrow(/does not offer VHOST_F_LOG_ALL/);
     dev.destroy();
     t.close();
   });
 
-  it('migration: dirty logging with VHOST_SET_LOG_BASE (the log\'s address), VHOST_F_LOG_ALL and VHOST_VRING_F_LOG per ring; pages the kernel marks are taken once', () => {
+  it("migration: dirty logging with VHOST_SET_LOG_BASE (the log's address), VHOST_F_LOG_ALL and VHOST_VRING_F_LOG per ring; pages the kernel marks are taken once", () => {
     const LOG_ALL = 1n << 26n;
     const { dev, calls, t } = setup(fakeIoctls({ features: 0x1_3000_0000n | LOG_ALL }));
     expect(dev.migrationBlocker()).toBeUndefined();
@@ -141,7 +159,13 @@ describe('vhost-scsi backend=kernel', () => {
     calls.length = 0;
     dev.startDirtyLog();
     const names = calls.map((c) => c.name);
-    expect(names).toEqual(['VHOST_SET_LOG_BASE', 'VHOST_SET_FEATURES', 'VHOST_SET_VRING_ADDR', 'VHOST_SET_VRING_ADDR', 'VHOST_SET_VRING_ADDR']);
+    expect(names).toEqual([
+      'VHOST_SET_LOG_BASE',
+      'VHOST_SET_FEATURES',
+      'VHOST_SET_VRING_ADDR',
+      'VHOST_SET_VRING_ADDR',
+      'VHOST_SET_VRING_ADDR',
+    ]);
     const arg = (i: number) => calls[i].arg as Uint8Array;
     const log = dev.dirtyLogBitmap!;
     expect(log.byteLength).toBe(32); // 1 MiB of guest RAM: 256 pages, 4 u64 words
@@ -156,7 +180,12 @@ describe('vhost-scsi backend=kernel', () => {
     expect(dev.syncDirtyLog()).toEqual([]);
     calls.length = 0;
     dev.stopDirtyLog();
-    expect(calls.map((c) => c.name)).toEqual(['VHOST_SET_FEATURES', 'VHOST_SET_VRING_ADDR', 'VHOST_SET_VRING_ADDR', 'VHOST_SET_VRING_ADDR']);
+    expect(calls.map((c) => c.name)).toEqual([
+      'VHOST_SET_FEATURES',
+      'VHOST_SET_VRING_ADDR',
+      'VHOST_SET_VRING_ADDR',
+      'VHOST_SET_VRING_ADDR',
+    ]);
     expect(u64(arg(0), 0)).toBe(0x1_3000_0000n);
     expect(u32(arg(1), 4)).toBe(0);
     expect(dev.dirtyLogBitmap).toBeUndefined();
@@ -164,12 +193,17 @@ describe('vhost-scsi backend=kernel', () => {
     t.close();
   });
 
-  it('a driver reset takes the rings back: CLEAR_ENDPOINT, then GET_VRING_BASE per ring; the indices land in the VMM\'s queues', () => {
+  it("a driver reset takes the rings back: CLEAR_ENDPOINT, then GET_VRING_BASE per ring; the indices land in the VMM's queues", () => {
     const { dev, calls, t } = setup(fakeIoctls({ bases: [3, 0, 17] }));
     driverOk(dev);
     calls.length = 0;
     dev.setRunning(false); // VM stop: the same path as reset, but the queues stay
-    expect(calls.map((c) => c.name)).toEqual(['VHOST_SCSI_CLEAR_ENDPOINT', 'VHOST_GET_VRING_BASE', 'VHOST_GET_VRING_BASE', 'VHOST_GET_VRING_BASE']);
+    expect(calls.map((c) => c.name)).toEqual([
+      'VHOST_SCSI_CLEAR_ENDPOINT',
+      'VHOST_GET_VRING_BASE',
+      'VHOST_GET_VRING_BASE',
+      'VHOST_GET_VRING_BASE',
+    ]);
     expect(dev.queues.map((q) => q.lastAvailIdx)).toEqual([3, 0, 17]);
     expect(t.kicks).toBeUndefined();
     calls.length = 0;
@@ -191,7 +225,9 @@ describe('vhost-scsi backend=kernel', () => {
     driverOk(dev);
     expect(dev.broken).toBe(true);
     expect(dev.status & V.VIRTIO_CONFIG_S_NEEDS_RESET).toBeTruthy();
-    expect(logs.join('\n')).toMatch(/vs0: \/dev\/vhost-scsi wwpn=naa.5001405abcdef012: VHOST_SCSI_SET_ENDPOINT failed: ioctl failed: ENOENT/);
+    expect(logs.join('\n')).toMatch(
+      /vs0: \/dev\/vhost-scsi wwpn=naa.5001405abcdef012: VHOST_SCSI_SET_ENDPOINT failed: ioctl failed: ENOENT/,
+    );
     dev.destroy();
     t.close();
   });
@@ -201,7 +237,9 @@ describe('vhost-scsi backend=kernel', () => {
     expect(() => new VhostKernelBackend('naa.1', 0, sys).connect()).toThrow(
       /backend=kernel needs \/dev\/vhost-scsi, which this host does not have: the kernel has no vhost-scsi .* or use backend=user,socket=PATH/,
     );
-    expect(describeOpenError('/dev/vhost-scsi', Object.assign(new Error('x'), { code: 'EACCES' }))).toMatch(/no permission to open \/dev\/vhost-scsi/);
+    expect(describeOpenError('/dev/vhost-scsi', Object.assign(new Error('x'), { code: 'EACCES' }))).toMatch(
+      /no permission to open \/dev\/vhost-scsi/,
+    );
   });
 
   it('on this host (no /dev/vhost-scsi) the real ioctl layer gives the same explanation', () => {

@@ -28,7 +28,8 @@ export function describeOpenError(path: string, e: unknown): string {
   const code = (e as { code?: string }).code;
   if (code === 'ENOENT')
     return `backend=kernel needs ${path}, which this host does not have: the kernel has no vhost-scsi (CONFIG_VHOST_SCSI; modprobe vhost_scsi and configure a LIO vhost TPG), or use backend=user,socket=PATH with the vhost-user-scsi back-end`;
-  if (code === 'EACCES' || code === 'EPERM') return `backend=kernel: no permission to open ${path} (${code}); run as root or grant access to the device node`;
+  if (code === 'EACCES' || code === 'EPERM')
+    return `backend=kernel: no permission to open ${path} (${code}); run as root or grant access to the device node`;
   return `backend=kernel: cannot open ${path}: ${(e as Error).message}`;
 }
 
@@ -94,7 +95,9 @@ export class VhostKernelBackend implements VhostBackend {
     try {
       return this.sys.ioctl(this.fd, request, arg);
     } catch (e) {
-      throw new Error(`${this.description}: ${D.IOCTL_NAMES[request] ?? `ioctl 0x${request.toString(16)}`} failed: ${(e as Error).message}`);
+      throw new Error(
+        `${this.description}: ${D.IOCTL_NAMES[request] ?? `ioctl 0x${request.toString(16)}`} failed: ${(e as Error).message}`,
+      );
     }
   }
 

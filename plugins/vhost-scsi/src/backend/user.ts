@@ -32,7 +32,8 @@ export class VhostUserBackend implements VhostBackend {
 
   get dirtyLogUnsupported(): string | undefined {
     if (!this.fe) return `the ${this.description} is not connected`;
-    if (!this.fe.protocolFeaturesNegotiated) return `the ${this.description} does not speak vhost-user protocol features (no VHOST_USER_PROTOCOL_F_LOG_SHMFD: no dirty logging)`;
+    if (!this.fe.protocolFeaturesNegotiated)
+      return `the ${this.description} does not speak vhost-user protocol features (no VHOST_USER_PROTOCOL_F_LOG_SHMFD: no dirty logging)`;
     if (!this.fe.logShmfd) return `the ${this.description} does not offer VHOST_USER_PROTOCOL_F_LOG_SHMFD (no dirty logging)`;
     return undefined;
   }
@@ -75,7 +76,9 @@ export class VhostUserBackend implements VhostBackend {
   }
 
   setMemTable(regions: readonly VhostMemRegion[]): void {
-    this.f.setMemTable(regions.map((r) => ({ guestPhysAddr: r.guestPhysAddr, size: BigInt(r.size), userAddr: r.hostAddress, mmapOffset: 0n, fd: r.fd })));
+    this.f.setMemTable(
+      regions.map((r) => ({ guestPhysAddr: r.guestPhysAddr, size: BigInt(r.size), userAddr: r.hostAddress, mmapOffset: 0n, fd: r.fd })),
+    );
   }
 
   setVringNum(index: number, num: number): void {
@@ -88,7 +91,14 @@ export class VhostUserBackend implements VhostBackend {
 
   setVringAddr(index: number, a: VringAddresses): void {
     const log = a.logGuestAddr !== undefined;
-    this.f.setVringAddr({ index, flags: log ? 1 << VHOST_VRING_F_LOG : 0, desc: a.desc, used: a.used, avail: a.avail, log: a.logGuestAddr ?? 0n });
+    this.f.setVringAddr({
+      index,
+      flags: log ? 1 << VHOST_VRING_F_LOG : 0,
+      desc: a.desc,
+      used: a.used,
+      avail: a.avail,
+      log: a.logGuestAddr ?? 0n,
+    });
   }
 
   setVringKick(index: number, fd: number): void {

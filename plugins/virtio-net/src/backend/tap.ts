@@ -69,12 +69,15 @@ export class Tap {
         } catch (e) {
           this.close();
           const code = (e as { code?: string }).code;
-          if (code === 'EPERM' || code === 'EACCES') throw new TapError(`tap=${name}: no permission to attach (needs CAP_NET_ADMIN or a TAP owned by this user)`);
+          if (code === 'EPERM' || code === 'EACCES')
+            throw new TapError(`tap=${name}: no permission to attach (needs CAP_NET_ADMIN or a TAP owned by this user)`);
           if (code === 'EBUSY') throw new TapError(`tap=${name}: already in use by another process`);
           if (code === 'EINVAL')
-            throw new TapError(opts.queues > 1
-              ? `tap=${name}: queues=${opts.queues} needs a multi-queue TAP (ip tuntap add ${name} mode tap multi_queue), or the TAP has fewer queues`
-              : `tap=${name}: the TAP's flags do not match (a multi_queue TAP needs queues>=2?)`);
+            throw new TapError(
+              opts.queues > 1
+                ? `tap=${name}: queues=${opts.queues} needs a multi-queue TAP (ip tuntap add ${name} mode tap multi_queue), or the TAP has fewer queues`
+                : `tap=${name}: the TAP's flags do not match (a multi_queue TAP needs queues>=2?)`,
+            );
           throw new TapError(`tap=${name}: ${(e as Error).message}`);
         }
         this.configureFd(fd);
@@ -89,7 +92,9 @@ export class Tap {
     try {
       hostIoctl(fd, N.TUNSETVNETHDRSZ, sz);
     } catch (e) {
-      throw new TapError(`${this.nameOr(fd)}: TUNSETVNETHDRSZ failed (${(e as Error).message}); the fd must be a TAP opened with IFF_VNET_HDR`);
+      throw new TapError(
+        `${this.nameOr(fd)}: TUNSETVNETHDRSZ failed (${(e as Error).message}); the fd must be a TAP opened with IFF_VNET_HDR`,
+      );
     }
   }
 

@@ -29,7 +29,11 @@ const NAME = /^[a-z][a-z0-9-]*$/;
 
 /** "virtio-echo" -> "VirtioEcho" */
 function pascalCase(/** @type {string} */ name) {
-  return name.split('-').filter(Boolean).map((w) => w[0].toUpperCase() + w.slice(1)).join('');
+  return name
+    .split('-')
+    .filter(Boolean)
+    .map((w) => w[0].toUpperCase() + w.slice(1))
+    .join('');
 }
 
 /** PLUGIN_API_VERSION as libs/pci declares it. */
@@ -65,7 +69,10 @@ function claimedTypes(/** @type {GeneratorTree} */ tree) {
  */
 function normalizeOptions(tree, options) {
   const name = String(options.name ?? '').trim();
-  if (!NAME.test(name)) throw new Error(`device-plugin: the name '${name}' must be lower-case letters, digits and '-', starting with a letter (it is the device TYPE too)`);
+  if (!NAME.test(name))
+    throw new Error(
+      `device-plugin: the name '${name}' must be lower-case letters, digits and '-', starting with a letter (it is the device TYPE too)`,
+    );
   if (tree.exists(`plugins/${name}`)) throw new Error(`device-plugin: plugins/${name} exists already`);
   const owner = claimedTypes(tree).get(name);
   if (owner) throw new Error(`device-plugin: device type '${name}' is provided by ${owner} already`);

@@ -35,7 +35,9 @@ function recordingTree(root: string) {
 
 /** Copies the files git knows of (tracked and untracked-but-not-ignored) plus the build outputs a boot needs. */
 function copyWorkspace(to: string): void {
-  const files = execFileSync('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: ROOT, encoding: 'utf8' }).split('\0').filter(Boolean);
+  const files = execFileSync('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: ROOT, encoding: 'utf8' })
+    .split('\0')
+    .filter(Boolean);
   const outputs = ['libs/kvm-native/build/Release/kvm_native.node', 'tools/guest-kit/build/guest.elf'];
   for (const f of [...new Set([...files, ...outputs])]) {
     const from = path.join(ROOT, f);
@@ -48,9 +50,15 @@ function copyWorkspace(to: string): void {
 
 describe('device-plugin generator options', () => {
   it.each([
-    [{ name: 'Echo' }, "device-plugin: the name 'Echo' must be lower-case letters, digits and '-', starting with a letter (it is the device TYPE too)"],
+    [
+      { name: 'Echo' },
+      "device-plugin: the name 'Echo' must be lower-case letters, digits and '-', starting with a letter (it is the device TYPE too)",
+    ],
     [{ name: 'virtio-blk' }, 'device-plugin: plugins/virtio-blk exists already'],
-    [{ name: 'echo', virtioId: 64 }, 'device-plugin: --virtioId=64 must be 1 to 63 (a modern virtio-pci device ID is 0x1040 + ID, at most 0x107f)'],
+    [
+      { name: 'echo', virtioId: 64 },
+      'device-plugin: --virtioId=64 must be 1 to 63 (a modern virtio-pci device ID is 0x1040 + ID, at most 0x107f)',
+    ],
   ])('refuses %j', async (opts, msg) => {
     const { tree, written } = recordingTree(ROOT);
     await expect(devicePluginGenerator(tree, opts)).rejects.toThrow(msg);
@@ -61,8 +69,13 @@ describe('device-plugin generator options', () => {
     const ws = fs.mkdtempSync(path.join(os.tmpdir(), 'gen-claimed-'));
     try {
       fs.mkdirSync(path.join(ws, 'plugins/storage'), { recursive: true });
-      fs.writeFileSync(path.join(ws, 'plugins/storage/package.json'), JSON.stringify({ name: '@x/storage', vmmPlugin: { apiVersion: 1, deviceTypes: ['scsi-hd'] } }));
-      await expect(devicePluginGenerator(recordingTree(ws).tree, { name: 'scsi-hd' })).rejects.toThrow("device type 'scsi-hd' is provided by @x/storage already");
+      fs.writeFileSync(
+        path.join(ws, 'plugins/storage/package.json'),
+        JSON.stringify({ name: '@x/storage', vmmPlugin: { apiVersion: 1, deviceTypes: ['scsi-hd'] } }),
+      );
+      await expect(devicePluginGenerator(recordingTree(ws).tree, { name: 'scsi-hd' })).rejects.toThrow(
+        "device type 'scsi-hd' is provided by @x/storage already",
+      );
     } finally {
       fs.rmSync(ws, { recursive: true, force: true });
     }
@@ -71,10 +84,24 @@ describe('device-plugin generator options', () => {
   it('writes the package files with the workspace API version and the chosen virtio ID', async () => {
     const { tree, written } = recordingTree(ROOT);
     await devicePluginGenerator(tree, { name: 'my-echo', virtioId: 60 });
-    expect([...written.keys()].sort()).toEqual([
-      'README.md', 'jest.config.js', 'package.json', 'project.json', 'src/defs.ts', 'src/device.test.ts', 'src/device.ts', 'src/index.ts', 'test/guest.test.ts', 'tsconfig.json',
-    ].map((f) => `plugins/my-echo/${f}`));
-    expect(JSON.parse(written.get('plugins/my-echo/package.json')!)).toMatchObject({ name: '@tsvmm/my-echo', vmmPlugin: { apiVersion: 1, deviceTypes: ['my-echo'] } });
+    expect([...written.keys()].sort()).toEqual(
+      [
+        'README.md',
+        'jest.config.js',
+        'package.json',
+        'project.json',
+        'src/defs.ts',
+        'src/device.test.ts',
+        'src/device.ts',
+        'src/index.ts',
+        'test/guest.test.ts',
+        'tsconfig.json',
+      ].map((f) => `plugins/my-echo/${f}`),
+    );
+    expect(JSON.parse(written.get('plugins/my-echo/package.json')!)).toMatchObject({
+      name: '@tsvmm/my-echo',
+      vmmPlugin: { apiVersion: 1, deviceTypes: ['my-echo'] },
+    });
     expect(written.get('plugins/my-echo/src/defs.ts')).toContain('export const VIRTIO_ID = 60;');
     expect(written.get('plugins/my-echo/src/index.ts')).toContain('export class MyEchoPci extends VirtioPciPluginDevice');
   });
@@ -110,16 +137,33 @@ describeKvm('device-plugin generator in a workspace copy', () => {
     expect(run(process.execPath, ['apps/vmm/scripts/bundle.js'])).toContain(NAME);
     const out = run(process.execPath, ['apps/vmm/dist/main.js', 'plugins']);
     expect(out).toMatch(new RegExp(`@tsvmm/${NAME} 0\\.1\\.0 {2}plugin API 1 {2}built in\\n {2}${NAME} +${NAME}: a virtio device`));
-    const jest = spawnSync(process.execPath, [path.join(ROOT, 'node_modules/jest/bin/jest.js'), '--config', `plugins/${NAME}/jest.config.js`, '--ci'], {
-      cwd: ws, encoding: 'utf8', timeout: 110_000, env: PLAIN_ENV,
-    });
+    const jest = spawnSync(
+      process.execPath,
+      [path.join(ROOT, 'node_modules/jest/bin/jest.js'), '--config', `plugins/${NAME}/jest.config.js`, '--ci'],
+      {
+        cwd: ws,
+        encoding: 'utf8',
+        timeout: 110_000,
+        env: PLAIN_ENV,
+      },
+    );
     if (jest.status !== 0) throw new Error(`the generated suite failed:\n${jest.stdout}\n${jest.stderr}`);
     expect(plain(jest.stderr)).toMatch(/Tests: +5 passed, 5 total/);
   });
 
   it('vmm run boots the guest kit with the new device (test=pci-scan sees virtio 0x107a, class other)', () => {
-    const out = run(process.execPath, ['apps/vmm/dist/main.js', 'run', '--kernel', 'tools/guest-kit/build/guest.elf', '--memory', '64M',
-      '--cmdline', 'test=pci-scan', '--device', `${NAME},id=x`]);
+    const out = run(process.execPath, [
+      'apps/vmm/dist/main.js',
+      'run',
+      '--kernel',
+      'tools/guest-kit/build/guest.elf',
+      '--memory',
+      '64M',
+      '--cmdline',
+      'test=pci-scan',
+      '--device',
+      `${NAME},id=x`,
+    ]);
     expect(out).toMatch(/pci: 00:\d\d\.0 vendor=0x1af4 device=0x107a class=0xff0000/);
     expect(out).toContain('guest-kit: PASS test=pci-scan');
   });
