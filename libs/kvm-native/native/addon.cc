@@ -538,31 +538,44 @@ Napi::Value LookupUser(const Napi::CallbackInfo& info) {
 // must never take the process down by throwing: its exception is caught here
 // and handed to the reporter JS registered with setCallbackErrorReporter
 // (a function (where, error)), else printed to stderr. Never rethrown.
+// The reporter belongs to the environment (main thread or worker) that registered it; an
+// exception in another environment (an iothread worker) is printed instead.
 static Napi::FunctionReference g_callbackErrorReporter;
+static napi_env g_callbackErrorReporterEnv = nullptr;
 
 static Napi::Value SetCallbackErrorReporter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info[0].IsFunction()) g_callbackErrorReporter = Napi::Persistent(info[0].As<Napi::Function>());
-  else if (!g_callbackErrorReporter.IsEmpty()) g_callbackErrorReporter.Reset();
+  if (info[0].IsFunction()) {
+    g_callbackErrorReporter = Napi::Persistent(info[0].As<Napi::Function>());
+    g_callbackErrorReporterEnv = env;
+  } else if (!g_callbackErrorReporter.IsEmpty() && g_callbackErrorReporterEnv == static_cast<napi_env>(env)) {
+    g_callbackErrorReporter.Reset();
+    g_callbackErrorReporterEnv = nullptr;
+  }
   return env.Undefined();
 }
 
 static void reportCallbackError(Napi::Env env, const char* where, const Napi::Error& e) {
-  if (!g_callbackErrorReporter.IsEmpty()) {
-    try {
-      g_callbackErrorReporter.Call({Napi::String::New(env, where), e.Value()});
-      return;
-    } catch (const Napi::Error& inner) {
-      fprintf(stderr, "kvm-native: the callback error reporter threw: %s\n", inner.what());
-    }
-  }
-  std::string text = e.what();
+  // Nothing here may throw: it runs inside libuv callbacks, also while a worker's
+  // environment is being torn down (then every call into JS fails, with an empty error).
   try {
-    Napi::Value stack = e.Value().As<Napi::Object>().Get("stack");
-    if (stack.IsString()) text = stack.As<Napi::String>().Utf8Value();
-  } catch (const Napi::Error&) {
+    if (!g_callbackErrorReporter.IsEmpty() && g_callbackErrorReporterEnv == static_cast<napi_env>(env)) {
+      try {
+        g_callbackErrorReporter.Call({Napi::String::New(env, where), e.Value()});
+        return;
+      } catch (const Napi::Error& inner) {
+        fprintf(stderr, "kvm-native: the callback error reporter threw: %s\n", inner.what());
+      }
+    }
+    std::string text = e.what();
+    try {
+      Napi::Value stack = e.Value().As<Napi::Object>().Get("stack");
+      if (stack.IsString()) text = stack.As<Napi::String>().Utf8Value();
+    } catch (const Napi::Error&) {
+    }
+    if (!text.empty()) fprintf(stderr, "kvm-native: exception in %s callback (ignored): %s\n", where, text.c_str());
+  } catch (...) {
   }
-  fprintf(stderr, "kvm-native: exception in %s callback (ignored): %s\n", where, text.c_str());
 }
 
 // FdWatcher: calls back on the JS thread whenever the fd is readable (uv_poll).
@@ -591,7 +604,12 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     handle_->data = this;
   }
 
-  ~FdWatcher() override { closeHandle(); }
+  // In the destructor the object is being finalized (also when a worker's environment is torn
+  // down with the watcher still active): no Unref() then, which would throw and abort.
+  ~FdWatcher() override {
+    active_ = false;
+    closeHandle();
+  }
 
  private:
   Napi::Value Start(const Napi::CallbackInfo& info) {
@@ -635,6 +653,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   void closeHandle() {
     stopPolling();
     if (handle_) {
+      uv_poll_stop(handle_);
       handle_->data = nullptr;
       uv_close(reinterpret_cast<uv_handle_t*>(handle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
       handle_ = nullptr;
@@ -645,14 +664,18 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     auto* self = static_cast<FdWatcher*>(h->data);
     if (!self || !self->active_) return;
     Napi::Env env = self->Env();
-    Napi::HandleScope scope(env);
-    Napi::Value err = status < 0 ? errnoError(env, status, "uv_poll").Value() : env.Null();
     // MakeCallback runs microtasks. An exception from the callback is reported, never rethrown: a
-    // C++ exception escaping a libuv callback would abort the process.
+    // C++ exception escaping a libuv callback would abort the process. The outer catch covers a
+    // worker's environment shutting down, where even opening a handle scope can fail.
     try {
-      self->cb_.MakeCallback(env.Global(), {err});
-    } catch (const Napi::Error& e) {
-      reportCallbackError(env, "fd watcher", e);
+      Napi::HandleScope scope(env);
+      Napi::Value err = status < 0 ? errnoError(env, status, "uv_poll").Value() : env.Null();
+      try {
+        self->cb_.MakeCallback(env.Global(), {err});
+      } catch (const Napi::Error& e) {
+        reportCallbackError(env, "fd watcher", e);
+      }
+    } catch (...) {
     }
   }
 
@@ -755,7 +778,12 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
     if (loop_) throw Napi::Error::New(env, "vCPU thread already started");
     tsfn_ = Tsfn::New(env, "vcpu", 0, 1, this, [](Napi::Env, void*, VcpuThread* self) {
       if (self->loop_) self->loop_->join();
-      self->Unref();
+      // At process exit the environment is being torn down and the reference may be gone
+      // already: Unref() then throws, and an exception out of a finalizer aborts the process.
+      try {
+        self->Unref();
+      } catch (...) {
+      }
     });
     Ref();
     loop_ = std::make_unique<VcpuLoop>(
@@ -776,12 +804,21 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
           return msg.action;
         },
         [this](const char* state, int err) {
+          // Runs on the vCPU thread: nothing may escape it (std::terminate). At exit the
+          // JS environment may already be gone; the state is then simply not reported.
           auto* msg = new Message();
           msg->isExit = false;
           msg->state = state;
           msg->err = err;
-          if (tsfn_.BlockingCall(msg) != napi_ok) delete msg;
-          if (strcmp(state, "stopped") == 0) tsfn_.Release();
+          try {
+            if (tsfn_.BlockingCall(msg) != napi_ok) delete msg;
+          } catch (...) {
+            fprintf(stderr, "kvm-native: vCPU state '%s' could not be reported\n", state);
+          }
+          try {
+            if (strcmp(state, "stopped") == 0) tsfn_.Release();
+          } catch (...) {
+          }
         });
     loop_->start();
     return env.Undefined();
