@@ -9,6 +9,7 @@
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
+import { isMainThread } from 'worker_threads';
 
 /** The directory the VMM chrooted to (--run-with chroot=), for error messages: paths are resolved inside it. */
 export const confinement: { chroot?: string } = {};
@@ -26,12 +27,14 @@ export function listenPrivate(server: net.Server, file: string, mode = PRIVATE_M
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     // net.Server.listen binds a unix socket synchronously: the umask covers just that bind.
-    const old = process.umask(0o177);
+    // A worker thread cannot set the umask (the fuzz harness runs the monitor in one); there
+    // the socket gets its mode by chmod right after the bind.
+    const old = isMainThread ? process.umask(0o177) : undefined;
     try {
       server.listen(file, () => {
         server.off('error', reject);
         try {
-          if (mode !== PRIVATE_MODE) fs.chmodSync(file, mode);
+          if (mode !== PRIVATE_MODE || !isMainThread) fs.chmodSync(file, mode);
           resolve();
         } catch (e) {
           server.close();
@@ -39,7 +42,7 @@ export function listenPrivate(server: net.Server, file: string, mode = PRIVATE_M
         }
       });
     } finally {
-      process.umask(old);
+      if (old !== undefined) process.umask(old);
     }
   });
 }
