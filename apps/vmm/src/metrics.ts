@@ -8,7 +8,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { Counter, Gauge, Registry } from 'prom-client';
+import type { Counter, Registry } from 'prom-client';
 import type { Device } from '@tsvmm/pci';
 import { ConfigError } from './config';
 import type { MigrationInfo } from './migration/migration';
@@ -49,7 +49,17 @@ function setTotals<L extends string>(c: Counter<L>, rows: [Partial<Record<L, str
   for (const [labels, v] of rows) c.inc(labels, v);
 }
 
+/**
+ * prom-client, loaded only when metrics are asked for (--metrics): loading it
+ * costs tens of milliseconds, which every VMM start would pay otherwise.
+ */
+function promClient(): typeof import('prom-client') {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded lazily on purpose (see above)
+  return require('prom-client') as typeof import('prom-client');
+}
+
 export function metricsRegistry(src: MetricsSource): Registry {
+  const { Counter, Gauge, Registry } = promClient();
   const registry = new Registry();
   const virtio = () => src.devices().filter((d) => d.virtio);
   const perQueue = (f: (c: { [k: string]: number }) => number, extra: Record<string, string> = {}) =>
