@@ -80,6 +80,10 @@ describe('parseArgs', () => {
       '-S: the vCPUs would wait for a cont that no monitor can send; add --qmp unix:PATH or --monitor stdio',
     ],
     [
+      ['run', '--kernel', 'k', '--paused=on'],
+      '--paused: the vCPUs would wait for a cont that no monitor can send; add --qmp unix:PATH or --monitor stdio',
+    ],
+    [
       ['run', '--kernel', 'k', '--qmp', `unix:/tmp/${'q'.repeat(103)}`],
       `--qmp: socket path '/tmp/${'q'.repeat(103)}' is 108 bytes; a unix socket path holds at most 107`,
     ],
@@ -324,6 +328,10 @@ describe('--config FILE.json', () => {
     ['{"kernel": "k", "cpus": 2.5}', 'cpus: must be an integer from 1 to 64'],
     ['{"kernel": 7}', 'kernel: must be a string (a file name)'],
     ['{"kernel": "k", "paused": "maybe"}', 'paused: must be true or false (or "on"/"off")'],
+    [
+      '{"kernel": "k", "paused": true}',
+      'paused: the vCPUs would wait for a cont that no monitor can send; add --qmp unix:PATH or --monitor stdio',
+    ],
     ['{"kernel": "k", "monitor": "tcp"}', 'monitor: must be "stdio" or "none"'],
     ['{"kernel": "k", "qmp": ["unix:/tmp/a", "tcp:1"]}', "qmp[1]: 'tcp:1' must be unix:PATH"],
     ['{"kernel": "k", "serial": "tcp:1"}', "serial: 'tcp:1' must be stdio, none or file:PATH"],

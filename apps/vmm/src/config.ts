@@ -10,6 +10,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type { z as Zod } from 'zod';
 import { DeviceType, isPrototypeKey, parseSize, PropertyError, PropertySpec } from '@tsvmm/pci';
+import { ConfigError } from './config-error';
 import { parseLogFlag, type LogOptions } from './logger';
 import { parseMetricsFlag, type MetricsOptions } from './metrics';
 
@@ -114,12 +115,7 @@ export function parseStallMs(flag: string, v: unknown): number {
   return n;
 }
 
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
-  }
-}
+export { ConfigError };
 
 export const MIN_MEMORY = 16 * 2 ** 20;
 export const MAX_MEMORY = 64 * 2 ** 30;
@@ -307,6 +303,13 @@ export function devicePropertyError(d: DeviceConfig, e: PropertyError): ConfigEr
   return new ConfigError(e.message);
 }
 
+/**
+ * Where a setting that checkConfig may refuse came from (`-S`, `--paused`,
+ * `--config vm.json: paused`), so its error blames that and not a flag the
+ * user never gave. Beside the config, not in it: VmConfig stays plain data.
+ */
+const settingWhere = new WeakMap<VmConfig, { paused?: string }>();
+
 /** Validates the settings shared by both sources. */
 export function checkConfig(c: VmConfig): VmConfig {
   if (!c.kernel) throw new ConfigError('--kernel: a kernel (bzImage or PVH ELF) is required');
@@ -314,7 +317,9 @@ export function checkConfig(c: VmConfig): VmConfig {
   if (c.incoming !== undefined && !/^unix:./.test(c.incoming)) throw new ConfigError(`--incoming: '${c.incoming}' must be unix:PATH`);
   if (c.incoming !== undefined) socketPath('--incoming', c.incoming.slice(5));
   if (c.startPaused && !c.qmp.length && !c.monitorStdio)
-    throw new ConfigError('-S: the vCPUs would wait for a cont that no monitor can send; add --qmp unix:PATH or --monitor stdio');
+    throw new ConfigError(
+      `${settingWhere.get(c)?.paused ?? '-S'}: the vCPUs would wait for a cont that no monitor can send; add --qmp unix:PATH or --monitor stdio`,
+    );
   if (c.monitorStdio && c.serial.kind === 'stdio')
     throw new ConfigError('--monitor stdio: stdio is taken by the serial console; add --serial file:PATH or --serial none');
   const ids = new Set<string>();
@@ -510,7 +515,10 @@ export const SETTINGS: readonly Setting[] = [
     kind: 'bool',
     help: "create the VM but start the vCPUs only on QMP/HMP 'cont'\n(needs --qmp or --monitor stdio)",
     json: onOffJson,
-    apply: (c, v, { where }) => void (c.startPaused = parseOnOff(where, v)),
+    apply: (c, v, { where }) => {
+      c.startPaused = parseOnOff(where, v);
+      settingWhere.set(c, { ...settingWhere.get(c), paused: where });
+    },
   },
   {
     name: 'incoming',

@@ -8,7 +8,7 @@
  */
 import * as fs from 'fs';
 import pino from 'pino';
-import { ConfigError } from './config';
+import { ConfigError } from './config-error';
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];

@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type { Counter, Registry } from 'prom-client';
 import type { Device } from '@tsvmm/pci';
-import { ConfigError } from './config';
+import { ConfigError } from './config-error';
 import type { MigrationInfo } from './migration/migration';
 
 export interface MetricsOptions {

@@ -1,4 +1,4 @@
-import { parseProperties, parseSize, PropertySchema } from './properties';
+import { parseProperties, parseSize, PropertySchema, showValue } from './properties';
 
 const schema: PropertySchema = {
   file: { type: 'path', description: 'image file', required: true },
@@ -44,4 +44,35 @@ describe('parseSize', () => {
     ['0x1000', 4096],
   ])('%s', (t, v) => expect(parseSize(t)).toBe(v));
   it.each(['', 'M', '12Q', '-1M', '1.5G'])('rejects %s', (t) => expect(parseSize(t)).toBeUndefined());
+});
+
+describe('property errors show what was given', () => {
+  const what = "device 'd0' (test-dev)";
+  it.each([
+    [{ a: 1 }, '{"a":1}'],
+    [[1, 2], '[1,2]'],
+    [null, 'null'],
+    [17, '17'],
+    [true, 'true'],
+  ])('a JSON value %j (from a --config file) appears as JSON, not [object Object]', (v, shown) => {
+    const m = (() => {
+      try {
+        parseProperties(what, schema, { file: 'a', 'num-queues': v });
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return 'accepted';
+    })();
+    expect(m).toContain(`property 'num-queues' must be`);
+    expect(m).toContain(`got ${shown}`);
+    expect(m).not.toContain('[object');
+  });
+  it('escapes control characters and shortens a long value', () => {
+    expect(showValue('a\nb')).toBe('"a\\nb"');
+    expect(showValue('z'.repeat(200))).toBe(`'${'z'.repeat(76)}...`);
+    expect(showValue(10n)).toBe('"10"');
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    expect(showValue(cyclic)).toBe('(unprintable object)');
+  });
 });

@@ -52,6 +52,25 @@ export function isPrototypeKey(k: string): boolean {
   return k === '__proto__' || Object.getOwnPropertyNames(Object.prototype).includes(k);
 }
 
+/**
+ * A value from outside (a property, a QMP argument, a config setting) as an
+ * error message shows it: a string in quotes, anything else as JSON (never
+ * `[object Object]`); control characters escaped and at most 80 characters,
+ * so a hostile value cannot flood or forge log lines.
+ */
+export function showValue(v: unknown): string {
+  let text: string;
+  if (typeof v === 'string') text = /^[\x20-\x7e]*$/.test(v) ? `'${v}'` : JSON.stringify(v);
+  else {
+    try {
+      text = JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x)) ?? String(v);
+    } catch {
+      text = `(unprintable ${typeof v})`; // a cycle
+    }
+  }
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
 /** Parses "256M", "1G", "4096", "0x1000" into bytes. */
 export function parseSize(text: string): number | undefined {
   const m = /^(0x[0-9a-f]+|\d+)\s*([kmgt]i?b?|b)?$/i.exec(text.trim());
@@ -108,7 +127,7 @@ export function parseProperties(
     }
     const bad = (expect: string) =>
       new PropertyError(
-        `${what}: property '${key}' must be ${expect}, got '${String(v)}'`,
+        `${what}: property '${key}' must be ${expect}, got ${showValue(v)}`,
         key,
         `must be ${expect}, got ${JSON.stringify(v)}`,
       );

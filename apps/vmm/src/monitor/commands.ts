@@ -1,5 +1,5 @@
 /** Monitor commands: argument schemas (checked the way QEMU's QAPI does) and handlers. */
-import { isPrototypeKey } from '@tsvmm/pci';
+import { isPrototypeKey, showValue } from '@tsvmm/pci';
 
 export { isPrototypeKey };
 
@@ -131,6 +131,6 @@ export function checkArguments(spec: ArgSpec, args: Record<string, unknown>): vo
             : Array.isArray(v);
     if (!ok) throw new CommandError(`Invalid parameter type for '${k}', expected: ${TYPE_NAMES[f.type]}`);
     if (f.type === 'enum' && !f.values!.includes(v as string))
-      throw new CommandError(`Parameter '${k}' does not accept value '${String(v)}'`);
+      throw new CommandError(`Parameter '${k}' does not accept value ${showValue(v)} (expected one of: ${f.values!.join(', ')})`);
   }
 }

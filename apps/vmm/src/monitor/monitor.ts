@@ -3,7 +3,7 @@
  * x-debug-device-event DeviceEvent path, fault injection, and the virtqueue
  * stall detector.
  */
-import { PciBarFunction, VirtioPciDevice } from '@tsvmm/pci';
+import { PciBarFunction, showValue, VirtioPciDevice } from '@tsvmm/pci';
 import type { StallReport } from '@tsvmm/virtio-core';
 import { Machine, MachineExit } from '../machine/machine';
 import { MigrationManager } from '../migration/migration';
@@ -220,7 +220,8 @@ export class Monitor {
   deviceEvent(dev: string, event: string, queue: number): void {
     const pci = findVirtio(this.devices, dev);
     const d = pci.device;
-    if (event !== 'kick' && event !== 'call') throw new CommandError(`Parameter 'event' does not accept value '${event}'`);
+    if (event !== 'kick' && event !== 'call')
+      throw new CommandError(`Parameter 'event' does not accept value ${showValue(event)} (expected one of: kick, call)`);
     if (!Number.isInteger(queue) || queue < 0 || queue >= d.queues.length)
       throw new CommandError(`Invalid queue ${queue}: device '${d.id}' has queues 0-${d.queues.length - 1}`);
     if (!d.driverOk) throw new CommandError(`Device '${d.id}' is not ready (driver status is not DRIVER_OK)`, 'DeviceNotActive');
