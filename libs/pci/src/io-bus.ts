@@ -3,6 +3,7 @@
  * that own non-overlapping ranges. The VMM allocates the ranges; devices get
  * offsets relative to their base.
  */
+import { LogRateLimiter } from '@tsvmm/virtio-core';
 
 export interface BusDevice {
   /** Reads `size` bytes at `offset` within the device's range (little-endian value). */
@@ -41,9 +42,10 @@ export interface UnclaimedReport {
  * Accesses nobody claims, counted per hole (the gap between two claimed
  * ranges, as it was when first hit), never per address: at most
  * MAX_REGIONS holes are tracked, later ones add to `other`, so a guest that
- * walks every address keeps this (and the log) bounded. The first LOG_FIRST
- * accesses are logged one by one, then a summary at most every SUMMARY_MS
- * (written on the next unclaimed access, or by flush()).
+ * walks every address keeps this bounded. The log goes through virtio-core's
+ * LogRateLimiter (one kind, no refill): the first LOG_FIRST accesses one by
+ * one, then a summary at most every SUMMARY_MS (written on the next
+ * unclaimed access, or by flush()).
  */
 export class UnclaimedAccounting {
   static readonly MAX_REGIONS = 64;
@@ -53,13 +55,21 @@ export class UnclaimedAccounting {
   writes = 0;
   private readonly regions = new Map<number, UnclaimedRegion>();
   private readonly other = { reads: 0, writes: 0 };
-  private logged = 0;
-  private sinceSummary = 0;
-  private lastSummaryAt = 0;
+  private readonly limiter: LogRateLimiter;
   /** Where the log lines go (the machine sets it); none by default. */
   log: ((m: string) => void) | undefined;
 
-  constructor(private readonly kind: 'pio' | 'mmio') {}
+  constructor(private readonly kind: 'pio' | 'mmio') {
+    const what = kind === 'pio' ? 'port' : 'MMIO';
+    this.limiter = new LogRateLimiter((m) => this.log?.(m), {
+      burst: UnclaimedAccounting.LOG_FIRST,
+      refill: false,
+      intervalMs: UnclaimedAccounting.SUMMARY_MS,
+      lastOfBurst: () =>
+        ` (further unclaimed ${what} accesses are counted and summarised every ${UnclaimedAccounting.SUMMARY_MS / 1000} s: HMP info unclaimed, QMP x-query-unclaimed-io)`,
+      summary: (_kind, n) => this.summary(n),
+    });
+  }
 
   record(addr: number, size: number, isWrite: boolean, hole: () => [number, number], value?: number | bigint): void {
     if (isWrite) this.writes++;
@@ -77,39 +87,25 @@ export class UnclaimedAccounting {
     else r.reads++;
     if ('lastAddress' in r) r.lastAddress = addr;
     if (!this.log) return;
-    const what = this.kind === 'pio' ? 'port' : 'MMIO';
-    if (this.logged < UnclaimedAccounting.LOG_FIRST) {
-      this.logged++;
+    this.limiter.log('unclaimed', () => {
       const v = isWrite && value !== undefined ? ` value 0x${value.toString(16)}` : '';
-      this.log(
-        `unclaimed ${what} ${isWrite ? 'write' : 'read'} at 0x${addr.toString(16)} size ${size}${v}` +
-          (this.logged === UnclaimedAccounting.LOG_FIRST
-            ? ` (further unclaimed ${what} accesses are counted and summarised every ${UnclaimedAccounting.SUMMARY_MS / 1000} s: HMP info unclaimed, QMP x-query-unclaimed-io)`
-            : ''),
-      );
-      this.lastSummaryAt = Date.now();
-      return;
-    }
-    this.sinceSummary++;
-    const now = Date.now();
-    if (now - this.lastSummaryAt >= UnclaimedAccounting.SUMMARY_MS) this.summary(now);
+      return `unclaimed ${this.kind === 'pio' ? 'port' : 'MMIO'} ${isWrite ? 'write' : 'read'} at 0x${addr.toString(16)} size ${size}${v}`;
+    });
   }
 
   /** Logs the summary of accesses not logged yet, if any. */
   flush(): void {
-    if (this.sinceSummary) this.summary(Date.now());
+    this.limiter.flush();
   }
 
-  private summary(now: number): void {
+  private summary(sinceLast: number): string {
     const what = this.kind === 'pio' ? 'port' : 'MMIO';
     const busiest = [...this.regions.values()].sort((a, b) => b.reads + b.writes - (a.reads + a.writes))[0];
-    this.log?.(
-      `unclaimed ${what}: ${this.sinceSummary} more access(es) since the last report; totals reads=${this.reads} writes=${this.writes} in ${this.regions.size} hole(s)` +
-        (this.other.reads + this.other.writes ? ` + ${this.other.reads + this.other.writes} in further holes` : '') +
-        (busiest ? `; busiest 0x${busiest.start.toString(16)}-0x${busiest.end.toString(16)} (${busiest.reads + busiest.writes})` : ''),
+    return (
+      `unclaimed ${what}: ${sinceLast} more access(es) since the last report; totals reads=${this.reads} writes=${this.writes} in ${this.regions.size} hole(s)` +
+      (this.other.reads + this.other.writes ? ` + ${this.other.reads + this.other.writes} in further holes` : '') +
+      (busiest ? `; busiest 0x${busiest.start.toString(16)}-0x${busiest.end.toString(16)} (${busiest.reads + busiest.writes})` : '')
     );
-    this.sinceSummary = 0;
-    this.lastSummaryAt = now;
   }
 
   report(): UnclaimedReport {

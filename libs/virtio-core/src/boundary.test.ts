@@ -253,3 +253,63 @@ describe('LogRateLimiter', () => {
     expect(l.suppressed('needs-reset')).toBe(0);
   });
 });
+
+describe('LogRateLimiter: one limiter for every guest-triggered log', () => {
+  it('without refill: one burst, then at most one summary per interval, and the rest on flush', () => {
+    let now = 0;
+    const out: string[] = [];
+    const l = new LogRateLimiter((m) => out.push(m), {
+      burst: 2,
+      intervalMs: 1000,
+      refill: false,
+      summary: (kind, n) => `${kind}: ${n} more`,
+      now: () => now,
+    });
+    const built: number[] = [];
+    const line = (i: number) => () => {
+      built.push(i);
+      return `access ${i}`;
+    };
+    for (let i = 0; i < 100; i++) l.log('unclaimed', line(i));
+    expect(out).toEqual(['access 0', 'access 1 (further unclaimed messages are counted and summarised at most every 1 s)']);
+    expect(built).toEqual([0, 1]); // a suppressed line is never even formatted
+    now = 999;
+    l.log('unclaimed', line(100));
+    expect(out).toHaveLength(2);
+    now = 1000;
+    l.log('unclaimed', line(101));
+    expect(out[2]).toBe('unclaimed: 100 more');
+    for (let i = 0; i < 5; i++) l.log('unclaimed', line(200 + i));
+    expect(out).toHaveLength(3); // no new burst: summaries only
+    l.flush();
+    expect(out[3]).toBe('unclaimed: 5 more');
+    l.flush();
+    expect(out).toHaveLength(4); // nothing new to report
+  });
+
+  it('keeps at most maxKinds kinds, however many distinct kinds a guest provokes; the rest share one', () => {
+    const out: string[] = [];
+    const l = new LogRateLimiter((m) => out.push(m), { burst: 1, refill: false, maxKinds: 4, now: () => 0 });
+    for (let i = 0; i < 10_000; i++) l.log(`device error ${i}`, `device error ${i}`);
+    expect(l.kindCount).toBe(4);
+    expect(out.slice(0, 3)).toEqual(
+      [0, 1, 2].map((i) => `device error ${i} (further device error ${i} messages are counted and summarised at most every 10 s)`),
+    );
+    expect(out[3]).toMatch(/^device error 3 \(further other messages/);
+    expect(out).toHaveLength(4);
+    expect(l.suppressed(LogRateLimiter.OVERFLOW_KIND)).toBe(10_000 - 4);
+    l.flush();
+    expect(out[4]).toBe(`${10_000 - 4} more other messages suppressed`);
+  });
+
+  it('with refill, flush() also reports what was suppressed', () => {
+    const out: string[] = [];
+    const l = new LogRateLimiter((m) => out.push(m), { burst: 1, now: () => 0 });
+    l.log('io-error', 'a');
+    l.log('io-error', 'b');
+    l.log('io-error', 'c');
+    l.flush();
+    expect(out).toEqual(['a (further io-error messages suppressed for 10 s)', '2 more io-error messages suppressed']);
+    expect(l.suppressed('io-error')).toBe(0);
+  });
+});

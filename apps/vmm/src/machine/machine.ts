@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import { Kvm, KvmRun, uapi as U, Vcpu, VcpuAction, VcpuFaultError, Vm } from '@tsvmm/kvm-native';
 import { Device, DeviceContext, GsiRoutes, IoBus, MmioAllocator, PCI_CONF1_ADDRESS_PORT, PciBus, PciHostBridge } from '@tsvmm/pci';
-import { GuestMemory } from '@tsvmm/virtio-core';
+import { GuestMemory, LogRateLimiter } from '@tsvmm/virtio-core';
 import { VmConfig } from '../config';
 import { CmosRtc } from '../devices/cmos-rtc';
 import { ExitPort, I8042Command, Sink } from '../devices/platform';
@@ -44,8 +44,8 @@ const EXIT_REASON_NAMES: Record<number, string> = {
   [U.KVM_EXIT_HLT]: 'hlt',
 };
 
-/** Distinct exit-path error messages logged; later ones are counted, not logged. */
-const MAX_LOGGED_ERRORS = 256;
+/** Distinct exit-path errors logged one by one; later kinds share one entry (LogRateLimiter's maxKinds). */
+const MAX_LOGGED_ERRORS = 64;
 
 export interface MachineOptions {
   config: VmConfig;
@@ -90,10 +90,23 @@ export class Machine {
   private readonly runPromise: Promise<MachineExit>;
   private readonly serialOut: (bytes: Uint8Array) => void;
   private readonly log: (m: string) => void;
-  private readonly loggedErrors = new Set<string>();
+  /**
+   * Errors on the exit path (an unexpected exit reason, a device that threw):
+   * each kind logged once, repeats counted and summarised at most every 10 s
+   * and when the run ends.
+   */
+  private readonly exitErrors = new LogRateLimiter((m) => this.log(m), {
+    burst: 1,
+    refill: false,
+    maxKinds: MAX_LOGGED_ERRORS,
+    lastOfBurst: () => '',
+    summary: (kind, n) =>
+      kind === LogRateLimiter.OVERFLOW_KIND
+        ? `${n} more exit-handling error(s) of further kinds (more than ${MAX_LOGGED_ERRORS - 1} kinds; not logged one by one)`
+        : `${kind}: ${n} more time(s)`,
+  });
   /** vCPU exits handled, by KVM exit reason (--metrics). */
   readonly exitCounts = new Map<string, number>();
-  private suppressedErrors = 0;
   private started = false;
   private paused = false;
   /** pause()/resume() request count: a pause overtaken by a resume leaves the devices alone. */
@@ -300,6 +313,7 @@ export class Machine {
     this.exit = exit;
     this.pio.unclaimed.flush();
     this.mmio.unclaimed.flush();
+    this.exitErrors.flush();
     void (async () => {
       await Promise.all(this.vcpus.map((v) => v.stop()));
       for (const d of this.devices) {
@@ -358,11 +372,14 @@ export class Machine {
           this.requestExit({ reason: 'power-off', code: 0, message: 'guest halted' });
           return VcpuAction.Stop;
         default:
-          this.logOnce(`exit-${run.exitReason}`, `ignoring unexpected exit ${run.exitReason}`);
+          this.exitErrors.log(`ignoring unexpected exit ${run.exitReason}`, `ignoring unexpected exit ${run.exitReason}`);
       }
     } catch (e) {
       // A device must never take the VMM down because of what a guest did.
-      this.logOnce(`exc-${(e as Error).message}`, `device error during exit handling: ${(e as Error).stack ?? e}`);
+      this.exitErrors.log(
+        `device error during exit handling: ${String((e as Error).message).slice(0, 200)}`,
+        () => `device error during exit handling: ${(e as Error).stack ?? String(e)}`,
+      );
     }
     return this.exit ? VcpuAction.Stop : VcpuAction.Continue;
   }
@@ -393,18 +410,6 @@ export class Machine {
       const v = this.mmio.read(addr, len);
       run.mmioWrite(typeof v === 'bigint' ? v : BigInt(v >>> 0));
     }
-  }
-
-  private logOnce(key: string, message: string): void {
-    if (this.loggedErrors.has(key)) return;
-    if (this.loggedErrors.size >= MAX_LOGGED_ERRORS) {
-      this.suppressedErrors++;
-      if (this.suppressedErrors === 1)
-        this.log(`more than ${MAX_LOGGED_ERRORS} distinct exit-handling errors: further ones are not logged`);
-      return;
-    }
-    this.loggedErrors.add(key);
-    this.log(message);
   }
 }
 
