@@ -33,6 +33,7 @@ export const dictionary = [
   '--qmp',
   '--monitor',
   '--incoming',
+  ',timeout=',
   '--restore',
   '--sandbox',
   'on',

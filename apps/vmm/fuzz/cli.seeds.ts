@@ -41,6 +41,11 @@ export function seeds(): Record<string, Uint8Array> {
       '--incoming',
       'unix:/tmp/m.sock',
     ),
+    'incoming-timeout': withJson(['--incoming', 'unix:/tmp/a,b.sock,timeout=30', '--qmp', 'unix:/tmp/q', '-S'], {
+      kernel: 'k',
+      incoming: 'unix:/tmp/m.sock,timeout=0',
+      paused: true,
+    }),
     config: withJson(['--config', 'f.json', '--cpus', '4'], {
       kernel: 'k.elf',
       memory: '1G',

@@ -89,6 +89,15 @@ describe('parseArgs', () => {
     ],
     [['run', '--kernel', 'k', '--incoming', `unix:/tmp/${'i'.repeat(120)}`], 'is 125 bytes; a unix socket path holds at most 107'],
     [
+      ['run', '--kernel', 'k', '--incoming', 'unix:/tmp/m.sock,timeout=soon'],
+      "--incoming: timeout 'soon' must be a whole number of seconds from 0 (wait for ever) to 86400",
+    ],
+    [
+      ['run', '--kernel', 'k', '--incoming', 'unix:/tmp/m.sock,timeout=86401'],
+      "--incoming: timeout '86401' must be a whole number of seconds from 0 (wait for ever) to 86400",
+    ],
+    [['run', '--kernel', 'k', '--incoming', 'unix:/tmp/m.sock,timeout=-1'], "--incoming: timeout '-1' must be a whole number"],
+    [
       ['run', '--kernel', 'k', '--config', '/nonexistent-monitor-dir/vm.json'],
       '--config /nonexistent-monitor-dir/vm.json: directory /nonexistent-monitor-dir does not exist',
     ],
@@ -129,6 +138,19 @@ describe('parseArgs', () => {
       fs.rmSync(dir, { recursive: true });
     },
   );
+
+  it('takes an inactivity timeout for --incoming (a trailing ,timeout=SECONDS; other commas belong to the path)', () => {
+    const run = (...a: string[]) => parseArgs(['run', '--kernel', 'k', ...a]);
+    expect(run('--incoming', 'unix:/tmp/m.sock,timeout=5')).toMatchObject({
+      config: { incoming: 'unix:/tmp/m.sock', incomingTimeoutS: 5 },
+    });
+    expect(run('--incoming', 'unix:/tmp/m.sock,timeout=0')).toMatchObject({
+      config: { incoming: 'unix:/tmp/m.sock', incomingTimeoutS: 0 },
+    });
+    const plain = run('--incoming', 'unix:/tmp/a,b.sock') as { config: Record<string, unknown> };
+    expect(plain.config.incoming).toBe('unix:/tmp/a,b.sock');
+    expect(plain.config.incomingTimeoutS).toBeUndefined();
+  });
 
   it('takes =on|off (and yes/no, true/false) for switches; a bare switch is on', () => {
     const run = (...a: string[]) => parseArgs(['run', '--kernel', 'k', '--qmp', 'unix:/tmp/q', ...a]);
@@ -310,8 +332,10 @@ describe('--config FILE.json', () => {
         ],
       },
     });
-    const g = write(JSON.stringify({ kernel: 'k', incoming: 'unix:/tmp/m.sock', paused: 'off' }));
-    expect(parseArgs(['run', '--config', g])).toMatchObject({ config: { incoming: 'unix:/tmp/m.sock', startPaused: false } });
+    const g = write(JSON.stringify({ kernel: 'k', incoming: 'unix:/tmp/m.sock,timeout=30', paused: 'off' }));
+    expect(parseArgs(['run', '--config', g])).toMatchObject({
+      config: { incoming: 'unix:/tmp/m.sock', incomingTimeoutS: 30, startPaused: false },
+    });
   });
 
   it('lets later flags override it and adds later devices after its own', () => {

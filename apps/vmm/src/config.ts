@@ -9,7 +9,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type { z as Zod } from 'zod';
-import { DeviceType, isPrototypeKey, parseSize, PropertyError, PropertySpec } from '@tsvmm/pci';
+import { DeviceType, isPrototypeKey, parseSize, PropertyError, PropertySpec, showValue } from '@tsvmm/pci';
 import { ConfigError } from './config-error';
 import { parseLogFlag, type LogOptions } from './logger';
 import { parseMetricsFlag, type MetricsOptions } from './metrics';
@@ -99,12 +99,30 @@ export interface VmConfig {
   startPaused: boolean;
   /** --incoming unix:PATH: wait for a live migration instead of booting. */
   incoming?: string;
+  /** --incoming ...,timeout=SECONDS: how long the destination waits for the next byte of a started stream (0: for ever; default DEFAULT_INCOMING_TIMEOUT_S). */
+  incomingTimeoutS?: number;
   /** --restore FILE: continue from an x-snapshot-save file instead of booting. */
   restore?: string;
   /** --sandbox on: no_new_privs and the seccomp filter once everything is open (docs/security.md). */
   sandbox: boolean;
   /** --stall-ms N: the stall detector's threshold for devices without stall-ms= (0: off, the default). */
   stallMs?: number;
+}
+
+/** How long an incoming migration waits for the next byte once the source connected (seconds). */
+export const DEFAULT_INCOMING_TIMEOUT_S = 60;
+
+/**
+ * `unix:PATH[,timeout=SECONDS]`: the URI, and the inactivity timeout when
+ * given (0 to 86400; 0 waits for ever). Only a trailing `,timeout=` is an
+ * option: any other comma belongs to PATH.
+ */
+export function parseIncoming(flag: string, v: string): { uri: string; timeoutS?: number } {
+  const m = /^(.*?)(?:,timeout=([^,]*))?$/s.exec(v)!;
+  if (m[2] === undefined) return { uri: v };
+  if (!/^\d{1,5}$/.test(m[2]) || Number(m[2]) > 86400)
+    throw new ConfigError(`${flag}: timeout ${showValue(m[2])} must be a whole number of seconds from 0 (wait for ever) to 86400`);
+  return { uri: m[1], timeoutS: Number(m[2]) };
 }
 
 /** --stall-ms N: 0 (off) to 3600000 ms, as the stall-ms= device property. */
@@ -523,10 +541,16 @@ export const SETTINGS: readonly Setting[] = [
   {
     name: 'incoming',
     kind: 'value',
-    arg: 'unix:PATH',
-    help: "wait on PATH for a live migration (QMP 'migrate' on the\nsource), then run the migrated guest; same devices needed",
-    json: (z) => z.string({ error: 'must be "unix:PATH"' }),
-    apply: (c, v) => void (c.incoming = v as string),
+    arg: 'unix:PATH[,timeout=SECONDS]',
+    help:
+      "wait on PATH for a live migration (QMP 'migrate' on the\nsource), then run the migrated guest; same devices needed;\n" +
+      `timeout=SECONDS: give up when the source sends nothing for\nthat long (default ${DEFAULT_INCOMING_TIMEOUT_S}; 0: wait for ever)`,
+    json: (z) => z.string({ error: 'must be "unix:PATH[,timeout=SECONDS]"' }),
+    apply: (c, v, { where }) => {
+      const { uri, timeoutS } = parseIncoming(where, v as string);
+      c.incoming = uri;
+      if (timeoutS !== undefined) c.incomingTimeoutS = timeoutS;
+    },
   },
   {
     name: 'restore',

@@ -2,7 +2,7 @@
 import * as fs from 'fs';
 import { KvmUnavailableError } from '@tsvmm/kvm-native';
 import { formatDeviceProperties, formatDeviceTypes, parseArgs, VERSION } from './cli';
-import { ConfigError, configJsonSchema, describeFileError, VmConfig } from './config';
+import { ConfigError, configJsonSchema, DEFAULT_INCOMING_TIMEOUT_S, describeFileError, VmConfig } from './config';
 import { buildContainer, DeviceRegistry, DeviceSetupError, TYPES } from './container';
 import { EXIT_CODE_VMM_ERROR, Machine, MachineExit } from './machine/machine';
 import { KernelImageError } from './machine/loader';
@@ -280,8 +280,16 @@ export async function main(argv: readonly string[]): Promise<number> {
     monitor.incoming = true;
     try {
       if (restoreFd !== undefined) await restoreFromFd(machine, restoreFd, log);
-      else await receiveIncoming(machine, incoming!, log, () => log(`waiting for an incoming migration on ${incoming!.path}`));
+      else {
+        await receiveIncoming(machine, incoming!, log, () => log(`waiting for an incoming migration on ${incoming!.path}`), {
+          idleTimeoutMs: (config.incomingTimeoutS ?? DEFAULT_INCOMING_TIMEOUT_S) * 1000,
+          onConnected: () => monitor.event('MIGRATION', { status: 'active' }),
+        });
+        monitor.event('MIGRATION', { status: 'completed' });
+      }
     } catch (e) {
+      // As QEMU's destination: a failed incoming migration ends the VMM (status 1); the guest never runs here.
+      if (incoming) monitor.event('MIGRATION', { status: 'failed' });
       process.stderr.write(`vmm: ${config.restore ? 'restore' : 'incoming migration'} failed: ${(e as Error).message}\n`);
       await machine.stop();
       monitor.close();

@@ -6,7 +6,7 @@ import * as net from 'net';
 import * as path from 'path';
 import * as zlib from 'zlib';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { uniq, VmmFleet, waitUntil } from '@tsvmm/testing';
+import { qmpConnect, uniq, VmmFleet, waitUntil } from '@tsvmm/testing';
 import { encodeHeader, encodeSection, MigrationStreamError, readHeader, readSection, Section } from '../src/migration/stream';
 import { GUEST_BZIMAGE, GUEST_ELF, runCli } from './guest-kit';
 
@@ -158,6 +158,60 @@ describeKvm('crafted snapshot and migration streams', () => {
     expect(p.err()).toMatch(/incoming migration failed: corrupt stream: section 'ram' declares 4294967295 bytes/);
     expect(p.out()).toBe('');
   }, 60_000);
+});
+
+describeKvm('a stalled incoming migration', () => {
+  const dir = path.join(__dirname, 'fixtures/stream-format-1');
+  const fixture = zlib.gunzipSync(fs.readFileSync(path.join(dir, 'snapshot.gz')));
+
+  it('--incoming ...,timeout=2: a source that sends a valid start and then nothing fails the migration (MIGRATION failed, ERR, one line, exit 1)', async () => {
+    const sections = await readAll(fixture);
+    const disk = path.join(fleet.tmp, `disk-hardening-${uniq()}.img`);
+    fs.writeFileSync(disk, Buffer.alloc(1 << 20));
+    const sock = path.join(fleet.tmp, `in-hardening-${uniq()}.sock`);
+    const p = fleet.start([
+      '--memory',
+      '16M',
+      '--device',
+      `virtio-blk,id=d0,file=${disk}`,
+      '--serial',
+      'none',
+      '--incoming',
+      `unix:${sock},timeout=2`,
+    ]);
+    const qmp = await qmpConnect(p);
+    await waitUntil('destination listening', () => fs.existsSync(sock));
+    const machine = sections.find((s) => s.name === 'machine')!;
+    const ram = sections.find((s) => s.name === 'ram')!;
+    let answer = '';
+    const c = net.createConnection(sock);
+    c.on('data', (d) => {
+      answer += d;
+      if (answer.includes('\n')) c.end(); // as the source does once it has the answer
+    });
+    c.on('error', () => undefined);
+    // A valid header, machine and RAM section, then the start of the next section's header: the source hangs there.
+    c.write(
+      Buffer.concat([
+        encodeHeader(),
+        ...encodeSection('machine', 1, machine.payload),
+        ...encodeSection('ram', ram.version, ram.payload),
+        Buffer.from([0x53]),
+      ]),
+    );
+    expect((await qmp.event('MIGRATION')).data).toEqual({ status: 'active' });
+    // Stalled, the destination is in a defined state: still waiting, nothing run.
+    expect(await qmp.run('query-status')).toMatchObject({ status: 'inmigrate', running: false });
+    const failed = await qmp.waitFor((m) => m.event === 'MIGRATION' && (m.data as { status: string }).status === 'failed', 30_000);
+    expect(failed.data).toEqual({ status: 'failed' });
+    expect(await p.exited).toBe(1);
+    expect(answer).toMatch(/^ERR the source sent nothing for 2 s \(stream stalled after \d+ bytes; --incoming timeout=2\)\n$/);
+    expect(p.err()).toMatch(
+      /^vmm: incoming migration failed: the source sent nothing for 2 s \(stream stalled after \d+ bytes; --incoming timeout=2\)$/m,
+    );
+    expect(p.out()).toBe('');
+    c.destroy();
+  }, 90_000);
 });
 
 /** Every section of a stream held in memory. */

@@ -563,18 +563,22 @@ export async function listenIncoming(uri: string): Promise<IncomingListener> {
 
 /**
  * Takes one connection on `listener`, loads the stream and answers "OK"
- * (the caller then resumes the VM) or "ERR reason" (and throws).
+ * (the caller then resumes the VM) or "ERR reason" (and throws). The wait
+ * for the connection is unbounded (as QEMU's -incoming); once connected, a
+ * source that sends nothing for `idleTimeoutMs` (0: no limit) fails it.
  */
 export async function receiveIncoming(
   machine: Machine,
   listener: IncomingListener,
   log: (m: string) => void,
   onListening?: () => void,
+  opts: { idleTimeoutMs?: number; onConnected?: () => void } = {},
 ): Promise<void> {
   const { server, path } = listener;
   onListening?.();
   const sock = await new Promise<net.Socket>((resolve) => server.once('connection', resolve));
   server.close();
+  opts.onConnected?.();
   // Ours, made by listenIncoming; lstat first all the same, so only a socket is ever removed.
   try {
     if (fs.lstatSync(path).isSocket()) fs.rmSync(path, { force: true });
@@ -582,7 +586,7 @@ export async function receiveIncoming(
     // already gone
   }
   try {
-    await receiveStream(machine, new SocketSource(sock), log);
+    await receiveStream(machine, new SocketSource(sock, { idleTimeoutMs: opts.idleTimeoutMs }), log);
     await new Promise<void>((resolve) => sock.write('OK\n', () => resolve()));
     sock.end();
   } catch (e) {

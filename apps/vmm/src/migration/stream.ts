@@ -105,20 +105,38 @@ export class FileSource implements ByteSource {
   }
 }
 
-/** A ByteSource over a socket (incoming migration). */
+/** Bytes a SocketSource holds before it stops reading the socket (back-pressure). */
+export const SOCKET_SOURCE_HIGH_WATER = 64 * 1024 * 1024;
+
+/**
+ * A ByteSource over a socket (incoming migration). It holds at most about
+ * SOCKET_SOURCE_HIGH_WATER bytes the consumer has not taken (plus one read's
+ * chunk). With `idleTimeoutMs`, a read that waits that long without a byte
+ * arriving fails: a source that hangs mid-stream must not keep the
+ * destination waiting for ever. Only time spent waiting for the source
+ * counts, not time the destination spends applying what it has.
+ */
 export class SocketSource implements ByteSource {
   private chunks: Buffer[] = [];
   private have = 0;
   private ended = false;
   private error: Error | undefined;
   private wake: (() => void) | undefined;
+  private readonly idleTimeoutMs: number;
+  /** Bytes read from the socket so far. */
+  received = 0;
 
-  constructor(readonly socket: net.Socket) {
+  constructor(
+    readonly socket: net.Socket,
+    opts: { idleTimeoutMs?: number } = {},
+  ) {
+    this.idleTimeoutMs = opts.idleTimeoutMs ?? 0;
     socket.on('data', (d: Buffer) => {
       this.chunks.push(d);
       this.have += d.length;
+      this.received += d.length;
       // Back-pressure: stop reading while far ahead of the consumer.
-      if (this.have > 64 * 1024 * 1024) socket.pause();
+      if (this.have > SOCKET_SOURCE_HIGH_WATER) socket.pause();
       this.wake?.();
     });
     socket.on('end', () => {
@@ -131,12 +149,30 @@ export class SocketSource implements ByteSource {
     });
   }
 
+  /** Bytes read from the socket that the consumer has not taken yet. */
+  get buffered(): number {
+    return this.have;
+  }
+
   async read(n: number): Promise<Buffer> {
     while (this.have < n) {
-      if (this.error) throw new MigrationStreamError(`migration socket: ${this.error.message}`);
+      if (this.error)
+        throw this.error instanceof MigrationStreamError ? this.error : new MigrationStreamError(`migration socket: ${this.error.message}`);
       if (this.ended) throw new MigrationStreamError(`stream truncated (the source closed the connection)`);
       this.socket.resume();
-      await new Promise<void>((r) => (this.wake = r));
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((r) => {
+        this.wake = r;
+        if (this.idleTimeoutMs > 0)
+          timer = setTimeout(() => {
+            const s = this.idleTimeoutMs / 1000;
+            this.error ??= new MigrationStreamError(
+              `the source sent nothing for ${s} s (stream stalled after ${this.received} bytes; --incoming timeout=${s})`,
+            );
+            r();
+          }, this.idleTimeoutMs);
+      });
+      clearTimeout(timer);
       this.wake = undefined;
     }
     // Take exactly n bytes off the front, copying only the chunks they span
