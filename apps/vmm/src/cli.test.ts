@@ -147,7 +147,7 @@ describe('parseArgs', () => {
     expect(run('--incoming', 'unix:/tmp/m.sock,timeout=0')).toMatchObject({
       config: { incoming: 'unix:/tmp/m.sock', incomingTimeoutS: 0 },
     });
-    const plain = run('--incoming', 'unix:/tmp/a,b.sock') as { config: Record<string, unknown> };
+    const plain = run('--incoming', 'unix:/tmp/a,b.sock') as unknown as { config: Record<string, unknown> };
     expect(plain.config.incoming).toBe('unix:/tmp/a,b.sock');
     expect(plain.config.incomingTimeoutS).toBeUndefined();
   });
