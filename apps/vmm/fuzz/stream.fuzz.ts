@@ -3,7 +3,8 @@
  * header, sections (framing, checksum, versions), their JSON, and what the
  * destination does with each section that needs no KVM: RAM runs into guest
  * memory, the machine description check, the serial port's state, and a
- * virtio-blk device's state (VirtioDevice.loadState), after which the
+ * virtio-blk device's state (its PCI BARs through the restored layout check,
+ * then VirtioDevice.loadState), after which the
  * restored device is kicked on every queue as a running guest would.
  * Expected: MigrationStreamError and validation errors with a message
  * (plain Error); TypeError, RangeError, SyntaxError and the like are crashes.
@@ -15,7 +16,14 @@ import { VirtioBlkDevice } from '../../../plugins/virtio-blk/src/device';
 import { MemBackend } from '@tsvmm/testing/fuzz';
 import { settle } from '@tsvmm/testing/fuzz';
 import { Uart16550 } from '../src/devices/uart16550';
-import { checkMachine, MachineDescription, parseMachineDescription, parseSerialState } from '../src/migration/machine-state';
+import { IoBus, PciBarFunction } from '@tsvmm/pci';
+import {
+  checkBarLayout,
+  checkMachine,
+  MachineDescription,
+  parseMachineDescription,
+  parseSerialState,
+} from '../src/migration/machine-state';
 import { applyRamSection } from '../src/migration/ram';
 import { ByteSource, checkSectionKnown, MigrationStreamError, parseJson, readHeader, readSection } from '../src/migration/stream';
 
@@ -80,6 +88,25 @@ async function loadDevice(state: unknown): Promise<void> {
   await dev.drain();
 }
 
+/** A virtio-pci-like function (4 KiB 32-bit BAR0, 16 KiB 64-bit BAR4) for the restored BAR layout check. */
+export class BarFunction extends PciBarFunction {
+  constructor() {
+    super('blk0', { vendorId: 0x1af4, deviceId: 0x1042, classCode: 0x018000 }, new IoBus('mmio'));
+    const none = { read: () => 0, write: () => undefined };
+    this.addBar({ index: 0, size: 0x1000, kind: 'mem32', device: none }, 0xc0000000);
+    this.addBar({ index: 4, size: 0x4000, kind: 'mem64', device: none }, 0xc0004000);
+  }
+}
+
+/** The device state's config space through the BAR layout check (machine-state's checkBarLayout). */
+function checkBars(name: string, state: unknown): void {
+  try {
+    checkBarLayout([{ guestPhysAddr: 0n, size: HERE.memoryBytes }], [{ d: { id: 'blk0', virtio: new BarFunction() }, state, name }]);
+  } catch (e) {
+    if (!(e instanceof MigrationStreamError)) throw e;
+  }
+}
+
 /**
  * A copy of the stream with every section's checksum recomputed, so that
  * mutated payloads reach the JSON and the loaders (the raw input is tried too).
@@ -139,7 +166,10 @@ async function load(data: Buffer): Promise<void> {
         }
       } else if (kind === 'device') {
         const d = parseJson(s) as { type: string; state: unknown } | null;
-        if (s.name === 'device/blk0' && d && d.type === 'virtio-blk') await loadDevice(d.state);
+        if (s.name === 'device/blk0' && d && d.type === 'virtio-blk') {
+          checkBars(s.name, d.state);
+          await loadDevice(d.state);
+        }
       } else if (kind === 'cpu' || kind === 'clock' || kind === 'source') parseJson(s);
     }
   } catch (e) {

@@ -5,7 +5,7 @@ import { VirtioBlkDevice } from '../../../plugins/virtio-blk/src/device';
 import { MemBackend } from '@tsvmm/testing/fuzz';
 import { Uart16550 } from '../src/devices/uart16550';
 import { encodeHeader, encodeSection, jsonPayload, SECTION_OPTIONAL } from '../src/migration/stream';
-import { HERE, RAM_SIZE } from './stream.fuzz';
+import { BarFunction, HERE, RAM_SIZE } from './stream.fuzz';
 
 /** A blk device as a driver left it: a queue at 0x1000 with one request made available and not yet taken. */
 function blkState(): unknown {
@@ -19,6 +19,13 @@ function blkState(): unknown {
   drv.program(dev.queues[0]);
   dev.writeStatus(S | V.VIRTIO_CONFIG_S_DRIVER_OK);
   return dev.saveState();
+}
+
+/** The BAR function's config space with memory decoding on. */
+function barConfig(): Buffer {
+  const c = Buffer.from(new BarFunction().config.bytes);
+  c.writeUInt16LE(0x0006, 0x04); // PCI_COMMAND: memory decoding, bus mastering
+  return c;
 }
 
 function ramRun(gpa: number, pages: number, kind: number, data?: Buffer): Buffer {
@@ -50,6 +57,15 @@ export function seeds(): Record<string, Uint8Array> {
       ...encodeSection('device/blk0', 1, jsonPayload({ type: 'virtio-blk', state: dev })),
       ...encodeSection('clock', 1, jsonPayload({ clock: '1234abcd' })),
       ...encodeSection('end', 1, Buffer.alloc(0)),
+    ]),
+    // With the transport's config space: memory decoding on, BAR0 and BAR4 where a VMM puts them.
+    'device-with-bars': Buffer.concat([
+      encodeHeader(),
+      ...encodeSection(
+        'device/blk0',
+        1,
+        jsonPayload({ type: 'virtio-blk', state: { transport: { config: barConfig().toString('base64') }, virtio: dev } }),
+      ),
     ]),
     'device-only-v1': Buffer.concat([encodeHeader(1), ...encodeSection('device/blk0', 1, jsonPayload({ type: 'virtio-blk', state: dev }))]),
     'unknown-optional-section': Buffer.concat([

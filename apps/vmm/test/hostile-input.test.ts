@@ -111,6 +111,30 @@ describeKvm('crafted snapshot and migration streams', () => {
     );
   }, 60_000);
 
+  it('--restore refuses PCI BARs placed over the LAPIC, over RAM or over another BAR, before applying anything', async () => {
+    /** d0's config space with BAR register `reg` (0..5) set to `value`. */
+    const withBar = (reg: number, value: number) =>
+      tampered('device/d0', (d) => {
+        const c = Buffer.from(d.state.transport.config, 'base64');
+        c.writeUInt32LE(value >>> 0, 0x10 + reg * 4);
+        d.state.transport.config = c.toString('base64');
+      });
+    // BAR4 (64-bit, 16 KiB at 0xc0004000 in the fixture) moved onto the LAPIC, then into low RAM.
+    await restoreRefuses(
+      withBar(4, 0xfee00004),
+      /^vmm: restore failed: bad stream: device\/d0\.state\.transport\.config: BAR4 0xfee00000-0xfee03fff overlaps the LAPIC \(0xfee00000-0xfee00fff\)$/m,
+    );
+    await restoreRefuses(
+      withBar(4, 0x00100004),
+      /restore failed: bad stream: device\/d0\.state\.transport\.config: BAR4 0x100000-0x103fff overlaps RAM below 4 GiB \(0x0-0xffffff\)/,
+    );
+    // BAR0 moved onto BAR4.
+    await restoreRefuses(
+      withBar(0, 0xc0004000),
+      /restore failed: bad stream: device\/d0\.state\.transport\.config: BAR4 0xc0004000-0xc0007fff overlaps device 'd0' BAR0 \(0xc0004000-0xc000[0-9a-f]{4}\)/,
+    );
+  }, 90_000);
+
   it('--restore refuses a fractional device status, a huge queue size, a missing field and a duplicated section', async () => {
     await restoreRefuses(
       tampered('device/d0', (d) => (d.state.virtio.status = 15.5)),

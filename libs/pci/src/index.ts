@@ -1,3 +1,4 @@
+export * from './bar-layout';
 export * from './config-space';
 export * from './gsi-routes';
 export * from './io-bus';

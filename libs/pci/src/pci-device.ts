@@ -105,14 +105,39 @@ export abstract class PciBarFunction implements PciFunction {
     }
   }
 
+  /** Whether a BAR at `address` is decoded (memory decoding on, a real address): where updateMappings maps it. */
+  private static decodes(b: Bar, address: number, decode: boolean): boolean {
+    // A BAR being sized reads back as all ones in its address bits: not a real address.
+    const sizing = b.kind === 'mem32' && (address & ~(b.size - 1)) >>> 0 === (0xfffffff0 & ~(b.size - 1)) >>> 0;
+    return decode && address !== 0 && !sizing && address + b.size <= 2 ** 52;
+  }
+
+  /**
+   * The BARs a config-space image of this function (a snapshot's, checked to
+   * have this function's read-only bits) would map, as restoreConfig would:
+   * for checking a stream's layout before anything is applied.
+   */
+  decodedBars(config: Uint8Array): { index: number; start: number; size: number }[] {
+    const view = new DataView(config.buffer, config.byteOffset, config.byteLength);
+    const decode = (view.getUint16(PCI_COMMAND, true) & PCI_COMMAND_MEMORY) !== 0;
+    const out: { index: number; start: number; size: number }[] = [];
+    for (const b of this.bars) {
+      if (!b) continue;
+      const base = PCI_BASE_ADDRESS_0 + b.index * 4;
+      const lo = (view.getUint32(base, true) & 0xfffffff0) >>> 0;
+      const hi = b.kind === 'mem64' ? view.getUint32(base + 4, true) : 0;
+      const address = hi * 2 ** 32 + lo;
+      if (PciBarFunction.decodes(b, address, decode)) out.push({ index: b.index, start: address, size: b.size });
+    }
+    return out;
+  }
+
   /** Maps each BAR at its programmed address while memory decoding is on; unmaps otherwise. */
   protected updateMappings(): void {
     const decode = (this.config.command & PCI_COMMAND_MEMORY) !== 0;
     for (const b of this.bars) {
       if (!b) continue;
-      // A BAR being sized reads back as all ones in its address bits: not a real address.
-      const sizing = b.kind === 'mem32' && (b.address & ~(b.size - 1)) >>> 0 === (0xfffffff0 & ~(b.size - 1)) >>> 0;
-      const want = decode && b.address !== 0 && !sizing && b.address + b.size <= 2 ** 52 ? b.address : undefined;
+      const want = PciBarFunction.decodes(b, b.address, decode) ? b.address : undefined;
       if (want === b.mappedAt) continue;
       if (b.mappedAt !== undefined) this.mmio.unregister(b.mappedAt, b.device);
       b.mappedAt = undefined;

@@ -7,7 +7,19 @@
  * immediate_exit so the last I/O exit is complete) and devices are drained.
  */
 import { encodeRegs, decodeRegs, encodeSregs, decodeSregs, uapi as U, Vcpu } from '@tsvmm/kvm-native';
+import { checkRestoredBars, FixedRegion, PciBarFunction, RestoredFunction } from '@tsvmm/pci';
 import { Machine } from '../machine/machine';
+import {
+  HIGH_RAM_START,
+  IOAPIC_ADDR,
+  KVM_IDENTITY_MAP_ADDR,
+  LAPIC_ADDR,
+  PCI_MMIO32_BASE,
+  PCI_MMIO32_SIZE,
+  PCI_MMIO64_BASE,
+  PCI_MMIO64_SIZE,
+  TEST_MMIO_BASE,
+} from '../machine/layout';
 import { array, Fields, int, StateError, within } from '@tsvmm/virtio-core';
 import { encodeSection, jsonPayload, MigrationStreamError, parseJson, Section } from './stream';
 
@@ -306,6 +318,7 @@ export function loadMachineSections(m: Machine, sections: Section[], log: (msg: 
     deviceStep(name, 'state', () => d.checkState?.(state));
     return { d, state, name };
   });
+  checkBarLayout(m.vm.memoryRegions, devices);
 
   // Everything is checked: apply.
   for (let i = 0; i < 3; i++) m.vm.setIrqchip(new Uint8Array(irq.subarray(i * U.SIZEOF_kvm_irqchip, (i + 1) * U.SIZEOF_kvm_irqchip)));
@@ -314,6 +327,60 @@ export function loadMachineSections(m: Machine, sections: Section[], log: (msg: 
   m.serial.loadState(serial);
   for (const { d, state, name } of devices) deviceStep(name, 'state', () => d.loadState!(state));
   m.vm.setClock(clock);
+}
+
+/**
+ * The machine's fixed regions a restored BAR may not overlap (RAM as this
+ * VM has it, the interrupt controllers, the VMM's own pages) and the edges
+ * it may not straddle (the PCI windows' ends, 4 GiB).
+ */
+export function barLimits(ram: { guestPhysAddr: bigint; size: number }[]): { fixed: FixedRegion[]; edges: { name: string; at: number }[] } {
+  const fixed: FixedRegion[] = ram.map((r) => ({
+    name: Number(r.guestPhysAddr) === 0 ? 'RAM below 4 GiB' : 'RAM above 4 GiB',
+    start: Number(r.guestPhysAddr),
+    size: r.size,
+  }));
+  fixed.push(
+    { name: 'the test MMIO page', start: TEST_MMIO_BASE, size: 0x1000 },
+    { name: 'the IOAPIC', start: IOAPIC_ADDR, size: 0x1000 },
+    { name: 'the LAPIC', start: LAPIC_ADDR, size: 0x1000 },
+    { name: "KVM's identity map and TSS", start: KVM_IDENTITY_MAP_ADDR, size: 0x4000 },
+  );
+  const edges = [
+    { name: 'the start of the 32-bit PCI window', at: PCI_MMIO32_BASE },
+    { name: 'the end of the 32-bit PCI window', at: PCI_MMIO32_BASE + PCI_MMIO32_SIZE },
+    { name: '4 GiB', at: HIGH_RAM_START },
+    { name: 'the start of the 64-bit PCI window', at: PCI_MMIO64_BASE },
+    { name: 'the end of the 64-bit PCI window', at: PCI_MMIO64_BASE + PCI_MMIO64_SIZE },
+  ];
+  return { fixed, edges };
+}
+
+/**
+ * Every restored PCI function's BARs (`transport.config` of a virtio-pci
+ * device's state, already checked by its checkState) against the machine's
+ * fixed regions and each other, before anything is applied.
+ */
+export function checkBarLayout(
+  ram: { guestPhysAddr: bigint; size: number }[],
+  devices: { d: { id: string; virtio?: PciBarFunction }; state: unknown; name: string }[],
+): void {
+  const functions: RestoredFunction[] = [];
+  for (const { d, state, name } of devices) {
+    const fn = d.virtio;
+    if (!fn) continue;
+    const config = checkSection(`${name}.state`, () =>
+      new Fields(new Fields(state, '').raw('transport'), 'transport').base64('config', fn.config.bytes.length),
+    );
+    functions.push({ name: `device '${d.id}'`, path: `${name}.state.transport.config`, fn, config });
+  }
+  const { fixed, edges } = barLimits(ram);
+  try {
+    checkRestoredBars(functions, fixed, edges);
+  } catch (e) {
+    if (e instanceof StateError) throw new MigrationStreamError(`bad stream: ${e.message}`);
+    throw e;
+  }
 }
 
 /** A device's check or load; its errors name the section (and the field, for a StateError). */
