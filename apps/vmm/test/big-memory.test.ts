@@ -2,11 +2,12 @@
 // used to abort the VMM ("free(): double free detected"). RAM above 3 GiB sits at 4 GiB; the VMM holds
 // it as 1 GiB host buffers, so the guest kit (test=mem-high) also has virtio-blk read into a buffer
 // that crosses 5 GiB (two buffers on the host) and one near 8 GiB, and write from the crossing one.
+// An 8 GiB guest is also snapshot/restored and live-migrated mid-rounds (the words above 4 GiB must arrive).
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { qmpConnect, VmmFleet, waitUntil } from '@tsvmm/testing';
+import { migrateAndWait, qmpConnect, VmmFleet, waitUntil } from '@tsvmm/testing';
 import { GUEST_BZIMAGE, GUEST_ELF, lineValues, requireGuestKit, runCli } from './guest-kit';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-bigmem-'));
@@ -120,5 +121,43 @@ describeKvm('snapshot and restore of RAM above 4 GiB', () => {
     expect(dst.out()).not.toContain('guest-kit: hello'); // it continued, it did not boot again
     expect(dst.out()).toContain('mem-high round=16');
     expect(dst.out()).not.toMatch(/mem-high round=1\n/);
+  }, 180_000);
+
+  it('--memory 8G: live migration mid-rounds over a unix socket: the words above 4 GiB arrive, then the destination does virtio-blk I/O into buffers there', async () => {
+    requireGuestKit();
+    const img = disk('migrate.img');
+    const sock = path.join(fleet.tmp, `in-hardening-${Date.now()}.sock`);
+    const args = [
+      '--memory',
+      '8G',
+      '--serial',
+      'stdio',
+      '--device',
+      `virtio-blk,id=d0,file=${img}`,
+      '--cmdline',
+      'test=mem-high rounds=16 delay=20000 blk=1 lba=8 seed=3 wlba=100',
+    ];
+    const dst = fleet.start([...args, '--incoming', `unix:${sock}`]);
+    const src = fleet.start(args);
+    await waitUntil('round 3', () => /mem-high round=3\b/.test(src.out()), 60_000);
+    await waitUntil('destination listening', () => fs.existsSync(sock));
+    const s = await qmpConnect(src);
+    const r = await migrateAndWait(s, `unix:${sock}`);
+    expect(r).toMatchObject({ status: 'completed' });
+    // 8 GiB of guest RAM of which a few MiB were ever written: only those travel.
+    expect((r.ram as { transferred: number }).transferred).toBeLessThan(64 * 2 ** 20);
+    expect(await s.run('query-status')).toMatchObject({ status: 'postmigrate', running: false });
+    s.close();
+    expect(await dst.exited).toBe(0);
+    const out = dst.out();
+    expect(out).not.toContain('guest-kit: hello'); // it continued, it did not boot again
+    expect(out).toContain('mem-high round=16'); // each round checked the last one's words above 4 GiB (one across 5 GiB)
+    expect(out).not.toMatch(/mismatch/);
+    expect(out).toContain('mem-high blk-read cross-5g ok addr=0x13ffff000 bytes=8192');
+    expect(out).toContain('mem-high blk-write cross-5g ok lba=100 sectors=16');
+    expect(out).toContain('guest-kit: PASS test=mem-high');
+    expectDiskWritten(img);
+    expect(src.out()).not.toContain('mem-high round=16'); // it moved mid-rounds
+    expect(src.out()).not.toContain('guest-kit: PASS'); // the source stayed paused
   }, 180_000);
 });
