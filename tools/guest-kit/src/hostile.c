@@ -9,6 +9,7 @@
  *   hostile-blk  kind=full-indirect          a legal queue-size indirect table
  *   hostile-net  kind=tx-zero|rx-zero|ctrl-zero  at=0|oob
  *   hostile-scsi kind=zero-resp|zero-data    at=0|oob
+ *   hostile-flood ios=N                      virtio-blk flooded, virtio-scsi I/O must go on
  *
  * at=0 puts the zero-length buffer at guest-physical 0 (RAM), at=oob far
  * outside RAM. Lines: "hostile dev=D kind=K at=A needs_reset=N config_irq=C",
@@ -299,10 +300,147 @@ static const char *test_hostile_scsi(void)
 	return verdict("scsi", needs_reset, config_irq, scsi_recover(lun));
 }
 
+/* ---- a flood on one device, I/O on another (fairness) ---- */
+
+static struct {
+	uint32_t type, ioprio;
+	uint64_t sector;
+} flood_hdr __attribute__((aligned(16)));
+static uint8_t flood_id[VQ_MAX_SIZE] __attribute__((aligned(16)));
+static volatile uint8_t flood_status;
+static struct vring_desc flood_table[VQ_MAX_SIZE] __attribute__((aligned(16)));
+
+struct flood {
+	struct vq *q;
+	uint16_t avail;			/* next avail->idx the flood publishes */
+	uint64_t published;		/* chains made available in all */
+	uint32_t refills;
+};
+
+/* Tops the queue up to a full ring ahead of the device's used index, every
+ * entry the same GET_ID chain (head 0), and rings the doorbell: the device
+ * always finds a whole queue of work, however fast it takes it. */
+static void flood_refill(struct flood *f)
+{
+	struct vq *q = f->q;
+	uint16_t room = (uint16_t)(q->size - (uint16_t)(f->avail - vq_used_idx(q)));
+	if (!room)
+		return;
+	for (uint16_t i = 0; i < room; i++)
+		q->avail[2 + ((f->avail + i) & (q->size - 1))] = 0;
+	f->avail += room;
+	mb();
+	q->avail[1] = f->avail;
+	mb();
+	*(volatile uint16_t *)q->notify = (uint16_t)q->index;
+	f->published += room;
+	f->refills++;
+}
+
+/* One READ(10)/WRITE(10) of `blocks` 512-byte blocks on the SCSI LUN 0,
+ * flooding the blk queue while it is in flight. */
+static const char *flood_scsi_rw(struct flood *f, int write, uint32_t lba, uint8_t *buf, unsigned blocks)
+{
+	uint8_t cdb[10] = { 0 };
+	cdb[0] = write ? OP_WRITE_10 : OP_READ_10;
+	put_be32(cdb + 2, lba);
+	put_be16(cdb + 7, (uint16_t)blocks);
+	struct vbuf b = { (uintptr_t)buf, blocks * 512, !write };
+	struct scsi_cmd c = { 0, cdb, 10, &b, 1 };
+	struct vq *sq = vscsi_reqq(&vscsi, 0);
+	int ctx = scsi_submit(&vscsi, 0, &c);
+	if (ctx < 0)
+		return "submit-failed";
+	vq_kick(sq, 1);
+	unsigned t0 = ticks(), limit = ms_to_ticks(param("flood-ms", 30000));
+	for (;;) {
+		if (scsi_reap(&vscsi, sq->slot) < 0)
+			return "bad-used-id";
+		if (scsi_ctx(ctx)->done)
+			break;
+		if (ticks() - t0 > limit)
+			return "second-device-starved";
+		flood_refill(f);
+	}
+	struct scsi_res res;
+	scsi_result(ctx, &res);
+	if (res.response != VIRTIO_SCSI_S_OK || res.status != 0)
+		return "scsi-io-failed";
+	return NULL;
+}
+
+/* hostile-flood: virtio-blk's queue kept full of long GET_ID requests
+ * (interrupts off) while virtio-scsi writes and reads back `ios` 4 KiB blocks; each SCSI
+ * request must complete while the flood goes on (CHAIN_BUDGET yields
+ * between queues and devices). */
+static const char *test_hostile_flood(void)
+{
+	const char *r = vblk_open(1);
+	if (r)
+		return r;
+	if ((r = vscsi_open()))
+		return r;
+	uint8_t tur[6] = { 0 };
+	struct scsi_cmd c = { 0, tur, 6, NULL, 0 };
+	struct scsi_res res;
+	if ((r = scsi_exec_ua(&vscsi, &c, &res)))	/* power-on unit attention out of the way */
+		return r;
+
+	/* One long chain: an indirect table of queue-size entries (header, size - 2
+	 * one-byte ID segments, status), the longest a device takes; walking it
+	 * costs the device far more than publishing it costs the guest. */
+	struct vq *q = &vblk.vd.q[0];
+	unsigned size = q->size;
+	if (!vblk.indirect_ok)
+		return "no-indirect";
+	if (vblk.seg_max < size - 2)
+		return "seg-max-too-small";
+	flood_hdr.type = VIRTIO_BLK_T_GET_ID;
+	set_desc(&flood_table[0], (uintptr_t)&flood_hdr, 16, N, 1);
+	for (unsigned i = 1; i < size - 1; i++)
+		set_desc(&flood_table[i], (uintptr_t)&flood_id[i - 1], 1, N | W, i + 1);
+	set_desc(&flood_table[size - 1], (uintptr_t)&flood_status, 1, W, 0);
+	set_desc(&q->desc[0], (uintptr_t)flood_table, size * sizeof(struct vring_desc), VRING_DESC_F_INDIRECT, 0);
+	vq_set_interrupts(q, 0);
+	struct flood f = { q, q->avail_idx, 0, 0 };
+	uint16_t used0 = vq_used_idx(q);
+	flood_refill(&f);
+
+	unsigned ios = param("ios", 4);
+	uint64_t before_io = f.published;
+	for (unsigned i = 0; i < ios; i++) {
+		for (unsigned k = 0; k < 4096; k++)
+			hbuf[k] = (uint8_t)(k * 13 + i * 5 + 1);
+		if ((r = flood_scsi_rw(&f, 1, i * 8, hbuf, 8)))
+			return r;
+		memset(hbuf, 0, 4096);
+		if ((r = flood_scsi_rw(&f, 0, i * 8, hbuf, 8)))
+			return r;
+		for (unsigned k = 0; k < 4096; k++)
+			if (hbuf[k] != (uint8_t)(k * 13 + i * 5 + 1))
+				return "scsi-data-mismatch";
+	}
+	uint64_t during = f.published - before_io;
+
+	/* Stop flooding; the device must take everything that was published. */
+	unsigned t0 = ticks();
+	while (vq_used_idx(q) != f.avail)
+		if (ticks() - t0 > ms_to_ticks(10000))
+			return "flood-not-drained";
+	uint8_t st = vdev_status(&vblk.vd);
+	kprintf("hostile flood blk-chains=%llu during-io=%llu refills=%u used=%u scsi-ios=%u blk-status=0x%x id0=0x%02x\n",
+		(unsigned long long)f.published, (unsigned long long)during, f.refills,
+		(unsigned)(uint16_t)(vq_used_idx(q) - used0), ios, st, flood_id[0]);
+	if (st & VSTAT_NEEDS_RESET)
+		return "flooded-device-broken";
+	return NULL;
+}
+
 static const struct {
 	const char *name;
 	test_fn fn;
 } hostile_tests[] = {
+	{ "hostile-flood", test_hostile_flood },
 	{ "hostile-blk", test_hostile_blk },
 	{ "hostile-net", test_hostile_net },
 	{ "hostile-scsi", test_hostile_scsi },
