@@ -125,7 +125,8 @@ describe('kernel loaders', () => {
     ],
     [
       'a bzImage whose setup_sects points past the file',
-      () => patch(bz, 0x1f1, [0xff]),
+      // Cut to 16 KiB: the guest kit's whole bzImage outgrew 0x20000 (255 setup sectors) as tests were added.
+      () => patch(bz, 0x1f1, [0xff]).subarray(0, 0x4000),
       /not a valid kernel: setup_sects 255 puts the kernel at 0x20000, but the file is \d+ bytes/,
     ],
     [
