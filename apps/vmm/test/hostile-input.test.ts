@@ -226,6 +226,9 @@ describeKvm('a stalled incoming migration', () => {
     expect((await qmp.event('MIGRATION')).data).toEqual({ status: 'active' });
     // Stalled, the destination is in a defined state: still waiting, nothing run.
     expect(await qmp.run('query-status')).toMatchObject({ status: 'inmigrate', running: false });
+    // ... holding what it was sent (16 MiB of RAM went into the guest's memfd), not a growing backlog.
+    const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${p.proc.pid}/status`, 'utf8'))![1]);
+    expect(rssKiB).toBeLessThan(256 * 1024);
     const failed = await qmp.waitFor((m) => m.event === 'MIGRATION' && (m.data as { status: string }).status === 'failed', 30_000);
     expect(failed.data).toEqual({ status: 'failed' });
     expect(await p.exited).toBe(1);
