@@ -68,4 +68,44 @@ describeKvm('unclaimed port I/O and MMIO', () => {
     );
     monitor.close();
   }, 180_000);
+
+  it('a device that throws on every exit: logged once with its stack, the rest counted and summarised at exit (the same limiter)', async () => {
+    requireGuestKit();
+    const ports = 64;
+    const logged: string[] = [];
+    let serial = '';
+    const machine = new Machine({
+      config: {
+        ...defaultConfig(),
+        kernel: GUEST_ELF,
+        cmdline: `test=unclaimed count=4 stride=0x1000 ports=${ports}`,
+        memoryBytes: 64 * 2 ** 20,
+        serial: { kind: 'none' },
+      },
+      serialOut: (b) => (serial += Buffer.from(b).toString('latin1')),
+      log: (m) => logged.push(m),
+    });
+    // A VMM bug in a port device: every write throws; reads answer as an empty bus would.
+    machine.pio.register(0x5000, ports, 'hardening-broken', {
+      read: () => 0xff,
+      write: () => {
+        throw new Error('hardening-broken device: write failed');
+      },
+    });
+    const timer = setTimeout(() => void machine.stop('test timeout'), 120_000);
+    const exit = await machine.run();
+    clearTimeout(timer);
+    expect(serial).toContain('guest-kit: PASS test=unclaimed'); // the guest went on
+    expect(exit.code).toBe(0);
+    const lines = logged.filter((m) => m.includes('hardening-broken device'));
+    expect(lines[0]).toMatch(/^device error during exit handling: Error: hardening-broken device: write failed\n    at /);
+    // Then only summaries (one at exit; one more per 10 s on a slow host), counting every other failure.
+    const counts = lines.slice(1).map((m) => {
+      const c = /^device error during exit handling: hardening-broken device: write failed: (\d+) more time\(s\)$/.exec(m);
+      expect(c).not.toBeNull();
+      return Number(c![1]);
+    });
+    expect(counts.length).toBeGreaterThanOrEqual(1);
+    expect(counts.reduce((a, b) => a + b, 0)).toBe(ports - 1);
+  }, 180_000);
 });
