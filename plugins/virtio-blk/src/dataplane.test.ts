@@ -122,7 +122,7 @@ describe('virtio-blk iothread: migration state exchange', () => {
     src.main.notify(0, 'ioeventfd');
     // The drain goes out right behind the kick: the writes are still in flight in the worker.
     await src.main.drain();
-    expect(src.plane.dev.inFlight).toBe(0);
+    expect(src.plane.dev.inFlightCount).toBe(0);
     // The monitor's counters are the worker's, final once drained.
     expect(src.main.deviceInfo()).toMatchObject({ writes: 3, 'in-flight': 0, iothread: 'io0' });
     expect([0, 1, 2].map((n) => mem.readU8(STATUS + n))).toEqual([0, 0, 0]);

@@ -86,7 +86,7 @@ export class BlkWorkerPlane {
       suppressed: d.counters[i].suppressed,
       interrupt: { lastInterruptAt: q.stall.interrupt.lastInterruptAt, owed: q.stall.interrupt.owed && { ...q.stall.interrupt.owed } },
     }));
-    return { type: 'stats', blk: { ...d.blk }, inFlight: d.inFlight, queues };
+    return { type: 'stats', blk: { ...d.blk }, inFlight: d.inFlightCount, queues };
   }
 
   handle(m: ToWorker): void {
@@ -183,11 +183,7 @@ export class BlkWorkerPlane {
       return [];
     }
     mem.startTracking();
-    for (const q of this.dev.queues) {
-      if (!q.active) continue;
-      const len = 6 + 8 * q.size;
-      for (let p = Math.floor(q.usedRing / PAGE); p <= Math.floor((q.usedRing + len - 1) / PAGE); p++) pages.add(p);
-    }
+    for (const q of this.dev.queues) if (q.active) for (const p of q.usedRingPages(PAGE)) pages.add(p);
     return [...pages];
   }
 }
