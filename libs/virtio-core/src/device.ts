@@ -22,6 +22,7 @@ import { GuestMemory, GuestMemoryError } from './guest-memory';
 import { LogRateLimiter } from './rate-limit';
 import { DescriptorChain, describeQueueError, QueueError, QueueState, SplitVirtqueue } from './virtqueue';
 import { scatter } from './chain-io';
+import { ActivationContext, QueueHandler, QueueResources } from './activation';
 import { StateError } from './state-check';
 import { CheckedVirtioState, parseVirtioState } from './virtio-state';
 import {
@@ -63,6 +64,10 @@ export interface VirtioInterrupt extends Partial<InterruptDeliveryView> {
   signalQueue(queue: number): void;
   /** A configuration-change notification (ISR bit 1). */
   signalConfig(): void;
+  /** The eventfd that raises a queue's interrupt from any thread (QueueResources.interruptFd). */
+  queueInterruptFd?(queue: number): number | undefined;
+  /** The eventfd registered for a queue's doorbell, if any (QueueResources.notifierFd). */
+  queueNotifierFd?(queue: number): number | undefined;
 }
 
 export const VIRTIO_F_VERSION_1 = 1n << BigInt(V.VIRTIO_F_VERSION_1);
@@ -361,9 +366,66 @@ export abstract class VirtioDevice {
       }
     }
     this.onActivate();
+    this.startHandlers();
+  }
+
+  // --- activation: one handler per queue (activation.ts) -------------------------------
+
+  /** Activated: one handler per enabled queue; undefined while inactive (before DRIVER_OK, after a reset). */
+  private handlers: (QueueHandler | undefined)[] | undefined;
+
+  /** Builds the activation context and takes the device's queue handlers. */
+  private startHandlers(): void {
+    const queues = this.queues.map((q, i): QueueResources | undefined =>
+      q.active
+        ? {
+            queue: q,
+            interrupt: () => this.interrupt?.signalQueue(i),
+            interruptFd: () => this.interrupt?.queueInterruptFd?.(i),
+            notifierFd: () => this.interrupt?.queueNotifierFd?.(i),
+          }
+        : undefined,
+    );
+    const handlers = this.activateQueues({ memory: this.memory, queues });
+    this.handlers = this.queues.map((_, i) => (queues[i] ? handlers[i] : undefined));
+  }
+
+  /** Disposes of the handlers (device reset): nothing they started completes into the new driver. */
+  private stopHandlers(): void {
+    const hs = this.handlers;
+    this.handlers = undefined;
+    for (const h of hs ?? []) h?.dispose();
+  }
+
+  /**
+   * DRIVER_OK: the device's handler for each enabled queue (indexed as
+   * ctx.queues). The default handles every queue in-process, on the thread
+   * that owns the device (inProcessHandler).
+   */
+  protected activateQueues(ctx: ActivationContext): (QueueHandler | undefined)[] {
+    return ctx.queues.map((r) => r && this.inProcessHandler(r.queue));
+  }
+
+  /** A handler that runs processQueue on this thread, inside the fault boundary and the chain budget. */
+  protected inProcessHandler(q: SplitVirtqueue): QueueHandler {
+    let live = true;
+    return {
+      placement: { kind: 'in-process' },
+      kick: (entry) => {
+        if (live && this.canProcess && q.active) this.service(q, entry, () => this.processQueue(q));
+      },
+      drain: () => this.drainRequests(),
+      dispose: () => void (live = false),
+    };
+  }
+
+  /** The handler of a queue while the device is activated. */
+  queueHandler(queue: number): QueueHandler | undefined {
+    return this.handlers?.[queue];
   }
 
   reset(): void {
+    this.stopHandlers();
     this.onReset();
     for (const q of this.queues) q.reset();
     this.status = 0;
@@ -404,7 +466,18 @@ export abstract class VirtioDevice {
       return;
     }
     if (!this.canProcess || !q.active) return;
-    this.service(q, `kick (${source}) on queue ${queue}`, () => this.processQueue(q));
+    this.kickHandler(q, `kick (${source}) on queue ${queue}`);
+  }
+
+  /**
+   * Hands a kick to the queue's handler. A queue started without a DRIVER_OK
+   * transition (a vhost-user back-end starts rings one by one) has none: it
+   * is processed in-process, as the default handler would.
+   */
+  private kickHandler(q: SplitVirtqueue, entry: string): void {
+    const h = this.handlers?.[q.index];
+    if (h) h.kick(entry);
+    else this.service(q, entry, () => this.processQueue(q));
   }
 
   // --- the fault boundary ---------------------------------------------------------
@@ -777,7 +850,7 @@ export abstract class VirtioDevice {
     this.kickedWhileDisabled.clear();
     for (const i of kicked) {
       const q = this.queues[i];
-      if (this.canProcess && q.active) this.service(q, `queue ${i} kicked while bus mastering was off`, () => this.processQueue(q));
+      if (this.canProcess && q.active) this.kickHandler(q, `queue ${i} kicked while bus mastering was off`);
     }
   }
 
@@ -830,6 +903,8 @@ export abstract class VirtioDevice {
         const err = q.activate(this.memory, features);
         if (err) throw new StateError(`virtio.queues[${q.index}]`, `cannot be re-activated: ${describeQueueError(err)}`);
       }
+      this.stopHandlers();
+      this.startHandlers();
     }
   }
 }

@@ -1,4 +1,5 @@
 export * from './chain-io';
+export * from './activation';
 export * from './device';
 export * from './guest-memory';
 export * from './virtqueue';

@@ -2,10 +2,12 @@
  * The virtio-blk device (virtio 1.2 section 5.2) over a BlockBackend.
  */
 import {
+  ActivationContext,
   Fields,
   GuestMemory,
   GuestWrite,
   InFlightRequest,
+  QueueHandler,
   readConfigImage,
   scatter,
   SplitVirtqueue,
@@ -229,11 +231,23 @@ export class VirtioBlkDevice extends VirtioDevice {
     this.backend.clearErrors?.();
   }
 
+  /** With an iothread, each queue's handler forwards its kicks to the worker (onActivate sent it the queues). */
+  protected override activateQueues(ctx: ActivationContext): (QueueHandler | undefined)[] {
+    const dp = this.dataPlane;
+    if (!dp) return super.activateQueues(ctx);
+    return ctx.queues.map((r, i): QueueHandler | undefined => {
+      if (!r) return undefined;
+      let live = true;
+      return {
+        placement: { kind: 'iothread', iothread: dp.thread.name },
+        kick: () => live && dp.thread.send({ type: 'kick', queue: i }),
+        drain: () => this.drain(),
+        dispose: () => void (live = false),
+      };
+    });
+  }
+
   protected processQueue(q: SplitVirtqueue): void {
-    if (this.dataPlane) {
-      this.dataPlane.thread.send({ type: 'kick', queue: q.index });
-      return;
-    }
     do {
       q.disableNotification();
       for (let taken = this.popRequest(q); taken; taken = this.popRequest(q)) {
