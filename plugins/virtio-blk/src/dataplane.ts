@@ -10,7 +10,7 @@
  * kicked meanwhile. `restore` loads a state from the stream on the
  * destination. `dirty` start/sync/stop logs the guest pages the worker writes.
  */
-import { GuestMemory, virtioUapi as V, VirtioDeviceState } from '@tsvmm/virtio-core';
+import { GuestMemory, VirtioDeviceState } from '@tsvmm/virtio-core';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkExtraState, VirtioBlkDevice } from './device';
 import type { FromWorker, ToWorker, WorkerQueueStats } from './iothread';
@@ -94,21 +94,12 @@ export class BlkWorkerPlane {
     switch (m.type) {
       case 'init':
         return;
-      case 'activate': {
+      case 'activate':
+        // The transport's negotiated state, loaded as a migration destination loads one (checked, then applied): no replay.
         d.reset();
         this.vectorFds = m.vectorFds;
-        const features = BigInt(`0x${m.driverFeatures}`);
-        d.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER);
-        d.writeDriverFeatures(0, Number(features & 0xffffffffn));
-        d.writeDriverFeatures(1, Number(features >> 32n));
-        d.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK);
-        m.queues.forEach((q, i) => d.queues[i].load({ ...q, lastAvailIdx: 0, usedIdx: 0 }));
-        d.writeStatus(
-          V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK,
-        );
-        d.setDisabled(m.disabled);
+        d.loadState(m.virtio);
         return;
-      }
       case 'restore': {
         // The destination: the source's exact state (the main thread loaded the same into its own copy).
         d.reset();

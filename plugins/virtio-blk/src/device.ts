@@ -204,19 +204,8 @@ export class VirtioBlkDevice extends VirtioDevice {
   protected override onActivate(): void {
     const dp = this.dataPlane;
     if (!dp) return;
-    dp.thread.send({
-      type: 'activate',
-      driverFeatures: this.driverFeatures.toString(16),
-      queues: this.queues.map((q) => ({
-        ready: q.ready,
-        size: q.size,
-        descTable: q.descTable,
-        availRing: q.availRing,
-        usedRing: q.usedRing,
-      })),
-      vectorFds: this.queues.map((_, i) => dp.vectorFd(i)),
-      disabled: this.disabled,
-    });
+    // This object's own state (features, status, queue layout; nothing in flight yet), not the worker's merged one.
+    dp.thread.send({ type: 'activate', virtio: super.saveState(), vectorFds: this.queues.map((_, i) => dp.vectorFd(i)) });
   }
 
   protected override onReset(): void {
