@@ -6,5 +6,6 @@ export * from './virtqueue';
 export * from './state-check';
 export * from './virtio-state';
 export * from './rate-limit';
+export * from './shared-stats';
 export * from './stall';
 export * as virtioUapi from './generated/virtio-uapi';

@@ -146,8 +146,29 @@ export class SplitVirtqueue {
   eventIdx = false;
   indirect = false;
 
-  lastAvailIdx = 0;
-  usedIdx = 0;
+  /** [lastAvailIdx, usedIdx]: this queue's own, or shared memory another thread reads (shareIndices). */
+  private idx = new Int32Array(2);
+  /** Next available ring slot to take (the device's shadow of the driver's index). */
+  get lastAvailIdx(): number {
+    return this.idx[0];
+  }
+  set lastAvailIdx(v: number) {
+    Atomics.store(this.idx, 0, v);
+  }
+  /** The used index the device last published. */
+  get usedIdx(): number {
+    return this.idx[1];
+  }
+  set usedIdx(v: number) {
+    Atomics.store(this.idx, 1, v);
+  }
+
+  /** Keeps the two indices in `view` (2 int32, e.g. SharedQueueStats.indexView) from now on, starting from their current values. */
+  shareIndices(view: Int32Array): void {
+    Atomics.store(view, 0, this.idx[0]);
+    Atomics.store(view, 1, this.idx[1]);
+    this.idx = view;
+  }
   /** The stall detector's record of this queue (kept with the queue, whichever thread runs it). */
   readonly stall = new QueueStallState();
   /** Chains pop() may still hand out in the current batch (VirtioDevice.service); Infinity outside one. */

@@ -10,7 +10,7 @@
  * kicked meanwhile. `restore` loads a state from the stream on the
  * destination. `dirty` start/sync/stop logs the guest pages the worker writes.
  */
-import { GuestMemory, VirtioDeviceState } from '@tsvmm/virtio-core';
+import { GuestMemory, SharedQueueStats, VirtioDeviceState } from '@tsvmm/virtio-core';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkExtraState, VirtioBlkDevice } from './device';
 import type { FromWorker, ToWorker, WorkerQueueStats } from './iothread';
@@ -43,8 +43,19 @@ export class BlkWorkerPlane {
       log: (message) => (dev.broken && message.includes('needs reset') ? undefined : post({ type: 'log', message })),
     });
     this.dev = dev;
+    // The queues' figures in shared memory: the main thread reads this thread's exact values there.
+    const shared = init.stats ? new SharedQueueStats(init.stats, init.numQueues) : undefined;
+    this.shared = shared;
+    dev.queues.forEach((q, i) => {
+      if (!shared) return;
+      q.shareIndices(shared.indexView(i));
+      dev.counters[i] = shared.counters(i, dev.counters[i]);
+      dev.faults[i] = shared.faults(i, dev.faults[i]);
+    });
     dev.interrupt = {
       signalQueue: (q) => {
+        // The stall record is updated right after this call: published at the end of the microtask.
+        queueMicrotask(() => this.publishInterruptRecords());
         const fd = this.vectorFds[q];
         if (fd !== undefined && fd >= 0) {
           try {
@@ -66,8 +77,15 @@ export class BlkWorkerPlane {
 
   private readonly statsTimer: ReturnType<typeof setInterval>;
   private lastStats = '';
+  private readonly shared: SharedQueueStats | undefined;
+
+  /** Each queue's interrupt record (the stall detector's interrupt side) into shared memory. */
+  private publishInterruptRecords(): void {
+    if (this.shared) this.dev.queues.forEach((q, i) => this.shared!.setInterruptRecord(i, q.stall.interrupt));
+  }
 
   private postStatsIfChanged(): void {
+    this.publishInterruptRecords(); // also those changed without an interrupt sent (suppressed, dropped, reset)
     const m = this.stats();
     const s = JSON.stringify(m);
     if (s === this.lastStats) return;

@@ -9,6 +9,7 @@ import {
   InFlightRequest,
   QueueHandler,
   readConfigImage,
+  SharedQueueStats,
   scatter,
   SplitVirtqueue,
   StateError,
@@ -28,6 +29,8 @@ export interface BlkDataPlane {
   restart?: () => BlkIoThread;
   /** The eventfd of the MSI-X vector assigned to a queue (-1: none, route through the main thread). */
   vectorFd(queue: number): number;
+  /** The worker's queue indices, counters and interrupt records (and dropInterrupts), in shared memory. */
+  stats?: SharedQueueStats;
 }
 
 export const VIRTIO_ID_BLOCK = 2;
@@ -136,6 +139,8 @@ export class VirtioBlkDevice extends VirtioDevice {
   /** Hands queue processing to an iothread; this object keeps config, status and negotiation. */
   attachDataPlane(dp: BlkDataPlane): void {
     this.dataPlane = dp;
+    // x-debug-virtqueue-drop interrupts= reaches the worker, which sends the interrupts.
+    if (dp.stats) this.queues.forEach((_, i) => (this.faults[i] = dp.stats!.faults(i, this.faults[i])));
   }
 
   get iothread(): string | undefined {
@@ -174,6 +179,22 @@ export class VirtioBlkDevice extends VirtioDevice {
   override queueInfo(queue: number): Record<string, unknown> {
     const w = this.dataPlane ? this.workerStats?.queues[queue] : undefined;
     if (!this.dataPlane) return {};
+    const shared = this.dataPlane.stats;
+    if (shared) {
+      // The worker's own values, read from shared memory as they are now.
+      const c = shared.counters(queue);
+      const ix = shared.indices(queue);
+      return {
+        'last-avail-idx': ix.lastAvailIdx,
+        'shadow-avail-idx': null,
+        'used-idx': ix.usedIdx,
+        chains: c.chains,
+        'interrupts-injected': c.interrupts,
+        'interrupts-suppressed': c.suppressed,
+        'interrupts-dropped': c.interruptsDropped,
+        'data-plane': `iothread ${this.iothread}`,
+      };
+    }
     if (!w) return { 'data-plane': `iothread ${this.iothread} (no report yet)` };
     return {
       'last-avail-idx': w.lastAvailIdx,
@@ -193,6 +214,13 @@ export class VirtioBlkDevice extends VirtioDevice {
    */
   override stallView(queue: number): ReturnType<VirtioDevice['stallView']> {
     if (!this.dataPlane) return super.stallView(queue);
+    const shared = this.dataPlane.stats;
+    if (shared)
+      return {
+        lastAvailIdx: shared.indices(queue).lastAvailIdx,
+        interrupts: shared.counters(queue).interrupts,
+        interrupt: shared.interruptRecord(queue),
+      };
     const w = this.workerStats?.queues[queue];
     return {
       lastAvailIdx: w?.lastAvailIdx ?? this.queues[queue].lastAvailIdx,

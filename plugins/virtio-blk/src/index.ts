@@ -13,6 +13,7 @@ import {
   VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
+import { SharedQueueStats } from '@tsvmm/virtio-core';
 import { BlkIoThread, ioThreadHost } from './iothread';
 import { BlkExtraState, VirtioBlkDevice } from './device';
 
@@ -96,6 +97,7 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
   });
   const transport = new VirtioPciDevice(blk, ctx, { classCode: VIRTIO_BLK_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
   if (props.iothread !== undefined) {
+    const stats = SharedQueueStats.create(props['num-queues'] as number);
     const start = () => {
       const name = props.iothread as string;
       const host = ioThreadHost(ctx.vm, name, ctx.log);
@@ -113,12 +115,14 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
         numQueues: props['num-queues'] as number,
         serial: (props.serial as string | undefined) ?? id,
         eventIdx: props['event-idx'] as boolean,
+        stats: stats.buffer,
       });
       return thread;
     };
     blk.attachDataPlane({
       thread: start(),
       restart: start,
+      stats,
       vectorFd: (q) => {
         const v = transport.queueVector(q);
         return v === 0xffff ? -1 : (transport.msix.eventFd(v)?.fd ?? -1);

@@ -21,6 +21,8 @@ export type ToWorker =
       numQueues: number;
       serial: string;
       eventIdx: boolean;
+      /** SharedQueueStats of the device: the plane keeps its queues' indices, counters and interrupt records there. */
+      stats?: SharedArrayBuffer;
     }
   /** DRIVER_OK: the negotiated state as the transport holds it (features, queue layout, indices); loaded as is, not replayed. */
   | { type: 'activate'; virtio: VirtioDeviceState; vectorFds: number[] }
