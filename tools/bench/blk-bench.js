@@ -163,10 +163,16 @@ const SCSI_WORKLOADS = [
 /* The new runners take the counts of their kin: vmm-threads those of vmm-on, every QEMU variant those of qemu. */
 const WORKLOADS = (DEVICE === 'scsi' ? SCSI_WORKLOADS : BLK_WORKLOADS).map((w) => ({
   ...w,
-  counts: { ...w.counts, 'vmm-threads': w.counts['vmm-on'], 'qemu-uring': w.counts.qemu, 'qemu-uring-iot': w.counts.qemu },
+  counts: {
+    ...w.counts,
+    'vmm-threads': w.counts['vmm-on'],
+    'vmm-iot': w.counts['vmm-on'],
+    'qemu-uring': w.counts.qemu,
+    'qemu-uring-iot': w.counts.qemu,
+  },
 }));
 
-const RUNNER_IDS = ['vmm-on', 'vmm-threads', 'vmm-off', 'qemu', 'qemu-uring', 'qemu-uring-iot'];
+const RUNNER_IDS = ['vmm-on', 'vmm-threads', 'vmm-off', 'vmm-iot', 'qemu', 'qemu-uring', 'qemu-uring-iot'];
 const QEMU_RUNNERS = ['qemu', 'qemu-uring', 'qemu-uring-iot'];
 
 const USAGE = `usage: node tools/bench/blk-bench.js [options]
@@ -178,7 +184,8 @@ const USAGE = `usage: node tools/bench/blk-bench.js [options]
   --scale F         multiply every default count by F (e.g. 0.25 for a quick run)
   --runners LIST    comma-separated subset of: ${RUNNER_IDS.join(', ')} (default: all)
                     vmm-on: ioeventfd on, aio default (io_uring); vmm-threads: the same with aio=threads;
-                    vmm-off: ioeventfd=off; qemu: aio=threads; qemu-uring: aio=io_uring;
+                    vmm-off: ioeventfd=off; vmm-iot: vmm-on with the device on --object iothread (blk only);
+                    qemu: aio=threads; qemu-uring: aio=io_uring;
                     qemu-uring-iot: aio=io_uring and the controller in an iothread
   --host-ms N       duration of each host pread measurement in ms (default 1000)
   --image PATH      use this existing raw image (at least 1 MiB) instead of creating
@@ -202,7 +209,7 @@ function parseArgs(argv) {
     workloads: WORKLOADS.map((w) => w.id),
     counts: {},
     scale: 1,
-    runners: [...RUNNER_IDS],
+    runners: RUNNER_IDS.filter((r) => DEVICE !== 'scsi' || r !== 'vmm-iot'), // virtio-scsi takes no iothread= yet
     hostMs: 1000,
     image: undefined,
     imageMib: 256,
@@ -353,7 +360,7 @@ function guestCmdline(w, count) {
 
 function makeRunners(vmmBin, guest, image, vmmProps) {
   const vmm =
-    (ioeventfd, props = '') =>
+    (ioeventfd, props = '', pre = []) =>
     (w, n) => [
       process.execPath,
       [
@@ -367,6 +374,7 @@ function makeRunners(vmmBin, guest, image, vmmProps) {
         guestCmdline(w, n),
         '--serial',
         'stdio',
+        ...pre,
         ...DEV.vmm(image, ioeventfd, props + vmmProps),
       ],
     ];
@@ -392,6 +400,12 @@ function makeRunners(vmmBin, guest, image, vmmProps) {
     { id: 'vmm-on', label: 'our VMM, ioeventfd=on (aio default: io_uring)', cmd: vmm(true), passCode: 0 },
     { id: 'vmm-threads', label: 'our VMM, ioeventfd=on, aio=threads', cmd: vmm(true, ',aio=threads'), passCode: 0 },
     { id: 'vmm-off', label: 'our VMM, ioeventfd=off', cmd: vmm(false), passCode: 0 },
+    {
+      id: 'vmm-iot',
+      label: 'our VMM, ioeventfd=on, data plane on --object iothread,id=io0',
+      cmd: vmm(true, ',iothread=io0', ['--object', 'iothread,id=io0']),
+      passCode: 0,
+    },
     { id: 'qemu', label: `${DEV.qemuLabel}, aio=threads)`, cmd: qemu('threads', false), passCode },
     { id: 'qemu-uring', label: `${DEV.qemuLabel}, aio=io_uring)`, cmd: qemu('io_uring', false), passCode },
     { id: 'qemu-uring-iot', label: `${DEV.qemuLabel}, aio=io_uring, iothread)`, cmd: qemu('io_uring', true), passCode },
@@ -638,6 +652,7 @@ async function main() {
       vmmOnOverQemuBest: qemuBest && ratio(iops('vmm-on'), iops(qemuBest)),
       vmmThreadsOverQemuBest: qemuBest && ratio(iops('vmm-threads'), iops(qemuBest)),
       vmmOnOverVmmThreads: ratio(iops('vmm-on'), iops('vmm-threads')),
+      vmmIotOverVmmOn: ratio(iops('vmm-iot'), iops('vmm-on')),
     };
     // The same from (min t(N2) - min t(N1)) / (N2 - N1): each runner's least disturbed runs.
     const best = (id) =>

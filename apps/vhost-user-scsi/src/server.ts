@@ -21,7 +21,7 @@ import {
   UnixSocket,
 } from '@tsvmm/kvm-native';
 import { ScsiTarget } from '@tsvmm/scsi';
-import { GuestMemory, SplitVirtqueue, virtioUapi as V } from '@tsvmm/virtio-core';
+import { GuestMemory, SplitVirtqueue, splitRingSizes, virtioUapi as V } from '@tsvmm/virtio-core';
 import {
   decodeHeader,
   decodeLogDescription,
@@ -237,7 +237,7 @@ class Connection {
           const at = this.rings[q.index]?.logUsedAt;
           if (at === undefined) return;
           stats.marks++;
-          log.mark(Number(at), 6 + 8 * q.size); // flags, idx, ring[size], avail_event
+          log.mark(Number(at), splitRingSizes(q.size).usedRing); // flags, idx, ring[size], avail_event
         }
       : undefined;
   }
@@ -505,9 +505,10 @@ class Connection {
     const q: SplitVirtqueue = dev.queues[i];
     q.reset();
     q.size = r.num;
-    q.descTable = this.toGuest(r.addr.desc, 16 * r.num);
-    q.availRing = this.toGuest(r.addr.avail, 6 + 2 * r.num);
-    q.usedRing = this.toGuest(r.addr.used, 6 + 8 * r.num);
+    const sizes = splitRingSizes(r.num);
+    q.descTable = this.toGuest(r.addr.desc, sizes.descTable);
+    q.availRing = this.toGuest(r.addr.avail, sizes.availRing);
+    q.usedRing = this.toGuest(r.addr.used, sizes.usedRing);
     q.ready = true;
     const err = q.activate(dev.memory, {
       eventIdx: dev.hasFeature(V.VIRTIO_RING_F_EVENT_IDX),

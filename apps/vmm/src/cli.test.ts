@@ -370,7 +370,7 @@ describe('--config FILE.json', () => {
     ['{"kernel": "k", "devices": ["virtio-blk,novalue"]}', "devices[0] 'virtio-blk,novalue': 'novalue' is not key=value"],
     [
       '{"kernel": "k", "kernal": "x"}',
-      "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, serial, qmp, monitor, paused, incoming, restore, run-with, stall-ms, sandbox, trace-boot, log-level, log-file, log-format, metrics)",
+      "unknown setting 'kernal' (known: kernel, initrd, cmdline, memory, cpus, devices, objects, serial, qmp, monitor, paused, incoming, restore, run-with, stall-ms, sandbox, trace-boot, log-level, log-file, log-format, metrics)",
     ],
     ['{"kernel": "k", "config": "x"}', "unknown setting 'config'"],
     ['[1]', 'the file must hold a JSON object'],
@@ -398,5 +398,65 @@ describe('--config FILE.json', () => {
     expect(() => parseArgs(['run', '--config', f])).toThrow(
       `--config ${f}: line 1, column 514: nested deeper than 512 levels (not valid JSON)`,
     );
+  });
+});
+
+describe('--object iothread (flags and the config file)', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-object-dataplane-'));
+  const write = (text: string) => {
+    const f = path.join(dir, `c${fs.readdirSync(dir).length}.json`);
+    fs.writeFileSync(f, text);
+    return f;
+  };
+  const blk = (extra: string) => ['--device', `virtio-blk,id=d0,file=/x${extra}`];
+
+  it("declares iothreads that devices name; QEMU's JSON form works in the config file", () => {
+    const c = parseArgs(['run', '--kernel', 'k', '--object', 'iothread,id=io0', '--object=iothread,id=io1', ...blk(',iothread=io1')]);
+    expect(c).toMatchObject({ config: { iothreads: ['io0', 'io1'] } });
+    const f = write('{"kernel": "k", "objects": ["iothread,id=a", {"qom-type": "iothread", "id": "b"}, {"type": "iothread", "id": "c"}]}');
+    expect(parseArgs(['run', '--config', f])).toMatchObject({ config: { iothreads: ['a', 'b', 'c'] } });
+  });
+
+  it('without any --object iothread, iothread=NAME alone still names a thread (the earlier shorthand)', () => {
+    expect(parseArgs(['run', '--kernel', 'k', ...blk(',iothread=io0')])).toMatchObject({
+      config: { devices: [{ props: { iothread: 'io0' } }] },
+    });
+  });
+
+  it.each([
+    [
+      ['--object', 'iothread,id=io0', ...blk(',iothread=io9')],
+      "--device virtio-blk,id=d0: iothread: 'io9' names no --object iothread (declared: io0)",
+    ],
+    [['--object', 'memory-backend-file,id=m0'], "--object: unknown object type 'memory-backend-file' (known: iothread)"],
+    [['--object', 'iothread'], '--object: iothread: id=ID is required'],
+    [['--object', 'iothread,id=1x'], "--object: iothread: id '1x' must start with a letter"],
+    [['--object', 'iothread,id=io0,poll-max-ns=0'], "--object: iothread: unknown property 'poll-max-ns' (known: id)"],
+    [['--object', 'iothread,id=io0,id=io1'], "--object 'iothread,id=io0,id=io1': property 'id' given twice"],
+    [['--object', 'iothread,id'], "--object 'iothread,id': 'id' is not key=value"],
+    [['--object', 'iothread,__proto__=x'], "'__proto__' is not a property name"],
+    [['--object', 'id=io0'], '--object: must start with an object type (iothread)'],
+    [['--object', 'iothread,id=io0', '--object', 'iothread,id=io0'], "--object: iothread id 'io0' is used twice"],
+  ])('%j -> %s', (argv, msg) => {
+    expect(() => parseArgs(['run', '--kernel', 'k', ...argv])).toThrow(msg);
+  });
+
+  it.each([
+    ['{"kernel": "k", "objects": "iothread,id=a"}', 'objects: must be an array of objects'],
+    ['{"kernel": "k", "objects": [7]}', 'objects'],
+    ['{"kernel": "k", "objects": [{"qom-type": "iothread"}]}', 'objects[0]: iothread: id=ID is required'],
+    [
+      '{"kernel": "k", "objects": [{"qom-type": "iothread", "type": "iothread", "id": "a"}]}',
+      "objects[0]: give 'qom-type' or 'type', not both",
+    ],
+    ['{"kernel": "k", "objects": [{"qom-type": "iothread", "id": 5}]}', "objects[0]: iothread: id '5' must start with a letter"],
+    ['{"kernel": "k", "objects": [{"qom-type": 3, "id": "a"}]}', 'objects[0]: must start with an object type (iothread)'],
+    [
+      '{"kernel": "k", "objects": ["iothread,id=a"], "devices": [{"type": "virtio-blk", "file": "/x", "iothread": "b"}]}',
+      "devices[0].iothread: 'b' names no --object iothread (declared: a)",
+    ],
+  ])('%s -> names the file and the JSON path: %s', (text, msg) => {
+    const f = write(text);
+    expect(() => parseArgs(['run', '--config', f])).toThrow(`--config ${f}: ${msg}`);
   });
 });

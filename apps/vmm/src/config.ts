@@ -107,6 +107,59 @@ export interface VmConfig {
   sandbox: boolean;
   /** --stall-ms N: the stall detector's threshold for devices without stall-ms= (0: off, the default). */
   stallMs?: number;
+  /** --object iothread,id=ID (repeatable): the iothreads devices may name with iothread=ID, in order. */
+  iothreads?: string[];
+}
+
+/** The object types `--object` creates (QEMU's -object; only iothreads so far). */
+export const OBJECT_TYPES = ['iothread'] as const;
+
+/**
+ * `--object iothread,id=ID` (QEMU's -object syntax, ",," a literal comma), or
+ * in the config file the same string or `{"qom-type": "iothread", "id": ID}`
+ * (QEMU's JSON form; `type` accepted too). Returns the iothread's id.
+ */
+export function parseObjectSpec(where: string, v: unknown): string {
+  let type: unknown;
+  let props: Record<string, unknown>;
+  if (typeof v === 'string') {
+    const parts = splitDeviceSpec(v);
+    type = parts.shift();
+    props = {};
+    for (const p of parts) {
+      const eq = p.indexOf('=');
+      if (eq <= 0) throw new ConfigError(`${where} '${v}': '${p}' is not key=value`);
+      const k = p.slice(0, eq);
+      if (isPrototypeKey(k)) throw new ConfigError(`${where} '${v}': '${k}' is not a property name (a reserved name)`);
+      if (Object.hasOwn(props, k)) throw new ConfigError(`${where} '${v}': property '${k}' given twice`);
+      props[k] = p.slice(eq + 1);
+    }
+  } else if (v && typeof v === 'object' && !Array.isArray(v)) {
+    const o = v as Record<string, unknown>;
+    if (Object.hasOwn(o, 'qom-type') && Object.hasOwn(o, 'type')) throw new ConfigError(`${where}: give 'qom-type' or 'type', not both`);
+    const { 'qom-type': qom, type: t, ...rest } = o;
+    type = qom ?? t;
+    props = rest;
+  } else throw new ConfigError(`${where}: must be "iothread,id=ID" or {"qom-type": "iothread", "id": "ID"}`);
+  if (typeof type !== 'string' || !type || type.includes('='))
+    throw new ConfigError(`${where}: must start with an object type (${OBJECT_TYPES.join(', ')})`);
+  if (!(OBJECT_TYPES as readonly string[]).includes(type))
+    throw new ConfigError(`${where}: unknown object type '${type}' (known: ${OBJECT_TYPES.join(', ')})`);
+  for (const k of Object.keys(props)) if (k !== 'id') throw new ConfigError(`${where}: ${type}: unknown property '${k}' (known: id)`);
+  const id = props.id;
+  if (id === undefined) throw new ConfigError(`${where}: ${type}: id=ID is required`);
+  if (typeof id !== 'string' || !/^[A-Za-z][A-Za-z0-9_.-]{0,63}$/.test(id))
+    throw new ConfigError(
+      `${where}: ${type}: id '${String(id)}' must start with a letter and use only letters, digits, _ . - (at most 64)`,
+    );
+  return id;
+}
+
+function addObject(c: VmConfig, where: string, v: unknown): void {
+  const id = parseObjectSpec(where, v);
+  const ids = (c.iothreads ??= []);
+  if (ids.includes(id)) throw new ConfigError(`${where}: iothread id '${id}' is used twice`);
+  ids.push(id);
 }
 
 /** How long an incoming migration waits for the next byte once the source connected (seconds). */
@@ -348,6 +401,16 @@ export function checkConfig(c: VmConfig): VmConfig {
     if (ids.has(d.id)) throw new ConfigError(`${d.origin ? where : '--device'}: id '${d.id}' is used twice`);
     ids.add(d.id);
   }
+  // iothread=ID must name a declared --object iothread. Without any declared, a name alone still makes
+  // an iothread of that name (the shorthand of earlier versions; docs/cli.md#iothreads).
+  const iothreads = c.iothreads ?? [];
+  if (iothreads.length)
+    for (const d of c.devices) {
+      const t = d.props.iothread;
+      if (t === undefined || (typeof t === 'string' && iothreads.includes(t))) continue;
+      const at = d.origin ? `--config ${d.origin.file}: ${d.origin.path}.iothread` : `${deviceWhere(d)}: iothread`;
+      throw new ConfigError(`${at}: '${String(t)}' names no --object iothread (declared: ${iothreads.join(', ')})`);
+    }
   return c;
 }
 
@@ -486,6 +549,19 @@ export const SETTINGS: readonly Setting[] = [
     applyJson: (c, v, { file }) => {
       (v as unknown[]).forEach((d, i) => c.devices.push(deviceFromJson(file!, d, i, c.devices.length)));
     },
+  },
+  {
+    name: 'object',
+    kind: 'value',
+    arg: 'iothread,id=ID',
+    jsonKey: 'objects',
+    help: 'an iothread: a worker thread that devices naming it with iothread=ID\nshare (repeatable); see docs/cli.md#iothreads',
+    json: (z) =>
+      z.array(z.union([z.string(), z.record(z.string(), z.unknown())]), {
+        error: 'must be an array of objects ("iothread,id=ID" or {"qom-type": "iothread", "id": "ID"})',
+      }),
+    apply: (c, v, { where }) => addObject(c, where, v),
+    applyJson: (c, v, { where }) => (v as unknown[]).forEach((o, i) => addObject(c, `${where}[${i}]`, o)),
   },
   {
     name: 'serial',

@@ -1,5 +1,6 @@
 // Live migration and snapshot/restore of virtio-blk with its data plane in an iothread
-// (iothread=io0), between real `vmm` processes running the guest kit's mig-blk-loop.
+// (--object iothread,id=io0 and iothread=io0, or the name alone), between real `vmm` processes
+// running the guest kit's mig-blk-loop.
 import * as fs from 'fs';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
@@ -29,7 +30,8 @@ describeKvm('live migration with iothread=io0', () => {
   for (const ioeventfd of ['on', 'off']) {
     it(`moves a guest writing virtio-blk (iothread=io0, ioeventfd=${ioeventfd}) mid-loop: every write lands exactly once`, async () => {
       const disk = image();
-      const dev = ['--device', `virtio-blk,id=d0,file=${disk},iothread=io0,ioeventfd=${ioeventfd}`, '--cmdline', LOOP];
+      const dev = ['--object', 'iothread,id=io0', '--device', `virtio-blk,id=d0,file=${disk},iothread=io0,ioeventfd=${ioeventfd}`];
+      dev.push('--cmdline', LOOP);
       const incoming = path.join(tmp, `in-${uniq()}.sock`);
       const dst = vmm([...dev, '--incoming', `unix:${incoming}`]);
       const src = vmm(dev);
@@ -105,9 +107,15 @@ describeKvm('snapshot and restore with iothread=io0', () => {
   it('x-snapshot-save mid-loop, kill, --restore in a new process: the guest finishes every write once', async () => {
     const disk = image();
     const snap = path.join(tmp, 'snap-io.bin');
-    const dev = ['--device', `virtio-blk,id=d0,file=${disk},iothread=io0`, '--cmdline', LOOP];
+    // A second disk on the same iothread: one worker serves both (the guest drives d0; d1 stays idle).
+    const idle = path.join(tmp, `idle-${uniq()}.img`);
+    fs.writeFileSync(idle, Buffer.alloc(64 * 512));
+    const dev = ['--object', 'iothread,id=io0', '--device', `virtio-blk,id=d0,file=${disk},iothread=io0`];
+    dev.push('--device', `virtio-blk,id=d1,file=${idle},iothread=io0`, '--cmdline', LOOP);
     const src = vmm(dev);
     await until('progress', () => /progress i=30\b/.test(src.out()));
+    expect(src.err().match(/iothread io0: worker thread started/g)).toHaveLength(1);
+    expect(src.err()).toContain('d1: data plane on iothread io0, shared with d0');
     const s = await client(src);
     await s.run('x-snapshot-save', { file: snap });
     expect(await s.run('query-status')).toMatchObject({ status: 'paused', running: false });
@@ -128,6 +136,9 @@ describeKvm('snapshot and restore with iothread=io0', () => {
     }
     expect(before.writes + di.writes).toBe(60);
     expect(di.reads).toBe(60);
+    expect(dst.err().match(/iothread io0: worker thread started/g)).toHaveLength(1);
+    const d1 = (await d.run('x-query-virtio-status', { path: 'd1' })) as { 'device-info': { iothread: string } };
+    expect(d1['device-info'].iothread).toBe('io0');
     checkImage(disk, 60);
     s.close();
     d.close();

@@ -599,6 +599,18 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
     return f;
   }
 
+  /** The irqfd of the queue's MSI-X vector (VirtioInterrupt.queueInterruptFd); undefined without a vector. */
+  queueInterruptFd(queue: number): number | undefined {
+    const v = this.queueVectors[queue];
+    return v !== undefined && v !== NO_VECTOR ? this.msix.eventFd(v)?.fd : undefined;
+  }
+
+  /** The VMM's own ioeventfd of a queue while registered (VirtioInterrupt.queueNotifierFd). */
+  queueNotifierFd(queue: number): number | undefined {
+    const n = this.notifiers[queue];
+    return n?.kind === 'own' ? n.efd.fd : undefined;
+  }
+
   get hostNotifiersActive(): boolean {
     return this.notifiers.some((n) => n !== undefined);
   }

@@ -13,6 +13,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { createSharedMemory, UnixListener } from '@tsvmm/kvm-native';
+import { splitRingSizes } from '@tsvmm/virtio-core';
 import {
   decodeHeader,
   decodeLogDescription,
@@ -66,7 +67,7 @@ function decodeStream(data: Uint8Array, log: DirtyLogWriter): void {
         case R.SET_VRING_ADDR: {
           const a = decodeVringAddr(p);
           same(encodeVringAddr(a), p.subarray(0, 40), 'vring address');
-          log.mark(Number(a.used), 6 + 8 * 256);
+          log.mark(Number(a.used), splitRingSizes(256).usedRing);
           break;
         }
         case R.SET_MEM_TABLE: {

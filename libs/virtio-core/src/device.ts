@@ -20,7 +20,9 @@
 import * as V from './generated/virtio-uapi';
 import { GuestMemory, GuestMemoryError } from './guest-memory';
 import { LogRateLimiter } from './rate-limit';
-import { describeQueueError, QueueError, QueueState, SplitVirtqueue } from './virtqueue';
+import { DescriptorChain, describeQueueError, QueueError, QueueState, SplitVirtqueue } from './virtqueue';
+import { scatter } from './chain-io';
+import { ActivationContext, QueueHandler, QueueResources } from './activation';
 import { StateError } from './state-check';
 import { CheckedVirtioState, parseVirtioState } from './virtio-state';
 import {
@@ -62,6 +64,10 @@ export interface VirtioInterrupt extends Partial<InterruptDeliveryView> {
   signalQueue(queue: number): void;
   /** A configuration-change notification (ISR bit 1). */
   signalConfig(): void;
+  /** The eventfd that raises a queue's interrupt from any thread (QueueResources.interruptFd). */
+  queueInterruptFd?(queue: number): number | undefined;
+  /** The eventfd registered for a queue's doorbell, if any (QueueResources.notifierFd). */
+  queueNotifierFd?(queue: number): number | undefined;
 }
 
 export const VIRTIO_F_VERSION_1 = 1n << BigInt(V.VIRTIO_F_VERSION_1);
@@ -93,6 +99,29 @@ export interface VirtioDeviceOptions {
   features: bigint;
   eventIdx?: boolean;
   log?: (message: string) => void;
+}
+
+/**
+ * A chain the device took with popRequest and has not completed yet (the
+ * completion path). `epoch` is the device's reset count when it was taken: a
+ * completion from before a reset is dropped.
+ */
+export interface InFlightRequest {
+  readonly queue: number;
+  readonly head: number;
+  readonly epoch: number;
+  /** Completed or abandoned (a request settles once). */
+  settled: boolean;
+}
+
+/**
+ * Bytes a device writes into a chain's buffers when it completes it (a status
+ * byte, a response header): held back with the used entry while bus
+ * mastering is off, written just before it when it is set again.
+ */
+export interface GuestWrite {
+  bufs: { addr: number; len: number }[];
+  bytes: Uint8Array;
 }
 
 /** Where a queue notification came from. */
@@ -163,6 +192,18 @@ export abstract class VirtioDevice {
   private readonly budgetRescheduled = new Set<number>();
   private readonly deferred: { queue: number; head: number; len: number }[] = [];
   private readonly kickedWhileDisabled = new Set<number>();
+  // The completion path (popRequest / completeRequest / drainRequests).
+  /** Bumped on reset: completions of requests taken before it are dropped. */
+  private epoch = 0;
+  /** Heads of each queue's requests in flight in this epoch (a head made available again meanwhile is a guest error). */
+  private readonly inFlightHeads: Set<number>[];
+  /** Requests not settled yet, older epochs included (their I/O may still write guest memory). */
+  private outstanding = 0;
+  private idleWaiters: (() => void)[] = [];
+  /** Queues with a used-buffer interrupt scheduled for the end of this turn. */
+  private readonly signalScheduled = new Set<number>();
+  /** Guest writes held back with their used entries while bus mastering is off. */
+  private readonly deferredWrites: GuestWrite[] = [];
 
   private mem: GuestMemory;
 
@@ -182,6 +223,7 @@ export abstract class VirtioDevice {
       debugEvents: 0,
     }));
     this.faults = this.queues.map((_, i) => this.makeFaults(i));
+    this.inFlightHeads = this.queues.map(() => new Set<number>());
     this.deviceFeatures =
       opts.features | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | (opts.eventIdx === false ? 0n : VIRTIO_RING_F_EVENT_IDX);
     this.log = opts.log ?? (() => undefined);
@@ -324,9 +366,66 @@ export abstract class VirtioDevice {
       }
     }
     this.onActivate();
+    this.startHandlers();
+  }
+
+  // --- activation: one handler per queue (activation.ts) -------------------------------
+
+  /** Activated: one handler per enabled queue; undefined while inactive (before DRIVER_OK, after a reset). */
+  private handlers: (QueueHandler | undefined)[] | undefined;
+
+  /** Builds the activation context and takes the device's queue handlers. */
+  private startHandlers(): void {
+    const queues = this.queues.map((q, i): QueueResources | undefined =>
+      q.active
+        ? {
+            queue: q,
+            interrupt: () => this.interrupt?.signalQueue(i),
+            interruptFd: () => this.interrupt?.queueInterruptFd?.(i),
+            notifierFd: () => this.interrupt?.queueNotifierFd?.(i),
+          }
+        : undefined,
+    );
+    const handlers = this.activateQueues({ memory: this.memory, queues });
+    this.handlers = this.queues.map((_, i) => (queues[i] ? handlers[i] : undefined));
+  }
+
+  /** Disposes of the handlers (device reset): nothing they started completes into the new driver. */
+  private stopHandlers(): void {
+    const hs = this.handlers;
+    this.handlers = undefined;
+    for (const h of hs ?? []) h?.dispose();
+  }
+
+  /**
+   * DRIVER_OK: the device's handler for each enabled queue (indexed as
+   * ctx.queues). The default handles every queue in-process, on the thread
+   * that owns the device (inProcessHandler).
+   */
+  protected activateQueues(ctx: ActivationContext): (QueueHandler | undefined)[] {
+    return ctx.queues.map((r) => r && this.inProcessHandler(r.queue));
+  }
+
+  /** A handler that runs processQueue on this thread, inside the fault boundary and the chain budget. */
+  protected inProcessHandler(q: SplitVirtqueue): QueueHandler {
+    let live = true;
+    return {
+      placement: { kind: 'in-process' },
+      kick: (entry) => {
+        if (live && this.canProcess && q.active) this.service(q, entry, () => this.processQueue(q));
+      },
+      drain: () => this.drainRequests(),
+      dispose: () => void (live = false),
+    };
+  }
+
+  /** The handler of a queue while the device is activated. */
+  queueHandler(queue: number): QueueHandler | undefined {
+    return this.handlers?.[queue];
   }
 
   reset(): void {
+    this.stopHandlers();
     this.onReset();
     for (const q of this.queues) q.reset();
     this.status = 0;
@@ -334,7 +433,11 @@ export abstract class VirtioDevice {
     this.broken = false;
     this.brokenReason = undefined;
     this.deferred.length = 0;
+    this.deferredWrites.length = 0;
     this.kickedWhileDisabled.clear();
+    this.epoch++;
+    for (const h of this.inFlightHeads) h.clear();
+    this.signalScheduled.clear();
   }
 
   // --- queues ----------------------------------------------------------------
@@ -363,7 +466,18 @@ export abstract class VirtioDevice {
       return;
     }
     if (!this.canProcess || !q.active) return;
-    this.service(q, `kick (${source}) on queue ${queue}`, () => this.processQueue(q));
+    this.kickHandler(q, `kick (${source}) on queue ${queue}`);
+  }
+
+  /**
+   * Hands a kick to the queue's handler. A queue started without a DRIVER_OK
+   * transition (a vhost-user back-end starts rings one by one) has none: it
+   * is processed in-process, as the default handler would.
+   */
+  private kickHandler(q: SplitVirtqueue, entry: string): void {
+    const h = this.handlers?.[q.index];
+    if (h) h.kick(entry);
+    else this.service(q, entry, () => this.processQueue(q));
   }
 
   // --- the fault boundary ---------------------------------------------------------
@@ -477,6 +591,108 @@ export abstract class VirtioDevice {
   protected unpopChains(q: SplitVirtqueue, count: number): void {
     q.unpop(count);
     this.counters[q.index].chains -= count;
+  }
+
+  // --- the completion path -----------------------------------------------------------
+
+  /**
+   * Takes the next chain as a request in flight (popChain, and the head
+   * recorded until completeRequest or abandonRequest). A head the driver
+   * makes available again while the device still holds it is a guest error:
+   * needs-reset, as for a corrupt ring.
+   */
+  protected popRequest(q: SplitVirtqueue): { chain: DescriptorChain; request: InFlightRequest } | null {
+    const chain = this.popChain(q);
+    if (!chain) return null;
+    const heads = this.inFlightHeads[q.index];
+    if (heads.has(chain.head)) {
+      this.markBroken({ kind: 'head-in-flight', head: chain.head });
+      return null;
+    }
+    heads.add(chain.head);
+    this.outstanding++;
+    return { chain, request: { queue: q.index, head: chain.head, epoch: this.epoch, settled: false } };
+  }
+
+  /** Whether a request was taken since the last reset (its completion would not be dropped for its age). */
+  protected isCurrent(r: InFlightRequest): boolean {
+    return r.epoch === this.epoch;
+  }
+
+  /** Requests taken and not yet settled (older epochs included). */
+  get inFlightCount(): number {
+    return this.outstanding;
+  }
+
+  /** Forgets a request without answering it (the device broke while handling it). Settling twice is a no-op. */
+  protected abandonRequest(r: InFlightRequest): void {
+    if (r.settled) return;
+    r.settled = true;
+    if (r.epoch === this.epoch) this.inFlightHeads[r.queue].delete(r.head);
+    if (--this.outstanding === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /**
+   * Completes a request: writes `write` into its buffers, puts it on the
+   * used ring with `len` bytes written, and schedules the queue's interrupt
+   * for the end of this turn (one per queue per batch of completions; the
+   * driver's EVENT_IDX / NO_INTERRUPT decide whether it is sent). While bus
+   * mastering is off the write and the used entry are held back together.
+   * Returns false when the completion was dropped: a reset came in between,
+   * or the device stopped (broken, driver gone).
+   */
+  protected completeRequest(r: InFlightRequest, len: number, write?: GuestWrite): boolean {
+    if (r.settled) throw new Error(`${this.id}: request ${r.head} of queue ${r.queue} completed twice`);
+    this.abandonRequest(r);
+    if (r.epoch !== this.epoch || (!this.disabled && !this.canProcess)) return false;
+    const q = this.queues[r.queue];
+    if (write) {
+      if (this.disabled) this.deferredWrites.push(write);
+      else
+        scatter(
+          this.memory,
+          write.bufs.map((b) => ({ ...b, writable: true })),
+          write.bytes,
+        );
+    }
+    this.pushUsed(q, r.head, len);
+    this.scheduleSignal(q);
+    return true;
+  }
+
+  /** Sends the queue's used-buffer interrupt (if the driver wants it) at the end of this turn, once. */
+  protected scheduleSignal(q: SplitVirtqueue): void {
+    if (this.signalScheduled.has(q.index)) return;
+    this.signalScheduled.add(q.index);
+    const epoch = this.epoch;
+    this.later('used-buffer interrupt', () => {
+      if (epoch !== this.epoch) return;
+      this.signalScheduled.delete(q.index);
+      this.signalUsed(q);
+    });
+  }
+
+  /**
+   * Resolves once no request is in flight (older epochs included: their I/O
+   * may still write guest memory), every scheduled interrupt went out and no
+   * queue pass waits for its budget. Migration and an orderly stop call it.
+   */
+  async drainRequests(): Promise<void> {
+    while (this.outstanding > 0 || this.signalScheduled.size > 0 || this.budgetPending) {
+      if (this.outstanding > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
+      else await new Promise((r) => setImmediate(r));
+    }
+  }
+
+  /** Guest writes held back while bus mastering is off (a device's migration state carries them in its own format). */
+  protected get heldWrites(): readonly GuestWrite[] {
+    return this.deferredWrites;
+  }
+
+  /** Migration: replaces the held-back guest writes (checked by the caller). */
+  protected setHeldWrites(writes: GuestWrite[]): void {
+    this.deferredWrites.length = 0;
+    this.deferredWrites.push(...writes);
   }
 
   /** Puts a chain on the used ring (deferred while bus mastering is off). Call signalUsed after a batch. */
@@ -612,6 +828,14 @@ export abstract class VirtioDevice {
     if (this.disabled === disabled) return;
     this.disabled = disabled;
     if (disabled) return;
+    // The held-back bytes first, so a used entry never reaches the driver before its status.
+    for (const w of this.deferredWrites.splice(0))
+      if (this.driverOk && !this.broken)
+        scatter(
+          this.memory,
+          w.bufs.map((b) => ({ ...b, writable: true })),
+          w.bytes,
+        );
     const done = this.deferred.splice(0);
     const touched = new Set<number>();
     for (const d of done) {
@@ -626,7 +850,7 @@ export abstract class VirtioDevice {
     this.kickedWhileDisabled.clear();
     for (const i of kicked) {
       const q = this.queues[i];
-      if (this.canProcess && q.active) this.service(q, `queue ${i} kicked while bus mastering was off`, () => this.processQueue(q));
+      if (this.canProcess && q.active) this.kickHandler(q, `queue ${i} kicked while bus mastering was off`);
     }
   }
 
@@ -679,6 +903,8 @@ export abstract class VirtioDevice {
         const err = q.activate(this.memory, features);
         if (err) throw new StateError(`virtio.queues[${q.index}]`, `cannot be re-activated: ${describeQueueError(err)}`);
       }
+      this.stopHandlers();
+      this.startHandlers();
     }
   }
 }

@@ -7,7 +7,7 @@ import * as V from './generated/virtio-uapi';
 import { StallReport, VirtioDevice } from './device';
 import { DeliveryBlock, kickStalled, vringNeedEvent } from './stall';
 import { fakeMemory, MockDriverQueue } from './testing';
-import { SplitVirtqueue } from './virtqueue';
+import { availEventAddr, SplitVirtqueue } from './virtqueue';
 
 const STALL_MS = 500;
 const STEP = STALL_MS / 4;
@@ -115,7 +115,7 @@ describe('stall detector: kick side', () => {
     const s = setup(true);
     s.dev.queues[0].beginBatch(0); // hold processing: avail_event stays where the device left it
     s.dev.queues[0].endBatch();
-    s.drv.mem.writeU16(s.drv.used + 4 + 8 * s.drv.size, 5); // avail_event = 5: kick when idx passes 5
+    s.drv.mem.writeU16(availEventAddr(s.drv.used, s.drv.size), 5); // avail_event = 5: kick when idx passes 5
     for (let i = 0; i < 5; i++) s.publish();
     expect(s.run(4 * STALL_MS)).toEqual([]); // idx 5 has not crossed 5
     s.publish(); // idx 6 crosses it

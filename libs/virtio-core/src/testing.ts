@@ -5,7 +5,7 @@
  */
 import * as V from './generated/virtio-uapi';
 import { GuestMemory } from './guest-memory';
-import { SplitVirtqueue } from './virtqueue';
+import { availEventAddr, splitRingSizes, SplitVirtqueue, usedEventAddr } from './virtqueue';
 
 export function fakeMemory(size = 1 << 20, base = 0): GuestMemory {
   return new GuestMemory([{ guestPhysAddr: base, bytes: new Uint8Array(size) }]);
@@ -31,8 +31,9 @@ export class MockDriverQueue {
     base = 0x1000,
   ) {
     this.desc = base;
-    this.avail = base + 16 * size;
-    this.used = (this.avail + 6 + 2 * size + 4095) & ~4095;
+    const sizes = splitRingSizes(size);
+    this.avail = base + sizes.descTable;
+    this.used = (this.avail + sizes.availRing + 4095) & ~4095;
   }
 
   /** Programs a device queue with this layout (as the transport would). */
@@ -104,7 +105,7 @@ export class MockDriverQueue {
   }
 
   setUsedEvent(v: number): void {
-    this.mem.writeU16(this.avail + 4 + 2 * this.size, v);
+    this.mem.writeU16(usedEventAddr(this.avail, this.size), v);
   }
 
   setNoInterrupt(on: boolean): void {
@@ -112,7 +113,7 @@ export class MockDriverQueue {
   }
 
   availEvent(): number {
-    return this.mem.readU16(this.used + 4 + 8 * this.size);
+    return this.mem.readU16(availEventAddr(this.used, this.size));
   }
 
   /** Used entries added since the last call. */

@@ -6,7 +6,7 @@
 import * as V from './generated/virtio-uapi';
 import { GuestMemory } from './guest-memory';
 import { Fields, int, StateError } from './state-check';
-import { DESC_SIZE, QueueState } from './virtqueue';
+import { QueueState, splitRingSizes } from './virtqueue';
 
 /** What a state is checked against: the device it is loaded into. */
 export interface VirtioStateTarget {
@@ -59,9 +59,10 @@ export function parseQueueState(v: unknown, path: string, maxSize: number, live:
       if (!Number.isSafeInteger(a) || !memory.checkRange(a, len))
         throw new StateError(f.at(key), `[0x${a.toString(16)}, +0x${len.toString(16)}) is not guest RAM`);
     };
-    ring('descTable', 16, DESC_SIZE * n);
-    ring('availRing', 2, 6 + 2 * n);
-    ring('usedRing', 4, 6 + 8 * n);
+    const sizes = splitRingSizes(n);
+    ring('descTable', 16, sizes.descTable);
+    ring('availRing', 2, sizes.availRing);
+    ring('usedRing', 4, sizes.usedRing);
   }
   return q;
 }

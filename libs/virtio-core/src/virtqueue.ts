@@ -18,6 +18,33 @@ export const MAX_QUEUE_SIZE = 32768;
  */
 export const MAX_INDIRECT_ENTRIES = MAX_QUEUE_SIZE;
 
+/**
+ * Byte sizes of the three areas of a split queue of `size` entries (virtio 1.2
+ * 2.7): the descriptor table, the driver area (flags, idx, ring[size],
+ * used_event) and the device area (flags, idx, ring[size] of 8-byte
+ * elements, avail_event). The only place this arithmetic is done.
+ */
+export function splitRingSizes(size: number): { descTable: number; availRing: number; usedRing: number } {
+  return { descTable: DESC_SIZE * size, availRing: 6 + 2 * size, usedRing: 6 + 8 * size };
+}
+
+/** Guest-physical address of the driver area's used_event field (EVENT_IDX). */
+export function usedEventAddr(availRing: number, size: number): number {
+  return availRing + 4 + 2 * size;
+}
+
+/** Guest-physical address of the device area's avail_event field (EVENT_IDX). */
+export function availEventAddr(usedRing: number, size: number): number {
+  return usedRing + 4 + 8 * size;
+}
+
+/** The page numbers `[addr, addr + len)` touches. */
+export function pagesOf(addr: number, len: number, pageSize = 4096): number[] {
+  const out: number[] = [];
+  for (let p = Math.floor(addr / pageSize); p <= Math.floor((addr + len - 1) / pageSize); p++) out.push(p);
+  return out;
+}
+
 /** One guest buffer of a chain, already range-checked. */
 export interface Descriptor {
   addr: GuestAddress;
@@ -52,7 +79,8 @@ export type QueueError =
   | { kind: 'bad-indirect-table'; len: number }
   | { kind: 'indirect-too-large'; entries: number; limit: number }
   | { kind: 'readable-after-writable'; index: number }
-  | { kind: 'chain-length-overflow' };
+  | { kind: 'chain-length-overflow' }
+  | { kind: 'head-in-flight'; head: number };
 
 export function describeQueueError(e: QueueError): string {
   switch (e.kind) {
@@ -86,6 +114,8 @@ export function describeQueueError(e: QueueError): string {
       return `device-readable descriptor ${e.index} after a device-writable one`;
     case 'chain-length-overflow':
       return 'total chain length is 4 GiB or more';
+    case 'head-in-flight':
+      return `chain head ${e.head} made available again while the device still holds it`;
   }
 }
 
@@ -116,8 +146,29 @@ export class SplitVirtqueue {
   eventIdx = false;
   indirect = false;
 
-  lastAvailIdx = 0;
-  usedIdx = 0;
+  /** [lastAvailIdx, usedIdx]: this queue's own, or shared memory another thread reads (shareIndices). */
+  private idx = new Int32Array(2);
+  /** Next available ring slot to take (the device's shadow of the driver's index). */
+  get lastAvailIdx(): number {
+    return this.idx[0];
+  }
+  set lastAvailIdx(v: number) {
+    Atomics.store(this.idx, 0, v);
+  }
+  /** The used index the device last published. */
+  get usedIdx(): number {
+    return this.idx[1];
+  }
+  set usedIdx(v: number) {
+    Atomics.store(this.idx, 1, v);
+  }
+
+  /** Keeps the two indices in `view` (2 int32, e.g. SharedQueueStats.indexView) from now on, starting from their current values. */
+  shareIndices(view: Int32Array): void {
+    Atomics.store(view, 0, this.idx[0]);
+    Atomics.store(view, 1, this.idx[1]);
+    this.idx = view;
+  }
   /** The stall detector's record of this queue (kept with the queue, whichever thread runs it). */
   readonly stall = new QueueStallState();
   /** Chains pop() may still hand out in the current batch (VirtioDevice.service); Infinity outside one. */
@@ -161,20 +212,21 @@ export class SplitVirtqueue {
     if (this.descTable % 16) return bad(`descriptor table 0x${this.descTable.toString(16)} is not 16-byte aligned`);
     if (this.availRing % 2) return bad(`driver area 0x${this.availRing.toString(16)} is not 2-byte aligned`);
     if (this.usedRing % 4) return bad(`device area 0x${this.usedRing.toString(16)} is not 4-byte aligned`);
+    const sizes = splitRingSizes(n);
     try {
-      const desc = mem.slice(this.descTable, DESC_SIZE * n);
+      const desc = mem.slice(this.descTable, sizes.descTable);
       this.descBytes = new DataView(desc.buffer, desc.byteOffset, desc.byteLength);
-      const avail = u16View(mem, this.availRing, 3 + n);
+      const avail = u16View(mem, this.availRing, sizes.availRing / 2);
       this.availFlagsView = avail.subarray(0, 1);
       this.availIdxView = avail.subarray(1, 2);
       this.ringView = avail.subarray(2, 2 + n);
       this.usedEventView = avail.subarray(2 + n, 3 + n);
-      const usedBytes = mem.slice(this.usedRing, 6 + 8 * n);
+      const usedBytes = mem.slice(this.usedRing, sizes.usedRing);
       const used = u16View(mem, this.usedRing, 2);
       this.usedFlagsView = used.subarray(0, 1);
       this.usedIdxView = used.subarray(1, 2);
-      this.usedRingBytes = new DataView(usedBytes.buffer, usedBytes.byteOffset + 4, 8 * n);
-      this.availEventView = u16View(mem, this.usedRing + 4 + 8 * n, 1);
+      this.usedRingBytes = new DataView(usedBytes.buffer, usedBytes.byteOffset + 4, sizes.usedRing - 6);
+      this.availEventView = u16View(mem, availEventAddr(this.usedRing, n), 1);
     } catch (e) {
       if (e instanceof GuestMemoryError) return bad(e.message);
       throw e;
@@ -189,6 +241,29 @@ export class SplitVirtqueue {
 
   get active(): boolean {
     return this.mem !== undefined;
+  }
+
+  /** The three areas of the programmed layout, as guest-physical [address, length] (see splitRingSizes). */
+  areas(): { descTable: [number, number]; availRing: [number, number]; usedRing: [number, number] } {
+    const s = splitRingSizes(this.size);
+    return { descTable: [this.descTable, s.descTable], availRing: [this.availRing, s.availRing], usedRing: [this.usedRing, s.usedRing] };
+  }
+
+  /**
+   * The pages of the device area (used ring), which the device writes through
+   * views made at activation that GuestMemory tracking does not see: a dirty
+   * log adds them itself. Empty for a queue that is not ready.
+   */
+  usedRingPages(pageSize = 4096): number[] {
+    if (!this.ready) return [];
+    return pagesOf(this.usedRing, splitRingSizes(this.size).usedRing, pageSize);
+  }
+
+  /** The pages of all three areas (migration sends the rings whatever the logs say). */
+  ringPages(pageSize = 4096): number[] {
+    if (!this.ready) return [];
+    const a = this.areas();
+    return [...pagesOf(...a.descTable, pageSize), ...pagesOf(...a.availRing, pageSize), ...pagesOf(...a.usedRing, pageSize)];
   }
 
   /** Forgets the layout and indices (device reset). */

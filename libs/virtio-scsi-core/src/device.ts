@@ -10,8 +10,8 @@ import {
   Descriptor,
   Fields,
   GuestMemory,
+  InFlightRequest,
   readConfigImage,
-  scatter,
   SplitVirtqueue,
   StateError,
   views as guestViews,
@@ -74,9 +74,9 @@ export interface VirtioScsiExtraState {
   pendingWrites?: { bufs: { addr: number; len: number }[]; bytes: string }[];
 }
 
-/** A command handed to the target and not yet answered. */
+/** A command handed to the target and not yet answered (what task management looks at). */
 interface InFlight {
-  queue: SplitVirtqueue;
+  request: InFlightRequest;
   req: ScsiCmdRequest;
   lun: number;
   abort: AbortController;
@@ -89,14 +89,8 @@ export class VirtioScsiDevice extends VirtioDevice {
   readonly target: ScsiTarget;
   readonly scsi: ScsiAdapterCounters = { commands: 0, overruns: 0, badTarget: 0, aborted: 0, tmf: 0, anQueries: 0 };
   private readonly config = new Uint8Array(S.SIZEOF_virtio_scsi_config);
+  /** Commands handed to the target and not yet answered (task management); the completion path tracks every request. */
   private readonly inFlight = new Set<InFlight>();
-  /** Control-queue requests (task management waits for the commands it ends) not yet answered. */
-  private controlInFlight = 0;
-  /** Bumped on reset: completions of requests from before a reset are dropped. */
-  private epoch = 0;
-  private readonly signalScheduled = new Set<number>();
-  /** Response bytes held back while bus mastering is off. */
-  private readonly pendingWrites: { bufs: Descriptor[]; bytes: Uint8Array }[] = [];
 
   constructor(memory: GuestMemory, opts: VirtioScsiOptions) {
     super(memory, {
@@ -161,11 +155,8 @@ export class VirtioScsiDevice extends VirtioDevice {
   }
 
   protected override onReset(): void {
-    this.epoch++;
     for (const f of this.inFlight) f.abort.abort();
     this.inFlight.clear();
-    this.signalScheduled.clear();
-    this.pendingWrites.length = 0;
     this.resetConfig();
   }
 
@@ -178,19 +169,25 @@ export class VirtioScsiDevice extends VirtioDevice {
     if (q.index === EVENT_QUEUE) return; // buffers wait there for events; this adapter sends none (no hotplug)
     do {
       q.disableNotification();
-      for (let chain = this.popChain(q); chain; chain = this.popChain(q)) {
+      for (let taken = this.popRequest(q); taken; taken = this.popRequest(q)) {
+        const { chain, request } = taken;
         if (q.index === CONTROL_QUEUE) {
           const parsed = parseControlRequest(this.memory, chain);
-          if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
-          this.controlInFlight++;
+          if ('error' in parsed) {
+            this.abandonRequest(request);
+            return this.markBroken(describeScsiChainError(parsed.error));
+          }
           this.guardPromise(
             'control request',
-            this.control(q, parsed.request).finally(() => this.controlInFlight--),
+            this.control(request, parsed.request).finally(() => this.abandonRequest(request)),
           );
         } else {
           const parsed = parseCmdRequest(this.memory, chain, this.cdbSize, this.senseSize);
-          if ('error' in parsed) return this.markBroken(describeScsiChainError(parsed.error));
-          this.command(q, parsed.request);
+          if ('error' in parsed) {
+            this.abandonRequest(request);
+            return this.markBroken(describeScsiChainError(parsed.error));
+          }
+          this.command(request, parsed.request);
         }
       }
     } while (this.canProcess && q.enableNotification());
@@ -198,18 +195,17 @@ export class VirtioScsiDevice extends VirtioDevice {
 
   // --- request queues -------------------------------------------------------
 
-  private command(q: SplitVirtqueue, req: ScsiCmdRequest): void {
+  private command(request: InFlightRequest, req: ScsiCmdRequest): void {
     this.scsi.commands++;
     const { address } = req;
     if (!address.valid || address.target !== 0) {
       this.scsi.badTarget++;
-      this.respond(q, req, { response: S.VIRTIO_SCSI_S_BAD_TARGET });
+      this.respond(request, req, { response: S.VIRTIO_SCSI_S_BAD_TARGET });
       return;
     }
     const views = (bufs: Descriptor[]) => guestViews(this.memory, bufs); // a buffer across a RAM split is two views
     const abort = new AbortController();
-    const epoch = this.epoch;
-    const f: InFlight = { queue: q, req, lun: address.lun, abort, done: Promise.resolve() };
+    const f: InFlight = { request, req, lun: address.lun, abort, done: Promise.resolve() };
     f.done = this.target
       .execute(address.lun, { cdb: req.cdb, dataOut: views(req.dataOut), dataIn: views(req.dataIn), signal: abort.signal })
       .then(
@@ -220,24 +216,25 @@ export class VirtioScsiDevice extends VirtioDevice {
       .then(
         this.guarded('command completion', ({ r, failed }: { r: ScsiResponse | undefined; failed: unknown }) => {
           this.inFlight.delete(f);
-          if (epoch !== this.epoch) return; // the driver reset the device meanwhile
+          if (!this.isCurrent(request)) return this.abandonRequest(request); // the driver reset the device meanwhile
           if (f.endedBy !== undefined) {
             this.scsi.aborted++;
-            this.respond(q, req, { response: f.endedBy });
+            this.respond(request, req, { response: f.endedBy });
           } else if (failed !== undefined || !r) {
             this.log(`${this.id}: lun ${address.lun}: ${(failed as Error)?.message ?? 'no response'}`);
-            this.respond(q, req, { response: S.VIRTIO_SCSI_S_FAILURE });
+            this.respond(request, req, { response: S.VIRTIO_SCSI_S_FAILURE });
           } else if (r.overrun) {
             this.scsi.overruns++;
-            this.respond(q, req, { response: S.VIRTIO_SCSI_S_OVERRUN });
-          } else this.respond(q, req, { response: S.VIRTIO_SCSI_S_OK, result: r });
+            this.respond(request, req, { response: S.VIRTIO_SCSI_S_OVERRUN });
+          } else this.respond(request, req, { response: S.VIRTIO_SCSI_S_OK, result: r });
         }),
-      );
+      )
+      .finally(() => this.abandonRequest(request));
     this.inFlight.add(f);
   }
 
   /** Writes the response header (and sense) and puts the chain on the used ring. */
-  private respond(q: SplitVirtqueue, req: ScsiCmdRequest, a: { response: number; result?: ScsiResponse }): void {
+  private respond(request: InFlightRequest, req: ScsiCmdRequest, a: { response: number; result?: ScsiResponse }): void {
     const resp = new Uint8Array(req.responseLength);
     const dv = new DataView(resp.buffer);
     const dataBytes = a.result?.dataInLength ?? 0;
@@ -252,35 +249,12 @@ export class VirtioScsiDevice extends VirtioDevice {
     resp[S.OFF_virtio_scsi_cmd_resp_response] = a.response;
     // Data-in landed in views handed out when the command started: record the pages again now (dirty logging).
     for (const d of req.dataIn) this.memory.noteWritten(d.addr, d.len);
-    this.writeResponse(req.response, resp);
-    this.pushUsed(q, req.head, req.responseLength + dataBytes);
-    this.scheduleSignal(q);
-  }
-
-  private writeResponse(bufs: Descriptor[], bytes: Uint8Array): void {
-    if (this.disabled) this.pendingWrites.push({ bufs, bytes });
-    else if (this.driverOk && !this.broken) scatter(this.memory, bufs, bytes);
-  }
-
-  private scheduleSignal(q: SplitVirtqueue): void {
-    if (this.signalScheduled.has(q.index)) return;
-    this.signalScheduled.add(q.index);
-    // Completions that land in the same turn of the loop share one interrupt.
-    this.later('used-buffer interrupt', () => {
-      this.signalScheduled.delete(q.index);
-      this.signalUsed(q);
-    });
-  }
-
-  override setDisabled(disabled: boolean): void {
-    if (!disabled && this.disabled) for (const p of this.pendingWrites.splice(0)) scatter(this.memory, p.bufs, p.bytes);
-    super.setDisabled(disabled);
+    this.completeRequest(request, req.responseLength + dataBytes, { bufs: req.response, bytes: resp });
   }
 
   // --- control queue --------------------------------------------------------
 
-  private async control(q: SplitVirtqueue, req: ScsiControlRequest): Promise<void> {
-    const epoch = this.epoch;
+  private async control(request: InFlightRequest, req: ScsiControlRequest): Promise<void> {
     let bytes: Uint8Array;
     if (req.type === 'tmf') {
       this.scsi.tmf++;
@@ -294,10 +268,7 @@ export class VirtioScsiDevice extends VirtioDevice {
     } else {
       bytes = Uint8Array.of(S.VIRTIO_SCSI_S_FAILURE);
     }
-    if (epoch !== this.epoch) return;
-    this.writeResponse(req.response, bytes);
-    this.pushUsed(q, req.head, bytes.length);
-    this.scheduleSignal(q);
+    this.completeRequest(request, bytes.length, { bufs: req.response, bytes });
   }
 
   /**
@@ -353,23 +324,20 @@ export class VirtioScsiDevice extends VirtioDevice {
    * batched interrupts of their completions (an orderly stop; migration:
    * nothing lands in guest memory after this resolves).
    */
-  async drain(): Promise<void> {
-    while (this.inFlight.size > 0 || this.controlInFlight > 0 || this.signalScheduled.size > 0 || this.budgetPending) {
-      if (this.inFlight.size > 0) await Promise.all([...this.inFlight].map((f) => f.done));
-      else await new Promise((r) => setImmediate(r));
-    }
+  drain(): Promise<void> {
+    return this.drainRequests();
   }
 
   /** Migration: the adapter's own fields (taken after drain, with the VM stopped). */
   saveScsiState(): VirtioScsiExtraState | undefined {
-    if (this.inFlight.size > 0 || this.controlInFlight > 0)
-      throw new Error(`${this.id}: ${this.inFlight.size + this.controlInFlight} requests still in flight (not drained)`);
+    if (this.inFlightCount > 0) throw new Error(`${this.id}: ${this.inFlightCount} requests still in flight (not drained)`);
     const s: VirtioScsiExtraState = {};
     const luns = Object.fromEntries(Object.entries(this.target.saveState()).filter(([, v]) => Object.keys(v).some((k) => k !== 'kind')));
     if (Object.keys(luns).length) s.luns = luns;
-    if (this.pendingWrites.length)
-      s.pendingWrites = this.pendingWrites.map((p) => ({
-        bufs: p.bufs.map((d) => ({ addr: d.addr as number, len: d.len })),
+    const held = this.heldWrites;
+    if (held.length)
+      s.pendingWrites = held.map((p) => ({
+        bufs: p.bufs.map((d) => ({ addr: d.addr, len: d.len })),
         bytes: Buffer.from(p.bytes).toString('base64'),
       }));
     return Object.keys(s).length ? s : undefined;
@@ -416,8 +384,7 @@ export class VirtioScsiDevice extends VirtioDevice {
   loadScsiState(raw: VirtioScsiExtraState | undefined): void {
     const s = this.checkScsiState(raw);
     this.target.loadState(s.luns);
-    this.pendingWrites.length = 0;
-    this.pendingWrites.push(...s.writes);
+    this.setHeldWrites(s.writes);
   }
 
   async destroy(): Promise<void> {

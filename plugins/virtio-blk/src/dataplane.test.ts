@@ -4,7 +4,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { GuestMemory, virtioUapi as V, VirtioDeviceState } from '@tsvmm/virtio-core';
+import { GuestMemory, SharedQueueStats, virtioUapi as V, VirtioDeviceState } from '@tsvmm/virtio-core';
 import { fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
 import { FileIo, RawFileBackend } from '@tsvmm/block';
 import { BlkExtraState, VirtioBlkDevice } from './device';
@@ -26,6 +26,7 @@ function side(file: string, mem: GuestMemory, planeIo?: FileIo) {
   const sent: ToWorker['type'][] = [];
   const main = new VirtioBlkDevice(mem, { id: 'd0', backend: new RawFileBackend(file, false, false), numQueues: 1, serial: 'S' });
   main.interrupt = { signalQueue: (q) => irqs.push(`main-q${q}`), signalConfig: () => irqs.push('config') };
+  const stats = SharedQueueStats.create(1);
   const thread = new BlkIoThread(
     'io0',
     (m) => main.onDataPlaneMessage(m),
@@ -40,6 +41,7 @@ function side(file: string, mem: GuestMemory, planeIo?: FileIo) {
         numQueues: 1,
         serial: 'S',
         eventIdx: true,
+        stats: stats.buffer,
       };
       plane = new BlkWorkerPlane(
         mem,
@@ -59,7 +61,7 @@ function side(file: string, mem: GuestMemory, planeIo?: FileIo) {
       };
     },
   );
-  main.attachDataPlane({ thread, vectorFd: () => 7 });
+  main.attachDataPlane({ thread, vectorFd: () => 7, stats });
   return { main, plane: plane!, irqs, sent };
 }
 
@@ -111,6 +113,41 @@ function copyMemory(from: GuestMemory): GuestMemory {
   return m;
 }
 
+describe('virtio-blk iothread: shared-memory queue figures', () => {
+  it("the monitor and the stall detector read the worker's indices and counters as they are; interrupts= drops reach the worker", async () => {
+    const file = image();
+    const mem = fakeMemory(1 << 20);
+    const { main, plane, irqs } = side(file, mem);
+    const drv = new MockDriverQueue(mem, SIZE);
+    driverInit(main, drv);
+    main.faults[0].dropInterrupts = 1; // as x-debug-virtqueue-drop interrupts=1 sets it on the main thread
+    request(mem, drv, 0);
+    main.notify(0, 'ioeventfd');
+    await settle();
+    // The worker completed the request: its figures, read on this side without any message in between.
+    const q = plane.dev.queues[0];
+    expect(main.queueInfo(0)).toMatchObject({
+      'last-avail-idx': q.lastAvailIdx,
+      'used-idx': q.usedIdx,
+      chains: plane.dev.counters[0].chains,
+      'interrupts-dropped': 1,
+      'data-plane': 'iothread io0',
+    });
+    expect(q.usedIdx).toBe(1);
+    expect(irqs.filter((i) => i === 'worker-q0')).toEqual([]); // dropped by the worker
+    expect(main.faults[0].dropInterrupts).toBe(0);
+    expect(main.stallView(0).interrupt.owed).toMatchObject({ dropped: true, usedIdx: 1 });
+    drv.setUsedEvent(1); // EVENT_IDX: interrupt me once used idx passes 1
+    request(mem, drv, 1);
+    main.notify(0, 'ioeventfd');
+    await settle();
+    expect(irqs.filter((i) => i === 'worker-q0')).toHaveLength(1);
+    expect(main.queueInfo(0)).toMatchObject({ 'used-idx': 2, 'interrupts-injected': 1 });
+    expect(main.stallView(0)).toMatchObject({ lastAvailIdx: 2, interrupts: 1 });
+    expect(main.stallView(0).interrupt.lastInterruptAt).toBeGreaterThan(0);
+  });
+});
+
 describe('virtio-blk iothread: migration state exchange', () => {
   it('drain finishes the requests in flight, stops taking new ones and reports the exact indices; the destination resumes from them', async () => {
     const file = image();
@@ -122,7 +159,7 @@ describe('virtio-blk iothread: migration state exchange', () => {
     src.main.notify(0, 'ioeventfd');
     // The drain goes out right behind the kick: the writes are still in flight in the worker.
     await src.main.drain();
-    expect(src.plane.dev.inFlight).toBe(0);
+    expect(src.plane.dev.inFlightCount).toBe(0);
     // The monitor's counters are the worker's, final once drained.
     expect(src.main.deviceInfo()).toMatchObject({ writes: 3, 'in-flight': 0, iothread: 'io0' });
     expect([0, 1, 2].map((n) => mem.readU8(STATUS + n))).toEqual([0, 0, 0]);

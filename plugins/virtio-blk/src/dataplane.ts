@@ -10,7 +10,7 @@
  * kicked meanwhile. `restore` loads a state from the stream on the
  * destination. `dirty` start/sync/stop logs the guest pages the worker writes.
  */
-import { GuestMemory, virtioUapi as V, VirtioDeviceState } from '@tsvmm/virtio-core';
+import { GuestMemory, SharedQueueStats, VirtioDeviceState } from '@tsvmm/virtio-core';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkExtraState, VirtioBlkDevice } from './device';
 import type { FromWorker, ToWorker, WorkerQueueStats } from './iothread';
@@ -43,8 +43,19 @@ export class BlkWorkerPlane {
       log: (message) => (dev.broken && message.includes('needs reset') ? undefined : post({ type: 'log', message })),
     });
     this.dev = dev;
+    // The queues' figures in shared memory: the main thread reads this thread's exact values there.
+    const shared = init.stats ? new SharedQueueStats(init.stats, init.numQueues) : undefined;
+    this.shared = shared;
+    dev.queues.forEach((q, i) => {
+      if (!shared) return;
+      q.shareIndices(shared.indexView(i));
+      dev.counters[i] = shared.counters(i, dev.counters[i]);
+      dev.faults[i] = shared.faults(i, dev.faults[i]);
+    });
     dev.interrupt = {
       signalQueue: (q) => {
+        // The stall record is updated right after this call: published at the end of the microtask.
+        queueMicrotask(() => this.publishInterruptRecords());
         const fd = this.vectorFds[q];
         if (fd !== undefined && fd >= 0) {
           try {
@@ -66,8 +77,15 @@ export class BlkWorkerPlane {
 
   private readonly statsTimer: ReturnType<typeof setInterval>;
   private lastStats = '';
+  private readonly shared: SharedQueueStats | undefined;
+
+  /** Each queue's interrupt record (the stall detector's interrupt side) into shared memory. */
+  private publishInterruptRecords(): void {
+    if (this.shared) this.dev.queues.forEach((q, i) => this.shared!.setInterruptRecord(i, q.stall.interrupt));
+  }
 
   private postStatsIfChanged(): void {
+    this.publishInterruptRecords(); // also those changed without an interrupt sent (suppressed, dropped, reset)
     const m = this.stats();
     const s = JSON.stringify(m);
     if (s === this.lastStats) return;
@@ -86,7 +104,7 @@ export class BlkWorkerPlane {
       suppressed: d.counters[i].suppressed,
       interrupt: { lastInterruptAt: q.stall.interrupt.lastInterruptAt, owed: q.stall.interrupt.owed && { ...q.stall.interrupt.owed } },
     }));
-    return { type: 'stats', blk: { ...d.blk }, inFlight: d.inFlight, queues };
+    return { type: 'stats', blk: { ...d.blk }, inFlight: d.inFlightCount, queues };
   }
 
   handle(m: ToWorker): void {
@@ -94,21 +112,12 @@ export class BlkWorkerPlane {
     switch (m.type) {
       case 'init':
         return;
-      case 'activate': {
+      case 'activate':
+        // The transport's negotiated state, loaded as a migration destination loads one (checked, then applied): no replay.
         d.reset();
         this.vectorFds = m.vectorFds;
-        const features = BigInt(`0x${m.driverFeatures}`);
-        d.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER);
-        d.writeDriverFeatures(0, Number(features & 0xffffffffn));
-        d.writeDriverFeatures(1, Number(features >> 32n));
-        d.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK);
-        m.queues.forEach((q, i) => d.queues[i].load({ ...q, lastAvailIdx: 0, usedIdx: 0 }));
-        d.writeStatus(
-          V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK,
-        );
-        d.setDisabled(m.disabled);
+        d.loadState(m.virtio);
         return;
-      }
       case 'restore': {
         // The destination: the source's exact state (the main thread loaded the same into its own copy).
         d.reset();
@@ -183,11 +192,7 @@ export class BlkWorkerPlane {
       return [];
     }
     mem.startTracking();
-    for (const q of this.dev.queues) {
-      if (!q.active) continue;
-      const len = 6 + 8 * q.size;
-      for (let p = Math.floor(q.usedRing / PAGE); p <= Math.floor((q.usedRing + len - 1) / PAGE); p++) pages.add(p);
-    }
+    for (const q of this.dev.queues) if (q.active) for (const p of q.usedRingPages(PAGE)) pages.add(p);
     return [...pages];
   }
 }

@@ -2,9 +2,14 @@
  * The virtio-blk device (virtio 1.2 section 5.2) over a BlockBackend.
  */
 import {
+  ActivationContext,
   Fields,
   GuestMemory,
+  GuestWrite,
+  InFlightRequest,
+  QueueHandler,
   readConfigImage,
+  SharedQueueStats,
   scatter,
   SplitVirtqueue,
   StateError,
@@ -24,6 +29,8 @@ export interface BlkDataPlane {
   restart?: () => BlkIoThread;
   /** The eventfd of the MSI-X vector assigned to a queue (-1: none, route through the main thread). */
   vectorFd(queue: number): number;
+  /** The worker's queue indices, counters and interrupt records (and dropInterrupts), in shared memory. */
+  stats?: SharedQueueStats;
 }
 
 export const VIRTIO_ID_BLOCK = 2;
@@ -75,11 +82,6 @@ export class VirtioBlkDevice extends VirtioDevice {
     bytesWritten: 0,
   };
   private readonly config = new Uint8Array(B.SIZEOF_virtio_blk_config);
-  /** Requests handed to the backend and not yet completed. */
-  inFlight = 0;
-  /** Bumped on reset: completions of requests from before a reset are dropped. */
-  private epoch = 0;
-  private readonly signalScheduled = new Set<number>();
 
   constructor(memory: GuestMemory, opts: VirtioBlkOptions) {
     let features = bit(B.VIRTIO_BLK_F_SEG_MAX) | bit(B.VIRTIO_BLK_F_BLK_SIZE) | bit(B.VIRTIO_BLK_F_FLUSH) | bit(B.VIRTIO_BLK_F_TOPOLOGY);
@@ -123,7 +125,7 @@ export class VirtioBlkDevice extends VirtioDevice {
       aio: this.backend.aio ?? null,
       'write-cache': this.driverOk ? (this.writeCache ? 'writeback' : 'writethrough') : null,
       // With an iothread: the worker's counters as it last reported them (within 100 ms; exact after a drain).
-      'in-flight': this.workerStats?.inFlight ?? this.inFlight,
+      'in-flight': this.workerStats?.inFlight ?? this.inFlightCount,
       ...(this.workerStats?.blk ?? this.blk),
     };
   }
@@ -137,6 +139,8 @@ export class VirtioBlkDevice extends VirtioDevice {
   /** Hands queue processing to an iothread; this object keeps config, status and negotiation. */
   attachDataPlane(dp: BlkDataPlane): void {
     this.dataPlane = dp;
+    // x-debug-virtqueue-drop interrupts= reaches the worker, which sends the interrupts.
+    if (dp.stats) this.queues.forEach((_, i) => (this.faults[i] = dp.stats!.faults(i, this.faults[i])));
   }
 
   get iothread(): string | undefined {
@@ -175,6 +179,22 @@ export class VirtioBlkDevice extends VirtioDevice {
   override queueInfo(queue: number): Record<string, unknown> {
     const w = this.dataPlane ? this.workerStats?.queues[queue] : undefined;
     if (!this.dataPlane) return {};
+    const shared = this.dataPlane.stats;
+    if (shared) {
+      // The worker's own values, read from shared memory as they are now.
+      const c = shared.counters(queue);
+      const ix = shared.indices(queue);
+      return {
+        'last-avail-idx': ix.lastAvailIdx,
+        'shadow-avail-idx': null,
+        'used-idx': ix.usedIdx,
+        chains: c.chains,
+        'interrupts-injected': c.interrupts,
+        'interrupts-suppressed': c.suppressed,
+        'interrupts-dropped': c.interruptsDropped,
+        'data-plane': `iothread ${this.iothread}`,
+      };
+    }
     if (!w) return { 'data-plane': `iothread ${this.iothread} (no report yet)` };
     return {
       'last-avail-idx': w.lastAvailIdx,
@@ -194,6 +214,13 @@ export class VirtioBlkDevice extends VirtioDevice {
    */
   override stallView(queue: number): ReturnType<VirtioDevice['stallView']> {
     if (!this.dataPlane) return super.stallView(queue);
+    const shared = this.dataPlane.stats;
+    if (shared)
+      return {
+        lastAvailIdx: shared.indices(queue).lastAvailIdx,
+        interrupts: shared.counters(queue).interrupts,
+        interrupt: shared.interruptRecord(queue),
+      };
     const w = this.workerStats?.queues[queue];
     return {
       lastAvailIdx: w?.lastAvailIdx ?? this.queues[queue].lastAvailIdx,
@@ -205,19 +232,8 @@ export class VirtioBlkDevice extends VirtioDevice {
   protected override onActivate(): void {
     const dp = this.dataPlane;
     if (!dp) return;
-    dp.thread.send({
-      type: 'activate',
-      driverFeatures: this.driverFeatures.toString(16),
-      queues: this.queues.map((q) => ({
-        ready: q.ready,
-        size: q.size,
-        descTable: q.descTable,
-        availRing: q.availRing,
-        usedRing: q.usedRing,
-      })),
-      vectorFds: this.queues.map((_, i) => dp.vectorFd(i)),
-      disabled: this.disabled,
-    });
+    // This object's own state (features, status, queue layout; nothing in flight yet), not the worker's merged one.
+    dp.thread.send({ type: 'activate', virtio: super.saveState(), vectorFds: this.queues.map((_, i) => dp.vectorFd(i)) });
   }
 
   protected override onReset(): void {
@@ -230,34 +246,45 @@ export class VirtioBlkDevice extends VirtioDevice {
     this.dataPlane?.thread.send({ type: 'reset' });
     // A failed flush stays failed until a reset (the new driver starts from what is in the file).
     this.backend.clearErrors?.();
-    this.epoch++;
-    this.signalScheduled.clear();
-    this.pendingStatus.length = 0;
+  }
+
+  /** With an iothread, each queue's handler forwards its kicks to the worker (onActivate sent it the queues). */
+  protected override activateQueues(ctx: ActivationContext): (QueueHandler | undefined)[] {
+    const dp = this.dataPlane;
+    if (!dp) return super.activateQueues(ctx);
+    return ctx.queues.map((r, i): QueueHandler | undefined => {
+      if (!r) return undefined;
+      let live = true;
+      return {
+        placement: { kind: 'iothread', iothread: dp.thread.name },
+        kick: () => live && dp.thread.send({ type: 'kick', queue: i }),
+        drain: () => this.drain(),
+        dispose: () => void (live = false),
+      };
+    });
   }
 
   protected processQueue(q: SplitVirtqueue): void {
-    if (this.dataPlane) {
-      this.dataPlane.thread.send({ type: 'kick', queue: q.index });
-      return;
-    }
     do {
       q.disableNotification();
-      for (let chain = this.popChain(q); chain; chain = this.popChain(q)) {
-        const parsed = parseRequest(this.memory, chain);
+      for (let taken = this.popRequest(q); taken; taken = this.popRequest(q)) {
+        const parsed = parseRequest(this.memory, taken.chain);
         if ('error' in parsed) {
+          this.abandonRequest(taken.request);
           this.markBroken(describeBlkChainError(parsed.error));
           return;
         }
-        this.submit(q, parsed.request);
+        this.submit(taken.request, parsed.request);
       }
     } while (this.canProcess && q.enableNotification());
   }
 
-  private submit(q: SplitVirtqueue, r: BlkRequest): void {
-    const epoch = this.epoch;
+  private submit(req: InFlightRequest, r: BlkRequest): void {
+    // The status byte goes with the used entry (held back with it while bus mastering is off); a
+    // completion from before a reset is dropped by the completion path.
     const done = (status: number, written: number) => {
-      if (epoch !== this.epoch) return; // the driver reset the device meanwhile
-      this.complete(q, r, status, written);
+      const write: GuestWrite = { bufs: [{ addr: r.statusAddr, len: 1 }], bytes: Uint8Array.of(status) };
+      this.completeRequest(req, written + 1, write);
     };
     const fail = (e: unknown) => {
       this.blk.ioErrors++;
@@ -265,20 +292,15 @@ export class VirtioBlkDevice extends VirtioDevice {
       done(B.VIRTIO_BLK_S_IOERR, 0);
     };
     const async = (p: Promise<number>) => {
-      this.inFlight++;
       // The completion runs inside the device fault boundary (a throw there breaks this device only).
       this.guardPromise(
         `${typeName(r.type)} completion`,
-        p.then(
-          (written) => {
-            this.inFlight--;
-            done(B.VIRTIO_BLK_S_OK, written);
-          },
-          (e) => {
-            this.inFlight--;
-            fail(e);
-          },
-        ),
+        p
+          .then(
+            (written) => done(B.VIRTIO_BLK_S_OK, written),
+            (e) => fail(e),
+          )
+          .finally(() => this.abandonRequest(req)),
       );
     };
     switch (r.type) {
@@ -368,27 +390,7 @@ export class VirtioBlkDevice extends VirtioDevice {
     return Number.isSafeInteger(sector) && sector >= 0 && sector + sectors <= this.capacity;
   }
 
-  /** Writes the status byte, returns the chain, and interrupts once per batch of completions. */
-  private complete(q: SplitVirtqueue, r: BlkRequest, status: number, written: number): void {
-    if (this.disabled || this.canProcess) {
-      // With bus mastering off the status write waits with the used entry (see setDisabled).
-      if (!this.disabled) this.memory.writeU8(r.statusAddr, status);
-      else this.pendingStatus.push({ addr: r.statusAddr, status });
-      this.pushUsed(q, r.head, written + 1);
-      if (!this.signalScheduled.has(q.index)) {
-        this.signalScheduled.add(q.index);
-        this.later('used-buffer interrupt', () => {
-          this.signalScheduled.delete(q.index);
-          this.signalUsed(q);
-        });
-      }
-    }
-  }
-
-  private readonly pendingStatus: { addr: number; status: number }[] = [];
-
   override setDisabled(disabled: boolean): void {
-    if (!disabled) for (const p of this.pendingStatus.splice(0)) this.memory.writeU8(p.addr, p.status);
     this.dataPlane?.thread.send({ type: 'disabled', disabled });
     super.setDisabled(disabled);
   }
@@ -405,7 +407,7 @@ export class VirtioBlkDevice extends VirtioDevice {
       this.drained = { virtio: r.virtio, blk: r.blk };
       return;
     }
-    while (this.inFlight > 0 || this.signalScheduled.size > 0 || this.budgetPending) await new Promise((r) => setImmediate(r));
+    await this.drainRequests();
   }
 
   /** The worker's state from the last drain, valid until the VM resumes. */
@@ -472,8 +474,9 @@ export class VirtioBlkDevice extends VirtioDevice {
       const b = this.drainedState().blk;
       return b?.pendingStatus?.length ? { pendingStatus: b.pendingStatus.map((p) => ({ ...p })) } : undefined;
     }
-    if (this.inFlight > 0) throw new Error(`${this.id}: ${this.inFlight} requests still in flight (not drained)`);
-    return this.pendingStatus.length ? { pendingStatus: this.pendingStatus.map((p) => ({ ...p })) } : undefined;
+    if (this.inFlightCount > 0) throw new Error(`${this.id}: ${this.inFlightCount} requests still in flight (not drained)`);
+    const held = this.heldWrites;
+    return held.length ? { pendingStatus: held.map((w) => ({ addr: w.bufs[0].addr, status: w.bytes[0] })) } : undefined;
   }
 
   /**
@@ -499,12 +502,12 @@ export class VirtioBlkDevice extends VirtioDevice {
   /** Called before loadState (VirtioPciPluginDevice.loadState restores the extra first). */
   loadBlkState(raw: BlkExtraState): void {
     const s = this.checkBlkState(raw);
-    this.pendingStatus.length = 0;
+    this.setHeldWrites([]);
     if (this.dataPlane) {
       this.restoredExtra = s?.pendingStatus ? { pendingStatus: s.pendingStatus.map((p) => ({ ...p })) } : undefined;
       return;
     }
-    if (s?.pendingStatus) this.pendingStatus.push(...s.pendingStatus);
+    this.setHeldWrites((s?.pendingStatus ?? []).map((p) => ({ bufs: [{ addr: p.addr, len: 1 }], bytes: Uint8Array.of(p.status) })));
   }
 
   /** Migration dirty log of the pages the iothread writes (the main thread's writes go through its own GuestMemory). */

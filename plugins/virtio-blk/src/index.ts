@@ -13,7 +13,8 @@ import {
   VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
-import { BlkIoThread } from './iothread';
+import { SharedQueueStats } from '@tsvmm/virtio-core';
+import { BlkIoThread, ioThreadHost } from './iothread';
 import { BlkExtraState, VirtioBlkDevice } from './device';
 
 export { VirtioBlkDevice, VIRTIO_ID_BLOCK, QUEUE_SIZE } from './device';
@@ -96,8 +97,13 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
   });
   const transport = new VirtioPciDevice(blk, ctx, { classCode: VIRTIO_BLK_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
   if (props.iothread !== undefined) {
+    const stats = SharedQueueStats.create(props['num-queues'] as number);
     const start = () => {
-      const thread = new BlkIoThread(props.iothread as string, (m) => blk.onDataPlaneMessage(m));
+      const name = props.iothread as string;
+      const host = ioThreadHost(ctx.vm, name, ctx.log);
+      const thread = new BlkIoThread(name, (m) => blk.onDataPlaneMessage(m), host.connect(id));
+      const others = host.devices.filter((d) => d !== id);
+      if (others.length) ctx.log(`${id}: data plane on iothread ${name}, shared with ${others.join(', ')}`);
       thread.send({
         type: 'init',
         id,
@@ -109,12 +115,14 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
         numQueues: props['num-queues'] as number,
         serial: (props.serial as string | undefined) ?? id,
         eventIdx: props['event-idx'] as boolean,
+        stats: stats.buffer,
       });
       return thread;
     };
     blk.attachDataPlane({
       thread: start(),
       restart: start,
+      stats,
       vectorFd: (q) => {
         const v = transport.queueVector(q);
         return v === 0xffff ? -1 : (transport.msix.eventFd(v)?.fd ?? -1);

@@ -1,6 +1,8 @@
 /**
- * Main-thread side of a virtio-blk iothread: one worker per iothread id,
- * messages in both directions (see iothread-worker.ts and dataplane.ts).
+ * Main-thread side of a virtio-blk iothread: one worker per iothread id
+ * (`--object iothread,id=ID`), shared by every device that names it; each
+ * device talks to its own plane in the worker over a channel (messages carry
+ * the device id; see iothread-worker.ts and dataplane.ts).
  */
 import * as path from 'path';
 import { Worker } from 'worker_threads';
@@ -19,14 +21,11 @@ export type ToWorker =
       numQueues: number;
       serial: string;
       eventIdx: boolean;
+      /** SharedQueueStats of the device: the plane keeps its queues' indices, counters and interrupt records there. */
+      stats?: SharedArrayBuffer;
     }
-  | {
-      type: 'activate';
-      driverFeatures: string;
-      queues: { ready: boolean; size: number; descTable: number; availRing: number; usedRing: number }[];
-      vectorFds: number[];
-      disabled: boolean;
-    }
+  /** DRIVER_OK: the negotiated state as the transport holds it (features, queue layout, indices); loaded as is, not replayed. */
+  | { type: 'activate'; virtio: VirtioDeviceState; vectorFds: number[] }
   /** Migration destination: the device state from the stream (exact ring indices, held-back completions). */
   | { type: 'restore'; virtio: VirtioDeviceState; blk: BlkExtraState; vectorFds: number[] }
   | { type: 'kick'; queue: number }
@@ -74,6 +73,81 @@ export function workerScript(): string {
   return process.env.VMM_BLK_IOTHREAD_WORKER ?? path.join(__dirname, 'virtio-blk-iothread.js');
 }
 
+/** What passes between the main thread and a shared worker: one device's message. */
+export type Envelope<M> = { dev: string; m: M };
+
+/**
+ * One worker thread of an iothread id, shared by the devices that name it.
+ * A device connects a channel (its id); the worker ends when the last
+ * channel closes. When the worker dies every device on it hears 'dead' (each
+ * needs a reset); the next device to start a plane gets a new worker.
+ */
+export class IoThreadHost {
+  private readonly worker: Worker;
+  private readonly channels = new Map<string, (m: FromWorker) => void>();
+  private deadReason: string | undefined;
+  private ending = false;
+
+  constructor(readonly name: string) {
+    this.worker = new Worker(workerScript());
+    this.worker.on('message', (e: Envelope<FromWorker>) => this.channels.get(e.dev)?.(e.m));
+    this.worker.on('error', (e) => {
+      for (const deliver of this.channels.values()) deliver({ type: 'log', message: `iothread ${name}: ${e.stack ?? e.message}` });
+      this.died(`iothread ${name} failed: ${e.message}`);
+    });
+    this.worker.on('exit', (code) => this.died(`iothread ${name} exited (code ${code})`));
+    this.worker.unref();
+  }
+
+  get alive(): boolean {
+    return this.deadReason === undefined;
+  }
+
+  /** The devices with a plane on this worker. */
+  get devices(): string[] {
+    return [...this.channels.keys()];
+  }
+
+  private died(reason: string): void {
+    if (this.deadReason !== undefined) return;
+    this.deadReason = reason;
+    if (this.ending) return;
+    for (const deliver of [...this.channels.values()]) deliver({ type: 'dead', reason });
+  }
+
+  /** A device's channel (BlkIoThread's `connect`). */
+  connect(dev: string): (deliver: (m: FromWorker) => void) => BlkIoThreadPort {
+    return (deliver) => {
+      if (this.channels.has(dev)) throw new Error(`iothread ${this.name}: device ${dev} is already on it`);
+      this.channels.set(dev, deliver);
+      return {
+        postMessage: (m) => this.worker.postMessage({ dev, m } satisfies Envelope<ToWorker>),
+        close: async () => {
+          this.channels.delete(dev);
+          if (this.channels.size > 0) return;
+          this.ending = true;
+          await this.worker.terminate();
+        },
+      };
+    };
+  }
+}
+
+/** The iothreads of one VM by id (a worker is started by the first device that uses it, again after it died). */
+const hostsByVm = new WeakMap<object, Map<string, IoThreadHost>>();
+
+/** The live worker of iothread `name` in the VM `vm` (any object that identifies the VM), started on first use. */
+export function ioThreadHost(vm: object, name: string, log?: (m: string) => void): IoThreadHost {
+  let hosts = hostsByVm.get(vm);
+  if (!hosts) hostsByVm.set(vm, (hosts = new Map()));
+  let h = hosts.get(name);
+  if (!h || !h.alive) {
+    hosts.set(name, (h = new IoThreadHost(name)));
+    log?.(`iothread ${name}: worker thread started`);
+  }
+  return h;
+}
+
 /** How the main thread talks to its data plane: a worker, or (unit tests) anything that carries the messages. */
 export interface BlkIoThreadPort {
   postMessage(m: ToWorker): void;
@@ -87,25 +161,13 @@ export class BlkIoThread {
   private dead: Error | undefined;
   private closing = false;
 
-  /** `connect` (tests) gives a port and the function that delivers its messages; default: a Worker running workerScript(). */
+  /** `connect` gives a port and the function that delivers its messages: a shared worker's channel (IoThreadHost.connect), or a test's. */
   constructor(
     readonly name: string,
     private readonly onMessage: (m: FromWorker) => void,
-    connect?: (deliver: (m: FromWorker) => void) => BlkIoThreadPort,
+    connect: (deliver: (m: FromWorker) => void) => BlkIoThreadPort,
   ) {
-    if (connect) {
-      this.port = connect((m) => this.receive(m));
-      return;
-    }
-    const worker = new Worker(workerScript());
-    worker.on('message', (m: FromWorker) => this.receive(m));
-    worker.on('error', (e) => {
-      onMessage({ type: 'log', message: `iothread ${name}: ${e.stack ?? e.message}` });
-      this.died(`iothread ${name} failed: ${e.message}`);
-    });
-    worker.on('exit', (code) => this.died(`iothread ${name} exited (code ${code})`));
-    worker.unref();
-    this.port = { postMessage: (m) => worker.postMessage(m), close: async () => void (await worker.terminate()) };
+    this.port = connect((m) => this.receive(m));
   }
 
   private receive(m: FromWorker): void {

@@ -280,15 +280,7 @@ export class MigrationManager {
       // rings of every queue. (Pages devices log themselves came with syncDirty.)
       const touched = machine.memory.stopTracking();
       for (const d of machine.devices) {
-        for (const q of d.virtio?.device.queues ?? []) {
-          if (!q.ready) continue;
-          for (const [a, len] of [
-            [q.descTable, q.size * 16],
-            [q.availRing, 6 + q.size * 2],
-            [q.usedRing, 6 + q.size * 8],
-          ])
-            for (let p = Math.floor(a / PAGE); p <= Math.floor((a + len - 1) / PAGE); p++) touched.add(p);
-        }
+        for (const q of d.virtio?.device.queues ?? []) for (const p of q.ringPages(PAGE)) touched.add(p);
       }
       markPages(last, regions, touched);
       await this.sendRam(sink, last, ram, false, check);

@@ -1,6 +1,6 @@
 /** Introspection of virtio devices for the monitor (x-query-virtio*, info virtio...). */
 import { Device, VirtioPciDevice } from '@tsvmm/pci';
-import { MAX_INDIRECT_ENTRIES } from '@tsvmm/virtio-core';
+import { availEventAddr, MAX_INDIRECT_ENTRIES, usedEventAddr } from '@tsvmm/virtio-core';
 import { CommandError } from './commands';
 
 export const PERIPHERAL = '/machine/peripheral/';
@@ -122,8 +122,8 @@ export function queueStatus(pci: VirtioPciDevice, queue: number): Record<string,
     'avail-idx': guest(q.availRing + 2),
     'used-idx': q.usedIdx,
     'event-idx': q.eventIdx,
-    'used-event': q.eventIdx ? guest(q.availRing + 4 + 2 * q.size) : null,
-    'avail-event': q.eventIdx ? guest(q.usedRing + 4 + 8 * q.size) : null,
+    'used-event': q.eventIdx ? guest(usedEventAddr(q.availRing, q.size)) : null,
+    'avail-event': q.eventIdx ? guest(availEventAddr(q.usedRing, q.size)) : null,
     'avail-flags': guest(q.availRing),
     'msix-vector': vector,
     'vector-masked': vector !== 0xffff && vector < pci.msix.vectors ? pci.msix.vectorMasked(vector) : null,
