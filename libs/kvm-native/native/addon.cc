@@ -725,6 +725,7 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
   static constexpr int64_t kVcpuSpinNs = 50000;
   static constexpr int64_t kJsSpinNs = 30000;
   static constexpr int64_t kMaxBatchNs = 2000000;
+  static constexpr size_t kRunMapSize = 4096;  // struct kvm_run (the PIO data page after it is JS's)
 
   struct StateMessage {
     const char* state;
@@ -794,6 +795,10 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
       loop_->stop();
       loop_->join();
     }
+    if (threadRun_) {
+      sysMunmap(threadRun_, kRunMapSize);
+      threadRun_ = nullptr;
+    }
     if (async_) {
       async_->data = nullptr;
       uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
@@ -812,6 +817,11 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
   Napi::Value Start(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (loop_) throw Napi::Error::New(env, "vCPU thread already started");
+    // The thread's own mapping of the kvm_run page: valid until the thread is joined, whatever
+    // happens to the JS ArrayBuffer (an environment being torn down frees it in any order).
+    void* threadRun = nullptr;
+    if (int r = sysMmapFd(fd_, kRunMapSize, 0, &threadRun); r < 0) throw errnoError(env, r, "mmap", "kvm_run");
+    threadRun_ = static_cast<kvm_run*>(threadRun);
     uv_loop_t* uvLoop = nullptr;
     if (napi_get_uv_event_loop(env, &uvLoop) != napi_ok || !uvLoop) throw Napi::Error::New(env, "no event loop");
     async_ = new uv_async_t;
@@ -836,7 +846,7 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
     if (napi_add_env_cleanup_hook(env, &VcpuThread::OnEnvCleanup, this) == napi_ok) cleanupHook_ = true;
     Ref();
     loop_ = std::make_unique<VcpuLoop>(
-        fd_, run_,
+        fd_, threadRun_,
         [this](uint32_t reason) { return mailbox_.exchange(reason, VcpuLoop::kStop); },
         [this](const char* state, int err) {
           // Runs on the vCPU thread: nothing may escape it (std::terminate). At exit the
@@ -878,6 +888,7 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
   Tsfn tsfn_;
   ExitMailbox mailbox_;
   uv_async_t* async_ = nullptr;
+  kvm_run* threadRun_ = nullptr;
   napi_env env_ = nullptr;
   bool cleanupHook_ = false;
   std::unique_ptr<VcpuLoop> loop_;
