@@ -55,6 +55,8 @@ export class UnclaimedAccounting {
   private readonly other = { reads: 0, writes: 0 };
   private logged = 0;
   private sinceSummary = 0;
+  /** The region hit last: a guest hammering one unclaimed address skips the hole search. */
+  private lastRegion: UnclaimedRegion | undefined;
   private lastSummaryAt = 0;
   /** Where the log lines go (the machine sets it); none by default. */
   log: ((m: string) => void) | undefined;
@@ -65,12 +67,17 @@ export class UnclaimedAccounting {
     if (isWrite) this.writes++;
     else this.reads++;
     let r: { reads: number; writes: number; lastAddress?: number } | undefined;
-    const [start, end] = hole();
-    r = this.regions.get(start);
-    if (!r && this.regions.size < UnclaimedAccounting.MAX_REGIONS) {
-      const region: UnclaimedRegion = { start, end, reads: 0, writes: 0, lastAddress: addr };
-      this.regions.set(start, region);
-      r = region;
+    const last = this.lastRegion;
+    if (last && addr >= last.start && addr <= last.end) r = last;
+    else {
+      const [start, end] = hole();
+      r = this.regions.get(start);
+      if (!r && this.regions.size < UnclaimedAccounting.MAX_REGIONS) {
+        const region: UnclaimedRegion = { start, end, reads: 0, writes: 0, lastAddress: addr };
+        this.regions.set(start, region);
+        r = region;
+      }
+      this.lastRegion = r && 'lastAddress' in r ? (r as UnclaimedRegion) : undefined;
     }
     r ??= this.other;
     if (isWrite) r.writes++;
@@ -93,6 +100,11 @@ export class UnclaimedAccounting {
     this.sinceSummary++;
     const now = Date.now();
     if (now - this.lastSummaryAt >= UnclaimedAccounting.SUMMARY_MS) this.summary(now);
+  }
+
+  /** The bus's ranges changed: the next access finds its hole again. */
+  rangesChanged(): void {
+    this.lastRegion = undefined;
   }
 
   /** Logs the summary of accesses not logged yet, if any. */
@@ -151,11 +163,13 @@ export class IoBus {
       );
     this.ranges.push({ base, size, name, device });
     this.ranges.sort((a, b) => a.base - b.base);
+    this.unclaimed.rangesChanged();
   }
 
   unregister(base: number, device?: BusDevice): void {
     this.ranges = this.ranges.filter((r) => !(r.base === base && (!device || r.device === device)));
     this.last = undefined;
+    this.unclaimed.rangesChanged();
   }
 
   find(addr: number): BusRange | undefined {

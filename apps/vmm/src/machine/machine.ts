@@ -91,8 +91,8 @@ export class Machine {
   private readonly serialOut: (bytes: Uint8Array) => void;
   private readonly log: (m: string) => void;
   private readonly loggedErrors = new Set<string>();
-  /** vCPU exits handled, by KVM exit reason (--metrics). */
-  readonly exitCounts = new Map<string, number>();
+  /** vCPU exits handled, by KVM exit reason number (a plain array: counted on every exit). */
+  private readonly exitsByReason: number[] = [];
   private suppressedErrors = 0;
   private started = false;
   private paused = false;
@@ -280,6 +280,15 @@ export class Machine {
     if (!wasPaused) this.resume();
   }
 
+  /** vCPU exits handled, by KVM exit reason (--metrics). */
+  get exitCounts(): Map<string, number> {
+    const m = new Map<string, number>();
+    this.exitsByReason.forEach((n, r) => {
+      if (n) m.set(r === 64 ? 'other' : (EXIT_REASON_NAMES[r] ?? String(r)), n);
+    });
+    return m;
+  }
+
   get config(): VmConfig {
     return this.opts.config;
   }
@@ -337,10 +346,12 @@ export class Machine {
   }
 
   private onExit(run: KvmRun): VcpuAction {
-    const reason = EXIT_REASON_NAMES[run.exitReason] ?? String(run.exitReason);
-    this.exitCounts.set(reason, (this.exitCounts.get(reason) ?? 0) + 1);
+    const reason = run.exitReason;
+    // KVM's exit reasons are small numbers; anything else shares slot 64 ('other') rather than growing the array.
+    const slot = reason < 64 ? reason : 64;
+    this.exitsByReason[slot] = (this.exitsByReason[slot] ?? 0) + 1;
     try {
-      switch (run.exitReason) {
+      switch (reason) {
         case U.KVM_EXIT_IO:
           this.onPio(run);
           break;
@@ -358,7 +369,7 @@ export class Machine {
           this.requestExit({ reason: 'power-off', code: 0, message: 'guest halted' });
           return VcpuAction.Stop;
         default:
-          this.logOnce(`exit-${run.exitReason}`, `ignoring unexpected exit ${run.exitReason}`);
+          this.logOnce(`exit-${reason}`, `ignoring unexpected exit ${reason}`);
       }
     } catch (e) {
       // A device must never take the VMM down because of what a guest did.
