@@ -789,7 +789,10 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
   using Tsfn = Napi::TypedThreadSafeFunction<VcpuThread, StateMessage, CallState>;
 
   // Ends the thread (if any) and releases the async handle. JS thread only.
-  void shutDown() {
+  // `teardown`: the environment is going away; libuv may run the close callback
+  // only after Node has unloaded this addon (a worker that alone loaded it), so
+  // none is given and the handle's few bytes are left to the process.
+  void shutDown(bool teardown = false) {
     mailbox_.close();
     if (loop_) {
       loop_->stop();
@@ -801,7 +804,10 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
     }
     if (async_) {
       async_->data = nullptr;
-      uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+      if (teardown)
+        uv_close(reinterpret_cast<uv_handle_t*>(async_), nullptr);
+      else
+        uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
       async_ = nullptr;
     }
   }
@@ -811,7 +817,7 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
   static void OnEnvCleanup(void* arg) {
     auto* self = static_cast<VcpuThread*>(arg);
     self->cleanupHook_ = false;
-    self->shutDown();
+    self->shutDown(true);
   }
 
   Napi::Value Start(const Napi::CallbackInfo& info) {

@@ -152,7 +152,7 @@ describeKvm('exit hand-off between vCPU threads and JS', () => {
 });
 
 /*
- * The facade bundled to plain JS (esbuild), so that a child process can load it; the
+ * The facade bundled to plain JS (esbuild), so that a child process or a worker can load it; the
  * addon is named through VMM_KVM_NATIVE. A real-mode vCPU exits in a tight loop: l: out dx,ax; jmp l.
  */
 const SPIN_EXITS = `
@@ -169,7 +169,7 @@ function startSpinner(onExit) {
 }
 `;
 
-describeKvm('exit hand-off at the end of a process', () => {
+describeKvm('exit hand-off at the end of a process or a worker', () => {
   let dir: string;
   let env: NodeJS.ProcessEnv;
   beforeAll(() => {
@@ -199,5 +199,24 @@ describeKvm('exit hand-off at the end of a process', () => {
     );
     expect(r).toMatchObject({ code: 7, signal: null });
     expect(r.stdout).toBe('exits 1000\n');
+  });
+
+  it('terminating workers whose vCPU exits in a tight loop neither hangs nor crashes the process', () => {
+    // Only the workers load the addon here, so Node unloads it with each one: nothing of it may run after.
+    const worker = `${SPIN_EXITS}
+let n = 0;
+startSpinner(() => { if (++n === 300) require('worker_threads').parentPort.postMessage('running'); return VcpuAction.Continue; });`;
+    const r = child(`
+const { Worker } = require('worker_threads');
+let rounds = 0;
+function round() {
+  const w = new Worker(${JSON.stringify(worker)}, { eval: true });
+  w.on('message', () => void w.terminate());
+  w.on('error', (e) => console.log('worker error ' + e.message));
+  w.on('exit', () => (++rounds < 6 ? round() : console.log('terminated ' + rounds)));
+}
+round();`);
+    expect(r).toMatchObject({ code: 0, signal: null });
+    expect(r.stdout).toBe('terminated 6\n');
   });
 });
