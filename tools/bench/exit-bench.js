@@ -17,6 +17,7 @@
  */
 'use strict';
 
+const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const {
@@ -118,8 +119,22 @@ const RUNNERS = [
 let pinList;
 const pinned = (cmdArgs) => pinnedOn(cmdArgs, pinList);
 
+/*
+ * CPU time (user + system, ms) of this process's waited-for children so far: cutime + cstime of
+ * /proc/self/stat, in USER_HZ ticks (100 per second on Linux). Runs are sequential, so the
+ * difference around one run is that child's CPU time, all threads included (KVM guest time too).
+ * Unlike wall time it hardly moves with the load on the host.
+ */
+function childCpuMs() {
+  const stat = fs.readFileSync('/proc/self/stat', 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // fields[0] is field 3 (state)
+  return ((Number(fields[13]) + Number(fields[14])) * 1000) / 100;
+}
+
 async function runChecked(runner, cmd, args, n, opts) {
+  const cpu0 = childCpuMs();
   const r = await runProcess(cmd, args, { ...opts, stdoutLimit: 0 });
+  r.cpuMs = childCpuMs() - cpu0;
   if (r.code !== 0) {
     fail(
       `${runner.id}: \`${describe(cmd, args)}\` exited with ${r.signal ? `signal ${r.signal}` : `code ${r.code}`}\n` +
@@ -173,14 +188,21 @@ async function main() {
 
   // Timed runs, interleaved so that slow drift in host load hits every cell alike.
   const samples = {};
-  for (const r of RUNNERS) samples[r.id] = { [n1]: [], [n2]: [] };
+  const cpuSamples = {};
+  for (const r of RUNNERS) {
+    samples[r.id] = { [n1]: [], [n2]: [] };
+    cpuSamples[r.id] = { [n1]: [], [n2]: [] };
+  }
   for (let rep = 0; rep < reps; rep++) {
     for (const n of [n1, n2]) {
       for (const r of RUNNERS) {
         const [cmd, args] = pinned(r.timed(n));
         const res = await runChecked(r, cmd, args, n);
         samples[r.id][n].push(res.wallMs);
-        process.stderr.write(`  ${r.id.padEnd(3)} count=${String(n).padEnd(7)} run ${rep + 1}/${reps}: ${fmt(res.wallMs, 1)} ms\n`);
+        cpuSamples[r.id][n].push(res.cpuMs);
+        process.stderr.write(
+          `  ${r.id.padEnd(3)} count=${String(n).padEnd(7)} run ${rep + 1}/${reps}: ${fmt(res.wallMs, 1)} ms (CPU ${fmt(res.cpuMs, 0)} ms)\n`,
+        );
       }
     }
   }
@@ -211,6 +233,8 @@ async function main() {
     const perExitUs = ((m2 - m1) * 1000) / (n2 - n1);
     // Per-exit cost of each (run i at N1, run i at N2) pair: a feel for the spread.
     const paired = s[n1].map((t1, i) => ((s[n2][i] - t1) * 1000) / (n2 - n1));
+    const c = cpuSamples[r.id];
+    const cpuPerExitUs = ((median(c[n2]) - median(c[n1])) * 1000) / (n2 - n1);
     results[r.id] = {
       label: r.label,
       command: describe(...pinned(r.timed(n2))),
@@ -220,6 +244,8 @@ async function main() {
       perExitUs: round(perExitUs, 4),
       perExitUsPairedMin: round(Math.min(...paired), 4),
       perExitUsPairedMax: round(Math.max(...paired), 4),
+      cpuMs: { [n1]: c[n1], [n2]: c[n2] },
+      cpuPerExitUs: round(cpuPerExitUs, 4),
       exitsPerSec: Math.round(1e6 / perExitUs),
       fixedCostMs: round(m1 - (n1 * perExitUs) / 1000, 3),
       firstSerialByteMs: firstByte[r.id].map((x) => round(x, 3)),
@@ -227,25 +253,33 @@ async function main() {
     };
   }
   const ratio = results.vmm.perExitUs / results.c.perExitUs;
+  const cpuRatio = results.vmm.cpuPerExitUs / results.c.cpuPerExitUs;
 
   // ---- report ----
   const lines = [];
   const pinNote = opts.pin === undefined ? 'not pinned' : `pinned: taskset -c ${opts.pin}`;
   lines.push(`### Exit-path benchmark (guest-kit exit-bench, N1=${n1}, N2=${n2}, ${reps} runs, medians; ${pinNote})`);
   lines.push('');
-  lines.push(`| runner | t(N1) ms | t(N2) ms | µs/exit | exits/s | µs/exit range (paired runs) | fixed cost ms | first serial byte ms |`);
-  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|');
+  lines.push(
+    `| runner | t(N1) ms | t(N2) ms | µs/exit | exits/s | µs/exit range (paired runs) | CPU µs/exit | fixed cost ms | first serial byte ms |`,
+  );
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of RUNNERS) {
     const x = results[r.id];
     lines.push(
       `| ${x.label} | ${fmt(x.medianMs[n1], 1)} | ${fmt(x.medianMs[n2], 1)} | ${fmt(x.perExitUs, 2)} | ${fmtInt(x.exitsPerSec)} | ` +
-        `${fmt(x.perExitUsPairedMin, 2)}–${fmt(x.perExitUsPairedMax, 2)} | ${fmt(x.fixedCostMs, 1)} | ${fmt(x.firstSerialByteMedianMs, 1)} |`,
+        `${fmt(x.perExitUsPairedMin, 2)}–${fmt(x.perExitUsPairedMax, 2)} | ${fmt(x.cpuPerExitUs, 2)} | ${fmt(x.fixedCostMs, 1)} | ` +
+        `${fmt(x.firstSerialByteMedianMs, 1)} |`,
     );
   }
   lines.push('');
   lines.push(
     `**VMM / C per-exit ratio: ${fmt(ratio, 2)}x** (the JS exit path costs ${fmt(results.vmm.perExitUs - results.c.perExitUs, 2)} µs ` +
       `more per exit than the C loop).`,
+  );
+  lines.push(
+    `CPU time per exit (all threads, user + system, from the children's rusage; hardly moved by host load): ` +
+      `VMM / C ${fmt(cpuRatio, 2)}x. Pinned to one CPU, where the threads take turns, it is what wall time would be on a quiet host.`,
   );
   lines.push(
     `First serial byte (spawn -> first stdout byte, count=0, median of ${firstReps}): VMM ${fmt(results.vmm.firstSerialByteMedianMs, 1)} ms, ` +
@@ -262,9 +296,11 @@ async function main() {
     params: { n1, n2, reps, firstReps, pin: opts.pin ?? null, guest: GUEST_ELF_REL, guestCmdline: guestCmdline('N') },
     method:
       'wall clock (process.hrtime) from spawn to child exit; perExitUs = (median t(N2) - median t(N1)) / (N2 - N1); ' +
-      'fixedCostMs = median t(N1) - N1 * perExitUs (noisy: the two medians may come from different runs); first serial byte = spawn to first stdout byte with count=0',
+      'fixedCostMs = median t(N1) - N1 * perExitUs (noisy: the two medians may come from different runs); first serial byte = spawn to first stdout byte with count=0; ' +
+      'cpuPerExitUs: the same difference of medians over CPU time (cutime + cstime of /proc/self/stat around each run)',
     results,
     ratioVmmOverC: round(ratio, 3),
+    cpuRatioVmmOverC: round(cpuRatio, 3),
   };
   writeJson(opts.out, json);
 }

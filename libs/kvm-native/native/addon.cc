@@ -26,9 +26,6 @@ using namespace kvmnative;
 
 namespace {
 
-constexpr int kSpinIterations = 20000;
-inline void cpuRelax() { __builtin_ia32_pause(); }
-
 Napi::Error errnoError(Napi::Env env, int negErrno, const char* syscall, const std::string& detail = "") {
   int e = -negErrno;
   std::string msg = std::string(syscall) + " failed: " + uv_err_name(-e) + " (" + strerror(e) + ")";
@@ -687,6 +684,12 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
 // VcpuThread: a VcpuLoop whose exits are completed by a JS function.
 // new VcpuThread(vcpuFd, runBuffer, onExit(reason) => action, onState(state, errno))
+//
+// Exits go through an ExitMailbox (vcpu.h) and a uv_async handle: the vCPU
+// thread posts the exit and wakes the event loop; the async callback calls
+// onExit and answers. State changes (paused, running, stopped, error) are rare
+// and go through a thread-safe function, which also keeps the loop alive while
+// the thread runs and joins it at the end.
 class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
  public:
   static Napi::Function Init(Napi::Env env) {
@@ -695,7 +698,7 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
                         InstanceMethod("resume", &VcpuThread::Resume), InstanceMethod("stop", &VcpuThread::Stop)});
   }
 
-  VcpuThread(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VcpuThread>(info) {
+  VcpuThread(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VcpuThread>(info), mailbox_(&VcpuThread::WakeLoop, this) {
     Napi::Env env = info.Env();
     fd_ = argFd(info, 0);
     if (!info[1].IsArrayBuffer()) throw Napi::TypeError::New(env, "run must be the vCPU's kvm_run ArrayBuffer");
@@ -710,74 +713,134 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
   }
 
   ~VcpuThread() override {
+    if (cleanupHook_) napi_remove_env_cleanup_hook(env_, &VcpuThread::OnEnvCleanup, this);
+    shutDown();
+  }
+
+ private:
+  // How long each side spins before sleeping, when both threads can run at
+  // once (see ExitMailbox). The vCPU side covers a JS exit handler and the JS
+  // side a guest's next exit (~12 µs of KVM round trip on this host); the
+  // event loop waits at most kMaxBatchNs for a vCPU exiting in a tight loop.
+  static constexpr int64_t kVcpuSpinNs = 50000;
+  static constexpr int64_t kJsSpinNs = 30000;
+  static constexpr int64_t kMaxBatchNs = 2000000;
+  static constexpr size_t kRunMapSize = 4096;  // struct kvm_run (the PIO data page after it is JS's)
+
+  struct StateMessage {
+    const char* state;
+    int err;
+  };
+
+  static void WakeLoop(void* arg) {
+    auto* self = static_cast<VcpuThread*>(arg);
+    uv_async_send(self->async_);  // async-signal and thread safe; coalesces
+  }
+
+  // The async callback: completes this vCPU's pending exit, then (when
+  // spinning pays) the ones that follow within the poll window.
+  static void OnAsync(uv_async_t* h) {
+    auto* self = static_cast<VcpuThread*>(h->data);
+    if (!self || !self->mailbox_.pending()) return;
+    Napi::Env env = self->Env();
+    try {
+      Napi::HandleScope scope(env);
+      const uint64_t t0 = uv_hrtime();
+      do {
+        self->completeExit(env);
+      } while (uv_hrtime() - t0 < static_cast<uint64_t>(kMaxBatchNs) && self->mailbox_.poll());
+    } catch (...) {
+      // A worker's environment shutting down: nothing can be called any more (the mailbox is closed by the cleanup hook).
+    }
+  }
+
+  void completeExit(Napi::Env env) {
+    int action = VcpuLoop::kStop;
+    Napi::HandleScope scope(env);
+    try {
+      // MakeCallback: microtasks and process.nextTick run after each exit, as for any libuv callback.
+      Napi::Value r = onExit_.MakeCallback(env.Global(), {Napi::Number::New(env, mailbox_.reason())});
+      if (r.IsNumber()) action = r.As<Napi::Number>().Int32Value();
+    } catch (const Napi::Error& e) {
+      // A JS exit handler must not throw; if it does the vCPU stops and the error is reported.
+      action = VcpuLoop::kStop;
+      try {
+        onState_.Call({Napi::String::New(env, "error"), Napi::Number::New(env, 0), e.Value()});
+      } catch (const Napi::Error& e2) {
+        reportCallbackError(env, "vCPU state", e2);
+      }
+    }
+    mailbox_.answer(action);
+  }
+
+  static void CallState(Napi::Env env, Napi::Function, VcpuThread* self, StateMessage* msg) {
+    std::string state = msg->state;
+    int err = msg->err;
+    delete msg;
+    if (env == nullptr || self == nullptr) return;  // environment going away
+    try {
+      self->onState_.Call({Napi::String::New(env, state), Napi::Number::New(env, err)});
+    } catch (const Napi::Error& e) {
+      // Rethrowing from a thread-safe call would make it an uncaught exception (process exit).
+      reportCallbackError(env, "vCPU state", e);
+    }
+  }
+
+  using Tsfn = Napi::TypedThreadSafeFunction<VcpuThread, StateMessage, CallState>;
+
+  // Ends the thread (if any) and releases the async handle. JS thread only.
+  // `teardown`: the environment is going away; libuv may run the close callback
+  // only after Node has unloaded this addon (a worker that alone loaded it), so
+  // none is given and the handle's few bytes are left to the process.
+  void shutDown(bool teardown = false) {
+    mailbox_.close();
     if (loop_) {
       loop_->stop();
       loop_->join();
     }
-  }
-
- private:
-  struct Message {
-    bool isExit;
-    uint32_t reason;
-    const char* state;
-    int err;
-    // exit handshake
-    std::mutex mu;
-    std::condition_variable cv;
-    std::atomic<bool> done{false};
-    int action = VcpuLoop::kStop;
-  };
-
-  static void CallJs(Napi::Env env, Napi::Function, VcpuThread* self, Message* msg) {
-    if (env == nullptr || self == nullptr) {  // environment going away
-      if (msg->isExit) {
-        std::lock_guard<std::mutex> g(msg->mu);
-        msg->done = true;
-        msg->cv.notify_all();
-      } else {
-        delete msg;
-      }
-      return;
+    if (threadRun_) {
+      sysMunmap(threadRun_, kRunMapSize);
+      threadRun_ = nullptr;
     }
-    if (msg->isExit) {
-      int action = VcpuLoop::kStop;
-      try {
-        Napi::Value r = self->onExit_.Call({Napi::Number::New(env, msg->reason)});
-        if (r.IsNumber()) action = r.As<Napi::Number>().Int32Value();
-      } catch (const Napi::Error& e) {
-        // A JS exit handler must not throw; if it does the vCPU stops and the error is reported.
-        action = VcpuLoop::kStop;
-        try {
-          self->onState_.Call({Napi::String::New(env, "error"), Napi::Number::New(env, 0), e.Value()});
-        } catch (const Napi::Error& e2) {
-          reportCallbackError(env, "vCPU state", e2);
-        }
-      }
-      std::lock_guard<std::mutex> g(msg->mu);
-      msg->action = action;
-      msg->done = true;
-      msg->cv.notify_all();
-    } else {
-      std::string state = msg->state;
-      int err = msg->err;
-      delete msg;
-      try {
-        self->onState_.Call({Napi::String::New(env, state), Napi::Number::New(env, err)});
-      } catch (const Napi::Error& e) {
-        // Rethrowing from a thread-safe call would make it an uncaught exception (process exit).
-        reportCallbackError(env, "vCPU state", e);
-      }
+    if (async_) {
+      async_->data = nullptr;
+      if (teardown)
+        uv_close(reinterpret_cast<uv_handle_t*>(async_), nullptr);
+      else
+        uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+      async_ = nullptr;
     }
   }
 
-  using Tsfn = Napi::TypedThreadSafeFunction<VcpuThread, Message, CallJs>;
+  // Environment teardown: a vCPU waiting for an answer gets kStop, then the thread is joined (before
+  // the thread-safe function's finalizer, whose cleanup hook was added first and so runs later).
+  static void OnEnvCleanup(void* arg) {
+    auto* self = static_cast<VcpuThread*>(arg);
+    self->cleanupHook_ = false;
+    self->shutDown(true);
+  }
 
   Napi::Value Start(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (loop_) throw Napi::Error::New(env, "vCPU thread already started");
+    // The thread's own mapping of the kvm_run page: valid until the thread is joined, whatever
+    // happens to the JS ArrayBuffer (an environment being torn down frees it in any order).
+    void* threadRun = nullptr;
+    if (int r = sysMmapFd(fd_, kRunMapSize, 0, &threadRun); r < 0) throw errnoError(env, r, "mmap", "kvm_run");
+    threadRun_ = static_cast<kvm_run*>(threadRun);
+    uv_loop_t* uvLoop = nullptr;
+    if (napi_get_uv_event_loop(env, &uvLoop) != napi_ok || !uvLoop) throw Napi::Error::New(env, "no event loop");
+    async_ = new uv_async_t;
+    if (int r = uv_async_init(uvLoop, async_, &VcpuThread::OnAsync); r != 0) {
+      delete async_;
+      async_ = nullptr;
+      throw errnoError(env, r, "uv_async_init");
+    }
+    async_->data = this;
+    uv_unref(reinterpret_cast<uv_handle_t*>(async_));  // the thread-safe function keeps the loop alive
+    if (moreThanOneCpuAllowed()) mailbox_.setSpin(kVcpuSpinNs, kJsSpinNs);
     tsfn_ = Tsfn::New(env, "vcpu", 0, 1, this, [](Napi::Env, void*, VcpuThread* self) {
-      if (self->loop_) self->loop_->join();
+      self->shutDown();
       // At process exit the environment is being torn down and the reference may be gone
       // already: Unref() then throws, and an exception out of a finalizer aborts the process.
       try {
@@ -785,31 +848,16 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
       } catch (...) {
       }
     });
+    env_ = env;
+    if (napi_add_env_cleanup_hook(env, &VcpuThread::OnEnvCleanup, this) == napi_ok) cleanupHook_ = true;
     Ref();
     loop_ = std::make_unique<VcpuLoop>(
-        fd_, run_,
-        [this](uint32_t reason) {
-          Message msg;
-          msg.isExit = true;
-          msg.reason = reason;
-          if (tsfn_.BlockingCall(&msg) != napi_ok) return static_cast<int>(VcpuLoop::kStop);
-          // The JS thread usually answers within microseconds: spin briefly before
-          // sleeping, because a futex wake-up costs more than most exit handlers.
-          for (int i = 0; i < kSpinIterations && !msg.done.load(std::memory_order_acquire); i++) cpuRelax();
-          if (!msg.done.load(std::memory_order_acquire)) {
-            std::unique_lock<std::mutex> lk(msg.mu);
-            msg.cv.wait(lk, [&] { return msg.done.load(std::memory_order_acquire); });
-          }
-          std::lock_guard<std::mutex> g(msg.mu);  // the JS side may still hold it while notifying
-          return msg.action;
-        },
+        fd_, threadRun_,
+        [this](uint32_t reason) { return mailbox_.exchange(reason, VcpuLoop::kStop); },
         [this](const char* state, int err) {
           // Runs on the vCPU thread: nothing may escape it (std::terminate). At exit the
           // JS environment may already be gone; the state is then simply not reported.
-          auto* msg = new Message();
-          msg->isExit = false;
-          msg->state = state;
-          msg->err = err;
+          auto* msg = new StateMessage{state, err};
           try {
             if (tsfn_.BlockingCall(msg) != napi_ok) delete msg;
           } catch (...) {
@@ -844,6 +892,11 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
   Napi::FunctionReference onExit_;
   Napi::FunctionReference onState_;
   Tsfn tsfn_;
+  ExitMailbox mailbox_;
+  uv_async_t* async_ = nullptr;
+  kvm_run* threadRun_ = nullptr;
+  napi_env env_ = nullptr;
+  bool cleanupHook_ = false;
   std::unique_ptr<VcpuLoop> loop_;
 };
 

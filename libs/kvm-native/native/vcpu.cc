@@ -2,8 +2,14 @@
 
 #include <cerrno>
 #include <csignal>
+#include <climits>
+#include <ctime>
+#include <linux/futex.h>
 #include <linux/kvm.h>
+#include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "sys.h"
 
@@ -130,6 +136,108 @@ void VcpuLoop::loop() {
     }
   }
   onState_("stopped", 0);
+}
+
+namespace {
+
+// Exits posted and not answered yet, over every mailbox of the process: a
+// completer polling one vCPU stops as soon as another vCPU waits.
+std::atomic<int> g_unanswered{0};
+
+inline void cpuRelax() { __builtin_ia32_pause(); }
+
+inline int64_t nowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+inline uint32_t* word(std::atomic<uint32_t>* a) {
+  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word");
+  return reinterpret_cast<uint32_t*>(a);
+}
+
+void futexWait(std::atomic<uint32_t>* a, uint32_t expected) {
+  // EAGAIN (value changed) and EINTR (the kick signal) both mean: look again.
+  syscall(SYS_futex, word(a), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+
+void futexWake(std::atomic<uint32_t>* a, int n) { syscall(SYS_futex, word(a), FUTEX_WAKE_PRIVATE, n, nullptr, nullptr, 0); }
+
+}  // namespace
+
+int ExitMailbox::exchange(uint32_t reason, int closedAction) {
+  reason_ = reason;
+  uint32_t expected = kIdle;
+  if (!state_.compare_exchange_strong(expected, kPosted)) return closedAction;
+  g_unanswered.fetch_add(1);
+  // Dekker with poll(): either the completer sees kPosted before it stops
+  // polling, or this load sees polling_ == 0 and wakes it.
+  if (polling_.load() == 0) wake_(wakeArg_);
+  if (const int64_t spinNs = vcpuSpin_.take(); spinNs > 0) {
+    const int64_t t0 = nowNs();
+    for (unsigned i = 1; state_.load(std::memory_order_acquire) == kPosted; i++) {
+      cpuRelax();
+      if ((i & 63) == 0 && nowNs() - t0 > spinNs) break;
+    }
+    vcpuSpin_.result(state_.load(std::memory_order_acquire) != kPosted);
+  }
+  for (;;) {
+    uint32_t s = state_.load(std::memory_order_acquire);
+    if (s == kAnswered) {
+      int action = action_;
+      expected = kAnswered;
+      state_.compare_exchange_strong(expected, kIdle);  // fails only if closed meanwhile
+      return action;
+    }
+    if (s == kClosed) return closedAction;
+    // Dekker with answer(): either it sees vcpuSleeping_ and wakes us, or the
+    // futex finds the state changed and returns at once.
+    vcpuSleeping_.store(1);
+    futexWait(&state_, kPosted);
+    vcpuSleeping_.store(0);
+  }
+}
+
+void ExitMailbox::answer(int action) {
+  action_ = action;
+  uint32_t expected = kPosted;
+  if (!state_.compare_exchange_strong(expected, kAnswered)) return;
+  g_unanswered.fetch_sub(1);
+  if (vcpuSleeping_.load()) futexWake(&state_, 1);
+}
+
+bool ExitMailbox::poll() {
+  const int64_t spinNs = completerSpin_.take();
+  if (spinNs <= 0) return pending();
+  polling_.store(1);
+  const int64_t t0 = nowNs();
+  bool timedOut = false;
+  for (unsigned i = 1;; i++) {
+    if (state_.load(std::memory_order_acquire) == kPosted) break;
+    if (g_unanswered.load(std::memory_order_relaxed) > 0) break;  // another vCPU waits (or ours, just posted)
+    if ((i & 63) == 0 && nowNs() - t0 > spinNs) {
+      timedOut = true;
+      break;
+    }
+    cpuRelax();
+  }
+  polling_.store(0);
+  const bool got = pending();  // after clearing polling_: a post that saw polling_ == 1 is caught here
+  completerSpin_.result(got || !timedOut);
+  return got;
+}
+
+void ExitMailbox::close() {
+  if (state_.exchange(kClosed) == kPosted) g_unanswered.fetch_sub(1);
+  futexWake(&state_, INT_MAX);
+}
+
+bool moreThanOneCpuAllowed() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return true;
+  return CPU_COUNT(&set) > 1;
 }
 
 }  // namespace kvmnative

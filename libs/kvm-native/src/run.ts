@@ -52,7 +52,8 @@ export class KvmRun {
     return this.dv.getUint32(U.OFF_kvm_run_io_count, true);
   }
   get ioDataOffset(): number {
-    return Number(this.dv.getBigUint64(U.OFF_kvm_run_io_data_offset, true));
+    // A u64 read as two u32 halves: no BigInt per exit (the offset is a page or two into the mapping).
+    return this.dv.getUint32(U.OFF_kvm_run_io_data_offset, true) + this.dv.getUint32(U.OFF_kvm_run_io_data_offset + 4, true) * 2 ** 32;
   }
   /** Reads element `i` of a port I/O's data (1, 2 or 4 bytes, little-endian). */
   ioRead(i = 0): number {

@@ -37,4 +37,20 @@ describe('unclaimed accesses', () => {
     expect(r.other.reads).toBe(200 - UnclaimedAccounting.MAX_REGIONS);
     expect(r.reads).toBe(200);
   });
+
+  it('a device registered inside a hole that was hit splits it: later accesses above it count in a new hole', () => {
+    const bus = new IoBus('pio');
+    bus.register(0x100, 0x10, 'low', sink);
+    bus.write(0x200, 1, 0); // hole 0x110-0xffff
+    bus.write(0x200, 1, 0); // the same hole again (the last-hit shortcut)
+    bus.register(0x180, 0x10, 'mid', sink);
+    bus.write(0x200, 1, 0); // now in 0x190-0xffff
+    bus.write(0x120, 1, 0); // still in the first hole as recorded
+    bus.unregister(0x180);
+    bus.write(0x200, 1, 0); // 0x110-0xffff again
+    expect(bus.unclaimed.report().regions).toEqual([
+      { start: 0x110, end: 0xffff, reads: 0, writes: 4, lastAddress: 0x200 },
+      { start: 0x190, end: 0xffff, reads: 0, writes: 1, lastAddress: 0x200 },
+    ]);
+  });
 });

@@ -56,6 +56,8 @@ export class UnclaimedAccounting {
   private readonly regions = new Map<number, UnclaimedRegion>();
   private readonly other = { reads: 0, writes: 0 };
   private readonly limiter: LogRateLimiter;
+  /** The region hit last: a guest hammering one unclaimed address skips the hole search. */
+  private lastRegion: UnclaimedRegion | undefined;
   /** Where the log lines go (the machine sets it); none by default. */
   log: ((m: string) => void) | undefined;
 
@@ -75,12 +77,17 @@ export class UnclaimedAccounting {
     if (isWrite) this.writes++;
     else this.reads++;
     let r: { reads: number; writes: number; lastAddress?: number } | undefined;
-    const [start, end] = hole();
-    r = this.regions.get(start);
-    if (!r && this.regions.size < UnclaimedAccounting.MAX_REGIONS) {
-      const region: UnclaimedRegion = { start, end, reads: 0, writes: 0, lastAddress: addr };
-      this.regions.set(start, region);
-      r = region;
+    const last = this.lastRegion;
+    if (last && addr >= last.start && addr <= last.end) r = last;
+    else {
+      const [start, end] = hole();
+      r = this.regions.get(start);
+      if (!r && this.regions.size < UnclaimedAccounting.MAX_REGIONS) {
+        const region: UnclaimedRegion = { start, end, reads: 0, writes: 0, lastAddress: addr };
+        this.regions.set(start, region);
+        r = region;
+      }
+      this.lastRegion = r && 'lastAddress' in r ? (r as UnclaimedRegion) : undefined;
     }
     r ??= this.other;
     if (isWrite) r.writes++;
@@ -91,6 +98,11 @@ export class UnclaimedAccounting {
       const v = isWrite && value !== undefined ? ` value 0x${value.toString(16)}` : '';
       return `unclaimed ${this.kind === 'pio' ? 'port' : 'MMIO'} ${isWrite ? 'write' : 'read'} at 0x${addr.toString(16)} size ${size}${v}`;
     });
+  }
+
+  /** The bus's ranges changed: the next access finds its hole again. */
+  rangesChanged(): void {
+    this.lastRegion = undefined;
   }
 
   /** Logs the summary of accesses not logged yet, if any. */
@@ -147,11 +159,13 @@ export class IoBus {
       );
     this.ranges.push({ base, size, name, device });
     this.ranges.sort((a, b) => a.base - b.base);
+    this.unclaimed.rangesChanged();
   }
 
   unregister(base: number, device?: BusDevice): void {
     this.ranges = this.ranges.filter((r) => !(r.base === base && (!device || r.device === device)));
     this.last = undefined;
+    this.unclaimed.rangesChanged();
   }
 
   find(addr: number): BusRange | undefined {
