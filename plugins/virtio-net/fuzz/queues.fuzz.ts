@@ -13,6 +13,7 @@
  */
 import { GuestMemoryError } from '@tsvmm/virtio-core';
 import type { Tap } from '../src/backend/tap';
+import type { FrameBatch } from '../src/frame-batch';
 import { VirtioNetDevice } from '../src/device';
 import * as N from '../src/generated/virtio-net-uapi';
 import { bringUp, guestFromInput, programQueue, settle, strictLog } from '@tsvmm/testing/fuzz';
@@ -34,9 +35,45 @@ class FakeTap {
     buf.set(f.subarray(0, n));
     return n;
   }
-  write(_queue: number, bufs: Uint8Array[]): boolean {
-    this.sent.push(bufs.reduce((n, b) => n + b.length, 0));
-    return true;
+  write(_queue: number, bufs: Uint8Array[]): number {
+    const n = bufs.reduce((n, b) => n + b.length, 0);
+    this.sent.push(n);
+    return n;
+  }
+  /** As the addon's writevFrames on a TAP: one frame per group of (base, offset, length) triples. */
+  writeFrames(_queue: number, b: FrameBatch): void {
+    let t = 0;
+    for (let i = 0; i < b.count; i++) {
+      let n = 0;
+      for (let k = 0; k < b.groups[i]; k++, t++)
+        n += b.bases[b.iov[3 * t]].subarray(b.iov[3 * t + 1], b.iov[3 * t + 1] + b.iov[3 * t + 2]).length;
+      b.results[i] = n;
+      this.sent.push(n);
+    }
+  }
+  /** As the addon's readvFrames on a TAP: one frame per group, the rest of a longer one into `spill`, which ends the batch. */
+  readFrames(_queue: number, b: FrameBatch, spill: Uint8Array): number {
+    let t = 0;
+    for (let i = 0; i < b.count; i++) {
+      const f = this.frames.shift();
+      if (!f) return i;
+      let pos = 0;
+      for (let k = 0; k < b.groups[i]; k++, t++) {
+        const [base, off, len] = [b.bases[b.iov[3 * t]], b.iov[3 * t + 1], b.iov[3 * t + 2]];
+        if (off + len > base.length) throw new Error(`triple [${off}, +${len}) outside its base of ${base.length}`);
+        const c = Math.min(len, f.length - pos);
+        base.set(f.subarray(pos, pos + c), off);
+        pos += c;
+      }
+      if (pos < f.length) {
+        const c = Math.min(spill.length, f.length - pos);
+        spill.set(f.subarray(pos, pos + c));
+        b.results[i] = pos + c;
+        return i + 1;
+      }
+      b.results[i] = f.length;
+    }
+    return b.count;
   }
   watch(): { start(): void; stop(): void; close(): void } {
     return { start: () => undefined, stop: () => undefined, close: () => undefined };
