@@ -18,11 +18,13 @@ import {
 } from '@tsvmm/virtio-core';
 import * as N from './generated/virtio-net-uapi';
 import { Tap, VNET_HDR_LEN } from './backend/tap';
-import { FrameBatch } from './frame-batch';
+import { BATCH_FRAMES, FrameBatch } from './frame-batch';
 
 export const VIRTIO_ID_NET = 1;
 export const QUEUE_SIZE = 256;
 const MAX_FRAME = 65536 + VNET_HDR_LEN;
+/** Receive chains popped for a batch at least (see rxWant). */
+const RX_MIN_BATCH = 4;
 
 const bit = (n: number) => 1n << BigInt(n);
 const { EAGAIN, EINVAL, EIO, ENOBUFS } = os.constants.errno;
@@ -69,6 +71,8 @@ export class VirtioNetDevice extends VirtioDevice {
   private readonly rxBatch = new FrameBatch(this.spill);
   /** The chains of the receive batch (reused). */
   private readonly rxChains: DescriptorChain[] = [];
+  /** Receive chains to pop for the next batch, per pair (adapts to how many frames the TAP had). */
+  private readonly rxWant: number[];
   /** Used receive entries in this pass (one interrupt at its end). */
   private rxPushed = 0;
 
@@ -113,6 +117,7 @@ export class VirtioNetDevice extends VirtioDevice {
     dv.setUint16(N.OFF_virtio_net_config_mtu, opts.mtu, true);
     this.watches = Array.from({ length: opts.pairs }, (_, i) => opts.tap.watch(i, () => this.serviceRx(i)));
     this.stashed = Array.from({ length: opts.pairs }, () => undefined);
+    this.rxWant = Array.from({ length: opts.pairs }, () => RX_MIN_BATCH);
   }
 
   override deviceInfo(): Record<string, unknown> {
@@ -306,7 +311,8 @@ export class VirtioNetDevice extends VirtioDevice {
     const chains = this.rxChains;
     chains.length = 0;
     b.begin(this.memory);
-    while (!b.full) {
+    const want = this.rxWant[pair];
+    while (b.count < want) {
       const chain = this.popChain(q);
       if (!chain) break;
       if (chain.readable.length || chain.writable[0].len < VNET_HDR_LEN || !b.add(chain.head, chain.writable)) {
@@ -318,6 +324,9 @@ export class VirtioNetDevice extends VirtioDevice {
     if (this.broken) return false;
     if (chains.length === 0) return this.receiveOne(q, pair);
     const m = this.tap.readFrames(pair, b, this.spill);
+    // Chains are popped before the TAP says how many frames it has: ask for twice what the last batch got (a walk
+    // of a chain that goes back unused is wasted work), up to a full batch while every chain gets a frame.
+    this.rxWant[pair] = m === chains.length ? Math.min(2 * want, BATCH_FRAMES) : Math.max(RX_MIN_BATCH, 2 * m);
     let consumed = 0;
     let more = m === chains.length; // fewer: the TAP is empty
     for (let i = 0; i < m; i++) {
