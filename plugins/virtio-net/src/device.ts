@@ -201,8 +201,9 @@ export class VirtioNetDevice extends VirtioDevice {
 
   /**
    * Takes every chain the driver made available (within the pass's budget)
-   * and writes the frames to the TAP in batches: one call into the addon and
-   * one writev per frame, no per-frame allocation; one interrupt at the end.
+   * and writes the frames to the TAP in batches (BATCH_FRAMES): one call into
+   * the addon per batch and one writev per frame, no per-frame allocation;
+   * one interrupt at the end of the pass.
    */
   private transmit(q: SplitVirtqueue): void {
     const pair = (q.index - 1) / 2;

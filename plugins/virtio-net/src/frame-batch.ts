@@ -6,8 +6,14 @@
  */
 import { Descriptor, GuestMemory, GuestMemoryError } from '@tsvmm/virtio-core';
 
-/** Frames per batch: the device's chain budget per pass (CHAIN_BUDGET) is 64. */
-export const BATCH_FRAMES = 64;
+/**
+ * Frames per batch. Small enough that the driver sees used entries while the
+ * device is still at work on the rest of a kick's chains (a guest with few
+ * transmit slots refills them without waiting for the whole pass, and need
+ * not kick again), large enough that the call into the addon is a small
+ * share of a frame's cost.
+ */
+export const BATCH_FRAMES = 16;
 /** Buffers one frame may take in a batch; a chain with more goes the one-at-a-time way. */
 export const FRAME_MAX_BUFFERS = 32;
 
