@@ -1,9 +1,10 @@
 /**
  * virtio-net's receive, transmit and control queues against guest memory
  * built from the input (layout: libs/testing/src/fuzz/virtio-input.ts) and a fake
- * TAP. A guest mistake may break the device (needs-reset) or drop a frame;
- * a throw or unhandled rejection is a crash, and so is a transmitted frame
- * that is not exactly the chain's readable bytes.
+ * TAP that does what the addon's readvFrames / writevFrames do with a batch
+ * (a triple outside its buffer is a crash). A guest mistake may break the
+ * device (needs-reset) or drop a frame; a throw or unhandled rejection is a
+ * crash, and so is a transmitted frame shorter than the virtio-net header.
  *
  * Input byte 0 bits 3-7: bits 3-4 the queue on the layout (0 receive, 1 transmit,
  * 2 control, 3 receive and transmit on the same rings); bit 5 offer no
@@ -45,8 +46,11 @@ class FakeTap {
     let t = 0;
     for (let i = 0; i < b.count; i++) {
       let n = 0;
-      for (let k = 0; k < b.groups[i]; k++, t++)
-        n += b.bases[b.iov[3 * t]].subarray(b.iov[3 * t + 1], b.iov[3 * t + 1] + b.iov[3 * t + 2]).length;
+      for (let k = 0; k < b.groups[i]; k++, t++) {
+        const [base, off, len] = [b.bases[b.iov[3 * t]], b.iov[3 * t + 1], b.iov[3 * t + 2]];
+        if (off + len > base.length) throw new Error(`triple [${off}, +${len}) outside its base of ${base.length}`);
+        n += len;
+      }
       b.results[i] = n;
       this.sent.push(n);
     }
