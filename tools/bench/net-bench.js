@@ -102,7 +102,7 @@ for (const w of WORKLOADS) {
   w.wireBytes = w.frameBytes + 4; // with the FCS
 }
 
-const RUNNER_IDS = ['vmm', 'vmm-off', 'qemu'];
+const RUNNER_IDS = ['vmm', 'vmm-base', 'vmm-off', 'qemu'];
 const DEFAULT_RUNNERS = ['vmm', 'qemu'];
 
 const USAGE = `usage: node tools/bench/net-bench.js [options]
@@ -115,6 +115,9 @@ const USAGE = `usage: node tools/bench/net-bench.js [options]
   --window N        rx: frames the host keeps queued on the TAP ahead of the VMM (default 256;
                     the TAP queue holds 1000)
   --vmm-props STR   extra --device properties for the VMM runners (e.g. ",event-idx=off")
+  --base-vmm DIR    adds the runner vmm-base: the VMM bundle in DIR (DIR/bin/vmm.js and DIR/dist/, e.g.
+                    a build of an earlier commit), run in place with vmm's counts, interleaved with
+                    the others: before / after a change in one run ("vmm / vmm-base")
   --no-snapshot     run apps/vmm in place instead of a private copy of bin/vmm.js + dist/
   --quiet-wait S    before each run, wait up to S seconds for the host to be quiet: at most
                     --quiet-busy of all CPU time busy over 1 s (default 0: do not wait; the
@@ -138,6 +141,7 @@ function parseArgs(argv) {
     scale: 1,
     window: 256,
     vmmProps: '',
+    baseVmm: undefined,
     snapshot: true,
     timeoutS: 180,
     out: DEFAULT_OUT,
@@ -152,6 +156,7 @@ function parseArgs(argv) {
     '--scale',
     '--window',
     '--vmm-props',
+    '--base-vmm',
     '--timeout',
     '--out',
     '--quiet-wait',
@@ -189,6 +194,13 @@ function parseArgs(argv) {
         case '--vmm-props':
           opts.vmmProps = arg.vmmProps(value);
           break;
+        case '--base-vmm':
+          opts.baseVmm = path.resolve(value);
+          if (!fs.existsSync(path.join(opts.baseVmm, 'bin/vmm.js')) || !fs.existsSync(path.join(opts.baseVmm, 'dist/main.js')))
+            usageError(
+              `--base-vmm: ${value} has no bin/vmm.js and dist/main.js (a VMM bundle: node apps/vmm/scripts/bundle.js --outdir=DIR/dist)`,
+            );
+          break;
         case '--scale':
           opts.scale = arg.scale(value);
           break;
@@ -210,6 +222,8 @@ function parseArgs(argv) {
       }
     },
   });
+  if (opts.baseVmm && !opts.runners.includes('vmm-base')) opts.runners.splice(1, 0, 'vmm-base');
+  if (opts.runners.includes('vmm-base') && !opts.baseVmm) usageError('the vmm-base runner needs --base-vmm DIR');
   if (opts.reps < 1) usageError('--reps must be at least 1');
   if (opts.window < 1 || opts.window > 900) usageError('--window must be 1..900 (the TAP queue holds 1000 frames)');
   if (!opts.workloads.length || !opts.runners.length) usageError('nothing to run');
@@ -283,32 +297,39 @@ function createNetns() {
 
 /* ---------------- runners ---------------- */
 
+function sha256File(file) {
+  return require('crypto').createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
+
 function guestCmdline(w, n) {
   return w.dir === 'tx'
     ? `test=net-udp-tx count=${n} size=${w.payload} ring=3 ip=${GUEST_IP} peer=${HOST_IP} port=${HOST_PORT}`
     : `test=net-udp-rx count=${n} size=${w.payload} ring=3 ip=${GUEST_IP} peer=${HOST_IP} port=${GUEST_PORT} timeout-ms=5000`;
 }
 
-function makeRunners(vmmBin, guest, vmmProps) {
-  const vmm = (extra) => (w, n) => [
-    process.execPath,
-    [
-      vmmBin,
-      'run',
-      '--memory',
-      `${GUEST_MEMORY_MIB}M`,
-      '--kernel',
-      guest,
-      '--cmdline',
-      guestCmdline(w, n),
-      '--serial',
-      'stdio',
-      '--device',
-      `virtio-net,id=n0,tap=${TAP},mac=${GUEST_MAC}${extra}${vmmProps}`,
-    ],
-  ];
+function makeRunners(vmmBin, guest, vmmProps, baseVmm) {
+  const vmm =
+    (extra, bin = vmmBin) =>
+    (w, n) => [
+      process.execPath,
+      [
+        bin,
+        'run',
+        '--memory',
+        `${GUEST_MEMORY_MIB}M`,
+        '--kernel',
+        guest,
+        '--cmdline',
+        guestCmdline(w, n),
+        '--serial',
+        'stdio',
+        '--device',
+        `virtio-net,id=n0,tap=${TAP},mac=${GUEST_MAC}${extra}${vmmProps}`,
+      ],
+    ];
   return [
     { id: 'vmm', label: 'our VMM', cmd: vmm(''), passCode: 0 },
+    { id: 'vmm-base', label: 'our VMM, base build', cmd: vmm('', baseVmm && path.join(baseVmm, 'bin/vmm.js')), passCode: 0 },
     { id: 'vmm-off', label: 'our VMM, ioeventfd=off', cmd: vmm(',ioeventfd=off'), passCode: 0 },
     {
       id: 'qemu',
@@ -483,11 +504,11 @@ async function main() {
 
   const bins = prepareBinaries({ usesVmm: opts.runners.some((r) => r.startsWith('vmm')), snapshot: opts.snapshot });
   const { guest, guestSha, snap, vmmBin } = bins;
-  const runners = makeRunners(vmmBin, guest, opts.vmmProps).filter((r) => opts.runners.includes(r.id));
+  const runners = makeRunners(vmmBin, guest, opts.vmmProps, opts.baseVmm).filter((r) => opts.runners.includes(r.id));
   const workloads = WORKLOADS.filter((w) => opts.workloads.includes(w.id)).map((w) => {
     const counts = {};
     for (const r of runners) {
-      const n = opts.counts[`${w.id}@${r.id}`] ?? Math.max(1000, Math.round(w.counts[r.id] * opts.scale));
+      const n = opts.counts[`${w.id}@${r.id}`] ?? Math.max(1000, Math.round((w.counts[r.id] ?? w.counts.vmm) * opts.scale));
       if (n < 100) usageError(`${w.id}@${r.id}: count ${n} is too small (at least 100)`);
       if (w.dir === 'rx' && n > RX_MAX_COUNT) usageError(`${w.id}@${r.id}: count ${n} is above net-udp-rx's limit of ${RX_MAX_COUNT}`);
       counts[r.id] = n;
@@ -532,7 +553,7 @@ async function main() {
             ? `notifies=${res.guest.notifies} host-lost=${res.host.lost}`
             : `interrupts=${res.guest.interrupts} host-slept=${res.host.sleptFraction} queued=${res.host.avgQueued}`;
         process.stderr.write(
-          `  ${w.id.padEnd(6)} ${r.id.padEnd(7)} N=${String(n).padEnd(6)} run ${rep + 1}/${reps}: ${fmtInt(res.pps).padStart(8)} pps ` +
+          `  ${w.id.padEnd(6)} ${r.id.padEnd(8)} N=${String(n).padEnd(6)} run ${rep + 1}/${reps}: ${fmtInt(res.pps).padStart(8)} pps ` +
             `${fmt(mbit(res.pps, w.frameBytes), 1).padStart(7)} Mbit/s  wall ${fmt(res.wallMs / 1000, 1)} s  ${extra}  ` +
             `busy-before=${fmt(100 * res.preBusy, 0)}%${res.waitedS > 1.5 ? ` (waited ${fmt(res.waitedS, 0)} s)` : ''}  [${fmt((Date.now() - t0) / 1000, 0)} s]\n`,
         );
@@ -588,6 +609,10 @@ async function main() {
       vmmOffOverQemu: ratio('vmm-off', 'qemu', 'medianPps'),
       vmmOverQemuBest: ratio('vmm', 'qemu', 'maxPps'),
       vmmOverQemuPairedMedian: paired('vmm', 'qemu'),
+      vmmBaseOverQemu: ratio('vmm-base', 'qemu', 'medianPps'),
+      vmmBaseOverQemuPairedMedian: paired('vmm-base', 'qemu'),
+      vmmOverVmmBase: ratio('vmm', 'vmm-base', 'medianPps'),
+      vmmOverVmmBasePairedMedian: paired('vmm', 'vmm-base'),
     };
     results[w.id] = entry;
   }
@@ -627,7 +652,7 @@ async function main() {
     for (const w of workloads) {
       const q = results[w.id].ratios;
       lines.push(
-        `| ${w.id} | ${cols.map((r) => fr(r.id === 'vmm' ? q.vmmOverQemu : q.vmmOffOverQemu)).join(' | ')}` +
+        `| ${w.id} | ${cols.map((r) => fr({ vmm: q.vmmOverQemu, 'vmm-base': q.vmmBaseOverQemu, 'vmm-off': q.vmmOffOverQemu }[r.id])).join(' | ')}` +
           `${withVmm ? ` | ${fr(q.vmmOverQemuPairedMedian)} | ${fr(q.vmmOverQemuBest)}` : ''} |`,
       );
     }
@@ -636,6 +661,19 @@ async function main() {
       'Ratios of pps (= of Mbit/s: same frames); above 1 means our VMM is faster. First columns: ratio of the medians; ' +
         '"per-rep": the median of run i of vmm / run i of qemu (adjacent in time, so similar host load); "best runs": each runner\'s fastest run ' +
         '(other load only ever slows a run down).',
+    );
+  }
+  if (runners.some((r) => r.id === 'vmm-base') && runners.some((r) => r.id === 'vmm')) {
+    lines.push('');
+    lines.push('| workload | vmm / vmm-base | vmm / vmm-base, median of per-rep ratios | vmm-base / qemu, median of per-rep ratios |');
+    lines.push('|---|---:|---:|---:|');
+    for (const w of workloads) {
+      const q = results[w.id].ratios;
+      lines.push(`| ${w.id} | ${fr(q.vmmOverVmmBase)} | ${fr(q.vmmOverVmmBasePairedMedian)} | ${fr(q.vmmBaseOverQemuPairedMedian)} |`);
+    }
+    lines.push('');
+    lines.push(
+      `vmm-base: ${opts.baseVmm} (dist/main.js sha256 ${sha256File(path.join(opts.baseVmm, 'dist/main.js')).slice(0, 16)}), run in place.`,
     );
   }
   for (const w of workloads) lines.push(`- ${w.id}: \`${guestCmdline(w, 'N')}\` (${w.label}: ${w.frameBytes} bytes on the TAP)`);
@@ -657,6 +695,7 @@ async function main() {
       vmm: vmmVersion(bins),
       vmmTreeRebuiltDuringRun: treeRebuilt,
       vmmProps: opts.vmmProps || undefined,
+      baseVmm: opts.baseVmm ? { dir: opts.baseVmm, mainJsSha256: sha256File(path.join(opts.baseVmm, 'dist/main.js')) } : undefined,
     },
     versionsAtEnd: mixed ? stamps1 : undefined,
     network: {

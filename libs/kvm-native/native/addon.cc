@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <atomic>
 
@@ -450,6 +451,139 @@ Napi::Value Dup(const Napi::CallbackInfo& info) {
   int r = sysDup(argFd(info, 0));
   if (r < 0) throw errnoError(info.Env(), r, "dup");
   return Napi::Number::New(info.Env(), r);
+}
+
+// --- frame I/O: several readv/writev calls on one fd in one call ---
+//
+// Buffers are named, not passed as views: `bases` is an array of Uint8Arrays
+// (e.g. guest RAM's buffers); `iov` holds (base index, byte offset, length)
+// triples; `groups[i]` is how many consecutive triples make request i. Every
+// triple is checked against its base here, so a wrong one fails its request
+// (EFAULT) and never reaches the kernel.
+
+constexpr uint32_t kFrameIovMax = 1024;  // UIO_MAXIOV
+
+struct FrameBatch {
+  std::vector<std::pair<uint8_t*, size_t>> bases;
+  const double* iov = nullptr;
+  size_t iovLen = 0;  // doubles
+  const uint32_t* groups = nullptr;
+  int32_t* results = nullptr;
+  uint32_t count = 0;
+};
+
+FrameBatch frameBatchArgs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  FrameBatch b;
+  if (!info[1].IsArray()) throw Napi::TypeError::New(env, "bases must be an array of Uint8Arrays");
+  auto arr = info[1].As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Value v = arr.Get(i);
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      throw Napi::TypeError::New(env, "bases must be an array of Uint8Arrays");
+    size_t len;
+    uint8_t* p = viewData(v, &len);
+    b.bases.emplace_back(p, len);
+  }
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    throw Napi::TypeError::New(env, "iov must be a Float64Array");
+  auto iov = info[2].As<Napi::Float64Array>();
+  b.iov = iov.Data();
+  b.iovLen = iov.ElementLength();
+  if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+    throw Napi::TypeError::New(env, "groups must be a Uint32Array");
+  auto groups = info[3].As<Napi::Uint32Array>();
+  b.groups = groups.Data();
+  if (!info[4].IsNumber()) throw Napi::TypeError::New(env, "count must be a number");
+  int64_t count = info[4].As<Napi::Number>().Int64Value();
+  if (!info[5].IsTypedArray() || info[5].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw Napi::TypeError::New(env, "results must be an Int32Array");
+  auto results = info[5].As<Napi::Int32Array>();
+  b.results = results.Data();
+  if (count < 0 || static_cast<size_t>(count) > groups.ElementLength() || static_cast<size_t>(count) > results.ElementLength())
+    throw Napi::RangeError::New(env, "count must be in [0, min(groups.length, results.length)]");
+  b.count = static_cast<uint32_t>(count);
+  return b;
+}
+
+// Fills `out` with request i's iovecs (from triple *next on); 0, or -errno for this request alone.
+int frameIovecs(const FrameBatch& b, uint32_t i, size_t* next, std::vector<struct iovec>& out, size_t* total) {
+  uint32_t n = b.groups[i];
+  out.clear();
+  *total = 0;
+  size_t first = *next;
+  *next += n;
+  if (n > kFrameIovMax || (first + n) * 3 > b.iovLen) return -EINVAL;
+  for (uint32_t k = 0; k < n; k++) {
+    const double* t = b.iov + (first + k) * 3;
+    double base = t[0], off = t[1], len = t[2];
+    if (!(base >= 0 && base < static_cast<double>(b.bases.size()) && base == static_cast<double>(static_cast<size_t>(base))))
+      return -EFAULT;
+    const auto& bb = b.bases[static_cast<size_t>(base)];
+    if (!(off >= 0 && len >= 0 && off == static_cast<double>(static_cast<uint64_t>(off)) &&
+          len == static_cast<double>(static_cast<uint64_t>(len)) && off + len <= static_cast<double>(bb.second)))
+      return -EFAULT;
+    out.push_back({bb.first + static_cast<size_t>(off), static_cast<size_t>(len)});
+    *total += static_cast<size_t>(len);
+    if (*total > 0x7fffffff) return -EINVAL;  // the result is an int32
+  }
+  return 0;
+}
+
+// writevFrames(fd, bases, iov, groups, count, results): one writev per request, every
+// request tried; results[i] = bytes written or -errno. Returns count.
+Napi::Value WritevFrames(const Napi::CallbackInfo& info) {
+  int fd = argFd(info, 0);
+  FrameBatch b = frameBatchArgs(info);
+  std::vector<struct iovec> iov;
+  iov.reserve(16);
+  size_t next = 0, total = 0;
+  for (uint32_t i = 0; i < b.count; i++) {
+    int r = frameIovecs(b, i, &next, iov, &total);
+    // SAFETY: every iovec lies inside a live JS buffer (checked above) for this synchronous call.
+    b.results[i] = r < 0 ? r : static_cast<int32_t>(sysWritev(fd, iov.data(), static_cast<int>(iov.size())));
+  }
+  return Napi::Number::New(info.Env(), b.count);
+}
+
+// readvFrames(fd, bases, iov, groups, count, results, spill?): one readv per request into
+// its iovecs (followed by `spill`, a Uint8Array, when given), in order, until the fd has
+// nothing more (EAGAIN: that request gets no result) or a read fails (results[i] = -errno)
+// or a read spilled (it was longer than the request's own iovecs: the rest is at the start
+// of `spill`, so nothing more is read). results[i] = bytes read. Returns how many requests
+// got a result.
+Napi::Value ReadvFrames(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = argFd(info, 0);
+  FrameBatch b = frameBatchArgs(info);
+  uint8_t* spill = nullptr;
+  size_t spillLen = 0;
+  if (info.Length() > 6 && !info[6].IsUndefined() && !info[6].IsNull()) {
+    if (!info[6].IsTypedArray() || info[6].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      throw Napi::TypeError::New(env, "spill must be a Uint8Array");
+    spill = viewData(info[6], &spillLen);
+  }
+  std::vector<struct iovec> iov;
+  iov.reserve(17);
+  size_t next = 0, total = 0;
+  for (uint32_t i = 0; i < b.count; i++) {
+    int r = frameIovecs(b, i, &next, iov, &total);
+    if (r < 0) {
+      b.results[i] = r;
+      return Napi::Number::New(env, i + 1);
+    }
+    if (spill && spillLen) iov.push_back({spill, spillLen});
+    if (iov.size() > kFrameIovMax) {
+      b.results[i] = -EINVAL;
+      return Napi::Number::New(env, i + 1);
+    }
+    // SAFETY: every iovec lies inside a live JS buffer (checked above) for this synchronous call.
+    long n = sysReadv(fd, iov.data(), static_cast<int>(iov.size()));
+    if (n == -EAGAIN || n == -EWOULDBLOCK) return Napi::Number::New(env, i);
+    b.results[i] = static_cast<int32_t>(n);
+    if (n < 0 || static_cast<size_t>(n) > total) return Napi::Number::New(env, i + 1);
+  }
+  return Napi::Number::New(env, b.count);
 }
 
 // --- credentials (privileges.h): generic calls, the order is the caller's ---
@@ -1086,6 +1220,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("recvFds", Napi::Function::New(env, RecvFds));
   exports.Set("pollIn", Napi::Function::New(env, PollIn));
   exports.Set("dup", Napi::Function::New(env, Dup));
+  exports.Set("writevFrames", Napi::Function::New(env, WritevFrames));
+  exports.Set("readvFrames", Napi::Function::New(env, ReadvFrames));
   exports.Set("atomicOr64", Napi::Function::New(env, AtomicOr64));
   exports.Set("atomicFetchClear64", Napi::Function::New(env, AtomicFetchClear64));
   exports.Set("chroot", Napi::Function::New(env, Chroot));

@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <cstring>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -188,6 +189,22 @@ int sysPollIn(int fd, int timeoutMs) {
 int sysDup(int fd) {
   int r = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   return r < 0 ? err() : r;
+}
+
+long sysReadv(int fd, const struct iovec* iov, int niov) {
+  ssize_t n;
+  do {
+    n = readv(fd, iov, niov);
+  } while (n < 0 && errno == EINTR);
+  return n < 0 ? err() : static_cast<long>(n);
+}
+
+long sysWritev(int fd, const struct iovec* iov, int niov) {
+  ssize_t n;
+  do {
+    n = writev(fd, iov, niov);
+  } while (n < 0 && errno == EINTR);
+  return n < 0 ? err() : static_cast<long>(n);
 }
 
 int sysMunmap(void* addr, size_t size) { return munmap(addr, size) < 0 ? err() : 0; }

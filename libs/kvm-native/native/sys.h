@@ -3,6 +3,8 @@
 #include <cstddef>
 #include <cstdint>
 
+struct iovec;
+
 namespace kvmnative {
 
 // Every function returns >= 0 on success or -errno on failure.
@@ -46,6 +48,10 @@ long sysRecvFds(int fd, void* buf, size_t len, int* fds, int maxFds, int* nfds);
 // poll(POLLIN) with a timeout: 1 readable (or hung up), 0 timeout.
 int sysPollIn(int fd, int timeoutMs);
 int sysDup(int fd);
+
+// readv(2) / writev(2), retried on EINTR: the byte count or -errno.
+long sysReadv(int fd, const struct iovec* iov, int niov);
+long sysWritev(int fd, const struct iovec* iov, int niov);
 
 // The signal used to kick a vCPU thread out of KVM_RUN (handler is a no-op).
 int kickSignal();

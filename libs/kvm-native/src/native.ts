@@ -79,6 +79,17 @@ export interface NativeAddon {
   recvFds(fd: number, buf: Uint8Array, maxFds: number): { bytes: number; fds: number[] };
   pollIn(fd: number, timeoutMs: number): boolean;
   dup(fd: number): number;
+  /** See frame-io.ts. */
+  writevFrames(fd: number, bases: Uint8Array[], iov: Float64Array, groups: Uint32Array, count: number, results: Int32Array): number;
+  readvFrames(
+    fd: number,
+    bases: Uint8Array[],
+    iov: Float64Array,
+    groups: Uint32Array,
+    count: number,
+    results: Int32Array,
+    spill?: Uint8Array | null,
+  ): number;
   /**
    * Where an exception thrown by a JS callback that native code runs (fd
    * watchers, vCPU state calls) goes: it is never rethrown (that would abort

@@ -356,6 +356,9 @@ export class SplitVirtqueue {
   /** Gives back the last `count` popped chains (not yet used), e.g. when a received frame did not fit. */
   unpop(count: number): void {
     this.lastAvailIdx = (this.lastAvailIdx - count) & 0xffff;
+    // Chains given back were not handed out: they do not count against the batch's budget
+    // (virtio-net pops a batch of receive buffers before it knows how many frames the TAP has).
+    if (this.budgetLeft !== Infinity) this.budgetLeft += count;
   }
 
   /**
@@ -375,14 +378,15 @@ export class SplitVirtqueue {
     let table = this.descBytes!;
     let tableSize = n;
     let inIndirect = false;
-    let seen = new Uint8Array(n);
+    let seen = this.seenFor(n);
+    let stamp = this.nextStamp();
     let index = head;
     let total = 0;
     let count = 0;
     let limit = n;
     for (;;) {
-      if (seen[index]) return { error: { kind: 'descriptor-loop', index } };
-      seen[index] = 1;
+      if (seen[index] === stamp) return { error: { kind: 'descriptor-loop', index } };
+      seen[index] = stamp;
       if (++count > limit) return { error: { kind: 'chain-too-long', limit } };
       const o = index * DESC_SIZE;
       const addr = Number(table.getBigUint64(o, true));
@@ -405,7 +409,8 @@ export class SplitVirtqueue {
         table = new DataView(t.buffer, t.byteOffset, t.byteLength);
         tableSize = len / DESC_SIZE;
         inIndirect = true;
-        seen = new Uint8Array(tableSize);
+        seen = this.seenFor(tableSize);
+        stamp = this.nextStamp();
         index = 0;
         // The table's own entries are what counts from here (the descriptors before it were direct ones, at most size - 1).
         limit = tableSize;
@@ -432,6 +437,31 @@ export class SplitVirtqueue {
       index = next;
     }
     return { chain };
+  }
+
+  /**
+   * readChain's loop detection: descriptor i was visited in this walk when
+   * seen[i] holds the walk's stamp. Reused, because a fresh typed array per
+   * chain costs microseconds (V8 puts typed arrays over 64 bytes off its
+   * heap, and the garbage collector tracks each one).
+   */
+  private seen = new Uint32Array(0);
+  private stamp = 0;
+
+  private seenFor(size: number): Uint32Array {
+    if (this.seen.length < size) {
+      this.seen = new Uint32Array(size);
+      this.stamp = 0;
+    }
+    return this.seen;
+  }
+
+  private nextStamp(): number {
+    if (this.stamp === 0xffffffff) {
+      this.seen.fill(0);
+      this.stamp = 0;
+    }
+    return ++this.stamp;
   }
 
   /** Returns a chain to the driver with `len` bytes written (release: the element before the index). */

@@ -1,9 +1,10 @@
 /**
  * virtio-net's receive, transmit and control queues against guest memory
  * built from the input (layout: libs/testing/src/fuzz/virtio-input.ts) and a fake
- * TAP. A guest mistake may break the device (needs-reset) or drop a frame;
- * a throw or unhandled rejection is a crash, and so is a transmitted frame
- * that is not exactly the chain's readable bytes.
+ * TAP that does what the addon's readvFrames / writevFrames do with a batch
+ * (a triple outside its buffer is a crash). A guest mistake may break the
+ * device (needs-reset) or drop a frame; a throw or unhandled rejection is a
+ * crash, and so is a transmitted frame shorter than the virtio-net header.
  *
  * Input byte 0 bits 3-7: bits 3-4 the queue on the layout (0 receive, 1 transmit,
  * 2 control, 3 receive and transmit on the same rings); bit 5 offer no
@@ -13,6 +14,7 @@
  */
 import { GuestMemoryError } from '@tsvmm/virtio-core';
 import type { Tap } from '../src/backend/tap';
+import type { FrameBatch } from '../src/frame-batch';
 import { VirtioNetDevice } from '../src/device';
 import * as N from '../src/generated/virtio-net-uapi';
 import { bringUp, guestFromInput, programQueue, settle, strictLog } from '@tsvmm/testing/fuzz';
@@ -34,9 +36,48 @@ class FakeTap {
     buf.set(f.subarray(0, n));
     return n;
   }
-  write(_queue: number, bufs: Uint8Array[]): boolean {
-    this.sent.push(bufs.reduce((n, b) => n + b.length, 0));
-    return true;
+  write(_queue: number, bufs: Uint8Array[]): number {
+    const n = bufs.reduce((n, b) => n + b.length, 0);
+    this.sent.push(n);
+    return n;
+  }
+  /** As the addon's writevFrames on a TAP: one frame per group of (base, offset, length) triples. */
+  writeFrames(_queue: number, b: FrameBatch): void {
+    let t = 0;
+    for (let i = 0; i < b.count; i++) {
+      let n = 0;
+      for (let k = 0; k < b.groups[i]; k++, t++) {
+        const [base, off, len] = [b.bases[b.iov[3 * t]], b.iov[3 * t + 1], b.iov[3 * t + 2]];
+        if (off + len > base.length) throw new Error(`triple [${off}, +${len}) outside its base of ${base.length}`);
+        n += len;
+      }
+      b.results[i] = n;
+      this.sent.push(n);
+    }
+  }
+  /** As the addon's readvFrames on a TAP: one frame per group, the rest of a longer one into `spill`, which ends the batch. */
+  readFrames(_queue: number, b: FrameBatch, spill: Uint8Array): number {
+    let t = 0;
+    for (let i = 0; i < b.count; i++) {
+      const f = this.frames.shift();
+      if (!f) return i;
+      let pos = 0;
+      for (let k = 0; k < b.groups[i]; k++, t++) {
+        const [base, off, len] = [b.bases[b.iov[3 * t]], b.iov[3 * t + 1], b.iov[3 * t + 2]];
+        if (off + len > base.length) throw new Error(`triple [${off}, +${len}) outside its base of ${base.length}`);
+        const c = Math.min(len, f.length - pos);
+        base.set(f.subarray(pos, pos + c), off);
+        pos += c;
+      }
+      if (pos < f.length) {
+        const c = Math.min(spill.length, f.length - pos);
+        spill.set(f.subarray(pos, pos + c));
+        b.results[i] = pos + c;
+        return i + 1;
+      }
+      b.results[i] = f.length;
+    }
+    return b.count;
   }
   watch(): { start(): void; stop(): void; close(): void } {
     return { start: () => undefined, stop: () => undefined, close: () => undefined };

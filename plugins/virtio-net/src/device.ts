@@ -2,8 +2,10 @@
  * The virtio-net device (virtio 1.2 section 5.1) over a TAP: receive queues
  * (2i), transmit queues (2i+1) for each queue pair, and the control queue last.
  */
-import { FdWatch } from '@tsvmm/kvm-native';
+import * as os from 'os';
+import { errnoException, FdWatch } from '@tsvmm/kvm-native';
 import {
+  Descriptor,
   DescriptorChain,
   gather,
   GuestMemory,
@@ -16,12 +18,16 @@ import {
 } from '@tsvmm/virtio-core';
 import * as N from './generated/virtio-net-uapi';
 import { Tap, VNET_HDR_LEN } from './backend/tap';
+import { BATCH_FRAMES, FrameBatch } from './frame-batch';
 
 export const VIRTIO_ID_NET = 1;
 export const QUEUE_SIZE = 256;
 const MAX_FRAME = 65536 + VNET_HDR_LEN;
+/** Receive chains popped for a batch at least (see rxWant). */
+const RX_MIN_BATCH = 4;
 
 const bit = (n: number) => 1n << BigInt(n);
+const { EAGAIN, EINVAL, EIO, ENOBUFS } = os.constants.errno;
 
 export interface VirtioNetOptions {
   id: string;
@@ -59,6 +65,16 @@ export class VirtioNetDevice extends VirtioDevice {
   /** A frame read from the TAP that did not fit the guest's buffers yet, per pair. */
   private readonly stashed: (Uint8Array | undefined)[];
   private readonly rxBuf = new Uint8Array(MAX_FRAME);
+  /** Where a received frame longer than its first chain goes on (MRG_RXBUF), before it is copied to the next chains. */
+  private readonly spill = new Uint8Array(MAX_FRAME);
+  private readonly txBatch = new FrameBatch();
+  private readonly rxBatch = new FrameBatch(this.spill);
+  /** The chains of the receive batch (reused). */
+  private readonly rxChains: DescriptorChain[] = [];
+  /** Receive chains to pop for the next batch, per pair (adapts to how many frames the TAP had). */
+  private readonly rxWant: number[];
+  /** Used receive entries in this pass (one interrupt at its end). */
+  private rxPushed = 0;
 
   constructor(memory: GuestMemory, opts: VirtioNetOptions) {
     let features =
@@ -101,6 +117,7 @@ export class VirtioNetDevice extends VirtioDevice {
     dv.setUint16(N.OFF_virtio_net_config_mtu, opts.mtu, true);
     this.watches = Array.from({ length: opts.pairs }, (_, i) => opts.tap.watch(i, () => this.serviceRx(i)));
     this.stashed = Array.from({ length: opts.pairs }, () => undefined);
+    this.rxWant = Array.from({ length: opts.pairs }, () => RX_MIN_BATCH);
   }
 
   override deviceInfo(): Record<string, unknown> {
@@ -182,13 +199,22 @@ export class VirtioNetDevice extends VirtioDevice {
 
   // --- transmit ------------------------------------------------------------------
 
+  /**
+   * Takes every chain the driver made available (within the pass's budget)
+   * and writes the frames to the TAP in batches (BATCH_FRAMES): one call into
+   * the addon per batch and one writev per frame, no per-frame allocation;
+   * one interrupt at the end of the pass.
+   */
   private transmit(q: SplitVirtqueue): void {
     const pair = (q.index - 1) / 2;
+    const b = this.txBatch;
     let sent = 0;
     do {
       q.disableNotification();
+      b.begin(this.memory);
       for (let chain = this.popChain(q); chain; chain = this.popChain(q)) {
         if (chain.writable.length || chain.readableLength < VNET_HDR_LEN) {
+          sent += this.flushTx(q, pair);
           this.markBroken(
             chain.writable.length
               ? 'transmit chain has device-writable buffers'
@@ -196,17 +222,53 @@ export class VirtioNetDevice extends VirtioDevice {
           );
           return;
         }
-        const views = guestViews(this.memory, chain.readable); // a buffer across a RAM split is two views
-        if (pair < this.activePairs && this.tap.write(pair, views)) {
-          this.net.txPackets++;
-          this.net.txBytes += chain.readableLength - VNET_HDR_LEN;
-        } else this.net.txDropped++;
-        this.pushUsed(q, chain.head, 0);
+        if (b.add(chain.head, chain.readable)) {
+          if (b.full) sent += this.flushTx(q, pair);
+          continue;
+        }
+        // More buffers than a batch takes per frame: the frames before it first, then this one alone.
+        sent += this.flushTx(q, pair);
+        if (this.broken) return;
+        const r = pair < this.activePairs ? this.tap.write(pair, guestViews(this.memory, chain.readable)) : -EAGAIN;
+        if (!this.txDone(q, chain.head, chain.readableLength, r)) return;
         sent++;
       }
+      sent += this.flushTx(q, pair);
+      if (this.broken) return;
     } while (this.canProcess && q.enableNotification());
     // One interrupt for the whole batch.
     if (sent) this.signalUsed(q);
+  }
+
+  /** Writes the transmit batch to the TAP and returns its chains to the driver; the count returned. */
+  private flushTx(q: SplitVirtqueue, pair: number): number {
+    const b = this.txBatch;
+    const n = b.count;
+    if (n === 0) return 0;
+    const up = pair < this.activePairs; // frames on a pair the driver has not enabled are dropped
+    if (up) this.tap.writeFrames(pair, b);
+    let done = 0;
+    for (let i = 0; i < n; i++) {
+      if (!this.txDone(q, b.heads[i], b.capacity[i], up ? b.results[i] : -EAGAIN)) break;
+      done++;
+    }
+    b.begin(this.memory);
+    return done;
+  }
+
+  /** One frame's outcome (bytes written or -errno); false when it broke the device. */
+  private txDone(q: SplitVirtqueue, head: number, length: number, r: number): boolean {
+    if (r >= 0) {
+      this.net.txPackets++;
+      this.net.txBytes += length - VNET_HDR_LEN;
+    } else if (r === -EINVAL) {
+      // The TAP refuses a frame whose virtio-net header it cannot honour (GSO fields) or that is shorter than an Ethernet header.
+      this.markBroken(`the TAP refused a transmit frame of ${length} bytes (EINVAL): bad virtio-net header or runt frame`);
+      return false;
+    } else if (r === -EAGAIN || r === -EIO || r === -ENOBUFS) this.net.txDropped++;
+    else throw errnoException(-r, 'writev');
+    this.pushUsed(q, head, 0);
+    return true;
   }
 
   // --- receive -------------------------------------------------------------------
@@ -219,7 +281,7 @@ export class VirtioNetDevice extends VirtioDevice {
       watch.stop();
       return;
     }
-    let delivered = 0;
+    this.rxPushed = 0;
     for (;;) {
       // The chain budget is spent: service() comes back in a later turn (frames wait in the TAP).
       if (q.budgetExhausted) break;
@@ -231,39 +293,188 @@ export class VirtioNetDevice extends VirtioDevice {
           break;
         }
       }
-      let frame = this.stashed[pair];
-      this.stashed[pair] = undefined;
-      if (!frame) {
-        const n = this.tap.read(pair, this.rxBuf);
-        if (n <= 0) {
-          watch.start(); // wait for the TAP
-          break;
-        }
-        frame = this.rxBuf.subarray(0, n);
-      }
-      const pendingBefore = q.pending();
-      const r = this.deliver(q, frame);
-      if (r === 'broken') return;
-      if (r === 'no-room') {
-        if (q.budgetExhausted) {
-          this.stashed[pair] = Uint8Array.from(frame);
-          break;
-        }
-        if (pendingBefore >= q.size) {
-          // Even a full ring of the guest's buffers cannot hold this frame: drop it, or RX would stall for good.
-          this.net.rxDropped++;
-          continue;
-        }
-        // Keep the frame and wait for the guest to post more buffers (its kick resumes RX).
-        this.stashed[pair] = Uint8Array.from(frame);
-        this.net.rxNoBuffers++;
-        watch.stop();
-        if (q.enableNotification() && q.pending() > pendingBefore) continue; // buffers arrived meanwhile
+      if (!(this.stashed[pair] ? this.receiveOne(q, pair) : this.receiveBatch(q, pair))) break;
+    }
+    if (this.rxPushed) this.signalUsed(q);
+  }
+
+  /**
+   * Pops up to a batch of receive chains and reads frames from the TAP
+   * straight into them (one call into the addon, one readv per frame). A
+   * frame longer than its chain spills into a host buffer and goes on into
+   * the next chains (MRG_RXBUF). Chains left without a frame go back to the
+   * ring. A chain with an odd shape (device-readable buffers, a first buffer
+   * that cannot hold the header, very many buffers) goes to receiveOne.
+   * Returns whether to go on.
+   */
+  private receiveBatch(q: SplitVirtqueue, pair: number): boolean {
+    const b = this.rxBatch;
+    const chains = this.rxChains;
+    chains.length = 0;
+    b.begin(this.memory);
+    const want = this.rxWant[pair];
+    while (b.count < want) {
+      const chain = this.popChain(q);
+      if (!chain) break;
+      if (chain.readable.length || chain.writable[0].len < VNET_HDR_LEN || !b.add(chain.head, chain.writable)) {
+        this.unpopChains(q, 1);
         break;
       }
-      delivered++;
+      chains.push(chain);
     }
-    if (delivered) this.signalUsed(q);
+    if (this.broken) return false;
+    if (chains.length === 0) return this.receiveOne(q, pair);
+    const m = this.tap.readFrames(pair, b, this.spill);
+    // Chains are popped before the TAP says how many frames it has: ask for twice what the last batch got (a walk
+    // of a chain that goes back unused is wasted work), up to a full batch while every chain gets a frame.
+    this.rxWant[pair] = m === chains.length ? Math.min(2 * want, BATCH_FRAMES) : Math.max(RX_MIN_BATCH, 2 * m);
+    let consumed = 0;
+    let more = m === chains.length; // fewer: the TAP is empty
+    for (let i = 0; i < m; i++) {
+      const n = b.results[i];
+      if (n < 0) {
+        this.unpopChains(q, chains.length - consumed);
+        throw errnoException(-n, 'readv');
+      }
+      const chain = chains[i];
+      if (n <= b.capacity[i]) {
+        // num_buffers: this frame took one chain.
+        this.memory.writeU16(chain.writable[0].addr + N.OFF_virtio_net_hdr_mrg_rxbuf_num_buffers, 1);
+        this.noteWritten(chain.writable, n);
+        this.rxDone(q, chain.head, n, n);
+        consumed++;
+        continue;
+      }
+      // The frame went on into the spill buffer (the last result): the rest goes to the next chains.
+      const r = this.receiveSpilled(q, pair, i, n);
+      if (r < 0) return false;
+      consumed = r;
+      more = true;
+    }
+    this.unpopChains(q, chains.length - consumed);
+    if (!more) this.watches[pair].start(); // wait for the TAP
+    return more;
+  }
+
+  /**
+   * Frame `i` of the receive batch was `n` bytes, more than chain i holds;
+   * the rest is in the spill buffer. Without MRG_RXBUF it is dropped; with it
+   * the next chains (popped already or popped now) take the rest. Returns
+   * how many of rxChains are used (the caller returns the rest), or -1 to
+   * stop (broken, or waiting for buffers with the frame stashed).
+   */
+  private receiveSpilled(q: SplitVirtqueue, pair: number, i: number, n: number): number {
+    const chains = this.rxChains;
+    const first = chains[i];
+    const cap = this.rxBatch.capacity[i];
+    if (!this.hasFeature(N.VIRTIO_NET_F_MRG_RXBUF)) {
+      // Without mergeable buffers a frame must fit one chain: drop it, give the chain back empty.
+      this.net.rxDropped++;
+      this.pushUsed(q, first.head, 0);
+      this.rxPushed++;
+      return i + 1;
+    }
+    let off = cap;
+    let j = i + 1;
+    while (off < n) {
+      let chain = j < chains.length ? chains[j] : undefined;
+      if (!chain) {
+        chain = this.popChain(q) ?? undefined;
+        if (!chain) break;
+        chains.push(chain);
+      }
+      j++;
+      if (chain.readable.length) {
+        this.markBroken('receive chain has device-readable buffers');
+        return -1;
+      }
+      off += chain.writableLength;
+    }
+    if (this.broken) return -1;
+    if (off < n) {
+      // Not enough buffers: keep the frame (what is in chain i and the spill) and return the chains.
+      const frame = new Uint8Array(n);
+      frame.set(gather(this.memory, first.writable, 0, cap));
+      frame.set(this.spill.subarray(0, n - cap), cap);
+      this.unpopChains(q, chains.length - i);
+      chains.length = i;
+      return this.stashOrDrop(q, pair, frame) ? -1 : i;
+    }
+    this.memory.writeU16(first.writable[0].addr + N.OFF_virtio_net_hdr_mrg_rxbuf_num_buffers, j - i);
+    this.noteWritten(first.writable, cap);
+    this.pushUsed(q, first.head, cap);
+    let pos = 0;
+    for (let k = i + 1; k < j; k++) {
+      const c = chains[k];
+      const len = Math.min(c.writableLength, n - cap - pos);
+      scatter(this.memory, c.writable, this.spill.subarray(pos, pos + len));
+      pos += len;
+      this.pushUsed(q, c.head, len);
+    }
+    this.rxPushed += j - i;
+    this.net.rxPackets++;
+    this.net.rxBytes += n - VNET_HDR_LEN;
+    return j;
+  }
+
+  /** A frame that found too few buffers: true when it is stashed and RX waits; false when RX goes on (dropped, or buffers arrived). */
+  private stashOrDrop(q: SplitVirtqueue, pair: number, frame: Uint8Array): boolean {
+    const pendingBefore = q.pending();
+    if (q.budgetExhausted) {
+      this.stashed[pair] = frame;
+      return true;
+    }
+    if (pendingBefore >= q.size) {
+      // Even a full ring of the guest's buffers cannot hold this frame: drop it, or RX would stall for good.
+      this.net.rxDropped++;
+      return false;
+    }
+    // Keep the frame and wait for the guest to post more buffers (its kick resumes RX).
+    this.stashed[pair] = frame;
+    this.net.rxNoBuffers++;
+    this.watches[pair].stop();
+    return !(q.enableNotification() && q.pending() > pendingBefore); // buffers arrived meanwhile
+  }
+
+  /** One used receive chain of `len` bytes for a frame of `frameLen` (with its header). */
+  private rxDone(q: SplitVirtqueue, head: number, len: number, frameLen: number): void {
+    this.pushUsed(q, head, len);
+    this.rxPushed++;
+    this.net.rxPackets++;
+    this.net.rxBytes += frameLen - VNET_HDR_LEN;
+  }
+
+  /** Tells guest memory's dirty tracking (migration) about `n` bytes the TAP wrote from the start of `bufs`. */
+  private noteWritten(bufs: readonly Descriptor[], n: number): void {
+    for (let k = 0; k < bufs.length && n > 0; k++) {
+      const len = Math.min(bufs[k].len, n);
+      this.memory.noteWritten(bufs[k].addr, len);
+      n -= len;
+    }
+  }
+
+  /**
+   * One frame the one-at-a-time way: the stashed frame, or one read from the
+   * TAP into a host buffer, scattered by deliver() with every check. Returns
+   * whether to go on.
+   */
+  private receiveOne(q: SplitVirtqueue, pair: number): boolean {
+    let frame = this.stashed[pair];
+    this.stashed[pair] = undefined;
+    const fromTap = !frame;
+    if (!frame) {
+      const n = this.tap.read(pair, this.rxBuf);
+      if (n <= 0) {
+        this.watches[pair].start(); // wait for the TAP
+        return false;
+      }
+      frame = this.rxBuf.subarray(0, n);
+    }
+    const r = this.deliver(q, frame);
+    if (r === 'broken') return false;
+    if (r === 'no-room') return !this.stashOrDrop(q, pair, fromTap ? Uint8Array.from(frame) : frame);
+    this.rxPushed++;
+    return true;
   }
 
   /** Scatters one frame (vnet header first) into one or more chains. */

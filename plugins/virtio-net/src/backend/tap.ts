@@ -5,7 +5,8 @@
  * Reads are non-blocking and driven by libuv readiness.
  */
 import * as fs from 'fs';
-import { FdWatch, hostIoctl } from '@tsvmm/kvm-native';
+import { FdWatch, hostIoctl, readvFrames, writevFrames } from '@tsvmm/kvm-native';
+import type { FrameBatch } from '../frame-batch';
 import * as N from '../generated/virtio-net-uapi';
 
 export class TapError extends Error {}
@@ -123,16 +124,30 @@ export class Tap {
     }
   }
 
-  /** Writes one frame (vnet header + data) from guest buffers; false when the TAP queue is full. */
-  write(queue: number, bufs: Uint8Array[]): boolean {
+  /** Writes one frame (vnet header + data) from guest buffers: the bytes written, or -errno (EAGAIN: the TAP queue is full). */
+  write(queue: number, bufs: Uint8Array[]): number {
     try {
-      fs.writevSync(this.fds[queue], bufs);
-      return true;
+      return fs.writevSync(this.fds[queue], bufs);
     } catch (e) {
-      const code = (e as { code?: string }).code;
-      if (code === 'EAGAIN' || code === 'EWOULDBLOCK' || code === 'EIO') return false;
+      const errno = (e as { errno?: number }).errno;
+      if (typeof errno === 'number' && errno < 0) return errno;
       throw e;
     }
+  }
+
+  /** Writes every frame of the batch, one writev each, in one call: `batch.results[i]` is bytes written or -errno. */
+  writeFrames(queue: number, batch: FrameBatch): void {
+    writevFrames(this.fds[queue], batch.bases, batch.iov, batch.groups, batch.count, batch.results);
+  }
+
+  /**
+   * Reads frames into the batch's buffers in order, one readv each, in one
+   * call, until the TAP is empty or a frame spilled past its buffers into
+   * `spill`; returns how many frames have a result (bytes or -errno) in
+   * `batch.results`.
+   */
+  readFrames(queue: number, batch: FrameBatch, spill: Uint8Array): number {
+    return readvFrames(this.fds[queue], batch.bases, batch.iov, batch.groups, batch.count, batch.results, spill);
   }
 
   watch(queue: number, onReadable: () => void): FdWatch {
