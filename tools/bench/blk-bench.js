@@ -167,12 +167,13 @@ const WORKLOADS = (DEVICE === 'scsi' ? SCSI_WORKLOADS : BLK_WORKLOADS).map((w) =
     ...w.counts,
     'vmm-threads': w.counts['vmm-on'],
     'vmm-iot': w.counts['vmm-on'],
+    'vmm-base': w.counts['vmm-on'],
     'qemu-uring': w.counts.qemu,
     'qemu-uring-iot': w.counts.qemu,
   },
 }));
 
-const RUNNER_IDS = ['vmm-on', 'vmm-threads', 'vmm-off', 'vmm-iot', 'qemu', 'qemu-uring', 'qemu-uring-iot'];
+const RUNNER_IDS = ['vmm-on', 'vmm-threads', 'vmm-off', 'vmm-iot', 'vmm-base', 'qemu', 'qemu-uring', 'qemu-uring-iot'];
 const QEMU_RUNNERS = ['qemu', 'qemu-uring', 'qemu-uring-iot'];
 
 const USAGE = `usage: node tools/bench/blk-bench.js [options]
@@ -182,11 +183,14 @@ const USAGE = `usage: node tools/bench/blk-bench.js [options]
   --counts LIST     request counts N1:N2 for a workload (all runners) or one runner of it,
                     e.g. rand4k-d1=2000:22000,seq256k-d1@qemu=1000:30000
   --scale F         multiply every default count by F (e.g. 0.25 for a quick run)
-  --runners LIST    comma-separated subset of: ${RUNNER_IDS.join(', ')} (default: all)
+  --runners LIST    comma-separated subset of: ${RUNNER_IDS.join(', ')} (default: all; vmm-base only with --base-vmm)
                     vmm-on: ioeventfd on, aio default (io_uring); vmm-threads: the same with aio=threads;
                     vmm-off: ioeventfd=off; vmm-iot: vmm-on with the device on --object iothread (blk only);
+                    vmm-base: vmm-on's settings on the --base-vmm build;
                     qemu: aio=threads; qemu-uring: aio=io_uring;
                     qemu-uring-iot: aio=io_uring and the controller in an iothread
+  --base-vmm DIR    another build of the VMM (DIR/bin/vmm.js with its DIR/dist/, e.g. a copy taken before a change),
+                    run as vmm-base interleaved with the others: before/after figures from the same host load
   --host-ms N       duration of each host pread measurement in ms (default 1000)
   --image PATH      use this existing raw image (at least 1 MiB) instead of creating
                     a ${256} MiB random one in /tmp (which is deleted at the end)
@@ -219,6 +223,7 @@ function parseArgs(argv) {
     out: undefined,
     vmmProps: '',
     snapshot: true,
+    baseVmm: undefined,
   };
   const valued = [
     '--device',
@@ -234,6 +239,7 @@ function parseArgs(argv) {
     '--pin',
     '--out',
     '--vmm-props',
+    '--base-vmm',
   ];
   const workloadIds = WORKLOADS.map((w) => w.id);
   parseFlags(argv, {
@@ -268,6 +274,9 @@ function parseArgs(argv) {
         case '--out':
           opts.out = path.resolve(value);
           break;
+        case '--base-vmm':
+          opts.baseVmm = path.resolve(value);
+          break;
         case '--vmm-props':
           opts.vmmProps = arg.vmmProps(value);
           break;
@@ -295,6 +304,11 @@ function parseArgs(argv) {
       }
     },
   });
+  if (opts.baseVmm === undefined) {
+    if (argv.some((a) => a === '--runners' || a.startsWith('--runners=')) && opts.runners.includes('vmm-base'))
+      usageError('--runners: vmm-base needs --base-vmm DIR');
+    opts.runners = opts.runners.filter((r) => r !== 'vmm-base');
+  } else if (!fs.existsSync(path.join(opts.baseVmm, 'bin/vmm.js'))) usageError(`--base-vmm ${opts.baseVmm}: no bin/vmm.js there`);
   if (opts.reps < 1) usageError('--reps must be at least 1');
   if (!opts.workloads.length || !opts.runners.length) usageError('nothing to run');
   if (opts.imageMib < 1) usageError('--image-mib must be at least 1');
@@ -358,13 +372,13 @@ function guestCmdline(w, count) {
   return `test=${DEV.test} mode=${w.mode} bs=${w.bs} count=${count} depth=${w.depth} irq=${w.irq}`;
 }
 
-function makeRunners(vmmBin, guest, image, vmmProps) {
+function makeRunners(vmmBin, guest, image, vmmProps, baseVmm) {
   const vmm =
-    (ioeventfd, props = '', pre = []) =>
+    (ioeventfd, props = '', pre = [], bin = vmmBin) =>
     (w, n) => [
       process.execPath,
       [
-        vmmBin,
+        bin,
         'run',
         '--memory',
         '256M',
@@ -406,6 +420,9 @@ function makeRunners(vmmBin, guest, image, vmmProps) {
       cmd: vmm(true, ',iothread=io0', ['--object', 'iothread,id=io0']),
       passCode: 0,
     },
+    ...(baseVmm
+      ? [{ id: 'vmm-base', label: `base build (${baseVmm}), as vmm-on`, cmd: vmm(true, '', [], path.join(baseVmm, 'bin/vmm.js')), passCode: 0 }]
+      : []),
     { id: 'qemu', label: `${DEV.qemuLabel}, aio=threads)`, cmd: qemu('threads', false), passCode },
     { id: 'qemu-uring', label: `${DEV.qemuLabel}, aio=io_uring)`, cmd: qemu('io_uring', false), passCode },
     { id: 'qemu-uring-iot', label: `${DEV.qemuLabel}, aio=io_uring, iothread)`, cmd: qemu('io_uring', true), passCode },
@@ -516,7 +533,7 @@ async function main() {
   const img = prepareImage(opts);
   const warmMs = warmImage(img);
   const resident0 = residentBytes(img.path);
-  const runners = makeRunners(vmmBin, guest, img.path, opts.vmmProps).filter((r) => opts.runners.includes(r.id));
+  const runners = makeRunners(vmmBin, guest, img.path, opts.vmmProps, opts.baseVmm).filter((r) => opts.runners.includes(r.id));
   // Counts per (workload, runner): the defaults (times --scale) unless --counts names them.
   const workloads = WORKLOADS.filter((w) => opts.workloads.includes(w.id)).map((w) => {
     const counts = {};
@@ -653,6 +670,8 @@ async function main() {
       vmmThreadsOverQemuBest: qemuBest && ratio(iops('vmm-threads'), iops(qemuBest)),
       vmmOnOverVmmThreads: ratio(iops('vmm-on'), iops('vmm-threads')),
       vmmIotOverVmmOn: ratio(iops('vmm-iot'), iops('vmm-on')),
+      vmmBaseOverQemuBest: qemuBest && ratio(iops('vmm-base'), iops(qemuBest)),
+      vmmOnOverVmmBase: ratio(iops('vmm-on'), iops('vmm-base')),
     };
     // The same from (min t(N2) - min t(N1)) / (N2 - N1): each runner's least disturbed runs.
     const best = (id) =>
@@ -666,6 +685,8 @@ async function main() {
       vmmOffOverQemu: ratio(best('vmm-off'), best('qemu')),
       vmmOnOverQemuBest: ratio(best('vmm-on'), qemuBestMin),
       vmmThreadsOverQemuBest: ratio(best('vmm-threads'), qemuBestMin),
+      vmmBaseOverQemuBest: ratio(best('vmm-base'), qemuBestMin),
+      vmmOnOverVmmBase: ratio(best('vmm-on'), best('vmm-base')),
     };
     results[w.id] = entry;
   }
@@ -746,6 +767,21 @@ async function main() {
         `${fr(b.vmmOnOverQemuBest)} | ${fr(b.vmmThreadsOverQemuBest)} |`,
     );
   }
+  if (runners.some((r) => r.id === 'vmm-base')) {
+    lines.push('');
+    lines.push(
+      '| workload | vmm-base / QEMU best | vmm-on / QEMU best | vmm-on / vmm-base | same from minima: base / best, on / best, on / base |',
+    );
+    lines.push('|---|---:|---:|---:|---|');
+    for (const w of workloads) {
+      const q = results[w.id].ratios;
+      const b = results[w.id].ratiosFromMinima;
+      lines.push(
+        `| ${w.id} | ${fr(q.vmmBaseOverQemuBest ?? null)} | ${fr(q.vmmOnOverQemuBest ?? null)} | ${fr(q.vmmOnOverVmmBase)} | ` +
+          `${fr(b.vmmBaseOverQemuBest)}, ${fr(b.vmmOnOverQemuBest)}, ${fr(b.vmmOnOverVmmBase)} |`,
+      );
+    }
+  }
   lines.push('');
   lines.push(
     'Ratios are of IOPS (higher is better for the first runner). "QEMU best": the QEMU runner (aio=threads, aio=io_uring, aio=io_uring with an iothread) with the highest median IOPS for that workload. "minima": from (min t(N2) - min t(N1)) / (N2 - N1), each runner\'s ' +
@@ -783,6 +819,7 @@ async function main() {
       vmmTreeRebuiltDuringRun: treeRebuilt,
       vmmTreeAtEnd: treeRebuilt ? vmmTree1 : undefined,
       vmmProps: opts.vmmProps || undefined,
+      baseVmm: opts.baseVmm,
     },
     versionsAtEnd: mixed ? stamps1 : undefined,
     image: {

@@ -229,6 +229,20 @@ describe.each(ENGINES)('RawFileBackend data safety (aio=%s)', (aio) => {
     b.close();
   });
 
+  it('a write refused at once (nothing written) fails the next flush too; a short write-through write syncs once, after all of it', async () => {
+    const t = io(100);
+    const b = new RawFileBackend(file, false, false, t.io);
+    t.spaceLeft = 0;
+    await expect(b.writev([Buffer.alloc(512, 1)], 0)).rejects.toMatchObject({ code: 'ENOSPC' });
+    await expect(b.flush()).rejects.toThrow(/a write since the last flush failed \(ENOSPC/);
+    t.spaceLeft = Infinity;
+    const syncs = t.syncs;
+    expect(await b.writev([Buffer.alloc(250, 4), Buffer.alloc(262, 5)], 2048, true)).toBe(512);
+    expect(t.syncs).toBe(syncs + 1);
+    b.close();
+    expect(fs.readFileSync(file).subarray(2048, 2560)).toEqual(Buffer.concat([Buffer.alloc(250, 4), Buffer.alloc(262, 5)]));
+  });
+
   it('reads past the end of the file (it shrank under the device) are zeros', async () => {
     const b = new RawFileBackend(file, false, false, io(300).io);
     fs.truncateSync(file, 1000);

@@ -227,25 +227,48 @@ export class RawFileBackend implements BlockBackend {
     });
   }
 
-  async readv(bufs: Uint8Array[], offset: number): Promise<number> {
-    const total = bufs.reduce((n, b) => n + b.length, 0);
-    for (let done = 0; done < total;) {
-      const rest = done ? skipBytes(bufs, done) : bufs;
-      const n = await this.once('readv', rest, offset + done);
+  /**
+   * Not async functions: the usual request, done in one transfer, costs one
+   * promise; a short count goes on in readRest / writeRest.
+   */
+  readv(bufs: Uint8Array[], offset: number): Promise<number> {
+    const total = byteLength(bufs);
+    if (total === 0) return Promise.resolve(0);
+    return this.once('readv', bufs, offset).then((n) => (n === total ? total : this.readRest(bufs, offset, total, n)));
+  }
+
+  /** readv after a first transfer of `first` bytes that did not fill the buffers. */
+  private async readRest(bufs: Uint8Array[], offset: number, total: number, first: number): Promise<number> {
+    for (let done = 0, n = first; ;) {
       if (n <= 0) {
         // End of file inside the disk (the file shrank): zeros, as a hole reads.
-        for (const b of rest) b.fill(0);
+        for (const b of skipBytes(bufs, done)) b.fill(0);
         break;
       }
       done += n;
+      if (done >= total) break;
+      n = await this.once('readv', skipBytes(bufs, done), offset + done);
     }
     return total;
   }
 
-  async writev(bufs: Uint8Array[], offset: number, dsync = false): Promise<number> {
-    const total = bufs.reduce((n, b) => n + b.length, 0);
+  writev(bufs: Uint8Array[], offset: number, dsync = false): Promise<number> {
+    const total = byteLength(bufs);
+    if (total === 0) return dsync ? this.datasync().then(() => 0) : Promise.resolve(0);
+    return this.once('writev', bufs, offset).then(
+      (n) => (n !== total ? this.writeRest(bufs, offset, total, n, dsync) : dsync ? this.datasync().then(() => total) : total),
+      (e: unknown) => {
+        this.writeError ??= e as Error;
+        throw e;
+      },
+    );
+  }
+
+  /** writev after a first transfer of `first` bytes that did not take all of the buffers. */
+  private async writeRest(bufs: Uint8Array[], offset: number, total: number, first: number, dsync: boolean): Promise<number> {
     try {
-      for (let done = 0; done < total;) {
+      if (first <= 0) throw ioError(`short write at ${offset}: ${total} of ${total} bytes not written`, 'EIO');
+      for (let done = first; done < total;) {
         // libuv returns the bytes written before an error (ENOSPC, EDQUOT, EFBIG) and drops
         // the error: go on with the rest, which then fails with the error itself.
         const n = await this.once('writev', done ? skipBytes(bufs, done) : bufs, offset + done);
@@ -350,3 +373,9 @@ export class RawFileBackend implements BlockBackend {
 }
 
 function noop(): void {}
+
+function byteLength(bufs: Uint8Array[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.byteLength;
+  return n;
+}

@@ -458,4 +458,34 @@ describe('host I/O failures: MEDIUM ERROR', () => {
     mem.maxChunk = 0;
     expectSense(await run(disk, rw10(0x28, 0, 1), { in: 512 }), 3, 0x11, 0);
   });
+
+  it('a transfer cut short and then failing: MEDIUM ERROR with the offset where it failed, never GOOD', async () => {
+    const { disk, mem } = memDisk();
+    mem.maxChunk = 700;
+    let calls = 0;
+    const readv = mem.readv.bind(mem);
+    mem.readv = (bufs, off) => (++calls === 2 ? Promise.reject(new Error('EIO: second part')) : readv(bufs, off));
+    expectSense(await run(disk, rw10(0x28, 0, 4), { in: 2048 }), 3, 0x11, 0);
+    expect(disk.info().lastIoError).toBe('read at 700: EIO: second part');
+    const writev = mem.writev.bind(mem);
+    calls = 0;
+    mem.writev = (bufs, off, dsync) => (++calls === 2 ? Promise.reject(new Error('ENOSPC: second part')) : writev(bufs, off, dsync));
+    expectSense(await run(disk, rw10(0x2a, 0, 4), { out: new Uint8Array(2048).fill(7) }), 3, 0x0c, 0);
+    expect(disk.info().lastIoError).toBe('write at 700: ENOSPC: second part');
+    expect(disk.info()).toMatchObject({ reads: 0, writes: 0 });
+  });
+});
+
+describe('abort signal', () => {
+  it("a transport's plain abort flag (no AbortController) is honoured: TASK ABORTED, nothing read or written", async () => {
+    const { disk, mem } = memDisk();
+    const flag = { aborted: true };
+    const r = await run(disk, rw10(0x28, 0, 1), { in: 512, signal: flag });
+    expect([r.status, r.dataInLength, r.residual]).toEqual([0x40, 0, 512]);
+    expect((await run(disk, rw10(0x2a, 0, 1), { out: new Uint8Array(512), signal: flag })).status).toBe(0x40);
+    expect(mem.calls).toEqual([]);
+    flag.aborted = false;
+    expectGood(await run(disk, rw10(0x28, 0, 1), { in: 512, signal: flag }));
+    expect(disk.info()).toMatchObject({ aborted: 2, reads: 1 });
+  });
 });

@@ -130,8 +130,37 @@ export class ScsiDisk implements ScsiLun {
     return !this.readonly;
   }
 
-  async execute(cmd: ScsiCommand): Promise<ScsiResponse> {
-    const o = offered(cmd);
+  /**
+   * Runs a command. Not an async function: a READ or WRITE is the backend's
+   * promise and one `then` (each async layer would add a promise and a
+   * microtask per command, which is measurable at 4 KiB).
+   */
+  execute(cmd: ScsiCommand): Promise<ScsiResponse> {
+    let o: Offered;
+    let io: Promise<Done>;
+    try {
+      o = offered(cmd);
+      const early = this.check(cmd, o);
+      if (early) return Promise.resolve(early);
+      const parsed = this.parse(cmd, o);
+      if (!('req' in parsed)) return Promise.resolve(parsed);
+      const req = parsed.req;
+      io = req.op === 'read' ? this.read(req, cmd) : req.op === 'write' && !this.readonly ? this.write(req, cmd) : this.run(req, cmd);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return io.then(
+      (done) => goodResponse(o, done.dataIn ?? 0, done.dataOut ?? 0),
+      (e: unknown) => {
+        if (e instanceof CheckCondition) return this.fail(e, o);
+        if (e instanceof TaskAborted) return this.aborted(o);
+        throw e;
+      },
+    );
+  }
+
+  /** What ends a command before its CDB is looked at: an abort, a closed unit, a pending unit attention. */
+  private check(cmd: ScsiCommand, o: Offered): ScsiResponse | undefined {
     if (cmd.signal?.aborted) return this.aborted(o);
     if (this.closed) return this.fail(new CheckCondition(SenseKeyCode.NOT_READY, Asc.LUN_NOT_READY), o);
     const opcode = cmd.cdb.length > 0 ? cmd.cdb[0] : -1;
@@ -140,6 +169,11 @@ export class ScsiDisk implements ScsiLun {
       this.pendingUa = undefined;
       return this.fail(new CheckCondition(SenseKeyCode.UNIT_ATTENTION, ua), o);
     }
+    return undefined;
+  }
+
+  /** The parsed CDB, or the response for a bad one (CHECK CONDITION) or for buffers that do not fit it (overrun). */
+  private parse(cmd: ScsiCommand, o: Offered): ParsedCdb | ScsiResponse {
     let parsed: ParsedCdb;
     try {
       parsed = parseCdb(cmd.cdb, this.geometry);
@@ -151,14 +185,31 @@ export class ScsiDisk implements ScsiLun {
       this.counters.overruns++;
       return overrunResponse(o);
     }
-    try {
-      const done = await this.run(parsed.req, cmd);
-      return goodResponse(o, done.dataIn ?? 0, done.dataOut ?? 0);
-    } catch (e) {
-      if (e instanceof CheckCondition) return this.fail(e, o);
-      if (e instanceof TaskAborted) return this.aborted(o);
-      throw e;
-    }
+    return parsed;
+  }
+
+  private read(req: Extract<Request, { op: 'read' }>, cmd: ScsiCommand): Promise<Done> {
+    const n = req.blocks * this.blockSize;
+    const done = (): Done => {
+      this.counters.reads++;
+      this.counters.bytesRead += n;
+      return { dataIn: n };
+    };
+    if (n === 0) return Promise.resolve(done());
+    return this.readFully(sliceViews(cmd.dataIn, 0, n), req.lba * this.blockSize).then(done);
+  }
+
+  private write(req: Extract<Request, { op: 'write' }>, cmd: ScsiCommand): Promise<Done> {
+    const n = req.blocks * this.blockSize;
+    const done = (): Done => {
+      this.counters.writes++;
+      this.counters.bytesWritten += n;
+      return { dataOut: n };
+    };
+    // FUA, or no write cache (WCE=0): this write is on stable storage before GOOD.
+    if (n > 0) return this.writeFully(sliceViews(cmd.dataOut, 0, n), req.lba * this.blockSize, req.fua || !this.mode.wce).then(done);
+    if (req.fua) return this.flush().then(done);
+    return Promise.resolve(done());
   }
 
   reset(reason: ScsiResetReason): void {
@@ -288,23 +339,11 @@ export class ScsiDisk implements ScsiLun {
         if (req.length === 0) return {};
         this.mode = modeSelect(gather(cmd.dataOut, req.length), req.ten, this.modeContext);
         return { dataOut: req.length };
-      case 'read': {
-        const n = req.blocks * bs;
-        if (n > 0) await this.readFully(sliceViews(cmd.dataIn, 0, n), req.lba * bs);
-        this.counters.reads++;
-        this.counters.bytesRead += n;
-        return { dataIn: n };
-      }
-      case 'write': {
+      case 'read':
+        return this.read(req, cmd);
+      case 'write':
         if (this.readonly) throw writeProtected();
-        const n = req.blocks * bs;
-        // FUA, or no write cache (WCE=0): this write is on stable storage before GOOD.
-        if (n > 0) await this.writeFully(sliceViews(cmd.dataOut, 0, n), req.lba * bs, req.fua || !this.mode.wce);
-        else if (req.fua) await this.flush();
-        this.counters.writes++;
-        this.counters.bytesWritten += n;
-        return { dataOut: n };
-      }
+        return this.write(req, cmd);
       case 'verify':
         this.counters.verifies++;
         if (!req.bytchk) return {}; // the range was checked; the medium is always readable
@@ -335,13 +374,32 @@ export class ScsiDisk implements ScsiLun {
     this.lastIoError = `${what}: ${e instanceof Error ? e.message : String(e)}`;
   }
 
-  /** Reads until the views are full (libuv may split a long vector); failures are MEDIUM ERROR 11/00. */
-  private async readFully(bufs: Uint8Array[], offset: number): Promise<void> {
+  /**
+   * Reads until the views are full (libuv may split a long vector); failures are MEDIUM ERROR 11/00.
+   * The usual case, the backend filling them at once, is one promise; a short count goes on in readRest.
+   */
+  private readFully(bufs: Uint8Array[], offset: number): Promise<void> {
     const total = totalLength(bufs);
-    for (let done = 0; done < total;) {
+    if (total === 0) return Promise.resolve();
+    return this.backend.readv(bufs, offset).then(
+      (n) => (n === total ? undefined : this.readRest(bufs, offset, total, n)),
+      (e: unknown) => {
+        this.ioFailed(e, `read at ${offset}`);
+        throw readError();
+      },
+    );
+  }
+
+  /** readFully after a first read of `first` bytes that did not fill the views. */
+  private async readRest(bufs: Uint8Array[], offset: number, total: number, first: number): Promise<void> {
+    if (!(first > 0)) {
+      this.ioFailed(new Error('unexpected end of file'), `read at ${offset}`);
+      throw readError();
+    }
+    for (let done = first; done < total;) {
       let n: number;
       try {
-        n = await this.backend.readv(done === 0 ? bufs : sliceViews(bufs, done, total - done), offset + done);
+        n = await this.backend.readv(sliceViews(bufs, done, total - done), offset + done);
       } catch (e) {
         this.ioFailed(e, `read at ${offset + done}`);
         throw readError();
@@ -354,14 +412,30 @@ export class ScsiDisk implements ScsiLun {
     }
   }
 
-  /** Writes all of the views (`dsync`: and syncs them); failures are MEDIUM ERROR 0C/00. */
-  private async writeFully(bufs: Uint8Array[], offset: number, dsync = !this.mode.wce): Promise<void> {
+  /** Writes all of the views (`dsync`: and syncs them); failures are MEDIUM ERROR 0C/00. One promise when the backend takes them all at once. */
+  private writeFully(bufs: Uint8Array[], offset: number, dsync = !this.mode.wce): Promise<void> {
     const total = totalLength(bufs);
     if (dsync) this.counters.flushes++;
-    for (let done = 0; done < total;) {
+    if (total === 0) return Promise.resolve();
+    return this.backend.writev(bufs, offset, dsync).then(
+      (n) => (n === total ? undefined : this.writeRest(bufs, offset, total, n, dsync)),
+      (e: unknown) => {
+        this.ioFailed(e, `write at ${offset}`);
+        throw writeError();
+      },
+    );
+  }
+
+  /** writeFully after a first write of `first` bytes that did not take all of the views. */
+  private async writeRest(bufs: Uint8Array[], offset: number, total: number, first: number, dsync: boolean): Promise<void> {
+    if (!(first > 0)) {
+      this.ioFailed(new Error('no progress'), `write at ${offset}`);
+      throw writeError();
+    }
+    for (let done = first; done < total;) {
       let n: number;
       try {
-        n = await this.backend.writev(done === 0 ? bufs : sliceViews(bufs, done, total - done), offset + done, dsync);
+        n = await this.backend.writev(sliceViews(bufs, done, total - done), offset + done, dsync);
       } catch (e) {
         this.ioFailed(e, `write at ${offset + done}`);
         throw writeError();

@@ -1,6 +1,6 @@
 export { SAM_STAT_GOOD, SAM_STAT_CHECK_CONDITION, SAM_STAT_BUSY, SAM_STAT_RESERVATION_CONFLICT, SAM_STAT_TASK_ABORTED } from './defs';
 export { Op, SenseKeyCode, Asc, MAX_LUN } from './defs';
-export type { ScsiCommand, ScsiResponse, ScsiLun, ScsiLunState, ScsiResetReason } from './types';
+export type { ScsiAbortSignal, ScsiCommand, ScsiResponse, ScsiLun, ScsiLunState, ScsiResetReason } from './types';
 export { ScsiDisk } from './disk';
 export type { ScsiDiskOptions } from './disk';
 export { ScsiTarget } from './target';

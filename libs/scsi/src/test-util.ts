@@ -8,7 +8,7 @@ import * as path from 'path';
 import { type BlockBackend, RawFileBackend } from '@tsvmm/block';
 import { ScsiDisk, type ScsiDiskOptions } from './disk';
 import { decodeSense } from './sense';
-import type { ScsiCommand, ScsiResponse } from './types';
+import type { ScsiAbortSignal, ScsiCommand, ScsiResponse } from './types';
 
 export interface TempDisk {
   disk: ScsiDisk;
@@ -208,7 +208,7 @@ export interface Buffers {
   /** Data-out payload (split into several views when `outSplit` is given). */
   out?: Uint8Array;
   outSplit?: number[];
-  signal?: AbortSignal;
+  signal?: ScsiAbortSignal;
 }
 
 export interface Result extends ScsiResponse {

@@ -9,8 +9,17 @@ export interface ScsiCommand {
   dataOut: Uint8Array[];
   /** Device-writable buffers (guest memory views, in order). Data-in is written straight into them (zero-copy). */
   dataIn: Uint8Array[];
-  /** Optional: aborted by the transport (ABORT TASK, LUN reset); the LUN should stop early where it can. */
-  signal?: AbortSignal;
+  /**
+   * Optional: aborted by the transport (ABORT TASK, LUN reset); the LUN should stop early where it can.
+   * An AbortSignal does; so does any object with an `aborted` flag (a transport need not build an
+   * AbortController per command: in Node 20 that costs more than the rest of a 4 KiB READ).
+   */
+  signal?: ScsiAbortSignal;
+}
+
+/** What a logical unit reads of a command's abort signal (AbortSignal has it). */
+export interface ScsiAbortSignal {
+  readonly aborted: boolean;
 }
 
 export interface ScsiResponse {

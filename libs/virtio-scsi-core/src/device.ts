@@ -79,7 +79,8 @@ interface InFlight {
   request: InFlightRequest;
   req: ScsiCmdRequest;
   lun: number;
-  abort: AbortController;
+  /** The command's abort signal (ScsiAbortSignal): a flag, not an AbortController, which costs ~10 µs per command in Node 20. */
+  aborted: boolean;
   /** Why the transport ended it early (ABORTED for ABORT TASK[ SET], RESET for resets). */
   endedBy?: number;
   done: Promise<void>;
@@ -122,12 +123,15 @@ export class VirtioScsiDevice extends VirtioDevice {
     dv.setUint32(S.OFF_virtio_scsi_config_cdb_size, S.VIRTIO_SCSI_CDB_DEFAULT_SIZE, true);
   }
 
+  /** Read for every command: one view, not a new DataView per read. */
+  private readonly configView = new DataView(this.config.buffer);
+
   private get senseSize(): number {
-    return new DataView(this.config.buffer).getUint32(S.OFF_virtio_scsi_config_sense_size, true);
+    return this.configView.getUint32(S.OFF_virtio_scsi_config_sense_size, true);
   }
 
   private get cdbSize(): number {
-    return new DataView(this.config.buffer).getUint32(S.OFF_virtio_scsi_config_cdb_size, true);
+    return this.configView.getUint32(S.OFF_virtio_scsi_config_cdb_size, true);
   }
 
   readConfig(offset: number, size: number): number {
@@ -155,7 +159,7 @@ export class VirtioScsiDevice extends VirtioDevice {
   }
 
   protected override onReset(): void {
-    for (const f of this.inFlight) f.abort.abort();
+    for (const f of this.inFlight) f.aborted = true;
     this.inFlight.clear();
     this.resetConfig();
   }
@@ -204,10 +208,9 @@ export class VirtioScsiDevice extends VirtioDevice {
       return;
     }
     const views = (bufs: Descriptor[]) => guestViews(this.memory, bufs); // a buffer across a RAM split is two views
-    const abort = new AbortController();
-    const f: InFlight = { request, req, lun: address.lun, abort, done: Promise.resolve() };
+    const f: InFlight = { request, req, lun: address.lun, aborted: false, done: Promise.resolve() };
     f.done = this.target
-      .execute(address.lun, { cdb: req.cdb, dataOut: views(req.dataOut), dataIn: views(req.dataIn), signal: abort.signal })
+      .execute(address.lun, { cdb: req.cdb, dataOut: views(req.dataOut), dataIn: views(req.dataIn), signal: f })
       .then(
         (r) => ({ r, failed: undefined as unknown }),
         (e: unknown) => ({ r: undefined, failed: e }),
@@ -238,7 +241,9 @@ export class VirtioScsiDevice extends VirtioDevice {
     const resp = new Uint8Array(req.responseLength);
     const dv = new DataView(resp.buffer);
     const dataBytes = a.result?.dataInLength ?? 0;
-    const offered = [...req.dataIn, ...req.dataOut].reduce((n, d) => n + d.len, 0);
+    let offered = 0;
+    for (const d of req.dataIn) offered += d.len;
+    for (const d of req.dataOut) offered += d.len;
     if (a.result) {
       const sense = a.result.sense.subarray(0, this.senseSize);
       resp.set(sense, S.OFF_virtio_scsi_cmd_resp_sense);
@@ -284,7 +289,7 @@ export class VirtioScsiDevice extends VirtioDevice {
     const end = async (list: InFlight[], why: number) => {
       for (const f of list) {
         f.endedBy ??= why;
-        f.abort.abort();
+        f.aborted = true;
       }
       await Promise.all(list.map((f) => f.done));
     };

@@ -82,7 +82,7 @@ export function parseCmdRequest(
       address: decodeLun(hdr.subarray(S.OFF_virtio_scsi_cmd_req_lun, S.OFF_virtio_scsi_cmd_req_lun + 8)),
       tag: dv.getBigUint64(S.OFF_virtio_scsi_cmd_req_tag, true),
       taskAttr: hdr[S.OFF_virtio_scsi_cmd_req_task_attr],
-      cdb: hdr.slice(CMD_REQ_FIXED, reqLen),
+      cdb: hdr.subarray(CMD_REQ_FIXED, reqLen), // hdr is a private copy already
       dataOut: subrange(chain.readable, reqLen, chain.readableLength - reqLen),
       dataIn: subrange(chain.writable, respLen, chain.writableLength - respLen),
       response: subrange(chain.writable, 0, respLen),
