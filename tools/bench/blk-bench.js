@@ -421,7 +421,14 @@ function makeRunners(vmmBin, guest, image, vmmProps, baseVmm) {
       passCode: 0,
     },
     ...(baseVmm
-      ? [{ id: 'vmm-base', label: `base build (${baseVmm}), as vmm-on`, cmd: vmm(true, '', [], path.join(baseVmm, 'bin/vmm.js')), passCode: 0 }]
+      ? [
+          {
+            id: 'vmm-base',
+            label: `base build (${baseVmm}), as vmm-on`,
+            cmd: vmm(true, '', [], path.join(baseVmm, 'bin/vmm.js')),
+            passCode: 0,
+          },
+        ]
       : []),
     { id: 'qemu', label: `${DEV.qemuLabel}, aio=threads)`, cmd: qemu('threads', false), passCode },
     { id: 'qemu-uring', label: `${DEV.qemuLabel}, aio=io_uring)`, cmd: qemu('io_uring', false), passCode },
