@@ -11,3 +11,4 @@ export * from './host-file';
 export * from './unix-socket';
 export * from './credentials';
 export * from './io-uring';
+export * from './namespaces';
