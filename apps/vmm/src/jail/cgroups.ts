@@ -29,7 +29,7 @@ export function cgroupMounts(mountinfo: string): CgroupMount[] {
     if (sep < 0) continue;
     const f = line.slice(0, sep).split(' ');
     const [fstype, , superOpts = ''] = line.slice(sep + 3).split(' ');
-    if (f.length < 5 || f[3] !== '/') continue;
+    if (f.length < 5 || f[3] !== '/' || !f[4].startsWith('/')) continue;
     const mountPoint = f[4].replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
     if (fstype === 'cgroup2') out.push({ version: 2, mountPoint, controllers: [] });
     else if (fstype === 'cgroup') out.push({ version: 1, mountPoint, controllers: superOpts.split(',').filter((o) => !o.includes('=')) });
