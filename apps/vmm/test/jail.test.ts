@@ -143,14 +143,21 @@ describeKvm('vmm jail', () => {
     );
     try {
       await waitGuestHolding(jail, 'the jailed guest');
-      const pid = Number(/VMM pid (\d+)/.exec(jail.err())![1]);
+      const [, vmmPid, initPid] = /VMM pid (\d+) \(init (\d+)\)/.exec(jail.err())!;
+      const pid = Number(vmmPid);
       const jailDir = path.join(base, 'vmm', id);
       const root = path.join(jailDir, 'root');
-      expect(jail.err()).toContain(`jail ${id}: VMM pid ${pid} as uid 65534, gid 65534 in ${root}; QMP at ${root}/run/qmp.sock`);
+      expect(jail.err()).toContain(
+        `jail ${id}: VMM pid ${pid} (init ${initPid}) as uid 65534, gid 65534 in ${root}; QMP at ${root}/run/qmp.sock`,
+      );
       expectConfined(pid);
       const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-      // Its own PID namespace: PID 1 there.
-      expect(status).toMatch(new RegExp(`^NSpid:\\s+${pid}\\s+1$`, 'm'));
+      // Its own PID namespace: PID 2 there, under the jailer's init (PID 1, as the same user).
+      expect(status).toMatch(new RegExp(`^NSpid:\\s+${pid}\\s+2$`, 'm'));
+      const init = fs.readFileSync(`/proc/${initPid}/status`, 'utf8');
+      expect(init).toMatch(new RegExp(`^NSpid:\\s+${initPid}\\s+1$`, 'm'));
+      expect(init).toMatch(/^Uid:\s+65534\s+65534\s+65534\s+65534$/m);
+      expect(init).toMatch(/^CapEff:\s+0+$/m);
       // Its root is the jail: the VM's files, its device nodes, the runtime read-only; none of the host's.
       const seen = fs.readdirSync(`/proc/${pid}/root`);
       expect(seen).toEqual(expect.arrayContaining(['dev', 'run', 'vm.json', 'vmm', 'guest.elf', path.basename(disk)]));

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <string>
 #include <vector>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <atomic>
@@ -595,6 +596,8 @@ Napi::Value NsSpawn(const Napi::CallbackInfo& info) {
   s.uid = idProp(o, "uid");
   s.gid = idProp(o, "gid");
   s.parentDeathSignal = intProp(o, "parentDeathSignal", 0, 0, 64);
+  s.init = o.Get("init").ToBoolean();
+  if (s.init && !(s.cloneFlags & CLONE_NEWPID)) throw Napi::TypeError::New(env, "init needs a new PID namespace");
   Napi::Value g = o.Get("groups");
   if (!g.IsArray()) throw Napi::TypeError::New(env, "groups must be an array of ids");
   Napi::Array ga = g.As<Napi::Array>();

@@ -32,6 +32,7 @@ struct ChildArgs {
   const NsSpawnSpec* spec;
   int releaseFd;  // read end
   int statusFd;   // write end
+  int parentEnds[2];  // the parent's ends of both pipes: closed first, so the parent's going away reads as EOF
   std::vector<const char*> argv, env;
   std::vector<gid_t> groups;
   std::vector<int> keep;  // sorted, with 0, 1, 2 and statusFd
@@ -40,6 +41,7 @@ struct ChildArgs {
 
 [[noreturn]] void fail(const ChildArgs* a, int32_t step, int32_t index = 0) {
   NsSpawnFailure f{step, errno, index};
+  signal(SIGPIPE, SIG_IGN);  // the parent may have closed its end (abort): exit 127 all the same
   ssize_t r = write(a->statusFd, &f, sizeof f);
   (void)r;
   _exit(127);
@@ -63,6 +65,41 @@ int closeOthers(const ChildArgs* a) {
   return 0;
 }
 
+volatile pid_t g_initChild = 0;
+
+void forwardToChild(int sig) {
+  if (g_initChild > 0) syscall(SYS_kill, g_initChild, sig);
+}
+
+// PID 1 of the new namespace: forks the program, forwards signals, reaps, exits with its status.
+[[noreturn]] void runAsInit(const ChildArgs* a) {
+  const NsSpawnSpec& s = *a->spec;
+  // Raw clone: glibc's fork would run the parent process's atfork handlers.
+  long pid = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+  if (pid < 0) fail(a, kNsFork);
+  if (pid == 0) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) fail(a, kNsParentDeathSignal);
+    execve(s.file.c_str(), const_cast<char* const*>(a->argv.data()), const_cast<char* const*>(a->env.data()));
+    fail(a, kNsExec);
+  }
+  g_initChild = static_cast<pid_t>(pid);
+  close(a->statusFd);  // the parent reads EOF once the program executed (its copy is O_CLOEXEC)
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forwardToChild;
+    sa.sa_flags = SA_RESTART;
+    sigaction(sig, &sa, nullptr);
+  }
+  for (;;) {
+    int st = 0;
+    pid_t r = waitpid(-1, &st, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) _exit(127);
+    if (r == pid) _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  }
+}
+
 int childMain(void* p) {
   const ChildArgs* a = static_cast<const ChildArgs*>(p);
   const NsSpawnSpec& s = *a->spec;
@@ -78,6 +115,8 @@ int childMain(void* p) {
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
 
+  close(a->parentEnds[0]);
+  close(a->parentEnds[1]);
   char go = 0;
   ssize_t n;
   do n = read(a->releaseFd, &go, 1);
@@ -133,6 +172,7 @@ int childMain(void* p) {
     if (fl < 0 || fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC) < 0) fail(a, kNsCloseFds, fd);
   }
   if (closeOthers(a) < 0) fail(a, kNsCloseFds);
+  if (s.init) runAsInit(a);
   execve(s.file.c_str(), const_cast<char* const*>(a->argv.data()), const_cast<char* const*>(a->env.data()));
   fail(a, kNsExec);
 }
@@ -175,6 +215,8 @@ int nsSpawn(const NsSpawnSpec& spec, NsSpawnResult* out) {
   }
   a.releaseFd = release[0];
   a.statusFd = status[1];
+  a.parentEnds[0] = release[1];
+  a.parentEnds[1] = status[0];
   a.keep = {0, 1, 2, status[1]};
   for (int fd : spec.keepFds) a.keep.push_back(fd);
   std::sort(a.keep.begin(), a.keep.end());

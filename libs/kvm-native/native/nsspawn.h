@@ -35,6 +35,12 @@ struct NsSpawnSpec {
   std::vector<int> keepFds;
   // prctl(PR_SET_PDEATHSIG) once the ids are changed (0: none).
   int parentDeathSignal;
+  // With CLONE_NEWPID: the child stays as a minimal init (PID 1) and runs the
+  // program as its own child: it forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT
+  // to it, reaps, and exits with its status (128 + N when signal N killed it).
+  // The namespace's PID 1 ignores fatal signals it has no handler for, so a
+  // program that crashes as PID 1 (SIGSEGV, abort) would fault forever.
+  bool init;
 };
 
 // The steps a child reports when one fails (NsSpawnFailure.step).
@@ -56,6 +62,7 @@ enum NsStep : int32_t {
   kNsParentDeathSignal,
   kNsCloseFds,
   kNsExec,
+  kNsFork,
 };
 
 // What the child writes on its status pipe when a step fails (nothing when execve succeeds: the pipe is O_CLOEXEC).
@@ -79,7 +86,7 @@ struct NsSpawnResult {
 // detaches the old root; empties the capability bounding set and ambient set;
 // setgroups, setresgid, setresuid (raw syscalls: this thread only, which is the
 // whole child); PR_SET_NO_NEW_PRIVS; the parent-death signal; closes every
-// other descriptor; resets signal dispositions and mask; execve. Only system
+// other descriptor; (with `init`, forks: see there); execve. Only system
 // calls run in the child (no allocation: everything is prepared before clone).
 // Returns 0 and fills `out`, or -errno.
 int nsSpawn(const NsSpawnSpec& spec, NsSpawnResult* out);

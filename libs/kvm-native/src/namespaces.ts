@@ -37,6 +37,7 @@ const STEPS = [
   'PR_SET_PDEATHSIG',
   'closing descriptors',
   'execve',
+  'fork (init)',
 ];
 
 export interface NsMountSpec {
@@ -69,6 +70,14 @@ export interface NsSpawnOptions {
   keepFds?: number[];
   /** A signal the child gets when the calling thread ends (prctl PR_SET_PDEATHSIG). */
   parentDeathSignal?: number;
+  /**
+   * With a new PID namespace: the child stays a minimal init (PID 1) that runs
+   * the program as its child (PID 2), passes SIGTERM, SIGINT, SIGHUP and SIGQUIT
+   * on, and exits with its status (128 + N for signal N). A namespace's PID 1
+   * ignores fatal signals it has no handler for: a program crashing as PID 1 would
+   * fault forever instead of ending.
+   */
+  init?: boolean;
 }
 
 export class NsSpawnError extends Error {
@@ -131,6 +140,16 @@ export class NsChild {
     throw new NsSpawnError(`${name}${detail}: ${code}`, name, code);
   }
 
+  /** With `init`: the program's host pid (the init's child), once start() returned; undefined when it is gone. */
+  programPid(): number | undefined {
+    try {
+      const kids = fs.readFileSync(`/proc/${this.pid}/task/${this.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+      return kids.length ? Number(kids[0]) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Aborts a child not started yet (it exits 127 without doing anything). */
   abort(): void {
     if (this.released) return;
@@ -152,11 +171,17 @@ export class NsChild {
         return reject(e);
       }
       const w: NativeFdWatcher = new native.FdWatcher(pidfd, (err) => {
-        const r = err ? null : native.waitPid(this.pid);
-        if (r === null && !err) return;
+        let failure: Error | null = err;
+        let r: number | null = null;
+        try {
+          if (!failure) r = native.waitPid(this.pid);
+        } catch (e) {
+          failure = e as Error; // reaped by someone else (ECHILD): the status is lost
+        }
+        if (r === null && !failure) return;
         w.close();
         fs.closeSync(pidfd);
-        if (err) reject(err);
+        if (failure) reject(failure);
         else resolve(r!);
       });
       w.start();
@@ -198,6 +223,7 @@ export function spawnInNamespaces(o: NsSpawnOptions): NsChild {
       env: Object.entries(o.env ?? {}).map(([k, v]) => `${k}=${v}`),
       keepFds: o.keepFds,
       parentDeathSignal: o.parentDeathSignal,
+      init: o.init,
     });
     return new NsChild(r.pid, r.releaseFd, r.statusFd, mounts);
   } finally {

@@ -37,6 +37,7 @@ export interface NativeNsSpawnSpec {
   env: string[];
   keepFds?: number[];
   parentDeathSignal?: number;
+  init?: boolean;
 }
 
 /** A raw io_uring (native/uring.h); the typed facade is IoUring in io-uring.ts. */

@@ -388,6 +388,8 @@ export async function runJail(args: JailArgs, log: (m: string) => void = (m) => 
       env: { LD_LIBRARY_PATH: libDirs.join(':'), ...(process.env.TERM ? { TERM: process.env.TERM } : {}) },
       keepFds: plan.keepFds,
       parentDeathSignal: 9,
+      // The VMM as PID 2 under a minimal init: as PID 1 a crash (SIGSEGV, abort) would not end it.
+      init: true,
     });
     try {
       if (cgroups) placeInCgroups(cgroups, child.pid);
@@ -409,7 +411,7 @@ export async function runJail(args: JailArgs, log: (m: string) => void = (m) => 
   }
   const cg = cgroups?.plans.map((p) => `v${p.version} ${p.controllers.join(',')} ${p.dir}`).join('; ');
   log(
-    `jail ${args.id}: VMM pid ${child.pid} as uid ${plan.uid}, gid ${plan.gid} in ${plan.root}; QMP at ${path.join(plan.root, JAIL_QMP)}${cg ? `; cgroup ${cg}` : ''}`,
+    `jail ${args.id}: VMM pid ${child.programPid() ?? '(ended)'} (init ${child.pid}) as uid ${plan.uid}, gid ${plan.gid} in ${plan.root}; QMP at ${path.join(plan.root, JAIL_QMP)}${cg ? `; cgroup ${cg}` : ''}`,
   );
   const pid = child.pid;
   const forward = (sig: NodeJS.Signals) => () => {
