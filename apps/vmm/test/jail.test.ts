@@ -225,6 +225,20 @@ describeKvm('vmm jail', () => {
     fs.rmSync(jailDir, { recursive: true });
   }, 90_000);
 
+  it('SIGTERM to the jailer stops the VM through its init: the VMM ends as on SIGTERM, the jail is removed', async () => {
+    const id = `js-${uniq()}`;
+    const jail = startJail(
+      id,
+      ['--uid', String(NOBODY), '--gid', String(NOBODY)],
+      ['--cmdline', 'test=mig-blk-loop iters=5 sectors=1 hold=1', '--device', `virtio-blk,id=d0,file=${nobodysImage()}`],
+    );
+    await waitGuestHolding(jail, 'the jailed guest');
+    jail.proc.kill('SIGTERM');
+    expect(await jail.exited).toBe(0);
+    expect(jail.err()).toContain('vmm: terminated by signal');
+    expect(fs.existsSync(path.join(base, 'vmm', id))).toBe(false);
+  }, 90_000);
+
   it('refuses bad input with one line saying why, and leaves no jail behind', async () => {
     const run = async (jailArgs: string[], vm: string[], wrap?: string[]) => {
       const p = startNode([VMM_BIN, 'jail', ...jailArgs, '--', ...vm], { wrap });

@@ -84,7 +84,8 @@ void forwardToChild(int sig) {
   }
   g_initChild = static_cast<pid_t>(pid);
   close(a->statusFd);  // the parent reads EOF once the program executed (its copy is O_CLOEXEC)
-  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) {
+  // Not SIGINT or SIGQUIT: a terminal sends those to the whole foreground process group, the program included.
+  for (int sig : {SIGTERM, SIGHUP}) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = forwardToChild;

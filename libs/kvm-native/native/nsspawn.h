@@ -36,8 +36,9 @@ struct NsSpawnSpec {
   // prctl(PR_SET_PDEATHSIG) once the ids are changed (0: none).
   int parentDeathSignal;
   // With CLONE_NEWPID: the child stays as a minimal init (PID 1) and runs the
-  // program as its own child: it forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT
-  // to it, reaps, and exits with its status (128 + N when signal N killed it).
+  // program as its own child: it forwards SIGTERM and SIGHUP to it (a terminal's
+  // SIGINT and SIGQUIT reach the program directly, its process group being the
+  // terminal's), reaps, and exits with its status (128 + N when signal N killed it).
   // The namespace's PID 1 ignores fatal signals it has no handler for, so a
   // program that crashes as PID 1 (SIGSEGV, abort) would fault forever.
   bool init;

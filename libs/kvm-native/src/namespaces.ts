@@ -72,8 +72,8 @@ export interface NsSpawnOptions {
   parentDeathSignal?: number;
   /**
    * With a new PID namespace: the child stays a minimal init (PID 1) that runs
-   * the program as its child (PID 2), passes SIGTERM, SIGINT, SIGHUP and SIGQUIT
-   * on, and exits with its status (128 + N for signal N). A namespace's PID 1
+   * the program as its child (PID 2), passes SIGTERM and SIGHUP on (a terminal's
+   * SIGINT reaches the program itself), and exits with its status (128 + N for signal N). A namespace's PID 1
    * ignores fatal signals it has no handler for: a program crashing as PID 1 would
    * fault forever instead of ending.
    */

@@ -421,7 +421,13 @@ export async function runJail(args: JailArgs, log: (m: string) => void = (m) => 
       // it has just ended
     }
   };
-  const handlers = (['SIGTERM', 'SIGINT', 'SIGHUP'] as const).map((s) => [s, forward(s)] as const);
+  // SIGINT (Ctrl-C) and SIGQUIT from a terminal reach the VMM directly (same process group): the jailer only
+  // outlives them, to clean up; passing them on too would hand the VMM a second one.
+  const handlers = [
+    ...(['SIGTERM', 'SIGHUP'] as const).map((s) => [s, forward(s)] as const),
+    ['SIGINT', () => undefined] as const,
+    ['SIGQUIT', () => undefined] as const,
+  ];
   for (const [s, h] of handlers) process.on(s, h);
   const status = await child.wait();
   for (const [s, h] of handlers) process.off(s, h);
