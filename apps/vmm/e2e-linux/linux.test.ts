@@ -73,7 +73,8 @@ describeKvm('Linux guest', () => {
       const withFs = ioeventfd === 'on';
       const fsImg = path.join(tmp, 'vdb-ext2.img');
       const args = ['--device', `virtio-blk,id=d0,file=${img},ioeventfd=${ioeventfd},stall-ms=500`];
-      if (withFs) args.push('--sandbox', 'on'); // the seccomp filter under a real Linux driver (docs/security.md)
+      // The seccomp filter, and nobody's uid with no capabilities, under a real Linux driver (docs/security.md).
+      if (withFs) args.push('--sandbox', 'on', '--run-with', 'user=nobody');
       if (withFs) {
         fs.writeFileSync(fsImg, '');
         fs.truncateSync(fsImg, 16 * 2 ** 20); // sparse
@@ -94,6 +95,7 @@ describeKvm('Linux guest', () => {
       expect(data[2 * 2 ** 20]).toBe(0xee);
       expect(data.subarray(4 * 2 ** 20, 8 * 2 ** 20).equals(ioPattern(4 * 2 ** 20, 4 * 2 ** 20, 4))).toBe(true);
       if (withFs) {
+        expect(r.err).toContain('running as uid 65534, gid 65534, groups 65534, no capabilities');
         expect(r.out).toContain('linux-guest: note ext2 ok dev=vdb files=3');
         checkExt2Image(fsImg);
       }
@@ -343,7 +345,8 @@ describeKvm('Linux guest', () => {
       ns = new TapNetns(`${NETNS_PREFIX}${process.pid}`, 'tap0', '10.0.9.1/24');
       let hostPing: Promise<{ ok: boolean; out: string }> | undefined;
       const r = await runLinux('net-ping', {
-        args: ['--device', `virtio-net,id=n0,tap=tap0,mac=${MAC},stall-ms=500`, '--sandbox', 'on'], // under the seccomp filter (docs/security.md)
+        // Under the seccomp filter, as nobody with no capabilities (docs/security.md): the TAP is opened before the drop.
+        args: ['--device', `virtio-net,id=n0,tap=tap0,mac=${MAC},stall-ms=500`, '--sandbox', 'on', '--run-with', 'user=nobody'],
         // After its own pings the guest waits (up to 120 s) for 3 echo requests from the host.
         params: 'tsvmm.ip=10.0.9.2/24 tsvmm.peer=10.0.9.1 tsvmm.hold=120 tsvmm.pings=3',
         wrap: ns.exec,
@@ -353,6 +356,7 @@ describeKvm('Linux guest', () => {
       });
       const host = hostPing ? await hostPing : { ok: false, out: 'the guest never printed "linux-guest: holding"' };
       expectGuestPass(r, 'net-ping');
+      expect(r.err).toContain('running as uid 65534, gid 65534, groups 65534, no capabilities');
       expectNoStall(r); // the receive queue idles with its buffers while the guest holds
       expect(r.out).toContain(`linux-guest: note eth0 driver=virtio_net mac=${MAC}`);
       expect(r.out).toMatch(/^3 packets transmitted, 3 packets received/m); // the guest's busybox ping

@@ -19,6 +19,7 @@ import {
 import type { DevicePlugin, DeviceType, PropertySpec } from '@tsvmm/pci';
 import { aliasesOf } from './config';
 import { version } from '../package.json';
+import { JailArgs, parseJailArgs } from './jail/args';
 
 export const VERSION = version;
 
@@ -28,6 +29,8 @@ export type Command =
   | { kind: 'run'; config: VmConfig }
   | { kind: 'plugins'; json: boolean }
   | { kind: 'config-schema' }
+  /** `vmm jail ...` (jail/args.ts). */
+  | { kind: 'jail'; args: JailArgs }
   /** `--device help` (type undefined) or `--device TYPE,help`. */
   | { kind: 'device-help'; type?: string };
 
@@ -85,6 +88,7 @@ JSON schema settings). See docs/cli.md.
 export const USAGE = `Usage: vmm run [options]        boot a guest (vmm run --help for every option)
        vmm plugins [--json]     list the device plugins and their device types
        vmm config-schema        print the JSON Schema of the --config file
+       vmm jail --id ID ...     run a VM in a jail (vmm jail --help; docs/security.md)
        vmm --version
        vmm [COMMAND] --help
 
@@ -170,6 +174,8 @@ export function parseArgs(argv: readonly string[]): Command {
       const r = simpleCommand(rest, 'config-schema', CONFIG_SCHEMA_HELP);
       return 'kind' in r ? (r as Command) : { kind: 'config-schema' };
     }
+    case 'jail':
+      return parseJailArgs(rest);
     case 'help':
       return { kind: 'help', text: USAGE };
     case '--help':
@@ -178,7 +184,8 @@ export function parseArgs(argv: readonly string[]): Command {
     case '--version':
       return { kind: 'version' };
   }
-  if (!first.startsWith('-')) throw new ConfigError(`unknown command '${first}' (commands: run, plugins, config-schema; see vmm --help)`);
+  if (!first.startsWith('-'))
+    throw new ConfigError(`unknown command '${first}' (commands: run, plugins, config-schema, jail; see vmm --help)`);
   // `vmm --kernel ...` is `vmm run --kernel ...`.
   return parseRun(args);
 }

@@ -17,6 +17,7 @@ import { loadPluginCatalog } from './plugins';
 import { formatPluginReport, pluginReport } from './plugins-report';
 import * as readline from 'readline';
 import { enterSandbox, SandboxError } from './sandbox/seccomp';
+import { JailError, runJail } from './jail/jail';
 
 const EXIT_USAGE = 2;
 
@@ -127,6 +128,19 @@ export async function main(argv: readonly string[]): Promise<number> {
   if (cmd.kind === 'version') {
     process.stdout.write(`vmm ${VERSION} (node ${process.versions.node})\n`);
     return 0;
+  }
+  if (cmd.kind === 'jail') {
+    try {
+      return await runJail(cmd.args);
+    } catch (e) {
+      if (e instanceof ConfigError) {
+        process.stderr.write(`vmm: ${e.message}\n`);
+        return EXIT_USAGE;
+      }
+      if (!(e instanceof JailError) && !(e instanceof PluginError)) throw e;
+      process.stderr.write(`vmm: ${e.message}\n`);
+      return EXIT_CODE_VMM_ERROR;
+    }
   }
   const catalog = loadPluginCatalog();
   if (cmd.kind === 'plugins') {

@@ -12,11 +12,13 @@
 #include <mutex>
 #include <string>
 #include <vector>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <atomic>
 
+#include "nsspawn.h"
 #include "privileges.h"
 #include "seccomp.h"
 #include "sys.h"
@@ -665,6 +667,139 @@ Napi::Value LookupUser(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// --- namespaces (nsspawn.h): a process in new namespaces under a new root; the jail's layout is the caller's ---
+
+static std::string strProp(Napi::Object o, const char* k, bool required = true) {
+  Napi::Value v = o.Get(k);
+  if (v.IsUndefined() && !required) return "";
+  if (!v.IsString()) throw Napi::TypeError::New(o.Env(), std::string(k) + " must be a string");
+  std::string s = v.As<Napi::String>();
+  if (s.find('\0') != std::string::npos) throw Napi::TypeError::New(o.Env(), std::string(k) + " must not hold a NUL byte");
+  return s;
+}
+
+static std::vector<std::string> strArray(Napi::Object o, const char* k) {
+  Napi::Value v = o.Get(k);
+  if (!v.IsArray()) throw Napi::TypeError::New(o.Env(), std::string(k) + " must be an array of strings");
+  Napi::Array a = v.As<Napi::Array>();
+  if (a.Length() > 65536) throw Napi::RangeError::New(o.Env(), std::string(k) + ": too many entries");
+  std::vector<std::string> out;
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value e = a.Get(i);
+    if (!e.IsString()) throw Napi::TypeError::New(o.Env(), std::string(k) + " must be an array of strings");
+    std::string s = e.As<Napi::String>();
+    if (s.find('\0') != std::string::npos) throw Napi::TypeError::New(o.Env(), std::string(k) + " must not hold a NUL byte");
+    out.push_back(s);
+  }
+  return out;
+}
+
+static uint32_t idProp(Napi::Object o, const char* k) {
+  Napi::Value v = o.Get(k);
+  double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+  if (d < 0 || d > 4294967294.0 || d != static_cast<double>(static_cast<uint32_t>(d)))
+    throw Napi::RangeError::New(o.Env(), std::string(k) + " must be an id from 0 to 4294967294");
+  return static_cast<uint32_t>(d);
+}
+
+static int intProp(Napi::Object o, const char* k, int def, int min, int max) {
+  Napi::Value v = o.Get(k);
+  if (v.IsUndefined()) return def;
+  double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : min - 1.0;
+  if (d < min || d > max || d != static_cast<double>(static_cast<int>(d)))
+    throw Napi::RangeError::New(o.Env(), std::string(k) + " must be an integer from " + std::to_string(min) + " to " + std::to_string(max));
+  return static_cast<int>(d);
+}
+
+Napi::Value NsSpawn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) throw Napi::TypeError::New(env, "nsSpawn(spec: object)");
+  Napi::Object o = info[0].As<Napi::Object>();
+  NsSpawnSpec s;
+  s.cloneFlags = intProp(o, "cloneFlags", 0, 0, 0x7fffffff);
+  s.netnsFd = intProp(o, "netnsFd", -1, -1, 0x7fffffff);
+  s.hostname = strProp(o, "hostname", false);
+  s.root = strProp(o, "root");
+  s.file = strProp(o, "file");
+  s.argv = strArray(o, "argv");
+  s.env = strArray(o, "env");
+  if (s.argv.empty()) throw Napi::RangeError::New(env, "argv must not be empty");
+  s.uid = idProp(o, "uid");
+  s.gid = idProp(o, "gid");
+  s.parentDeathSignal = intProp(o, "parentDeathSignal", 0, 0, 64);
+  s.init = o.Get("init").ToBoolean();
+  if (s.init && !(s.cloneFlags & CLONE_NEWPID)) throw Napi::TypeError::New(env, "init needs a new PID namespace");
+  Napi::Value g = o.Get("groups");
+  if (!g.IsArray()) throw Napi::TypeError::New(env, "groups must be an array of ids");
+  Napi::Array ga = g.As<Napi::Array>();
+  if (ga.Length() > 65536) throw Napi::RangeError::New(env, "too many groups");
+  for (uint32_t i = 0; i < ga.Length(); i++) {
+    Napi::Object w = Napi::Object::New(env);
+    w.Set("g", ga.Get(i));
+    s.groups.push_back(idProp(w, "g"));
+  }
+  Napi::Value k = o.Get("keepFds");
+  if (!k.IsUndefined()) {
+    if (!k.IsArray()) throw Napi::TypeError::New(env, "keepFds must be an array of fds");
+    Napi::Array ka = k.As<Napi::Array>();
+    for (uint32_t i = 0; i < ka.Length() && i < 1024; i++) {
+      Napi::Object w = Napi::Object::New(env);
+      w.Set("fd", ka.Get(i));
+      s.keepFds.push_back(intProp(w, "fd", -1, 3, 0x7fffffff));
+    }
+  }
+  Napi::Value m = o.Get("mounts");
+  if (!m.IsArray()) throw Napi::TypeError::New(env, "mounts must be an array");
+  Napi::Array ma = m.As<Napi::Array>();
+  if (ma.Length() > 4096) throw Napi::RangeError::New(env, "too many mounts");
+  for (uint32_t i = 0; i < ma.Length(); i++) {
+    if (!ma.Get(i).IsObject()) throw Napi::TypeError::New(env, "mounts[] must be objects");
+    Napi::Object mo = ma.Get(i).As<Napi::Object>();
+    std::string kind = strProp(mo, "kind");
+    NsMount nm;
+    if (kind == "bind") nm.kind = 0;
+    else if (kind == "proc") nm.kind = 1;
+    else throw Napi::TypeError::New(env, "mounts[].kind must be bind or proc");
+    nm.source = nm.kind == 0 ? strProp(mo, "source") : "";
+    nm.target = strProp(mo, "target");
+    nm.readOnly = mo.Get("readOnly").ToBoolean();
+    s.mounts.push_back(nm);
+  }
+  NsSpawnResult r{};
+  int e = nsSpawn(s, &r);
+  if (e < 0) throw errnoError(env, e, "clone");
+  Napi::Object res = Napi::Object::New(env);
+  res.Set("pid", Napi::Number::New(env, r.pid));
+  res.Set("releaseFd", Napi::Number::New(env, r.releaseFd));
+  res.Set("statusFd", Napi::Number::New(env, r.statusFd));
+  return res;
+}
+
+Napi::Value MknodChar(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "path must be a string");
+  std::string p = info[0].As<Napi::String>();
+  uint32_t mode = argId(info, 1, "mode"), major = argId(info, 2, "major"), minor = argId(info, 3, "minor");
+  int r = nsMknodChar(p.c_str(), mode, major, minor);
+  if (r < 0) throw errnoError(env, r, "mknod", p);
+  return env.Undefined();
+}
+
+Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "pid must be a number");
+  int r = nsPidfdOpen(info[0].As<Napi::Number>().Int32Value());
+  if (r < 0) throw errnoError(info.Env(), r, "pidfd_open");
+  return Napi::Number::New(info.Env(), r);
+}
+
+Napi::Value WaitPid(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "pid must be a number");
+  int code = 0;
+  int r = nsWaitPid(info[0].As<Napi::Number>().Int32Value(), &code);
+  if (r < 0) throw errnoError(info.Env(), r, "waitpid");
+  return r == 0 ? info.Env().Null() : Napi::Number::New(info.Env(), code);
+}
+
 // A JS callback that native code runs from libuv (watchers, thread-safe calls)
 // must never take the process down by throwing: its exception is caught here
 // and handed to the reporter JS registered with setCallbackErrorReporter
@@ -1231,6 +1366,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dropCapabilityBounding", Napi::Function::New(env, DropCapabilityBounding));
   exports.Set("clearCapabilities", Napi::Function::New(env, ClearCapabilities));
   exports.Set("lookupUser", Napi::Function::New(env, LookupUser));
+  exports.Set("nsSpawn", Napi::Function::New(env, NsSpawn));
+  exports.Set("mknodChar", Napi::Function::New(env, MknodChar));
+  exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));
+  exports.Set("waitPid", Napi::Function::New(env, WaitPid));
   exports.Set("FdWatcher", FdWatcher::Init(env));
   exports.Set("VcpuThread", VcpuThread::Init(env));
   exports.Set("seccompSetTrapReporter", Napi::Function::New(env, SeccompSetTrapReporter));

@@ -12,3 +12,4 @@ export * from './unix-socket';
 export * from './credentials';
 export * from './io-uring';
 export * from './frame-io';
+export * from './namespaces';

@@ -22,6 +22,24 @@ export interface NativeFdWatcher {
   setRef(on: boolean): void;
 }
 
+/** What nsSpawn takes (native/nsspawn.h; the typed facade is spawnInNamespaces in namespaces.ts). */
+export interface NativeNsSpawnSpec {
+  cloneFlags: number;
+  netnsFd?: number;
+  hostname?: string;
+  root: string;
+  mounts: { kind: 'bind' | 'proc'; source?: string; target: string; readOnly?: boolean }[];
+  uid: number;
+  gid: number;
+  groups: number[];
+  file: string;
+  argv: string[];
+  env: string[];
+  keepFds?: number[];
+  parentDeathSignal?: number;
+  init?: boolean;
+}
+
 /** A raw io_uring (native/uring.h); the typed facade is IoUring in io-uring.ts. */
 export interface NativeIoUring {
   /** 0, or -errno (-EBUSY: the submission ring is full; submit first). */
@@ -108,6 +126,13 @@ export interface NativeAddon {
   clearCapabilities(): void;
   /** getpwnam_r + getgrouplist; null for an unknown user. */
   lookupUser(name: string): { uid: number; gid: number; groups: number[] } | null;
+  /** clone(2) into new namespaces (native/nsspawn.h); the child waits for a byte on releaseFd, statusFd reads EOF once it executed. */
+  nsSpawn(spec: NativeNsSpawnSpec): { pid: number; releaseFd: number; statusFd: number };
+  /** mknod(path, S_IFCHR | mode, makedev(major, minor)). */
+  mknodChar(path: string, mode: number, major: number, minor: number): void;
+  pidfdOpen(pid: number): number;
+  /** waitpid(pid, WNOHANG): null while it runs, else the exit status (or -signal). */
+  waitPid(pid: number): number | null;
   FdWatcher: new (fd: number, onReadable: (err: Error | null) => void) => NativeFdWatcher;
   VcpuThread: new (
     vcpuFd: number,

@@ -40,15 +40,19 @@ export interface StartOptions {
 }
 
 /**
- * VMM_TEST_SANDBOX=on: every `vmm run` a suite starts gets `--sandbox on`
- * (docs/security.md: the guest-kit suites are run that way too).
+ * VMM_TEST_SANDBOX=on: every `vmm run` a suite starts gets `--sandbox on`;
+ * VMM_TEST_RUN_WITH=user=nobody: `--run-with user=nobody` (docs/security.md:
+ * the guest-kit suites are run that way too). A run that sets the flag itself keeps its own.
  */
 export function withTestSandbox(args: string[]): string[] {
   const mode = process.env.VMM_TEST_SANDBOX;
-  if (mode === undefined || mode === '') return args;
-  if (mode !== 'on' && mode !== 'off') throw new Error(`VMM_TEST_SANDBOX='${mode}' must be on or off`);
-  if (args[0] !== VMM_BIN || args[1] !== 'run' || args.includes('--sandbox')) return args;
-  return [VMM_BIN, 'run', '--sandbox', mode, ...args.slice(2)];
+  const runWith = process.env.VMM_TEST_RUN_WITH;
+  if (mode !== undefined && mode !== '' && mode !== 'on' && mode !== 'off') throw new Error(`VMM_TEST_SANDBOX='${mode}' must be on or off`);
+  if (args[0] !== VMM_BIN || args[1] !== 'run') return args;
+  const extra: string[] = [];
+  if (mode && !args.includes('--sandbox')) extra.push('--sandbox', mode);
+  if (runWith && !args.includes('--run-with')) extra.push('--run-with', runWith);
+  return extra.length ? [VMM_BIN, 'run', ...extra, ...args.slice(2)] : args;
 }
 
 /** Starts `node ARGS...` (under `wrap` when given). */
