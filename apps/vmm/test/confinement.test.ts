@@ -103,7 +103,7 @@ describeKvm('files and sockets the VMM creates', () => {
 });
 
 describeKvm('--run-with user=nobody', () => {
-  it('while it runs: /proc/PID/status shows the unprivileged uids and no effective capabilities; virtio-blk, live migration and snapshot/restore work', async () => {
+  it('while it runs: /proc/PID/status shows the unprivileged uids and no effective capabilities; virtio-blk on an iothread, live migration and snapshot/restore work', async () => {
     if (process.getuid!() !== 0) throw new Error('this test drops from root to nobody: run it as root (as CI does)');
     // The VMMs' sockets are reachable by nobody (the directory is searchable); the disk image stays root's, 0600:
     // it is opened before the drop. Snapshots go to a directory of nobody's.
@@ -113,7 +113,17 @@ describeKvm('--run-with user=nobody', () => {
     const own = path.join(tmp, `nobody-${uniq()}`);
     fs.mkdirSync(own, { mode: 0o700 });
     fs.chownSync(own, NOBODY, NOBODY);
-    const dev = ['--device', `virtio-blk,id=d0,file=${disk}`, '--cmdline', LOOP, '--run-with', 'user=nobody'];
+    // On an iothread: its worker takes the image's descriptors from the main thread (nobody could not open the path).
+    const dev = [
+      '--object',
+      'iothread,id=io0',
+      '--device',
+      `virtio-blk,id=d0,file=${disk},iothread=io0`,
+      '--cmdline',
+      LOOP,
+      '--run-with',
+      'user=nobody',
+    ];
 
     const src = fleet.start(dev);
     await waitUntil('source progress', () => /progress i=10\b/.test(src.out()));

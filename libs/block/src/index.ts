@@ -1,2 +1,2 @@
 export { RawFileBackend, BackendOpenError, skipBytes, chooseAio, ioUringFileIo, AIO_MODES } from './raw-file';
-export type { AioMode, BlockBackend, FileIo } from './raw-file';
+export type { AioMode, BlockBackend, FileIo, OpenedImage } from './raw-file';

@@ -20,7 +20,15 @@
  * - writev(..., dsync) is a write-through write: fdatasync before it resolves.
  */
 import * as fs from 'fs';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, IoUring, ioUringUnavailable } from '@tsvmm/kvm-native';
+import {
+  dupFd,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  fallocate,
+  IoUring,
+  ioUringUnavailable,
+} from '@tsvmm/kvm-native';
 
 export interface BlockBackend {
   readonly size: number;
@@ -122,6 +130,13 @@ export class BackendOpenError extends Error {}
 const O_DIRECT = fs.constants.O_DIRECT ?? 0o40000;
 const DIRECT_ALIGN = 4096;
 
+/** An image's descriptors handed to a RawFileBackend (see its `opened` argument). */
+export interface OpenedImage {
+  fd: number;
+  /** The buffered twin of an O_DIRECT fd. */
+  bufferedFd?: number;
+}
+
 export class RawFileBackend implements BlockBackend {
   readonly size: number;
   /** The engine in use ('custom': a FileIo given by the caller). */
@@ -146,6 +161,13 @@ export class RawFileBackend implements BlockBackend {
     readonly direct: boolean,
     /** An engine (default: io_uring where the kernel allows it, else threads), or a FileIo of a test. */
     engine?: AioMode | FileIo,
+    /**
+     * Descriptors of the image already open (from dupFds() of another backend
+     * on the same file): the backend owns and closes them, and opens nothing
+     * by path. An iothread's copy takes these, so it works after --run-with
+     * dropped the rights (or entered the chroot) that opening the path needed.
+     */
+    opened?: OpenedImage,
   ) {
     if (typeof engine === 'object') {
       this.io = engine;
@@ -158,7 +180,7 @@ export class RawFileBackend implements BlockBackend {
     }
     const flags = (readonly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | (direct ? O_DIRECT : 0);
     try {
-      this.fd = fs.openSync(path, flags);
+      this.fd = opened ? opened.fd : fs.openSync(path, flags);
     } catch (e) {
       const code = (e as { code?: string }).code;
       const why =
@@ -179,7 +201,7 @@ export class RawFileBackend implements BlockBackend {
     this.size = st.isBlockDevice() ? Number(this.blockDeviceSize()) : st.size;
     // The buffered twin of an O_DIRECT fd is opened now, with the first: later the VMM may have
     // dropped its privileges or entered a chroot (--run-with) and could no longer open the path.
-    if (direct) this.bufferedFd = fs.openSync(path, readonly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+    if (direct) this.bufferedFd = opened?.bufferedFd ?? fs.openSync(path, readonly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
     if (this.aio === 'io_uring') {
       try {
         this.io = ioUringFileIo();
@@ -191,6 +213,12 @@ export class RawFileBackend implements BlockBackend {
     }
     this.io.addFd?.(this.fd);
     if (this.bufferedFd !== undefined) this.io.addFd?.(this.bufferedFd);
+  }
+
+  /** Duplicates of the open descriptors (close-on-exec), for another backend on the same image (the `opened` argument). */
+  dupFds(): OpenedImage {
+    const fd = dupFd(this.fd);
+    return this.bufferedFd === undefined ? { fd } : { fd, bufferedFd: dupFd(this.bufferedFd) };
   }
 
   private blockDeviceSize(): number {

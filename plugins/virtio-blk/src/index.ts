@@ -109,6 +109,7 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
         id,
         regions: ctx.vm.memoryRegions.map((r) => ({ fd: r.fd, gpa: Number(r.guestPhysAddr), size: r.size })),
         file: props.file as string,
+        fds: backend.dupFds(),
         readonly: props.readonly as boolean,
         direct: props.cache === 'none',
         aio: backend.aio as AioMode,

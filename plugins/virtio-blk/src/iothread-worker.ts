@@ -26,7 +26,7 @@ port.on('message', ({ dev, m }: Envelope<ToWorker>) => {
       const native = loadNative();
       // Every device of the VM has the same RAM: mapped once, by the first (1 GiB buffers, as the main thread's).
       memory ??= new GuestMemory(m.regions.flatMap((r) => mapGuestRam(r.fd, r.gpa, r.size).pieces));
-      const backend = new RawFileBackend(m.file, m.readonly, m.direct, m.aio);
+      const backend = new RawFileBackend(m.file, m.readonly, m.direct, m.aio, m.fds);
       planes.get(dev)?.handle({ type: 'close' });
       planes.set(dev, new BlkWorkerPlane(memory, backend, m, post, (fd) => native.eventfdWrite(fd, 1)));
       return;

@@ -6,6 +6,7 @@
  */
 import * as path from 'path';
 import { Worker } from 'worker_threads';
+import type { OpenedImage } from '@tsvmm/block';
 import type { InterruptRecord, VirtioDeviceState } from '@tsvmm/virtio-core';
 import type { BlkCounters, BlkExtraState } from './device';
 
@@ -15,6 +16,8 @@ export type ToWorker =
       id: string;
       regions: { fd: number; gpa: number; size: number }[];
       file: string;
+      /** The image's descriptors, duplicated for the worker (it opens nothing by path: see RawFileBackend's `opened`). */
+      fds?: OpenedImage;
       readonly: boolean;
       direct: boolean;
       aio?: 'io_uring' | 'threads';
