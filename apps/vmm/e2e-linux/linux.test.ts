@@ -18,6 +18,9 @@ import {
   stopDrillIo,
   TapNetns,
 } from './linux';
+import { QMP_EVENTS } from '../src/monitor/events';
+import { mismatch, q } from '../src/monitor/qapi-types';
+import { RETURNS } from '../src/monitor/returns';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-linux-'));
 const NETNS_PREFIX = 'vmmlx';
@@ -124,6 +127,10 @@ function expectDrill(
   expect(num(c.after, 'debug-events') - num(c.hung, 'debug-events')).toBe(1);
   expect(c.after['pending-drop-interrupts']).toBe(0);
   expect(c.cleared).toMatchObject({ device: o.dev, path, queue: iq, side: 'interrupt', cause: 'dropped' });
+  // What the monitor sent fits what query-qmp-schema declares.
+  for (const s of [k, c])
+    for (const st of [s.before, s.hung, s.after]) expect(mismatch(RETURNS['x-query-virtio-queue-status'], st)).toBeUndefined();
+  for (const e of events) expect(mismatch(q.obj(QMP_EVENTS[e.event as keyof typeof QMP_EVENTS]), e.data ?? {})).toBeUndefined();
   // One event per episode.
   const stalls = events.filter((m) => m.event === 'VIRTQUEUE_STALL' && (m.data as { cause: string }).cause !== 'driver-silent');
   expect(stalls.map((m) => m.data)).toEqual([k.stall, c.stall]);
