@@ -59,9 +59,9 @@ function expectBigDio(out: string, dev: string, segMax = 254): void {
  * No false alarm (docs/qmp.md "Stall detector"): the boots run with stall-ms=500 on every virtio device.
  * No kick-side stall and no undeliverable interrupt may be reported besides the drills' own (`drilled`: one
  * log line each). driver-silent (an interrupt delivered, its used entries not consumed for 500 ms) under
- * load is printed, not failed: on this host the guest kernel runs emulated at CPL0 and its virtio_scsi
- * completion handler once ran 750 ms after the interrupt (used-event one behind used-idx, cleared by the
- * driver itself; docs/debugging-lost-kicks.md). The drills' idle periods assert no event at all.
+ * load is printed, not failed: the detector counts wall time while the VM runs, and on an overloaded host
+ * a vCPU thread waits for a CPU meanwhile (virtio_scsi's completion handler once ran 750 ms after the
+ * interrupt, cleared by the driver itself; docs/debugging-lost-kicks.md). The idle periods assert no event.
  */
 function expectNoStall(r: { err: string }, drilled: RegExp[] = []): void {
   let lines = r.err.split('\n').filter((l) => / stalled on the (kick|interrupt) side/.test(l));

@@ -290,10 +290,12 @@ export class MonitorDrill {
     return c.waitFor((m) => c.messages.indexOf(m) >= from && pred(m), timeoutMs);
   }
 
-  private stallEvent(name: string, queue: number, side: string) {
+  /** The drill's own episode: a slow guest's driver-silent on the same queue is another one. */
+  private stallEvent(name: string, queue: number, side: 'kick' | 'interrupt') {
+    const cause = side === 'kick' ? 'no-notify' : 'dropped';
     return (m: Msg) => {
       const d = m.data as Msg | undefined;
-      return m.event === name && d?.device === this.dev && d.queue === queue && d.side === side;
+      return m.event === name && d?.device === this.dev && d.queue === queue && d.side === side && d.cause === cause;
     };
   }
 
