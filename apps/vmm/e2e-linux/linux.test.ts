@@ -5,7 +5,22 @@ import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
 import { QmpClient } from '@tsvmm/testing';
-import { canUseTap, checkExt2Image, expectGuestPass, ioPattern, LinuxRun, ROOT, runLinux, TapNetns } from './linux';
+import {
+  canUseTap,
+  checkExt2Image,
+  DrillSide,
+  expectGuestPass,
+  ioPattern,
+  LinuxRun,
+  MonitorDrill,
+  ROOT,
+  runLinux,
+  stopDrillIo,
+  TapNetns,
+} from './linux';
+import { QMP_EVENTS } from '../src/monitor/events';
+import { mismatch, q } from '../src/monitor/qapi-types';
+import { RETURNS } from '../src/monitor/returns';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-linux-'));
 const NETNS_PREFIX = 'vmmlx';
@@ -42,15 +57,116 @@ function expectBigDio(out: string, dev: string, segMax = 254): void {
 
 /**
  * No false alarm (docs/qmp.md "Stall detector"): the boots run with stall-ms=500 on every virtio device.
- * No kick-side stall and no undeliverable interrupt may be reported. driver-silent (an interrupt delivered,
- * its used entries not consumed for 500 ms) is printed, not failed: on this host the kernel runs emulated
- * at CPL0 and under load once took 750 ms to run virtio_scsi's completion handler (reported, then cleared).
+ * No kick-side stall and no undeliverable interrupt may be reported besides the drills' own (`drilled`: one
+ * log line each). driver-silent (an interrupt delivered, its used entries not consumed for 500 ms) under
+ * load is printed, not failed: the detector counts wall time while the VM runs, and on an overloaded host
+ * a vCPU thread waits for a CPU meanwhile (virtio_scsi's completion handler once ran 750 ms after the
+ * interrupt, cleared by the driver itself; docs/debugging-lost-kicks.md). The idle periods assert no event.
  */
-function expectNoStall(r: { err: string }): void {
-  const lines = r.err.split('\n').filter((l) => / stalled on the (kick|interrupt) side/.test(l));
+function expectNoStall(r: { err: string }, drilled: RegExp[] = []): void {
+  let lines = r.err.split('\n').filter((l) => / stalled on the (kick|interrupt) side/.test(l));
+  for (const re of drilled) {
+    const i = lines.findIndex((l) => re.test(l));
+    expect(i).toBeGreaterThanOrEqual(0); // the drill's own stall was logged
+    lines = lines.filter((_, j) => j !== i);
+  }
   const silent = lines.filter((l) => l.includes('(driver-silent)'));
   if (silent.length) process.stdout.write(`stall detector, driver-silent under a slow guest (not a failure):\n${silent.join('\n')}\n`);
   expect(lines.filter((l) => !l.includes('(driver-silent)'))).toEqual([]);
+}
+
+const STALL_MS = 500;
+const num = (m: Record<string, unknown>, k: string) => m[k] as number;
+
+/**
+ * What the operator sees in the lost-kick and lost-interrupt drills (docs/debugging-lost-kicks.md), and
+ * that each counter moved by exactly one. `oneRequest`: the guest had exactly one request in flight
+ * (drill_io); `waiting`: the interrupt the driver waits on is the one for the last used entry.
+ */
+function expectDrill(
+  d: { kick: DrillSide; interrupt: DrillSide },
+  o: { dev: string; kick: [number, string]; irq: [number, string]; oneRequest: boolean },
+  events: Record<string, unknown>[],
+): void {
+  const path = `/machine/peripheral/${o.dev}`;
+  const line = (s: DrillSide, q: number, name: string, verdict: string) => {
+    const st = s.stall;
+    const cells = `${o.dev}\\s+${q}\\s+${name}\\s+${num(s.hung, 'size')}\\s+${num(st, 'avail-idx')}\\s+${num(st, 'last-avail-idx')}\\s+${num(st, 'used-idx')}`;
+    // kicks, irqs, the vector (live: neither masked nor pending), last kick and last interrupt ages, the verdict
+    expect(s.line).toMatch(new RegExp(`^${cells}\\s+\\d+\\s+\\d+\\s+\\d+\\s+(\\d+ms|-)\\s+(\\d+ms|-)\\s+STALL ${verdict} \\d+ms$`));
+  };
+  // Lost kick: the driver published a buffer after the device's last kick and was required to notify.
+  const [kq, kname] = o.kick;
+  const k = d.kick;
+  expect(k.stall).toMatchObject({ device: o.dev, path, queue: kq, side: 'kick', cause: 'no-notify' });
+  const waiting = (num(k.stall, 'avail-idx') - num(k.stall, 'last-avail-idx')) & 0xffff;
+  if (o.oneRequest) expect(waiting).toBe(1);
+  else expect(waiting).toBeGreaterThanOrEqual(1);
+  expect(k.stall['used-idx']).toBe(k.stall['last-avail-idx']); // all it took is done
+  expect(k.stall['avail-event']).toBe(k.stall['last-avail-idx']); // EVENT_IDX: a kick was due at the next buffer
+  expect(num(k.stall, 'stalled-ms')).toBeGreaterThanOrEqual(STALL_MS);
+  line(k, kq, kname, 'kick no-notify');
+  expect(k.hung.stall).toMatchObject({ side: 'kick', cause: 'no-notify' });
+  expect(num(k.hung, 'kicks-dropped') - num(k.before, 'kicks-dropped')).toBe(1);
+  expect(num(k.after, 'debug-events') - num(k.hung, 'debug-events')).toBe(1);
+  expect(k.after['pending-drop-kicks']).toBe(0);
+  expect(num(k.after, 'last-avail-idx')).not.toBe(num(k.hung, 'last-avail-idx')); // the recovering kick took the request
+  expect(k.cleared).toMatchObject({ device: o.dev, path, queue: kq, side: 'kick', cause: 'no-notify' });
+  // Lost interrupt: the device completed the request, the interrupt the driver asked for never came.
+  const [iq, iname] = o.irq;
+  const c = d.interrupt;
+  expect(c.stall).toMatchObject({ device: o.dev, path, queue: iq, side: 'interrupt', cause: 'dropped' });
+  if (o.oneRequest) expect(c.stall['avail-idx']).toBe(c.stall['last-avail-idx']);
+  const behind = (num(c.stall, 'used-idx') - num(c.stall, 'used-event')) & 0xffff; // used entries not consumed
+  if (o.oneRequest) expect(behind).toBe(1);
+  else expect(behind).toBeGreaterThanOrEqual(1);
+  expect(num(c.stall, 'stalled-ms')).toBeGreaterThanOrEqual(STALL_MS);
+  line(c, iq, iname, 'interrupt dropped');
+  expect(c.hung.stall).toMatchObject({ side: 'interrupt', cause: 'dropped' });
+  expect(num(c.hung, 'interrupts-dropped') - num(c.before, 'interrupts-dropped')).toBe(1);
+  expect(num(c.after, 'debug-events') - num(c.hung, 'debug-events')).toBe(1);
+  expect(c.after['pending-drop-interrupts']).toBe(0);
+  expect(c.cleared).toMatchObject({ device: o.dev, path, queue: iq, side: 'interrupt', cause: 'dropped' });
+  // What the monitor sent fits what query-qmp-schema declares.
+  for (const s of [k, c])
+    for (const st of [s.before, s.hung, s.after]) expect(mismatch(RETURNS['x-query-virtio-queue-status'], st)).toBeUndefined();
+  for (const e of events) expect(mismatch(q.obj(QMP_EVENTS[e.event as keyof typeof QMP_EVENTS]), e.data ?? {})).toBeUndefined();
+  // One event per episode.
+  const stalls = events.filter((m) => m.event === 'VIRTQUEUE_STALL' && (m.data as { cause: string }).cause !== 'driver-silent');
+  expect(stalls.map((m) => m.data)).toEqual([k.stall, c.stall]);
+  process.stdout.write(`drill on ${o.dev} (tries ${k.tries}/${c.tries}):\n${k.screen}${c.screen}`);
+}
+
+/** The idle period: no VIRTQUEUE_STALL at all, and every queue's verdict `ok`. */
+function expectIdle(drill: MonitorDrill): void {
+  expect(drill.idleStalls()).toEqual([]);
+  const lines = drill.idleScreen!.trimEnd().split('\n').slice(1);
+  expect(lines.length).toBeGreaterThan(0);
+  for (const l of lines) expect(l).toMatch(/\sok$/);
+}
+
+/** The runLinux hook of a boot whose guest runs drill_io on DEV (tools/linux-guest): idle period, then the drills. */
+function blockDrill(
+  sock: string,
+  dev: string,
+  img: string,
+  queue: number,
+  out: { result?: Promise<{ kick: DrillSide; interrupt: DrillSide }> },
+) {
+  const drill = new MonitorDrill(sock, dev);
+  let idle: Promise<void> | undefined;
+  const onLine = (l: string) => {
+    if (l.startsWith('linux-guest: init start')) drill.connect().catch(() => undefined);
+    else if (l.startsWith('linux-guest: drill idle')) idle = drill.idleStart();
+    else if (l.startsWith('linux-guest: drill io start') && !out.result) {
+      drill.idleEnd();
+      out.result = (async () => {
+        await idle;
+        return drill.run({ kickQueue: queue, irqQueue: queue });
+      })().finally(() => stopDrillIo(img));
+    }
+  };
+  return { drill, onLine };
 }
 
 describeKvm('Linux guest', () => {
@@ -63,29 +179,48 @@ describeKvm('Linux guest', () => {
   });
 
   // Both boots also send 1 MiB and 4 MiB O_DIRECT requests from scattered pages; the ioeventfd=on one
-  // also runs the ext2 workload on a second disk.
+  // also runs the ext2 workload on a second disk. Then an idle period and the lost-kick and lost-interrupt
+  // drills over QMP on req0 while the guest writes one block at a time (drill_io).
   it.each(['on', 'off'])(
-    'virtio-blk (ioeventfd=%s): virtio_blk binds with MSI-X, O_DIRECT pattern round trip, discard, flush, 1 MiB and 4 MiB O_DIRECT requests of seg_max segments',
+    'virtio-blk (ioeventfd=%s): virtio_blk binds with MSI-X, O_DIRECT pattern round trip, discard, flush, 1 MiB and 4 MiB O_DIRECT requests of seg_max segments; idle without a stall; lost-kick and lost-interrupt drills',
     async (ioeventfd) => {
       const img = path.join(tmp, `vda-${ioeventfd}.img`);
       fs.writeFileSync(img, Buffer.alloc(4 * 2 ** 20, 0xee));
       fs.truncateSync(img, 8 * 2 ** 20); // the rest sparse
       const withFs = ioeventfd === 'on';
       const fsImg = path.join(tmp, 'vdb-ext2.img');
-      const args = ['--device', `virtio-blk,id=d0,file=${img},ioeventfd=${ioeventfd},stall-ms=500`];
+      const sock = path.join(tmp, `drill-blk-${ioeventfd}.sock`);
+      const args = ['--device', `virtio-blk,id=d0,file=${img},ioeventfd=${ioeventfd},stall-ms=${STALL_MS}`, '--qmp', `unix:${sock}`];
       // The seccomp filter, and nobody's uid with no capabilities, under a real Linux driver (docs/security.md).
       if (withFs) args.push('--sandbox', 'on', '--run-with', 'user=nobody');
       if (withFs) {
         fs.writeFileSync(fsImg, '');
         fs.truncateSync(fsImg, 16 * 2 ** 20); // sparse
-        args.push('--device', `virtio-blk,id=d1,file=${fsImg},ioeventfd=${ioeventfd},stall-ms=500`);
+        args.push('--device', `virtio-blk,id=d1,file=${fsImg},ioeventfd=${ioeventfd},stall-ms=${STALL_MS}`);
       }
-      const r = await runLinux('virtio-blk', { args, params: `tsvmm.dio=1${withFs ? ' tsvmm.fs=vdb' : ''}`, timeoutMs: 540_000 });
+      const out: { result?: Promise<{ kick: DrillSide; interrupt: DrillSide }> } = {};
+      const { drill, onLine } = blockDrill(sock, 'd0', img, 0, out);
+      const r = await runLinux('virtio-blk', {
+        args,
+        params: `tsvmm.dio=1 tsvmm.drill=1${withFs ? ' tsvmm.fs=vdb' : ''}`,
+        timeoutMs: 540_000,
+        onLine,
+      });
+      drill.close();
+      if (!out.result) throw new Error(`the guest never started its drill I/O:\n${r.out.slice(-6000)}\n${r.err}`);
+      const d = await out.result;
       expectGuestPass(r, 'virtio-blk');
-      expectNoStall(r);
+      expectIdle(drill);
+      expectDrill(d, { dev: 'd0', kick: [0, 'req0'], irq: [0, 'req0'], oneRequest: true }, drill.events);
+      expectNoStall(r, [
+        /^.*d0: queue 0 stalled on the kick side \(no-notify\)/,
+        /^.*d0: queue 0 stalled on the interrupt side \(dropped\)/,
+      ]);
       expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-req\.0/);
       expect(r.out).toContain('blkdiscard ok');
       expectBigDio(r.out, 'vda');
+      // The drill's I/O finished, every block written intact (the guest compared them too).
+      expect(Number(/linux-guest: drill io done dev=vda rounds=(\d+)/.exec(r.out)?.[1])).toBeGreaterThanOrEqual(16);
       const data = fs.readFileSync(img);
       expect(data.length).toBe(8 * 2 ** 20);
       expect(data.subarray(0, 65536).equals(guestPattern())).toBe(true);
@@ -93,6 +228,7 @@ describeKvm('Linux guest', () => {
       expect(data[131072]).toBe(0xee);
       expect(data.subarray(2 ** 20, 2 * 2 ** 20).equals(ioPattern(2 ** 20, 2 ** 20, 1))).toBe(true);
       expect(data[2 * 2 ** 20]).toBe(0xee);
+      expect(data.subarray(3 * 2 ** 20, 3 * 2 ** 20 + 65536).equals(guestPattern())).toBe(true);
       expect(data.subarray(4 * 2 ** 20, 8 * 2 ** 20).equals(ioPattern(4 * 2 ** 20, 4 * 2 ** 20, 4))).toBe(true);
       if (withFs) {
         expect(r.err).toContain('running as uid 65534, gid 65534, groups 65534, no capabilities');
@@ -103,7 +239,7 @@ describeKvm('Linux guest', () => {
     600_000,
   );
 
-  it('virtio-scsi: virtio_scsi + sd find the LUNs with their sizes, vendor, model and serials; O_DIRECT pattern round trip; 1 MiB and 4 MiB O_DIRECT requests from scattered pages; ext2 that e2fsck finds clean', async () => {
+  it('virtio-scsi: virtio_scsi + sd find the LUNs with their sizes, vendor, model and serials; O_DIRECT pattern round trip; 1 MiB and 4 MiB O_DIRECT requests from scattered pages; ext2 that e2fsck finds clean; idle without a stall; lost-kick and lost-interrupt drills', async () => {
     const a = path.join(tmp, 'scsi-a.img');
     const b = path.join(tmp, 'scsi-b.img');
     const c = path.join(tmp, 'scsi-c-ext2.img');
@@ -111,10 +247,15 @@ describeKvm('Linux guest', () => {
     fs.writeFileSync(b, Buffer.alloc(2 * 2 ** 20, 0x11));
     fs.writeFileSync(c, '');
     fs.truncateSync(c, 16 * 2 ** 20); // sparse
+    const sock = path.join(tmp, 'drill-scsi.sock');
+    const out: { result?: Promise<{ kick: DrillSide; interrupt: DrillSide }> } = {};
+    const { drill, onLine } = blockDrill(sock, 'scsi0', a, 2, out);
     const r = await runLinux('scsi', {
       args: [
+        '--qmp',
+        `unix:${sock}`,
         '--device',
-        'virtio-scsi,id=scsi0,stall-ms=500',
+        `virtio-scsi,id=scsi0,stall-ms=${STALL_MS}`,
         '--device',
         `scsi-hd,bus=scsi0,lun=0,file=${a},serial=LINUX-A`,
         '--device',
@@ -122,11 +263,22 @@ describeKvm('Linux guest', () => {
         '--device',
         `scsi-hd,bus=scsi0,lun=5,file=${c},serial=LINUX-C`,
       ],
-      params: 'tsvmm.dio=1 tsvmm.fs=sdc',
+      params: 'tsvmm.dio=1 tsvmm.fs=sdc tsvmm.drill=1',
       timeoutMs: 540_000,
+      onLine,
     });
+    drill.close();
+    if (!out.result) throw new Error(`the guest never started its drill I/O:\n${r.out.slice(-6000)}\n${r.err}`);
+    const d = await out.result;
     expectGuestPass(r, 'scsi');
-    expectNoStall(r); // request queue under load, the event queue holding its buffers throughout
+    expectIdle(drill); // ctrl and the event queue holding its buffers included
+    expectDrill(d, { dev: 'scsi0', kick: [2, 'req0'], irq: [2, 'req0'], oneRequest: true }, drill.events);
+    // request queue under load, the event queue holding its buffers throughout
+    expectNoStall(r, [
+      /^.*scsi0: queue 2 stalled on the kick side \(no-notify\)/,
+      /^.*scsi0: queue 2 stalled on the interrupt side \(dropped\)/,
+    ]);
+    expect(Number(/linux-guest: drill io done dev=sda rounds=(\d+)/.exec(r.out)?.[1])).toBeGreaterThanOrEqual(16);
     expect(r.out).toContain(
       "linux-guest: scsi-disk dev=sda hctl=0:0:0:0 sectors=16384 ro=0 vendor='TSVMM' model='VIRTUAL DISK' serial='LINUX-A'",
     );
@@ -144,6 +296,7 @@ describeKvm('Linux guest', () => {
     expect(data[65536]).toBe(0xee);
     expect(data.subarray(2 ** 20, 2 * 2 ** 20).equals(ioPattern(2 ** 20, 2 ** 20, 1))).toBe(true);
     expect(data[2 * 2 ** 20]).toBe(0xee);
+    expect(data.subarray(3 * 2 ** 20, 3 * 2 ** 20 + 65536).equals(guestPattern())).toBe(true); // the drill's writes
     expect(data.subarray(4 * 2 ** 20, 8 * 2 ** 20).equals(ioPattern(4 * 2 ** 20, 4 * 2 ** 20, 4))).toBe(true);
     expect(fs.readFileSync(b).every((x) => x === 0x11)).toBe(true);
     checkExt2Image(c);
@@ -341,31 +494,73 @@ describeKvm('Linux guest', () => {
     beforeAll(() => TapNetns.removeStale(NETNS_PREFIX));
     afterEach(() => ns?.delete()); // also when the test failed or timed out
 
-    (canUseTap() ? it : it.skip)('virtio_net binds with MSI-X; the guest pings the host side, then the host pings the guest', async () => {
-      ns = new TapNetns(`${NETNS_PREFIX}${process.pid}`, 'tap0', '10.0.9.1/24');
-      let hostPing: Promise<{ ok: boolean; out: string }> | undefined;
-      const r = await runLinux('net-ping', {
-        // Under the seccomp filter, as nobody with no capabilities (docs/security.md): the TAP is opened before the drop.
-        args: ['--device', `virtio-net,id=n0,tap=tap0,mac=${MAC},stall-ms=500`, '--sandbox', 'on', '--run-with', 'user=nobody'],
-        // After its own pings the guest waits (up to 120 s) for 3 echo requests from the host.
-        params: 'tsvmm.ip=10.0.9.2/24 tsvmm.peer=10.0.9.1 tsvmm.hold=120 tsvmm.pings=3',
-        wrap: ns.exec,
-        onLine: (l) => {
-          if (!hostPing && l.startsWith('linux-guest: holding')) hostPing = ns!.ping('10.0.9.2', 3);
-        },
-      });
-      const host = hostPing ? await hostPing : { ok: false, out: 'the guest never printed "linux-guest: holding"' };
-      expectGuestPass(r, 'net-ping');
-      expect(r.err).toContain('running as uid 65534, gid 65534, groups 65534, no capabilities');
-      expectNoStall(r); // the receive queue idles with its buffers while the guest holds
-      expect(r.out).toContain(`linux-guest: note eth0 driver=virtio_net mac=${MAC}`);
-      expect(r.out).toMatch(/^3 packets transmitted, 3 packets received/m); // the guest's busybox ping
-      expect(host.out).toMatch(/3 packets transmitted, 3 (packets )?received/);
-      expect(r.out).toContain('linux-guest: PASS test=net-ping peer=10.0.9.1 echo-requests=3');
-      // Per-queue MSI-X vectors, and the receive queue's actually fired.
-      expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-input\.0/);
-      expect(r.out).toMatch(/linux-guest: irq \d+: +\d+ +PCI-MSI .*virtio0-output\.0/);
-    });
+    // While the guest holds: an idle period, the lost-kick drill on tx0 (the guest's echo reply waits in
+    // the ring) and the lost-interrupt drill on rx0 (the host's echo request waits unseen in the used
+    // ring), each provoked by one host ping; then the host's pings.
+    (canUseTap() ? it : it.skip)(
+      'virtio_net binds with MSI-X; the guest pings the host side, then the host pings the guest; idle without a stall; lost-kick (tx0) and lost-interrupt (rx0) drills',
+      async () => {
+        ns = new TapNetns(`${NETNS_PREFIX}${process.pid}`, 'tap0', '10.0.9.1/24');
+        const sock = path.join(tmp, 'drill-net.sock');
+        const drill = new MonitorDrill(sock, 'n0');
+        const pings: { ok: boolean; out: string }[] = [];
+        const ping = (n: number) => ns!.ping('10.0.9.2', n).then((p) => (pings.push(p), p));
+        const WANT = 5; // echo requests the guest waits for: one per drill side (more if one was tried again), the rest the host's pings
+        let hold: Promise<{ kick: DrillSide; interrupt: DrillSide; host: { ok: boolean; out: string; count: number } }> | undefined;
+        const r = await runLinux('net-ping', {
+          args: [
+            '--device',
+            `virtio-net,id=n0,tap=tap0,mac=${MAC},stall-ms=${STALL_MS}`,
+            '--qmp',
+            `unix:${sock}`,
+            // Under the seccomp filter, as nobody with no capabilities (docs/security.md): the TAP is opened before the drop.
+            '--sandbox',
+            'on',
+            '--run-with',
+            'user=nobody',
+          ],
+          // After its own pings the guest waits (up to 120 s) for WANT echo requests from the host.
+          params: `tsvmm.ip=10.0.9.2/24 tsvmm.peer=10.0.9.1 tsvmm.hold=120 tsvmm.pings=${WANT}`,
+          wrap: ns.exec,
+          onLine: (l) => {
+            if (l.startsWith('linux-guest: init start')) drill.connect().catch(() => undefined);
+            if (hold || !l.startsWith('linux-guest: holding')) return;
+            hold = (async () => {
+              await drill.idleStart(2000);
+              await new Promise((res) => setTimeout(res, 2000));
+              drill.idleEnd();
+              const d = await drill.run({ kickQueue: 1, irqQueue: 0, provokeKick: () => ping(1), provokeIrq: () => ping(1) });
+              const count = Math.max(1, WANT - pings.length);
+              return { ...d, host: { ...(await ping(count)), count } };
+            })();
+            hold.catch(() => undefined);
+          },
+        });
+        drill.close();
+        if (!hold) throw new Error(`the guest never printed "linux-guest: holding":\n${r.out.slice(-6000)}\n${r.err}`);
+        const d = await hold;
+        expectGuestPass(r, 'net-ping');
+        expect(r.err).toContain('running as uid 65534, gid 65534, groups 65534, no capabilities');
+        expectIdle(drill); // the receive queue idles with its buffers
+        expectDrill(d, { dev: 'n0', kick: [1, 'tx0'], irq: [0, 'rx0'], oneRequest: false }, drill.events);
+        expectNoStall(r, [
+          /^.*n0: queue 1 stalled on the kick side \(no-notify\)/,
+          /^.*n0: queue 0 stalled on the interrupt side \(dropped\)/,
+        ]);
+        // Every ping was answered: the drills' (late, after the recovery) and the host's.
+        for (const p of pings) expect(p.out).toMatch(/(\d+) packets transmitted, \1 (packets )?received/);
+        expect(d.host.out).toMatch(new RegExp(`${d.host.count} packets transmitted, ${d.host.count} (packets )?received`));
+        expect(r.out).toContain(`linux-guest: note eth0 driver=virtio_net mac=${MAC}`);
+        expect(r.out).toMatch(/^3 packets transmitted, 3 packets received/m); // the guest's busybox ping
+        expect(Number(/linux-guest: PASS test=net-ping peer=10\.0\.9\.1 echo-requests=(\d+)/.exec(r.out)?.[1])).toBeGreaterThanOrEqual(
+          WANT,
+        );
+        // Per-queue MSI-X vectors, and the receive queue's actually fired.
+        expect(r.out).toMatch(/linux-guest: irq \d+: +[1-9]\d* +PCI-MSI .*virtio0-input\.0/);
+        expect(r.out).toMatch(/linux-guest: irq \d+: +\d+ +PCI-MSI .*virtio0-output\.0/);
+      },
+      600_000,
+    );
   });
 });
 

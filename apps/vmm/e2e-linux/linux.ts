@@ -2,6 +2,7 @@
 import { execFile, execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
+import { QmpClient } from '@tsvmm/testing';
 
 export const ROOT = path.resolve(__dirname, '../../..');
 export const VMM_BIN = path.join(ROOT, 'apps/vmm/bin/vmm.js');
@@ -195,5 +196,181 @@ export function checkExt2Image(img: string): void {
     const cat = run('debugfs', ['-R', `cat ${file}`, img]);
     if (cat.status !== 0 || !cat.stdout.equals(ioPattern(0, size, seed)))
       throw new Error(`${file} in ${img}: ${cat.stdout.length} bytes, expected ${size} bytes of pattern seed ${seed}\n${cat.stderr}`);
+  }
+}
+
+type Msg = Record<string, unknown>;
+export type QueueStatus = Record<string, unknown>;
+
+/** What an operator sees on one side of a drill (docs/debugging-lost-kicks.md). */
+export interface DrillSide {
+  /** x-query-virtio-queue-status before the fault was armed, while the guest hung, after it moved again. */
+  before: QueueStatus;
+  hung: QueueStatus;
+  after: QueueStatus;
+  /** The VIRTQUEUE_STALL and VIRTQUEUE_STALL_CLEARED events' data. */
+  stall: Msg;
+  cleared: Msg;
+  /** The queue's line of `info virtqueues DEV` while it hung. */
+  line: string;
+  /** The whole `info virtqueues DEV` output then (printed for the walkthrough). */
+  screen: string;
+  /** Tries it took (a guest that moved the queue on its own before the detector judged it is tried again). */
+  tries: number;
+}
+
+/**
+ * The lost-kick and lost-interrupt drills of docs/debugging-lost-kicks.md on a
+ * running Linux guest, as an operator runs them over QMP: `x-debug-virtqueue-drop`
+ * one kick of `kickQueue`, wait for VIRTQUEUE_STALL (kick side), read `info
+ * virtqueues`, recover with `x-debug-device-event kick`, wait for
+ * VIRTQUEUE_STALL_CLEARED; then the same with one interrupt of `irqQueue` and
+ * `x-debug-device-event call`. The guest must be doing I/O on those queues
+ * meanwhile (or `provoke` makes it: it starts one I/O and resolves when it
+ * completed). Also watches an idle period: `idleStart` / `idleEnd` bracket it,
+ * `idleStalls` are the VIRTQUEUE_STALL events in it.
+ */
+export class MonitorDrill {
+  private qmp: QmpClient | undefined;
+  private connecting: Promise<QmpClient> | undefined;
+  private idleFrom: number | undefined;
+  private idleTo: number | undefined;
+  idleScreen: string | undefined;
+
+  constructor(
+    readonly sock: string,
+    readonly dev: string,
+  ) {}
+
+  /** Connects (once) and keeps every event from then on. */
+  connect(): Promise<QmpClient> {
+    this.connecting ??= (async () => {
+      const c = await QmpClient.connect(this.sock, 120_000);
+      await c.run('qmp_capabilities');
+      this.qmp = c;
+      return c;
+    })();
+    return this.connecting;
+  }
+
+  get events(): Msg[] {
+    return (this.qmp?.messages ?? []).filter((m) => 'event' in m);
+  }
+
+  /** The guest went idle: from now until idleEnd no VIRTQUEUE_STALL may come. Takes `info virtqueues` after `screenAfterMs`. */
+  async idleStart(screenAfterMs = 2000): Promise<void> {
+    const c = await this.connect();
+    this.idleFrom = c.messages.length;
+    await new Promise((r) => setTimeout(r, screenAfterMs));
+    this.idleScreen = await this.hmp(`info virtqueues ${this.dev}`);
+  }
+
+  idleEnd(): void {
+    this.idleTo = this.qmp?.messages.length;
+  }
+
+  /** VIRTQUEUE_STALL events of the idle period (undefined: no idle period was bracketed). */
+  idleStalls(): Msg[] | undefined {
+    if (this.idleFrom === undefined || this.idleTo === undefined || !this.qmp) return undefined;
+    return this.qmp.messages.slice(this.idleFrom, this.idleTo).filter((m) => m.event === 'VIRTQUEUE_STALL');
+  }
+
+  async hmp(line: string): Promise<string> {
+    const c = await this.connect();
+    return (await c.run('human-monitor-command', { 'command-line': line })) as string;
+  }
+
+  private async status(queue: number): Promise<QueueStatus> {
+    return (await this.qmp!.run('x-query-virtio-queue-status', { path: this.dev, queue })) as QueueStatus;
+  }
+
+  /** The next message from index `from` on that matches. */
+  private next(from: number, pred: (m: Msg) => boolean, timeoutMs: number): Promise<Msg> {
+    const c = this.qmp!;
+    return c.waitFor((m) => c.messages.indexOf(m) >= from && pred(m), timeoutMs);
+  }
+
+  /** The drill's own episode: a slow guest's driver-silent on the same queue is another one. */
+  private stallEvent(name: string, queue: number, side: 'kick' | 'interrupt') {
+    const cause = side === 'kick' ? 'no-notify' : 'dropped';
+    return (m: Msg) => {
+      const d = m.data as Msg | undefined;
+      return m.event === name && d?.device === this.dev && d.queue === queue && d.side === side && d.cause === cause;
+    };
+  }
+
+  /** One side: arm the fault, wait for the stall (retrying if the guest got the queue moving on its own), look, recover. */
+  private async side(side: 'kick' | 'interrupt', queue: number, provoke?: () => Promise<unknown>): Promise<DrillSide> {
+    const c = this.qmp!;
+    const name = side === 'kick' ? 'kicks' : 'interrupts';
+    for (let tries = 1; ; tries++) {
+      // An episode still open on this side (e.g. a slow guest's driver-silent) would swallow the drill's: wait it out.
+      let before = await this.status(queue);
+      for (let i = 0; i < 200 && before.stall !== null; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        before = await this.status(queue);
+      }
+      const from = c.messages.length;
+      await c.run('x-debug-virtqueue-drop', { dev: this.dev, queue, [name]: 1 });
+      const io = provoke?.();
+      const stalled = this.next(from, this.stallEvent('VIRTQUEUE_STALL', queue, side), 60_000);
+      const first = await Promise.race([stalled, ...(io ? [io.then(() => undefined)] : [])]);
+      if (!first) {
+        // The I/O completed without a stall: something else moved the queue first (e.g. an ARP
+        // packet settled the interrupt). Disarm and try again.
+        if (tries >= 3) throw new Error(`${this.dev} queue ${queue}: no ${side}-side stall in ${tries} tries`);
+        stalled.catch(() => undefined);
+        await c.run('x-debug-virtqueue-drop', { dev: this.dev, queue, kicks: 0, interrupts: 0 });
+        continue;
+      }
+      const hung = await this.status(queue);
+      const screen = await this.hmp(`info virtqueues ${this.dev}`);
+      const line = screen.split('\n').find((l) => l.split(/\s+/)[0] === this.dev && l.split(/\s+/)[1] === String(queue)) ?? '';
+      const fromRecover = c.messages.length;
+      await c.run('x-debug-device-event', { dev: this.dev, event: side === 'kick' ? 'kick' : 'call', queue });
+      const cleared = await this.next(fromRecover, this.stallEvent('VIRTQUEUE_STALL_CLEARED', queue, side), 60_000);
+      if (io) await io;
+      const after = await this.status(queue);
+      return { before, hung, after, stall: first.data as Msg, cleared: cleared.data as Msg, line, screen, tries };
+    }
+  }
+
+  /** Both drills, kick side first. On any failure the queues are un-hung (drops disarmed, kick and call sent) before it throws. */
+  async run(opts: {
+    kickQueue: number;
+    irqQueue: number;
+    provokeKick?: () => Promise<unknown>;
+    provokeIrq?: () => Promise<unknown>;
+  }): Promise<{ kick: DrillSide; interrupt: DrillSide }> {
+    await this.connect();
+    try {
+      const kick = await this.side('kick', opts.kickQueue, opts.provokeKick);
+      const interrupt = await this.side('interrupt', opts.irqQueue, opts.provokeIrq);
+      return { kick, interrupt };
+    } catch (e) {
+      for (const queue of new Set([opts.kickQueue, opts.irqQueue]))
+        try {
+          await this.qmp!.run('x-debug-virtqueue-drop', { dev: this.dev, queue, kicks: 0, interrupts: 0 });
+          await this.qmp!.run('x-debug-device-event', { dev: this.dev, event: 'kick', queue });
+          await this.qmp!.run('x-debug-device-event', { dev: this.dev, event: 'call', queue });
+        } catch {
+          // the VMM is gone
+        }
+      throw e;
+    }
+  }
+
+  close(): void {
+    this.qmp?.close();
+  }
+}
+
+/** Ends the guest's drill_io loop (tools/linux-guest): the line DRILL-STOP at 3 MiB + 64 KiB of its disk image. */
+export function stopDrillIo(img: string): void {
+  const fd = fs.openSync(img, 'r+');
+  try {
+    fs.writeSync(fd, Buffer.from('DRILL-STOP\n'), 0, 11, 3 * 2 ** 20 + 65536);
+  } finally {
+    fs.closeSync(fd);
   }
 }

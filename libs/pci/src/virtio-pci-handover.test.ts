@@ -121,6 +121,29 @@ describeKvm('VirtioPciDevice: queue notifiers handed to a vhost backend', () => 
     expect(pci.queueNotifierKind(1)).toBe('backend');
   });
 
+  it('DeviceEvent kick always reaches the device: a pending kick drop takes only guest kicks (own ioeventfd and interposed)', async () => {
+    dev.faults[0].dropKicks = 1;
+    pci.kick(0);
+    await settle();
+    expect(dev.processed).toEqual([0]);
+    expect(dev.counters[0]).toMatchObject({ kicksDropped: 0, kicksEventfd: 1, debugEvents: 1 });
+    expect(dev.faults[0].dropKicks).toBe(1); // still armed for the guest's next kick
+    dev.notify(0, 'ioeventfd');
+    expect(dev.counters[0].kicksDropped).toBe(1);
+    expect(dev.processed).toEqual([0]);
+    // A vhost queue while its kicks are dropped: the VMM stands in, and the operator's kick still goes through.
+    const kick = EventFd.create();
+    closeMe.push(kick);
+    pci.setBackendKicks([undefined, kick]);
+    dev.faults[1].dropKicks = 1;
+    await settle();
+    expect(pci.queueNotifierKind(1)).toBe('interposed');
+    pci.kick(1);
+    expect(dev.processed).toEqual([0, 1]);
+    expect(dev.counters[1]).toMatchObject({ kicksDropped: 0, debugEvents: 1 });
+    expect(dev.faults[1].dropKicks).toBe(1);
+  });
+
   it("a backend's call eventfd is the queue vector's irqfd: masked, a signal sets the PBA bit; unmasking clears it (delivered)", async () => {
     const call = pci.queueCallEventFd(0);
     expect(call).toBe(pci.msix.eventFd(1));

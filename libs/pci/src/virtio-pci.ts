@@ -651,15 +651,18 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
   }
 
   /**
-   * DeviceEvent kick: signal the queue's host notifier exactly as a guest
-   * doorbell write would (the ioeventfd when registered, else the exit-path handler).
+   * DeviceEvent kick: the queue's doorbell as a guest write would ring it (a
+   * vhost backend's kick eventfd when it owns the queue; otherwise the device,
+   * counted on the path a guest kick takes now: ioeventfd or exit). It always
+   * arrives: a kick the operator sends on purpose is not a guest kick for a
+   * pending x-debug-virtqueue-drop to take (through the ioeventfd it would be).
    */
   kick(queue: number): void {
     this.device.runGuarded(`monitor kick of queue ${queue}`, () => {
       this.device.counters[queue].debugEvents++;
       const n = this.notifiers[queue];
-      if (n) n.efd.write(1);
-      else this.device.notify(queue, 'exit');
+      if (n?.kind === 'backend') n.efd.write(1);
+      else this.device.notify(queue, n ? 'ioeventfd' : 'exit', true);
     });
   }
 

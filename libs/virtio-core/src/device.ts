@@ -447,12 +447,16 @@ export abstract class VirtioDevice {
     return this.driverOk && !this.broken && !this.disabled;
   }
 
-  /** A kick for `queue` (from its ioeventfd, the notify exit path, or the debug monitor). */
-  notify(queue: number, source: KickSource = 'exit'): void {
+  /**
+   * A kick for `queue` (from its ioeventfd, the notify exit path, or the debug monitor).
+   * `operator`: an x-debug-device-event kick, counted on the path it stands for but never
+   * taken by a pending x-debug-virtqueue-drop (only guest kicks are dropped).
+   */
+  notify(queue: number, source: KickSource = 'exit', operator = false): void {
     const q = this.queues[queue];
     if (!q) return;
     const f = this.faults[queue];
-    if (f.dropKicks > 0 && source !== 'debug') {
+    if (f.dropKicks > 0 && source !== 'debug' && !operator) {
       f.dropKicks--;
       this.counters[queue].kicksDropped++;
       return;

@@ -78,3 +78,38 @@ fs_workload() {
 	umount /mnt || fail "umount $_dev (ro) failed"
 	note "ext2 ok dev=$1 files=3 bytes=3450728"
 }
+
+# The monitor drills of apps/vmm/e2e-linux (tsvmm.drill=1), on /dev/$1:
+#   linux-guest: drill idle seconds=S    no I/O for S seconds (tsvmm.idle, default 5): the
+#                                        host checks the stall detector stays quiet
+#   linux-guest: drill io start dev=DEV  then one O_DIRECT request at a time, so a lost kick or
+#                                        interrupt hangs it: round i writes 4 KiB block i % 16 of
+#                                        /pattern to disk block 768 + i % 16 (3 MiB on) and reads
+#                                        sector 6272 (3 MiB + 64 KiB); once that sector starts
+#                                        with the line DRILL-STOP (the host writes it into the
+#                                        image) and 16 rounds ran, the 64 KiB are read back and
+#                                        compared with /pattern
+#   linux-guest: drill io done dev=DEV rounds=N
+drill_io() {
+	_dev=/dev/$1
+	_idle=${tsvmm_idle:-5}
+	echo "linux-guest: drill idle seconds=$_idle"
+	sleep "$_idle"
+	echo "linux-guest: drill io start dev=$1"
+	_i=0
+	while :; do
+		dd if=/pattern of="$_dev" bs=4096 count=1 skip=$((_i % 16)) seek=$((768 + _i % 16)) oflag=direct 2>/tmp/dd.err \
+			|| fail "drill: write round $_i on $_dev: $(cat /tmp/dd.err)"
+		dd if="$_dev" of=/tmp/drill-mark bs=512 count=1 skip=6272 iflag=direct 2>/tmp/dd.err \
+			|| fail "drill: read round $_i on $_dev: $(cat /tmp/dd.err)"
+		_i=$((_i + 1))
+		_m=
+		read -r _m </tmp/drill-mark
+		[ "$_m" = DRILL-STOP ] && [ "$_i" -ge 16 ] && break
+		[ "$_i" -ge 3000 ] && fail "drill: no DRILL-STOP from the host after $_i rounds"
+	done
+	dd if="$_dev" of=/tmp/readback bs=4096 count=16 skip=768 iflag=direct 2>/tmp/dd.err \
+		|| fail "drill: read-back on $_dev: $(cat /tmp/dd.err)"
+	cmp /pattern /tmp/readback >/dev/null || fail "drill: the 64 KiB written during the drill differ from /pattern"
+	echo "linux-guest: drill io done dev=$1 rounds=$_i"
+}

@@ -1,5 +1,7 @@
 /** Monitor commands: argument schemas (checked the way QEMU's QAPI does) and handlers. */
 import { isPrototypeKey, showValue } from '@tsvmm/pci';
+import { QMP_EVENTS } from './events';
+import { EMPTY, QMembers, QType } from './qapi-types';
 
 export { isPrototypeKey };
 
@@ -27,6 +29,8 @@ export interface Command {
   args: ArgSpec;
   /** One-line help for query-commands documentation and HMP help. */
   help: string;
+  /** What it returns (query-qmp-schema's ret-type); EMPTY for `{}`. */
+  returns: QType;
   run(args: Record<string, unknown>): unknown | Promise<unknown>;
   /**
    * Changes the run state (stop, cont, reset, quit, snapshot, migrate, HMP):
@@ -66,18 +70,21 @@ export type SchemaInfo = { name: string; 'meta-type': string } & Record<string, 
 const SCHEMA_BUILTINS: SchemaInfo[] = [
   { name: 'str', 'meta-type': 'builtin', 'json-type': 'string' },
   { name: 'int', 'meta-type': 'builtin', 'json-type': 'int' },
+  { name: 'number', 'meta-type': 'builtin', 'json-type': 'number' },
   { name: 'bool', 'meta-type': 'builtin', 'json-type': 'boolean' },
+  { name: 'null', 'meta-type': 'builtin', 'json-type': 'null' },
   { name: 'any', 'meta-type': 'builtin', 'json-type': 'value' },
-  { name: '[any]', 'meta-type': 'array', 'element-type': 'any' },
 ];
 
 /**
- * query-qmp-schema, generated from the argument specs: each command with an
+ * query-qmp-schema, generated from the declarations: each command with an
  * object type of its arguments (`<command>-arg`; optional members carry
- * `default: null` as QEMU's do), enum types for enum arguments, and the
- * builtins they use. Return types are not specified here, so every command
- * returns `any`. QEMU hides type names behind numbers; clients must not rely
- * on them either way.
+ * `default: null` as QEMU's do) and the type of what it returns
+ * (`<command>-ret`, a builtin, or an array type `[T]`), each event with the
+ * object type of its data (`<EVENT>-data`), the object, array, enum and
+ * alternate types these use, and the builtins. Nested types are named after
+ * their place (`x-query-virtio-queue-status-ret-stall`). QEMU hides type
+ * names behind numbers; clients must not rely on them either way.
  */
 export function qmpSchema(registry: CommandRegistry): SchemaInfo[] {
   const commands: Command[] = [
@@ -85,26 +92,50 @@ export function qmpSchema(registry: CommandRegistry): SchemaInfo[] {
       name: 'qmp_capabilities',
       args: { enable: { type: 'array', optional: true } },
       help: 'leave capabilities negotiation',
+      returns: EMPTY,
       run: () => ({}),
     },
     ...registry.all(),
   ];
-  const out: SchemaInfo[] = [];
-  const types: SchemaInfo[] = [];
+  const entities: SchemaInfo[] = [];
+  const types = new Map<string, SchemaInfo>();
+  const define = (info: SchemaInfo) => {
+    if (!types.has(info.name)) types.set(info.name, info);
+    return info.name;
+  };
+  /** The schema name of `t`, defining it (and what it uses) on the way; `ctx` names anonymous types. */
+  const typeName = (t: QType, ctx: string): string => {
+    if (typeof t === 'string') return t;
+    if ('array' in t) {
+      const el = typeName(t.array, `${ctx}-element`);
+      return define({ name: `[${el}]`, 'meta-type': 'array', 'element-type': el });
+    }
+    if ('enum' in t) return define({ name: ctx, 'meta-type': 'enum', values: [...t.enum], members: t.enum.map((v) => ({ name: v })) });
+    if ('alternate' in t)
+      return define({ name: ctx, 'meta-type': 'alternate', members: t.alternate.map((a, i) => ({ type: typeName(a, `${ctx}-${i}`) })) });
+    return objectType(t.object, ctx);
+  };
+  const objectType = (members: QMembers, name: string): string => {
+    const list = Object.entries(members).map(([m, f]) => {
+      const type = typeName(f.type, `${name}-${m}`);
+      return f.optional ? { name: m, type, default: null } : { name: m, type };
+    });
+    return define({ name, 'meta-type': 'object', members: list });
+  };
   for (const c of commands.sort((a, b) => a.name.localeCompare(b.name))) {
     const argType = `${c.name}-arg`;
-    out.push({ name: c.name, 'meta-type': 'command', 'arg-type': argType, 'ret-type': 'any', 'allow-oob': false });
     const members = Object.entries(c.args).map(([name, f]) => {
-      let type: string = f.type === 'array' ? '[any]' : f.type;
-      if (f.type === 'enum') {
-        type = `${c.name}-${name}-enum`;
-        types.push({ name: type, 'meta-type': 'enum', values: [...f.values!], members: f.values!.map((v) => ({ name: v })) });
-      }
+      let type: string = f.type === 'array' ? typeName({ array: 'any' }, '') : f.type;
+      if (f.type === 'enum') type = typeName({ enum: f.values! }, `${c.name}-${name}-enum`);
       return f.optional ? { name, type, default: null } : { name, type };
     });
-    types.push({ name: argType, 'meta-type': 'object', members });
+    define({ name: argType, 'meta-type': 'object', members });
+    const retType = typeName(c.returns, `${c.name}-ret`);
+    entities.push({ name: c.name, 'meta-type': 'command', 'arg-type': argType, 'ret-type': retType, 'allow-oob': false });
   }
-  return [...out, ...types, ...SCHEMA_BUILTINS];
+  for (const [name, data] of Object.entries(QMP_EVENTS).sort(([a], [b]) => a.localeCompare(b)))
+    entities.push({ name, 'meta-type': 'event', 'arg-type': objectType(data, `${name}-data`) });
+  return [...entities, ...types.values(), ...SCHEMA_BUILTINS];
 }
 
 const TYPE_NAMES: Record<ArgType, string> = { str: 'string', int: 'integer', bool: 'boolean', array: 'array', enum: 'string' };

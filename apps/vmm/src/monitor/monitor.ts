@@ -8,6 +8,8 @@ import type { StallReport } from '@tsvmm/virtio-core';
 import { Machine, MachineExit } from '../machine/machine';
 import { MigrationManager } from '../migration/migration';
 import { Command, CommandError, CommandRegistry, qmpSchema } from './commands';
+import { QmpEventName } from './events';
+import { RETURNS } from './returns';
 import { runHmp } from './hmp';
 import { QMP_VERSION, QmpServer } from './qmp-server';
 import { findDevice, findVirtio, queueElement, queueStatus, VirtioDev, virtioDevices, virtioStatus } from './virtio-info';
@@ -32,7 +34,7 @@ export class Monitor {
     readonly machine: Machine,
     private readonly log: (m: string) => void,
   ) {
-    this.migration = new MigrationManager(machine, log, (name, data) => this.event(name, data));
+    this.migration = new MigrationManager(machine, log, (name, data) => this.event(name as QmpEventName, data));
     this.register();
   }
 
@@ -105,7 +107,7 @@ export class Monitor {
     this.servers.push(s);
   }
 
-  event(name: string, data?: Record<string, unknown>): void {
+  event(name: QmpEventName, data?: Record<string, unknown>): void {
     for (const s of this.servers) s.event(name, data);
     for (const l of this.listeners) l(name, data);
   }
@@ -238,26 +240,55 @@ export class Monitor {
 
   private register(): void {
     const c = this.commands;
-    c.add({ name: 'query-version', args: {}, help: 'the VMM version (QEMU-compatible shape)', run: () => QMP_VERSION });
-    c.add({ name: 'query-commands', args: {}, help: 'the commands this monitor accepts', run: () => c.names().map((name) => ({ name })) });
+    c.add({
+      name: 'query-version',
+      returns: RETURNS['query-version'],
+      args: {},
+      help: 'the VMM version (QEMU-compatible shape)',
+      run: () => QMP_VERSION,
+    });
+    c.add({
+      name: 'query-commands',
+      returns: RETURNS['query-commands'],
+      args: {},
+      help: 'the commands this monitor accepts',
+      run: () => c.names().map((name) => ({ name })),
+    });
     c.add({
       name: 'query-status',
+      returns: RETURNS['query-status'],
       args: {},
       help: 'run state',
       run: () => ({ running: this.runState() === 'running', singlestep: false, status: this.runState() }),
     });
-    c.add({ name: 'stop', args: {}, help: 'pause the vCPUs', exclusive: true, run: () => this.stop().then(() => ({})) });
+    c.add({
+      name: 'stop',
+      returns: RETURNS['stop'],
+      args: {},
+      help: 'pause the vCPUs',
+      exclusive: true,
+      run: () => this.stop().then(() => ({})),
+    });
     c.add({
       name: 'cont',
+      returns: RETURNS['cont'],
       args: {},
       help: 'resume the vCPUs',
       exclusive: true,
       run: () => this.cont(),
       admit: () => (this.checkContAllowed(), undefined),
     });
-    c.add({ name: 'system_reset', args: {}, help: 'reset the machine', exclusive: true, run: () => this.reset().then(() => ({})) });
+    c.add({
+      name: 'system_reset',
+      returns: RETURNS['system_reset'],
+      args: {},
+      help: 'reset the machine',
+      exclusive: true,
+      run: () => this.reset().then(() => ({})),
+    });
     c.add({
       name: 'quit',
+      returns: RETURNS['quit'],
       args: {},
       help: 'end the VMM',
       exclusive: true,
@@ -268,9 +299,16 @@ export class Monitor {
     });
     this.registerMigration();
     this.registerViews();
-    c.add({ name: 'query-pci', args: {}, help: 'PCI buses, devices, BARs, MSI-X', run: () => this.queryPci() });
+    c.add({
+      name: 'query-pci',
+      returns: RETURNS['query-pci'],
+      args: {},
+      help: 'PCI buses, devices, BARs, MSI-X',
+      run: () => this.queryPci(),
+    });
     c.add({
       name: 'human-monitor-command',
+      returns: RETURNS['human-monitor-command'],
       args: { 'command-line': { type: 'str' }, 'cpu-index': { type: 'int', optional: true } },
       help: 'run an HMP command and return its text',
       exclusive: true,
@@ -288,36 +326,42 @@ export class Monitor {
     });
     c.add({
       name: 'x-query-unclaimed-io',
+      returns: RETURNS['x-query-unclaimed-io'],
       args: {},
       help: 'guest accesses no device claimed: totals and counts per hole (port I/O and MMIO)',
       run: () => this.unclaimedReport(),
     });
     c.add({
       name: 'x-query-virtio',
+      returns: RETURNS['x-query-virtio'],
       args: {},
       help: 'virtio devices and their QOM paths',
       run: () => virtioDevices(this.devices).map((v) => ({ path: v.path, name: v.type })),
     });
     c.add({
       name: 'x-query-virtio-status',
+      returns: RETURNS['x-query-virtio-status'],
       args: { path: { type: 'str' } },
       help: 'a virtio device: features, status, broken, disabled, ISR',
       run: (a) => virtioStatus(findVirtio(this.devices, a.path as string)),
     });
     c.add({
       name: 'x-query-virtio-queue-status',
+      returns: RETURNS['x-query-virtio-queue-status'],
       args: { path: { type: 'str' }, queue: { type: 'int' } },
       help: 'a virtqueue: indices, vector, counters',
       run: (a) => queueStatus(findVirtio(this.devices, a.path as string), a.queue as number),
     });
     c.add({
       name: 'x-debug-device-event',
+      returns: RETURNS['x-debug-device-event'],
       args: { dev: { type: 'str' }, event: { type: 'enum', values: ['kick', 'call'] }, queue: { type: 'int' } },
       help: "kick a queue's doorbell or inject its interrupt",
       run: (a) => this.deviceEvent(a.dev as string, a.event as string, a.queue as number),
     });
     c.add({
       name: 'x-debug-virtqueue-drop',
+      returns: RETURNS['x-debug-virtqueue-drop'],
       args: {
         dev: { type: 'str' },
         queue: { type: 'int' },
@@ -351,12 +395,14 @@ export class Monitor {
     const c = this.commands;
     c.add({
       name: 'query-qmp-schema',
+      returns: RETURNS['query-qmp-schema'],
       args: {},
       help: "the commands and their arguments, as QEMU's SchemaInfo list",
       run: () => qmpSchema(c),
     });
     c.add({
       name: 'x-query-virtio-queue-element',
+      returns: RETURNS['x-query-virtio-queue-element'],
       args: { path: { type: 'str' }, queue: { type: 'int' }, index: { type: 'int', optional: true } },
       help: 'the descriptor chain at an avail ring position (default: the next the device takes), read-only',
       run: (a) => queueElement(findVirtio(this.devices, a.path as string), a.queue as number, a.index as number | undefined),
@@ -369,6 +415,7 @@ export class Monitor {
     const mig = this.migration;
     c.add({
       name: 'x-snapshot-save',
+      returns: RETURNS['x-snapshot-save'],
       args: { file: { type: 'str' } },
       help: 'stop the VM (it stays stopped) and write its memory and state to a file for --restore',
       exclusive: true,
@@ -388,6 +435,7 @@ export class Monitor {
     });
     c.add({
       name: 'migrate',
+      returns: RETURNS['migrate'],
       args: { uri: { type: 'str' }, detach: { type: 'bool', optional: true }, resume: { type: 'bool', optional: true } },
       help: 'live-migrate to a VMM started with --incoming URI (unix:PATH)',
       exclusive: true,
@@ -401,9 +449,17 @@ export class Monitor {
         return {};
       },
     });
-    c.add({ name: 'migrate_cancel', args: {}, help: 'cancel an outgoing migration', exclusive: true, run: () => (mig.cancel(), {}) });
+    c.add({
+      name: 'migrate_cancel',
+      returns: RETURNS['migrate_cancel'],
+      args: {},
+      help: 'cancel an outgoing migration',
+      exclusive: true,
+      run: () => (mig.cancel(), {}),
+    });
     c.add({
       name: 'query-migrate',
+      returns: RETURNS['query-migrate'],
       args: {},
       help: 'migration status and figures',
       run: () => {
@@ -432,6 +488,7 @@ export class Monitor {
     });
     c.add({
       name: 'migrate-set-parameters',
+      returns: RETURNS['migrate-set-parameters'],
       args: {
         'downtime-limit': { type: 'int', optional: true },
         'x-max-passes': { type: 'int', optional: true },
@@ -455,6 +512,7 @@ export class Monitor {
     });
     c.add({
       name: 'query-migrate-parameters',
+      returns: RETURNS['query-migrate-parameters'],
       args: {},
       help: 'the migration parameters',
       run: () => ({

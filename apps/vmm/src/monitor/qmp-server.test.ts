@@ -27,11 +27,12 @@ describe('QmpServer', () => {
   let sock: string;
   const commands = new CommandRegistry();
   const order: string[] = [];
-  commands.add({ name: 'echo', args: { v: { type: 'int' } }, help: '', run: (a) => a.v });
+  commands.add({ name: 'echo', args: { v: { type: 'int' } }, help: '', returns: 'int', run: (a) => a.v });
   commands.add({
     name: 'slow',
     args: { ms: { type: 'int' } },
     help: '',
+    returns: 'int',
     run: async (a) => {
       order.push(`slow-start-${a.ms}`);
       await new Promise((r) => setTimeout(r, a.ms as number));

@@ -4,6 +4,7 @@ import type { VirtioPciDevice } from '@tsvmm/pci';
 import { SplitVirtqueue, virtioUapi as V } from '@tsvmm/virtio-core';
 import { fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
 import { CommandError, CommandRegistry, qmpSchema } from './commands';
+import { EMPTY } from './qapi-types';
 import { decodeFeatures, formatVirtqueues, queueElement, VirtqueueRow, virtqueueCells } from './virtio-info';
 
 describe('decodeFeatures', () => {
@@ -216,7 +217,7 @@ describe('queueElement (x-query-virtio-queue-element)', () => {
 describe('query-qmp-schema', () => {
   it('lists every command with an object type of its arguments, enums and optional members', () => {
     const r = new CommandRegistry();
-    r.add({ name: 'query-status', args: {}, help: '', run: () => ({}) });
+    r.add({ name: 'query-status', args: {}, help: '', returns: EMPTY, run: () => ({}) });
     r.add({
       name: 'x-debug-device-event',
       args: {
@@ -226,6 +227,7 @@ describe('query-qmp-schema', () => {
         force: { type: 'bool', optional: true },
       },
       help: '',
+      returns: EMPTY,
       run: () => ({}),
     });
     const schema = qmpSchema(r);

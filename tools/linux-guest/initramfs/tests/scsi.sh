@@ -1,6 +1,6 @@
 # virtio-scsi + sd: every disk's size, vendor, model, serial (VPD 0x80) and
 # write protection, then an O_DIRECT pattern round trip on the first one.
-# tsvmm.dio=1 and tsvmm.fs=DEV as in virtio-blk.sh (big_dio on the first disk).
+# tsvmm.dio=1, tsvmm.fs=DEV and tsvmm.drill=1 as in virtio-blk.sh (big_dio and drill_io on the first disk).
 # Per disk:  linux-guest: scsi-disk dev=sdX hctl=H:C:T:L sectors=N ro=0|1 vendor='V' model='M' serial='S'
 dev=${tsvmm_scsi:-sda}
 [ -e "/sys/block/$dev" ] || fail "no /sys/block/$dev"
@@ -24,5 +24,6 @@ sed -n '/virtio/s/^ */linux-guest: irq /p' /proc/interrupts
 pattern_roundtrip "$dev"
 [ -n "${tsvmm_dio:-}" ] && big_dio "$dev"
 [ -n "${tsvmm_fs:-}" ] && fs_workload "$tsvmm_fs"
+[ -n "${tsvmm_drill:-}" ] && drill_io "$dev"
 sync
 pass "dev=$dev"

@@ -3,7 +3,8 @@
 # are overwritten with /pattern and left there for the host to check.
 # tsvmm.dio=1: also 1 MiB and 4 MiB O_DIRECT requests from scattered pages
 # (big_dio; the disk must be >= 8 MiB).  tsvmm.fs=DEV: also the ext2 workload
-# (fs_workload) on the whole of /dev/DEV (e.g. a second disk, vdb).
+# (fs_workload) on the whole of /dev/DEV (e.g. a second disk, vdb).  tsvmm.drill=1:
+# then the monitor drills' idle period and I/O loop (drill_io).
 dev=${tsvmm_blk:-vda}
 [ -e "/sys/block/$dev" ] || fail "no /sys/block/$dev"
 driver_of "/sys/block/$dev/device"
@@ -29,5 +30,6 @@ else
 fi
 [ -n "${tsvmm_dio:-}" ] && big_dio "$dev"
 [ -n "${tsvmm_fs:-}" ] && fs_workload "$tsvmm_fs"
+[ -n "${tsvmm_drill:-}" ] && drill_io "$dev"
 sync
 pass "dev=$dev"
