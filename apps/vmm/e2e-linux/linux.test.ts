@@ -198,14 +198,32 @@ describeKvm('Linux guest', () => {
         fs.truncateSync(fsImg, 16 * 2 ** 20); // sparse
         args.push('--device', `virtio-blk,id=d1,file=${fsImg},ioeventfd=${ioeventfd},stall-ms=${STALL_MS}`);
       }
+      // The ioeventfd=off boot's second disk is a full host disk: an 8 MiB sparse image on a 1 MiB tmpfs.
+      const fullDir = path.join(tmp, 'full-fs');
+      const fullImg = path.join(fullDir, 'vdb-full.img');
+      if (!withFs) {
+        fs.mkdirSync(fullDir, { recursive: true });
+        const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tsvmm-full', fullDir], { encoding: 'utf8' });
+        if (m.status !== 0) throw new Error(`mount -t tmpfs: ${m.stderr}`);
+        fs.writeFileSync(fullImg, '');
+        fs.truncateSync(fullImg, 8 * 2 ** 20);
+        args.push('--device', `virtio-blk,id=d1,file=${fullImg},ioeventfd=${ioeventfd}`);
+      }
       const out: { result?: Promise<{ kick: DrillSide; interrupt: DrillSide }> } = {};
       const { drill, onLine } = blockDrill(sock, 'd0', img, 0, out);
-      const r = await runLinux('virtio-blk', {
-        args,
-        params: `tsvmm.dio=1 tsvmm.drill=1${withFs ? ' tsvmm.fs=vdb' : ''}`,
-        timeoutMs: 540_000,
-        onLine,
-      });
+      let fullData: Buffer | undefined;
+      let r: Awaited<ReturnType<typeof runLinux>>;
+      try {
+        r = await runLinux('virtio-blk', {
+          args,
+          params: `tsvmm.dio=1 tsvmm.drill=1${withFs ? ' tsvmm.fs=vdb' : ' tsvmm.full=vdb'}`,
+          timeoutMs: 540_000,
+          onLine,
+        });
+        if (!withFs) fullData = fs.readFileSync(fullImg);
+      } finally {
+        if (!withFs) spawnSync('umount', [fullDir]);
+      }
       drill.close();
       if (!out.result) throw new Error(`the guest never started its drill I/O:\n${r.out.slice(-6000)}\n${r.err}`);
       const d = await out.result;
@@ -230,6 +248,17 @@ describeKvm('Linux guest', () => {
       expect(data[2 * 2 ** 20]).toBe(0xee);
       expect(data.subarray(3 * 2 ** 20, 3 * 2 ** 20 + 65536).equals(guestPattern())).toBe(true);
       expect(data.subarray(4 * 2 ** 20, 8 * 2 ** 20).equals(ioPattern(4 * 2 ** 20, 4 * 2 ** 20, 4))).toBe(true);
+      if (!withFs) {
+        // The full disk: the write that did not fit failed in the guest (IOERR, never OK), and every block
+        // the device reported written is in the image (the guest read them back too); the VMM stayed up.
+        const m = /linux-guest: note full-disk dev=vdb written=(\d+) error=(.*)/.exec(r.out);
+        expect(m?.[2]).toMatch(/Input\/output error/);
+        const written = Number(m![1]);
+        expect(written).toBeGreaterThanOrEqual(1);
+        expect(written).toBeLessThanOrEqual(16); // 1 MiB of room, 64 KiB blocks
+        for (let i = 0; i < written; i++) expect(fullData!.subarray(i * 65536, (i + 1) * 65536).equals(guestPattern())).toBe(true);
+        expect(r.err).toMatch(/d1: host I\/O error on write/);
+      }
       if (withFs) {
         expect(r.err).toContain('running as uid 65534, gid 65534, groups 65534, no capabilities');
         expect(r.out).toContain('linux-guest: note ext2 ok dev=vdb files=3');

@@ -288,7 +288,11 @@ export class VirtioBlkDevice extends VirtioDevice {
     };
     const fail = (e: unknown) => {
       this.blk.ioErrors++;
-      this.log(`${this.id}: host I/O error on ${typeName(r.type)} at sector ${r.sector}: ${(e as Error).message}`);
+      // Rate-limited: a guest writing on into a full host disk gets one error per request.
+      this.guestLog.log(
+        'host-io-error',
+        () => `${this.id}: host I/O error on ${typeName(r.type)} at sector ${r.sector}: ${(e as Error).message}`,
+      );
       done(B.VIRTIO_BLK_S_IOERR, 0);
     };
     const async = (p: Promise<number>) => {

@@ -57,6 +57,33 @@ big_dio() {
 	tsvmm-io dio "$1" 4194304 4194304 4 || fail "4 MiB O_DIRECT round trip on /dev/$1"
 }
 
+# A disk whose host file lives on a file system with less room than the disk
+# (tsvmm.full=DEV; apps/vmm/e2e-linux puts it on a small tmpfs): 64 KiB O_DIRECT
+# writes of /pattern from offset 0, one after another, until one fails (one
+# must); then every block the device said it wrote is read back and compared.
+#   linux-guest: note full-disk dev=DEV written=N error=DD'S MESSAGE
+full_disk() {
+	_dev=/dev/$1
+	[ -b "$_dev" ] || fail "$_dev is not a block device"
+	read -r _sectors <"/sys/block/$1/size"
+	_max=$((_sectors / 128))
+	_n=0
+	while [ "$_n" -lt "$_max" ]; do
+		dd if=/pattern of="$_dev" bs=65536 count=1 seek=$_n oflag=direct 2>/tmp/dd.err || break
+		_n=$((_n + 1))
+	done
+	[ "$_n" -lt "$_max" ] || fail "full-disk: all $_max blocks of $_dev written: the host file system was not full"
+	_err=$(tr '\n' ' ' </tmp/dd.err)
+	_i=0
+	while [ "$_i" -lt "$_n" ]; do
+		dd if="$_dev" of=/tmp/readback bs=65536 count=1 skip=$_i iflag=direct 2>/tmp/dd.err \
+			|| fail "full-disk: read-back of block $_i of $_dev: $(cat /tmp/dd.err)"
+		cmp /pattern /tmp/readback >/dev/null || fail "full-disk: block $_i of $_dev differs from /pattern"
+		_i=$((_i + 1))
+	done
+	note "full-disk dev=$1 written=$_n error=$_err"
+}
+
 # ext2 workload on the whole of /dev/$1: mke2fs (4 KiB blocks), mount, three
 # pattern files (/small 5000 bytes seed 11, /dir/medium 300000 seed 12, /big
 # 3 MiB seed 13; see src/tsvmm-io.c), sync, umount; then mount read-only,

@@ -3,7 +3,9 @@
 # are overwritten with /pattern and left there for the host to check.
 # tsvmm.dio=1: also 1 MiB and 4 MiB O_DIRECT requests from scattered pages
 # (big_dio; the disk must be >= 8 MiB).  tsvmm.fs=DEV: also the ext2 workload
-# (fs_workload) on the whole of /dev/DEV (e.g. a second disk, vdb).  tsvmm.drill=1:
+# (fs_workload) on the whole of /dev/DEV (e.g. a second disk, vdb).  tsvmm.full=DEV:
+# writes to /dev/DEV until the device reports an error (full_disk: its host file
+# system is full), every block it accepted read back.  tsvmm.drill=1:
 # then the monitor drills' idle period and I/O loop (drill_io).
 dev=${tsvmm_blk:-vda}
 [ -e "/sys/block/$dev" ] || fail "no /sys/block/$dev"
@@ -30,6 +32,7 @@ else
 fi
 [ -n "${tsvmm_dio:-}" ] && big_dio "$dev"
 [ -n "${tsvmm_fs:-}" ] && fs_workload "$tsvmm_fs"
+[ -n "${tsvmm_full:-}" ] && full_disk "$tsvmm_full"
 [ -n "${tsvmm_drill:-}" ] && drill_io "$dev"
 sync
 pass "dev=$dev"
