@@ -718,12 +718,23 @@ export abstract class VirtioDevice {
         this.faults[i].dropInterrupts--;
         this.counters[i].interruptsDropped++;
         if (q.driverAsked) QueueStallState.interruptDropped(q.stall.interrupt, Date.now(), q.usedIdx, q.availIndex());
+        this.interruptRecorded?.(i);
         return;
       }
       this.counters[i].interrupts++;
       this.sendInterrupt(i, q.driverAsked);
-    } else this.counters[i].suppressed++;
+    } else {
+      this.counters[i].suppressed++;
+      this.interruptRecorded?.(i);
+    }
   }
+
+  /**
+   * Set by whoever publishes the stall detector's interrupt records elsewhere
+   * (an iothread's shared memory): called after each interrupt decision of a
+   * queue (sent, dropped or suppressed), once its record is up to date.
+   */
+  interruptRecorded: ((queue: number) => void) | undefined;
 
   /** Sends a queue's interrupt and records it (and what the transport did with it) for the stall detector. */
   private sendInterrupt(i: number, asked: boolean): void {
@@ -731,6 +742,7 @@ export abstract class VirtioDevice {
     const q = this.queues[i];
     if (!asked) QueueStallState.interruptUnasked(q.stall.interrupt, Date.now());
     else QueueStallState.interruptSent(q.stall.interrupt, Date.now(), q.usedIdx, this.interrupt?.queueDeliveryBlock?.(i), q.availIndex());
+    this.interruptRecorded?.(i);
   }
 
   /** DeviceEvent call: the queue's interrupt, exactly as the device would send it (masking honoured by the transport). */

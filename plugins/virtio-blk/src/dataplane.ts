@@ -52,10 +52,10 @@ export class BlkWorkerPlane {
       dev.counters[i] = shared.counters(i, dev.counters[i]);
       dev.faults[i] = shared.faults(i, dev.faults[i]);
     });
+    // Each interrupt decision (sent, dropped, suppressed) is published as soon as the record has it.
+    dev.interruptRecorded = (q) => this.shared?.setInterruptRecord(q, dev.queues[q].stall.interrupt);
     dev.interrupt = {
       signalQueue: (q) => {
-        // The stall record is updated right after this call: published at the end of the microtask.
-        queueMicrotask(() => this.publishInterruptRecords());
         const fd = this.vectorFds[q];
         if (fd !== undefined && fd >= 0) {
           try {
