@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { QmpClient } from './qmp-client';
-import { GUEST_ELF, Proc, requireBuilt, startNode, StartOptions, VMM_BIN } from './run';
+import { GUEST_ELF, Proc, requireBuilt, shareWithTestVmmUser, startNode, StartOptions, VMM_BIN } from './run';
 
 export interface VmmProc extends Proc {
   /** The QMP socket path. */
@@ -113,7 +113,7 @@ export class VmmFleet {
   private readonly running: VmmProc[] = [];
 
   constructor(prefix = 'vmm-mig-') {
-    this.tmp = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    this.tmp = shareWithTestVmmUser(fs.mkdtempSync(path.join(os.tmpdir(), prefix)));
   }
 
   /** startVmm in this fleet's directory (`wrap`: e.g. `ip netns exec NS`). */

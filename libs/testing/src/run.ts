@@ -2,7 +2,7 @@
  * Running the real `vmm` binary (the bundle) on the guest kit from a test:
  * every package's guest suite needs the same spawn, timeout and PASS check.
  */
-import { ChildProcess, spawn } from 'child_process';
+import { ChildProcess, execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 
@@ -53,6 +53,31 @@ export function withTestSandbox(args: string[]): string[] {
   if (mode && !args.includes('--sandbox')) extra.push('--sandbox', mode);
   if (runWith && !args.includes('--run-with')) extra.push('--run-with', runWith);
   return extra.length ? [VMM_BIN, 'run', ...extra, ...args.slice(2)] : args;
+}
+
+/** The uid and gid VMM_TEST_RUN_WITH names (`user=NAME` or `user=UID:GID`), or undefined when it is not set. */
+export function testRunWithIds(): { uid: number; gid: number } | undefined {
+  const runWith = process.env.VMM_TEST_RUN_WITH;
+  if (!runWith) return undefined;
+  const user = /(?:^|,)user=([^,]+)/.exec(runWith)?.[1];
+  if (!user) throw new Error(`VMM_TEST_RUN_WITH='${runWith}' names no user= (e.g. user=nobody)`);
+  const ids = /^(\d+):(\d+)$/.exec(user);
+  if (ids) return { uid: Number(ids[1]), gid: Number(ids[2]) };
+  const id = (flag: string) => Number(execFileSync('id', [flag, user], { encoding: 'utf8' }).trim());
+  return { uid: id('-u'), gid: id('-g') };
+}
+
+/**
+ * Under VMM_TEST_RUN_WITH, gives `p` (a test's temporary directory, a
+ * vhost-user back-end's socket) to the user the VMM drops to, as a
+ * deployment would: what the VMM opens after the drop (snapshot files,
+ * migration sockets, a back-end reconnected after a reset) is then
+ * reachable as that user. Does nothing otherwise. Returns `p`.
+ */
+export function shareWithTestVmmUser(p: string): string {
+  const ids = testRunWithIds();
+  if (ids) fs.chownSync(p, ids.uid, ids.gid);
+  return p;
 }
 
 /** Starts `node ARGS...` (under `wrap` when given). */

@@ -3,14 +3,25 @@ import * as fs from 'fs';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
-import { GUEST_ELF, Proc, QmpClient, requireBuilt as requireVmmBuilt, ROOT, Run, runGuestKit, startNode, VMM_BIN } from '@tsvmm/testing';
+import {
+  GUEST_ELF,
+  Proc,
+  QmpClient,
+  requireBuilt as requireVmmBuilt,
+  ROOT,
+  Run,
+  runGuestKit,
+  shareWithTestVmmUser,
+  startNode,
+  VMM_BIN,
+} from '@tsvmm/testing';
 
 export { expectGuestPass as expectPass } from '@tsvmm/testing';
 export type { Proc, Run } from '@tsvmm/testing';
 export { QmpClient as Qmp };
 
 export const BACKEND = path.join(ROOT, 'apps/vhost-user-scsi/bin/vhost-user-scsi.js');
-export const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vhost-scsi-'));
+export const tmp = shareWithTestVmmUser(fs.mkdtempSync(path.join(os.tmpdir(), 'vhost-scsi-')));
 
 export function requireBuilt(): void {
   requireVmmBuilt([BACKEND, path.join(ROOT, 'apps/vhost-user-scsi/dist/main.js')]);
@@ -54,6 +65,8 @@ export async function startBackend(luns: string[], extra: string[] = [], socket 
   const p = start([BACKEND, '--socket', socket, '--control', control, ...luns.flatMap((l) => ['--lun', l]), ...extra]);
   await waitFor(() => (fs.existsSync(socket) && fs.existsSync(control)) || p.proc.exitCode !== null, 'the back-end to listen');
   if (p.proc.exitCode !== null) throw new Error(`vhost-user-scsi exited ${p.proc.exitCode}: ${p.err()}`);
+  // Under --run-with (VMM_TEST_RUN_WITH) the VMM reconnects after a reset as its user: the socket must be that user's.
+  shareWithTestVmmUser(socket);
   const b: Backend = {
     ...p,
     socket,

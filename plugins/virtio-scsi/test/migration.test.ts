@@ -4,9 +4,19 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { checkScsiLoopImage, migrateAndWait, QmpClient, qmpConnect, startVmm, VmmProc, waitGuestHolding, waitUntil } from '@tsvmm/testing';
+import {
+  checkScsiLoopImage,
+  migrateAndWait,
+  QmpClient,
+  qmpConnect,
+  shareWithTestVmmUser,
+  startVmm,
+  VmmProc,
+  waitGuestHolding,
+  waitUntil,
+} from '@tsvmm/testing';
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'virtio-scsi-mig-'));
+const tmp = shareWithTestVmmUser(fs.mkdtempSync(path.join(os.tmpdir(), 'virtio-scsi-mig-')));
 const uniq = () => Math.random().toString(36).slice(2, 8);
 const running: VmmProc[] = [];
 const clients: QmpClient[] = [];
