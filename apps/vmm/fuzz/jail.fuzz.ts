@@ -10,7 +10,7 @@
 import { ConfigError } from '../src/config';
 import { parseJailArgs } from '../src/jail/args';
 import { CgroupError, cgroupMounts, ownCgroups, planCgroups } from '../src/jail/cgroups';
-import { jailedVm } from '../src/jail/jail';
+import { createdInJail, jailedVm } from '../src/jail/jail';
 
 export const maxLen = 4096;
 export const dictionary = [
@@ -78,7 +78,10 @@ export function fuzz(data: Buffer): void {
     readControllers: () => selfCgroup.split(/\s+/).slice(0, 8),
   });
   for (const p of plans) if (!p.dir.endsWith(`/${a.id}`)) throw new Error(`cgroup ${p.dir} is not the jail's`);
-  if (!a.runArgs.includes('--config') && !a.runArgs.some((x) => x.startsWith('--config='))) jailedVm(a);
+  if (a.runArgs.includes('--config') || a.runArgs.some((x) => x.startsWith('--config='))) return;
+  // What the jailed VMM creates must stay in the jail's /run.
+  for (const [what, p] of createdInJail(jailedVm(a)))
+    if (!/^\/run\/[^/]+$/.test(p) || p === '/run/..' || p === '/run/.') throw new Error(`${what} at ${p} was accepted`);
 }
 
 export function isExpected(e: unknown): boolean {

@@ -69,7 +69,7 @@ export function createLogger(opts: LogOptions): VmmLogger {
   let fd = 2;
   if (opts.file !== undefined) {
     try {
-      fd = fs.openSync(opts.file, 'a');
+      fd = fs.openSync(opts.file, 'a', 0o600); // created 0600 like every file the VMM makes (docs/security.md)
     } catch (e) {
       throw new Error(
         `--log-file ${opts.file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such directory' : (e as Error).message}`,

@@ -161,7 +161,7 @@ export function metricsRegistry(src: MetricsSource): Registry {
 export async function writeMetrics(registry: Registry, file: string): Promise<void> {
   const text = await registry.metrics();
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  await fs.promises.writeFile(tmp, text);
+  await fs.promises.writeFile(tmp, text, { mode: 0o600 }); // private like every file the VMM makes (docs/security.md)
   await fs.promises.rename(tmp, file);
 }
 

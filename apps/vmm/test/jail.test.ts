@@ -7,6 +7,7 @@ import { describeKvm } from '@tsvmm/kvm-native/testing';
 import {
   checkMigLoopImage,
   GUEST_ELF,
+  migrateAndWait,
   Proc,
   QmpClient,
   qmpConnect,
@@ -239,6 +240,84 @@ describeKvm('vmm jail', () => {
     expect(fs.existsSync(path.join(base, 'vmm', id))).toBe(false);
   }, 90_000);
 
+  it("--incoming into a jail: a confined source migrates a running guest through the socket the jail exposes at ROOT/run; it goes on in the jail, its serial, log and metrics files in ROOT/run (0600, the user's own); a snapshot path escaping the jail stays inside", async () => {
+    const id = `ji-${uniq()}`;
+    const disk = nobodysImage();
+    const loop = 'test=mig-blk-loop iters=60 sectors=1 every=10 delay=4000 hold=1';
+    const vm = ['--cmdline', loop, '--device', `virtio-blk,id=d0,file=${disk}`];
+    const root = path.join(base, 'vmm', id, 'root');
+    const jail = startJail(
+      id,
+      ['--uid', String(NOBODY), '--gid', String(NOBODY), '--keep'],
+      [
+        ...vm,
+        '--incoming',
+        'unix:/run/in.sock',
+        '--serial',
+        'file:/run/serial.log',
+        '--log-file',
+        '/run/vmm.log',
+        '--metrics',
+        'file:/run/vmm.prom,interval=0.5',
+      ],
+    );
+    // The source: another user's VMM would be refused by the socket's 0600; this one runs as the jail's user, confined too.
+    const src = fleet.start(['--memory', '64M', ...vm, '--sandbox', 'on', '--run-with', 'user=nobody']);
+    try {
+      const incoming = path.join(root, 'run/in.sock');
+      await waitUntil('the jail listening', () => fs.existsSync(incoming) || jail.proc.exitCode !== null);
+      expect(jail.err()).toContain(
+        `; QMP at ${root}/run/qmp.sock; incoming migration at ${incoming}; serial at ${root}/run/serial.log; log at ${root}/run/vmm.log; metrics at ${root}/run/vmm.prom`,
+      );
+      expect(fs.statSync(incoming)).toMatchObject({ uid: NOBODY });
+      expect(mode(incoming)).toBe(0o600);
+      await waitUntil('source progress', () => /progress i=10\b/.test(src.out()));
+      const s = await qmpConnect(src);
+      expect((await migrateAndWait(s, `unix:${incoming}`)).status).toBe('completed');
+      s.close();
+      const serial = path.join(root, 'run/serial.log');
+      await waitUntil(
+        'the migrated guest finishing in the jail',
+        () =>
+          /guest-kit: holding|guest-kit: FAIL/.test(fs.existsSync(serial) ? fs.readFileSync(serial, 'latin1') : '') ||
+          jail.proc.exitCode !== null,
+        60_000,
+      );
+      // The guest went on in the jail (it never booted there: no hello), its console in the serial file.
+      const out = fs.readFileSync(serial, 'latin1');
+      expect(out).toContain('mig-blk-loop done writes=60');
+      expect(out).not.toContain('guest-kit: hello');
+      expect(jail.out()).toBe('');
+      const [, vmmPid] = /VMM pid (\d+)/.exec(jail.err())!;
+      expectConfined(Number(vmmPid));
+      for (const f of ['serial.log', 'vmm.log', 'vmm.prom']) {
+        expect(fs.statSync(path.join(root, 'run', f))).toMatchObject({ uid: NOBODY, gid: NOBODY });
+        expect(mode(path.join(root, 'run', f))).toBe(0o600);
+      }
+      expect(fs.readFileSync(path.join(root, 'run/vmm.log'), 'utf8')).toContain('incoming migration');
+      // The migrated guest's disk I/O, counted in the jail.
+      expect(fs.readFileSync(path.join(root, 'run/vmm.prom'), 'utf8')).toMatch(/^tsvmm_\w+\{[^}]*device="d0"[^}]*\} [1-9]/m);
+      // Snapshot paths are resolved inside the jail: .. stops at its root, and only /run is the user's.
+      const q = await QmpClient.connect(path.join(root, 'run/qmp.sock'));
+      await q.run('qmp_capabilities');
+      const escape = `../../../../../..${tmp}/escaped-${id}.snap`;
+      await expect(q.run('x-snapshot-save', { file: escape })).rejects.toThrow(`${tmp} does not exist`);
+      expect(fs.existsSync(path.join(tmp, `escaped-${id}.snap`))).toBe(false);
+      await expect(q.run('x-snapshot-save', { file: '/vm.snap' })).rejects.toThrow('permission denied');
+      expect(fs.existsSync(path.join(root, 'vm.snap'))).toBe(false);
+      await q.run('quit');
+      q.close();
+      expect(await jail.exited).toBe(0);
+      checkMigLoopImage(disk, 60);
+      // --keep: the output files stay at ROOT/run.
+      expect(fs.readFileSync(serial, 'latin1')).toContain('mig-blk-loop done writes=60');
+    } finally {
+      jail.proc.kill('SIGTERM');
+      await jail.exited;
+      fs.rmSync(path.join(base, 'vmm', id), { recursive: true, force: true });
+    }
+  }, 120_000);
+
   it('refuses bad input with one line saying why, and leaves no jail behind', async () => {
     const run = async (jailArgs: string[], vm: string[], wrap?: string[]) => {
       const p = startNode([VMM_BIN, 'jail', ...jailArgs, '--', ...vm], { wrap });
@@ -264,6 +343,12 @@ describeKvm('vmm jail', () => {
         `vmm: jail: device d0 file= ${rootOnly}: uid 65534 may not read and write it (owner 0:0, mode 0600); give it to that user (chown) or to one of its groups`,
       ],
       [['--id', 'q', ...who], [...kernel, '--qmp', 'unix:/tmp/x.sock'], 2, 'vmm: jail: --qmp is not available under the jailer'],
+      [
+        ['--id', 'escape', ...who],
+        [...kernel, '--serial', 'file:/run/../etc/passwd'],
+        2,
+        'vmm: jail: --serial file: /run/../etc/passwd: the path is inside the jail and must be /run/NAME',
+      ],
       [
         ['--id', 'nouser', '--user', 'no-such-user-jail', '--chroot-base-dir', base],
         kernel,

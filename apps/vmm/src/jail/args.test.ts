@@ -1,6 +1,6 @@
 import { ConfigError } from '../config';
 import { DEFAULT_CHROOT_BASE, JAIL_HELP, parseJailArgs } from './args';
-import { jailedVm, mayAccess } from './jail';
+import { createdInJail, jailedVm, mayAccess } from './jail';
 
 const jail = (...a: string[]) => {
   const c = parseJailArgs(a);
@@ -97,13 +97,31 @@ describe('vmm jail arguments', () => {
   it.each([
     [['--qmp', 'unix:/tmp/q.sock'], '--qmp is not available under the jailer: the jailer serves QMP at BASE/vmm/ID/root/run/qmp.sock'],
     [['--run-with', 'user=nobody'], '--run-with is not available under the jailer'],
-    [['--incoming', 'unix:/tmp/i.sock'], '--incoming is not available under the jailer'],
-    [['--serial', 'file:/tmp/s'], '--serial file: is not available under the jailer'],
-    [['--log-file', '/tmp/l'], '--log-file is not available'],
-    [['--metrics', 'file:/tmp/m'], '--metrics is not available'],
+    [['--incoming', 'unix:/tmp/i.sock'], '--incoming unix: /tmp/i.sock: the path is inside the jail and must be /run/NAME'],
+    [['--serial', 'file:/tmp/s'], '--serial file: /tmp/s: the path is inside the jail and must be /run/NAME'],
+    [['--serial', 'file:serial.log'], '--serial file: serial.log: the path is inside the jail and must be /run/NAME'],
+    [['--serial', 'file:/run/../etc/passwd'], '--serial file: /run/../etc/passwd: the path is inside the jail'],
+    [['--serial', 'file:/run/..'], '--serial file: /run/..: the path is inside the jail'],
+    [['--serial', 'file:/run/a/b'], '--serial file: /run/a/b: the path is inside the jail'],
+    [['--serial', 'file:/run/qmp.sock'], "--serial file: /run/qmp.sock: that path is the QMP socket's"],
+    [['--serial', 'file:/run/x', '--log-file', '/run/x'], "--log-file /run/x: that path is --serial file:'s"],
+    [['--log-file', '/tmp/l'], '--log-file /tmp/l: the path is inside the jail'],
+    [['--metrics', 'file:/tmp/m'], '--metrics file: /tmp/m: the path is inside the jail'],
     [['--memory', 'lots'], '--memory'],
   ])("the VM's %j is refused: %s", (run, msg) => {
     expect(() => jailedVm(jail('--id', 'a', '--uid', '1', '--gid', '1', ...VM, ...run))).toThrow(msg);
+  });
+
+  it("what the VMM creates is named in the jail's /run, and kept as given", () => {
+    const run = ['--incoming', 'unix:/run/in.sock,timeout=9', '--serial', 'file:/run/serial.log', '--log-file', '/run/vmm.log'];
+    const vm = jailedVm(jail('--id', 'a', '--uid', '1', '--gid', '1', ...VM, ...run, '--metrics', 'file:/run/m.prom'));
+    expect(vm).toMatchObject({ incoming: 'unix:/run/in.sock', incomingTimeoutS: 9, serial: { kind: 'file', path: '/run/serial.log' } });
+    expect(createdInJail(vm)).toEqual([
+      ['incoming migration', '/run/in.sock'],
+      ['serial', '/run/serial.log'],
+      ['log', '/run/vmm.log'],
+      ['metrics', '/run/m.prom'],
+    ]);
   });
 
   it('checks access as the jail user would have it, by owner, group and others', () => {

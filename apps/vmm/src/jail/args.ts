@@ -49,7 +49,11 @@ into it (hard links; bind mounts across file systems), creates /dev/kvm,
 PID, IPC and UTS namespaces (and a network namespace if asked), applies the
 cgroup limits, pivots into the root and runs the VMM there as the user with
 --sandbox on. QMP is served at BASE/vmm/ID/root/run/qmp.sock (0600, the
-user's). The jail directory and cgroups are removed when the VMM exits.
+user's). What the VMM creates is named inside the jail as /run/NAME and
+appears at BASE/vmm/ID/root/run/NAME: --incoming unix:/run/NAME (a live
+migration into the jail), --serial file:/run/NAME, --log-file /run/NAME,
+--metrics file:/run/NAME. The jail directory (with those files) and the
+cgroups are removed when the VMM exits, unless --keep.
 
 Options:
   --id ID                the jail's name: 1-64 letters, digits and '-'

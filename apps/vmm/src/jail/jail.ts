@@ -26,6 +26,8 @@ export class JailError extends Error {}
 export const JAIL_QMP = '/run/qmp.sock';
 export const JAIL_CONFIG = '/vm.json';
 export const JAIL_BUNDLE = '/vmm';
+/** The VMM user's directory in the jail: the QMP socket, and what the VMM creates (incoming socket, output files, snapshots). */
+export const JAIL_RUN = '/run';
 
 /** Names a VM file may not take at the jail's root. */
 const RESERVED = new Set([
@@ -81,17 +83,50 @@ export function jailedVm(args: JailArgs): VmConfig {
   };
   if (c.qmp.length) refuse('--qmp', `the jailer serves QMP at BASE/vmm/ID/root${JAIL_QMP}`);
   if (c.runWith) refuse('--run-with', 'the jailer itself runs the VMM as --uid/--gid or --user, in its root');
-  if (c.incoming) refuse('--incoming', 'a migration into a jail is not supported yet');
-  if (c.serial.kind === 'file')
-    refuse('--serial file:', 'the VMM cannot reach host paths; use --serial stdio (the jailer passes its stdio on)');
-  if (c.log?.file) refuse('--log-file', "the VMM cannot reach host paths; its log goes to the jailer's stderr");
-  if (c.metrics) refuse('--metrics', 'the VMM cannot reach host paths');
+  // What the VMM creates (the --incoming socket, output files) is named inside the jail, in its /run.
+  const created = new Map<string, string>([[JAIL_QMP, 'the QMP socket']]);
+  const inRun = (flag: string, p: string) => {
+    jailRunPath(flag, p);
+    const other = created.get(p);
+    if (other) throw new ConfigError(`jail: ${flag} ${p}: that path is ${other}'s`);
+    created.set(p, flag);
+  };
+  if (c.incoming) inRun('--incoming unix:', c.incoming.slice('unix:'.length));
+  if (c.serial.kind === 'file') inRun('--serial file:', c.serial.path);
+  if (c.log?.file) inRun('--log-file', c.log.file);
+  if (c.metrics) inRun('--metrics file:', c.metrics.file);
   return c;
+}
+
+/**
+ * Checks a path the jailed VMM creates (`--incoming unix:`, `--serial file:`,
+ * `--log-file`, `--metrics file:`): it is a path inside the jail and must be
+ * `/run/NAME`, the one directory there the VMM's user may write; it appears
+ * on the host at `BASE/vmm/ID/root/run/NAME`. Anything else (a host path, a
+ * relative one, `..`) is refused rather than silently moved.
+ */
+export function jailRunPath(flag: string, p: string): string {
+  const name = p.startsWith(`${JAIL_RUN}/`) ? p.slice(JAIL_RUN.length + 1) : '';
+  if (!/^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$/.test(name))
+    throw new ConfigError(
+      `jail: ${flag} ${p}: the path is inside the jail and must be ${JAIL_RUN}/NAME (NAME: letters, digits, . _ -), the VMM's only writable directory there; it appears on the host at BASE/vmm/ID/root${JAIL_RUN}/NAME`,
+    );
+  return p;
 }
 
 function describe(e: unknown): string {
   const x = e as NodeJS.ErrnoException;
   return x.code ?? x.message;
+}
+
+/** What the jailed VMM creates in the jail's /run besides QMP, with its path inside the jail (for the jailer's log line). */
+export function createdInJail(c: VmConfig): [string, string][] {
+  return [
+    ...(c.incoming !== undefined ? [['incoming migration', c.incoming.slice('unix:'.length)] as [string, string]] : []),
+    ...(c.serial.kind === 'file' ? [['serial', c.serial.path] as [string, string]] : []),
+    ...(c.log?.file !== undefined ? [['log', c.log.file] as [string, string]] : []),
+    ...(c.metrics ? [['metrics', c.metrics.file] as [string, string]] : []),
+  ];
 }
 
 /** Whether `uid` (with `groups`) may read (and write) a file with this owner and mode (permission bits; root's overrides do not apply to it). */
@@ -154,7 +189,13 @@ export function planJail(args: JailArgs, config: VmConfig, registry: DeviceRegis
     cmdline: config.cmdline,
     memory: `${config.memoryBytes / 2 ** 20}M`,
     cpus: config.cpus,
-    serial: config.serial.kind,
+    serial: config.serial.kind === 'file' ? `file:${config.serial.path}` : config.serial.kind,
+    ...(config.log?.file !== undefined ? { 'log-file': config.log.file } : {}),
+    ...(config.metrics ? { metrics: `file:${config.metrics.file},interval=${config.metrics.interval}` } : {}),
+    ...(config.incoming !== undefined
+      ? { incoming: `${config.incoming}${config.incomingTimeoutS !== undefined ? `,timeout=${config.incomingTimeoutS}` : ''}` }
+      : {}),
+    ...(config.iothreads?.length ? { objects: config.iothreads.map((id) => `iothread,id=${id}`) } : {}),
     qmp: [`unix:${JAIL_QMP}`],
     ...(config.monitorStdio ? { monitor: 'stdio' } : {}),
     paused: config.startPaused,
@@ -410,8 +451,11 @@ export async function runJail(args: JailArgs, log: (m: string) => void = (m) => 
     throw e;
   }
   const cg = cgroups?.plans.map((p) => `v${p.version} ${p.controllers.join(',')} ${p.dir}`).join('; ');
+  const made = createdInJail(config)
+    .map(([what, p]) => `; ${what} at ${path.join(plan.root, p)}`)
+    .join('');
   log(
-    `jail ${args.id}: VMM pid ${child.programPid() ?? '(ended)'} (init ${child.pid}) as uid ${plan.uid}, gid ${plan.gid} in ${plan.root}; QMP at ${path.join(plan.root, JAIL_QMP)}${cg ? `; cgroup ${cg}` : ''}`,
+    `jail ${args.id}: VMM pid ${child.programPid() ?? '(ended)'} (init ${child.pid}) as uid ${plan.uid}, gid ${plan.gid} in ${plan.root}; QMP at ${path.join(plan.root, JAIL_QMP)}${made}${cg ? `; cgroup ${cg}` : ''}`,
   );
   const pid = child.pid;
   const forward = (sig: NodeJS.Signals) => () => {
