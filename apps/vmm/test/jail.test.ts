@@ -244,7 +244,8 @@ describeKvm('vmm jail', () => {
     const id = `ji-${uniq()}`;
     const disk = nobodysImage();
     const loop = 'test=mig-blk-loop iters=60 sectors=1 every=10 delay=4000 hold=1';
-    const vm = ['--cmdline', loop, '--device', `virtio-blk,id=d0,file=${disk}`];
+    // The disk on an iothread: its worker runs in the jail too.
+    const vm = ['--cmdline', loop, '--object', 'iothread,id=io0', '--device', `virtio-blk,id=d0,file=${disk},iothread=io0`];
     const root = path.join(base, 'vmm', id, 'root');
     const jail = startJail(
       id,
@@ -309,6 +310,13 @@ describeKvm('vmm jail', () => {
       q.close();
       expect(await jail.exited).toBe(0);
       checkMigLoopImage(disk, 60);
+      // The jailed VMM's config: the paths inside the jail, the iothread declared.
+      expect(JSON.parse(fs.readFileSync(path.join(root, 'vm.json'), 'utf8'))).toMatchObject({
+        incoming: 'unix:/run/in.sock',
+        serial: 'file:/run/serial.log',
+        'log-file': '/run/vmm.log',
+        objects: ['iothread,id=io0'],
+      });
       // --keep: the output files stay at ROOT/run.
       expect(fs.readFileSync(serial, 'latin1')).toContain('mig-blk-loop done writes=60');
     } finally {
