@@ -134,4 +134,7 @@ export async function runGuestKit(cmdline: string, devices: string[], opts: Gues
 export function expectGuestPass(r: Run, test: string): void {
   if (r.code !== 0 || !r.out.includes(`guest-kit: PASS test=${test}`))
     throw new Error(`guest failed (exit ${r.code}):\n${r.out}\n${r.err}`);
+  // A confined run (VMM_TEST_RUN_WITH) must have been one: the VMM logs the drop.
+  if (process.env.VMM_TEST_RUN_WITH && !/running as uid \d+/.test(r.err))
+    throw new Error(`VMM_TEST_RUN_WITH is set but the VMM never said "running as uid ..." (was --run-with applied?):\n${r.err}`);
 }
