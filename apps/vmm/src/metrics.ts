@@ -7,10 +7,10 @@
  * each write: nothing is counted twice.
  */
 import * as fs from 'fs';
-import * as path from 'path';
 import type { Counter, Registry } from 'prom-client';
 import type { Device } from '@tsvmm/pci';
 import { ConfigError } from './config-error';
+import { createPrivateFile } from './host-files';
 import type { MigrationInfo } from './migration/migration';
 
 export interface MetricsOptions {
@@ -160,9 +160,15 @@ export function metricsRegistry(src: MetricsSource): Registry {
 /** Writes the registry to the file now, atomically. */
 export async function writeMetrics(registry: Registry, file: string): Promise<void> {
   const text = await registry.metrics();
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  await fs.promises.writeFile(tmp, text, { mode: 0o600 }); // private like every file the VMM makes (docs/security.md)
-  await fs.promises.rename(tmp, file);
+  // 0600 through an unpredictable O_EXCL|O_NOFOLLOW temporary, never through a link placed at the path (docs/security.md).
+  const f = createPrivateFile(file);
+  try {
+    fs.writeSync(f.fd, text);
+    f.commit();
+  } catch (e) {
+    f.discard();
+    throw e;
+  }
 }
 
 /**
