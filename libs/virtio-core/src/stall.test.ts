@@ -5,7 +5,16 @@
  */
 import * as V from './generated/virtio-uapi';
 import { StallReport, VirtioDevice } from './device';
-import { DeliveryBlock, kickStalled, parseSchedstat, parseStatState, RunClock, ThreadSched, vringNeedEvent } from './stall';
+import {
+  DeliveryBlock,
+  kickStalled,
+  parseProcStatSteal,
+  parseSchedstat,
+  parseStatState,
+  RunClock,
+  ThreadSched,
+  vringNeedEvent,
+} from './stall';
 import { fakeMemory, MockDriverQueue } from './testing';
 import { availEventAddr, SplitVirtqueue } from './virtqueue';
 
@@ -319,6 +328,22 @@ describe('stall detector: VM run time under host CPU starvation (RunClock)', () 
     expect(c.schedstat).toBe(false);
   });
 
+  it('on a host that is itself a VM, the most any CPU had stolen in the interval is added to the run-queue wait', () => {
+    let steal: number[] | undefined = [100 * MS, 500 * MS];
+    const threads = new Map<number, ThreadSched>();
+    const c = new RunClock(
+      (tid) => threads.get(tid),
+      () => steal,
+    );
+    threads.set(1, { runNs: 0, waitNs: 0, runnable: false });
+    c.tick(0, [1]);
+    steal = [130 * MS, 510 * MS]; // 30 ms and 10 ms stolen
+    threads.set(1, { runNs: 0, waitNs: 20 * MS, runnable: false }); // and 20 ms on the run queue
+    expect(c.tick(100, [1])).toBe(50);
+    steal = undefined; // gone: wall time less the wait
+    expect(c.tick(200, [1])).toBe(150);
+  });
+
   it('parseSchedstat takes the run and wait times (ns); parseStatState the state letter after the last parenthesis', () => {
     expect(parseSchedstat('81042 117910 2\n')).toEqual({ runNs: 81042, waitNs: 117910 });
     expect(parseSchedstat('1 2')).toBeUndefined();
@@ -328,6 +353,9 @@ describe('stall detector: VM run time under host CPU starvation (RunClock)', () 
     expect(parseStatState('4711 (node) R 1 4711 ...')).toBe('R');
     expect(parseStatState('4711 (a) b) S 1 4711 ...')).toBe('S');
     expect(parseStatState('garbage')).toBeUndefined();
+    const stat = 'cpu  9 0 9 9 0 0 0 25 0 0\ncpu0 1100177 0 1536244 1164748 2007 0 2252 8838 56899 0\ncpu1 1 0 1 1 0 0 0 12 0 0\nintr 5\n';
+    expect(parseProcStatSteal(stat)).toEqual([8838e7, 12e7]); // USER_HZ ticks to ns, the total line left out
+    expect(parseProcStatSteal('cpu0 1 2 3\n')).toBeUndefined();
   });
 
   /** checkStalls every STEP of wall time, the guest's thread starved `starvedMs` of each step (credited at once). */
@@ -352,13 +380,14 @@ describe('stall detector: VM run time under host CPU starvation (RunClock)', () 
     s.dev.notify(0, 'ioeventfd');
     expect(s.dev.signalled).toBe(1);
     // 4 x stall-ms of wall time, but only 0.4 x stall-ms of run time: no alarm.
-    expect(runStarved(s, 4 * STALL_MS, STEP * 0.9, k, s.now())).toEqual([]);
+    expect(runStarved(s, 4 * STALL_MS, STEP * 0.9 + 0.3, k, s.now())).toEqual([]);
     expect(s.dev.queueTiming(0, s.now()).stall).toBeNull();
     // The same queue with the host giving the VM its CPU: reported after stall-ms of run time.
     const r = runStarved(s, STALL_MS + STEP, 0, k, s.now() + 4 * STALL_MS + STEP);
     expect(kinds(r)).toEqual(['stall interrupt driver-silent']);
     expect(r[0].transition.stalledMs).toBeGreaterThanOrEqual(STALL_MS);
     expect(r[0].transition.stalledMs).toBeLessThan(STALL_MS + 2 * STEP);
+    expect(Number.isInteger(r[0].transition.stalledMs)).toBe(true); // whole ms in the event and the log line
   });
 
   it('a lost interrupt under the same starvation is still reported, after stall-ms of run time', () => {

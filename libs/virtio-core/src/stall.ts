@@ -199,7 +199,7 @@ export class QueueStallState {
   current(): { side: StallSide; cause: StallCause; stalledMs: number } | undefined {
     for (const side of ['kick', 'interrupt'] as const) {
       const c = this.reported[side];
-      if (c) return { side, cause: c, stalledMs: this.held[side]?.ms ?? 0 };
+      if (c) return { side, cause: c, stalledMs: Math.round(this.held[side]?.ms ?? 0) };
     }
     return undefined;
   }
@@ -236,7 +236,7 @@ export class QueueStallState {
       const held = this.held[side];
       const reported = this.reported[side];
       if (!cause) {
-        if (reported) out.push({ kind: 'cleared', side, cause: reported, stalledMs: held?.ms ?? 0 });
+        if (reported) out.push({ kind: 'cleared', side, cause: reported, stalledMs: Math.round(held?.ms ?? 0) });
         this.held[side] = undefined;
         this.reported[side] = undefined;
         continue;
@@ -245,7 +245,7 @@ export class QueueStallState {
       this.held[side] = { cause, ms: (held?.ms ?? 0) + dt };
       if (!reported && stallMs > 0 && this.held[side]!.ms >= stallMs) {
         this.reported[side] = cause;
-        out.push({ kind: 'stall', side, cause, stalledMs: this.held[side]!.ms });
+        out.push({ kind: 'stall', side, cause, stalledMs: Math.round(this.held[side]!.ms) });
       }
     }
     return out;
@@ -275,6 +275,8 @@ export interface ThreadSched {
  * it neither ran nor had credited as waiting; the wait credited later is set
  * against that advance. A thread whose figures cannot be read counts as never
  * starved (wall time), as does every thread on a host without schedstat.
+ * On a host that is itself a VM, the most any CPU had stolen by the
+ * hypervisor below it in the interval is added to that.
  */
 export class RunClock {
   private lastWall: number | undefined;
@@ -284,7 +286,17 @@ export class RunClock {
   /** False once a thread's figures could not be read (the clock then runs on wall time for it). */
   schedstat = true;
 
-  constructor(private readonly read: (tid: number) => ThreadSched | undefined) {}
+  private steal: readonly number[] | undefined;
+
+  /**
+   * `read(tid)`: a thread's figures; `readSteal()`: each host CPU's steal
+   * time so far (ns; time a hypervisor below this host ran something else on
+   * it, which no thread's figures show), undefined when not available.
+   */
+  constructor(
+    private readonly read: (tid: number) => ThreadSched | undefined,
+    private readonly readSteal: () => readonly number[] | undefined = () => undefined,
+  ) {}
 
   /** The run clock (ms) at wall time `now` (ms), with `tids` the threads the guest needs to run. */
   tick(now: number, tids: readonly number[]): number {
@@ -314,6 +326,10 @@ export class RunClock {
       } else this.threads.set(tid, { last: cur, advance: 0 });
     }
     for (const tid of [...this.threads.keys()]) if (!seen.has(tid)) this.threads.delete(tid);
+    // Stolen from the CPU the guest ran on, or any: the most stolen, on top of the run-queue wait.
+    const steal = this.readSteal();
+    if (steal && this.steal && steal.length === this.steal.length) starvedNs += Math.max(0, ...steal.map((n, i) => n - this.steal![i]));
+    this.steal = steal;
     this.run += Math.max(0, wall - starvedNs / 1e6);
     return this.run;
   }
@@ -332,4 +348,17 @@ export function parseSchedstat(text: string): { runNs: number; waitNs: number } 
 export function parseStatState(text: string): string | undefined {
   const i = text.lastIndexOf(')');
   return i < 0 ? undefined : /^ (\S)/.exec(text.slice(i + 1))?.[1];
+}
+
+/**
+ * Each CPU's steal time (ns) in a /proc/stat text (the cpuN lines' eighth
+ * field, in USER_HZ ticks: 100 a second on Linux), undefined if malformed.
+ */
+export function parseProcStatSteal(text: string): number[] | undefined {
+  const out: number[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^cpu\d+ ((?:\d+ ){7})(\d+)/.exec(line);
+    if (m) out.push(Number(m[2]) * 1e7);
+  }
+  return out.length && out.every(Number.isSafeInteger) ? out : undefined;
 }

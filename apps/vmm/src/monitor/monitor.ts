@@ -5,7 +5,7 @@
  */
 import { PciBarFunction, showValue, VirtioPciDevice } from '@tsvmm/pci';
 import { RunClock, type StallReport } from '@tsvmm/virtio-core';
-import { readThreadSched } from './starvation';
+import { readCpuSteal, readThreadSched } from './starvation';
 import { Machine, MachineExit } from '../machine/machine';
 import { MigrationManager } from '../migration/migration';
 import { Command, CommandError, CommandRegistry, qmpSchema } from './commands';
@@ -139,10 +139,11 @@ export class Monitor {
 
   /**
    * The detector's VM run clock: wall time less the run-queue wait of the
-   * most-starved vCPU thread or of this (the device model's) thread, so a
-   * host that gives the VM no CPU raises no alarm (docs/qmp.md "Stall detector").
+   * most-starved vCPU thread or of this (the device model's) thread, and the
+   * CPUs' steal time, so a host that gives the VM no CPU raises no alarm
+   * (docs/qmp.md "Stall detector").
    */
-  private readonly runClock = new RunClock(readThreadSched);
+  private readonly runClock = new RunClock(readThreadSched, readCpuSteal);
   private runClockNoted = false;
 
   /** One detector pass over every virtio device, each inside its own fault boundary. */
