@@ -1,9 +1,11 @@
 // The stall detector under host CPU starvation: the guest kit does interrupt-driven virtio-blk reads
 // (blk-bench ring=0 irq=1: it halts for each completion interrupt) with stall-ms=50, while the test
-// keeps its vCPU thread waiting for a CPU (pinned with a CPU hog, the vCPU at SCHED_IDLE). The guest
-// needs far longer than stall-ms of wall time to consume each used entry, yet it is not silent: it
-// never had the CPU. The detector counts only time the guest could run, so no VIRTQUEUE_STALL;
-// while an interrupt really lost under the same starvation (x-debug-virtqueue-drop) is reported.
+// keeps its vCPU thread waiting for a CPU (pinned beside a real-time busy loop, it runs 50 ms a
+// second). The guest then takes far longer than stall-ms of wall time to consume its used entries
+// (and between publishing buffers and writing the doorbell), yet it is neither silent nor forgetting
+// a kick: it had no CPU. The detector counts only time the guest could run, so no VIRTQUEUE_STALL
+// (without that, several driver-silent and no-notify events come); while an interrupt really lost
+// under the same starvation (x-debug-virtqueue-drop) is still reported.
 import { ChildProcess, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
