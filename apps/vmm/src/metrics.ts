@@ -9,6 +9,7 @@
 import * as fs from 'fs';
 import type { Counter, Registry } from 'prom-client';
 import type { Device } from '@tsvmm/pci';
+import type { QueueCounters, VirtioDevice } from '@tsvmm/virtio-core';
 import { ConfigError } from './config-error';
 import { createPrivateFile } from './host-files';
 import type { MigrationInfo } from './migration/migration';
@@ -58,15 +59,44 @@ function promClient(): typeof import('prom-client') {
   return require('prom-client') as typeof import('prom-client');
 }
 
+/** QueueCounters' fields by their x-query-virtio-queue-status names. */
+const STATUS_NAMES: Record<keyof QueueCounters, string> = {
+  kicksEventfd: 'kicks-eventfd',
+  kicksExit: 'kicks-exit',
+  kicksDropped: 'kicks-dropped',
+  chains: 'chains',
+  interrupts: 'interrupts-injected',
+  suppressed: 'interrupts-suppressed',
+  interruptsDropped: 'interrupts-dropped',
+  debugEvents: 'debug-events',
+};
+
+/**
+ * A queue's counters as x-query-virtio-queue-status shows them: a device that
+ * processes the queue elsewhere (virtio-blk with iothread=) reports the
+ * processing copy's values through queueInfo, and those win over this
+ * object's own (which stand still).
+ */
+export function queueCounters(device: VirtioDevice, queue: number): QueueCounters {
+  const own = device.counters[queue];
+  const info = device.queueInfo(queue);
+  const out = { ...own };
+  for (const k of Object.keys(STATUS_NAMES) as (keyof QueueCounters)[]) {
+    const v = info[STATUS_NAMES[k]];
+    if (typeof v === 'number') out[k] = v;
+  }
+  return out;
+}
+
 export function metricsRegistry(src: MetricsSource): Registry {
   const { Counter, Gauge, Registry } = promClient();
   const registry = new Registry();
   const virtio = () => src.devices().filter((d) => d.virtio);
-  const perQueue = (f: (c: { [k: string]: number }) => number, extra: Record<string, string> = {}) =>
+  const perQueue = (f: (c: QueueCounters) => number, extra: Record<string, string> = {}) =>
     virtio().flatMap((d) =>
-      d.virtio!.device.counters.map((c, q): [Record<string, string | number>, number] => [
+      d.virtio!.device.counters.map((_, q): [Record<string, string | number>, number] => [
         { device: d.id, queue: q, ...extra },
-        f(c as unknown as { [k: string]: number }),
+        f(queueCounters(d.virtio!.device, q)),
       ]),
     );
   new Counter({

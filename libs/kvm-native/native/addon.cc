@@ -964,7 +964,8 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "VcpuThread",
                        {InstanceMethod("start", &VcpuThread::Start), InstanceMethod("pause", &VcpuThread::Pause),
-                        InstanceMethod("resume", &VcpuThread::Resume), InstanceMethod("stop", &VcpuThread::Stop)});
+                        InstanceMethod("resume", &VcpuThread::Resume), InstanceMethod("stop", &VcpuThread::Stop),
+                        InstanceMethod("tid", &VcpuThread::Tid)});
   }
 
   VcpuThread(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VcpuThread>(info), mailbox_(&VcpuThread::WakeLoop, this) {
@@ -1154,6 +1155,8 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
     if (loop_) loop_->stop();
     return info.Env().Undefined();
   }
+  // tid(): the vCPU thread's kernel thread id, 0 before it runs.
+  Napi::Value Tid(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), loop_ ? loop_->tid() : 0); }
 
   int fd_;
   kvm_run* run_;

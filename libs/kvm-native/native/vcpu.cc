@@ -71,6 +71,7 @@ void VcpuLoop::join() {
 }
 
 void VcpuLoop::loop() {
+  kernelTid_.store(static_cast<int>(syscall(SYS_gettid)), std::memory_order_release);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, kickSignal());

@@ -37,6 +37,9 @@ class VcpuLoop {
   void stop();    // asynchronous: the thread reports "stopped" and ends
   void join();
   bool started() const { return thread_.joinable(); }
+  // The thread's kernel id (gettid), 0 until it has started running: for
+  // /proc/self/task/TID (e.g. its run-queue wait in schedstat).
+  int tid() const { return kernelTid_.load(std::memory_order_acquire); }
 
  private:
   void loop();
@@ -48,6 +51,7 @@ class VcpuLoop {
   StateHook onState_;
   std::thread thread_;
   pthread_t tid_{};
+  std::atomic<int> kernelTid_{0};
   std::mutex mu_;
   std::condition_variable cv_;
   bool paused_ = false;

@@ -504,6 +504,11 @@ export class Vcpu {
     private readonly native: NativeAddon,
   ) {}
 
+  /** The vCPU thread's kernel thread id (/proc/self/task/TID), undefined until it runs. */
+  get threadId(): number | undefined {
+    return this.thread?.tid() || undefined;
+  }
+
   get state(): VcpuState {
     return this._state;
   }

@@ -63,6 +63,8 @@ export interface NativeVcpuThread {
   pause(gen: number): void;
   resume(gen: number): void;
   stop(): void;
+  /** The thread's kernel thread id (gettid), 0 before it runs. */
+  tid(): number;
 }
 
 export interface NativeAddon {

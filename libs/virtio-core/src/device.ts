@@ -780,10 +780,11 @@ export abstract class VirtioDevice {
   /**
    * One stall detector pass over every queue (run on the monitor's timer,
    * inside the fault boundary). `running` is false while the VM is stopped
-   * or migrating: nothing accumulates then. Returns each new episode and
-   * each end of one, with the indices for the event.
+   * or migrating: nothing accumulates then. `runNow`: the VM run clock
+   * (RunClock), on which the stall time is counted. Returns each new episode
+   * and each end of one, with the indices for the event.
    */
-  checkStalls(now: number, running: boolean, stallMs: number): StallReport[] {
+  checkStalls(now: number, running: boolean, stallMs: number, runNow = now): StallReport[] {
     const out: StallReport[] = [];
     this.queues.forEach((q, i) => {
       const view = this.stallView(i);
@@ -796,7 +797,7 @@ export abstract class VirtioDevice {
         const cause = interruptStalled(ring, view.interrupt, this.interrupt?.queueDeliveryBlock?.(i));
         if (cause) verdicts.interrupt = cause;
       }
-      for (const t of q.stall.check(now, running, stallMs, verdicts, counts)) {
+      for (const t of q.stall.check(now, running, stallMs, verdicts, counts, runNow)) {
         const indices: Record<string, number> = {
           'avail-idx': ring?.availIdx ?? 0,
           'last-avail-idx': view.lastAvailIdx,

@@ -5,7 +5,16 @@
  */
 import * as V from './generated/virtio-uapi';
 import { StallReport, VirtioDevice } from './device';
-import { DeliveryBlock, kickStalled, vringNeedEvent } from './stall';
+import {
+  DeliveryBlock,
+  kickStalled,
+  parseProcStatSteal,
+  parseSchedstat,
+  parseStatState,
+  RunClock,
+  ThreadSched,
+  vringNeedEvent,
+} from './stall';
 import { fakeMemory, MockDriverQueue } from './testing';
 import { availEventAddr, SplitVirtqueue } from './virtqueue';
 
@@ -266,5 +275,147 @@ describe('stall detector: interrupt side', () => {
     s.dev.reset();
     expect(s.run(4 * STALL_MS)).toEqual([]);
     expect(s.dev.queueTiming(0, s.now())).toMatchObject({ 'last-kick-ms-ago': null, 'last-interrupt-ms-ago': null, stall: null });
+  });
+});
+
+describe('stall detector: VM run time under host CPU starvation (RunClock)', () => {
+  /** A RunClock over fake threads whose figures (ns; runnable now) the test sets. */
+  function clock() {
+    const threads = new Map<number, ThreadSched | undefined>();
+    const set = (tid: number, runNs: number, waitNs: number, runnable = false) => threads.set(tid, { runNs, waitNs, runnable });
+    return { c: new RunClock((tid) => threads.get(tid)), threads, set };
+  }
+  const MS = 1e6;
+
+  it("wall time less the most-starved thread's credited run-queue wait over each interval", () => {
+    const { c, set } = clock();
+    set(1, 0, 5000 * MS);
+    set(2, 0, 7000 * MS);
+    expect(c.tick(1000, [1, 2])).toBe(0); // the first reading only sets the baselines
+    set(1, 0, 5030 * MS);
+    set(2, 0, 7080 * MS); // 30 ms and 80 ms waited in a 100 ms interval
+    expect(c.tick(1100, [1, 2])).toBe(20);
+    expect(c.tick(1200, [1, 2])).toBe(120); // nobody waited
+    set(2, 0, 7380 * MS); // waited the whole interval and more (a wait is credited when it ends)
+    expect(c.tick(1400, [1, 2])).toBe(120);
+    expect(c.schedstat).toBe(true);
+  });
+
+  it('a thread runnable at a reading counts what it neither ran nor had credited as waiting; the credit that follows is not counted twice', () => {
+    const { c, set } = clock();
+    set(1, 0, 0);
+    c.tick(0, [1]);
+    set(1, 10 * MS, 0, true); // ran 10 ms of 100, runnable now: 90 ms waiting, not yet credited
+    expect(c.tick(100, [1])).toBe(10);
+    set(1, 10 * MS, 0, true); // still waiting the whole next interval
+    expect(c.tick(200, [1])).toBe(10);
+    set(1, 60 * MS, 200 * MS, false); // the wait ended (190 ms counted in advance, 200 credited), ran 50 ms, now asleep
+    expect(c.tick(300, [1])).toBe(100); // 100 ms interval - 10 ms of the credit not counted yet
+    set(1, 60 * MS, 200 * MS, false); // asleep the whole interval: the guest could run
+    expect(c.tick(400, [1])).toBe(200);
+  });
+
+  it('a thread that appears starts from its own baseline; one that cannot be read counts as never starved (wall time)', () => {
+    const { c, set, threads } = clock();
+    set(1, 0, 0);
+    c.tick(0, [1]);
+    set(3, 0, 9000 * MS); // a vCPU thread that started meanwhile: its past wait is not this interval's
+    expect(c.tick(100, [1, 3])).toBe(100);
+    set(3, 0, 9050 * MS);
+    expect(c.tick(200, [1, 3])).toBe(150);
+    threads.set(3, undefined); // no schedstat (no /proc, a kernel without it)
+    expect(c.tick(300, [1, 3])).toBe(250);
+    expect(c.schedstat).toBe(false);
+  });
+
+  it('on a host that is itself a VM, the most any CPU had stolen in the interval is added to the run-queue wait', () => {
+    let steal: number[] | undefined = [100 * MS, 500 * MS];
+    const threads = new Map<number, ThreadSched>();
+    const c = new RunClock(
+      (tid) => threads.get(tid),
+      () => steal,
+    );
+    threads.set(1, { runNs: 0, waitNs: 0, runnable: false });
+    c.tick(0, [1]);
+    steal = [130 * MS, 510 * MS]; // 30 ms and 10 ms stolen
+    threads.set(1, { runNs: 0, waitNs: 20 * MS, runnable: false }); // and 20 ms on the run queue
+    expect(c.tick(100, [1])).toBe(50);
+    steal = undefined; // gone: wall time less the wait
+    expect(c.tick(200, [1])).toBe(150);
+  });
+
+  it('parseSchedstat takes the run and wait times (ns); parseStatState the state letter after the last parenthesis', () => {
+    expect(parseSchedstat('81042 117910 2\n')).toEqual({ runNs: 81042, waitNs: 117910 });
+    expect(parseSchedstat('1 2')).toBeUndefined();
+    expect(parseSchedstat('1 x 2')).toBeUndefined();
+    expect(parseSchedstat('')).toBeUndefined();
+    expect(parseSchedstat('1 99999999999999999999 2')).toBeUndefined();
+    expect(parseStatState('4711 (node) R 1 4711 ...')).toBe('R');
+    expect(parseStatState('4711 (a) b) S 1 4711 ...')).toBe('S');
+    expect(parseStatState('garbage')).toBeUndefined();
+    const stat = 'cpu  9 0 9 9 0 0 0 25 0 0\ncpu0 1100177 0 1536244 1164748 2007 0 2252 8838 56899 0\ncpu1 1 0 1 1 0 0 0 12 0 0\nintr 5\n';
+    expect(parseProcStatSteal(stat)).toEqual([8838e7, 12e7]); // USER_HZ ticks to ns, the total line left out
+    expect(parseProcStatSteal('cpu0 1 2 3\n')).toBeUndefined();
+  });
+
+  /** checkStalls every STEP of wall time, the guest's thread starved `starvedMs` of each step (credited at once). */
+  function runStarved(s: ReturnType<typeof setup>, ms: number, starvedMs: number, k: ReturnType<typeof clock>, startAt: number) {
+    const out: StallReport[] = [];
+    let wait = k.threads.get(1)?.waitNs ?? 0;
+    for (let t = 0; t <= ms; t += STEP) {
+      const now = startAt + t;
+      out.push(...s.dev.checkStalls(now, true, STALL_MS, k.c.tick(now, [1])));
+      wait += starvedMs * MS;
+      k.set(1, 0, wait);
+    }
+    return out;
+  }
+
+  it('EVENT_IDX: a driver starved of CPU for 90% of the time is not driver-silent until it has had stall-ms of run time', () => {
+    const s = setup(true);
+    const k = clock();
+    k.set(1, 0, 0);
+    s.drv.setUsedEvent(0);
+    s.publish();
+    s.dev.notify(0, 'ioeventfd');
+    expect(s.dev.signalled).toBe(1);
+    // 4 x stall-ms of wall time, but only 0.4 x stall-ms of run time: no alarm.
+    expect(runStarved(s, 4 * STALL_MS, STEP * 0.9 + 0.3, k, s.now())).toEqual([]);
+    expect(s.dev.queueTiming(0, s.now()).stall).toBeNull();
+    // The same queue with the host giving the VM its CPU: reported after stall-ms of run time.
+    const r = runStarved(s, STALL_MS + STEP, 0, k, s.now() + 4 * STALL_MS + STEP);
+    expect(kinds(r)).toEqual(['stall interrupt driver-silent']);
+    expect(r[0].transition.stalledMs).toBeGreaterThanOrEqual(STALL_MS);
+    expect(r[0].transition.stalledMs).toBeLessThan(STALL_MS + 2 * STEP);
+    expect(Number.isInteger(r[0].transition.stalledMs)).toBe(true); // whole ms in the event and the log line
+  });
+
+  it('a lost interrupt under the same starvation is still reported, after stall-ms of run time', () => {
+    const s = setup(true);
+    const k = clock();
+    k.set(1, 0, 0);
+    s.dev.faults[0].dropInterrupts = 1;
+    s.drv.setUsedEvent(0);
+    s.publish();
+    s.dev.notify(0, 'ioeventfd');
+    // Half of each step starved: stall-ms of run time takes 2 x stall-ms of wall time.
+    expect(runStarved(s, STALL_MS, STEP / 2, k, s.now())).toEqual([]);
+    const r = runStarved(s, STALL_MS + 2 * STEP, STEP / 2, k, s.now() + STALL_MS + STEP);
+    expect(kinds(r)).toEqual(['stall interrupt dropped']);
+  });
+
+  it('the rates stay per wall-clock second under starvation', () => {
+    const s = setup(true);
+    const k = clock();
+    k.set(1, 0, 0);
+    const t0 = s.now();
+    s.dev.checkStalls(t0, true, STALL_MS, k.c.tick(t0, [1]));
+    for (let i = 0; i < 5; i++) {
+      s.publish();
+      s.dev.notify(0, 'ioeventfd');
+    }
+    k.set(1, 0, 900 * MS); // starved 900 ms of the next second
+    s.dev.checkStalls(t0 + 1000, true, STALL_MS, k.c.tick(t0 + 1000, [1]));
+    expect(s.dev.queueTiming(0, t0 + 1000)['kicks-per-sec']).toBe(5);
   });
 });

@@ -149,6 +149,8 @@ export class QueueStallState {
   /** Per side: the episode reported (one event per episode). */
   private readonly reported: Record<StallSide, StallCause | undefined> = { kick: undefined, interrupt: undefined };
   private lastCheckAt: number | undefined;
+  /** The VM run clock (see check) at the last check of a running VM. */
+  private lastRunAt: number | undefined;
   private lastCounts: { kicks: number; interrupts: number } | undefined;
   kicksPerSec = 0;
   interruptsPerSec = 0;
@@ -190,14 +192,14 @@ export class QueueStallState {
     this.interrupt.owed = undefined;
     this.held.kick = this.held.interrupt = undefined;
     this.reported.kick = this.reported.interrupt = undefined;
-    this.lastCheckAt = undefined;
+    this.lastCheckAt = this.lastRunAt = undefined;
   }
 
   /** The episode being reported on a side, if any (x-query-virtio-queue-status "stall"). */
   current(): { side: StallSide; cause: StallCause; stalledMs: number } | undefined {
     for (const side of ['kick', 'interrupt'] as const) {
       const c = this.reported[side];
-      if (c) return { side, cause: c, stalledMs: this.held[side]?.ms ?? 0 };
+      if (c) return { side, cause: c, stalledMs: Math.round(this.held[side]?.ms ?? 0) };
     }
     return undefined;
   }
@@ -205,7 +207,10 @@ export class QueueStallState {
   /**
    * One check. `verdicts` are this instant's rule results; time accumulates
    * only between consecutive checks of a running VM (a stopped VM's check
-   * passes running=false and keeps the totals). Returns the transitions.
+   * passes running=false and keeps the totals). `runNow` is the VM run clock
+   * in ms (RunClock: wall time less the time the guest could not run because
+   * the host gave its threads no CPU); the stall time is counted on it, the
+   * rates on the wall clock `now`. Returns the transitions.
    */
   check(
     now: number,
@@ -213,14 +218,17 @@ export class QueueStallState {
     stallMs: number,
     verdicts: Partial<Record<StallSide, StallCause>>,
     counts: { kicks: number; interrupts: number },
+    runNow = now,
   ): StallTransition[] {
-    const dt = running && this.lastCheckAt !== undefined ? Math.max(0, now - this.lastCheckAt) : 0;
-    if (dt > 0 && this.lastCounts) {
-      this.kicksPerSec = Math.round(((counts.kicks - this.lastCounts.kicks) * 1000) / dt);
-      this.interruptsPerSec = Math.round(((counts.interrupts - this.lastCounts.interrupts) * 1000) / dt);
+    const wall = running && this.lastCheckAt !== undefined ? Math.max(0, now - this.lastCheckAt) : 0;
+    if (wall > 0 && this.lastCounts) {
+      this.kicksPerSec = Math.round(((counts.kicks - this.lastCounts.kicks) * 1000) / wall);
+      this.interruptsPerSec = Math.round(((counts.interrupts - this.lastCounts.interrupts) * 1000) / wall);
     }
+    const dt = running && this.lastRunAt !== undefined ? Math.max(0, runNow - this.lastRunAt) : 0;
     this.lastCounts = counts;
     this.lastCheckAt = running ? now : undefined;
+    this.lastRunAt = running ? runNow : undefined;
     if (!running) return [];
     const out: StallTransition[] = [];
     for (const side of ['kick', 'interrupt'] as const) {
@@ -228,7 +236,7 @@ export class QueueStallState {
       const held = this.held[side];
       const reported = this.reported[side];
       if (!cause) {
-        if (reported) out.push({ kind: 'cleared', side, cause: reported, stalledMs: held?.ms ?? 0 });
+        if (reported) out.push({ kind: 'cleared', side, cause: reported, stalledMs: Math.round(held?.ms ?? 0) });
         this.held[side] = undefined;
         this.reported[side] = undefined;
         continue;
@@ -237,9 +245,120 @@ export class QueueStallState {
       this.held[side] = { cause, ms: (held?.ms ?? 0) + dt };
       if (!reported && stallMs > 0 && this.held[side]!.ms >= stallMs) {
         this.reported[side] = cause;
-        out.push({ kind: 'stall', side, cause, stalledMs: this.held[side]!.ms });
+        out.push({ kind: 'stall', side, cause, stalledMs: Math.round(this.held[side]!.ms) });
       }
     }
     return out;
   }
+}
+
+/** A thread's scheduler figures, as Linux shows them in /proc/self/task/TID/{schedstat,stat}. */
+export interface ThreadSched {
+  /** ns on a CPU so far (schedstat's first field). */
+  runNs: number;
+  /** ns runnable but waiting for a CPU so far (schedstat's second field). */
+  waitNs: number;
+  /** Runnable now and not the caller (stat's state R): it may be waiting for a CPU right now. */
+  runnable: boolean;
+}
+
+/**
+ * The VM run clock: wall time less the time the guest could not run because
+ * the host kept its threads waiting for a CPU. Over each interval between two
+ * readings it takes the most-starved of the threads it is given (the vCPU
+ * threads, and the thread that runs the device model), conservatively: a
+ * healthy driver whose vCPU waited 400 ms of a 500 ms interval had 100 ms to
+ * consume its used entries.
+ *
+ * Linux adds a wait to schedstat only when it ends (the thread gets its CPU),
+ * so a thread that is runnable at a reading counts the part of the interval
+ * it neither ran nor had credited as waiting; the wait credited later is set
+ * against that advance. A thread whose figures cannot be read counts as never
+ * starved (wall time), as does every thread on a host without schedstat.
+ * On a host that is itself a VM, the most any CPU had stolen by the
+ * hypervisor below it in the interval is added to that.
+ */
+export class RunClock {
+  private lastWall: number | undefined;
+  private run = 0;
+  /** Per thread: the last figures, and the wait counted in advance (ns) that schedstat has not credited yet. */
+  private readonly threads = new Map<number, { last: ThreadSched; advance: number }>();
+  /** False once a thread's figures could not be read (the clock then runs on wall time for it). */
+  schedstat = true;
+
+  private steal: readonly number[] | undefined;
+
+  /**
+   * `read(tid)`: a thread's figures; `readSteal()`: each host CPU's steal
+   * time so far (ns; time a hypervisor below this host ran something else on
+   * it, which no thread's figures show), undefined when not available.
+   */
+  constructor(
+    private readonly read: (tid: number) => ThreadSched | undefined,
+    private readonly readSteal: () => readonly number[] | undefined = () => undefined,
+  ) {}
+
+  /** The run clock (ms) at wall time `now` (ms), with `tids` the threads the guest needs to run. */
+  tick(now: number, tids: readonly number[]): number {
+    const wall = this.lastWall === undefined ? 0 : Math.max(0, now - this.lastWall);
+    this.lastWall = now;
+    const wallNs = wall * 1e6;
+    let starvedNs = 0;
+    const seen = new Set<number>();
+    for (const tid of tids) {
+      seen.add(tid);
+      const cur = this.read(tid);
+      if (!cur) {
+        this.schedstat = false;
+        this.threads.delete(tid);
+        continue;
+      }
+      const t = this.threads.get(tid);
+      if (t) {
+        const waited = Math.max(0, cur.waitNs - t.last.waitNs);
+        const ran = Math.max(0, cur.runNs - t.last.runNs);
+        const credited = Math.max(0, waited - t.advance);
+        const uncounted = cur.runnable ? Math.max(0, wallNs - ran - credited) : 0;
+        starvedNs = Math.max(starvedNs, credited + uncounted);
+        // A thread not runnable now has had every wait credited: an advance left over was an overestimate.
+        t.advance = cur.runnable ? Math.max(0, t.advance - waited) + uncounted : 0;
+        t.last = cur;
+      } else this.threads.set(tid, { last: cur, advance: 0 });
+    }
+    for (const tid of [...this.threads.keys()]) if (!seen.has(tid)) this.threads.delete(tid);
+    // Stolen from the CPU the guest ran on, or any: the most stolen, on top of the run-queue wait.
+    const steal = this.readSteal();
+    if (steal && this.steal && steal.length === this.steal.length) starvedNs += Math.max(0, ...steal.map((n, i) => n - this.steal![i]));
+    this.steal = steal;
+    this.run += Math.max(0, wall - starvedNs / 1e6);
+    return this.run;
+  }
+}
+
+/** schedstat's text ("run_ns wait_ns timeslices"): the two times, undefined if malformed. */
+export function parseSchedstat(text: string): { runNs: number; waitNs: number } | undefined {
+  const f = text.trim().split(/\s+/);
+  if (f.length < 3 || !/^\d+$/.test(f[0]) || !/^\d+$/.test(f[1])) return undefined;
+  const runNs = Number(f[0]);
+  const waitNs = Number(f[1]);
+  return Number.isSafeInteger(runNs) && Number.isSafeInteger(waitNs) ? { runNs, waitNs } : undefined;
+}
+
+/** The state letter of a /proc/.../stat text ("pid (comm) S ..."; comm may hold spaces and parentheses). */
+export function parseStatState(text: string): string | undefined {
+  const i = text.lastIndexOf(')');
+  return i < 0 ? undefined : /^ (\S)/.exec(text.slice(i + 1))?.[1];
+}
+
+/**
+ * Each CPU's steal time (ns) in a /proc/stat text (the cpuN lines' eighth
+ * field, in USER_HZ ticks: 100 a second on Linux), undefined if malformed.
+ */
+export function parseProcStatSteal(text: string): number[] | undefined {
+  const out: number[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^cpu\d+ ((?:\d+ ){7})(\d+)/.exec(line);
+    if (m) out.push(Number(m[2]) * 1e7);
+  }
+  return out.length && out.every(Number.isSafeInteger) ? out : undefined;
 }

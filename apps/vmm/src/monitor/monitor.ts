@@ -4,7 +4,8 @@
  * stall detector.
  */
 import { PciBarFunction, showValue, VirtioPciDevice } from '@tsvmm/pci';
-import type { StallReport } from '@tsvmm/virtio-core';
+import { RunClock, type StallReport } from '@tsvmm/virtio-core';
+import { readCpuSteal, readThreadSched } from './starvation';
 import { Machine, MachineExit } from '../machine/machine';
 import { MigrationManager } from '../migration/migration';
 import { Command, CommandError, CommandRegistry, qmpSchema } from './commands';
@@ -136,15 +137,30 @@ export class Monitor {
     return pci.stall.ms ?? this.stallDefaultMs;
   }
 
+  /**
+   * The detector's VM run clock: wall time less the run-queue wait of the
+   * most-starved vCPU thread or of this (the device model's) thread, and the
+   * CPUs' steal time, so a host that gives the VM no CPU raises no alarm
+   * (docs/qmp.md "Stall detector").
+   */
+  private readonly runClock = new RunClock(readThreadSched, readCpuSteal);
+  private runClockNoted = false;
+
   /** One detector pass over every virtio device, each inside its own fault boundary. */
   checkStalls(now = Date.now()): void {
     if (this.machine.exited) return;
     const running = !this.machine.isPaused && !this.migration.active && !this.incoming;
+    const tids = [process.pid, ...this.machine.vcpus.map((v) => v.threadId ?? 0).filter((t) => t > 0)];
+    const runNow = this.runClock.tick(now, tids);
     for (const v of virtioDevices(this.devices)) {
       const d = v.pci.device;
       const ms = this.stallMs(v.pci);
+      if (ms > 0 && !this.runClock.schedstat && !this.runClockNoted) {
+        this.runClockNoted = true;
+        this.log('stall detector: no /proc/self/task/TID/schedstat here: stall time is wall time (a starved host may raise false alarms)');
+      }
       d.runGuarded('stall detector', () => {
-        for (const r of d.checkStalls(now, running, ms)) this.reportStall(v, r);
+        for (const r of d.checkStalls(now, running, ms, runNow)) this.reportStall(v, r);
       });
     }
   }
@@ -260,6 +276,19 @@ export class Monitor {
       args: {},
       help: 'run state',
       run: () => ({ running: this.runState() === 'running', singlestep: false, status: this.runState() }),
+    });
+    c.add({
+      name: 'query-cpus-fast',
+      returns: RETURNS['query-cpus-fast'],
+      args: {},
+      help: "the vCPUs and their host thread ids (thread-id once the vCPU's thread runs: after cont under -S)",
+      run: () =>
+        this.machine.vcpus.map((v, i) => ({
+          'cpu-index': i,
+          'qom-path': `/machine/unattached/device[${i}]`,
+          ...(v.threadId ? { 'thread-id': v.threadId } : {}),
+          target: 'x86_64',
+        })),
     });
     c.add({
       name: 'stop',

@@ -23,6 +23,7 @@ export const RETURNS = {
     singlestep: bool,
     status: q.req(q.enum(['running', 'paused', 'shutdown', 'inmigrate', 'postmigrate'])),
   }),
+  'query-cpus-fast': q.arr(q.obj({ 'cpu-index': int, 'qom-path': str, 'thread-id': q.opt('int'), target: str })),
   stop: EMPTY,
   cont: EMPTY,
   system_reset: EMPTY,

@@ -13,6 +13,7 @@ import { RETURNS } from './returns';
 function monitor(paused = false) {
   const machine = {
     devices: [],
+    vcpus: [{ threadId: 4242 }, { threadId: undefined }],
     exited: false,
     isPaused: paused,
     pause: async () => void (machine.isPaused = true),
@@ -148,8 +149,14 @@ describe('what the monitor sends fits its declarations', () => {
       'query-migrate-parameters',
       'x-query-virtio',
       'query-qmp-schema',
+      'query-cpus-fast',
     ] as const)
       fits(RETURNS[name], await run(name));
+    // thread-id only for a vCPU whose thread runs (under -S none runs before cont).
+    expect(await run('query-cpus-fast')).toEqual([
+      { 'cpu-index': 0, 'qom-path': '/machine/unattached/device[0]', 'thread-id': 4242, target: 'x86_64' },
+      { 'cpu-index': 1, 'qom-path': '/machine/unattached/device[1]', target: 'x86_64' },
+    ]);
     fits(RETURNS['migrate-set-parameters'], (await run('migrate-set-parameters', { 'downtime-limit': 500 })) ?? {});
   });
 
