@@ -28,6 +28,7 @@ import {
   fallocate,
   IoUring,
   ioUringUnavailable,
+  closeFd,
 } from '@tsvmm/kvm-native';
 
 export interface BlockBackend {
@@ -179,6 +180,7 @@ export class RawFileBackend implements BlockBackend {
       this.io = NODE_IO;
     }
     const flags = (readonly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | (direct ? O_DIRECT : 0);
+    if (opened) this.adopted = new Set([opened.fd, ...(opened.bufferedFd === undefined ? [] : [opened.bufferedFd])]);
     try {
       this.fd = opened ? opened.fd : fs.openSync(path, flags);
     } catch (e) {
@@ -195,7 +197,7 @@ export class RawFileBackend implements BlockBackend {
     }
     const st = fs.fstatSync(this.fd);
     if (st.isDirectory()) {
-      fs.closeSync(this.fd);
+      this.closeDescriptor(this.fd);
       throw new BackendOpenError(`${path}: is a directory`);
     }
     this.size = st.isBlockDevice() ? Number(this.blockDeviceSize()) : st.size;
@@ -206,14 +208,16 @@ export class RawFileBackend implements BlockBackend {
       try {
         this.io = ioUringFileIo();
       } catch (e) {
-        fs.closeSync(this.fd);
-        if (this.bufferedFd !== undefined) fs.closeSync(this.bufferedFd);
+        this.closeDescriptor(this.fd);
+        if (this.bufferedFd !== undefined) this.closeDescriptor(this.bufferedFd);
         throw new BackendOpenError(`${path}: aio=io_uring: ${(e as Error).message}`);
       }
     }
     this.io.addFd?.(this.fd);
     if (this.bufferedFd !== undefined) this.io.addFd?.(this.bufferedFd);
   }
+
+  private readonly adopted: ReadonlySet<number> = new Set();
 
   /** Duplicates of the open descriptors (close-on-exec), for another backend on the same image (the `opened` argument). */
   dupFds(): OpenedImage {
@@ -395,8 +399,18 @@ export class RawFileBackend implements BlockBackend {
     this.io.removeFd?.(this.fd);
     if (this.bufferedFd !== undefined) this.io.removeFd?.(this.bufferedFd);
     this.io.close?.();
-    fs.closeSync(this.fd);
-    if (this.bufferedFd !== undefined) fs.closeSync(this.bufferedFd);
+    this.closeDescriptor(this.fd);
+    if (this.bufferedFd !== undefined) this.closeDescriptor(this.bufferedFd);
+  }
+
+  /**
+   * Descriptors handed over (`opened`) are closed with close(2) itself: in a
+   * worker thread, fs.closeSync of a descriptor that worker's fs did not open
+   * prints Node's "closed but not opened in unmanaged mode" warning.
+   */
+  private closeDescriptor(fd: number): void {
+    if (this.adopted.has(fd)) closeFd(fd);
+    else fs.closeSync(fd);
   }
 }
 
