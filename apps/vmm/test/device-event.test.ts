@@ -117,8 +117,11 @@ describeKvm('x-debug-device-event: lost kicks and lost interrupts', () => {
       (await vm.qmp.execute('x-debug-device-event', args)).error as { class: string; desc: string };
     expect(await err({ dev: 'nope', event: 'kick', queue: 0 })).toEqual({ class: 'DeviceNotFound', desc: "Device 'nope' not found" });
     expect((await err({ dev: 'd0', event: 'kick', queue: 0 })).desc).toMatch(/not ready \(driver status is not DRIVER_OK\)/);
+    // The guest's one request is held (its kick dropped), so the guest waits and the VMM stays up while
+    // the queue is live: without that, a slow test could poll a VMM whose guest had already finished.
+    await vm.qmp.run('x-debug-virtqueue-drop', { dev: 'd0', queue: 0, kicks: 1 });
     await vm.qmp.run('cont');
-    await until(vm, (s) => s.ready === true && s.active === true);
+    await until(vm, (s) => s.ready === true && s.active === true && s['kicks-dropped'] === 1);
     expect((await err({ dev: 'd0', event: 'kick', queue: 7 })).desc).toMatch(/Invalid queue 7: device 'd0' has queues 0-0/);
     expect((await err({ dev: 'd0', event: 'prod', queue: 0 })).desc).toMatch(/does not accept value 'prod'/);
   });
