@@ -65,6 +65,12 @@ describeKvm('live migration with iothread=io0', () => {
       // The queue as the worker has it: the ring caught up with the guest, and the chains it took here.
       const q = (await d.run('x-query-virtio-queue-status', { path: 'd0', queue: 0 })) as Record<string, unknown>;
       expect(q['data-plane']).toBe('iothread io0');
+      // With ioeventfd=on the worker watches the queue's ioeventfd itself: every guest kick the
+      // device counted here (the restore's kick included) was read on the iothread, none on the main thread.
+      if (ioeventfd === 'on') {
+        expect(q['kicks-iothread'] as number).toBeGreaterThan(0);
+        expect(q['kicks-iothread']).toBe(q['kicks-eventfd']);
+      } else expect(q['kicks-iothread']).toBe(0);
       expect(q['used-idx']).toBe(q['avail-idx']);
       expect(q['last-avail-idx']).toBe(q['avail-idx']);
       expect(q.chains as number).toBeGreaterThanOrEqual(di.writes + di.reads);

@@ -20,7 +20,16 @@
  * never reaches the vCPU exit handler or the event loop.
  */
 import { EventFd, Vm } from '@tsvmm/kvm-native';
-import { DeliveryBlock, Fields, VirtioDevice, VirtioDeviceState, VirtioInterrupt, virtioUapi as V, within } from '@tsvmm/virtio-core';
+import {
+  DeliveryBlock,
+  Fields,
+  QueueHandler,
+  VirtioDevice,
+  VirtioDeviceState,
+  VirtioInterrupt,
+  virtioUapi as V,
+  within,
+} from '@tsvmm/virtio-core';
 import { CheckedVirtioPciState, parseVirtioPciState } from './virtio-pci-state';
 import { GsiRoutes } from './gsi-routes';
 import { BusDevice, IoBus } from './io-bus';
@@ -117,6 +126,8 @@ interface HostNotifier {
    * backend's while kicks are being dropped (fault injection).
    */
   kind: 'own' | 'backend' | 'interposed';
+  /** own: the queue handler (on another thread) that watches a duplicate of the eventfd instead of this thread. */
+  handler?: QueueHandler;
 }
 
 export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
@@ -628,12 +639,22 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
         if (backend) kind = this.device.faults[i].dropKicks > 0 ? 'interposed' : 'backend';
         else if (!this.notifiersOwnedByBackend) kind = 'own';
       }
-      const same = cur && kind === cur.kind && !rebind && cur.addr === addr && (kind !== 'backend' || cur.efd === backend);
+      // A handler that watches its notifier on its own thread (an iothread) gets it handed over, as a backend does.
+      const h = kind === 'own' ? this.device.queueHandler(i) : undefined;
+      const taker = h?.attachNotifier ? h : undefined;
+      const same =
+        cur &&
+        kind === cur.kind &&
+        !rebind &&
+        cur.addr === addr &&
+        (kind !== 'backend' || cur.efd === backend) &&
+        (kind !== 'own' || cur.handler === taker);
       if (cur && !same) {
         this.ctx.vm.ioeventfd({ addr: cur.addr, len: 2, fd: cur.efd.fd, space: 'mmio' }, true);
         this.notifiers[i] = undefined;
         // A backend's kick eventfd keeps its count: the backend reads it.
         if (cur.kind !== 'backend') {
+          cur.handler?.detachNotifier?.();
           cur.efd.unwatch();
           // Test-and-clear: a kick that raced the removal is processed, not lost.
           const raced = cur.efd.read();
@@ -644,8 +665,10 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
       if (kind && !this.notifiers[i]) {
         const efd = kind === 'backend' ? backend! : EventFd.create();
         this.ctx.vm.ioeventfd({ addr: addr!, len: 2, fd: efd.fd, space: 'mmio' });
-        if (kind !== 'backend') efd.watch(this.device.guarded(`ioeventfd of queue ${i}`, () => this.device.notify(i, 'ioeventfd')));
-        this.notifiers[i] = { efd, addr: addr!, kind };
+        const handedOver = kind === 'own' && taker?.attachNotifier?.(efd.fd) === true;
+        if (kind !== 'backend' && !handedOver)
+          efd.watch(this.device.guarded(`ioeventfd of queue ${i}`, () => this.device.notify(i, 'ioeventfd')));
+        this.notifiers[i] = { efd, addr: addr!, kind, ...(handedOver ? { handler: taker } : {}) };
       }
     });
   }
@@ -682,6 +705,11 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
 
   get isrStatus(): number {
     return this.isr;
+  }
+
+  /** Whether a queue handler on another thread (an iothread) watches the queue's ioeventfd, not this thread. */
+  queueNotifierHandedOver(queue: number): boolean {
+    return this.notifiers[queue]?.handler !== undefined;
   }
 
   /** Whether the queue's notifications currently go through a KVM ioeventfd. */
