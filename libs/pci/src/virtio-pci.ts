@@ -9,7 +9,9 @@
  *
  * Queue notifications use one KVM ioeventfd per queue on its notify address
  * (16-bit writes, as drivers issue them), registered while the driver is at
- * DRIVER_OK, the VM runs and no backend owns the notifiers. A notify write the
+ * DRIVER_OK, the VM runs and no backend owns the notifiers; a queue handler
+ * on another thread (QueueHandler.attachNotifier: virtio-blk's iothread)
+ * watches a duplicate there instead of this thread. A notify write the
  * ioeventfd does not catch (other widths, or ioeventfd=off) arrives through
  * the exit path and does the same thing.
  *
@@ -705,11 +707,6 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
 
   get isrStatus(): number {
     return this.isr;
-  }
-
-  /** Whether a queue handler on another thread (an iothread) watches the queue's ioeventfd, not this thread. */
-  queueNotifierHandedOver(queue: number): boolean {
-    return this.notifiers[queue]?.handler !== undefined;
   }
 
   /** Whether the queue's notifications currently go through a KVM ioeventfd. */
