@@ -4,6 +4,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
+import { mismatch } from '../src/monitor/qapi-types';
+import { RETURNS } from '../src/monitor/returns';
 import { checkMigLoopImage, migLoopImage, migrateAndWait, qmpConnect, QmpClient, uniq, VmmFleet, waitUntil } from '@tsvmm/testing';
 
 const fleet = new VmmFleet('vmm-mig-io-');
@@ -65,6 +67,13 @@ describeKvm('live migration with iothread=io0', () => {
       // The queue as the worker has it: the ring caught up with the guest, and the chains it took here.
       const q = (await d.run('x-query-virtio-queue-status', { path: 'd0', queue: 0 })) as Record<string, unknown>;
       expect(q['data-plane']).toBe('iothread io0');
+      expect(mismatch(RETURNS['x-query-virtio-queue-status'], q)).toBeUndefined(); // every field declared (query-qmp-schema)
+      // With ioeventfd=on the worker watches the queue's ioeventfd itself: every guest kick the
+      // device counted here (the restore's kick included) was read on the iothread, none on the main thread.
+      if (ioeventfd === 'on') {
+        expect(q['kicks-iothread'] as number).toBeGreaterThan(0);
+        expect(q['kicks-iothread']).toBe(q['kicks-eventfd']);
+      } else expect(q['kicks-iothread']).toBe(0);
       expect(q['used-idx']).toBe(q['avail-idx']);
       expect(q['last-avail-idx']).toBe(q['avail-idx']);
       expect(q.chains as number).toBeGreaterThanOrEqual(di.writes + di.reads);

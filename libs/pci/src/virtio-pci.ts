@@ -9,7 +9,9 @@
  *
  * Queue notifications use one KVM ioeventfd per queue on its notify address
  * (16-bit writes, as drivers issue them), registered while the driver is at
- * DRIVER_OK, the VM runs and no backend owns the notifiers. A notify write the
+ * DRIVER_OK, the VM runs and no backend owns the notifiers; a queue handler
+ * on another thread (QueueHandler.attachNotifier: virtio-blk's iothread)
+ * watches a duplicate there instead of this thread. A notify write the
  * ioeventfd does not catch (other widths, or ioeventfd=off) arrives through
  * the exit path and does the same thing.
  *
@@ -20,7 +22,16 @@
  * never reaches the vCPU exit handler or the event loop.
  */
 import { EventFd, Vm } from '@tsvmm/kvm-native';
-import { DeliveryBlock, Fields, VirtioDevice, VirtioDeviceState, VirtioInterrupt, virtioUapi as V, within } from '@tsvmm/virtio-core';
+import {
+  DeliveryBlock,
+  Fields,
+  QueueHandler,
+  VirtioDevice,
+  VirtioDeviceState,
+  VirtioInterrupt,
+  virtioUapi as V,
+  within,
+} from '@tsvmm/virtio-core';
 import { CheckedVirtioPciState, parseVirtioPciState } from './virtio-pci-state';
 import { GsiRoutes } from './gsi-routes';
 import { BusDevice, IoBus } from './io-bus';
@@ -117,6 +128,8 @@ interface HostNotifier {
    * backend's while kicks are being dropped (fault injection).
    */
   kind: 'own' | 'backend' | 'interposed';
+  /** own: the queue handler (on another thread) that watches a duplicate of the eventfd instead of this thread. */
+  handler?: QueueHandler;
 }
 
 export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
@@ -628,12 +641,22 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
         if (backend) kind = this.device.faults[i].dropKicks > 0 ? 'interposed' : 'backend';
         else if (!this.notifiersOwnedByBackend) kind = 'own';
       }
-      const same = cur && kind === cur.kind && !rebind && cur.addr === addr && (kind !== 'backend' || cur.efd === backend);
+      // A handler that watches its notifier on its own thread (an iothread) gets it handed over, as a backend does.
+      const h = kind === 'own' ? this.device.queueHandler(i) : undefined;
+      const taker = h?.attachNotifier ? h : undefined;
+      const same =
+        cur &&
+        kind === cur.kind &&
+        !rebind &&
+        cur.addr === addr &&
+        (kind !== 'backend' || cur.efd === backend) &&
+        (kind !== 'own' || cur.handler === taker);
       if (cur && !same) {
         this.ctx.vm.ioeventfd({ addr: cur.addr, len: 2, fd: cur.efd.fd, space: 'mmio' }, true);
         this.notifiers[i] = undefined;
         // A backend's kick eventfd keeps its count: the backend reads it.
         if (cur.kind !== 'backend') {
+          cur.handler?.detachNotifier?.();
           cur.efd.unwatch();
           // Test-and-clear: a kick that raced the removal is processed, not lost.
           const raced = cur.efd.read();
@@ -644,8 +667,10 @@ export class VirtioPciDevice extends PciBarFunction implements VirtioInterrupt {
       if (kind && !this.notifiers[i]) {
         const efd = kind === 'backend' ? backend! : EventFd.create();
         this.ctx.vm.ioeventfd({ addr: addr!, len: 2, fd: efd.fd, space: 'mmio' });
-        if (kind !== 'backend') efd.watch(this.device.guarded(`ioeventfd of queue ${i}`, () => this.device.notify(i, 'ioeventfd')));
-        this.notifiers[i] = { efd, addr: addr!, kind };
+        const handedOver = kind === 'own' && taker?.attachNotifier?.(efd.fd) === true;
+        if (kind !== 'backend' && !handedOver)
+          efd.watch(this.device.guarded(`ioeventfd of queue ${i}`, () => this.device.notify(i, 'ioeventfd')));
+        this.notifiers[i] = { efd, addr: addr!, kind, ...(handedOver ? { handler: taker } : {}) };
       }
     });
   }

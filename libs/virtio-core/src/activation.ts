@@ -41,6 +41,25 @@ export interface QueueHandler {
   kick(entry: string): void;
   /** Resolves once nothing the handler started can still touch guest memory and its interrupts went out. */
   drain(): Promise<void>;
-  /** The device was reset: the handler takes no kick and completes nothing afterwards. */
+  /** The device was reset: the handler takes no kick and completes nothing afterwards (a notifier it watches is detached). */
   dispose(): void;
+  /**
+   * A handler on another thread takes the queue's doorbell eventfd (`fd`, the
+   * transport's, just registered with KVM) and watches it there, so guest
+   * kicks never reach the transport's thread: it duplicates the descriptor
+   * (the transport closes its own whenever it likes) and returns true. Kicks
+   * read there go through the same rules (VirtioDevice.notify on the
+   * handler's copy of the queue: counted, fault-injected, recorded for the
+   * stall detector, held while bus mastering is off). Absent or false: the
+   * transport watches the eventfd and calls VirtioDevice.notify.
+   */
+  attachNotifier?(fd: number): boolean;
+  /**
+   * The transport removed the queue's doorbell from KVM (stop, reset, BAR
+   * move, handover): stop watching the duplicate. The transport then reads
+   * the eventfd once (test-and-clear); a kick that raced the removal is read
+   * by exactly one of the two threads (an eventfd read takes the whole
+   * count), so it is processed once, never lost.
+   */
+  detachNotifier?(): void;
 }

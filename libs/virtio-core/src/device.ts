@@ -157,6 +157,16 @@ export interface StallReport {
 export interface QueueFaults {
   dropKicks: number;
   dropInterrupts: number;
+  /** Spends one of `kind` if any is left (atomically where two threads spend them: SharedQueueStats.faults). */
+  take?(kind: 'dropKicks' | 'dropInterrupts'): boolean;
+}
+
+/** Spends one fault of `kind` from `f`: true when the kick or interrupt at hand is to be dropped. */
+export function takeFault(f: QueueFaults, kind: 'dropKicks' | 'dropInterrupts'): boolean {
+  if (f.take) return f.take(kind);
+  if (f[kind] <= 0) return false;
+  f[kind]--;
+  return true;
 }
 
 /**
@@ -456,8 +466,7 @@ export abstract class VirtioDevice {
     const q = this.queues[queue];
     if (!q) return;
     const f = this.faults[queue];
-    if (f.dropKicks > 0 && source !== 'debug' && !operator) {
-      f.dropKicks--;
+    if (source !== 'debug' && !operator && takeFault(f, 'dropKicks')) {
       this.counters[queue].kicksDropped++;
       return;
     }
@@ -465,6 +474,7 @@ export abstract class VirtioDevice {
     if (source === 'ioeventfd') this.counters[queue].kicksEventfd++;
     else if (source === 'exit') this.counters[queue].kicksExit++;
     q.stall.kicked(Date.now(), q.availIndex());
+    this.kickRecorded?.(queue);
     if (this.disabled) {
       this.kickedWhileDisabled.add(queue);
       return;
@@ -474,11 +484,25 @@ export abstract class VirtioDevice {
   }
 
   /**
+   * Set by whoever publishes the stall detector's kick records elsewhere (an
+   * iothread's shared memory): called after each kick the device took.
+   */
+  kickRecorded: ((queue: number) => void) | undefined;
+
+  /**
+   * Set by whoever pauses processing without bus mastering off (an
+   * iothread's migration drain): a kick it answers true for is counted and
+   * recorded, then held (the caller keeps it and kicks again later).
+   */
+  kickHeld: ((queue: number) => boolean) | undefined;
+
+  /**
    * Hands a kick to the queue's handler. A queue started without a DRIVER_OK
    * transition (a vhost-user back-end starts rings one by one) has none: it
    * is processed in-process, as the default handler would.
    */
   private kickHandler(q: SplitVirtqueue, entry: string): void {
+    if (this.kickHeld?.(q.index)) return;
     const h = this.handlers?.[q.index];
     if (h) h.kick(entry);
     else this.service(q, entry, () => this.processQueue(q));
@@ -714,8 +738,7 @@ export abstract class VirtioDevice {
     if (!this.canProcess || !q.active) return;
     const i = q.index;
     if (q.needsInterrupt()) {
-      if (this.faults[i].dropInterrupts > 0) {
-        this.faults[i].dropInterrupts--;
+      if (takeFault(this.faults[i], 'dropInterrupts')) {
         this.counters[i].interruptsDropped++;
         if (q.driverAsked) QueueStallState.interruptDropped(q.stall.interrupt, Date.now(), q.usedIdx, q.availIndex());
         this.interruptRecorded?.(i);
@@ -766,14 +789,24 @@ export abstract class VirtioDevice {
 
   /**
    * The queue as the copy that processes it has it: next avail index to
-   * take, interrupts sent, its interrupt record. This object's own queue
-   * unless the device hands processing elsewhere (virtio-blk's iothread).
+   * take, interrupts sent, its interrupt record, and its last kick (when,
+   * and the avail index then). This object's own queue unless the device
+   * hands processing elsewhere (virtio-blk's iothread).
    */
-  stallView(queue: number): { lastAvailIdx: number; interrupts: number; interrupt: InterruptRecord } {
+  stallView(queue: number): {
+    lastAvailIdx: number;
+    interrupts: number;
+    interrupt: InterruptRecord;
+    lastKickAt: number | undefined;
+    availIdxAtLastKick: number | undefined;
+  } {
+    const q = this.queues[queue];
     return {
-      lastAvailIdx: this.queues[queue].lastAvailIdx,
+      lastAvailIdx: q.lastAvailIdx,
       interrupts: this.counters[queue].interrupts,
-      interrupt: this.queues[queue].stall.interrupt,
+      interrupt: q.stall.interrupt,
+      lastKickAt: q.stall.lastKickAt,
+      availIdxAtLastKick: q.stall.availIdxAtLastKick,
     };
   }
 
@@ -793,7 +826,7 @@ export abstract class VirtioDevice {
       const ring = q.active && this.canProcess ? q.ringSnapshot() : undefined;
       const verdicts: Partial<Record<StallSide, StallCause>> = {};
       if (ring) {
-        if (kickStalled(ring, view.lastAvailIdx, q.stall.availIdxAtLastKick, this.holdsBuffers(i))) verdicts.kick = 'no-notify';
+        if (kickStalled(ring, view.lastAvailIdx, view.availIdxAtLastKick, this.holdsBuffers(i))) verdicts.kick = 'no-notify';
         const cause = interruptStalled(ring, view.interrupt, this.interrupt?.queueDeliveryBlock?.(i));
         if (cause) verdicts.interrupt = cause;
       }
@@ -816,12 +849,13 @@ export abstract class VirtioDevice {
   /** x-query-virtio-queue-status's timing fields (names agreed with HMP `info virtqueues`). */
   queueTiming(queue: number, now: number): Record<string, unknown> {
     const q = this.queues[queue];
-    const rec = this.stallView(queue).interrupt;
+    const view = this.stallView(queue);
+    const rec = view.interrupt;
     const st = q.stall.current();
     return {
-      'last-kick-ms-ago': q.stall.lastKickAt === undefined ? null : now - q.stall.lastKickAt,
+      'last-kick-ms-ago': view.lastKickAt === undefined ? null : Math.max(0, now - view.lastKickAt),
       'last-interrupt-ms-ago': rec.lastInterruptAt === undefined ? null : Math.max(0, now - rec.lastInterruptAt),
-      'avail-idx-at-last-kick': q.stall.availIdxAtLastKick ?? null,
+      'avail-idx-at-last-kick': view.availIdxAtLastKick ?? null,
       'kicks-per-sec': q.stall.kicksPerSec,
       'interrupts-per-sec': q.stall.interruptsPerSec,
       stall: st ? { side: st.side, cause: st.cause, 'stalled-ms': st.stalledMs } : null,

@@ -3,15 +3,21 @@
  * thread that owns the queue (an iothread) writes them as it works, and any
  * other thread (the monitor's x-query-virtio-queue-status, HMP `info
  * virtqueues`, the stall detector) reads the owner's exact values, without a
- * message. One SharedArrayBuffer per device; per queue 16 int32 slots
- * (Atomics) and 2 float64 slots (millisecond timestamps, above int32's range;
+ * message. One SharedArrayBuffer per device; per queue 20 int32 slots
+ * (Atomics) and 3 float64 slots (millisecond timestamps, above int32's range;
  * written by the owner only).
+ *
+ * Both threads may count into the same slots (the owner its notifier's
+ * kicks, the main thread exit-path and operator kicks): a counter moves only
+ * by atomic additions (see `counters`), and a fault count is spent with a
+ * compare-and-swap (`take`), so neither thread loses the other's update.
  */
 import type { QueueCounters, QueueFaults } from './device';
 import type { DeliveryBlock, InterruptRecord } from './stall';
 
-const INTS = 16;
-const QUEUE_BYTES = INTS * 4 + 2 * 8;
+const INTS = 20;
+const FLOATS = 3;
+const QUEUE_BYTES = INTS * 4 + FLOATS * 8;
 
 const I = {
   lastAvailIdx: 0,
@@ -35,8 +41,16 @@ const I = {
   hasLastInterrupt: 14,
   /** x-debug-virtqueue-drop interrupts=: set by the monitor's thread, spent by the owner's. */
   dropInterrupts: 15,
+  /** x-debug-virtqueue-drop kicks=: set by the monitor's thread, spent by whichever thread takes the kick. */
+  dropKicks: 16,
+  /** The driver's avail index at the owner's last kick; -1: unknown. */
+  kickAvailIdx: 17,
+  /** 1 when lastKickAt is set. */
+  hasLastKick: 18,
+  /** Kicks the owner read from the queue's notifier eventfd itself (never seen by the main thread). */
+  kicksOwner: 19,
 } as const;
-const F = { lastInterruptAt: 0, owedSince: 1 } as const;
+const F = { lastInterruptAt: 0, owedSince: 1, lastKickAt: 2 } as const;
 const BLOCKS: readonly DeliveryBlock[] = ['vector-masked', 'no-vector', 'msix-disabled', 'no-irqfd'];
 const COUNTERS: readonly (keyof QueueCounters)[] = [
   'kicksEventfd',
@@ -69,7 +83,7 @@ export class SharedQueueStats {
     if (buffer.byteLength < SharedQueueStats.byteLength(numQueues))
       throw new Error(`shared queue stats: ${buffer.byteLength} bytes hold fewer than ${numQueues} queues`);
     this.ints = Array.from({ length: numQueues }, (_, q) => new Int32Array(buffer, q * QUEUE_BYTES, INTS));
-    this.floats = Array.from({ length: numQueues }, (_, q) => new Float64Array(buffer, q * QUEUE_BYTES + INTS * 4, 2));
+    this.floats = Array.from({ length: numQueues }, (_, q) => new Float64Array(buffer, q * QUEUE_BYTES + INTS * 4, FLOATS));
   }
 
   /** The two indices of a queue as a 2-element view (SplitVirtqueue.shareIndices). */
@@ -81,36 +95,61 @@ export class SharedQueueStats {
     return { lastAvailIdx: Atomics.load(this.ints[q], I.lastAvailIdx), usedIdx: Atomics.load(this.ints[q], I.usedIdx) };
   }
 
-  /** Counters backed by the shared memory, starting from `from` (the owner replaces its own with these). */
+  /**
+   * Counters backed by the shared memory, starting from `from` when given
+   * (otherwise from what the memory holds: a restarted owner keeps the
+   * counts). A counter only moves by increments (`c.k++`, `c.k -= n`): the
+   * setter adds the difference to the value its own getter last returned,
+   * atomically, so two threads counting into one slot lose nothing.
+   */
   counters(q: number, from?: QueueCounters): QueueCounters {
     const a = this.ints[q];
     const c = {} as QueueCounters;
     for (const k of COUNTERS) {
       const slot = I[k];
+      let seen: number | undefined;
       Object.defineProperty(c, k, {
         enumerable: true,
-        get: () => Atomics.load(a, slot),
-        set: (v: number) => void Atomics.store(a, slot, v),
+        get: () => (seen = Atomics.load(a, slot)),
+        set: (v: number) => {
+          if (seen === undefined) Atomics.store(a, slot, v);
+          else Atomics.add(a, slot, v - seen);
+          seen = undefined;
+        },
       });
-      if (from) c[k] = from[k];
+      if (from) Atomics.store(a, slot, from[k]);
     }
     return c;
   }
 
+  /** Kicks the owner read from the queue's notifier eventfd (x-query-virtio-queue-status `kicks-iothread`). */
+  ownerKicks(q: number): number {
+    return Atomics.load(this.ints[q], I.kicksOwner);
+  }
+
+  /** The owner read a kick from the queue's notifier eventfd. */
+  noteOwnerKick(q: number): void {
+    Atomics.add(this.ints[q], I.kicksOwner, 1);
+  }
+
   /**
-   * The queue's fault injection with `dropInterrupts` in shared memory (the
-   * monitor sets it, the owner spends it); `dropKicks` stays `own`'s (kicks
-   * are counted where they arrive).
+   * The queue's fault injection in shared memory: the monitor sets the
+   * counts, whichever thread takes the kick or sends the interrupt spends
+   * them (`take`, a compare-and-swap). `own`, when given, sets the starting
+   * values (otherwise those in the memory stand).
    */
-  faults(q: number, own: QueueFaults): QueueFaults {
+  faults(q: number, own?: QueueFaults): QueueFaults {
     const a = this.ints[q];
-    Atomics.store(a, I.dropInterrupts, own.dropInterrupts);
+    if (own) {
+      Atomics.store(a, I.dropKicks, own.dropKicks);
+      Atomics.store(a, I.dropInterrupts, own.dropInterrupts);
+    }
     return {
       get dropKicks() {
-        return own.dropKicks;
+        return Atomics.load(a, I.dropKicks);
       },
       set dropKicks(v: number) {
-        own.dropKicks = v;
+        Atomics.store(a, I.dropKicks, v);
       },
       get dropInterrupts() {
         return Atomics.load(a, I.dropInterrupts);
@@ -118,7 +157,30 @@ export class SharedQueueStats {
       set dropInterrupts(v: number) {
         Atomics.store(a, I.dropInterrupts, v);
       },
+      take(kind) {
+        const slot = I[kind];
+        for (;;) {
+          const n = Atomics.load(a, slot);
+          if (n <= 0) return false;
+          if (Atomics.compareExchange(a, slot, n, n - 1) === n) return true;
+        }
+      },
     };
+  }
+
+  /** The owner's kick record (the stall detector's kick side), published after each kick it took. */
+  setKickRecord(q: number, lastKickAt: number | undefined, availIdx: number | undefined): void {
+    const a = this.ints[q];
+    if (lastKickAt !== undefined) this.floats[q][F.lastKickAt] = lastKickAt;
+    Atomics.store(a, I.kickAvailIdx, availIdx ?? -1);
+    Atomics.store(a, I.hasLastKick, lastKickAt === undefined ? 0 : 1);
+  }
+
+  kickRecord(q: number): { lastKickAt?: number; availIdxAtLastKick?: number } {
+    const a = this.ints[q];
+    if (!Atomics.load(a, I.hasLastKick)) return {};
+    const availIdx = Atomics.load(a, I.kickAvailIdx);
+    return { lastKickAt: this.floats[q][F.lastKickAt], ...(availIdx >= 0 ? { availIdxAtLastKick: availIdx } : {}) };
   }
 
   /** The owner's interrupt record, published (after each interrupt decision). */

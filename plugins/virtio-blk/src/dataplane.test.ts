@@ -4,6 +4,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { EventFd } from '@tsvmm/kvm-native';
 import { GuestMemory, SharedQueueStats, virtioUapi as V, VirtioDeviceState } from '@tsvmm/virtio-core';
 import { fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
 import { FileIo, RawFileBackend } from '@tsvmm/block';
@@ -282,5 +283,90 @@ describe('virtio-blk iothread: migration state exchange', () => {
     expect(await src.main.dataPlaneDirtyLog('sync')).toEqual([usedPage]);
     await src.main.dataPlaneDirtyLog('stop');
     expect(await src.main.dataPlaneDirtyLog('sync')).toEqual([]);
+  });
+});
+
+/** Waits (a bounded number of event-loop turns) until `cond` holds; the assertion after it says what was expected. */
+async function waitFor(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+}
+
+describe('virtio-blk iothread: the worker watches the queue notifier itself', () => {
+  it("guest kicks are read, dropped (kicks=), counted and recorded on the worker; the main thread's notify never runs", async () => {
+    const file = image();
+    const mem = fakeMemory(1 << 20);
+    const { main, plane, sent } = side(file, mem);
+    const drv = new MockDriverQueue(mem, SIZE);
+    driverInit(main, drv);
+    await settle();
+    const mainNotify = jest.spyOn(main, 'notify');
+    // The transport registered the queue's ioeventfd and hands it to the handler (VirtioPciDevice.syncHostNotifiers).
+    const efd = EventFd.create();
+    const handler = main.queueHandler(0)!;
+    expect(handler.placement).toEqual({ kind: 'iothread', iothread: 'io0' });
+    expect(handler.attachNotifier!(efd.fd)).toBe(true);
+    await settle();
+    main.faults[0].dropKicks = 1; // x-debug-virtqueue-drop kicks=1, set on the main thread
+    request(mem, drv, 0);
+    efd.write(1); // what KVM does for the guest's doorbell write
+    await waitFor(() => main.counters[0].kicksDropped === 1);
+    expect(main.counters[0].kicksDropped).toBe(1);
+    expect(main.faults[0].dropKicks).toBe(0);
+    expect(plane.dev.queues[0].usedIdx).toBe(0); // the dropped kick processed nothing
+    efd.write(1);
+    await waitFor(() => plane.dev.queues[0].usedIdx === 1);
+    expect(plane.dev.queues[0].usedIdx).toBe(1);
+    expect(mem.readU8(STATUS)).toBe(B.VIRTIO_BLK_S_OK);
+    expect(main.queueInfo(0)).toMatchObject({ 'kicks-iothread': 2, 'used-idx': 1, chains: 1 });
+    expect(main.counters[0]).toMatchObject({ kicksEventfd: 1, kicksDropped: 1, kicksExit: 0 });
+    // The stall detector's kick record is the worker's (main thread's own queue never saw a kick).
+    expect(main.queues[0].stall.lastKickAt).toBeUndefined();
+    expect(main.queueTiming(0, Date.now())['avail-idx-at-last-kick']).toBe(1);
+    expect(mainNotify).not.toHaveBeenCalled();
+    expect(sent).not.toContain('kick');
+
+    // Removal (VM stop, reset, BAR move): the worker stops reading; a kick that arrives later is the
+    // transport's to read (its test-and-clear), and the worker's count stands still.
+    handler.detachNotifier!();
+    await settle();
+    request(mem, drv, 1);
+    efd.write(1);
+    await settle();
+    expect(efd.read()).toBe(1n);
+    expect(main.queueInfo(0)['kicks-iothread']).toBe(2);
+    expect(plane.dev.queues[0].usedIdx).toBe(1);
+    // The transport hands the raced kick to the device: forwarded, processed on the worker.
+    main.notify(0, 'ioeventfd');
+    await waitFor(() => plane.dev.queues[0].usedIdx === 2);
+    expect(plane.dev.queues[0].usedIdx).toBe(2);
+    expect(main.counters[0].kicksEventfd).toBe(2);
+    efd.close();
+  });
+
+  it('a worker drained for migration counts and holds the kicks it reads, and processes them on resume', async () => {
+    const file = image();
+    const mem = fakeMemory(1 << 20);
+    const { main, plane } = side(file, mem);
+    const drv = new MockDriverQueue(mem, SIZE);
+    driverInit(main, drv);
+    await settle();
+    const efd = EventFd.create();
+    expect(main.queueHandler(0)!.attachNotifier!(efd.fd)).toBe(true);
+    await main.drain();
+    request(mem, drv, 0);
+    efd.write(1);
+    await waitFor(() => main.counters[0].kicksEventfd === 1);
+    expect(main.counters[0].kicksEventfd).toBe(1);
+    await settle();
+    expect(plane.dev.queues[0].usedIdx).toBe(0);
+    main.resumeDataPlane();
+    await waitFor(() => plane.dev.queues[0].usedIdx === 1);
+    expect(plane.dev.queues[0].usedIdx).toBe(1);
+    main.reset(); // the handler detaches: the worker closes its duplicate, the transport's eventfd stays usable
+    await settle();
+    efd.write(1);
+    await settle();
+    expect(efd.read()).toBe(1n);
+    efd.close();
   });
 });

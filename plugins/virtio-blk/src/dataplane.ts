@@ -3,6 +3,12 @@
  * unit tests can drive it in-process): a VirtioBlkDevice over the worker's own
  * mapping of guest RAM, and the messages the main thread sends it.
  *
+ * Guest kicks: while the transport has a queue's ioeventfd registered, the
+ * plane watches a duplicate of it ('watch-notifier') and takes the kicks on
+ * this thread through VirtioDevice.notify, the same rules as in-process
+ * (counted, x-debug-virtqueue-drop kicks= spent, recorded for the stall
+ * detector in shared memory, held while bus mastering is off or drained).
+ *
  * Migration (docs/migration.md): `drain` stops the plane taking new requests
  * (kicks are remembered), waits for what is in flight and its interrupts, and
  * answers with the device's exact state (ring indices, held-back used entries
@@ -10,6 +16,7 @@
  * kicked meanwhile. `restore` loads a state from the stream on the
  * destination. `dirty` start/sync/stop logs the guest pages the worker writes.
  */
+import { EventFd } from '@tsvmm/kvm-native';
 import { GuestMemory, SharedQueueStats, VirtioDeviceState } from '@tsvmm/virtio-core';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkExtraState, VirtioBlkDevice } from './device';
@@ -24,6 +31,8 @@ export class BlkWorkerPlane {
   private stopped = false;
   private readonly kickedWhileStopped = new Set<number>();
   private logging = false;
+  /** Per queue: the duplicate of its ioeventfd this thread watches ('watch-notifier'). */
+  private readonly notifiers = new Map<number, EventFd>();
 
   constructor(
     memory: GuestMemory,
@@ -49,11 +58,19 @@ export class BlkWorkerPlane {
     dev.queues.forEach((q, i) => {
       if (!shared) return;
       q.shareIndices(shared.indexView(i));
-      dev.counters[i] = shared.counters(i, dev.counters[i]);
-      dev.faults[i] = shared.faults(i, dev.faults[i]);
+      // Counts and fault injection as the main thread has them (a restarted worker goes on from there).
+      dev.counters[i] = shared.counters(i);
+      dev.faults[i] = shared.faults(i);
     });
-    // Each interrupt decision (sent, dropped, suppressed) is published as soon as the record has it.
+    // Each interrupt decision (sent, dropped, suppressed) and each kick is published as soon as the record has it.
     dev.interruptRecorded = (q) => this.shared?.setInterruptRecord(q, dev.queues[q].stall.interrupt);
+    dev.kickRecorded = (q) => this.shared?.setKickRecord(q, dev.queues[q].stall.lastKickAt, dev.queues[q].stall.availIdxAtLastKick);
+    // A migration drain holds kicks (counted and recorded already) until 'resume'.
+    dev.kickHeld = (q) => {
+      if (!this.stopped) return false;
+      this.kickedWhileStopped.add(q);
+      return true;
+    };
     dev.interrupt = {
       signalQueue: (q) => {
         const fd = this.vectorFds[q];
@@ -128,13 +145,23 @@ export class BlkWorkerPlane {
         return;
       }
       case 'kick':
-        if (this.stopped) this.kickedWhileStopped.add(m.queue);
-        else d.notify(m.queue, 'debug'); // already counted on the main thread
+        d.notify(m.queue, 'debug'); // already counted and recorded on the main thread
+        return;
+      case 'watch-notifier': {
+        this.unwatchNotifier(m.queue);
+        const efd = EventFd.adopt(m.fd);
+        this.notifiers.set(m.queue, efd);
+        efd.watch(() => this.guestKick(m.queue));
+        return;
+      }
+      case 'unwatch-notifier':
+        this.unwatchNotifier(m.queue);
         return;
       case 'disabled':
         d.setDisabled(m.disabled);
         return;
       case 'reset':
+        for (const q of [...this.notifiers.keys()]) this.unwatchNotifier(q);
         d.reset();
         this.kickedWhileStopped.clear();
         this.post({ type: 'reset-done' });
@@ -166,10 +193,24 @@ export class BlkWorkerPlane {
         this.post(this.stats());
         return;
       case 'close':
+        for (const q of [...this.notifiers.keys()]) this.unwatchNotifier(q);
         clearInterval(this.statsTimer);
         d.backend.close();
         return;
     }
+  }
+
+  /** A guest kick read from the queue's ioeventfd on this thread: notify's rules, inside the fault boundary. */
+  private guestKick(queue: number): void {
+    this.shared?.noteOwnerKick(queue);
+    this.dev.runGuarded(`ioeventfd of queue ${queue}`, () => this.dev.notify(queue, 'ioeventfd'));
+  }
+
+  private unwatchNotifier(queue: number): void {
+    const efd = this.notifiers.get(queue);
+    if (!efd) return;
+    this.notifiers.delete(queue);
+    efd.close(); // unwatches first
   }
 
   /**

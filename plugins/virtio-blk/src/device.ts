@@ -17,6 +17,7 @@ import {
   VirtioDevice,
   VirtioDeviceState,
 } from '@tsvmm/virtio-core';
+import { dupFd, EventFd } from '@tsvmm/kvm-native';
 import * as B from './generated/virtio-blk-uapi';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
@@ -139,8 +140,13 @@ export class VirtioBlkDevice extends VirtioDevice {
   /** Hands queue processing to an iothread; this object keeps config, status and negotiation. */
   attachDataPlane(dp: BlkDataPlane): void {
     this.dataPlane = dp;
-    // x-debug-virtqueue-drop interrupts= reaches the worker, which sends the interrupts.
-    if (dp.stats) this.queues.forEach((_, i) => (this.faults[i] = dp.stats!.faults(i, this.faults[i])));
+    // x-debug-virtqueue-drop reaches the worker, which takes the kicks and sends the interrupts; the
+    // queues' counters are the worker's too (kicks this thread still takes are added atomically).
+    if (dp.stats)
+      this.queues.forEach((_, i) => {
+        this.faults[i] = dp.stats!.faults(i, this.faults[i]);
+        this.counters[i] = dp.stats!.counters(i, this.counters[i]);
+      });
   }
 
   get iothread(): string | undefined {
@@ -170,7 +176,8 @@ export class VirtioBlkDevice extends VirtioDevice {
    * x-query-virtio-queue-status: with an iothread the worker pops and
    * completes requests, so this object's ring indices and chain/interrupt
    * counters stand still; show the worker's, as it last reported them
-   * (within 100 ms). Kicks still pass through the main thread.
+   * (within 100 ms). `kicks-iothread`: the guest kicks the worker read from
+   * the queue's ioeventfd itself (the main thread never saw them).
    */
   override queueName(queue: number): string {
     return `req${queue}`;
@@ -192,6 +199,7 @@ export class VirtioBlkDevice extends VirtioDevice {
         'interrupts-injected': c.interrupts,
         'interrupts-suppressed': c.suppressed,
         'interrupts-dropped': c.interruptsDropped,
+        'kicks-iothread': shared.ownerKicks(queue),
         'data-plane': `iothread ${this.iothread}`,
       };
     }
@@ -210,19 +218,28 @@ export class VirtioBlkDevice extends VirtioDevice {
   /**
    * The stall detector reads the copy that processes the queue: with an
    * iothread, the worker's next avail index, interrupt count and interrupt
-   * record as it last reported them (within 100 ms); kicks pass through here.
+   * record as it last reported them (within 100 ms); the last kick is the
+   * later of the worker's (its ioeventfd) and this thread's (exit path,
+   * operator, a kick that raced a notifier's removal).
    */
   override stallView(queue: number): ReturnType<VirtioDevice['stallView']> {
-    if (!this.dataPlane) return super.stallView(queue);
+    const own = super.stallView(queue);
+    if (!this.dataPlane) return own;
     const shared = this.dataPlane.stats;
-    if (shared)
+    if (shared) {
+      const k = shared.kickRecord(queue);
+      const workerLater = k.lastKickAt !== undefined && (own.lastKickAt === undefined || k.lastKickAt >= own.lastKickAt);
       return {
         lastAvailIdx: shared.indices(queue).lastAvailIdx,
         interrupts: shared.counters(queue).interrupts,
         interrupt: shared.interruptRecord(queue),
+        lastKickAt: workerLater ? k.lastKickAt : own.lastKickAt,
+        availIdxAtLastKick: workerLater ? k.availIdxAtLastKick : own.availIdxAtLastKick,
       };
+    }
     const w = this.workerStats?.queues[queue];
     return {
+      ...own,
       lastAvailIdx: w?.lastAvailIdx ?? this.queues[queue].lastAvailIdx,
       interrupts: w?.interrupts ?? 0,
       interrupt: w?.interrupt ?? {},
@@ -248,18 +265,45 @@ export class VirtioBlkDevice extends VirtioDevice {
     this.backend.clearErrors?.();
   }
 
-  /** With an iothread, each queue's handler forwards its kicks to the worker (onActivate sent it the queues). */
+  /**
+   * With an iothread, each queue's handler lives on the worker (onActivate
+   * sent it the queues): the transport hands it the queue's ioeventfd
+   * (attachNotifier: a duplicate goes to the worker, which watches it and
+   * takes guest kicks itself); kicks that still arrive here (exit path,
+   * operator, one that raced a notifier's removal, after bus mastering came
+   * back) are forwarded.
+   */
   protected override activateQueues(ctx: ActivationContext): (QueueHandler | undefined)[] {
     const dp = this.dataPlane;
     if (!dp) return super.activateQueues(ctx);
     return ctx.queues.map((r, i): QueueHandler | undefined => {
       if (!r) return undefined;
       let live = true;
+      /** The duplicate of the queue's ioeventfd the worker watches; the worker closes it when told to detach. */
+      let lent: number | undefined;
+      const detach = () => {
+        if (lent === undefined) return;
+        // A worker that died never got the message: its duplicate is closed here.
+        if (dp.thread.alive) dp.thread.send({ type: 'unwatch-notifier', queue: i });
+        else EventFd.adopt(lent).close();
+        lent = undefined;
+      };
       return {
         placement: { kind: 'iothread', iothread: dp.thread.name },
         kick: () => live && dp.thread.send({ type: 'kick', queue: i }),
         drain: () => this.drain(),
-        dispose: () => void (live = false),
+        dispose: () => {
+          detach();
+          live = false;
+        },
+        attachNotifier: (fd) => {
+          if (!live || !dp.thread.alive) return false;
+          detach();
+          lent = dupFd(fd);
+          dp.thread.send({ type: 'watch-notifier', queue: i, fd: lent });
+          return true;
+        },
+        detachNotifier: detach,
       };
     });
   }

@@ -31,7 +31,12 @@ export type ToWorker =
   | { type: 'activate'; virtio: VirtioDeviceState; vectorFds: number[] }
   /** Migration destination: the device state from the stream (exact ring indices, held-back completions). */
   | { type: 'restore'; virtio: VirtioDeviceState; blk: BlkExtraState; vectorFds: number[] }
+  /** A kick the main thread took (exit path, operator, raced a notifier's removal): already counted and recorded there. */
   | { type: 'kick'; queue: number }
+  /** Watch `fd` (a duplicate of the queue's ioeventfd, now the worker's to close) and take the guest's kicks from it. */
+  | { type: 'watch-notifier'; queue: number; fd: number }
+  /** The transport removed the queue's ioeventfd from KVM: stop watching and close the duplicate. */
+  | { type: 'unwatch-notifier'; queue: number }
   | { type: 'disabled'; disabled: boolean }
   | { type: 'reset' }
   /** Migration: take no new request, finish what is in flight, answer 'drained' with the state. */

@@ -114,6 +114,8 @@ export const RETURNS = {
     stall: q.req(q.orNull(q.obj({ side: q.req(q.enum(['kick', 'interrupt'])), cause: str, 'stalled-ms': q.req('number') }))),
     /** virtio-blk with iothread=: the worker's indices and counters (docs/qmp.md). */
     'data-plane': q.opt('str'),
+    /** virtio-blk with iothread=: guest kicks the worker read from the queue's ioeventfd itself. */
+    'kicks-iothread': q.opt('int'),
     /** vhost-scsi: the back-end's view of the queue (docs/vhost.md). */
     vhost: q.opt('any'),
   }),
