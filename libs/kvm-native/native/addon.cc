@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <linux/kvm.h>
 #include <memory>
@@ -28,6 +29,13 @@
 using namespace kvmnative;
 
 namespace {
+
+// The close callback of the addon's libuv handles is libc's free(), not a function of this library:
+// when a worker thread ends, Node may unload the worker's copy of the addon before libuv runs the
+// close callbacks of handles closed during the environment's teardown (a crash in uv__finish_close).
+// free(void*) and uv_close_cb(uv_handle_t*) both take one pointer and return nothing; the handles are
+// malloc'ed for this.
+const uv_close_cb freeClosedHandle = reinterpret_cast<uv_close_cb>(reinterpret_cast<void (*)()>(&std::free));
 
 Napi::Error errnoError(Napi::Env env, int negErrno, const char* syscall, const std::string& detail = "") {
   int e = -negErrno;
@@ -860,10 +868,11 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     cb_ = Napi::Persistent(info[1].As<Napi::Function>());
     uv_loop_t* loop;
     napi_get_uv_event_loop(env, &loop);
-    handle_ = new uv_poll_t;
+    handle_ = static_cast<uv_poll_t*>(std::malloc(sizeof(uv_poll_t)));
+    if (!handle_) throw Napi::Error::New(env, "out of memory");
     int r = uv_poll_init(loop, handle_, fd_);
     if (r != 0) {
-      delete handle_;
+      std::free(handle_);
       handle_ = nullptr;
       throw errnoError(env, r, "uv_poll_init");
     }
@@ -921,7 +930,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     if (handle_) {
       uv_poll_stop(handle_);
       handle_->data = nullptr;
-      uv_close(reinterpret_cast<uv_handle_t*>(handle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      uv_close(reinterpret_cast<uv_handle_t*>(handle_), freeClosedHandle);
       handle_ = nullptr;
     }
   }
@@ -1074,10 +1083,7 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
     }
     if (async_) {
       async_->data = nullptr;
-      if (teardown)
-        uv_close(reinterpret_cast<uv_handle_t*>(async_), nullptr);
-      else
-        uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+      uv_close(reinterpret_cast<uv_handle_t*>(async_), teardown ? nullptr : freeClosedHandle);
       async_ = nullptr;
     }
   }
@@ -1100,9 +1106,10 @@ class VcpuThread : public Napi::ObjectWrap<VcpuThread> {
     threadRun_ = static_cast<kvm_run*>(threadRun);
     uv_loop_t* uvLoop = nullptr;
     if (napi_get_uv_event_loop(env, &uvLoop) != napi_ok || !uvLoop) throw Napi::Error::New(env, "no event loop");
-    async_ = new uv_async_t;
+    async_ = static_cast<uv_async_t*>(std::malloc(sizeof(uv_async_t)));
+    if (!async_) throw Napi::Error::New(env, "out of memory");
     if (int r = uv_async_init(uvLoop, async_, &VcpuThread::OnAsync); r != 0) {
-      delete async_;
+      std::free(async_);
       async_ = nullptr;
       throw errnoError(env, r, "uv_async_init");
     }

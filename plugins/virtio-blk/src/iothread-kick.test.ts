@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { addonCandidates, EventFd, loadNative, mapGuestRam } from '@tsvmm/kvm-native';
+import { EventFd, loadNative, mapGuestRam } from '@tsvmm/kvm-native';
 import { GuestMemory, SharedQueueStats, virtioUapi as V } from '@tsvmm/virtio-core';
 import { MockDriverQueue } from '@tsvmm/virtio-core/testing';
 import { RawFileBackend } from '@tsvmm/block';
@@ -42,22 +42,16 @@ function readRequest(mem: GuestMemory, drv: MockDriverQueue, sector: number): vo
 }
 
 describe('virtio-blk iothread: kicks reach the worker without the main thread', () => {
-  const saved = { worker: process.env.VMM_BLK_IOTHREAD_WORKER, addon: process.env.VMM_KVM_NATIVE };
+  const saved = process.env.VMM_BLK_IOTHREAD_WORKER;
   beforeAll(() => {
     if (!fs.existsSync(WORKER)) throw new Error(`${WORKER} is missing: build the VMM bundle first (npx nx run vmm:build)`);
     process.env.VMM_BLK_IOTHREAD_WORKER = WORKER;
-    // The worker loads the addon this thread loaded, as in the VMM (both from dist/). A second copy
-    // (the bundle's, next to the worker) would be unloaded with the worker's environment before
-    // libuv ran the close callbacks of its handles, which live in that copy: a crash at terminate.
-    process.env.VMM_KVM_NATIVE = addonCandidates().find((p) => fs.existsSync(p));
+    // The worker loads the bundle's own copy of the addon (next to it), a second copy beside this
+    // thread's: ending the worker unloads it, and the handles it closed must not call back into it.
   });
   afterAll(() => {
-    for (const [k, v] of [
-      ['VMM_BLK_IOTHREAD_WORKER', saved.worker],
-      ['VMM_KVM_NATIVE', saved.addon],
-    ] as const)
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
+    if (saved === undefined) delete process.env.VMM_BLK_IOTHREAD_WORKER;
+    else process.env.VMM_BLK_IOTHREAD_WORKER = saved;
   });
 
   it('a guest kick on the ioeventfd completes its request while the main thread never yields', async () => {
