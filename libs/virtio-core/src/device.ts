@@ -830,7 +830,15 @@ export abstract class VirtioDevice {
         const cause = interruptStalled(ring, view.interrupt, this.interrupt?.queueDeliveryBlock?.(i));
         if (cause) verdicts.interrupt = cause;
       }
-      for (const t of q.stall.check(now, running, stallMs, verdicts, counts, runNow)) {
+      const owedMark = (o: typeof view.interrupt.owed) => (o ? `${o.since}/${o.dropped ? 'dropped' : o.usedIdx}` : '-');
+      // A side's clock restarts when the queue moved since the last check: the kick side when a kick was
+      // recorded or buffers were taken, the interrupt side when a new debt replaced the old one (a busy
+      // queue owes a fresh interrupt at most checks; a dropped one keeps its start while drops go on).
+      const marks = {
+        kick: `${view.lastKickAt ?? '-'}/${view.availIdxAtLastKick ?? '-'}/${view.lastAvailIdx}`,
+        interrupt: owedMark(view.interrupt.owed),
+      };
+      for (const t of q.stall.check(now, running, stallMs, verdicts, counts, runNow, marks)) {
         const indices: Record<string, number> = {
           'avail-idx': ring?.availIdx ?? 0,
           'last-avail-idx': view.lastAvailIdx,

@@ -103,6 +103,20 @@ describe('stall detector: kick side', () => {
     expect(s.dev.queueTiming(0, s.now()).stall).toBeNull();
   });
 
+  it('a busy queue that shows a kick still in flight at every check is not stalled: each kick restarts the clock', () => {
+    // A polling driver: at every check one buffer is published and its kick not yet processed (the
+    // ioeventfd is readable, the event loop has not run it), but the kick does come before the next check.
+    const s = setup();
+    for (let t = 0; t < 8 * STALL_MS; t += STEP) {
+      s.publish();
+      expect(s.run(0)).toEqual([]);
+      s.dev.notify(0, 'ioeventfd');
+    }
+    // The same state held with no kick for stall-ms is still a stall.
+    s.publish();
+    expect(kinds(s.run(STALL_MS + STEP))).toEqual(['stall kick no-notify']);
+  });
+
   it('a kick that arrived is never a kick-side stall, even while the device keeps the buffers on purpose', () => {
     const s = setup();
     s.dev.held = 0;
@@ -237,6 +251,22 @@ describe('stall detector: interrupt side', () => {
     }
     expect(s.dev.signalled).toBe(5);
     expect(s.run(4 * STALL_MS)).toEqual([]);
+  });
+
+  it('a busy driver that has a fresh interrupt outstanding at every check is not driver-silent: each new debt restarts the clock', () => {
+    const s = setup(true);
+    for (let t = 0; t < 8 * STALL_MS; t += STEP) {
+      s.drv.setUsedEvent(s.drv.lastUsedIdx);
+      s.publish();
+      s.dev.notify(0, 'ioeventfd');
+      expect(s.run(0)).toEqual([]); // the check comes before the driver ran its interrupt handler
+      s.drv.takeUsed();
+    }
+    // A debt nobody consumes is still reported after stall-ms.
+    s.drv.setUsedEvent(s.drv.lastUsedIdx);
+    s.publish();
+    s.dev.notify(0, 'ioeventfd');
+    expect(kinds(s.run(STALL_MS + STEP))).toEqual(['stall interrupt driver-silent']);
   });
 
   it('a driver that polls with interrupts suppressed (used_event one behind, or NO_INTERRUPT) is owed nothing', () => {

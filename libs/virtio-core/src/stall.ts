@@ -149,6 +149,7 @@ export class QueueStallState {
   /** Per side: the episode reported (one event per episode). */
   private readonly reported: Record<StallSide, StallCause | undefined> = { kick: undefined, interrupt: undefined };
   private lastCheckAt: number | undefined;
+  private readonly lastMarks: Partial<Record<StallSide, string>> = {};
   /** The VM run clock (see check) at the last check of a running VM. */
   private lastRunAt: number | undefined;
   private lastCounts: { kicks: number; interrupts: number } | undefined;
@@ -193,6 +194,7 @@ export class QueueStallState {
     this.held.kick = this.held.interrupt = undefined;
     this.reported.kick = this.reported.interrupt = undefined;
     this.lastCheckAt = this.lastRunAt = undefined;
+    this.lastMarks.kick = this.lastMarks.interrupt = undefined;
   }
 
   /** The episode being reported on a side, if any (x-query-virtio-queue-status "stall"). */
@@ -219,6 +221,15 @@ export class QueueStallState {
     verdicts: Partial<Record<StallSide, StallCause>>,
     counts: { kicks: number; interrupts: number },
     runNow = now,
+    /**
+     * Per side, what identifies the state the verdict is about (kick side: the
+     * last kick and the device's next avail index). When it changed since the
+     * last check the queue moved in between (a kick came, buffers were taken):
+     * the side's time starts again, and a reported episode ends. Without it a
+     * busy queue that shows a kick still in flight at every check would add
+     * up the gaps between checks into a false stall.
+     */
+    marks: Partial<Record<StallSide, string>> = {},
   ): StallTransition[] {
     const wall = running && this.lastCheckAt !== undefined ? Math.max(0, now - this.lastCheckAt) : 0;
     if (wall > 0 && this.lastCounts) {
@@ -233,6 +244,14 @@ export class QueueStallState {
     const out: StallTransition[] = [];
     for (const side of ['kick', 'interrupt'] as const) {
       const cause = verdicts[side];
+      const moved = this.lastMarks[side] !== marks[side];
+      this.lastMarks[side] = marks[side];
+      if (cause && moved && this.held[side]) {
+        const reportedBefore = this.reported[side];
+        if (reportedBefore) out.push({ kind: 'cleared', side, cause: reportedBefore, stalledMs: Math.round(this.held[side]!.ms) });
+        this.held[side] = undefined;
+        this.reported[side] = undefined;
+      }
       const held = this.held[side];
       const reported = this.reported[side];
       if (!cause) {
@@ -242,7 +261,7 @@ export class QueueStallState {
         continue;
       }
       // A changed cause (e.g. dropped, then the vector masked) continues the same episode's time.
-      this.held[side] = { cause, ms: (held?.ms ?? 0) + dt };
+      this.held[side] = { cause, ms: (held?.ms ?? 0) + (moved ? 0 : dt) };
       if (!reported && stallMs > 0 && this.held[side]!.ms >= stallMs) {
         this.reported[side] = cause;
         out.push({ kind: 'stall', side, cause, stalledMs: Math.round(this.held[side]!.ms) });
