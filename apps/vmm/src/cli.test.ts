@@ -428,6 +428,10 @@ describe('--object iothread (flags and the config file)', () => {
       ['--object', 'iothread,id=io0', ...blk(',iothread=io9')],
       "--device virtio-blk,id=d0: iothread: 'io9' names no --object iothread (declared: io0)",
     ],
+    [
+      ['--object', 'iothread,id=io0', '--object', 'iothread,id=io1', ...blk(',num-queues=2,iothread-vq-mapping=io0:0;io9:1')],
+      "--device virtio-blk,id=d0: iothread-vq-mapping: 'io9' names no --object iothread (declared: io0, io1)",
+    ],
     [['--object', 'memory-backend-file,id=m0'], "--object: unknown object type 'memory-backend-file' (known: iothread)"],
     [['--object', 'iothread'], '--object: iothread: id=ID is required'],
     [['--object', 'iothread,id=1x'], "--object: iothread: id '1x' must start with a letter"],

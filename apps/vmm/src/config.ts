@@ -411,6 +411,19 @@ export function checkConfig(c: VmConfig): VmConfig {
       const at = d.origin ? `--config ${d.origin.file}: ${d.origin.path}.iothread` : `${deviceWhere(d)}: iothread`;
       throw new ConfigError(`${at}: '${String(t)}' names no --object iothread (declared: ${iothreads.join(', ')})`);
     }
+  // iothread-vq-mapping=IO0;IO1 or IO0:Q+Q;IO1:Q names iothreads the same way (the plugin checks the queues).
+  if (iothreads.length)
+    for (const d of c.devices) {
+      const m = d.props['iothread-vq-mapping'];
+      if (typeof m !== 'string') continue;
+      const unknown = m
+        .split(';')
+        .map((e) => e.split(':')[0])
+        .find((t) => !iothreads.includes(t));
+      if (unknown === undefined) continue;
+      const at = d.origin ? `--config ${d.origin.file}: ${d.origin.path}.iothread-vq-mapping` : `${deviceWhere(d)}: iothread-vq-mapping`;
+      throw new ConfigError(`${at}: '${unknown}' names no --object iothread (declared: ${iothreads.join(', ')})`);
+    }
   return c;
 }
 

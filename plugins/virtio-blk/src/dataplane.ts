@@ -48,6 +48,7 @@ export class BlkWorkerPlane {
       numQueues: init.numQueues,
       serial: init.serial,
       eventIdx: init.eventIdx,
+      ownedQueues: init.queues,
       // The main thread logs the needs-reset itself when it hears 'broken'.
       log: (message) => (dev.broken && message.includes('needs reset') ? undefined : post({ type: 'log', message })),
     });
@@ -55,16 +56,19 @@ export class BlkWorkerPlane {
     // The queues' figures in shared memory: the main thread reads this thread's exact values there.
     const shared = init.stats ? new SharedQueueStats(init.stats, init.numQueues) : undefined;
     this.shared = shared;
+    // iothread-vq-mapping: this plane's queues only (another worker owns the others' slots).
+    this.owned = (q) => !init.queues || init.queues.includes(q);
     dev.queues.forEach((q, i) => {
-      if (!shared) return;
+      if (!shared || !this.owned(i)) return;
       q.shareIndices(shared.indexView(i));
       // Counts and fault injection as the main thread has them (a restarted worker goes on from there).
       dev.counters[i] = shared.counters(i);
       dev.faults[i] = shared.faults(i);
     });
     // Each interrupt decision (sent, dropped, suppressed) and each kick is published as soon as the record has it.
-    dev.interruptRecorded = (q) => this.shared?.setInterruptRecord(q, dev.queues[q].stall.interrupt);
-    dev.kickRecorded = (q) => this.shared?.setKickRecord(q, dev.queues[q].stall.lastKickAt, dev.queues[q].stall.availIdxAtLastKick);
+    dev.interruptRecorded = (q) => this.owned(q) && this.shared?.setInterruptRecord(q, dev.queues[q].stall.interrupt);
+    dev.kickRecorded = (q) =>
+      this.owned(q) && this.shared?.setKickRecord(q, dev.queues[q].stall.lastKickAt, dev.queues[q].stall.availIdxAtLastKick);
     // A migration drain holds kicks (counted and recorded already) until 'resume'.
     dev.kickHeld = (q) => {
       if (!this.stopped) return false;
@@ -95,10 +99,11 @@ export class BlkWorkerPlane {
   private readonly statsTimer: ReturnType<typeof setInterval>;
   private lastStats = '';
   private readonly shared: SharedQueueStats | undefined;
+  private readonly owned: (queue: number) => boolean;
 
   /** Each queue's interrupt record (the stall detector's interrupt side) into shared memory. */
   private publishInterruptRecords(): void {
-    if (this.shared) this.dev.queues.forEach((q, i) => this.shared!.setInterruptRecord(i, q.stall.interrupt));
+    if (this.shared) this.dev.queues.forEach((q, i) => this.owned(i) && this.shared!.setInterruptRecord(i, q.stall.interrupt));
   }
 
   private postStatsIfChanged(): void {

@@ -32,6 +32,8 @@ export interface BlkDataPlane {
   vectorFd(queue: number): number;
   /** The worker's queue indices, counters and interrupt records (and dropInterrupts), in shared memory. */
   stats?: SharedQueueStats;
+  /** iothread-vq-mapping: the queues this worker processes (default: all of them). */
+  queues?: number[];
 }
 
 export const VIRTIO_ID_BLOCK = 2;
@@ -49,6 +51,8 @@ export interface VirtioBlkOptions {
   serial: string;
   eventIdx?: boolean;
   log?: (m: string) => void;
+  /** iothread-vq-mapping, in a worker's plane: the queues this copy processes (the others are another worker's). */
+  ownedQueues?: number[];
 }
 
 const bit = (n: number) => 1n << BigInt(n);
@@ -83,6 +87,7 @@ export class VirtioBlkDevice extends VirtioDevice {
     bytesWritten: 0,
   };
   private readonly config = new Uint8Array(B.SIZEOF_virtio_blk_config);
+  private readonly ownedQueues: Set<number> | undefined;
 
   constructor(memory: GuestMemory, opts: VirtioBlkOptions) {
     let features = bit(B.VIRTIO_BLK_F_SEG_MAX) | bit(B.VIRTIO_BLK_F_BLK_SIZE) | bit(B.VIRTIO_BLK_F_FLUSH) | bit(B.VIRTIO_BLK_F_TOPOLOGY);
@@ -100,6 +105,7 @@ export class VirtioBlkDevice extends VirtioDevice {
     });
     this.backend = opts.backend;
     this.serial = opts.serial;
+    this.ownedQueues = opts.ownedQueues && new Set(opts.ownedQueues);
     this.capacity = Math.floor(opts.backend.size / SECTOR_SIZE);
     const dv = new DataView(this.config.buffer);
     dv.setBigUint64(B.OFF_virtio_blk_config_capacity, BigInt(this.capacity), true);
@@ -126,8 +132,8 @@ export class VirtioBlkDevice extends VirtioDevice {
       aio: this.backend.aio ?? null,
       'write-cache': this.driverOk ? (this.writeCache ? 'writeback' : 'writethrough') : null,
       // With an iothread: the worker's counters as it last reported them (within 100 ms; exact after a drain).
-      'in-flight': this.workerStats?.inFlight ?? this.inFlightCount,
-      ...(this.workerStats?.blk ?? this.blk),
+      'in-flight': this.planes.length ? sum(this.workerStats.map((w) => w?.inFlight ?? 0)) : this.inFlightCount,
+      ...(this.workerBlk() ?? this.blk),
     };
   }
 
@@ -135,30 +141,56 @@ export class VirtioBlkDevice extends VirtioDevice {
     return readConfigImage(this.config, offset, size);
   }
 
-  private dataPlane: BlkDataPlane | undefined;
+  /** The iothreads' planes: one (iothread=), or one per iothread of iothread-vq-mapping, each with its queues. */
+  private planes: BlkDataPlane[] = [];
 
-  /** Hands queue processing to an iothread; this object keeps config, status and negotiation. */
-  attachDataPlane(dp: BlkDataPlane): void {
-    this.dataPlane = dp;
+  /** The first plane (every plane sees the whole device; what differs is the queues each processes). */
+  private get dataPlane(): BlkDataPlane | undefined {
+    return this.planes[0];
+  }
+
+  /** The plane that processes `queue`. */
+  private planeOf(queue: number): BlkDataPlane {
+    return this.planes.find((p) => !p.queues || p.queues.includes(queue)) ?? this.planes[0];
+  }
+
+  /**
+   * Hands queue processing to iothreads (one, or several each with its own
+   * queues: iothread-vq-mapping); this object keeps config, status and negotiation.
+   */
+  attachDataPlane(dp: BlkDataPlane | BlkDataPlane[]): void {
+    this.planes = Array.isArray(dp) ? dp : [dp];
+    this.workerStats = this.planes.map(() => undefined);
     // x-debug-virtqueue-drop reaches the worker, which takes the kicks and sends the interrupts; the
     // queues' counters are the worker's too (kicks this thread still takes are added atomically).
-    if (dp.stats)
+    const stats = this.planes[0].stats;
+    if (stats)
       this.queues.forEach((_, i) => {
-        this.faults[i] = dp.stats!.faults(i, this.faults[i]);
-        this.counters[i] = dp.stats!.counters(i, this.counters[i]);
+        this.faults[i] = stats.faults(i, this.faults[i]);
+        this.counters[i] = stats.counters(i, this.counters[i]);
       });
   }
 
+  /** The iothread (with iothread-vq-mapping: the iothreads, comma-separated). */
   get iothread(): string | undefined {
-    return this.dataPlane?.thread.name;
+    return this.planes.length ? this.planes.map((p) => p.thread.name).join(',') : undefined;
   }
 
-  /** Messages from the iothread. */
-  onDataPlaneMessage(m: FromWorker): void {
-    this.runGuarded(`iothread message ${m.type}`, () => this.dataPlaneMessage(m));
+  /** Messages from the iothread of plane `plane` (its index in the mapping). */
+  onDataPlaneMessage(m: FromWorker, plane = 0): void {
+    this.runGuarded(`iothread message ${m.type}`, () => this.dataPlaneMessage(m, plane));
   }
 
-  private dataPlaneMessage(m: FromWorker): void {
+  /** The device's counters as the workers last reported them, summed (undefined without an iothread or a report). */
+  private workerBlk(): BlkCounters | undefined {
+    const reports = this.workerStats.filter((w) => w !== undefined);
+    if (!reports.length) return undefined;
+    const total = { ...reports[0].blk };
+    for (const w of reports.slice(1)) for (const k of Object.keys(total) as (keyof BlkCounters)[]) total[k] += w.blk[k];
+    return total;
+  }
+
+  private dataPlaneMessage(m: FromWorker, plane: number): void {
     if (m.type === 'dead') {
       // The data plane is gone: the device needs a reset, and the guest's reset starts a new worker.
       this.markBroken(`${m.reason}; the guest's reset starts a new iothread`);
@@ -167,10 +199,11 @@ export class VirtioBlkDevice extends VirtioDevice {
     if (m.type === 'interrupt') this.interrupt?.signalQueue(m.queue);
     else if (m.type === 'broken') this.markBroken(m.reason);
     else if (m.type === 'log') this.log(m.message);
-    else if (m.type === 'stats' && m.blk) this.workerStats = { blk: m.blk, inFlight: m.inFlight, queues: m.queues ?? [] };
+    else if (m.type === 'stats' && m.blk) this.workerStats[plane] = { blk: m.blk, inFlight: m.inFlight, queues: m.queues ?? [] };
   }
 
-  private workerStats: { blk: BlkCounters; inFlight: number; queues: WorkerQueueStats[] } | undefined;
+  /** Per plane: its worker's last report. */
+  private workerStats: ({ blk: BlkCounters; inFlight: number; queues: WorkerQueueStats[] } | undefined)[] = [];
 
   /**
    * x-query-virtio-queue-status: with an iothread the worker pops and
@@ -184,9 +217,10 @@ export class VirtioBlkDevice extends VirtioDevice {
   }
 
   override queueInfo(queue: number): Record<string, unknown> {
-    const w = this.dataPlane ? this.workerStats?.queues[queue] : undefined;
     if (!this.dataPlane) return {};
-    const shared = this.dataPlane.stats;
+    const dp = this.planeOf(queue);
+    const w = this.workerStats[this.planes.indexOf(dp)]?.queues[queue];
+    const shared = dp.stats;
     if (shared) {
       // The worker's own values, read from shared memory as they are now.
       const c = shared.counters(queue);
@@ -200,10 +234,10 @@ export class VirtioBlkDevice extends VirtioDevice {
         'interrupts-suppressed': c.suppressed,
         'interrupts-dropped': c.interruptsDropped,
         'kicks-iothread': shared.ownerKicks(queue),
-        'data-plane': `iothread ${this.iothread}`,
+        'data-plane': `iothread ${dp.thread.name}`,
       };
     }
-    if (!w) return { 'data-plane': `iothread ${this.iothread} (no report yet)` };
+    if (!w) return { 'data-plane': `iothread ${dp.thread.name} (no report yet)` };
     return {
       'last-avail-idx': w.lastAvailIdx,
       'shadow-avail-idx': null,
@@ -211,7 +245,7 @@ export class VirtioBlkDevice extends VirtioDevice {
       chains: w.chains,
       'interrupts-injected': w.interrupts,
       'interrupts-suppressed': w.suppressed,
-      'data-plane': `iothread ${this.iothread}`,
+      'data-plane': `iothread ${dp.thread.name}`,
     };
   }
 
@@ -237,7 +271,7 @@ export class VirtioBlkDevice extends VirtioDevice {
         availIdxAtLastKick: workerLater ? k.availIdxAtLastKick : own.availIdxAtLastKick,
       };
     }
-    const w = this.workerStats?.queues[queue];
+    const w = this.workerStats[this.planes.indexOf(this.planeOf(queue))]?.queues[queue];
     return {
       ...own,
       lastAvailIdx: w?.lastAvailIdx ?? this.queues[queue].lastAvailIdx,
@@ -247,20 +281,20 @@ export class VirtioBlkDevice extends VirtioDevice {
   }
 
   protected override onActivate(): void {
-    const dp = this.dataPlane;
-    if (!dp) return;
     // This object's own state (features, status, queue layout; nothing in flight yet), not the worker's merged one.
-    dp.thread.send({ type: 'activate', virtio: super.saveState(), vectorFds: this.queues.map((_, i) => dp.vectorFd(i)) });
+    const virtio = super.saveState();
+    for (const dp of this.planes) dp.thread.send({ type: 'activate', virtio, vectorFds: this.queues.map((_, i) => dp.vectorFd(i)) });
   }
 
   protected override onReset(): void {
-    const dp = this.dataPlane;
-    if (dp && !dp.thread.alive && dp.restart) {
-      dp.thread = dp.restart();
-      this.workerStats = undefined;
-      this.log(`${this.id}: iothread ${dp.thread.name} restarted`);
-    }
-    this.dataPlane?.thread.send({ type: 'reset' });
+    this.planes.forEach((dp, k) => {
+      if (!dp.thread.alive && dp.restart) {
+        dp.thread = dp.restart();
+        this.workerStats[k] = undefined;
+        this.log(`${this.id}: iothread ${dp.thread.name} restarted`);
+      }
+      dp.thread.send({ type: 'reset' });
+    });
     // A failed flush stays failed until a reset (the new driver starts from what is in the file).
     this.backend.clearErrors?.();
   }
@@ -274,10 +308,10 @@ export class VirtioBlkDevice extends VirtioDevice {
    * back) are forwarded.
    */
   protected override activateQueues(ctx: ActivationContext): (QueueHandler | undefined)[] {
-    const dp = this.dataPlane;
-    if (!dp) return super.activateQueues(ctx);
+    if (!this.dataPlane) return super.activateQueues(ctx);
     return ctx.queues.map((r, i): QueueHandler | undefined => {
       if (!r) return undefined;
+      const dp = this.planeOf(i);
       let live = true;
       /** The duplicate of the queue's ioeventfd the worker watches; the worker closes it when told to detach. */
       let lent: number | undefined;
@@ -309,6 +343,8 @@ export class VirtioBlkDevice extends VirtioDevice {
   }
 
   protected processQueue(q: SplitVirtqueue): void {
+    // iothread-vq-mapping: another worker's queue (its kicks go there; this copy never pops from it).
+    if (this.ownedQueues && !this.ownedQueues.has(q.index)) return;
     do {
       q.disableNotification();
       for (let taken = this.popRequest(q); taken; taken = this.popRequest(q)) {
@@ -439,7 +475,7 @@ export class VirtioBlkDevice extends VirtioDevice {
   }
 
   override setDisabled(disabled: boolean): void {
-    this.dataPlane?.thread.send({ type: 'disabled', disabled });
+    for (const dp of this.planes) dp.thread.send({ type: 'disabled', disabled });
     super.setDisabled(disabled);
   }
 
@@ -449,13 +485,33 @@ export class VirtioBlkDevice extends VirtioDevice {
    * (until resumeDataPlane), finishes its own, and hands over its state.
    */
   async drain(): Promise<void> {
-    const dp = this.dataPlane;
-    if (dp) {
-      const r = await dp.thread.request<'drained'>({ type: 'drain' });
-      this.drained = { virtio: r.virtio, blk: r.blk };
+    if (this.planes.length) {
+      const rs = await Promise.all(this.planes.map((dp) => dp.thread.request<'drained'>({ type: 'drain' })));
+      this.drained = this.mergeDrained(rs);
       return;
     }
     await this.drainRequests();
+  }
+
+  /**
+   * The device's state from its workers' drains: each queue's indices,
+   * held-back used entries and kicks from the worker that owns the queue;
+   * the held-back status bytes of all of them.
+   */
+  private mergeDrained(rs: { virtio: VirtioDeviceState; blk: BlkExtraState }[]): { virtio: VirtioDeviceState; blk: BlkExtraState } {
+    if (rs.length === 1) return { virtio: rs[0].virtio, blk: rs[0].blk };
+    const owner = (q: number) => this.planes.indexOf(this.planeOf(q));
+    const virtio: VirtioDeviceState = { ...rs[0].virtio, queues: rs[0].virtio.queues.map((_, q) => rs[owner(q)].virtio.queues[q]) };
+    delete virtio.deferred;
+    delete virtio.kickedWhileDisabled;
+    const deferred = rs.flatMap((r, k) => (r.virtio.deferred ?? []).filter((d) => owner(d.queue) === k));
+    if (deferred.length) virtio.deferred = deferred;
+    const kicked = rs.flatMap((r, k) => (r.virtio.kickedWhileDisabled ?? []).filter((q) => owner(q) === k));
+    if (kicked.length) virtio.kickedWhileDisabled = kicked.sort((a, b) => a - b);
+    const status = new Map<number, number>();
+    for (const r of rs) for (const p of r.blk?.pendingStatus ?? []) status.set(p.addr, p.status);
+    const blk = status.size ? { pendingStatus: [...status].map(([addr, s]) => ({ addr, status: s })) } : undefined;
+    return { virtio, blk };
   }
 
   /** The worker's state from the last drain, valid until the VM resumes. */
@@ -464,7 +520,7 @@ export class VirtioBlkDevice extends VirtioDevice {
   /** The VM runs again (after a drain): the worker takes requests again. */
   resumeDataPlane(): void {
     this.drained = undefined;
-    this.dataPlane?.thread.send({ type: 'resume' });
+    for (const dp of this.planes) dp.thread.send({ type: 'resume' });
   }
 
   /**
@@ -511,8 +567,21 @@ export class VirtioBlkDevice extends VirtioDevice {
     const mine: VirtioDeviceState = { ...s };
     delete mine.deferred;
     super.loadState(mine);
-    const dp = this.dataPlane;
-    dp.thread.send({ type: 'restore', virtio: s, blk: this.restoredExtra, vectorFds: this.queues.map((_, i) => dp.vectorFd(i)) });
+    for (const dp of this.planes) {
+      // Each worker gets the held-back used entries and kicks of its own queues (so none is pushed twice), and every
+      // held-back status byte (each worker writes them all, the same bytes, before it pushes its own used entries).
+      const own = (q: number) => this.planeOf(q) === dp;
+      const virtio: VirtioDeviceState = { ...s };
+      if (this.planes.length > 1) {
+        delete virtio.deferred;
+        delete virtio.kickedWhileDisabled;
+        const deferred = s.deferred?.filter((d) => own(d.queue));
+        if (deferred?.length) virtio.deferred = deferred;
+        const kicked = s.kickedWhileDisabled?.filter(own);
+        if (kicked?.length) virtio.kickedWhileDisabled = kicked;
+      }
+      dp.thread.send({ type: 'restore', virtio, blk: this.restoredExtra, vectorFds: this.queues.map((_, i) => dp.vectorFd(i)) });
+    }
     this.restoredExtra = undefined;
   }
 
@@ -560,15 +629,17 @@ export class VirtioBlkDevice extends VirtioDevice {
 
   /** Migration dirty log of the pages the iothread writes (the main thread's writes go through its own GuestMemory). */
   async dataPlaneDirtyLog(op: 'start' | 'sync' | 'stop'): Promise<number[]> {
-    if (!this.dataPlane) return [];
-    return (await this.dataPlane.thread.request<'dirty'>({ type: 'dirty', op })).pages;
+    const rs = await Promise.all(this.planes.map((dp) => dp.thread.request<'dirty'>({ type: 'dirty', op })));
+    return [...new Set(rs.flatMap((r) => r.pages))];
   }
 
   async destroy(): Promise<void> {
     this.backend.close();
-    await this.dataPlane?.thread.close();
+    await Promise.all(this.planes.map((dp) => dp.thread.close()));
   }
 }
+
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 
 function typeName(t: number): string {
   return (

@@ -1,6 +1,7 @@
 /**
  * The virtio-blk plugin: `--device virtio-blk,id=ID,file=PATH[,readonly=on][,num-queues=N]
- * [,serial=STR][,ioeventfd=on|off][,cache=writeback|none][,aio=io_uring|threads][,event-idx=on|off]`.
+ * [,serial=STR][,ioeventfd=on|off][,cache=writeback|none][,aio=io_uring|threads][,event-idx=on|off]
+ * [,iothread=ID | ,iothread-vq-mapping=IO0;IO1 | ,iothread-vq-mapping=IO0:Q+Q;IO1:Q]`.
  */
 import {
   DeviceContext,
@@ -15,11 +16,14 @@ import {
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import { SharedQueueStats } from '@tsvmm/virtio-core';
 import { BlkIoThread, ioThreadHost } from './iothread';
-import { BlkExtraState, VirtioBlkDevice } from './device';
+import { BlkDataPlane, BlkExtraState, VirtioBlkDevice } from './device';
+import { parseVqMapping, VqMappingEntry } from './vq-mapping';
 
 export { VirtioBlkDevice, VIRTIO_ID_BLOCK, QUEUE_SIZE } from './device';
 export type { BlkCounters, BlkExtraState, VirtioBlkOptions } from './device';
 export * as virtioBlkUapi from './generated/virtio-blk-uapi';
+export { parseVqMapping } from './vq-mapping';
+export type { VqMappingEntry } from './vq-mapping';
 
 /** PCI class: mass storage controller, other. */
 export const VIRTIO_BLK_CLASS_CODE = 0x018000;
@@ -75,6 +79,19 @@ export class VirtioBlkPci extends VirtioPciPluginDevice {
 }
 
 export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>): VirtioBlkPci {
+  const numQueues = props['num-queues'] as number;
+  let mapping: VqMappingEntry[] | undefined;
+  if (props['iothread-vq-mapping'] !== undefined) {
+    if (props.iothread !== undefined)
+      throw new Error(
+        `--device virtio-blk,id=${id}: iothread= and iothread-vq-mapping= exclude each other (the mapping names every iothread)`,
+      );
+    try {
+      mapping = parseVqMapping(props['iothread-vq-mapping'] as string, numQueues);
+    } catch (e) {
+      throw new Error(`--device virtio-blk,id=${id}: iothread-vq-mapping: ${(e as Error).message}`);
+    }
+  } else if (props.iothread !== undefined) mapping = [{ iothread: props.iothread as string, queues: [] }];
   let backend: RawFileBackend;
   try {
     backend = new RawFileBackend(props.file as string, props.readonly as boolean, props.cache === 'none', props.aio as AioMode | undefined);
@@ -96,12 +113,13 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
     log: ctx.log,
   });
   const transport = new VirtioPciDevice(blk, ctx, { classCode: VIRTIO_BLK_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
-  if (props.iothread !== undefined) {
-    const stats = SharedQueueStats.create(props['num-queues'] as number);
-    const start = () => {
-      const name = props.iothread as string;
+  if (mapping) {
+    // One SharedQueueStats for the device: each worker keeps its own queues' slots.
+    const stats = SharedQueueStats.create(numQueues);
+    const mapped = props['iothread-vq-mapping'] !== undefined;
+    const start = (name: string, plane: number, queues: number[] | undefined) => {
       const host = ioThreadHost(ctx.vm, name, ctx.log);
-      const thread = new BlkIoThread(name, (m) => blk.onDataPlaneMessage(m), host.connect(id));
+      const thread = new BlkIoThread(name, (m) => blk.onDataPlaneMessage(m, plane), host.connect(id));
       const others = host.devices.filter((d) => d !== id);
       if (others.length) ctx.log(`${id}: data plane on iothread ${name}, shared with ${others.join(', ')}`);
       thread.send({
@@ -117,18 +135,20 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
         serial: (props.serial as string | undefined) ?? id,
         eventIdx: props['event-idx'] as boolean,
         stats: stats.buffer,
+        queues,
       });
       return thread;
     };
-    blk.attachDataPlane({
-      thread: start(),
-      restart: start,
-      stats,
-      vectorFd: (q) => {
-        const v = transport.queueVector(q);
-        return v === 0xffff ? -1 : (transport.msix.eventFd(v)?.fd ?? -1);
-      },
+    const vectorFd = (q: number) => {
+      const v = transport.queueVector(q);
+      return v === 0xffff ? -1 : (transport.msix.eventFd(v)?.fd ?? -1);
+    };
+    const planes = mapping.map(({ iothread, queues }, k): BlkDataPlane => {
+      const owned = mapped ? queues : undefined;
+      if (mapped) ctx.log(`${id}: queue${queues.length > 1 ? 's' : ''} ${queues.join(', ')} on iothread ${iothread}`);
+      return { thread: start(iothread, k, owned), restart: () => start(iothread, k, owned), stats, vectorFd, queues: owned };
     });
+    blk.attachDataPlane(planes);
   }
   transport.stall = stallSettings(props);
   return new VirtioBlkPci(id, blk, transport);
@@ -170,6 +190,12 @@ export const plugin: DevicePlugin = {
           description: 'run the data plane (queues and I/O) in a worker thread with this name',
           pattern: /^[A-Za-z][A-Za-z0-9_.-]*$/,
           patternHint: 'a name starting with a letter',
+        },
+        'iothread-vq-mapping': {
+          type: 'string',
+          description: 'spread the queues over iothreads: IO0;IO1 (round-robin) or IO0:Q+Q;IO1:Q (each queue once); not with iothread=',
+          pattern: /^[A-Za-z0-9_.:;+-]{1,512}$/,
+          patternHint: 'iothread ids separated by ;, each optionally followed by :QUEUE+QUEUE...',
         },
         ...VIRTIO_PCI_DEBUG_PROPERTIES,
       },

@@ -26,6 +26,8 @@ export type ToWorker =
       eventIdx: boolean;
       /** SharedQueueStats of the device: the plane keeps its queues' indices, counters and interrupt records there. */
       stats?: SharedArrayBuffer;
+      /** iothread-vq-mapping: the queues this plane processes (default: all); the device's other queues are other workers'. */
+      queues?: number[];
     }
   /** DRIVER_OK: the negotiated state as the transport holds it (features, queue layout, indices); loaded as is, not replayed. */
   | { type: 'activate'; virtio: VirtioDeviceState; vectorFds: number[] }

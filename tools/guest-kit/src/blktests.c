@@ -277,7 +277,7 @@ static const char *test_blk_mq(void)
 			return r;
 		kprintf("blk-mq queue=%u ok interrupts=%u\n", i, vq_irqs(q) - irq0);
 	}
-	return NULL;
+	return hold("blk-mq");
 }
 
 /* ---- blk-msix-mask ---- */

@@ -120,6 +120,8 @@ int memcmp(const void *a, const void *b, size_t n);
 __attribute__((noreturn)) void guest_exit(uint32_t code);
 uint64_t param(const char *key, uint64_t dflt);
 const char *param_str(const char *key, const char *dflt);
+/* hold=1: prints PASS and `guest-kit: holding`, then parks (the host can still query the devices); else returns NULL. */
+const char *hold(const char *name);
 
 /* ---- hw.c ---- */
 void idt_init(void);

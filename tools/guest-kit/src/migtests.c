@@ -49,7 +49,7 @@ static void spin(uint64_t n)
 		;
 }
 
-static const char *hold(const char *name)
+const char *hold(const char *name)
 {
 	if (!param("hold", 0))
 		return NULL;
