@@ -13,10 +13,11 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 type Status = Record<string, unknown>;
 
 describeKvm('virtio-blk iothread-vq-mapping driven by the guest kit', () => {
-  it("num-queues=2 on io0 and io1: each worker reads its own queue's kicks and completes its requests", async () => {
+  it("num-queues=2 on io0 and io1: each worker reads its own queue's kicks and completes its requests; a snapshot restores both", async () => {
     const img = path.join(tmp, 'mq.img');
     fs.writeFileSync(img, Buffer.alloc(512 * 512));
-    const vm = startVmm(tmp, [
+    const snap = path.join(tmp, 'mq.snap');
+    const args = [
       '--cmdline',
       'test=blk-mq hold=1',
       '--object',
@@ -25,7 +26,9 @@ describeKvm('virtio-blk iothread-vq-mapping driven by the guest kit', () => {
       'iothread,id=io1',
       '--device',
       `virtio-blk,id=d0,file=${img},num-queues=2,iothread-vq-mapping=io0;io1`,
-    ]);
+    ];
+    const vm = startVmm(tmp, args);
+    let restored: ReturnType<typeof startVmm> | undefined;
     try {
       await waitGuestHolding(vm, 'blk-mq on two iothreads');
       const qmp = await qmpConnect(vm);
@@ -55,10 +58,34 @@ describeKvm('virtio-blk iothread-vq-mapping driven by the guest kit', () => {
         await new Promise((r) => setTimeout(r, 50));
       }
       expect(info).toMatchObject({ iothread: 'io0,io1', writes: 2, reads: 2, 'in-flight': 0 });
+
+      // A snapshot drains both workers and takes each queue's indices from its own; a new process
+      // restores each worker with them (nothing pushed twice: the rings stand where the guest left them).
+      await qmp.run('stop');
+      await qmp.run('x-snapshot-save', { file: snap });
       qmp.close();
-    } finally {
       vm.proc.kill('SIGKILL');
       await vm.exited;
+      restored = startVmm(tmp, [...args, '--restore', snap]);
+      const rq = await qmpConnect(restored);
+      for (const q of [0, 1]) {
+        // The restore reaches each worker as a message: wait until it has loaded it.
+        let s: Status = {};
+        for (let i = 0; i < 100; i++) {
+          s = (await rq.run('x-query-virtio-queue-status', { path: 'd0', queue: q })) as Status;
+          if (s['used-idx'] === 2) break;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        expect(s).toMatchObject({ 'data-plane': `iothread io${q}`, 'used-idx': 2, 'last-avail-idx': 2, 'avail-idx': 2 });
+      }
+      expect(restored.err()).toMatch(/d0: queue 1 on iothread io1/);
+      rq.close();
+    } finally {
+      for (const p of [vm, restored]) {
+        if (!p) continue;
+        p.proc.kill('SIGKILL');
+        await p.exited;
+      }
     }
   }, 120_000);
 });
