@@ -53,7 +53,9 @@ run_step() {
         next=$((SECONDS + STEP_PROGRESS_SECONDS))
         local lines last
         lines=$(wc -l <"$log")
-        last="$(tail -n 20 "$log" | tr -d '\r' | grep -v '^[[:space:]]*$' | tail -n 1 | cut -c1-110)"
+        # `|| true`: under the caller's `set -eo pipefail`, grep finding only blank lines (cmake-js
+        # prints some) would fail the assignment and end the script without a word.
+        last="$(tail -n 20 "$log" | tr -d '\r' | grep -v '^[[:space:]]*$' | tail -n 1 | cut -c1-110)" || true
         printf '%s [%s/%s]   ... %d s, %d lines of output%s\n' "$STEP_PREFIX" "$n" "$STEP_TOTAL" \
           $((SECONDS - t0)) "$lines" "${last:+; last: $last}"
       fi

@@ -87,6 +87,31 @@ test('a step that runs on prints progress lines with the last line of its output
   expect(out.stdout).toMatch(/after-the-step\n$/);
 });
 
+test('a step whose output so far is only blank lines (cmake-js prints some) keeps going under set -eo pipefail', async () => {
+  const flag = path.join(tmp, 'blank-progress-seen');
+  const script = [
+    'set -euo pipefail', // as scripts/setup.sh
+    `source ${JSON.stringify(path.join(ROOT, 'scripts/lib/run-step.sh'))}`,
+    'STEP_TOTAL=1 STEP_PROGRESS_SECONDS=1',
+    `run_step 1 "a quiet step" "rerun me" -- bash -c 'printf "\\n\\n"; while [ ! -e "$1" ]; do sleep 0.2; done; echo finished' step ${JSON.stringify(flag)}`,
+    'echo after-the-step',
+  ].join('\n');
+  const out = await new Promise<{ code: number | null; stdout: string }>((resolve, reject) => {
+    const p = spawn('bash', ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, TMPDIR: tmp } });
+    let stdout = '';
+    p.stdout.on('data', (d) => {
+      stdout += d;
+      if (stdout.includes('lines of output') && !fs.existsSync(flag)) fs.writeFileSync(flag, '');
+    });
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code, stdout }));
+  });
+  expect(out.stdout).toMatch(/^setup \[1\/1\]   \.\.\. \d+ s, 2 lines of output$/m);
+  expect(out.stdout).toMatch(/^setup \[1\/1\]   done in \d+ s$/m);
+  expect(out.stdout).toMatch(/after-the-step\n$/);
+  expect(out.code).toBe(0);
+});
+
 describeKvm('vmm outside the checkout', () => {
   test('after `npm link`, `vmm` on the PATH boots the guest kit from another directory', () => {
     const prefix = path.join(tmp, 'prefix');
