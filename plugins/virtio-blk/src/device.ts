@@ -567,6 +567,14 @@ export class VirtioBlkDevice extends VirtioDevice {
     const mine: VirtioDeviceState = { ...s };
     delete mine.deferred;
     super.loadState(mine);
+    // The restored indices are in shared memory at once, where the monitor reads the workers' (each
+    // worker stores the same values when its 'restore' message arrives, before it takes a request).
+    this.queues.forEach((q, i) => {
+      const view = this.planeOf(i).stats?.indexView(i);
+      if (!view) return;
+      Atomics.store(view, 0, q.lastAvailIdx);
+      Atomics.store(view, 1, q.usedIdx);
+    });
     for (const dp of this.planes) {
       // Each worker gets the held-back used entries and kicks of its own queues (so none is pushed twice), and every
       // held-back status byte (each worker writes them all, the same bytes, before it pushes its own used entries).
