@@ -11,7 +11,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describeKvm } from '@tsvmm/kvm-native/testing';
-import { QmpClient } from '@tsvmm/testing';
+import { QmpClient, startNode } from '@tsvmm/testing';
 import { GUEST_ELF, requireGuestKit, VMM_BIN } from './guest-kit';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-stall-starve-'));
@@ -68,31 +68,24 @@ describeKvm('stall detector under host CPU starvation', () => {
     const img = path.join(tmp, 'd0.img');
     fs.writeFileSync(img, Buffer.alloc(1024 * 1024));
     const sock = path.join(tmp, 'qmp.sock');
-    vmm = spawn(
-      process.execPath,
-      [
-        VMM_BIN,
-        'run',
-        '-S',
-        '--kernel',
-        GUEST_ELF,
-        '--memory',
-        '64M',
-        '--cmdline',
-        cmdline,
-        '--qmp',
-        `unix:${sock}`,
-        '--device',
-        `virtio-blk,id=d0,file=${img},serial=STARVE,stall-ms=${STALL_MS}`,
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
+    const p = startNode([
+      VMM_BIN,
+      'run',
+      '-S',
+      '--kernel',
+      GUEST_ELF,
+      '--memory',
+      '64M',
+      '--cmdline',
+      cmdline,
+      '--qmp',
+      `unix:${sock}`,
+      '--device',
+      `virtio-blk,id=d0,file=${img},serial=STARVE,stall-ms=${STALL_MS}`,
+    ]);
+    vmm = p.proc;
     const pid = vmm.pid!;
-    let out = '';
-    let err = '';
-    vmm.stdout!.on('data', (d) => (out += d));
-    vmm.stderr!.on('data', (d) => (err += d));
-    const exited = new Promise<number | null>((r) => vmm!.on('close', r));
+    const { out, err, exited } = p;
     const qmp = await QmpClient.connect(sock);
     await qmp.run('qmp_capabilities');
     await before(qmp);
@@ -113,7 +106,7 @@ describeKvm('stall detector under host CPU starvation', () => {
     const start = waitedMs(pid, tid)!;
     let last = start;
     sampler = setInterval(() => (last = waitedMs(pid, tid!) ?? last), 20);
-    return { qmp, out: () => out, err: () => err, exited, waited: () => last - start };
+    return { qmp, out, err, exited, waited: () => last - start };
   }
 
   it('a starved guest doing interrupt-driven I/O (stall-ms=50) raises no VIRTQUEUE_STALL, on either side', async () => {

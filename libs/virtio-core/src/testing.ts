@@ -4,6 +4,7 @@
  * (Imported by tests only, as '@tsvmm/virtio-core/testing'.)
  */
 import * as V from './generated/virtio-uapi';
+import type { VirtioDevice } from './device';
 import { GuestMemory } from './guest-memory';
 import { availEventAddr, splitRingSizes, SplitVirtqueue, usedEventAddr } from './virtqueue';
 
@@ -127,4 +128,20 @@ export class MockDriverQueue {
     }
     return out;
   }
+}
+
+/**
+ * A driver bringing `dev` up as virtio 1.2 3.1.1 describes: it accepts every
+ * feature the device offers, programs queue q from `drivers[q]`, sets
+ * DRIVER_OK and turns bus mastering on.
+ */
+export function driverInit(dev: VirtioDevice, drivers: MockDriverQueue | MockDriverQueue[]): void {
+  const S = V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER;
+  dev.writeStatus(S);
+  dev.writeDriverFeatures(0, dev.readDeviceFeatures(0));
+  dev.writeDriverFeatures(1, dev.readDeviceFeatures(1));
+  dev.writeStatus(S | V.VIRTIO_CONFIG_S_FEATURES_OK);
+  (Array.isArray(drivers) ? drivers : [drivers]).forEach((d, q) => d.program(dev.queues[q]));
+  dev.writeStatus(S | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK);
+  dev.setDisabled(false);
 }

@@ -7,8 +7,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { EventFd, loadNative, mapGuestRam } from '@tsvmm/kvm-native';
-import { GuestMemory, SharedQueueStats, virtioUapi as V } from '@tsvmm/virtio-core';
-import { MockDriverQueue } from '@tsvmm/virtio-core/testing';
+import { GuestMemory, SharedQueueStats } from '@tsvmm/virtio-core';
+import { MockDriverQueue, driverInit } from '@tsvmm/virtio-core/testing';
 import { RawFileBackend } from '@tsvmm/block';
 import { VirtioBlkDevice } from './device';
 import { BlkIoThread, ioThreadHost } from './iothread';
@@ -17,16 +17,6 @@ import * as B from './generated/virtio-blk-uapi';
 const WORKER = path.resolve(__dirname, '../../../apps/vmm/dist/virtio-blk-iothread.js');
 const RAM = 1 << 20;
 const STATUS = 0x60000;
-
-function driverInit(dev: VirtioBlkDevice, drv: MockDriverQueue): void {
-  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER);
-  dev.writeDriverFeatures(0, dev.readDeviceFeatures(0));
-  dev.writeDriverFeatures(1, dev.readDeviceFeatures(1));
-  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK);
-  drv.program(dev.queues[0]);
-  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK);
-  dev.setDisabled(false);
-}
 
 /** A read of sector `sector` into 0x50000, status byte at STATUS. */
 function readRequest(mem: GuestMemory, drv: MockDriverQueue, sector: number): void {

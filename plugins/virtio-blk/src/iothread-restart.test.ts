@@ -5,7 +5,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { GuestMemory, virtioUapi as V } from '@tsvmm/virtio-core';
-import { fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
+import { MockDriverQueue, driverInit, fakeMemory } from '@tsvmm/virtio-core/testing';
 import { RawFileBackend } from '@tsvmm/block';
 import { VirtioBlkDevice } from './device';
 import { BlkWorkerPlane } from './dataplane';
@@ -18,16 +18,6 @@ async function settle(): Promise<void> {
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
   await new Promise((r) => setTimeout(r, 20));
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-}
-
-function driverInit(dev: VirtioBlkDevice, drv: MockDriverQueue): void {
-  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER);
-  dev.writeDriverFeatures(0, dev.readDeviceFeatures(0));
-  dev.writeDriverFeatures(1, dev.readDeviceFeatures(1));
-  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK);
-  drv.program(dev.queues[0]);
-  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK);
-  dev.setDisabled(false);
 }
 
 /** A write of sector 0 (bytes `fill`), status byte at 0x60000. */

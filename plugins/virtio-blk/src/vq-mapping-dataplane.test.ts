@@ -4,8 +4,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { GuestMemory, SharedQueueStats, virtioUapi as V, VirtioDeviceState } from '@tsvmm/virtio-core';
-import { fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
+import { GuestMemory, SharedQueueStats, VirtioDeviceState } from '@tsvmm/virtio-core';
+import { MockDriverQueue, driverInit, fakeMemory } from '@tsvmm/virtio-core/testing';
 import { FileIo, RawFileBackend } from '@tsvmm/block';
 import { BlkDataPlane, BlkExtraState, VirtioBlkDevice } from './device';
 import { BlkWorkerPlane } from './dataplane';
@@ -73,16 +73,6 @@ function image(): string {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'blk-vqmap-dp-')), 'disk.img');
   fs.writeFileSync(file, Buffer.alloc(64 * 512));
   return file;
-}
-
-function driverInit(dev: VirtioBlkDevice, drvs: MockDriverQueue[]): void {
-  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER);
-  dev.writeDriverFeatures(0, dev.readDeviceFeatures(0));
-  dev.writeDriverFeatures(1, dev.readDeviceFeatures(1));
-  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK);
-  drvs.forEach((d, q) => d.program(dev.queues[q]));
-  dev.writeStatus(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER | V.VIRTIO_CONFIG_S_FEATURES_OK | V.VIRTIO_CONFIG_S_DRIVER_OK);
-  dev.setDisabled(false);
 }
 
 /** Request n on `drv`: write sector n with bytes n+1, its own header and status byte. */
