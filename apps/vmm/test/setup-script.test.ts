@@ -60,6 +60,20 @@ test('a syntax error in the guest kit: setup prints the compiler error and the r
   expect(r.stdout).not.toContain('setup: done');
 });
 
+/** Runs `script` in bash; once it printed a progress line, creates `flag` (the step's tool waits for it). */
+function runUntilProgress(script: string, flag: string): Promise<{ code: number | null; stdout: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn('bash', ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, TMPDIR: tmp } });
+    let stdout = '';
+    p.stdout.on('data', (d) => {
+      stdout += d;
+      if (stdout.includes('lines of output') && !fs.existsSync(flag)) fs.writeFileSync(flag, '');
+    });
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code, stdout }));
+  });
+}
+
 test('a step that runs on prints progress lines with the last line of its output, then its time', async () => {
   const flag = path.join(tmp, 'progress-seen');
   // The step's tool prints one line, then waits until the test has seen a progress line.
@@ -70,16 +84,7 @@ test('a step that runs on prints progress lines with the last line of its output
     `run_step 1 "a long step" "rerun me" -- bash -c 'echo compiling part 7 of 9; while [ ! -e "$1" ]; do sleep 0.2; done; echo finished' step ${JSON.stringify(flag)}`,
     'echo after-the-step',
   ].join('\n');
-  const out = await new Promise<{ code: number | null; stdout: string }>((resolve, reject) => {
-    const p = spawn('bash', ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, TMPDIR: tmp } });
-    let stdout = '';
-    p.stdout.on('data', (d) => {
-      stdout += d;
-      if (stdout.includes('lines of output') && !fs.existsSync(flag)) fs.writeFileSync(flag, '');
-    });
-    p.on('error', reject);
-    p.on('close', (code) => resolve({ code, stdout }));
-  });
+  const out = await runUntilProgress(script, flag);
   expect(out.code).toBe(0);
   expect(out.stdout).toMatch(/^setup \[1\/1\] a long step$/m);
   expect(out.stdout).toMatch(/^setup \[1\/1\]   \.\.\. \d+ s, 1 lines of output; last: compiling part 7 of 9$/m);
@@ -96,16 +101,7 @@ test('a step whose output so far is only blank lines (cmake-js prints some) keep
     `run_step 1 "a quiet step" "rerun me" -- bash -c 'printf "\\n\\n"; while [ ! -e "$1" ]; do sleep 0.2; done; echo finished' step ${JSON.stringify(flag)}`,
     'echo after-the-step',
   ].join('\n');
-  const out = await new Promise<{ code: number | null; stdout: string }>((resolve, reject) => {
-    const p = spawn('bash', ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, TMPDIR: tmp } });
-    let stdout = '';
-    p.stdout.on('data', (d) => {
-      stdout += d;
-      if (stdout.includes('lines of output') && !fs.existsSync(flag)) fs.writeFileSync(flag, '');
-    });
-    p.on('error', reject);
-    p.on('close', (code) => resolve({ code, stdout }));
-  });
+  const out = await runUntilProgress(script, flag);
   expect(out.stdout).toMatch(/^setup \[1\/1\]   \.\.\. \d+ s, 2 lines of output$/m);
   expect(out.stdout).toMatch(/^setup \[1\/1\]   done in \d+ s$/m);
   expect(out.stdout).toMatch(/after-the-step\n$/);
