@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Bundles the VMM (app + libs + device plugins) with esbuild into OUTDIR/main.js,
-// builds the plugins' worker threads next to it and copies the native addon, so
+// builds the plugins' worker threads (and the iothread worker with their data planes) next to it and copies the native addon, so
 // the bundle runs with plain `node OUTDIR/main.js run ...` (or `npx vmm` for
 // apps/vmm/dist) and needs no TypeScript at run time.
 //
@@ -167,6 +167,25 @@ function main() {
         }),
       );
     }
+  }
+  // The iothread worker (virtio-core's runIoThreadWorker) with every chosen plugin's data planes
+  // (vmmPlugin.iothreadPlanes), so devices of any bundled type share an iothread.
+  const withPlanes = chosen.filter((p) => p.manifest.iothreadPlanes);
+  if (withPlanes.length) {
+    const workerEntry = [
+      "import { runIoThreadWorker } from './libs/virtio-core/src/iothread-worker';",
+      ...withPlanes.map(
+        (p, i) => `import { iothreadPlanes as planes${i} } from ${JSON.stringify(path.resolve(p.dir, p.manifest.iothreadPlanes))};`,
+      ),
+      `runIoThreadWorker({ ${withPlanes.map((_, i) => `...planes${i}`).join(', ')} });`,
+    ].join('\n');
+    writeAtomically(
+      esbuild.buildSync({
+        ...buildOptions(tsconfig),
+        stdin: { contents: workerEntry, resolveDir: root, sourcefile: 'iothread-worker-entry.ts', loader: 'ts' },
+        outfile: path.join(outdir, 'iothread.js'),
+      }),
+    );
   }
   const addon = path.join(root, 'libs/kvm-native/build/Release/kvm_native.node');
   if (!fs.existsSync(addon)) fail(`${addon} is missing; build it first (node libs/kvm-native/scripts/build-native.js)`);

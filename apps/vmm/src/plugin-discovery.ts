@@ -68,6 +68,8 @@ function manifestProblems(m: unknown): string[] {
     out.push('package.json "vmmPlugin.deviceTypes" must list the device type names the plugin provides');
   if (m.workers !== undefined && (!isObject(m.workers) || Object.values(m.workers).some((w) => typeof w !== 'string')))
     out.push('package.json "vmmPlugin.workers" must map worker names to entry paths');
+  if (m.iothreadPlanes !== undefined && (typeof m.iothreadPlanes !== 'string' || !m.iothreadPlanes))
+    out.push('package.json "vmmPlugin.iothreadPlanes" must be the path of a module exporting iothreadPlanes');
   return out;
 }
 
@@ -110,7 +112,12 @@ export function readPluginPackage(dir: string, apiVersion: number): PluginPackag
     dir: real,
     entry,
     description: typeof pkg.description === 'string' ? pkg.description : '',
-    manifest: { apiVersion, deviceTypes: declared, ...(m.workers ? { workers: m.workers as Record<string, string> } : {}) },
+    manifest: {
+      apiVersion,
+      deviceTypes: declared,
+      ...(m.workers ? { workers: m.workers as Record<string, string> } : {}),
+      ...(m.iothreadPlanes ? { iothreadPlanes: m.iothreadPlanes as string } : {}),
+    },
   };
 }
 

@@ -85,7 +85,7 @@ describeKvm('a slim VMM bundle (one plugin)', () => {
         .readdirSync(OUT)
         .filter((f) => !f.endsWith('.map'))
         .sort(),
-    ).toEqual(['kvm_native.node', 'main.js', 'virtio-blk-iothread.js']);
+    ).toEqual(['kvm_native.node', 'main.js', 'iothread.js']);
     const slim = fs.readFileSync(path.join(OUT, 'main.js'), 'utf8');
     expect(slim).toContain('VirtioBlkDevice');
     expect(slim).not.toContain('VirtioNetDevice');

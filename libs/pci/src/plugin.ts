@@ -46,7 +46,7 @@ export const DEVICE_PLUGIN = Symbol.for('tsvmm.DevicePlugin');
  * "vmmPlugin": {
  *   "apiVersion": 1,
  *   "deviceTypes": ["virtio-blk"],
- *   "workers": { "virtio-blk-iothread": "src/iothread-worker.ts" }
+ *   "iothreadPlanes": "src/iothread-plane.ts"
  * }
  * ```
  */
@@ -61,6 +61,13 @@ export interface VmmPluginManifest {
    * `path.join(__dirname, '<name>.js')`. Paths are relative to the package.
    */
   workers?: Record<string, string>;
+  /**
+   * A module exporting `iothreadPlanes: Record<string, PlaneFactory>` (@tsvmm/virtio-core):
+   * the data planes of the plugin's devices on an iothread. A bundling VMM builds one
+   * `iothread.js` worker that registers every bundled plugin's planes, so devices of
+   * different types share an iothread. Relative to the package.
+   */
+  iothreadPlanes?: string;
 }
 
 /** What a device gets from the machine when it is created. */

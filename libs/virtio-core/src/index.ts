@@ -9,3 +9,7 @@ export * from './rate-limit';
 export * from './shared-stats';
 export * from './stall';
 export * as virtioUapi from './generated/virtio-uapi';
+export * from './iothread';
+export * from './iothread-device';
+export * from './iothread-plane';
+export * from './iothread-worker';

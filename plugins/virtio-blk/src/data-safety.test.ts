@@ -73,6 +73,7 @@ function device(mode: Mode, file: string, mem: GuestMemory, io: FileIo): VirtioB
     (deliver) => {
       const init: Extract<ToWorker, { type: 'init' }> = {
         type: 'init',
+        plane: 'virtio-blk',
         id: 'd0',
         regions: [],
         file,

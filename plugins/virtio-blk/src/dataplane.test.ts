@@ -34,6 +34,7 @@ function side(file: string, mem: GuestMemory, planeIo?: FileIo) {
     (deliver) => {
       const init: Extract<ToWorker, { type: 'init' }> = {
         type: 'init',
+        plane: 'virtio-blk',
         id: 'd0',
         regions: [],
         file,

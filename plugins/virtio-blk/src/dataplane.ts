@@ -1,44 +1,22 @@
 /**
- * The iothread's side of the data plane, apart from the worker plumbing (so
- * unit tests can drive it in-process): a VirtioBlkDevice over the worker's own
- * mapping of guest RAM, and the messages the main thread sends it.
- *
- * Guest kicks: while the transport has a queue's ioeventfd registered, the
- * plane watches a duplicate of it ('watch-notifier') and takes the kicks on
- * this thread through VirtioDevice.notify, the same rules as in-process
- * (counted, x-debug-virtqueue-drop kicks= spent, recorded for the stall
- * detector in shared memory, held while bus mastering is off or drained).
- *
- * Migration (docs/migration.md): `drain` stops the plane taking new requests
- * (kicks are remembered), waits for what is in flight and its interrupts, and
- * answers with the device's exact state (ring indices, held-back used entries
- * and status bytes). `resume` takes requests again and processes the queues
- * kicked meanwhile. `restore` loads a state from the stream on the
- * destination. `dirty` start/sync/stop logs the guest pages the worker writes.
+ * virtio-blk's plane on an iothread: a VirtioBlkDevice over the worker's own
+ * mapping of guest RAM and a RawFileBackend over duplicated descriptors of
+ * the image, driven by virtio-core's generic WorkerPlane (kicks from the
+ * queues' ioeventfds, irqfd writes, shared-memory figures, drain, dirty log).
+ * What is blk's own: the extra migration state (status bytes held back while
+ * bus mastering is off), the counters, and closing the backend.
  */
-import { EventFd } from '@tsvmm/kvm-native';
-import { GuestMemory, SharedQueueStats, VirtioDeviceState } from '@tsvmm/virtio-core';
-import { BlockBackend } from '@tsvmm/block';
+import { GuestMemory, IoThreadFromWorker, PlaneFactory, VirtioDeviceState, WorkerPlane } from '@tsvmm/virtio-core';
+import { BlockBackend, RawFileBackend } from '@tsvmm/block';
 import { BlkExtraState, VirtioBlkDevice } from './device';
-import type { FromWorker, ToWorker, WorkerQueueStats } from './iothread';
+import type { BlkInit, FromWorker } from './iothread';
 
-const PAGE = 4096;
-
-export class BlkWorkerPlane {
-  readonly dev: VirtioBlkDevice;
-  private vectorFds: number[] = [];
-  /** Set by `drain`, cleared by `resume`: no new request is taken meanwhile. */
-  private stopped = false;
-  private readonly kickedWhileStopped = new Set<number>();
-  private logging = false;
-  /** Per queue: the duplicate of its ioeventfd this thread watches ('watch-notifier'). */
-  private readonly notifiers = new Map<number, EventFd>();
-
+export class BlkWorkerPlane extends WorkerPlane<VirtioBlkDevice> {
   constructor(
     memory: GuestMemory,
     backend: BlockBackend,
-    init: Extract<ToWorker, { type: 'init' }>,
-    private readonly post: (m: FromWorker) => void,
+    init: BlkInit,
+    post: (m: FromWorker) => void,
     /** Writes an MSI-X eventfd; throws when it is gone. */
     eventfdWrite: (fd: number) => void,
   ) {
@@ -52,195 +30,25 @@ export class BlkWorkerPlane {
       // The main thread logs the needs-reset itself when it hears 'broken'.
       log: (message) => (dev.broken && message.includes('needs reset') ? undefined : post({ type: 'log', message })),
     });
-    this.dev = dev;
-    // The queues' figures in shared memory: the main thread reads this thread's exact values there.
-    const shared = init.stats ? new SharedQueueStats(init.stats, init.numQueues) : undefined;
-    this.shared = shared;
-    // iothread-vq-mapping: this plane's queues only (another worker owns the others' slots).
-    this.owned = (q) => !init.queues || init.queues.includes(q);
-    dev.queues.forEach((q, i) => {
-      if (!shared || !this.owned(i)) return;
-      q.shareIndices(shared.indexView(i));
-      // Counts and fault injection as the main thread has them (a restarted worker goes on from there).
-      dev.counters[i] = shared.counters(i);
-      dev.faults[i] = shared.faults(i);
-    });
-    // Each interrupt decision (sent, dropped, suppressed) and each kick is published as soon as the record has it.
-    dev.interruptRecorded = (q) => this.owned(q) && this.shared?.setInterruptRecord(q, dev.queues[q].stall.interrupt);
-    dev.kickRecorded = (q) =>
-      this.owned(q) && this.shared?.setKickRecord(q, dev.queues[q].stall.lastKickAt, dev.queues[q].stall.availIdxAtLastKick);
-    // A migration drain holds kicks (counted and recorded already) until 'resume'.
-    dev.kickHeld = (q) => {
-      if (!this.stopped) return false;
-      this.kickedWhileStopped.add(q);
-      return true;
-    };
-    dev.interrupt = {
-      signalQueue: (q) => {
-        const fd = this.vectorFds[q];
-        if (fd !== undefined && fd >= 0) {
-          try {
-            eventfdWrite(fd);
-            return;
-          } catch {
-            // the vector went away: let the main thread route it
-          }
-        }
-        post({ type: 'interrupt', queue: q });
+    super(
+      dev,
+      init,
+      {
+        saveExtra: () => dev.saveBlkState(),
+        loadExtra: (extra) => dev.loadBlkState(extra as BlkExtraState),
+        counters: () => ({ ...dev.blk }),
+        close: () => dev.backend.close(),
       },
-      signalConfig: () => post({ type: 'broken', reason: dev.brokenReason ?? 'device error' }),
-    };
-    dev.setDisabled(true);
-    // The counters for the monitor (x-query-virtio-status device-info): sent when they changed, at most every 100 ms.
-    this.statsTimer = setInterval(() => this.postStatsIfChanged(), 100);
-    this.statsTimer.unref?.();
-  }
-
-  private readonly statsTimer: ReturnType<typeof setInterval>;
-  private lastStats = '';
-  private readonly shared: SharedQueueStats | undefined;
-  private readonly owned: (queue: number) => boolean;
-
-  /** Each queue's interrupt record (the stall detector's interrupt side) into shared memory. */
-  private publishInterruptRecords(): void {
-    if (this.shared) this.dev.queues.forEach((q, i) => this.owned(i) && this.shared!.setInterruptRecord(i, q.stall.interrupt));
-  }
-
-  private postStatsIfChanged(): void {
-    this.publishInterruptRecords(); // also those changed without an interrupt sent (suppressed, dropped, reset)
-    const m = this.stats();
-    const s = JSON.stringify(m);
-    if (s === this.lastStats) return;
-    this.lastStats = s;
-    this.post(m);
-  }
-
-  /** The device's counters and each queue's indices, as the worker has them. */
-  private stats(): Extract<FromWorker, { type: 'stats' }> {
-    const d = this.dev;
-    const queues: WorkerQueueStats[] = d.queues.map((q, i) => ({
-      lastAvailIdx: q.lastAvailIdx,
-      usedIdx: q.usedIdx,
-      chains: d.counters[i].chains,
-      interrupts: d.counters[i].interrupts,
-      suppressed: d.counters[i].suppressed,
-      interrupt: { lastInterruptAt: q.stall.interrupt.lastInterruptAt, owed: q.stall.interrupt.owed && { ...q.stall.interrupt.owed } },
-    }));
-    return { type: 'stats', blk: { ...d.blk }, inFlight: d.inFlightCount, queues };
-  }
-
-  handle(m: ToWorker): void {
-    const d = this.dev;
-    switch (m.type) {
-      case 'init':
-        return;
-      case 'activate':
-        // The transport's negotiated state, loaded as a migration destination loads one (checked, then applied): no replay.
-        d.reset();
-        this.vectorFds = m.vectorFds;
-        d.loadState(m.virtio);
-        return;
-      case 'restore': {
-        // The destination: the source's exact state (the main thread loaded the same into its own copy).
-        d.reset();
-        this.vectorFds = m.vectorFds;
-        d.loadState(m.virtio);
-        d.loadBlkState(m.blk);
-        if (m.virtio.broken) d.brokenReason = 'broken on the migration source';
-        return;
-      }
-      case 'kick':
-        d.notify(m.queue, 'debug'); // already counted and recorded on the main thread
-        return;
-      case 'watch-notifier': {
-        this.unwatchNotifier(m.queue);
-        const efd = EventFd.adopt(m.fd);
-        this.notifiers.set(m.queue, efd);
-        efd.watch(() => this.guestKick(m.queue));
-        return;
-      }
-      case 'unwatch-notifier':
-        this.unwatchNotifier(m.queue);
-        return;
-      case 'disabled':
-        d.setDisabled(m.disabled);
-        return;
-      case 'reset':
-        for (const q of [...this.notifiers.keys()]) this.unwatchNotifier(q);
-        d.reset();
-        this.kickedWhileStopped.clear();
-        this.post({ type: 'reset-done' });
-        return;
-      case 'drain':
-        this.stopped = true;
-        d.drain()
-          .then(() => {
-            this.postStatsIfChanged(); // ahead of the answer: the main thread's counters are final too
-            this.post({ type: 'drained', seq: m.seq, virtio: d.saveState(), blk: d.saveBlkState() });
-          })
-          .catch((e: Error) => this.post({ type: 'failed', seq: m.seq, error: e.message }));
-        return;
-      case 'resume': {
-        this.stopped = false;
-        const kicked = [...this.kickedWhileStopped];
-        this.kickedWhileStopped.clear();
-        for (const q of kicked) d.notify(q, 'debug');
-        return;
-      }
-      case 'dirty':
-        try {
-          this.post({ type: 'dirty', seq: m.seq, pages: this.dirty(m.op) });
-        } catch (e) {
-          this.post({ type: 'failed', seq: m.seq, error: (e as Error).message });
-        }
-        return;
-      case 'stats':
-        this.post(this.stats());
-        return;
-      case 'close':
-        for (const q of [...this.notifiers.keys()]) this.unwatchNotifier(q);
-        clearInterval(this.statsTimer);
-        d.backend.close();
-        return;
-    }
-  }
-
-  /** A guest kick read from the queue's ioeventfd on this thread: notify's rules, inside the fault boundary. */
-  private guestKick(queue: number): void {
-    this.shared?.noteOwnerKick(queue);
-    this.dev.runGuarded(`ioeventfd of queue ${queue}`, () => this.dev.notify(queue, 'ioeventfd'));
-  }
-
-  private unwatchNotifier(queue: number): void {
-    const efd = this.notifiers.get(queue);
-    if (!efd) return;
-    this.notifiers.delete(queue);
-    efd.close(); // unwatches first
-  }
-
-  /**
-   * The dirty log: GuestMemory tracking of this thread's memory (every view
-   * handed out, every status byte; a read's buffers again when its data
-   * landed), plus the used rings of the active queues (written through views
-   * made at activation, which tracking does not see).
-   */
-  private dirty(op: 'start' | 'sync' | 'stop'): number[] {
-    const mem = this.dev.memory;
-    if (op === 'start') {
-      mem.startTracking();
-      this.logging = true;
-      return [];
-    }
-    if (!this.logging) return [];
-    const pages = mem.stopTracking();
-    if (op === 'stop') {
-      this.logging = false;
-      return [];
-    }
-    mem.startTracking();
-    for (const q of this.dev.queues) if (q.active) for (const p of q.usedRingPages(PAGE)) pages.add(p);
-    return [...pages];
+      post as (m: IoThreadFromWorker) => void,
+      eventfdWrite,
+    );
   }
 }
+
+/** The worker's factory for virtio-blk planes (registered under BLK_PLANE; see iothread-plane.ts). */
+export const createBlkPlane: PlaneFactory = (memory, init, post, eventfdWrite) => {
+  const m = init as BlkInit;
+  return new BlkWorkerPlane(memory, new RawFileBackend(m.file, m.readonly, m.direct, m.aio, m.fds), m, post, eventfdWrite);
+};
 
 export type { BlkExtraState, VirtioDeviceState };

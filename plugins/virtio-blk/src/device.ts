@@ -2,39 +2,24 @@
  * The virtio-blk device (virtio 1.2 section 5.2) over a BlockBackend.
  */
 import {
-  ActivationContext,
+  DataPlane,
+  DataPlaneDevice,
   Fields,
   GuestMemory,
   GuestWrite,
   InFlightRequest,
-  QueueHandler,
   readConfigImage,
-  SharedQueueStats,
   scatter,
   SplitVirtqueue,
   StateError,
   views as guestViews,
-  VirtioDevice,
-  VirtioDeviceState,
 } from '@tsvmm/virtio-core';
-import { dupFd, EventFd } from '@tsvmm/kvm-native';
 import * as B from './generated/virtio-blk-uapi';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkRequest, describeBlkChainError, parseRequest, parseSegments, SECTOR_SIZE } from './request';
-import type { BlkIoThread, FromWorker, WorkerQueueStats } from './iothread';
 
-/** How the main-thread device reaches its data plane when it runs in an iothread. */
-export interface BlkDataPlane {
-  thread: BlkIoThread;
-  /** Starts a new worker (sent its init) in place of a dead one; called by the guest's reset. */
-  restart?: () => BlkIoThread;
-  /** The eventfd of the MSI-X vector assigned to a queue (-1: none, route through the main thread). */
-  vectorFd(queue: number): number;
-  /** The worker's queue indices, counters and interrupt records (and dropInterrupts), in shared memory. */
-  stats?: SharedQueueStats;
-  /** iothread-vq-mapping: the queues this worker processes (default: all of them). */
-  queues?: number[];
-}
+/** How the main-thread device reaches its data plane when it runs in an iothread (virtio-core's generic DataPlane). */
+export type BlkDataPlane = DataPlane;
 
 export const VIRTIO_ID_BLOCK = 2;
 export const QUEUE_SIZE = 256;
@@ -70,7 +55,7 @@ export interface BlkCounters {
   bytesWritten: number;
 }
 
-export class VirtioBlkDevice extends VirtioDevice {
+export class VirtioBlkDevice extends DataPlaneDevice {
   readonly backend: BlockBackend;
   readonly capacity: number; // in 512-byte sectors
   readonly serial: string;
@@ -132,8 +117,8 @@ export class VirtioBlkDevice extends VirtioDevice {
       aio: this.backend.aio ?? null,
       'write-cache': this.driverOk ? (this.writeCache ? 'writeback' : 'writethrough') : null,
       // With an iothread: the worker's counters as it last reported them (within 100 ms; exact after a drain).
-      'in-flight': this.planes.length ? sum(this.workerStats.map((w) => w?.inFlight ?? 0)) : this.inFlightCount,
-      ...(this.workerBlk() ?? this.blk),
+      'in-flight': this.workerInFlight() ?? this.inFlightCount,
+      ...(this.workerCounters<BlkCounters>() ?? this.blk),
     };
   }
 
@@ -141,205 +126,14 @@ export class VirtioBlkDevice extends VirtioDevice {
     return readConfigImage(this.config, offset, size);
   }
 
-  /** The iothreads' planes: one (iothread=), or one per iothread of iothread-vq-mapping, each with its queues. */
-  private planes: BlkDataPlane[] = [];
-
-  /** The first plane (every plane sees the whole device; what differs is the queues each processes). */
-  private get dataPlane(): BlkDataPlane | undefined {
-    return this.planes[0];
-  }
-
-  /** The plane that processes `queue`. */
-  private planeOf(queue: number): BlkDataPlane {
-    return this.planes.find((p) => !p.queues || p.queues.includes(queue)) ?? this.planes[0];
-  }
-
-  /**
-   * Hands queue processing to iothreads (one, or several each with its own
-   * queues: iothread-vq-mapping); this object keeps config, status and negotiation.
-   */
-  attachDataPlane(dp: BlkDataPlane | BlkDataPlane[]): void {
-    this.planes = Array.isArray(dp) ? dp : [dp];
-    this.workerStats = this.planes.map(() => undefined);
-    // x-debug-virtqueue-drop reaches the worker, which takes the kicks and sends the interrupts; the
-    // queues' counters are the worker's too (kicks this thread still takes are added atomically).
-    const stats = this.planes[0].stats;
-    if (stats)
-      this.queues.forEach((_, i) => {
-        this.faults[i] = stats.faults(i, this.faults[i]);
-        this.counters[i] = stats.counters(i, this.counters[i]);
-      });
-  }
-
-  /** The iothread (with iothread-vq-mapping: the iothreads, comma-separated). */
-  get iothread(): string | undefined {
-    return this.planes.length ? this.planes.map((p) => p.thread.name).join(',') : undefined;
-  }
-
-  /** Messages from the iothread of plane `plane` (its index in the mapping). */
-  onDataPlaneMessage(m: FromWorker, plane = 0): void {
-    this.runGuarded(`iothread message ${m.type}`, () => this.dataPlaneMessage(m, plane));
-  }
-
-  /** The device's counters as the workers last reported them, summed (undefined without an iothread or a report). */
-  private workerBlk(): BlkCounters | undefined {
-    const reports = this.workerStats.filter((w) => w !== undefined);
-    if (!reports.length) return undefined;
-    const total = { ...reports[0].blk };
-    for (const w of reports.slice(1)) for (const k of Object.keys(total) as (keyof BlkCounters)[]) total[k] += w.blk[k];
-    return total;
-  }
-
-  private dataPlaneMessage(m: FromWorker, plane: number): void {
-    if (m.type === 'dead') {
-      // The data plane is gone: the device needs a reset, and the guest's reset starts a new worker.
-      this.markBroken(`${m.reason}; the guest's reset starts a new iothread`);
-      return;
-    }
-    if (m.type === 'interrupt') this.interrupt?.signalQueue(m.queue);
-    else if (m.type === 'broken') this.markBroken(m.reason);
-    else if (m.type === 'log') this.log(m.message);
-    else if (m.type === 'stats' && m.blk) this.workerStats[plane] = { blk: m.blk, inFlight: m.inFlight, queues: m.queues ?? [] };
-  }
-
-  /** Per plane: its worker's last report. */
-  private workerStats: ({ blk: BlkCounters; inFlight: number; queues: WorkerQueueStats[] } | undefined)[] = [];
-
-  /**
-   * x-query-virtio-queue-status: with an iothread the worker pops and
-   * completes requests, so this object's ring indices and chain/interrupt
-   * counters stand still; show the worker's, as it last reported them
-   * (within 100 ms). `kicks-iothread`: the guest kicks the worker read from
-   * the queue's ioeventfd itself (the main thread never saw them).
-   */
   override queueName(queue: number): string {
     return `req${queue}`;
   }
 
-  override queueInfo(queue: number): Record<string, unknown> {
-    if (!this.dataPlane) return {};
-    const dp = this.planeOf(queue);
-    const w = this.workerStats[this.planes.indexOf(dp)]?.queues[queue];
-    const shared = dp.stats;
-    if (shared) {
-      // The worker's own values, read from shared memory as they are now.
-      const c = shared.counters(queue);
-      const ix = shared.indices(queue);
-      return {
-        'last-avail-idx': ix.lastAvailIdx,
-        'shadow-avail-idx': null,
-        'used-idx': ix.usedIdx,
-        chains: c.chains,
-        'interrupts-injected': c.interrupts,
-        'interrupts-suppressed': c.suppressed,
-        'interrupts-dropped': c.interruptsDropped,
-        'kicks-iothread': shared.ownerKicks(queue),
-        'data-plane': `iothread ${dp.thread.name}`,
-      };
-    }
-    if (!w) return { 'data-plane': `iothread ${dp.thread.name} (no report yet)` };
-    return {
-      'last-avail-idx': w.lastAvailIdx,
-      'shadow-avail-idx': null,
-      'used-idx': w.usedIdx,
-      chains: w.chains,
-      'interrupts-injected': w.interrupts,
-      'interrupts-suppressed': w.suppressed,
-      'data-plane': `iothread ${dp.thread.name}`,
-    };
-  }
-
-  /**
-   * The stall detector reads the copy that processes the queue: with an
-   * iothread, the worker's next avail index, interrupt count and interrupt
-   * record as it last reported them (within 100 ms); the last kick is the
-   * later of the worker's (its ioeventfd) and this thread's (exit path,
-   * operator, a kick that raced a notifier's removal).
-   */
-  override stallView(queue: number): ReturnType<VirtioDevice['stallView']> {
-    const own = super.stallView(queue);
-    if (!this.dataPlane) return own;
-    const shared = this.dataPlane.stats;
-    if (shared) {
-      const k = shared.kickRecord(queue);
-      const workerLater = k.lastKickAt !== undefined && (own.lastKickAt === undefined || k.lastKickAt >= own.lastKickAt);
-      return {
-        lastAvailIdx: shared.indices(queue).lastAvailIdx,
-        interrupts: shared.counters(queue).interrupts,
-        interrupt: shared.interruptRecord(queue),
-        lastKickAt: workerLater ? k.lastKickAt : own.lastKickAt,
-        availIdxAtLastKick: workerLater ? k.availIdxAtLastKick : own.availIdxAtLastKick,
-      };
-    }
-    const w = this.workerStats[this.planes.indexOf(this.planeOf(queue))]?.queues[queue];
-    return {
-      ...own,
-      lastAvailIdx: w?.lastAvailIdx ?? this.queues[queue].lastAvailIdx,
-      interrupts: w?.interrupts ?? 0,
-      interrupt: w?.interrupt ?? {},
-    };
-  }
-
-  protected override onActivate(): void {
-    // This object's own state (features, status, queue layout; nothing in flight yet), not the worker's merged one.
-    const virtio = super.saveState();
-    for (const dp of this.planes) dp.thread.send({ type: 'activate', virtio, vectorFds: this.queues.map((_, i) => dp.vectorFd(i)) });
-  }
-
   protected override onReset(): void {
-    this.planes.forEach((dp, k) => {
-      if (!dp.thread.alive && dp.restart) {
-        dp.thread = dp.restart();
-        this.workerStats[k] = undefined;
-        this.log(`${this.id}: iothread ${dp.thread.name} restarted`);
-      }
-      dp.thread.send({ type: 'reset' });
-    });
+    super.onReset(); // the iothreads' planes (a dead worker is restarted)
     // A failed flush stays failed until a reset (the new driver starts from what is in the file).
     this.backend.clearErrors?.();
-  }
-
-  /**
-   * With an iothread, each queue's handler lives on the worker (onActivate
-   * sent it the queues): the transport hands it the queue's ioeventfd
-   * (attachNotifier: a duplicate goes to the worker, which watches it and
-   * takes guest kicks itself); kicks that still arrive here (exit path,
-   * operator, one that raced a notifier's removal, after bus mastering came
-   * back) are forwarded.
-   */
-  protected override activateQueues(ctx: ActivationContext): (QueueHandler | undefined)[] {
-    if (!this.dataPlane) return super.activateQueues(ctx);
-    return ctx.queues.map((r, i): QueueHandler | undefined => {
-      if (!r) return undefined;
-      const dp = this.planeOf(i);
-      let live = true;
-      /** The duplicate of the queue's ioeventfd the worker watches; the worker closes it when told to detach. */
-      let lent: number | undefined;
-      const detach = () => {
-        if (lent === undefined) return;
-        // A worker that died never got the message: its duplicate is closed here.
-        if (dp.thread.alive) dp.thread.send({ type: 'unwatch-notifier', queue: i });
-        else EventFd.adopt(lent).close();
-        lent = undefined;
-      };
-      return {
-        placement: { kind: 'iothread', iothread: dp.thread.name },
-        kick: () => live && dp.thread.send({ type: 'kick', queue: i }),
-        drain: () => this.drain(),
-        dispose: () => {
-          detach();
-          live = false;
-        },
-        attachNotifier: (fd) => {
-          if (!live || !dp.thread.alive) return false;
-          detach();
-          lent = dupFd(fd);
-          dp.thread.send({ type: 'watch-notifier', queue: i, fd: lent });
-          return true;
-        },
-        detachNotifier: detach,
-      };
-    });
   }
 
   protected processQueue(q: SplitVirtqueue): void {
@@ -474,129 +268,17 @@ export class VirtioBlkDevice extends VirtioDevice {
     return Number.isSafeInteger(sector) && sector >= 0 && sector + sectors <= this.capacity;
   }
 
-  override setDisabled(disabled: boolean): void {
-    for (const dp of this.planes) dp.thread.send({ type: 'disabled', disabled });
-    super.setDisabled(disabled);
-  }
-
-  /**
-   * Migration: resolves when no request is in flight and every batched
-   * interrupt went out. With an iothread the worker stops taking requests
-   * (until resumeDataPlane), finishes its own, and hands over its state.
-   */
-  async drain(): Promise<void> {
-    if (this.planes.length) {
-      const rs = await Promise.all(this.planes.map((dp) => dp.thread.request<'drained'>({ type: 'drain' })));
-      this.drained = this.mergeDrained(rs);
-      return;
-    }
-    await this.drainRequests();
-  }
-
-  /**
-   * The device's state from its workers' drains: each queue's indices,
-   * held-back used entries and kicks from the worker that owns the queue;
-   * the held-back status bytes of all of them.
-   */
-  private mergeDrained(rs: { virtio: VirtioDeviceState; blk: BlkExtraState }[]): { virtio: VirtioDeviceState; blk: BlkExtraState } {
-    if (rs.length === 1) return { virtio: rs[0].virtio, blk: rs[0].blk };
-    const owner = (q: number) => this.planes.indexOf(this.planeOf(q));
-    const virtio: VirtioDeviceState = { ...rs[0].virtio, queues: rs[0].virtio.queues.map((_, q) => rs[owner(q)].virtio.queues[q]) };
-    delete virtio.deferred;
-    delete virtio.kickedWhileDisabled;
-    const deferred = rs.flatMap((r, k) => (r.virtio.deferred ?? []).filter((d) => owner(d.queue) === k));
-    if (deferred.length) virtio.deferred = deferred;
-    const kicked = rs.flatMap((r, k) => (r.virtio.kickedWhileDisabled ?? []).filter((q) => owner(q) === k));
-    if (kicked.length) virtio.kickedWhileDisabled = kicked.sort((a, b) => a - b);
+  /** Held-back status bytes of several workers (iothread-vq-mapping): every worker's, each address once. */
+  protected override mergeDrainedExtra(extras: unknown[]): unknown {
     const status = new Map<number, number>();
-    for (const r of rs) for (const p of r.blk?.pendingStatus ?? []) status.set(p.addr, p.status);
-    const blk = status.size ? { pendingStatus: [...status].map(([addr, s]) => ({ addr, status: s })) } : undefined;
-    return { virtio, blk };
-  }
-
-  /** The worker's state from the last drain, valid until the VM resumes. */
-  private drained: { virtio: VirtioDeviceState; blk: BlkExtraState } | undefined;
-
-  /** The VM runs again (after a drain): the worker takes requests again. */
-  resumeDataPlane(): void {
-    this.drained = undefined;
-    for (const dp of this.planes) dp.thread.send({ type: 'resume' });
-  }
-
-  /**
-   * Migration: features, status and queues as VirtioDevice saves them; with an
-   * iothread the ring indices and held-back completions are the worker's (this
-   * object never pops or completes a request then), taken by the last drain.
-   */
-  override saveState(): VirtioDeviceState {
-    const s = super.saveState();
-    if (!this.dataPlane) return s;
-    const w = this.drainedState();
-    s.queues = s.queues.map((q, i) => {
-      const wq = w.virtio.queues[i];
-      return wq && wq.ready ? { ...q, lastAvailIdx: wq.lastAvailIdx, usedIdx: wq.usedIdx } : q;
-    });
-    delete s.deferred;
-    if (w.virtio.deferred?.length) s.deferred = w.virtio.deferred.map((d) => ({ ...d }));
-    const kicked = new Set([...(s.kickedWhileDisabled ?? []), ...(w.virtio.kickedWhileDisabled ?? [])]);
-    delete s.kickedWhileDisabled;
-    if (kicked.size) s.kickedWhileDisabled = [...kicked].sort((a, b) => a - b);
-    return s;
-  }
-
-  private drainedState(): { virtio: VirtioDeviceState; blk: BlkExtraState } {
-    if (!this.drained) throw new Error(`${this.id}: the iothread ${this.iothread} was not drained (its state is not final)`);
-    return this.drained;
-  }
-
-  /** Restored state for the worker, sent once the transport has restored the vectors. */
-  private restoredExtra: BlkExtraState;
-
-  /**
-   * Migration: with an iothread, this object takes features, status and queue
-   * layout (it keeps negotiation, and kicks go through it), and the worker
-   * takes the whole state: it resumes from the stream's indices and owns the
-   * held-back completions (so they are not pushed twice).
-   */
-  override loadState(s: VirtioDeviceState): void {
-    this.checkState(s); // the whole state, held-back completions included, before anything is applied
-    if (!this.dataPlane) {
-      super.loadState(s);
-      return;
-    }
-    const mine: VirtioDeviceState = { ...s };
-    delete mine.deferred;
-    super.loadState(mine);
-    // The restored indices are in shared memory at once, where the monitor reads the workers' (each
-    // worker stores the same values when its 'restore' message arrives, before it takes a request).
-    this.queues.forEach((q, i) => {
-      const view = this.planeOf(i).stats?.indexView(i);
-      if (!view) return;
-      Atomics.store(view, 0, q.lastAvailIdx);
-      Atomics.store(view, 1, q.usedIdx);
-    });
-    for (const dp of this.planes) {
-      // Each worker gets the held-back used entries and kicks of its own queues (so none is pushed twice), and every
-      // held-back status byte (each worker writes them all, the same bytes, before it pushes its own used entries).
-      const own = (q: number) => this.planeOf(q) === dp;
-      const virtio: VirtioDeviceState = { ...s };
-      if (this.planes.length > 1) {
-        delete virtio.deferred;
-        delete virtio.kickedWhileDisabled;
-        const deferred = s.deferred?.filter((d) => own(d.queue));
-        if (deferred?.length) virtio.deferred = deferred;
-        const kicked = s.kickedWhileDisabled?.filter(own);
-        if (kicked?.length) virtio.kickedWhileDisabled = kicked;
-      }
-      dp.thread.send({ type: 'restore', virtio, blk: this.restoredExtra, vectorFds: this.queues.map((_, i) => dp.vectorFd(i)) });
-    }
-    this.restoredExtra = undefined;
+    for (const e of extras as BlkExtraState[]) for (const p of e?.pendingStatus ?? []) status.set(p.addr, p.status);
+    return status.size ? { pendingStatus: [...status].map(([addr, st]) => ({ addr, status: st })) } : undefined;
   }
 
   /** Migration: the fields VirtioDevice.saveState does not hold (status bytes held back while bus mastering is off). */
   saveBlkState(): BlkExtraState {
     if (this.dataPlane) {
-      const b = this.drainedState().blk;
+      const b = this.drainedState().extra as BlkExtraState;
       return b?.pendingStatus?.length ? { pendingStatus: b.pendingStatus.map((p) => ({ ...p })) } : undefined;
     }
     if (this.inFlightCount > 0) throw new Error(`${this.id}: ${this.inFlightCount} requests still in flight (not drained)`);
@@ -635,19 +317,11 @@ export class VirtioBlkDevice extends VirtioDevice {
     this.setHeldWrites((s?.pendingStatus ?? []).map((p) => ({ bufs: [{ addr: p.addr, len: 1 }], bytes: Uint8Array.of(p.status) })));
   }
 
-  /** Migration dirty log of the pages the iothread writes (the main thread's writes go through its own GuestMemory). */
-  async dataPlaneDirtyLog(op: 'start' | 'sync' | 'stop'): Promise<number[]> {
-    const rs = await Promise.all(this.planes.map((dp) => dp.thread.request<'dirty'>({ type: 'dirty', op })));
-    return [...new Set(rs.flatMap((r) => r.pages))];
-  }
-
   async destroy(): Promise<void> {
     this.backend.close();
-    await Promise.all(this.planes.map((dp) => dp.thread.close()));
+    await this.closePlanes();
   }
 }
-
-const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 
 function typeName(t: number): string {
   return (

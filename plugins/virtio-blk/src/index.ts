@@ -15,7 +15,7 @@ import {
 } from '@tsvmm/pci';
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import { SharedQueueStats } from '@tsvmm/virtio-core';
-import { BlkIoThread, ioThreadHost } from './iothread';
+import { BLK_PLANE, BlkIoThread, ioThreadHost } from './iothread';
 import { BlkDataPlane, BlkExtraState, VirtioBlkDevice } from './device';
 import { parseVqMapping, VqMappingEntry } from './vq-mapping';
 
@@ -124,6 +124,7 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
       if (others.length) ctx.log(`${id}: data plane on iothread ${name}, shared with ${others.join(', ')}`);
       thread.send({
         type: 'init',
+        plane: BLK_PLANE,
         id,
         regions: ctx.vm.memoryRegions.map((r) => ({ fd: r.fd, gpa: Number(r.guestPhysAddr), size: r.size })),
         file: props.file as string,

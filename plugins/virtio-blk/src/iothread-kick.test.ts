@@ -1,4 +1,4 @@
-// A real iothread worker (the bundled apps/vmm/dist/virtio-blk-iothread.js) over guest RAM in a
+// A real iothread worker (the bundled apps/vmm/dist/iothread.js) over guest RAM in a
 // memfd, as the VMM sets it up: the queue's ioeventfd is handed to the worker, and a guest kick
 // is served while the main thread (this one, which owns the device model) is busy in a loop that
 // never returns to the event loop. Before the worker watched its own notifiers the kick waited
@@ -14,7 +14,7 @@ import { VirtioBlkDevice } from './device';
 import { BlkIoThread, ioThreadHost } from './iothread';
 import * as B from './generated/virtio-blk-uapi';
 
-const WORKER = path.resolve(__dirname, '../../../apps/vmm/dist/virtio-blk-iothread.js');
+const WORKER = path.resolve(__dirname, '../../../apps/vmm/dist/iothread.js');
 const RAM = 1 << 20;
 const STATUS = 0x60000;
 
@@ -32,16 +32,16 @@ function readRequest(mem: GuestMemory, drv: MockDriverQueue, sector: number): vo
 }
 
 describe('virtio-blk iothread: kicks reach the worker without the main thread', () => {
-  const saved = process.env.VMM_BLK_IOTHREAD_WORKER;
+  const saved = process.env.VMM_IOTHREAD_WORKER;
   beforeAll(() => {
     if (!fs.existsSync(WORKER)) throw new Error(`${WORKER} is missing: build the VMM bundle first (npx nx run vmm:build)`);
-    process.env.VMM_BLK_IOTHREAD_WORKER = WORKER;
+    process.env.VMM_IOTHREAD_WORKER = WORKER;
     // The worker loads the bundle's own copy of the addon (next to it), a second copy beside this
     // thread's: ending the worker unloads it, and the handles it closed must not call back into it.
   });
   afterAll(() => {
-    if (saved === undefined) delete process.env.VMM_BLK_IOTHREAD_WORKER;
-    else process.env.VMM_BLK_IOTHREAD_WORKER = saved;
+    if (saved === undefined) delete process.env.VMM_IOTHREAD_WORKER;
+    else process.env.VMM_IOTHREAD_WORKER = saved;
   });
 
   it('a guest kick on the ioeventfd completes its request while the main thread never yields', async () => {
@@ -60,6 +60,7 @@ describe('virtio-blk iothread: kicks reach the worker without the main thread', 
     const thread = new BlkIoThread('iotkick0', (m) => main.onDataPlaneMessage(m), host.connect('d0'));
     thread.send({
       type: 'init',
+      plane: 'virtio-blk',
       id: 'd0',
       regions: [{ fd: ram.fd, gpa: 0, size: RAM }],
       file,

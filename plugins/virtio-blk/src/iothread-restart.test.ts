@@ -50,6 +50,7 @@ describe('virtio-blk iothread: a dead worker', () => {
         (deliver) => {
           const init: Extract<ToWorker, { type: 'init' }> = {
             type: 'init',
+            plane: 'virtio-blk',
             id: 'd0',
             regions: [],
             file,
