@@ -7,6 +7,7 @@
  */
 import { ScsiLunState, ScsiResponse, ScsiTarget } from '@tsvmm/scsi';
 import {
+  DataPlaneDevice,
   Descriptor,
   Fields,
   GuestMemory,
@@ -15,7 +16,6 @@ import {
   SplitVirtqueue,
   StateError,
   views as guestViews,
-  VirtioDevice,
   within,
 } from '@tsvmm/virtio-core';
 
@@ -86,7 +86,15 @@ interface InFlight {
   done: Promise<void>;
 }
 
-export class VirtioScsiDevice extends VirtioDevice {
+/** What the main thread sends the adapter's plane on an iothread beyond the generic messages ('device'). */
+export interface ScsiPlaneMessage {
+  /** The driver-written config fields (at activation, restore, and on each write). */
+  config?: { senseSize: number; cdbSize: number };
+  /** A system reset: every LUN's power-on unit attention. */
+  powerOn?: true;
+}
+
+export class VirtioScsiDevice extends DataPlaneDevice {
   readonly target: ScsiTarget;
   readonly scsi: ScsiAdapterCounters = { commands: 0, overruns: 0, badTarget: 0, aborted: 0, tmf: 0, anQueries: 0 };
   private readonly config = new Uint8Array(S.SIZEOF_virtio_scsi_config);
@@ -145,7 +153,34 @@ export class VirtioScsiDevice extends VirtioDevice {
       new DataView(this.config.buffer).setUint32(offset, value >>> 0, true);
     } else if (offset === S.OFF_virtio_scsi_config_cdb_size && value >>> 0 >= 6 && value >>> 0 <= 256) {
       new DataView(this.config.buffer).setUint32(offset, value >>> 0, true);
+    } else return;
+    // On an iothread the plane parses the requests: it needs the sizes the driver chose.
+    if (this.iothread) this.sendToPlanes(this.planeDeviceState());
+  }
+
+  /** The driver-written config, for the plane on an iothread ('activate', 'restore', config writes). */
+  protected override planeDeviceState(): ScsiPlaneMessage {
+    return { config: { senseSize: this.senseSize, cdbSize: this.cdbSize } };
+  }
+
+  /** The plane's side of ScsiPlaneMessage (on the iothread's copy of the device). */
+  applyPlaneMessage(m: ScsiPlaneMessage): void {
+    if (m.config) {
+      this.configView.setUint32(S.OFF_virtio_scsi_config_sense_size, m.config.senseSize, true);
+      this.configView.setUint32(S.OFF_virtio_scsi_config_cdb_size, m.config.cdbSize, true);
     }
+    if (m.powerOn) this.target.reset('power-on');
+  }
+
+  /** A message for the plane on an iothread (a LUN defined after the adapter: the plugin's). */
+  sendPlaneMessage(m: unknown): void {
+    this.sendToPlanes(m);
+  }
+
+  /** A system reset: every LUN reports its power-on unit attention (the plane's LUNs too, on an iothread). */
+  powerOnReset(): void {
+    this.target.reset('power-on');
+    if (this.iothread) this.sendToPlanes({ powerOn: true } satisfies ScsiPlaneMessage);
   }
 
   override queueName(queue: number): string {
@@ -155,10 +190,26 @@ export class VirtioScsiDevice extends VirtioDevice {
   override deviceInfo(): Record<string, unknown> {
     const luns: Record<string, unknown> = {};
     for (const l of this.target.luns) luns[String(l)] = this.target.lun(l)!.info();
-    return { 'request-queues': this.queues.length - REQUEST_QUEUE_BASE, 'in-flight': this.inFlight.size, ...this.scsi, luns };
+    const own = { 'request-queues': this.queues.length - REQUEST_QUEUE_BASE, 'in-flight': this.inFlight.size, ...this.scsi, luns };
+    if (!this.iothread) return own;
+    // On an iothread: the plane's counters and LUN facts as it last reported them (within 100 ms; exact after a drain).
+    return {
+      ...own,
+      ...(this.workerCounters<Record<string, unknown>>() ?? {}),
+      'in-flight': this.workerInFlight(),
+      iothread: this.iothread,
+    };
+  }
+
+  /** The counters and LUN facts of this copy (what the plane on an iothread reports). */
+  planeCounters(): Record<string, unknown> {
+    const luns: Record<string, unknown> = {};
+    for (const l of this.target.luns) luns[String(l)] = this.target.lun(l)!.info();
+    return { ...this.scsi, luns };
   }
 
   protected override onReset(): void {
+    super.onReset(); // the iothread's plane (a dead worker is restarted)
     for (const f of this.inFlight) f.aborted = true;
     this.inFlight.clear();
     this.resetConfig();
@@ -324,17 +375,13 @@ export class VirtioScsiDevice extends VirtioDevice {
     }
   }
 
-  /**
-   * Waits for every command and control request in flight and for the
-   * batched interrupts of their completions (an orderly stop; migration:
-   * nothing lands in guest memory after this resolves).
-   */
-  drain(): Promise<void> {
-    return this.drainRequests();
-  }
+  // drain() (DataPlaneDevice): every command and control request in flight and the batched interrupts of their
+  // completions (an orderly stop; migration: nothing lands in guest memory after it resolves); on an iothread, the plane's.
 
   /** Migration: the adapter's own fields (taken after drain, with the VM stopped). */
   saveScsiState(): VirtioScsiExtraState | undefined {
+    // On an iothread the plane's state, taken by the last drain (the LUNs' unit attentions and held responses are there).
+    if (this.iothread) return structuredClone(this.drainedState().extra as VirtioScsiExtraState | undefined);
     if (this.inFlightCount > 0) throw new Error(`${this.id}: ${this.inFlightCount} requests still in flight (not drained)`);
     const s: VirtioScsiExtraState = {};
     const luns = Object.fromEntries(Object.entries(this.target.saveState()).filter(([, v]) => Object.keys(v).some((k) => k !== 'kind')));
@@ -389,11 +436,18 @@ export class VirtioScsiDevice extends VirtioDevice {
   loadScsiState(raw: VirtioScsiExtraState | undefined): void {
     const s = this.checkScsiState(raw);
     this.target.loadState(s.luns);
+    if (this.iothread) {
+      // The plane takes the held responses (sent with 'restore' by loadState, which follows).
+      this.setHeldWrites([]);
+      this.restoredExtra = structuredClone(raw);
+      return;
+    }
     this.setHeldWrites(s.writes);
   }
 
   async destroy(): Promise<void> {
-    await this.drain();
+    if (this.iothread) await this.closePlanes();
+    else await this.drain();
     this.target.close();
   }
 }

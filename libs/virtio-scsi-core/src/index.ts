@@ -4,6 +4,6 @@
  * run it, so requests are parsed and answered by one piece of code.
  */
 export { VirtioScsiDevice, VIRTIO_ID_SCSI, REQUEST_QUEUE_BASE, MAX_LUN, QUEUE_SIZE, scsiQueueName } from './device';
-export type { ScsiAdapterCounters, VirtioScsiOptions, VirtioScsiExtraState } from './device';
+export type { ScsiAdapterCounters, ScsiPlaneMessage, VirtioScsiOptions, VirtioScsiExtraState } from './device';
 export * from './request';
 export * as virtioScsiUapi from './generated/virtio-scsi-uapi';

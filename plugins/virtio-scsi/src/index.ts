@@ -1,9 +1,11 @@
 /**
  * The virtio-scsi plugin, QEMU-shaped:
- *   --device virtio-scsi,id=scsi0[,num-queues=N][,ioeventfd=on|off][,event-idx=on|off]
+ *   --device virtio-scsi,id=scsi0[,num-queues=N][,ioeventfd=on|off][,event-idx=on|off][,iothread=ID]
  *   --device scsi-hd,bus=scsi0,lun=N,file=PATH[,readonly=on][,serial=S][,cache=writeback|none][,aio=io_uring|threads][,logical-block-size=512|4096]
  * The adapter exposes one target (0); each scsi-hd is a LUN on it, emulated by
- * @tsvmm/scsi over a raw image file.
+ * @tsvmm/scsi over a raw image file. `iothread=ID` runs the adapter's queues
+ * (control, event and request queues) and its LUNs' I/O on that iothread
+ * (dataplane.ts).
  */
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import {
@@ -18,7 +20,11 @@ import {
   VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { ScsiDisk } from '@tsvmm/scsi';
-import { MAX_LUN, VirtioScsiDevice, VirtioScsiExtraState } from '@tsvmm/virtio-scsi-core';
+import { IoThreadChannel, ioThreadHost, IoThreadToWorker, SharedQueueStats } from '@tsvmm/virtio-core';
+import { MAX_LUN, REQUEST_QUEUE_BASE, VirtioScsiDevice, VirtioScsiExtraState } from '@tsvmm/virtio-scsi-core';
+import { SCSI_PLANE, ScsiInit, ScsiLunSpec, ScsiPlaneDeviceMessage } from './dataplane';
+
+type ScsiToWorker = IoThreadToWorker<ScsiInit, VirtioScsiExtraState | undefined>;
 
 export { VirtioScsiDevice, VIRTIO_ID_SCSI, REQUEST_QUEUE_BASE, MAX_LUN, virtioScsiUapi } from '@tsvmm/virtio-scsi-core';
 export type { ScsiAdapterCounters } from '@tsvmm/virtio-scsi-core';
@@ -36,9 +42,31 @@ export class VirtioScsiPci extends VirtioPciPluginDevice {
     super(id, transport);
   }
 
+  /** The LUNs as an iothread's plane opens them (duplicated descriptors of each image, fresh for each worker). */
+  readonly lunSpecs = new Map<number, { spec: Omit<ScsiLunSpec, 'fds'>; backend: RawFileBackend }>();
+
   override reset(): void {
     super.reset();
-    this.scsi.target.reset('power-on');
+    this.scsi.powerOnReset();
+  }
+
+  override setRunning(running: boolean): void {
+    // On an iothread the plane first takes requests again, then the transport's notifiers (and a restore's kicks) reach it.
+    if (running) this.scsi.resumeDataPlane();
+    super.setRunning(running);
+  }
+
+  /** Migration dirty log of the pages the iothread writes (none without one: the main thread's writes are tracked by the VM). */
+  async startDirtyLog(): Promise<void> {
+    await this.scsi.dataPlaneDirtyLog('start');
+  }
+
+  syncDirtyLog(): Promise<Iterable<number>> {
+    return this.scsi.dataPlaneDirtyLog('sync');
+  }
+
+  async stopDirtyLog(): Promise<void> {
+    await this.scsi.dataPlaneDirtyLog('stop');
   }
 
   /** Migration: resolves when no SCSI command or control request is in flight and their interrupts went out. */
@@ -102,7 +130,35 @@ export function createVirtioScsi(ctx: DeviceContext, id: string, props: Record<s
   });
   const transport = new VirtioPciDevice(scsi, ctx, { classCode: VIRTIO_SCSI_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
   transport.stall = stallSettings(props);
-  return new VirtioScsiPci(id, scsi, transport);
+  const pci = new VirtioScsiPci(id, scsi, transport);
+  const iothread = props.iothread as string | undefined;
+  if (iothread !== undefined) {
+    const stats = SharedQueueStats.create(scsi.queues.length);
+    // A new worker's plane gets every LUN defined so far (later ones follow as 'device' messages).
+    const start = () => {
+      const host = ioThreadHost(ctx.vm, iothread, ctx.log);
+      const thread = new IoThreadChannel<ScsiToWorker>(iothread, (m) => scsi.onDataPlaneMessage(m), host.connect(id));
+      const others = host.devices.filter((d) => d !== id);
+      if (others.length) ctx.log(`${id}: queues on iothread ${iothread}, shared with ${others.join(', ')}`);
+      thread.send({
+        type: 'init',
+        plane: SCSI_PLANE,
+        id,
+        regions: ctx.vm.memoryRegions.map((r) => ({ fd: r.fd, gpa: Number(r.guestPhysAddr), size: r.size })),
+        eventIdx: props['event-idx'] as boolean,
+        stats: stats.buffer,
+        numQueues: scsi.queues.length - REQUEST_QUEUE_BASE,
+        luns: [...pci.lunSpecs.values()].map(({ spec, backend }) => ({ ...spec, fds: backend.dupFds() })),
+      } satisfies ScsiInit);
+      return thread;
+    };
+    const vectorFd = (q: number) => {
+      const v = transport.queueVector(q);
+      return v === 0xffff ? -1 : (transport.msix.eventFd(v)?.fd ?? -1);
+    };
+    scsi.attachDataPlane({ thread: start(), restart: start, stats, vectorFd });
+  }
+  return pci;
 }
 
 export function createScsiHd(ctx: DeviceContext, id: string, props: Record<string, PropertyValue | undefined>): ScsiHd {
@@ -136,6 +192,18 @@ export function createScsiHd(ctx: DeviceContext, id: string, props: Record<strin
     logicalBlockSize: blockSize,
   });
   bus.scsi.target.attach(lun, disk);
+  const spec = {
+    lun,
+    file: props.file as string,
+    readonly: props.readonly as boolean,
+    direct: props.cache === 'none',
+    aio: backend.aio as AioMode,
+    serial: (props.serial as string | undefined) ?? id,
+    logicalBlockSize: blockSize,
+  };
+  bus.lunSpecs.set(lun, { spec, backend });
+  // An adapter on an iothread: its plane opens the LUN too (over duplicated descriptors).
+  if (bus.scsi.iothread) bus.scsi.sendPlaneMessage({ attach: { ...spec, fds: backend.dupFds() } } satisfies ScsiPlaneDeviceMessage);
   return new ScsiHd(id, bus, lun, disk);
 }
 
@@ -151,6 +219,12 @@ export const plugin: DevicePlugin = {
         'num-queues': { type: 'int', description: 'request queues', default: 1, min: 1, max: 16 },
         ioeventfd: { type: 'bool', description: 'queue notifications through KVM ioeventfd (off: through the exit path)', default: true },
         'event-idx': { type: 'bool', description: 'offer VIRTIO_RING_F_EVENT_IDX', default: true },
+        iothread: {
+          type: 'string',
+          description: "run the queues (control, event, requests) and the LUNs' I/O in the worker thread of this iothread",
+          pattern: /^[A-Za-z][A-Za-z0-9_.-]*$/,
+          patternHint: 'a name starting with a letter',
+        },
         ...VIRTIO_PCI_DEBUG_PROPERTIES,
       },
       create: createVirtioScsi,

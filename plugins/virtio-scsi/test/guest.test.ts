@@ -63,6 +63,8 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
     ['ioeventfd=off', 'virtio-scsi,id=scsi0,ioeventfd=off'],
     ['4 request queues', 'virtio-scsi,id=scsi0,num-queues=4'],
     ['aio=threads', 'virtio-scsi,id=scsi0', ',aio=threads'],
+    ['iothread=iotscsi0 (2 request queues)', 'virtio-scsi,id=scsi0,iothread=iotscsi0,num-queues=2'],
+    ['iothread=iotscsi0 and ioeventfd=off', 'virtio-scsi,id=scsi0,iothread=iotscsi0,ioeventfd=off'],
   ])('with %s', (_name, adapter, diskOpt = '') => {
     it('READ/WRITE 6/10/12/16, WRITE AND VERIFY, VERIFY with BYTCHK, SYNCHRONIZE CACHE: the image holds the pattern', async () => {
       const { a, devices } = twoLuns(adapter, diskOpt);
@@ -89,26 +91,42 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
         if (img[o] !== patternByte(o, 7)) throw new Error(`image byte ${o} is ${img[o]}, expected ${patternByte(o, 7)}`);
       expect(img.subarray(0, 100 * 512).every((x) => x === 0)).toBe(true);
       expect(img.subarray(148 * 512, 200 * 512).every((x) => x === 0)).toBe(true);
+      // On an iothread: one worker took the adapter's queues (the main thread ran none of its requests).
+      expect(r.err.match(/iothread iotscsi0: worker thread started/g) ?? []).toHaveLength(adapter.includes('iothread=') ? 1 : 0);
     });
   });
 
-  it('Lost kick and lost interrupt on request queue 0 with stall-ms=300: VIRTQUEUE_STALL names side and cause, the device event recovers I/O, counters move by exactly one; the event queue never stalls', async () => {
-    const { devices } = twoLuns('virtio-scsi,id=scsi0,stall-ms=300');
-    const d = await stallDrill({ cmdline: 'test=scsi-scan timeout-ms=60000', devices, dev: 'scsi0', kickQueue: 2, irqQueue: 2 });
-    expectPass(d.run, 'scsi-scan');
-    expect(d.kickStall).toMatchObject({ device: 'scsi0', queue: 2, side: 'kick', cause: 'no-notify', 'last-avail-idx': 0, 'avail-idx': 1 });
-    expect(d.irqStall).toMatchObject({ device: 'scsi0', queue: 2, side: 'interrupt', cause: 'dropped', 'used-idx': 1 });
-    const kicks = (s: Record<string, unknown>) => (s['kicks-eventfd'] as number) + (s['kicks-exit'] as number);
-    expect(kicks(d.kick.after) - kicks(d.kick.before)).toBe(1);
-    expect(d.kick.after['debug-events']).toBe((d.kick.before['debug-events'] as number) + 1);
-    expect(d.kick.after.chains).toBe((d.kick.before.chains as number) + 1);
-    expect(d.call.before['interrupts-dropped']).toBe(1);
-    expect(d.call.after['interrupts-injected']).toBe((d.call.before['interrupts-injected'] as number) + 1);
-    expect(d.events.filter((m) => m.event === 'VIRTQUEUE_STALL').map((m) => m.data)).toEqual([d.kickStall, d.irqStall]);
-    // The kick side moved again while the VM ran on (the interrupt side clears at the first check after the
-    // guest moves on, which may come after it has finished).
-    expect(d.events.find((m) => m.event === 'VIRTQUEUE_STALL_CLEARED')?.data).toMatchObject({ queue: 2, side: 'kick', cause: 'no-notify' });
-  });
+  it.each([[''], [',iothread=iotscsi0']])(
+    'Lost kick and lost interrupt on request queue 0 with stall-ms=300%s: VIRTQUEUE_STALL names side and cause, the device event recovers I/O, counters move by exactly one; the event queue never stalls',
+    async (extra) => {
+      const { devices } = twoLuns(`virtio-scsi,id=scsi0,stall-ms=300${extra}`);
+      const d = await stallDrill({ cmdline: 'test=scsi-scan timeout-ms=60000', devices, dev: 'scsi0', kickQueue: 2, irqQueue: 2 });
+      expectPass(d.run, 'scsi-scan');
+      expect(d.kickStall).toMatchObject({
+        device: 'scsi0',
+        queue: 2,
+        side: 'kick',
+        cause: 'no-notify',
+        'last-avail-idx': 0,
+        'avail-idx': 1,
+      });
+      expect(d.irqStall).toMatchObject({ device: 'scsi0', queue: 2, side: 'interrupt', cause: 'dropped', 'used-idx': 1 });
+      const kicks = (s: Record<string, unknown>) => (s['kicks-eventfd'] as number) + (s['kicks-exit'] as number);
+      expect(kicks(d.kick.after) - kicks(d.kick.before)).toBe(1);
+      expect(d.kick.after['debug-events']).toBe((d.kick.before['debug-events'] as number) + 1);
+      expect(d.kick.after.chains).toBe((d.kick.before.chains as number) + 1);
+      expect(d.call.before['interrupts-dropped']).toBe(1);
+      expect(d.call.after['interrupts-injected']).toBe((d.call.before['interrupts-injected'] as number) + 1);
+      expect(d.events.filter((m) => m.event === 'VIRTQUEUE_STALL').map((m) => m.data)).toEqual([d.kickStall, d.irqStall]);
+      // The kick side moved again while the VM ran on (the interrupt side clears at the first check after the
+      // guest moves on, which may come after it has finished).
+      expect(d.events.find((m) => m.event === 'VIRTQUEUE_STALL_CLEARED')?.data).toMatchObject({
+        queue: 2,
+        side: 'kick',
+        cause: 'no-notify',
+      });
+    },
+  );
 
   it('UNMAP and WRITE SAME(16) with UNMAP read back zeros; WRITE SAME(10) replicates a block; the image agrees', async () => {
     const { a, devices } = twoLuns();
@@ -136,16 +154,19 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
     expect(fs.readFileSync(b).every((x) => x === 0x3c)).toBe(true); // the read-only LUN was not written
   });
 
-  it('task management: ABORT TASK on an in-flight READ, LUN and I_T nexus resets with their unit attentions, AN query', async () => {
-    const { devices } = twoLuns();
-    const r = await vmm('test=scsi-tmf strict=1', devices);
-    expectPass(r, 'scsi-tmf');
-    expect(r.out).toMatch(/scsi-tmf type=abort-task response=0 task=(aborted task_response=2|completed task_response=0)/);
-    expect(r.out).toContain('scsi-tmf-ua type=lun-reset lun=0 asc=0x29 ascq=0x03');
-    expect(r.out).toContain('scsi-tmf-ua type=it-nexus-reset lun=0 asc=0x29 ascq=0x07');
-    expect(r.out).toContain('scsi-tmf type=an-query response=0 event_actual=0x0');
-    expect(r.out).toContain('scsi-tmf read ok lun=0');
-  });
+  it.each([[''], [',iothread=iotscsi0']])(
+    'task management%s: ABORT TASK on an in-flight READ, LUN and I_T nexus resets with their unit attentions, AN query',
+    async (extra) => {
+      const { devices } = twoLuns(`virtio-scsi,id=scsi0${extra}`);
+      const r = await vmm('test=scsi-tmf strict=1', devices);
+      expectPass(r, 'scsi-tmf');
+      expect(r.out).toMatch(/scsi-tmf type=abort-task response=0 task=(aborted task_response=2|completed task_response=0)/);
+      expect(r.out).toContain('scsi-tmf-ua type=lun-reset lun=0 asc=0x29 ascq=0x03');
+      expect(r.out).toContain('scsi-tmf-ua type=it-nexus-reset lun=0 asc=0x29 ascq=0x07');
+      expect(r.out).toContain('scsi-tmf type=an-query response=0 event_actual=0x0');
+      expect(r.out).toContain('scsi-tmf read ok lun=0');
+    },
+  );
 
   it.each([
     ['shortreq', 1, /command request needs 51 device-readable bytes/],
@@ -161,6 +182,20 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
       expect(r.err).toMatch(reason);
     },
   );
+
+  it('on an iothread shared with a virtio-blk: a hostile chain marks only the adapter needs-reset, the worker stays up, the reset adapter works on it again', async () => {
+    const { devices } = twoLuns('virtio-scsi,id=scsi0,iothread=iotscsi0');
+    const blk = image('shared-blk.img', 64 * 512);
+    const r = await vmm('test=scsi-hostile kind=loop', [...devices, `virtio-blk,id=d9,file=${blk},iothread=iotscsi0`]);
+    expectPass(r, 'scsi-hostile');
+    expect(r.out).toContain('scsi-hostile kind=loop needs_reset=1 response=none recovered=1');
+    expect(r.err).toMatch(/descriptor chain loops/);
+    expect(r.err.match(/scsi0: guest error, device needs reset/g)).toHaveLength(1);
+    expect(r.err).toContain('d9: data plane on iothread iotscsi0, shared with scsi0');
+    // One worker for both devices, never restarted; the blk device was not touched.
+    expect(r.err.match(/iothread iotscsi0: worker thread started/g)).toHaveLength(1);
+    expect(r.err).not.toMatch(/restarted|d9: .*needs reset|internal error|Unhandled/);
+  });
 
   it('a READ offered only device-readable buffers is answered OVERRUN without breaking the adapter', async () => {
     const { devices } = twoLuns();
@@ -196,6 +231,7 @@ describeKvm('virtio-scsi driven by the guest kit', () => {
       ['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=IMG,lun=16384'],
       /--device scsi-hd,id=d0: property 'lun' must be at most 16383/,
     ],
+    [['virtio-scsi,id=scsi0,iothread=0io', 'scsi-hd,id=d0,bus=scsi0,file=IMG'], /--device virtio-scsi,id=scsi0: property 'iothread'/],
     [
       ['virtio-scsi,id=scsi0', 'scsi-hd,id=d0,bus=scsi0,file=IMG,aio=posix'],
       /--device scsi-hd,id=d0: property 'aio' must be one of io_uring, threads/,

@@ -17,14 +17,15 @@ describeKvm('virtio-scsi: hostile guest (hostile.c)', () => {
     ['zero-resp', 'oob', 'off'],
     ['zero-data', '0', 'off'],
     ['zero-data', 'oob', 'on'],
+    ['zero-data', 'oob', 'on', ',iothread=iotscsi0'],
   ])(
-    '%s buffer at %s (ioeventfd=%s): the VMM stays up, the guest reads needs-reset, a reset brings the adapter back',
-    async (kind, at, io) => {
-      const img = path.join(tmp, `${kind}-${at}-${io}.img`);
+    '%s buffer at %s (ioeventfd=%s%s): the VMM stays up, the guest reads needs-reset, a reset brings the adapter back',
+    async (kind, at, io, extra = '') => {
+      const img = path.join(tmp, `${kind}-${at}-${io}${extra ? '-io' : ''}.img`);
       fs.writeFileSync(img, Buffer.alloc(1 << 20));
       const r = await runGuestKit(
         `test=hostile-scsi kind=${kind} at=${at}`,
-        [`virtio-scsi,id=scsi0,ioeventfd=${io}`, `scsi-hd,bus=scsi0,lun=0,file=${img}`],
+        [`virtio-scsi,id=scsi0,ioeventfd=${io}${extra}`, `scsi-hd,bus=scsi0,lun=0,file=${img}`],
         { timeoutMs: 60_000 },
       );
       expectPass(r, 'hostile-scsi');
