@@ -116,15 +116,20 @@ describeKvm('snapshot and restore with iothread=io0', () => {
   it('x-snapshot-save mid-loop, kill, --restore in a new process: the guest finishes every write once', async () => {
     const disk = image();
     const snap = path.join(tmp, 'snap-io.bin');
-    // A second disk on the same iothread: one worker serves both (the guest drives d0; d1 stays idle).
+    // A second disk and a SCSI adapter on the same iothread: one worker serves all three, of two device
+    // types (the guest drives d0; d1 and s1 stay idle).
     const idle = path.join(tmp, `idle-${uniq()}.img`);
     fs.writeFileSync(idle, Buffer.alloc(64 * 512));
+    const lun = path.join(tmp, `idle-lun-${uniq()}.img`);
+    fs.writeFileSync(lun, Buffer.alloc(64 * 512));
     const dev = ['--object', 'iothread,id=io0', '--device', `virtio-blk,id=d0,file=${disk},iothread=io0`];
-    dev.push('--device', `virtio-blk,id=d1,file=${idle},iothread=io0`, '--cmdline', LOOP);
+    dev.push('--device', `virtio-blk,id=d1,file=${idle},iothread=io0`);
+    dev.push('--device', 'virtio-scsi,id=s1,iothread=io0', '--device', `scsi-hd,bus=s1,lun=0,file=${lun}`, '--cmdline', LOOP);
     const src = vmm(dev);
     await until('progress', () => /progress i=30\b/.test(src.out()));
     expect(src.err().match(/iothread io0: worker thread started/g)).toHaveLength(1);
     expect(src.err()).toContain('d1: data plane on iothread io0, shared with d0');
+    expect(src.err()).toContain('s1: queues on iothread io0, shared with d0, d1');
     const s = await client(src);
     await s.run('x-snapshot-save', { file: snap });
     expect(await s.run('query-status')).toMatchObject({ status: 'paused', running: false });
@@ -148,6 +153,8 @@ describeKvm('snapshot and restore with iothread=io0', () => {
     expect(dst.err().match(/iothread io0: worker thread started/g)).toHaveLength(1);
     const d1 = (await d.run('x-query-virtio-status', { path: 'd1' })) as { 'device-info': { iothread: string } };
     expect(d1['device-info'].iothread).toBe('io0');
+    const s1 = (await d.run('x-query-virtio-status', { path: 's1' })) as { 'device-info': { iothread: string } };
+    expect(s1['device-info'].iothread).toBe('io0');
     checkImage(disk, 60);
     s.close();
     d.close();
