@@ -399,4 +399,22 @@ describe('VirtioScsiDevice', () => {
     );
     await settle();
   });
+
+  it('migrates the driver-written sense and CDB sizes (absent when the defaults); refuses sizes writeConfig would not take', () => {
+    const { dev } = setup();
+    expect(dev.saveScsiState()).toBeUndefined();
+    dev.writeConfig(S.OFF_virtio_scsi_config_sense_size, 4, 32);
+    dev.writeConfig(S.OFF_virtio_scsi_config_cdb_size, 4, 16);
+    const saved = JSON.parse(JSON.stringify(dev.saveScsiState()));
+    expect(saved).toEqual({ config: { senseSize: 32, cdbSize: 16 } });
+    const { dev: dst } = setup();
+    dst.loadScsiState(saved);
+    expect(dst.readConfig(S.OFF_virtio_scsi_config_sense_size, 4)).toBe(32);
+    expect(dst.readConfig(S.OFF_virtio_scsi_config_cdb_size, 4)).toBe(16);
+    expect(() => dst.checkScsiState({ config: { senseSize: 253, cdbSize: 32 } })).toThrow(/config\.senseSize/);
+    expect(() => dst.checkScsiState({ config: { senseSize: 96, cdbSize: 5 } })).toThrow(/config\.cdbSize/);
+    expect(() => dst.checkScsiState({ config: 'big' })).toThrow(/config/);
+    // A refused state changed nothing.
+    expect(dst.readConfig(S.OFF_virtio_scsi_config_cdb_size, 4)).toBe(16);
+  });
 });

@@ -72,6 +72,8 @@ export interface VirtioScsiExtraState {
   luns?: Record<string, ScsiLunState>;
   /** Response bytes held back while bus mastering was off. */
   pendingWrites?: { bufs: { addr: number; len: number }[]; bytes: string }[];
+  /** The driver-written config fields, when not the defaults (absent: sense_size 96, cdb_size 32). */
+  config?: { senseSize: number; cdbSize: number };
 }
 
 /** A command handed to the target and not yet answered (what task management looks at). */
@@ -381,7 +383,7 @@ export class VirtioScsiDevice extends DataPlaneDevice {
   /** Migration: the adapter's own fields (taken after drain, with the VM stopped). */
   saveScsiState(): VirtioScsiExtraState | undefined {
     // On an iothread the plane's state, taken by the last drain (the LUNs' unit attentions and held responses are there).
-    if (this.iothread) return structuredClone(this.drainedState().extra as VirtioScsiExtraState | undefined);
+    if (this.iothread) return this.withConfig(structuredClone((this.drainedState().extra as VirtioScsiExtraState | undefined) ?? {}));
     if (this.inFlightCount > 0) throw new Error(`${this.id}: ${this.inFlightCount} requests still in flight (not drained)`);
     const s: VirtioScsiExtraState = {};
     const luns = Object.fromEntries(Object.entries(this.target.saveState()).filter(([, v]) => Object.keys(v).some((k) => k !== 'kind')));
@@ -392,6 +394,14 @@ export class VirtioScsiDevice extends DataPlaneDevice {
         bufs: p.bufs.map((d) => ({ addr: d.addr, len: d.len })),
         bytes: Buffer.from(p.bytes).toString('base64'),
       }));
+    return this.withConfig(s);
+  }
+
+  /** Adds the driver-written config (this thread's: config writes land here) when not the defaults. */
+  private withConfig(s: VirtioScsiExtraState): VirtioScsiExtraState | undefined {
+    delete s.config;
+    if (this.senseSize !== S.VIRTIO_SCSI_SENSE_DEFAULT_SIZE || this.cdbSize !== S.VIRTIO_SCSI_CDB_DEFAULT_SIZE)
+      s.config = { senseSize: this.senseSize, cdbSize: this.cdbSize };
     return Object.keys(s).length ? s : undefined;
   }
 
@@ -400,9 +410,20 @@ export class VirtioScsiDevice extends DataPlaneDevice {
    * states the target accepts, held-back responses (at most one per
    * descriptor of every queue) whose buffers are guest RAM and hold their bytes.
    */
-  checkScsiState(raw: unknown): { luns: Record<string, ScsiLunState>; writes: { bufs: Descriptor[]; bytes: Uint8Array }[] } {
+  checkScsiState(raw: unknown): {
+    luns: Record<string, ScsiLunState>;
+    writes: { bufs: Descriptor[]; bytes: Uint8Array }[];
+    config?: { senseSize: number; cdbSize: number };
+  } {
     if (raw === undefined) return { luns: {}, writes: [] };
     const f = new Fields(raw, '');
+    // The bounds writeConfig enforces.
+    const config = f.optional('config', (g, k) => {
+      const c = new Fields(g.raw(k), g.at(k));
+      const senseSize = c.int('senseSize', 0, 252);
+      const cdbSize = c.int('cdbSize', 6, 256);
+      return { senseSize, cdbSize };
+    });
     const maxWrites = this.queues.reduce((n, q) => n + q.maxSize, 0);
     const writes =
       f.optional('pendingWrites', (g, k) =>
@@ -429,13 +450,18 @@ export class VirtioScsiDevice extends DataPlaneDevice {
         throw e instanceof StateError ? e : new StateError('', (e as Error).message);
       }
     });
-    return { luns, writes };
+    return { luns, writes, config };
   }
 
   /** Migration: the counterpart of saveScsiState; checks everything (checkScsiState) before applying. */
   loadScsiState(raw: VirtioScsiExtraState | undefined): void {
     const s = this.checkScsiState(raw);
     this.target.loadState(s.luns);
+    this.resetConfig();
+    if (s.config) {
+      this.configView.setUint32(S.OFF_virtio_scsi_config_sense_size, s.config.senseSize, true);
+      this.configView.setUint32(S.OFF_virtio_scsi_config_cdb_size, s.config.cdbSize, true);
+    }
     if (this.iothread) {
       // The plane takes the held responses (sent with 'restore' by loadState, which follows).
       this.setHeldWrites([]);

@@ -10,7 +10,7 @@
  */
 import { OpenedImage, RawFileBackend } from '@tsvmm/block';
 import { ScsiDisk, ScsiTarget } from '@tsvmm/scsi';
-import { IoThreadInit, PlaneFactory, WorkerPlane } from '@tsvmm/virtio-core';
+import { GuestMemory, IoThreadFromWorker, IoThreadInit, PlaneFactory, WorkerPlane } from '@tsvmm/virtio-core';
 import { ScsiPlaneMessage, VirtioScsiDevice, VirtioScsiExtraState } from '@tsvmm/virtio-scsi-core';
 
 /** The plane factory's name in the iothread worker. */
@@ -43,11 +43,22 @@ function attach(target: ScsiTarget, l: ScsiLunSpec): void {
   target.attach(l.lun, new ScsiDisk({ backend, readonly: l.readonly, serial: l.serial, logicalBlockSize: l.logicalBlockSize }));
 }
 
-/** The worker's factory for virtio-scsi planes (registered under SCSI_PLANE). */
+/** The worker's factory for virtio-scsi planes (registered under SCSI_PLANE): the LUNs of `init` opened. */
 export const createScsiPlane: PlaneFactory = (memory, raw, post, eventfdWrite) => {
   const init = raw as ScsiInit;
   const target = new ScsiTarget();
   for (const l of init.luns) attach(target, l);
+  return scsiPlane(memory, init, target, post, eventfdWrite);
+};
+
+/** A plane over a target whose LUNs are already attached (createScsiPlane; tests with their own backends). */
+export function scsiPlane(
+  memory: GuestMemory,
+  init: ScsiInit,
+  target: ScsiTarget,
+  post: (m: IoThreadFromWorker) => void,
+  eventfdWrite: (fd: number) => void,
+): WorkerPlane<VirtioScsiDevice> {
   const dev: VirtioScsiDevice = new VirtioScsiDevice(memory, {
     id: init.id,
     numQueues: init.numQueues,
@@ -73,4 +84,4 @@ export const createScsiPlane: PlaneFactory = (memory, raw, post, eventfdWrite) =
     post,
     eventfdWrite,
   );
-};
+}
