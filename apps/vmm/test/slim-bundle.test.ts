@@ -85,8 +85,12 @@ describeKvm('a slim VMM bundle (one plugin)', () => {
         .readdirSync(OUT)
         .filter((f) => !f.endsWith('.map'))
         .sort(),
-    ).toEqual(['kvm_native.node', 'main.js', 'iothread.js']);
+    ).toEqual(['iothread.js', 'kvm_native.node', 'main.js']);
     const slim = fs.readFileSync(path.join(OUT, 'main.js'), 'utf8');
+    // The iothread worker holds the planes of the bundled plugins only.
+    const worker = fs.readFileSync(path.join(OUT, 'iothread.js'), 'utf8');
+    expect(worker).toContain('BlkWorkerPlane');
+    expect(worker).not.toContain('VirtioScsiDevice');
     expect(slim).toContain('VirtioBlkDevice');
     expect(slim).not.toContain('VirtioNetDevice');
   });
