@@ -44,6 +44,10 @@ describe('plugin discovery from sources', () => {
     }
     const blk = c.plugins.find((p) => p.package.name === '@tsvmm/virtio-blk')!;
     expect(blk.dir).toBe(fs.realpathSync(path.resolve(__dirname, '../../../plugins/virtio-blk')));
+    // The data planes the bundle's iothread worker registers (virtio-blk's and virtio-scsi's).
+    const scan = scanPluginPackages([path.resolve(__dirname, '../../../plugins')], PLUGIN_API_VERSION);
+    const planes = Object.fromEntries(scan.packages.map((p) => [p.name, p.manifest.iothreadPlanes]));
+    expect(planes).toMatchObject({ '@tsvmm/virtio-blk': 'src/iothread-plane.ts', '@tsvmm/virtio-scsi': 'src/iothread-plane.ts' });
   });
 
   it('refuses a package whose manifest names another plugin API without loading its code', () => {
@@ -105,6 +109,12 @@ describe('plugin discovery from sources', () => {
       { apiVersion: 'one', deviceTypes: [] },
       '',
       'package.json "vmmPlugin.apiVersion" must be an integer, got "one"; package.json "vmmPlugin.deviceTypes" must list',
+    ],
+    [
+      'an iothreadPlanes that is not a module path',
+      { apiVersion: PLUGIN_API_VERSION, deviceTypes: ['rt-dev'], iothreadPlanes: { 'rt-dev': 'x.js' } },
+      '',
+      'package.json "vmmPlugin.iothreadPlanes" must be the path of a module exporting iothreadPlanes',
     ],
   ])('reports %s with a clear message', (what, manifest, js, expected) => {
     const dir = writePackage(path.join(tmp, 'bad', what.replace(/\W+/g, '-')), manifest, js);
