@@ -8,4 +8,5 @@ export * from './virtio-state';
 export * from './rate-limit';
 export * from './shared-stats';
 export * from './stall';
+export * from './poll';
 export * as virtioUapi from './generated/virtio-uapi';

@@ -498,6 +498,20 @@ export class SplitVirtqueue {
   }
 
   /**
+   * Asks the driver not to kick at all while the device polls the ring (an
+   * iothread's poll window, libs/virtio-core/src/poll.ts). Without EVENT_IDX
+   * this is VRING_USED_F_NO_NOTIFY; with it, avail_event is put one behind
+   * the entries already taken: a driver's publish moves its index from at
+   * least lastAvailIdx on, so vring_need_event never crosses it (virtio 1.2
+   * 2.7.10). enableNotification undoes either, then the caller re-checks.
+   */
+  suppressNotification(): void {
+    if (!this.mem) return;
+    if (this.eventIdx) Atomics.store(this.availEventView!, 0, (this.lastAvailIdx - 1) & 0xffff);
+    else Atomics.store(this.usedFlagsView!, 0, V.VRING_USED_F_NO_NOTIFY);
+  }
+
+  /**
    * Asks the driver to kick for the next buffer, then re-checks the ring:
    * returns true when buffers arrived meanwhile (the caller must process them).
    */

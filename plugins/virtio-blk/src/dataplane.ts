@@ -15,9 +15,16 @@
  * and status bytes). `resume` takes requests again and processes the queues
  * kicked meanwhile. `restore` loads a state from the stream on the
  * destination. `dirty` start/sync/stop logs the guest pages the worker writes.
+ *
+ * Polling (the iothread's poll-max-ns, libs/virtio-core/src/poll.ts): after
+ * a kick or a completion the plane polls its queues and its back-end's
+ * completion ring for up to the adaptive window, with the driver's
+ * notifications suppressed meanwhile. A poll stops as soon as the main
+ * thread has sent a message not handled yet (init's `sent` counter), so a
+ * drain, bus mastering off or reset is never held behind a poll window.
  */
 import { EventFd } from '@tsvmm/kvm-native';
-import { GuestMemory, SharedQueueStats, VirtioDeviceState } from '@tsvmm/virtio-core';
+import { GuestMemory, QueuePoller, SharedQueueStats, VirtioDeviceState } from '@tsvmm/virtio-core';
 import { BlockBackend } from '@tsvmm/block';
 import { BlkExtraState, VirtioBlkDevice } from './device';
 import type { FromWorker, ToWorker, WorkerQueueStats } from './iothread';
@@ -33,6 +40,11 @@ export class BlkWorkerPlane {
   private logging = false;
   /** Per queue: the duplicate of its ioeventfd this thread watches ('watch-notifier'). */
   private readonly notifiers = new Map<number, EventFd>();
+  /** The iothread's adaptive poll (undefined: poll-max-ns=0). */
+  readonly poller: QueuePoller | undefined;
+  /** Messages the main thread sent this plane (init's `sent`), against those handled here (init counts as one). */
+  private readonly sent: Int32Array | undefined;
+  private handled = 1;
 
   constructor(
     memory: GuestMemory,
@@ -66,7 +78,10 @@ export class BlkWorkerPlane {
       dev.faults[i] = shared.faults(i);
     });
     // Each interrupt decision (sent, dropped, suppressed) and each kick is published as soon as the record has it.
-    dev.interruptRecorded = (q) => this.owned(q) && this.shared?.setInterruptRecord(q, dev.queues[q].stall.interrupt);
+    dev.interruptRecorded = (q) => {
+      if (this.owned(q)) this.shared?.setInterruptRecord(q, dev.queues[q].stall.interrupt);
+      this.poller?.activity(); // a completion was just handled: poll for the next
+    };
     dev.kickRecorded = (q) =>
       this.owned(q) && this.shared?.setKickRecord(q, dev.queues[q].stall.lastKickAt, dev.queues[q].stall.availIdxAtLastKick);
     // A migration drain holds kicks (counted and recorded already) until 'resume'.
@@ -91,6 +106,17 @@ export class BlkWorkerPlane {
       signalConfig: () => post({ type: 'broken', reason: dev.brokenReason ?? 'device error' }),
     };
     dev.setDisabled(true);
+    this.sent = init.sent ? new Int32Array(init.sent) : undefined;
+    if (init.poll && init.poll.maxNs > 0) {
+      const queues = dev.queues.filter((_, i) => this.owned(i));
+      this.poller = new QueuePoller(init.poll, {
+        canPoll: () => !this.stopped && dev.canProcess && (!this.sent || Atomics.load(this.sent, 0) === this.handled),
+        queues: () => queues,
+        reapCompletions: () => backend.pollCompletions?.() ?? 0,
+        process: (q) => dev.pollQueue(q.index),
+        fault: (e) => dev.deviceFault('iothread poll', e),
+      });
+    }
     // The counters for the monitor (x-query-virtio-status device-info): sent when they changed, at most every 100 ms.
     this.statsTimer = setInterval(() => this.postStatsIfChanged(), 100);
     this.statsTimer.unref?.();
@@ -130,6 +156,7 @@ export class BlkWorkerPlane {
   }
 
   handle(m: ToWorker): void {
+    if (m.type !== 'init') this.handled++;
     const d = this.dev;
     switch (m.type) {
       case 'init':
@@ -151,6 +178,7 @@ export class BlkWorkerPlane {
       }
       case 'kick':
         d.notify(m.queue, 'debug'); // already counted and recorded on the main thread
+        this.poller?.activity();
         return;
       case 'watch-notifier': {
         this.unwatchNotifier(m.queue);
@@ -164,6 +192,7 @@ export class BlkWorkerPlane {
         return;
       case 'disabled':
         d.setDisabled(m.disabled);
+        if (!m.disabled) this.poller?.activity(); // buffers a poll found while bus mastering was off
         return;
       case 'reset':
         for (const q of [...this.notifiers.keys()]) this.unwatchNotifier(q);
@@ -185,6 +214,7 @@ export class BlkWorkerPlane {
         const kicked = [...this.kickedWhileStopped];
         this.kickedWhileStopped.clear();
         for (const q of kicked) d.notify(q, 'debug');
+        this.poller?.activity(); // buffers a poll found while drained
         return;
       }
       case 'dirty':
@@ -200,6 +230,7 @@ export class BlkWorkerPlane {
       case 'close':
         for (const q of [...this.notifiers.keys()]) this.unwatchNotifier(q);
         clearInterval(this.statsTimer);
+        this.poller?.close();
         d.backend.close();
         return;
     }
@@ -209,6 +240,7 @@ export class BlkWorkerPlane {
   private guestKick(queue: number): void {
     this.shared?.noteOwnerKick(queue);
     this.dev.runGuarded(`ioeventfd of queue ${queue}`, () => this.dev.notify(queue, 'ioeventfd'));
+    this.poller?.activity();
   }
 
   private unwatchNotifier(queue: number): void {

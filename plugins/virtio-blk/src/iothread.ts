@@ -7,7 +7,7 @@
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import type { OpenedImage } from '@tsvmm/block';
-import type { InterruptRecord, VirtioDeviceState } from '@tsvmm/virtio-core';
+import type { InterruptRecord, PollSettings, VirtioDeviceState } from '@tsvmm/virtio-core';
 import type { BlkCounters, BlkExtraState } from './device';
 
 export type ToWorker =
@@ -28,6 +28,10 @@ export type ToWorker =
       stats?: SharedArrayBuffer;
       /** iothread-vq-mapping: the queues this plane processes (default: all); the device's other queues are other workers'. */
       queues?: number[];
+      /** The iothread's poll-max-ns / poll-grow / poll-shrink (absent or maxNs 0: no polling). */
+      poll?: PollSettings;
+      /** BlkIoThread.sent: how many messages the main thread posted (a poll stops while one waits). */
+      sent?: SharedArrayBuffer;
     }
   /** DRIVER_OK: the negotiated state as the transport holds it (features, queue layout, indices); loaded as is, not replayed. */
   | { type: 'activate'; virtio: VirtioDeviceState; vectorFds: number[] }
@@ -170,6 +174,8 @@ export class BlkIoThread {
   private readonly pending = new Map<number, { resolve: (m: WorkerReply) => void; reject: (e: Error) => void }>();
   private dead: Error | undefined;
   private closing = false;
+  /** Messages posted to the plane, counted before each post (the plane's poll stops while one waits: init's `sent`). */
+  readonly sent = new Int32Array(new SharedArrayBuffer(4));
 
   /** `connect` gives a port and the function that delivers its messages: a shared worker's channel (IoThreadHost.connect), or a test's. */
   constructor(
@@ -215,6 +221,7 @@ export class BlkIoThread {
 
   send(m: ToWorker): void {
     if (this.dead) return;
+    Atomics.add(this.sent, 0, 1);
     this.port.postMessage(m);
   }
 
@@ -224,6 +231,7 @@ export class BlkIoThread {
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
       this.pending.set(seq, { resolve: resolve as (m: WorkerReply) => void, reject });
+      Atomics.add(this.sent, 0, 1);
       this.port.postMessage({ ...m, seq } as ToWorker);
     });
   }

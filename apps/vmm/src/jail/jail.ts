@@ -195,7 +195,7 @@ export function planJail(args: JailArgs, config: VmConfig, registry: DeviceRegis
     ...(config.incoming !== undefined
       ? { incoming: `${config.incoming}${config.incomingTimeoutS !== undefined ? `,timeout=${config.incomingTimeoutS}` : ''}` }
       : {}),
-    ...(config.iothreads?.length ? { objects: config.iothreads.map((id) => `iothread,id=${id}`) } : {}),
+    ...(config.iothreads?.length ? { objects: config.iothreads.map((id) => iothreadObject(id, config.iothreadPoll?.[id])) } : {}),
     qmp: [`unix:${JAIL_QMP}`],
     ...(config.monitorStdio ? { monitor: 'stdio' } : {}),
     paused: config.startPaused,
@@ -478,4 +478,9 @@ export async function runJail(args: JailArgs, log: (m: string) => void = (m) => 
   cleanup();
   if (args.keep) log(`jail ${args.id}: kept ${plan.jailDir}`);
   return status >= 0 ? status : 128 - status;
+}
+
+/** `--object iothread` as the jailed VMM gets it again (its poll settings included). */
+function iothreadObject(id: string, poll: { maxNs: number; grow: number; shrink: number } | undefined): string {
+  return poll ? `iothread,id=${id},poll-max-ns=${poll.maxNs},poll-grow=${poll.grow},poll-shrink=${poll.shrink}` : `iothread,id=${id}`;
 }
