@@ -592,7 +592,7 @@ export const SETTINGS: readonly Setting[] = [
     kind: 'value',
     arg: 'iothread,id=ID[,poll-max-ns=N]',
     jsonKey: 'objects',
-    help: 'an iothread: a worker thread that devices naming it with iothread=ID\nshare (repeatable); poll-max-ns=N (default 32768; 0: off),\npoll-grow=G, poll-shrink=S: adaptive polling; see docs/cli.md#iothreads',
+    help: 'an iothread: a worker thread that devices naming it with iothread=ID\nshare (repeatable); poll-max-ns=N (default 0: off; 32768 in QEMU),\npoll-grow=G, poll-shrink=S: adaptive polling; see docs/cli.md#iothreads',
     json: (z) =>
       z.array(z.union([z.string(), z.record(z.string(), z.unknown())]), {
         error: 'must be an array of objects ("iothread,id=ID" or {"qom-type": "iothread", "id": "ID"})',

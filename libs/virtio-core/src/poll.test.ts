@@ -109,9 +109,10 @@ describe('QueuePoller', () => {
     let clock = 0;
     let looks = 0;
     const processed: number[] = [];
-    const state = { canPoll: true };
+    const state = { canPoll: true, memoryAccess: true };
     const target: PollTarget = {
       canPoll: () => state.canPoll,
+      memoryAccess: () => state.memoryAccess,
       queues: () => [s.q],
       reapCompletions: () => onReap(++looks),
       process: (q) => {
@@ -126,7 +127,7 @@ describe('QueuePoller', () => {
     return { ...s, p, processed, state, looks: () => looks };
   }
 
-  it('finds a buffer published during the window, with the driver told not to kick meanwhile; notifications are back on after', () => {
+  it('finds a buffer published during the window, with the driver told not to kick meanwhile; notifications are back on once a poll times out', async () => {
     let flagsWhilePolling = -1;
     const t = poller(false, 32768, (n) => {
       if (n === 3) {
@@ -140,7 +141,28 @@ describe('QueuePoller', () => {
     expect(flagsWhilePolling).toBe(V.VRING_USED_F_NO_NOTIFY);
     expect(t.processed).toEqual([0]);
     expect(t.p.counters).toEqual({ polls: 1, hits: 1, timeouts: 0 });
+    // Still off until the next poll (right after this turn): the driver's next buffer needs no kick either.
+    expect(t.usedFlags()).toBe(V.VRING_USED_F_NO_NOTIFY);
+    await nextTurn();
+    expect(t.p.counters).toEqual({ polls: 2, hits: 1, timeouts: 1 });
     expect(t.usedFlags()).toBe(0);
+  });
+
+  it('release() turns suppressed notifications back on (drain, reset), but not while the device may not write guest memory', async () => {
+    const t = poller(false, 32768, (n) => {
+      if (n === 1) t.drv.addChain([{ addr: 0x10000, len: 16 }]);
+      return 0;
+    });
+    t.p.window.ns = 16384;
+    t.p.poll();
+    expect(t.usedFlags()).toBe(V.VRING_USED_F_NO_NOTIFY);
+    t.state.memoryAccess = false; // bus mastering off
+    expect(t.p.release()).toBe(false);
+    expect(t.usedFlags()).toBe(V.VRING_USED_F_NO_NOTIFY);
+    t.state.memoryAccess = true;
+    expect(t.p.release()).toBe(false);
+    expect(t.usedFlags()).toBe(0);
+    t.p.close();
   });
 
   it('completions found by the poll count as work', () => {

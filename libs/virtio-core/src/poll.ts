@@ -32,8 +32,13 @@ export interface PollSettings {
   shrink: number;
 }
 
-/** poll-max-ns when an iothread does not say (chosen by measurement: docs/ARCHITECTURE.md "Polling"). */
-export const DEFAULT_POLL_MAX_NS = 32768;
+/**
+ * poll-max-ns when an iothread does not say: off. Measured on the 2-CPU host
+ * this project runs on, polling lost (docs/ARCHITECTURE.md "Polling"): the
+ * spinning worker takes the CPU the guest's vCPU needs. QEMU's 32768 is
+ * worth setting where the iothread has a core of its own.
+ */
+export const DEFAULT_POLL_MAX_NS = 0;
 /** Largest poll-max-ns accepted (1 s: a longer busy loop only burns a core). */
 export const POLL_MAX_NS_LIMIT = 1_000_000_000;
 /** Largest poll-grow / poll-shrink accepted. */
@@ -78,6 +83,8 @@ export interface PollTarget {
   queues(): readonly SplitVirtqueue[];
   /** Takes what the back-end completed by now without blocking (its callbacks run); returns how many. */
   reapCompletions?(): number;
+  /** Whether the device may write guest memory now (false while bus mastering is off: suppression then stays until it is back). */
+  memoryAccess?(): boolean;
   /** Buffers the poll found on `queue`: process them as a kick would (not counted as a kick: none was needed). */
   process(queue: SplitVirtqueue): void;
   /** An exception out of a poll (a VMM bug): the plane's fault boundary. */
@@ -105,6 +112,8 @@ export class QueuePoller {
   /** Start of the poll that timed out, while the plane sleeps. */
   private sleepingSince: number | undefined;
   private closed = false;
+  /** The queues whose notifications this poller has off (between a poll that found work and the next). */
+  private suppressed: SplitVirtqueue[] | undefined;
 
   constructor(
     readonly settings: PollSettings,
@@ -129,6 +138,7 @@ export class QueuePoller {
   }
 
   close(): void {
+    this.release();
     this.closed = true;
   }
 
@@ -148,46 +158,69 @@ export class QueuePoller {
   }
 
   /**
-   * One poll: the rings are looked at once, then (nothing found) for up to
-   * the window with notifications suppressed. Work found is processed and
-   * the next poll scheduled; a poll that times out leaves the plane asleep
-   * on its eventfds. Exposed for unit tests.
+   * One poll: the rings are looked at, for up to the window with the
+   * driver's notifications suppressed. Work found is processed, the
+   * suppression kept (processing turned notifications on again) and the
+   * next poll scheduled; a poll that times out turns notifications on,
+   * re-checks, and leaves the plane asleep on its eventfds. Exposed for unit
+   * tests.
    */
   poll(): void {
     const t = this.target;
-    // Not now (reset, drained, bus mastering off): whoever changes that calls activity() again.
-    if (!t.canPoll()) return;
+    // Not now (reset, drained, bus mastering off, a message waits): notifications on; activity() comes again.
+    if (!t.canPoll()) {
+      if (this.release()) this.schedule();
+      return;
+    }
     const qs = t.queues().filter((q) => q.active);
     const start = this.now();
-    let found = qs.some((q) => q.pending() > 0);
     const w = this.window.ns;
-    if (!found && w > 0) {
+    if (w > 0) {
       this.counters.polls++;
       for (const q of qs) q.suppressNotification();
-      try {
-        for (;;) {
-          if (t.reapCompletions && t.reapCompletions() > 0) found = true;
-          for (const q of qs) if (q.pending() > 0) found = true;
-          // A control message (drain, bus mastering off, reset) waits: it goes first.
-          if (found || !t.canPoll() || this.now() - start >= w) break;
-        }
-      } finally {
-        // Notifications back on, then the re-check (virtio 1.2 2.7.10).
-        for (const q of qs) if (q.enableNotification()) found = true;
-      }
+      this.suppressed = qs;
     }
+    const look = (): boolean => {
+      let found = t.reapCompletions !== undefined && t.reapCompletions() > 0;
+      for (const q of qs) if (q.pending() > 0) found = true;
+      return found;
+    };
+    let found = look();
+    while (!found && w > 0 && t.canPoll() && this.now() - start < w) found = look();
     if (!t.canPoll()) {
       // The message first; what was found is taken by the next poll (or, drained / bus mastering off, on resume).
-      if (found) this.schedule();
+      if (this.release() || found) this.schedule();
       return;
     }
-    if (found) {
-      if (w > 0) this.counters.hits++;
-      for (const q of qs) if (q.pending() > 0) t.process(q);
-      this.schedule();
-      return;
+    if (!found) {
+      // Notifications back on, then the re-check (virtio 1.2 2.7.10).
+      if (!this.release()) {
+        if (w > 0) this.counters.timeouts++;
+        this.sleepingSince = start;
+        return;
+      }
+    } else if (w > 0) this.counters.hits++;
+    for (const q of qs) if (q.pending() > 0) t.process(q);
+    // Processing turned notifications on again: off until the next poll, which comes right after this turn.
+    if (w > 0 && t.canPoll()) {
+      for (const q of qs) q.suppressNotification();
+      this.suppressed = qs;
     }
-    if (w > 0) this.counters.timeouts++;
-    this.sleepingSince = start;
+    this.schedule();
+  }
+
+  /**
+   * Turns the driver's notifications back on where this poller had them off
+   * (before the plane sleeps, drains, resets or loses bus mastering: a
+   * driver told not to kick would otherwise never kick again). Returns true
+   * when buffers arrived meanwhile (the caller must see to them).
+   */
+  release(): boolean {
+    const qs = this.suppressed;
+    if (qs && this.target.memoryAccess?.() === false) return false;
+    this.suppressed = undefined;
+    let pending = false;
+    for (const q of qs ?? []) if (q.active && q.enableNotification()) pending = true;
+    return pending;
   }
 }

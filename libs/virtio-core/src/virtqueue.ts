@@ -236,6 +236,9 @@ export class SplitVirtqueue {
     this.indirect = features.indirect;
     this.signalledUsedValid = false;
     this.usedIdxAtActivation = this.usedIdx;
+    // Kicks wanted from the start: no suppression left in the device area by an earlier activation (a poll, poll.ts).
+    if (this.eventIdx) Atomics.store(this.availEventView!, 0, this.lastAvailIdx);
+    else Atomics.store(this.usedFlagsView!, 0, 0);
     return undefined;
   }
 

@@ -113,6 +113,7 @@ export class BlkWorkerPlane {
         canPoll: () => !this.stopped && dev.canProcess && (!this.sent || Atomics.load(this.sent, 0) === this.handled),
         queues: () => queues,
         reapCompletions: () => backend.pollCompletions?.() ?? 0,
+        memoryAccess: () => !dev.disabled,
         process: (q) => dev.pollQueue(q.index),
         fault: (e) => dev.deviceFault('iothread poll', e),
       });
@@ -157,6 +158,10 @@ export class BlkWorkerPlane {
 
   handle(m: ToWorker): void {
     if (m.type !== 'init') this.handled++;
+    // Notifications the poll has off go back on before the plane drains, resets or closes (after bus mastering
+    // went off the device writes nothing: the next activation or poll turns them on).
+    if (m.type === 'drain' || m.type === 'reset' || m.type === 'close' || m.type === 'activate' || m.type === 'restore')
+      this.poller?.release();
     const d = this.dev;
     switch (m.type) {
       case 'init':
