@@ -145,8 +145,7 @@ export class QueuePoller {
   private schedule(): void {
     if (this.scheduled || this.closed) return;
     this.scheduled = true;
-    // After this turn's microtasks (io_uring submissions, completions) and the messages waiting.
-    setImmediate(() => {
+    const run = () => {
       this.scheduled = false;
       if (this.closed) return;
       try {
@@ -154,7 +153,10 @@ export class QueuePoller {
       } catch (e) {
         this.target.fault(e);
       }
-    });
+    };
+    // After this turn's microtasks (io_uring submissions, completions), the messages waiting, and every
+    // setImmediate queued in this turn (batched interrupts, completions): a poll must not hold those up.
+    setImmediate(() => setImmediate(run));
   }
 
   /**

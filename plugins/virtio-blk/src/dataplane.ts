@@ -244,8 +244,10 @@ export class BlkWorkerPlane {
   /** A guest kick read from the queue's ioeventfd on this thread: notify's rules, inside the fault boundary. */
   private guestKick(queue: number): void {
     this.shared?.noteOwnerKick(queue);
+    const dropped = this.dev.counters[queue].kicksDropped;
     this.dev.runGuarded(`ioeventfd of queue ${queue}`, () => this.dev.notify(queue, 'ioeventfd'));
-    this.poller?.activity();
+    // A kick x-debug-virtqueue-drop took is lost: it does not start a poll either (an idle device then strands the buffer).
+    if (this.dev.counters[queue].kicksDropped === dropped) this.poller?.activity();
   }
 
   private unwatchNotifier(queue: number): void {
