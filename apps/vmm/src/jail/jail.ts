@@ -12,6 +12,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { deviceNumbers, lookupUser, mknodChar, NsMountSpec, NsSpawnError, spawnInNamespaces } from '@tsvmm/kvm-native';
+import { DEFAULT_POLL_MAX_NS, type PollSettings } from '@tsvmm/virtio-core';
 import { parseArgs } from '../cli';
 import { ConfigError, VmConfig } from '../config';
 import { DeviceRegistry } from '../container';
@@ -480,7 +481,11 @@ export async function runJail(args: JailArgs, log: (m: string) => void = (m) => 
   return status >= 0 ? status : 128 - status;
 }
 
-/** `--object iothread` as the jailed VMM gets it again (its poll settings included). */
-function iothreadObject(id: string, poll: { maxNs: number; grow: number; shrink: number } | undefined): string {
-  return poll ? `iothread,id=${id},poll-max-ns=${poll.maxNs},poll-grow=${poll.grow},poll-shrink=${poll.shrink}` : `iothread,id=${id}`;
+/** `--object iothread` as the jailed VMM gets it again: its poll settings where they are not the defaults. */
+function iothreadObject(id: string, poll: PollSettings | undefined): string {
+  const props = [`iothread,id=${id}`];
+  if (poll && poll.maxNs !== DEFAULT_POLL_MAX_NS) props.push(`poll-max-ns=${poll.maxNs}`);
+  if (poll?.grow) props.push(`poll-grow=${poll.grow}`);
+  if (poll?.shrink) props.push(`poll-shrink=${poll.shrink}`);
+  return props.join(',');
 }
