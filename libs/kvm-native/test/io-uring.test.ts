@@ -145,7 +145,7 @@ describe('IoUring on real files', () => {
 
   it('reapNow takes a completion at once, without the event loop, and runs its callback exactly once', async () => {
     expect(ring.reapNow()).toBe(0); // nothing in flight
-    const [rd, wr] = pipeFds();
+    const [rd, wr] = blockingPipeFds();
     try {
       const buf = Buffer.alloc(5);
       const got: Done[] = [];
@@ -233,8 +233,8 @@ function pipeFds(): [number, number] {
   return [r, w];
 }
 
-/** A pipe's two ends (read, write) as fds of this process. */
-function pipeFds(): [number, number] {
+/** A pipe's two ends (read, write) whose reads block (the read end is not O_NONBLOCK, unlike pipeFds'). */
+function blockingPipeFds(): [number, number] {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uring-iopoll-fifo-'));
   const fifo = path.join(dir, 'p');
   execFileSync('mkfifo', [fifo]);
