@@ -167,13 +167,14 @@ const WORKLOADS = (DEVICE === 'scsi' ? SCSI_WORKLOADS : BLK_WORKLOADS).map((w) =
     ...w.counts,
     'vmm-threads': w.counts['vmm-on'],
     'vmm-iot': w.counts['vmm-on'],
+    'vmm-iot-poll': w.counts['vmm-on'],
     'vmm-base': w.counts['vmm-on'],
     'qemu-uring': w.counts.qemu,
     'qemu-uring-iot': w.counts.qemu,
   },
 }));
 
-const RUNNER_IDS = ['vmm-on', 'vmm-threads', 'vmm-off', 'vmm-iot', 'vmm-base', 'qemu', 'qemu-uring', 'qemu-uring-iot'];
+const RUNNER_IDS = ['vmm-on', 'vmm-threads', 'vmm-off', 'vmm-iot', 'vmm-iot-poll', 'vmm-base', 'qemu', 'qemu-uring', 'qemu-uring-iot'];
 const QEMU_RUNNERS = ['qemu', 'qemu-uring', 'qemu-uring-iot'];
 
 const USAGE = `usage: node tools/bench/blk-bench.js [options]
@@ -186,6 +187,7 @@ const USAGE = `usage: node tools/bench/blk-bench.js [options]
   --runners LIST    comma-separated subset of: ${RUNNER_IDS.join(', ')} (default: all; vmm-base only with --base-vmm)
                     vmm-on: ioeventfd on, aio default (io_uring); vmm-threads: the same with aio=threads;
                     vmm-off: ioeventfd=off; vmm-iot: vmm-on with the device on --object iothread (blk only);
+                    vmm-iot-poll: vmm-iot with poll-max-ns=32768 (or --poll-max-ns): the iothread polls;
                     vmm-base: vmm-on's settings on the --base-vmm build;
                     qemu: aio=threads; qemu-uring: aio=io_uring;
                     qemu-uring-iot: aio=io_uring and the controller in an iothread
@@ -197,6 +199,7 @@ const USAGE = `usage: node tools/bench/blk-bench.js [options]
   --image-mib N     size of the created image in MiB (default 256)
   --keep-image      do not delete the created image
   --vmm-props STR   extra --device properties for both VMM runners (e.g. ",cache=none")
+  --poll-max-ns N   vmm-iot-poll's poll-max-ns (default 32768, QEMU's default)
   --no-snapshot     run apps/vmm in place instead of a private copy of bin/vmm.js + dist/
   --timeout S       kill a run after S seconds (default 600)
   --pin CPULIST     run every child (and this process) under \`taskset -c CPULIST\`;
@@ -213,7 +216,7 @@ function parseArgs(argv) {
     workloads: WORKLOADS.map((w) => w.id),
     counts: {},
     scale: 1,
-    runners: RUNNER_IDS.filter((r) => DEVICE !== 'scsi' || r !== 'vmm-iot'), // virtio-scsi takes no iothread= yet
+    runners: RUNNER_IDS.filter((r) => DEVICE !== 'scsi' || !r.startsWith('vmm-iot')), // virtio-scsi takes no iothread= yet
     hostMs: 1000,
     image: undefined,
     imageMib: 256,
@@ -240,6 +243,7 @@ function parseArgs(argv) {
     '--out',
     '--vmm-props',
     '--base-vmm',
+    '--poll-max-ns',
   ];
   const workloadIds = WORKLOADS.map((w) => w.id);
   parseFlags(argv, {
@@ -279,6 +283,9 @@ function parseArgs(argv) {
           break;
         case '--vmm-props':
           opts.vmmProps = arg.vmmProps(value);
+          break;
+        case '--poll-max-ns':
+          opts.pollMaxNs = int(value);
           break;
         case '--scale':
           opts.scale = arg.scale(value);
@@ -372,7 +379,7 @@ function guestCmdline(w, count) {
   return `test=${DEV.test} mode=${w.mode} bs=${w.bs} count=${count} depth=${w.depth} irq=${w.irq}`;
 }
 
-function makeRunners(vmmBin, guest, image, vmmProps, baseVmm) {
+function makeRunners(vmmBin, guest, image, vmmProps, baseVmm, pollMaxNs = 32768) {
   const vmm =
     (ioeventfd, props = '', pre = [], bin = vmmBin) =>
     (w, n) => [
@@ -418,6 +425,12 @@ function makeRunners(vmmBin, guest, image, vmmProps, baseVmm) {
       id: 'vmm-iot',
       label: 'our VMM, ioeventfd=on, data plane on --object iothread,id=io0',
       cmd: vmm(true, ',iothread=io0', ['--object', 'iothread,id=io0']),
+      passCode: 0,
+    },
+    {
+      id: 'vmm-iot-poll',
+      label: `our VMM, as vmm-iot with poll-max-ns=${pollMaxNs} (the iothread polls)`,
+      cmd: vmm(true, ',iothread=io0', ['--object', `iothread,id=io0,poll-max-ns=${pollMaxNs}`]),
       passCode: 0,
     },
     ...(baseVmm
@@ -540,7 +553,9 @@ async function main() {
   const img = prepareImage(opts);
   const warmMs = warmImage(img);
   const resident0 = residentBytes(img.path);
-  const runners = makeRunners(vmmBin, guest, img.path, opts.vmmProps, opts.baseVmm).filter((r) => opts.runners.includes(r.id));
+  const runners = makeRunners(vmmBin, guest, img.path, opts.vmmProps, opts.baseVmm, opts.pollMaxNs).filter((r) =>
+    opts.runners.includes(r.id),
+  );
   // Counts per (workload, runner): the defaults (times --scale) unless --counts names them.
   const workloads = WORKLOADS.filter((w) => opts.workloads.includes(w.id)).map((w) => {
     const counts = {};

@@ -27,11 +27,21 @@ export function seeds(): Record<string, Uint8Array> {
       '--device',
       'scsi-hd,bus=s0,lun=3,file=x.img,aio=io_uring,logical-block-size=4096',
     ),
-    iothreads: withJson(['--config', 'f.json', '--object', 'iothread,id=io1', '--device', 'virtio-blk,id=d1,file=b.img,iothread=io1'], {
-      kernel: 'k.elf',
-      objects: ['iothread,id=io0', { 'qom-type': 'iothread', id: 'io2' }],
-      devices: [{ type: 'virtio-blk', id: 'd0', file: 'a.img', iothread: 'io0' }],
-    }),
+    iothreads: withJson(
+      [
+        '--config',
+        'f.json',
+        '--object',
+        'iothread,id=io1,poll-max-ns=65536,poll-grow=4,poll-shrink=2',
+        '--device',
+        'virtio-blk,id=d1,file=b.img,iothread=io1',
+      ],
+      {
+        kernel: 'k.elf',
+        objects: ['iothread,id=io0,poll-max-ns=0', { 'qom-type': 'iothread', id: 'io2', 'poll-max-ns': 32768, 'poll-shrink': 0 }],
+        devices: [{ type: 'virtio-blk', id: 'd0', file: 'a.img', iothread: 'io0' }],
+      },
+    ),
     monitor: args(
       '-S',
       '--kernel',

@@ -417,6 +417,29 @@ describe('--object iothread (flags and the config file)', () => {
     expect(parseArgs(['run', '--config', f])).toMatchObject({ config: { iothreads: ['a', 'b', 'c'] } });
   });
 
+  it('takes poll-max-ns, poll-grow and poll-shrink on iothreads, on the command line and in the config file (default 0: off)', () => {
+    const c = parseArgs([
+      'run',
+      '--kernel',
+      'k',
+      '--object',
+      'iothread,id=io0',
+      '--object',
+      'iothread,id=io1,poll-max-ns=32768',
+      ...blk(''),
+    ]);
+    expect(c).toMatchObject({
+      config: { iothreadPoll: { io0: { maxNs: 0, grow: 0, shrink: 0 }, io1: { maxNs: 32768, grow: 0, shrink: 0 } } },
+    });
+    const f = write(
+      '{"kernel": "k", "objects": ["iothread,id=a,poll-max-ns=65536,poll-grow=4,poll-shrink=2", ' +
+        '{"qom-type": "iothread", "id": "b", "poll-max-ns": 1000, "poll-shrink": "3"}]}',
+    );
+    expect(parseArgs(['run', '--config', f])).toMatchObject({
+      config: { iothreadPoll: { a: { maxNs: 65536, grow: 4, shrink: 2 }, b: { maxNs: 1000, grow: 0, shrink: 3 } } },
+    });
+  });
+
   it('without any --object iothread, iothread=NAME alone still names a thread (the earlier shorthand)', () => {
     expect(parseArgs(['run', '--kernel', 'k', ...blk(',iothread=io0')])).toMatchObject({
       config: { devices: [{ props: { iothread: 'io0' } }] },
@@ -435,7 +458,18 @@ describe('--object iothread (flags and the config file)', () => {
     [['--object', 'memory-backend-file,id=m0'], "--object: unknown object type 'memory-backend-file' (known: iothread)"],
     [['--object', 'iothread'], '--object: iothread: id=ID is required'],
     [['--object', 'iothread,id=1x'], "--object: iothread: id '1x' must start with a letter"],
-    [['--object', 'iothread,id=io0,poll-max-ns=0'], "--object: iothread: unknown property 'poll-max-ns' (known: id)"],
+    [
+      ['--object', 'iothread,id=io0,poll-ns=0'],
+      "--object: iothread: unknown property 'poll-ns' (known: id, poll-max-ns, poll-grow, poll-shrink)",
+    ],
+    [['--object', 'iothread,id=io0,poll-max-ns=-1'], "--object: iothread: poll-max-ns: '-1' must be an integer from 0 to 1000000000"],
+    [['--object', 'iothread,id=io0,poll-max-ns=1000000001'], "poll-max-ns: '1000000001' must be an integer from 0 to 1000000000"],
+    [['--object', 'iothread,id=io0,poll-max-ns=99999999999999999999'], "poll-max-ns: '99999999999999999999' must be an integer"],
+    [['--object', 'iothread,id=io0,poll-max-ns=32k'], "poll-max-ns: '32k' must be an integer from 0 to 1000000000"],
+    [['--object', 'iothread,id=io0,poll-max-ns='], "poll-max-ns: '' must be an integer"],
+    [['--object', 'iothread,id=io0,poll-grow=1.5'], "poll-grow: '1.5' must be an integer from 0 to 65536"],
+    [['--object', 'iothread,id=io0,poll-shrink=65537'], "poll-shrink: '65537' must be an integer from 0 to 65536"],
+    [['--object', 'iothread,id=io0,poll-shrink=0x10'], "poll-shrink: '0x10' must be an integer"],
     [['--object', 'iothread,id=io0,id=io1'], "--object 'iothread,id=io0,id=io1': property 'id' given twice"],
     [['--object', 'iothread,id'], "--object 'iothread,id': 'id' is not key=value"],
     [['--object', 'iothread,__proto__=x'], "'__proto__' is not a property name"],
@@ -449,6 +483,22 @@ describe('--object iothread (flags and the config file)', () => {
     ['{"kernel": "k", "objects": "iothread,id=a"}', 'objects: must be an array of objects'],
     ['{"kernel": "k", "objects": [7]}', 'objects'],
     ['{"kernel": "k", "objects": [{"qom-type": "iothread"}]}', 'objects[0]: iothread: id=ID is required'],
+    [
+      '{"kernel": "k", "objects": [{"qom-type": "iothread", "id": "a", "poll-max-ns": -5}]}',
+      "objects[0]: iothread: poll-max-ns: '-5' must be",
+    ],
+    [
+      '{"kernel": "k", "objects": [{"qom-type": "iothread", "id": "a", "poll-max-ns": 1e300}]}',
+      "objects[0]: iothread: poll-max-ns: '1e+300' must be an integer",
+    ],
+    [
+      '{"kernel": "k", "objects": [{"qom-type": "iothread", "id": "a", "poll-grow": true}]}',
+      "objects[0]: iothread: poll-grow: 'true' must be an integer",
+    ],
+    [
+      '{"kernel": "k", "objects": [{"qom-type": "iothread", "id": "a", "poll-shrink": [2]}]}',
+      "objects[0]: iothread: poll-shrink: '2' must be an integer",
+    ],
     [
       '{"kernel": "k", "objects": [{"qom-type": "iothread", "type": "iothread", "id": "a"}]}',
       "objects[0]: give 'qom-type' or 'type', not both",

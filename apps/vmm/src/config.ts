@@ -10,6 +10,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type { z as Zod } from 'zod';
 import { DeviceType, isPrototypeKey, parseSize, PropertyError, PropertySpec, showValue } from '@tsvmm/pci';
+import { DEFAULT_POLL_MAX_NS, POLL_FACTOR_LIMIT, POLL_MAX_NS_LIMIT, type PollSettings } from '@tsvmm/virtio-core';
 import { ConfigError } from './config-error';
 import { parseLogFlag, type LogOptions } from './logger';
 import { parseMetricsFlag, type MetricsOptions } from './metrics';
@@ -109,6 +110,8 @@ export interface VmConfig {
   stallMs?: number;
   /** --object iothread,id=ID (repeatable): the iothreads devices may name with iothread=ID, in order. */
   iothreads?: string[];
+  /** Each declared iothread's poll-max-ns / poll-grow / poll-shrink (defaults filled in), by id. */
+  iothreadPoll?: Record<string, PollSettings>;
 }
 
 /** The object types `--object` creates (QEMU's -object; only iothreads so far). */
@@ -117,9 +120,11 @@ export const OBJECT_TYPES = ['iothread'] as const;
 /**
  * `--object iothread,id=ID` (QEMU's -object syntax, ",," a literal comma), or
  * in the config file the same string or `{"qom-type": "iothread", "id": ID}`
- * (QEMU's JSON form; `type` accepted too). Returns the iothread's id.
+ * (QEMU's JSON form; `type` accepted too), with the polling properties
+ * poll-max-ns, poll-grow, poll-shrink (docs/cli.md#iothreads). Returns the
+ * iothread's id and poll settings.
  */
-export function parseObjectSpec(where: string, v: unknown): string {
+export function parseObjectSpec(where: string, v: unknown): { id: string; poll: PollSettings } {
   let type: unknown;
   let props: Record<string, unknown>;
   if (typeof v === 'string') {
@@ -145,21 +150,40 @@ export function parseObjectSpec(where: string, v: unknown): string {
     throw new ConfigError(`${where}: must start with an object type (${OBJECT_TYPES.join(', ')})`);
   if (!(OBJECT_TYPES as readonly string[]).includes(type))
     throw new ConfigError(`${where}: unknown object type '${type}' (known: ${OBJECT_TYPES.join(', ')})`);
-  for (const k of Object.keys(props)) if (k !== 'id') throw new ConfigError(`${where}: ${type}: unknown property '${k}' (known: id)`);
+  for (const k of Object.keys(props))
+    if (!IOTHREAD_PROPS.includes(k))
+      throw new ConfigError(`${where}: ${type}: unknown property '${k}' (known: ${IOTHREAD_PROPS.join(', ')})`);
   const id = props.id;
   if (id === undefined) throw new ConfigError(`${where}: ${type}: id=ID is required`);
   if (typeof id !== 'string' || !/^[A-Za-z][A-Za-z0-9_.-]{0,63}$/.test(id))
     throw new ConfigError(
       `${where}: ${type}: id '${String(id)}' must start with a letter and use only letters, digits, _ . - (at most 64)`,
     );
-  return id;
+  const int = (k: string, dflt: number, max: number): number => {
+    const raw = props[k];
+    if (raw === undefined) return dflt;
+    const n = typeof raw === 'number' ? raw : typeof raw === 'string' && /^[0-9]{1,16}$/.test(raw) ? Number(raw) : NaN;
+    if (!Number.isSafeInteger(n) || n < 0 || n > max)
+      throw new ConfigError(`${where}: ${type}: ${k}: '${String(raw)}' must be an integer from 0 to ${max}`);
+    return n;
+  };
+  const poll = {
+    maxNs: int('poll-max-ns', DEFAULT_POLL_MAX_NS, POLL_MAX_NS_LIMIT),
+    grow: int('poll-grow', 0, POLL_FACTOR_LIMIT),
+    shrink: int('poll-shrink', 0, POLL_FACTOR_LIMIT),
+  };
+  return { id, poll };
 }
 
+/** The properties of `--object iothread`. */
+const IOTHREAD_PROPS = ['id', 'poll-max-ns', 'poll-grow', 'poll-shrink'];
+
 function addObject(c: VmConfig, where: string, v: unknown): void {
-  const id = parseObjectSpec(where, v);
+  const { id, poll } = parseObjectSpec(where, v);
   const ids = (c.iothreads ??= []);
   if (ids.includes(id)) throw new ConfigError(`${where}: iothread id '${id}' is used twice`);
   ids.push(id);
+  (c.iothreadPoll ??= {})[id] = poll;
 }
 
 /** How long an incoming migration waits for the next byte once the source connected (seconds). */
@@ -566,9 +590,9 @@ export const SETTINGS: readonly Setting[] = [
   {
     name: 'object',
     kind: 'value',
-    arg: 'iothread,id=ID',
+    arg: 'iothread,id=ID[,poll-max-ns=N]',
     jsonKey: 'objects',
-    help: 'an iothread: a worker thread that devices naming it with iothread=ID\nshare (repeatable); see docs/cli.md#iothreads',
+    help: 'an iothread: a worker thread that devices naming it with iothread=ID\nshare (repeatable); poll-max-ns=N (default 0: off; 32768 in QEMU),\npoll-grow=G, poll-shrink=S: adaptive polling; see docs/cli.md#iothreads',
     json: (z) =>
       z.array(z.union([z.string(), z.record(z.string(), z.unknown())]), {
         error: 'must be an array of objects ("iothread,id=ID" or {"qom-type": "iothread", "id": "ID"})',

@@ -245,7 +245,14 @@ describeKvm('vmm jail', () => {
     const disk = nobodysImage();
     const loop = 'test=mig-blk-loop iters=60 sectors=1 every=10 delay=4000 hold=1';
     // The disk on an iothread: its worker runs in the jail too.
-    const vm = ['--cmdline', loop, '--object', 'iothread,id=io0', '--device', `virtio-blk,id=d0,file=${disk},iothread=io0`];
+    const vm = [
+      '--cmdline',
+      loop,
+      '--object',
+      'iothread,id=io0,poll-max-ns=32768',
+      '--device',
+      `virtio-blk,id=d0,file=${disk},iothread=io0`,
+    ];
     const root = path.join(base, 'vmm', id, 'root');
     const jail = startJail(
       id,
@@ -310,12 +317,12 @@ describeKvm('vmm jail', () => {
       q.close();
       expect(await jail.exited).toBe(0);
       checkMigLoopImage(disk, 60);
-      // The jailed VMM's config: the paths inside the jail, the iothread declared.
+      // The jailed VMM's config: the paths inside the jail, the iothread declared with its polling.
       expect(JSON.parse(fs.readFileSync(path.join(root, 'vm.json'), 'utf8'))).toMatchObject({
         incoming: 'unix:/run/in.sock',
         serial: 'file:/run/serial.log',
         'log-file': '/run/vmm.log',
-        objects: ['iothread,id=io0'],
+        objects: ['iothread,id=io0,poll-max-ns=32768'],
       });
       // --keep: the output files stay at ROOT/run.
       expect(fs.readFileSync(serial, 'latin1')).toContain('mig-blk-loop done writes=60');

@@ -48,6 +48,8 @@ export interface BlockBackend {
   writeZeroes(offset: number, len: number, unmap: boolean, dsync?: boolean): Promise<void>;
   /** A device reset: forgets a failed flush and write errors not yet reported by a flush. */
   clearErrors?(): void;
+  /** Runs the callbacks of what completed by now, without waiting (an iothread's poll); returns how many. */
+  pollCompletions?(): number;
   close(): void;
 }
 
@@ -61,6 +63,8 @@ export interface FileIo {
   /** A new fd the backend will use / an fd it is about to close (io_uring registers them as fixed files). */
   addFd?(fd: number): void;
   removeFd?(fd: number): void;
+  /** Runs the callbacks of what completed by now, without waiting; returns how many (io_uring's completion ring). */
+  poll?(): number;
   /** Waits for every request in flight (their callbacks run) and frees the engine. */
   close?(): void;
 }
@@ -98,6 +102,7 @@ export function ioUringFileIo(entries = URING_ENTRIES): FileIo {
     fallocate: (fd, mode, off, len, cb) => ring.fallocate(fd, mode, off, len, (err) => cb(err)),
     addFd: (fd) => void ring.registerFile(fd),
     removeFd: (fd) => ring.unregisterFile(fd),
+    poll: () => ring.reapNow(),
     close: () => ring.close(),
   };
 }
@@ -390,6 +395,10 @@ export class RawFileBackend implements BlockBackend {
       }
     }
     if (dsync) await this.datasync();
+  }
+
+  pollCompletions(): number {
+    return this.io.poll?.() ?? 0;
   }
 
   /** Closes the file. io_uring: requests in flight are cancelled or waited for first (their callers see them fail or complete). */

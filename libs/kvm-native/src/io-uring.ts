@@ -101,6 +101,7 @@ export class IoUring {
   private readonly tags: Float64Array;
   private readonly results: Int32Array;
   private readonly limit: number;
+  private readonly native: ReturnType<typeof loadNative>;
 
   /** `entries`: submission ring size (a power of two; the kernel may clamp it). Throws when io_uring is unavailable. */
   constructor(entries = 128) {
@@ -114,7 +115,7 @@ export class IoUring {
     this.limit = this.ring.cqEntries;
     this.tags = new Float64Array(this.limit);
     this.results = new Int32Array(this.limit);
-    const native = loadNative();
+    const native = (this.native = loadNative());
     this.watcher = new native.FdWatcher(this.efd.fd, () => {
       if (this.closed) return;
       native.eventfdRead(this.efd.fd);
@@ -159,6 +160,22 @@ export class IoUring {
   fallocate(fd: number, mode: number, offset: number, len: number, cb: IoCallback): void {
     checkU64('len', len);
     this.queue(OP_FALLOCATE, fd, offset, null, len, mode, cb);
+  }
+
+  /**
+   * Takes the completions posted by now without waiting (a data plane's
+   * poll loop) and runs their callbacks; returns how many. Reading the
+   * completion ring is no system call; the eventfd is cleared only when
+   * something was taken (then reaped again, for what came before the clear).
+   */
+  reapNow(): number {
+    if (this.closed || this.inKernel === 0) return 0;
+    const before = this.inKernel;
+    this.reapAll();
+    if (this.inKernel === before) return 0;
+    this.native.eventfdRead(this.efd.fd);
+    this.reapAll();
+    return before - this.inKernel;
   }
 
   /** Requests handed to the kernel or waiting to be. */

@@ -143,6 +143,31 @@ describe('IoUring on real files', () => {
     expect(out.trim()).toBe('read late');
   });
 
+  it('reapNow takes a completion at once, without the event loop, and runs its callback exactly once', async () => {
+    expect(ring.reapNow()).toBe(0); // nothing in flight
+    const [rd, wr] = blockingPipeFds();
+    try {
+      const buf = Buffer.alloc(5);
+      const got: Done[] = [];
+      ring.readv(rd, [buf], 0, (err, n) => got.push({ err, n }));
+      await Promise.resolve(); // the submission (a microtask)
+      expect(ring.reapNow()).toBe(0); // the pipe is empty: the read waits in the kernel
+      expect(got).toEqual([]);
+      fs.writeSync(wr, 'hello');
+      let taken = 0;
+      for (let i = 0; i < 1_000_000 && got.length === 0; i++) taken += ring.reapNow();
+      expect(taken).toBe(1);
+      expect(got).toEqual([{ err: null, n: 5 }]);
+      expect(buf.toString()).toBe('hello');
+      for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
+      expect(got).toHaveLength(1); // the eventfd's watcher found nothing left to call
+      expect(ring.pending).toBe(0);
+    } finally {
+      fs.closeSync(rd);
+      fs.closeSync(wr);
+    }
+  });
+
   it('more buffers than IOV_MAX: the first 1024 are read, the count says where to go on', async () => {
     const bufs = Array.from({ length: 1500 }, () => Buffer.alloc(512));
     expect(await call((cb) => ring.readv(fd, bufs, 0, cb))).toEqual({ err: null, n: 1024 * 512 });
@@ -206,4 +231,15 @@ function pipeFds(): [number, number] {
   const w = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
   fs.unlinkSync(fifo);
   return [r, w];
+}
+
+/** A pipe's two ends (read, write) whose reads block (the read end is not O_NONBLOCK, unlike pipeFds'). */
+function blockingPipeFds(): [number, number] {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uring-iopoll-fifo-'));
+  const fifo = path.join(dir, 'p');
+  execFileSync('mkfifo', [fifo]);
+  const rd = fs.openSync(fifo, fs.constants.O_RDWR); // Linux: opening a FIFO read-write does not wait for a writer; reads still block
+  const wr = fs.openSync(fifo, fs.constants.O_WRONLY);
+  fs.rmSync(dir, { recursive: true, force: true });
+  return [rd, wr];
 }

@@ -16,7 +16,7 @@
  * plugin and never the VMM app (apps/vmm): tools/plugin-tools checks this.
  */
 import type { Vm } from '@tsvmm/kvm-native';
-import type { GuestMemory } from '@tsvmm/virtio-core';
+import type { GuestMemory, PollSettings } from '@tsvmm/virtio-core';
 import type { GsiRoutes } from './gsi-routes';
 import type { IoBus } from './io-bus';
 import type { MmioAllocator } from './mmio-allocator';
@@ -93,6 +93,13 @@ export interface DeviceContext {
    * on another device's bus (scsi-hd on a virtio-scsi adapter) finds its parent.
    */
   device(id: string): Device | undefined;
+  /** The settings of `--object iothread,id=ID` (poll-max-ns, poll-grow, poll-shrink); undefined for an undeclared iothread. */
+  iothread?(id: string): IoThreadSettings | undefined;
+}
+
+/** An iothread object's properties (`--object iothread,id=ID,poll-max-ns=N,poll-grow=G,poll-shrink=S`). */
+export interface IoThreadSettings {
+  poll: PollSettings;
 }
 
 /**

@@ -484,6 +484,17 @@ export abstract class VirtioDevice {
   }
 
   /**
+   * Buffers an iothread's poll found on `queue` without a kick (poll.ts):
+   * handled as a kick is, but neither counted nor recorded as one (the
+   * device had suppressed notifications: the driver was not asked to kick).
+   */
+  pollQueue(queue: number): void {
+    const q = this.queues[queue];
+    if (!q || this.disabled || !this.canProcess || !q.active) return;
+    this.kickHandler(q, `poll of queue ${queue}`);
+  }
+
+  /**
    * Set by whoever publishes the stall detector's kick records elsewhere (an
    * iothread's shared memory): called after each kick the device took.
    */

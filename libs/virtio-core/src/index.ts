@@ -8,6 +8,7 @@ export * from './virtio-state';
 export * from './rate-limit';
 export * from './shared-stats';
 export * from './stall';
+export * from './poll';
 export * as virtioUapi from './generated/virtio-uapi';
 export * from './iothread';
 export * from './iothread-device';

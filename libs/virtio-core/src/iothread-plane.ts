@@ -17,11 +17,19 @@
  * and the type's extra state). `resume` takes requests again and processes
  * the queues kicked meanwhile. `restore` loads a state from the stream on the
  * destination. `dirty` start/sync/stop logs the guest pages the worker writes.
+ *
+ * Polling (the iothread's poll-max-ns, poll.ts): after a kick or a
+ * completion the plane polls its queues and its back-ends' completion rings
+ * for up to the adaptive window, with the driver's notifications suppressed
+ * meanwhile. A poll stops as soon as the main thread has sent a message not
+ * handled yet (init's `sent` counter), so a drain, bus mastering off or reset
+ * is never held behind a poll window.
  */
 import { EventFd } from '@tsvmm/kvm-native';
 import type { VirtioDevice } from './device';
 import type { GuestMemory } from './guest-memory';
 import type { IoThreadFromWorker, IoThreadInit, IoThreadToWorker, WorkerQueueStats } from './iothread';
+import { QueuePoller } from './poll';
 import { SharedQueueStats } from './shared-stats';
 
 const PAGE = 4096;
@@ -38,6 +46,8 @@ export interface PlaneHooks {
   device?(m: unknown): void;
   /** The plane closes: its backends. */
   close(): void;
+  /** Polling: reaps the back-ends' completions that are ready now, without waiting or a system call where it can; returns how many. */
+  reapCompletions?(): number;
 }
 
 /** What the worker passes a plane factory (one per device type, registered with runIoThreadWorker). */
@@ -61,6 +71,11 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
   private lastStats = '';
   private readonly shared: SharedQueueStats | undefined;
   private readonly owned: (queue: number) => boolean;
+  /** The iothread's adaptive poll (undefined: poll-max-ns=0). */
+  readonly poller: QueuePoller | undefined;
+  /** Messages the main thread sent this plane (init's `sent`), against those handled here (init counts as one). */
+  private readonly sent: Int32Array | undefined;
+  private handled = 1;
 
   constructor(
     readonly dev: D,
@@ -83,7 +98,10 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
       dev.faults[i] = shared.faults(i);
     });
     // Each interrupt decision (sent, dropped, suppressed) and each kick is published as soon as the record has it.
-    dev.interruptRecorded = (q) => this.owned(q) && this.shared?.setInterruptRecord(q, dev.queues[q].stall.interrupt);
+    dev.interruptRecorded = (q) => {
+      if (this.owned(q)) this.shared?.setInterruptRecord(q, dev.queues[q].stall.interrupt);
+      this.poller?.activity(); // a completion was just handled: poll for the next
+    };
     dev.kickRecorded = (q) =>
       this.owned(q) && this.shared?.setKickRecord(q, dev.queues[q].stall.lastKickAt, dev.queues[q].stall.availIdxAtLastKick);
     // A migration drain holds kicks (counted and recorded already) until 'resume'.
@@ -108,6 +126,18 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
       signalConfig: () => post({ type: 'broken', reason: dev.brokenReason ?? 'device error' }),
     };
     dev.setDisabled(true);
+    this.sent = init.sent ? new Int32Array(init.sent) : undefined;
+    if (init.poll && init.poll.maxNs > 0) {
+      const queues = dev.queues.filter((_, i) => this.owned(i));
+      this.poller = new QueuePoller(init.poll, {
+        canPoll: () => !this.stopped && dev.canProcess && (!this.sent || Atomics.load(this.sent, 0) === this.handled),
+        queues: () => queues,
+        reapCompletions: () => hooks.reapCompletions?.() ?? 0,
+        memoryAccess: () => !dev.disabled,
+        process: (q) => dev.pollQueue(q.index),
+        fault: (e) => dev.deviceFault('iothread poll', e),
+      });
+    }
     // The counters for the monitor (x-query-virtio-status device-info): sent when they changed, at most every 100 ms.
     this.statsTimer = setInterval(() => this.postStatsIfChanged(), 100);
     this.statsTimer.unref?.();
@@ -142,6 +172,11 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
   }
 
   handle(m: IoThreadToWorker): void {
+    if (m.type !== 'init') this.handled++;
+    // Notifications the poll has off go back on before the plane drains, resets or closes (after bus mastering
+    // went off the device writes nothing: the next activation or poll turns them on).
+    if (m.type === 'drain' || m.type === 'reset' || m.type === 'close' || m.type === 'activate' || m.type === 'restore')
+      this.poller?.release();
     const d = this.dev;
     switch (m.type) {
       case 'init':
@@ -165,6 +200,7 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
       }
       case 'kick':
         d.notify(m.queue, 'debug'); // already counted and recorded on the main thread
+        this.poller?.activity();
         return;
       case 'watch-notifier': {
         this.unwatchNotifier(m.queue);
@@ -178,6 +214,7 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
         return;
       case 'disabled':
         d.setDisabled(m.disabled);
+        if (!m.disabled) this.poller?.activity(); // buffers a poll found while bus mastering was off
         return;
       case 'reset':
         for (const q of [...this.notifiers.keys()]) this.unwatchNotifier(q);
@@ -202,6 +239,7 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
         const kicked = [...this.kickedWhileStopped];
         this.kickedWhileStopped.clear();
         for (const q of kicked) d.notify(q, 'debug');
+        this.poller?.activity(); // buffers a poll found while drained
         return;
       }
       case 'dirty':
@@ -217,6 +255,7 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
       case 'close':
         for (const q of [...this.notifiers.keys()]) this.unwatchNotifier(q);
         clearInterval(this.statsTimer);
+        this.poller?.close();
         this.hooks.close();
         return;
     }
@@ -225,7 +264,10 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
   /** A guest kick read from the queue's ioeventfd on this thread: notify's rules, inside the fault boundary. */
   private guestKick(queue: number): void {
     this.shared?.noteOwnerKick(queue);
+    const dropped = this.dev.counters[queue].kicksDropped;
     this.dev.runGuarded(`ioeventfd of queue ${queue}`, () => this.dev.notify(queue, 'ioeventfd'));
+    // A kick x-debug-virtqueue-drop took is lost: it does not start a poll either (an idle device then strands the buffer).
+    if (this.dev.counters[queue].kicksDropped === dropped) this.poller?.activity();
   }
 
   private unwatchNotifier(queue: number): void {

@@ -10,6 +10,7 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import type { InterruptRecord } from './stall';
 import type { VirtioDeviceState } from './device';
+import type { PollSettings } from './poll';
 
 /** The part of 'init' every plane has; a device type adds its own fields (its backend's descriptors, options). */
 export interface IoThreadInit {
@@ -24,6 +25,10 @@ export interface IoThreadInit {
   stats?: SharedArrayBuffer;
   /** iothread-vq-mapping: the queues this plane processes (default: all); the device's other queues are other workers'. */
   queues?: number[];
+  /** The iothread's poll-max-ns / poll-grow / poll-shrink (absent or maxNs 0: no polling). */
+  poll?: PollSettings;
+  /** IoThreadChannel.sent: how many messages the main thread posted (a plane's poll stops while one waits). */
+  sent?: SharedArrayBuffer;
 }
 
 export type IoThreadToWorker<Init extends IoThreadInit = IoThreadInit, Extra = unknown> =
@@ -186,6 +191,8 @@ export class IoThreadChannel<T extends AnyToWorker = AnyToWorker, F extends AnyF
   private readonly pending = new Map<number, { resolve: (m: IoThreadReply<F>) => void; reject: (e: Error) => void }>();
   private dead: Error | undefined;
   private closing = false;
+  /** Messages posted to the plane, counted before each post (a polling plane stops its poll while one waits: init's `sent`). */
+  readonly sent = new Int32Array(new SharedArrayBuffer(4));
 
   /** `connect` gives a port and the function that delivers its messages: a shared worker's channel (IoThreadHost.connect), or a test's. */
   constructor(
@@ -231,6 +238,7 @@ export class IoThreadChannel<T extends AnyToWorker = AnyToWorker, F extends AnyF
 
   send(m: T): void {
     if (this.dead) return;
+    Atomics.add(this.sent, 0, 1);
     this.port.postMessage(m);
   }
 
@@ -242,6 +250,7 @@ export class IoThreadChannel<T extends AnyToWorker = AnyToWorker, F extends AnyF
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
       this.pending.set(seq, { resolve, reject });
+      Atomics.add(this.sent, 0, 1);
       this.port.postMessage({ ...m, seq } as unknown as T);
     });
   }

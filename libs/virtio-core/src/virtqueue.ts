@@ -236,6 +236,9 @@ export class SplitVirtqueue {
     this.indirect = features.indirect;
     this.signalledUsedValid = false;
     this.usedIdxAtActivation = this.usedIdx;
+    // Kicks wanted from the start: no suppression left in the device area by an earlier activation (a poll, poll.ts).
+    if (this.eventIdx) Atomics.store(this.availEventView!, 0, this.lastAvailIdx);
+    else Atomics.store(this.usedFlagsView!, 0, 0);
     return undefined;
   }
 
@@ -495,6 +498,20 @@ export class SplitVirtqueue {
   disableNotification(): void {
     if (!this.mem || this.eventIdx) return;
     Atomics.store(this.usedFlagsView!, 0, V.VRING_USED_F_NO_NOTIFY);
+  }
+
+  /**
+   * Asks the driver not to kick at all while the device polls the ring (an
+   * iothread's poll window, libs/virtio-core/src/poll.ts). Without EVENT_IDX
+   * this is VRING_USED_F_NO_NOTIFY; with it, avail_event is put one behind
+   * the entries already taken: a driver's publish moves its index from at
+   * least lastAvailIdx on, so vring_need_event never crosses it (virtio 1.2
+   * 2.7.10). enableNotification undoes either, then the caller re-checks.
+   */
+  suppressNotification(): void {
+    if (!this.mem) return;
+    if (this.eventIdx) Atomics.store(this.availEventView!, 0, (this.lastAvailIdx - 1) & 0xffff);
+    else Atomics.store(this.usedFlagsView!, 0, V.VRING_USED_F_NO_NOTIFY);
   }
 
   /**

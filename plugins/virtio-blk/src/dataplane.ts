@@ -38,6 +38,7 @@ export class BlkWorkerPlane extends WorkerPlane<VirtioBlkDevice> {
         loadExtra: (extra) => dev.loadBlkState(extra as BlkExtraState),
         counters: () => ({ ...dev.blk }),
         close: () => dev.backend.close(),
+        reapCompletions: () => backend.pollCompletions?.() ?? 0,
       },
       post as (m: IoThreadFromWorker) => void,
       eventfdWrite,

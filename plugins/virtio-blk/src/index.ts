@@ -14,7 +14,7 @@ import {
   VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
-import { SharedQueueStats } from '@tsvmm/virtio-core';
+import { DEFAULT_POLL_SETTINGS, SharedQueueStats } from '@tsvmm/virtio-core';
 import { BLK_PLANE, BlkIoThread, ioThreadHost } from './iothread';
 import { BlkDataPlane, BlkExtraState, VirtioBlkDevice } from './device';
 import { parseVqMapping, VqMappingEntry } from './vq-mapping';
@@ -137,6 +137,8 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
         eventIdx: props['event-idx'] as boolean,
         stats: stats.buffer,
         queues,
+        poll: ctx.iothread?.(name)?.poll ?? DEFAULT_POLL_SETTINGS,
+        sent: thread.sent.buffer as SharedArrayBuffer,
       });
       return thread;
     };

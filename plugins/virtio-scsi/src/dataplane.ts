@@ -38,8 +38,12 @@ export interface ScsiInit extends IoThreadInit {
 /** What the plane takes as 'device' messages: ScsiPlaneMessage, and a LUN defined after the adapter. */
 export type ScsiPlaneDeviceMessage = ScsiPlaneMessage & { attach?: ScsiLunSpec };
 
-function attach(target: ScsiTarget, l: ScsiLunSpec): void {
+/** The back-ends the plane opened (a polling iothread reaps their completion rings). */
+type Backends = RawFileBackend[];
+
+function attach(target: ScsiTarget, l: ScsiLunSpec, backends: Backends): void {
   const backend = new RawFileBackend(l.file, l.readonly, l.direct, l.aio, l.fds);
+  backends.push(backend);
   target.attach(l.lun, new ScsiDisk({ backend, readonly: l.readonly, serial: l.serial, logicalBlockSize: l.logicalBlockSize }));
 }
 
@@ -47,8 +51,9 @@ function attach(target: ScsiTarget, l: ScsiLunSpec): void {
 export const createScsiPlane: PlaneFactory = (memory, raw, post, eventfdWrite) => {
   const init = raw as ScsiInit;
   const target = new ScsiTarget();
-  for (const l of init.luns) attach(target, l);
-  return scsiPlane(memory, init, target, post, eventfdWrite);
+  const backends: Backends = [];
+  for (const l of init.luns) attach(target, l, backends);
+  return scsiPlane(memory, init, target, post, eventfdWrite, backends);
 };
 
 /** A plane over a target whose LUNs are already attached (createScsiPlane; tests with their own backends). */
@@ -58,6 +63,7 @@ export function scsiPlane(
   target: ScsiTarget,
   post: (m: IoThreadFromWorker) => void,
   eventfdWrite: (fd: number) => void,
+  backends: Backends = [],
 ): WorkerPlane<VirtioScsiDevice> {
   const dev: VirtioScsiDevice = new VirtioScsiDevice(memory, {
     id: init.id,
@@ -76,10 +82,11 @@ export function scsiPlane(
       counters: () => dev.planeCounters(),
       device: (m) => {
         const d = m as ScsiPlaneDeviceMessage;
-        if (d.attach) attach(target, d.attach);
+        if (d.attach) attach(target, d.attach, backends);
         dev.applyPlaneMessage(d);
       },
       close: () => target.close(),
+      reapCompletions: () => backends.reduce((n, b) => n + (b.pollCompletions?.() ?? 0), 0),
     },
     post,
     eventfdWrite,

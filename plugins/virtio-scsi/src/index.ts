@@ -20,7 +20,7 @@ import {
   VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { ScsiDisk } from '@tsvmm/scsi';
-import { IoThreadChannel, ioThreadHost, IoThreadToWorker, SharedQueueStats } from '@tsvmm/virtio-core';
+import { DEFAULT_POLL_SETTINGS, IoThreadChannel, ioThreadHost, IoThreadToWorker, SharedQueueStats } from '@tsvmm/virtio-core';
 import { MAX_LUN, REQUEST_QUEUE_BASE, VirtioScsiDevice, VirtioScsiExtraState } from '@tsvmm/virtio-scsi-core';
 import { SCSI_PLANE, ScsiInit, ScsiLunSpec, ScsiPlaneDeviceMessage } from './dataplane';
 
@@ -149,6 +149,8 @@ export function createVirtioScsi(ctx: DeviceContext, id: string, props: Record<s
         stats: stats.buffer,
         numQueues: scsi.queues.length - REQUEST_QUEUE_BASE,
         luns: [...pci.lunSpecs.values()].map(({ spec, backend }) => ({ ...spec, fds: backend.dupFds() })),
+        poll: ctx.iothread?.(iothread)?.poll ?? DEFAULT_POLL_SETTINGS,
+        sent: thread.sent.buffer as SharedArrayBuffer,
       } satisfies ScsiInit);
       return thread;
     };

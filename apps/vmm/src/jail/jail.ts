@@ -12,6 +12,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { deviceNumbers, lookupUser, mknodChar, NsMountSpec, NsSpawnError, spawnInNamespaces } from '@tsvmm/kvm-native';
+import { DEFAULT_POLL_MAX_NS, type PollSettings } from '@tsvmm/virtio-core';
 import { parseArgs } from '../cli';
 import { ConfigError, VmConfig } from '../config';
 import { DeviceRegistry } from '../container';
@@ -195,7 +196,7 @@ export function planJail(args: JailArgs, config: VmConfig, registry: DeviceRegis
     ...(config.incoming !== undefined
       ? { incoming: `${config.incoming}${config.incomingTimeoutS !== undefined ? `,timeout=${config.incomingTimeoutS}` : ''}` }
       : {}),
-    ...(config.iothreads?.length ? { objects: config.iothreads.map((id) => `iothread,id=${id}`) } : {}),
+    ...(config.iothreads?.length ? { objects: config.iothreads.map((id) => iothreadObject(id, config.iothreadPoll?.[id])) } : {}),
     qmp: [`unix:${JAIL_QMP}`],
     ...(config.monitorStdio ? { monitor: 'stdio' } : {}),
     paused: config.startPaused,
@@ -478,4 +479,13 @@ export async function runJail(args: JailArgs, log: (m: string) => void = (m) => 
   cleanup();
   if (args.keep) log(`jail ${args.id}: kept ${plan.jailDir}`);
   return status >= 0 ? status : 128 - status;
+}
+
+/** `--object iothread` as the jailed VMM gets it again: its poll settings where they are not the defaults. */
+function iothreadObject(id: string, poll: PollSettings | undefined): string {
+  const props = [`iothread,id=${id}`];
+  if (poll && poll.maxNs !== DEFAULT_POLL_MAX_NS) props.push(`poll-max-ns=${poll.maxNs}`);
+  if (poll?.grow) props.push(`poll-grow=${poll.grow}`);
+  if (poll?.shrink) props.push(`poll-shrink=${poll.shrink}`);
+  return props.join(',');
 }

@@ -188,6 +188,10 @@ export class Machine {
         mmio32: this.mmio32,
         log: this.log,
         device: (id) => this.devices.find((d) => d.id === id),
+        iothread: (id) => {
+          const poll = c.iothreadPoll?.[id];
+          return poll && { poll };
+        },
       };
       // One at a time, so a device can find the ones configured before it (its bus).
       if (opts.createDevices) for (const d of opts.createDevices(ctx)) this.devices.push(d);
