@@ -14,7 +14,12 @@
  * boot (SeaBIOS under QEMU) and device set-up.
  *
  *   node tools/bench/blk-bench.js [--device blk|scsi] [--reps 3] [--workloads LIST] [--counts WL[@RUNNER]=N1:N2,...]
- *                                 [--scale F] [--runners LIST] [--pin CPULIST] [--out FILE.json]
+ *                                 [--scale F] [--runners LIST] [--scaling] [--pin CPULIST] [--out FILE.json]
+ *
+ * --scaling (virtio-blk): multiqueue scaling, num-queues=2 (the guest's
+ * `queues=2`: both queues busy at once, `depth` requests on each) against the
+ * single-queue runs of the same placement: in-process, on one iothread, on two
+ * iothreads (iothread-vq-mapping), and QEMU with aio=io_uring and its iothread.
  *
  * Results: a markdown table on stdout, JSON in tools/bench/results/blk-bench.json
  * (scsi-bench.json with --device scsi).
@@ -61,21 +66,25 @@ const DEVICES = {
     test: 'blk-bench',
     vmm: (image, ioeventfd, props) => ['--device', `virtio-blk,id=d0,file=${image}${ioeventfd ? '' : ',ioeventfd=off'}${props}`],
     qemuLabel: 'QEMU (KVM, virtio-blk-pci',
-    qemu: (image, aio, iothread) => [
+    qemu: (image, aio, iothread, devProps = '') => [
       ...(iothread ? IOTHREAD : []),
       ...qemuDrive(image, aio),
       '-device',
-      `virtio-blk-pci,drive=d0,disable-legacy=on${iothread ? ',iothread=iot0' : ''}`,
+      `virtio-blk-pci,drive=d0,disable-legacy=on${iothread ? ',iothread=iot0' : ''}${devProps}`,
     ],
   },
   scsi: {
     test: 'scsi-bench',
-    vmm: (image, ioeventfd, props) => [
-      '--device',
-      `virtio-scsi,id=scsi0${ioeventfd ? '' : ',ioeventfd=off'}`,
-      '--device',
-      `scsi-hd,bus=scsi0,lun=0,file=${image}${props}`,
-    ],
+    // iothread= belongs to the controller (its queues run there), the other properties to the LUN.
+    vmm: (image, ioeventfd, props) => {
+      const iothread = /,iothread=[^,]+/.exec(props)?.[0] ?? '';
+      return [
+        '--device',
+        `virtio-scsi,id=scsi0${ioeventfd ? '' : ',ioeventfd=off'}${iothread}`,
+        '--device',
+        `scsi-hd,bus=scsi0,lun=0,file=${image}${props.replace(iothread, '')}`,
+      ];
+    },
     qemuLabel: 'QEMU (KVM, virtio-scsi-pci + scsi-hd',
     qemu: (image, aio, iothread) => [
       ...(iothread ? IOTHREAD : []),
@@ -160,6 +169,25 @@ const SCSI_WORKLOADS = [
     counts: { 'vmm-on': [200, 2200], 'vmm-off': [200, 2200], qemu: [200, 3200] },
   },
 ];
+/*
+ * Multiqueue scaling (--scaling, virtio-blk only): each runner here runs the
+ * guest with queues=2 on a num-queues=2 device, `depth` requests on each queue;
+ * MQ2_BASE names the single-queue runner of the same placement it is divided by.
+ * QEMU 7.2 has no per-queue iothread mapping (iothread-vq-mapping came in
+ * QEMU 9), so its two queues share one iothread.
+ */
+const MQ2_BASE = {
+  'vmm-mq2': 'vmm-on', // in-process
+  'vmm-mq2-iot': 'vmm-iot', // both queues on iothread io0
+  'vmm-mq2-iot2': 'vmm-iot', // iothread-vq-mapping=io0;io1: a queue per iothread (one queue on one iothread as the base)
+  'qemu-mq2-uring': 'qemu-uring',
+  'qemu-mq2-uring-iot': 'qemu-uring-iot',
+};
+const MQ2_RUNNERS = Object.keys(MQ2_BASE);
+const MQ2_QEMU_RUNNERS = MQ2_RUNNERS.filter((id) => id.startsWith('qemu'));
+const SCALING_RUNNERS = ['vmm-on', 'vmm-iot', 'vmm-mq2', 'vmm-mq2-iot', 'vmm-mq2-iot2', 'qemu-uring-iot', 'qemu-mq2-uring-iot'];
+const SCALING_WORKLOADS = ['rand4k-d8', 'seq256k-d1'];
+
 /* The new runners take the counts of their kin: vmm-threads those of vmm-on, every QEMU variant those of qemu. */
 const WORKLOADS = (DEVICE === 'scsi' ? SCSI_WORKLOADS : BLK_WORKLOADS).map((w) => ({
   ...w,
@@ -171,10 +199,22 @@ const WORKLOADS = (DEVICE === 'scsi' ? SCSI_WORKLOADS : BLK_WORKLOADS).map((w) =
     'vmm-base': w.counts['vmm-on'],
     'qemu-uring': w.counts.qemu,
     'qemu-uring-iot': w.counts.qemu,
+    ...Object.fromEntries(MQ2_RUNNERS.map((id) => [id, id.startsWith('qemu') ? w.counts.qemu : w.counts['vmm-on']])),
   },
 }));
 
-const RUNNER_IDS = ['vmm-on', 'vmm-threads', 'vmm-off', 'vmm-iot', 'vmm-iot-poll', 'vmm-base', 'qemu', 'qemu-uring', 'qemu-uring-iot'];
+const RUNNER_IDS = [
+  'vmm-on',
+  'vmm-threads',
+  'vmm-off',
+  'vmm-iot',
+  'vmm-iot-poll',
+  'vmm-base',
+  'qemu',
+  'qemu-uring',
+  'qemu-uring-iot',
+  ...MQ2_RUNNERS,
+];
 const QEMU_RUNNERS = ['qemu', 'qemu-uring', 'qemu-uring-iot'];
 
 const USAGE = `usage: node tools/bench/blk-bench.js [options]
@@ -184,13 +224,19 @@ const USAGE = `usage: node tools/bench/blk-bench.js [options]
   --counts LIST     request counts N1:N2 for a workload (all runners) or one runner of it,
                     e.g. rand4k-d1=2000:22000,seq256k-d1@qemu=1000:30000
   --scale F         multiply every default count by F (e.g. 0.25 for a quick run)
-  --runners LIST    comma-separated subset of: ${RUNNER_IDS.join(', ')} (default: all; vmm-base only with --base-vmm)
+  --runners LIST    comma-separated subset of: ${RUNNER_IDS.join(', ')} (default: all but the *-mq2 ones; vmm-base only with --base-vmm)
                     vmm-on: ioeventfd on, aio default (io_uring); vmm-threads: the same with aio=threads;
-                    vmm-off: ioeventfd=off; vmm-iot: vmm-on with the device on --object iothread (blk only);
+                    vmm-off: ioeventfd=off; vmm-iot: vmm-on with the device on --object iothread;
                     vmm-iot-poll: vmm-iot with poll-max-ns=32768 (or --poll-max-ns): the iothread polls;
                     vmm-base: vmm-on's settings on the --base-vmm build;
                     qemu: aio=threads; qemu-uring: aio=io_uring;
                     qemu-uring-iot: aio=io_uring and the controller in an iothread
+                    (not by default, blk only) num-queues=2 with the guest's queues=2, depth per queue:
+                    vmm-mq2: in-process; vmm-mq2-iot: both queues on iothread io0;
+                    vmm-mq2-iot2: iothread-vq-mapping=io0;io1; qemu-mq2-uring[-iot]: as qemu-uring[-iot]
+  --scaling         multiqueue scaling: runners ${SCALING_RUNNERS.join(',')}
+                    and workloads ${SCALING_WORKLOADS.join(',')} unless --runners / --workloads say otherwise;
+                    reports 2 queues / 1 queue per placement and ours / QEMU's best with 2 queues
   --base-vmm DIR    another build of the VMM (DIR/bin/vmm.js with its DIR/dist/, e.g. a copy taken before a change),
                     run as vmm-base interleaved with the others: before/after figures from the same host load
   --host-ms N       duration of each host pread measurement in ms (default 1000)
@@ -216,7 +262,7 @@ function parseArgs(argv) {
     workloads: WORKLOADS.map((w) => w.id),
     counts: {},
     scale: 1,
-    runners: RUNNER_IDS.filter((r) => DEVICE !== 'scsi' || !r.startsWith('vmm-iot')), // virtio-scsi takes no iothread= yet
+    runners: RUNNER_IDS.filter((r) => !MQ2_RUNNERS.includes(r)),
     hostMs: 1000,
     image: undefined,
     imageMib: 256,
@@ -248,10 +294,13 @@ function parseArgs(argv) {
   const workloadIds = WORKLOADS.map((w) => w.id);
   parseFlags(argv, {
     valued,
-    booleans: ['--keep-image', '--no-snapshot'],
+    booleans: ['--keep-image', '--no-snapshot', '--scaling'],
     onFlag: (flag, value) => {
       const int = (v) => arg.int(flag, v);
       switch (flag) {
+        case '--scaling':
+          opts.scaling = true;
+          break;
         case '--keep-image':
           opts.keepImage = true;
           break;
@@ -311,6 +360,15 @@ function parseArgs(argv) {
       }
     },
   });
+  // --scaling: its runners and workloads, unless given.
+  const given = (f) => argv.some((a) => a === f || a.startsWith(`${f}=`));
+  if (opts.scaling) {
+    if (DEVICE === 'scsi') usageError('--scaling: virtio-blk only (virtio-scsi has no iothread-vq-mapping)');
+    if (!given('--runners')) opts.runners = SCALING_RUNNERS;
+    if (!given('--workloads')) opts.workloads = SCALING_WORKLOADS;
+  }
+  if (DEVICE === 'scsi' && opts.runners.some((r) => MQ2_RUNNERS.includes(r)))
+    usageError('--runners: the *-mq2 runners are virtio-blk only');
   if (opts.baseVmm === undefined) {
     if (argv.some((a) => a === '--runners' || a.startsWith('--runners=')) && opts.runners.includes('vmm-base'))
       usageError('--runners: vmm-base needs --base-vmm DIR');
@@ -328,7 +386,7 @@ function parseArgs(argv) {
 function checkBlkPrerequisites(opts) {
   checkPrerequisites({
     needVmm: opts.runners.some((r) => r.startsWith('vmm')),
-    commands: opts.runners.includes('qemu') ? [[QEMU, ['--version']]] : [],
+    commands: opts.runners.some((r) => r.startsWith('qemu')) ? [[QEMU, ['--version']]] : [],
     withoutQemu: 'vmm-on,vmm-threads,vmm-off',
   });
 }
@@ -375,13 +433,13 @@ function residentBytes(p) {
 
 /* ---------------- runners ---------------- */
 
-function guestCmdline(w, count) {
-  return `test=${DEV.test} mode=${w.mode} bs=${w.bs} count=${count} depth=${w.depth} irq=${w.irq}`;
+function guestCmdline(w, count, queues = 1) {
+  return `test=${DEV.test} mode=${w.mode} bs=${w.bs} count=${count} depth=${w.depth} irq=${w.irq}${queues > 1 ? ` queues=${queues}` : ''}`;
 }
 
 function makeRunners(vmmBin, guest, image, vmmProps, baseVmm, pollMaxNs = 32768) {
   const vmm =
-    (ioeventfd, props = '', pre = [], bin = vmmBin) =>
+    (ioeventfd, props = '', pre = [], bin = vmmBin, queues = 1) =>
     (w, n) => [
       process.execPath,
       [
@@ -392,30 +450,32 @@ function makeRunners(vmmBin, guest, image, vmmProps, baseVmm, pollMaxNs = 32768)
         '--kernel',
         guest,
         '--cmdline',
-        guestCmdline(w, n),
+        guestCmdline(w, n, queues),
         '--serial',
         'stdio',
         ...pre,
         ...DEV.vmm(image, ioeventfd, props + vmmProps),
       ],
     ];
-  const qemu = (aio, iothread) => (w, n) => [
-    QEMU,
-    [
-      '-enable-kvm',
-      '-nographic',
-      '-no-reboot',
-      '-m',
-      '256',
-      '-kernel',
-      guest,
-      '-append',
-      guestCmdline(w, n),
-      ...DEV.qemu(image, aio, iothread),
-      '-device',
-      'isa-debug-exit,iobase=0xf4,iosize=4',
-    ],
-  ];
+  const qemu =
+    (aio, iothread, queues = 1) =>
+    (w, n) => [
+      QEMU,
+      [
+        '-enable-kvm',
+        '-nographic',
+        '-no-reboot',
+        '-m',
+        '256',
+        '-kernel',
+        guest,
+        '-append',
+        guestCmdline(w, n, queues),
+        ...DEV.qemu(image, aio, iothread, queues > 1 ? `,num-queues=${queues}` : ''),
+        '-device',
+        'isa-debug-exit,iobase=0xf4,iosize=4',
+      ],
+    ];
   const passCode = 1; // isa-debug-exit: (0 << 1) | 1
   return [
     { id: 'vmm-on', label: 'our VMM, ioeventfd=on (aio default: io_uring)', cmd: vmm(true), passCode: 0 },
@@ -446,14 +506,44 @@ function makeRunners(vmmBin, guest, image, vmmProps, baseVmm, pollMaxNs = 32768)
     { id: 'qemu', label: `${DEV.qemuLabel}, aio=threads)`, cmd: qemu('threads', false), passCode },
     { id: 'qemu-uring', label: `${DEV.qemuLabel}, aio=io_uring)`, cmd: qemu('io_uring', false), passCode },
     { id: 'qemu-uring-iot', label: `${DEV.qemuLabel}, aio=io_uring, iothread)`, cmd: qemu('io_uring', true), passCode },
+    // Multiqueue scaling (--scaling): num-queues=2, the guest keeps both queues busy (queues=2).
+    { id: 'vmm-mq2', label: 'our VMM, num-queues=2, in-process', cmd: vmm(true, ',num-queues=2', [], vmmBin, 2), passCode: 0, queues: 2 },
+    {
+      id: 'vmm-mq2-iot',
+      label: 'our VMM, num-queues=2, both on iothread io0',
+      cmd: vmm(true, ',num-queues=2,iothread=io0', ['--object', 'iothread,id=io0'], vmmBin, 2),
+      passCode: 0,
+      queues: 2,
+    },
+    {
+      id: 'vmm-mq2-iot2',
+      label: 'our VMM, num-queues=2, iothread-vq-mapping=io0;io1',
+      cmd: vmm(
+        true,
+        ',num-queues=2,iothread-vq-mapping=io0;io1',
+        ['--object', 'iothread,id=io0', '--object', 'iothread,id=io1'],
+        vmmBin,
+        2,
+      ),
+      passCode: 0,
+      queues: 2,
+    },
+    { id: 'qemu-mq2-uring', label: `${DEV.qemuLabel}, num-queues=2, aio=io_uring)`, cmd: qemu('io_uring', false, 2), passCode, queues: 2 },
+    {
+      id: 'qemu-mq2-uring-iot',
+      label: `${DEV.qemuLabel}, num-queues=2, aio=io_uring, one iothread)`,
+      cmd: qemu('io_uring', true, 2),
+      passCode,
+      queues: 2,
+    },
   ];
 }
 
 let pinList;
 const pinned = (cmdArgs) => pinnedOn(cmdArgs, pinList);
 
-/* The guest's two result lines, checked against what was asked for. */
-function parseGuest(w, n, stdout) {
+/* The guest's two result lines (and with queues > 1 its per-queue lines), checked against what was asked for. */
+function parseGuest(w, n, stdout, queues = 1) {
   const t = DEV.test;
   const a = new RegExp(`^${t} mode=(\\S+) bs=(\\d+) count=(\\d+) bytes=(\\d+)\\r?$`, 'm').exec(stdout);
   const b = new RegExp(`^${t} ring=(\\d+) depth=(\\d+) irq=(\\d) interrupts=(\\d+) notifies=(\\d+) errors=(\\d+)\\r?$`, 'm').exec(stdout);
@@ -466,13 +556,22 @@ function parseGuest(w, n, stdout) {
     return { problem: `guest reported "${a[0].trim()}", expected mode=${w.mode} bs=${w.bs} count=${n}` };
   if (Number(b[2]) !== w.depth || Number(b[3]) !== w.irq)
     return { problem: `guest reported "${b[0].trim()}", expected depth=${w.depth} irq=${w.irq}` };
-  return { ring: Number(b[1]), interrupts: Number(b[4]), notifies: Number(b[5]), errors: Number(b[6]) };
+  // queues > 1: every queue completed requests (given as many as queues), and together all of them.
+  const perQueue = [];
+  for (let q = 0; q < (queues > 1 ? queues : 0); q++) {
+    const m = new RegExp(`^${t} queue=${q} count=(\\d+) interrupts=\\d+ notifies=\\d+\\r?$`, 'm').exec(stdout);
+    if (!m) return { problem: `no "${t} queue=${q}" line` };
+    perQueue.push(Number(m[1]));
+  }
+  if (perQueue.length && ((n >= queues && perQueue.some((c) => c === 0)) || perQueue.reduce((x, y) => x + y) !== n))
+    return { problem: `per-queue counts ${perQueue.join(', ')}: expected every queue busy, ${n} in all` };
+  return { ring: Number(b[1]), interrupts: Number(b[4]), notifies: Number(b[5]), errors: Number(b[6]), perQueue };
 }
 
 async function runChecked(runner, w, n, timeoutS) {
   const [cmd, args] = pinned(runner.cmd(w, n));
   const r = await runProcess(cmd, args, { timeoutS });
-  const g = parseGuest(w, n, r.stdout);
+  const g = parseGuest(w, n, r.stdout, runner.queues);
   if (r.timedOut || r.code !== runner.passCode || g.problem) {
     fail(
       `${runner.id}: \`${describe(cmd, args)}\` ` +
@@ -533,6 +632,81 @@ function hostPread(img, w, ms, rep) {
   }
 }
 
+/* ---------------- multiqueue scaling (--scaling) ---------------- */
+
+/*
+ * --scaling's default counts: QEMU's N2 - N1 three times the usual, because
+ * its boot varies by seconds here and its 2-queue runs are short (at the
+ * usual counts its paired per-request figures went below zero).
+ */
+function scalingCounts(opts, runnerId, [n1, n2]) {
+  return opts.scaling && runnerId.startsWith('qemu') ? [n1, n1 + 3 * (n2 - n1)] : [n1, n2];
+}
+
+/*
+ * One workload's scaling: per 2-queue runner its IOPS over its single-queue
+ * base's (MQ2_BASE), from the medians and from the minima; ours over QEMU's
+ * best 2-queue runner.
+ */
+function mq2Scaling(entry) {
+  const ran = (id) => Boolean(entry.runners[id]);
+  const iops = (id) => (ran(id) ? entry.runners[id].iops : null);
+  const fromMin = (id) => (ran(id) && entry.runners[id].usPerReqFromMinima > 0 ? 1e6 / entry.runners[id].usPerReqFromMinima : null);
+  const ratio = (a, b) => (a && b ? round(a / b, 3) : null);
+  const best = (ids, f) => ids.filter((id) => f(id)).reduce((a, b) => (a === null || f(b) > f(a) ? b : a), null);
+  const ours = MQ2_RUNNERS.filter((id) => !MQ2_QEMU_RUNNERS.includes(id) && ran(id));
+  const qemuBest = best(MQ2_QEMU_RUNNERS, iops);
+  const qemuBestMin = best(MQ2_QEMU_RUNNERS, fromMin);
+  const oursBest = best(ours, iops);
+  const perRunner = {};
+  for (const id of MQ2_RUNNERS.filter(ran)) {
+    const base = MQ2_BASE[id];
+    perRunner[id] = {
+      base: ran(base) ? base : null,
+      iops1: iops(base),
+      iops2: iops(id),
+      scaling: ratio(iops(id), iops(base)),
+      scalingFromMinima: ratio(fromMin(id), fromMin(base)),
+      overQemuBest: MQ2_QEMU_RUNNERS.includes(id) ? null : ratio(iops(id), iops(qemuBest)),
+      overQemuBestFromMinima: MQ2_QEMU_RUNNERS.includes(id) ? null : ratio(fromMin(id), qemuBestMin && fromMin(qemuBestMin)),
+    };
+  }
+  return { perRunner, qemuBest, oursBest, oursBestOverQemuBest: ratio(iops(oursBest), iops(qemuBest)) };
+}
+
+function mq2Report(workloads, results) {
+  const fr = (x) => (x === null || x === undefined ? 'n/a' : `${fmt(x, 2)}x`);
+  const fi = (x) => (x === null || x === undefined ? 'n/a' : fmtInt(x));
+  const lines = [
+    'Multiqueue scaling (num-queues=2, the guest keeping both queues busy, `depth` on each; base: the single-queue runner of the same placement):',
+    '',
+    '| workload | 2-queue runner (base) | IOPS 1 queue | IOPS 2 queues | 2 queues / 1 queue | from minima | / QEMU best, 2 queues | from minima |',
+    '|---|---|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const w of workloads) {
+    const sc = results[w.id].scaling;
+    if (!sc) continue;
+    for (const [id, x] of Object.entries(sc.perRunner)) {
+      lines.push(
+        `| ${w.id} | ${id} (${x.base ?? 'base not run'}) | ${fi(x.iops1)} | ${fi(x.iops2)} | ${fr(x.scaling)} | ${fr(x.scalingFromMinima)} | ` +
+          `${MQ2_QEMU_RUNNERS.includes(id) ? '' : fr(x.overQemuBest)} | ${MQ2_QEMU_RUNNERS.includes(id) ? '' : fr(x.overQemuBestFromMinima)} |`,
+      );
+    }
+  }
+  lines.push('');
+  for (const w of workloads) {
+    const sc = results[w.id].scaling;
+    if (sc && sc.oursBest && sc.qemuBest)
+      lines.push(
+        `- ${w.id}: ours best with 2 queues (${sc.oursBest}) / QEMU's best with 2 queues (${sc.qemuBest}): ${fr(sc.oursBestOverQemuBest)}`,
+      );
+  }
+  lines.push(
+    '- QEMU 7.2 has no per-queue iothread mapping (iothread-vq-mapping came in QEMU 9): with an iothread both of its queues share it.',
+  );
+  return lines;
+}
+
 /* ---------------- build stamps ---------------- */
 
 function buildStamps() {
@@ -560,7 +734,8 @@ async function main() {
   const workloads = WORKLOADS.filter((w) => opts.workloads.includes(w.id)).map((w) => {
     const counts = {};
     for (const r of runners) {
-      const [n1, n2] = opts.counts[`${w.id}@${r.id}`] ?? w.counts[r.id].map((n) => Math.max(1, Math.round(n * opts.scale)));
+      const [n1, n2] =
+        opts.counts[`${w.id}@${r.id}`] ?? scalingCounts(opts, r.id, w.counts[r.id]).map((n) => Math.max(1, Math.round(n * opts.scale)));
       if (n2 <= n1 || n1 < 1) usageError(`${w.id}@${r.id}: need 1 <= N1 < N2, got ${n1}:${n2}`);
       counts[r.id] = { n1, n2 };
     }
@@ -710,6 +885,7 @@ async function main() {
       vmmBaseOverQemuBest: ratio(best('vmm-base'), qemuBestMin),
       vmmOnOverVmmBase: ratio(best('vmm-on'), best('vmm-base')),
     };
+    if (runners.some((r) => MQ2_RUNNERS.includes(r.id))) entry.scaling = mq2Scaling(entry);
     results[w.id] = entry;
   }
 
@@ -804,6 +980,7 @@ async function main() {
       );
     }
   }
+  if (workloads.some((w) => results[w.id].scaling)) lines.push('', ...mq2Report(workloads, results));
   lines.push('');
   lines.push(
     'Ratios are of IOPS (higher is better for the first runner). "QEMU best": the QEMU runner (aio=threads, aio=io_uring, aio=io_uring with an iothread) with the highest median IOPS for that workload. "minima": from (min t(N2) - min t(N1)) / (N2 - N1), each runner\'s ' +
@@ -868,7 +1045,7 @@ async function main() {
       'usPerReqFromMinima = (min t(N2) - min t(N1)) / (N2 - N1); ratiosFromMinima = the IOPS ratios from that; ' +
       'usPerInterrupt.median = (usPerReq(rand4k-d1-irq) - usPerReq(rand4k-d1)) / interruptsPerReq(rand4k-d1-irq), .minima the same from usPerReqFromMinima; ' +
       'host pread = fs.readSync into a preallocated buffer for hostMs per rep, same offsets pattern (guest LCG for random), median over reps; ' +
-      'runs interleaved by (rep, workload, count, runner)',
+      'runs interleaved by (rep, workload, count, runner); scaling (the *-mq2 runners: num-queues=2, guest queues=2) = iops(2-queue runner) / iops(its single-queue base), also from minima',
     results,
     usPerInterrupt: irqCost ?? undefined,
   };

@@ -490,17 +490,35 @@ static const char *test_blk_hostile(void)
 	return NULL;
 }
 
-/* ---- blk-bench ---- */
+/* ---- blk-bench ----
+ * One loop keeps `queues` request queues busy at once, each with `depth`
+ * requests in flight: the first requests go round-robin over the queues,
+ * then each completion is replaced on its own queue. */
 struct bench {
-	struct vq *q;
-	int random, kernel_wait, irq;
+	struct vq *q[VQ_MAX];
+	unsigned nq, depth;
+	int random, kernel_wait, irq, verify;
 	uint32_t bs;
-	uint64_t count, blocks, submitted, completed, errors, rng;
+	unsigned pattern;		/* verify: the data pattern's seed */
+	uint64_t count, blocks, submitted, completed, errors, verified, rng;
+	uint64_t qsubmitted[VQ_MAX], qcompleted[VQ_MAX];
+	uint64_t bad_lba;		/* verify: first mismatch */
+	unsigned bad_offset, bad_got, bad_want;
 	unsigned limit;
 	const char *fail;
 };
 
-static void bench_submit(struct bench *k, unsigned slot)
+/* Queue qi's slot reads into its own part of iobuf while that fits (always
+ * with verify), else wraps: reads only, so sharing does not matter. */
+static uint8_t *bench_buf(const struct bench *k, unsigned qi, unsigned slot)
+{
+	uint32_t off = (uint32_t)(((qi * k->depth + slot) * (uint64_t)k->bs) % IOBUF_SIZE);
+	if (off + k->bs > IOBUF_SIZE)
+		off = 0;
+	return iobuf + off;
+}
+
+static void bench_submit(struct bench *k, unsigned qi, unsigned slot)
 {
 	uint64_t per = k->bs / SECTOR_SIZE, blk;
 	if (k->random) {
@@ -509,73 +527,131 @@ static void bench_submit(struct bench *k, unsigned slot)
 	} else {
 		blk = k->submitted % k->blocks;
 	}
-	uint32_t off = (uint32_t)((slot * (uint64_t)k->bs) % IOBUF_SIZE);
-	if (off + k->bs > IOBUF_SIZE)
-		off = 0;
-	blk_submit(k->q, slot, VIRTIO_BLK_T_IN, blk * per, iobuf + off, k->bs, 1);
+	blk_submit(k->q[qi], slot, VIRTIO_BLK_T_IN, blk * per, bench_buf(k, qi, slot), k->bs, 1);
 	k->submitted++;
+	k->qsubmitted[qi]++;
+}
+
+/* check_pattern without kprintf (this runs in ring 3): 0 if all match,
+ * else the first mismatch is kept for the report. */
+static int bench_verify(struct bench *k, const uint8_t *buf, uint64_t lba)
+{
+	for (unsigned s = 0; s < k->bs / SECTOR_SIZE; s++) {
+		uint8_t v = (uint8_t)((lba + s) * 31 + k->pattern);
+		const uint8_t *p = buf + s * SECTOR_SIZE;
+		for (unsigned i = 0; i < SECTOR_SIZE; i++, v += 7) {
+			if (p[i] != v) {
+				k->bad_lba = lba + s;
+				k->bad_offset = i;
+				k->bad_got = p[i];
+				k->bad_want = v;
+				return 1;
+			}
+		}
+	}
+	return 0;
+}
+
+/* Reaps queue qi and puts new requests in the freed slots; the number reaped, or -1. */
+static int bench_queue(struct bench *k, unsigned qi)
+{
+	struct vq *q = k->q[qi];
+	uint8_t freed[VQ_MAX_SLOTS];
+	unsigned got = 0;
+
+	for (;;) {
+		int slot = vq_reap(q, NULL);
+		if (slot == -1)
+			break;
+		if (slot < 0) {
+			k->fail = "bad-used-id";
+			return -1;
+		}
+		if (q->slots[slot].status != VIRTIO_BLK_S_OK) {
+			k->errors++;
+		} else if (k->verify) {
+			if (bench_verify(k, bench_buf(k, qi, slot), q->slots[slot].sector)) {
+				k->fail = "verify-mismatch";
+				return -1;
+			}
+			k->verified++;
+		}
+		k->completed++;
+		k->qcompleted[qi]++;
+		freed[got++] = slot;
+	}
+	if (!got)
+		return 0;
+	/* Callbacks back on before the next submissions, so the device
+	 * sees the new used_event when it completes them. */
+	if (k->irq)
+		vq_set_interrupts(q, 1);
+	unsigned resub = 0;
+	for (unsigned i = 0; i < got && k->submitted < k->count; i++, resub++)
+		bench_submit(k, qi, freed[i]);
+	if (resub)
+		vq_kick(q, 0);
+	return got;
 }
 
 /* The submission/completion loop. Runs at CPL3 (run_user) or CPL0; only
- * CPL0 with interrupts may halt, everything else polls the used ring. */
+ * CPL0 with interrupts and one queue may halt, everything else polls the
+ * used rings. */
 static uint64_t bench_loop(void *arg)
 {
 	struct bench *k = arg;
-	struct vq *q = k->q;
-	unsigned depth = q->nslots;	/* already clamped by the caller */
+	unsigned t0[VQ_MAX];
 
-	for (unsigned s = 0; s < depth && k->submitted < k->count; s++)
-		bench_submit(k, s);
-	vq_kick(q, 0);
-	unsigned t0 = ticks();
+	for (unsigned s = 0; s < k->depth; s++)
+		for (unsigned qi = 0; qi < k->nq && k->submitted < k->count; qi++)
+			bench_submit(k, qi, s);
+	for (unsigned qi = 0; qi < k->nq; qi++) {
+		vq_kick(k->q[qi], 0);
+		t0[qi] = ticks();
+	}
 	while (k->completed < k->count) {
-		uint8_t freed[VQ_MAX_SLOTS];
-		unsigned got = 0;
-		for (;;) {
-			int slot = vq_reap(q, NULL);
-			if (slot == -1)
-				break;
-			if (slot < 0) {
-				k->fail = "bad-used-id";
+		int any = 0;
+		for (unsigned qi = 0; qi < k->nq; qi++) {
+			int got = bench_queue(k, qi);
+			if (got < 0)
 				return 1;
+			if (got) {
+				t0[qi] = ticks();
+				any = 1;
 			}
-			if (q->slots[slot].status != VIRTIO_BLK_S_OK)
-				k->errors++;
-			k->completed++;
-			freed[got++] = slot;
 		}
-		if (!got) {
-			if (k->kernel_wait) {
-				if ((k->fail = vq_wait(q)))
-					return 1;
-			} else if (ticks() - t0 > k->limit) {
-				k->fail = vq_timeout_reason(q);
+		if (any)
+			continue;
+		if (k->kernel_wait) {
+			if ((k->fail = vq_wait(k->q[0])))
 				return 1;
-			}
 			continue;
 		}
-		t0 = ticks();
-		/* Callbacks back on before the next submissions, so the device
-		 * sees the new used_event when it completes them. */
-		if (k->irq)
-			vq_set_interrupts(q, 1);
-		unsigned resub = 0;
-		for (unsigned i = 0; i < got && k->submitted < k->count; i++, resub++)
-			bench_submit(k, freed[i]);
-		if (resub)
-			vq_kick(q, 0);
+		/* A queue with requests in flight and no completion for timeout-ms. */
+		for (unsigned qi = 0; qi < k->nq; qi++) {
+			if (k->qcompleted[qi] < k->qsubmitted[qi] && ticks() - t0[qi] > k->limit) {
+				k->fail = vq_timeout_reason(k->q[qi]);
+				return 1;
+			}
+		}
 	}
 	return 0;
 }
 
 static const char *test_blk_bench(void)
 {
-	const char *r = vblk_open(1);
+	unsigned nq = param("queues", 1);
+	if (!nq || nq > VQ_MAX)
+		return "bad-queues";
+	const char *r = vblk_open(nq);
 	if (r)
 		return r;
-	struct vq *q = &vblk.vd.q[0];
+	if (nq > 1 && !vblk_has(&vblk, VIRTIO_BLK_F_MQ))
+		return "no-mq";
+	if (vblk.vd.nq < nq)
+		return "too-few-queues";
 	const char *mode = param_str("mode", "randread");
-	struct bench k = { .q = q, .rng = param("seed", 1) };
+	struct bench k = { .nq = nq, .rng = param("seed", 1) };
 	unsigned ring = param("ring", 3), irq = param("irq", 1);
 	uint64_t depth = param("depth", 1);
 
@@ -590,19 +666,33 @@ static const char *test_blk_bench(void)
 	k.blocks = vblk.capacity / (k.bs / SECTOR_SIZE);
 	if (!k.blocks)
 		return "beyond-capacity";
-	if (!depth || depth > q->nslots)
-		return "bad-depth";
+	for (unsigned qi = 0; qi < nq; qi++) {
+		k.q[qi] = &vblk.vd.q[qi];
+		if (!depth || depth > k.q[qi]->nslots)
+			return "bad-depth";
+	}
 	if (ring != 0 && ring != 3)
 		return "bad-ring";
-	q->nslots = depth;		/* bench_loop keeps every slot busy */
+	k.depth = depth;
+	k.verify = param("verify", 0);
+	k.pattern = param("pattern", 1);
+	if (k.verify && nq * depth * k.bs > IOBUF_SIZE)
+		return "verify-buffer-too-small";	/* every slot needs its own buffer */
 	k.irq = irq;
-	k.kernel_wait = ring == 0 && irq;
+	k.kernel_wait = ring == 0 && irq && nq == 1;
 	k.limit = ms_to_ticks(param("timeout-ms", 10000));
-	vq_set_interrupts(q, irq);
+	unsigned irq0[VQ_MAX], kicks0[VQ_MAX];
+	for (unsigned qi = 0; qi < nq; qi++) {
+		k.q[qi]->nslots = depth;	/* bench_loop keeps every slot busy */
+		vq_set_interrupts(k.q[qi], irq);
+	}
 	if (ring == 3)
 		user_init();
 
-	unsigned irq0 = vq_irqs(q), kicks0 = q->notifies;
+	for (unsigned qi = 0; qi < nq; qi++) {
+		irq0[qi] = vq_irqs(k.q[qi]);
+		kicks0[qi] = k.q[qi]->notifies;
+	}
 	outl(PORT_SYNC, 0xC0);
 	if (ring == 3)
 		run_user(bench_loop, &k, user_stack + sizeof(user_stack));
@@ -610,12 +700,27 @@ static const char *test_blk_bench(void)
 		bench_loop(&k);
 	outl(PORT_SYNC, 0xC1);
 
+	unsigned irqs = 0, kicks = 0;
+	for (unsigned qi = 0; qi < nq; qi++) {
+		irqs += vq_irqs(k.q[qi]) - irq0[qi];
+		kicks += k.q[qi]->notifies - kicks0[qi];
+	}
 	kprintf("blk-bench mode=%s bs=%u count=%llu bytes=%llu\n", mode, k.bs,
 		(unsigned long long)k.completed,
 		(unsigned long long)(k.completed * k.bs));
 	kprintf("blk-bench ring=%u depth=%llu irq=%u interrupts=%u notifies=%u errors=%llu\n",
-		ring, (unsigned long long)depth, irq, vq_irqs(q) - irq0,
-		q->notifies - kicks0, (unsigned long long)k.errors);
+		ring, (unsigned long long)depth, irq, irqs, kicks, (unsigned long long)k.errors);
+	if (nq > 1)
+		for (unsigned qi = 0; qi < nq; qi++)
+			kprintf("blk-bench queue=%u count=%llu interrupts=%u notifies=%u\n", qi,
+				(unsigned long long)k.qcompleted[qi],
+				vq_irqs(k.q[qi]) - irq0[qi], k.q[qi]->notifies - kicks0[qi]);
+	if (k.verify) {
+		if (k.fail && !kstrcmp(k.fail, "verify-mismatch"))
+			kprintf("blk-bench mismatch lba=%llu offset=%u got=0x%02x want=0x%02x\n",
+				(unsigned long long)k.bad_lba, k.bad_offset, k.bad_got, k.bad_want);
+		kprintf("blk-bench verified=%llu\n", (unsigned long long)k.verified);
+	}
 	if (k.fail)
 		return k.fail;
 	if (k.errors)
