@@ -130,11 +130,31 @@ export class QueuePoller {
   /** A kick or a completion woke the plane: poll once the work of this turn is done. */
   activity(): void {
     if (!this.enabled) return;
+    const now = this.now();
     if (this.sleepingSince !== undefined) {
-      this.window.woke(this.now() - this.sleepingSince);
+      this.window.woke(now - this.sleepingSince);
       this.sleepingSince = undefined;
     }
+    // No window yet (and no suppression to undo): nothing to poll, the plane sleeps on its eventfds from now
+    // on, and the next wake-up sizes the window. (A poll of zero length scheduled here would often run after
+    // the guest's next kick and find nothing, so the window would never leave 0.)
+    if (this.window.ns === 0 && this.suppressed === undefined && !this.scheduled) {
+      this.sleepingSince = now;
+      return;
+    }
+    // A poll comes after this turn: the driver need not kick meanwhile (the processing that ran before this
+    // call turned its notifications on; a driver that publishes before the poll runs would kick for nothing).
+    if (this.window.ns > 0) this.suppress();
     this.schedule();
+  }
+
+  /** Notifications off on the plane's active queues while it may take requests and write guest memory. */
+  private suppress(): void {
+    const t = this.target;
+    if (!t.canPoll() || t.memoryAccess?.() === false) return;
+    const qs = t.queues().filter((q) => q.active);
+    for (const q of qs) q.suppressNotification();
+    this.suppressed = qs;
   }
 
   close(): void {

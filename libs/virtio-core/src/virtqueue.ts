@@ -503,14 +503,19 @@ export class SplitVirtqueue {
   /**
    * Asks the driver not to kick at all while the device polls the ring (an
    * iothread's poll window, libs/virtio-core/src/poll.ts). Without EVENT_IDX
-   * this is VRING_USED_F_NO_NOTIFY; with it, avail_event is put one behind
-   * the entries already taken: a driver's publish moves its index from at
-   * least lastAvailIdx on, so vring_need_event never crosses it (virtio 1.2
-   * 2.7.10). enableNotification undoes either, then the caller re-checks.
+   * this is VRING_USED_F_NO_NOTIFY; with it, avail_event is put half the index
+   * space (0x8000) ahead of the entries already taken. The driver kicks when
+   * avail_event lies in [old, new) of its publish (vring_need_event, virtio
+   * 1.2 2.7.10), where `old` may be its index at its last kick, long before
+   * lastAvailIdx (Linux resets it at each kick_prepare, the guest kit at each
+   * kick): one behind lastAvailIdx would still be crossed by such a driver.
+   * `new` is at most a queue size (<= 0x8000) past lastAvailIdx, so
+   * lastAvailIdx + 0x8000 is crossed by no publish while the device keeps
+   * up. enableNotification undoes either, then the caller re-checks.
    */
   suppressNotification(): void {
     if (!this.mem) return;
-    if (this.eventIdx) Atomics.store(this.availEventView!, 0, (this.lastAvailIdx - 1) & 0xffff);
+    if (this.eventIdx) Atomics.store(this.availEventView!, 0, (this.lastAvailIdx + 0x8000) & 0xffff);
     else Atomics.store(this.usedFlagsView!, 0, V.VRING_USED_F_NO_NOTIFY);
   }
 

@@ -23,7 +23,7 @@ function vmm(cmdline: string, device: string, timeoutMs = 60_000, extra?: string
 }
 
 /** An iothread that polls (a long window: the adaptive one grows up to what the guest's turnaround on a busy host needs). */
-const POLLING_IOTHREAD = ['--object', 'iothread,id=io0,poll-max-ns=50000000,poll-shrink=2'];
+const POLLING_IOTHREAD = ['--object', 'iothread,id=io0,poll-max-ns=50000000,poll-grow=65536,poll-shrink=2'];
 
 describeKvm('virtio-blk driven by the guest kit', () => {
   beforeAll(() => requireBuilt());
