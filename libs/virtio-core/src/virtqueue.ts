@@ -506,9 +506,10 @@ export class SplitVirtqueue {
    * this is VRING_USED_F_NO_NOTIFY; with it, avail_event is put half the index
    * space (0x8000) ahead of the entries already taken. The driver kicks when
    * avail_event lies in [old, new) of its publish (vring_need_event, virtio
-   * 1.2 2.7.10), where `old` may be its index at its last kick, long before
-   * lastAvailIdx (Linux resets it at each kick_prepare, the guest kit at each
-   * kick): one behind lastAvailIdx would still be crossed by such a driver.
+   * 1.2 2.7.10), where `old` is its index at its last kick decision (Linux's
+   * kick_prepare, the guest kit's vq_kick): a driver that publishes several
+   * buffers per decision has `old` behind buffers a polling device already
+   * took, so one behind lastAvailIdx would be crossed.
    * `new` is at most a queue size (<= 0x8000) past lastAvailIdx, so
    * lastAvailIdx + 0x8000 is crossed by no publish while the device keeps
    * up. enableNotification undoes either, then the caller re-checks.
