@@ -5,7 +5,6 @@
 // VIRTIO_BLK_F_FLUSH gets write-through. Fake guest memory, a real temp image file whose
 // file operations are wrapped to run out of space or fail a sync.
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import { GuestMemory, virtioUapi as V } from '@tsvmm/virtio-core';
 import { fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
@@ -14,10 +13,8 @@ import { VirtioBlkDevice } from './device';
 import { BlkWorkerPlane } from './dataplane';
 import { BlkIoThread, FromWorker, ToWorker } from './iothread';
 import * as B from './generated/virtio-blk-uapi';
+import { HDR, DATA, STATUS, image } from './test-fixtures';
 
-const HDR = 0x40000;
-const DATA = 0x50000;
-const STATUS = 0x60000;
 const PENDING = 0xee;
 
 /** The real file operations; writes stop after `spaceLeft` bytes (ENOSPC), `failSync` fails the next fdatasync once. */
@@ -47,12 +44,6 @@ function faultyIo() {
     } as FileIo,
   };
   return t;
-}
-
-function image(): string {
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'blkdata-vblk-')), 'disk.img');
-  fs.writeFileSync(file, Buffer.alloc(64 * 512));
-  return file;
 }
 
 type Mode = 'main thread' | 'iothread';
@@ -145,7 +136,7 @@ describe.each<Mode>(['main thread', 'iothread'])('virtio-blk data safety (%s)', 
   let file: string;
   let dev: VirtioBlkDevice | undefined;
   beforeEach(() => {
-    file = image();
+    file = image('blkdata-vblk-');
   });
   afterEach(async () => {
     await dev?.destroy();

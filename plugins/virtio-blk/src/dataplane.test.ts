@@ -2,8 +2,6 @@
 // main-thread device and the worker's plane in one process: messages go through a structured
 // clone on a later turn, as between threads. Fake guest memory, a real temp image file.
 import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
 import { EventFd } from '@tsvmm/kvm-native';
 import { GuestMemory, SharedQueueStats, VirtioDeviceState } from '@tsvmm/virtio-core';
 import { MockDriverQueue, driverInit, fakeMemory } from '@tsvmm/virtio-core/testing';
@@ -12,11 +10,7 @@ import { BlkExtraState, VirtioBlkDevice } from './device';
 import { BlkWorkerPlane } from './dataplane';
 import { BlkIoThread, FromWorker, ToWorker } from './iothread';
 import * as B from './generated/virtio-blk-uapi';
-
-const HDR = 0x40000;
-const DATA = 0x50000;
-const STATUS = 0x60000;
-const SIZE = 16;
+import { DATA, STATUS, SIZE, image, request, settle } from './test-fixtures';
 
 const later = (f: () => void) => setImmediate(f);
 
@@ -67,33 +61,6 @@ function side(file: string, mem: GuestMemory, planeIo?: FileIo) {
   return { main, plane: plane!, irqs, sent };
 }
 
-function image(): string {
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'blk-dp-')), 'disk.img');
-  fs.writeFileSync(file, Buffer.alloc(64 * 512));
-  return file;
-}
-
-/** Request n: write sector n with bytes n+1 (or read it back with read=true), its own header and status byte. */
-function request(mem: GuestMemory, drv: MockDriverQueue, n: number, read = false): void {
-  const hdr = HDR + n * 0x20;
-  mem.writeU32(hdr, read ? B.VIRTIO_BLK_T_IN : B.VIRTIO_BLK_T_OUT);
-  mem.writeU32(hdr + 4, 0);
-  mem.writeU64(hdr + 8, BigInt(n));
-  mem.writeU8(STATUS + n, 0xee);
-  if (!read) mem.fill(DATA + n * 0x1000, 512, n + 1);
-  drv.addChain([
-    { addr: hdr, len: 16 },
-    { addr: DATA + n * 0x1000, len: 512, write: read },
-    { addr: STATUS + n, len: 1, write: true },
-  ]);
-}
-
-async function settle(): Promise<void> {
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-  await new Promise((r) => setTimeout(r, 20));
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-}
-
 /** What the migration stream carries for the device: the plugin's saveState without the transport. */
 function migrate(src: VirtioBlkDevice): { virtio: VirtioDeviceState; extra: BlkExtraState } {
   return structuredClone({ virtio: src.saveState(), extra: src.saveBlkState() });
@@ -107,7 +74,7 @@ function copyMemory(from: GuestMemory): GuestMemory {
 
 describe('virtio-blk iothread: shared-memory queue figures', () => {
   it("the monitor and the stall detector read the worker's indices and counters as they are; interrupts= drops reach the worker", async () => {
-    const file = image();
+    const file = image('blk-dp-');
     const mem = fakeMemory(1 << 20);
     const { main, plane, irqs } = side(file, mem);
     const drv = new MockDriverQueue(mem, SIZE);
@@ -142,7 +109,7 @@ describe('virtio-blk iothread: shared-memory queue figures', () => {
 
 describe('virtio-blk iothread: migration state exchange', () => {
   it('drain finishes the requests in flight, stops taking new ones and reports the exact indices; the destination resumes from them', async () => {
-    const file = image();
+    const file = image('blk-dp-');
     const mem = fakeMemory(1 << 20);
     const src = side(file, mem);
     const drv = new MockDriverQueue(mem, SIZE);
@@ -194,7 +161,7 @@ describe('virtio-blk iothread: migration state exchange', () => {
 
   it('a source that resumes (migration failed) processes the requests kicked while it was drained', async () => {
     const mem = fakeMemory(1 << 20);
-    const src = side(image(), mem);
+    const src = side(image('blk-dp-'), mem);
     const drv = new MockDriverQueue(mem, SIZE);
     driverInit(src.main, drv);
     await src.main.drain();
@@ -211,7 +178,7 @@ describe('virtio-blk iothread: migration state exchange', () => {
   });
 
   it('completions held back while bus mastering is off travel with the worker state and are pushed once on the destination', async () => {
-    const file = image();
+    const file = image('blk-dp-');
     const mem = fakeMemory(1 << 20);
     // The worker's write is held until bus mastering is off (an engine may complete a page-cache write at once).
     let release!: () => void;
@@ -256,7 +223,7 @@ describe('virtio-blk iothread: migration state exchange', () => {
   });
 
   it('the dirty log has the pages the worker wrote: read data, status bytes and the used ring', async () => {
-    const file = image();
+    const file = image('blk-dp-');
     fs.writeFileSync(file, Buffer.alloc(64 * 512, 0x5a));
     const mem = fakeMemory(1 << 20);
     const src = side(file, mem);
@@ -284,7 +251,7 @@ async function waitFor(cond: () => boolean): Promise<void> {
 
 describe('virtio-blk iothread: the worker watches the queue notifier itself', () => {
   it("guest kicks are read, dropped (kicks=), counted and recorded on the worker; the main thread's notify never runs", async () => {
-    const file = image();
+    const file = image('blk-dp-');
     const mem = fakeMemory(1 << 20);
     const { main, plane, sent } = side(file, mem);
     const drv = new MockDriverQueue(mem, SIZE);
@@ -335,7 +302,7 @@ describe('virtio-blk iothread: the worker watches the queue notifier itself', ()
   });
 
   it('a worker drained for migration counts and holds the kicks it reads, and processes them on resume', async () => {
-    const file = image();
+    const file = image('blk-dp-');
     const mem = fakeMemory(1 << 20);
     const { main, plane } = side(file, mem);
     const drv = new MockDriverQueue(mem, SIZE);

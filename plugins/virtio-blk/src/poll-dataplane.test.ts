@@ -3,8 +3,6 @@
 // back-end's completion poll (FileIo.poll, called on every look of the poll loop) is where the "guest"
 // acts: it publishes a request without kicking, or turns bus mastering off, mid-poll.
 import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
 import { GuestMemory, SharedQueueStats } from '@tsvmm/virtio-core';
 import { MockDriverQueue, driverInit, fakeMemory } from '@tsvmm/virtio-core/testing';
 import { FileIo, ioUringFileIo, RawFileBackend } from '@tsvmm/block';
@@ -12,38 +10,7 @@ import { VirtioBlkDevice } from './device';
 import { BlkWorkerPlane } from './dataplane';
 import { BLK_PLANE, BlkIoThread, FromWorker, ToWorker } from './iothread';
 import * as B from './generated/virtio-blk-uapi';
-
-const HDR = 0x40000;
-const DATA = 0x50000;
-const STATUS = 0x60000;
-const SIZE = 16;
-
-function image(): string {
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'blk-iopoll-')), 'disk.img');
-  fs.writeFileSync(file, Buffer.alloc(64 * 512));
-  return file;
-}
-
-/** Request n: write sector n with bytes n+1, its own header and status byte. */
-function request(mem: GuestMemory, drv: MockDriverQueue, n: number): void {
-  const hdr = HDR + n * 0x20;
-  mem.writeU32(hdr, B.VIRTIO_BLK_T_OUT);
-  mem.writeU32(hdr + 4, 0);
-  mem.writeU64(hdr + 8, BigInt(n));
-  mem.writeU8(STATUS + n, 0xee);
-  mem.fill(DATA + n * 0x1000, 512, n + 1);
-  drv.addChain([
-    { addr: hdr, len: 16 },
-    { addr: DATA + n * 0x1000, len: 512 },
-    { addr: STATUS + n, len: 1, write: true },
-  ]);
-}
-
-async function settle(): Promise<void> {
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-  await new Promise((r) => setTimeout(r, 20));
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-}
+import { STATUS, SIZE, image, request, settle } from './test-fixtures';
 
 /** A device whose plane polls; `onLook` runs at each look of the poll loop at the back-end's completion ring. */
 function side(file: string, mem: GuestMemory, onLook: () => void) {
@@ -104,7 +71,7 @@ function side(file: string, mem: GuestMemory, onLook: () => void) {
 
 describe('virtio-blk iothread polling', () => {
   it('a buffer published during the poll is processed without a kick, the driver told not to kick meanwhile', async () => {
-    const file = image();
+    const file = image('blk-iopoll-');
     const mem = fakeMemory(1 << 20);
     const drv = new MockDriverQueue(mem, SIZE);
     let looks = 0;
@@ -141,7 +108,7 @@ describe('virtio-blk iothread polling', () => {
   });
 
   it('bus mastering off mid-poll: the poll stops for the message and takes nothing until it is back on', async () => {
-    const file = image();
+    const file = image('blk-iopoll-');
     const mem = fakeMemory(1 << 20);
     const drv = new MockDriverQueue(mem, SIZE);
     let looks = 0;

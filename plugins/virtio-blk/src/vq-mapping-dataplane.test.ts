@@ -2,20 +2,14 @@
 // (messages through a structured clone on a later turn, as between threads): each plane
 // processes only its queue; drain, migration state, restore and reset cover both.
 import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
 import { GuestMemory, SharedQueueStats, VirtioDeviceState } from '@tsvmm/virtio-core';
 import { MockDriverQueue, driverInit, fakeMemory } from '@tsvmm/virtio-core/testing';
 import { FileIo, RawFileBackend } from '@tsvmm/block';
 import { BlkDataPlane, BlkExtraState, VirtioBlkDevice } from './device';
 import { BlkWorkerPlane } from './dataplane';
 import { BlkIoThread, FromWorker, ToWorker } from './iothread';
-import * as B from './generated/virtio-blk-uapi';
+import { STATUS, SIZE, image, request, settle } from './test-fixtures';
 
-const HDR = 0x40000;
-const DATA = 0x50000;
-const STATUS = 0x60000;
-const SIZE = 16;
 const RINGS = [0x1000, 0x8000];
 
 const later = (f: () => void) => setImmediate(f);
@@ -70,33 +64,6 @@ function side(file: string, mem: GuestMemory, planeIo?: FileIo) {
   return { main, planes, irqs, sent };
 }
 
-function image(): string {
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'blk-vqmap-dp-')), 'disk.img');
-  fs.writeFileSync(file, Buffer.alloc(64 * 512));
-  return file;
-}
-
-/** Request n on `drv`: write sector n with bytes n+1, its own header and status byte. */
-function request(mem: GuestMemory, drv: MockDriverQueue, n: number): void {
-  const hdr = HDR + n * 0x20;
-  mem.writeU32(hdr, B.VIRTIO_BLK_T_OUT);
-  mem.writeU32(hdr + 4, 0);
-  mem.writeU64(hdr + 8, BigInt(n));
-  mem.writeU8(STATUS + n, 0xee);
-  mem.fill(DATA + n * 0x1000, 512, n + 1);
-  drv.addChain([
-    { addr: hdr, len: 16 },
-    { addr: DATA + n * 0x1000, len: 512 },
-    { addr: STATUS + n, len: 1, write: true },
-  ]);
-}
-
-async function settle(): Promise<void> {
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-  await new Promise((r) => setTimeout(r, 20));
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-}
-
 function migrate(src: VirtioBlkDevice): { virtio: VirtioDeviceState; extra: BlkExtraState } {
   return structuredClone({ virtio: src.saveState(), extra: src.saveBlkState() });
 }
@@ -104,7 +71,7 @@ function migrate(src: VirtioBlkDevice): { virtio: VirtioDeviceState; extra: BlkE
 describe('virtio-blk iothread-vq-mapping: one plane per iothread', () => {
   it('each worker processes only its queue; the monitor shows each queue from its worker', async () => {
     const mem = fakeMemory(1 << 20);
-    const { main, planes, irqs, sent } = side(image(), mem);
+    const { main, planes, irqs, sent } = side(image('blk-vqmap-dp-'), mem);
     const drvs = RINGS.map((base) => new MockDriverQueue(mem, SIZE, base));
     driverInit(main, drvs);
     request(mem, drvs[0], 0);
@@ -145,7 +112,7 @@ describe('virtio-blk iothread-vq-mapping: one plane per iothread', () => {
   });
 
   it("migration: the drain takes each queue's indices and held-back completions from its worker; the destination pushes each once", async () => {
-    const file = image();
+    const file = image('blk-vqmap-dp-');
     const mem = fakeMemory(1 << 20);
     // The writes are held until bus mastering is off: their completions are held back by the workers.
     let release!: () => void;
@@ -214,7 +181,7 @@ describe('virtio-blk iothread-vq-mapping: one plane per iothread', () => {
 
   it('a driver reset resets every worker', async () => {
     const mem = fakeMemory(1 << 20);
-    const { main, planes, sent } = side(image(), mem);
+    const { main, planes, sent } = side(image('blk-vqmap-dp-'), mem);
     const drvs = RINGS.map((base) => new MockDriverQueue(mem, SIZE, base));
     driverInit(main, drvs);
     request(mem, drvs[1], 1);
