@@ -129,7 +129,7 @@ describeKvm('snapshot and restore with iothread=io0', () => {
     await until('progress', () => /progress i=30\b/.test(src.out()));
     expect(src.err().match(/iothread io0: worker thread started/g)).toHaveLength(1);
     expect(src.err()).toContain('d1: data plane on iothread io0, shared with d0');
-    expect(src.err()).toContain('s1: queues on iothread io0, shared with d0, d1');
+    expect(src.err()).toContain('s1: data plane on iothread io0, shared with d0, d1');
     const s = await client(src);
     await s.run('x-snapshot-save', { file: snap });
     expect(await s.run('query-status')).toMatchObject({ status: 'paused', running: false });

@@ -154,12 +154,12 @@ const canNetns = process.getuid?.() === 0 && fs.existsSync('/dev/net/tun');
   });
   afterAll(() => execFileSync('ip', ['netns', 'del', NS]));
 
-  it('pings keep being answered on the destination', async () => {
+  it.each(['', ',iothread=io0'])('pings keep being answered on the destination (%s)', async (opts) => {
     const cmd = ['--cmdline', 'test=net-ping count=150 timeout-ms=300'];
     const incoming = path.join(tmp, `in-${uniq()}.sock`);
     const wrap = ['ip', 'netns', 'exec', NS];
-    const dst = vmm([...cmd, '--device', 'virtio-net,id=n0,tap=tap1', '--incoming', `unix:${incoming}`], wrap);
-    const src = vmm([...cmd, '--device', 'virtio-net,id=n0,tap=tap0'], wrap);
+    const dst = vmm([...cmd, '--device', `virtio-net,id=n0,tap=tap1${opts}`, '--incoming', `unix:${incoming}`], wrap);
+    const src = vmm([...cmd, '--device', `virtio-net,id=n0,tap=tap0${opts}`], wrap);
     await until('pings', () => /net-ping seq=20 ok/.test(src.out()));
     await until('destination listening', () => fs.existsSync(incoming));
     const s = await client(src);

@@ -11,3 +11,4 @@ export * from './plugin-check';
 export * from './properties';
 export * from './virtio-pci';
 export * from './virtio-pci-state';
+export * from './iothread-planes';

@@ -44,6 +44,8 @@ export interface PlaneHooks {
   counters(): unknown;
   /** The `device` part of 'activate' / 'restore', and 'device' messages (a new LUN, a config write...). */
   device?(m: unknown): void;
+  /** After 'activate' or 'restore' loaded the device's state: what the type starts itself (virtio-net: TAP offloads, RX). */
+  loaded?(): void;
   /** The plane closes: its backends. */
   close(): void;
   /** Polling: reaps the back-ends' completions that are ready now, without waiting or a system call where it can; returns how many. */
@@ -187,6 +189,7 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
         this.vectorFds = m.vectorFds;
         if (m.device !== undefined) this.hooks.device?.(m.device);
         d.loadState(m.virtio);
+        this.hooks.loaded?.();
         return;
       case 'restore': {
         // The destination: the source's exact state (the main thread loaded the same into its own copy).
@@ -196,6 +199,7 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
         d.loadState(m.virtio);
         this.hooks.loadExtra(m.extra);
         if (m.virtio.broken) d.brokenReason = 'broken on the migration source';
+        this.hooks.loaded?.();
         return;
       }
       case 'kick':

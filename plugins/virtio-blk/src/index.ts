@@ -4,6 +4,7 @@
  * [,iothread=ID | ,iothread-vq-mapping=IO0;IO1 | ,iothread-vq-mapping=IO0:Q+Q;IO1:Q]`.
  */
 import {
+  attachIoThreadPlanes,
   DeviceContext,
   DevicePlugin,
   PLUGIN_API_VERSION,
@@ -14,9 +15,8 @@ import {
   VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
-import { DEFAULT_POLL_SETTINGS, SharedQueueStats } from '@tsvmm/virtio-core';
-import { BLK_PLANE, BlkIoThread, ioThreadHost } from './iothread';
-import { BlkDataPlane, BlkExtraState, VirtioBlkDevice } from './device';
+import { BLK_PLANE, BlkInit } from './iothread';
+import { BlkExtraState, VirtioBlkDevice } from './device';
 import { parseVqMapping, VqMappingEntry } from './vq-mapping';
 
 export { VirtioBlkDevice, VIRTIO_ID_BLOCK, QUEUE_SIZE } from './device';
@@ -114,19 +114,16 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
   });
   const transport = new VirtioPciDevice(blk, ctx, { classCode: VIRTIO_BLK_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
   if (mapping) {
-    // One SharedQueueStats for the device: each worker keeps its own queues' slots.
-    const stats = SharedQueueStats.create(numQueues);
     const mapped = props['iothread-vq-mapping'] !== undefined;
-    const start = (name: string, plane: number, queues: number[] | undefined) => {
-      const host = ioThreadHost(ctx.vm, name, ctx.log);
-      const thread = new BlkIoThread(name, (m) => blk.onDataPlaneMessage(m, plane), host.connect(id));
-      const others = host.devices.filter((d) => d !== id);
-      if (others.length) ctx.log(`${id}: data plane on iothread ${name}, shared with ${others.join(', ')}`);
-      thread.send({
-        type: 'init',
-        plane: BLK_PLANE,
-        id,
-        regions: ctx.vm.memoryRegions.map((r) => ({ fd: r.fd, gpa: Number(r.guestPhysAddr), size: r.size })),
+    attachIoThreadPlanes<BlkInit>({
+      ctx,
+      id,
+      device: blk,
+      transport,
+      plane: BLK_PLANE,
+      eventIdx: props['event-idx'] as boolean,
+      placements: mapping.map(({ iothread, queues }) => ({ iothread, queues: mapped ? queues : undefined })),
+      fields: () => ({
         file: props.file as string,
         fds: backend.dupFds(),
         readonly: props.readonly as boolean,
@@ -134,24 +131,8 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
         aio: backend.aio as AioMode,
         numQueues: props['num-queues'] as number,
         serial: (props.serial as string | undefined) ?? id,
-        eventIdx: props['event-idx'] as boolean,
-        stats: stats.buffer,
-        queues,
-        poll: ctx.iothread?.(name)?.poll ?? DEFAULT_POLL_SETTINGS,
-        sent: thread.sent.buffer as SharedArrayBuffer,
-      });
-      return thread;
-    };
-    const vectorFd = (q: number) => {
-      const v = transport.queueVector(q);
-      return v === 0xffff ? -1 : (transport.msix.eventFd(v)?.fd ?? -1);
-    };
-    const planes = mapping.map(({ iothread, queues }, k): BlkDataPlane => {
-      const owned = mapped ? queues : undefined;
-      if (mapped) ctx.log(`${id}: queue${queues.length > 1 ? 's' : ''} ${queues.join(', ')} on iothread ${iothread}`);
-      return { thread: start(iothread, k, owned), restart: () => start(iothread, k, owned), stats, vectorFd, queues: owned };
+      }),
     });
-    blk.attachDataPlane(planes);
   }
   transport.stall = stallSettings(props);
   return new VirtioBlkPci(id, blk, transport);

@@ -119,7 +119,7 @@ export async function fuzz(data: Buffer): Promise<void> {
     for (const n of tap.sent) if (n < 12) throw new Error(`a ${n}-byte frame went to the TAP, shorter than the virtio-net header`);
   }
   if (g.extra & 8) dev.reset();
-  dev.destroy();
+  await dev.destroy();
   if (problems.length) throw new Error(`device reported a host-side failure: ${problems.join('; ')}`);
 }
 

@@ -231,6 +231,43 @@ function icmpEcho(hostMac: Uint8Array, seq: number): Uint8Array {
     dev.reset();
   });
 
+  it('migration extra state: the MAC and RX mode the control queue set travel, and load into a new device; hostile states are refused whole', () => {
+    const mem = fakeMemory(1 << 20);
+    const dev = new VirtioNetDevice(mem, { id: 'n4', tap, mac: Uint8Array.from(GUEST_MAC), pairs: 1, mtu: 1500 });
+    dev.interrupt = { signalQueue: () => undefined, signalConfig: () => undefined };
+    const ctrl = new MockDriverQueue(mem, 16, 0xf000);
+    dev.writeStatus(3);
+    dev.writeDriverFeatures(0, dev.readDeviceFeatures(0));
+    dev.writeDriverFeatures(1, dev.readDeviceFeatures(1));
+    dev.writeStatus(0x0b);
+    ctrl.program(dev.queues[2]);
+    dev.writeStatus(0x0f);
+    const commands: number[][] = [
+      [N.VIRTIO_NET_CTRL_MAC, N.VIRTIO_NET_CTRL_MAC_ADDR_SET, 0x52, 0x54, 0, 0xab, 0xcd, 0xef],
+      [N.VIRTIO_NET_CTRL_RX, N.VIRTIO_NET_CTRL_RX_PROMISC, 0],
+      [N.VIRTIO_NET_CTRL_RX, N.VIRTIO_NET_CTRL_RX_NOBCAST, 1],
+    ];
+    commands.forEach((c, i) => {
+      const req = 0x90000 + i * 0x100;
+      mem.write(req, c);
+      ctrl.addChain([
+        { addr: req, len: c.length },
+        { addr: req + 0x80, len: 1, write: true },
+      ]);
+    });
+    dev.notify(2);
+    expect(ctrl.takeUsed()).toHaveLength(3);
+    const saved = JSON.parse(JSON.stringify(dev.saveNetState()));
+    expect(saved).toMatchObject({ activePairs: 1, mac: '52:54:00:ab:cd:ef', rxMode: { promisc: false, nobcast: true } });
+    const other = new VirtioNetDevice(fakeMemory(1 << 20), { id: 'n5', tap, mac: Uint8Array.from(GUEST_MAC), pairs: 1, mtu: 1500 });
+    other.loadNetState(saved);
+    expect(other.deviceInfo()).toMatchObject({ mac: '52:54:00:ab:cd:ef', 'rx-mode': { promisc: false, nobcast: true } });
+    expect(other.readConfig(N.OFF_virtio_net_config_mac + 3, 1)).toBe(0xab);
+    for (const bad of [{ activePairs: 2 }, { mac: '52:54:00:ab:cd' }, { rxMode: { promisc: 'yes' } }, null])
+      expect(() => other.checkNetState(bad)).toThrow(/activePairs|mac|promisc|object/);
+    dev.reset();
+  });
+
   it('marks the device needs-reset for a transmit chain with device-writable buffers', () => {
     const mem = fakeMemory(1 << 20);
     const dev = new VirtioNetDevice(mem, { id: 'n2', tap, mac: Uint8Array.from(GUEST_MAC), pairs: 1, mtu: 1500 });

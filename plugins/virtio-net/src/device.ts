@@ -1,20 +1,28 @@
 /**
  * The virtio-net device (virtio 1.2 section 5.1) over a TAP: receive queues
  * (2i), transmit queues (2i+1) for each queue pair, and the control queue last.
+ *
+ * With `iothread=ID` the whole device's queues run on that iothread
+ * (dataplane.ts): the worker's copy of this class reads and writes duplicated
+ * TAP descriptors, watches the TAP and the queues' ioeventfds and writes the
+ * irqfds; this main-thread copy keeps negotiation, config space and MSI-X, and
+ * tells the plane when the VM stops and runs (NetPlaneMessage).
  */
 import * as os from 'os';
 import { errnoException, FdWatch } from '@tsvmm/kvm-native';
 import {
+  DataPlaneDevice,
   Descriptor,
   DescriptorChain,
+  Fields,
   gather,
   GuestMemory,
   lastWritableByte,
   readConfigImage,
   scatter,
   SplitVirtqueue,
+  StateError,
   views as guestViews,
-  VirtioDevice,
 } from '@tsvmm/virtio-core';
 import * as N from './generated/virtio-net-uapi';
 import { Tap, VNET_HDR_LEN } from './backend/tap';
@@ -52,14 +60,34 @@ export interface NetCounters {
   rxNoBuffers: number;
 }
 
-export class VirtioNetDevice extends VirtioDevice {
+/** What the control queue changed, which migration carries (absent fields: the defaults). */
+export interface NetExtraState {
+  activePairs?: number;
+  /** The MAC the driver set (VIRTIO_NET_CTRL_MAC_ADDR_SET), as 52:54:00:12:34:56. */
+  mac?: string;
+  rxMode?: Partial<RxMode>;
+}
+
+/** The main thread's messages to the plane on an iothread ('activate', 'restore' and 'device'). */
+export interface NetPlaneMessage {
+  /** The VM runs (true) or stopped (false): nothing is taken from the TAP while it is stopped. */
+  running?: boolean;
+}
+
+const RX_MODE_KEYS = ['promisc', 'allmulti', 'alluni', 'nomulti', 'nouni', 'nobcast'] as const;
+export type RxMode = Record<(typeof RX_MODE_KEYS)[number], boolean>;
+const defaultRxMode = (): RxMode => ({ promisc: true, allmulti: false, alluni: false, nomulti: false, nouni: false, nobcast: false });
+
+const macText = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+
+export class VirtioNetDevice extends DataPlaneDevice {
   readonly tap: Tap;
   readonly pairs: number;
   readonly mac: Uint8Array;
   activePairs = 1;
   readonly net: NetCounters = { rxPackets: 0, rxBytes: 0, rxDropped: 0, txPackets: 0, txBytes: 0, txDropped: 0, rxNoBuffers: 0 };
   /** RX mode set through the control queue (recorded; the TAP delivers what the host sends it). */
-  readonly rxMode = { promisc: true, allmulti: false, alluni: false, nomulti: false, nouni: false, nobcast: false };
+  readonly rxMode: RxMode = defaultRxMode();
   private readonly config = new Uint8Array(N.SIZEOF_virtio_net_config);
   private readonly watches: FdWatch[];
   /** A frame read from the TAP that did not fit the guest's buffers yet, per pair. */
@@ -121,8 +149,72 @@ export class VirtioNetDevice extends VirtioDevice {
   }
 
   override deviceInfo(): Record<string, unknown> {
-    const mac = [...this.config.subarray(0, 6)].map((b) => b.toString(16).padStart(2, '0')).join(':');
-    return { tap: this.tap.name, mac, pairs: this.pairs, 'active-pairs': this.activePairs, 'rx-mode': { ...this.rxMode }, ...this.net };
+    const own = { tap: this.tap.name, pairs: this.pairs, ...this.planeCounters() };
+    if (!this.iothread) return own;
+    // On an iothread: the plane's counters and control-queue state as it last reported them (within 100 ms).
+    return { ...own, ...(this.workerCounters<Record<string, unknown>>() ?? {}), iothread: this.iothread };
+  }
+
+  /** The counters and control-queue state of this copy (what the plane on an iothread reports). */
+  planeCounters(): Record<string, unknown> {
+    return { mac: macText(this.config.subarray(0, 6)), 'active-pairs': this.activePairs, 'rx-mode': { ...this.rxMode }, ...this.net };
+  }
+
+  /** The VM's running state for the plane on an iothread ('activate' and 'restore'). */
+  protected override planeDeviceState(): NetPlaneMessage {
+    return { running: !this.vmStopped };
+  }
+
+  /** The plane's side of NetPlaneMessage (on the iothread's copy of the device). */
+  applyPlaneMessage(m: NetPlaneMessage): void {
+    if (m.running !== undefined) this.setVmRunning(m.running);
+  }
+
+  /**
+   * After a negotiated state was loaded rather than negotiated (the plane's
+   * 'activate' and 'restore', a migration destination): the TAP offloads the
+   * driver accepted, and RX.
+   */
+  startDataPath(): void {
+    if (!this.canProcess) return;
+    this.applyOffloads();
+    this.startRx();
+  }
+
+  // --- migration ---------------------------------------------------------------
+
+  /** Migration: what the control queue changed (on an iothread: the plane's, taken by the last drain). */
+  saveNetState(): NetExtraState {
+    if (this.iothread) return structuredClone((this.drainedState().extra as NetExtraState | undefined) ?? {});
+    return { activePairs: this.activePairs, mac: macText(this.config.subarray(0, 6)), rxMode: { ...this.rxMode } };
+  }
+
+  /** Migration: the extra state checked against this device (pairs, MAC syntax, RX mode keys), nothing applied. */
+  checkNetState(raw: unknown): { activePairs: number; mac?: Uint8Array; rxMode: RxMode } {
+    const rxMode = defaultRxMode();
+    if (raw === undefined) return { activePairs: 1, rxMode };
+    const f = new Fields(raw, '');
+    const activePairs = f.optional('activePairs', (g, k) => g.int(k, 1, this.pairs)) ?? 1;
+    const mac = f.optional('mac', (g, k) => {
+      const text = g.str(k, 17);
+      const m = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.exec(text);
+      if (!m) throw new StateError(g.at(k), `${JSON.stringify(text)} is not a MAC address`);
+      return Uint8Array.from(text.split(':').map((x) => parseInt(x, 16)));
+    });
+    f.optional('rxMode', (g, k) => {
+      const r = new Fields(g.raw(k), g.at(k));
+      for (const key of RX_MODE_KEYS) if (r.has(key)) rxMode[key] = r.bool(key);
+    });
+    return { activePairs, mac, rxMode };
+  }
+
+  /** Migration destination: the counterpart of saveNetState (checked first; on an iothread the plane gets it with 'restore'). */
+  loadNetState(raw: NetExtraState | undefined): void {
+    const s = this.checkNetState(raw);
+    this.activePairs = s.activePairs;
+    if (s.mac) this.config.set(s.mac, N.OFF_virtio_net_config_mac);
+    Object.assign(this.rxMode, s.rxMode);
+    if (this.iothread) this.restoredExtra = structuredClone(raw);
   }
 
   readConfig(offset: number, size: number): number {
@@ -140,17 +232,24 @@ export class VirtioNetDevice extends VirtioDevice {
   }
 
   protected override onActivate(): void {
+    this.activePairs = 1;
+    if (this.iothread) return super.onActivate(); // the plane takes the negotiated state
+    this.applyOffloads();
+    this.startRx();
+  }
+
+  /** The offloads towards the guest the driver accepted, set on the TAP (it then may send such frames). */
+  private applyOffloads(): void {
     let offloads = 0;
     if (this.hasFeature(N.VIRTIO_NET_F_GUEST_CSUM)) offloads |= N.TUN_F_CSUM;
     if (this.hasFeature(N.VIRTIO_NET_F_GUEST_TSO4)) offloads |= N.TUN_F_TSO4;
     if (this.hasFeature(N.VIRTIO_NET_F_GUEST_TSO6)) offloads |= N.TUN_F_TSO6;
     if (this.hasFeature(N.VIRTIO_NET_F_GUEST_ECN)) offloads |= N.TUN_F_TSO_ECN;
     this.tap.setOffloads(offloads);
-    this.activePairs = 1;
-    this.startRx();
   }
 
   protected override onReset(): void {
+    super.onReset(); // the iothread's plane (a dead worker is restarted)
     for (const w of this.watches) w.stop();
     this.stashed.fill(undefined);
     this.activePairs = 1;
@@ -159,7 +258,7 @@ export class VirtioNetDevice extends VirtioDevice {
   override setDisabled(disabled: boolean): void {
     if (disabled) for (const w of this.watches) w.stop();
     super.setDisabled(disabled);
-    if (!disabled) this.startRx();
+    if (!disabled && !this.iothread) this.startRx();
   }
 
   /**
@@ -170,6 +269,7 @@ export class VirtioNetDevice extends VirtioDevice {
    */
   setVmRunning(running: boolean): void {
     this.vmStopped = !running;
+    if (this.iothread) return this.sendToPlanes({ running } satisfies NetPlaneMessage);
     if (!running) for (const w of this.watches) w.stop();
     else this.startRx();
   }
@@ -177,7 +277,7 @@ export class VirtioNetDevice extends VirtioDevice {
   private vmStopped = false;
 
   private startRx(): void {
-    if (!this.canProcess || this.vmStopped) return;
+    if (!this.canProcess || this.vmStopped || this.iothread) return;
     for (let i = 0; i < this.activePairs; i++) if (this.queues[2 * i].active) this.serviceRx(i);
   }
 
@@ -610,7 +710,8 @@ export class VirtioNetDevice extends VirtioDevice {
     }
   }
 
-  destroy(): void {
+  async destroy(): Promise<void> {
+    if (this.iothread) await this.closePlanes();
     for (const w of this.watches) w.close();
     this.tap.close();
   }

@@ -1,9 +1,12 @@
 /**
  * The virtio-net plugin: `--device virtio-net,id=ID,tap=IFNAME|fd=N[:N...][,mac=52:54:00:xx:xx:xx]
- * [,queues=N][,mtu=N][,ioeventfd=on|off][,event-idx=on|off]`.
+ * [,queues=N][,mtu=N][,ioeventfd=on|off][,event-idx=on|off][,iothread=ID]`.
+ * `iothread=ID` runs every queue (and the TAP's reads and writes) on that
+ * iothread (dataplane.ts).
  */
 import * as crypto from 'crypto';
 import {
+  attachIoThreadPlanes,
   DeviceContext,
   DevicePlugin,
   PLUGIN_API_VERSION,
@@ -14,10 +17,11 @@ import {
   VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { Tap, TapError } from './backend/tap';
-import { VirtioNetDevice } from './device';
+import { NetExtraState, VirtioNetDevice } from './device';
+import { NET_PLANE, NetInit } from './dataplane';
 
 export { VirtioNetDevice, VIRTIO_ID_NET } from './device';
-export type { NetCounters } from './device';
+export type { NetCounters, NetExtraState } from './device';
 export { Tap, TapError } from './backend/tap';
 
 /** PCI class: network controller, Ethernet. */
@@ -38,16 +42,53 @@ export class VirtioNetPci extends VirtioPciPluginDevice {
       super.setRunning(false);
       this.net.setVmRunning(false);
     } else {
+      // On an iothread the plane first takes requests again (after a drain), then RX starts.
+      this.net.resumeDataPlane();
       super.setRunning(true);
       this.net.setVmRunning(true);
     }
   }
 
-  override destroy(): void | Promise<void> {
-    // The base class may finish asynchronously: hand its promise on.
-    const done = super.destroy();
-    this.net.destroy();
-    return done;
+  /** Migration dirty log of the pages the iothread writes (none without one: the main thread's writes are tracked by the VM). */
+  async startDirtyLog(): Promise<void> {
+    await this.net.dataPlaneDirtyLog('start');
+  }
+
+  syncDirtyLog(): Promise<Iterable<number>> {
+    return this.net.dataPlaneDirtyLog('sync');
+  }
+
+  async stopDirtyLog(): Promise<void> {
+    await this.net.dataPlaneDirtyLog('stop');
+  }
+
+  /** Migration: on an iothread, the plane's state (ring indices, control-queue state) taken at once. */
+  drain(): Promise<void> {
+    return this.net.drain();
+  }
+
+  /** The control queue's effects: active queue pairs, the MAC the driver set, the RX mode. */
+  protected override saveExtra(): unknown {
+    return this.net.saveNetState();
+  }
+
+  protected override checkExtra(extra: unknown): void {
+    this.net.checkNetState(extra);
+  }
+
+  protected override loadExtra(extra: unknown): void {
+    this.net.loadNetState(extra as NetExtraState | undefined);
+  }
+
+  override loadState(state: unknown): void {
+    super.loadState(state);
+    // The destination's TAP: the offloads the driver negotiated on the source (RX starts when the VM runs).
+    if (!this.net.iothread) this.net.startDataPath();
+  }
+
+  override async destroy(): Promise<void> {
+    await super.destroy();
+    await this.net.destroy();
   }
 }
 
@@ -92,6 +133,18 @@ export function createVirtioNet(ctx: DeviceContext, id: string, props: Record<st
   });
   const transport = new VirtioPciDevice(net, ctx, { classCode: VIRTIO_NET_CLASS_CODE, ioeventfd: props.ioeventfd as boolean });
   transport.stall = stallSettings(props);
+  const iothread = props.iothread as string | undefined;
+  if (iothread !== undefined)
+    attachIoThreadPlanes<NetInit>({
+      ctx,
+      id,
+      device: net,
+      transport,
+      plane: NET_PLANE,
+      eventIdx: props['event-idx'] as boolean,
+      placements: [{ iothread }],
+      fields: () => ({ tap: { name: tap.name, fds: tap.dupFds() }, mac: [...mac], pairs, mtu: props.mtu as number }),
+    });
   return new VirtioNetPci(id, net, transport);
 }
 
@@ -121,6 +174,12 @@ export const plugin: DevicePlugin = {
         mtu: { type: 'int', description: 'MTU advertised with VIRTIO_NET_F_MTU', default: 1500, min: 68, max: 65535 },
         ioeventfd: { type: 'bool', description: 'queue notifications through KVM ioeventfd (off: through the exit path)', default: true },
         'event-idx': { type: 'bool', description: 'offer VIRTIO_RING_F_EVENT_IDX', default: true },
+        iothread: {
+          type: 'string',
+          description: "run the queues (receive, transmit, control) and the TAP's reads and writes in the worker thread of this iothread",
+          pattern: /^[A-Za-z][A-Za-z0-9_.-]*$/,
+          patternHint: 'a name starting with a letter',
+        },
         ...VIRTIO_PCI_DEBUG_PROPERTIES,
       },
       create: createVirtioNet,

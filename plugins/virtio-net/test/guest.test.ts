@@ -86,82 +86,112 @@ describeKvm('virtio-net driven by the guest kit over a TAP in a network namespac
   });
   afterAll(() => execFileSync('ip', ['netns', 'del', NS]));
 
-  it.each(['on', 'off'])('ARP and ICMP replies from the host kernel reach the guest (ioeventfd=%s)', async (io) => {
-    const r = await vmm('test=net-ping count=3', `virtio-net,id=n0,tap=tap0,ioeventfd=${io}`);
-    expectPass(r, 'net-ping');
-    expect(r.out).toMatch(/net-arp reply mac=([0-9a-f]{2}:){5}[0-9a-f]{2}/);
-    expect(r.out).toContain('net-ping received=3');
-  });
+  /** With iothread=: one worker took every queue and the TAP (the main thread ran none of the device's I/O). */
+  function expectWorker(r: Run, opts: string): void {
+    expect(r.err.match(/iothread iotnet0: worker thread started/g) ?? []).toHaveLength(opts.includes('iothread=') ? 1 : 0);
+  }
 
-  it('bulk TX: 500 UDP datagrams reach a host socket intact', async () => {
+  it.each(['ioeventfd=on', 'ioeventfd=off', 'iothread=iotnet0', 'iothread=iotnet0,ioeventfd=off'])(
+    'ARP and ICMP replies from the host kernel reach the guest (%s)',
+    async (opts) => {
+      const r = await vmm('test=net-ping count=3', `virtio-net,id=n0,tap=tap0,${opts}`);
+      expectPass(r, 'net-ping');
+      expect(r.out).toMatch(/net-arp reply mac=([0-9a-f]{2}:){5}[0-9a-f]{2}/);
+      expect(r.out).toContain('net-ping received=3');
+      expectWorker(r, opts);
+      expect(r.err).not.toMatch(/Warning|needs reset/);
+    },
+  );
+
+  it.each(['', ',iothread=iotnet0'])('bulk TX: 500 UDP datagrams reach a host socket intact (%s)', async (opts) => {
     const rx = python(PY_RECV, ['500', '20']);
     await rx.ready;
-    const r = await vmm('test=net-udp-tx count=500 size=200', 'virtio-net,id=n0,tap=tap0');
+    const r = await vmm('test=net-udp-tx count=500 size=200', `virtio-net,id=n0,tap=tap0${opts}`);
     expectPass(r, 'net-udp-tx');
     expect(await rx.done).toContain('received=500 bad=0');
+    expectWorker(r, opts);
   });
 
-  it('bulk RX: 300 datagrams from a host socket reach the guest intact', async () => {
+  it.each(['', ',iothread=iotnet0'])('bulk RX: 300 datagrams from a host socket reach the guest intact (%s)', async (opts) => {
     let sender: ReturnType<typeof python> | undefined;
-    const r = await vmm('test=net-udp-rx count=300 size=200', 'virtio-net,id=n0,tap=tap0', (l) => {
+    const r = await vmm('test=net-udp-rx count=300 size=200', `virtio-net,id=n0,tap=tap0${opts}`, (l) => {
       if (l.includes('net-udp-rx ready') && !sender) sender = python(PY_SEND, ['300', '200']);
     });
     expectPass(r, 'net-udp-rx');
     expect(r.out).toMatch(/net-udp-rx received=300 bad=0/);
+    expectWorker(r, opts);
   });
 
-  it('RX with the guest starved of buffers for a while, then refilled: traffic resumes', async () => {
-    let sender: ReturnType<typeof python> | undefined;
-    const r = await vmm('test=net-udp-rx count=200 size=100 starve-ms=1000 timeout-ms=8000', 'virtio-net,id=n0,tap=tap0', (l) => {
-      if (l.includes('net-udp-rx ready') && !sender) sender = python(PY_SEND, ['200', '100']);
-    });
-    expectPass(r, 'net-udp-rx');
-    const m = /net-udp-rx received=(\d+) bad=0/.exec(r.out);
-    expect(Number(m?.[1])).toBeGreaterThan(100);
-  });
+  it.each(['', ',iothread=iotnet0'])(
+    'RX with the guest starved of buffers for a while, then refilled: traffic resumes (%s)',
+    async (opts) => {
+      let sender: ReturnType<typeof python> | undefined;
+      const r = await vmm('test=net-udp-rx count=200 size=100 starve-ms=1000 timeout-ms=8000', `virtio-net,id=n0,tap=tap0${opts}`, (l) => {
+        if (l.includes('net-udp-rx ready') && !sender) sender = python(PY_SEND, ['200', '100']);
+      });
+      expectPass(r, 'net-udp-rx');
+      const m = /net-udp-rx received=(\d+) bad=0/.exec(r.out);
+      expect(Number(m?.[1])).toBeGreaterThan(100);
+    },
+  );
 
-  it('Lost kick (tx0) and lost interrupt (rx0) with stall-ms=300: each VIRTQUEUE_STALL names side and cause, the device event recovers I/O, counters move by exactly one', async () => {
-    const d = await stallDrill({
-      cmdline: 'test=net-ping count=2 timeout-ms=30000 irq-grace-ms=30000',
-      devices: ['virtio-net,id=n0,tap=tap0,stall-ms=300'],
-      dev: 'n0',
-      kickQueue: 1,
-      irqQueue: 0,
-      wrap: ['ip', 'netns', 'exec', NS],
-    });
-    expectPass(d.run, 'net-ping');
-    expect(d.kickStall).toMatchObject({
-      device: 'n0',
-      queue: 1,
-      side: 'kick',
-      cause: 'no-notify',
-      'last-avail-idx': d.kick.before['last-avail-idx'],
-    });
-    expect(d.irqStall).toMatchObject({ device: 'n0', queue: 0, side: 'interrupt', cause: 'dropped' });
-    const kicks = (s: Record<string, unknown>) => (s['kicks-eventfd'] as number) + (s['kicks-exit'] as number);
-    expect(kicks(d.kick.after) - kicks(d.kick.before)).toBe(1);
-    expect(d.kick.after['debug-events']).toBe((d.kick.before['debug-events'] as number) + 1);
-    expect(d.kick.after['kicks-dropped']).toBe(1);
-    expect(d.call.before['interrupts-dropped']).toBe(1);
-    expect(d.call.after['interrupts-injected']).toBe((d.call.before['interrupts-injected'] as number) + 1);
-    // The idle receive queue held its buffers the whole time: never a kick-side stall; one event per episode.
-    const stalls = d.events.filter((m) => m.event === 'VIRTQUEUE_STALL').map((m) => m.data);
-    expect(stalls).toEqual([d.kickStall, d.irqStall]);
-    expect(d.events.find((m) => m.event === 'VIRTQUEUE_STALL_CLEARED')?.data).toMatchObject({ queue: 1, side: 'kick', cause: 'no-notify' });
-  });
+  it.each(['', ',iothread=iotnet0'])(
+    'Lost kick (tx0) and lost interrupt (rx0) with stall-ms=300%s: each VIRTQUEUE_STALL names side and cause, the device event recovers I/O, counters move by exactly one',
+    async (opts) => {
+      const d = await stallDrill({
+        cmdline: 'test=net-ping count=2 timeout-ms=30000 irq-grace-ms=30000',
+        devices: [`virtio-net,id=n0,tap=tap0,stall-ms=300${opts}`],
+        dev: 'n0',
+        kickQueue: 1,
+        irqQueue: 0,
+        wrap: ['ip', 'netns', 'exec', NS],
+      });
+      expectPass(d.run, 'net-ping');
+      expect(d.kickStall).toMatchObject({
+        device: 'n0',
+        queue: 1,
+        side: 'kick',
+        cause: 'no-notify',
+        'last-avail-idx': d.kick.before['last-avail-idx'],
+      });
+      expect(d.irqStall).toMatchObject({ device: 'n0', queue: 0, side: 'interrupt', cause: 'dropped' });
+      const kicks = (s: Record<string, unknown>) => (s['kicks-eventfd'] as number) + (s['kicks-exit'] as number);
+      expect(kicks(d.kick.after) - kicks(d.kick.before)).toBe(1);
+      expect(d.kick.after['debug-events']).toBe((d.kick.before['debug-events'] as number) + 1);
+      expect(d.kick.after['kicks-dropped']).toBe(1);
+      expect(d.call.before['interrupts-dropped']).toBe(1);
+      expect(d.call.after['interrupts-injected']).toBe((d.call.before['interrupts-injected'] as number) + 1);
+      // The idle receive queue held its buffers the whole time: never a kick-side stall; one event per episode.
+      const stalls = d.events.filter((m) => m.event === 'VIRTQUEUE_STALL').map((m) => m.data);
+      expect(stalls).toEqual([d.kickStall, d.irqStall]);
+      expect(d.events.find((m) => m.event === 'VIRTQUEUE_STALL_CLEARED')?.data).toMatchObject({
+        queue: 1,
+        side: 'kick',
+        cause: 'no-notify',
+      });
+    },
+  );
 
-  it('multiqueue: traffic on two queue pairs', async () => {
-    const r = await vmm('test=net-mq pairs=2 ip=10.0.3.15 peer=10.0.3.2', 'virtio-net,id=n0,tap=tapmq,queues=2');
+  it.each(['', ',iothread=iotnet0'])('multiqueue: traffic on two queue pairs (%s)', async (opts) => {
+    const r = await vmm('test=net-mq pairs=2 ip=10.0.3.15 peer=10.0.3.2', `virtio-net,id=n0,tap=tapmq,queues=2${opts}`);
     expectPass(r, 'net-mq');
     expect(r.out).toContain('net-mq pair=0 sent=10');
     expect(r.out).toContain('net-mq pair=1 sent=10');
+    expectWorker(r, opts);
   });
 
-  it.each(['txwrite', 'txshort', 'rxread'])('bad guest descriptors (%s) mark the device needs-reset; the VMM stays up', async (kind) => {
-    const r = await vmm(`test=net-hostile kind=${kind}`, 'virtio-net,id=n0,tap=tap0');
+  it.each([
+    ['txwrite', ''],
+    ['txshort', ''],
+    ['rxread', ''],
+    ['txwrite', ',iothread=iotnet0'],
+    ['rxread', ',iothread=iotnet0'],
+  ])('bad guest descriptors (%s%s) mark the device needs-reset; the VMM stays up, the reset device works again', async (kind, opts) => {
+    const r = await vmm(`test=net-hostile kind=${kind}`, `virtio-net,id=n0,tap=tap0${opts}`);
     expectPass(r, 'net-hostile');
     expect(r.out).toContain(`net-hostile kind=${kind} needs_reset=1 recovered=1`);
     expect(r.err).toMatch(/n0: guest error, device needs reset/);
+    expectWorker(r, opts);
   });
 
   it("a lost kick on tx0 through the monitor: the ARP requests wait in the ring; x-debug-device-event kick sends them, call raises rx0's vector", async () => {

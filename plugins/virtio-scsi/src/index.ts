@@ -9,6 +9,7 @@
  */
 import { AIO_MODES, AioMode, BackendOpenError, RawFileBackend } from '@tsvmm/block';
 import {
+  attachIoThreadPlanes,
   Device,
   DeviceContext,
   DevicePlugin,
@@ -20,11 +21,8 @@ import {
   VirtioPciPluginDevice,
 } from '@tsvmm/pci';
 import { ScsiDisk } from '@tsvmm/scsi';
-import { DEFAULT_POLL_SETTINGS, IoThreadChannel, ioThreadHost, IoThreadToWorker, SharedQueueStats } from '@tsvmm/virtio-core';
 import { MAX_LUN, REQUEST_QUEUE_BASE, VirtioScsiDevice, VirtioScsiExtraState } from '@tsvmm/virtio-scsi-core';
 import { SCSI_PLANE, ScsiInit, ScsiLunSpec, ScsiPlaneDeviceMessage } from './dataplane';
-
-type ScsiToWorker = IoThreadToWorker<ScsiInit, VirtioScsiExtraState | undefined>;
 
 export { VirtioScsiDevice, VIRTIO_ID_SCSI, REQUEST_QUEUE_BASE, MAX_LUN, virtioScsiUapi } from '@tsvmm/virtio-scsi-core';
 export type { ScsiAdapterCounters } from '@tsvmm/virtio-scsi-core';
@@ -132,34 +130,21 @@ export function createVirtioScsi(ctx: DeviceContext, id: string, props: Record<s
   transport.stall = stallSettings(props);
   const pci = new VirtioScsiPci(id, scsi, transport);
   const iothread = props.iothread as string | undefined;
-  if (iothread !== undefined) {
-    const stats = SharedQueueStats.create(scsi.queues.length);
-    // A new worker's plane gets every LUN defined so far (later ones follow as 'device' messages).
-    const start = () => {
-      const host = ioThreadHost(ctx.vm, iothread, ctx.log);
-      const thread = new IoThreadChannel<ScsiToWorker>(iothread, (m) => scsi.onDataPlaneMessage(m), host.connect(id));
-      const others = host.devices.filter((d) => d !== id);
-      if (others.length) ctx.log(`${id}: queues on iothread ${iothread}, shared with ${others.join(', ')}`);
-      thread.send({
-        type: 'init',
-        plane: SCSI_PLANE,
-        id,
-        regions: ctx.vm.memoryRegions.map((r) => ({ fd: r.fd, gpa: Number(r.guestPhysAddr), size: r.size })),
-        eventIdx: props['event-idx'] as boolean,
-        stats: stats.buffer,
+  if (iothread !== undefined)
+    attachIoThreadPlanes<ScsiInit>({
+      ctx,
+      id,
+      device: scsi,
+      transport,
+      plane: SCSI_PLANE,
+      eventIdx: props['event-idx'] as boolean,
+      placements: [{ iothread }],
+      // A new worker's plane gets every LUN defined so far (later ones follow as 'device' messages).
+      fields: () => ({
         numQueues: scsi.queues.length - REQUEST_QUEUE_BASE,
         luns: [...pci.lunSpecs.values()].map(({ spec, backend }) => ({ ...spec, fds: backend.dupFds() })),
-        poll: ctx.iothread?.(iothread)?.poll ?? DEFAULT_POLL_SETTINGS,
-        sent: thread.sent.buffer as SharedArrayBuffer,
-      } satisfies ScsiInit);
-      return thread;
-    };
-    const vectorFd = (q: number) => {
-      const v = transport.queueVector(q);
-      return v === 0xffff ? -1 : (transport.msix.eventFd(v)?.fd ?? -1);
-    };
-    scsi.attachDataPlane({ thread: start(), restart: start, stats, vectorFd });
-  }
+      }),
+    });
   return pci;
 }
 

@@ -5,7 +5,7 @@
  * Reads are non-blocking and driven by libuv readiness.
  */
 import * as fs from 'fs';
-import { FdWatch, hostIoctl, readvFrames, writevFrames } from '@tsvmm/kvm-native';
+import { closeFd, dupFd, FdWatch, hostIoctl, readvFrames, writevFrames } from '@tsvmm/kvm-native';
 import type { FrameBatch } from '../frame-batch';
 import * as N from '../generated/virtio-net-uapi';
 
@@ -154,10 +154,17 @@ export class Tap {
     return new FdWatch(this.fds[queue], onReadable);
   }
 
+  /** Duplicates of the queues' descriptors (close-on-exec), for a Tap on another thread (an iothread's plane). */
+  dupFds(): number[] {
+    return this.fds.map((fd) => dupFd(fd));
+  }
+
   close(): void {
+    // closeFd, not fs.closeSync: on an iothread the descriptors were opened by the main thread (Node warns when a worker
+    // closes through fs what its fs did not open).
     for (const fd of this.fds.splice(0)) {
       try {
-        fs.closeSync(fd);
+        closeFd(fd);
       } catch {
         // already closed
       }
