@@ -154,27 +154,31 @@ const canNetns = process.getuid?.() === 0 && fs.existsSync('/dev/net/tun');
   });
   afterAll(() => execFileSync('ip', ['netns', 'del', NS]));
 
-  it.each(['', ',iothread=io0'])('pings keep being answered on the destination (%s)', async (opts) => {
-    const cmd = ['--cmdline', 'test=net-ping count=150 timeout-ms=300'];
-    const incoming = path.join(tmp, `in-${uniq()}.sock`);
-    const wrap = ['ip', 'netns', 'exec', NS];
-    const dst = vmm([...cmd, '--device', `virtio-net,id=n0,tap=tap1${opts}`, '--incoming', `unix:${incoming}`], wrap);
-    const src = vmm([...cmd, '--device', `virtio-net,id=n0,tap=tap0${opts}`], wrap);
-    await until('pings', () => /net-ping seq=20 ok/.test(src.out()));
-    await until('destination listening', () => fs.existsSync(incoming));
-    const s = await client(src);
-    const r = await migrateAndWait(s, `unix:${incoming}`);
-    expect(r.status).toBe('completed');
-    await dst.exited;
-    const last = Math.max(...[...src.out().matchAll(/net-ping seq=(\d+)/g)].map((m) => Number(m[1])));
-    expect(last).toBeLessThan(150);
-    // The destination carries on from where the source stopped; at most the ping in flight at the switch is lost.
-    expect(dst.out()).toMatch(/net-ping seq=150 ok/);
-    // A serial line can straddle the switch ("net" from the source, "-ping seq=N timeout" from the destination).
-    const lost = [...(src.out() + dst.out()).matchAll(/net-ping seq=(\d+) timeout/g)].length;
-    expect(lost).toBeLessThanOrEqual(1);
-    expect(dst.out()).toMatch(new RegExp(`net-ping received=(${150 - lost})`));
-  }, 60_000);
+  it.each(['', ',iothread=io0'])(
+    'pings keep being answered on the destination (%s)',
+    async (opts) => {
+      const cmd = ['--cmdline', 'test=net-ping count=150 timeout-ms=300'];
+      const incoming = path.join(tmp, `in-${uniq()}.sock`);
+      const wrap = ['ip', 'netns', 'exec', NS];
+      const dst = vmm([...cmd, '--device', `virtio-net,id=n0,tap=tap1${opts}`, '--incoming', `unix:${incoming}`], wrap);
+      const src = vmm([...cmd, '--device', `virtio-net,id=n0,tap=tap0${opts}`], wrap);
+      await until('pings', () => /net-ping seq=20 ok/.test(src.out()));
+      await until('destination listening', () => fs.existsSync(incoming));
+      const s = await client(src);
+      const r = await migrateAndWait(s, `unix:${incoming}`);
+      expect(r.status).toBe('completed');
+      await dst.exited;
+      const last = Math.max(...[...src.out().matchAll(/net-ping seq=(\d+)/g)].map((m) => Number(m[1])));
+      expect(last).toBeLessThan(150);
+      // The destination carries on from where the source stopped; at most the ping in flight at the switch is lost.
+      expect(dst.out()).toMatch(/net-ping seq=150 ok/);
+      // A serial line can straddle the switch ("net" from the source, "-ping seq=N timeout" from the destination).
+      const lost = [...(src.out() + dst.out()).matchAll(/net-ping seq=(\d+) timeout/g)].length;
+      expect(lost).toBeLessThanOrEqual(1);
+      expect(dst.out()).toMatch(new RegExp(`net-ping received=(${150 - lost})`));
+    },
+    60_000,
+  );
 });
 
 /**
