@@ -102,7 +102,7 @@ for (const w of WORKLOADS) {
   w.wireBytes = w.frameBytes + 4; // with the FCS
 }
 
-const RUNNER_IDS = ['vmm', 'vmm-base', 'vmm-off', 'qemu'];
+const RUNNER_IDS = ['vmm', 'vmm-base', 'vmm-off', 'vmm-iot', 'qemu'];
 const DEFAULT_RUNNERS = ['vmm', 'qemu'];
 
 const USAGE = `usage: node tools/bench/net-bench.js [options]
@@ -331,6 +331,8 @@ function makeRunners(vmmBin, guest, vmmProps, baseVmm) {
     { id: 'vmm', label: 'our VMM', cmd: vmm(''), passCode: 0 },
     { id: 'vmm-base', label: 'our VMM, base build', cmd: vmm('', baseVmm && path.join(baseVmm, 'bin/vmm.js')), passCode: 0 },
     { id: 'vmm-off', label: 'our VMM, ioeventfd=off', cmd: vmm(',ioeventfd=off'), passCode: 0 },
+    // The whole device (queues, TAP reads and writes) on an iothread: kicks, TAP readiness and irqfds never touch the main thread.
+    { id: 'vmm-iot', label: 'our VMM, iothread=iotnb0', cmd: vmm(',iothread=iotnb0'), passCode: 0 },
     {
       id: 'qemu',
       label: 'QEMU (virtio-net-pci, vhost=off)',
@@ -607,6 +609,9 @@ async function main() {
     entry.ratios = {
       vmmOverQemu: ratio('vmm', 'qemu', 'medianPps'),
       vmmOffOverQemu: ratio('vmm-off', 'qemu', 'medianPps'),
+      vmmIotOverQemu: ratio('vmm-iot', 'qemu', 'medianPps'),
+      vmmIotOverQemuPairedMedian: paired('vmm-iot', 'qemu'),
+      vmmIotOverVmmPairedMedian: paired('vmm-iot', 'vmm'),
       vmmOverQemuBest: ratio('vmm', 'qemu', 'maxPps'),
       vmmOverQemuPairedMedian: paired('vmm', 'qemu'),
       vmmBaseOverQemu: ratio('vmm-base', 'qemu', 'medianPps'),
@@ -652,7 +657,7 @@ async function main() {
     for (const w of workloads) {
       const q = results[w.id].ratios;
       lines.push(
-        `| ${w.id} | ${cols.map((r) => fr({ vmm: q.vmmOverQemu, 'vmm-base': q.vmmBaseOverQemu, 'vmm-off': q.vmmOffOverQemu }[r.id])).join(' | ')}` +
+        `| ${w.id} | ${cols.map((r) => fr({ vmm: q.vmmOverQemu, 'vmm-base': q.vmmBaseOverQemu, 'vmm-off': q.vmmOffOverQemu, 'vmm-iot': q.vmmIotOverQemu }[r.id])).join(' | ')}` +
           `${withVmm ? ` | ${fr(q.vmmOverQemuPairedMedian)} | ${fr(q.vmmOverQemuBest)}` : ''} |`,
       );
     }
@@ -662,6 +667,15 @@ async function main() {
         '"per-rep": the median of run i of vmm / run i of qemu (adjacent in time, so similar host load); "best runs": each runner\'s fastest run ' +
         '(other load only ever slows a run down).',
     );
+  }
+  if (runners.some((r) => r.id === 'vmm-iot') && runners.some((r) => r.id === 'vmm')) {
+    lines.push('');
+    lines.push('| workload | vmm-iot / vmm, median of per-rep ratios | vmm-iot / qemu, median of per-rep ratios |');
+    lines.push('|---|---:|---:|');
+    for (const w of workloads) {
+      const q = results[w.id].ratios;
+      lines.push(`| ${w.id} | ${fr(q.vmmIotOverVmmPairedMedian)} | ${fr(q.vmmIotOverQemuPairedMedian)} |`);
+    }
   }
   if (runners.some((r) => r.id === 'vmm-base') && runners.some((r) => r.id === 'vmm')) {
     lines.push('');

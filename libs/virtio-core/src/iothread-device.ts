@@ -11,7 +11,7 @@
 import { dupFd, EventFd } from '@tsvmm/kvm-native';
 import type { ActivationContext, QueueHandler } from './activation';
 import { VirtioDevice, VirtioDeviceState } from './device';
-import type { IoThreadFromWorker, IoThreadReply, IoThreadToWorker, WorkerQueueStats } from './iothread';
+import type { IoThreadFromWorker, IoThreadReply, IoThreadToWorker, WorkerPollStats, WorkerQueueStats } from './iothread';
 import type { SharedQueueStats } from './shared-stats';
 
 /** What the device needs of its channel to a plane (IoThreadChannel of any device type's messages). */
@@ -47,7 +47,7 @@ export abstract class DataPlaneDevice extends VirtioDevice {
   /** The iothreads' planes: one (iothread=), or one per iothread of iothread-vq-mapping, each with its queues. */
   protected planes: DataPlane[] = [];
   /** Per plane: its worker's last report. */
-  protected workerStats: ({ counters: unknown; inFlight: number; queues: WorkerQueueStats[] } | undefined)[] = [];
+  protected workerStats: ({ counters: unknown; inFlight: number; queues: WorkerQueueStats[]; poll?: WorkerPollStats } | undefined)[] = [];
   /** The workers' state from the last drain, valid until the VM resumes. */
   private drained: DrainedState | undefined;
   /** Restored extra state for the workers (set by the type's load of its extra, sent by loadState). */
@@ -90,6 +90,15 @@ export abstract class DataPlaneDevice extends VirtioDevice {
     for (const dp of this.planes) dp.thread.send({ type: 'device', m });
   }
 
+  /**
+   * A message made for each live plane only: one that carries descriptors
+   * the worker will own (a dead worker would never close them; its
+   * replacement gets what it needs in its own init).
+   */
+  protected sendToLivePlanes(make: () => unknown): void {
+    for (const dp of this.planes) if (dp.thread.alive) dp.thread.send({ type: 'device', m: make() });
+  }
+
   /** The device type's part of 'activate' and 'restore' (e.g. driver-written config); default none. */
   protected planeDeviceState(): unknown {
     return undefined;
@@ -110,7 +119,7 @@ export abstract class DataPlaneDevice extends VirtioDevice {
     else if (m.type === 'broken') this.markBroken(m.reason);
     else if (m.type === 'log') this.log(m.message);
     else if (m.type === 'stats' && m.counters !== undefined)
-      this.workerStats[plane] = { counters: m.counters, inFlight: m.inFlight, queues: m.queues ?? [] };
+      this.workerStats[plane] = { counters: m.counters, inFlight: m.inFlight, queues: m.queues ?? [], poll: m.poll };
   }
 
   /** The workers' last reported counters, numeric fields summed (undefined without an iothread or a report). */
@@ -141,6 +150,9 @@ export abstract class DataPlaneDevice extends VirtioDevice {
     if (!this.dataPlane) return {};
     const dp = this.planeOf(queue);
     const shared = dp.stats;
+    // A polling iothread: its poller's counters and window, as last reported (within 100 ms).
+    const p = this.workerStats[this.planes.indexOf(dp)]?.poll;
+    const poll = p && { 'iothread-poll': { polls: p.polls, hits: p.hits, timeouts: p.timeouts, 'window-ns': p.windowNs } };
     if (shared) {
       const c = shared.counters(queue);
       const ix = shared.indices(queue);
@@ -154,6 +166,7 @@ export abstract class DataPlaneDevice extends VirtioDevice {
         'interrupts-dropped': c.interruptsDropped,
         'kicks-iothread': shared.ownerKicks(queue),
         'data-plane': `iothread ${dp.thread.name}`,
+        ...poll,
       };
     }
     const w = this.workerStats[this.planes.indexOf(dp)]?.queues[queue];
@@ -166,6 +179,7 @@ export abstract class DataPlaneDevice extends VirtioDevice {
       'interrupts-injected': w.interrupts,
       'interrupts-suppressed': w.suppressed,
       'data-plane': `iothread ${dp.thread.name}`,
+      ...poll,
     };
   }
 

@@ -170,7 +170,9 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
       suppressed: d.counters[i].suppressed,
       interrupt: { lastInterruptAt: q.stall.interrupt.lastInterruptAt, owed: q.stall.interrupt.owed && { ...q.stall.interrupt.owed } },
     }));
-    return { type: 'stats', counters: this.hooks.counters(), inFlight: d.inFlightCount, queues };
+    const p = this.poller;
+    const poll = p ? { ...p.counters, windowNs: p.window.ns } : undefined;
+    return { type: 'stats', counters: this.hooks.counters(), inFlight: d.inFlightCount, queues, poll };
   }
 
   handle(m: IoThreadToWorker): void {

@@ -10,7 +10,10 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import type { InterruptRecord } from './stall';
 import type { VirtioDeviceState } from './device';
-import type { PollSettings } from './poll';
+import type { PollCounters, PollSettings } from './poll';
+
+/** A polling plane's figures (the iothread's poll-max-ns): its poller's counters and its adaptive window now. */
+export type WorkerPollStats = PollCounters & { windowNs: number };
 
 /** The part of 'init' every plane has; a device type adds its own fields (its backend's descriptors, options). */
 export interface IoThreadInit {
@@ -67,7 +70,7 @@ export type IoThreadFromWorker<Counters = unknown, Extra = unknown> =
   | { type: 'dirty'; seq: number; pages: number[]; error?: undefined }
   /** A request the worker could not answer. */
   | { type: 'failed'; seq: number; error: string }
-  | { type: 'stats'; counters?: Counters; inFlight: number; queues?: WorkerQueueStats[] };
+  | { type: 'stats'; counters?: Counters; inFlight: number; queues?: WorkerQueueStats[]; poll?: WorkerPollStats };
 
 /** A queue as the worker sees it (x-query-virtio-queue-status with an iothread). */
 export interface WorkerQueueStats {

@@ -174,9 +174,12 @@ export class VirtioScsiDevice extends DataPlaneDevice {
     if (m.powerOn) this.target.reset('power-on');
   }
 
-  /** A message for the plane on an iothread (a LUN defined after the adapter: the plugin's). */
-  sendPlaneMessage(m: unknown): void {
-    this.sendToPlanes(m);
+  /**
+   * A message for the plane on a live iothread, made only if one takes it (a
+   * LUN defined after the adapter, with duplicated descriptors: the plugin's).
+   */
+  sendPlaneMessage(make: () => unknown): void {
+    this.sendToLivePlanes(make);
   }
 
   /** A system reset: every LUN reports its power-on unit attention (the plane's LUNs too, on an iothread). */

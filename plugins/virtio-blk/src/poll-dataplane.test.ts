@@ -66,7 +66,7 @@ function side(file: string, mem: GuestMemory, onLook: () => void) {
     },
   );
   main.attachDataPlane({ thread, vectorFd: () => -1, stats });
-  return { main, plane: () => plane! };
+  return { main, plane: () => plane!, thread };
 }
 
 describe('virtio-blk iothread polling', () => {
@@ -76,7 +76,7 @@ describe('virtio-blk iothread polling', () => {
     const drv = new MockDriverQueue(mem, SIZE);
     let looks = 0;
     let availEventWhilePolling = -1;
-    const { main, plane } = side(file, mem, () => {
+    const { main, plane, thread } = side(file, mem, () => {
       // The guest, mid-poll: request 1 published, no kick (the device asked for none).
       if (++looks === 3) {
         availEventWhilePolling = drv.availEvent();
@@ -99,6 +99,12 @@ describe('virtio-blk iothread polling', () => {
     expect(main.queueInfo(0)).toMatchObject({ chains: 3, 'used-idx': 3 });
     expect(main.counters[0].kicksEventfd).toBe(2);
     expect(plane().poller!.counters.hits).toBeGreaterThanOrEqual(1);
+    // The monitor's view of the poller (x-query-virtio-queue-status), as the worker reports it.
+    thread.send({ type: 'stats' });
+    await settle();
+    const polled = main.queueInfo(0)['iothread-poll'] as Record<string, number>;
+    expect(polled).toMatchObject({ hits: plane().poller!.counters.hits, 'window-ns': 1e9 });
+    expect(polled.polls).toBeGreaterThanOrEqual(polled.hits);
     // Idle again: the last poll timed out and turned notifications back on (avail_event at last_avail_idx).
     plane().poller!.window.ns = 1000;
     await settle();

@@ -190,7 +190,8 @@ export function createScsiHd(ctx: DeviceContext, id: string, props: Record<strin
   };
   bus.lunSpecs.set(lun, { spec, backend });
   // An adapter on an iothread: its plane opens the LUN too (over duplicated descriptors).
-  if (bus.scsi.iothread) bus.scsi.sendPlaneMessage({ attach: { ...spec, fds: backend.dupFds() } } satisfies ScsiPlaneDeviceMessage);
+  // A dead worker gets nothing (its replacement's init lists this LUN), so no duplicate is left unowned.
+  if (bus.scsi.iothread) bus.scsi.sendPlaneMessage(() => ({ attach: { ...spec, fds: backend.dupFds() } }) satisfies ScsiPlaneDeviceMessage);
   return new ScsiHd(id, bus, lun, disk);
 }
 

@@ -112,10 +112,12 @@ export const RETURNS = {
     'kicks-per-sec': q.req('number'),
     'interrupts-per-sec': q.req('number'),
     stall: q.req(q.orNull(q.obj({ side: q.req(q.enum(['kick', 'interrupt'])), cause: str, 'stalled-ms': q.req('number') }))),
-    /** virtio-blk with iothread=: the worker's indices and counters (docs/qmp.md). */
+    /** A device with iothread=: the worker's indices and counters (docs/qmp.md). */
     'data-plane': q.opt('str'),
-    /** virtio-blk with iothread=: guest kicks the worker read from the queue's ioeventfd itself. */
+    /** A device with iothread=: guest kicks the worker read from the queue's ioeventfd itself. */
     'kicks-iothread': q.opt('int'),
+    /** A polling iothread (poll-max-ns): its poller's counters and adaptive window. */
+    'iothread-poll': q.opt(q.obj({ polls: int, hits: int, timeouts: int, 'window-ns': int })),
     /** vhost-scsi: the back-end's view of the queue (docs/vhost.md). */
     vhost: q.opt('any'),
   }),
