@@ -298,22 +298,24 @@ os.execv(sys.argv[1], sys.argv[1:])
     return new Promise((resolve) => p.on('close', (code) => (clearTimeout(t), resolve({ code, out, err }))));
   }
 
-  it('runs the guest kit on virtio-net (a pre-created TAP passed as fd=) and virtio-blk (an image of its own) as nobody with the kvm group', async () => {
+  it('runs the guest kit on virtio-net (a pre-created TAP passed as fd=, on an iothread) and virtio-blk (an image of its own) as nobody with the kvm group', async () => {
     const disk = path.join(tmp, `own-${uniq()}.img`);
     fs.writeFileSync(disk, Buffer.alloc(1 << 20));
     fs.chownSync(disk, NOBODY, NOBODY);
     fs.chmodSync(disk, 0o600);
+    // The iothread's worker reads and writes duplicates of the launcher's TAP fd.
     const net = await runUnprivileged([
       '--cmdline',
       'test=net-ping count=3',
       '--device',
-      'virtio-net,id=n0,fd=3',
+      'virtio-net,id=n0,fd=3,iothread=io0',
       '--device',
       `virtio-blk,id=d0,file=${disk}`,
     ]);
     expect(net.err).toContain(`launcher: uid=${NOBODY} euid=${NOBODY} groups=[${KVM_GID}]`);
     expect(net.out).toContain('net-ping received=3');
     expect(net.out).toContain('guest-kit: PASS test=net-ping');
+    expect(net.err).toContain('iothread io0: worker thread started');
     expect(net.code).toBe(0);
     const blk = await runUnprivileged([
       '--cmdline',
