@@ -131,6 +131,16 @@ describeKvm('snapshot and restore with iothread=io0', () => {
     expect(src.err()).toContain('d1: data plane on iothread io0, shared with d0');
     expect(src.err()).toContain('s1: data plane on iothread io0, shared with d0, d1');
     const s = await client(src);
+    // query-iothreads: the one worker, by its kernel thread id (a thread of this VMM: what an operator pins), and its devices.
+    const iothreads = (await s.run('query-iothreads')) as Record<string, unknown>[];
+    expect(iothreads).toEqual([
+      expect.objectContaining({ id: 'io0', 'poll-max-ns': 0, 'poll-grow': 0, 'poll-shrink': 0, 'x-devices': ['d0', 'd1', 's1'] }),
+    ]);
+    const tid = iothreads[0]['thread-id'] as number;
+    expect(tid).not.toBe(src.proc.pid);
+    expect(fs.existsSync(`/proc/${src.proc.pid}/task/${tid}`)).toBe(true);
+    const hmp = (await s.run('human-monitor-command', { 'command-line': 'info iothreads' })) as string;
+    expect(hmp).toBe(`io0:\n  thread_id=${tid}\n  poll-max-ns=0\n  poll-grow=0\n  poll-shrink=0\n  aio-max-batch=0\n  devices=d0,d1,s1\n`);
     await s.run('x-snapshot-save', { file: snap });
     expect(await s.run('query-status')).toMatchObject({ status: 'paused', running: false });
     const before = await blkInfo(s);

@@ -17,6 +17,7 @@
 #include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include <sys/syscall.h>
 #include <atomic>
 
 #include "nsspawn.h"
@@ -360,6 +361,11 @@ Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
   int r = sysEventfdWrite(fd, v);
   if (r < 0) throw errnoError(env, r, "write(eventfd)");
   return env.Undefined();
+}
+
+// gettid(): the calling thread's kernel thread id (an iothread reports its own for query-iothreads).
+Napi::Value Gettid(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
 }
 
 Napi::Value Fallocate(const Napi::CallbackInfo& info) {
@@ -1357,6 +1363,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfd", Napi::Function::New(env, Eventfd));
   exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite));
+  exports.Set("gettid", Napi::Function::New(env, Gettid));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));
   exports.Set("unixListen", Napi::Function::New(env, UnixListen));
   exports.Set("unixConnect", Napi::Function::New(env, UnixConnect));

@@ -90,6 +90,8 @@ export interface NativeAddon {
   /** Reads and clears the counter; 0n when it was already zero. */
   eventfdRead(fd: number): bigint;
   eventfdWrite(fd: number, value?: number | bigint): void;
+  /** The calling thread's kernel thread id. */
+  gettid(): number;
   fallocate(fd: number, mode: number, offset: number, len: number): void;
   unixListen(path: string): number;
   unixConnect(path: string): number;

@@ -10,13 +10,14 @@
 import { parentPort } from 'worker_threads';
 import { loadNative, mapGuestRam } from '@tsvmm/kvm-native';
 import { GuestMemory, GuestRegion } from './guest-memory';
-import type { Envelope, IoThreadFromWorker, IoThreadToWorker } from './iothread';
+import type { Envelope, IoThreadFromWorker, IoThreadToWorker, WorkerThreadReport } from './iothread';
 import type { PlaneFactory, WorkerPlane } from './iothread-plane';
 
 export function runIoThreadWorker(factories: Record<string, PlaneFactory>): void {
   const planes = new Map<string, WorkerPlane>();
   let pieces: GuestRegion[] | undefined;
   const port = parentPort!;
+  port.postMessage({ dev: '', m: { type: 'thread', tid: loadNative().gettid() } } satisfies Envelope<WorkerThreadReport>);
   port.on('message', ({ dev, m }: Envelope<IoThreadToWorker>) => {
     const post = (out: IoThreadFromWorker) => port.postMessage({ dev, m: out } satisfies Envelope<IoThreadFromWorker>);
     const plane = planes.get(dev);

@@ -97,8 +97,11 @@ export function ioThreadWorkerScript(): string {
   return process.env.VMM_IOTHREAD_WORKER ?? path.join(__dirname, 'iothread.js');
 }
 
-/** What passes between the main thread and a shared worker: one device's message. */
+/** What passes between the main thread and a shared worker: one device's message (dev '': the worker's own). */
 export type Envelope<M> = { dev: string; m: M };
+
+/** The worker's first message, its own (not a device's): its kernel thread id. */
+export type WorkerThreadReport = { type: 'thread'; tid: number };
 
 /** How the main thread talks to a device's plane: a worker's channel, or (unit tests) anything that carries the messages. */
 export interface IoThreadPort<T = AnyToWorker> {
@@ -118,13 +121,18 @@ export class IoThreadHost {
   private readonly channels = new Map<string, (m: AnyFromWorker) => void>();
   private deadReason: string | undefined;
   private ending = false;
+  /** The worker's kernel thread id, once it reported it (query-iothreads: what an operator pins with taskset). */
+  threadId: number | undefined;
 
   constructor(
     readonly name: string,
     script = ioThreadWorkerScript(),
   ) {
     this.worker = new Worker(script);
-    this.worker.on('message', (e: Envelope<AnyFromWorker>) => this.channels.get(e.dev)?.(e.m));
+    this.worker.on('message', (e: Envelope<AnyFromWorker | WorkerThreadReport>) => {
+      if (e.dev === '' && e.m.type === 'thread') this.threadId = (e.m as WorkerThreadReport).tid;
+      else this.channels.get(e.dev)?.(e.m as AnyFromWorker);
+    });
     this.worker.on('error', (e) => {
       for (const deliver of this.channels.values()) deliver({ type: 'log', message: `iothread ${name}: ${e.stack ?? e.message}` });
       this.died(`iothread ${name} failed: ${e.message}`);
@@ -174,6 +182,11 @@ export class IoThreadHost {
 
 /** The iothreads of one VM by id (a worker is started by the first device that uses it, again after it died). */
 const hostsByVm = new WeakMap<object, Map<string, IoThreadHost>>();
+
+/** The iothreads of the VM `vm` whose worker was started (alive or dead), by id. */
+export function ioThreadHosts(vm: object): ReadonlyMap<string, IoThreadHost> {
+  return hostsByVm.get(vm) ?? new Map();
+}
 
 /** The live worker of iothread `name` in the VM `vm` (any object that identifies the VM), started on first use. */
 export function ioThreadHost(vm: object, name: string, log?: (m: string) => void, script?: string): IoThreadHost {

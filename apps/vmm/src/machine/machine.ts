@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import { Kvm, KvmRun, uapi as U, Vcpu, VcpuAction, VcpuFaultError, Vm } from '@tsvmm/kvm-native';
 import { Device, DeviceContext, GsiRoutes, IoBus, MmioAllocator, PCI_CONF1_ADDRESS_PORT, PciBus, PciHostBridge } from '@tsvmm/pci';
-import { GuestMemory, LogRateLimiter } from '@tsvmm/virtio-core';
+import { DEFAULT_POLL_SETTINGS, GuestMemory, ioThreadHosts, LogRateLimiter, PollSettings } from '@tsvmm/virtio-core';
 import { VmConfig } from '../config';
 import { CmosRtc } from '../devices/cmos-rtc';
 import { ExitPort, I8042Command, Sink } from '../devices/platform';
@@ -114,6 +114,24 @@ export class Machine {
   private pausing: Promise<void> | undefined;
   private devicesStopped = false;
   private ownsKvm: boolean;
+
+  /**
+   * The iothreads: those declared (--object iothread) in order, then any a
+   * device started by name alone; each with its poll settings and, while its
+   * worker runs (started by the first device naming it), the worker's
+   * kernel thread id and the devices on it.
+   */
+  iothreads(): { id: string; poll: PollSettings; threadId?: number; devices: string[] }[] {
+    const c = this.opts.config;
+    const hosts = ioThreadHosts(this.vm);
+    const ids = [...(c.iothreads ?? [])];
+    for (const id of hosts.keys()) if (!ids.includes(id)) ids.push(id);
+    return ids.map((id) => {
+      const h = hosts.get(id);
+      const live = h?.alive ? h : undefined;
+      return { id, poll: c.iothreadPoll?.[id] ?? DEFAULT_POLL_SETTINGS, threadId: live?.threadId, devices: live?.devices ?? [] };
+    });
+  }
 
   constructor(private readonly opts: MachineOptions) {
     const c = opts.config;

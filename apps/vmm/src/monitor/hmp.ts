@@ -21,6 +21,7 @@ export const HMP_HELP = `commands:
   info virtio-queue-status DEV QUEUE   indices, vector, kick and interrupt counters
   info virtio-queue-element DEV QUEUE [INDEX]   the descriptor chain at an avail ring position
   info migrate                         migration status and figures
+  info iothreads                       iothreads: worker thread id, poll settings, devices
   info unclaimed                       guest accesses no device claimed, per hole
   stop | cont | system_reset | quit
   migrate URI                          live migration to a --incoming unix:PATH VMM
@@ -116,6 +117,16 @@ function info(m: Monitor, args: string[]): string {
   switch (what) {
     case 'status':
       return `VM status: ${m.runState()}\n`;
+    case 'iothreads':
+      // QEMU's layout (one block per iothread), plus the devices on it.
+      return m.machine
+        .iothreads()
+        .map(
+          (t) =>
+            `${t.id}:\n  thread_id=${t.threadId ?? '(not started)'}\n  poll-max-ns=${t.poll.maxNs}\n  poll-grow=${t.poll.grow}\n` +
+            `  poll-shrink=${t.poll.shrink}\n  aio-max-batch=0\n  devices=${t.devices.join(',') || '(none)'}\n`,
+        )
+        .join('');
     case 'pci': {
       const buses = m.queryPci() as { devices: Record<string, unknown>[] }[];
       const out: string[] = [];

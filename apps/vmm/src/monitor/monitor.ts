@@ -291,6 +291,22 @@ export class Monitor {
         })),
     });
     c.add({
+      name: 'query-iothreads',
+      returns: RETURNS['query-iothreads'],
+      args: {},
+      help: "the iothreads: id, the worker's thread-id (once a device started it), poll settings, the devices on it",
+      run: () =>
+        this.machine.iothreads().map((t) => ({
+          id: t.id,
+          ...(t.threadId ? { 'thread-id': t.threadId } : {}),
+          'poll-max-ns': t.poll.maxNs,
+          'poll-grow': t.poll.grow,
+          'poll-shrink': t.poll.shrink,
+          'aio-max-batch': 0,
+          'x-devices': t.devices,
+        })),
+    });
+    c.add({
       name: 'stop',
       returns: RETURNS['stop'],
       args: {},

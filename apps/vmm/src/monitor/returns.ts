@@ -24,6 +24,18 @@ export const RETURNS = {
     status: q.req(q.enum(['running', 'paused', 'shutdown', 'inmigrate', 'postmigrate'])),
   }),
   'query-cpus-fast': q.arr(q.obj({ 'cpu-index': int, 'qom-path': str, 'thread-id': q.opt('int'), target: str })),
+  /** QEMU's IOThreadInfo; thread-id once the worker runs (as query-cpus-fast); x-devices: the devices with a plane on it. */
+  'query-iothreads': q.arr(
+    q.obj({
+      id: str,
+      'thread-id': q.opt('int'),
+      'poll-max-ns': int,
+      'poll-grow': int,
+      'poll-shrink': int,
+      'aio-max-batch': int,
+      'x-devices': q.req(q.arr('str')),
+    }),
+  ),
   stop: EMPTY,
   cont: EMPTY,
   system_reset: EMPTY,
