@@ -1,9 +1,10 @@
 // VirtioNetDevice with a fake guest memory and a real TAP whose far side is a
 // network namespace's kernel stack: ARP and ICMP replies come from Linux itself.
 import { execFileSync } from 'child_process';
-import { virtioUapi as V } from '@tsvmm/virtio-core';
-import { fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
+import { IoThreadChannel, SharedQueueStats, virtioUapi as V, WorkerPlane } from '@tsvmm/virtio-core';
+import { driverInit, fakeMemory, MockDriverQueue } from '@tsvmm/virtio-core/testing';
 import { Tap } from './backend/tap';
+import { createNetPlane, NET_PLANE, NetInit } from './dataplane';
 import { VirtioNetDevice } from './device';
 import * as N from './generated/virtio-net-uapi';
 
@@ -266,6 +267,105 @@ function icmpEcho(hostMac: Uint8Array, seq: number): Uint8Array {
     for (const bad of [{ activePairs: 2 }, { mac: '52:54:00:ab:cd' }, { rxMode: { promisc: 'yes' } }, null])
       expect(() => other.checkNetState(bad)).toThrow(/activePairs|mac|promisc|object/);
     dev.reset();
+  });
+
+  it('on an iothread: the plane (over a duplicate of the TAP) carries ARP both ways and writes the irqfds, takes the MAC the driver sets, reads nothing from the TAP while the VM is stopped; the main thread shows its MAC and counters', async () => {
+    const mem = fakeMemory(1 << 20);
+    const main = new VirtioNetDevice(mem, { id: 'n6', tap, mac: Uint8Array.from(GUEST_MAC), pairs: 1, mtu: 1500 });
+    const irqs: string[] = [];
+    main.interrupt = { signalQueue: (q) => irqs.push(`main-q${q}`), signalConfig: () => irqs.push('config') };
+    const stats = SharedQueueStats.create(main.queues.length);
+    let plane: WorkerPlane<VirtioNetDevice> | undefined;
+    const later = (f: () => void) => setImmediate(f);
+    // Messages go through a structured clone on a later turn, as between threads.
+    const thread = new IoThreadChannel(
+      'iotnet0',
+      (m) => main.onDataPlaneMessage(m),
+      (deliver) => {
+        const init: NetInit = {
+          type: 'init',
+          plane: NET_PLANE,
+          id: 'n6',
+          regions: [],
+          eventIdx: true,
+          stats: stats.buffer,
+          tap: { name: tap.name, fds: tap.dupFds() },
+          mac: GUEST_MAC,
+          pairs: 1,
+          mtu: 1500,
+        };
+        plane = createNetPlane(
+          mem,
+          init,
+          (m) => later(() => deliver(structuredClone(m))),
+          () => irqs.push('worker-irq'),
+        ) as WorkerPlane<VirtioNetDevice>;
+        return { postMessage: (m) => later(() => plane!.handle(structuredClone(m))), close: async () => undefined };
+      },
+    );
+    main.attachDataPlane({ thread, vectorFd: () => 7, stats });
+    const settle = () => new Promise((r) => setTimeout(r, 30));
+    const rx = new MockDriverQueue(mem, 16, 0x1000);
+    const tx = new MockDriverQueue(mem, 16, 0x8000);
+    const ctrl = new MockDriverQueue(mem, 16, 0xf000);
+    driverInit(main, [rx, tx, ctrl]);
+    await settle();
+    for (let i = 0; i < 8; i++) rx.addChain([{ addr: 0x40000 + i * 0x1000, len: 2048, write: true }]);
+    main.notify(0, 'ioeventfd');
+    const frames: Uint8Array[] = [];
+    const waitRx = async (pred: (e: Uint8Array) => boolean): Promise<Uint8Array> => {
+      for (const deadline = Date.now() + 5000; ; await settle()) {
+        for (const u of rx.takeUsed()) frames.push(mem.read(0x40000 + u.id * 0x1000, u.len).subarray(12));
+        const f = frames.find(pred);
+        if (f) return f;
+        if (Date.now() > deadline) throw new Error('no matching frame from the host');
+      }
+    };
+    mem.write(0x80000, arpRequest());
+    tx.addChain([{ addr: 0x80000, len: 12 + 42 }]);
+    main.notify(1, 'ioeventfd');
+    const arp = await waitRx((e) => e[12] === 0x08 && e[13] === 0x06 && e[21] === 2);
+    expect([...arp.subarray(28, 32)]).toEqual(HOST_IP);
+    expect(tx.takeUsed()).toEqual([{ id: 0, len: 0 }]);
+    // The worker wrote the irqfds; the main thread routed none.
+    expect(irqs).toContain('worker-irq');
+    expect(irqs.filter((i) => i.startsWith('main'))).toEqual([]);
+    // MAC_ADDR_SET on the plane: config space on the main thread follows (from the plane's report).
+    mem.write(0x90000, [N.VIRTIO_NET_CTRL_MAC, N.VIRTIO_NET_CTRL_MAC_ADDR_SET, 0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
+    ctrl.addChain([
+      { addr: 0x90000, len: 8 },
+      { addr: 0x90100, len: 1, write: true },
+    ]);
+    main.notify(2, 'ioeventfd');
+    await settle();
+    expect(mem.readU8(0x90100)).toBe(N.VIRTIO_NET_OK);
+    thread.send({ type: 'stats' });
+    await settle();
+    expect(main.readConfig(N.OFF_virtio_net_config_mac + 3, 1)).toBe(0xab);
+    expect(main.deviceInfo()).toMatchObject({ iothread: 'iotnet0', mac: '52:54:00:ab:cd:ef', txPackets: 1 });
+    expect(main.queueInfo(1)).toMatchObject({ 'data-plane': 'iothread iotnet0', 'used-idx': 1 });
+    // The VM stops: a frame the host sends waits in the TAP until it runs again.
+    main.setVmRunning(false);
+    await settle();
+    const before = rx.takeUsed().length + frames.length;
+    // A UDP datagram from the host to the guest (the neighbour entry is permanent: no ARP first).
+    execFileSync('ip', [
+      'netns',
+      'exec',
+      ns,
+      'python3',
+      '-c',
+      `import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"stopped", ("${GUEST_IP.join('.')}", 5556))`,
+    ]);
+    await settle();
+    expect(rx.takeUsed()).toEqual([]);
+    main.setVmRunning(true);
+    const udp = await waitRx((e) => e[12] === 0x08 && e[13] === 0x00 && e[23] === 17 && ((e[36] << 8) | e[37]) === 5556);
+    expect(Buffer.from(udp.subarray(42, 49)).toString()).toBe('stopped');
+    expect(frames.length).toBeGreaterThan(before);
+    main.reset();
+    await settle();
+    await thread.close();
   });
 
   it('marks the device needs-reset for a transmit chain with device-writable buffers', () => {

@@ -79,6 +79,7 @@ export type RxMode = Record<(typeof RX_MODE_KEYS)[number], boolean>;
 const defaultRxMode = (): RxMode => ({ promisc: true, allmulti: false, alluni: false, nomulti: false, nouni: false, nobcast: false });
 
 const macText = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+const macBytes = (text: string) => Uint8Array.from(text.split(':').map((x) => parseInt(x, 16)));
 
 export class VirtioNetDevice extends DataPlaneDevice {
   readonly tap: Tap;
@@ -199,7 +200,7 @@ export class VirtioNetDevice extends DataPlaneDevice {
       const text = g.str(k, 17);
       const m = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.exec(text);
       if (!m) throw new StateError(g.at(k), `${JSON.stringify(text)} is not a MAC address`);
-      return Uint8Array.from(text.split(':').map((x) => parseInt(x, 16)));
+      return macBytes(text);
     });
     f.optional('rxMode', (g, k) => {
       const r = new Fields(g.raw(k), g.at(k));
@@ -218,6 +219,9 @@ export class VirtioNetDevice extends DataPlaneDevice {
   }
 
   readConfig(offset: number, size: number): number {
+    // On an iothread the control queue runs there: the MAC the driver set is the plane's, as it last reported it.
+    const mac = this.iothread ? this.workerCounters<{ mac?: string }>()?.mac : undefined;
+    if (mac) this.config.set(macBytes(mac), N.OFF_virtio_net_config_mac);
     return readConfigImage(this.config, offset, size);
   }
 
