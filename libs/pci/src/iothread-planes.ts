@@ -8,6 +8,7 @@
  * is called again (fresh duplicated descriptors: the worker owns and closes
  * what it was given).
  */
+import { closeFds } from '@tsvmm/kvm-native';
 import {
   DataPlane,
   DataPlaneDevice,
@@ -42,6 +43,12 @@ export interface DataPlaneStart<Init extends IoThreadInit> {
   placements: IoThreadPlacement[];
   /** The type's own init fields, made for each worker start. */
   fields: () => Omit<Init, CommonInit>;
+  /**
+   * The descriptors in `fields` the worker owns (duplicates it closes when
+   * its plane closes). A worker that died never closes them: they are
+   * closed here when its replacement starts.
+   */
+  ownedFds?: (fields: Omit<Init, CommonInit>) => number[];
 }
 
 /** Starts the device's planes and attaches them to it (its queues' handlers then live on the iothreads). */
@@ -49,7 +56,11 @@ export function attachIoThreadPlanes<Init extends IoThreadInit>(s: DataPlaneStar
   const { ctx, id, device, transport } = s;
   // One SharedQueueStats for the device: each worker keeps its own queues' slots.
   const stats = SharedQueueStats.create(device.queues.length);
+  /** Per placement: the descriptors its current worker owns. */
+  const owned: number[][] = s.placements.map(() => []);
   const start = (name: string, plane: number, queues: number[] | undefined) => {
+    // A restart: the dead worker's descriptors (nothing runs there any more to use or close them).
+    closeFds(owned[plane].splice(0));
     const host = ioThreadHost(ctx.vm, name, ctx.log);
     const thread = new IoThreadChannel(name, (m) => device.onDataPlaneMessage(m, plane), host.connect(id));
     const others = host.devices.filter((d) => d !== id);
@@ -65,7 +76,9 @@ export function attachIoThreadPlanes<Init extends IoThreadInit>(s: DataPlaneStar
       poll: ctx.iothread?.(name)?.poll ?? DEFAULT_POLL_SETTINGS,
       sent: thread.sent.buffer as SharedArrayBuffer,
     };
-    thread.send({ ...s.fields(), ...init } as Init);
+    const fields = s.fields();
+    owned[plane] = s.ownedFds?.(fields) ?? [];
+    thread.send({ ...fields, ...init } as Init);
     return thread;
   };
   // The worker writes each queue's irqfd itself: the eventfd of the MSI-X vector the driver assigned (-1: none).

@@ -192,6 +192,7 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
         if (m.device !== undefined) this.hooks.device?.(m.device);
         d.loadState(m.virtio);
         this.hooks.loaded?.();
+        this.postStatsIfChanged(); // the loaded state's figures at once (the monitor, virtio-net's MAC in config space)
         return;
       case 'restore': {
         // The destination: the source's exact state (the main thread loaded the same into its own copy).
@@ -202,6 +203,7 @@ export class WorkerPlane<D extends VirtioDevice = VirtioDevice> {
         this.hooks.loadExtra(m.extra);
         if (m.virtio.broken) d.brokenReason = 'broken on the migration source';
         this.hooks.loaded?.();
+        this.postStatsIfChanged(); // the loaded state's figures at once (the monitor, virtio-net's MAC in config space)
         return;
       }
       case 'kick':

@@ -10,7 +10,7 @@
 import { parentPort } from 'worker_threads';
 import { loadNative, mapGuestRam } from '@tsvmm/kvm-native';
 import { GuestMemory, GuestRegion } from './guest-memory';
-import type { Envelope, IoThreadFromWorker, IoThreadToWorker, WorkerThreadReport } from './iothread';
+import type { Envelope, IoThreadFromWorker, IoThreadToWorker, WorkerExitRequest, WorkerThreadReport } from './iothread';
 import type { PlaneFactory, WorkerPlane } from './iothread-plane';
 
 export function runIoThreadWorker(factories: Record<string, PlaneFactory>): void {
@@ -18,7 +18,14 @@ export function runIoThreadWorker(factories: Record<string, PlaneFactory>): void
   let pieces: GuestRegion[] | undefined;
   const port = parentPort!;
   port.postMessage({ dev: '', m: { type: 'thread', tid: loadNative().gettid() } } satisfies Envelope<WorkerThreadReport>);
-  port.on('message', ({ dev, m }: Envelope<IoThreadToWorker>) => {
+  port.on('message', ({ dev, m }: Envelope<IoThreadToWorker | WorkerExitRequest>) => {
+    if (dev === '' && m.type === 'exit') {
+      // Every message before this one was handled (each plane closed its descriptors): end the thread.
+      for (const p of planes.values()) p.handle({ type: 'close' });
+      planes.clear();
+      process.exit(0);
+    }
+    if (m.type === 'exit') return;
     const post = (out: IoThreadFromWorker) => port.postMessage({ dev, m: out } satisfies Envelope<IoThreadFromWorker>);
     const plane = planes.get(dev);
     try {

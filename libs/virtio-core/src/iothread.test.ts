@@ -15,9 +15,14 @@ const SCRIPT = path.join(dir, 'worker.js');
 fs.writeFileSync(
   SCRIPT,
   `const { parentPort, threadId } = require('worker_threads');
+const fs = require('fs');
+const path = require('path');
 const types = new Map();
 parentPort.on('message', ({ dev, m }) => {
+  if (dev === '' && m.type === 'exit') process.exit(0);
   const post = (out) => parentPort.postMessage({ dev, m: out });
+  // A plane's close (what closes its descriptors), seen by the test as a file.
+  if (m.type === 'close') fs.writeFileSync(path.join(${JSON.stringify(dir)}, 'closed-' + dev), String(threadId));
   if (m.type === 'init') types.set(dev, m.plane);
   if (m.type === 'stats') post({ type: 'stats', counters: { plane: types.get(dev), thread: threadId }, inFlight: 0 });
   if (m.type === 'reset') post({ type: 'reset-done' });
@@ -116,5 +121,7 @@ describe('IoThreadHost: one worker per iothread id, shared by devices of any typ
       await Promise.all([blk, scsi].map((d) => d.close()));
     }
     expect(hosts[1].alive).toBe(false); // the last device closed its channel: the worker ended
+    // ... after it handled each plane's close (terminating it at once would drop the last one unhandled).
+    for (const id of ['blk0', 'scsi0']) expect(fs.existsSync(path.join(dir, `closed-${id}`))).toBe(true);
   });
 });

@@ -103,6 +103,12 @@ export type Envelope<M> = { dev: string; m: M };
 /** The worker's first message, its own (not a device's): its kernel thread id. */
 export type WorkerThreadReport = { type: 'thread'; tid: number };
 
+/** The main thread's own message to the worker (dev ''): end once everything posted before it was handled. */
+export type WorkerExitRequest = { type: 'exit' };
+
+/** How long the last device's close waits for the worker to handle what it was sent (its planes' 'close') and end. */
+const WORKER_EXIT_WAIT_MS = 2000;
+
 /** How the main thread talks to a device's plane: a worker's channel, or (unit tests) anything that carries the messages. */
 export interface IoThreadPort<T = AnyToWorker> {
   postMessage(m: T): void;
@@ -173,6 +179,16 @@ export class IoThreadHost {
           this.channels.delete(dev);
           if (this.channels.size > 0) return;
           this.ending = true;
+          // Not terminate() at once: it drops messages not handled yet, and each plane's 'close' is what closes
+          // its descriptors (duplicated images, TAP queues). The worker ends itself after them.
+          if (this.alive) {
+            const exited = new Promise<void>((resolve) => {
+              const t = setTimeout(resolve, WORKER_EXIT_WAIT_MS);
+              this.worker.once('exit', () => (clearTimeout(t), resolve()));
+            });
+            this.worker.postMessage({ dev: '', m: { type: 'exit' } } satisfies Envelope<WorkerExitRequest>);
+            await exited;
+          }
           await this.worker.terminate();
         },
       };

@@ -132,6 +132,7 @@ export function createVirtioBlk(ctx: DeviceContext, id: string, props: Record<st
         numQueues: props['num-queues'] as number,
         serial: (props.serial as string | undefined) ?? id,
       }),
+      ownedFds: (f) => (f.fds ? [f.fds.fd, ...(f.fds.bufferedFd !== undefined ? [f.fds.bufferedFd] : [])] : []),
     });
   }
   transport.stall = stallSettings(props);

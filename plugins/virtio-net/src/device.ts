@@ -177,8 +177,8 @@ export class VirtioNetDevice extends DataPlaneDevice {
    * driver accepted, and RX.
    */
   startDataPath(): void {
-    if (!this.canProcess) return;
-    this.applyOffloads();
+    if (!this.driverOk || this.broken) return;
+    this.applyOffloads(); // also with bus mastering off: the TAP's offloads are the negotiation's, not a memory access
     this.startRx();
   }
 
@@ -215,7 +215,9 @@ export class VirtioNetDevice extends DataPlaneDevice {
     this.activePairs = s.activePairs;
     if (s.mac) this.config.set(s.mac, N.OFF_virtio_net_config_mac);
     Object.assign(this.rxMode, s.rxMode);
-    if (this.iothread) this.restoredExtra = structuredClone(raw);
+    // The plane gets the checked state, normalised (nothing of the stream's beyond it).
+    if (this.iothread)
+      this.restoredExtra = { activePairs: s.activePairs, ...(s.mac ? { mac: macText(s.mac) } : {}), rxMode: { ...s.rxMode } } satisfies NetExtraState;
   }
 
   readConfig(offset: number, size: number): number {

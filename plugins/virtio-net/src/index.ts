@@ -144,6 +144,7 @@ export function createVirtioNet(ctx: DeviceContext, id: string, props: Record<st
       eventIdx: props['event-idx'] as boolean,
       placements: [{ iothread }],
       fields: () => ({ tap: { name: tap.name, fds: tap.dupFds() }, mac: [...mac], pairs, mtu: props.mtu as number }),
+      ownedFds: (f) => f.tap.fds,
     });
   return new VirtioNetPci(id, net, transport);
 }

@@ -144,6 +144,7 @@ export function createVirtioScsi(ctx: DeviceContext, id: string, props: Record<s
         numQueues: scsi.queues.length - REQUEST_QUEUE_BASE,
         luns: [...pci.lunSpecs.values()].map(({ spec, backend }) => ({ ...spec, fds: backend.dupFds() })),
       }),
+      ownedFds: (f) => f.luns.flatMap((l) => [l.fds.fd, ...(l.fds.bufferedFd !== undefined ? [l.fds.bufferedFd] : [])]),
     });
   return pci;
 }

@@ -4,8 +4,10 @@ import {
   encodeHeader,
   encodeSection,
   MAX_SECTION,
+  MAX_JSON_DEPTH,
   MAX_STATE_SECTION,
   MigrationStreamError,
+  parseJson,
   readHeader,
   readSection,
   SECTION_OPTIONAL,
@@ -27,6 +29,17 @@ function source(b: Buffer) {
 }
 
 describe('migration stream', () => {
+  it("refuses a section's JSON nested deeper than MAX_JSON_DEPTH (a device state's extra, 200,000 levels deep) with a stream error, before anything copies it", () => {
+    const section = (json: string) => ({ name: 'device/n0', version: 1, payload: Buffer.from(json) });
+    const deep = `{"state":{"extra":{"activePairs":1,"junk":${'['.repeat(200_000)}${']'.repeat(200_000)}}}}`;
+    expect(() => parseJson(section(deep))).toThrow(
+      new MigrationStreamError(`section 'device/n0': JSON nested deeper than ${MAX_JSON_DEPTH} levels`),
+    );
+    const ok = `{"a":${'['.repeat(MAX_JSON_DEPTH - 1)}${']'.repeat(MAX_JSON_DEPTH - 1)}}`;
+    expect(JSON.stringify(parseJson(section(ok)))).toBe(ok);
+    expect(() => parseJson(section(`{"a":${'['.repeat(MAX_JSON_DEPTH)}${']'.repeat(MAX_JSON_DEPTH)}}`))).toThrow(/nested deeper/);
+  });
+
   const stream = () =>
     Buffer.concat([encodeHeader(), ...encodeSection('serial', 1, Buffer.from('{"ier":0}')), ...encodeSection('end', 1, Buffer.alloc(0))]);
 

@@ -233,13 +233,30 @@ export async function readSection(src: ByteSource, format: number): Promise<Sect
   return { name, version, payload, flags };
 }
 
-/** The section's JSON payload, not yet checked: parse it into a typed value before use (state-check). */
+/** How deep a section's JSON may nest: far more than any state this VMM writes (a device's state is a few levels). */
+export const MAX_JSON_DEPTH = 32;
+
+/**
+ * The section's JSON payload, not yet checked: parse it into a typed value
+ * before use (state-check). Nesting deeper than MAX_JSON_DEPTH is refused
+ * here, so no later copy (structuredClone, postMessage to an iothread)
+ * recurses through a hostile stream's depth.
+ */
 export function parseJson(s: Section): unknown {
+  let v: unknown;
   try {
-    return JSON.parse(s.payload.toString('utf8'));
+    v = JSON.parse(s.payload.toString('utf8'));
   } catch (e) {
     throw new MigrationStreamError(`section '${s.name}': bad JSON (${(e as Error).message})`);
   }
+  const stack: [unknown, number][] = [[v, 1]];
+  while (stack.length) {
+    const [x, depth] = stack.pop()!;
+    if (x === null || typeof x !== 'object') continue;
+    if (depth > MAX_JSON_DEPTH) throw new MigrationStreamError(`section '${s.name}': JSON nested deeper than ${MAX_JSON_DEPTH} levels`);
+    for (const c of Object.values(x as object)) if (c !== null && typeof c === 'object') stack.push([c, depth + 1]);
+  }
+  return v;
 }
 
 /** The highest version of each section kind this VMM reads; the key is the name up to the first '/'. */
