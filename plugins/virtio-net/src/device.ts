@@ -217,7 +217,11 @@ export class VirtioNetDevice extends DataPlaneDevice {
     Object.assign(this.rxMode, s.rxMode);
     // The plane gets the checked state, normalised (nothing of the stream's beyond it).
     if (this.iothread)
-      this.restoredExtra = { activePairs: s.activePairs, ...(s.mac ? { mac: macText(s.mac) } : {}), rxMode: { ...s.rxMode } } satisfies NetExtraState;
+      this.restoredExtra = {
+        activePairs: s.activePairs,
+        ...(s.mac ? { mac: macText(s.mac) } : {}),
+        rxMode: { ...s.rxMode },
+      } satisfies NetExtraState;
   }
 
   readConfig(offset: number, size: number): number {
